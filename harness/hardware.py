@@ -1,0 +1,103 @@
+"""Hardware and software facts for logs and records, and the one table of peak FLOP/s used for MFU."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+# Dense bf16 tensor-core peak, FLOP/s, per GPU, from the vendors' datasheets (no sparsity).
+# Matched by substring of torch.cuda.get_device_name(); the first match wins, so list specific names first.
+PEAK_BF16_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H100": 989e12,  # SXM
+    "H200": 989e12,
+    "GH200": 989e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "RTX 4090": 165e12,
+}
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Peak dense bf16 FLOP/s for a device name, or None where unknown (CPUs: no MFU is claimed)."""
+    if not device_name:
+        return None
+    for key, flops in PEAK_BF16_FLOPS.items():
+        if key in device_name:
+            return flops
+    return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info() -> dict:
+    """GPU model and count if CUDA is there, else the CPU model and core count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return {
+            "kind": "cuda",
+            "gpu": torch.cuda.get_device_name(0),
+            "gpu_count": torch.cuda.device_count(),
+            "peak_flops": peak_flops(torch.cuda.get_device_name(0)),
+        }
+    return {"kind": "cpu", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "peak_flops": None}
+
+
+def software_versions() -> dict:
+    import numpy
+    import torch
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cuda": torch.version.cuda,
+        "numpy": numpy.__version__,
+    }
+
+
+def git_state(repo: str | os.PathLike | None = None) -> dict:
+    """{"commit": sha or None, "dirty": bool or None}: None where this is not a git checkout."""
+    from harness.snapshot import REPO_ROOT
+
+    repo = str(repo or REPO_ROOT)
+
+    def git(*args):
+        return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+
+
+def nvidia_smi() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=10)
+        return out.stdout if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None

@@ -1,0 +1,91 @@
+"""The run directory's event log: one JSON object per line, the contract between trainer and harness.
+
+train_gpt.py writes `events.jsonl` in its run directory; the harness reads it back. Every line has
+"event" (its kind) and "time" (UTC ISO-8601). The kinds, in the order a run writes them:
+
+  config  {"track": str, "config": {resolved hyperparameters}}
+  meta    {"code_hash": str, "world_size": int, "hardware": {...}, "versions": {...}, "git": {...}}
+  step    {"step": int, "train_time_ms": float, "step_avg_ms": float, "train_loss": float|None,
+           "tokens_per_s": float, "mfu": float|None}
+  val     {"step": int, "val_loss": float, "train_time_ms": float}
+  result  {"status": "ok"|"diverged"|"error", "reached_target": bool, "target_val_loss": float,
+           "time_to_target_ms": float|None, "steps": int, "tokens": int, "final_val_loss": float|None,
+           "train_time_ms": float, "peak_memory_mb": float|None, "tokens_per_s": float, "mfu": float|None,
+           "error": str|None}
+
+Only rank 0 writes. Each line is written with one write() call and flushed, so a crash leaves every
+finished line readable; a reader skips (and reports) a torn last line instead of failing.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+
+EVENTS_FILE = "events.jsonl"
+CONSOLE_FILE = "train.log"
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _jsonable(value):
+    # NaN/inf are not JSON: a diverged loss is recorded as null with the status saying why.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class EventLog:
+    """Append-only JSON-lines writer for one run directory (rank 0 only)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, event: str, **fields) -> None:
+        line = json.dumps({"event": event, "time": _utc_now(), **_jsonable(fields)}, allow_nan=False)
+        self._file.write(line + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_events(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """Read an events file (or the run directory holding one).
+
+    Returns (events, problems): the events that parsed, and one message per line that did not,
+    naming the file and line number. A damaged line never stops the rest from loading.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / EVENTS_FILE
+    events, problems = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict) or "event" not in obj:
+                    raise ValueError("not an event object")
+                events.append(obj)
+            except ValueError as exc:
+                problems.append(f"{path}:{lineno}: skipped damaged line ({exc})")
+    return events, problems
+
+
+def last_event(events: list[dict], kind: str) -> dict | None:
+    for event in reversed(events):
+        if event["event"] == kind:
+            return event
+    return None
