@@ -393,8 +393,9 @@ def _sha256(path: Path) -> str:
 def fetch_sdist(name: str, version: str, sha256: str, cache_dir: Path = CACHE_DIR) -> Path:
     """The verified source distribution name==version, from the cache or downloaded with pip."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{name.replace('-', '_')}-{version}"
-    for candidate in sorted(cache_dir.glob(f"{stem}.tar.gz")) + sorted(cache_dir.glob(f"{name}-{version}.tar.gz")):
+    # sdist file names normalise '-' to '_' (openai_whisper-20250625.tar.gz); older ones keep the name as is
+    names = {f"{name.replace('-', '_')}-{version}.tar.gz", f"{name}-{version}.tar.gz"}
+    for candidate in sorted(p for p in (cache_dir / n for n in names) if p.exists()):
         if _sha256(candidate) == sha256:
             return candidate
         candidate.unlink()  # a damaged or foreign file: fetch again
