@@ -1,0 +1,52 @@
+"""What every benchmark shares: the metadata stamped on each row and the one results CSV.
+
+Rows go to benchmarks/results.csv (a superset of columns across benchmarks, written with pandas), each
+stamped with date, git SHA, GPU, torch and Triton versions, so numbers stay attributable.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from harness.hardware import git_state, software_versions
+
+RESULTS_CSV = Path(__file__).resolve().parent / "results.csv"
+
+
+def metadata() -> dict:
+    import torch
+
+    versions = software_versions()
+    sha = git_state()["commit"]
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "git_sha": sha[:10] if sha else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "torch": versions["torch"],
+        "triton": versions["triton"],
+    }
+
+
+def append_results(rows: list[dict], path: Path = RESULTS_CSV) -> pd.DataFrame:
+    """Stamp rows with metadata() and append them to the CSV (atomically: temp file, then rename)."""
+    new = pd.DataFrame([{**metadata(), **row} for row in rows])
+    table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv.tmp")
+    os.close(fd)
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return new
+
+
+def require_cuda(name: str) -> bool:
+    """Benchmarks measure GPUs: without one, say so in one line and let the caller exit 0."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"{name}: no CUDA device here; this benchmark measures GPUs only (nothing recorded)")
+        return False
+    return True

@@ -1,0 +1,771 @@
+"""Causal flash attention with a sliding window and document masking, forward and backward in Triton.
+
+Layout is the trainer's: q, k, v and the output are (B, T, H, D). Attention is always causal; on top
+of that `window_size` W keeps query i to keys i - W < j <= i, and `cu_seqlens` (the cumulative
+document starts of a packed batch, B = 1) keeps every query inside its own document. Query i may
+attend key j iff
+
+    j <= i  and  j > i - W  and  doc(j) == doc(i).
+
+The math (Flash Attention 2, Dao 2023; the exp2 form from Triton's tutorial 06-fused-attention)
+---------------------------------------------------------------------------------------------------
+Forward, per query row i, with s = scale and masked scores set to -inf:
+
+    S = s Q K^T,   P = softmax(S) row-wise,   O = P V,   LSE_i = log sum_j exp(S_ij).
+
+The kernel streams key blocks through an online softmax with fp32 accumulators: the running max m,
+the running sum l and the unnormalised output are rescaled by exp(m_old - m_new) whenever the max
+grows. Scores are kept in log2 units (S * log2(e)) so every exponential is one exp2; the saved
+LSE is in the same log2 units, one fp32 per (b, h, i).
+
+Backward, the vector-Jacobian product for an upstream gradient dO, with P recomputed from Q, K and
+LSE (P = exp2(S log2 e - LSE)) instead of stored:
+
+    dV = P^T dO
+    dP = dO V^T
+    dS = P o (dP - delta),  delta_i = sum_j P_ij dP_ij = rowsum(dO o O)_i   (preprocess kernel)
+    dQ = dS K s
+    dK = dS^T Q s
+
+dK and dV come from one kernel that owns a key block and walks the query blocks that see it; dQ
+from a second kernel that owns a query block and walks its key blocks. Each program writes only
+its own rows, so the backward is deterministic and uses no atomics.
+
+Block skipping
+--------------
+The allowed keys of one query row form one interval [lo(i), i], with lo non-decreasing in i, so
+the keys needed by a query block [q0, q_last] are one interval [lo(q0), q_last] and the blocks
+outside it are never visited. Inside it a block is *full* (no pair masked: no mask arithmetic at
+all) or *partial* (computed with the mask). The loop over a query block's key blocks is therefore
+three loops, partial [lo, full_lo), full [full_lo, full_hi), partial [full_hi, hi), with
+
+    lo      = floor(max(0, q0 - W + 1, doc_start[q0]))            lowest key any row needs
+    full_lo = ceil(max(0, q_last - W + 1, doc_start[q_last]))     lowest key every row needs
+    full_hi = floor(q0 + 1)                                        causal: block entirely <= q0
+    hi      = q_last + 1
+
+(floor/ceil to the key block size, then clamped so lo <= full_lo <= full_hi <= hi). The dK/dV
+kernel uses the mirror image over query blocks (the key block's last key's document end and
+window end bound the highest query). Per-token document starts and ends are int32 arrays built on
+the host from cu_seqlens (searchsorted). `query_block_ranges` and `key_block_ranges` are the same
+arithmetic in Python; the tests check that the kernels visit exactly the blocks of the explicit
+mask that hold at least one allowed pair, and mask only the partial ones. Cost therefore follows
+the number of non-empty blocks: ~T * (W + block) for a window, ~T^2 / 2 for plain causal.
+
+FLOP accounting (as in tutorial 06)
+-----------------------------------
+Forward: 2 matmuls of 2 * D FLOPs per allowed (query, key) pair per head: 4 * B * H * D * pairs,
+where pairs = T (T + 1) / 2 for plain causal (about half of T^2), sum_i min(W, i - doc_start(i) + 1)
+with a window and documents. Backward: 2.5 x forward (five matmuls instead of two, counting the
+recompute of P). Only allowed pairs are counted, never the masked ones inside partial blocks.
+
+Block sizes
+-----------
+`_CUDA_BLOCKS` is a small table by pass and head dim, taken from the Hopper settings of Triton's
+tutorial 06 (forward 128 queries x 64 keys; backward dK/dV 128 keys with 32-query steps, dQ 128
+queries with 32/64-key steps), with 8 warps at D = 128 so the fp32 dK/dV (or dQ) accumulators fit
+in registers. A table, not an autotuner: block sizes are known to the Python range helpers, nothing
+is benchmarked at first call, and one compile serves every window size (window is a runtime int,
+not specialised). Under Triton's interpreter (CPU) small blocks (16/32) keep tests fast and still
+exercise several blocks per sequence with unequal query/key block sizes.
+
+Limits
+------
+- dtypes: bf16 and fp16 (fp32 accepted for testing; its dots run in IEEE fp32, not tf32).
+- head dim: 64 and 128 are the tuned ones; 16 and 32 are accepted (small tests).
+- q, k, v share one shape (no GQA), one dtype and one device; window_size >= 1; cu_seqlens int32,
+  strictly increasing from 0 to T, with B == 1. Its values are checked with one host sync in eager
+  mode and not checked under torch.compile.
+- Not yet measured on GPU: this session had none. `python -m benchmarks.bench_attention` measures
+  it against SDPA (flash) and FlexAttention.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Tile sizes of one kernel: BLOCK_M queries x BLOCK_N keys per step."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# (pass, head dim) -> tiles on CUDA. "dkdv" owns a key block (block_n) and steps over queries
+# (block_m); "fwd" and "dq" own a query block (block_m) and step over keys (block_n).
+_CUDA_BLOCKS = {
+    ("fwd", 64): Blocks(128, 64, num_warps=4, num_stages=3),
+    ("fwd", 128): Blocks(128, 64, num_warps=8, num_stages=3),
+    ("dkdv", 64): Blocks(32, 128, num_warps=4, num_stages=5),
+    ("dkdv", 128): Blocks(32, 128, num_warps=8, num_stages=3),
+    ("dq", 64): Blocks(128, 32, num_warps=4, num_stages=5),
+    ("dq", 128): Blocks(128, 64, num_warps=8, num_stages=3),
+}
+# Triton's interpreter: small tiles, unequal on purpose so tests cover block_m != block_n.
+_INTERPRETER_BLOCKS = {
+    "fwd": Blocks(32, 16, num_warps=4, num_stages=1),
+    "dkdv": Blocks(16, 32, num_warps=4, num_stages=1),
+    "dq": Blocks(32, 16, num_warps=4, num_stages=1),
+}
+
+
+def block_config(kind: str, head_dim: int, device: torch.device | str) -> Blocks:
+    """Tiles for pass `kind` ("fwd", "dkdv" or "dq") at this head dim on this device."""
+    if torch.device(device).type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return _INTERPRETER_BLOCKS[kind]
+    return _CUDA_BLOCKS[(kind, 128 if head_dim > 64 else 64)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _allowed(q_idx, k_idx, q_doc_start, T, window, HAS_DOCS: tl.constexpr):
+    """The attention mask, broadcast over any (query, key) tile: causal, window, document, q < T."""
+    allowed = (k_idx <= q_idx) & (k_idx > q_idx - window) & (q_idx < T)
+    if HAS_DOCS:
+        allowed = allowed & (k_idx >= q_doc_start)
+    return allowed
+
+
+@triton.jit
+def _query_block_range(q0, T, window, doc_start_ptr, HAS_DOCS: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr):
+    """Key loop bounds for queries [q0, q0 + BLOCK_M): partial [lo, full_lo), full [full_lo, full_hi),
+    partial [full_hi, hi). Same arithmetic as `query_block_ranges` below."""
+    q_last = tl.minimum(q0 + BLOCK_M, T) - 1
+    lowest_any = tl.maximum(q0 - window + 1, 0)  # lowest key any row of the block needs
+    lowest_all = tl.maximum(q_last - window + 1, 0)  # lowest key every row of the block needs
+    if HAS_DOCS:
+        lowest_any = tl.maximum(lowest_any, tl.load(doc_start_ptr + q0))
+        lowest_all = tl.maximum(lowest_all, tl.load(doc_start_ptr + q_last))
+    lo = (lowest_any // BLOCK_N) * BLOCK_N
+    hi = q_last + 1
+    full_lo = tl.minimum(tl.maximum(tl.cdiv(lowest_all, BLOCK_N) * BLOCK_N, lo), hi)
+    full_hi = tl.maximum(tl.minimum(((q0 + 1) // BLOCK_N) * BLOCK_N, hi), full_lo)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _key_block_range(n0, T, window, doc_end_ptr, HAS_DOCS: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+    """Query loop bounds for keys [n0, n0 + BLOCK_N), same three-part split as `_query_block_range`.
+    Same arithmetic as `key_block_ranges` below."""
+    n_last = tl.minimum(n0 + BLOCK_N, T) - 1
+    end_any = tl.minimum(n_last + window, T)  # one past the last query any key of the block serves
+    end_all = tl.minimum(n0 + window, T)  # one past the last query every key of the block serves
+    if HAS_DOCS:
+        end_any = tl.minimum(end_any, tl.load(doc_end_ptr + n_last))
+        end_all = tl.minimum(end_all, tl.load(doc_end_ptr + n0))
+    lo = (n0 // BLOCK_M) * BLOCK_M
+    hi = end_any
+    full_lo = tl.minimum(tl.maximum(tl.cdiv(n_last, BLOCK_M) * BLOCK_M, lo), hi)
+    full_hi = tl.maximum(tl.minimum((end_all // BLOCK_M) * BLOCK_M, hi), full_lo)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _store_ranges(ptr, lo, full_lo, full_hi, hi):
+    """Debug output for the block-skipping tests: one block's four loop bounds."""
+    tl.store(ptr + 0, lo)
+    tl.store(ptr + 1, full_lo)
+    tl.store(ptr + 2, full_hi)
+    tl.store(ptr + 3, hi)
+
+
+@triton.jit
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
+               start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over key blocks [start, end); MASKED applies the mask (partial blocks only)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(start, end, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_k = start_n + offs_n
+        kv_offs = offs_k[:, None] * qkv_stride_t + offs_d[None, :]
+        if MASKED:
+            k = tl.load(k_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)  # (BLOCK_N, D)
+            v = tl.load(v_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)
+        else:
+            k = tl.load(k_base + kv_offs)
+            v = tl.load(v_base + kv_offs)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        if MASKED:
+            allowed = _allowed(offs_m[:, None], offs_k[None, :], q_doc_start[:, None], T, window, HAS_DOCS)
+            s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row with nothing allowed so far keeps m = -inf; shift by 0 there so exp2 gives 0, not NaN.
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_shift[:, None])
+        alpha = tl.math.exp2(m_i - m_shift)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit(do_not_specialize=["window"])
+def _attn_fwd_kernel(
+    q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
+    o_ptr,  # (B, T, H, D) contiguous
+    lse_ptr,  # (B, H, T) fp32, log2 units
+    doc_start_ptr,  # (T,) int32: first token of each token's document (read only with HAS_DOCS)
+    ranges_ptr,  # (cdiv(T, BLOCK_M), 4) int32: loop bounds, written only with STORE_RANGES
+    qkv_stride_b, qkv_stride_t, qkv_stride_h,
+    o_stride_b, o_stride_t, o_stride_h,
+    T, H, window, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
+    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    # Last query blocks first: under plain causal they hold the most work, so they start early.
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    q0 = pid_m * BLOCK_M
+    offs_m = q0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    qkv_base = b.to(tl.int64) * qkv_stride_b + h * qkv_stride_h
+    row_ok = offs_m < T
+
+    q = tl.load(q_ptr + qkv_base + offs_m[:, None] * qkv_stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    if HAS_DOCS:
+        q_doc_start = tl.load(doc_start_ptr + offs_m, mask=row_ok, other=0)
+    else:
+        q_doc_start = tl.zeros([BLOCK_M], dtype=tl.int32)
+
+    lo, full_lo, full_hi, hi = _query_block_range(q0, T, window, doc_start_ptr, HAS_DOCS, BLOCK_M, BLOCK_N)
+    if STORE_RANGES:
+        if pid_bh == 0:
+            _store_ranges(ranges_ptr + pid_m * 4, lo, full_lo, full_hi, hi)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    k_base = k_ptr + qkv_base
+    v_base = v_ptr + qkv_base
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window,
+                               qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window,
+                               qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window,
+                               qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+
+    # Every real row sees its own diagonal, so l > 0; the guard only keeps padding rows finite.
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    lse = tl.where(l_i == 0.0, float("inf"), m_i + tl.math.log2(l_safe))  # +inf: P = 0 in the backward
+    o_base = b.to(tl.int64) * o_stride_b + h * o_stride_h
+    tl.store(o_ptr + o_base + offs_m[:, None] * o_stride_t + offs_d[None, :], o.to(o_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
+    tl.store(lse_ptr + pid_bh.to(tl.int64) * T + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(
+    o_ptr, do_ptr,  # (B, T, H, D) contiguous
+    delta_ptr,  # (B, H, T) fp32
+    o_stride_b, o_stride_t, o_stride_h,
+    T, H,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta_i = rowsum(dO o O)_i, which equals sum_j P_ij dP_ij."""
+    pid_bh = tl.program_id(0)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs = b.to(tl.int64) * o_stride_b + h * o_stride_h + offs_m[:, None] * o_stride_t + offs_d[None, :]
+    row_ok = offs_m < T
+    o = tl.load(o_ptr + offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + offs, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    tl.store(delta_ptr + pid_bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=row_ok)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t, o_stride_t,
+                offs_k, T, window, qk_scale, start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dK, dV of one key block over query blocks [start, end); works on transposed tiles
+    (keys x queries) so P^T and dS^T come out directly."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_m in range(start, end, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        offs_q = start_m + tl.arange(0, BLOCK_M)
+        q_offs = offs_q[:, None] * qkv_stride_t + offs_d[None, :]
+        do_offs = offs_q[:, None] * o_stride_t + offs_d[None, :]
+        if MASKED:
+            row_ok = offs_q < T
+            q = tl.load(q_base + q_offs, mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
+            do = tl.load(do_base + do_offs, mask=row_ok[:, None], other=0.0)
+            lse = tl.load(lse_base + offs_q, mask=row_ok, other=0.0)  # (BLOCK_M,)
+            delta = tl.load(delta_base + offs_q, mask=row_ok, other=0.0)
+        else:
+            q = tl.load(q_base + q_offs)
+            do = tl.load(do_base + do_offs)
+            lse = tl.load(lse_base + offs_q)
+            delta = tl.load(delta_base + offs_q)
+        s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+        p_t = tl.math.exp2(s_t - lse[None, :])
+        if MASKED:
+            if HAS_DOCS:
+                q_doc_start = tl.load(doc_start_ptr + offs_q, mask=offs_q < T, other=0)
+            else:
+                q_doc_start = tl.zeros([BLOCK_M], dtype=tl.int32)
+            allowed = _allowed(offs_q[None, :], offs_k[:, None], q_doc_start[None, :], T, window, HAS_DOCS)
+            p_t = tl.where(allowed, p_t, 0.0)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV += P^T dO
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (dO V^T)^T
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)  # dK += dS^T Q (scaled later)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["window"])
+def _attn_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
+    do_ptr,  # (B, T, H, D) contiguous
+    lse_ptr, delta_ptr,  # (B, H, T) fp32
+    dk_ptr, dv_ptr,  # (B, T, H, D) contiguous
+    doc_start_ptr, doc_end_ptr,  # (T,) int32 (read only with HAS_DOCS)
+    ranges_ptr,  # (cdiv(T, BLOCK_N), 4) int32: loop bounds, written only with STORE_RANGES
+    qkv_stride_b, qkv_stride_t, qkv_stride_h,
+    o_stride_b, o_stride_t, o_stride_h,
+    T, H, window, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
+    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_n = tl.program_id(1)  # first key blocks first: under plain causal they hold the most work
+    b = pid_bh // H
+    h = pid_bh % H
+    n0 = pid_n * BLOCK_N
+    offs_k = n0 + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    qkv_base = b.to(tl.int64) * qkv_stride_b + h * qkv_stride_h
+    o_base = b.to(tl.int64) * o_stride_b + h * o_stride_h
+    key_ok = offs_k < T
+
+    kv_offs = qkv_base + offs_k[:, None] * qkv_stride_t + offs_d[None, :]
+    k = tl.load(k_ptr + kv_offs, mask=key_ok[:, None], other=0.0)  # (BLOCK_N, D)
+    v = tl.load(v_ptr + kv_offs, mask=key_ok[:, None], other=0.0)
+
+    lo, full_lo, full_hi, hi = _key_block_range(n0, T, window, doc_end_ptr, HAS_DOCS, BLOCK_M, BLOCK_N)
+    if STORE_RANGES:
+        if pid_bh == 0:
+            _store_ranges(ranges_ptr + pid_n * 4, lo, full_lo, full_hi, hi)
+
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    q_base = q_ptr + qkv_base
+    do_base = do_ptr + o_base
+    lse_base = lse_ptr + pid_bh.to(tl.int64) * T
+    delta_base = delta_ptr + pid_bh.to(tl.int64) * T
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t,
+                         o_stride_t, offs_k, T, window, qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
+                         DOT_PRECISION)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t,
+                         o_stride_t, offs_k, T, window, qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM,
+                         BLOCK_M, DOT_PRECISION)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t,
+                         o_stride_t, offs_k, T, window, qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
+                         DOT_PRECISION)
+
+    out_offs = o_base + offs_k[:, None] * o_stride_t + offs_d[None, :]
+    tl.store(dk_ptr + out_offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=key_ok[:, None])
+    tl.store(dv_ptr + out_offs, dv.to(dv_ptr.dtype.element_ty), mask=key_ok[:, None])
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
+              start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
+              BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dQ of one query block over key blocks [start, end)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(start, end, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        offs_k = start_n + offs_n
+        kv_offs = offs_k[:, None] * qkv_stride_t + offs_d[None, :]
+        if MASKED:
+            k = tl.load(k_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)  # (BLOCK_N, D)
+            v = tl.load(v_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)
+        else:
+            k = tl.load(k_base + kv_offs)
+            v = tl.load(v_base + kv_offs)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.math.exp2(s - lse[:, None])
+        if MASKED:
+            allowed = _allowed(offs_m[:, None], offs_k[None, :], q_doc_start[:, None], T, window, HAS_DOCS)
+            p = tl.where(allowed, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # dO V^T
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)  # dQ += dS K (scaled later)
+    return dq
+
+
+@triton.jit(do_not_specialize=["window"])
+def _attn_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
+    do_ptr,  # (B, T, H, D) contiguous
+    lse_ptr, delta_ptr,  # (B, H, T) fp32
+    dq_ptr,  # (B, T, H, D) contiguous
+    doc_start_ptr,  # (T,) int32 (read only with HAS_DOCS)
+    ranges_ptr,  # (cdiv(T, BLOCK_M), 4) int32: loop bounds, written only with STORE_RANGES
+    qkv_stride_b, qkv_stride_t, qkv_stride_h,
+    o_stride_b, o_stride_t, o_stride_h,
+    T, H, window, scale, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
+    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # heaviest (last) query blocks first
+    b = pid_bh // H
+    h = pid_bh % H
+    q0 = pid_m * BLOCK_M
+    offs_m = q0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    qkv_base = b.to(tl.int64) * qkv_stride_b + h * qkv_stride_h
+    o_base = b.to(tl.int64) * o_stride_b + h * o_stride_h
+    row_ok = offs_m < T
+
+    q = tl.load(q_ptr + qkv_base + offs_m[:, None] * qkv_stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(do_ptr + o_base + offs_m[:, None] * o_stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
+    if HAS_DOCS:
+        q_doc_start = tl.load(doc_start_ptr + offs_m, mask=row_ok, other=0)
+    else:
+        q_doc_start = tl.zeros([BLOCK_M], dtype=tl.int32)
+
+    lo, full_lo, full_hi, hi = _query_block_range(q0, T, window, doc_start_ptr, HAS_DOCS, BLOCK_M, BLOCK_N)
+    if STORE_RANGES:
+        if pid_bh == 0:
+            _store_ranges(ranges_ptr + pid_m * 4, lo, full_lo, full_hi, hi)
+
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    k_base = k_ptr + qkv_base
+    v_base = v_ptr + qkv_base
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
+                   lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
+                   full_lo, full_hi, False, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
+                   full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    tl.store(dq_ptr + o_base + offs_m[:, None] * o_stride_t + offs_d[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
+
+
+# --------------------------------------------------------------------------------------------------
+# Host side: block ranges in Python, document bounds, launchers
+# --------------------------------------------------------------------------------------------------
+
+
+def _ceil_to(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def query_block_ranges(T: int, block_m: int, block_n: int, *, window_size: int | None = None,
+                       cu_seqlens: torch.Tensor | None = None) -> list[tuple[int, int, int, int]]:
+    """Key loop bounds (lo, full_lo, full_hi, hi) of every query block, as the forward and dQ kernels
+    compute them: key blocks in [lo, full_lo) and [full_hi, hi) are partial (masked), those in
+    [full_lo, full_hi) full; every other key block is skipped. Steps are `block_n` keys."""
+    window = T if window_size is None else window_size
+    doc_start = _doc_bounds(cu_seqlens, T)[0].tolist() if cu_seqlens is not None else None
+    ranges = []
+    for q0 in range(0, T, block_m):
+        q_last = min(q0 + block_m, T) - 1
+        lowest_any = max(q0 - window + 1, 0)
+        lowest_all = max(q_last - window + 1, 0)
+        if doc_start is not None:
+            lowest_any = max(lowest_any, doc_start[q0])
+            lowest_all = max(lowest_all, doc_start[q_last])
+        lo = lowest_any // block_n * block_n
+        hi = q_last + 1
+        full_lo = min(max(_ceil_to(lowest_all, block_n), lo), hi)
+        full_hi = max(min((q0 + 1) // block_n * block_n, hi), full_lo)
+        ranges.append((lo, full_lo, full_hi, hi))
+    return ranges
+
+
+def key_block_ranges(T: int, block_m: int, block_n: int, *, window_size: int | None = None,
+                     cu_seqlens: torch.Tensor | None = None) -> list[tuple[int, int, int, int]]:
+    """Query loop bounds (lo, full_lo, full_hi, hi) of every key block (`block_n` keys), as the dK/dV
+    kernel computes them; steps are `block_m` queries. Same meaning as `query_block_ranges`."""
+    window = T if window_size is None else window_size
+    doc_end = _doc_bounds(cu_seqlens, T)[1].tolist() if cu_seqlens is not None else None
+    ranges = []
+    for n0 in range(0, T, block_n):
+        n_last = min(n0 + block_n, T) - 1
+        end_any = min(n_last + window, T)
+        end_all = min(n0 + window, T)
+        if doc_end is not None:
+            end_any = min(end_any, doc_end[n_last])
+            end_all = min(end_all, doc_end[n0])
+        lo = n0 // block_m * block_m
+        hi = end_any
+        full_lo = min(max(_ceil_to(n_last, block_m), lo), hi)
+        full_hi = max(min(end_all // block_m * block_m, hi), full_lo)
+        ranges.append((lo, full_lo, full_hi, hi))
+    return ranges
+
+
+def _doc_bounds(cu_seqlens: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token document start and end (exclusive), both (T,) int32, from cu_seqlens (n_docs + 1,)."""
+    tokens = torch.arange(T, device=cu_seqlens.device, dtype=torch.int32)
+    doc = torch.searchsorted(cu_seqlens, tokens, right=True) - 1  # (T,) document index of each token
+    return cu_seqlens[doc].contiguous(), cu_seqlens[doc + 1].contiguous()
+
+
+def _qkv_strides(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """q, k, v with one shared stride set and a unit head-dim stride (views of one packed qkv tensor
+    qualify as they are); otherwise contiguous copies."""
+    if q.stride() == k.stride() == v.stride() and q.stride(-1) == 1:
+        return q, k, v
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def _launch_common(q: torch.Tensor, window_size: int) -> dict:
+    """Kernel arguments shared by every pass; no window is a window of T."""
+    B, T, H, D = q.shape
+    return dict(
+        T=T, H=H, window=T if window_size < 0 else min(window_size, T),
+        HEAD_DIM=D, DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+
+
+def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float, *, ranges=None):
+    """Forward launcher.
+
+    Args:
+        q, k, v: (B, T, H, D), same dtype and device.
+        cu_seqlens: (n_docs + 1,) int32 document starts, or None.
+        window_size: keys per query including itself; -1 for none.
+        scale: softmax scale applied to q k^T.
+        ranges: optional (cdiv(T, BLOCK_M), 4) int32 tensor that receives the key loop bounds of each
+            query block (tests of block skipping).
+    Returns:
+        out (B, T, H, D) in q's dtype, lse (B, H, T) fp32 in log2 units.
+    """
+    B, T, H, D = q.shape
+    q, k, v = _qkv_strides(q, k, v)
+    out = torch.empty((B, T, H, D), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
+    doc_start = _doc_bounds(cu_seqlens, T)[0] if cu_seqlens is not None else lse  # lse: unread placeholder
+    cfg = block_config("fwd", D, q.device)
+    grid = (B * H, triton.cdiv(T, cfg.block_m))
+    _attn_fwd_kernel[grid](
+        q, k, v, out, lse, doc_start, ranges if ranges is not None else lse,
+        q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=cu_seqlens is not None,
+        STORE_RANGES=ranges is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **_launch_common(q, window_size),
+    )
+    return out, lse
+
+
+def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int, scale: float, *,
+                             dkdv_ranges=None, dq_ranges=None):
+    """Backward launcher: delta preprocess, then the dK/dV and the dQ kernels.
+
+    Args:
+        do: (B, T, H, D) upstream gradient of the output.
+        q, k, v, cu_seqlens, window_size, scale: as given to the forward.
+        out, lse: the forward's outputs.
+        dkdv_ranges, dq_ranges: optional int32 tensors that receive the loop bounds of each key block
+            (cdiv(T, BLOCK_N), 4) and of each query block (cdiv(T, BLOCK_M), 4) (tests).
+    Returns:
+        dq, dk, dv, each (B, T, H, D) contiguous in q's dtype.
+    """
+    B, T, H, D = q.shape
+    q, k, v = _qkv_strides(q, k, v)
+    do, out = do.contiguous(), out.contiguous()
+    dq, dk, dv = (torch.empty((B, T, H, D), device=q.device, dtype=q.dtype) for _ in range(3))
+    delta = torch.empty_like(lse)
+    common = _launch_common(q, window_size)
+
+    _attn_bwd_preprocess_kernel[(B * H, triton.cdiv(T, 64))](
+        out, do, delta, out.stride(0), out.stride(1), out.stride(2), T, H, HEAD_DIM=D, BLOCK_M=64,
+    )
+    has_docs = cu_seqlens is not None
+    doc_start, doc_end = _doc_bounds(cu_seqlens, T) if has_docs else (lse, lse)  # lse: unread placeholder
+    strides = (q.stride(0), q.stride(1), q.stride(2), do.stride(0), do.stride(1), do.stride(2))
+
+    cfg = block_config("dkdv", D, q.device)
+    _attn_bwd_dkdv_kernel[(B * H, triton.cdiv(T, cfg.block_n))](
+        q, k, v, do, lse, delta, dk, dv, doc_start, doc_end, dkdv_ranges if dkdv_ranges is not None else lse,
+        *strides, scale=scale, qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HAS_DOCS=has_docs, STORE_RANGES=dkdv_ranges is not None, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **common,
+    )
+    cfg = block_config("dq", D, q.device)
+    _attn_bwd_dq_kernel[(B * H, triton.cdiv(T, cfg.block_m))](
+        q, k, v, do, lse, delta, dq, doc_start, dq_ranges if dq_ranges is not None else lse,
+        *strides, scale=scale, qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        HAS_DOCS=has_docs, STORE_RANGES=dq_ranges is not None, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **common,
+    )
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------------------------------
+# Custom ops, autograd, public function
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("speedrun::flash_attention_fwd", mutates_args=())
+def _flash_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None,
+                            window_size: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return flash_attention_forward(q, k, v, cu_seqlens, window_size, scale)
+
+
+@_flash_attention_fwd_op.register_fake
+def _(q, k, v, cu_seqlens, window_size, scale):
+    B, T, H, _ = q.shape
+    return q.new_empty(q.shape), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("speedrun::flash_attention_bwd", mutates_args=())
+def _flash_attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                            lse: torch.Tensor, cu_seqlens: torch.Tensor | None, window_size: int,
+                            scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size, scale)
+
+
+@_flash_attention_bwd_op.register_fake
+def _(do, q, k, v, out, lse, cu_seqlens, window_size, scale):
+    return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, window_size, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
+    ctx.window_size, ctx.scale = window_size, scale
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, cu_seqlens, ctx.window_size, ctx.scale)
+    return dq, dk, dv, None, None, None
+
+
+_flash_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
+    """One-line ValueErrors for inputs the kernels do not handle; cu_seqlens values are checked with
+    one host sync in eager mode only."""
+    if q.dim() != 4:
+        raise ValueError(f"flash_attention: q must be (B, T, H, D), got shape {tuple(q.shape)}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"flash_attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"flash_attention: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"flash_attention: dtype {q.dtype} not supported (bf16, fp16, fp32)")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"flash_attention: q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    B, T, H, D = q.shape
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"flash_attention: head dim {D} not supported (one of {SUPPORTED_HEAD_DIMS})")
+    if T < 1 or B < 1 or H < 1:
+        raise ValueError(f"flash_attention: empty input of shape {tuple(q.shape)}")
+    if window_size is not None and window_size < 1:
+        raise ValueError(f"flash_attention: window_size must be >= 1 or None, got {window_size}")
+    if cu_seqlens is None:
+        return
+    if cu_seqlens.dtype != torch.int32:
+        raise ValueError(f"flash_attention: cu_seqlens must be int32, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"flash_attention: cu_seqlens must be 1-D with >= 2 entries, got shape {tuple(cu_seqlens.shape)}")
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"flash_attention: cu_seqlens on {cu_seqlens.device}, q on {q.device}")
+    if B != 1:
+        raise ValueError(f"flash_attention: cu_seqlens needs a packed batch with B == 1, got B = {B}")
+    if torch.compiler.is_compiling():
+        return
+    # One host sync for the three value checks.
+    first, last, increasing = torch.stack(
+        [cu_seqlens[0], cu_seqlens[-1], (cu_seqlens[1:] > cu_seqlens[:-1]).all().to(torch.int32)]
+    ).tolist()
+    if first != 0:
+        raise ValueError(f"flash_attention: cu_seqlens must start at 0, starts at {first}")
+    if last != T:
+        raise ValueError(f"flash_attention: cu_seqlens must end at T = {T}, ends at {last}")
+    if not increasing:
+        raise ValueError("flash_attention: cu_seqlens must be strictly increasing (no empty documents)")
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_size: int | None = None,
+                    cu_seqlens: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    """Causal attention, optionally windowed and document-masked.
+
+    Args:
+        q, k, v: (B, T, H, D), bf16 or fp16 (fp32 for tests), D in {64, 128} (16 and 32 also work).
+        window_size: query i sees keys i - window_size < j <= i (itself included); None: all
+            earlier keys. A plain int that may change between calls without recompiling.
+        cu_seqlens: (n_docs + 1,) int32 cumulative document starts of a packed batch, from 0 to T,
+            strictly increasing; needs B == 1. Queries see only keys of their own document.
+        scale: softmax scale, default D ** -0.5.
+    Returns:
+        (B, T, H, D) in q's dtype. Differentiable in q, k, v; traces under torch.compile.
+
+    Queries and keys share positions (self-attention over one T), so the causal diagonal is i == j.
+    """
+    _check_inputs(q, k, v, window_size, cu_seqlens)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    out, _ = _flash_attention_fwd_op(q, k, v, cu_seqlens, -1 if window_size is None else window_size, scale)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference
+# --------------------------------------------------------------------------------------------------
+
+
+def attention_mask(T: int, *, window_size: int | None = None, cu_seqlens: torch.Tensor | None = None,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """(T, T) bool, True where query i (row) may attend key j (column): causal, window, same document."""
+    i = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    mask = j <= i
+    if window_size is not None:
+        mask = mask & (j > i - window_size)
+    if cu_seqlens is not None:
+        doc = torch.searchsorted(cu_seqlens.to(device), torch.arange(T, device=device, dtype=cu_seqlens.dtype),
+                                 right=True)
+        mask = mask & (doc[:, None] == doc[None, :])
+    return mask
+
+
+def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_size: int | None = None,
+                  cu_seqlens: torch.Tensor | None = None, scale: float | None = None,
+                  upcast: bool = True) -> torch.Tensor:
+    """The same attention in plain PyTorch with an explicit mask: fp32 math returning fp32 (upcast),
+    or all math in the input dtype (upcast=False, PyTorch's own low-precision error for the tests).
+    q, k, v: (B, T, H, D); returns (B, T, H, D)."""
+    B, T, H, D = q.shape
+    scale = D ** -0.5 if scale is None else scale
+    dtype = torch.float32 if upcast else q.dtype
+    qh, kh, vh = (x.to(dtype).transpose(1, 2) for x in (q, k, v))  # (B, H, T, D)
+    mask = attention_mask(T, window_size=window_size, cu_seqlens=cu_seqlens, device=q.device)
+    scores = (qh @ kh.transpose(-1, -2)) * scale  # (B, H, T, T)
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    return (probs @ vh).transpose(1, 2)
+

@@ -1,0 +1,308 @@
+"""Flash attention (kernels/attention.py) against the explicit-mask reference.
+
+Every case checks the output and dQ, dK, dV on fresh random inputs: fp32 to a tight tolerance,
+fp16 (and bf16 on a GPU) by the "at most 2x PyTorch's own error" rule. Cases cover T = 1, T not a
+multiple of the block, windows of 1 / under a block / over T, length-1 documents, one document,
+many short ones, and window + documents together. Block skipping is checked twice: the Python
+loop bounds against the explicit mask (visited blocks == non-empty blocks, unmasked blocks == full
+blocks), and the bounds the kernels actually used against the Python ones.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import triton
+from helpers import assert_close, assert_error_within
+
+from kernels.attention import (
+    LOG2E,
+    attention_mask,
+    attention_ref,
+    block_config,
+    flash_attention,
+    flash_attention_backward,
+    flash_attention_forward,
+    key_block_ranges,
+    query_block_ranges,
+)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _cu(lengths) -> torch.Tensor:
+    """Document lengths -> int32 cumulative starts (0, l0, l0 + l1, ..., T)."""
+    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+
+
+def _random_lengths(T: int, max_len: int) -> list[int]:
+    lengths = []
+    while sum(lengths) < T:
+        lengths.append(min(int(torch.randint(1, max_len + 1, ())), T - sum(lengths)))
+    return lengths
+
+
+# name -> (T, window_size, document lengths or None, or "random" for short random documents)
+CASES = {
+    "T1": (1, None, None),
+    "T_ragged": (45, None, None),
+    "window1": (40, 1, None),
+    "window_under_block": (70, 7, None),
+    "window_over_T": (50, 200, None),
+    "docs_of_length_1": (40, None, [1, 1, 1, 5, 1, 30, 1]),
+    "one_document": (50, None, [50]),
+    "many_short_docs": (80, None, "random"),
+    "window_and_docs": (77, 9, [20, 1, 33, 23]),
+}
+
+
+def _case(name: str):
+    T, window, lengths = CASES[name]
+    if lengths == "random":
+        lengths = _random_lengths(T, 6)
+    return T, window, None if lengths is None else _cu(lengths)
+
+
+def _inputs(B, T, H, D, dtype, device):
+    q, k, v = (torch.randn(B, T, H, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    return q, k, v, torch.randn(B, T, H, D, device=device, dtype=dtype)
+
+
+def _run(fn, q, k, v, do, **kwargs):
+    """Output and (dq, dk, dv) of fn for upstream gradient do."""
+    out = fn(q, k, v, **kwargs)
+    return (out, *torch.autograd.grad(out, (q, k, v), do.to(out.dtype)))
+
+
+def _reference_fp32(q, k, v, do, **kwargs):
+    leaves = [x.detach().float().requires_grad_() for x in (q, k, v)]
+    return _run(attention_ref, *leaves, do.float(), **kwargs)
+
+
+def _check_low_precision(q, k, v, do, *, atol, **kwargs):
+    """Ours vs the fp32 reference, within 2x PyTorch's own error computed in q's dtype."""
+    ours = _run(flash_attention, q, k, v, do, **kwargs)
+    ref32 = _reference_fp32(q, k, v, do, **kwargs)
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    ref_lowp = _run(attention_ref, *leaves, do, upcast=False, **kwargs)
+    for name, a, r32, rlo in zip(("out", "dq", "dk", "dv"), ours, ref32, ref_lowp):
+        assert a.dtype == q.dtype, f"{name}: dtype {a.dtype} != {q.dtype}"
+        assert_error_within(a.float(), r32, rlo.float(), name=name, atol=atol)
+
+
+# --------------------------------------------------------------------------------------------------
+# Correctness
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fp32_matches_reference(case, device):
+    T, window, cu = _case(case)
+    B = 1 if cu is not None else 2
+    q, k, v, do = _inputs(B, T, 2, 16, torch.float32, device)
+    cu = None if cu is None else cu.to(device)
+    ours = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu)
+    ref = _reference_fp32(q, k, v, do, window_size=window, cu_seqlens=cu)
+    for name, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
+        assert_close(a, r, name=f"{case} {name}")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fp16_within_torch_error(case, device):
+    T, window, cu = _case(case)
+    q, k, v, do = _inputs(1, T, 2, 64, torch.float16, device)
+    _check_low_precision(q, k, v, do, window_size=window, cu_seqlens=None if cu is None else cu.to(device), atol=1e-4)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_head_dims(head_dim, dtype, device):
+    T, window, cu = 21, 6, _cu([4, 12, 5]).to(device)
+    q, k, v, do = _inputs(1, T, 1, head_dim, dtype, device)
+    if dtype == torch.float32:
+        ours = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu)
+        ref = _reference_fp32(q, k, v, do, window_size=window, cu_seqlens=cu)
+        for name, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
+            assert_close(a, r, name=f"D={head_dim} {name}")
+    else:
+        _check_low_precision(q, k, v, do, window_size=window, cu_seqlens=cu, atol=1e-4)
+
+
+def test_lse_and_custom_scale(device):
+    """The saved LSE (log2 units) is logsumexp of the masked, scaled scores; scale is honoured."""
+    T, window, scale = 37, 11, 0.3
+    q, k, v, do = _inputs(2, T, 2, 16, torch.float32, device)
+    out, lse = flash_attention_forward(q.detach(), k.detach(), v.detach(), None, window, scale)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.detach(), k.detach()) * scale
+    scores = scores.masked_fill(~attention_mask(T, window_size=window, device=device), float("-inf"))
+    assert_close(lse, torch.logsumexp(scores, -1) * LOG2E, name="lse")
+    assert_close(out, attention_ref(q, k, v, window_size=window, scale=scale), name="out")
+
+
+def test_strided_inputs(device):
+    """Views of one packed qkv tensor go in as they are; mixed layouts are copied; both are right."""
+    B, T, H, D = 2, 33, 2, 16
+    qkv = torch.randn(B, T, 3, H, D, device=device, requires_grad=True)
+    do = torch.randn(B, T, H, D, device=device)
+    for q, k, v in [qkv.unbind(2), (qkv[:, :, 0].contiguous(), qkv[:, :, 1], qkv[:, :, 2])]:
+        ours = _run(flash_attention, q, k, v, do, window_size=5)
+        ref = _reference_fp32(q, k, v, do, window_size=5)
+        for name, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
+            assert_close(a, r, name=f"strided {name}")
+
+
+def test_backward_is_deterministic(device):
+    T, window, cu = _case("window_and_docs")
+    q, k, v, do = _inputs(1, T, 2, 16, torch.float32, device)
+    first = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu.to(device))
+    second = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu.to(device))
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend, device):
+    """The custom ops trace with fullgraph=True, forward and backward; window is a plain int arg."""
+    T, cu = 40, _cu([10, 1, 29]).to(device)
+    q, k, v, do = _inputs(1, T, 2, 16, torch.float32, device)
+
+    def fn(q, k, v, window):
+        return flash_attention(q, k, v, window_size=window, cu_seqlens=cu) * 2.0
+
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)
+    for window in (3, 17):
+        ours = _run(compiled, q, k, v, do, window=window)
+        ref = _run(fn, q, k, v, do, window=window)
+        for name, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
+            assert_close(a, r, name=f"compiled window={window} {name}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Block skipping: cost follows the non-empty blocks of the mask
+# --------------------------------------------------------------------------------------------------
+
+
+def _random_geometry():
+    T = int(torch.randint(1, 120, ()))
+    window = [None, int(torch.randint(1, 2 * T + 1, ()))][int(torch.randint(0, 2, ()))]
+    cu = _cu(_random_lengths(T, int(torch.randint(1, T + 1, ())))) if torch.rand(()) < 0.6 else None
+    return T, window, cu
+
+
+def _tiles(mask: torch.Tensor, T: int, block_m: int, block_n: int, own_queries: bool):
+    """(any allowed, all allowed) per tile, indexed [owned block][stepped block]. Padding on the
+    stepped side counts as masked (the kernel must mask it); on the owned side it is not stored."""
+    pad = torch.zeros(triton.cdiv(T, block_m) * block_m, triton.cdiv(T, block_n) * block_n, dtype=torch.bool)
+    pad[:T, :T] = mask
+    tiles = {}
+    for q0 in range(0, T, block_m):
+        for n0 in range(0, T, block_n):
+            rows = slice(q0, min(q0 + block_m, T)) if own_queries else slice(q0, q0 + block_m)
+            cols = slice(n0, n0 + block_n) if own_queries else slice(n0, min(n0 + block_n, T))
+            tile = pad[rows, cols]
+            key = (q0 // block_m, n0 // block_n) if own_queries else (n0 // block_n, q0 // block_m)
+            tiles[key] = (bool(tile.any()), bool(tile.all()))
+    return tiles
+
+
+def _check_ranges(ranges, tiles, step: int):
+    for owned, (lo, full_lo, full_hi, hi) in enumerate(ranges):
+        assert lo <= full_lo <= full_hi <= hi
+        visited = {s // step for s in range(lo, hi, step)}
+        full = {s // step for s in range(full_lo, full_hi, step)}
+        nonempty = {s for (o, s), (any_, _) in tiles.items() if o == owned and any_}
+        all_allowed = {s for (o, s), (_, all_) in tiles.items() if o == owned and all_}
+        assert visited == nonempty, f"block {owned}: visits {sorted(visited)}, non-empty {sorted(nonempty)}"
+        assert full == all_allowed, f"block {owned}: unmasked {sorted(full)}, full {sorted(all_allowed)}"
+
+
+@pytest.mark.parametrize("block_m, block_n", [(16, 16), (32, 16), (16, 32), (64, 128)])
+def test_loop_ranges_visit_exactly_the_nonempty_blocks(block_m, block_n):
+    for _ in range(40):
+        T, window, cu = _random_geometry()
+        mask = attention_mask(T, window_size=window, cu_seqlens=cu)
+        q_ranges = query_block_ranges(T, block_m, block_n, window_size=window, cu_seqlens=cu)
+        _check_ranges(q_ranges, _tiles(mask, T, block_m, block_n, own_queries=True), block_n)
+        k_ranges = key_block_ranges(T, block_m, block_n, window_size=window, cu_seqlens=cu)
+        _check_ranges(k_ranges, _tiles(mask, T, block_m, block_n, own_queries=False), block_m)
+
+
+def test_kernels_use_the_python_ranges(device):
+    """The bounds each kernel computed (written out with STORE_RANGES) equal the Python ones."""
+    D = 16
+    fwd, dkdv, dq = (block_config(kind, D, device) for kind in ("fwd", "dkdv", "dq"))
+    for _ in range(4):
+        T, window, cu = _random_geometry()
+        cu = None if cu is None else cu.to(device)
+        q, k, v, do = (x.detach() for x in _inputs(1, T, 1, D, torch.float32, device))
+        fwd_r = torch.full((triton.cdiv(T, fwd.block_m), 4), -1, dtype=torch.int32, device=device)
+        dkdv_r = torch.full((triton.cdiv(T, dkdv.block_n), 4), -1, dtype=torch.int32, device=device)
+        dq_r = torch.full((triton.cdiv(T, dq.block_m), 4), -1, dtype=torch.int32, device=device)
+        w = -1 if window is None else window
+        out, lse = flash_attention_forward(q, k, v, cu, w, D**-0.5, ranges=fwd_r)
+        flash_attention_backward(do, q, k, v, out, lse, cu, w, D**-0.5, dkdv_ranges=dkdv_r, dq_ranges=dq_r)
+        kw = dict(window_size=window, cu_seqlens=cu)
+        assert fwd_r.tolist() == [list(r) for r in query_block_ranges(T, fwd.block_m, fwd.block_n, **kw)]
+        assert dq_r.tolist() == [list(r) for r in query_block_ranges(T, dq.block_m, dq.block_n, **kw)]
+        assert dkdv_r.tolist() == [list(r) for r in key_block_ranges(T, dkdv.block_m, dkdv.block_n, **kw)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def _bad(name):
+    q = torch.randn(1, 8, 2, 16)
+    cases = {
+        "ndim": ((q[0], q[0], q[0]), {}, "must be \\(B, T, H, D\\)"),
+        "shapes": ((q, q, q[:, :4]), {}, "shapes differ"),
+        "dtypes": ((q, q.half(), q), {}, "dtypes differ"),
+        "dtype": ((q.double(), q.double(), q.double()), {}, "not supported"),
+        "devices": ((q, q, q.to("meta")), {}, "devices differ"),
+        "head_dim": ((q[..., :12],) * 3, {}, "head dim 12 not supported"),
+        "window0": ((q, q, q), {"window_size": 0}, "window_size must be >= 1"),
+        "cu_dtype": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8])}, "must be int32"),
+        "cu_shape": ((q, q, q), {"cu_seqlens": torch.tensor([8], dtype=torch.int32)}, "1-D with >= 2"),
+        "cu_start": ((q, q, q), {"cu_seqlens": torch.tensor([1, 8], dtype=torch.int32)}, "start at 0"),
+        "cu_end": ((q, q, q), {"cu_seqlens": torch.tensor([0, 7], dtype=torch.int32)}, "end at T = 8"),
+        "cu_order": ((q, q, q), {"cu_seqlens": torch.tensor([0, 5, 3, 8], dtype=torch.int32)}, "strictly increasing"),
+        "cu_empty_doc": ((q, q, q), {"cu_seqlens": torch.tensor([0, 3, 3, 8], dtype=torch.int32)}, "strictly increasing"),
+        "cu_batch": ((q.expand(2, -1, -1, -1),) * 3, {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32)}, "B == 1"),
+    }
+    return cases[name]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "window0", "cu_dtype", "cu_shape", "cu_start",
+     "cu_end", "cu_order", "cu_empty_doc", "cu_batch"],
+)
+def test_bad_inputs_raise(name):
+    args, kwargs, match = _bad(name)
+    with pytest.raises(ValueError, match=match):
+        flash_attention(*args, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU only: bf16 (Triton's interpreter has no bf16 arithmetic)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("case", list(CASES))
+def test_bf16_within_torch_error(case, head_dim):
+    T, window, cu = _case(case)
+    q, k, v, do = _inputs(1, T, 2, head_dim, torch.bfloat16, "cuda")
+    _check_low_precision(q, k, v, do, window_size=window, cu_seqlens=None if cu is None else cu.cuda(), atol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_bf16_long_sequence_with_window_and_docs():
+    """Real tile sizes with many blocks: T = 2000, window 300, ~100-token documents."""
+    T = 2000
+    cu = _cu(_random_lengths(T, 200)).cuda()
+    q, k, v, do = _inputs(1, T, 2, 128, torch.bfloat16, "cuda")
+    _check_low_precision(q, k, v, do, window_size=300, cu_seqlens=cu, atol=1e-3)
