@@ -32,14 +32,15 @@ def _utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _jsonable(value):
-    # NaN/inf are not JSON: a diverged loss is recorded as null with the status saying why.
+def finite_or_none(value):
+    """JSON has no NaN or infinity: a non-finite float (a diverged loss, an undefined std) becomes null,
+    with the status or the field's meaning saying why."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: finite_or_none(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [finite_or_none(v) for v in value]
     return value
 
 
@@ -52,7 +53,7 @@ class EventLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, event: str, **fields) -> None:
-        line = json.dumps({"event": event, "time": _utc_now(), **_jsonable(fields)}, allow_nan=False)
+        line = json.dumps({"event": event, "time": _utc_now(), **finite_or_none(fields)}, allow_nan=False)
         self._file.write(line + "\n")
         self._file.flush()
 

@@ -1,0 +1,246 @@
+"""Render leaderboard.md (and records/leaderboard.png) from records/.
+
+    python -m harness.leaderboard [--records records] [--out leaderboard.md]
+
+Per track: the accepted records fastest first, the history of records (when each was set and its
+speedup over the one before), and the last 10 runs from records/runs.jsonl. The plot shows, per
+track, each record's time in the order the records were set, and val loss against train time for the current record
+and the track's first record (its baseline). Nothing here depends on when it is rendered: the same
+records give the same bytes, the PNG included (fixed style and dpi, no software stamp).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from harness.logs import LogError, load_runs
+from harness.records import RECORDS_DIR, list_records, load_records
+
+PLOT_FILE = "leaderboard.png"
+RECENT_RUNS = 10
+DPI = 100
+
+
+def default_out(records_dir: str | os.PathLike) -> Path:
+    """leaderboard.md sits next to the records directory (the repository root for the default)."""
+    return Path(records_dir).resolve().parent / "leaderboard.md"
+
+
+def _cell(value) -> str:
+    """Markdown-safe table cell text."""
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def _fmt(value, spec: str = "", missing: str = "—", scale: float = 1) -> str:
+    """value (/ scale, for numbers) formatted; `missing` for None (JSON's null) or NaN (pandas' missing)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return missing
+    return format(value if isinstance(value, str) else value / scale, spec)
+
+
+def _table(rows: list[dict]) -> str:
+    cells = [{k: _cell(v) for k, v in row.items()} for row in rows]
+    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)
+
+
+def _mean_std(summary: dict, scale: float, spec: str) -> str:
+    return f"{_fmt(summary.get('mean'), spec, scale=scale)} ± {_fmt(summary.get('std'), spec, scale=scale)}"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections
+
+
+def records_table(records: list[dict], link_base: str) -> str:
+    rows = []
+    for rank, r in enumerate(sorted(records, key=lambda r: (r["stats"]["time_ms"]["mean"], r["folder"])), 1):
+        s = r["stats"]
+        rows.append({
+            "#": rank,
+            "time (s)": _mean_std(s["time_ms"], 1000, ".2f"),
+            "val loss": _mean_std(s["final_val_loss"], 1, ".4f"),
+            "runs": s["n"],
+            "p (loss < target)": _fmt(s.get("p_loss_below_target"), ".2g"),
+            "date": r["date"],
+            "name": r["name"],
+            "description": r.get("description", ""),
+            "folder": f"[{r['folder']}]({link_base}/{r['folder']}/)",
+        })
+    return _table(rows)
+
+
+def history_table(records: list[dict]) -> str:
+    rows = []
+    for r in records:  # oldest first
+        prev = r["stats"].get("previous")
+        if prev:
+            sp = prev["speedup"]
+            low, high = (_fmt(x, ".3f") for x in sp["ci95"])
+            speedup = f"{_fmt(sp['ratio'], '.3f')}x (95% CI {low}–{high}) over {prev['name']}"
+        else:
+            speedup = "first record (baseline)"
+        rows.append({"date": r["date"], "name": r["name"],
+                     "time (s)": _fmt(r["stats"]["time_ms"]["mean"], ".2f", scale=1000),
+                     "speedup over previous": speedup})
+    return _table(rows)
+
+
+def recent_runs_table(runs: pd.DataFrame) -> str:
+    runs = runs.sort_values(["timestamp", "run_id"]).tail(RECENT_RUNS).iloc[::-1]
+    rows = []
+    for r in runs.to_dict("records"):
+        rows.append({
+            "finished (UTC)": r.get("timestamp"),
+            "run id": r["run_id"],
+            "name": _fmt(r.get("name")),
+            "status": _fmt(r.get("status")),
+            "final val loss": _fmt(r.get("final_val_loss"), ".4f"),
+            "time to target (s)": _fmt(r.get("time_to_target_ms"), ".2f", scale=1000,
+                                       missing="not reached" if r.get("status") == "ok" else "—"),
+            "steps": _fmt(r.get("steps"), ".0f"),
+            "hardware": _fmt(r.get("hardware")),
+        })
+    return _table(rows)
+
+
+def _curves(records_dir: Path, record: dict):
+    try:
+        return load_runs(records_dir / record["folder"] / "runs")
+    except LogError as exc:
+        print(f"leaderboard: {exc}", file=sys.stderr)
+        return []
+
+
+def zoom_to_target(ax, losses: list[float], target: float | None) -> None:
+    """Show the approach to the target, not the first steps' loss of ~11: the top at 1.25 x target."""
+    finite = [x for x in losses if x == x]
+    if target is None or not finite:
+        return
+    low = min(min(finite), target)
+    ax.set_ylim(low - 0.02 * abs(low), min(max(finite), 1.25 * target))
+
+
+def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with plt.style.context("default"):
+        fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)
+        for (track, records), (ax_time, ax_loss) in zip(by_track.items(), axes):
+            # Records in the order they were set, one tick each (several may share a date).
+            times = [r["stats"]["time_ms"]["mean"] / 1000 for r in records]
+            ax_time.step(range(len(records)), times, where="post", color="tab:blue")
+            ax_time.plot(range(len(records)), times, "o", color="tab:blue")
+            ax_time.set_xticks(range(len(records)), [f"{r['date']}\n{r['name']}" for r in records], fontsize=8)
+            ax_time.set_xlim(-0.5, len(records) - 0.5)
+            ax_time.set_ylim(0, 1.1 * max(times))
+            ax_time.set(title=f"{track}: record time", ylabel="time to target (s)")
+            ax_time.grid(alpha=0.3)
+            shown = [records[0]] if len(records) == 1 else [records[0], records[-1]]
+            losses = []
+            for record, color, label in zip(shown, ("tab:gray", "tab:red"), ("baseline", "current record")):
+                for i, log in enumerate(_curves(records_dir, record)):
+                    ax_loss.plot([t / 1000 for t in log.val_times_ms], log.val_losses, color=color, alpha=0.7, lw=1,
+                                 label=f"{label}: {record['name']}" if i == 0 else None)
+                    losses += log.val_losses
+            target = records[-1]["stats"].get("target_val_loss")
+            if target is not None:
+                ax_loss.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
+            zoom_to_target(ax_loss, losses, target)
+            ax_loss.set(title=f"{track}: val loss", xlabel="train time (s)", ylabel="val loss")
+            ax_loss.grid(alpha=0.3)
+            ax_loss.legend(fontsize=8)
+        fig.tight_layout()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+            plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Page
+
+
+def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike | None = None) -> Path:
+    """Write the leaderboard page (and its plot when there are records); return the page's path."""
+    records_dir = Path(records_dir).resolve()
+    out = Path(out) if out is not None else default_out(records_dir)
+    records, problems = list_records(records_dir)
+    runs, run_problems = load_records(records_dir)
+    for p in problems + run_problems:
+        print(f"leaderboard: {p}", file=sys.stderr)
+    link_base = Path(os.path.relpath(records_dir, out.resolve().parent)).as_posix()
+    by_track: dict[str, list[dict]] = {}
+    for r in records:
+        by_track.setdefault(r["track"], []).append(r)
+    tracks = sorted(set(by_track) | set(runs["track"].dropna()))
+
+    lines = ["# Leaderboard", "",
+             "Rendered by `python -m harness.leaderboard` from `records/`; do not edit by hand. "
+             f"The record rule is in [records/README.md]({link_base}/README.md).", ""]
+    if not tracks:
+        lines += ["No records yet, and no runs in the runs log.", "",
+                  "Train with `python -m harness.run --track cpu-tiny --seeds 4`, then submit with "
+                  "`python -m harness.submit --name NAME --description TEXT RUN_ID...`.", ""]
+    plot_path = records_dir / PLOT_FILE
+    if by_track:
+        render_plot(records_dir, by_track, plot_path)
+        lines += [f"![record times and loss curves]({link_base}/{PLOT_FILE})", ""]
+    elif plot_path.exists():
+        plot_path.unlink()  # a plot of records that are gone
+    for track in tracks:
+        track_records = by_track.get(track, [])
+        target = track_records[-1]["stats"].get("target_val_loss") if track_records else None
+        lines += [f"## {track}" + (f" (target val loss {target})" if target is not None else ""), ""]
+        if track_records:
+            lines += ["### Records, fastest first", "",
+                      "Time is the mean time to target over the record's runs (± sample std); p is the one-sided "
+                      "t-test that the mean final val loss is below the target.", "",
+                      records_table(track_records, link_base), "", "### History", "", history_table(track_records), ""]
+        else:
+            lines += ["No accepted record yet.", ""]
+        track_runs = runs[runs["track"] == track]
+        if len(track_runs):
+            lines += [f"### Recent runs (last {RECENT_RUNS})", "", recent_runs_table(track_runs), ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out, "\n".join(lines).rstrip("\n").encode() + b"\n")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.leaderboard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="page to write (default: leaderboard.md next to records/)")
+    args = parser.parse_args(argv)
+    if not args.records.is_dir():
+        parser.error(f"--records {args.records}: no such directory")
+    print(render(args.records, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

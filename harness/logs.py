@@ -1,0 +1,275 @@
+"""One parser for training logs: modded-nanogpt's text logs, our train.log, and our run directories.
+
+A modded-nanogpt log is the run's own source code, then versions and `nvidia-smi`, then one line per
+step, for example
+
+    step:0/1390 val_loss:10.8258 train_time:0ms step_avg:0.03ms
+    step:1/1390 train_time:28ms step_avg:28.45ms
+    step:1390/1390 val_loss:3.2775 train_time:79532ms step_avg:57.22ms
+
+Our trainer prints the same lines with `tokens_per_s:T mfu:P%` appended. A step line is a line that
+*starts* with `step:N/M`; `key:value` tokens after it are read where known and ignored otherwise,
+and every other line (the source code, which mentions "step:" inside f-strings, the versions, the
+GPU table) is skipped. Validation lines (those with `val_loss:`) make the loss curve; the last one
+gives the final loss, its train time and step. A text log is "ok" when its last validation is at
+the planned step M, or when it has our trainer's closing `result: ...` line (our trainer stops at
+the first validation at or below the target); otherwise it was cut off: "incomplete".
+
+A run directory written by train_gpt.py is read from its `events.jsonl` (harness/runlog.py), which
+holds the same curve at full precision plus what a text log lacks: track, seed, code hash, target,
+status. Its train.log supplies the planned step count.
+
+    load_run(path)    a log file, an events.jsonl, or a run directory -> RunLog
+    load_runs(path)   the above, or a folder of log files and run directories -> [RunLog]
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.runlog import CONSOLE_FILE, EVENTS_FILE, last_event, read_events
+
+# modded-nanogpt's FineWeb target: the loss a run must reach, for logs that do not state their own.
+DEFAULT_TARGET = 3.28
+LOG_SUFFIXES = (".txt", ".log")
+
+_STEP_LINE = re.compile(r"^step:(\d+)/(\d+)(?=\s|$)")
+_VALUE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)(ms|%)?$", re.IGNORECASE)
+
+
+class LogError(ValueError):
+    """A log that cannot be read. The message is one line naming the file and the problem."""
+
+
+@dataclass
+class RunLog:
+    """One training run as read from its log. Times in milliseconds of timed training."""
+
+    source: str  # the file or run directory it was read from
+    name: str  # the run id for our run directories, the file stem for text logs
+    val_steps: list[int] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    val_times_ms: list[float] = field(default_factory=list)
+    last_step: int | None = None  # last step line seen (validation or not)
+    total_steps: int | None = None  # M in step:N/M (planned steps)
+    step_avg_ms: float | None = None
+    tokens_per_s: float | None = None
+    status: str = "incomplete"  # ok | diverged | error | incomplete (no final step / no result event)
+    # From events.jsonl only (None for text logs):
+    run_id: str | None = None
+    track: str | None = None
+    seed: int | None = None
+    code_hash: str | None = None
+    target: float | None = None
+    tokens: int | None = None
+    world_size: int | None = None
+    config: dict | None = None
+    hardware: dict | None = None
+    versions: dict | None = None
+    git: dict | None = None
+    result: dict | None = None
+    problems: list[str] = field(default_factory=list)  # damaged lines skipped while reading
+
+    @property
+    def final_val_loss(self) -> float | None:
+        return self.val_losses[-1] if self.val_losses else None
+
+    @property
+    def train_time_ms(self) -> float | None:
+        """Train time at the last validation."""
+        return self.val_times_ms[-1] if self.val_times_ms else None
+
+    @property
+    def final_step(self) -> int | None:
+        """Step of the last validation."""
+        return self.val_steps[-1] if self.val_steps else None
+
+    @property
+    def hardware_label(self) -> str | None:
+        """'8x NVIDIA H100 80GB HBM3', or 'CPU <model> (<n> cores)'; None without a meta event."""
+        h = self.hardware
+        if not h:
+            return None
+        if h.get("kind") == "cuda":
+            return f"{self.world_size or h.get('gpu_count') or 1}x {h.get('gpu')}"
+        return f"CPU {h.get('cpu')}" + (f" ({h['cpu_count']} cores)" if h.get("cpu_count") else "")
+
+    def time_to_target(self, target: float | None = None) -> float | None:
+        """Train time (ms) of the first validation with loss <= target; None if never reached."""
+        target = self.target if target is None else target
+        if target is None:
+            raise LogError(f"{self.source}: no target val loss known for this log; give one")
+        for loss, time_ms in zip(self.val_losses, self.val_times_ms):
+            if loss <= target:
+                return time_ms
+        return None
+
+    def effective_target(self, default: float = DEFAULT_TARGET) -> float:
+        return self.target if self.target is not None else default
+
+
+# ----------------------------------------------------------------------------------------------
+# Text logs
+
+
+def _number(text: str) -> float | None:
+    """'79532ms' -> 79532.0, '41.2%' -> 41.2, 'nan' -> nan, 'n/a' (or anything else) -> None."""
+    m = _VALUE.match(text)
+    return float(m.group(1)) if m else None
+
+
+def parse_step_line(line: str) -> dict | None:
+    """The fields of one step line, or None if the line is not one.
+
+    Returns {"step": N, "total": M, and any of "val_loss", "train_time_ms", "step_avg_ms",
+    "tokens_per_s", "mfu"} for the tokens present with a readable value.
+    """
+    m = _STEP_LINE.match(line)
+    if not m:
+        return None
+    fields = {"step": int(m.group(1)), "total": int(m.group(2))}
+    names = {"val_loss": "val_loss", "train_time": "train_time_ms", "step_avg": "step_avg_ms",
+             "tokens_per_s": "tokens_per_s", "mfu": "mfu"}
+    for token in line[m.end():].split():
+        key, sep, value = token.partition(":")
+        if sep and key in names:
+            number = _number(value)
+            if number is not None:
+                fields[names[key]] = number
+    return fields
+
+
+def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
+    """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line."""
+    log = RunLog(source=source, name=name if name is not None else Path(source).stem)
+    finished = False  # our trainer's closing "result: ..." line (it may stop early, at the target)
+    for line in text.splitlines():
+        finished = finished or line.startswith("result: ")
+        fields = parse_step_line(line)
+        if fields is None:
+            continue
+        log.last_step, log.total_steps = fields["step"], fields["total"]
+        log.step_avg_ms = fields.get("step_avg_ms", log.step_avg_ms)
+        log.tokens_per_s = fields.get("tokens_per_s", log.tokens_per_s)
+        if "val_loss" in fields and "train_time_ms" in fields:  # a torn last line may lack its time
+            log.val_steps.append(fields["step"])
+            log.val_losses.append(fields["val_loss"])
+            log.val_times_ms.append(fields["train_time_ms"])
+    if not log.val_steps:
+        raise LogError(f"{source}: no validation line "
+                       "(a line starting 'step:N/M' with 'val_loss:X' and 'train_time:Tms')")
+    if any(not math.isfinite(x) for x in log.val_losses):
+        log.status = "diverged"
+    elif log.final_step == log.total_steps or finished:
+        log.status = "ok"
+    return log
+
+
+def parse_log_file(path: str | os.PathLike) -> RunLog:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise LogError(f"{path}: no such log file") from None
+    except OSError as exc:
+        raise LogError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_text(text, source=str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Our run directories
+
+
+def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) -> RunLog:
+    """Read a run directory's events.jsonl (and its train.log for the planned step count)."""
+    events_path = Path(events_path)
+    run_dir = events_path.parent
+    try:
+        events, problems = read_events(events_path)
+    except FileNotFoundError:
+        raise LogError(f"{events_path}: no such events file") from None
+    log = RunLog(source=str(run_dir), name=run_dir.name, run_id=run_dir.name, problems=problems)
+    config, meta, result = last_event(events, "config"), last_event(events, "meta"), last_event(events, "result")
+    if config:
+        log.track = config.get("track")
+        log.config = config.get("config") or {}
+        log.seed = log.config.get("seed")
+        log.target = log.config.get("target_val_loss")
+    if meta:
+        log.code_hash = meta.get("code_hash")
+        log.world_size = meta.get("world_size")
+        log.hardware, log.versions, log.git = meta.get("hardware"), meta.get("versions"), meta.get("git")
+    for e in events:
+        try:
+            if e["event"] == "val":
+                loss = e["val_loss"]
+                log.val_steps.append(int(e["step"]))
+                log.val_losses.append(math.nan if loss is None else float(loss))  # null = non-finite
+                log.val_times_ms.append(float(e["train_time_ms"]))
+            elif e["event"] == "step":
+                log.last_step = int(e["step"])
+                log.step_avg_ms = e.get("step_avg_ms", log.step_avg_ms)
+                log.tokens_per_s = e.get("tokens_per_s", log.tokens_per_s)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.problems.append(f"{events_path}: skipped malformed {e['event']} event ({exc!r})")
+    if log.val_steps:
+        log.last_step = max(log.last_step or 0, log.val_steps[-1])
+    if result:
+        log.result = result
+        log.status = result.get("status", "error")
+        log.tokens = result.get("tokens")
+        log.tokens_per_s = result.get("tokens_per_s", log.tokens_per_s)
+        if result.get("target_val_loss") is not None:
+            log.target = result["target_val_loss"]
+    console = run_dir / CONSOLE_FILE
+    if console.exists():
+        for line in console.read_text(encoding="utf-8", errors="replace").splitlines():
+            fields = parse_step_line(line)
+            if fields:
+                log.total_steps = fields["total"]
+    if log.total_steps is None and result:
+        log.total_steps = result.get("steps")
+    if require_val and not log.val_steps:
+        raise LogError(f"{events_path}: no validation line (no 'val' event)")
+    return log
+
+
+def load_run(path: str | os.PathLike, *, require_val: bool = True) -> RunLog:
+    """A text log file, an events.jsonl, or a run directory (events.jsonl, else train.log) -> RunLog.
+
+    Raises LogError (one line, naming the file) for a missing path or a log without validation.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / EVENTS_FILE).exists():
+            return parse_events(path / EVENTS_FILE, require_val=require_val)
+        if (path / CONSOLE_FILE).exists():
+            log = parse_log_file(path / CONSOLE_FILE)
+            log.name = log.run_id = path.name
+            return log
+        raise LogError(f"{path}: not a run directory (no {EVENTS_FILE} or {CONSOLE_FILE})")
+    if not path.exists():
+        raise LogError(f"{path}: no such log file or run directory")
+    if path.name == EVENTS_FILE:
+        return parse_events(path, require_val=require_val)
+    return parse_log_file(path)
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / EVENTS_FILE).exists() or (path / CONSOLE_FILE).exists())
+
+
+def load_runs(path: str | os.PathLike) -> list[RunLog]:
+    """A log, a run directory, or a folder of logs (*.txt, *.log) and run directories -> [RunLog], sorted by name."""
+    path = Path(path)
+    if not path.exists():
+        raise LogError(f"{path}: no such log file or folder")
+    if not path.is_dir() or is_run_dir(path):
+        return [load_run(path)]
+    members = sorted(p for p in path.iterdir() if is_run_dir(p) or (p.is_file() and p.suffix in LOG_SUFFIXES))
+    if not members:
+        raise LogError(f"{path}: no logs (*.txt, *.log) or run directories in this folder")
+    return [load_run(p) for p in members]

@@ -1,0 +1,165 @@
+"""Re-check a record folder from its own files.
+
+    python -m harness.verify records/<date>_<name> [...]
+
+  - the code hash recomputed from code/ equals code/CODE_HASH and record.json's code_hash;
+  - every run's events.jsonl (runs/<run_id>/) names that code hash, and the runs in runs/ are the
+    runs in record.json;
+  - the statistics recomputed from those logs (and the previous record's, for the speedup) equal
+    record.json's (relative tolerance 1e-9: JSON keeps full precision) and statistics.md's (each
+    number to half a unit of its last printed digit).
+
+Each mismatch is one line: where (file, field), expected (recomputed) and found. Exit 1 on any.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from harness.logs import LogError, load_run
+from harness.records import RECORD_FILE, finite_or_none
+from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, code_hash
+from harness.submit import render_statistics, statistics
+
+JSON_RTOL = 1e-9
+# A number standing alone (not the digits inside a hash or a word).
+_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])")
+
+
+def compare_values(expected, found, where: str, out: list[str]) -> None:
+    """Recursively compare JSON-like values; append 'where: expected X, found Y' for each difference."""
+    if isinstance(expected, dict) and isinstance(found, dict):
+        for key in sorted(set(expected) | set(found)):
+            if key not in found:
+                out.append(f"{where}.{key}: expected {expected[key]!r}, found nothing")
+            elif key not in expected:
+                out.append(f"{where}.{key}: not expected, found {found[key]!r}")
+            else:
+                compare_values(expected[key], found[key], f"{where}.{key}", out)
+    elif isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
+        for i, (e, f) in enumerate(zip(expected, found)):
+            compare_values(e, f, f"{where}[{i}]", out)
+    elif (isinstance(expected, (int, float)) and isinstance(found, (int, float))
+          and not isinstance(expected, bool) and not isinstance(found, bool)):
+        if not math.isclose(expected, found, rel_tol=JSON_RTOL, abs_tol=1e-12):
+            out.append(f"{where}: expected {expected!r}, found {found!r}")
+    elif expected != found:
+        out.append(f"{where}: expected {expected!r}, found {found!r}")
+
+
+def _printed_tolerance(text: str) -> float:
+    """Half a unit of the last printed digit: '3.2775' -> 5e-5, '1.23e-04' -> 5e-7, '42' -> 0.5."""
+    mantissa, _, exponent = text.lower().partition("e")
+    decimals = len(mantissa.split(".", 1)[1]) if "." in mantissa else 0
+    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+
+
+def compare_text(expected: str, found: str, where: str, out: list[str]) -> None:
+    """Line by line: the words must match exactly, the numbers within their printed precision."""
+    exp_lines, found_lines = expected.splitlines(), found.splitlines()
+    if len(exp_lines) != len(found_lines):
+        out.append(f"{where}: expected {len(exp_lines)} lines, found {len(found_lines)}")
+    for lineno, (e, f) in enumerate(zip(exp_lines, found_lines), 1):
+        e_nums, f_nums = _NUMBER.findall(e), _NUMBER.findall(f)
+        same_words = _NUMBER.sub("#", e) == _NUMBER.sub("#", f) and len(e_nums) == len(f_nums)
+        if not same_words or any(
+            abs(float(a) - float(b)) > _printed_tolerance(b) + 1e-12 * abs(float(a)) for a, b in zip(e_nums, f_nums)
+        ):
+            out.append(f"{where}:{lineno}: expected {e.strip()!r}, found {f.strip()!r}")
+
+
+def verify(folder: str | Path) -> list[str]:
+    """All mismatches in a record folder (empty when it checks out)."""
+    folder = Path(folder)
+    problems: list[str] = []
+    record_path = folder / RECORD_FILE
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return [f"{record_path}: missing"]
+    except ValueError as exc:
+        return [f"{record_path}: not valid JSON ({exc})"]
+
+    # Code.
+    snapshot = folder / SNAPSHOT_DIR
+    try:
+        recomputed = code_hash(snapshot)
+    except FileNotFoundError as exc:
+        return problems + [f"{snapshot}: {exc}"]
+    stated = (snapshot / HASH_FILE).read_text().strip() if (snapshot / HASH_FILE).exists() else None
+    if stated != recomputed:
+        problems.append(f"{snapshot / HASH_FILE}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
+    if record.get("code_hash") != recomputed:
+        problems.append(f"{record_path}: code_hash: expected {recomputed}, found {record.get('code_hash')}")
+
+    # Runs.
+    runs_dir = folder / "runs"
+    run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    listed = sorted(r.get("run_id") for r in record.get("runs", []))
+    if [p.name for p in run_dirs] != listed:
+        problems.append(f"{runs_dir}: expected the runs of record.json {listed}, found {[p.name for p in run_dirs]}")
+    logs = []
+    for run_dir in run_dirs:
+        try:
+            log = load_run(run_dir)
+        except LogError as exc:
+            problems.append(str(exc))
+            continue
+        if log.code_hash != recomputed:
+            problems.append(f"{run_dir / 'events.jsonl'}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
+        logs.append(log)
+    if not logs:
+        return problems + [f"{runs_dir}: no readable runs"]
+
+    # Statistics.
+    stats_found = record.get("stats") or {}
+    target = stats_found.get("target_val_loss")
+    previous, previous_logs = None, None
+    if stats_found.get("previous"):
+        previous = stats_found["previous"]
+        prev_runs = folder.parent / previous["folder"] / "runs"
+        try:
+            previous_logs = [load_run(p) for p in sorted(prev_runs.iterdir()) if p.is_dir()]
+        except (OSError, LogError) as exc:
+            problems.append(f"{prev_runs}: the previous record's logs cannot be read ({exc})")
+            previous = None
+    runs, recomputed_stats = statistics(logs, target, previous, previous_logs)
+    expected = finite_or_none({"runs": runs, "stats": recomputed_stats})
+    if previous is None and stats_found.get("previous"):
+        expected["stats"]["previous"] = stats_found["previous"]  # reported above; do not report twice
+    compare_values(expected["runs"], record.get("runs"), f"{record_path}: runs", problems)
+    compare_values(expected["stats"], stats_found, f"{record_path}: stats", problems)
+    stats_md = folder / "statistics.md"
+    if not stats_md.exists():
+        problems.append(f"{stats_md}: missing")
+    else:
+        rendered = render_statistics({**record, **expected, "code_hash": recomputed})
+        compare_text(rendered, stats_md.read_text(encoding="utf-8"), str(stats_md), problems)
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.verify", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="record folders, records/<date>_<name>")
+    args = parser.parse_args(argv)
+    failed = 0
+    for folder in args.folders:
+        if not folder.is_dir():
+            print(f"{folder}: no such record folder", file=sys.stderr)
+            failed += 1
+            continue
+        problems = verify(folder)
+        for p in problems:
+            print(p)
+        print(f"{folder}: {'FAILED, ' + str(len(problems)) + ' mismatches' if problems else 'ok'}")
+        failed += bool(problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

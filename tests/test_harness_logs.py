@@ -1,0 +1,145 @@
+"""harness.logs: the one parser, on logs written here (modded-nanogpt's layout: code first, then steps)."""
+import math
+
+import pytest
+
+from harness.logs import LogError, load_run, load_runs, parse_step_line, parse_text
+
+# The head of a modded-nanogpt log: the script's own source, whose f-strings mention "step:".
+CODE = '''\
+import os
+def print0(s, console=False):
+    pass
+for step in range(train_steps + 1):
+    last_step = (step == train_steps)
+    if last_step or (val_loss_every > 0 and step % val_loss_every == 0):
+        print0(f"step:{step}/{train_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms", console=True)
+        s = "step:1/2 val_loss:0.1 train_time:1ms"  # a string in the code, indented
+# step:3/4 val_loss:0.2 train_time:2ms   <- a comment, not at the line start either
+====================================================================================================
+Running Python 3.12.7 (main, Oct  1 2024, 08:52:12) [GCC 13.2.0]
+Running PyTorch 2.6.0.dev20241203+cu124 compiled for CUDA 12.4
++-----------------------------------------------------------------------------------------+
+| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |
+'''
+
+STEPS = '''\
+step:0/1390 val_loss:10.8258 train_time:0ms step_avg:0.03ms
+step:1/1390 train_time:28ms step_avg:28.45ms
+step:2/1390 train_time:85ms step_avg:42.60ms
+step:125/1390 val_loss:4.3817 train_time:7024ms step_avg:56.19ms
+step:1250/1390 val_loss:3.3062 train_time:71533ms step_avg:57.23ms
+step:1389/1390 train_time:79478ms step_avg:57.22ms
+step:1390/1390 val_loss:3.2775 train_time:79532ms step_avg:57.22ms
+peak memory allocated: 22045 MiB reserved: 24218 MiB
+'''
+
+
+def write(tmp_path, text, name="log.txt"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_full_modded_nanogpt_log(tmp_path):
+    log = load_run(write(tmp_path, CODE + STEPS, "0a1b2c.txt"))
+    assert log.name == "0a1b2c" and log.status == "ok"
+    assert log.val_steps == [0, 125, 1250, 1390]
+    assert log.val_losses == [10.8258, 4.3817, 3.3062, 3.2775]
+    assert log.val_times_ms == [0, 7024, 71533, 79532]
+    assert (log.final_val_loss, log.train_time_ms, log.final_step) == (3.2775, 79532, 1390)
+    assert (log.last_step, log.total_steps, log.step_avg_ms, log.tokens_per_s) == (1390, 1390, 57.22, None)
+    assert log.target is None and log.effective_target() == 3.28
+    assert log.time_to_target(3.28) == 79532  # the first validation at or below the target
+    assert log.time_to_target(3.31) == 71533
+    assert log.time_to_target(3.0) is None
+
+
+def test_our_format_extra_tokens(tmp_path):
+    text = ("step:0/10 val_loss:10.9 train_time:0ms step_avg:0.00ms tokens_per_s:0 mfu:n/a\n"
+            "step:5/10 train_time:50ms step_avg:10.00ms tokens_per_s:51200 mfu:41.5% some:thing\n"
+            "step:10/10 val_loss:4.5 train_time:100ms step_avg:10.00ms tokens_per_s:52000 mfu:n/a\n")
+    log = parse_text(text, source="x")
+    assert log.status == "ok" and log.tokens_per_s == 52000 and log.val_losses == [10.9, 4.5]
+    assert parse_step_line("step:5/10 train_time:50ms step_avg:10.00ms tokens_per_s:51200 mfu:41.5% some:thing") == {
+        "step": 5, "total": 10, "train_time_ms": 50.0, "step_avg_ms": 10.0, "tokens_per_s": 51200.0, "mfu": 41.5}
+
+
+@pytest.mark.parametrize("line", ["  step:1/2 val_loss:1 train_time:1ms", "xstep:1/2 val_loss:1", "step:1 val_loss:1",
+                                  "step:1/2x val_loss:1", 'print(f"step:{step}/{n}")', "step:a/b val_loss:1"])
+def test_not_step_lines(line):
+    assert parse_step_line(line) is None
+
+
+def test_cut_off_log_is_incomplete(tmp_path):
+    cut = CODE + STEPS.split("step:1389")[0]  # the run died after step 1250's validation
+    log = load_run(write(tmp_path, cut))
+    assert log.status == "incomplete"
+    assert (log.final_val_loss, log.train_time_ms, log.final_step, log.total_steps) == (3.3062, 71533, 1250, 1390)
+
+
+def test_torn_last_line(tmp_path):
+    log = load_run(write(tmp_path, CODE + STEPS[: STEPS.index("step:1390/1390") + 25]))
+    assert log.status == "incomplete" and log.final_step == 1250  # 'step:1390/1390 val_loss:' with no time: ignored
+
+
+def test_diverged_log(tmp_path):
+    log = parse_text("step:0/4 val_loss:10.0 train_time:0ms\nstep:4/4 val_loss:nan train_time:9ms\n", source="d")
+    assert log.status == "diverged" and math.isnan(log.final_val_loss)
+
+
+def test_no_validation_line_is_a_one_line_error(tmp_path):
+    path = write(tmp_path, CODE + "step:1/1390 train_time:28ms step_avg:28.45ms\n")
+    with pytest.raises(LogError) as exc:
+        load_run(path)
+    msg = str(exc.value)
+    assert str(path) in msg and "no validation line" in msg and "\n" not in msg
+
+
+def test_missing_paths(tmp_path):
+    with pytest.raises(LogError, match="no such log file"):
+        load_run(tmp_path / "nope.txt")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(LogError, match="not a run directory"):
+        load_run(tmp_path / "empty_dir")
+    with pytest.raises(LogError, match="no logs"):
+        load_runs(tmp_path / "empty_dir")
+
+
+def test_folder_of_logs_and_run_dirs(tmp_path):
+    write(tmp_path, CODE + STEPS, "b.txt")
+    write(tmp_path, STEPS, "a.log")
+    write(tmp_path, "not a log", "notes.md")
+    run = tmp_path / "run1"
+    run.mkdir()
+    write(run, STEPS, "train.log")
+    logs = load_runs(tmp_path)
+    assert [log.name for log in logs] == ["a", "b", "run1"]
+    assert all(log.final_val_loss == 3.2775 for log in logs)
+
+
+def test_events_run_dir(tmp_path):
+    from harness.runlog import EventLog
+
+    run = tmp_path / "20250101-000000-cpu-tiny-s7-abcd"
+    events = EventLog(run)
+    events.write("config", track="cpu-tiny", config={"seed": 7, "target_val_loss": 4.0})
+    events.write("meta", code_hash="f" * 64, world_size=1, hardware={"kind": "cpu"}, versions={}, git={})
+    events.write("val", step=0, val_loss=10.0, train_time_ms=0.0)
+    events.write("step", step=1, train_time_ms=5.0, step_avg_ms=5.0, train_loss=None, tokens_per_s=1000.0, mfu=None)
+    events.write("val", step=2, val_loss=3.9, train_time_ms=10.0)
+    events.close()
+    with open(run / "events.jsonl", "a") as f:
+        f.write('{"event": "val", "step": 3, "val_lo')  # torn last line: the process was killed mid-write
+    log = load_run(run)
+    assert (log.run_id, log.track, log.seed, log.code_hash, log.target) == (run.name, "cpu-tiny", 7, "f" * 64, 4.0)
+    assert log.status == "incomplete" and log.val_steps == [0, 2] and log.time_to_target() == 10.0
+    assert len(log.problems) == 1 and "events.jsonl:6" in log.problems[0]
+
+
+def test_our_trainer_stops_early_at_the_target():
+    text = ("step:0/400 val_loss:10.8 train_time:0ms step_avg:0.00ms tokens_per_s:0 mfu:n/a\n"
+            "step:20/400 val_loss:5.9 train_time:2000ms step_avg:100.00ms tokens_per_s:40000 mfu:n/a\n"
+            "result: reached target 6.0 in 2000ms; 20 steps, 81,920 tokens, final val_loss 5.9000\n")
+    assert parse_text(text, source="x").status == "ok"
+    assert parse_text(text.rsplit("result", 1)[0], source="x").status == "incomplete"

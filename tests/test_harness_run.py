@@ -1,0 +1,106 @@
+"""harness.run with the fake trainer: every way a run ends is recorded, Ctrl-C included."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import run
+from harness.records import load_records
+from harness.snapshot import REPO_ROOT
+from test_harness_fakes import write_fake_trainer
+
+
+@pytest.fixture
+def kit(tmp_path):
+    return {"script": write_fake_trainer(tmp_path / "code"), "runs": tmp_path / "runs", "records": tmp_path / "records"}
+
+
+def run_fake(kit, *overrides, seed=0, timeout=None):
+    return run.run_one(track="cpu-tiny", seed=seed, name="t", script=kit["script"], overrides=overrides,
+                       timeout=timeout, runs_dir=kit["runs"], records_dir=kit["records"])
+
+
+def only_row(kit):
+    frame, problems = load_records(kit["records"])
+    assert problems == [] and len(frame) == 1
+    return frame.iloc[0].to_dict()
+
+
+def test_ok_run_row(kit):
+    row = run_fake(kit, "--steps=10", "--val_every=5", seed=4)
+    assert row == {k: v for k, v in only_row(kit).items() if k in row}
+    assert row["status"] == "ok" and row["seed"] == 4 and row["steps"] == 10
+    assert row["overrides"] == ["--steps=10", "--val_every=5"]
+    assert row["code_hash"] and row["hardware"] == "CPU Fake CPU (2 cores)" and row["python"]
+    assert row["reached_target"] and row["time_to_target_ms"] > 0 and row["final_val_loss"] < 3.28
+    console = (kit["runs"] / row["run_id"] / "console.log").read_text()
+    assert "step:10/10 val_loss:" in console and "fake trainer" in console
+
+
+def test_diverged_run(kit):
+    row = run_fake(kit, "--nan_at=10")
+    assert row["status"] == "diverged" and row["final_val_loss"] is None and only_row(kit)["status"] == "diverged"
+
+
+def test_crash_without_result_is_crashed(kit):
+    row = run_fake(kit, "--crash_at=12")
+    assert row["status"] == "crashed" and row["returncode"] == 1
+    assert row["final_val_loss"] is not None  # the last validation before the crash (step 10)
+    assert "RuntimeError: fake crash" in (kit["runs"] / row["run_id"] / "console.log").read_text()
+
+
+def test_timeout(kit):
+    start = time.monotonic()
+    row = run_fake(kit, "--hang_at=3", timeout=1.5)
+    assert row["status"] == "timeout" and time.monotonic() - start < run.STOP_GRACE_S + 5
+    assert only_row(kit)["status"] == "timeout"
+
+
+def test_ctrl_c_records_interrupted(kit):
+    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+           "--records", str(kit["records"]), "--no-leaderboard", "--", "--hang_at=7"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:  # the step-5 validation is echoed; the trainer then hangs at step 7
+        if line.startswith("step:5/20 val_loss:"):
+            break
+    else:
+        pytest.fail(f"the run never reached step 5 (exit {proc.wait()})")
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, rest
+    row = only_row(kit)
+    assert row["status"] == "interrupted" and row["final_val_loss"] is not None
+    assert "interrupted" in rest and "Traceback" not in rest.split("interrupted")[0]
+
+
+def test_bad_cli_arguments(kit, capsys):
+    for argv, message in [
+        (["--script", str(kit["script"]), "--", "lr=0.1"], "is not of the form --key=value"),
+        (["--script", str(kit["script"]), "--", "--seed=3"], "set by the harness"),
+        (["--script", str(kit["script"].parent / "nope.py")], "no such file"),
+        (["--seeds", "0"], "must be >= 1"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            run.main(argv)
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (kit["records"] / "runs.jsonl").exists()
+
+
+def test_cli_exit_status_and_rows(kit, capsys):
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--seeds", "2", "--seed-start", "5", "--name", "two"]
+    assert run.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2/2 runs ok" in out and "leaderboard:" in out
+    assert (kit["records"].parent / "leaderboard.md").exists()
+    assert run.main(argv + ["--no-leaderboard", "--", "--nan_at=5"]) == 1
+    frame, _ = load_records(kit["records"])
+    assert frame["seed"].tolist() == [5, 6, 5, 6] and frame["name"].tolist() == ["two"] * 4
+    assert frame["status"].tolist() == ["ok", "ok", "diverged", "diverged"]
+    assert json.loads((kit["records"] / "runs.jsonl").read_text().splitlines()[0])["schema"] == 1
