@@ -1,0 +1,579 @@
+"""Fused RMSNorm and LayerNorm over the last dimension, beside their PyTorch references.
+
+Math, per row x of width N (statistics in fp32 whatever the storage dtype; w and b optional):
+
+    RMSNorm     rstd = 1 / sqrt(mean(x²) + eps)                      x̂ = x · rstd
+    LayerNorm   μ = mean(x),  rstd = 1 / sqrt(mean((x − μ)²) + eps)  x̂ = (x − μ) · rstd
+    y = x̂ · w + b
+
+Backward (the vector-Jacobian product), with g = dy · w (g = dy without a weight), means over the row:
+
+    RMSNorm     dx = rstd · (g − x̂ · mean(g · x̂))
+    LayerNorm   dx = rstd · (g − mean(g) − x̂ · mean(g · x̂))
+    dw = Σ_rows dy · x̂          db = Σ_rows dy
+
+The forward is one pass that keeps only rstd per row (and μ for LayerNorm); the backward recomputes
+x̂ from x and those statistics, so it too is one pass over the rows.
+
+Bytes that must move, per row of N elements of `bytes` each (weights, bias and the fp32 statistics are
+negligible next to them): forward reads x and writes y, 2·N·bytes; backward reads x and dy and writes
+dx, 3·N·bytes; forward + backward 5·N·bytes. `benchmarks/bench_norm.py` reports GB/s on that count.
+
+Block sizes. A program holds whole rows in registers (BLOCK_N = next_power_of_2(N)), so x is read once:
+no second pass over memory for the statistics. Rows are limited to 65536 bytes (the limit of Triton's
+layer-norm tutorial): N ≤ 32768 in bf16/fp16, N ≤ 16384 in fp32; wider rows raise ValueError (they
+would need a chunked two-pass kernel). Narrow rows, e.g. QK-norm over a head dim of 64-128, are packed
+BLOCK_M to a tile so that one program still moves about 4096 elements; num_warps follows the tile size
+(Liger-Kernel's `calculate_settings`).
+
+Weight gradients without atomics (Liger-Kernel's RMSNorm backward): the backward launches about one
+program per SM; each walks a contiguous chunk of rows, writes their dx, accumulates dy·x̂ (and dy) in
+fp32 registers and stores one partial row; dw = partials.sum(0). The result is deterministic.
+
+`add_rms_norm(x, residual)` fuses the residual add into the forward (one read of each, one write of
+the sum and of the normed output; the norm is of the sum as rounded to x.dtype, as unfused code sees
+it) and folds the sum's gradient into dx in the backward.
+
+Inputs of any leading shape are flattened to rows. Rows may be strided (a slice of a wider tensor is
+read in place); inputs whose rows need more than one stride (a transposed view) are copied first.
+Weight and bias may have another float dtype than x (e.g. fp32 parameters, bf16 activations); y and
+dx are in x.dtype, dw and db in the parameter's dtype.
+
+Status: correct against PyTorch under Triton's CPU interpreter (tests/test_norm.py; its GPU-marked
+bf16 test has not run). NOT YET MEASURED ON A GPU: the session that wrote this had none, so BLOCK_M,
+num_warps and the number of backward programs are untuned heuristics (one program per SM walks its
+rows one tile at a time with nothing else in flight on that SM: if the backward measures latency-bound,
+try 2-4 programs per SM), and add_rms_norm's fusion is unmeasured. Run `python -m
+benchmarks.bench_norm` on an H100 to fill benchmarks/results.csv.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+# Widest row a program holds in registers, in bytes (Triton's 05-layer-norm tutorial uses the same).
+MAX_ROW_BYTES = 65536
+# Elements one program moves per tile: narrow rows are stacked until a tile holds about this many.
+TILE_ELEMENTS = 4096
+# Backward programs without a GPU (the interpreter runs them one after another; a few suffice).
+CPU_BACKWARD_PROGRAMS = 4
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------------
+# PyTorch references (fp32 math, result in the input dtype)
+# ---------------------------------------------------------------------------------------------------
+
+
+def rms_norm_ref(x: Tensor, weight: Optional[Tensor] = None, eps: Optional[float] = None) -> Tensor:
+    """RMSNorm over the last dim in fp32: x · rsqrt(mean(x²) + eps) · w; eps=None means finfo(x.dtype).eps."""
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    x32 = x.float()
+    y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    return y.to(x.dtype)
+
+
+def layer_norm_ref(
+    x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5
+) -> Tensor:
+    """LayerNorm over the last dim in fp32: (x − mean) · rsqrt(var + eps) · w + b (biased variance)."""
+    x32 = x.float()
+    xc = x32 - x32.mean(-1, keepdim=True)
+    y = xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Triton kernels
+# ---------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _norm_fwd_kernel(
+    x_ptr, x_row_stride,  # (M, N) input rows, unit stride along N
+    res_ptr, res_row_stride,  # (M, N) residual added to x first, or None
+    sum_ptr,  # (M, N) contiguous output x + residual, or None
+    y_ptr,  # (M, N) contiguous output
+    w_ptr,  # (N,) weight, or None
+    b_ptr,  # (N,) bias, or None
+    mean_ptr,  # (M,) fp32 output, LayerNorm only
+    rstd_ptr,  # (M,) fp32 output
+    M, N, eps,
+    IS_RMS: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # One tile of BLOCK_M whole rows per program.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    cols = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    row_mask = rows < M
+    col_mask = cols < N
+    mask = row_mask[:, None] & col_mask[None, :]  # (BLOCK_M, BLOCK_N)
+
+    x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        r = tl.load(res_ptr + rows[:, None] * res_row_stride + cols[None, :], mask=mask, other=0.0)
+        s = (x + r.to(tl.float32)).to(sum_ptr.dtype.element_ty)
+        tl.store(sum_ptr + rows[:, None] * N + cols[None, :], s, mask=mask)
+        x = s.to(tl.float32)  # normalise the sum as stored, as the unfused code (and our backward) sees it
+
+    if IS_RMS:
+        xc = x  # masked lanes are already 0
+    else:
+        mean = tl.sum(x, axis=1) / N  # (BLOCK_M,)
+        tl.store(mean_ptr + rows, mean, mask=row_mask)
+        xc = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)  # (BLOCK_M,)
+    tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+
+    y = xc * rstd[:, None]
+    if HAS_WEIGHT:
+        y *= tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        y += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rows[:, None] * N + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_bwd_kernel(
+    dy_ptr, dy_row_stride,  # (M, N) gradient of y, unit stride along N
+    x_ptr, x_row_stride,  # (M, N) the forward's normalised input (x + residual for add_rms_norm)
+    w_ptr,  # (N,) weight, or None
+    mean_ptr,  # (M,) fp32, LayerNorm only
+    rstd_ptr,  # (M,) fp32
+    dsum_ptr, dsum_row_stride,  # (M, N) gradient reaching add_rms_norm's sum output, or None
+    dx_ptr,  # (M, N) contiguous output
+    dw_partial_ptr,  # (P, N) fp32 output: row pid holds this program's Σ dy·x̂, or None
+    db_partial_ptr,  # (P, N) fp32 output: row pid holds this program's Σ dy, or None
+    M, N, rows_per_program,
+    IS_RMS: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_DSUM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    # Program pid owns rows [row_start, row_end) and walks them BLOCK_M at a time.
+    pid = tl.program_id(0)
+    row_start = pid.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    cols = tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    col_mask = cols < N
+    if HAS_WEIGHT:
+        w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)  # (BLOCK_N,)
+    dw_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    for start in range(row_start, row_end, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+        row_mask = rows < row_end
+        mask = row_mask[:, None] & col_mask[None, :]  # (BLOCK_M, BLOCK_N)
+        x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows[:, None] * dy_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)  # (BLOCK_M,)
+
+        if IS_RMS:
+            xhat = x * rstd[:, None]
+        else:
+            mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
+            xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        if HAS_WEIGHT:
+            g = dy * w[None, :]
+        else:
+            g = dy
+        # dx = rstd · (g − mean(g) − x̂ · mean(g · x̂)), without the mean(g) term for RMSNorm.
+        g_xhat = tl.sum(g * xhat, axis=1) / N  # (BLOCK_M,)
+        if IS_RMS:
+            dx = (g - xhat * g_xhat[:, None]) * rstd[:, None]
+        else:
+            g_mean = tl.sum(g, axis=1) / N
+            dx = (g - g_mean[:, None] - xhat * g_xhat[:, None]) * rstd[:, None]
+        if HAS_DSUM:
+            ds = tl.load(dsum_ptr + rows[:, None] * dsum_row_stride + cols[None, :], mask=mask, other=0.0)
+            dx += ds.to(tl.float32)
+        tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+        if HAS_WEIGHT:
+            dw_acc += dy * xhat
+        if HAS_BIAS:
+            db_acc += dy
+
+    if HAS_WEIGHT:
+        tl.store(dw_partial_ptr + pid * N + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
+    if HAS_BIAS:
+        tl.store(db_partial_ptr + pid * N + cols, tl.sum(db_acc, axis=0), mask=col_mask)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Host launchers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _tile_settings(n: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for rows of width n: whole rows, stacked to ~TILE_ELEMENTS."""
+    # At least 16 lanes, so that width-1 rows do not give degenerate 1-wide tiles.
+    block_n = max(triton.next_power_of_2(n), 16)
+    block_m = max(1, TILE_ELEMENTS // block_n)
+    tile = block_m * block_n
+    num_warps = 4 if tile < 2048 else 8 if tile < 8192 else 16 if tile < 32768 else 32
+    return block_m, block_n, num_warps
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _backward_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return CPU_BACKWARD_PROGRAMS
+
+
+def _as_rows(t: Tensor, n: int) -> Tensor:
+    """(..., n) -> (M, n) with unit stride along n: a view where possible (rows may be strided), else a copy."""
+    rows = t.reshape(-1, n)
+    return rows if rows.stride(1) == 1 else rows.contiguous()
+
+
+def norm_forward(
+    x: Tensor,
+    weight: Optional[Tensor],
+    bias: Optional[Tensor],
+    eps: float,
+    *,
+    is_rms: bool,
+    residual: Optional[Tensor] = None,
+) -> tuple[Optional[Tensor], Tensor, Optional[Tensor], Tensor]:
+    """Launch the forward kernel: RMSNorm (is_rms) or LayerNorm over the last dim, optionally of x + residual.
+
+    Args:
+        x: (..., N) float32, float16 or bfloat16; N within the row limit (checked by the public functions).
+        weight: (N,) or None.
+        bias: (N,) or None (LayerNorm only).
+        eps: added to the mean square (RMSNorm) or variance (LayerNorm).
+        is_rms: RMSNorm if True, LayerNorm if False.
+        residual: (..., N) like x, or None; when given, x + residual is normalised and also returned.
+
+    Returns:
+        (sum, y, mean, rstd): sum = x + residual (None without a residual) and y, both (..., N) contiguous
+        in x.dtype; mean (None for RMSNorm) and rstd, (...) float32.
+    """
+    n = x.shape[-1]
+    x_rows = _as_rows(x, n)  # (M, N)
+    m = x_rows.shape[0]
+    weight = None if weight is None else weight.contiguous()  # the kernel reads (N,) at unit stride
+    bias = None if bias is None else bias.contiguous()
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    mean = None if is_rms else torch.empty_like(rstd)
+    s = None if residual is None else torch.empty_like(y)
+    res_rows = None if residual is None else _as_rows(residual, n)
+    if m == 0:
+        return s, y, mean, rstd
+
+    block_m, block_n, num_warps = _tile_settings(n)
+    _norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+        x_rows, x_rows.stride(0),
+        res_rows, 0 if res_rows is None else res_rows.stride(0),
+        s, y, weight, bias, mean, rstd,
+        m, n, eps,
+        IS_RMS=is_rms,
+        HAS_RESIDUAL=residual is not None,
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        num_warps=num_warps,
+    )
+    return s, y, mean, rstd
+
+
+def norm_backward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    mean: Optional[Tensor],
+    rstd: Tensor,
+    *,
+    has_bias: bool,
+    dsum: Optional[Tensor] = None,
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Launch the backward kernel, then sum the per-program weight/bias partials.
+
+    Args:
+        dy: (..., N) gradient of y, any strides.
+        x: (..., N) the tensor the forward normalised (for add_rms_norm: the sum x + residual).
+        weight: (N,) or None.
+        mean: (...) float32 from the LayerNorm forward; None selects RMSNorm.
+        rstd: (...) float32 from the forward.
+        has_bias: whether to compute db.
+        dsum: (..., N) gradient reaching add_rms_norm's sum output, added to dx; or None.
+
+    Returns:
+        (dx, dw, db): dx (..., N) contiguous in x.dtype; dw (None without a weight) and db (None without
+        a bias), (N,) float32.
+    """
+    n = x.shape[-1]
+    x_rows, dy_rows = _as_rows(x, n), _as_rows(dy, n)  # (M, N)
+    ds_rows = None if dsum is None else _as_rows(dsum, n)
+    m = x_rows.shape[0]
+    weight = None if weight is None else weight.contiguous()
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if m == 0:
+        dw = None if weight is None else x.new_zeros(n, dtype=torch.float32)
+        db = x.new_zeros(n, dtype=torch.float32) if has_bias else None
+        return dx, dw, db
+
+    # About one program per SM, each owning a contiguous chunk of whole tiles.
+    block_m, block_n, num_warps = _tile_settings(n)
+    tiles = triton.cdiv(m, block_m)
+    rows_per_program = triton.cdiv(tiles, min(_backward_programs(x.device), tiles)) * block_m
+    programs = triton.cdiv(m, rows_per_program)
+    dw_partial = None if weight is None else x.new_empty(programs, n, dtype=torch.float32)
+    db_partial = x.new_empty(programs, n, dtype=torch.float32) if has_bias else None
+    _norm_bwd_kernel[(programs,)](
+        dy_rows, dy_rows.stride(0),
+        x_rows, x_rows.stride(0),
+        weight, mean, rstd,
+        ds_rows, 0 if ds_rows is None else ds_rows.stride(0),
+        dx, dw_partial, db_partial,
+        m, n, rows_per_program,
+        IS_RMS=mean is None,
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=has_bias,
+        HAS_DSUM=dsum is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        num_warps=num_warps,
+    )
+    dw = None if dw_partial is None else dw_partial.sum(0)
+    db = None if db_partial is None else db_partial.sum(0)
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------------------------------
+# Custom ops (what autograd and torch.compile see) and the public functions
+# ---------------------------------------------------------------------------------------------------
+
+
+def _empty_like_rows(x: Tensor) -> Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, as the launchers allocate
+
+
+def _empty_stats(x: Tensor) -> Tensor:
+    return torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+
+
+def _grad_for(param: Optional[Tensor], grad: Tensor) -> Optional[Tensor]:
+    return None if param is None else grad.to(param.dtype)
+
+
+@torch.library.custom_op("speedrun::norm_bwd", mutates_args=())
+def _norm_bwd_op(
+    dy: Tensor,
+    x: Tensor,
+    weight: Optional[Tensor],
+    mean: Optional[Tensor],
+    rstd: Tensor,
+    dsum: Optional[Tensor],
+    has_bias: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dw, db) from norm_backward; a custom op cannot return None, so a missing dw / db is shape (0,)."""
+    dx, dw, db = norm_backward(dy, x, weight, mean, rstd, has_bias=has_bias, dsum=dsum)
+    dw = x.new_empty(0, dtype=torch.float32) if dw is None else dw
+    db = x.new_empty(0, dtype=torch.float32) if db is None else db
+    return dx, dw, db
+
+
+@_norm_bwd_op.register_fake
+def _(dy, x, weight, mean, rstd, dsum, has_bias):
+    n = x.shape[-1]
+    dw = x.new_empty(n if weight is not None else 0, dtype=torch.float32)
+    db = x.new_empty(n if has_bias else 0, dtype=torch.float32)
+    return _empty_like_rows(x), dw, db
+
+
+@torch.library.custom_op("speedrun::rms_norm", mutates_args=())
+def _rms_norm_op(x: Tensor, weight: Optional[Tensor], eps: float) -> tuple[Tensor, Tensor]:
+    _, y, _, rstd = norm_forward(x, weight, None, eps, is_rms=True)
+    return y, rstd
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, eps):
+    return _empty_like_rows(x), _empty_stats(x)
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    x, weight, _ = inputs
+    _, rstd = output
+    ctx.save_for_backward(x, weight, rstd)
+
+
+def _rms_norm_backward(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, dw, _ = _norm_bwd_op(dy, x, weight, None, rstd, None, False)
+    return dx, _grad_for(weight, dw), None
+
+
+_rms_norm_op.register_autograd(_rms_norm_backward, setup_context=_rms_norm_setup)
+
+
+@torch.library.custom_op("speedrun::add_rms_norm", mutates_args=())
+def _add_rms_norm_op(
+    x: Tensor, residual: Tensor, weight: Optional[Tensor], eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    s, y, _, rstd = norm_forward(x, weight, None, eps, is_rms=True, residual=residual)
+    return s, y, rstd
+
+
+@_add_rms_norm_op.register_fake
+def _(x, residual, weight, eps):
+    return _empty_like_rows(x), _empty_like_rows(x), _empty_stats(x)
+
+
+def _add_rms_norm_setup(ctx, inputs, output):
+    _, _, weight, _ = inputs
+    s, _, rstd = output
+    ctx.save_for_backward(s, weight, rstd)
+
+
+def _add_rms_norm_backward(ctx, dsum, dy, _drstd):
+    s, weight, rstd = ctx.saved_tensors
+    # s = x + residual feeds both outputs: its gradient is dsum + the RMSNorm backward of dy.
+    ds, dw, _ = _norm_bwd_op(dy, s, weight, None, rstd, dsum, False)
+    return ds, ds, _grad_for(weight, dw), None
+
+
+_add_rms_norm_op.register_autograd(_add_rms_norm_backward, setup_context=_add_rms_norm_setup)
+
+
+@torch.library.custom_op("speedrun::layer_norm", mutates_args=())
+def _layer_norm_op(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    _, y, mean, rstd = norm_forward(x, weight, bias, eps, is_rms=False)
+    return y, mean, rstd
+
+
+@_layer_norm_op.register_fake
+def _(x, weight, bias, eps):
+    return _empty_like_rows(x), _empty_stats(x), _empty_stats(x)
+
+
+def _layer_norm_setup(ctx, inputs, output):
+    x, weight, bias, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.bias_dtype = None if bias is None else bias.dtype
+
+
+def _layer_norm_backward(ctx, dy, _dmean, _drstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = _norm_bwd_op(dy, x, weight, mean, rstd, None, ctx.bias_dtype is not None)
+    return dx, _grad_for(weight, dw), None if ctx.bias_dtype is None else db.to(ctx.bias_dtype), None
+
+
+_layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)
+
+
+def _check(op: str, x: Tensor, **vectors: Optional[Tensor]) -> None:
+    """One-line ValueErrors for inputs the kernels do not handle; `vectors` (weight, bias) must be (N,)."""
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"{op}: x has dtype {x.dtype}; supported: float32, float16, bfloat16")
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: x needs a non-empty last dim to normalise, got shape {tuple(x.shape)}")
+    n = x.shape[-1]
+    limit = MAX_ROW_BYTES // x.element_size()
+    if n > limit:
+        raise ValueError(
+            f"{op}: last dim {n} is wider than {limit}, the widest {x.dtype} row one program holds "
+            f"({MAX_ROW_BYTES} bytes)"
+        )
+    for name, v in vectors.items():
+        if v is None:
+            continue
+        if tuple(v.shape) != (n,):
+            raise ValueError(f"{op}: {name} has shape {tuple(v.shape)}, expected ({n},) to match x's last dim")
+        if v.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"{op}: {name} has dtype {v.dtype}; supported: float32, float16, bfloat16")
+        if v.device != x.device:
+            raise ValueError(f"{op}: {name} is on {v.device} but x is on {x.device}")
+
+
+def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: Optional[float] = None) -> Tensor:
+    """RMSNorm over the last dim, as F.rms_norm(x, (N,), weight, eps); differentiable, torch.compile-traceable.
+
+    Args:
+        x: (..., N) float32, float16 or bfloat16, any leading shape and strides; for QK-norm pass
+            q or k as (B, T, H, D). N ≤ 65536 / x.element_size().
+        weight: (N,) elementwise scale, or None.
+        eps: added to mean(x²); None means torch.finfo(x.dtype).eps, like F.rms_norm.
+
+    Returns:
+        (..., N) contiguous, in x.dtype (statistics computed in fp32).
+    """
+    _check("rms_norm", x, weight=weight)
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    y, _ = _rms_norm_op(x, weight, float(eps))
+    return y
+
+
+def add_rms_norm(
+    x: Tensor, residual: Tensor, weight: Optional[Tensor] = None, eps: Optional[float] = None
+) -> tuple[Tensor, Tensor]:
+    """Fused residual add and RMSNorm: returns (x + residual, rms_norm(x + residual, weight, eps)). Unmeasured.
+
+    Args:
+        x: (..., N) float32, float16 or bfloat16.
+        residual: same shape and dtype as x.
+        weight: (N,) or None.
+        eps: None means torch.finfo(x.dtype).eps.
+
+    Returns:
+        (sum, normed), both (..., N) contiguous in x.dtype. The norm is taken of the sum as rounded to
+        x.dtype, as `s = x + residual; rms_norm(s)` would.
+    """
+    _check("add_rms_norm", x, weight=weight)
+    if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
+        raise ValueError(
+            f"add_rms_norm: residual is {tuple(residual.shape)} {residual.dtype} on {residual.device}, "
+            f"expected x's {tuple(x.shape)} {x.dtype} on {x.device}"
+        )
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    s, y, _ = _add_rms_norm_op(x, residual, weight, float(eps))
+    return s, y
+
+
+def layer_norm(
+    x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5
+) -> Tensor:
+    """LayerNorm over the last dim, as F.layer_norm(x, (N,), weight, bias, eps); differentiable, traceable.
+
+    Args:
+        x: (..., N) float32, float16 or bfloat16, any leading shape and strides; N ≤ 65536 / x.element_size().
+        weight: (N,) elementwise scale, or None.
+        bias: (N,) elementwise shift, or None.
+        eps: added to the (biased) variance.
+
+    Returns:
+        (..., N) contiguous, in x.dtype (statistics computed in fp32).
+    """
+    _check("layer_norm", x, weight=weight, bias=bias)
+    y, _, _ = _layer_norm_op(x, weight, bias, float(eps))
+    return y
