@@ -76,11 +76,16 @@ def shard_token_count(path: str | os.PathLike) -> int:
         size = path.stat().st_size
     except FileNotFoundError:
         raise DataError(f"{path}: no such shard") from None
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file, not a shard")
     if size == 0:
         raise DataError(f"{path}: empty file, not a shard")
     if size < HEADER_BYTES:
         raise DataError(f"{path}: truncated header ({size} bytes, a shard header is {HEADER_BYTES})")
-    header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    try:
+        header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if header[0] != SHARD_MAGIC:
         raise DataError(f"{path}: wrong magic {header[0]} (expected {SHARD_MAGIC}): not a token shard")
     if header[1] != SHARD_VERSION:

@@ -12,8 +12,8 @@ PEAK_BF16_FLOPS = {
     "H100 PCIe": 756e12,
     "H100 NVL": 835e12,
     "H100": 989e12,  # SXM
+    "GH200": 989e12,  # before "H200", which it contains
     "H200": 989e12,
-    "GH200": 989e12,
     "B200": 2250e12,
     "A100": 312e12,
     "L40S": 362e12,

@@ -26,6 +26,7 @@ import pandas as pd
 from filelock import FileLock
 
 from harness.runlog import finite_or_none  # noqa: F401  (re-exported: submit, verify and compare use it)
+from harness.runlog import iter_json_lines
 from harness.snapshot import REPO_ROOT
 
 SCHEMA = 1
@@ -77,23 +78,14 @@ def load_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[pd.DataF
     path = runs_path(records_dir)
     rows, problems = [], []
     if path.exists():
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    problems.append(f"{path}:{lineno}: skipped damaged line ({exc})")
-                    continue
-                if not isinstance(row, dict) or not row.get("run_id"):
-                    problems.append(f"{path}:{lineno}: skipped line without a run_id")
-                elif row.get("schema") != SCHEMA:
-                    problems.append(f"{path}:{lineno}: skipped line with schema {row.get('schema')!r} "
-                                    f"(expected {SCHEMA})")
-                else:
-                    row["line"] = lineno
-                    rows.append(row)
+        for lineno, row in iter_json_lines(path, problems):
+            if not isinstance(row, dict) or not row.get("run_id"):
+                problems.append(f"{path}:{lineno}: skipped line without a run_id")
+            elif row.get("schema") != SCHEMA:
+                problems.append(f"{path}:{lineno}: skipped line with schema {row.get('schema')!r} (expected {SCHEMA})")
+            else:
+                row["line"] = lineno
+                rows.append(row)
     frame = pd.DataFrame(rows)
     columns = list(ROW_FIELDS) + [c for c in frame.columns if c not in ROW_FIELDS]
     return frame.reindex(columns=columns), problems

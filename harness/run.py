@@ -227,8 +227,11 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
     print(f"[{run_id}] {shlex.join(cmd)}", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    console = open(run_dir / "console.log", "w", encoding="utf-8")
+    progress = _Progress(run_id)
     start = time.monotonic()
     # Own process group: the terminal's Ctrl-C reaches the harness only, which then stops the whole group.
+    # So from here on every way out of this function must stop the trainer, or it keeps running unseen.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                             bufsize=1, env=env, start_new_session=True)
     lines: queue.Queue[str | None] = queue.Queue()
@@ -239,16 +242,19 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
         lines.put(None)
 
     reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    progress = _Progress(run_id)
-    console = open(run_dir / "console.log", "w", encoding="utf-8")
     interrupted, previous_handler = False, None
     try:
+        reader.start()
         harness_status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id, echo=echo)
     except KeyboardInterrupt:
         interrupted, harness_status = True, "interrupted"
         previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the row
         _stop(proc)
+    except BaseException:  # the harness itself failed (disk full, a bug): stop the trainer, then report it
+        _stop(proc)
+        console.close()
+        progress.close()
+        raise
     try:
         reader.join(timeout=STOP_GRACE_S)  # the rest of what the trainer printed before it went
         while not lines.empty():

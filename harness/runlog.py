@@ -23,6 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Iterator
 
 EVENTS_FILE = "events.jsonl"
 CONSOLE_FILE = "train.log"
@@ -61,6 +62,21 @@ class EventLog:
         self._file.close()
 
 
+def iter_json_lines(path: str | os.PathLike, problems: list[str]) -> Iterator[tuple[int, object]]:
+    """(line number, parsed value) of each non-blank line of a JSON-lines file. A line that is not JSON
+    (a torn last line, say) is skipped and reported in `problems` as "<file>:<line>: skipped damaged line (...)"."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as exc:
+                problems.append(f"{path}:{lineno}: skipped damaged line ({exc})")
+                continue
+            yield lineno, value
+
+
 def read_events(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     """Read an events file (or the run directory holding one).
 
@@ -71,17 +87,11 @@ def read_events(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
     if path.is_dir():
         path = path / EVENTS_FILE
     events, problems = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict) or "event" not in obj:
-                    raise ValueError("not an event object")
-                events.append(obj)
-            except ValueError as exc:
-                problems.append(f"{path}:{lineno}: skipped damaged line ({exc})")
+    for lineno, obj in iter_json_lines(path, problems):
+        if isinstance(obj, dict) and "event" in obj:
+            events.append(obj)
+        else:
+            problems.append(f"{path}:{lineno}: skipped damaged line (not an event object)")
     return events, problems
 
 

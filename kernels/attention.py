@@ -66,8 +66,11 @@ tutorial 06 (forward 128 queries x 64 keys; backward dK/dV 128 keys with 32-quer
 queries with 32/64-key steps), with 8 warps at D = 128 so the fp32 dK/dV (or dQ) accumulators fit
 in registers. A table, not an autotuner: block sizes are known to the Python range helpers, nothing
 is benchmarked at first call, and one compile serves every window size (window is a runtime int,
-not specialised). Under Triton's interpreter (CPU) small blocks (16/32) keep tests fast and still
-exercise several blocks per sequence with unequal query/key block sizes.
+not specialised). fp32 (tests only) gets 32 x 32 tiles on CUDA: with the bf16 tiles its operands are
+twice as big and the dQ kernel at D = 128 asks for 288 KiB of shared memory, over Hopper's 227 KiB
+(ptxas for sm_90; 32 x 32 needs at most 69 KiB). Under Triton's interpreter (CPU) small blocks
+(16/32) keep tests fast and still exercise several blocks per sequence with unequal query/key block
+sizes.
 
 Limits
 ------
@@ -113,6 +116,8 @@ _CUDA_BLOCKS = {
     ("dq", 64): Blocks(128, 32, num_warps=4, num_stages=5),
     ("dq", 128): Blocks(128, 64, num_warps=8, num_stages=3),
 }
+# fp32 on CUDA (tests only): small tiles, so every pass fits shared memory at D = 128.
+_CUDA_FP32_BLOCKS = Blocks(32, 32, num_warps=4, num_stages=2)
 # Triton's interpreter: small tiles, unequal on purpose so tests cover block_m != block_n.
 _INTERPRETER_BLOCKS = {
     "fwd": Blocks(32, 16, num_warps=4, num_stages=1),
@@ -121,10 +126,12 @@ _INTERPRETER_BLOCKS = {
 }
 
 
-def block_config(kind: str, head_dim: int, device: torch.device | str) -> Blocks:
-    """Tiles for pass `kind` ("fwd", "dkdv" or "dq") at this head dim on this device."""
+def block_config(kind: str, head_dim: int, device: torch.device | str, dtype: torch.dtype) -> Blocks:
+    """Tiles for pass `kind` ("fwd", "dkdv" or "dq") at this head dim and input dtype on this device."""
     if torch.device(device).type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return _INTERPRETER_BLOCKS[kind]
+    if dtype == torch.float32:
+        return _CUDA_FP32_BLOCKS
     return _CUDA_BLOCKS[(kind, 128 if head_dim > 64 else 64)]
 
 
@@ -567,7 +574,7 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
     out = torch.empty((B, T, H, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     doc_start = _doc_bounds(cu_seqlens, T)[0] if cu_seqlens is not None else lse  # lse: unread placeholder
-    cfg = block_config("fwd", D, q.device)
+    cfg = block_config("fwd", D, q.device, q.dtype)
     grid = (B * H, triton.cdiv(T, cfg.block_m))
     _attn_fwd_kernel[grid](
         q, k, v, out, lse, doc_start, ranges if ranges is not None else lse,
@@ -606,14 +613,14 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
     doc_start, doc_end = _doc_bounds(cu_seqlens, T) if has_docs else (lse, lse)  # lse: unread placeholder
     strides = (q.stride(0), q.stride(1), q.stride(2), do.stride(0), do.stride(1), do.stride(2))
 
-    cfg = block_config("dkdv", D, q.device)
+    cfg = block_config("dkdv", D, q.device, q.dtype)
     _attn_bwd_dkdv_kernel[(B * H, triton.cdiv(T, cfg.block_n))](
         q, k, v, do, lse, delta, dk, dv, doc_start, doc_end, dkdv_ranges if dkdv_ranges is not None else lse,
         *strides, scale=scale, qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
         HAS_DOCS=has_docs, STORE_RANGES=dkdv_ranges is not None, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **common,
     )
-    cfg = block_config("dq", D, q.device)
+    cfg = block_config("dq", D, q.device, q.dtype)
     _attn_bwd_dq_kernel[(B * H, triton.cdiv(T, cfg.block_m))](
         q, k, v, do, lse, delta, dq, doc_start, dq_ranges if dq_ranges is not None else lse,
         *strides, scale=scale, qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,

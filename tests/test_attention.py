@@ -229,7 +229,7 @@ def test_loop_ranges_visit_exactly_the_nonempty_blocks(block_m, block_n):
 def test_kernels_use_the_python_ranges(device):
     """The bounds each kernel computed (written out with STORE_RANGES) equal the Python ones."""
     D = 16
-    fwd, dkdv, dq = (block_config(kind, D, device) for kind in ("fwd", "dkdv", "dq"))
+    fwd, dkdv, dq = (block_config(kind, D, device, torch.float32) for kind in ("fwd", "dkdv", "dq"))
     for _ in range(4):
         T, window, cu = _random_geometry()
         cu = None if cu is None else cu.to(device)

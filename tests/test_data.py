@@ -87,6 +87,8 @@ def test_bad_shard_gives_one_line_error_naming_file(tmp_path, how, expected):
 def test_missing_shard_and_pattern(tmp_path):
     with pytest.raises(DataError, match="no such shard"):
         read_shard(tmp_path / "nope.bin")
+    with pytest.raises(DataError, match="not a regular file"):  # a folder given by mistake: no traceback
+        read_shard(tmp_path)
     with pytest.raises(DataError, match="no shards match"):
         TokenLoader(str(tmp_path / "*.bin"), seq_len=4, batch_size=1)
 

@@ -104,3 +104,17 @@ def test_cli_exit_status_and_rows(kit, capsys):
     assert frame["seed"].tolist() == [5, 6, 5, 6] and frame["name"].tolist() == ["two"] * 4
     assert frame["status"].tolist() == ["ok", "ok", "diverged", "diverged"]
     assert json.loads((kit["records"] / "runs.jsonl").read_text().splitlines()[0])["schema"] == 1
+
+
+def test_harness_failure_stops_the_trainer(kit, monkeypatch):
+    """The trainer runs in its own session, out of the terminal's reach: a harness error must stop it."""
+    procs = []
+
+    def failing_stream(proc, *args, **kwargs):
+        procs.append(proc)
+        raise RuntimeError("harness bug")
+
+    monkeypatch.setattr(run, "_stream", failing_stream)
+    with pytest.raises(RuntimeError, match="harness bug"):
+        run_fake(kit, "--hang_at=3")
+    assert procs and procs[0].poll() is not None, "the trainer was left running"
