@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
 from harness.hardware import git_state, software_versions
 
@@ -32,13 +33,14 @@ def metadata() -> dict:
 
 
 def append_results(rows: list[dict], path: Path = RESULTS_CSV) -> pd.DataFrame:
-    """Stamp rows with metadata() and append them to the CSV (atomically: temp file, then rename)."""
+    """Stamp rows with metadata() and append them to the CSV (locked; temp file, then rename)."""
     new = pd.DataFrame([{**metadata(), **row} for row in rows])
-    table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv.tmp")
-    os.close(fd)
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with FileLock(f"{path}.lock"):  # read-modify-write: two benchmarks at once must not drop rows
+        table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv.tmp")
+        os.close(fd)
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
     return new
 
 

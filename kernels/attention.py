@@ -79,6 +79,9 @@ Limits
 - q, k, v share one shape (no GQA), one dtype and one device; window_size >= 1; cu_seqlens int32,
   strictly increasing from 0 to T, with B == 1. Its values are checked with one host sync in eager
   mode and not checked under torch.compile.
+- Offsets along the sequence (token index x the T stride) are int32: T x stride_t must stay below
+  2^31, i.e. T up to ~2.8M for contiguous (B, T, 6, 128) and ~930k for a packed qkv view. Inputs
+  spanning 2^31 elements or more are refused.
 - Not yet measured on GPU: this session had none. `python -m benchmarks.bench_attention` measures
   it against SDPA (flash) and FlexAttention.
 """
@@ -695,6 +698,10 @@ def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
         raise ValueError(f"flash_attention: empty input of shape {tuple(q.shape)}")
     if window_size is not None and window_size < 1:
         raise ValueError(f"flash_attention: window_size must be >= 1 or None, got {window_size}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))  # elements from first to last
+        if span >= 2**31:
+            raise ValueError(f"flash_attention: {name} spans {span} elements; the kernels' int32 offsets need < 2^31")
     if cu_seqlens is None:
         return
     if cu_seqlens.dtype != torch.int32:

@@ -366,12 +366,17 @@ def _resolve_schedule(coefficients, steps: int) -> tuple[list[tuple[float, float
             choices = "'quintic', 'polar_express' or (a, b, c) triples"
             raise ValueError(f"newton_schulz: unknown coefficients {coefficients!r}; use {choices}")
         per_step, safety = named[coefficients]
-    elif len(coefficients) == 3 and all(isinstance(v, (int, float)) for v in coefficients):
-        per_step, safety = [tuple(coefficients)], 1.0
     else:
-        per_step, safety = [tuple(t) for t in coefficients], 1.0
+        bad = ValueError(f"newton_schulz: coefficients must be a name, (a, b, c) or a list of them, got {coefficients!r}")
+        try:
+            if len(coefficients) == 3 and all(isinstance(v, (int, float)) for v in coefficients):
+                per_step, safety = [tuple(coefficients)], 1.0
+            else:
+                per_step, safety = [tuple(t) for t in coefficients], 1.0
+        except TypeError:  # None, a number, a list of non-sequences
+            raise bad from None
         if not per_step or any(len(t) != 3 for t in per_step):
-            raise ValueError(f"newton_schulz: coefficients must be (a, b, c) or a list of them, got {coefficients!r}")
+            raise bad
     # A schedule shorter than `steps` repeats its last triple (the Polar Express authors' rule).
     schedule = per_step[:steps] + [per_step[-1]] * max(0, steps - len(per_step))
     return [tuple(float(v) for v in t) for t in schedule], float(safety)

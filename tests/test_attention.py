@@ -306,3 +306,11 @@ def test_bf16_long_sequence_with_window_and_docs():
     cu = _cu(_random_lengths(T, 200)).cuda()
     q, k, v, do = _inputs(1, T, 2, 128, torch.bfloat16, "cuda")
     _check_low_precision(q, k, v, do, window_size=300, cu_seqlens=cu, atol=1e-3)
+
+
+
+def test_inputs_spanning_int32_offsets_are_refused():
+    # Meta tensors carry shape and strides without memory: (1, 2^22, 6, 128) spans 3.2e9 elements.
+    q = torch.empty(1, 2**22, 6, 128, device="meta", dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"q spans 3221225472 elements; the kernels' int32 offsets need < 2\^31"):
+        flash_attention(q, q, q)

@@ -20,7 +20,7 @@ from kernels.newton_schulz import (
     xxt_plus,
     xxt_ref,
 )
-from tests.helpers import assert_close, assert_error_within
+from helpers import assert_close, assert_error_within
 
 
 def gpu(test):
@@ -268,10 +268,11 @@ def test_zero_input_gives_zeros(device):
         (torch.randn(4, 6, dtype=torch.complex64), {}, "torch.complex64"),
         (torch.randn(4, 6), {"coefficients": "cubic"}, "unknown coefficients 'cubic'"),
         (torch.randn(4, 6), {"coefficients": [(1.0, 2.0)]}, "coefficients must be"),
+        (torch.randn(4, 6), {"coefficients": None}, "coefficients must be"),
         (torch.randn(4, 6), {"dtype": torch.float64}, "dtype must be"),
         (torch.randn(4, 6), {"steps": 0}, "steps must be a positive int"),
     ],
-    ids=["1-D", "4-D", "int64", "bool", "complex", "bad-name", "bad-triple", "bad-dtype", "zero-steps"],
+    ids=["1-D", "4-D", "int64", "bool", "complex", "bad-name", "bad-triple", "none-coefficients", "bad-dtype", "zero-steps"],
 )
 def test_bad_input_raises_one_line(G, kwargs, match):
     for fn in (newton_schulz, newton_schulz_ref):

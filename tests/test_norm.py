@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.norm import MAX_ROW_BYTES, add_rms_norm, layer_norm, layer_norm_ref, rms_norm, rms_norm_ref
-from tests.helpers import assert_close, assert_error_within
+from helpers import assert_close, assert_error_within
 
 # 1 row; Liger's (1, 1, 1023); width 1; (3, 5, 7) leading dims; a QK-norm (B, T, H, D); a width that is
 # not a power of two with rows that do not fill the last tile.
