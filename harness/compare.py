@@ -36,7 +36,7 @@ import pandas as pd
 
 from harness import stats
 from harness.logs import DEFAULT_TARGET, LogError, RunLog, load_run, load_runs
-from harness.records import RecordsError, find_runs, finite_or_none
+from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
 from harness.run import DEFAULT_SCRIPT, add_launch_arguments, check_overrides, run_one
 
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -101,10 +101,13 @@ def load_variant_logs(variant: Variant, records_dir: Path) -> list[RunLog]:
         if "/" in variant.source or variant.source.endswith(tuple(".txt .log .jsonl".split())):
             raise CompareError(f"--logs {variant.name}={variant.source}: no such file or folder")
         ids = [i for i in variant.source.split(",") if i]
-        rows = find_runs(ids, records_dir)
-        return [load_run(row["run_dir"]) for row in rows]
+        if not ids:
+            raise CompareError(f"--logs {variant.name}={variant.source}: no run ids")
+        return [load_run(row_run_dir(row)) for row in find_runs(ids, records_dir)]
     except (LogError, RecordsError) as exc:
         raise CompareError(f"--logs {variant.name}: {exc}") from None
+    except OSError as exc:  # a log or folder that cannot be read
+        raise CompareError(f"--logs {variant.name}: {os_error_line(exc)}") from None
 
 
 def _keep_finished(variant: Variant, logs: list[RunLog]) -> None:
@@ -253,6 +256,8 @@ def _collect(args, variants: list[Variant]) -> None:
                 _keep_finished(v, [load_run(row["run_dir"])])
             except LogError as exc:
                 v.skipped.append(f"{row['run_id']} ({row['status']}: {exc})")
+            except OSError as exc:
+                v.skipped.append(f"{row['run_id']} ({row['status']}: {os_error_line(exc)})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -315,17 +320,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"target val loss {target}; baseline {variants[0].name}")
         print(table(fig))
+    rc = 0
     if not args.no_plot:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         plot_dir = args.plot_dir or args.runs_dir / f"compare-{stamp}"
-        for path in plot(variants, target, plot_dir):
-            print(f"plot: {path}", file=sys.stderr if args.json else sys.stdout)
+        try:
+            for path in plot(variants, target, plot_dir):
+                print(f"plot: {path}", file=sys.stderr if args.json else sys.stdout)
+        except OSError as exc:
+            print(f"error: plots not written: {os_error_line(exc)}", file=sys.stderr)
+            rc = 1
     if not args.logs and not args.no_leaderboard:
         from harness.run import render_leaderboard
 
-        with chatter:
-            render_leaderboard(args.records)
-    return 0
+        try:
+            with chatter:
+                render_leaderboard(args.records)
+        except OSError as exc:
+            print(f"error: leaderboard not written: {os_error_line(exc)}", file=sys.stderr)
+            rc = 1
+    return rc
 
 
 if __name__ == "__main__":

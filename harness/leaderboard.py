@@ -20,11 +20,16 @@ from typing import Sequence
 import pandas as pd
 
 from harness.logs import LogError, load_runs
-from harness.records import RECORDS_DIR, list_records, load_records
+from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
 
 PLOT_FILE = "leaderboard.png"
 RECENT_RUNS = 10
 DPI = 100
+# What a record's time is: harness.submit's rule (records/README.md, rule 4). Stated once per page.
+TIME_NOTE = ("A record's time is the mean (± sample std) over its runs of each run's time: its time to target, "
+             "or, for a run that ended above the target, its train time at its final validation (the record "
+             "rule's convention: the t-test on the final val loss, not each run, certifies the target). "
+             "p is that one-sided t-test: that the mean final val loss is below the target.")
 
 
 def default_out(records_dir: str | os.PathLike) -> Path:
@@ -72,11 +77,12 @@ def records_table(records: list[dict], link_base: str) -> str:
     rows = []
     for rank, r in enumerate(sorted(records, key=lambda r: (r["stats"]["time_ms"]["mean"], r["folder"])), 1):
         s = r["stats"]
+        reached = s.get("reached_target")
         rows.append({
             "#": rank,
             "time (s)": _mean_std(s["time_ms"], 1000, ".2f"),
             "val loss": _mean_std(s["final_val_loss"], 1, ".4f"),
-            "runs": s["n"],
+            "runs": f"{s['n']}" if reached in (None, s["n"]) else f"{s['n']} ({reached} reached the target)",
             "p (loss < target)": _fmt(s.get("p_loss_below_target"), ".2g"),
             "date": r["date"],
             "name": r["name"],
@@ -126,6 +132,9 @@ def _curves(records_dir: Path, record: dict):
     except LogError as exc:
         print(f"leaderboard: {exc}", file=sys.stderr)
         return []
+    except OSError as exc:
+        print(f"leaderboard: {os_error_line(exc)}", file=sys.stderr)
+        return []
 
 
 def zoom_to_target(ax, losses: list[float], target: float | None) -> None:
@@ -153,7 +162,7 @@ def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) 
             ax_time.set_xticks(range(len(records)), [f"{r['date']}\n{r['name']}" for r in records], fontsize=8)
             ax_time.set_xlim(-0.5, len(records) - 0.5)
             ax_time.set_ylim(0, 1.1 * max(times))
-            ax_time.set(title=f"{track}: record time", ylabel="time to target (s)")
+            ax_time.set(title=f"{track}: record time", ylabel="mean run time (s)")
             ax_time.grid(alpha=0.3)
             shown = [records[0]] if len(records) == 1 else [records[0], records[-1]]
             losses = []
@@ -208,7 +217,7 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
     plot_path = records_dir / PLOT_FILE
     if by_track:
         render_plot(records_dir, by_track, plot_path)
-        lines += [f"![record times and loss curves]({link_base}/{PLOT_FILE})", ""]
+        lines += [f"![record times and loss curves]({link_base}/{PLOT_FILE})", "", TIME_NOTE, ""]
     elif plot_path.exists():
         plot_path.unlink()  # a plot of records that are gone
     for track in tracks:
@@ -217,8 +226,6 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
         lines += [f"## {track}" + (f" (target val loss {target})" if target is not None else ""), ""]
         if track_records:
             lines += ["### Records, fastest first", "",
-                      "Time is the mean time to target over the record's runs (± sample std); p is the one-sided "
-                      "t-test that the mean final val loss is below the target.", "",
                       records_table(track_records, link_base), "", "### History", "", history_table(track_records), ""]
         else:
             lines += ["No accepted record yet.", ""]
@@ -238,7 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.records.is_dir():
         parser.error(f"--records {args.records}: no such directory")
-    print(render(args.records, args.out))
+    try:
+        print(render(args.records, args.out))
+    except OSError as exc:
+        print(f"leaderboard: not written: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

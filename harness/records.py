@@ -7,6 +7,8 @@ records/runs.jsonl   one JSON object per finished (or failed) run, "schema": 1, 
                      skipped; it never hides the others.
 records/<date>_<name>/record.json
                      one accepted record each, written by harness.submit (see records/README.md).
+                     read_record() checks it has every key (RECORD_KEYS) that submit, the leaderboard
+                     and verify read, so a damaged one is reported in one line, never a traceback.
 
 A row's fields (ROW_FIELDS): run_id, timestamp (UTC, run end), track, name, git_commit, git_dirty,
 code_hash, hardware (GPU model and count, or CPU model), torch/triton/cuda/python versions, seed,
@@ -17,7 +19,6 @@ and after them target_val_loss, train_time_ms, returncode, script, nproc, wall_s
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Iterable
@@ -25,11 +26,11 @@ from typing import Iterable
 import pandas as pd
 from filelock import FileLock
 
-from harness.runlog import finite_or_none  # noqa: F401  (re-exported: submit, verify and compare use it)
-from harness.runlog import iter_json_lines
+from harness.runlog import finite_or_none, iter_json_lines  # submit, verify and compare import finite_or_none here
 from harness.snapshot import REPO_ROOT
 
-SCHEMA = 1
+SCHEMA = 1  # of a runs.jsonl row
+RECORD_SCHEMA = 1  # of a record.json
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
@@ -42,8 +43,35 @@ ROW_FIELDS = (
 )
 
 
+# What harness.submit, harness.leaderboard and harness.verify read from a record.json: each key
+# (dotted for nested objects, in parent-before-child order) and the JSON types it may have. The keys
+# under an object that is null are not checked (the first record on a track has "previous": null).
+RECORD_KEYS = {
+    "schema": "integer", "name": "string", "track": "string", "date": "string", "code_hash": "string",
+    "description": "string|absent", "submitted": "string|absent", "hardware": "string|null|absent",
+    "runs": "array", "stats": "object",
+    "stats.n": "integer", "stats.target_val_loss": "number",
+    "stats.time_ms": "object", "stats.time_ms.mean": "number", "stats.time_ms.std": "number|null",
+    "stats.final_val_loss": "object", "stats.final_val_loss.mean": "number|null",
+    "stats.final_val_loss.std": "number|null", "stats.p_loss_below_target": "number|null",
+    "stats.previous": "object|null|absent",
+    "stats.previous.folder": "string", "stats.previous.name": "string", "stats.previous.time_ms": "object",
+    "stats.previous.speedup": "object", "stats.previous.speedup.ratio": "number|null",
+    "stats.previous.speedup.ci95": "array", "stats.previous.p_welch_faster": "number|null",
+}
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
+               "null": type(None)}
+
+
 class RecordsError(ValueError):
     """A bad or missing entry in records/. The message is one line naming the file and the entry."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """'<file>: <reason>' for an OSError, on one line."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split())
 
 
 def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
@@ -69,23 +97,37 @@ def append_run(row: dict, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     return path
 
 
-def load_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[pd.DataFrame, list[str]]:
-    """All rows of records/runs.jsonl as a DataFrame (columns ROW_FIELDS first), and the problems.
+def _read_rows(records_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """The rows of records/runs.jsonl, each a dict straight from its JSON line (plus "line"), and the problems.
 
     A line that is not JSON, not an object, has no run_id, or another schema is reported as
-    "<file>:<line>: ..." and skipped. A missing file is an empty table.
+    "<file>:<line>: ..." and skipped; so is a runs log that cannot be read. A missing file has no rows.
     """
     path = runs_path(records_dir)
     rows, problems = [], []
-    if path.exists():
+    if not path.exists():
+        return rows, problems
+    try:
         for lineno, row in iter_json_lines(path, problems):
-            if not isinstance(row, dict) or not row.get("run_id"):
+            if not isinstance(row, dict) or not isinstance(row.get("run_id"), str) or not row["run_id"]:
                 problems.append(f"{path}:{lineno}: skipped line without a run_id")
             elif row.get("schema") != SCHEMA:
                 problems.append(f"{path}:{lineno}: skipped line with schema {row.get('schema')!r} (expected {SCHEMA})")
             else:
                 row["line"] = lineno
                 rows.append(row)
+    except OSError as exc:
+        problems.append(f"{path}: cannot read ({exc.strerror or exc})")
+    return rows, problems
+
+
+def load_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[pd.DataFrame, list[str]]:
+    """All rows of records/runs.jsonl as a DataFrame (columns ROW_FIELDS first), and the problems.
+
+    For tables: pandas makes a number column with gaps float (seed 3 reads 3.0). For a row's values
+    as written, use find_runs.
+    """
+    rows, problems = _read_rows(records_dir)
     frame = pd.DataFrame(rows)
     columns = list(ROW_FIELDS) + [c for c in frame.columns if c not in ROW_FIELDS]
     return frame.reindex(columns=columns), problems
@@ -94,24 +136,104 @@ def load_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[pd.DataF
 def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_DIR) -> list[dict]:
     """The rows for these run ids (the last row where one appears twice), in the order given.
 
-    Raises RecordsError naming the first run id that is not in the runs log.
+    Each row is its JSON line as written (integers stay integers), with every ROW_FIELDS key (None
+    where absent or not finite). Raises RecordsError naming the first run id that is not in the runs
+    log, and the runs log's first problem, if any (the run may be on a damaged line).
     """
-    frame, _ = load_records(records_dir)
-    by_id = {} if frame.empty else {r["run_id"]: r for r in frame.to_dict("records")}
-    rows = []
+    rows, problems = _read_rows(records_dir)
+    by_id = {row["run_id"]: row for row in rows}
+    found = []
     for run_id in run_ids:
         if run_id not in by_id:
-            raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}")
-        rows.append({k: (None if _is_missing(v) else v) for k, v in by_id[run_id].items()})
-    return rows
+            damaged = f" ({len(problems)} problems reading it; the first: {problems[0]})" if problems else ""
+            raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}{damaged}")
+        found.append({**dict.fromkeys(ROW_FIELDS), **finite_or_none(by_id[run_id])})
+    return found
 
 
-def _is_missing(value) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+def row_run_dir(row: dict) -> Path:
+    """The run directory a runs.jsonl row names. Raises RecordsError naming the run when it names none."""
+    run_dir = row.get("run_dir")
+    if not isinstance(run_dir, str) or not run_dir:
+        raise RecordsError(f"run {row.get('run_id')}: its {RUNS_FILE} row (line {row.get('line')}) "
+                           f"has run_dir {json.dumps(run_dir)}, not a path")
+    return Path(run_dir)
 
 
 # ----------------------------------------------------------------------------------------------
 # Record folders
+
+
+def _is(value, types: str) -> bool:
+    """Whether a JSON value has one of the types 'string|null|...' (a bool is not a number)."""
+    return any(isinstance(value, _JSON_TYPES[t]) and not isinstance(value, bool)
+               for t in types.split("|") if t != "absent")
+
+
+def _json_type(value) -> str:
+    """'a string', 'an object', 'null', ...: what a JSON value is, for a message."""
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "a boolean"
+    name = next((t for t, cls in _JSON_TYPES.items() if isinstance(value, cls)), type(value).__name__)
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def record_problem(record) -> str | None:
+    """What makes a parsed record.json unusable (one line), or None: a key of RECORD_KEYS missing or
+    of the wrong type, another schema, a run without a run_id, a speedup interval that is not a pair."""
+    if not isinstance(record, dict):
+        return f"not a JSON object but {_json_type(record)}"
+    for key, types in RECORD_KEYS.items():
+        holder = record
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            holder = holder.get(parent) if holder is not None else None
+        if holder is None:
+            continue  # under a null (or absent) object: allowed where that object may be null
+        if leaf not in holder:
+            if "absent" not in types.split("|"):
+                return f"{key} missing"
+        elif not _is(holder[leaf], types):
+            return f"{key} is {_json_type(holder[leaf])}, expected {types.replace('|absent', '').replace('|', ' or ')}"
+    if record["schema"] != RECORD_SCHEMA:
+        return f"schema {record['schema']} (this harness reads schema {RECORD_SCHEMA})"
+    for i, run in enumerate(record["runs"]):
+        if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
+            return f"runs[{i}] has no run_id"
+    previous = record["stats"].get("previous")
+    if previous and (len(previous["speedup"]["ci95"]) != 2
+                     or not all(_is(x, "number|null") for x in previous["speedup"]["ci95"])):
+        return "stats.previous.speedup.ci95 is not a pair of numbers"
+    return None
+
+
+def _read_record(path: Path) -> tuple[dict | None, str | None]:
+    """(record, None), or (None, why it cannot be used)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as exc:
+        return None, f"cannot read ({exc.strerror or exc})"
+    except ValueError as exc:  # not JSON, or not UTF-8
+        return None, f"not valid JSON ({exc})"
+    problem = record_problem(record)
+    if problem:
+        return None, problem
+    record["folder"] = path.parent.name
+    return record, None
+
+
+def read_record(path: str | os.PathLike) -> dict:
+    """One record.json, checked by record_problem, with "folder" set to its folder's name.
+
+    Raises RecordsError, one line naming the file and why: missing, unreadable, not JSON, or a key
+    missing or of the wrong type.
+    """
+    record, why = _read_record(Path(path))
+    if why:
+        raise RecordsError(f"{path}: {why}")
+    return record
 
 
 def list_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[list[dict], list[str]]:
@@ -123,14 +245,10 @@ def list_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[list[dic
     for path in sorted(records_dir.glob(f"*/{RECORD_FILE}")):
         if path.parent.name.startswith("."):
             continue  # a submission still being written
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or "track" not in record or "stats" not in record:
-                raise ValueError("not a record object")
-        except ValueError as exc:
-            problems.append(f"{path}: skipped damaged record ({exc})")
-            continue
-        record["folder"] = path.parent.name
-        records.append(record)
+        record, why = _read_record(path)
+        if why:
+            problems.append(f"{path}: skipped damaged record ({why})")
+        else:
+            records.append(record)
     records.sort(key=lambda r: (r.get("submitted", ""), r["folder"]))
     return records, problems

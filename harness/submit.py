@@ -37,12 +37,12 @@ import pandas as pd
 
 from harness import stats
 from harness.logs import LogError, RunLog, load_run
-from harness.records import RECORD_FILE, RECORDS_DIR, RecordsError, find_runs, finite_or_none, list_records
+from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
+                             list_records, os_error_line, row_run_dir)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, code_hash
 
 ALPHA = 0.01  # significance for both the loss rule and the speed rule
-RECORD_SCHEMA = 1
 CONFIG_KEYS_FREE = ("seed", "run_dir")  # may differ between the runs of one record
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
@@ -209,7 +209,7 @@ def gather(run_ids: Sequence[str], records_dir: Path) -> tuple[list[dict], list[
     rows = find_runs(run_ids, records_dir)
     logs = []
     for row in rows:
-        run_dir = Path(row.get("run_dir") or "")
+        run_dir = row_run_dir(row)
         if not (run_dir / EVENTS_FILE).is_file():
             raise Refused(f"run {row['run_id']}: no {EVENTS_FILE} in its run directory {run_dir}")
         logs.append(load_run(run_dir))
@@ -272,7 +272,17 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         if previous.get("hardware") != first.hardware_label:
             raise Refused(f"hardware {first.hardware_label} differs from the current {first.track} record's "
                           f"({previous.get('hardware')}, records/{previous['folder']}): times are not comparable")
-        previous_logs = [load_run(p) for p in sorted((records_dir / previous["folder"] / "runs").iterdir())]
+        prev_runs = records_dir / previous["folder"] / "runs"
+        try:
+            previous_logs = [load_run(p) for p in sorted(prev_runs.iterdir()) if p.is_dir()]
+            why = None if previous_logs else f"no run directories in {prev_runs}"
+        except LogError as exc:
+            why = str(exc)
+        except OSError as exc:
+            why = os_error_line(exc)
+        if why:
+            raise Refused(f"the current {first.track} record's runs cannot be read ({why}); "
+                          "repair it before submitting")
     _, s = statistics(logs, target, previous, previous_logs)
     losses = s["final_val_loss"]
     if not s["p_loss_below_target"] < ALPHA:
@@ -315,8 +325,21 @@ def record_json(record: dict) -> str:
     return json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n"
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to disk (a folder is opened read-only for this)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_record(record: dict, logs: list[RunLog], overrides: list[str], records_dir: Path) -> Path:
-    """Write the record folder through a hidden temporary folder and one rename."""
+    """Write the record folder through a hidden temporary folder and one rename.
+
+    Every file and folder in it is fsynced before the rename, and records/ after it, so that a
+    crash leaves either no record folder or a whole one, never one with empty files.
+    """
     final = records_dir / record["folder"]
     tmp = records_dir / f".{record['folder']}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -331,10 +354,15 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
         (tmp / "statistics.md").write_text(render_statistics(record))
         (tmp / "README.md").write_text(render_readme(record, overrides))
         (tmp / RECORD_FILE).write_text(record_json(record))
+        for folder, _, files in os.walk(tmp, topdown=False):  # files before the folders that list them
+            for fname in files:
+                _fsync(Path(folder) / fname)
+            _fsync(Path(folder))
         os.rename(tmp, final)  # fails rather than replace an existing (non-empty) folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync(records_dir)  # the rename itself
     return final
 
 
@@ -349,6 +377,8 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
         target, previous, previous_logs = check(list(run_ids), logs, records_dir)
     except (RecordsError, LogError) as exc:
         raise Refused(str(exc)) from None
+    except OSError as exc:  # a run's files that cannot be read
+        raise Refused(os_error_line(exc)) from None
     folder = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}_{name}"
     if (records_dir / folder).exists():
         raise Refused(f"records/{folder} exists; records are never overwritten")
@@ -369,6 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Refused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # writing the record folder failed; nothing of it was left behind
+        print(f"error: the record was not written: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     record = json.loads((folder / RECORD_FILE).read_text())
     s = record["stats"]
     print(f"accepted: {folder}")
@@ -381,7 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_leaderboard:
         from harness.leaderboard import default_out, render
 
-        print(f"leaderboard: {render(args.records, default_out(args.records))}")
+        try:
+            print(f"leaderboard: {render(args.records, default_out(args.records))}")
+        except OSError as exc:  # the record stands; the page can be re-rendered with harness.leaderboard
+            print(f"leaderboard: not written: {os_error_line(exc)}", file=sys.stderr)
     return 0
 
 

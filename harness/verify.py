@@ -14,7 +14,6 @@ Each mismatch is one line: where (file, field), expected (recomputed) and found.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.logs import LogError, load_run
-from harness.records import RECORD_FILE, finite_or_none
+from harness.records import RECORD_FILE, RecordsError, finite_or_none, os_error_line, read_record
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, code_hash
 from harness.submit import render_statistics, statistics
 
@@ -79,19 +78,19 @@ def verify(folder: str | Path) -> list[str]:
     problems: list[str] = []
     record_path = folder / RECORD_FILE
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return [f"{record_path}: missing"]
-    except ValueError as exc:
-        return [f"{record_path}: not valid JSON ({exc})"]
+        record = read_record(record_path)
+    except RecordsError as exc:  # missing, unreadable, not JSON, or a key missing: nothing to check against
+        return [str(exc)]
 
     # Code.
     snapshot = folder / SNAPSHOT_DIR
     try:
         recomputed = code_hash(snapshot)
-    except FileNotFoundError as exc:
-        return problems + [f"{snapshot}: {exc}"]
-    stated = (snapshot / HASH_FILE).read_text().strip() if (snapshot / HASH_FILE).exists() else None
+        stated = (snapshot / HASH_FILE).read_text().strip() if (snapshot / HASH_FILE).exists() else None
+    except FileNotFoundError as exc:  # code_files' message names the folder and the globs
+        return problems + [f"{snapshot}: {exc}" if exc.filename is None else os_error_line(exc)]
+    except OSError as exc:
+        return problems + [os_error_line(exc)]
     if stated != recomputed:
         problems.append(f"{snapshot / HASH_FILE}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
     if record.get("code_hash") != recomputed:
@@ -100,7 +99,7 @@ def verify(folder: str | Path) -> list[str]:
     # Runs.
     runs_dir = folder / "runs"
     run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
-    listed = sorted(r.get("run_id") for r in record.get("runs", []))
+    listed = sorted(r["run_id"] for r in record["runs"])
     if [p.name for p in run_dirs] != listed:
         problems.append(f"{runs_dir}: expected the runs of record.json {listed}, found {[p.name for p in run_dirs]}")
     logs = []
@@ -110,6 +109,9 @@ def verify(folder: str | Path) -> list[str]:
         except LogError as exc:
             problems.append(str(exc))
             continue
+        except OSError as exc:
+            problems.append(os_error_line(exc))
+            continue
         if log.code_hash != recomputed:
             problems.append(f"{run_dir / 'events.jsonl'}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
         logs.append(log)
@@ -117,16 +119,21 @@ def verify(folder: str | Path) -> list[str]:
         return problems + [f"{runs_dir}: no readable runs"]
 
     # Statistics.
-    stats_found = record.get("stats") or {}
-    target = stats_found.get("target_val_loss")
+    stats_found = record["stats"]
+    target = stats_found["target_val_loss"]
     previous, previous_logs = None, None
     if stats_found.get("previous"):
         previous = stats_found["previous"]
         prev_runs = folder.parent / previous["folder"] / "runs"
         try:
             previous_logs = [load_run(p) for p in sorted(prev_runs.iterdir()) if p.is_dir()]
-        except (OSError, LogError) as exc:
-            problems.append(f"{prev_runs}: the previous record's logs cannot be read ({exc})")
+            why = None if previous_logs else "no run directories"
+        except LogError as exc:
+            why = str(exc)
+        except OSError as exc:
+            why = os_error_line(exc)
+        if why:
+            problems.append(f"{prev_runs}: the previous record's logs cannot be read ({why})")
             previous = None
     runs, recomputed_stats = statistics(logs, target, previous, previous_logs)
     expected = finite_or_none({"runs": runs, "stats": recomputed_stats})
@@ -139,7 +146,10 @@ def verify(folder: str | Path) -> list[str]:
         problems.append(f"{stats_md}: missing")
     else:
         rendered = render_statistics({**record, **expected, "code_hash": recomputed})
-        compare_text(rendered, stats_md.read_text(encoding="utf-8"), str(stats_md), problems)
+        try:
+            compare_text(rendered, stats_md.read_text(encoding="utf-8"), str(stats_md), problems)
+        except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
+            problems.append(f"{stats_md}: cannot read ({exc.strerror if isinstance(exc, OSError) else exc})")
     return problems
 
 
@@ -153,7 +163,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{folder}: no such record folder", file=sys.stderr)
             failed += 1
             continue
-        problems = verify(folder)
+        try:
+            problems = verify(folder)
+        except OSError as exc:  # a folder inside it that cannot be listed
+            problems = [os_error_line(exc)]
         for p in problems:
             print(p)
         print(f"{folder}: {'FAILED, ' + str(len(problems)) + ' mismatches' if problems else 'ok'}")

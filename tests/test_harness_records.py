@@ -63,3 +63,25 @@ def test_empty_records(tmp_path):
     assert frame.empty and problems == [] and "run_id" in frame.columns
     with pytest.raises(RecordsError, match="needs a run_id"):
         append_run({"track": "x"}, tmp_path)
+
+
+def test_find_runs_keeps_integers_where_other_rows_have_gaps(tmp_path):
+    append_run({"run_id": "a", "seed": 3, "steps": 1390, "tokens": 2**40, "final_val_loss": 3.2775}, tmp_path)
+    append_run({"run_id": "b", "final_val_loss": None}, tmp_path)  # no seed, steps or tokens: pandas' NaN gaps
+    a, b = find_runs(["a", "b"], tmp_path)
+    assert (type(a["seed"]), type(a["steps"]), type(a["tokens"])) == (int, int, int)
+    assert (a["seed"], a["steps"], a["tokens"], a["final_val_loss"]) == (3, 1390, 2**40, 3.2775)
+    assert b["seed"] is None and b["run_dir"] is None and b["line"] == 2
+
+
+def test_missing_run_id_names_the_damaged_lines_it_may_be_on(tmp_path):
+    append_run({"run_id": "a"}, tmp_path)
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write('{"schema": 1, "run_id": "b", "se\n')  # the row for b, torn
+        f.write('{"schema": 1, "run_id": 7}\n')  # a run id that is not a string
+    with pytest.raises(RecordsError) as exc:
+        find_runs(["b"], tmp_path)
+    message = str(exc.value)
+    assert "\n" not in message and "no run with id 'b' (2 problems reading it; the first: " in message
+    assert f"{tmp_path / 'runs.jsonl'}:2: skipped damaged line" in message
+    assert load_records(tmp_path)[1][1] == f"{tmp_path / 'runs.jsonl'}:3: skipped line without a run_id"

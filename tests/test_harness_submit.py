@@ -1,0 +1,230 @@
+"""harness.submit, verify, leaderboard and compare on damaged inputs: a one-line error naming the file, never a
+traceback; and an accepted record reaches the disk whole (every file and folder fsynced, then the rename)."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import compare, leaderboard, submit, verify
+from harness.records import RECORD_FILE, append_run, record_problem
+from harness.run import run_one
+from test_harness_fakes import write_fake_trainer
+from test_harness_logs import CODE, STEPS
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two runs accepted as the cpu-tiny baseline record, and two faster runs not yet submitted (made once)."""
+    root = tmp_path_factory.mktemp("world")
+    script = write_fake_trainer(root / "code")
+    runs, records = root / "runs", root / "records"
+
+    def run(name, seed, *overrides):
+        return run_one(track="cpu-tiny", seed=seed, name=name, script=script, overrides=list(overrides),
+                       runs_dir=runs, records_dir=records)["run_id"]
+
+    base = [run("base", seed) for seed in (0, 1)]
+    fast = [run("fast", seed, "--step_ms=8") for seed in (0, 1)]
+    assert submit.main(["--records", str(records), "--no-leaderboard", "--description", "d",
+                        "--name", "baseline", *base]) == 0
+    return {"records": records, "base": base, "fast": fast}
+
+
+@pytest.fixture
+def records(world, tmp_path):
+    """A copy of the world's records/ to damage (its runs log still points at the world's run directories)."""
+    copy = tmp_path / "records"
+    shutil.copytree(world["records"], copy)
+    return copy
+
+
+def baseline(records: Path) -> Path:
+    return next(p for p in records.iterdir() if p.name.endswith("_baseline"))
+
+
+def one_line(text: str) -> str:
+    assert text.count("\n") == 1 and "Traceback" not in text, text
+    return text
+
+
+def submit_fast(world, records, capsys, name="fast") -> tuple[int, str]:
+    rc = submit.main(["--records", str(records), "--no-leaderboard", "--description", "d", "--name", name,
+                      *world["fast"]])
+    return rc, capsys.readouterr().err
+
+
+def test_previous_record_without_runs_is_refused_in_one_line(world, records, capsys):
+    runs = baseline(records) / "runs"
+    shutil.rmtree(runs)
+    rc, err = submit_fast(world, records, capsys)
+    assert rc == 1 and one_line(err).startswith("refused: ") and str(runs) in err and "repair" in err
+    runs.mkdir()  # there, but empty
+    rc, err = submit_fast(world, records, capsys)
+    assert rc == 1 and f"runs cannot be read (no run directories in {runs})" in one_line(err)
+    assert sorted(p.name for p in records.iterdir() if p.is_dir()) == [baseline(records).name]
+
+
+def _edit(change):
+    def apply(path: Path):
+        record = json.loads(path.read_text())
+        change(record)
+        path.write_text(json.dumps(record))
+    return apply
+
+
+def _as_directory(path: Path):
+    path.unlink()
+    path.mkdir()
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda p: p.write_text('{"track": "cpu-tiny", "stats": {'), "not valid JSON"),
+    (_as_directory, "cannot read (Is a directory)"),
+    (lambda p: p.write_text("[1, 2]"), "not a JSON object but an array"),
+    (_edit(lambda r: r["stats"].pop("target_val_loss")), "stats.target_val_loss missing"),
+    (_edit(lambda r: r["stats"]["time_ms"].update(mean="fast")), "stats.time_ms.mean is a string, expected number"),
+    (_edit(lambda r: r["stats"].update(previous={"name": "older"})), "stats.previous.folder missing"),
+    (_edit(lambda r: r.update(schema=2)), "schema 2 (this harness reads schema 1)"),
+    (_edit(lambda r: r.pop("name")), "name missing"),
+], ids=["not-json", "a-folder", "not-an-object", "no-target", "mean-not-a-number", "previous-without-folder",
+        "other-schema", "no-name"])
+def test_damaged_record_json_is_one_line_everywhere(world, records, tmp_path, capsys, damage, why):
+    folder = baseline(records)
+    damage(folder / RECORD_FILE)
+
+    rc, err = submit_fast(world, records, capsys)
+    assert rc == 1 and one_line(err).startswith(f"refused: {folder / RECORD_FILE}: skipped damaged record ({why}")
+    assert err.endswith("; repair it before submitting\n")
+
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith(f"{folder / RECORD_FILE}: {why}") and "FAILED, 1 mismatches" in out
+
+    assert leaderboard.main(["--records", str(records), "--out", str(tmp_path / "lb.md")]) == 0
+    err = capsys.readouterr().err
+    assert f"leaderboard: {folder / RECORD_FILE}: skipped damaged record ({why}" in err and "Traceback" not in err
+    assert "No accepted record yet." in (tmp_path / "lb.md").read_text()
+
+
+def _unreadable_events(run_dir: Path) -> Path:
+    """Make run_dir/events.jsonl a folder that opens as a folder: reading it fails with an OSError."""
+    events = run_dir / "events.jsonl"
+    events.unlink()
+    (events / "events.jsonl").mkdir(parents=True)
+    return events
+
+
+def test_unreadable_events_file_is_one_line_everywhere(world, records, tmp_path, capsys):
+    folder = baseline(records)
+    events = _unreadable_events(folder / "runs" / world["base"][0])
+
+    rc, err = submit_fast(world, records, capsys)
+    assert rc == 1 and "the current cpu-tiny record's runs cannot be read" in one_line(err)
+    assert "Is a directory" in err and str(events) in err
+
+    assert verify.main([str(folder)]) == 1
+    assert "Is a directory" in capsys.readouterr().out
+
+    argv = ["--logs", f"old={folder / 'runs'}", f"new={','.join(world['fast'])}", "--no-plot",
+            "--records", str(records)]
+    assert compare.main(argv) == 1
+    err = capsys.readouterr().err
+    assert one_line(err).startswith("error: --logs old: ") and "Is a directory" in err
+
+    assert leaderboard.main(["--records", str(records), "--out", str(tmp_path / "lb.md")]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_accepted_record_is_fsynced_before_and_after_the_rename(world, records, monkeypatch, capsys):
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to name an fsynced descriptor")
+    events, real_fsync, real_rename = [], os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    rc, err = submit_fast(world, records, capsys)
+    assert rc == 0, err
+
+    renames = [e for e in events if e[0] == "rename"]
+    assert len(renames) == 1
+    _, tmp, final = renames[0]
+    at = events.index(renames[0])
+    before = {Path(path) for _, path in events[:at]}
+    written = {Path(final)} | set(Path(final).rglob("*"))
+    assert {Path(tmp) / p.relative_to(final) for p in written} <= before, "a file or folder was not fsynced"
+    assert ("fsync", str(records.resolve())) in events[at + 1:], "records/ was not fsynced after the rename"
+
+
+def _synthetic_record(records: Path, track: str, name: str, mean_ms: float, reached: int, day: int) -> None:
+    record = {
+        "schema": 1, "name": name, "description": f"{name} on {track}", "track": track, "date": f"2025-01-0{day}",
+        "submitted": f"2025-01-0{day}T00:00:00+00:00", "code_hash": "0" * 64, "hardware": "CPU Fake CPU (2 cores)",
+        "runs": [{"run_id": "r0"}, {"run_id": "r1"}],
+        "stats": {"n": 2, "target_val_loss": 3.28, "reached_target": reached,
+                  "time_ms": {"n": 2, "mean": mean_ms, "std": 10.0, "ci95": [mean_ms - 90, mean_ms + 90]},
+                  "final_val_loss": {"n": 2, "mean": 3.25, "std": 0.01, "ci95": [3.16, 3.34]},
+                  "p_loss_below_target": 0.004, "previous": None},
+    }
+    assert record_problem(record) is None
+    folder = records / f"2025-01-0{day}_{name}"
+    folder.mkdir(parents=True)
+    (folder / RECORD_FILE).write_text(json.dumps(record))
+
+
+def test_leaderboard_says_once_what_a_record_time_is(tmp_path):
+    records = tmp_path / "records"
+    _synthetic_record(records, "cpu-tiny", "all-reached", 200.0, reached=2, day=1)
+    _synthetic_record(records, "gpu-small", "one-reached", 300.0, reached=1, day=2)
+    page = leaderboard.render(records, tmp_path / "lb1.md")
+    text = page.read_text()
+    assert "mean time to target" not in text
+    assert text.count("for a run that ended above the target, its train time at its final validation") == 1
+    assert "| 2 (1 reached the target) |" in text and "| 2 (" not in text.split("## gpu-small")[0]
+    again = leaderboard.render(records, tmp_path / "lb2.md")
+    assert again.read_bytes() == page.read_bytes()
+
+
+def test_leaderboard_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    (tmp_path / "records").mkdir()
+    (tmp_path / "file").write_text("")
+    assert leaderboard.main(["--records", str(tmp_path / "records"), "--out", str(tmp_path / "file" / "lb.md")]) == 1
+    assert one_line(capsys.readouterr().err).startswith("leaderboard: not written: ")
+
+
+def test_runs_log_row_without_a_run_dir_is_named(tmp_path, capsys):
+    append_run({"run_id": "a", "track": "cpu-tiny", "run_dir": None}, tmp_path)
+    append_run({"run_id": "b", "track": "cpu-tiny", "run_dir": str(tmp_path)}, tmp_path)
+    assert compare.main(["--logs", "x=a", "y=b", "--no-plot", "--records", str(tmp_path)]) == 1
+    err = one_line(capsys.readouterr().err)
+    assert err == "error: --logs x: run a: its runs.jsonl row (line 1) has run_dir null, not a path\n"
+    rc = submit.main(["--records", str(tmp_path), "--no-leaderboard", "--description", "d", "--name", "n", "a", "b"])
+    assert rc == 1 and "run a: its runs.jsonl row (line 1) has run_dir null" in one_line(capsys.readouterr().err)
+
+
+def test_empty_logs_inputs_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for spec, message in [(f"a={tmp_path / 'empty'}", "no logs (*.txt, *.log) or run directories"),
+                          ("a=,", "no run ids")]:
+        assert compare.main(["--logs", spec, "b=x", "--no-plot", "--records", str(tmp_path)]) == 1
+        assert message in one_line(capsys.readouterr().err)
+
+
+def test_plot_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    for name in ("old", "new"):
+        (tmp_path / f"{name}.txt").write_text(CODE + STEPS)
+    (tmp_path / "file").write_text("")
+    argv = ["--logs", f"old={tmp_path / 'old.txt'}", f"new={tmp_path / 'new.txt'}",
+            "--plot-dir", str(tmp_path / "file")]
+    assert compare.main(argv) == 1
+    captured = capsys.readouterr()
+    assert "| new" in captured.out and one_line(captured.err).startswith("error: plots not written: ")
