@@ -311,7 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted: the run was stopped and recorded as 'interrupted'", file=sys.stderr)
         return 130
 
-    fig = figures(variants, target)
+    try:
+        fig = figures(variants, target)
+    except ValueError as exc:  # figures no statistic can be computed from (a time of 0 ms in a hand-made log)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     for v in variants:
         for s in v.skipped:
             print(f"{v.name}: left out {s}", file=sys.stderr)

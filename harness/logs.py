@@ -191,6 +191,8 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         events, problems = read_events(events_path)
     except FileNotFoundError:
         raise LogError(f"{events_path}: no such events file") from None
+    except OSError as exc:
+        raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
     log = RunLog(source=str(run_dir), name=run_dir.name, run_id=run_dir.name, problems=problems)
     config, meta, result = last_event(events, "config"), last_event(events, "meta"), last_event(events, "result")
     if config:
@@ -226,7 +228,11 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
             log.target = result["target_val_loss"]
     console = run_dir / CONSOLE_FILE
     if console.exists():
-        for line in console.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            text = console.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise LogError(f"{console}: cannot read ({exc.strerror or exc})") from None
+        for line in text.splitlines():
             fields = parse_step_line(line)
             if fields:
                 log.total_steps = fields["total"]

@@ -86,7 +86,8 @@ def speedup(baseline_times: Sequence[float], new_times: Sequence[float]) -> Spee
     if len(a) == 0 or len(b) == 0:
         return Speedup(math.nan, math.nan, math.nan, math.nan)
     if (a <= 0).any() or (b <= 0).any():
-        raise ValueError("speedup needs positive times")
+        bad = sorted(float(t) for t in np.concatenate([a, b]) if t <= 0)
+        raise ValueError(f"speedup needs positive times, got {bad[:3]}")
     log_a, log_b = np.log(a), np.log(b)
     ratio = math.exp(log_a.mean() - log_b.mean())
     if len(a) < 2 or len(b) < 2:

@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         folder = submit(args.name, " ".join(args.description.split()), args.run_ids, args.records)
-    except Refused as exc:
+    except (Refused, ValueError) as exc:  # ValueError: figures no statistic can be computed from
         print(f"refused: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # writing the record folder failed; nothing of it was left behind

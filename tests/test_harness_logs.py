@@ -143,3 +143,19 @@ def test_our_trainer_stops_early_at_the_target():
             "result: reached target 6.0 in 2000ms; 20 steps, 81,920 tokens, final val_loss 5.9000\n")
     assert parse_text(text, source="x").status == "ok"
     assert parse_text(text.rsplit("result", 1)[0], source="x").status == "incomplete"
+
+
+def test_compare_refuses_a_zero_time_in_one_line(tmp_path):
+    # A hand-made log that "reaches" the target at 0 ms: no speedup can be computed from it.
+    import subprocess
+    import sys
+
+    for name, t in (("a", 0), ("b", 1000)):
+        (tmp_path / f"{name}.txt").write_text(f"step:10/10 val_loss:3.0000 train_time:{t}ms step_avg:1.00ms\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.compare", "--no-plot", "--target", "3.28",
+         "--logs", f"a={tmp_path / 'a.txt'}", f"b={tmp_path / 'b.txt'}"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "error: speedup needs positive times, got [0.0]"
