@@ -198,6 +198,20 @@ def _store_ranges(ptr, lo, full_lo, full_hi, hi):
 
 
 @triton.jit
+def _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED: tl.constexpr):
+    """The K and V tiles (BLOCK_N, D) of keys offs_k. Only partial (MASKED) blocks can run past T, so
+    only they pay for bounds checks; keys past T read as 0 and the mask removes them."""
+    kv_offs = offs_k[:, None] * qkv_stride_t + offs_d[None, :]
+    if MASKED:
+        k = tl.load(k_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)
+        v = tl.load(v_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)
+    else:
+        k = tl.load(k_base + kv_offs)
+        v = tl.load(v_base + kv_offs)
+    return k, v
+
+
+@triton.jit
 def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
                start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
                BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
@@ -207,13 +221,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_sta
     for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_k = start_n + offs_n
-        kv_offs = offs_k[:, None] * qkv_stride_t + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)  # (BLOCK_N, D)
-            v = tl.load(v_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)
-        else:
-            k = tl.load(k_base + kv_offs)
-            v = tl.load(v_base + kv_offs)
+        k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED)  # (BLOCK_N, D) each
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
             allowed = _allowed(offs_m[:, None], offs_k[None, :], q_doc_start[:, None], T, window, HAS_DOCS)
@@ -411,13 +419,7 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc
     for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_k = start_n + offs_n
-        kv_offs = offs_k[:, None] * qkv_stride_t + offs_d[None, :]
-        if MASKED:
-            k = tl.load(k_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)  # (BLOCK_N, D)
-            v = tl.load(v_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)
-        else:
-            k = tl.load(k_base + kv_offs)
-            v = tl.load(v_base + kv_offs)
+        k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED)  # (BLOCK_N, D) each
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
