@@ -1,0 +1,182 @@
+"""Whole-model training throughput on one GPU: the fineweb-124m model on each kernel backend, and
+nanoGPT's GPT-2 as the reference, in the same run.
+
+    python -m benchmarks.bench_model [--steps 20] [--warmup 8]
+
+What is timed (CUDA events around `steps` steps, after `warmup` untimed ones that compile):
+- ours, `--kernels=torch` and `--kernels=triton`: train_gpt.train_step on one micro-batch of the
+  fineweb-124m track (B=1, 48K tokens, random tokens with a document start every ~1000), i.e. one step
+  of one rank of the 8-GPU run without communication: attention-mask build, forward, backward, Adam
+  and Muon (Newton-Schulz on every hidden matrix: one rank alone does all eight ranks' shares). Two
+  cases: the first and the last window size of the schedule.
+- reference: a plain nanoGPT GPT-2 (dense causal SDPA, LayerNorm, GELU, tied embedding, fused AdamW,
+  torch.compile, bf16 autocast) on 48 x 1024 tokens, the same tokens per step.
+
+Accounting: tokens/s = tokens per step / step time. MFU = FLOPs per token x tokens/s / the GPU's peak
+dense bf16 FLOP/s (harness.hardware). FLOPs per token are train_gpt.flops_per_token: 6 x matmul weights
+(head included, embeddings excluded) + 12 x layers x attention width x visible keys, with the visible
+keys of a causal window w over T tokens c - c^2 / (2T), c = min(w, T); for plain causal (the reference)
+that is T/2. Documents are ignored, so a document-masked run is credited with a little more attention
+than it does. Rows go to benchmarks/results.csv; the table of this run's rows is printed last.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.common import append_results, require_cuda
+from harness.data import BOS_ID
+from harness.hardware import peak_flops
+
+
+class RefBlock(nn.Module):
+    """nanoGPT's block: pre-LayerNorm, dense causal attention (SDPA: flash), GELU MLP, biases."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.c_attn, self.c_proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.c_fc, self.mlp_proj = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+
+    def forward(self, x):  # (B, T, C)
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.c_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))
+
+
+class RefGPT(nn.Module):
+    """nanoGPT's GPT-2 small (124M): learned positions, tied embedding and head, vocab padded to 50304."""
+
+    def __init__(self, vocab=50304, seq_len=1024, layers=12, dim=768, heads=12):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, dim), nn.Embedding(seq_len, dim)
+        self.blocks = nn.ModuleList(RefBlock(dim, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+        self.layers, self.dim, self.vocab = layers, dim, vocab
+
+    def forward(self, idx, targets):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x)).float()
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+    def flops_per_token(self, T: int) -> float:
+        weights = self.layers * 12 * self.dim**2 + self.dim * self.vocab
+        return 6 * weights + 12 * self.layers * self.dim * (T / 2)
+
+
+def time_steps(step, steps: int, warmup: int) -> float:
+    """Median milliseconds per call of step() over `steps` calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def random_tokens(B: int, T: int, device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, BOS_ID, (B, T), generator=g)
+    tokens[torch.rand(B, T, generator=g) < 1e-3] = BOS_ID  # a document start every ~1000 tokens
+    return tokens.to(device)
+
+
+def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float | None) -> dict:
+    import train_gpt as T
+
+    device = torch.device("cuda", 0)
+    cfg = T.resolve_config(T.parse_config(["--track=fineweb-124m", f"--kernels={kernels}", "--grad_accum=1"]), 1, device)
+    torch.manual_seed(0)
+    ops = T.make_ops(kernels, device, print)
+    model = T.GPT(cfg, ops).to(device)
+    optimizers = T.make_optimizers(model, cfg, ops, T.DistEnv(), device)
+    torch._dynamo.config.recompile_limit = 64
+    compiled = torch.compile(model)
+    x = random_tokens(cfg.batch_size, cfg.seq_len, device)
+    batches = [(x, torch.roll(x, -1, dims=1))]
+    ms = time_steps(lambda: T.train_step(compiled, ops, optimizers, batches, window, 0, cfg, T.DistEnv()), steps, warmup)
+    tokens = cfg.batch_size * cfg.seq_len
+    tokens_per_s = tokens / (ms / 1000)
+    mfu = T.flops_per_token(cfg, window) * tokens_per_s / peak if peak else None
+    return dict(bench="model", case=f"fineweb-124m B=1 T={cfg.seq_len} window={window}", impl=kernels, ms=ms,
+                tokens_per_s=tokens_per_s, mfu=mfu, ops="; ".join(f"{k}={v}" for k, v in ops.sources.items()))
+
+
+def bench_reference(steps: int, warmup: int, peak: float | None) -> dict:
+    device = torch.device("cuda", 0)
+    B, T = 48, 1024  # 48K tokens per step, as ours
+    torch.manual_seed(0)
+    model = RefGPT(seq_len=T).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+    compiled = torch.compile(model)
+    x = random_tokens(B, T, device)
+    y = torch.roll(x, -1, dims=1)
+
+    def step():
+        with torch.autocast("cuda", torch.bfloat16):
+            loss = compiled(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    ms = time_steps(step, steps, warmup)
+    tokens_per_s = B * T / (ms / 1000)
+    mfu = model.flops_per_token(T) * tokens_per_s / peak if peak else None
+    return dict(bench="model", case=f"gpt2-124m B={B} T={T} causal", impl="nanogpt", ms=ms,
+                tokens_per_s=tokens_per_s, mfu=mfu)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_model", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per case (median reported)")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed steps first (compilation)")
+    args = parser.parse_args([] if argv is None else argv)
+    if not require_cuda("bench_model"):
+        return 0
+    import train_gpt as T
+
+    torch.set_float32_matmul_precision("high")
+    peak = peak_flops(torch.cuda.get_device_name(0))
+    cfg = T.Config()
+    windows = [T.window_size(0, cfg), T.window_size(cfg.num_steps, cfg)]
+    cases = [(bench_ours, (kernels, w)) for kernels in ("torch", "triton") for w in windows]
+    cases.append((bench_reference, ()))
+    rows = []
+    for fn, case_args in cases:
+        try:
+            rows.append(fn(*case_args, args.steps, args.warmup, peak))
+            print(f"{rows[-1]['impl']:8s} {rows[-1]['case']}: {rows[-1]['ms']:.1f} ms/step", flush=True)
+        except Exception as exc:  # a broken backend must not cost the other cases their GPU time
+            print(f"bench_model: {fn.__name__}{case_args} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch._dynamo.reset()
+    if rows:
+        new = append_results(rows)
+        table = new[["case", "impl", "ms", "tokens_per_s", "mfu"]].copy()
+        table["mfu"] = table["mfu"].map(lambda m: "n/a" if m != m or m is None else f"{100 * m:.1f}%")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    return 0 if len(rows) == len(cases) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,403 @@
+"""train_gpt.py on the CPU: its parts in-process, and whole runs of a micro model as subprocesses.
+
+Runs use tiny shards of a synthetic, learnable "language" written here (never the real corpus) and a
+micro model (2 layers, dim 64, 2 heads x 32, seq 64): a few steps take seconds. Subprocesses run with
+OMP_NUM_THREADS=1, so parallel test workers do not fight over the cores.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train_gpt as T
+from harness.data import BOS_ID, write_shard
+from harness.runlog import read_events
+from harness.snapshot import HASH_FILE, SNAPSHOT_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+MICRO = [
+    "--track=cpu-tiny", "--num_layers=2", "--model_dim=64", "--num_heads=2", "--head_dim=32", "--value_embeds=1",
+    "--unet_skips=1", "--seq_len=64", "--val_seq_len=64", "--batch_size=4", "--grad_accum=1", "--val_tokens=1024",
+    "--num_steps=6", "--val_every=3", "--window_min=16", "--window_max=64", "--window_block=16", "--warmup_steps=1",
+    "--target_val_loss=0.5", "--train_epochs=1", "--logit_softcap=15", "--adam_embed_lr=0.6", "--adam_head_lr=0.008",
+    "--muon_lr=0.05",
+]
+STEP_LINE = re.compile(r"^step:\d+/\d+ train_time:\d+ms step_avg:\d+\.\d{2}ms tokens_per_s:\d+ mfu:(n/a|\d+\.\d{2}%)$")
+VAL_LINE = re.compile(
+    r"^step:\d+/\d+ val_loss:\d+\.\d{4} train_time:\d+ms step_avg:\d+\.\d{2}ms tokens_per_s:\d+ mfu:(n/a|\d+\.\d{2}%)$")
+
+
+def synthetic_tokens(rng: np.random.Generator, n_docs: int) -> np.ndarray:
+    """Documents (BOS first) of a 512-token language where the next token is (5t + 3) mod 512 90% of the time."""
+    docs = []
+    for _ in range(n_docs):
+        t, doc = int(rng.integers(512)), [BOS_ID]
+        for _ in range(int(rng.integers(20, 200))):
+            t = (5 * t + 3) % 512 if rng.random() < 0.9 else int(rng.integers(512))
+            doc.append(t)
+        docs.append(doc)
+    return np.concatenate(docs).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    write_shard(folder / "micro_train_000000.bin", synthetic_tokens(rng, 200))
+    write_shard(folder / "micro_val_000000.bin", synthetic_tokens(rng, 30))
+    return folder
+
+
+def data_args(shards: Path) -> list[str]:
+    return [f"--train_files={shards}/micro_train_*.bin", f"--val_files={shards}/micro_val_000000.bin"]
+
+
+def run_trainer(run_dir: Path, *args: str, nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*(launcher if nproc > 1 else [sys.executable]), "train_gpt.py", f"--run_dir={run_dir}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def val_losses(run_dir: Path) -> list[float]:
+    events, problems = read_events(run_dir)
+    assert not problems, problems
+    return [e["val_loss"] for e in events if e["event"] == "val"]
+
+
+def result_of(run_dir: Path) -> dict:
+    events, _ = read_events(run_dir)
+    assert events[-1]["event"] == "result", f"last event is {events[-1]['event']}, not result"
+    return events[-1]
+
+
+def assert_ok(proc: subprocess.CompletedProcess) -> None:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+def one_error_line(proc: subprocess.CompletedProcess, code: int) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, f"exit {proc.returncode}, expected {code}; stderr:\n{proc.stderr[-2000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"stderr is not one error line:\n{proc.stderr[-2000:]}"
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def test_overrides_are_typed_and_applied_after_the_track():
+    cfg = T.parse_config(["--track=cpu-tiny", "--seed=3", "--muon_lr=0.1", "--compile=true", "--train_files=x*.bin"])
+    assert (cfg.track, cfg.seed, cfg.muon_lr, cfg.compile, cfg.train_files) == ("cpu-tiny", 3, 0.1, True, "x*.bin")
+    assert cfg.num_layers == T.TRACKS["cpu-tiny"]["num_layers"]
+    assert T.parse_config(["--compile=0"]).compile is False
+    assert T.parse_config(["--compile=auto"]).compile is None
+    assert T.parse_config([]) == T.Config(**T.TRACKS["fineweb-124m"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num_stepz=3"], "unknown option --num_stepz (did you mean --num_steps?)"),
+    (["--seed=abc"], "--seed=abc: expected int"),
+    (["--compile=maybe"], "--compile=maybe: expected true/false/1/0"),
+    (["--seed", "3"], "bad argument '--seed': expected --key=value"),
+    (["--track=nope"], "unknown track 'nope'"),
+])
+def test_bad_overrides_are_refused(argv, message):
+    with pytest.raises(T.ConfigError) as info:
+        T.parse_config(argv)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_resolve_fills_automatic_fields_and_checks_the_world_size():
+    cpu = torch.device("cpu")
+    cfg = T.resolve_config(T.parse_config([]), 2, cpu)
+    assert cfg.grad_accum == 4 and cfg.compile is False and cfg.run_dir.startswith("runs") and "fineweb-124m-s0" in cfg.run_dir
+    with pytest.raises(T.ConfigError, match="world size 3 does not divide the 8-GPU batch of 8"):
+        T.resolve_config(T.parse_config([]), 3, cpu)
+    explicit = T.parse_config(["--grad_accum=1", "--val_tokens=3072", "--val_seq_len=1024"])
+    assert T.resolve_config(explicit, 3, cpu).grad_accum == 1  # set explicitly: any world size
+    with pytest.raises(T.ConfigError, match="val_tokens"):
+        T.resolve_config(T.parse_config(["--val_tokens=1000"]), 1, cpu)
+
+
+def test_schedules():
+    cfg = T.parse_config(["--num_steps=100", "--window_min=128", "--window_max=1792", "--window_block=128"])
+    windows = [T.window_size(s, cfg) for s in range(101)]
+    assert windows[0] == 128 and windows[-1] == 1792 and windows == sorted(windows)
+    assert all(w % 128 == 0 for w in windows)
+    assert T.lr_scale(0, cfg) == 1.0 and T.lr_scale(59, cfg) == 1.0 and T.lr_scale(100, cfg) == pytest.approx(0.1)
+    assert T.muon_momentum(0, cfg) == pytest.approx(0.85) and T.muon_momentum(300, cfg) == pytest.approx(0.95)
+
+
+# ---------------------------------------------------------------------------------------------- attention masks
+
+
+def _batch_with_documents(B: int, T_: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randint(0, 1000, (B, T_), generator=g)
+    inputs[torch.rand(B, T_, generator=g) < 0.02] = BOS_ID
+    return inputs
+
+
+@pytest.mark.parametrize("window", [1, 37, 128, 300, 1000])
+def test_dense_mask_is_causal_windowed_and_per_document(window):
+    inputs = _batch_with_documents(2, 200)
+    mask = T.dense_attention_mask(inputs, window)[:, 0]  # (B, T, T)
+    for b in range(2):
+        docs = T.document_starts(inputs)[b].cumsum(0)
+        i, j = torch.meshgrid(torch.arange(200), torch.arange(200), indexing="ij")
+        expected = (j <= i) & (i - j < window) & (docs[i] == docs[j])
+        assert torch.equal(mask[b], expected)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("window", [50, 128, 200, 384])
+def test_flex_block_mask_matches_the_dense_mask(window):
+    """The hand-built FlexAttention block mask (CUDA torch path), run here by FlexAttention's CPU reference."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    inputs = _batch_with_documents(2, 256, seed=window)
+    q, k, v = (torch.randn(2, 256, 2, 16) for _ in range(3))
+    block_mask = T.FlexMasks(block=128)(inputs, window)
+    flat = [x.reshape(1, 512, 2, 16).transpose(1, 2) for x in (q, k, v)]
+    got = flex_attention(*flat, block_mask=block_mask).transpose(1, 2).reshape(2, 256, 2, 16)
+    want = T.sdpa_attention(q, k, v, T.dense_attention_mask(inputs, window))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kernels.attention") is None, reason="kernels/attention.py not there")
+@pytest.mark.parametrize("window", [1, 37, 200])
+def test_packed_cu_seqlens_match_the_dense_mask(window):
+    """The triton path packs the batch into one row with cu_seqlens; the same pairs must be visible."""
+    from kernels.attention import attention_mask
+
+    inputs = _batch_with_documents(3, 100)
+    cu_seqlens, w = T.packed_doc_mask(inputs, window)
+    packed = attention_mask(300, window_size=w, cu_seqlens=cu_seqlens)
+    dense = T.dense_attention_mask(inputs, window)[:, 0]
+    assert torch.equal(packed, torch.block_diag(*dense))
+
+
+def test_a_missing_kernel_falls_back_with_a_notice(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))  # make_ops sets it on CPUs
+    monkeypatch.setitem(sys.modules, "kernels.norm", None)  # `import kernels.norm` now raises ImportError
+    notices = []
+    ops = T.make_ops("triton", torch.device("cpu"), notices.append)
+    assert ops.rms_norm is T.torch_rms_norm and ops.sources["rms_norm"] == "torch F.rms_norm"
+    assert any(n.startswith("notice: kernels.norm.rms_norm unavailable (") for n in notices), notices
+    assert T.make_ops("torch", torch.device("cpu"), notices.append).sources["attention"] == "torch SDPA with a dense mask"
+
+
+# ---------------------------------------------------------------------------------------------- Muon
+
+
+def _muon(params, world_size=1, rank=0, calls=None):
+    def newton_schulz(G, steps):
+        if calls is not None:
+            calls.append(G.size(0))
+        return T.newton_schulz_torch(G, steps)
+
+    return T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz,
+                  world_size=world_size, rank=rank)
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (32, 96), (3, 24, 48)])
+def test_muon_update_is_orthogonal(shape):
+    p = torch.nn.Parameter(torch.randn(shape))
+    before = p.detach().clone()
+    p.grad = torch.randn(shape)
+    _muon([p]).step()
+    scale = max(1, shape[-2] / shape[-1]) ** 0.5
+    update = (before - p.detach()) / (0.1 * scale)
+    sv = torch.linalg.svdvals(update.reshape(-1, *shape[-2:]))
+    assert sv.min() > 0.5 and sv.max() < 1.5, f"singular values in [{sv.min():.3f}, {sv.max():.3f}]"
+
+
+DIST_MUON = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {repo!r})
+import train_gpt as T
+from tests.test_train_gpt import SHAPES, _muon
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.manual_seed(0)
+params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+calls = []
+muon = _muon(params, world, rank, calls)
+for step in range(3):
+    g = torch.Generator().manual_seed(100 * step + rank)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    muon.step()
+torch.save(dict(params=[p.detach() for p in params], calls=calls), f"{out}/rank{{rank}}.pt")
+dist.destroy_process_group()
+"""
+SHAPES = [(16, 32)] * 5 + [(32, 16)] * 2 + [(3, 8, 16)]
+
+
+def test_distributed_muon_equals_single_process(tmp_path):
+    script = tmp_path / "dist_muon.py"
+    script.write_text(DIST_MUON.format(repo=str(REPO), out=str(tmp_path)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+    calls = []
+    muon = _muon(params, calls=calls)
+    for step in range(3):
+        gens = [torch.Generator().manual_seed(100 * step + r) for r in range(2)]
+        for p in params:
+            p.grad = sum(torch.randn(p.shape, generator=g) for g in gens) / 2  # what the reduce-scatter averages
+        muon.step()
+    for r in range(2):
+        for got, want in zip(ranks[r]["params"], params):
+            torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
+    # each rank orthogonalised only its share: groups of 5, 2 and 1 matrices -> 3, 1 and 1 per rank (padded)
+    assert ranks[0]["calls"] == ranks[1]["calls"] == [3, 1, 3] * 3  # the (3, 8, 16) one is 3 stacked matrices
+    assert calls == [5, 2, 3] * 3
+
+
+# ---------------------------------------------------------------------------------------------- whole runs
+
+
+@pytest.fixture(scope="module")
+def micro_run(shards, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "micro"
+    assert_ok(run_trainer(run_dir, *MICRO, *data_args(shards)))
+    return run_dir
+
+
+def test_a_few_steps_lower_the_loss(micro_run):
+    losses = val_losses(micro_run)
+    assert len(losses) == 3 and losses[-1] < losses[0] - 1.0, losses
+
+
+def test_events_follow_the_runlog_contract(micro_run):
+    events, _ = read_events(micro_run)
+    kinds = [e["event"] for e in events]
+    assert kinds[:2] == ["config", "meta"] and kinds[-1] == "result"
+    assert kinds.count("step") == 6 and kinds.count("val") == 3
+    config, meta, result = events[0], events[1], events[-1]
+    assert config["track"] == "cpu-tiny" and config["config"]["num_layers"] == 2 and config["config"]["grad_accum"] == 1
+    assert meta["world_size"] == 1 and meta["hardware"]["kind"] in ("cpu", "cuda")
+    assert set(meta) >= {"code_hash", "hardware", "versions", "git"} and meta["versions"]["torch"] == torch.__version__
+    assert meta["code_hash"] == (micro_run / SNAPSHOT_DIR / HASH_FILE).read_text().strip()
+    assert (micro_run / SNAPSHOT_DIR / "train_gpt.py").read_text() == (REPO / "train_gpt.py").read_text()
+    step = next(e for e in events if e["event"] == "step")
+    assert set(step) == {"event", "time", "step", "train_time_ms", "step_avg_ms", "train_loss", "tokens_per_s", "mfu"}
+    assert set(result) == {"event", "time", "status", "reached_target", "target_val_loss", "time_to_target_ms", "steps",
+                           "tokens", "final_val_loss", "train_time_ms", "peak_memory_mb", "tokens_per_s", "mfu", "error"}
+    assert result["status"] == "ok" and result["reached_target"] is False and result["time_to_target_ms"] is None
+    assert result["steps"] == 6 and result["tokens"] == 6 * 4 * 64 and result["error"] is None
+    assert result["final_val_loss"] == val_losses(micro_run)[-1]
+
+
+def test_train_log_uses_the_speedrun_line_format(micro_run):
+    lines = (micro_run / "train.log").read_text().splitlines()
+    step_lines = [line for line in lines if line.startswith("step:")]
+    assert len(step_lines) == 9
+    for line in step_lines:
+        assert (VAL_LINE if "val_loss" in line else STEP_LINE).match(line), line
+    assert step_lines[0].startswith("step:0/6 val_loss:") and step_lines[-1].startswith("step:6/6 val_loss:")
+
+
+def test_same_seed_gives_identical_val_losses(micro_run, shards, tmp_path):
+    assert_ok(run_trainer(tmp_path / "again", *MICRO, *data_args(shards)))
+    assert val_losses(tmp_path / "again") == val_losses(micro_run)
+
+
+def test_target_stops_the_run_early(micro_run, shards, tmp_path):
+    target = val_losses(micro_run)[1] + 1e-3  # reached at the second validation
+    assert_ok(run_trainer(tmp_path / "early", *MICRO, *data_args(shards), f"--target_val_loss={target}"))
+    result = result_of(tmp_path / "early")
+    assert result["reached_target"] is True and result["steps"] == 3
+    assert result["time_to_target_ms"] == result["train_time_ms"] > 0
+
+
+def test_two_processes_match_one_with_gradient_accumulation(shards, tmp_path):
+    # three layers: the middle one has no value embedding (its parameters must not break the all-reduce)
+    args = [*MICRO, *data_args(shards), "--num_steps=4", "--val_every=2", "--num_layers=3"]
+    assert_ok(run_trainer(tmp_path / "one", *args, "--grad_accum=2"))
+    proc = run_trainer(tmp_path / "two", *args, "--grad_accum=1", nproc=2)
+    assert_ok(proc)
+    one, two = val_losses(tmp_path / "one"), val_losses(tmp_path / "two")
+    assert read_events(tmp_path / "two")[0][1]["world_size"] == 2
+    assert result_of(tmp_path / "one")["tokens"] == result_of(tmp_path / "two")["tokens"] == 4 * 2 * 4 * 64
+    np.testing.assert_allclose(two, one, rtol=0, atol=2e-4)
+    assert one[-1] < one[0] - 0.5
+
+
+def test_triton_backend_matches_torch(shards, tmp_path):
+    """A one-layer run on kernels/ (under Triton's interpreter: kept tiny) follows the torch run's curve, and
+    the kernels are really used wherever their module is there (a missing one falls back, with a notice)."""
+    args = [*MICRO, *data_args(shards), "--num_layers=1", "--model_dim=32", "--head_dim=16", "--mlp_ratio=2",
+            "--value_embeds=0", "--unet_skips=0", "--ns_steps=2", "--num_steps=2", "--val_every=1",
+            "--val_tokens=256", "--warmup_steps=0"]
+    assert_ok(run_trainer(tmp_path / "torch", *args, "--kernels=torch"))
+    proc = run_trainer(tmp_path / "triton", *args, "--kernels=triton")
+    assert_ok(proc)
+    ops_line = next(line for line in (tmp_path / "triton" / "train.log").read_text().splitlines()
+                    if line.startswith("ops: "))
+    for module, name, op in [("attention", "flash_attention", "attention"), ("norm", "rms_norm", "rms_norm"),
+                             ("newton_schulz", "newton_schulz", "newton_schulz")]:
+        spec = importlib.util.find_spec(f"kernels.{module}")
+        if spec is not None and hasattr(importlib.import_module(f"kernels.{module}"), name):
+            assert f"{op}=kernels.{module}.{name}" in ops_line, ops_line
+        else:
+            assert f"kernels.{module}.{name} unavailable" in proc.stdout
+    torch_losses, triton_losses = val_losses(tmp_path / "torch"), val_losses(tmp_path / "triton")
+    assert torch_losses[-1] < torch_losses[0] - 0.1
+    np.testing.assert_allclose(triton_losses, torch_losses, rtol=0, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- failures
+
+
+def test_unknown_override_is_one_line_exit_2(tmp_path):
+    proc = run_trainer(tmp_path / "r", "--track=cpu-tiny", "--num_stepz=3")
+    assert one_error_line(proc, 2) == "error: unknown option --num_stepz (did you mean --num_steps?)"
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_value_is_one_line_exit_2(tmp_path):
+    proc = run_trainer(tmp_path / "r", "--track=cpu-tiny", "--seq_len=long")
+    assert one_error_line(proc, 2) == "error: --seq_len=long: expected int"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_gpu_track_without_a_gpu_is_one_line_exit_2(tmp_path):
+    proc = run_trainer(tmp_path / "r", "--track=fineweb-124m")
+    assert "needs a CUDA GPU" in one_error_line(proc, 2) and "--device=cpu" in proc.stderr
+
+
+def test_missing_data_is_one_line_exit_1_with_an_error_result(tmp_path):
+    proc = run_trainer(tmp_path / "r", *MICRO, f"--train_files={tmp_path}/nothing_*.bin")
+    assert f"{tmp_path}/nothing_*.bin: no shards match" in one_error_line(proc, 1)
+    result = result_of(tmp_path / "r")
+    assert result["status"] == "error" and "no shards match" in result["error"] and result["steps"] == 0
+
+
+def test_too_little_data_fails_before_training(shards, tmp_path):
+    proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--num_steps=100000")
+    assert "too little data" in one_error_line(proc, 1)
+    assert result_of(tmp_path / "r")["status"] == "error"
+
+
+def test_nan_loss_stops_at_once_as_diverged(shards, tmp_path):
+    proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--num_steps=20", "--val_every=20",
+                       "--muon_lr=1e30", "--adam_embed_lr=1e30", "--adam_head_lr=1e30", "--logit_softcap=0")
+    assert one_error_line(proc, 3).startswith("error: diverged: train loss nan at step")
+    result = result_of(tmp_path / "r")
+    assert result["status"] == "diverged" and "nan" in result["error"] and result["steps"] < 20
+    events, _ = read_events(tmp_path / "r")
+    assert [e for e in events if e["event"] == "step"][-1]["step"] == result["steps"] - 1

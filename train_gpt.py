@@ -1,0 +1,941 @@
+"""Train a GPT to a target validation loss as fast as possible: the NanoGPT speedrun's trainer.
+
+    torchrun --standalone --nproc_per_node=8 train_gpt.py          # fineweb-124m: 8 GPUs, target 3.28
+    torchrun --standalone --nproc_per_node=1 train_gpt.py          # the same math on 1 GPU (8 accumulation steps)
+    python train_gpt.py --track=cpu-tiny                           # about two minutes on two CPU cores
+    python train_gpt.py --track=cpu-tiny --seed=3 --num_steps=50 --muon_lr=0.04
+
+Any Config field is an override, `--key=value`, parsed to the field's type; unknown keys are refused.
+Sections, in order: config, distributed setup, model, optimizers, data, schedule, warm-up, timed
+loop, summary. Importing this file only defines them (tests import the parts): the process group,
+the kernels and the environment are touched only by main().
+
+Timing follows the speedrun: compile and warm-up are untimed and the model and optimizer state is
+reset after them; the clock stops (after a device synchronize) around every validation; the run
+stops at the first validation at or below the target, or at the step limit.
+Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import difflib
+import importlib
+import math
+import os
+import sys
+import time
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.data import BOS_ID, DataError, TokenLoader
+from harness.hardware import git_state, hardware_info, nvidia_smi, peak_flops, software_versions
+from harness.runlog import CONSOLE_FILE, EventLog
+from harness.snapshot import snapshot_code
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every hyperparameter of a run. The defaults are the fineweb-124m track."""
+
+    # run
+    track: str = "fineweb-124m"  # the preset in TRACKS applied before the command line's overrides
+    seed: int = 0  # seeds the model's initialisation (identical on every rank)
+    kernels: str = "triton"  # "triton": our kernels/ ; "torch": PyTorch reference ops (FlexAttention or SDPA)
+    device: str = "auto"  # "auto" (CUDA if present), "cuda" or "cpu"
+    compile: bool | None = None  # torch.compile the model; None (or "auto"): on for CUDA, off for CPU
+    run_dir: str = ""  # where train.log, events.jsonl and code/ go; "" -> runs/<timestamp>-<track>-s<seed>
+    # data
+    train_files: str = "data/fineweb10B/fineweb_train_*.bin"  # glob of training shards (llm.c format)
+    train_epochs: int = 1  # passes over the training shards the run may take
+    val_files: str = "data/fineweb10B/fineweb_val_000000.bin"  # validation shard(s), read from their start
+    val_tokens: int = 10_485_760  # validate on exactly this many tokens (the speedrun's fixed 10M)
+    val_every: int = 125  # validate every this many steps, and always at step 0 and at the step limit
+    seq_len: int = 48 * 1024  # tokens per training sequence; documents are packed and masked apart
+    val_seq_len: int = 64 * 1024  # tokens per validation sequence
+    batch_size: int = 1  # sequences per micro-step per process
+    grad_accum: int = 0  # micro-steps per step; 0 -> 8 // world_size, so any 1/2/4/8 processes see the 8-GPU batch
+    # stopping (the schedules are laid out over num_steps)
+    num_steps: int = 1770  # step limit; modded-nanogpt's 2025-01/02 records (48K tokens/GPU, 3.28 in ~3 min)
+    target_val_loss: float = 3.28  # stop at the first validation at or below this
+    # model
+    vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 128 (Karpathy; @Grad62304977)
+    num_layers: int = 12  # transformer blocks (L)
+    model_dim: int = 768  # residual stream width
+    num_heads: int = 6  # attention heads per block
+    head_dim: int = 128  # width of each head (num_heads * head_dim need not equal model_dim)
+    mlp_ratio: int = 4  # MLP hidden width = mlp_ratio * model_dim
+    value_embeds: int = 3  # value-embedding tables k: table j feeds layers j and L-k+j (0 turns them off)
+    unet_skips: int = 6  # U-net skips: layer i's output joins before layer L-1-i, for i < unet_skips (<= L/2)
+    logit_softcap: float = 15.0  # logits -> c * tanh(logits / c); 0 turns the cap off
+    # optimizers
+    muon_lr: float = 0.05  # Muon, for the hidden matrices
+    muon_momentum: float = 0.95  # Nesterov momentum after the warm-up
+    muon_momentum_warmup: int = 300  # steps over which Muon's momentum ramps from 0.85 (0: no ramp)
+    muon_weight_decay: float = 0.0  # decoupled: p *= 1 - lr * wd before the update
+    ns_steps: int = 5  # Newton-Schulz iterations per Muon step
+    adam_embed_lr: float = 0.6  # Adam, token and value embeddings
+    adam_head_lr: float = 0.008  # Adam, output head
+    adam_scalar_lr: float = 0.04  # Adam, residual/skip/value mixing scalars
+    cooldown_frac: float = 0.4  # the last fraction of num_steps decays the learning rates linearly to 0.1x
+    # attention window schedule: grows linearly from window_min to window_max over num_steps
+    window_min: int = 128  # tokens a query sees at step 0 (itself included)
+    window_max: int = 1792  # ... at the step limit (modded-nanogpt: 128 -> 1792)
+    window_block: int = 128  # window sizes are multiples of this (FlexAttention's block size)
+    warmup_steps: int = 10  # untimed steps on random tokens before the clock starts (state reset after)
+
+
+TRACKS: dict[str, dict] = {
+    # 8xH100 (or fewer by accumulation) on FineWeb, the NanoGPT speedrun's rule: val loss 3.28 on the first
+    # 10,485,760 tokens of fineweb_val_000000.bin. Hyperparameters follow modded-nanogpt's January 2025 records
+    # (1770 steps of 8 x 48K tokens). GPU calibration pending: this kit has not been run on GPUs yet.
+    "fineweb-124m": dict(device="cuda"),
+    # One GPU on the embedded Shakespeare corpus (2.67M train tokens). Uncalibrated: the target is a guess
+    # from the cpu-tiny curves; adjust it after the first GPU runs.
+    "shakespeare-1gpu": dict(
+        device="cuda", train_files="data/shakespeare/shakespeare_train_*.bin", train_epochs=8,
+        val_files="data/shakespeare/shakespeare_val_000000.bin", val_tokens=262_144, val_every=50,
+        seq_len=16 * 1024, val_seq_len=16 * 1024, batch_size=1, grad_accum=1, num_steps=1000,
+        target_val_loss=4.8, num_layers=8, model_dim=512, num_heads=4, head_dim=128, value_embeds=2,
+        unet_skips=4, window_max=1024, warmup_steps=5,
+    ),
+    # Two CPU cores, embedded corpus, torch kernels: calibrated on this kit's 2-core CPU machine so that the
+    # baseline reaches the target in about two minutes of train time (benchmarks/NOTES_model.md). Vocab-sized
+    # work (head, embedding tables, the loss) dominates on a CPU, hence no value embeddings and no soft-cap;
+    # the learning rates are halved for batches of 2K tokens instead of the speedrun's 393K.
+    "cpu-tiny": dict(
+        device="cpu", kernels="torch", train_files="data/shakespeare/shakespeare_train_*.bin",
+        val_files="data/shakespeare/shakespeare_val_000000.bin", val_tokens=32_768, val_every=25,
+        seq_len=128, val_seq_len=128, batch_size=16, grad_accum=1, num_steps=150, target_val_loss=5.6,
+        num_layers=4, model_dim=128, num_heads=4, head_dim=32, value_embeds=0, unet_skips=2, logit_softcap=0.0,
+        adam_embed_lr=0.3, adam_head_lr=0.004, muon_lr=0.03, window_min=32, window_max=128, window_block=32,
+        warmup_steps=2,
+    ),
+}
+
+
+class ConfigError(ValueError):
+    """A bad command line or an impossible configuration; the message is one line."""
+
+
+def _parse_value(key: str, text: str, kind) -> object:
+    """`text` as the field's type: bool accepts true/false/1/0, optional fields accept none/auto."""
+    if type(None) in typing.get_args(kind):
+        if text.lower() in ("none", "auto"):
+            return None
+        kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if kind is bool:
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--{key}={text}: expected true/false/1/0")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--{key}={text}: expected {kind.__name__}") from None
+
+
+def parse_config(argv: list[str]) -> Config:
+    """Config from `--key=value` arguments: the --track preset first, then the overrides in order."""
+    kinds = typing.get_type_hints(Config)
+    overrides = {}
+    for arg in argv:
+        key, sep, text = arg[2:].partition("=")
+        if not arg.startswith("--") or not sep or not key:
+            raise ConfigError(f"bad argument {arg!r}: expected --key=value")
+        if key not in kinds:
+            close = difflib.get_close_matches(key, kinds, n=1)
+            raise ConfigError(f"unknown option --{key}" + (f" (did you mean --{close[0]}?)" if close else ""))
+        overrides[key] = _parse_value(key, text, kinds[key])
+    track = overrides.pop("track", Config.track)
+    if track not in TRACKS:
+        raise ConfigError(f"unknown track {track!r} (tracks: {', '.join(TRACKS)})")
+    return Config(track=track, **{**TRACKS[track], **overrides})
+
+
+def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config:
+    """Fill the automatic fields (grad_accum, compile, run_dir) and check what can be checked up front."""
+    grad_accum = cfg.grad_accum
+    if grad_accum == 0:
+        if 8 % world_size:
+            raise ConfigError(f"world size {world_size} does not divide the 8-GPU batch of 8 micro-batches "
+                              "(use 1, 2, 4 or 8 processes, or set --grad_accum)")
+        grad_accum = 8 // world_size
+    run_dir = cfg.run_dir or os.path.join("runs", f"{dt.datetime.now():%Y%m%d-%H%M%S}-{cfg.track}-s{cfg.seed}")
+    cfg = dataclasses.replace(cfg, grad_accum=grad_accum, run_dir=run_dir,
+                              compile=device.type == "cuda" if cfg.compile is None else cfg.compile)
+    L = cfg.num_layers
+    checks = [
+        (cfg.kernels in ("torch", "triton"), f"--kernels={cfg.kernels}: expected torch or triton"),
+        (cfg.grad_accum >= 1 and cfg.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
+        (cfg.num_steps >= 1 and cfg.val_every >= 1, "num_steps and val_every must be >= 1"),
+        (0 <= 2 * cfg.value_embeds <= L, f"value_embeds={cfg.value_embeds}: between 0 and num_layers/2 = {L // 2}"),
+        (0 <= cfg.unet_skips <= L // 2, f"unet_skips={cfg.unet_skips}: between 0 and num_layers/2 = {L // 2}"),
+        (cfg.head_dim % 4 == 0, f"head_dim={cfg.head_dim}: must be a multiple of 4 (rotary)"),
+        (0 < cfg.window_min <= cfg.window_max and cfg.window_block >= 1, "need 0 < window_min <= window_max"),
+        (cfg.val_tokens > 0 and cfg.val_tokens % (world_size * cfg.batch_size * cfg.val_seq_len) == 0,
+         f"val_tokens={cfg.val_tokens} is not a positive multiple of world_size x batch_size x val_seq_len = "
+         f"{world_size * cfg.batch_size * cfg.val_seq_len}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed setup (torchrun's RANK / LOCAL_RANK / WORLD_SIZE; a plain `python` run is one process)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @classmethod
+    def from_environ(cls) -> DistEnv:
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(cfg: Config, env: DistEnv) -> torch.device:
+    kind = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind not in ("cuda", "cpu"):
+        raise ConfigError(f"--device={cfg.device}: expected auto, cuda or cpu")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"track {cfg.track} needs a CUDA GPU and none is visible "
+                          "(add --device=cpu to run it on the CPU anyway)")
+    return torch.device("cuda", env.local_rank) if kind == "cuda" else torch.device("cpu")
+
+
+def init_distributed(env: DistEnv, device: torch.device) -> None:
+    """NCCL between GPUs, gloo between CPU processes; multi-node is torchrun's business (--nnodes/--rdzv)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if env.world_size > 1:
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+
+
+class RunLog:
+    """Lines on the console and in run_dir/train.log, events in run_dir/events.jsonl; rank 0 only."""
+
+    def __init__(self, run_dir: str | None):
+        self.events = EventLog(run_dir) if run_dir else None
+        self.file = open(Path(run_dir) / CONSOLE_FILE, "a", encoding="utf-8") if run_dir else None
+
+    def line(self, text: str, console: bool = True) -> None:
+        if self.file:
+            if console:
+                print(text, flush=True)
+            self.file.write(text + "\n")
+            self.file.flush()
+
+    def event(self, kind: str, **fields) -> None:
+        if self.events:
+            self.events.write(kind, **fields)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+            self.events.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+#
+# The ops a backend provides. The model and Muon call only these, so `--kernels` swaps them from
+# outside: "torch" is PyTorch's own (FlexAttention on CUDA, SDPA with an explicit mask on CPU,
+# F.rms_norm, the reference Newton-Schulz below), "triton" is kernels/.
+
+
+@dataclass
+class Ops:
+    rms_norm: Callable[[Tensor], Tensor]  # (..., D) -> (..., D), no learned weight
+    attention_mask: Callable[[Tensor, int], object]  # (inputs (B, T), window) -> mask for `attention`
+    attention: Callable[[Tensor, Tensor, Tensor, object], Tensor]  # q, k, v (B, T, H, D), mask -> (B, T, H, D)
+    newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
+    sources: dict = field(default_factory=dict)  # op -> where it came from, for the log
+
+
+def document_starts(inputs: Tensor) -> Tensor:
+    """(B, T) bool: True where a document starts, at every <|endoftext|> and at every row start."""
+    starts = inputs == BOS_ID
+    starts[:, 0] = True  # a row is its own context: nothing before it is visible
+    return starts
+
+
+def dense_attention_mask(inputs: Tensor, window: int) -> Tensor:
+    """(B, 1, T, T) bool for SDPA: query i sees key j iff i - window < j <= i, in the same document."""
+    T = inputs.size(1)
+    docs = document_starts(inputs).cumsum(1)  # (B, T) document index per token
+    i, j = torch.arange(T, device=inputs.device)[:, None], torch.arange(T, device=inputs.device)[None, :]
+    causal_window = (j <= i) & (j > i - window)  # (T, T)
+    return (causal_window & (docs[:, :, None] == docs[:, None, :]))[:, None]
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return y.transpose(1, 2)  # (B, T, H, D)
+
+
+class FlexMasks:
+    """FlexAttention block masks for a packed batch: causal, windowed, documents apart (CUDA torch path).
+
+    Block-level masks built by hand, after @YouJiacheng's in modded-nanogpt: a (query block, key
+    block) pair is skipped when no pair in it is visible, "full" when every pair is, "partial"
+    (mask_mod evaluated) otherwise. The batch is flattened to one row of N = B*T tokens. mask_mod
+    reads persistent buffers (one set per N) so torch.compile sees the same function every step.
+    """
+
+    def __init__(self, block: int = 128):
+        self.block, self._buffers = block, {}
+
+    def __call__(self, inputs: Tensor, window: int):
+        from torch.nn.attention.flex_attention import BlockMask
+
+        docs = document_starts(inputs).flatten().cumsum(0)  # (N,)
+        N, bs = docs.numel(), self.block
+        if N % bs:
+            raise ValueError(f"FlexAttention needs batch_size x seq_len ({N}) to be a multiple of {bs}")
+        if N not in self._buffers:
+            doc_buf, window_buf = torch.empty_like(docs), torch.zeros((), dtype=torch.int64, device=docs.device)
+
+            def mask_mod(b, h, q, kv):
+                return (q >= kv) & (q - kv < window_buf) & (doc_buf[q] == doc_buf[kv])
+
+            self._buffers[N] = (doc_buf, window_buf, mask_mod)
+        doc_buf, window_buf, mask_mod = self._buffers[N]
+        doc_buf.copy_(docs)
+        window_buf.fill_(window)
+        n = N // bs
+        blocks = torch.arange(n, device=docs.device)
+        d = blocks[:, None] - blocks[None, :]  # (n, n) query block - key block
+        lo, hi = docs.view(n, bs)[:, 0], docs.view(n, bs)[:, -1]  # first/last document of each block
+        any_visible = (d >= 0) & (d * bs - (bs - 1) < window) & (lo[:, None] <= hi[None, :]) & (hi[:, None] >= lo[None, :])
+        all_visible = (d > 0) & (d * bs + bs - 1 < window) & (lo[:, None] == hi[None, :]) & (hi[:, None] == lo[None, :])
+
+        def ordered(m):  # (n, n) bool -> per query block: count, key block indices with the True ones first
+            order = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+            return m.sum(-1, dtype=torch.int32)[None, None].contiguous(), order[None, None].contiguous()
+
+        partial, full = ordered(any_visible & ~all_visible), ordered(all_visible)
+        return BlockMask.from_kv_blocks(*partial, *full, BLOCK_SIZE=bs, mask_mod=mask_mod)
+
+
+def flex_attention_op():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def attention(q, k, v, block_mask):  # (B, T, H, D), flattened to one packed row for the block mask
+        B, T, H, D = q.shape
+        q, k, v = (x.reshape(1, B * T, H, D).transpose(1, 2) for x in (q, k, v))
+        return compiled(q, k, v, block_mask=block_mask).transpose(1, 2).reshape(B, T, H, D)
+
+    return attention
+
+
+def packed_doc_mask(inputs: Tensor, window: int) -> tuple[Tensor, int]:
+    """(cu_seqlens (n_docs + 1,) int32 over the flattened batch, window) for kernels.attention."""
+    starts = torch.nonzero(document_starts(inputs).flatten()).flatten()
+    return torch.cat([starts, starts.new_tensor([inputs.numel()])]).to(torch.int32), window
+
+
+def newton_schulz_torch(G: Tensor, steps: int = 5) -> Tensor:
+    """Quintic Newton-Schulz (Keller Jordan's Muon): G (N, M, K) -> ~U V^T, singular values in ~[0.7, 1.2].
+
+    The reference PyTorch op; kernels/newton_schulz.py is the same math on Triton. bf16 on CUDA.
+    """
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
+    tall = G.size(-2) > G.size(-1)
+    X = X.mT if tall else X  # iterate on the wide orientation: X X^T is the small product
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= 1
+    for _ in range(steps):
+        A = X @ X.mT
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.mT if tall else X).to(G.dtype)
+
+
+def torch_rms_norm(x: Tensor) -> Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+def make_ops(kernels: str, device: torch.device, notify: Callable[[str], None]) -> Ops:
+    """The torch reference ops, with each one kernels/ provides swapped in when kernels == "triton"."""
+    if device.type == "cuda":
+        ops = Ops(torch_rms_norm, FlexMasks(), flex_attention_op(), newton_schulz_torch)
+        ops.sources.update(attention="torch FlexAttention")
+    else:
+        ops = Ops(torch_rms_norm, dense_attention_mask, sdpa_attention, newton_schulz_torch)
+        ops.sources.update(attention="torch SDPA with a dense mask")
+    ops.sources.update(rms_norm="torch F.rms_norm", newton_schulz="torch reference (train_gpt.py)")
+    if kernels == "torch":
+        return ops
+    if device.type == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"  # before kernels/ is imported: @triton.jit reads it
+        notify("notice: Triton kernels on the CPU run under TRITON_INTERPRET=1 (a test path, very slow)")
+
+    def kernel(op: str, module: str, name: str):
+        try:
+            return getattr(importlib.import_module(f"kernels.{module}"), name)
+        except (ImportError, AttributeError) as exc:
+            notify(f"notice: kernels.{module}.{name} unavailable ({type(exc).__name__}: {exc}); using {ops.sources[op]}")
+            return None
+
+    if (flash := kernel("attention", "attention", "flash_attention")) is not None:
+        def attention(q, k, v, mask):  # (B, T, H, D) packed into one row, documents kept apart by cu_seqlens
+            (cu_seqlens, window), (B, T, H, D) = mask, q.shape
+            y = flash(*(x.reshape(1, B * T, H, D) for x in (q, k, v)), window_size=window, cu_seqlens=cu_seqlens)
+            return y.reshape(B, T, H, D)
+
+        ops.attention_mask, ops.attention = packed_doc_mask, attention
+        ops.sources["attention"] = "kernels.attention.flash_attention"
+    if (rms_norm := kernel("rms_norm", "norm", "rms_norm")) is not None:
+        ops.rms_norm, ops.sources["rms_norm"] = rms_norm, "kernels.norm.rms_norm"
+    if (newton_schulz := kernel("newton_schulz", "newton_schulz", "newton_schulz")) is not None:
+        ops.newton_schulz = lambda G, steps: newton_schulz(G, steps=steps)
+        ops.sources["newton_schulz"] = "kernels.newton_schulz.newton_schulz"
+    return ops
+
+
+def init_linear_(weight: Tensor) -> Tensor:
+    """Uniform with std 0.5 / sqrt(fan_in) (improved init scale by @YouJiacheng, modded-nanogpt)."""
+    bound = 3**0.5 * 0.5 * weight.size(-1) ** -0.5
+    return nn.init.uniform_(weight, -bound, bound)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (Su et al. 2021), half-truncated with base 1024 (@YouJiacheng): a
+    quarter of the frequencies rotate, the other half of the dims carry no position."""
+
+    def __init__(self, head_dim: int, max_seq_len: int):
+        super().__init__()
+        freq = (1 / 1024) ** torch.linspace(0, 1, steps=head_dim // 4)
+        freq = torch.cat([freq, freq.new_zeros(head_dim // 4)])  # (D/2,)
+        theta = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), freq)  # (T_max, D/2)
+        self.register_buffer("cos", theta.cos(), persistent=False)
+        self.register_buffer("sin", theta.sin(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, H, D)
+        cos, sin = self.cos[None, : x.size(1), None, :], self.sin[None, : x.size(1), None, :]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: Config, ops: Ops, rotary: Rotary, value_embed: bool):
+        super().__init__()
+        self.ops, self.rotary, self.H, self.D = ops, rotary, cfg.num_heads, cfg.head_dim
+        hdim = cfg.num_heads * cfg.head_dim
+        # merged QKV weight, one (hdim, dim) matrix each for Muon (@fernbear.bsky.social, @YouJiacheng)
+        self.qkv_w = nn.Parameter(init_linear_(torch.empty(3, hdim, cfg.model_dim)))
+        self.proj = nn.Linear(hdim, cfg.model_dim, bias=False)
+        nn.init.zeros_(self.proj.weight)  # zero-init output projection (@Grad62304977)
+        # mix of v and the value embedding, only in layers that have one: every parameter must get a gradient
+        self.value_lambdas = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed else None
+
+    def forward(self, x: Tensor, ve: Tensor | None, mask) -> Tensor:  # x (B, T, dim)
+        B, T, _ = x.shape
+        q, k, v = F.linear(x, self.qkv_w.flatten(0, 1)).view(B, T, 3 * self.H, self.D).chunk(3, dim=-2)
+        q, k = self.ops.rms_norm(q), self.ops.rms_norm(k)  # QK-norm (@Grad62304977; Dehghani et al. 2023)
+        q, k = self.rotary(q).type_as(v), self.rotary(k).type_as(v)  # autocast may keep norms in fp32
+        if ve is not None:  # value embeddings (@KoszarskyB, after the value residual of Zhou et al. 2024)
+            v = self.value_lambdas[0] * v + self.value_lambdas[1] * ve.view_as(v)
+        y = self.ops.attention(q, k, v, mask)  # (B, T, H, D)
+        return self.proj(y.reshape(B, T, self.H * self.D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.fc = nn.Linear(cfg.model_dim, cfg.mlp_ratio * cfg.model_dim, bias=False)
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.model_dim, cfg.model_dim, bias=False)
+        init_linear_(self.fc.weight)
+        nn.init.zeros_(self.proj.weight)  # zero-init output projection (@Grad62304977)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.relu(self.fc(x)).square())  # ReLU^2 (So et al. 2021, Primer; @SKYLINEZ007, @Grad62304977)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config, ops: Ops, rotary: Rotary, value_embed: bool):
+        super().__init__()
+        self.norm = ops.rms_norm
+        self.attn = CausalSelfAttention(cfg, ops, rotary, value_embed)
+        self.mlp = MLP(cfg)
+        self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- a x + b x0, a residual to the embedding
+
+    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, mask) -> Tensor:
+        x = self.lambdas[0] * x + self.lambdas[1] * x0
+        x = x + self.attn(self.norm(x), ve, mask)
+        return x + self.mlp(self.norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: Config, ops: Ops):
+        super().__init__()
+        L, k = cfg.num_layers, cfg.value_embeds
+        self.norm, self.softcap = ops.rms_norm, cfg.logit_softcap
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.model_dim) for _ in range(k))
+        # value-embedding table of each layer: 0..k-1 on the first k layers and again on the last k (@YouJiacheng)
+        self.ve_table = [i if i < k else i - (L - k) if i >= L - k else None for i in range(L)]
+        rotary = Rotary(cfg.head_dim, max(cfg.seq_len, cfg.val_seq_len))
+        self.blocks = nn.ModuleList(Block(cfg, ops, rotary, self.ve_table[i] is not None) for i in range(L))
+        self.skip_weights = nn.Parameter(torch.ones(cfg.unet_skips))  # U-net skips (@brendanh0gan)
+        self.head = nn.Linear(cfg.model_dim, cfg.vocab_size, bias=False)  # untied from the embedding
+        nn.init.zeros_(self.head.weight)  # (@Grad62304977)
+
+    def forward(self, inputs: Tensor, targets: Tensor, mask) -> Tensor:
+        """inputs, targets: (B, T) token ids; mask: from ops.attention_mask. Returns the mean loss."""
+        L, S = len(self.blocks), len(self.skip_weights)
+        ve = [table(inputs) for table in self.value_embeds]  # k x (B, T, dim)
+        x = x0 = self.norm(self.embed(inputs))  # (B, T, dim); norm of the embedding (@Grad62304977)
+        skips = []
+        for i, block in enumerate(self.blocks):
+            if i >= L - S:  # the second half takes the first half's outputs, innermost first
+                x = x + self.skip_weights[L - 1 - i] * skips.pop()
+            x = block(x, x0, None if self.ve_table[i] is None else ve[self.ve_table[i]], mask)
+            if i < S:
+                skips.append(x)
+        logits = self.head(self.norm(x)).float()  # (B, T, V)
+        if self.softcap:  # tanh soft-cap (Gemma 2; @Grad62304977), lowered from 30 to 15 by @KoszarskyB
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+def flops_per_token(cfg: Config, window: int) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward), counting matmuls only.
+
+    6 x (matmul weights) per token, plus attention: 2 matmuls of 2 x hdim FLOPs per visible key, x 3,
+    with the visible keys of a causal window w over T tokens, ignoring documents: c - c^2 / (2T), c = min(w, T).
+    """
+    dim, hdim, L = cfg.model_dim, cfg.num_heads * cfg.head_dim, cfg.num_layers
+    weights = L * (4 * hdim * dim + 2 * cfg.mlp_ratio * dim * dim) + dim * cfg.vocab_size
+    c = min(window, cfg.seq_len)
+    return 6 * weights + 12 * L * hdim * (c - c * c / (2 * cfg.seq_len))
+
+
+# ----------------------------------------------------------------------------------------------
+# Optimizers
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024), for hidden weight matrices.
+
+    Per parameter: Nesterov momentum, then the update is orthogonalised by Newton-Schulz and scaled
+    by max(1, rows/cols)^0.5; optional decoupled weight decay. Distributed (modded-nanogpt's
+    scheme): parameters are grouped by shape; each group's gradients are stacked, padded to a
+    multiple of the world size and reduce-scattered (mean), so each rank receives the averaged
+    gradients of its own share, keeps momentum for that share only and orthogonalises it; the
+    updates are all-gathered. No rank repeats another's work, and Muon's parameters need no
+    separate gradient all-reduce. A parameter of shape (..., M, K) is a stack of (M, K) matrices.
+    """
+
+    def __init__(self, params, *, lr: float, momentum: float, weight_decay: float, ns_steps: int,
+                 newton_schulz: Callable, world_size: int = 1, rank: int = 0):
+        params = list(params)
+        shapes = list(dict.fromkeys(p.shape for p in params))  # first-seen order: the same on every rank
+        groups = [dict(params=[p for p in params if p.shape == s]) for s in shapes]
+        super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+        self.ns_steps, self.newton_schulz, self.world_size, self.rank = ns_steps, newton_schulz, world_size, rank
+
+    @torch.no_grad()
+    def step(self):
+        W = self.world_size
+        reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+        all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        pending = []
+        for group in self.param_groups:  # launch every reduce-scatter first, so they overlap
+            params = group["params"]
+            share = -(-len(params) // W)  # parameters per rank, the last ranks padded with zeros
+            grads = torch.stack([p.grad for p in params] + [torch.zeros_like(params[0])] * (share * W - len(params)))
+            if W > 1:
+                mine = grads.new_empty(share, *grads.shape[1:])
+                work = reduce_scatter(mine, grads, op=dist.ReduceOp.AVG, async_op=True)
+            else:
+                mine, work = grads, None
+            pending.append((group, mine, work))
+        gathers = []
+        for group, mine, work in pending:
+            if work is not None:
+                work.wait()
+            state = self.state[group["params"][0]]  # the group's momentum: (share, ...) for this rank's share only
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(mine)
+            buf = state["momentum_buffer"]
+            buf.lerp_(mine, 1 - group["momentum"])
+            update = mine.lerp_(buf, group["momentum"])  # Nesterov
+            update = self.newton_schulz(update.flatten(0, -3), self.ns_steps).view_as(mine)
+            if W > 1:
+                full = update.new_empty(W * update.size(0), *update.shape[1:])
+                gathers.append((group, full, all_gather(full, update.contiguous(), async_op=True)))
+            else:
+                gathers.append((group, update, None))
+        for group, full, work in gathers:
+            if work is not None:
+                work.wait()
+            params = group["params"]
+            scale = max(1, params[0].size(-2) / params[0].size(-1)) ** 0.5
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
+            torch._foreach_add_(params, list(full[: len(params)].to(params[0].dtype).unbind(0)),
+                                alpha=-group["lr"] * scale)
+
+
+def all_reduce_grads(params: list[Tensor], world_size: int) -> None:
+    """Average the gradients of the replicated (Adam) parameters over the ranks."""
+    if world_size > 1:
+        works = [dist.all_reduce(p.grad, op=dist.ReduceOp.AVG, async_op=True) for p in params]
+        for work in works:
+            work.wait()
+
+
+def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv, device: torch.device):
+    """(Adam, Muon): Muon for the blocks' matrices, Adam for embeddings, head and scalars."""
+    hidden = [p for p in model.blocks.parameters() if p.ndim >= 2]
+    embeds = [*model.embed.parameters(), *model.value_embeds.parameters()]
+    scalars = [p for p in model.parameters() if p.ndim < 2]
+    head = [model.head.weight]
+    assert len(hidden) + len(embeds) + len(scalars) + len(head) == len(list(model.parameters()))
+    # betas (0.8, 0.95) and the small eps (@YouJiacheng) as in modded-nanogpt
+    adam = torch.optim.Adam([dict(params=embeds, lr=cfg.adam_embed_lr), dict(params=head, lr=cfg.adam_head_lr),
+                             dict(params=scalars, lr=cfg.adam_scalar_lr)],
+                            betas=(0.8, 0.95), eps=1e-10, fused=True)
+    muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
+                ns_steps=cfg.ns_steps, newton_schulz=ops.newton_schulz, world_size=env.world_size, rank=env.rank)
+    for opt in (adam, muon):
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    return adam, muon
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+def make_train_loader(cfg: Config, env: DistEnv) -> TokenLoader:
+    """This rank's slice of the global stream; fails at once (DataError) if the shards cannot cover num_steps."""
+    loader = TokenLoader(cfg.train_files, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rank=env.rank,
+                         world_size=env.world_size, seed=cfg.seed, epochs=cfg.train_epochs)
+    loader.check_available(cfg.num_steps * cfg.grad_accum)
+    return loader
+
+
+def make_val_loader(cfg: Config, env: DistEnv) -> tuple[TokenLoader, int]:
+    """A fresh loader over the first val_tokens validation tokens, and the number of batches this rank reads."""
+    loader = TokenLoader(cfg.val_files, seq_len=cfg.val_seq_len, batch_size=cfg.batch_size, rank=env.rank,
+                         world_size=env.world_size)
+    batches = cfg.val_tokens // (env.world_size * cfg.batch_size * cfg.val_seq_len)
+    loader.check_available(batches)
+    return loader, batches
+
+
+def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    if device.type == "cuda":
+        return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule (step s of num_steps; progress x = s / num_steps)
+
+
+def lr_scale(step: int, cfg: Config) -> float:
+    """Constant, then a linear cool-down to 0.1x over the last cooldown_frac (modded-nanogpt)."""
+    x = step / cfg.num_steps
+    if x < 1 - cfg.cooldown_frac:
+        return 1.0
+    w = (1 - x) / cfg.cooldown_frac
+    return w + (1 - w) * 0.1
+
+
+def muon_momentum(step: int, cfg: Config) -> float:
+    """Momentum warm-up 0.85 -> muon_momentum (modded-nanogpt)."""
+    frac = min(step / cfg.muon_momentum_warmup, 1.0) if cfg.muon_momentum_warmup > 0 else 1.0
+    return (1 - frac) * 0.85 + frac * cfg.muon_momentum
+
+
+def window_size(step: int, cfg: Config) -> int:
+    """Sliding-window size growing linearly from window_min to window_max, in multiples of window_block
+    (window warm-up by @fernbear.bsky.social, block-wise by @YouJiacheng)."""
+    x = min(step / cfg.num_steps, 1.0)
+    w = cfg.window_min + (cfg.window_max - cfg.window_min) * x
+    return min(cfg.window_max, math.ceil(w / cfg.window_block) * cfg.window_block)
+
+
+# ----------------------------------------------------------------------------------------------
+# Warm-up: the training step, then the untimed warm-up (the state is restored after it, the speedrun's rule)
+
+
+def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg: Config, env: DistEnv) -> Tensor:
+    """One optimizer step over grad_accum micro-batches; returns the mean loss over all ranks (a device scalar)."""
+    adam, muon = optimizers
+    device = batches[0][0].device
+    total = torch.zeros((), device=device)
+    for inputs, targets in batches:
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(inputs, targets, ops.attention_mask(inputs, window))
+        (loss / len(batches)).backward()
+        total += loss.detach()
+    all_reduce_grads([p for group in adam.param_groups for p in group["params"]], env.world_size)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * lr_scale(step, cfg)
+    for group in muon.param_groups:
+        group["momentum"] = muon_momentum(step, cfg)
+    for opt in optimizers:
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    total /= len(batches)
+    if env.world_size > 1:
+        dist.all_reduce(total, op=dist.ReduceOp.AVG)
+    return total
+
+
+def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.device, evaluate) -> None:
+    """Compile and warm the kernels on random tokens (every window size of the schedule when compiling,
+    and one validation), then restore the initial model and optimizer state."""
+    initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+    windows = sorted({window_size(s, cfg) for s in range(cfg.num_steps + 1)})
+    steps = max(cfg.warmup_steps, len(windows)) if cfg.compile else cfg.warmup_steps
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for i in range(steps):
+        batches = [to_device((torch.randint(0, BOS_ID + 1, (cfg.batch_size, cfg.seq_len), generator=gen),) * 2, device)
+                   for _ in range(cfg.grad_accum)]
+        train_step(model, ops, optimizers, batches, windows[i % len(windows)], 0, cfg, env)
+    if cfg.compile:
+        evaluate(window_size(0, cfg))
+    model.load_state_dict(initial[0])
+    for opt, state in zip(optimizers, initial[1]):
+        opt.load_state_dict(state)
+
+
+# ----------------------------------------------------------------------------------------------
+# Timed loop
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Clock:
+    """Training time: runs during training, stopped after a device synchronize around validation."""
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.total_ms, self.t0 = 0.0, None
+
+    def start(self):
+        self.sync()
+        self.t0 = time.perf_counter()
+
+    def stop(self):
+        self.sync()
+        self.total_ms, self.t0 = self.ms(), None
+
+    def ms(self) -> float:
+        return self.total_ms + (1000 * (time.perf_counter() - self.t0) if self.t0 is not None else 0.0)
+
+
+@dataclass
+class Progress:
+    """What the run has done so far; the result event is written from it however the run ends."""
+
+    steps: int = 0
+    tokens: int = 0
+    flops: float = 0.0
+    train_time_ms: float = 0.0
+    val_loss: float | None = None
+    time_to_target_ms: float | None = None
+    peak_flops: float | None = None  # the whole world's peak FLOP/s, None where unknown (CPUs)
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / (self.train_time_ms / 1000) if self.train_time_ms > 0 else 0.0
+
+    def mfu(self) -> float | None:
+        if self.peak_flops is None or self.train_time_ms <= 0:
+            return None
+        return self.flops / (self.train_time_ms / 1000) / self.peak_flops
+
+    def suffix(self) -> str:
+        mfu = self.mfu()
+        return f" tokens_per_s:{self.tokens_per_s():.0f} mfu:" + ("n/a" if mfu is None else f"{100 * mfu:.2f}%")
+
+
+def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluate, log: RunLog, progress: Progress):
+    """Train until the first validation at or below the target, or the step limit."""
+    loader = make_train_loader(cfg, env)
+    tokens_per_step = env.world_size * cfg.grad_accum * cfg.batch_size * cfg.seq_len
+    clock, N = Clock(device), cfg.num_steps
+    clock.start()
+    step = 0
+    while True:
+        if step == N or step % cfg.val_every == 0:
+            clock.stop()
+            progress.train_time_ms = t = clock.ms()
+            progress.val_loss = val_loss = evaluate(window_size(step, cfg))
+            log.line(f"step:{step}/{N} val_loss:{val_loss:.4f} train_time:{t:.0f}ms step_avg:{t / max(step, 1):.2f}ms"
+                     + progress.suffix())
+            log.event("val", step=step, val_loss=val_loss, train_time_ms=t)
+            if not math.isfinite(val_loss):
+                raise Diverged(f"validation loss {val_loss} at step {step}")
+            if val_loss <= cfg.target_val_loss:
+                progress.time_to_target_ms = t
+                return
+            if step == N:
+                return
+            clock.start()
+        window = window_size(step, cfg)
+        batches = [to_device(loader.next_batch(), device) for _ in range(cfg.grad_accum)]
+        loss = train_step(model, ops, optimizers, batches, window, step, cfg, env).item()
+        step += 1
+        progress.steps, progress.tokens = step, progress.tokens + tokens_per_step
+        progress.flops += tokens_per_step * flops_per_token(cfg, window)
+        progress.train_time_ms = t = clock.ms()
+        if not math.isfinite(loss):
+            raise Diverged(f"train loss {loss} at step {step} (try lower learning rates)")
+        log.line(f"step:{step}/{N} train_time:{t:.0f}ms step_avg:{t / step:.2f}ms" + progress.suffix())
+        log.event("step", step=step, train_time_ms=t, step_avg_ms=t / step, train_loss=loss,
+                  tokens_per_s=progress.tokens_per_s(), mfu=progress.mfu())
+
+
+def make_evaluate(model, ops, cfg: Config, env: DistEnv, device: torch.device):
+    @torch.no_grad()
+    def evaluate(window: int) -> float:
+        """Mean loss over the first val_tokens validation tokens, averaged over the ranks."""
+        loader, batches = make_val_loader(cfg, env)
+        total = torch.zeros((), device=device)
+        for _ in range(batches):
+            inputs, targets = to_device(loader.next_batch(), device)
+            with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+                total += model(inputs, targets, ops.attention_mask(inputs, window))
+        total /= batches
+        if env.world_size > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.AVG)
+        return total.item()
+
+    return evaluate
+
+
+def train(cfg: Config, env: DistEnv, device: torch.device, log: RunLog, progress: Progress) -> None:
+    """Build everything, warm up, reset, and run the timed loop."""
+    torch.manual_seed(cfg.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)  # same seed, same losses, bit for bit
+    else:
+        torch.set_float32_matmul_precision("high")
+    ops = make_ops(cfg.kernels, device, log.line)
+    log.line("ops: " + ", ".join(f"{op}={source}" for op, source in ops.sources.items()))
+    make_train_loader(cfg, env)  # missing or too little data: fail now, before anything is built
+    make_val_loader(cfg, env)
+    model = GPT(cfg, ops).to(device)
+    if env.world_size > 1:
+        for p in model.parameters():
+            dist.broadcast(p.detach(), 0)
+    optimizers = make_optimizers(model, cfg, ops, env, device)
+    log.line(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, "
+             f"{flops_per_token(cfg, cfg.window_max) / 1e9:.3f} GFLOP/token at the full window")
+    if cfg.compile:
+        dynamo = torch._dynamo.config  # room for one graph per window size and per train/val shape
+        setattr(dynamo, "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit", 64)
+        model = torch.compile(model)
+    evaluate = make_evaluate(model, ops, cfg, env, device)
+    warm_up(model, ops, optimizers, cfg, env, device, evaluate)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        peak = peak_flops(torch.cuda.get_device_name(device))  # per GPU; None for a GPU not in the table
+        progress.peak_flops = peak * env.world_size if peak else None
+    timed_run(model, ops, optimizers, cfg, env, device, evaluate, log, progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary
+
+
+def write_result(log: RunLog, cfg: Config, progress: Progress, device: torch.device, status: str,
+                 error: str | None = None) -> None:
+    peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    reached = progress.time_to_target_ms is not None
+    log.event("result", status=status, reached_target=reached, target_val_loss=cfg.target_val_loss,
+              time_to_target_ms=progress.time_to_target_ms, steps=progress.steps, tokens=progress.tokens,
+              final_val_loss=progress.val_loss, train_time_ms=progress.train_time_ms, peak_memory_mb=peak_mb,
+              tokens_per_s=progress.tokens_per_s(), mfu=progress.mfu(), error=error)
+    if status != "ok":
+        return
+    mfu = progress.mfu()
+    outcome = (f"reached target {cfg.target_val_loss} in {progress.time_to_target_ms:.0f}ms" if reached
+               else f"target {cfg.target_val_loss} not reached")
+    log.line(f"result: {outcome}; {progress.steps} steps, {progress.tokens:,} tokens, final val_loss "
+             f"{progress.val_loss:.4f}, train_time {progress.train_time_ms:.0f}ms, "
+             f"{progress.tokens_per_s():.0f} tokens/s, mfu " + ("n/a" if mfu is None else f"{100 * mfu:.2f}%")
+             + ("" if peak_mb is None else f", peak memory {peak_mb:.0f} MiB"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = DistEnv.from_environ()
+    try:
+        cfg = parse_config(sys.argv[1:] if argv is None else argv)
+        device = pick_device(cfg, env)
+        cfg = resolve_config(cfg, env.world_size, device)
+    except ConfigError as exc:
+        if env.master:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    init_distributed(env, device)
+    log = RunLog(cfg.run_dir if env.master else None)
+    progress = Progress()
+    try:
+        if env.master:
+            log.event("config", track=cfg.track, config=dataclasses.asdict(cfg))
+            meta = dict(code_hash=snapshot_code(cfg.run_dir), world_size=env.world_size, hardware=hardware_info(),
+                        versions=software_versions(), git=git_state())
+            log.event("meta", **meta)
+            log.line(f"run_dir: {cfg.run_dir}")
+            log.line(f"track {cfg.track}, {env.world_size} process(es) on {device.type}, kernels {cfg.kernels}, "
+                     f"grad_accum {cfg.grad_accum}, compile {cfg.compile}, seed {cfg.seed}")
+            log.line(f"config: {dataclasses.asdict(cfg)}", console=False)
+            for key in ("versions", "hardware", "git"):
+                log.line(f"{key}: {meta[key]}", console=False)
+            log.line(nvidia_smi() or "nvidia-smi: not available", console=False)
+        train(cfg, env, device, log, progress)
+        write_result(log, cfg, progress, device, "ok")
+        return 0
+    except (DataError, Diverged) as exc:
+        status = "diverged" if isinstance(exc, Diverged) else "error"
+        write_result(log, cfg, progress, device, status, str(exc))
+        if env.master:
+            print(f"error: {'diverged: ' if status == 'diverged' else ''}{exc}", file=sys.stderr)
+        return 3 if status == "diverged" else 1
+    except BaseException as exc:
+        write_result(log, cfg, progress, device, "error", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        log.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
