@@ -426,8 +426,8 @@ def init_linear_(weight: Tensor) -> Tensor:
 
 
 class Rotary(nn.Module):
-    """Rotary position embeddings (Su et al. 2021), half-truncated with base 1024 (@YouJiacheng): a
-    quarter of the frequencies rotate, the other half of the dims carry no position."""
+    """Rotary position embeddings (Su et al. 2021), half-truncated with base 1024 (@YouJiacheng): head_dim/4
+    frequencies rotate half of the dims, the other half of the dims carry no position (frequency 0)."""
 
     def __init__(self, head_dim: int, max_seq_len: int):
         super().__init__()
@@ -461,7 +461,8 @@ class CausalSelfAttention(nn.Module):
         q, k = self.ops.rms_norm(q), self.ops.rms_norm(k)  # QK-norm (@Grad62304977; Dehghani et al. 2023)
         q, k = self.rotary(q).type_as(v), self.rotary(k).type_as(v)  # autocast may keep norms in fp32
         if ve is not None:  # value embeddings (@KoszarskyB, after the value residual of Zhou et al. 2024)
-            v = self.value_lambdas[0] * v + self.value_lambdas[1] * ve.view_as(v)
+            # the tables are fp32 and v is bf16 under autocast: cast, or v is promoted to fp32 and q, k, v differ
+            v = self.value_lambdas[0] * v + self.value_lambdas[1] * ve.view_as(v).type_as(v)
         y = self.ops.attention(q, k, v, mask)  # (B, T, H, D)
         return self.proj(y.reshape(B, T, self.H * self.D))
 
@@ -605,9 +606,10 @@ class Muon(torch.optim.Optimizer):
 
 
 def all_reduce_grads(params: list[Tensor], world_size: int) -> None:
-    """Average the gradients of the replicated (Adam) parameters over the ranks."""
+    """Average the gradients of the replicated (Adam) parameters over the ranks. A parameter the forward
+    never reads (skip_weights with unet_skips=0, an empty tensor) has no gradient on any rank: skipped."""
     if world_size > 1:
-        works = [dist.all_reduce(p.grad, op=dist.ReduceOp.AVG, async_op=True) for p in params]
+        works = [dist.all_reduce(p.grad, op=dist.ReduceOp.AVG, async_op=True) for p in params if p.grad is not None]
         for work in works:
             work.wait()
 

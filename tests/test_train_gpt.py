@@ -185,6 +185,25 @@ def test_packed_cu_seqlens_match_the_dense_mask(window):
     assert torch.equal(packed, torch.block_diag(*dense))
 
 
+def test_attention_gets_one_dtype_under_bf16_autocast():
+    """The CUDA path runs under bf16 autocast; FlexAttention and the kernels need q, k, v of one dtype,
+    also in the layers that mix in an (fp32) value embedding. CPU autocast stands in for CUDA's here."""
+    cfg = T.resolve_config(T.parse_config(["--track=cpu-tiny", "--num_layers=2", "--value_embeds=1",
+                                           "--unet_skips=1"]), 1, torch.device("cpu"))
+    ops = T.make_ops("torch", torch.device("cpu"), print)
+    dtypes, sdpa = [], ops.attention
+
+    def attention(q, k, v, mask):
+        dtypes.append((q.dtype, k.dtype, v.dtype))
+        return sdpa(q, k, v, mask)
+
+    ops.attention = attention
+    model, inputs = T.GPT(cfg, ops), _batch_with_documents(2, 64)
+    with torch.autocast("cpu", torch.bfloat16):
+        model(inputs, inputs, ops.attention_mask(inputs, 32))
+    assert dtypes == [(torch.bfloat16,) * 3] * 2
+
+
 def test_a_missing_kernel_falls_back_with_a_notice(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))  # make_ops sets it on CPUs
     monkeypatch.setitem(sys.modules, "kernels.norm", None)  # `import kernels.norm` now raises ImportError
