@@ -555,12 +555,12 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, *, lr: float, momentum: float, weight_decay: float, ns_steps: int,
-                 newton_schulz: Callable, world_size: int = 1, rank: int = 0):
+                 newton_schulz: Callable, world_size: int = 1):
         params = list(params)
         shapes = list(dict.fromkeys(p.shape for p in params))  # first-seen order: the same on every rank
         groups = [dict(params=[p for p in params if p.shape == s]) for s in shapes]
         super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        self.ns_steps, self.newton_schulz, self.world_size, self.rank = ns_steps, newton_schulz, world_size, rank
+        self.ns_steps, self.newton_schulz, self.world_size = ns_steps, newton_schulz, world_size
 
     @torch.no_grad()
     def step(self):
@@ -614,7 +614,7 @@ def all_reduce_grads(params: list[Tensor], world_size: int) -> None:
             work.wait()
 
 
-def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv, device: torch.device):
+def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv):
     """(Adam, Muon): Muon for the blocks' matrices, Adam for embeddings, head and scalars."""
     hidden = [p for p in model.blocks.parameters() if p.ndim >= 2]
     embeds = [*model.embed.parameters(), *model.value_embeds.parameters()]
@@ -626,7 +626,7 @@ def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv, device: tor
                              dict(params=scalars, lr=cfg.adam_scalar_lr)],
                             betas=(0.8, 0.95), eps=1e-10, fused=True)
     muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
-                ns_steps=cfg.ns_steps, newton_schulz=ops.newton_schulz, world_size=env.world_size, rank=env.rank)
+                ns_steps=cfg.ns_steps, newton_schulz=ops.newton_schulz, world_size=env.world_size)
     for opt in (adam, muon):
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
@@ -856,7 +856,7 @@ def train(cfg: Config, env: DistEnv, device: torch.device, log: RunLog, progress
     if env.world_size > 1:
         for p in model.parameters():
             dist.broadcast(p.detach(), 0)
-    optimizers = make_optimizers(model, cfg, ops, env, device)
+    optimizers = make_optimizers(model, cfg, ops, env)
     log.line(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, "
              f"{flops_per_token(cfg, cfg.window_max) / 1e9:.3f} GFLOP/token at the full window")
     if cfg.compile:

@@ -217,14 +217,14 @@ def test_a_missing_kernel_falls_back_with_a_notice(monkeypatch):
 # ---------------------------------------------------------------------------------------------- Muon
 
 
-def _muon(params, world_size=1, rank=0, calls=None):
+def _muon(params, world_size=1, calls=None):
     def newton_schulz(G, steps):
         if calls is not None:
             calls.append(G.size(0))
         return T.newton_schulz_torch(G, steps)
 
     return T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz,
-                  world_size=world_size, rank=rank)
+                  world_size=world_size)
 
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 96), (3, 24, 48)])
@@ -249,7 +249,7 @@ rank, world = dist.get_rank(), dist.get_world_size()
 torch.manual_seed(0)
 params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
 calls = []
-muon = _muon(params, world, rank, calls)
+muon = _muon(params, world, calls=calls)
 for step in range(3):
     g = torch.Generator().manual_seed(100 * step + rank)
     for p in params:
