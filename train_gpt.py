@@ -356,9 +356,13 @@ def flex_attention_op():
 
 
 def packed_doc_mask(inputs: Tensor, window: int) -> tuple[Tensor, int]:
-    """(cu_seqlens (n_docs + 1,) int32 over the flattened batch, window) for kernels.attention."""
-    starts = torch.nonzero(document_starts(inputs).flatten()).flatten()
-    return torch.cat([starts, starts.new_tensor([inputs.numel()])]).to(torch.int32), window
+    """(cu_seqlens (N + 1,) int32 over the N flattened tokens, window) for kernels.attention.
+
+    The document starts come first, then N repeated (empty documents, which the kernel allows): one
+    length every step, so no host sync to count documents (torch.nonzero would) and no recompile."""
+    N = inputs.numel()
+    starts = torch.nonzero_static(document_starts(inputs).flatten(), size=N, fill_value=N).flatten()
+    return torch.cat([starts, starts.new_tensor([N])]).to(torch.int32), window
 
 
 def newton_schulz_torch(G: Tensor, steps: int = 5) -> Tensor:
@@ -605,13 +609,22 @@ class Muon(torch.optim.Optimizer):
                                 alpha=-group["lr"] * scale)
 
 
-def all_reduce_grads(params: list[Tensor], world_size: int) -> None:
-    """Average the gradients of the replicated (Adam) parameters over the ranks. A parameter the forward
-    never reads (skip_weights with unet_skips=0, an empty tensor) has no gradient on any rank: skipped."""
-    if world_size > 1:
-        works = [dist.all_reduce(p.grad, op=dist.ReduceOp.AVG, async_op=True) for p in params if p.grad is not None]
-        for work in works:
-            work.wait()
+def all_reduce_grads(params: list[Tensor], world_size: int, bucket_numel: int = 2**20) -> None:
+    """Average the gradients of the replicated (Adam) parameters over the ranks. The large ones (embedding
+    tables, head) go one collective each; the small ones (the scalars) share one flat buffer, one
+    collective instead of a few dozen latency-bound ones. A parameter the forward never reads
+    (skip_weights with unet_skips=0, an empty tensor) has no gradient on any rank: skipped."""
+    if world_size == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    small = [g for g in grads if g.numel() < bucket_numel]
+    flat = torch.cat([g.flatten() for g in small]) if small else None
+    works = [dist.all_reduce(t, op=dist.ReduceOp.AVG, async_op=True)
+             for t in [g for g in grads if g.numel() >= bucket_numel] + ([flat] if small else [])]
+    for work in works:
+        work.wait()
+    if small:
+        torch._foreach_copy_(small, [t.view_as(g) for t, g in zip(flat.split([g.numel() for g in small]), small)])
 
 
 def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv):
@@ -761,6 +774,31 @@ class Clock:
         return self.total_ms + (1000 * (time.perf_counter() - self.t0) if self.t0 is not None else 0.0)
 
 
+class LaggedLosses:
+    """Each step's loss, read on the host one step late. Reading it at once (`.item()`) would make the host
+    wait for the GPU every step, which then idles while the next step is launched. Instead the loss is
+    copied to pinned memory behind an event, and the host waits for that event only after queuing the
+    next step. On a CPU the copy is done at once and the same code runs, tests included."""
+
+    def __init__(self, device: torch.device):
+        self.cuda, self.pending = device.type == "cuda", []  # [(loss on the host, its event, fields)]
+
+    def push(self, loss: Tensor, **fields) -> None:
+        host = loss.detach().to("cpu", non_blocking=True)  # pinned and asynchronous from a GPU
+        event = torch.cuda.Event() if self.cuda else None
+        if event is not None:
+            event.record()
+        self.pending.append((host, event, fields))
+
+    def ready(self, keep: int = 0):
+        """(loss, fields) of the queued steps but the newest `keep`, oldest first."""
+        while len(self.pending) > keep:
+            host, event, fields = self.pending.pop(0)
+            if event is not None:
+                event.synchronize()
+            yield host.item(), fields
+
+
 @dataclass
 class Progress:
     """What the run has done so far; the result event is written from it however the run ends."""
@@ -790,12 +828,20 @@ def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluat
     """Train until the first validation at or below the target, or the step limit."""
     loader = make_train_loader(cfg, env)
     tokens_per_step = env.world_size * cfg.grad_accum * cfg.batch_size * cfg.seq_len
-    clock, N = Clock(device), cfg.num_steps
+    clock, N, losses = Clock(device), cfg.num_steps, LaggedLosses(device)
+
+    def log_steps(keep: int) -> None:  # the step events whose losses have arrived; stop on NaN or inf
+        for loss, fields in losses.ready(keep):
+            if not math.isfinite(loss):
+                raise Diverged(f"train loss {loss} at step {fields['step']} (try lower learning rates)")
+            log.event("step", **fields, train_loss=loss)
+
     clock.start()
     step = 0
     while True:
         if step == N or step % cfg.val_every == 0:
             clock.stop()
+            log_steps(keep=0)
             progress.train_time_ms = t = clock.ms()
             progress.val_loss = val_loss = evaluate(window_size(step, cfg))
             log.line(f"step:{step}/{N} val_loss:{val_loss:.4f} train_time:{t:.0f}ms step_avg:{t / max(step, 1):.2f}ms"
@@ -811,16 +857,15 @@ def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluat
             clock.start()
         window = window_size(step, cfg)
         batches = [to_device(loader.next_batch(), device) for _ in range(cfg.grad_accum)]
-        loss = train_step(model, ops, optimizers, batches, window, step, cfg, env).item()
+        loss = train_step(model, ops, optimizers, batches, window, step, cfg, env)
         step += 1
         progress.steps, progress.tokens = step, progress.tokens + tokens_per_step
         progress.flops += tokens_per_step * flops_per_token(cfg, window)
         progress.train_time_ms = t = clock.ms()
-        if not math.isfinite(loss):
-            raise Diverged(f"train loss {loss} at step {step} (try lower learning rates)")
         log.line(f"step:{step}/{N} train_time:{t:.0f}ms step_avg:{t / step:.2f}ms" + progress.suffix())
-        log.event("step", step=step, train_time_ms=t, step_avg_ms=t / step, train_loss=loss,
-                  tokens_per_s=progress.tokens_per_s(), mfu=progress.mfu())
+        losses.push(loss, step=step, train_time_ms=t, step_avg_ms=t / step, tokens_per_s=progress.tokens_per_s(),
+                    mfu=progress.mfu())
+        log_steps(keep=1)
 
 
 def make_evaluate(model, ops, cfg: Config, env: DistEnv, device: torch.device):

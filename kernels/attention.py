@@ -77,7 +77,9 @@ Limits
 - dtypes: bf16 and fp16 (fp32 accepted for testing; its dots run in IEEE fp32, not tf32).
 - head dim: 64 and 128 are the tuned ones; 16 and 32 are accepted (small tests).
 - q, k, v share one shape (no GQA), one dtype and one device; window_size >= 1; cu_seqlens int32,
-  strictly increasing from 0 to T, with B == 1. Its values are checked with one host sync in eager
+  non-decreasing from 0 to T, with B == 1. Empty documents (repeated entries) are allowed, so a
+  caller can pad cu_seqlens to a fixed length with trailing T's: one shape every step, no recompile
+  and no host sync to count documents. Its values are checked with one host sync in eager
   mode and not checked under torch.compile.
 - Offsets along the sequence (token index x the T stride) are int32: T x stride_t must stay below
   2^31, i.e. T up to ~2.8M for contiguous (B, T, 6, 128) and ~930k for a packed qkv view. Inputs
@@ -717,15 +719,15 @@ def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
     if torch.compiler.is_compiling():
         return
     # One host sync for the three value checks.
-    first, last, increasing = torch.stack(
-        [cu_seqlens[0], cu_seqlens[-1], (cu_seqlens[1:] > cu_seqlens[:-1]).all().to(torch.int32)]
+    first, last, monotone = torch.stack(
+        [cu_seqlens[0], cu_seqlens[-1], (cu_seqlens[1:] >= cu_seqlens[:-1]).all().to(torch.int32)]
     ).tolist()
     if first != 0:
         raise ValueError(f"flash_attention: cu_seqlens must start at 0, starts at {first}")
     if last != T:
         raise ValueError(f"flash_attention: cu_seqlens must end at T = {T}, ends at {last}")
-    if not increasing:
-        raise ValueError("flash_attention: cu_seqlens must be strictly increasing (no empty documents)")
+    if not monotone:
+        raise ValueError("flash_attention: cu_seqlens must be non-decreasing (document starts in order)")
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_size: int | None = None,
@@ -737,7 +739,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
         window_size: query i sees keys i - window_size < j <= i (itself included); None: all
             earlier keys. A plain int that may change between calls without recompiling.
         cu_seqlens: (n_docs + 1,) int32 cumulative document starts of a packed batch, from 0 to T,
-            strictly increasing; needs B == 1. Queries see only keys of their own document.
+            non-decreasing (empty documents, e.g. trailing T's as padding, are allowed); needs B == 1.
+            Queries see only keys of their own document.
         scale: softmax scale, default D ** -0.5.
     Returns:
         (B, T, H, D) in q's dtype. Differentiable in q, k, v; traces under torch.compile.
