@@ -20,15 +20,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-import difflib
 import importlib
 import math
 import os
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -38,7 +35,8 @@ from torch import Tensor, nn
 
 from harness.data import BOS_ID, DataError, TokenLoader
 from harness.hardware import git_state, hardware_info, nvidia_smi, peak_flops, software_versions
-from harness.runlog import CONSOLE_FILE, EventLog
+from harness.overrides import ConfigError, parse_overrides
+from harness.runlog import RunWriter
 from harness.snapshot import snapshot_code
 
 # ----------------------------------------------------------------------------------------------
@@ -125,40 +123,9 @@ TRACKS: dict[str, dict] = {
 }
 
 
-class ConfigError(ValueError):
-    """A bad command line or an impossible configuration; the message is one line."""
-
-
-def _parse_value(key: str, text: str, kind) -> object:
-    """`text` as the field's type: bool accepts true/false/1/0, optional fields accept none/auto."""
-    if type(None) in typing.get_args(kind):
-        if text.lower() in ("none", "auto"):
-            return None
-        kind = next(k for k in typing.get_args(kind) if k is not type(None))
-    if kind is bool:
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"--{key}={text}: expected true/false/1/0")
-    try:
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"--{key}={text}: expected {kind.__name__}") from None
-
-
 def parse_config(argv: list[str]) -> Config:
-    """Config from `--key=value` arguments: the --track preset first, then the overrides in order."""
-    kinds = typing.get_type_hints(Config)
-    overrides = {}
-    for arg in argv:
-        key, sep, text = arg[2:].partition("=")
-        if not arg.startswith("--") or not sep or not key:
-            raise ConfigError(f"bad argument {arg!r}: expected --key=value")
-        if key not in kinds:
-            close = difflib.get_close_matches(key, kinds, n=1)
-            raise ConfigError(f"unknown option --{key}" + (f" (did you mean --{close[0]}?)" if close else ""))
-        overrides[key] = _parse_value(key, text, kinds[key])
+    """Config from `--key=value` arguments (harness/overrides.py): the --track preset first, then the overrides."""
+    overrides = parse_overrides(argv, Config)
     track = overrides.pop("track", Config.track)
     if track not in TRACKS:
         raise ConfigError(f"unknown track {track!r} (tracks: {', '.join(TRACKS)})")
@@ -234,30 +201,6 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")
-
-
-class RunLog:
-    """Lines on the console and in run_dir/train.log, events in run_dir/events.jsonl; rank 0 only."""
-
-    def __init__(self, run_dir: str | None):
-        self.events = EventLog(run_dir) if run_dir else None
-        self.file = open(Path(run_dir) / CONSOLE_FILE, "a", encoding="utf-8") if run_dir else None
-
-    def line(self, text: str, console: bool = True) -> None:
-        if self.file:
-            if console:
-                print(text, flush=True)
-            self.file.write(text + "\n")
-            self.file.flush()
-
-    def event(self, kind: str, **fields) -> None:
-        if self.events:
-            self.events.write(kind, **fields)
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-            self.events.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -824,7 +767,7 @@ class Progress:
         return f" tokens_per_s:{self.tokens_per_s():.0f} mfu:" + ("n/a" if mfu is None else f"{100 * mfu:.2f}%")
 
 
-def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluate, log: RunLog, progress: Progress):
+def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluate, log: RunWriter, progress: Progress):
     """Train until the first validation at or below the target, or the step limit."""
     loader = make_train_loader(cfg, env)
     tokens_per_step = env.world_size * cfg.grad_accum * cfg.batch_size * cfg.seq_len
@@ -886,7 +829,7 @@ def make_evaluate(model, ops, cfg: Config, env: DistEnv, device: torch.device):
     return evaluate
 
 
-def train(cfg: Config, env: DistEnv, device: torch.device, log: RunLog, progress: Progress) -> None:
+def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, progress: Progress) -> None:
     """Build everything, warm up, reset, and run the timed loop."""
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
@@ -921,7 +864,7 @@ def train(cfg: Config, env: DistEnv, device: torch.device, log: RunLog, progress
 # Summary
 
 
-def write_result(log: RunLog, cfg: Config, progress: Progress, device: torch.device, status: str,
+def write_result(log: RunWriter, cfg: Config, progress: Progress, device: torch.device, status: str,
                  error: str | None = None) -> None:
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     reached = progress.time_to_target_ms is not None
@@ -951,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return 2
     init_distributed(env, device)
-    log = RunLog(cfg.run_dir if env.master else None)
+    log = RunWriter(cfg.run_dir if env.master else None)
     progress = Progress()
     try:
         if env.master:

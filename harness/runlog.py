@@ -100,3 +100,28 @@ def last_event(events: list[dict], kind: str) -> dict | None:
         if event["event"] == kind:
             return event
     return None
+
+
+class RunWriter:
+    """What a run writes on rank 0: lines on the console and in run_dir/train.log, events in events.jsonl.
+    With run_dir None (the other ranks) it writes nothing."""
+
+    def __init__(self, run_dir: str | os.PathLike | None):
+        self.events = EventLog(run_dir) if run_dir else None
+        self.file = open(Path(run_dir) / CONSOLE_FILE, "a", encoding="utf-8") if run_dir else None
+
+    def line(self, text: str, console: bool = True) -> None:
+        if self.file:
+            if console:
+                print(text, flush=True)
+            self.file.write(text + "\n")
+            self.file.flush()
+
+    def event(self, kind: str, **fields) -> None:
+        if self.events:
+            self.events.write(kind, **fields)
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+            self.events.close()
