@@ -63,12 +63,16 @@ Block sizes
 -----------
 `_CUDA_BLOCKS` is a small table by pass and head dim, taken from the Hopper settings of Triton's
 tutorial 06 (forward 128 queries x 64 keys; backward dK/dV 128 keys with 32-query steps, dQ 128
-queries with 32/64-key steps), with 8 warps at D = 128 so the fp32 dK/dV (or dQ) accumulators fit
-in registers. A table, not an autotuner: block sizes are known to the Python range helpers, nothing
-is benchmarked at first call, and one compile serves every window size (window is a runtime int,
-not specialised). fp32 (tests only) gets 32 x 32 tiles on CUDA: with the bf16 tiles its operands are
-twice as big and the dQ kernel at D = 128 asks for 288 KiB of shared memory, over Hopper's 227 KiB
-(ptxas for sm_90; 32 x 32 needs at most 69 KiB). Under Triton's interpreter (CPU) small blocks
+queries with 32/64-key steps). Warps: `python -m benchmarks.ptxas_report` compiles every entry for
+sm_90 without a GPU and reads ptxas' register and spill counts; with 4 warps the forward and dK/dV
+passes at D = 64 spilled (12 and 36 bytes), so every bf16 entry has 8 warps, and none spills (Triton
+3.9, ptxas 13.4: 155-251 registers, 64-160 KiB of shared memory). Which tiles are *fastest* only a GPU
+can say: not measured yet. A table, not an autotuner: block sizes are known to the Python range
+helpers, nothing is benchmarked at first call, and one compile serves every window size (window is a
+runtime int, not specialised). fp32 (tests only) gets 32 x 32 tiles on CUDA: with the bf16 tiles its
+operands are twice as big and the dQ kernel at D = 128 asks for 288 KiB of shared memory, over
+Hopper's 227 KiB (32 x 32 needs at most 69 KiB, and spills at D = 128: correct, slow, tests only).
+Under Triton's interpreter (CPU) small blocks
 (16/32) keep tests fast and still exercise several blocks per sequence with unequal query/key block
 sizes.
 
@@ -114,9 +118,9 @@ class Blocks:
 # (pass, head dim) -> tiles on CUDA. "dkdv" owns a key block (block_n) and steps over queries
 # (block_m); "fwd" and "dq" own a query block (block_m) and step over keys (block_n).
 _CUDA_BLOCKS = {
-    ("fwd", 64): Blocks(128, 64, num_warps=4, num_stages=3),
+    ("fwd", 64): Blocks(128, 64, num_warps=8, num_stages=3),
     ("fwd", 128): Blocks(128, 64, num_warps=8, num_stages=3),
-    ("dkdv", 64): Blocks(32, 128, num_warps=4, num_stages=5),
+    ("dkdv", 64): Blocks(32, 128, num_warps=8, num_stages=5),
     ("dkdv", 128): Blocks(32, 128, num_warps=8, num_stages=3),
     ("dq", 64): Blocks(128, 32, num_warps=4, num_stages=5),
     ("dq", 128): Blocks(128, 64, num_warps=8, num_stages=3),

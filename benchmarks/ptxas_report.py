@@ -1,0 +1,191 @@
+"""Registers, spills and shared memory of the kernels' CUDA configurations, compiled for Hopper without a GPU.
+
+    python -m benchmarks.ptxas_report                    # every configuration kernels/ uses on an H100
+    python -m benchmarks.ptxas_report attention --strict # one group; exit 1 if any spills or overflows
+    python -m benchmarks.ptxas_report sweep              # candidate tiles for the attention backward
+
+Triton compiles for a target named by hand (`triton.compile` with `GPUTarget("cuda", 90, 32)`, the
+route of Triton's own ahead-of-time compiler), so the machine code a kernel gets on an H100 can be read
+on any machine: `ptxas -v` (shipped in Triton's wheel, the one Triton itself calls) reports the
+registers per thread (255 at most), the stack frame and the bytes spilled to local memory, and Triton
+reports the shared memory it asks for (227 KiB per block on an H100).
+
+What it says and what it cannot: a kernel whose inner loop spills moves extra bytes through L1/L2 every
+iteration, the first suspect when it is slow; 255 registers with no spill is fine. Occupancy and speed
+need a GPU: `python -m benchmarks` measures them. This report is how a tile table is kept spill-free
+and within shared memory on a machine without one (the CPU CI has none).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile real kernels, whatever the caller's environment
+
+import pandas as pd  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from kernels import attention, newton_schulz, norm  # noqa: E402
+
+SM = 90  # H100 / H200
+H100_SHARED_BYTES = 227 * 1024  # opt-in shared memory per block on sm_90
+TYPES = {"bf16": "*bf16", "fp16": "*fp16", "fp32": "*fp32"}
+
+
+def ptxas_usage(ptx: str) -> dict:
+    """registers, stack, spill_stores, spill_loads (bytes) of the one kernel in `ptx`, from `ptxas -v`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "kernel.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([get_ptxas(SM).path, "-v", f"--gpu-name=sm_{SM}a", path, "-o", os.devnull],
+                             capture_output=True, text=True, check=True).stderr
+    number = lambda pattern: int(m.group(1)) if (m := re.search(pattern, out)) else 0  # noqa: E731
+    return dict(registers=number(r"Used (\d+) registers"), stack=number(r"(\d+) bytes stack frame"),
+                spill_stores=number(r"(\d+) bytes spill stores"), spill_loads=number(r"(\d+) bytes spill loads"))
+
+
+def compile_for_hopper(fn, types: dict, constexprs: dict, num_warps: int, num_stages: int,
+                       not_divisible: tuple[str, ...] = ("H",)) -> dict:
+    """Compile `fn` for sm_90: `types` names each runtime argument's Triton type, `constexprs` the rest.
+
+    A launch from Python specialises every pointer and integer argument that is a multiple of 16 (it is
+    told so, and then vectorises loads and pipelines them with async copies). Without that hint the
+    code is not what runs on a GPU: scalar loads, no pipelining, hundreds of spilled bytes. So every
+    pointer and integer is marked divisible by 16, as it is for the speedrun's shapes (sizes and
+    strides multiples of 128), except the names in `not_divisible` (6 heads). An integer equal to 1
+    (a contiguous tensor's last stride) is specialised to the constant: pass it in `constexprs`."""
+    signature = {name: "constexpr" if name in constexprs else types[name] for name in fn.arg_names}
+    divisible = [i for i, name in enumerate(fn.arg_names) if signature[name] != "constexpr"
+                 and (signature[name].startswith("*") or signature[name] == "i32") and name not in not_divisible]
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs,
+                       attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
+    kernel = triton.compile(source, target=GPUTarget("cuda", SM, 32),
+                            options=dict(num_warps=num_warps, num_stages=num_stages))
+    return dict(shared_kib=kernel.metadata.shared / 1024, **ptxas_usage(kernel.asm["ptx"]))
+
+
+def _arg_types(fn, element: str, fp32: tuple[str, ...] = (), int32: tuple[str, ...] = (),
+               floats: tuple[str, ...] = ()) -> dict:
+    """Pointers to `element` unless named in fp32/int32; scalars int32 unless named in floats."""
+    def kind(name):
+        if name.endswith("_ptr"):
+            return "*fp32" if name in fp32 else "*i32" if name in int32 else TYPES[element]
+        return "fp32" if name in floats else "i32"
+
+    return {name: kind(name) for name in fn.arg_names}
+
+
+def attention_rows(dtype: str, tiles: dict) -> list[dict]:
+    """The three attention passes at head dims 64 and 128, with `tiles[(pass, D)]` -> attention.Blocks."""
+    passes = {"fwd": attention._attn_fwd_kernel, "dkdv": attention._attn_bwd_dkdv_kernel,
+              "dq": attention._attn_bwd_dq_kernel}
+    rows = []
+    for (kind, D), blocks in tiles.items():
+        fn = passes[kind]
+        types = _arg_types(fn, dtype, fp32=("lse_ptr", "delta_ptr"),
+                           int32=("doc_start_ptr", "doc_end_ptr", "ranges_ptr"), floats=("qk_scale", "scale"))
+        constexprs = dict(HEAD_DIM=D, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, HAS_DOCS=True,
+                          STORE_RANGES=False, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+        rows.append(dict(kernel=f"attention {kind} D={D}", dtype=dtype,
+                         config=f"{blocks.block_m}x{blocks.block_n} w{blocks.num_warps} s{blocks.num_stages}",
+                         **compile_for_hopper(fn, types, constexprs, blocks.num_warps, blocks.num_stages)))
+    return rows
+
+
+ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def newton_schulz_rows(dtype: str) -> list[dict]:
+    cfg = newton_schulz._launch_config(True, ELEMENT_BYTES[dtype])
+    rows = []
+    for fn, extra in [(newton_schulz._syrk_kernel, dict(BLOCK=cfg["BLOCK"], HAS_C=True)),
+                      (newton_schulz._bx_plus_ax_kernel, dict(BLOCK_M=cfg["BLOCK"], BLOCK_N=cfg["BLOCK"]))]:
+        types = _arg_types(fn, dtype, floats=("alpha", "beta", "a"))
+        constexprs = dict(BLOCK_K=cfg["BLOCK_K"], DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", **extra)
+        # the launchers pass contiguous tensors: every last-dimension stride is 1, specialised at launch
+        constexprs.update({name: 1 for name in fn.arg_names if name.endswith(("_stride_k", "_stride_n"))})
+        name = fn.__name__.strip("_").removesuffix("_kernel")
+        rows.append(dict(kernel=f"newton_schulz {name}", dtype=dtype,
+                         config=f"{cfg['BLOCK']}x{cfg['BLOCK']}x{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}",
+                         **compile_for_hopper(fn, types, constexprs, cfg["num_warps"], cfg["num_stages"])))
+    return rows
+
+
+def norm_rows(dtype: str, widths=(128, 768, 4096, 8192)) -> list[dict]:
+    """RMSNorm without weight (the trainer's) and LayerNorm with weight and bias, forward and backward."""
+    rows = []
+    for width in widths:
+        block_m, block_n, num_warps = norm._tile_settings(width)
+        for label, is_rms, weight, bias in [("rms_norm", True, False, False), ("layer_norm", False, True, True)]:
+            absent = dict(res_ptr=None, res_row_stride=0, sum_ptr=None, dsum_ptr=None, dsum_row_stride=0)
+            absent.update({} if weight else dict(w_ptr=None, dw_partial_ptr=None))
+            absent.update({} if bias else dict(b_ptr=None, db_partial_ptr=None))
+            absent.update({} if not is_rms else dict(mean_ptr=None))
+            flags = dict(IS_RMS=is_rms, HAS_WEIGHT=weight, HAS_BIAS=bias, BLOCK_M=block_m, BLOCK_N=block_n)
+            for kind, fn, more in [("fwd", norm._norm_fwd_kernel, dict(HAS_RESIDUAL=False)),
+                                   ("bwd", norm._norm_bwd_kernel, dict(HAS_DSUM=False))]:
+                constexprs = {k: v for k, v in {**absent, **flags, **more}.items() if k in fn.arg_names}
+                types = _arg_types(fn, dtype, fp32=("mean_ptr", "rstd_ptr", "dw_partial_ptr", "db_partial_ptr"),
+                                   floats=("eps",))
+                rows.append(dict(kernel=f"norm {label} {kind} N={width}", dtype=dtype,
+                                 config=f"{block_m}x{block_n} w{num_warps}",
+                                 **compile_for_hopper(fn, types, constexprs, num_warps, 1)))
+    return rows
+
+
+# Candidate attention-backward tiles at D = 128 (the trainer's head dim), for the sweep group: smaller key blocks
+# or fewer stages lower the fp32 accumulators' register pressure. Which is fastest only a GPU can say.
+BACKWARD_CANDIDATES = [("dkdv", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
+                       for m, n, w, st in [(32, 128, 8, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3),
+                                           (64, 64, 4, 3), (64, 64, 8, 3), (16, 128, 8, 3)]] + \
+                     [("dq", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
+                      for m, n, w, st in [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3),
+                                          (64, 64, 8, 3), (64, 32, 4, 3)]]
+
+
+GROUPS = {
+    "attention": lambda: attention_rows("bf16", attention._CUDA_BLOCKS),
+    "newton_schulz": lambda: newton_schulz_rows("bf16"),
+    "norm": lambda: norm_rows("bf16"),
+    # fp32 runs on CUDA only in the tests (small tiles, slow and allowed to spill)
+    "fp32": lambda: attention_rows("fp32", {key: attention._CUDA_FP32_BLOCKS for key in attention._CUDA_BLOCKS})
+    + newton_schulz_rows("fp32"),
+    "sweep": lambda: [dict(row, kernel=row["kernel"] + " (candidate)")
+                      for kind, D, blocks in BACKWARD_CANDIDATES for row in attention_rows("bf16", {(kind, D): blocks})],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("groups", nargs="*", metavar="group", default=["attention", "newton_schulz", "norm", "fp32"],
+                        help=f"what to compile, of {', '.join(GROUPS)} (default: all but sweep, the candidate "
+                             "attention backward tiles)")
+    parser.add_argument("--csv", help="also write the table to this CSV file")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a configuration spills or overflows")
+    args = parser.parse_args(argv)
+    if unknown := sorted(set(args.groups) - set(GROUPS)):
+        parser.error(f"unknown group(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    table = pd.DataFrame([row for group in args.groups for row in GROUPS[group]()])
+    table["fits"] = table.shared_kib * 1024 <= H100_SHARED_BYTES
+    print(f"sm_{SM} with Triton {triton.__version__}, ptxas {get_ptxas(SM).version}: registers per thread, "
+          "stack and spills in bytes, shared memory in KiB (H100 limit 227)")
+    print(table.to_markdown(index=False, floatfmt=".1f"))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    problems = table[(table.spill_stores > 0) | ~table.fits]
+    if len(problems):
+        print(f"{len(problems)} configuration(s) spill or overflow shared memory: "
+              + ", ".join(f"{r.kernel} {r.dtype} {r.config}" for r in problems.itertuples()))
+    return 1 if args.strict and len(problems) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
