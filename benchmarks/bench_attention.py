@@ -116,61 +116,65 @@ def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None
     return create_block_mask(mask_mod, None, None, T, T, device=device, _compile=True)
 
 
+def _bench_case(case, B, T, H, D, window, cu, flex, sdpa_shapes_done: set, device: str = "cuda") -> list[dict]:
+    """Rows for one case: ours and FlexAttention on its mask, SDPA flash (dense causal) once per shape."""
+    import torch.nn.functional as F
+    import triton
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from kernels.attention import flash_attention
+
+    cu_dev = None if cu is None else cu.to(device)
+    q, k, v = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    do = torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16)
+    # SDPA and FlexAttention take (B, H, T, D); give them their own contiguous layout.
+    qh, kh, vh = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
+    doh = do.transpose(1, 2).contiguous()
+    block_mask = _flex_block_mask(T, window, cu_dev, device)
+    pairs = allowed_pairs(T, window, cu)
+
+    def sdpa():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
+
+    # impl -> (case label, forward fn, leaves, upstream grad, allowed pairs per sequence)
+    impls = {
+        "ours": (case, lambda: flash_attention(q, k, v, window_size=window, cu_seqlens=cu_dev), (q, k, v), do, pairs),
+        "flex": (case, lambda: flex(qh, kh, vh, block_mask=block_mask), (qh, kh, vh), doh, pairs),
+    }
+    if (B, T, H, D) not in sdpa_shapes_done:
+        sdpa_shapes_done.add((B, T, H, D))
+        impls["sdpa_flash"] = (f"B{B} T{T} H{H} D{D} causal", sdpa, (qh, kh, vh), doh, allowed_pairs(T, None, None))
+
+    rows = []
+    for impl, (label, fn, leaves, grad, impl_pairs) in impls.items():
+        fwd_flops = 4 * B * H * D * impl_pairs
+
+        def fwd_bwd(fn=fn, grad=grad):
+            fn().backward(grad)
+
+        for bench, step, flops in (("attention_fwd", fn, fwd_flops), ("attention_fwd_bwd", fwd_bwd, 3.5 * fwd_flops)):
+            ms = triton.testing.do_bench(step, grad_to_none=list(leaves), return_mode="median")
+            tflops = flops / ms / 1e9
+            rows.append({"bench": bench, "case": label, "impl": impl, "ms": round(ms, 4), "tflops": round(tflops, 1)})
+            print(f"{bench:18s} {label:34s} {impl:10s} {ms:9.3f} ms {tflops:7.1f} TFLOP/s", flush=True)
+    return rows
+
+
 def main() -> int:
     if not require_cuda("bench_attention"):
         return 0
 
-    import torch.nn.functional as F
-    import triton
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.flex_attention import flex_attention
 
-    from kernels.attention import flash_attention
-
-    device = "cuda"
-    if not check_bf16(device):
+    if not check_bf16("cuda"):
         raise RuntimeError("bench_attention: bf16 check failed; not benchmarking a wrong kernel")
 
     flex = torch.compile(flex_attention, dynamic=False)
-    rows = []
-    sdpa_shapes_done = set()  # SDPA ignores window and documents: one plain-causal run per shape
-    for case, B, T, H, D, window, cu in _cases():
-        cu_dev = None if cu is None else cu.to(device)
-        q, k, v = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        do = torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16)
-        # SDPA and FlexAttention take (B, H, T, D); give them their own contiguous layout.
-        qh, kh, vh = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
-        doh = do.transpose(1, 2).contiguous()
-        block_mask = _flex_block_mask(T, window, cu_dev, device)
-        pairs = allowed_pairs(T, window, cu)
-
-        def sdpa():
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
-
-        # impl -> (case label, forward fn, leaves, upstream grad, allowed pairs per sequence)
-        impls = {
-            "ours": (case, lambda: flash_attention(q, k, v, window_size=window, cu_seqlens=cu_dev), (q, k, v), do,
-                     pairs),
-            "flex": (case, lambda: flex(qh, kh, vh, block_mask=block_mask), (qh, kh, vh), doh, pairs),
-        }
-        if (B, T, H, D) not in sdpa_shapes_done:
-            sdpa_shapes_done.add((B, T, H, D))
-            impls["sdpa_flash"] = (f"B{B} T{T} H{H} D{D} causal", sdpa, (qh, kh, vh), doh, allowed_pairs(T, None, None))
-
-        for impl, (label, fn, leaves, grad, impl_pairs) in impls.items():
-            fwd_flops = 4 * B * H * D * impl_pairs
-
-            def fwd_bwd(fn=fn, grad=grad):
-                fn().backward(grad)
-
-            for bench, step, flops in (("attention_fwd", fn, fwd_flops), ("attention_fwd_bwd", fwd_bwd, 3.5 * fwd_flops)):
-                ms = triton.testing.do_bench(step, grad_to_none=list(leaves), return_mode="median")
-                tflops = flops / ms / 1e9
-                rows.append({"bench": bench, "case": label, "impl": impl, "ms": round(ms, 4), "tflops": round(tflops, 1)})
-                print(f"{bench:18s} {label:34s} {impl:10s} {ms:9.3f} ms {tflops:7.1f} TFLOP/s", flush=True)
-        del impls, sdpa, q, k, v, qh, kh, vh, do, doh, block_mask
-        torch.cuda.empty_cache()
+    rows, sdpa_shapes_done = [], set()  # SDPA ignores window and documents: one plain-causal run per shape
+    for case in _cases():
+        rows += _bench_case(*case, flex, sdpa_shapes_done)
+        torch.cuda.empty_cache()  # the case's tensors died with _bench_case
 
     table = append_results(rows)
     print(f"\nappended {len(rows)} rows to {RESULTS_CSV}")

@@ -8,7 +8,8 @@ What is timed (CUDA events around `steps` steps, after `warmup` untimed ones tha
   fineweb-124m track (B=1, 48K tokens, random tokens with a document start every ~1000), i.e. one step
   of one rank of the 8-GPU run without communication: attention-mask build, forward, backward, Adam
   and Muon (Newton-Schulz on every hidden matrix: one rank alone does all eight ranks' shares). Two
-  cases: the first and the last window size of the schedule.
+  cases: the first and the last window size of the schedule. Then Muon's step alone on the same
+  model (`muon_ms`, and `muon_frac` = its share of the training step).
 - reference: a plain nanoGPT GPT-2 (dense causal SDPA, LayerNorm, GELU, tied embedding, fused AdamW,
   torch.compile, bf16 autocast) on 48 x 1024 tokens, the same tokens per step.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -77,19 +79,25 @@ class RefGPT(nn.Module):
         return 6 * weights + 12 * self.layers * self.dim * (T / 2)
 
 
-def time_steps(step, steps: int, warmup: int) -> float:
-    """Median milliseconds per call of step() over `steps` calls, after `warmup` untimed ones."""
+def time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Median milliseconds per call of step() over `steps` calls, after `warmup` untimed ones (CUDA events
+    on a GPU; the wall clock on a CPU, where the tests run this file on a micro model)."""
     for _ in range(warmup):
         step()
-    torch.cuda.synchronize()
     times = []
     for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            step()
+            times.append(1000 * (time.perf_counter() - t0))
     return sorted(times)[len(times) // 2]
 
 
@@ -100,45 +108,57 @@ def random_tokens(B: int, T: int, device) -> torch.Tensor:
     return tokens.to(device)
 
 
-def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float | None) -> dict:
+def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float | None, *,
+               device: torch.device = torch.device("cuda", 0), overrides: tuple[str, ...] = (),
+               compile: bool = True) -> dict:
+    """One training step of the fineweb-124m model (plus `overrides`) on `kernels`, and Muon's step alone."""
     import train_gpt as T
 
-    device = torch.device("cuda", 0)
-    cfg = T.resolve_config(T.parse_config(["--track=fineweb-124m", f"--kernels={kernels}", "--grad_accum=1"]), 1, device)
+    argv = ["--track=fineweb-124m", f"--kernels={kernels}", "--grad_accum=1", f"--device={device.type}", *overrides]
+    cfg = T.resolve_config(T.parse_config(argv), 1, device)
     torch.manual_seed(0)
     ops = T.make_ops(kernels, device, print)
     model = T.GPT(cfg, ops).to(device)
-    optimizers = T.make_optimizers(model, cfg, ops, T.DistEnv(), device)
+    optimizers = T.make_optimizers(model, cfg, ops, T.DistEnv())
     torch._dynamo.config.recompile_limit = 64
-    compiled = torch.compile(model)
+    stepped = torch.compile(model) if compile else model
     x = random_tokens(cfg.batch_size, cfg.seq_len, device)
     batches = [(x, torch.roll(x, -1, dims=1))]
-    ms = time_steps(lambda: T.train_step(compiled, ops, optimizers, batches, window, 0, cfg, T.DistEnv()), steps, warmup)
+    ms = time_steps(lambda: T.train_step(stepped, ops, optimizers, batches, window, 0, cfg, T.DistEnv()), steps,
+                    warmup, device)
+    # Muon alone on every hidden matrix (one GPU does all eight ranks' shares), on fresh gradients
+    muon = optimizers[1]
+    for group in muon.param_groups:
+        for p in group["params"]:
+            p.grad = torch.randn_like(p)
+    muon_ms = time_steps(muon.step, steps, warmup, device)
     tokens = cfg.batch_size * cfg.seq_len
     tokens_per_s = tokens / (ms / 1000)
     mfu = T.flops_per_token(cfg, window) * tokens_per_s / peak if peak else None
     return dict(bench="model", case=f"fineweb-124m B=1 T={cfg.seq_len} window={window}", impl=kernels, ms=ms,
-                tokens_per_s=tokens_per_s, mfu=mfu, ops="; ".join(f"{k}={v}" for k, v in ops.sources.items()))
+                tokens_per_s=tokens_per_s, mfu=mfu, muon_ms=muon_ms, muon_frac=muon_ms / ms,
+                ops="; ".join(f"{k}={v}" for k, v in ops.sources.items()))
 
 
-def bench_reference(steps: int, warmup: int, peak: float | None) -> dict:
-    device = torch.device("cuda", 0)
-    B, T = 48, 1024  # 48K tokens per step, as ours
+def bench_reference(steps: int, warmup: int, peak: float | None, *, device: torch.device = torch.device("cuda", 0),
+                    B: int = 48, T: int = 1024, layers: int = 12, dim: int = 768, heads: int = 12,
+                    compile: bool = True) -> dict:
+    """nanoGPT's GPT-2 training step on B x T tokens (48 x 1024: the same tokens per step as ours)."""
     torch.manual_seed(0)
-    model = RefGPT(seq_len=T).to(device)
+    model = RefGPT(seq_len=T, layers=layers, dim=dim, heads=heads).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    compiled = torch.compile(model)
+    stepped = torch.compile(model) if compile else model
     x = random_tokens(B, T, device)
     y = torch.roll(x, -1, dims=1)
 
     def step():
-        with torch.autocast("cuda", torch.bfloat16):
-            loss = compiled(x, y)
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            loss = stepped(x, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    ms = time_steps(step, steps, warmup)
+    ms = time_steps(step, steps, warmup, device)
     tokens_per_s = B * T / (ms / 1000)
     mfu = model.flops_per_token(T) * tokens_per_s / peak if peak else None
     return dict(bench="model", case=f"gpt2-124m B={B} T={T} causal", impl="nanogpt", ms=ms,
@@ -172,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         torch._dynamo.reset()
     if rows:
         new = append_results(rows)
-        table = new[["case", "impl", "ms", "tokens_per_s", "mfu"]].copy()
+        table = new[["case", "impl", "ms", "tokens_per_s", "mfu", "muon_ms", "muon_frac"]].copy()
         table["mfu"] = table["mfu"].map(lambda m: "n/a" if m != m or m is None else f"{100 * m:.1f}%")
         print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
     return 0 if len(rows) == len(cases) else 1
