@@ -301,11 +301,11 @@ def flex_attention_op():
 def packed_doc_mask(inputs: Tensor, window: int) -> tuple[Tensor, int]:
     """(cu_seqlens (N + 1,) int32 over the N flattened tokens, window) for kernels.attention.
 
-    The document starts come first, then N repeated (empty documents, which the kernel allows): one
-    length every step, so no host sync to count documents (torch.nonzero would) and no recompile."""
+    The document starts come first, then N repeated (empty documents, which the kernel allows; there are
+    at most N starts, so at least one N ends it): one length every step, so no host sync to count
+    documents (torch.nonzero would; so would building the end from a Python list) and no recompile."""
     N = inputs.numel()
-    starts = torch.nonzero_static(document_starts(inputs).flatten(), size=N, fill_value=N).flatten()
-    return torch.cat([starts, starts.new_tensor([N])]).to(torch.int32), window
+    return torch.nonzero_static(document_starts(inputs).flatten(), size=N + 1, fill_value=N).flatten().to(torch.int32), window
 
 
 def newton_schulz_torch(G: Tensor, steps: int = 5) -> Tensor:

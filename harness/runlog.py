@@ -13,6 +13,11 @@ train_gpt.py writes `events.jsonl` in its run directory; the harness reads it ba
            "train_time_ms": float, "peak_memory_mb": float|None, "tokens_per_s": float, "mfu": float|None,
            "error": str|None}
 
+A step event is written when its loss reaches the host, one step late (the trainer never waits for the
+GPU between validations), so a run stopped by a signal or a crash may lack its last step event. Its
+train_time_ms is host time when the step was queued, so on a GPU it can run ahead of the device by a
+step; val and result times are exact (the clock stops after a device synchronize).
+
 Only rank 0 writes. Each line is written with one write() call and flushed, so a crash leaves every
 finished line readable; a reader skips (and reports) a torn last line instead of failing.
 """

@@ -290,6 +290,49 @@ def test_distributed_muon_equals_single_process(tmp_path):
     assert calls == [5, 2, 3] * 3
 
 
+DIST_GRADS = """
+import sys
+sys.path.insert(0, {repo!r})
+import torch
+import torch.distributed as dist
+import train_gpt as T
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+g = torch.Generator().manual_seed(rank)
+shapes = [(3,), (70, 20), (2,), (0,), (5, 4), (9,)]  # with bucket_numel=50: two large, the rest one bucket
+params = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
+for i, p in enumerate(params):
+    if i != 2:  # one parameter without a gradient (never read by the forward)
+        p.grad = torch.randn(p.shape, generator=g)
+params[4].grad = torch.randn(4, 5, generator=g).t()  # a non-contiguous gradient
+T.all_reduce_grads(params, world_size=2, bucket_numel=50)
+torch.save([p.grad for p in params], f"{out}/grads{{rank}}.pt")
+dist.destroy_process_group()
+"""
+
+
+def test_all_reduce_grads_gives_every_rank_the_mean(tmp_path):
+    script = tmp_path / "dist_grads.py"
+    script.write_text(DIST_GRADS.format(repo=str(REPO), out=str(tmp_path)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shapes = [(3,), (70, 20), (2,), (0,), (5, 4), (9,)]
+    local = []
+    for rank in range(2):
+        g = torch.Generator().manual_seed(rank)
+        grads = [None if i == 2 else torch.randn(s, generator=g) for i, s in enumerate(shapes)]
+        grads[4] = torch.randn(4, 5, generator=g).t()
+        local.append(grads)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"grads{rank}.pt")
+        assert got[2] is None
+        for i in (0, 1, 3, 4, 5):
+            torch.testing.assert_close(got[i], (local[0][i] + local[1][i]) / 2, atol=1e-6, rtol=0)
+
+
 # ---------------------------------------------------------------------------------------------- whole runs
 
 
@@ -428,3 +471,35 @@ def test_nan_loss_stops_at_once_as_diverged(shards, tmp_path):
     assert result["steps"] in (bad_step, bad_step + 1)
     events, _ = read_events(tmp_path / "r")
     assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, bad_step))
+
+
+# ---------------------------------------------------------------------------------------------- GPU only
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_a_compiled_training_step_never_waits_for_the_gpu(kernels):
+    """After compilation, a training step and the queuing of its loss make no host sync (a sync would leave
+    the GPU idle while the next step is launched): CUDA's sync debug mode turns any into an error."""
+    device = torch.device("cuda", 0)
+    argv = ["--track=fineweb-124m", f"--kernels={kernels}", "--grad_accum=2", "--num_layers=2", "--model_dim=128",
+            "--num_heads=2", "--head_dim=64", "--value_embeds=1", "--unet_skips=1", "--seq_len=1024",
+            "--window_min=128", "--window_max=256"]
+    cfg = T.resolve_config(T.parse_config(argv), 1, device)
+    ops = T.make_ops(kernels, device, print)
+    model = T.GPT(cfg, ops).to(device)
+    optimizers, env = T.make_optimizers(model, cfg, ops, T.DistEnv()), T.DistEnv()
+    compiled, losses = torch.compile(model), T.LaggedLosses(device)
+    x = torch.randint(0, BOS_ID + 1, (cfg.batch_size, cfg.seq_len))
+    batches = [[T.to_device((x, x.roll(-1, 1)), device) for _ in range(cfg.grad_accum)] for _ in range(6)]
+    for step in range(3):  # compile and warm up
+        T.train_step(compiled, ops, optimizers, batches[step], 128, step, cfg, env)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(3, 6):
+            losses.push(T.train_step(compiled, ops, optimizers, batches[step], 128, step, cfg, env), step=step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert [fields["step"] for _, fields in losses.ready()] == [3, 4, 5]
