@@ -60,11 +60,13 @@ def compile_for_hopper(fn, types: dict, constexprs: dict, num_warps: int, num_st
     told so, and then vectorises loads and pipelines them with async copies). Without that hint the
     code is not what runs on a GPU: scalar loads, no pipelining, hundreds of spilled bytes. So every
     pointer and integer is marked divisible by 16, as it is for the speedrun's shapes (sizes and
-    strides multiples of 128), except the names in `not_divisible` (6 heads). An integer equal to 1
-    (a contiguous tensor's last stride) is specialised to the constant: pass it in `constexprs`."""
+    strides multiples of 128), except the names in `not_divisible` (6 heads) and the kernel's
+    `do_not_specialize` ones (the attention window). An integer equal to 1 (a contiguous tensor's last
+    stride) is specialised to the constant: pass it in `constexprs`."""
     signature = {name: "constexpr" if name in constexprs else types[name] for name in fn.arg_names}
-    divisible = [i for i, name in enumerate(fn.arg_names) if signature[name] != "constexpr"
-                 and (signature[name].startswith("*") or signature[name] == "i32") and name not in not_divisible]
+    divisible = [i for i, (name, param) in enumerate(zip(fn.arg_names, fn.params))
+                 if signature[name] != "constexpr" and (signature[name].startswith("*") or signature[name] == "i32")
+                 and name not in not_divisible and not param.do_not_specialize]
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs,
                        attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
     kernel = triton.compile(source, target=GPUTarget("cuda", SM, 32),
@@ -106,13 +108,14 @@ ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 def newton_schulz_rows(dtype: str) -> list[dict]:
     cfg = newton_schulz._launch_config(True, ELEMENT_BYTES[dtype])
     rows = []
-    for fn, extra in [(newton_schulz._syrk_kernel, dict(BLOCK=cfg["BLOCK"], HAS_C=True)),
+    for fn, extra in [(newton_schulz._syrk_kernel, dict(BLOCK=cfg["BLOCK"], HAS_C=False)),  # X Xᵀ
+                      (newton_schulz._syrk_kernel, dict(BLOCK=cfg["BLOCK"], HAS_C=True)),  # c·A² + b·A
                       (newton_schulz._bx_plus_ax_kernel, dict(BLOCK_M=cfg["BLOCK"], BLOCK_N=cfg["BLOCK"]))]:
         types = _arg_types(fn, dtype, floats=("alpha", "beta", "a"))
         constexprs = dict(BLOCK_K=cfg["BLOCK_K"], DOT_PRECISION="ieee" if dtype == "fp32" else "tf32", **extra)
         # the launchers pass contiguous tensors: every last-dimension stride is 1, specialised at launch
         constexprs.update({name: 1 for name in fn.arg_names if name.endswith(("_stride_k", "_stride_n"))})
-        name = fn.__name__.strip("_").removesuffix("_kernel")
+        name = fn.__name__.strip("_").removesuffix("_kernel") + {True: " +C", False: ""}.get(extra.get("HAS_C"), "")
         rows.append(dict(kernel=f"newton_schulz {name}", dtype=dtype,
                          config=f"{cfg['BLOCK']}x{cfg['BLOCK']}x{cfg['BLOCK_K']} w{cfg['num_warps']} s{cfg['num_stages']}",
                          **compile_for_hopper(fn, types, constexprs, cfg["num_warps"], cfg["num_stages"])))
@@ -137,7 +140,9 @@ def norm_rows(dtype: str, widths=(128, 768, 4096, 8192)) -> list[dict]:
                                    floats=("eps",))
                 rows.append(dict(kernel=f"norm {label} {kind} N={width}", dtype=dtype,
                                  config=f"{block_m}x{block_n} w{num_warps}",
-                                 **compile_for_hopper(fn, types, constexprs, num_warps, 1)))
+                                 # rows_per_program: cdiv(tiles, SMs) x BLOCK_M, 376 at (12288, 768) on 132 SMs
+                                 **compile_for_hopper(fn, types, constexprs, num_warps, 1,
+                                                      not_divisible=("rows_per_program",))))
     return rows
 
 

@@ -60,8 +60,8 @@ taken in fp32, the iteration runs in bf16 on CUDA (fp32 accumulation), and on CP
 fp32 otherwise (Triton's interpreter cannot do bf16 arithmetic); `dtype=` overrides. A zero matrix gives
 zeros. Each step allocates nothing (A, B and a ping-pong X are allocated once per call). No autograd: Muon
 calls it under no_grad. Compiled for sm_90 without a GPU (`python -m benchmarks.ptxas_report`; Triton 3.9,
-ptxas 13.4): 4-stage pipelines in 128 KiB of shared memory in bf16, 219 (syrk) and 126 (bx_plus_ax)
-registers, no spills. Not yet run or measured on a GPU: numbers will come from
+ptxas 13.4): 4-stage pipelines in 128 KiB of shared memory in bf16, 119 (syrk), 219 (syrk with C) and
+126 (bx_plus_ax) registers, no spills. Not yet run or measured on a GPU: numbers will come from
 `python -m benchmarks.bench_newton_schulz`.
 """
 from __future__ import annotations
