@@ -28,7 +28,7 @@ import sys
 
 import torch
 
-from benchmarks.common import RESULTS_CSV, append_results, require_cuda
+from benchmarks.common import RESULTS_CSV, append_results, bench_ms, require_cuda
 
 WINDOWS = (128, 384, 768, 1792)
 MEAN_DOC_TOKENS = 1000
@@ -60,30 +60,33 @@ def allowed_pairs(T: int, window: int | None, cu_seqlens: torch.Tensor | None) -
     return int(keys.sum())
 
 
-def check_bf16(device: str) -> bool:
-    """Our bf16 output and gradients vs the fp32 reference, within 2x PyTorch's own bf16 error."""
+def check_bf16(device: str, *, dtype: torch.dtype = torch.bfloat16, T: int = 1500, H: int = 2, D: int = 128,
+               window: int = 200, mean_doc: float = 300) -> bool:
+    """Our bf16 output and gradients vs the fp32 reference, within 2x PyTorch's own bf16 error (the CPU
+    test runs it tiny in fp16: Triton's interpreter has no bf16 arithmetic)."""
     from kernels.attention import attention_ref, flash_attention
 
-    T, H, D, window = 1500, 2, 128, 200
-    cu = document_cu_seqlens(T, mean=300, seed=1).to(device)
-    q, k, v = (torch.randn(1, T, H, D, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    do = torch.randn(1, T, H, D, device=device, dtype=torch.bfloat16)
+    cu = document_cu_seqlens(T, mean=mean_doc, seed=1).to(device)
+    q, k, v = (torch.randn(1, T, H, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(1, T, H, D, device=device, dtype=dtype)
 
     def run(fn, dtype, **kw):
         leaves = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
         out = fn(*leaves, window_size=window, cu_seqlens=cu, **kw)
         return (out, *torch.autograd.grad(out, leaves, do.to(out.dtype)))
 
-    ours = run(flash_attention, torch.bfloat16)
+    ours = run(flash_attention, dtype)
     ref32 = run(attention_ref, torch.float32)
-    ref16 = run(attention_ref, torch.bfloat16, upcast=False)
+    ref16 = run(attention_ref, dtype, upcast=False)
     ok = True
     for name, a, r32, r16 in zip(("out", "dq", "dk", "dv"), ours, ref32, ref16):
         err = (a.float() - r32).abs().max().item()
         torch_err = (r16.float() - r32).abs().max().item()
         passed = err <= 2 * torch_err + 1e-3
         ok &= passed
-        print(f"bf16 check {name}: max error {err:.3e} vs PyTorch bf16 {torch_err:.3e} -> {'ok' if passed else 'FAIL'}")
+        low = str(dtype).removeprefix("torch.")
+        verdict = "ok" if passed else "FAIL"
+        print(f"{low} check {name}: max error {err:.3e} vs PyTorch {low} {torch_err:.3e} -> {verdict}")
     return ok
 
 
@@ -97,7 +100,7 @@ def _cases():
     yield "B64 T1024 H12 D64 causal", 64, 1024, 12, 64, None, None
 
 
-def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None, device: str):
+def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None, device: str, compile: bool = True):
     from torch.nn.attention.flex_attention import create_block_mask
 
     doc = None
@@ -113,24 +116,29 @@ def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None
             allowed = allowed & (doc[q_idx] == doc[kv_idx])
         return allowed
 
-    return create_block_mask(mask_mod, None, None, T, T, device=device, _compile=True)
+    return create_block_mask(mask_mod, None, None, T, T, device=device, _compile=compile)
 
 
-def _bench_case(case, B, T, H, D, window, cu, flex, sdpa_shapes_done: set, device: str = "cuda") -> list[dict]:
-    """Rows for one case: ours and FlexAttention on its mask, SDPA flash (dense causal) once per shape."""
+def _bench_case(case, B, T, H, D, window, cu, flex, sdpa_shapes_done: set, device: str = "cuda", *,
+                dtype: torch.dtype = torch.bfloat16, compile: bool = True) -> list[dict]:
+    """Rows for one case: ours and FlexAttention on its mask, SDPA flash (dense causal) once per shape.
+
+    Off a GPU (the CPU test: tiny cases, fp16 or fp32, compile=False) FlexAttention has no backward and
+    refuses inputs that require grad, so it runs the forward alone on detached inputs."""
     import torch.nn.functional as F
-    import triton
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from kernels.attention import flash_attention
 
+    on_gpu = torch.device(device).type == "cuda"
     cu_dev = None if cu is None else cu.to(device)
-    q, k, v = (torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    do = torch.randn(B, T, H, D, device=device, dtype=torch.bfloat16)
+    q, k, v = (torch.randn(B, T, H, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(B, T, H, D, device=device, dtype=dtype)
     # SDPA and FlexAttention take (B, H, T, D); give them their own contiguous layout.
     qh, kh, vh = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
     doh = do.transpose(1, 2).contiguous()
-    block_mask = _flex_block_mask(T, window, cu_dev, device)
+    flex_inputs = (qh, kh, vh) if on_gpu else tuple(x.detach() for x in (qh, kh, vh))
+    block_mask = _flex_block_mask(T, window, cu_dev, device, compile)
     pairs = allowed_pairs(T, window, cu)
 
     def sdpa():
@@ -140,7 +148,7 @@ def _bench_case(case, B, T, H, D, window, cu, flex, sdpa_shapes_done: set, devic
     # impl -> (case label, forward fn, leaves, upstream grad, allowed pairs per sequence)
     impls = {
         "ours": (case, lambda: flash_attention(q, k, v, window_size=window, cu_seqlens=cu_dev), (q, k, v), do, pairs),
-        "flex": (case, lambda: flex(qh, kh, vh, block_mask=block_mask), (qh, kh, vh), doh, pairs),
+        "flex": (case, lambda: flex(*flex_inputs, block_mask=block_mask), (qh, kh, vh), doh, pairs),
     }
     if (B, T, H, D) not in sdpa_shapes_done:
         sdpa_shapes_done.add((B, T, H, D))
@@ -153,11 +161,28 @@ def _bench_case(case, B, T, H, D, window, cu, flex, sdpa_shapes_done: set, devic
         def fwd_bwd(fn=fn, grad=grad):
             fn().backward(grad)
 
-        for bench, step, flops in (("attention_fwd", fn, fwd_flops), ("attention_fwd_bwd", fwd_bwd, 3.5 * fwd_flops)):
-            ms = triton.testing.do_bench(step, grad_to_none=list(leaves), return_mode="median")
+        benches = (("attention_fwd", fn, fwd_flops), ("attention_fwd_bwd", fwd_bwd, 3.5 * fwd_flops))
+        for bench, step, flops in benches if on_gpu or impl != "flex" else benches[:1]:
+            ms = bench_ms(step, device, grad_to_none=list(leaves), return_mode="median")
             tflops = flops / ms / 1e9
             rows.append({"bench": bench, "case": label, "impl": impl, "ms": round(ms, 4), "tflops": round(tflops, 1)})
             print(f"{bench:18s} {label:34s} {impl:10s} {ms:9.3f} ms {tflops:7.1f} TFLOP/s", flush=True)
+    return rows
+
+
+def run_cases(cases, device: str = "cuda", *, dtype: torch.dtype = torch.bfloat16, compile: bool = True) -> list[dict]:
+    """Every case's rows; FlexAttention compiled once for all (eager with compile=False: the CPU test)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # one compile of FlexAttention and of the mask builder per shape and mask: room for them all (past the
+    # limit dynamo falls back to eager, which materialises a dense T x T mask: 9 GB at T = 49152)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(cases))
+    flex = torch.compile(flex_attention, dynamic=False) if compile else flex_attention
+    rows, sdpa_shapes_done = [], set()  # SDPA ignores window and documents: one plain-causal run per shape
+    for case in cases:
+        rows += _bench_case(*case, flex, sdpa_shapes_done, device, dtype=dtype, compile=compile)
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()  # the case's tensors died with _bench_case
     return rows
 
 
@@ -165,17 +190,10 @@ def main() -> int:
     if not require_cuda("bench_attention"):
         return 0
 
-    from torch.nn.attention.flex_attention import flex_attention
-
     if not check_bf16("cuda"):
         raise RuntimeError("bench_attention: bf16 check failed; not benchmarking a wrong kernel")
 
-    flex = torch.compile(flex_attention, dynamic=False)
-    rows, sdpa_shapes_done = [], set()  # SDPA ignores window and documents: one plain-causal run per shape
-    for case in _cases():
-        rows += _bench_case(*case, flex, sdpa_shapes_done)
-        torch.cuda.empty_cache()  # the case's tensors died with _bench_case
-
+    rows = run_cases(list(_cases()))
     table = append_results(rows)
     print(f"\nappended {len(rows)} rows to {RESULTS_CSV}")
     print(table[["gpu", "bench", "case", "impl", "ms", "tflops"]].to_string(index=False))

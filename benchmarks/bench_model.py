@@ -192,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         torch._dynamo.reset()
     if rows:
         new = append_results(rows)
-        table = new[["case", "impl", "ms", "tokens_per_s", "mfu", "muon_ms", "muon_frac"]].copy()
+        # reindex, not [[...]]: with every ours case failed, the rows have no muon_ms / muon_frac columns
+        table = new.reindex(columns=["case", "impl", "ms", "tokens_per_s", "mfu", "muon_ms", "muon_frac"])
         table["mfu"] = table["mfu"].map(lambda m: "n/a" if m != m or m is None else f"{100 * m:.1f}%")
         print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
     return 0 if len(rows) == len(cases) else 1

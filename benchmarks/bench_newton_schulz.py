@@ -18,7 +18,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from benchmarks.common import append_results, require_cuda
+from benchmarks.common import append_results, bench_ms, require_cuda
 from kernels.newton_schulz import newton_schulz, newton_schulz_ref
 
 STEPS = 5
@@ -35,29 +35,42 @@ def flops(B: int, M: int, N: int, steps: int = STEPS) -> float:
     return max(B, 1) * steps * (4 * m * m * n + 2 * m**3)
 
 
-def main() -> None:
-    if not require_cuda("bench_newton_schulz"):
-        return
-    import triton.testing
-
-    reference_compiled = torch.compile(newton_schulz_ref, dynamic=False)
+def implementations(compile: bool = True) -> dict:
+    """impl name -> function of G (no torch.compile entry with compile=False: the CPU test's shortcut)."""
     impls = {
         "triton": lambda G: newton_schulz(G, steps=STEPS),
         "torch": lambda G: newton_schulz_ref(G, steps=STEPS),
-        "torch.compile": lambda G: reference_compiled(G, steps=STEPS),
     }
+    if compile:
+        reference_compiled = torch.compile(newton_schulz_ref, dynamic=False)
+        impls["torch.compile"] = lambda G: reference_compiled(G, steps=STEPS)
+    return impls
+
+
+def bench_case(case: str, B: int, M: int, N: int, impls: dict, device: str = "cuda",
+               dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+    """Rows of one case, each impl on the same random input. The CPU test runs it tiny and in fp32
+    (Triton's interpreter has no bf16 arithmetic)."""
+    G = torch.randn(*((B,) if B else ()), M, N, device=device, dtype=dtype)
+    exact = newton_schulz_ref(G.float(), steps=STEPS, dtype=torch.float32)
     rows = []
-    for case, (B, M, N) in CASES.items():
-        G = torch.randn(*((B,) if B else ()), M, N, device="cuda", dtype=torch.bfloat16)
-        exact = newton_schulz_ref(G.float(), steps=STEPS, dtype=torch.float32)
-        for impl, fn in impls.items():
-            out = fn(G)  # untimed: JIT/torch.compile compilation happens here
+    for impl, fn in impls.items():
+        out = fn(G)  # untimed: JIT/torch.compile compilation happens here
+        if G.is_cuda:
             torch.cuda.synchronize()
-            err = (out.float() - exact).abs().max().item()
-            ms = triton.testing.do_bench(lambda: fn(G), warmup=25, rep=200, return_mode="median")
-            tflops = flops(B, M, N) / (ms * 1e-3) / 1e12
-            rows.append(dict(bench="newton_schulz", case=case, impl=impl, ms=ms, tflops=tflops, max_err_vs_fp32=err))
-            print(f"{case:>12} {impl:>14}: {ms:8.3f} ms {tflops:6.1f} TFLOP/s, max|out - fp32| {err:.2e}", flush=True)
+        err = (out.float() - exact).abs().max().item()
+        ms = bench_ms(lambda: fn(G), device, warmup=25, rep=200, return_mode="median")
+        tflops = flops(B, M, N) / (ms * 1e-3) / 1e12
+        rows.append(dict(bench="newton_schulz", case=case, impl=impl, ms=ms, tflops=tflops, max_err_vs_fp32=err))
+        print(f"{case:>12} {impl:>14}: {ms:8.3f} ms {tflops:6.1f} TFLOP/s, max|out - fp32| {err:.2e}", flush=True)
+    return rows
+
+
+def main() -> None:
+    if not require_cuda("bench_newton_schulz"):
+        return
+    impls = implementations()
+    rows = [row for case, (B, M, N) in CASES.items() for row in bench_case(case, B, M, N, impls)]
     table = append_results(rows)
     with pd.option_context("display.width", 200):
         print(table[["gpu", "case", "impl", "ms", "tflops", "max_err_vs_fp32"]].to_string(index=False))

@@ -19,9 +19,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import triton.testing
 
-from benchmarks.common import append_results, require_cuda
+from benchmarks.common import append_results, bench_ms, require_cuda
 
 CASES = [(65536, 768), (49152, 1024), (24576, 2048), (12288, 4096), (6144, 8192)]  # (M, N): M·N ≈ 50M
 DTYPE = torch.bfloat16
@@ -29,8 +28,9 @@ DTYPE = torch.bfloat16
 BYTES_MOVED = {"rms_norm": (2, 5), "layer_norm": (2, 5), "add_rms_norm": (4, 8)}
 
 
-def _implementations(op: str, n: int, w: torch.Tensor, b: torch.Tensor) -> dict:
-    """impl name -> function of (x, residual) returning the op's output tensors, as a tuple."""
+def _implementations(op: str, n: int, w: torch.Tensor, b: torch.Tensor, compile: bool = True) -> dict:
+    """impl name -> function of (x, residual) returning the op's output tensors, as a tuple (no
+    torch.compile entry with compile=False: the CPU test's shortcut)."""
     from kernels.norm import add_rms_norm, layer_norm, rms_norm
 
     if op == "rms_norm":
@@ -58,12 +58,15 @@ def _implementations(op: str, n: int, w: torch.Tensor, b: torch.Tensor) -> dict:
             s = x + r
             return s, F.rms_norm(s, (n,), w)
 
-    compiled = torch.compile(torch_fn, dynamic=False)
-    return {"triton (ours)": ours, "torch eager": torch_fn, "torch.compile": compiled}
+    implementations = {"triton (ours)": ours, "torch eager": torch_fn}
+    if compile:
+        implementations["torch.compile"] = torch.compile(torch_fn, dynamic=False)
+    return implementations
 
 
 def _time_ms(fn, direction: str, x, r, leaves) -> float:
-    """do_bench of fn's forward, or of its forward and backward (grads of the leaves reset each rep)."""
+    """do_bench of fn's forward, or of its forward and backward (grads of the leaves reset each rep);
+    the wall clock off a GPU (benchmarks.common.bench_ms)."""
     grads = [torch.randn_like(out) for out in fn(x, r)]
 
     def step():
@@ -72,22 +75,24 @@ def _time_ms(fn, direction: str, x, r, leaves) -> float:
             torch.autograd.backward(outs, grads)
 
     step()  # compile warm-up, outside the timing
-    return triton.testing.do_bench(step, grad_to_none=leaves)
+    return bench_ms(step, x.device, grad_to_none=leaves)
 
 
-def bench_case(m: int, n: int, device: str = "cuda") -> list[dict]:
-    x = torch.randn(m, n, device=device, dtype=DTYPE, requires_grad=True)
-    r = torch.randn(m, n, device=device, dtype=DTYPE, requires_grad=True)
-    w = (1 + 0.1 * torch.randn(n, device=device)).to(DTYPE).requires_grad_()
-    b = (0.1 * torch.randn(n, device=device)).to(DTYPE).requires_grad_()
-    case = f"({m}, {n}) {str(DTYPE).removeprefix('torch.')}"
+def bench_case(m: int, n: int, device: str = "cuda", *, dtype: torch.dtype = DTYPE, compile: bool = True) -> list[dict]:
+    """Rows of one (M, N) case. The CPU test runs it tiny, in fp32 (Triton's interpreter has no bf16
+    arithmetic) and without torch.compile."""
+    x = torch.randn(m, n, device=device, dtype=dtype, requires_grad=True)
+    r = torch.randn(m, n, device=device, dtype=dtype, requires_grad=True)
+    w = (1 + 0.1 * torch.randn(n, device=device)).to(dtype).requires_grad_()
+    b = (0.1 * torch.randn(n, device=device)).to(dtype).requires_grad_()
+    case = f"({m}, {n}) {str(dtype).removeprefix('torch.')}"
     unit = m * n * x.element_size()  # bytes in one (M, N) tensor
-    copy_ms = triton.testing.do_bench(lambda: x.detach().clone())
+    copy_ms = bench_ms(lambda: x.detach().clone(), device)
     copy_gbps = 2 * unit / copy_ms * 1e-6
 
     rows = []
     for op, moves in BYTES_MOVED.items():
-        implementations = _implementations(op, n, w, b)
+        implementations = _implementations(op, n, w, b, compile)
         for direction, bytes_moved in zip(("fwd", "fwd+bwd"), (moves[0] * unit, moves[1] * unit)):
             bench = f"{op} {direction}"
             for impl, fn in implementations.items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -52,3 +53,25 @@ def require_cuda(name: str) -> bool:
         print(f"{name}: no CUDA device here; this benchmark measures GPUs only (nothing recorded)")
         return False
     return True
+
+
+def bench_ms(fn, device="cuda", *, grad_to_none=None, cpu_reps: int = 3, **do_bench_kwargs) -> float:
+    """Milliseconds per call of fn. On a GPU: triton.testing.do_bench(fn, grad_to_none=..., **do_bench_kwargs),
+    exactly. Elsewhere (the tests run the benchmarks' cases tiny on a CPU, where do_bench cannot time: it
+    needs a GPU) the median wall clock of `cpu_reps` calls after one untimed call, grad_to_none reset
+    before each: for checking code paths, not for numbers."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, grad_to_none=grad_to_none, **do_bench_kwargs)
+    fn()
+    times = []
+    for _ in range(cpu_reps):
+        for x in grad_to_none or ():
+            x.grad = None
+        start = time.perf_counter()
+        fn()
+        times.append(1000 * (time.perf_counter() - start))
+    return sorted(times)[len(times) // 2]
