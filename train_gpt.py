@@ -109,7 +109,7 @@ TRACKS: dict[str, dict] = {
         unet_skips=4, window_max=1024, warmup_steps=5,
     ),
     # Two CPU cores, embedded corpus, torch kernels: calibrated on this kit's 2-core CPU machine so that the
-    # baseline reaches the target in about two minutes of train time (benchmarks/NOTES_model.md). Vocab-sized
+    # baseline reaches the target in about two minutes of train time (benchmarks/NOTES.md). Vocab-sized
     # work (head, embedding tables, the loss) dominates on a CPU, hence no value embeddings and no soft-cap;
     # the learning rates are halved for batches of 2K tokens instead of the speedrun's 393K.
     "cpu-tiny": dict(
