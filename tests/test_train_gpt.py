@@ -265,13 +265,18 @@ dist.destroy_process_group()
 SHAPES = [(16, 32)] * 5 + [(32, 16)] * 2 + [(3, 8, 16)]
 
 
-def test_distributed_muon_equals_single_process(tmp_path):
-    script = tmp_path / "dist_muon.py"
-    script.write_text(DIST_MUON.format(repo=str(REPO), out=str(tmp_path)))
+def run_two_processes(template: str, tmp_path: Path) -> None:
+    """Run a script (formatted with repo and out=tmp_path) as 2 gloo processes under torchrun; it must succeed."""
+    script = tmp_path / "two_processes.py"
+    script.write_text(template.format(repo=str(REPO), out=str(tmp_path)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_distributed_muon_equals_single_process(tmp_path):
+    run_two_processes(DIST_MUON, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
@@ -313,12 +318,7 @@ dist.destroy_process_group()
 
 
 def test_all_reduce_grads_gives_every_rank_the_mean(tmp_path):
-    script = tmp_path / "dist_grads.py"
-    script.write_text(DIST_GRADS.format(repo=str(REPO), out=str(tmp_path)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_processes(DIST_GRADS, tmp_path)
     shapes = [(3,), (70, 20), (2,), (0,), (5, 4), (9,)]
     local = []
     for rank in range(2):
