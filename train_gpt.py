@@ -340,7 +340,10 @@ def make_ops(kernels: str, device: torch.device, notify: Callable[[str], None]) 
     if kernels == "torch":
         return ops
     if device.type == "cpu":
-        os.environ["TRITON_INTERPRET"] = "1"  # before kernels/ is imported: @triton.jit reads it
+        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ConfigError("--kernels=triton on a CPU: triton was imported before TRITON_INTERPRET=1 was "
+                              "set (main() sets it first); set TRITON_INTERPRET=1 in the environment")
+        os.environ["TRITON_INTERPRET"] = "1"
         notify("notice: Triton kernels on the CPU run under TRITON_INTERPRET=1 (a test path, very slow)")
 
     def kernel(op: str, module: str, name: str):
@@ -893,6 +896,8 @@ def main(argv: list[str] | None = None) -> int:
         if env.master:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    if cfg.kernels == "triton" and device.type == "cpu":  # before anything imports triton (torch's
+        os.environ["TRITON_INTERPRET"] = "1"  # deterministic mode and torch.compile do): @triton.jit reads it
     init_distributed(env, device)
     log = RunWriter(cfg.run_dir if env.master else None)
     progress = Progress()
@@ -912,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
         train(cfg, env, device, log, progress)
         write_result(log, cfg, progress, device, "ok")
         return 0
-    except (DataError, Diverged) as exc:
+    except (DataError, ConfigError, Diverged) as exc:
         status = "diverged" if isinstance(exc, Diverged) else "error"
         write_result(log, cfg, progress, device, status, str(exc))
         if env.master:

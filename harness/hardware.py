@@ -58,14 +58,15 @@ def hardware_info() -> dict:
 
 
 def software_versions() -> dict:
+    import importlib.metadata
+
     import numpy
     import torch
 
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
+    try:  # from the package metadata, not `import triton`: importing it before TRITON_INTERPRET is set
+        # (train_gpt sets it for --kernels=triton on a CPU) leaves tl.sum and co. uncallable by the interpreter
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
         triton_version = None
     return {
         "python": sys.version.split()[0],

@@ -63,7 +63,8 @@ def data_args(shards: Path) -> list[str]:
 def run_trainer(run_dir: Path, *args: str, nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [*(launcher if nproc > 1 else [sys.executable]), "train_gpt.py", f"--run_dir={run_dir}", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # as from a user's shell: the test session's TRITON_INTERPRET=1 stays behind (the trainer sets it itself)
+    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
