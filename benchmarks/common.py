@@ -60,12 +60,15 @@ def bench_ms(fn, device="cuda", *, grad_to_none=None, cpu_reps: int = 3, **do_be
     exactly. Elsewhere (the tests run the benchmarks' cases tiny on a CPU, where do_bench cannot time: it
     needs a GPU) the median wall clock of `cpu_reps` calls after one untimed call, grad_to_none reset
     before each: for checking code paths, not for numbers."""
+    import inspect
+
     import torch
+    import triton.testing
 
     if torch.device(device).type == "cuda":
-        import triton.testing
-
         return triton.testing.do_bench(fn, grad_to_none=grad_to_none, **do_bench_kwargs)
+    # arguments do_bench would refuse (a typo) fail here too, not first on a GPU
+    inspect.signature(triton.testing.do_bench).bind(fn, grad_to_none=grad_to_none, **do_bench_kwargs)
     fn()
     times = []
     for _ in range(cpu_reps):

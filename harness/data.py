@@ -386,7 +386,7 @@ VAL_WORKS = ("hamlet", "julius_caesar", "tempest", "twelfth_night")
 # Documents are passages, not whole texts, in a seeded random order. Whole texts in title order made
 # the loader read one play at a time: the val loss rose and fell with each edition the model read
 # (Folio spelling, then modern) and a 150-step cpu-tiny run saw ~10 plays. Shuffled passages give
-# every batch a mix, and the first val tokens a sample of all eight val texts.
+# every batch a mix, and cpu-tiny's 32K val tokens a sample of seven of the eight val texts.
 PASSAGE_CHARS = 4000  # a passage: whole paragraphs up to at least this many characters (~1,300 tokens)
 CORPUS_SEED = 0
 CORPUS_VERSION = 2  # bump when the recipe changes, so a cached build is redone
@@ -492,7 +492,8 @@ def split_works(stems: Iterable[str], val_works: Sequence[str] = VAL_WORKS) -> t
 
 def passages(text: str, min_chars: int = PASSAGE_CHARS) -> list[str]:
     """The text cut at blank lines into runs of whole paragraphs of at least min_chars characters
-    (the last one may be shorter); joined back, they give the text again."""
+    (the last one may be shorter); joined back, they give the text again, less any blank-only runs
+    (an empty passage would be a document of <|endoftext|> alone)."""
     out, current = [], []
     for paragraph in text.split("\n\n"):
         current.append(paragraph)
@@ -501,7 +502,7 @@ def passages(text: str, min_chars: int = PASSAGE_CHARS) -> list[str]:
             current = []
     if current:
         out.append("\n\n".join(current))
-    return out
+    return [passage for passage in out if passage.strip()]
 
 
 def encode_documents(enc, texts: Sequence[str]) -> np.ndarray:

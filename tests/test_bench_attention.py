@@ -59,10 +59,18 @@ def test_main_cases_fit_the_case_runner():
         inspect.signature(_bench_case).bind(*case, flex, set(), "cuda", dtype=torch.bfloat16, compile=True)
 
 
-def test_rows_of_ours_flex_and_sdpa(device):
+def test_rows_of_ours_flex_and_sdpa(device, monkeypatch):
+    import benchmarks.bench_attention as bench
+
     cu = document_cu_seqlens(64, mean=20, seed=0)
     cases = [("tiny docs", 1, 64, 2, 16, 24, cu), ("tiny causal", 2, 32, 1, 16, None, None)]
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
+
+    def fixed_time(fn, device, **kwargs):  # runs fn once, then says it took 10 ns: the TFLOP/s are known
+        fn()
+        return 1e-5
+
+    monkeypatch.setattr(bench, "bench_ms", fixed_time)
     rows = run_cases(cases, device, dtype=dtype, compile=False)
     got = [(r["bench"], r["case"], r["impl"]) for r in rows]
     # FlexAttention has no backward on a CPU: its forward alone there; SDPA once per shape, plain causal.
@@ -76,6 +84,11 @@ def test_rows_of_ours_flex_and_sdpa(device):
         *[(bench, "tiny causal", "flex") for bench in [fwd, *flex_bwd]],
         (fwd, "B2 T32 H1 D16 causal", "sdpa_flash"), (bwd, "B2 T32 H1 D16 causal", "sdpa_flash"),
     ]
+    # forward: 4 B H D FLOP per allowed (query, key) pair; forward + backward: 3.5 x that
+    shapes = {"tiny docs": (1, 64, 2, 16, 24, cu), "B1 T64 H2 D16 causal": (1, 64, 2, 16, None, None),
+              "tiny causal": (2, 32, 1, 16, None, None), "B2 T32 H1 D16 causal": (2, 32, 1, 16, None, None)}
     for row in rows:
         assert set(row) == {"bench", "case", "impl", "ms", "tflops"}
-        assert row["ms"] > 0 and row["tflops"] >= 0
+        B, T, H, D, window, cu_ = shapes[row["case"]]
+        flops = 4 * B * H * D * allowed_pairs(T, window, cu_) * (3.5 if row["bench"] == bwd else 1)
+        assert row["tflops"] == round(flops / 1e-5 / 1e9, 1) > 1

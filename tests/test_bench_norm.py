@@ -29,5 +29,12 @@ def test_rows_of_every_op_direction_and_impl(device):
     assert table.shape == (6, 3)
 
 
+def test_bytes_moved_are_the_minimum_traffic():
+    # per element, in units of the dtype: forward reads x, writes y; backward reads x and dy, writes dx
+    # (+ forward again: fwd+bwd); add_rms_norm also reads the residual and writes the sum, and its backward
+    # reads the sum's gradient
+    assert BYTES_MOVED == {"rms_norm": (2, 5), "layer_norm": (2, 5), "add_rms_norm": (4, 8)}
+
+
 def test_cases_are_row_counts_and_widths():
     assert all(isinstance(m, int) and isinstance(n, int) and n * 2 <= 65536 for m, n in CASES)

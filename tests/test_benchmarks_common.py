@@ -4,6 +4,7 @@ import inspect
 import multiprocessing as mp
 
 import pandas as pd
+import pytest
 import torch
 
 from benchmarks.common import append_results
@@ -77,3 +78,11 @@ def test_run_all_counts_a_nonzero_return_and_an_exception_as_failed(monkeypatch,
     assert run_all.main(["bench_ok", "bench_none"]) == 0
     assert run_all.main(["bench_ok", "bench_some", "bench_boom"]) == 1
     assert capsys.readouterr().out.strip().endswith("failed: bench_some, bench_boom")
+
+
+def test_bench_ms_refuses_on_a_cpu_what_do_bench_would_refuse_on_a_gpu():
+    from benchmarks.common import bench_ms
+
+    assert bench_ms(lambda: None, "cpu", return_mode="median") >= 0
+    with pytest.raises(TypeError, match="return_mod"):
+        bench_ms(lambda: None, "cpu", return_mod="median")

@@ -1,4 +1,5 @@
 """harness.data: shard format, every bad-shard case, the token loader, the tokenizer, the corpora."""
+import hashlib
 import os
 import subprocess
 import sys
@@ -266,6 +267,7 @@ def test_passages_keep_whole_paragraphs_and_rejoin_to_the_text():
     assert "\n\n".join(parts) == text and len(parts) > 10
     assert all(sum(len(p) for p in part.split("\n\n")) >= 2000 for part in parts[:-1])
     assert data.passages("one paragraph") == ["one paragraph"]
+    assert data.passages("") == [] and data.passages("a" * 50 + "\n\n\n\n", min_chars=10) == ["a" * 50]
 
 
 def test_shakespeare_build_is_cached_and_sized(tmp_path):
@@ -279,6 +281,13 @@ def test_shakespeare_build_is_cached_and_sized(tmp_path):
     # passages of ~1,300 tokens from the 8 val texts, shuffled: the first 32K tokens (cpu-tiny's val set)
     # already sample most of them, not one play's opening
     assert 150 < manifest["shards"]["val"]["documents"] < 400 and len(manifest["shards"]["val"]["texts"]) == 8
+    # The exact tokens, in their order: a changed recipe, tokenizer or random stream (numpy does not promise
+    # Generator streams across versions) would silently move cpu-tiny's calibration. If this fails on
+    # purpose, bump CORPUS_VERSION, recalibrate cpu-tiny (benchmarks/NOTES.md) and update the sums.
+    digests = {s: hashlib.sha256(read_shard(tmp_path / manifest["shards"][s]["file"]).astype("<u2").tobytes())
+               .hexdigest() for s in ("train", "val")}
+    assert digests == {"train": "2fa490ccc0565392b43dfaaaf266899e9edc40b5e413621cf07f538466a0fabd",
+                       "val": "ab0ee0d2de2a7662a5bdd564ac83423e749baee4c0bbe1f985c0a7699e79ca14"}
     mtime = train.stat().st_mtime_ns
     again = data.build_shakespeare(tmp_path)
     assert again["up_to_date"] and train.stat().st_mtime_ns == mtime
