@@ -83,8 +83,14 @@ Limits
 - q, k, v share one shape (no GQA), one dtype and one device; window_size >= 1; cu_seqlens int32,
   non-decreasing from 0 to T, with B == 1. Empty documents (repeated entries) are allowed, so a
   caller can pad cu_seqlens to a fixed length with trailing T's: one shape every step, no recompile
-  and no host sync to count documents. Its values are checked with one host sync in eager
-  mode and not checked under torch.compile.
+  and no host sync to count documents.
+- No host sync anywhere in a call, eager or compiled: the input checks read only shapes, strides,
+  dtypes and devices (one-line ValueErrors), and the per-token document bounds are built on the
+  device. cu_seqlens' *values* are therefore not checked by `flash_attention` (a check would wait
+  for the device in every attention layer of an eager step, a round trip FlexAttention and SDPA do
+  not pay); `check_cu_seqlens(cu_seqlens, T)` checks them with one sync, for tests and debugging.
+  Invalid values give a wrong mask, never an out-of-bounds access (loop bounds are clamped to
+  [0, T), document indices to the table).
 - Offsets along the sequence (token index x the T stride) are int32: T x stride_t must stay below
   2^31, i.e. T up to ~2.8M for contiguous (B, T, 6, 128) and ~930k for a packed qkv view. Inputs
   spanning 2^31 elements or more are refused.
@@ -544,9 +550,12 @@ def key_block_ranges(T: int, block_m: int, block_n: int, *, window_size: int | N
 
 
 def _doc_bounds(cu_seqlens: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token document start and end (exclusive), both (T,) int32, from cu_seqlens (n_docs + 1,)."""
+    """Per-token document start and end (exclusive), both (T,) int32, from cu_seqlens (n_docs + 1,).
+    On the device, no host sync. The clamp changes nothing for valid cu_seqlens (0 <= doc <= n_docs - 1
+    there) and keeps invalid ones (unchecked, see `check_cu_seqlens`) from indexing out of bounds."""
     tokens = torch.arange(T, device=cu_seqlens.device, dtype=torch.int32)
     doc = torch.searchsorted(cu_seqlens, tokens, right=True) - 1  # (T,) document index of each token
+    doc = doc.clamp_(0, cu_seqlens.numel() - 2)
     return cu_seqlens[doc].contiguous(), cu_seqlens[doc + 1].contiguous()
 
 
@@ -687,8 +696,8 @@ _flash_attention_fwd_op.register_autograd(_backward, setup_context=_setup_contex
 
 
 def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
-    """One-line ValueErrors for inputs the kernels do not handle; cu_seqlens values are checked with
-    one host sync in eager mode only."""
+    """One-line ValueErrors for inputs the kernels do not handle. Reads only shapes, strides, dtypes and
+    devices, never a value (no host sync); cu_seqlens' values are `check_cu_seqlens`'s business."""
     if q.dim() != 4:
         raise ValueError(f"flash_attention: q must be (B, T, H, D), got shape {tuple(q.shape)}")
     if not (q.shape == k.shape == v.shape):
@@ -720,10 +729,20 @@ def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
         raise ValueError(f"flash_attention: cu_seqlens on {cu_seqlens.device}, q on {q.device}")
     if B != 1:
         raise ValueError(f"flash_attention: cu_seqlens needs a packed batch with B == 1, got B = {B}")
-    if torch.compiler.is_compiling():
-        return
-    # One host sync for the three value checks.
-    first, last, monotone = torch.stack(
+
+
+def check_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> None:
+    """One-line ValueErrors unless cu_seqlens (n_docs + 1,) int32 starts at 0, ends at T and never decreases.
+
+    Not called by `flash_attention`: reading the values waits for the device (one host sync), which every
+    attention layer of an eager CUDA step would pay. Tests and debugging call it; the trainer's cu_seqlens
+    is valid by construction (`packed_doc_mask`). Unchecked bad values give a wrong mask, never an access
+    out of bounds: the kernels clamp every loop bound to [0, T) and `_doc_bounds` clamps document indices.
+    """
+    if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"check_cu_seqlens: need 1-D int32 with >= 2 entries, got {cu_seqlens.dtype} "
+                         f"of shape {tuple(cu_seqlens.shape)}")
+    first, last, monotone = torch.stack(  # one host sync for the three value checks
         [cu_seqlens[0], cu_seqlens[-1], (cu_seqlens[1:] >= cu_seqlens[:-1]).all().to(torch.int32)]
     ).tolist()
     if first != 0:
@@ -744,7 +763,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
             earlier keys. A plain int that may change between calls without recompiling.
         cu_seqlens: (n_docs + 1,) int32 cumulative document starts of a packed batch, from 0 to T,
             non-decreasing (empty documents, e.g. trailing T's as padding, are allowed); needs B == 1.
-            Queries see only keys of their own document.
+            Queries see only keys of their own document. Its values are not checked here (that would
+            be a host sync per call): `check_cu_seqlens(cu_seqlens, T)` does, for tests and debugging.
         scale: softmax scale, default D ** -0.5.
     Returns:
         (B, T, H, D) in q's dtype. Differentiable in q, k, v; traces under torch.compile.

@@ -17,7 +17,8 @@ x̂ from x and those statistics, so it too is one pass over the rows.
 
 Bytes that must move, per row of N elements of `bytes` each (weights, bias and the fp32 statistics are
 negligible next to them): forward reads x and writes y, 2·N·bytes; backward reads x and dy and writes
-dx, 3·N·bytes; forward + backward 5·N·bytes. `benchmarks/bench_norm.py` reports GB/s on that count.
+dx, 3·N·bytes; forward + backward 5·N·bytes. That is also what these kernels move, strided inputs
+included (they are read in place, see below). `benchmarks/bench_norm.py` reports GB/s on that count.
 
 Block sizes. A program holds whole rows in registers (BLOCK_N = next_power_of_2(N)), so x is read once:
 no second pass over memory for the statistics. Rows are limited to 65536 bytes (the limit of Triton's
@@ -34,10 +35,19 @@ fp32 registers and stores one partial row; dw = partials.sum(0). The result is d
 the sum and of the normed output; the norm is of the sum as rounded to x.dtype, as unfused code sees
 it) and folds the sum's gradient into dx in the backward.
 
-Inputs of any leading shape are flattened to rows. Rows may be strided (a slice of a wider tensor is
-read in place); inputs whose rows need more than one stride (a transposed view) are copied first.
-Weight and bias may have another float dtype than x (e.g. fp32 parameters, bf16 activations); y and
-dx are in x.dtype, dw and db in the parameter's dtype.
+Inputs are read in place, never copied, whenever their last dim has unit stride and their leading dims
+form at most two groups that each nest into one stride: the kernels address row r of M = prod(shape[:-1])
+at (r // rows_inner)·stride_outer + (r % rows_inner)·stride_inner (`_row_layout`). That covers contiguous
+tensors, slices of wider rows, transposed (T, B, N) -> (B, T, N) views, and the trainer's QK-norm
+inputs: q and k are `F.linear(x, W_qkv).view(B, T, 3H, D).chunk(3, dim=-2)` views, (B, T, H, D) with
+strides (T·3HD, 3HD, D, 1): outer group B·T at 3HD, inner group H at D. Copying them instead (what
+`reshape(-1, D)` did here before) moved 2·M·D·bytes more in the forward and 2·M·D·bytes more in the
+backward (the saved x copied again): for q and k in 12 layers at 48K tokens, H·D = 768 in bf16, ~7 GB
+per micro-step. Anything else (three or more groups, a non-unit last stride, e.g. dy expanded from a
+scalar) is copied, as before. Outputs (y, the sum, dx) are contiguous and in x.dtype, whatever the
+autocast state (fp32 math inside, no separate cast: the op is not on autocast's lists). Weight and bias
+may have another float dtype than x (e.g. fp32 parameters, bf16 activations); dw and db come back in the
+parameter's dtype.
 
 Status: correct against PyTorch under Triton's CPU interpreter (tests/test_norm.py; its GPU-marked
 bf16 test has not run). NOT YET MEASURED ON A GPU: the session that wrote this had none, so BLOCK_M,
@@ -100,16 +110,24 @@ def layer_norm_ref(
 
 
 @triton.jit
+def _row_offsets(rows, rows_inner, stride_outer, stride_inner):
+    """Element offset of each row's first element. Rows are a (M / rows_inner, rows_inner) grid over the
+    leading dims, merged into two groups (see `_row_layout`): row r sits at (r // rows_inner, r % rows_inner).
+    A launch with rows_inner == 1 (rows one stride apart) specialises it to 1 and the division folds away."""
+    return (rows // rows_inner) * stride_outer + (rows % rows_inner) * stride_inner
+
+
+@triton.jit
 def _norm_fwd_kernel(
-    x_ptr, x_row_stride,  # (M, N) input rows, unit stride along N
-    res_ptr, res_row_stride,  # (M, N) residual added to x first, or None
+    x_ptr, x_stride_outer, x_stride_inner,  # (M, N) input rows, unit stride along N (row addressing: _row_offsets)
+    res_ptr, res_stride_outer, res_stride_inner,  # (M, N) residual added to x first, or None
     sum_ptr,  # (M, N) contiguous output x + residual, or None
     y_ptr,  # (M, N) contiguous output
     w_ptr,  # (N,) weight, or None
     b_ptr,  # (N,) bias, or None
     mean_ptr,  # (M,) fp32 output, LayerNorm only
     rstd_ptr,  # (M,) fp32 output
-    M, N, eps,
+    M, N, rows_inner, eps,
     IS_RMS: tl.constexpr,
     HAS_RESIDUAL: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -124,9 +142,11 @@ def _norm_fwd_kernel(
     col_mask = cols < N
     mask = row_mask[:, None] & col_mask[None, :]  # (BLOCK_M, BLOCK_N)
 
-    x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    x_rows = _row_offsets(rows, rows_inner, x_stride_outer, x_stride_inner)  # (BLOCK_M,) int64
+    x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RESIDUAL:
-        r = tl.load(res_ptr + rows[:, None] * res_row_stride + cols[None, :], mask=mask, other=0.0)
+        res_rows = _row_offsets(rows, rows_inner, res_stride_outer, res_stride_inner)
+        r = tl.load(res_ptr + res_rows[:, None] + cols[None, :], mask=mask, other=0.0)
         s = (x + r.to(tl.float32)).to(sum_ptr.dtype.element_ty)
         tl.store(sum_ptr + rows[:, None] * N + cols[None, :], s, mask=mask)
         x = s.to(tl.float32)  # normalise the sum as stored, as the unfused code (and our backward) sees it
@@ -150,16 +170,16 @@ def _norm_fwd_kernel(
 
 @triton.jit
 def _norm_bwd_kernel(
-    dy_ptr, dy_row_stride,  # (M, N) gradient of y, unit stride along N
-    x_ptr, x_row_stride,  # (M, N) the forward's normalised input (x + residual for add_rms_norm)
+    dy_ptr, dy_stride_outer, dy_stride_inner,  # (M, N) gradient of y, unit stride along N
+    x_ptr, x_stride_outer, x_stride_inner,  # (M, N) the forward's normalised input (x + residual for add_rms_norm)
     w_ptr,  # (N,) weight, or None
     mean_ptr,  # (M,) fp32, LayerNorm only
     rstd_ptr,  # (M,) fp32
-    dsum_ptr, dsum_row_stride,  # (M, N) gradient reaching add_rms_norm's sum output, or None
+    dsum_ptr, dsum_stride_outer, dsum_stride_inner,  # (M, N) gradient reaching add_rms_norm's sum output, or None
     dx_ptr,  # (M, N) contiguous output
     dw_partial_ptr,  # (P, N) fp32 output: row pid holds this program's Σ dy·x̂, or None
     db_partial_ptr,  # (P, N) fp32 output: row pid holds this program's Σ dy, or None
-    M, N, rows_per_program,
+    M, N, rows_inner, rows_per_program,
     IS_RMS: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
@@ -182,8 +202,10 @@ def _norm_bwd_kernel(
         rows = start + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
         row_mask = rows < row_end
         mask = row_mask[:, None] & col_mask[None, :]  # (BLOCK_M, BLOCK_N)
-        x = tl.load(x_ptr + rows[:, None] * x_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + rows[:, None] * dy_row_stride + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        x_rows = _row_offsets(rows, rows_inner, x_stride_outer, x_stride_inner)  # (BLOCK_M,) int64
+        dy_rows = _row_offsets(rows, rows_inner, dy_stride_outer, dy_stride_inner)
+        x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + dy_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)  # (BLOCK_M,)
 
         if IS_RMS:
@@ -203,7 +225,8 @@ def _norm_bwd_kernel(
             g_mean = tl.sum(g, axis=1) / N
             dx = (g - g_mean[:, None] - xhat * g_xhat[:, None]) * rstd[:, None]
         if HAS_DSUM:
-            ds = tl.load(dsum_ptr + rows[:, None] * dsum_row_stride + cols[None, :], mask=mask, other=0.0)
+            ds_rows = _row_offsets(rows, rows_inner, dsum_stride_outer, dsum_stride_inner)
+            ds = tl.load(dsum_ptr + ds_rows[:, None] + cols[None, :], mask=mask, other=0.0)
             dx += ds.to(tl.float32)
         tl.store(dx_ptr + rows[:, None] * N + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -244,10 +267,60 @@ def _backward_programs(device: torch.device) -> int:
     return CPU_BACKWARD_PROGRAMS
 
 
-def _as_rows(t: Tensor, n: int) -> Tensor:
-    """(..., n) -> (M, n) with unit stride along n: a view where possible (rows may be strided), else a copy."""
-    rows = t.reshape(-1, n)
-    return rows if rows.stride(1) == 1 else rows.contiguous()
+def _nested_stride(t: Tensor, dims: list[int]) -> Optional[int]:
+    """The stride of the last of t's `dims` if they nest into one index (stride[a] == stride[b] * size[b] for each
+    neighbour pair a, b), else None; 0 for no dims."""
+    for a, b in zip(dims, dims[1:]):
+        if t.stride(a) != t.stride(b) * t.shape[b]:
+            return None
+    return t.stride(dims[-1]) if dims else 0
+
+
+def _row_strides(t: Tensor, dims: list[int], split: int) -> Optional[tuple[int, int]]:
+    """(stride_outer, stride_inner) of t's rows with its leading `dims` grouped as dims[:split] and dims[split:],
+    or None if a group does not nest or the last dim is not unit-stride."""
+    if t.shape[-1] > 1 and t.stride(-1) != 1:
+        return None
+    outer, inner = _nested_stride(t, dims[:split]), _nested_stride(t, dims[split:])
+    return None if outer is None or inner is None else (outer, inner)
+
+
+def _row_layout(x: Tensor, *others: Optional[Tensor]) -> tuple[int, list[tuple[Optional[Tensor], int, int]]]:
+    """How the kernels address the rows of x and of `others` (each x's shape, or None) in place.
+
+    The M = prod(x.shape[:-1]) rows are a (M / rows_inner, rows_inner) grid: the leading dims split into an
+    outer and an inner group, each of which must nest into one stride. A contiguous tensor, a slice of wider
+    rows (one group), a transposed (T, B, N) -> (B, T, N) view and the trainer's Q/K views of the QKV
+    projection, (B, T, H, D) with strides (T·3HD, 3HD, D, 1) (outer B·T at 3HD, inner H at D), all fit. A
+    tensor that fits no split shared with x (three or more groups, or a non-unit last stride) is copied.
+
+    Returns:
+        (rows_inner, [(tensor, stride_outer, stride_inner) for x, *others]): tensor is the input itself, or
+        its contiguous copy where it did not fit; (None, 0, 0) for a None.
+    """
+    dims = [d for d in range(x.dim() - 1) if x.shape[d] > 1]  # leading dims indexing more than one row
+
+    def splits(t: Tensor) -> list[int]:  # largest first: one group (rows_inner = 1) where possible
+        return [j for j in range(len(dims), -1, -1) if _row_strides(t, dims, j) is not None]
+
+    if not splits(x):
+        x = x.contiguous()
+    x_splits = splits(x)
+    present = [t for t in others if t is not None]
+    common = [j for j in x_splits if all(_row_strides(t, dims, j) is not None for t in present)]
+    split = (common or x_splits)[0]
+    rows_inner = 1
+    for d in dims[split:]:
+        rows_inner *= x.shape[d]
+    layout = []
+    for t in (x, *others):
+        if t is None:
+            layout.append((None, 0, 0))
+            continue
+        if _row_strides(t, dims, split) is None:
+            t = t.contiguous()
+        layout.append((t, *_row_strides(t, dims, split)))
+    return rows_inner, layout
 
 
 def norm_forward(
@@ -262,7 +335,8 @@ def norm_forward(
     """Launch the forward kernel: RMSNorm (is_rms) or LayerNorm over the last dim, optionally of x + residual.
 
     Args:
-        x: (..., N) float32, float16 or bfloat16; N within the row limit (checked by the public functions).
+        x: (..., N) float32, float16 or bfloat16, any strides (read in place where `_row_layout` can); N within
+            the row limit (checked by the public functions).
         weight: (N,) or None.
         bias: (N,) or None (LayerNorm only).
         eps: added to the mean square (RMSNorm) or variance (LayerNorm).
@@ -274,24 +348,23 @@ def norm_forward(
         in x.dtype; mean (None for RMSNorm) and rstd, (...) float32.
     """
     n = x.shape[-1]
-    x_rows = _as_rows(x, n)  # (M, N)
-    m = x_rows.shape[0]
+    m = x.numel() // n
     weight = None if weight is None else weight.contiguous()  # the kernel reads (N,) at unit stride
     bias = None if bias is None else bias.contiguous()
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
     mean = None if is_rms else torch.empty_like(rstd)
     s = None if residual is None else torch.empty_like(y)
-    res_rows = None if residual is None else _as_rows(residual, n)
     if m == 0:
         return s, y, mean, rstd
 
+    rows_inner, (x_rows, res_rows) = _row_layout(x, residual)  # read in place: (tensor, stride_outer, stride_inner)
     block_m, block_n, num_warps = _tile_settings(n)
     _norm_fwd_kernel[(triton.cdiv(m, block_m),)](
-        x_rows, x_rows.stride(0),
-        res_rows, 0 if res_rows is None else res_rows.stride(0),
+        *x_rows,
+        *res_rows,
         s, y, weight, bias, mean, rstd,
-        m, n, eps,
+        m, n, rows_inner, eps,
         IS_RMS=is_rms,
         HAS_RESIDUAL=residual is not None,
         HAS_WEIGHT=weight is not None,
@@ -329,9 +402,7 @@ def norm_backward(
         a bias), (N,) float32.
     """
     n = x.shape[-1]
-    x_rows, dy_rows = _as_rows(x, n), _as_rows(dy, n)  # (M, N)
-    ds_rows = None if dsum is None else _as_rows(dsum, n)
-    m = x_rows.shape[0]
+    m = x.numel() // n
     weight = None if weight is None else weight.contiguous()
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if m == 0:
@@ -339,6 +410,7 @@ def norm_backward(
         db = x.new_zeros(n, dtype=torch.float32) if has_bias else None
         return dx, dw, db
 
+    rows_inner, (x_rows, dy_rows, ds_rows) = _row_layout(x, dy, dsum)  # read in place where they fit
     # About one program per SM, each owning a contiguous chunk of whole tiles.
     block_m, block_n, num_warps = _tile_settings(n)
     tiles = triton.cdiv(m, block_m)
@@ -347,12 +419,12 @@ def norm_backward(
     dw_partial = None if weight is None else x.new_empty(programs, n, dtype=torch.float32)
     db_partial = x.new_empty(programs, n, dtype=torch.float32) if has_bias else None
     _norm_bwd_kernel[(programs,)](
-        dy_rows, dy_rows.stride(0),
-        x_rows, x_rows.stride(0),
+        *dy_rows,
+        *x_rows,
         weight, mean, rstd,
-        ds_rows, 0 if ds_rows is None else ds_rows.stride(0),
+        *ds_rows,
         dx, dw_partial, db_partial,
-        m, n, rows_per_program,
+        m, n, rows_inner, rows_per_program,
         IS_RMS=mean is None,
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=has_bias,
@@ -521,12 +593,13 @@ def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: Optional[float] = 
 
     Args:
         x: (..., N) float32, float16 or bfloat16, any leading shape and strides; for QK-norm pass
-            q or k as (B, T, H, D). N ≤ 65536 / x.element_size().
+            q or k as (B, T, H, D), e.g. the chunked views of a QKV projection, read in place (the
+            module docstring says which layouts are). N ≤ 65536 / x.element_size().
         weight: (N,) elementwise scale, or None.
         eps: added to mean(x²); None means torch.finfo(x.dtype).eps, like F.rms_norm.
 
     Returns:
-        (..., N) contiguous, in x.dtype (statistics computed in fp32).
+        (..., N) contiguous, in x.dtype (statistics computed in fp32); its gradient w.r.t. x is too.
     """
     _check("rms_norm", x, weight=weight)
     eps = torch.finfo(x.dtype).eps if eps is None else eps

@@ -1,5 +1,8 @@
 """kernels/norm.py against PyTorch: outputs and every gradient, awkward shapes, strides, compile, errors.
 
+Strided inputs keep their layout in every test (`_leaf`), and the trainer's QK-norm inputs, chunked views
+of the QKV projection, are checked for values, gradients and that the kernels read them in place.
+
 References are F.rms_norm / F.layer_norm evaluated in float64 on the same (already rounded) inputs, so
 the tolerance table in tests/helpers.py measures only our kernel's rounding. On CPU the kernels run
 under Triton's interpreter, which stores bf16 by truncation (up to 1 ulp, not 0.5): the bf16 row of
@@ -20,7 +23,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def _leaf(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().clone().requires_grad_(True)
+    """A leaf copy of t with t's strides, gaps included (clone() would make a slice of wider rows contiguous)."""
+    leaf = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return leaf.copy_(t.detach()).requires_grad_(True)
 
 
 def _double(t):
@@ -154,18 +159,153 @@ def test_add_rms_norm_matches_torch(dtype, use_sum, device):
 
 @pytest.mark.parametrize("norm", ["rms", "layer"])
 def test_non_contiguous_inputs_and_grads(norm, device):
-    # x: a transposed (T, B, D) -> (B, T, D) view (copied) and a column slice of wider rows (read in
-    # place); dy: transposed, and expanded from a scalar as y.sum().backward() gives (stride 0).
+    # x: a transposed (T, B, D) -> (B, T, D) view and a column slice of wider rows (both read in place), a
+    # permuted slice (three stride groups: copied); dy: transposed, and expanded from a scalar as
+    # y.sum().backward() gives (stride 0 everywhere: copied).
     d = 80
     w, b = _params(d, torch.float32, device, True, norm == "layer")
     transposed = torch.randn(9, 4, d, device=device).transpose(0, 1)  # (4, 9, d)
     sliced = torch.randn(4, 9, 2 * d, device=device)[..., :d]  # (4, 9, d), row stride 2d
-    dy_transposed = torch.randn(9, 4, d, device=device).transpose(0, 1)
-    dy_expanded = torch.ones((), device=device).expand(4, 9, d)
-    for x in (transposed, sliced):
+    permuted = torch.randn(9, 4, 3, 2 * d, device=device)[..., :d].permute(1, 0, 2, 3)  # (4, 9, 3, d)
+    for x in (transposed, sliced, permuted):
         assert not x.is_contiguous()
+        dy_transposed = torch.randn(x.shape[1], x.shape[0], *x.shape[2:], device=device).transpose(0, 1)
+        dy_expanded = torch.ones((), device=device).expand(x.shape)
         for dy in (dy_transposed, dy_expanded):
             _compare_with_torch(norm, x, w, b, dy, eps=1e-6)
+
+
+# (B, T, H, D) of QKV-projection views: one row; D not a power of two; primes; one head (the leading dims
+# then nest into one stride group); the trainer's H = 6, D = 128.
+QKV_SHAPES = [(1, 1, 1, 64), (3, 5, 2, 48), (1, 13, 5, 31), (2, 3, 1, 100), (2, 9, 6, 128)]
+
+
+def _qkv_views(qkv: torch.Tensor, B: int, T: int, H: int, D: int):
+    """q, k, v as train_gpt.py makes them: F.linear's (B·T, 3·H·D) output viewed as (B, T, 3H, D), chunked."""
+    return qkv.view(B, T, 3 * H, D).chunk(3, dim=-2)
+
+
+@pytest.mark.parametrize("norm", ["rms", "layer"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", QKV_SHAPES, ids=str)
+def test_qk_norm_on_qkv_views(shape, dtype, norm, device):
+    # Norms of q and k as the trainer calls them: both outputs and every gradient, the one reaching the QKV
+    # output included, against PyTorch in float64 (with a weight so dw is checked; the trainer's has none).
+    # fp32 parameters, as a trainer keeps them: autograd sums q's and k's dw in the parameter's dtype, and
+    # in fp16 that sum's own rounding (cancelling partials of ~10) would exceed the table.
+    B, T, H, D = shape
+    qkv = torch.randn(B * T, 3 * H * D, device=device, dtype=dtype)
+    dys = [torch.randn(B, T, H, D, device=device, dtype=dtype) for _ in range(3)]
+    w, b = _params(D, torch.float32, device, True, norm == "layer")
+    ours, torch_norm = _norms(norm, D, torch.finfo(dtype).eps if norm == "rms" else 1e-5)
+
+    def run(fn, qkv, w, b):
+        qkv, w, b = _leaf(qkv), _leaf(w), None if b is None else _leaf(b)
+        q, k, v = _qkv_views(qkv, B, T, H, D)
+        yq, yk = fn(q, w, b), fn(k, w, b)
+        torch.autograd.backward([yq, yk, v], [dy.to(yq.dtype) for dy in dys])
+        return [yq.detach(), yk.detach(), qkv.grad, w.grad, None if b is None else b.grad]
+
+    got = run(ours, qkv, w, b)
+    want = run(torch_norm, qkv.double(), _double(w), _double(b))
+    for name, a, e in zip(["y(q)", "y(k)", "dqkv", "dweight", "dbias"], got, want):
+        if e is not None:
+            assert_close(a, e, name=name, dtype=dtype)
+    assert got[0].dtype == got[2].dtype == dtype and got[0].is_contiguous()
+
+
+class _LaunchSpy:
+    """Stands in for a @triton.jit kernel: records each launch's arguments by name, then launches the kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append({**dict(zip(self.kernel.arg_names, args)), **kwargs})
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+@pytest.fixture
+def norm_launches(monkeypatch):
+    """(forward, backward) launch spies on kernels.norm's two kernels."""
+    import kernels.norm as norm_module
+
+    spies = _LaunchSpy(norm_module._norm_fwd_kernel), _LaunchSpy(norm_module._norm_bwd_kernel)
+    monkeypatch.setattr(norm_module, "_norm_fwd_kernel", spies[0])
+    monkeypatch.setattr(norm_module, "_norm_bwd_kernel", spies[1])
+    return spies
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "layer_norm", "add_rms_norm"])
+def test_qkv_views_are_read_in_place(op, norm_launches, device):
+    # No copy of the input, forward or backward: the kernels get q's (and k's) own memory and strides. A
+    # .contiguous() or a copying reshape in a launcher would hand them another pointer.
+    fwd, bwd = norm_launches
+    B, T, H, D = 2, 5, 3, 32
+    qkv = torch.randn(B * T, 3 * H * D, device=device, requires_grad=True)
+    q, k, _ = _qkv_views(qkv, B, T, H, D)
+    dy = torch.randn(B, T, H, D, device=device)
+    fn = {"rms_norm": lambda: rms_norm(q), "layer_norm": lambda: layer_norm(q),
+          "add_rms_norm": lambda: add_rms_norm(q, k)[1]}[op]
+    torch.autograd.backward(fn(), dy)
+    row_layout = (3 * H * D, D, H)  # stride between tokens, stride between heads, heads per token
+    [launch] = fwd.launches
+    assert launch["x_ptr"].data_ptr() == q.data_ptr()
+    assert (launch["x_stride_outer"], launch["x_stride_inner"], launch["rows_inner"]) == row_layout
+    if op == "add_rms_norm":
+        assert launch["res_ptr"].data_ptr() == k.data_ptr()
+        assert (launch["res_stride_outer"], launch["res_stride_inner"]) == row_layout[:2]
+    [launch] = bwd.launches
+    assert launch["dy_ptr"].data_ptr() == dy.data_ptr()
+    if op != "add_rms_norm":  # add_rms_norm's backward reads the contiguous sum it saved
+        assert launch["x_ptr"].data_ptr() == q.data_ptr()
+        assert (launch["x_stride_outer"], launch["x_stride_inner"], launch["rows_inner"]) == row_layout
+
+
+def test_qkv_views_reach_the_kernel_in_place_under_inductor(norm_launches, device):
+    # torch.compile keeps a custom op's input strides (needs_exact_strides, the default for custom ops), so
+    # the compiled trainer hands the kernel the QKV view too, not a copy inductor made.
+    fwd, _ = norm_launches
+    B, T, H, D = 2, 8, 3, 16
+
+    def qk_norm(x, w):
+        q, k, v = F.linear(x, w).view(B, T, 3 * H, D).chunk(3, dim=-2)
+        return rms_norm(q) + rms_norm(k) + v
+
+    x, w = torch.randn(B, T, 32, device=device), torch.randn(3 * H * D, 32, device=device)
+    torch.testing.assert_close(torch.compile(qk_norm, fullgraph=True)(x, w), qk_norm(x, w))
+    assert {(r["x_stride_outer"], r["x_stride_inner"], r["rows_inner"]) for r in fwd.launches} == {(3 * H * D, D, H)}
+
+
+def test_row_layout_reads_views_in_place_and_copies_the_rest(device):
+    from kernels.norm import _row_layout
+
+    B, T, H, D = 2, 5, 3, 16
+    q = _qkv_views(torch.randn(B * T, 3 * H * D, device=device), B, T, H, D)[0]
+    contiguous = torch.randn(B, T, H, D, device=device)
+    rows_inner, [(t, outer, inner)] = _row_layout(q)
+    assert t is q and (rows_inner, outer, inner) == (H, 3 * H * D, D)
+    rows_inner, [(t, outer, _)] = _row_layout(contiguous)  # one group: rows one stride apart
+    assert t is contiguous and (rows_inner, outer) == (1, D)
+    # a contiguous dy beside the strided x takes x's grouping: (B·T at H·D, H at D)
+    rows_inner, [(t, *x_strides), (u, *dy_strides)] = _row_layout(q, contiguous)
+    assert t is q and u is contiguous and rows_inner == H and dy_strides == [H * D, D]
+    permuted = torch.randn(T, B, H, 2 * D, device=device)[..., :D].transpose(0, 1)  # three groups: copied
+    rows_inner, [(t, outer, inner)] = _row_layout(permuted)
+    assert t is not permuted and t.is_contiguous() and torch.equal(t, permuted) and rows_inner == 1
+
+
+def test_output_and_grad_in_input_dtype_under_autocast(device):
+    # fp16 in, fp16 out and fp16 gradient, whatever autocast's dtype: the trainer needs no cast after the norm.
+    qkv = torch.randn(6, 3 * 2 * 16, device=device, dtype=torch.float16, requires_grad=True)
+    q = _qkv_views(qkv, 2, 3, 2, 16)[0]
+    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16):
+        y = rms_norm(q)
+    y.backward(torch.randn_like(y))
+    assert y.dtype == qkv.grad.dtype == torch.float16
 
 
 def test_weight_grad_is_deterministic(device):
@@ -185,13 +325,16 @@ def test_zero_rows(device):
     assert torch.equal(dw, torch.zeros(16, device=device)) and torch.equal(db, torch.zeros(16, device=device))
 
 
-@pytest.mark.parametrize("op", ["rms_norm", "layer_norm", "add_rms_norm"])
+@pytest.mark.parametrize("op", ["rms_norm", "rms_norm qkv view", "layer_norm", "add_rms_norm"])
 def test_custom_ops_pass_opcheck(op, device):
-    # Schema, fake (meta) implementation, autograd registration and AOT dispatch, per torch.library.
+    # Schema, fake (meta) implementation, autograd registration and AOT dispatch, per torch.library; the
+    # strided QKV view too (the fake must give the real op's contiguous output for it).
     x, r = torch.randn(3, 5, 24, device=device), torch.randn(3, 5, 24, device=device)
+    q = _qkv_views(torch.randn(3 * 5, 3 * 2 * 24, device=device, requires_grad=True), 3, 5, 2, 24)[0]
     w, b = _params(24, torch.float32, device, True, True)
-    args = {"rms_norm": (x, w, 1e-6), "layer_norm": (x, w, b, 1e-5), "add_rms_norm": (x, r, w, 1e-6)}[op]
-    torch.library.opcheck(getattr(torch.ops.speedrun, op).default, args)
+    args = {"rms_norm": (x, w, 1e-6), "rms_norm qkv view": (q, None, 1e-6), "layer_norm": (x, w, b, 1e-5),
+            "add_rms_norm": (x, r, w, 1e-6)}[op]
+    torch.library.opcheck(getattr(torch.ops.speedrun, op.split()[0]).default, args)
 
 
 def test_torch_compile_traces_forward_and_backward(device):
@@ -251,3 +394,25 @@ def test_bf16_error_within_twice_torch_on_gpu(norm, n):
     for name, g, g_torch, g_exact in zip(["x", "weight", "bias"], got[1], torch_bf16[1], exact[1]):
         if g_exact is not None:
             assert_error_within(g, g_exact, g_torch, name=f"d{name}", atol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_bf16_qkv_views_within_twice_torch_on_gpu():
+    # The trainer's QK-norm at its head dim, on a GPU in bf16: y and the gradient reaching the QKV output.
+    B, T, H, D = 4, 256, 6, 128
+    qkv = torch.randn(B * T, 3 * H * D, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn(B, T, H, D, device="cuda", dtype=torch.bfloat16)
+    eps = torch.finfo(torch.bfloat16).eps
+
+    def run(fn, qkv):
+        qkv = _leaf(qkv)
+        y = fn(_qkv_views(qkv, B, T, H, D)[0])
+        y.backward(dy.to(y.dtype))
+        return y.detach(), qkv.grad
+
+    got = run(rms_norm, qkv)
+    torch_bf16 = run(lambda q: F.rms_norm(q, (D,), eps=eps), qkv)
+    exact = run(lambda q: F.rms_norm(q, (D,), eps=eps), qkv.double())
+    for name, a, t, e in zip(["y", "dqkv"], got, torch_bf16, exact):
+        assert_error_within(a, e, t, name=name, atol=1e-3)
