@@ -10,6 +10,12 @@ Cases (bf16):
   upper bound.
 - dense causal B=8 T=8192 H=6 D=128 and B=64 T=1024 H=12 D=64, all three on the same mask.
 
+Like with like: every row has a `mode`, and implementations are compared within one mode. "eager":
+ours (`flash_attention` called as it is: its input checks read no value from the GPU, so no host sync
+is timed) and SDPA. "compiled": ours, FlexAttention and SDPA, each wrapped in
+torch.compile(fullgraph=True, dynamic=False). FlexAttention has no eager row on a GPU: eager, it is
+PyTorch's dense reference (the (B, H, T, T) scores in memory: tens of GB at T = 49152), not its kernel.
+
 Accounting (tutorial 06): forward = 4 * B * H * D FLOPs per allowed (query, key) pair, pairs counted
 exactly from the mask geometry (sum over tokens of min(window, position in document + 1)); forward
 + backward = 3.5 x forward (backward = 2.5 x forward). Each implementation is credited with the
@@ -31,6 +37,7 @@ import torch
 from benchmarks.common import RESULTS_CSV, append_results, bench_ms, require_cuda
 
 WINDOWS = (128, 384, 768, 1792)
+MODES = ("eager", "compiled")  # like with like: every implementation is timed in the same mode as the others
 MEAN_DOC_TOKENS = 1000
 DOC_SIGMA = 1.0  # lognormal shape: a long tail of long documents, many short ones
 
@@ -119,12 +126,15 @@ def _flex_block_mask(T: int, window: int | None, cu_seqlens: torch.Tensor | None
     return create_block_mask(mask_mod, None, None, T, T, device=device, _compile=compile)
 
 
-def _bench_case(case, B, T, H, D, window, cu, flex, sdpa_shapes_done: set, device: str = "cuda", *,
-                dtype: torch.dtype = torch.bfloat16, compile: bool = True) -> list[dict]:
-    """Rows for one case: ours and FlexAttention on its mask, SDPA flash (dense causal) once per shape.
+def _bench_case(case, B, T, H, D, window, cu, flex: dict, sdpa_shapes_done: set, device: str = "cuda", *,
+                dtype: torch.dtype = torch.bfloat16, modes=MODES, backend: str = "inductor") -> list[dict]:
+    """Rows for one case in each mode: ours and FlexAttention on its mask, SDPA flash (dense causal) once
+    per shape. `flex` maps a mode to the FlexAttention function to use in it (none: no flex rows).
 
-    Off a GPU (the CPU test: tiny cases, fp16 or fp32, compile=False) FlexAttention has no backward and
-    refuses inputs that require grad, so it runs the forward alone on detached inputs."""
+    Mode "eager" calls each function as it is; "compiled" wraps each in torch.compile(fullgraph=True,
+    dynamic=False, backend=backend), compiled and warmed up (do_bench's warm-up) before timing. Off a GPU
+    (the CPU test: tiny cases, fp16 or fp32) FlexAttention has no backward and refuses inputs that require
+    grad, so it runs the forward alone on detached inputs."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -138,49 +148,64 @@ def _bench_case(case, B, T, H, D, window, cu, flex, sdpa_shapes_done: set, devic
     qh, kh, vh = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (q, k, v))
     doh = do.transpose(1, 2).contiguous()
     flex_inputs = (qh, kh, vh) if on_gpu else tuple(x.detach() for x in (qh, kh, vh))
-    block_mask = _flex_block_mask(T, window, cu_dev, device, compile)
+    block_mask = _flex_block_mask(T, window, cu_dev, device, compile=on_gpu)  # compiled: no dense T x T mask
     pairs = allowed_pairs(T, window, cu)
+    sdpa_once = (B, T, H, D) not in sdpa_shapes_done
+    sdpa_shapes_done.add((B, T, H, D))
 
-    def sdpa():
+    def ours(q, k, v):
+        return flash_attention(q, k, v, window_size=window, cu_seqlens=cu_dev)
+
+    def sdpa(q, k, v):
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
-
-    # impl -> (case label, forward fn, leaves, upstream grad, allowed pairs per sequence)
-    impls = {
-        "ours": (case, lambda: flash_attention(q, k, v, window_size=window, cu_seqlens=cu_dev), (q, k, v), do, pairs),
-        "flex": (case, lambda: flex(*flex_inputs, block_mask=block_mask), (qh, kh, vh), doh, pairs),
-    }
-    if (B, T, H, D) not in sdpa_shapes_done:
-        sdpa_shapes_done.add((B, T, H, D))
-        impls["sdpa_flash"] = (f"B{B} T{T} H{H} D{D} causal", sdpa, (qh, kh, vh), doh, allowed_pairs(T, None, None))
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
     rows = []
-    for impl, (label, fn, leaves, grad, impl_pairs) in impls.items():
-        fwd_flops = 4 * B * H * D * impl_pairs
+    for mode in modes:
+        wrap = (lambda fn: torch.compile(fn, fullgraph=True, dynamic=False, backend=backend)) if mode == "compiled" \
+            else (lambda fn: fn)
+        ours_fn, sdpa_fn = wrap(ours), wrap(sdpa)
+        # impl -> (case label, forward fn, leaves, upstream grad, allowed pairs per sequence)
+        impls = {"ours": (case, lambda fn=ours_fn: fn(q, k, v), (q, k, v), do, pairs)}
+        if mode in flex:
+            impls["flex"] = (case, lambda fn=flex[mode]: fn(*flex_inputs, block_mask=block_mask), (qh, kh, vh), doh,
+                             pairs)
+        if sdpa_once:
+            impls["sdpa_flash"] = (f"B{B} T{T} H{H} D{D} causal", lambda fn=sdpa_fn: fn(qh, kh, vh), (qh, kh, vh), doh,
+                                   allowed_pairs(T, None, None))
+        for impl, (label, fn, leaves, grad, impl_pairs) in impls.items():
+            fwd_flops = 4 * B * H * D * impl_pairs
 
-        def fwd_bwd(fn=fn, grad=grad):
-            fn().backward(grad)
+            def fwd_bwd(fn=fn, grad=grad):
+                fn().backward(grad)
 
-        benches = (("attention_fwd", fn, fwd_flops), ("attention_fwd_bwd", fwd_bwd, 3.5 * fwd_flops))
-        for bench, step, flops in benches if on_gpu or impl != "flex" else benches[:1]:
-            ms = bench_ms(step, device, grad_to_none=list(leaves), return_mode="median")
-            tflops = flops / ms / 1e9
-            rows.append({"bench": bench, "case": label, "impl": impl, "ms": round(ms, 4), "tflops": round(tflops, 1)})
-            print(f"{bench:18s} {label:34s} {impl:10s} {ms:9.3f} ms {tflops:7.1f} TFLOP/s", flush=True)
+            benches = (("attention_fwd", fn, fwd_flops), ("attention_fwd_bwd", fwd_bwd, 3.5 * fwd_flops))
+            for bench, step, flops in benches if on_gpu or impl != "flex" else benches[:1]:
+                ms = bench_ms(step, device, grad_to_none=list(leaves), return_mode="median")
+                tflops = flops / ms / 1e9
+                rows.append({"bench": bench, "case": label, "mode": mode, "impl": impl, "ms": round(ms, 4),
+                             "tflops": round(tflops, 1)})
+                print(f"{bench:18s} {label:34s} {mode:8s} {impl:10s} {ms:9.3f} ms {tflops:7.1f} TFLOP/s", flush=True)
     return rows
 
 
-def run_cases(cases, device: str = "cuda", *, dtype: torch.dtype = torch.bfloat16, compile: bool = True) -> list[dict]:
-    """Every case's rows; FlexAttention compiled once for all (eager with compile=False: the CPU test)."""
+def run_cases(cases, device: str = "cuda", *, dtype: torch.dtype = torch.bfloat16, compile: bool = True,
+              backend: str = "inductor") -> list[dict]:
+    """Every case's rows, in modes eager and compiled (eager only with compile=False: the CPU test).
+    FlexAttention runs compiled only, compiled once for all cases: eager, it is PyTorch's dense reference
+    (the (B, H, T, T) scores materialised: tens of GB at T = 49152), no contender. With compile=False it runs
+    eager, to check the code path on a CPU."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    modes = MODES if compile else ("eager",)
     # one compile of FlexAttention and of the mask builder per shape and mask: room for them all (past the
     # limit dynamo falls back to eager, which materialises a dense T x T mask: 9 GB at T = 49152)
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(cases))
-    flex = torch.compile(flex_attention, dynamic=False) if compile else flex_attention
+    flex = {"compiled": torch.compile(flex_attention, dynamic=False, backend=backend)} if compile \
+        else {"eager": flex_attention}
     rows, sdpa_shapes_done = [], set()  # SDPA ignores window and documents: one plain-causal run per shape
     for case in cases:
-        rows += _bench_case(*case, flex, sdpa_shapes_done, device, dtype=dtype, compile=compile)
+        rows += _bench_case(*case, flex, sdpa_shapes_done, device, dtype=dtype, modes=modes, backend=backend)
         if torch.device(device).type == "cuda":
             torch.cuda.empty_cache()  # the case's tensors died with _bench_case
     return rows
@@ -196,7 +221,7 @@ def main() -> int:
     rows = run_cases(list(_cases()))
     table = append_results(rows)
     print(f"\nappended {len(rows)} rows to {RESULTS_CSV}")
-    print(table[["gpu", "bench", "case", "impl", "ms", "tflops"]].to_string(index=False))
+    print(table[["gpu", "bench", "case", "mode", "impl", "ms", "tflops"]].to_string(index=False))
     return 0
 
 

@@ -1,9 +1,12 @@
 """Whole-model training throughput on one GPU: the fineweb-124m model on each kernel backend, and
 nanoGPT's GPT-2 as the reference, in the same run.
 
-    python -m benchmarks.bench_model [--steps 20] [--warmup 8]
+    python -m benchmarks.bench_model [--steps 20] [--warmup 8] [--kernels torch triton] [--windows first,last]
+                                     [--no-reference] [--tiny]
 
-What is timed (CUDA events around `steps` steps, after `warmup` untimed ones that compile):
+What is timed (CUDA events around `steps` steps, after `warmup` untimed ones; the first untimed one, made even
+with --warmup 0, compiles, and its wall time is `compile_s`; `peak_mem_gib` is the allocator's peak over the
+case):
 - ours, `--kernels=torch` and `--kernels=triton`: train_gpt.train_step on one micro-batch of the
   fineweb-124m track (B=1, 48K tokens, random tokens with a document start every ~1000), i.e. one step
   of one rank of the 8-GPU run without communication: attention-mask build, forward, backward, Adam
@@ -18,15 +21,21 @@ dense bf16 FLOP/s (harness.hardware). FLOPs per token are train_gpt.flops_per_to
 (head included, embeddings excluded) + 12 x layers x attention width x visible keys, with the visible
 keys of a causal window w over T tokens c - c^2 / (2T), c = min(w, T); for plain causal (the reference)
 that is T/2. Documents are ignored, so a document-masked run is credited with a little more attention
-than it does. Rows go to benchmarks/results.csv; the table of this run's rows is printed last.
+than it does. Rows go to benchmarks/results.csv, each as soon as its case is done; the table of this
+run's rows is printed last.
+
+`--tiny` runs the same cases on a micro model (TINY_OVERRIDES) on the CPU, uncompiled, Triton kernels under
+its interpreter: the rehearsal of benchmarks/gpu_check.py, for code paths, not numbers.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import time
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,6 +43,13 @@ from torch import nn
 from benchmarks.common import append_results, require_cuda
 from harness.data import BOS_ID
 from harness.hardware import peak_flops
+
+# --tiny: the fineweb-124m model shrunk to seconds per step on a CPU, where Triton's interpreter pays for
+# every program it runs (2 layers of width 16, 64 tokens, 1 Newton-Schulz step)
+TINY_OVERRIDES = ("--num_layers=2", "--model_dim=16", "--num_heads=1", "--head_dim=16", "--value_embeds=1",
+                  "--unet_skips=1", "--seq_len=64", "--window_min=16", "--window_max=32", "--window_block=16",
+                  "--ns_steps=1")
+TINY_REFERENCE = dict(B=2, T=32, layers=1, dim=16, heads=1)
 
 
 class RefBlock(nn.Module):
@@ -101,6 +117,22 @@ def time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def first_call_s(step, device: torch.device) -> float:
+    """Wall seconds of one call of step(), synchronised: the first call of a compiled step is its compile."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The CUDA allocator's peak since the last reset, GiB (None on a CPU)."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
 def random_tokens(B: int, T: int, device) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, BOS_ID, (B, T), generator=g)
@@ -116,6 +148,8 @@ def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float |
 
     argv = ["--track=fineweb-124m", f"--kernels={kernels}", "--grad_accum=1", f"--device={device.type}", *overrides]
     cfg = T.resolve_config(T.parse_config(argv), 1, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     ops = T.make_ops(kernels, device, print)
     model = T.GPT(cfg, ops).to(device)
@@ -124,10 +158,15 @@ def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float |
     stepped = torch.compile(model) if compile else model
     x = random_tokens(cfg.batch_size, cfg.seq_len, device)
     batches = [(x, torch.roll(x, -1, dims=1))]
-    ms = time_steps(lambda: T.train_step(stepped, ops, optimizers, batches, window, 0, cfg, T.DistEnv()), steps,
-                    warmup, device)
+
+    def step():
+        T.train_step(stepped, ops, optimizers, batches, window, 0, cfg, T.DistEnv())
+
+    compile_s = first_call_s(step, device)
+    ms = time_steps(step, steps, max(warmup - 1, 0), device)
+    peak_gib = peak_memory_gib(device)
     # Muon alone on every hidden matrix (one GPU does all eight ranks' shares), on fresh gradients
-    muon = optimizers[1]
+    _, muon = optimizers  # (adam, muon): a pair, or an object that iterates as one
     for group in muon.param_groups:
         for p in group["params"]:
             p.grad = torch.randn_like(p)
@@ -136,14 +175,16 @@ def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float |
     tokens_per_s = tokens / (ms / 1000)
     mfu = T.flops_per_token(cfg, window) * tokens_per_s / peak if peak else None
     return dict(bench="model", case=f"fineweb-124m B=1 T={cfg.seq_len} window={window}", impl=kernels, ms=ms,
-                tokens_per_s=tokens_per_s, mfu=mfu, muon_ms=muon_ms, muon_frac=muon_ms / ms,
-                ops="; ".join(f"{k}={v}" for k, v in ops.sources.items()))
+                tokens_per_s=tokens_per_s, mfu=mfu, muon_ms=muon_ms, muon_frac=muon_ms / ms, compile_s=compile_s,
+                peak_mem_gib=peak_gib, ops="; ".join(f"{k}={v}" for k, v in ops.sources.items()))
 
 
 def bench_reference(steps: int, warmup: int, peak: float | None, *, device: torch.device = torch.device("cuda", 0),
                     B: int = 48, T: int = 1024, layers: int = 12, dim: int = 768, heads: int = 12,
                     compile: bool = True) -> dict:
     """nanoGPT's GPT-2 training step on B x T tokens (48 x 1024: the same tokens per step as ours)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model = RefGPT(seq_len=T, layers=layers, dim=dim, heads=heads).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
@@ -158,43 +199,68 @@ def bench_reference(steps: int, warmup: int, peak: float | None, *, device: torc
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    ms = time_steps(step, steps, warmup, device)
+    compile_s = first_call_s(step, device)
+    ms = time_steps(step, steps, max(warmup - 1, 0), device)
     tokens_per_s = B * T / (ms / 1000)
     mfu = model.flops_per_token(T) * tokens_per_s / peak if peak else None
     return dict(bench="model", case=f"gpt2-124m B={B} T={T} causal", impl="nanogpt", ms=ms,
-                tokens_per_s=tokens_per_s, mfu=mfu)
+                tokens_per_s=tokens_per_s, mfu=mfu, compile_s=compile_s, peak_mem_gib=peak_memory_gib(device))
+
+
+def schedule_windows(names: str, cfg) -> list[int]:
+    """Window sizes from a comma list: "first", "mid" and "last" of cfg's schedule, or numbers of tokens."""
+    import train_gpt as T
+
+    steps = {"first": 0, "mid": cfg.num_steps // 2, "last": cfg.num_steps}
+    return [T.window_size(steps[name], cfg) if name in steps else int(name) for name in names.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per case (median reported)")
-    parser.add_argument("--warmup", type=int, default=8, help="untimed steps first (compilation)")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed steps first (the first compiles)")
+    parser.add_argument("--kernels", nargs="+", choices=("torch", "triton"), default=["torch", "triton"],
+                        help="the backends of ours to time")
+    parser.add_argument("--windows", default="first,last",
+                        help="attention windows: first, mid, last (of fineweb-124m's schedule) or token counts")
+    parser.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time nanoGPT's GPT-2 on the same tokens per step")
+    parser.add_argument("--tiny", action="store_true", help="a micro model on the CPU, uncompiled (a rehearsal)")
     args = parser.parse_args([] if argv is None else argv)
-    if not require_cuda("bench_model"):
-        return 0
+    if args.tiny:
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before train_gpt imports triton (kernels on a CPU)
+        device, overrides, reference, compile = torch.device("cpu"), TINY_OVERRIDES, TINY_REFERENCE, False
+    else:
+        if not require_cuda("bench_model"):
+            return 0
+        device, overrides, reference, compile = torch.device("cuda", 0), (), {}, True
     import train_gpt as T
 
     torch.set_float32_matmul_precision("high")
-    peak = peak_flops(torch.cuda.get_device_name(0))
-    cfg = T.Config()
-    windows = [T.window_size(0, cfg), T.window_size(cfg.num_steps, cfg)]
-    cases = [(bench_ours, (kernels, w)) for kernels in ("torch", "triton") for w in windows]
-    cases.append((bench_reference, ()))
+    peak = peak_flops(torch.cuda.get_device_name(0)) if device.type == "cuda" else None
+    windows = schedule_windows(args.windows, T.parse_config(["--track=fineweb-124m", *overrides]))
+    cases = [(bench_ours, (kernels, w), dict(overrides=overrides)) for kernels in args.kernels for w in windows]
+    if args.reference:
+        cases.append((bench_reference, (), reference))
     rows = []
-    for fn, case_args in cases:
+    for fn, case_args, kwargs in cases:
         try:
-            rows.append(fn(*case_args, args.steps, args.warmup, peak))
-            print(f"{rows[-1]['impl']:8s} {rows[-1]['case']}: {rows[-1]['ms']:.1f} ms/step", flush=True)
+            row = fn(*case_args, args.steps, args.warmup, peak, device=device, compile=compile, **kwargs)
+            append_results([row])  # now, not at the end: a later case that hangs must not lose this one
+            rows.append(row)
+            print(f"{row['impl']:8s} {row['case']}: {row['ms']:.1f} ms/step, {row['tokens_per_s']:,.0f} tokens/s, "
+                  f"compiled in {row['compile_s']:.0f} s", flush=True)
         except Exception as exc:  # a broken backend must not cost the other cases their GPU time
             print(f"bench_model: {fn.__name__}{case_args} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         gc.collect()
-        torch.cuda.empty_cache()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         torch._dynamo.reset()
     if rows:
-        new = append_results(rows)
         # reindex, not [[...]]: with every ours case failed, the rows have no muon_ms / muon_frac columns
-        table = new.reindex(columns=["case", "impl", "ms", "tokens_per_s", "mfu", "muon_ms", "muon_frac"])
-        table["mfu"] = table["mfu"].map(lambda m: "n/a" if m != m or m is None else f"{100 * m:.1f}%")
+        table = pd.DataFrame(rows).reindex(columns=["case", "impl", "ms", "tokens_per_s", "mfu", "muon_ms", "muon_frac",
+                                                    "compile_s", "peak_mem_gib"])
+        table["mfu"] = table["mfu"].map(lambda m: "n/a" if m is None or m != m else f"{100 * m:.1f}%")
         print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
     return 0 if len(rows) == len(cases) else 1
 

@@ -1,18 +1,32 @@
-"""kernels/norm.py against PyTorch eager and torch.compile, in effective GB/s, beside a copy ceiling.
+"""kernels/norm.py against PyTorch, eager against eager and compiled against compiled, in effective GB/s.
 
 Run: `python -m benchmarks.bench_norm` (needs CUDA; without it, prints one line and exits 0).
 
+Like with like: every row has a `mode`. "eager": our op called directly vs F.rms_norm / F.layer_norm
+eager; "compiled": the same two functions each under torch.compile (ours is a custom op, so the
+compiled graph calls the same Triton kernels; the graph around it is what changes). Each compiled
+function is compiled once per case and warmed up before timing.
+
 Accounting: bytes that must move, M rows of N elements of `bytes` each; weights, bias and the fp32
-per-row statistics are negligible next to them and not counted.
+per-row statistics are negligible next to them and not counted. Each row's `gb` column is that count.
     rms_norm / layer_norm   forward           read x, write y                          2·M·N·bytes
                             forward+backward  + read x and dy, write dx                5·M·N·bytes
     add_rms_norm            forward           read x and residual, write sum and y     4·M·N·bytes
                             forward+backward  + read sum, dy and dsum, write dx        8·M·N·bytes
-Copy ceiling: x.clone() moves 2·M·N·bytes; its GB/s bounds any memory-bound op. Its row under each
-bench gives that GB/s and the time a copy at that rate would take to move the bench's bytes.
+Our kernels move exactly that, strided inputs included: they read x in place (tests/test_norm.py checks
+the launch pointers). An implementation that copies a strided x first moves more than it is credited
+with (a copy before the forward and another of the saved x before the backward: 4 and 9 ·M·N·bytes,
+what ours moved before it read strides), and its effective GB/s shows it.
 
-Shapes: GPT-2 small's activations (65536, 768) (B·T = 64 × 1024 tokens) and widths 1024 to 8192 with
-the same ~50M elements, in bf16. torch.compile is compiled once per case and warmed up before timing.
+Cases, bf16:
+- contiguous (M, N): GPT-2 small's activations (65536, 768) (B·T = 64 × 1024 tokens) and widths 1024 to
+  8192 with the same ~50M elements; every op.
+- the trainer's QK-norm input, rms_norm only: q as a view of the QKV projection,
+  `F.linear(x, W).view(B, T, 3H, D).chunk(3, dim=-2)[0]`, (B, T, H, D) = (48, 1024, 6, 128): 48K tokens,
+  rows of 256 bytes spaced 3·H·D apart. M = B·T·H rows of N = D.
+Copy ceiling: x.clone() (eager; on the QKV case a clone of the strided view) moves 2·M·N·bytes; its
+GB/s bounds any memory-bound op. Its row under each bench and mode gives that GB/s and the time a copy
+at that rate would take to move the bench's bytes.
 """
 from __future__ import annotations
 
@@ -23,14 +37,16 @@ import torch.nn.functional as F
 from benchmarks.common import append_results, bench_ms, require_cuda
 
 CASES = [(65536, 768), (49152, 1024), (24576, 2048), (12288, 4096), (6144, 8192)]  # (M, N): M·N ≈ 50M
+QKV_CASES = [(48, 1024, 6, 128)]  # (B, T, H, D): q of the trainer's QKV projection, 48K tokens
 DTYPE = torch.bfloat16
+MODES = ("eager", "compiled")
 # op -> multiples of M·N·bytes that must move in (forward, forward+backward): see the module docstring.
 BYTES_MOVED = {"rms_norm": (2, 5), "layer_norm": (2, 5), "add_rms_norm": (4, 8)}
 
 
-def _implementations(op: str, n: int, w: torch.Tensor, b: torch.Tensor, compile: bool = True) -> dict:
-    """impl name -> function of (x, residual) returning the op's output tensors, as a tuple (no
-    torch.compile entry with compile=False: the CPU test's shortcut)."""
+def _implementations(op: str, n: int, w, b, modes=MODES) -> dict:
+    """(mode, impl) -> function of (x, residual) returning the op's output tensors, as a tuple. Mode
+    "compiled" wraps both ours and PyTorch's in torch.compile(dynamic=False)."""
     from kernels.norm import add_rms_norm, layer_norm, rms_norm
 
     if op == "rms_norm":
@@ -58,10 +74,11 @@ def _implementations(op: str, n: int, w: torch.Tensor, b: torch.Tensor, compile:
             s = x + r
             return s, F.rms_norm(s, (n,), w)
 
-    implementations = {"triton (ours)": ours, "torch eager": torch_fn}
-    if compile:
-        implementations["torch.compile"] = torch.compile(torch_fn, dynamic=False)
-    return implementations
+    impls = {}
+    for mode in modes:
+        for impl, fn in (("ours", ours), ("torch", torch_fn)):
+            impls[mode, impl] = torch.compile(fn, dynamic=False) if mode == "compiled" else fn
+    return impls
 
 
 def _time_ms(fn, direction: str, x, r, leaves) -> float:
@@ -78,39 +95,68 @@ def _time_ms(fn, direction: str, x, r, leaves) -> float:
     return bench_ms(step, x.device, grad_to_none=leaves)
 
 
-def bench_case(m: int, n: int, device: str = "cuda", *, dtype: torch.dtype = DTYPE, compile: bool = True) -> list[dict]:
-    """Rows of one (M, N) case. The CPU test runs it tiny, in fp32 (Triton's interpreter has no bf16
-    arithmetic) and without torch.compile."""
-    x = torch.randn(m, n, device=device, dtype=dtype, requires_grad=True)
-    r = torch.randn(m, n, device=device, dtype=dtype, requires_grad=True)
-    w = (1 + 0.1 * torch.randn(n, device=device)).to(dtype).requires_grad_()
-    b = (0.1 * torch.randn(n, device=device)).to(dtype).requires_grad_()
-    case = f"({m}, {n}) {str(dtype).removeprefix('torch.')}"
-    unit = m * n * x.element_size()  # bytes in one (M, N) tensor
+def _rows(ops, case: str, x, r, w, b, modes) -> list[dict]:
+    """Rows of `ops` on input x (and residual r): per op, direction and mode, ours, PyTorch's and the copy
+    ceiling, each with the bytes the accounting counts (`gb`) and the effective GB/s."""
+    device = x.device
+    unit = x.numel() * x.element_size()  # bytes in one (M, N) tensor, gaps of a strided x not counted
     copy_ms = bench_ms(lambda: x.detach().clone(), device)
     copy_gbps = 2 * unit / copy_ms * 1e-6
-
+    leaves = [t for t in (x, r, w, b) if t is not None]
     rows = []
-    for op, moves in BYTES_MOVED.items():
-        implementations = _implementations(op, n, w, b, compile)
-        for direction, bytes_moved in zip(("fwd", "fwd+bwd"), (moves[0] * unit, moves[1] * unit)):
-            bench = f"{op} {direction}"
-            for impl, fn in implementations.items():
-                ms = _time_ms(fn, direction, x, r, [x, r, w, b])
-                rows.append(dict(bench=bench, case=case, impl=impl, ms=ms, gbps=bytes_moved / ms * 1e-6))
-            copy_row = dict(impl="copy ceiling", ms=bytes_moved / copy_gbps * 1e-6, gbps=copy_gbps)
-            rows.append(dict(bench=bench, case=case, **copy_row))
+    for op in ops:
+        implementations = _implementations(op, x.shape[-1], w, b, modes)
+        for direction, moves in zip(("fwd", "fwd+bwd"), BYTES_MOVED[op]):
+            bench, bytes_moved = f"{op} {direction}", moves * unit
+            for mode in modes:
+                for impl in ("ours", "torch"):
+                    ms = _time_ms(implementations[mode, impl], direction, x, r, leaves)
+                    rows.append(dict(bench=bench, case=case, mode=mode, impl=impl, ms=ms, gb=bytes_moved * 1e-9,
+                                     gbps=bytes_moved / ms * 1e-6))
+                rows.append(dict(bench=bench, case=case, mode=mode, impl="copy ceiling",
+                                 ms=bytes_moved / copy_gbps * 1e-6, gb=bytes_moved * 1e-9, gbps=copy_gbps))
     torch._dynamo.reset()  # the next case compiles afresh, for its static shapes
     return rows
+
+
+def _params(n: int, device, dtype):
+    w = (1 + 0.1 * torch.randn(n, device=device)).to(dtype).requires_grad_()
+    b = (0.1 * torch.randn(n, device=device)).to(dtype).requires_grad_()
+    return w, b
+
+
+def bench_case(m: int, n: int, device: str = "cuda", *, dtype: torch.dtype = DTYPE, compile: bool = True) -> list[dict]:
+    """Rows of one contiguous (M, N) case, every op; compile=False: mode "eager" only. The CPU test runs it
+    tiny, in fp32 (Triton's interpreter has no bf16 arithmetic) and eager only."""
+    x = torch.randn(m, n, device=device, dtype=dtype, requires_grad=True)
+    r = torch.randn(m, n, device=device, dtype=dtype, requires_grad=True)
+    w, b = _params(n, device, dtype)
+    modes = MODES if compile else ("eager",)
+    return _rows(BYTES_MOVED, f"({m}, {n}) {str(dtype).removeprefix('torch.')}", x, r, w, b, modes)
+
+
+def bench_qkv_case(B: int, T: int, H: int, D: int, device: str = "cuda", *, dtype: torch.dtype = DTYPE,
+                   compile: bool = True) -> list[dict]:
+    """Rows of rms_norm on q as the trainer's QK-norm gets it: a strided view of the QKV projection's
+    (B·T, 3·H·D) output, itself the gradient's leaf (the gradient of the unused k and v is not timed).
+    compile=False: mode "eager" only."""
+    modes = MODES if compile else ("eager",)
+    qkv = torch.randn(B * T, 3 * H * D, device=device, dtype=dtype)
+    q = qkv.view(B, T, 3 * H, D).chunk(3, dim=-2)[0].requires_grad_()  # (B, T, H, D), strides (T·3HD, 3HD, D, 1)
+    w, _ = _params(D, device, dtype)
+    case = f"qkv view ({B}, {T}, {H}, {D}) {str(dtype).removeprefix('torch.')}"
+    return _rows(["rms_norm"], case, q, None, w, None, modes)
 
 
 def main() -> None:
     if not require_cuda("bench_norm"):
         return
     rows = [row for m, n in CASES for row in bench_case(m, n)]
+    rows += [row for shape in QKV_CASES for row in bench_qkv_case(*shape)]
     append_results(rows)
-    table = pd.DataFrame(rows).pivot_table(index=["bench", "case"], columns="impl", values="gbps", sort=False)
-    print(f"effective GB/s on {torch.cuda.get_device_name(0)} (higher is better; accounting in the docstring)")
+    table = pd.DataFrame(rows).pivot_table(index=["bench", "case", "mode"], columns="impl", values="gbps", sort=False)
+    print(f"effective GB/s on {torch.cuda.get_device_name(0)} (higher is better; ours vs torch in the same mode; "
+          "accounting in the docstring)")
     with pd.option_context("display.width", 200, "display.max_rows", 200):
         print(table.round(0).to_string())
 

@@ -2,6 +2,10 @@
 
 Rows go to benchmarks/results.csv (a superset of columns across benchmarks, written with pandas), each
 stamped with date, git SHA, GPU, torch and Triton versions, so numbers stay attributable.
+
+Two environment variables, for runs on a copy of the checkout (benchmarks/gpu_check.py on a lent GPU):
+BENCH_RESULTS_CSV writes the rows to another file instead, and BENCH_GIT_SHA names the commit where the
+copy has no .git to read it from.
 """
 from __future__ import annotations
 
@@ -16,14 +20,14 @@ from filelock import FileLock
 
 from harness.hardware import git_state, software_versions
 
-RESULTS_CSV = Path(__file__).resolve().parent / "results.csv"
+RESULTS_CSV = Path(os.environ.get("BENCH_RESULTS_CSV") or Path(__file__).resolve().parent / "results.csv")
 
 
 def metadata() -> dict:
     import torch
 
     versions = software_versions()
-    sha = git_state()["commit"]
+    sha = git_state()["commit"] or os.environ.get("BENCH_GIT_SHA")
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "git_sha": sha[:10] if sha else None,
@@ -43,6 +47,18 @@ def append_results(rows: list[dict], path: Path = RESULTS_CSV) -> pd.DataFrame:
         table.to_csv(tmp, index=False)
         os.replace(tmp, path)
     return new
+
+
+def merge_results(src: Path, path: Path = RESULTS_CSV) -> int:
+    """Append the rows of another results CSV (a GPU session's, already stamped) to `path`; returns how many."""
+    new = pd.read_csv(src)
+    with FileLock(f"{path}.lock"):
+        table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv.tmp")
+        os.close(fd)
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    return len(new)
 
 
 def require_cuda(name: str) -> bool:

@@ -128,7 +128,8 @@ def norm_rows(dtype: str, widths=(128, 768, 4096, 8192)) -> list[dict]:
     for width in widths:
         block_m, block_n, num_warps = norm._tile_settings(width)
         for label, is_rms, weight, bias in [("rms_norm", True, False, False), ("layer_norm", False, True, True)]:
-            absent = dict(res_ptr=None, res_row_stride=0, sum_ptr=None, dsum_ptr=None, dsum_row_stride=0)
+            absent = dict(res_ptr=None, res_stride_outer=0, res_stride_inner=0, sum_ptr=None, dsum_ptr=None,
+                          dsum_stride_outer=0, dsum_stride_inner=0)
             absent.update({} if weight else dict(w_ptr=None, dw_partial_ptr=None))
             absent.update({} if bias else dict(b_ptr=None, db_partial_ptr=None))
             absent.update({} if not is_rms else dict(mean_ptr=None))
@@ -140,9 +141,11 @@ def norm_rows(dtype: str, widths=(128, 768, 4096, 8192)) -> list[dict]:
                                    floats=("eps",))
                 rows.append(dict(kernel=f"norm {label} {kind} N={width}", dtype=dtype,
                                  config=f"{block_m}x{block_n} w{num_warps}",
-                                 # rows_per_program: cdiv(tiles, SMs) x BLOCK_M, 376 at (12288, 768) on 132 SMs
+                                 # rows_per_program: cdiv(tiles, SMs) x BLOCK_M, 376 at (12288, 768) on 132 SMs;
+                                 # rows_inner: heads per token (6) for the QK-norm views, a runtime divisor (a
+                                 # contiguous input launches with 1, specialised away: the lighter case)
                                  **compile_for_hopper(fn, types, constexprs, num_warps, 1,
-                                                      not_divisible=("rows_per_program",))))
+                                                      not_divisible=("rows_per_program", "rows_inner"))))
     return rows
 
 

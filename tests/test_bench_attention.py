@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from benchmarks.bench_attention import (
+    MODES,
     _bench_case,
     _cases,
     _flex_block_mask,
@@ -54,9 +55,24 @@ def test_accuracy_check_passes_on_a_tiny_case(device):
 
 
 def test_main_cases_fit_the_case_runner():
-    flex = object()
-    for case in _cases():  # main's call, bound without running the GPU-sized case
-        inspect.signature(_bench_case).bind(*case, flex, set(), "cuda", dtype=torch.bfloat16, compile=True)
+    flex = {"compiled": object()}
+    for case in _cases():  # run_cases' call, bound without running the GPU-sized case
+        inspect.signature(_bench_case).bind(*case, flex, set(), "cuda", dtype=torch.bfloat16, modes=MODES,
+                                            backend="inductor")
+
+
+def _fixed_time(fn, device, **kwargs):  # runs fn once, then says it took 10 ns: the TFLOP/s are known
+    fn()
+    return 1e-5
+
+
+def _check_flops(rows, shapes):
+    # forward: 4 B H D FLOP per allowed (query, key) pair; forward + backward: 3.5 x that
+    for row in rows:
+        assert set(row) == {"bench", "case", "mode", "impl", "ms", "tflops"}
+        B, T, H, D, window, cu_ = shapes[row["case"]]
+        flops = 4 * B * H * D * allowed_pairs(T, window, cu_) * (3.5 if row["bench"] == "attention_fwd_bwd" else 1)
+        assert row["tflops"] == round(flops / 1e-5 / 1e9, 1) > 1
 
 
 def test_rows_of_ours_flex_and_sdpa(device, monkeypatch):
@@ -65,30 +81,43 @@ def test_rows_of_ours_flex_and_sdpa(device, monkeypatch):
     cu = document_cu_seqlens(64, mean=20, seed=0)
     cases = [("tiny docs", 1, 64, 2, 16, 24, cu), ("tiny causal", 2, 32, 1, 16, None, None)]
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-
-    def fixed_time(fn, device, **kwargs):  # runs fn once, then says it took 10 ns: the TFLOP/s are known
-        fn()
-        return 1e-5
-
-    monkeypatch.setattr(bench, "bench_ms", fixed_time)
+    monkeypatch.setattr(bench, "bench_ms", _fixed_time)
     rows = run_cases(cases, device, dtype=dtype, compile=False)
-    got = [(r["bench"], r["case"], r["impl"]) for r in rows]
+    got = [(r["bench"], r["case"], r["mode"], r["impl"]) for r in rows]
     # FlexAttention has no backward on a CPU: its forward alone there; SDPA once per shape, plain causal.
     fwd, bwd = "attention_fwd", "attention_fwd_bwd"
     flex_bwd = [bwd] if device == "cuda" else []
     assert got == [
-        (fwd, "tiny docs", "ours"), (bwd, "tiny docs", "ours"),
-        *[(bench, "tiny docs", "flex") for bench in [fwd, *flex_bwd]],
-        (fwd, "B1 T64 H2 D16 causal", "sdpa_flash"), (bwd, "B1 T64 H2 D16 causal", "sdpa_flash"),
-        (fwd, "tiny causal", "ours"), (bwd, "tiny causal", "ours"),
-        *[(bench, "tiny causal", "flex") for bench in [fwd, *flex_bwd]],
-        (fwd, "B2 T32 H1 D16 causal", "sdpa_flash"), (bwd, "B2 T32 H1 D16 causal", "sdpa_flash"),
+        (fwd, "tiny docs", "eager", "ours"), (bwd, "tiny docs", "eager", "ours"),
+        *[(bench, "tiny docs", "eager", "flex") for bench in [fwd, *flex_bwd]],
+        (fwd, "B1 T64 H2 D16 causal", "eager", "sdpa_flash"), (bwd, "B1 T64 H2 D16 causal", "eager", "sdpa_flash"),
+        (fwd, "tiny causal", "eager", "ours"), (bwd, "tiny causal", "eager", "ours"),
+        *[(bench, "tiny causal", "eager", "flex") for bench in [fwd, *flex_bwd]],
+        (fwd, "B2 T32 H1 D16 causal", "eager", "sdpa_flash"), (bwd, "B2 T32 H1 D16 causal", "eager", "sdpa_flash"),
     ]
-    # forward: 4 B H D FLOP per allowed (query, key) pair; forward + backward: 3.5 x that
     shapes = {"tiny docs": (1, 64, 2, 16, 24, cu), "B1 T64 H2 D16 causal": (1, 64, 2, 16, None, None),
               "tiny causal": (2, 32, 1, 16, None, None), "B2 T32 H1 D16 causal": (2, 32, 1, 16, None, None)}
-    for row in rows:
-        assert set(row) == {"bench", "case", "impl", "ms", "tflops"}
-        B, T, H, D, window, cu_ = shapes[row["case"]]
-        flops = 4 * B * H * D * allowed_pairs(T, window, cu_) * (3.5 if row["bench"] == bwd else 1)
-        assert row["tflops"] == round(flops / 1e-5 / 1e9, 1) > 1
+    _check_flops(rows, shapes)
+
+
+def test_compiled_mode_compiles_every_implementation(device, monkeypatch):
+    # Like with like: with compile=True each mode holds ours and SDPA, "compiled" also FlexAttention, and in
+    # "compiled" every timed function went through torch.compile (aot_eager here: no code generation on a CPU).
+    import benchmarks.bench_attention as bench
+
+    compiled = []
+    real_compile = torch.compile
+
+    def spy_compile(fn, **kwargs):
+        compiled.append(getattr(fn, "__name__", repr(fn)))
+        return real_compile(fn, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_ms", _fixed_time)
+    monkeypatch.setattr(torch, "compile", spy_compile)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    rows = run_cases([("tiny", 1, 32, 1, 16, 8, None)], device, dtype=dtype, backend="aot_eager")
+    modes_impls = sorted({(r["mode"], r["impl"]) for r in rows})
+    assert modes_impls == [("compiled", "flex"), ("compiled", "ours"), ("compiled", "sdpa_flash"),
+                           ("eager", "ours"), ("eager", "sdpa_flash")]
+    assert sorted(compiled) == ["flex_attention", "ours", "sdpa"]
+    _check_flops(rows, {"tiny": (1, 32, 1, 16, 8, None), "B1 T32 H1 D16 causal": (1, 32, 1, 16, None, None)})

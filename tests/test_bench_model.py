@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from benchmarks.bench_model import bench_ours, bench_reference
+from benchmarks.bench_model import bench_ours, bench_reference, schedule_windows
 
 MICRO = ("--num_layers=2", "--model_dim=64", "--num_heads=2", "--head_dim=32", "--value_embeds=1", "--unet_skips=1",
          "--seq_len=128", "--window_min=32", "--window_max=64", "--window_block=32")
@@ -17,6 +17,7 @@ def test_ours_times_a_training_step_and_muon_alone():
     assert row["ms"] > 0 and row["muon_ms"] > 0 and math.isclose(row["muon_frac"], row["muon_ms"] / row["ms"])
     assert math.isclose(row["tokens_per_s"], 128 / (row["ms"] / 1000)) and 0 < row["mfu"] < 1
     assert "newton_schulz=torch reference" in row["ops"]
+    assert row["compile_s"] > 0 and row["peak_mem_gib"] is None  # no CUDA allocator to ask on a CPU
 
 
 def test_reference_times_nanogpt():
@@ -24,3 +25,11 @@ def test_reference_times_nanogpt():
                           heads=2, compile=False)
     assert row["impl"] == "nanogpt" and row["ms"] > 0 and row["mfu"] is None
     assert math.isclose(row["tokens_per_s"], 2 * 64 / (row["ms"] / 1000))
+
+
+def test_windows_are_named_points_of_the_schedule_or_token_counts():
+    import train_gpt as T
+
+    cfg = T.parse_config(["--track=fineweb-124m"])  # 128 -> 1792 over 1770 steps, in blocks of 128
+    assert schedule_windows("first,mid,last", cfg) == [128, 1024, 1792]
+    assert schedule_windows("256", cfg) == [256]
