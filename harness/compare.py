@@ -1,23 +1,33 @@
-"""Ablations: run variants interleaved, or compare finished runs, with honest statistics.
+"""Ablations: run variants interleaved, or compare finished runs, with the speedrun community's statistics.
+
+How a run counts (the convention of every NanoGPT speedrun record): a run's time is the train time
+of its final validation, whether or not that run ended below the target; every finished run
+counts; runs go their full schedule; the target is certified over the set by the loss rule, a
+one-sided one-sample t-test that the mean final val loss is below it, p < 0.01. The first
+validation at or below the target is shown too, labelled as such, never as the headline time.
 
 Run mode: each variant is NAME=SPEC, SPEC being trainer overrides and optionally script=PATH; the
 first variant (or --baseline) is the baseline. Seeds run interleaved (A0 B0 A1 B1 ...) so drift in
 the machine hits every variant alike; each run is recorded in records/runs.jsonl under its name.
 
-    python -m harness.compare --track cpu-tiny --seeds 4 --variant base= --variant lr="--lr=0.1"
-    python -m harness.compare --baseline base= --variant fused="script=other_train.py --lr=0.1"
+    python -m harness.compare --track cpu-tiny --seeds 4 --variant base= --variant lr="--muon_lr=0.04"
+    python -m harness.compare --baseline base= --variant fused="script=other_train.py --muon_lr=0.04"
 
 Logs mode: NAME=PATH, PATH a log file, a folder of logs or run directories, or comma-separated run
-ids from the records log; the first is the baseline.
+ids from the records log; the first is the baseline. One variant alone prints that set's figures.
 
     python -m harness.compare --logs base=records/2025-01-01_a/runs new=run_id1,run_id2
+    python -m harness.compare --logs pr=logs/this_pr/
 
-One table per invocation: per variant n, time to target and final val loss (mean ± std, 95% CI),
-steps, tokens/s, the one-sided p that the mean loss is below the target, and against the baseline
-the speedup (ratio of geometric means, 95% Welch interval on log times) and Welch p-values for time
-and loss (two-sided). Only runs that finished ok count; time to target only over runs that reached
-it. --json prints the same figures as JSON (times in seconds). Plots of val loss against train time
-and against step go to --plot-dir (default runs/compare-<UTC time>/).
+Per variant: n, time and final val loss (mean ± sample std, 95% t-interval), the loss rule's p and
+verdict, the runs the loss rule needs at 80% power, steps, and the first crossing. Against the
+baseline: the speedup (ratio of mean times, 95% Fieller interval), the difference of mean times
+(95% Welch interval), Welch p for time (one-sided: the variant is faster; and two-sided) and for
+loss (two-sided), and the runs per variant for the speedup's interval to exclude 1. Within a
+variant, logs of different planned step counts, targets or code (the source a log starts with, or
+a run's code hash and config) are refused, naming the two files; a log given twice counts once.
+--json prints every figure (times in seconds) and each run's. Plots (val loss against time and
+step; each run's final time and loss) go to --plot-dir (default runs/compare-<UTC time>/).
 """
 from __future__ import annotations
 
@@ -37,7 +47,7 @@ import pandas as pd
 from harness import stats
 from harness.logs import DEFAULT_TARGET, LogError, RunLog, load_run, load_runs
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
-from harness.run import DEFAULT_SCRIPT, add_launch_arguments, check_overrides, run_one
+from harness.run import DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, run_one
 
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -54,6 +64,7 @@ class Variant:
     source: str = ""  # logs mode: the PATH given
     logs: list[RunLog] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # runs left out, with why
+    notes: list[str] = field(default_factory=list)  # what was done to the input (a duplicate counted once)
 
 
 def _split_named(text: str, option: str) -> tuple[str, str]:
@@ -96,7 +107,11 @@ def load_variant_logs(variant: Variant, records_dir: Path) -> list[RunLog]:
     """A log file, a folder of logs or run directories, or comma-separated run ids -> logs."""
     path = Path(variant.source)
     try:
-        if path.exists():
+        is_path = path.exists()
+    except OSError:  # a long list of run ids is too long a file name
+        is_path = False
+    try:
+        if is_path:
             return load_runs(path)
         if "/" in variant.source or variant.source.endswith(tuple(".txt .log .jsonl".split())):
             raise CompareError(f"--logs {variant.name}={variant.source}: no such file or folder")
@@ -110,21 +125,72 @@ def load_variant_logs(variant: Variant, records_dir: Path) -> list[RunLog]:
         raise CompareError(f"--logs {variant.name}: {os_error_line(exc)}") from None
 
 
-def _keep_finished(variant: Variant, logs: list[RunLog]) -> None:
+CONFIG_KEYS_FREE = ("seed", "run_dir")  # may differ between the runs of one variant
+
+
+def _identity_problem(first: RunLog, log: RunLog) -> str | None:
+    """Why two logs of one variant may not be pooled: another planned step count, target or code."""
+    if first.total_steps != log.total_steps:
+        return f"planned steps {first.total_steps} vs {log.total_steps}"
+    if first.target is not None and log.target is not None and first.target != log.target:
+        return f"target val loss {first.target} vs {log.target}"
+    if first.code_hash and log.code_hash and first.code_hash != log.code_hash:
+        return f"code {first.code_hash[:12]} vs {log.code_hash[:12]}"
+    if first.config is not None and log.config is not None:
+        for key in sorted(set(first.config) | set(log.config)):
+            if key not in CONFIG_KEYS_FREE and first.config.get(key) != log.config.get(key):
+                return f"config {key} {first.config.get(key)!r} vs {log.config.get(key)!r}"
+    return None
+
+
+def admit(variant: Variant, logs: list[RunLog]) -> None:
+    """Add the finished runs of one variant: a log seen twice counts once (noted), a run that did not finish
+    ok is left out (noted), and runs that differ in planned steps, target or code are refused."""
+    seen: dict[str, str] = {}
     for log in logs:
-        if log.status == "ok":
-            variant.logs.append(log)
-        else:
+        if log.content_sha256 and log.content_sha256 in seen:
+            variant.notes.append(f"{log.source} is the same log as {seen[log.content_sha256]}: counted once")
+            continue
+        if log.content_sha256:
+            seen[log.content_sha256] = log.source
+        if log.status != "ok":
             variant.skipped.append(f"{log.source} ({log.status})")
+            continue
+        if variant.logs:
+            problem = _identity_problem(variant.logs[0], log)
+            if problem:
+                raise CompareError(f"variant {variant.name}: {variant.logs[0].source} and {log.source} differ "
+                                   f"({problem}); compare them as two variants")
+        variant.logs.append(log)
 
 
-def resolve_target(variants: list[Variant], given: float | None) -> float:
+def track_target(track: str) -> float | None:
+    """The target val loss of one of train_gpt.py's tracks, None for a track it does not know."""
+    from train_gpt import TRACKS, Config  # only here: the trainer imports torch
+
+    return TRACKS[track].get("target_val_loss", Config.target_val_loss) if track in TRACKS else None
+
+
+def resolve_target(variants: list[Variant], given: float | None, track: str | None) -> tuple[float, str]:
+    """(target, where it came from): --target; else the one the logs state, logs that state none taking the
+    track's default (--track), or the FineWeb speedrun's 3.28."""
     if given is not None:
-        return given
+        return given, "--target"
     stated = sorted({log.target for v in variants for log in v.logs if log.target is not None})
-    if len(stated) > 1:
-        raise CompareError(f"the runs state different targets {stated}; choose one with --target")
-    return stated[0] if stated else DEFAULT_TARGET
+    silent = [log for v in variants for log in v.logs if log.target is None]
+    default = track_target(track) if track else None
+    default_source = f"track {track}'s default" if default is not None else "the FineWeb speedrun's"
+    default = DEFAULT_TARGET if default is None else default
+    candidates = sorted(set(stated) | ({default} if silent else set()))
+    if len(candidates) > 1:
+        why = f"the runs state targets {stated}" + (f" and {len(silent)} state none (default {default})" if silent else "")
+        raise CompareError(f"{why}; choose one with --target")
+    if not silent:
+        return stated[0], "stated by the runs"
+    if stated:
+        n_stated = sum(len(v.logs) for v in variants) - len(silent)
+        return default, f"stated by {n_stated} runs; {default_source} for the {len(silent)} that state none"
+    return default, f"{default_source}: the logs state none"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,43 +201,64 @@ def _seconds(ms: float | None) -> float | None:
     return None if ms is None else ms / 1000
 
 
-def figures(variants: list[Variant], target: float) -> dict:
+def _times(v: Variant) -> list[float]:
+    return [log.time_ms / 1000 for log in v.logs]
+
+
+def _losses(v: Variant) -> list[float]:
+    return [log.final_val_loss for log in v.logs]
+
+
+def _mean_or_none(values) -> float | None:
+    values = [x for x in values if x is not None]
+    return sum(values) / len(values) if values else None
+
+
+def figures(variants: list[Variant], target: float, target_source: str = "") -> dict:
     """Every number of the comparison (times in seconds), baseline first."""
     base = variants[0]
-
-    def times(v):
-        return [_seconds(t) for t in (log.time_to_target(target) for log in v.logs) if t is not None]
-
-    def losses(v):
-        return [log.final_val_loss for log in v.logs]
-
-    def mean_of(values):
-        values = [x for x in values if x is not None]
-        return sum(values) / len(values) if values else None
-
-    out = {"target": target, "baseline": base.name, "variants": []}
+    out = {"target": target, "target_source": target_source, "baseline": base.name,
+           "time": "train time at each run's final validation; every finished run counts", "variants": []}
     for v in variants:
+        times, losses = _times(v), _losses(v)
+        crossings = [_seconds(log.time_to_target(target)) for log in v.logs]
+        time_s, loss = stats.describe(times), stats.describe(losses)
+        p_loss = stats.p_mean_below(losses, target)
         entry = {
             "name": v.name,
             "n": len(v.logs),
             "skipped": v.skipped,
-            "reached_target": len(times(v)),
-            "time_to_target_s": stats.describe(times(v)).as_dict(),
-            "final_val_loss": stats.describe(losses(v)).as_dict(),
-            "steps_mean": mean_of(log.final_step for log in v.logs),
-            "tokens_per_s_mean": mean_of(log.tokens_per_s for log in v.logs),
-            "p_loss_below_target": stats.p_mean_below(losses(v), target),
+            "notes": v.notes,
+            "time_s": time_s.as_dict(),
+            "final_val_loss": loss.as_dict(),
+            "p_loss_below_target": p_loss,
+            "passes_loss_rule": bool(p_loss < stats.ALPHA),
+            "runs_needed_loss_rule": stats.runs_needed_loss(loss.mean, loss.std, target),
+            "final_at_or_below_target": sum(x <= target for x in losses),
+            "first_crossing_s": {**stats.describe([c for c in crossings if c is not None]).as_dict(),
+                                 "reached": sum(c is not None for c in crossings)},
+            "steps": sorted({log.total_steps for log in v.logs if log.total_steps is not None}),
+            "stopped_early": sum(log.stopped_early for log in v.logs),
+            "tokens_per_s_mean": _mean_or_none(log.tokens_per_s for log in v.logs),
             "vs_baseline": None,
-            "runs": [{"source": log.source, "time_to_target_s": _seconds(log.time_to_target(target)),
-                      "final_val_loss": log.final_val_loss, "steps": log.final_step} for log in v.logs],
+            "runs": [{"source": log.source, "time_s": _seconds(log.time_ms), "first_crossing_s": crossing,
+                      "final_val_loss": log.final_val_loss, "final_step": log.final_step,
+                      "planned_steps": log.total_steps, "stopped_early": log.stopped_early}
+                     for log, crossing in zip(v.logs, crossings)],
         }
         if v is not base:
-            sp = stats.speedup(times(base), times(v)) if times(base) and times(v) else None
+            base_times, base_time = _times(base), stats.describe(_times(base))
+            sp, diff = stats.speedup(base_times, times), stats.mean_difference(base_times, times)
             entry["vs_baseline"] = {
-                "speedup": sp.ratio if sp else None,
-                "speedup_ci95": [sp.ci_low, sp.ci_high] if sp else [None, None],
-                "p_time_welch": stats.welch(times(v), times(base)),
-                "p_loss_welch": stats.welch(losses(v), losses(base)),
+                "speedup": sp.ratio,
+                "speedup_ci95": [sp.ci_low, sp.ci_high],
+                "time_diff_s": diff.diff,
+                "time_diff_ci95": [diff.ci_low, diff.ci_high],
+                "p_time_faster": sp.p_faster,
+                "p_time_two_sided": stats.welch(times, base_times),
+                "p_loss_two_sided": stats.welch(losses, _losses(base)),
+                "runs_needed_per_variant": stats.runs_needed_difference(base_time.mean, base_time.std,
+                                                                        time_s.mean, time_s.std),
             }
         out["variants"].append(entry)
     return finite_or_none(out)
@@ -188,31 +275,61 @@ def _summary_cell(s: dict, spec: str) -> str:
 
 
 def table(fig: dict) -> str:
+    """One row per variant: its own figures."""
     rows = []
     for v in fig["variants"]:
-        vs = v["vs_baseline"]
+        crossing = v["first_crossing_s"]
+        notes = [f"+{len(v['skipped'])} not finished, left out"] if v["skipped"] else []
+        notes += [f"{v['stopped_early']} stopped at the target"] if v["stopped_early"] else []
         rows.append({
-            "variant": v["name"] + (" (baseline)" if vs is None else ""),
-            "n": f"{v['n']}" + (f" (+{len(v['skipped'])} not ok)" if v["skipped"] else ""),
-            "time to target (s), mean ± std [95% CI]": _summary_cell(v["time_to_target_s"], ".3f")
-            + (f" ({v['reached_target']}/{v['n']} reached)" if v["reached_target"] != v["n"] else ""),
-            "final val loss, mean ± std [95% CI]": _summary_cell(v["final_val_loss"], ".4f"),
-            "steps": _f(v["steps_mean"], ".0f"),
-            "tokens/s": _f(v["tokens_per_s_mean"], ",.0f"),
-            f"p(loss < {fig['target']})": _f(v["p_loss_below_target"], ".2g"),
-            "speedup [95% CI]": "1" if vs is None else
-            f"{_f(vs['speedup'], '.3f')} [{_f(vs['speedup_ci95'][0], '.3f')}, {_f(vs['speedup_ci95'][1], '.3f')}]",
-            "p time (Welch)": "" if vs is None else _f(vs["p_time_welch"], ".2g"),
-            "p loss (Welch)": "" if vs is None else _f(vs["p_loss_welch"], ".2g"),
+            "variant": v["name"] + (" (baseline)" if v["name"] == fig["baseline"] and len(fig["variants"]) > 1 else ""),
+            "n": f"{v['n']}" + (f" ({'; '.join(notes)})" if notes else ""),
+            "time (s), mean ± std [95% CI]": _summary_cell(v["time_s"], ".4f"),
+            "final val loss, mean ± std [95% CI]": _summary_cell(v["final_val_loss"], ".5f"),
+            f"p(loss < {fig['target']})": _f(v["p_loss_below_target"], ".4g"),
+            "loss rule (p < 0.01)": "passes" if v["passes_loss_rule"] else "fails",
+            "runs for the loss rule (80% power)": _f(v["runs_needed_loss_rule"], "d"),
+            "steps": ", ".join(map(str, v["steps"])) or "—",
+            "extra: first val ≤ target (s), mean": f"{_f(crossing['mean'], '.3f')} ({crossing['reached']}/{v['n']} runs)",
         })
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
+def comparison_table(fig: dict) -> str | None:
+    """One row per variant against the baseline; None when there is only one variant."""
+    rows = []
+    for v in fig["variants"]:
+        vs = v["vs_baseline"]
+        if vs is None:
+            continue
+        low, high = vs["speedup_ci95"]
+        dlow, dhigh = vs["time_diff_ci95"]
+        rows.append({
+            "variant": v["name"],
+            "speedup (ratio of mean times) [95% CI]": f"{_f(vs['speedup'], '.4f')} [{_f(low, '.4f')}, {_f(high, '.4f')}]",
+            "Δ time (s) [95% CI]": f"{_f(vs['time_diff_s'], '+.3f')} [{_f(dlow, '+.3f')}, {_f(dhigh, '+.3f')}]",
+            "p faster (Welch, one-sided)": _f(vs["p_time_faster"], ".2g"),
+            "p time (Welch, two-sided)": _f(vs["p_time_two_sided"], ".2g"),
+            "p loss (Welch, two-sided)": _f(vs["p_loss_two_sided"], ".2g"),
+            "runs per variant for the speedup's CI to exclude 1 (80% power)": _f(vs["runs_needed_per_variant"], "d"),
+        })
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else None
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    return path
+
+
 def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
+    """loss_vs_time.png, loss_vs_step.png (every run's curve) and runs.png (each run's final time and loss,
+    with each variant's mean and 95% interval)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     from harness.leaderboard import zoom_to_target
 
@@ -231,10 +348,29 @@ def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
         ax.set(xlabel=xlabel, ylabel="val loss", title=f"val loss against {xlabel.split(' (')[0]}")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(plot_dir / fname, dpi=100, metadata={"Software": None})
+        paths.append(_save(fig, plot_dir / fname))
         plt.close(fig)
-        paths.append(plot_dir / fname)
+
+    fig, (ax_time, ax_loss) = plt.subplots(1, 2, figsize=(10, 4.5))
+    jitter = np.random.default_rng(0)  # fixed: the same runs give the same picture
+    for ax, values_of, spec, label in ((ax_time, _times, ".3f", "final train time (s)"),
+                                       (ax_loss, _losses, ".4f", "final val loss")):
+        for i, v in enumerate(variants):
+            values = values_of(v)
+            ax.plot(i + jitter.uniform(-0.15, 0.15, len(values)), values, "o", ms=4, alpha=0.6,
+                    color=colors[i % len(colors)])
+            s = stats.describe(values)
+            if s.n >= 2:
+                ax.errorbar(i + 0.3, s.mean, yerr=[[s.mean - s.ci_low], [s.ci_high - s.mean]], fmt="D",
+                            color="black", capsize=4, ms=5, label="mean, 95% CI" if i == 0 else None)
+        ax.set_xticks(range(len(variants)), [v.name for v in variants])
+        ax.set_xlim(-0.5, len(variants) - 0.3)
+        ax.set(ylabel=label, title=f"each run's {label}")
+        ax.grid(alpha=0.3, axis="y")
+    ax_loss.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
+    ax_loss.legend(fontsize=8)
+    paths.append(_save(fig, plot_dir / "runs.png"))
+    plt.close(fig)
     return paths
 
 
@@ -246,14 +382,14 @@ def _collect(args, variants: list[Variant]) -> None:
     """Fill each variant's logs: read them (logs mode) or run them interleaved, A0 B0 A1 B1 ... (run mode)."""
     if args.logs:
         for v in variants:
-            _keep_finished(v, load_variant_logs(v, args.records))
+            admit(v, load_variant_logs(v, args.records))
         return
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         for v in variants:
-            row = run_one(track=args.track, seed=seed, name=v.name, script=v.script or args.script, nproc=args.nproc,
+            row = run_one(track=args.track or DEFAULT_TRACK, seed=seed, name=v.name, script=v.script or args.script, nproc=args.nproc,
                           overrides=v.overrides, timeout=args.timeout, runs_dir=args.runs_dir, records_dir=args.records)
             try:
-                _keep_finished(v, [load_run(row["run_dir"])])
+                admit(v, [load_run(row["run_dir"])])
             except LogError as exc:
                 v.skipped.append(f"{row['run_id']} ({row['status']}: {exc})")
             except OSError as exc:
@@ -265,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     add_launch_arguments(parser)
+    parser.set_defaults(track=None)  # run mode: cpu-tiny; logs mode: where set, the default target of logs that state none
     parser.add_argument("--baseline", type=parse_variant, default=None, metavar="NAME=SPEC",
                         help="run mode: the baseline variant (default: the first --variant)")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME=SPEC",
@@ -274,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="logs mode: a log, a folder of logs or run dirs, or run ids a,b,c; "
                         "the first is the baseline")
     parser.add_argument("--target", type=float, default=None,
-                        help=f"target val loss (default: the runs' own; {DEFAULT_TARGET} for logs that state none)")
+                        help="target val loss (default: the one the runs state; for logs that state none, "
+                        f"--track's, else the FineWeb speedrun's {DEFAULT_TARGET})")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     parser.add_argument("--plot-dir", type=Path, default=None, help="where the plots go (default runs/compare-<time>/)")
     parser.add_argument("--no-plot", action="store_true")
@@ -289,8 +427,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         parser.error(f"variant names must be unique, got {names}")
-    if len(variants) < 2:
-        parser.error("need at least two variants: a baseline and one to compare with it")
     for v in variants:
         if not args.logs and not (v.script or args.script).is_file():
             parser.error(f"--variant {v.name}: script {v.script or args.script}: no such file")
@@ -303,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for v in variants:
             if not v.logs:
                 raise CompareError(f"variant {v.name}: no finished runs to compare (left out: {'; '.join(v.skipped)})")
-        target = resolve_target(variants, args.target)
+        target, target_source = resolve_target(variants, args.target, args.track)
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -312,18 +448,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
     try:
-        fig = figures(variants, target)
+        fig = figures(variants, target, target_source)
     except ValueError as exc:  # figures no statistic can be computed from (a time of 0 ms in a hand-made log)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for v in variants:
         for s in v.skipped:
             print(f"{v.name}: left out {s}", file=sys.stderr)
+        for note in v.notes:
+            print(f"{v.name}: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(fig, indent=1))
     else:
-        print(f"target val loss {target}; baseline {variants[0].name}")
+        print(f"target val loss {target} ({target_source}); a run's time is its train time at its final validation, "
+              "every finished run counts" + (f"; baseline {variants[0].name}" if len(variants) > 1 else ""))
         print(table(fig))
+        vs = comparison_table(fig)
+        if vs:
+            print(f"\nagainst the baseline, {variants[0].name}:")
+            print(vs)
     rc = 0
     if not args.no_plot:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -10,10 +10,16 @@ step, for example
 Our trainer prints the same lines with `tokens_per_s:T mfu:P%` appended. A step line is a line that
 *starts* with `step:N/M`; `key:value` tokens after it are read where known and ignored otherwise,
 and every other line (the source code, which mentions "step:" inside f-strings, the versions, the
-GPU table) is skipped. Validation lines (those with `val_loss:`) make the loss curve; the last one
-gives the final loss, its train time and step. A text log is "ok" when its last validation is at
-the planned step M, or when it has our trainer's closing `result: ...` line (our trainer stops at
-the first validation at or below the target); otherwise it was cut off: "incomplete".
+GPU table) is skipped. The source code a log starts with (modded-nanogpt prints its own file, and
+its kernels file, before a line of 100 '='; older logs put such a line before the code too) is kept
+as `RunLog.code`, and its hash (harness/snapshot.py's embedded_code_hash) as `RunLog.code_hash`: two
+logs of the same code have the same hash. Validation lines (those with `val_loss:`) make the loss curve; the last one
+gives the final loss, its train time and step: a run's time is that train time (`RunLog.time_ms`),
+the speedrun community's convention; the first validation at or below a target
+(`RunLog.time_to_target`) is an extra figure, never the headline. A text log is "ok" when its last
+validation is at the planned step M, or when it has our trainer's closing `result: ...` line (a run
+made with --stop_at_target ends early and says so: `RunLog.stopped_early`); otherwise it was cut
+off: "incomplete".
 
 A run directory written by train_gpt.py is read from its `events.jsonl` (harness/runlog.py), which
 holds the same curve at full precision plus what a text log lacks: track, seed, code hash, target,
@@ -24,6 +30,7 @@ status. Its train.log supplies the planned step count.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -31,10 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, last_event, read_events
+from harness.snapshot import embedded_code_hash
 
 # modded-nanogpt's FineWeb target: the loss a run must reach, for logs that do not state their own.
 DEFAULT_TARGET = 3.28
 LOG_SUFFIXES = (".txt", ".log")
+CODE_SEPARATOR = "=" * 100  # modded-nanogpt's print0("="*100) after the logged source
 
 _STEP_LINE = re.compile(r"^step:(\d+)/(\d+)(?=\s|$)")
 _VALUE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)(ms|%)?$", re.IGNORECASE)
@@ -58,11 +67,12 @@ class RunLog:
     step_avg_ms: float | None = None
     tokens_per_s: float | None = None
     status: str = "incomplete"  # ok | diverged | error | incomplete (no final step / no result event)
+    code_hash: str | None = None  # events: meta.code_hash; text logs: the hash of the embedded code
+    code: str | None = None  # text logs: the source code the log starts with, None where it has none
     # From events.jsonl only (None for text logs):
     run_id: str | None = None
     track: str | None = None
     seed: int | None = None
-    code_hash: str | None = None
     target: float | None = None
     tokens: int | None = None
     world_size: int | None = None
@@ -71,6 +81,11 @@ class RunLog:
     versions: dict | None = None
     git: dict | None = None
     result: dict | None = None
+    stop_at_target: bool | None = None  # events: the config's flag (None for text logs and older runs)
+    origin: str | None = None  # events: meta.origin, "ingested" (harness.ingest) or "cmd" (harness.run --cmd); None: ours
+    embedded_code: bool | None = None  # events: meta.embedded_code, whether code/ is the source its train.log starts with
+    log_sha256: str | None = None  # events: meta.log_sha256, of the train.log a foreign run was read from
+    content_sha256: str | None = None  # of the log file, or of events.jsonl: the same log read twice has the same
     problems: list[str] = field(default_factory=list)  # damaged lines skipped while reading
 
     @property
@@ -81,6 +96,20 @@ class RunLog:
     def train_time_ms(self) -> float | None:
         """Train time at the last validation."""
         return self.val_times_ms[-1] if self.val_times_ms else None
+
+    @property
+    def time_ms(self) -> float | None:
+        """The run's time, as every speedrun record counts it: the train time of its final validation."""
+        return self.train_time_ms
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the run ended before its planned step count without being cut off: stopped at the target
+        (--stop_at_target, or this kit's trainer before fixed-length runs became the default)."""
+        if self.stop_at_target:
+            return True
+        return (self.status == "ok" and self.total_steps is not None and self.final_step is not None
+                and self.final_step < self.total_steps)
 
     @property
     def final_step(self) -> int | None:
@@ -98,7 +127,8 @@ class RunLog:
         return f"CPU {h.get('cpu')}" + (f" ({h['cpu_count']} cores)" if h.get("cpu_count") else "")
 
     def time_to_target(self, target: float | None = None) -> float | None:
-        """Train time (ms) of the first validation with loss <= target; None if never reached."""
+        """Train time (ms) of the first validation with loss <= target; None if never reached. An extra figure:
+        a run's time is its final train time (time_ms)."""
         target = self.target if target is None else target
         if target is None:
             raise LogError(f"{self.source}: no target val loss known for this log; give one")
@@ -142,9 +172,32 @@ def parse_step_line(line: str) -> dict | None:
     return fields
 
 
+def embedded_code(text: str) -> str | None:
+    """The source code a modded-nanogpt log starts with, exactly as printed, or None if it has none.
+
+    The code is everything before the first line of 100 '=' (after it, when the log opens with one,
+    as 2024 logs do), without the newline that ends its last line. A log whose first step line comes
+    before any such line, or whose block holds no Python (`import` or `def` at a line start), has none.
+    """
+    lines = text.split("\n")
+    start = 1 if lines and lines[0].rstrip("\r") == CODE_SEPARATOR else 0
+    for i in range(start, len(lines)):
+        line = lines[i].rstrip("\r")
+        if _STEP_LINE.match(line):
+            return None
+        if line == CODE_SEPARATOR:
+            code = "\n".join(lines[start:i])
+            if re.search(r"^(import |from \S+ import |def )", code, re.MULTILINE):
+                return code
+            return None
+    return None
+
+
 def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line."""
     log = RunLog(source=source, name=name if name is not None else Path(source).stem)
+    log.code = embedded_code(text)
+    log.code_hash = embedded_code_hash(log.code) if log.code is not None else None
     finished = False  # our trainer's closing "result: ..." line (it may stop early, at the target)
     for line in text.splitlines():
         finished = finished or line.startswith("result: ")
@@ -176,7 +229,9 @@ def parse_log_file(path: str | os.PathLike) -> RunLog:
         raise LogError(f"{path}: no such log file") from None
     except OSError as exc:
         raise LogError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_text(text, source=str(path))
+    log = parse_text(text, source=str(path))
+    log.content_sha256 = hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
+    return log
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,16 +249,22 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
     except OSError as exc:
         raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
     log = RunLog(source=str(run_dir), name=run_dir.name, run_id=run_dir.name, problems=problems)
+    try:
+        log.content_sha256 = hashlib.sha256(events_path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
     config, meta, result = last_event(events, "config"), last_event(events, "meta"), last_event(events, "result")
     if config:
         log.track = config.get("track")
         log.config = config.get("config") or {}
         log.seed = log.config.get("seed")
         log.target = log.config.get("target_val_loss")
+        log.stop_at_target = log.config.get("stop_at_target")
     if meta:
         log.code_hash = meta.get("code_hash")
         log.world_size = meta.get("world_size")
         log.hardware, log.versions, log.git = meta.get("hardware"), meta.get("versions"), meta.get("git")
+        log.origin, log.embedded_code, log.log_sha256 = meta.get("origin"), meta.get("embedded_code"), meta.get("log_sha256")
     for e in events:
         try:
             if e["event"] == "val":

@@ -1,18 +1,44 @@
-"""`--key=value` command-line overrides of a dataclass's fields, each parsed to its field's type.
+"""Command-line overrides of a dataclass's fields, `--key=value` or `--key value`, each parsed to its field's type.
 
-    parse_overrides(["--seed=3", "--compile=auto"], Config)  ->  {"seed": 3, "compile": None}
+    parse_overrides(["--seed=3", "--compile", "auto"], Config)  ->  {"seed": 3, "compile": None}
 
-bool fields take true/false/1/0/yes/no; optional fields (`int | None`) also take none/auto; an
-unknown key is refused with the closest field's name. Errors are one-line ConfigErrors.
+Both spellings mean the same (`normalize_argv` turns the second into the first); a key always takes a
+value, so a bare `--key` is refused rather than guessed. bool fields take true/false/1/0/yes/no;
+optional fields (`int | None`) also take none/auto; an unknown key is refused with the closest field's
+name. Errors are one-line ConfigErrors.
 """
 from __future__ import annotations
 
 import difflib
 import typing
+from typing import Sequence
 
 
 class ConfigError(ValueError):
     """A bad command line or an impossible configuration; the message is one line."""
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Each `--key value` pair as `--key=value`; `--key=value` arguments as they are.
+
+    Raises ConfigError for an argument that is not an option (`lr=0.1`, `3` on its own) and for a
+    `--key` with no value after it (the end of the line, or another `--option`).
+    """
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        key, sep, _ = arg[2:].partition("=")
+        if not arg.startswith("--") or not key:
+            raise ConfigError(f"bad argument {arg!r}: expected --key=value or --key value")
+        if sep:
+            out.append(arg)
+            i += 1
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+        else:
+            raise ConfigError(f"{arg}: expected a value (--{key}=VALUE or --{key} VALUE)")
+    return out
 
 
 def parse_value(key: str, text: str, kind) -> object:
@@ -33,14 +59,13 @@ def parse_value(key: str, text: str, kind) -> object:
         raise ConfigError(f"--{key}={text}: expected {kind.__name__}") from None
 
 
-def parse_overrides(argv: list[str], fields_of: type) -> dict:
-    """{field: value} from `--key=value` arguments, in order (a later one wins), for dataclass `fields_of`."""
+def parse_overrides(argv: Sequence[str], fields_of: type) -> dict:
+    """{field: value} from `--key=value` / `--key value` arguments, in order (a later one wins), for
+    dataclass `fields_of`."""
     kinds = typing.get_type_hints(fields_of)
     overrides = {}
-    for arg in argv:
-        key, sep, text = arg[2:].partition("=")
-        if not arg.startswith("--") or not sep or not key:
-            raise ConfigError(f"bad argument {arg!r}: expected --key=value")
+    for arg in normalize_argv(argv):
+        key, _, text = arg[2:].partition("=")
         if key not in kinds:
             close = difflib.get_close_matches(key, kinds, n=1)
             raise ConfigError(f"unknown option --{key}" + (f" (did you mean --{close[0]}?)" if close else ""))

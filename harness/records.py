@@ -12,9 +12,15 @@ records/<date>_<name>/record.json
 
 A row's fields (ROW_FIELDS): run_id, timestamp (UTC, run end), track, name, git_commit, git_dirty,
 code_hash, hardware (GPU model and count, or CPU model), torch/triton/cuda/python versions, seed,
-overrides (trainer --key=value list), time_to_target_ms (null if not reached), steps, tokens,
-final_val_loss, reached_target, status (ok | diverged | crashed | interrupted | timeout), run_dir;
-and after them target_val_loss, train_time_ms, returncode, script, nproc, wall_s.
+overrides (trainer --key=value list), time_to_target_ms (the first validation at or below the target,
+null if none: an extra figure), steps, tokens, final_val_loss, reached_target, status (ok | diverged |
+crashed | interrupted | timeout | incomplete), run_dir; and after them target_val_loss, train_time_ms
+(the run's time: train time at its final validation), returncode, script, nproc, wall_s, stop_at_target;
+and for a run taken in from elsewhere, origin ("ingested" by harness.ingest, "cmd" by harness.run
+--cmd; absent for ours), source (the log file it was read from, or "stdout"), log_sha256 (of that
+log: harness.ingest takes a log in once) and seed_env (--cmd: the environment variable that carried
+the seed). "incomplete": a log that ends before its planned last step without a crash being seen
+(a log cut off, or a trainer that exited 0 early).
 """
 from __future__ import annotations
 
@@ -30,16 +36,17 @@ from harness.runlog import finite_or_none, iter_json_lines  # submit, verify and
 from harness.snapshot import REPO_ROOT
 
 SCHEMA = 1  # of a runs.jsonl row
-RECORD_SCHEMA = 1  # of a record.json
+RECORD_SCHEMA = 2  # of a record.json; 2: each run timed at its final validation, the speedup a ratio of means
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
-STATUSES = ("ok", "diverged", "crashed", "interrupted", "timeout")
+STATUSES = ("ok", "diverged", "crashed", "interrupted", "timeout", "incomplete")
 ROW_FIELDS = (
     "run_id", "timestamp", "track", "name", "git_commit", "git_dirty", "code_hash", "hardware",
     "torch", "triton", "cuda", "python", "seed", "overrides", "time_to_target_ms", "steps", "tokens",
     "final_val_loss", "reached_target", "status", "run_dir",
-    "target_val_loss", "train_time_ms", "returncode", "script", "nproc", "wall_s",
+    "target_val_loss", "train_time_ms", "returncode", "script", "nproc", "wall_s", "stop_at_target",
+    "origin", "source", "log_sha256", "seed_env",
 )
 
 
@@ -50,7 +57,7 @@ RECORD_KEYS = {
     "schema": "integer", "name": "string", "track": "string", "date": "string", "code_hash": "string",
     "description": "string|absent", "submitted": "string|absent", "hardware": "string|null|absent",
     "runs": "array", "stats": "object",
-    "stats.n": "integer", "stats.target_val_loss": "number",
+    "stats.n": "integer", "stats.target_val_loss": "number", "stats.final_at_or_below_target": "integer",
     "stats.time_ms": "object", "stats.time_ms.mean": "number", "stats.time_ms.std": "number|null",
     "stats.final_val_loss": "object", "stats.final_val_loss.mean": "number|null",
     "stats.final_val_loss.std": "number|null", "stats.p_loss_below_target": "number|null",
@@ -195,6 +202,9 @@ def record_problem(record) -> str | None:
                 return f"{key} missing"
         elif not _is(holder[leaf], types):
             return f"{key} is {_json_type(holder[leaf])}, expected {types.replace('|absent', '').replace('|', ' or ')}"
+    if record["schema"] == 1:
+        return (f"schema 1 (this harness reads schema {RECORD_SCHEMA}: schema 1 timed a run at its first validation "
+                "at or below the target, not at its final one; submit its runs again)")
     if record["schema"] != RECORD_SCHEMA:
         return f"schema {record['schema']} (this harness reads schema {RECORD_SCHEMA})"
     for i, run in enumerate(record["runs"]):

@@ -11,26 +11,46 @@ When a run ends, one row built from its events.jsonl goes to records/runs.jsonl,
 status comes from the trainer's result event (ok / diverged; its "error" is "crashed"), "crashed"
 if the process died without one, "timeout" past --timeout, "interrupted" on Ctrl-C (the trainer is
 stopped, the row written, and the harness exits 130). Exit status: 0 when every run is ok, else 1.
+
+Any other trainer (modded-nanogpt's train_gpt.py, say) runs through --cmd:
+
+    python -m harness.run --cmd "torchrun --standalone --nproc_per_node=8 train_gpt.py" [--cwd DIR]
+                          [--track modded-nanogpt] [--seeds N] [--seed-env SEED] [--logfile auto|stdout|PATH]
+                          [--target X] [--timeout SEC] ...
+
+The command runs as given (in --cwd), once per seed, with the seed in the environment variable
+--seed-env (SEED; the trainer may read it or not, the row records both the seed and the variable's
+name), its stdout driving the same progress bar. When it ends the run is recorded as harness.ingest
+records a log (harness/ingest.py): the log is the trainer's own log file where it writes one
+(--logfile auto: a *.txt/*.log path it printed, modded-nanogpt's `logs/<id>.txt`, else the newest
+logs/*.txt under --cwd written during the run; a path; or stdout), else its stdout, kept as
+train.log; code/ is the source the log starts with, else the script the command names (read at
+launch). Status: timeout / interrupted as above, diverged for a NaN val loss, crashed for a non-zero
+exit, else ok when the log reaches its planned last step and incomplete when it does not.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import queue
+import re
 import secrets
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
-from harness.logs import LogError, RunLog, load_run, parse_step_line
+from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
 from harness.records import RECORDS_DIR, append_run
 from harness.snapshot import REPO_ROOT
 
@@ -39,6 +59,8 @@ DEFAULT_SCRIPT = REPO_ROOT / "train_gpt.py"
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
 HARNESS_OWNED = ("--track", "--seed", "--run_dir")  # set per run by the harness, not by overrides
 STOP_GRACE_S = 5.0  # between SIGINT, SIGTERM and SIGKILL when stopping a trainer
+CMD_TRACK = "modded-nanogpt"  # --cmd's track when none is given
+SEED_ENV = "SEED"  # --cmd: the environment variable that carries the seed to the trainer
 
 
 def new_run_id(track: str, seed: int) -> str:
@@ -171,21 +193,23 @@ def build_row(run_dir: Path, *, run_id: str, name: str, track: str, seed: int, o
         "script": str(script),
         "nproc": nproc,
         "wall_s": round(wall_s, 3),
+        "stop_at_target": result.get("stop_at_target", (log.stop_at_target if log else None)),
     }
 
 
 def run_summary(row: dict) -> str:
-    """One line: status, final loss and step, time to target."""
+    """One line: status, the run's time (train time at its final validation), final loss against the target."""
     parts = [f"{row['run_id']}: {row['status']}"]
-    if row.get("final_val_loss") is not None:
-        parts.append(f"final val loss {row['final_val_loss']:.4f} at step {row.get('steps')}")
-    if row.get("time_to_target_ms") is not None:
-        parts.append(f"target {row.get('target_val_loss')} reached at "
-                     f"{row['time_to_target_ms'] / 1000:.2f} s train time")
-    elif row["status"] == "ok":
-        parts.append(f"target {row.get('target_val_loss')} not reached")
     if row.get("train_time_ms") is not None:
-        parts.append(f"train time {row['train_time_ms'] / 1000:.2f} s")
+        parts.append(f"time {row['train_time_ms'] / 1000:.2f} s (train time at the final validation)")
+    if row.get("final_val_loss") is not None:
+        target = row.get("target_val_loss")
+        side = "" if target is None else (" (at or below the target {})" if row["final_val_loss"] <= target
+                                          else " (above the target {})").format(target)
+        parts.append(f"final val loss {row['final_val_loss']:.4f} at step {row.get('steps')}{side}")
+    if row.get("time_to_target_ms") is not None:
+        parts.append(f"first at or below the target at {row['time_to_target_ms'] / 1000:.2f} s"
+                     + (", where it stopped (--stop_at_target)" if row.get("stop_at_target") else ""))
     parts.append(f"logs in {row['run_dir']}")
     return ", ".join(parts)
 
@@ -212,6 +236,98 @@ def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: _Prog
         progress.line(text, echo)
 
 
+@dataclass
+class _Ended:
+    """How a launched command ended, as _launch saw it."""
+
+    status: str | None  # "timeout" or "interrupted" when the harness stopped it, else None
+    returncode: int | None
+    wall_s: float
+    interrupted: bool = False
+    previous_sigint: object = None  # after Ctrl-C: the SIGINT handler to put back once the run is recorded
+
+
+def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, timeout: float | None, echo: bool,
+            cwd: Path | None = None, stdout_lines: list[str] | None = None) -> _Ended:
+    """Run `cmd` in its own process group; copy its output to console_path and the progress bar until it ends.
+
+    With `stdout_lines`, the command's stdout is also kept there, apart from its stderr (both go to the
+    console log and the bar); without, stderr is merged into stdout. On Ctrl-C the command is stopped and
+    SIGINT ignored until the caller has recorded the run (_finish); any other failure of the harness stops
+    the command and is raised.
+    """
+    console = open(console_path, "w", encoding="utf-8")
+    progress = _Progress(run_id)
+    start = time.monotonic()
+    # Own process group: the terminal's Ctrl-C reaches the harness only, which then stops the whole group.
+    # So from here on every way out of this function must stop the trainer, or it keeps running unseen.
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT if stdout_lines is None else subprocess.PIPE,
+                                text=True, errors="replace", bufsize=1, env=env, cwd=cwd, start_new_session=True)
+    except BaseException:
+        console.close()
+        progress.close()
+        raise
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def copy(stream, keep: list[str] | None):
+        for text in stream:
+            if keep is not None:
+                keep.append(text)
+            lines.put(text)
+
+    def pump():
+        errors = None
+        if stdout_lines is not None:
+            errors = threading.Thread(target=copy, args=(proc.stderr, None), daemon=True)
+            errors.start()
+        copy(proc.stdout, stdout_lines)
+        if errors is not None:
+            errors.join()
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    ended = _Ended(status=None, returncode=None, wall_s=0.0)
+    try:
+        reader.start()
+        ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id, echo=echo)
+    except KeyboardInterrupt:
+        ended.status, ended.interrupted = "interrupted", True
+        ended.previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the row
+        _stop(proc)
+    except BaseException:  # the harness itself failed (disk full, a bug): stop the trainer, then report it
+        _stop(proc)
+        console.close()
+        progress.close()
+        raise
+    try:
+        reader.join(timeout=STOP_GRACE_S)  # the rest of what the trainer printed before it went
+        while not lines.empty():
+            text = lines.get_nowait()
+            if text is not None:
+                console.write(text)
+    finally:
+        console.close()
+        progress.close()
+    ended.returncode, ended.wall_s = proc.returncode, time.monotonic() - start
+    return ended
+
+
+def _finish(ended: _Ended, record) -> dict:
+    """Call record() (which writes the run's row and returns it), print the run's summary, and after a
+    Ctrl-C put SIGINT back and raise KeyboardInterrupt."""
+    try:
+        row = record()
+        print(run_summary(row), flush=True)
+    finally:
+        if ended.interrupted:
+            signal.signal(signal.SIGINT, ended.previous_sigint)
+    if ended.interrupted:
+        raise KeyboardInterrupt
+    return row
+
+
 def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: int = 1,
             overrides: Sequence[str] = (), timeout: float | None = None, runs_dir=DEFAULT_RUNS_DIR,
             records_dir=RECORDS_DIR, echo: bool = True) -> dict:
@@ -227,53 +343,127 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
     print(f"[{run_id}] {shlex.join(cmd)}", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
-    console = open(run_dir / "console.log", "w", encoding="utf-8")
-    progress = _Progress(run_id)
-    start = time.monotonic()
-    # Own process group: the terminal's Ctrl-C reaches the harness only, which then stops the whole group.
-    # So from here on every way out of this function must stop the trainer, or it keeps running unseen.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            bufsize=1, env=env, start_new_session=True)
-    lines: queue.Queue[str | None] = queue.Queue()
+    ended = _launch(cmd, env=env, run_id=run_id, console_path=run_dir / "console.log", timeout=timeout, echo=echo)
 
-    def pump():
-        for text in proc.stdout:
-            lines.put(text)
-        lines.put(None)
-
-    reader = threading.Thread(target=pump, daemon=True)
-    interrupted, previous_handler = False, None
-    try:
-        reader.start()
-        harness_status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id, echo=echo)
-    except KeyboardInterrupt:
-        interrupted, harness_status = True, "interrupted"
-        previous_handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the row
-        _stop(proc)
-    except BaseException:  # the harness itself failed (disk full, a bug): stop the trainer, then report it
-        _stop(proc)
-        console.close()
-        progress.close()
-        raise
-    try:
-        reader.join(timeout=STOP_GRACE_S)  # the rest of what the trainer printed before it went
-        while not lines.empty():
-            text = lines.get_nowait()
-            if text is not None:
-                console.write(text)
-        console.close()
-        progress.close()
+    def record() -> dict:
         row = build_row(run_dir, run_id=run_id, name=name, track=track, seed=seed, overrides=overrides,
-                        harness_status=harness_status, returncode=proc.returncode, script=script, nproc=nproc,
-                        wall_s=time.monotonic() - start)
+                        harness_status=ended.status, returncode=ended.returncode, script=script, nproc=nproc,
+                        wall_s=ended.wall_s)
         append_run(row, records_dir)
-        print(run_summary(row), flush=True)
-    finally:
-        if interrupted:
-            signal.signal(signal.SIGINT, previous_handler)
-    if interrupted:
-        raise KeyboardInterrupt
-    return row
+        return row
+
+    return _finish(ended, record)
+
+
+# ----------------------------------------------------------------------------------------------
+# Any trainer: --cmd
+
+
+def script_in_command(argv: Sequence[str], cwd: Path) -> Path | None:
+    """The Python script a command runs: its first argument ending in .py that is a file (relative to cwd)."""
+    for arg in argv:
+        if arg.endswith(".py") and (cwd / arg).is_file():
+            return (cwd / arg).resolve()
+    return None
+
+
+def trainer_log(spec: str, cwd: Path, stdout_lines: Sequence[str], since: float) -> Path | None:
+    """The trainer's own log file, recorded instead of its stdout where it has more (modded-nanogpt writes
+    its source code only to its log file). spec "stdout": none; a path (relative to cwd): that file if it
+    is there; "auto": the last line of stdout naming a *.txt or *.log file written since `since` (modded-
+    nanogpt prints `logs/<run id>.txt`), else the newest logs/*.txt or logs/*.log under cwd written since."""
+    if spec == "stdout":
+        return None
+    if spec != "auto":
+        path = cwd / spec
+        return path if path.is_file() else None
+
+    def fresh(path: Path) -> bool:
+        try:
+            return path.is_file() and path.stat().st_mtime >= since - 1  # coarse file-system clocks
+        except OSError:
+            return False
+
+    for line in reversed(stdout_lines):
+        text = line.strip()
+        if text.endswith(LOG_SUFFIXES) and not text.startswith("step:") and fresh(cwd / text):
+            return cwd / text
+    written = [p for suffix in LOG_SUFFIXES for p in (cwd / "logs").glob(f"*{suffix}") if fresh(p)]
+    return max(written, key=lambda p: p.stat().st_mtime) if written else None
+
+
+def cmd_status(log: RunLog | None, harness_status: str | None, returncode: int | None) -> str:
+    """A --cmd run's status: the harness's (timeout, interrupted), else diverged (a NaN val loss), crashed
+    (a non-zero exit), or what its log shows: ok at its planned last step, else incomplete."""
+    if harness_status:
+        return harness_status
+    if log is not None and log.status == "diverged":
+        return "diverged"
+    if returncode != 0:
+        return "crashed"
+    return log.status if log is not None else "incomplete"
+
+
+def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str = SEED_ENV,
+                target: float | None = None, logfile: str = "auto", cwd=None, timeout: float | None = None,
+                runs_dir=DEFAULT_RUNS_DIR, records_dir=RECORDS_DIR, echo: bool = True) -> dict:
+    """Run any trainer's command once (the seed in the environment variable `seed_env`), record it, return the row.
+
+    The run directory is made as harness.ingest makes one (harness/ingest.py), from the trainer's log
+    (trainer_log) or else its stdout: train.log, events.jsonl, code/ (the source the log starts with,
+    else the script the command names, read when it starts); console.log holds everything it printed.
+    On Ctrl-C the trainer is stopped and the run recorded as "interrupted" before KeyboardInterrupt is
+    raised again.
+    """
+    from harness import ingest
+    from harness.hardware import git_state
+
+    cwd = Path(cwd or os.getcwd()).resolve()
+    argv = shlex.split(command)
+    target = ingest.default_target(track) if target is None else target
+    run_id = new_run_id(track, seed)
+    run_dir = Path(runs_dir).resolve() / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    script = script_in_command(argv, cwd)
+    script_file = (script.name, script.read_bytes()) if script else None  # at launch: the code that runs
+    print(f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", flush=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)}
+    stdout_lines: list[str] = []
+    since = time.time()
+    ended = _launch(argv, env=env, run_id=run_id, console_path=run_dir / "console.log", timeout=timeout, echo=echo,
+                    cwd=cwd, stdout_lines=stdout_lines)
+
+    def record() -> dict:
+        printed = ingest.parse_log_bytes("".join(list(stdout_lines)).encode("utf-8"), "stdout")
+        parsed, path = printed, trainer_log(logfile, cwd, list(stdout_lines), since)
+        if path is not None:
+            own = ingest.parse_log_bytes(path.read_bytes(), str(path))
+            parsed, path = (own, path) if own.log is not None or printed.log is None else (printed, None)
+        elif logfile not in ("auto", "stdout"):
+            print(f"warning: --logfile {logfile}: no such file in {cwd} after the run; recording its stdout",
+                  file=sys.stderr)
+        status = cmd_status(parsed.log, ended.status, ended.returncode)
+        source = str(path) if path is not None else "stdout"
+        pending = run_dir / f".pending-{os.getpid()}"
+        try:
+            ingest.write_run_files(pending, parsed, track=track, target=target, seed=seed, status=status,
+                                   git=git_state(cwd), script=script_file,
+                                   meta={"origin": "cmd", "source": source, "command": command, "seed_env": seed_env,
+                                         "script": str(script) if script else None})
+            for entry in pending.iterdir():
+                os.rename(entry, run_dir / entry.name)
+            pending.rmdir()
+        except BaseException:
+            shutil.rmtree(pending, ignore_errors=True)
+            raise
+        row = build_row(run_dir, run_id=run_id, name=name, track=track, seed=seed, overrides=[],
+                        harness_status=status, returncode=ended.returncode, script=command,
+                        nproc=parsed.facts.world_size or 1, wall_s=ended.wall_s)
+        row.update(origin="cmd", source=source, log_sha256=parsed.sha256, seed_env=seed_env)
+        append_run(row, records_dir)
+        return row
+
+    return _finish(ended, record)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,46 +518,108 @@ def render_leaderboard(records_dir: Path) -> None:
 
 
 def group_summary(rows: list[dict]) -> str:
-    """Mean ± std and 95% CI over the runs of one invocation, with the record rule's p-value."""
+    """Over the runs of one invocation that finished ok: time (final train time) and final val loss,
+    mean ± std and 95% CI, and the loss rule's p and verdict (the speedrun's convention: every run counts)."""
     from harness import stats
 
-    ok = [r for r in rows if r["status"] == "ok"]
-    losses = [r["final_val_loss"] for r in ok if r.get("final_val_loss") is not None]
-    times = [r["time_to_target_ms"] / 1000 for r in ok if r.get("time_to_target_ms") is not None]
-    target = next((r.get("target_val_loss") for r in ok if r.get("target_val_loss") is not None), None)
+    ok = [r for r in rows if r["status"] == "ok" and r.get("final_val_loss") is not None
+          and r.get("train_time_ms") is not None]
     text = f"{len(ok)}/{len(rows)} runs ok"
-    if times:
-        t = stats.describe(times)
-        text += (f"; time to target {t.mean:.2f} ± {t.std:.2f} s "
-                 f"(95% CI {t.ci_low:.2f}..{t.ci_high:.2f}, {t.n} reached)")
-    if losses:
-        s = stats.describe(losses)
-        text += f"; final val loss {s.mean:.4f} ± {s.std:.4f}"
-        if target is not None:
-            text += f"; p(mean loss < {target}) = {stats.p_mean_below(losses, target):.3g}"
+    if not ok:
+        return text
+    t = stats.describe([r["train_time_ms"] / 1000 for r in ok])
+    s = stats.describe([r["final_val_loss"] for r in ok])
+    text += f"; time {t.mean:.2f} ± {t.std:.2f} s (95% CI {t.ci_low:.2f}..{t.ci_high:.2f})"
+    text += f"; final val loss {s.mean:.4f} ± {s.std:.4f}"
+    target = next((r.get("target_val_loss") for r in ok if r.get("target_val_loss") is not None), None)
+    if target is not None:
+        p = stats.p_mean_below([r["final_val_loss"] for r in ok], target)
+        text += f"; p(mean loss < {target}) = {p:.3g}, loss rule (p < {stats.ALPHA}): {'passes' if p < stats.ALPHA else 'fails'}"
+    if any(r.get("stop_at_target") for r in ok):
+        text += "; some runs stopped at the target (--stop_at_target): exploratory, not a record"
     return text
 
 
+def _cmd_problem(args, overrides: Sequence[str]) -> str | None:
+    """What is wrong with a --cmd invocation, or None."""
+    if overrides:
+        return "with --cmd the trainer's arguments go in the command, not after '--'"
+    if args.script is not None or args.nproc is not None:
+        return "--cmd runs its own command: leave out --script and --nproc (e.g. torchrun --nproc_per_node=8 in it)"
+    try:
+        argv = shlex.split(args.cmd)
+    except ValueError as exc:
+        return f"--cmd {args.cmd!r}: {exc}"
+    if not argv:
+        return "--cmd is empty"
+    cwd = args.cwd or Path.cwd()
+    program = argv[0]
+    if not ((cwd / program).is_file() if os.sep in program else shutil.which(program)):
+        return f"--cmd: {program}: no such program" + (f" in {cwd}" if os.sep in program else " on PATH")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.seed_env):
+        return f"--seed-env {args.seed_env!r}: not an environment variable name"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from harness.ingest import IngestError, check_name
+    from harness.overrides import ConfigError, normalize_argv
+
     ours, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m harness.run", description=__doc__.split("\n\n")[0],
-                                     epilog="Trainer overrides go after '--', e.g. -- --lr=0.01")
+                                     epilog="Trainer overrides go after '--', e.g. -- --lr=0.01 (or -- --lr 0.01)")
     add_launch_arguments(parser)
+    parser.set_defaults(track=None, nproc=None)  # their defaults differ with --cmd
     parser.add_argument("--name", default=None, help="name stored with each run (default: the track)")
-    parser.add_argument("--script", type=Path, default=DEFAULT_SCRIPT, help="trainer script (default train_gpt.py)")
+    parser.add_argument("--script", type=Path, default=None, help="trainer script (default train_gpt.py)")
+    cmd = parser.add_argument_group("any trainer (--cmd)")
+    cmd.add_argument("--cmd", default=None, metavar="COMMAND",
+                     help="run this command instead of our trainer, e.g. 'torchrun --standalone --nproc_per_node=8 "
+                     f"train_gpt.py' (--track default {CMD_TRACK})")
+    cmd.add_argument("--cwd", type=Path, default=None, help="--cmd: the directory it runs in (default: this one)")
+    cmd.add_argument("--seed-env", default=SEED_ENV, metavar="NAME",
+                     help=f"--cmd: the environment variable that carries the seed (default {SEED_ENV})")
+    cmd.add_argument("--logfile", default="auto", metavar="PATH|auto|stdout",
+                     help="--cmd: the trainer's own log to record (default auto: one it names on stdout, else the "
+                     "newest logs/*.txt it wrote; stdout: what it printed)")
+    cmd.add_argument("--target", type=float, default=None,
+                     help="--cmd: target val loss (default: the track's, else 3.28)")
     args = parser.parse_args(ours)
-    problem = check_overrides(overrides)
+    if args.cmd is None:
+        given = [opt for opt, changed in (("--cwd", args.cwd is not None), ("--seed-env", args.seed_env != SEED_ENV),
+                                          ("--logfile", args.logfile != "auto"), ("--target", args.target is not None))
+                 if changed]
+        if given:
+            parser.error(f"{', '.join(given)}: only with --cmd")
+    track = args.track or (CMD_TRACK if args.cmd is not None else DEFAULT_TRACK)
+    try:
+        check_name("track", track)
+        overrides = normalize_argv(overrides)
+    except (IngestError, ConfigError) as exc:
+        parser.error(str(exc))
+    if args.cwd is not None and not args.cwd.is_dir():
+        parser.error(f"--cwd {args.cwd}: no such directory")
+    if args.target is not None and not math.isfinite(args.target):
+        parser.error(f"--target {args.target}: expected a finite number")
+    problem = _cmd_problem(args, overrides) if args.cmd is not None else check_overrides(overrides)
     if problem:
         parser.error(problem)
-    if not Path(args.script).is_file():
-        parser.error(f"--script {args.script}: no such file")
+    script = args.script or DEFAULT_SCRIPT
+    if args.cmd is None and not Path(script).is_file():
+        parser.error(f"--script {script}: no such file")
 
     rows = []
     try:
         for seed in range(args.seed_start, args.seed_start + args.seeds):
-            rows.append(run_one(track=args.track, seed=seed, name=args.name or args.track, script=args.script,
-                                nproc=args.nproc, overrides=overrides, timeout=args.timeout,
-                                runs_dir=args.runs_dir, records_dir=args.records))
+            if args.cmd is not None:
+                rows.append(run_cmd_one(args.cmd, track=track, seed=seed, name=args.name or track,
+                                        seed_env=args.seed_env, target=args.target, logfile=args.logfile,
+                                        cwd=args.cwd, timeout=args.timeout, runs_dir=args.runs_dir,
+                                        records_dir=args.records))
+            else:
+                rows.append(run_one(track=track, seed=seed, name=args.name or track, script=script,
+                                    nproc=args.nproc or 1, overrides=overrides, timeout=args.timeout,
+                                    runs_dir=args.runs_dir, records_dir=args.records))
     except KeyboardInterrupt:
         print("interrupted: the run was stopped and recorded as 'interrupted'", file=sys.stderr)
         if not args.no_leaderboard:

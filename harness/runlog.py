@@ -9,14 +9,27 @@ train_gpt.py writes `events.jsonl` in its run directory; the harness reads it ba
            "tokens_per_s": float, "mfu": float|None}
   val     {"step": int, "val_loss": float, "train_time_ms": float}
   result  {"status": "ok"|"diverged"|"error", "reached_target": bool, "target_val_loss": float,
-           "time_to_target_ms": float|None, "steps": int, "tokens": int, "final_val_loss": float|None,
-           "train_time_ms": float, "peak_memory_mb": float|None, "tokens_per_s": float, "mfu": float|None,
+           "stop_at_target": bool, "time_to_target_ms": float|None (first val <= target), "steps": int, "tokens": int, "final_val_loss": float|None,
+           "train_time_ms": float (the run's time: at its final validation), "peak_memory_mb": float|None, "tokens_per_s": float, "mfu": float|None,
            "error": str|None}
 
 A step event is written when its loss reaches the host, one step late (the trainer never waits for the
 GPU between validations), so a run stopped by a signal or a crash may lack its last step event. Its
 train_time_ms is host time when the step was queued, so on a GPU it can run ahead of the device by a
 step; val and result times are exact (the clock stops after a device synchronize).
+
+A run taken in from another trainer's text log (harness.ingest; harness.run --cmd) has the same
+events, read from that log (harness/ingest.py), which is its train.log: config holds the target,
+num_steps (the M of step:N/M), seed (null for a log, the seed passed for --cmd) and stop_at_target
+false; meta adds "origin" ("ingested" | "cmd"), "embedded_code" (bool: code/ is the source the log
+starts with; false: code/ is the script the command ran, or there is no code/ and code_hash is null),
+"log_sha256" (of train.log), "source" (the file it was read from, or "stdout") and, for --cmd,
+"command", "seed_env" and "script"; its hardware is {"kind": "cuda", "gpu", "gpu_count",
+"peak_flops"} from the log's nvidia-smi table (world_size = gpu_count), versions those of its
+"Running ..." lines, git {"commit": null, "dirty": null} for a log (the command's working tree for
+--cmd). Step events carry what the line printed (train_loss, tokens_per_s and mfu mostly null); the
+result's status is "ok", "diverged", "incomplete" (the log ends before its planned last step), or for
+--cmd also "crashed", "timeout" or "interrupted"; its tokens and mfu are null.
 
 Only rank 0 writes. Each line is written with one write() call and flushed, so a crash leaves every
 finished line readable; a reader skips (and reports) a torn last line instead of failing.

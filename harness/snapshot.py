@@ -1,8 +1,15 @@
 """Which files make a run's code, their hash, and the snapshot copied into every run directory.
 
 The code hash identifies "the same code" for record submissions: every run of a record must share
-it, and `harness.verify` recomputes it from the snapshot. It covers `train_gpt.py` and
-`kernels/*.py`: the files that decide what is trained and how fast, and nothing that only reports.
+it, and `harness.verify` recomputes it from the snapshot. For our trainer it covers `train_gpt.py`
+and `kernels/*.py`: the files that decide what is trained and how fast, and nothing that only
+reports. A run from another trainer (harness.ingest, harness.run --cmd) has as its snapshot the
+source code its log starts with (modded-nanogpt prints its own source first), kept as one file,
+EMBEDDED_CODE; or, where the log holds none, the script its command ran.
+
+The hash is sha256 over (relative path, content) of every file of the snapshot, in sorted order, so
+`snapshot_hash(run_dir/code)` equals the `code_hash` of the tree it was copied from, and
+`embedded_code_hash(text)` equals the `snapshot_hash` of a snapshot holding that text.
 """
 from __future__ import annotations
 
@@ -10,11 +17,23 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODE_GLOBS = ("train_gpt.py", "kernels/*.py")
 SNAPSHOT_DIR = "code"
 HASH_FILE = "CODE_HASH"
+EMBEDDED_CODE = "embedded_code.txt"  # a foreign trainer's logged source, byte for byte as its log printed it
+
+
+def hash_files(files: Mapping[str, bytes]) -> str:
+    """sha256 over (relative POSIX path, content) of each file, in sorted path order."""
+    digest = hashlib.sha256()
+    for rel in sorted(files):
+        digest.update(rel.encode() + b"\0")
+        digest.update(files[rel])
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def code_files(root: str | os.PathLike = REPO_ROOT) -> list[Path]:
@@ -27,22 +46,45 @@ def code_files(root: str | os.PathLike = REPO_ROOT) -> list[Path]:
 
 
 def code_hash(root: str | os.PathLike = REPO_ROOT) -> str:
-    """sha256 over (relative path, content) of every code file, in sorted order."""
+    """The hash of our trainer's code files (CODE_GLOBS) under `root`."""
     root = Path(root)
-    digest = hashlib.sha256()
-    for rel in code_files(root):
-        digest.update(rel.as_posix().encode() + b"\0")
-        digest.update((root / rel).read_bytes())
-        digest.update(b"\0")
-    return digest.hexdigest()
+    return hash_files({rel.as_posix(): (root / rel).read_bytes() for rel in code_files(root)})
+
+
+def snapshot_hash(snapshot: str | os.PathLike) -> str:
+    """The hash of every file in a snapshot folder (run_dir/code), its CODE_HASH aside."""
+    snapshot = Path(snapshot)
+    if not snapshot.is_dir():
+        raise FileNotFoundError(f"{snapshot}: no code snapshot folder")
+    files = {p.relative_to(snapshot).as_posix(): p.read_bytes() for p in snapshot.rglob("*")
+             if p.is_file() and p.relative_to(snapshot).as_posix() != HASH_FILE}
+    if not files:
+        raise FileNotFoundError(f"{snapshot}: the code snapshot holds no files")
+    return hash_files(files)
+
+
+def embedded_code_hash(code: str) -> str:
+    """The hash of a snapshot holding only `code` as EMBEDDED_CODE (a foreign log's printed source)."""
+    return hash_files({EMBEDDED_CODE: code.encode("utf-8")})
+
+
+def write_snapshot(dest_dir: str | os.PathLike, files: Mapping[str, bytes]) -> str:
+    """Write `files` into `dest_dir/code/` with their CODE_HASH; return the hash."""
+    dest = Path(dest_dir) / SNAPSHOT_DIR
+    for rel, data in files.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
+    digest = snapshot_hash(dest)
+    (dest / HASH_FILE).write_text(digest + "\n")
+    return digest
 
 
 def snapshot_code(dest_dir: str | os.PathLike, root: str | os.PathLike = REPO_ROOT) -> str:
-    """Copy the code files into `dest_dir/code/`, write its CODE_HASH, return the hash."""
+    """Copy our trainer's code files into `dest_dir/code/`, write its CODE_HASH, return the hash."""
     root, dest = Path(root), Path(dest_dir) / SNAPSHOT_DIR
     for rel in code_files(root):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(root / rel, dest / rel)
-    digest = code_hash(dest)
+    digest = snapshot_hash(dest)
     (dest / HASH_FILE).write_text(digest + "\n")
     return digest

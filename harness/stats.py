@@ -3,18 +3,31 @@
 - describe:        n, mean, sample std (ddof=1), 95% t-interval for the mean.
 - p_mean_below:    one-sided one-sample t-test, H1: mean < target (modded-nanogpt's record rule on the loss).
 - welch:           Welch's unequal-variance t-test (scipy.stats.ttest_ind(equal_var=False)).
-- speedup:         baseline time / new time as a ratio of geometric means, with the 95% interval from
-                   Welch's t-interval on log times, exponentiated. Ratios of positive quantities are
-                   analysed on the log scale (the bioequivalence convention for a ratio of means); for
-                   run-time spreads of a few percent the geometric mean and the mean differ by far less
-                   than the interval.
+- mean_difference: new - baseline mean with the 95% Welch interval (scipy's confidence_interval).
+- speedup:         mean(baseline time) / mean(new time), the ratio every speedrun record prints, with
+                   Fieller's 95% interval for a ratio of two independent means (Fieller 1954; t on the
+                   Welch-Satterthwaite degrees of freedom of the ratio's variance), and the one-sided
+                   Welch p that the new times are lower.
+- runs_needed_*:   the sample size a set needs for its test to succeed with 80% power at the effect
+                   observed (the textbook power of a t-test: the noncentral t distribution, as in
+                   statsmodels' TTestPower and TTestIndPower).
 
 Every function takes plain sequences of floats and returns floats; NaN where the sample is too
 small for the figure (a std needs 2 values, a test 2 per group).
+
+    python -m harness.stats loss --target 3.28 3.2817 3.2796 3.2778 ...       # the record's loss rule
+    python -m harness.stats times --baseline 80.61 80.71 ... --candidate 79.54 79.74 ...
+    pbpaste | python -m harness.stats loss                                      # numbers from stdin
+
+Numbers may be separated by spaces, commas or newlines, and wrapped in [ ], as a record's
+statistics.md prints its lists.
 """
 from __future__ import annotations
 
+import argparse
 import math
+import re
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -22,6 +35,9 @@ import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
+ALPHA = 0.01  # the record rule's significance, for the loss and for the time
+POWER = 0.8  # for runs_needed_*: the chance that a set of that size passes, at the effect observed
+MAX_RUNS = 10_000  # runs_needed_* gives None beyond this (no practical set passes)
 
 
 @dataclass(frozen=True)
@@ -71,28 +87,206 @@ def welch(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided"
 
 @dataclass(frozen=True)
 class Speedup:
-    ratio: float  # geometric-mean(baseline) / geometric-mean(new): > 1 means new is faster
-    ci_low: float
+    ratio: float  # mean(baseline) / mean(new): > 1 means new is faster
+    ci_low: float  # Fieller's 95% interval for the ratio (NaN when the new mean is not clearly positive)
     ci_high: float
-    p_faster: float  # one-sided Welch p on log times, H1: new is faster than baseline
+    p_faster: float  # one-sided Welch p, H1: mean(new) < mean(baseline)
 
     def as_dict(self) -> dict:
         return {"ratio": self.ratio, "ci95": [self.ci_low, self.ci_high], "p_faster": self.p_faster}
 
 
 def speedup(baseline_times: Sequence[float], new_times: Sequence[float]) -> Speedup:
-    """Speedup of `new` over `baseline` (times, positive), with a 95% Welch interval on the log scale."""
+    """Speedup of `new` over `baseline` (times, positive): the ratio of mean times, with Fieller's interval.
+
+    Fieller: the ratio R = mean_b / mean_n bounds the pivot (mean_b - R mean_n)^2 <= t^2 (v_b + R^2 v_n),
+    v = s^2 / n per group, a quadratic in R whose roots are the interval; t at 97.5% on the
+    Welch-Satterthwaite degrees of freedom of v_b + R^2 v_n at the estimate.
+    """
     a, b = _array(baseline_times), _array(new_times)
     if len(a) == 0 or len(b) == 0:
         return Speedup(math.nan, math.nan, math.nan, math.nan)
     if (a <= 0).any() or (b <= 0).any():
         bad = sorted(float(t) for t in np.concatenate([a, b]) if t <= 0)
         raise ValueError(f"speedup needs positive times, got {bad[:3]}")
-    log_a, log_b = np.log(a), np.log(b)
-    ratio = math.exp(log_a.mean() - log_b.mean())
+    ratio = float(a.mean() / b.mean())
     if len(a) < 2 or len(b) < 2:
         return Speedup(ratio, math.nan, math.nan, math.nan)
-    test = stats.ttest_ind(log_a, log_b, equal_var=False, alternative="two-sided")
-    ci = test.confidence_interval(CONFIDENCE)
-    p_faster = stats.ttest_ind(log_a, log_b, equal_var=False, alternative="greater").pvalue
-    return Speedup(ratio, math.exp(ci.low), math.exp(ci.high), float(p_faster))
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    total = va + ratio**2 * vb
+    if total == 0:  # no spread at all: the ratio is exact
+        return Speedup(ratio, ratio, ratio, math.nan)  # and no test: a t statistic needs a spread
+    df = total**2 / (va**2 / (len(a) - 1) + ratio**4 * vb**2 / (len(b) - 1))
+    t = stats.t.ppf(0.5 + CONFIDENCE / 2, df)
+    qa, qb, qc = b.mean() ** 2 - t**2 * vb, -2 * a.mean() * b.mean(), a.mean() ** 2 - t**2 * va
+    disc = qb**2 - 4 * qa * qc
+    if qa <= 0 or disc < 0:  # the new mean is not significantly above 0: the interval is unbounded
+        low = high = math.nan
+    else:
+        low, high = sorted(((-qb - math.sqrt(disc)) / (2 * qa), (-qb + math.sqrt(disc)) / (2 * qa)))
+    return Speedup(ratio, float(low), float(high), welch(b, a, alternative="less"))
+
+
+@dataclass(frozen=True)
+class Difference:
+    diff: float  # mean(new) - mean(baseline)
+    ci_low: float  # 95% Welch interval
+    ci_high: float
+
+    def as_dict(self) -> dict:
+        return {"diff": self.diff, "ci95": [self.ci_low, self.ci_high]}
+
+
+def mean_difference(baseline: Sequence[float], new: Sequence[float]) -> Difference:
+    """mean(new) - mean(baseline) with the 95% Welch t-interval."""
+    a, b = _array(baseline), _array(new)
+    if len(a) == 0 or len(b) == 0:
+        return Difference(math.nan, math.nan, math.nan)
+    diff = float(b.mean() - a.mean())
+    if len(a) < 2 or len(b) < 2:
+        return Difference(diff, math.nan, math.nan)
+    if a.var() == 0 and b.var() == 0:
+        return Difference(diff, diff, diff)
+    ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(CONFIDENCE)
+    return Difference(diff, float(ci.low), float(ci.high))
+
+
+def _smallest_n(power_at, start: int = 2) -> int | None:
+    """The smallest n >= start with power_at(n) >= POWER (power grows with n), None past MAX_RUNS.
+
+    Doubling, then bisection: scipy's noncentral t returns NaN far out in its tail (a huge
+    noncentrality), so n is never probed much beyond where the power first reaches POWER."""
+    high = start
+    while not power_at(high) >= POWER:
+        if high >= MAX_RUNS:
+            return None
+        high = min(2 * high, MAX_RUNS)
+    low = max(start, high // 2)
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if power_at(mid) >= POWER else (mid + 1, high)
+    return low
+
+
+def runs_needed_loss(mean: float, std: float, target: float, alpha: float = ALPHA) -> int | None:
+    """Runs for the loss rule (one-sided one-sample t-test, mean < target, p < alpha) to pass with POWER
+    at this mean and std. None when the mean is not below the target or the std is unknown."""
+    if not (math.isfinite(mean) and math.isfinite(std)) or mean >= target:
+        return None
+    if std == 0:
+        return 2
+    d = (target - mean) / std
+
+    def power(n: int) -> float:  # P(T > t_crit), T noncentral t with df n - 1 and noncentrality d sqrt(n)
+        return float(stats.nct.sf(stats.t.ppf(1 - alpha, n - 1), n - 1, d * math.sqrt(n)))
+
+    return _smallest_n(power)
+
+
+def runs_needed_difference(mean_a: float, std_a: float, mean_b: float, std_b: float,
+                           alpha: float = 1 - CONFIDENCE) -> int | None:
+    """Runs per variant for a two-sided t-test of the means at `alpha` to succeed with POWER (so that a
+    95% interval of the difference, or of the speedup, excludes no-change), at the difference observed
+    and the two stds' root mean square (Cohen's d for equal group sizes)."""
+    values = (mean_a, std_a, mean_b, std_b)
+    if not all(math.isfinite(x) for x in values) or mean_a == mean_b:
+        return None
+    spread = math.sqrt((std_a**2 + std_b**2) / 2)
+    if spread == 0:
+        return 2
+    d = abs(mean_a - mean_b) / spread
+
+    def power(n: int) -> float:  # both tails of a noncentral t with df 2n - 2, noncentrality d sqrt(n / 2)
+        df, nc = 2 * n - 2, d * math.sqrt(n / 2)
+        crit = stats.t.ppf(1 - alpha / 2, df)
+        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+
+    return _smallest_n(power)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: numbers in, the figures a record or a comparison prints out
+
+
+def parse_numbers(text: str) -> list[float]:
+    """'[3.28, 3.27]', '3.28 3.27', one per line: -> floats. Raises ValueError naming a bad token."""
+    values = []
+    for token in re.split(r"[\s,\[\]]+", text.strip()):
+        if token:
+            try:
+                values.append(float(token))
+            except ValueError:
+                raise ValueError(f"not a number: {token!r}") from None
+    return values
+
+
+def _numbers(given: list[str], what: str) -> list[float]:
+    values = parse_numbers(" ".join(given) if given else sys.stdin.read())
+    if len(values) < 2:
+        raise ValueError(f"{what}: need at least 2 numbers, got {len(values)}")
+    return values
+
+
+def _table(rows: list[dict]) -> str:
+    import pandas as pd
+
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
+def loss_report(losses: Sequence[float], target: float) -> str:
+    s, p = describe(losses), p_mean_below(losses, target)
+    needed = runs_needed_loss(s.mean, s.std, target)
+    return _table([
+        {"figure": "n", "value": f"{s.n}"},
+        {"figure": "mean ± std (sample)", "value": f"{s.mean:.10f} ± {s.std:.10f}"},
+        {"figure": "95% CI of the mean", "value": f"[{s.ci_low:.10f}, {s.ci_high:.10f}]"},
+        {"figure": f"one-sided t-test p (mean < {target})", "value": f"{p:.10f}"},
+        {"figure": f"loss rule (p < {ALPHA})", "value": "passes" if p < ALPHA else "fails"},
+        {"figure": f"runs needed ({POWER:.0%} power)", "value": "—" if needed is None else f"{needed}"},
+    ])
+
+
+def times_report(baseline: Sequence[float], candidate: Sequence[float]) -> str:
+    a, b = describe(baseline), describe(candidate)
+    sp, diff = speedup(baseline, candidate), mean_difference(baseline, candidate)
+    needed = runs_needed_difference(a.mean, a.std, b.mean, b.std)
+    return _table([
+        {"figure": "n (baseline, candidate)", "value": f"{a.n}, {b.n}"},
+        {"figure": "baseline mean ± std", "value": f"{a.mean:.6f} ± {a.std:.6f}"},
+        {"figure": "candidate mean ± std", "value": f"{b.mean:.6f} ± {b.std:.6f}"},
+        {"figure": "difference (candidate - baseline) [95% CI]",
+         "value": f"{diff.diff:+.6f} [{diff.ci_low:+.6f}, {diff.ci_high:+.6f}]"},
+        {"figure": "speedup, ratio of means [95% Fieller CI]",
+         "value": f"{sp.ratio:.8f} [{sp.ci_low:.6f}, {sp.ci_high:.6f}]"},
+        {"figure": "Welch p, candidate faster (one-sided)", "value": f"{sp.p_faster:.3g}"},
+        {"figure": "Welch p, two-sided", "value": f"{welch(candidate, baseline):.3g}"},
+        {"figure": f"runs needed per variant ({POWER:.0%} power, 95% CI excludes 1)",
+         "value": "—" if needed is None else f"{needed}"},
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.stats", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    sub = parser.add_subparsers(dest="command", required=True)
+    loss = sub.add_parser("loss", help="the loss rule on final val losses (numbers, or stdin)")
+    loss.add_argument("--target", type=float, default=3.28, help="target val loss (default 3.28)")
+    loss.add_argument("values", nargs="*", metavar="LOSS")
+    times = sub.add_parser("times", help="a candidate's times against a baseline's: speedup, difference, Welch")
+    times.add_argument("--baseline", nargs="+", required=True, metavar="T")
+    times.add_argument("--candidate", nargs="+", required=True, metavar="T")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "loss":
+            print(loss_report(_numbers(args.values, "losses"), args.target))
+        else:
+            print(times_report(_numbers(args.baseline, "--baseline"), _numbers(args.candidate, "--candidate")))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,10 @@
   - the code hash recomputed from code/ equals code/CODE_HASH and record.json's code_hash;
   - every run's events.jsonl (runs/<run_id>/) names that code hash, and the runs in runs/ are the
     runs in record.json;
+  - every run's train.log agrees with its events.jsonl (harness.ingest.check_against_log): for a run
+    taken in from a log, its sha256 is the one recorded and the source code at its top hashes to the
+    code hash (re-extracted from the log itself); for every run, each validation line (step, val_loss
+    to its printed digits, train_time to the ms) is its val event;
   - the statistics recomputed from those logs (and the previous record's, for the speedup) equal
     record.json's (relative tolerance 1e-9: JSON keeps full precision) and statistics.md's (each
     number to half a unit of its last printed digit).
@@ -20,9 +24,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from harness.ingest import check_against_log
 from harness.logs import LogError, load_run
 from harness.records import RECORD_FILE, RecordsError, finite_or_none, os_error_line, read_record
-from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, code_hash
+from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.submit import render_statistics, statistics
 
 JSON_RTOL = 1e-9
@@ -85,9 +90,9 @@ def verify(folder: str | Path) -> list[str]:
     # Code.
     snapshot = folder / SNAPSHOT_DIR
     try:
-        recomputed = code_hash(snapshot)
+        recomputed = snapshot_hash(snapshot)
         stated = (snapshot / HASH_FILE).read_text().strip() if (snapshot / HASH_FILE).exists() else None
-    except FileNotFoundError as exc:  # code_files' message names the folder and the globs
+    except FileNotFoundError as exc:  # snapshot_hash's message names the folder
         return problems + [f"{snapshot}: {exc}" if exc.filename is None else os_error_line(exc)]
     except OSError as exc:
         return problems + [os_error_line(exc)]
@@ -114,6 +119,7 @@ def verify(folder: str | Path) -> list[str]:
             continue
         if log.code_hash != recomputed:
             problems.append(f"{run_dir / 'events.jsonl'}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
+        problems += check_against_log(log)
         logs.append(log)
     if not logs:
         return problems + [f"{runs_dir}: no readable runs"]

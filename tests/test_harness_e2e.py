@@ -35,8 +35,8 @@ def test_compare_submit_verify_leaderboard(tmp_path, capsys):
     assert fast["vs_baseline"]["speedup"] == pytest.approx(1.25, rel=0.03)
     low, high = fast["vs_baseline"]["speedup_ci95"]
     assert low < fast["vs_baseline"]["speedup"] < high
-    assert fast["vs_baseline"]["p_time_welch"] < 0.05
-    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"loss_vs_time.png", "loss_vs_step.png"}
+    assert fast["vs_baseline"]["p_time_faster"] < 0.05
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"loss_vs_time.png", "loss_vs_step.png", "runs.png"}
     frame, _ = load_records(records)
     assert frame["name"].tolist() == ["base", "fast", "base", "fast"] and frame["seed"].tolist() == [0, 0, 1, 1]
     base_ids = frame[frame["name"] == "base"]["run_id"].tolist()
@@ -91,7 +91,7 @@ def test_compare_submit_verify_leaderboard(tmp_path, capsys):
     shutil.copytree(records, tampered)
     events = tampered / fast_folder.name / "runs" / fast_ids[0] / "events.jsonl"
     lines = [json.loads(line) for line in events.read_text().splitlines()]
-    last_val = max(i for i, e in enumerate(lines) if e["event"] == "val" and e["step"] == 15)
+    last_val = max(i for i, e in enumerate(lines) if e["event"] == "val")  # the final validation: the run's time
     lines[last_val]["train_time_ms"] *= 0.9
     events.write_text("".join(json.dumps(e) + "\n" for e in lines))
     assert verify.main([str(tampered / fast_folder.name)]) == 1
@@ -125,7 +125,8 @@ def test_compare_modded_nanogpt_logs(tmp_path, capsys):
             (folder / f"{seed}.txt").write_text(text)
     assert compare.main(["--logs", f"old={tmp_path / 'old'}", f"new={tmp_path / 'new'}", "--no-plot"]) == 0
     out = capsys.readouterr().out
-    assert "target val loss 3.28; baseline old" in out and "| new" in out and "1.111 [" in out
+    assert "target val loss 3.28 (the FineWeb speedrun's: the logs state none)" in out and "baseline old" in out
+    assert "| new" in out and "| 1.1111 [" in out
 
 
 @pytest.mark.parametrize("name, why", [
@@ -148,8 +149,7 @@ def test_bad_compare_inputs(tmp_path, capsys):
     for argv, message in [(["--variant", "noequals"], "expected NAME=..."),
                           (["--variant", "a=", "--variant", "a=--lr=1"], "must be unique"),
                           (["--variant", "a=lr=1", "--variant", "b="], "is not of the form --key=value"),
-                          (["--variant", "a=", "--logs", "b=x"], "not both"),
-                          (["--variant", "a="], "at least two variants")]:
+                          (["--variant", "a=", "--logs", "b=x"], "not both")]:
         with pytest.raises(SystemExit):
             compare.main(argv)
         assert message in capsys.readouterr().err

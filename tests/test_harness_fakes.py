@@ -27,7 +27,8 @@ from harness.snapshot import snapshot_code
 
 # Loss at validation step s of S: end + (start - end) * exp(-5 s / S) + a per-seed offset.
 CONFIG = dict(steps=20, val_every=5, target_val_loss=3.28, start_loss=6.0, end_loss=3.2, loss_noise=0.001,
-              step_ms=10.0, time_noise=0.01, sleep=0.0, nan_at=-1, crash_at=-1, hang_at=-1, tokens_per_step=1024)
+              step_ms=10.0, time_noise=0.01, sleep=0.0, nan_at=-1, crash_at=-1, hang_at=-1, tokens_per_step=1024,
+              stop_at_target=0)
 
 
 def main(argv):
@@ -90,6 +91,9 @@ def main(argv):
                 return 1
             if ttt is None and loss <= cfg["target_val_loss"]:
                 ttt = t
+                if cfg["stop_at_target"]:
+                    steps = step
+                    break
         else:
             out(f"step:{{step}}/{{steps}} train_time:{{t:.0f}}ms step_avg:{{avg:.2f}}ms "
                 f"tokens_per_s:{{tps:.0f}} mfu:n/a")

@@ -80,7 +80,9 @@ def test_ctrl_c_records_interrupted(kit):
 
 def test_bad_cli_arguments(kit, capsys):
     for argv, message in [
-        (["--script", str(kit["script"]), "--", "lr=0.1"], "is not of the form --key=value"),
+        (["--script", str(kit["script"]), "--", "lr=0.1"], "bad argument 'lr=0.1': expected --key=value or --key value"),
+        (["--script", str(kit["script"]), "--", "--lr"], "--lr: expected a value (--lr=VALUE or --lr VALUE)"),
+        (["--script", str(kit["script"]), "--", "--seed", "3"], "set by the harness"),
         (["--script", str(kit["script"]), "--", "--seed=3"], "set by the harness"),
         (["--script", str(kit["script"].parent / "nope.py")], "no such file"),
         (["--seeds", "0"], "must be >= 1"),

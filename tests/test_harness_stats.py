@@ -1,4 +1,4 @@
-"""harness.stats against published values: Student's sleep data (Cushny & Peebles, 1905), as worked in R.
+"""harness.stats against published values: the FP8DownProjection speedrun record's own figures, and Student's sleep data (Cushny & Peebles, 1905), as worked in R.
 
 R's documentation example `t.test(extra ~ group, data = sleep)` and its paired form print:
   paired (one-sample on the differences g1 - g2): t = -4.0621, df = 9, p-value = 0.002833,
@@ -6,9 +6,12 @@ R's documentation example `t.test(extra ~ group, data = sleep)` and its paired f
   Welch two-sample: t = -1.8608, df = 17.776, p-value = 0.07939, 95% CI of the difference -3.3654832 .. 0.2054832,
       means 0.75 and 2.33
 """
+import io
 import math
 
+import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from harness import stats
 
@@ -35,21 +38,92 @@ def test_welch():
     assert stats.welch(GROUP1, GROUP2, alternative="less") == pytest.approx(0.07939 / 2, rel=1e-4)
 
 
-def test_speedup_is_the_welch_interval_on_log_times():
-    # times whose logs are the sleep data: the log-ratio interval is R's Welch interval, negated and exponentiated
-    baseline = [math.exp(x) for x in GROUP2]
-    new = [math.exp(x) for x in GROUP1]
-    sp = stats.speedup(baseline, new)
-    assert sp.ratio == pytest.approx(math.exp(2.33 - 0.75))
-    assert (sp.ci_low, sp.ci_high) == pytest.approx((math.exp(-0.2054832), math.exp(3.3654832)), rel=1e-6)
-    assert sp.p_faster == pytest.approx(0.07939 / 2, rel=1e-4)
+# The published statistics of modded-nanogpt's record 2026-07-17_FP8DownProjection (its statistics.md):
+# baseline and this_pr times and losses of 13 runs each, and the figures it prints.
+FP8_BASE_T = [80.610, 80.710, 80.678, 80.720, 80.747, 80.693, 80.659, 80.694, 80.763, 80.795, 80.818, 80.840, 80.745]
+FP8_NEW_T = [79.536, 79.740, 79.814, 79.658, 79.593, 79.629, 80.231, 79.653, 79.641, 79.532, 79.539, 79.682, 79.656]
+FP8_BASE_L = [3.2817, 3.2796, 3.2778, 3.2802, 3.2775, 3.2767, 3.2758, 3.2821, 3.2780, 3.2768, 3.2769, 3.2775, 3.2766]
+
+
+def test_the_published_record_figures():
+    assert stats.p_mean_below(FP8_BASE_L, 3.28) == pytest.approx(0.0042976481, abs=5e-11)
+    assert stats.describe(FP8_BASE_L).std == pytest.approx(0.0020164389, abs=5e-11)
+    assert stats.describe(FP8_BASE_T).mean == pytest.approx(80.728615, abs=5e-7)
+    assert stats.describe(FP8_NEW_T).std == pytest.approx(0.182767, abs=5e-7)
+    sp = stats.speedup(FP8_BASE_T, FP8_NEW_T)
+    assert sp.ratio == pytest.approx(1.01309774, abs=5e-9)  # "speedup: 1.01309774x"
+    assert stats.welch(FP8_NEW_T, FP8_BASE_T) == pytest.approx(4.9e-12, abs=5e-14)  # two-sided, as published
+    assert sp.p_faster == pytest.approx(4.9e-12 / 2, rel=0.01)
+    assert stats.mean_difference(FP8_BASE_T, FP8_NEW_T).diff == pytest.approx(-1.043692, abs=5e-7)
+    assert sp.ci_low < sp.ratio < sp.ci_high
+
+
+def test_mean_difference_is_the_welch_interval():
+    d = stats.mean_difference(GROUP2, GROUP1)  # new = group 1: R's interval of mean(g1) - mean(g2)
+    assert d.diff == pytest.approx(0.75 - 2.33)
+    assert (d.ci_low, d.ci_high) == pytest.approx((-3.3654832, 0.2054832), abs=1e-7)
+
+
+def test_fieller_interval_covers_the_true_ratio_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    true_ratio, trials, covered = 80.0 / 64.0, 4000, 0
+    for _ in range(trials):
+        sp = stats.speedup(rng.normal(80.0, 3.0, 5), rng.normal(64.0, 6.0, 7))
+        covered += sp.ci_low <= true_ratio <= sp.ci_high
+    assert covered / trials == pytest.approx(0.95, abs=0.015)
+
+
+def test_fieller_agrees_with_the_log_scale_interval_for_small_spreads():
+    base, new = [100.0, 101.0, 99.5, 100.4, 100.9], [90.2, 90.9, 89.8, 90.5]
+    sp = stats.speedup(base, new)
+    ci = scipy_stats.ttest_ind(np.log(base), np.log(new), equal_var=False).confidence_interval(0.95)
+    assert (sp.ci_low, sp.ci_high) == pytest.approx((math.exp(ci.low), math.exp(ci.high)), rel=2e-4)
 
 
 def test_speedup_of_scaled_times():
     times = [10.0, 10.5, 9.8, 10.2]
-    sp = stats.speedup(times, [t / 2 for t in times])  # exactly twice as fast: zero spread in the log ratio
+    sp = stats.speedup(times, [t / 2 for t in times])
     assert sp.ratio == pytest.approx(2.0)
     assert sp.ci_low < 2.0 < sp.ci_high
+    exact = stats.speedup([3.0, 3.0], [1.5, 1.5])  # no spread at all: the ratio is exact
+    assert (exact.ratio, exact.ci_low, exact.ci_high) == (2.0, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("d", [0.3, 0.87, 2.0, 4.0])
+def test_runs_needed_is_the_textbook_power_calculation(d):
+    from statsmodels.stats import power  # a dev dependency: the textbook implementation
+    one_sample = power.TTestPower().solve_power(effect_size=d, alpha=0.01, power=0.8, alternative="larger")
+    assert stats.runs_needed_loss(3.28 - d * 0.002, 0.002, 3.28) == max(2, math.ceil(one_sample))
+    two_sample = power.TTestIndPower().solve_power(effect_size=d, alpha=0.05, power=0.8, alternative="two-sided")
+    assert stats.runs_needed_difference(80.0, 0.5, 80.0 - d * 0.5, 0.5) == max(2, math.ceil(two_sample))
+
+
+def test_runs_needed_when_no_set_can_pass():
+    assert stats.runs_needed_loss(3.29, 0.01, 3.28) is None  # the mean is above the target
+    assert stats.runs_needed_loss(3.27, math.nan, 3.28) is None
+    assert stats.runs_needed_loss(3.2799999, 1.0, 3.28) is None  # beyond MAX_RUNS
+    assert stats.runs_needed_difference(80.0, 0.1, 80.0, 0.1) is None
+
+
+def test_cli_loss_rule_on_a_pasted_list(capsys):
+    assert stats.main(["loss", "--target", "3.28", str(FP8_BASE_L)]) == 0
+    out = capsys.readouterr().out
+    assert "0.0042976481" in out and "passes" in out and "| 13 " in out
+
+
+def test_cli_times_from_stdin_and_arguments(capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(" ".join(map(str, FP8_BASE_L))))
+    assert stats.main(["loss"]) == 0 and "passes" in capsys.readouterr().out
+    assert stats.main(["times", "--baseline", *map(str, FP8_BASE_T), "--candidate", *map(str, FP8_NEW_T)]) == 0
+    out = capsys.readouterr().out
+    assert "1.01309774" in out and "4.91e-12" in out and "-1.043692" in out
+
+
+def test_cli_bad_numbers_are_one_line(capsys):
+    assert stats.main(["loss", "3.28", "oops"]) == 2
+    assert capsys.readouterr().err == "error: not a number: 'oops'\n"
+    assert stats.main(["loss", "3.28"]) == 2
+    assert "need at least 2 numbers" in capsys.readouterr().err
 
 
 def test_small_samples_give_nan_not_errors():
@@ -58,5 +132,6 @@ def test_small_samples_give_nan_not_errors():
     assert math.isnan(stats.p_mean_below([3.0], 3.28))
     assert math.isnan(stats.welch([1.0], [1.0, 2.0]))
     assert math.isnan(stats.speedup([1.0], [2.0]).ci_low) and stats.speedup([1.0], [2.0]).ratio == 0.5
+    assert math.isnan(stats.mean_difference([1.0], [2.0]).ci_low)
     with pytest.raises(ValueError, match="positive"):
         stats.speedup([0.0, 1.0], [1.0, 2.0])

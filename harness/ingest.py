@@ -1,0 +1,485 @@
+"""Take in runs made elsewhere: each speedrun text log becomes a run in the records log, with its own run directory.
+
+    python -m harness.ingest --track TRACK --name NAME [--target X] [--records records] [--runs-dir runs]
+                             LOG_OR_DIR...
+
+A log is modded-nanogpt's (the script's own source, a line of 100 '=', the "Running Python / PyTorch
+/ Triton" lines and the nvidia-smi table, another '=' line, then `step:N/M ...` lines) or our
+trainer's train.log; a folder stands for its *.txt and *.log files. Each log becomes runs/<run_id>/:
+
+  train.log     the log, byte for byte
+  events.jsonl  harness/runlog.py's events, read from the log: config (track, target, planned steps,
+                seed: null, a text log names none), meta (the code hash; GPU model and count from the
+                nvidia-smi table, whose GPU rows are every GPU of the machine, the count the run's
+                processes on a full node; the versions from the log's own lines; origin "ingested", the
+                log's sha256 and the file it came from), a step or val event per step line, and the result:
+                status ok, or incomplete for a log cut off before its planned last step, or diverged
+                for one whose val loss is NaN
+  code/         the source code the log starts with, as code/embedded_code.txt, and its CODE_HASH: the
+                run's code hash is the hash of the code that produced it (harness/snapshot.py)
+
+The folder is written under a temporary name and renamed into place, and only then does its row go
+to records/runs.jsonl (the row also names the origin, the source file and the log's sha256). A log
+with no source code at its top goes in without code/ (code hash null, meta.embedded_code false), and
+harness.submit refuses it as a record. A log whose sha256 is already in the runs log is reported and
+not added again; a file that is not a speedrun log gets one line naming it, and the others still go
+in. Each new run id is printed on stdout, one per line; everything else goes to stderr. Exit status:
+1 if some input could not be taken in, else 0.
+
+The target is --target, else the one a log of ours states, else the track's (train_gpt.py's TRACKS),
+else the FineWeb speedrun's 3.28. harness.run --cmd records a foreign trainer's log through the same
+functions (parse_log_bytes, write_run_files), and harness.submit and harness.verify re-check every
+run's train.log against the rest of its directory (check_against_log): the code at its top against
+the code hash, each validation line against its val event.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import hashlib
+import math
+import os
+import re
+import secrets
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from harness.hardware import peak_flops
+from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedded_code, parse_step_line,
+                          parse_text)
+from harness.records import RECORDS_DIR, append_run, load_records, os_error_line
+from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
+from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
+
+ORIGIN = "ingested"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # a track or run name: it goes into run ids and folders
+_RUNNING_PYTHON = re.compile(r"^Running Python (\S+)")
+_RUNNING_TORCH = re.compile(r"^Running PyTorch (\S+) compiled for CUDA (\S+)", re.IGNORECASE)  # "pytorch" in 2024
+_RUNNING_TRITON = re.compile(r"^Running Triton version (\S+)")
+# An nvidia-smi GPU row: "|   0  NVIDIA H100 80GB HBM3          On  |   00000000:8D:00.0 Off |  ..."
+_GPU_ROW = re.compile(r"^\|\s+(\d+)\s+(\S.*?)\s+(?:On|Off)\s+\|")
+_PEAK_MEMORY = re.compile(r"^peak memory allocated: (\d+) MiB")
+_OUR_PROCESSES = re.compile(r"^track \S+, (\d+) process\(es\) on ")
+_OUR_DICT_LINES = ("config", "versions", "hardware", "git")  # train_gpt.py's "key: {...}" lines in train.log
+
+
+class IngestError(ValueError):
+    """An input that cannot be taken in; the message is one line naming it."""
+
+
+def check_name(kind: str, name: str) -> None:
+    if not _NAME.match(name or ""):
+        raise IngestError(f"{kind} {name!r}: use 1-80 letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a log
+
+
+@dataclass
+class Facts:
+    """What a log's header says about the run, besides its curve."""
+
+    versions: dict = field(default_factory=dict)  # python, torch, cuda, triton
+    hardware: dict | None = None  # {"kind": "cuda", "gpu", "gpu_count", "peak_flops"}, or ours as logged
+    world_size: int | None = None
+    config: dict | None = None  # our train.log's resolved config
+    git: dict | None = None  # our train.log's
+    peak_memory_mb: float | None = None
+
+
+@dataclass
+class Parsed:
+    """A log as harness.ingest and harness.run --cmd read it."""
+
+    data: bytes
+    text: str
+    sha256: str
+    code: str | None  # the source the log starts with (harness.logs.embedded_code), None if none
+    log: RunLog | None  # None: no validation line, so not a speedrun log
+    facts: Facts
+    events: list[tuple[str, dict]]  # ("step" | "val", fields), in the log's order
+
+
+def _header(text: str, code: str | None) -> list[str]:
+    """The lines between the embedded code (if any) and the first step line."""
+    rest = text[text.find(code) + len(code):] if code is not None else text
+    lines = []
+    for line in rest.splitlines():
+        if parse_step_line(line) is not None:
+            break
+        lines.append(line.rstrip("\r"))
+    return lines
+
+
+def read_facts(text: str, code: str | None) -> Facts:
+    """Versions from the "Running ..." lines, GPUs from the nvidia-smi table, and, in our train.log, the
+    config/versions/hardware/git lines; the peak memory from modded-nanogpt's closing line."""
+    facts = Facts()
+    gpus: dict[int, str] = {}
+    for line in _header(text, code):
+        if m := _RUNNING_PYTHON.match(line):
+            facts.versions["python"] = m.group(1)
+        elif m := _RUNNING_TORCH.match(line):
+            facts.versions["torch"], facts.versions["cuda"] = m.group(1), m.group(2)
+        elif m := _RUNNING_TRITON.match(line):
+            facts.versions["triton"] = m.group(1)
+        elif m := _GPU_ROW.match(line):
+            gpus.setdefault(int(m.group(1)), m.group(2))
+        elif m := _OUR_PROCESSES.match(line):
+            facts.world_size = int(m.group(1))
+        else:
+            key, sep, value = line.partition(": ")
+            if sep and key in _OUR_DICT_LINES and value.startswith("{"):
+                try:
+                    parsed = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    continue  # a line that only looks like ours: the run's facts are then unknown, not wrong
+                if isinstance(parsed, dict) and key == "versions":
+                    facts.versions.update(parsed)
+                elif isinstance(parsed, dict):
+                    setattr(facts, key, parsed)
+    if gpus and (facts.hardware or {}).get("kind") != "cuda":
+        names = sorted(set(gpus.values()))
+        facts.hardware = {"kind": "cuda", "gpu": " + ".join(names), "gpu_count": len(gpus),
+                          "peak_flops": peak_flops(names[0]) if len(names) == 1 else None}
+        facts.world_size = facts.world_size or len(gpus)
+    for line in reversed(text.splitlines()[-50:]):
+        if m := _PEAK_MEMORY.match(line):
+            facts.peak_memory_mb = float(m.group(1))
+            break
+    return facts
+
+
+def _token(line: str, key: str) -> str | None:
+    """The raw text of `key:VALUE` in a step line, as printed."""
+    for token in line.split()[1:]:
+        k, sep, value = token.partition(":")
+        if sep and k == key:
+            return value
+    return None
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text.removesuffix("ms").removesuffix("%")) if text is not None else None
+    except ValueError:
+        return None
+
+
+def step_events(text: str) -> list[tuple[str, dict]]:
+    """A val event per validation line (step, val_loss, train_time_ms), a step event per other step line.
+    A validation line without its train time (torn) is skipped, as harness.logs skips it."""
+    events = []
+    for line in text.splitlines():
+        fields = parse_step_line(line)
+        if fields is None:
+            continue
+        if "val_loss" in fields:
+            if "train_time_ms" in fields:
+                events.append(("val", {"step": fields["step"], "val_loss": fields["val_loss"],
+                                       "train_time_ms": fields["train_time_ms"]}))
+            continue
+        mfu = fields.get("mfu")
+        events.append(("step", {"step": fields["step"], "train_time_ms": fields.get("train_time_ms"),
+                                "step_avg_ms": fields.get("step_avg_ms"),
+                                "train_loss": _float(_token(line, "train_loss")),
+                                "tokens_per_s": fields.get("tokens_per_s"),
+                                "mfu": None if mfu is None else mfu / 100}))
+    return events
+
+
+def parse_log_bytes(data: bytes, source: str) -> Parsed:
+    """Read a log's bytes (undecodable bytes are replaced, as harness.logs does). Never raises: a text
+    with no validation line has log None."""
+    text = data.decode("utf-8", errors="replace")
+    code = embedded_code(text)
+    try:
+        log = parse_text(text, source=source)
+    except LogError:
+        log = None
+    return Parsed(data=data, text=text, sha256=hashlib.sha256(data).hexdigest(), code=code, log=log,
+                  facts=read_facts(text, code), events=step_events(text))
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing a run directory
+
+
+def result_fields(parsed: Parsed, status: str, target: float, stop_at_target: bool = False) -> dict:
+    """The result event of a run read from its log (runlog.py's fields; tokens and MFU are not in a text log)."""
+    log = parsed.log
+    if log is None:
+        return {"status": status, "reached_target": False, "target_val_loss": target, "stop_at_target": stop_at_target,
+                "time_to_target_ms": None, "steps": None, "tokens": None, "final_val_loss": None, "train_time_ms": None,
+                "peak_memory_mb": parsed.facts.peak_memory_mb, "tokens_per_s": None, "mfu": None,
+                "error": "the log has no validation line"}
+    ttt = log.time_to_target(target)
+    error = {"diverged": f"val loss is not finite at step {log.final_step}",
+             "incomplete": f"the log ends at step {log.last_step} of {log.total_steps}"}.get(status)
+    return {"status": status, "reached_target": ttt is not None, "target_val_loss": target,
+            "stop_at_target": stop_at_target, "time_to_target_ms": ttt, "steps": log.last_step, "tokens": None,
+            "final_val_loss": log.final_val_loss, "train_time_ms": log.train_time_ms,
+            "peak_memory_mb": parsed.facts.peak_memory_mb, "tokens_per_s": log.tokens_per_s, "mfu": None,
+            "error": error}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, seed: int | None, status: str,
+                    meta: dict, script: tuple[str, bytes] | None = None, git: dict | None = None) -> str | None:
+    """Write train.log, events.jsonl and code/ for a run read from its log into the folder `dest`; fsync them.
+
+    code/ holds the log's embedded source (EMBEDDED_CODE), else `script` (name, bytes) when given, else
+    nothing. Returns the code hash, None without code. `meta` adds to the meta event (origin and the like);
+    git (the command's working tree, for --cmd) replaces the log's own, if any.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / CONSOLE_FILE).write_bytes(parsed.data)
+    if parsed.code is not None:
+        digest = write_snapshot(dest, {EMBEDDED_CODE: parsed.code.encode("utf-8")})
+        assert digest == embedded_code_hash(parsed.code)
+    elif script is not None:
+        digest = write_snapshot(dest, {script[0]: script[1]})
+    else:
+        digest = None
+    facts, log = parsed.facts, parsed.log
+    config = dict(facts.config or {})
+    config.update(target_val_loss=target, seed=seed, stop_at_target=bool(config.get("stop_at_target", False)))
+    config.setdefault("num_steps", log.total_steps if log else None)
+    events = EventLog(dest)
+    try:
+        events.write("config", track=track, config=config)
+        events.write("meta", code_hash=digest, world_size=facts.world_size, hardware=facts.hardware,
+                     versions=facts.versions, git=git or facts.git or {"commit": None, "dirty": None},
+                     embedded_code=parsed.code is not None, log_sha256=parsed.sha256, **meta)
+        for kind, fields in parsed.events:
+            events.write(kind, **fields)
+        events.write("result", **result_fields(parsed, status, target, config["stop_at_target"]))
+    finally:
+        events.close()
+    for folder, _, files in os.walk(dest, topdown=False):  # files before the folders that list them
+        for fname in files:
+            _fsync(Path(folder) / fname)
+        _fsync(Path(folder))
+    return digest
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking a run directory's train.log against the rest of it (harness.submit and harness.verify)
+
+
+def _half_unit(text: str) -> float:
+    """Half a unit of the last printed digit of a plain decimal: '3.2821' -> 5e-5, '80694' -> 0.5."""
+    return 0.5 * 10.0 ** -len(text.split(".", 1)[1]) if "." in text else 0.5
+
+
+def check_against_log(log: RunLog) -> list[str]:
+    """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field.
+
+    - For a run read from a log (meta.log_sha256): train.log's sha256 must be the one recorded.
+    - For a run whose code is its log's embedded source (meta.embedded_code): the code at the top of
+      train.log, re-extracted and hashed, must equal the run's code hash.
+    - Each validation line of train.log (step, val_loss to its printed digits, train_time to the
+      millisecond) must equal the matching val event, and there must be as many of each. A run of ours
+      whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
+    """
+    run_dir = Path(log.source)
+    path, events_path = run_dir / CONSOLE_FILE, run_dir / EVENTS_FILE
+    foreign = log.origin is not None
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return [f"{path}: missing (the log this run was read from)"] if foreign else []
+    except OSError as exc:
+        return [os_error_line(exc)]
+    text, problems = data.decode("utf-8", errors="replace"), []
+    if log.log_sha256 is not None and hashlib.sha256(data).hexdigest() != log.log_sha256:
+        problems.append(f"{path}: sha256: expected {log.log_sha256} ({events_path.name} meta.log_sha256), found "
+                        f"{hashlib.sha256(data).hexdigest()}: the log was changed after the run was recorded")
+    if log.embedded_code:
+        code = embedded_code(text)
+        found = embedded_code_hash(code) if code is not None else None
+        if found != log.code_hash:
+            problems.append(f"{path}: embedded code: hashes to {found or 'nothing (no source code at its top)'}, "
+                            f"expected the run's code hash {log.code_hash} ({events_path.name} meta.code_hash)")
+    lines = [(lineno, line) for lineno, line in enumerate(text.splitlines(), 1)
+             if (f := parse_step_line(line)) and "val_loss" in f and "train_time_ms" in f]
+    if not lines and not foreign:
+        return problems
+    events = list(zip(log.val_steps, log.val_losses, log.val_times_ms))
+    if len(lines) != len(events):
+        problems.append(f"{path}: {len(lines)} validation lines, but {events_path} has {len(events)} val events")
+    for i, ((lineno, line), (step, loss, time_ms)) in enumerate(zip(lines, events)):
+        where, event = f"{path}:{lineno}", f"{events_path.name} val event {i + 1}"
+        printed_step = parse_step_line(line)["step"]
+        loss_text, time_text = _token(line, "val_loss"), _token(line, "train_time").removesuffix("ms")
+        printed_loss, printed_time = float(loss_text), float(time_text)
+        if printed_step != step:
+            problems.append(f"{where}: step: the log says {printed_step}, {event} says {step}")
+        same_loss = (math.isnan(printed_loss) and math.isnan(loss)) or \
+            abs(printed_loss - loss) <= _half_unit(loss_text) + 1e-9 * abs(loss)
+        if not same_loss:
+            problems.append(f"{where}: val_loss: the log says {loss_text}, {event} (step {step}) says {loss!r}")
+        if not abs(printed_time - time_ms) <= _half_unit(time_text) + 1e-6:
+            problems.append(f"{where}: train_time: the log says {time_text}ms, {event} (step {step}) says {time_ms!r}")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Ingesting
+
+
+def default_target(track: str) -> float:
+    """The track's target val loss (train_gpt.py's TRACKS), else the FineWeb speedrun's."""
+    from harness.compare import track_target
+
+    target = track_target(track)
+    return DEFAULT_TARGET if target is None else target
+
+
+def log_files(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """(files to read, problems): a folder gives its *.txt and *.log files, sorted; a file is taken as it is."""
+    files, problems = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix in LOG_SUFFIXES)
+            if not found:
+                problems.append(f"{item}: no logs (*.txt, *.log) in this folder")
+            files += found
+        elif item.exists():
+            files.append(item)
+        else:
+            problems.append(f"{item}: no such log file or folder")
+    return files, problems
+
+
+def new_run_id(track: str, source: Path) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    slug = re.sub(r"[^A-Za-z0-9]+", "", source.stem)[:8] or "log"
+    return f"{stamp}-{track}-{slug}-{secrets.token_hex(2)}"
+
+
+def known_logs(records_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """{log sha256: run id} of the runs already in the runs log, and its problems."""
+    frame, problems = load_records(records_dir)
+    if "log_sha256" not in frame.columns:
+        return {}, problems
+    rows = frame.dropna(subset=["log_sha256"])
+    return dict(zip(rows["log_sha256"], rows["run_id"])), problems
+
+
+def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_dir: Path, records_dir: Path,
+               known: dict[str, str]) -> dict | None:
+    """Take one log in: write its run directory, append its row, return the row; None if it is in already
+    (then reported on stderr). Raises IngestError for a file that is not a speedrun log or cannot be read."""
+    from harness.run import build_row
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    parsed = parse_log_bytes(data, str(path))
+    if parsed.sha256 in known:
+        print(f"{path}: already ingested as run {known[parsed.sha256]} (same content, sha256 {parsed.sha256[:12]}); "
+              "not added again", file=sys.stderr)
+        return None
+    if parsed.log is None:
+        raise IngestError(f"{path}: not a speedrun log (no line starting 'step:N/M' with 'val_loss:X' and "
+                          "'train_time:Tms')")
+    ours = parsed.facts.config or {}
+    if ours.get("track") not in (None, track):
+        raise IngestError(f"{path}: the log's config names track {ours['track']!r}, not --track {track}")
+    if target is None:
+        target = ours.get("target_val_loss") if ours.get("target_val_loss") is not None else default_target(track)
+    run_id = new_run_id(track, path)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    final, tmp = runs_dir / run_id, runs_dir / f".{run_id}.tmp-{os.getpid()}"
+    source = str(path.resolve())
+    try:
+        write_run_files(tmp, parsed, track=track, target=target, seed=ours.get("seed"), status=parsed.log.status,
+                        meta={"origin": ORIGIN, "source": source})
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync(runs_dir)
+    row = build_row(final, run_id=run_id, name=name, track=track, seed=ours.get("seed"), overrides=[],
+                    harness_status=parsed.log.status, returncode=None, script=None,
+                    nproc=parsed.facts.world_size, wall_s=0.0)
+    row.update(script=None, wall_s=None, origin=ORIGIN, source=source, log_sha256=parsed.sha256)
+    append_run(row, records_dir)
+    known[parsed.sha256] = run_id
+    return row
+
+
+def ingest(inputs: Sequence[str | os.PathLike], *, track: str, name: str, target: float | None = None,
+           runs_dir: str | os.PathLike | None = None, records_dir: str | os.PathLike = RECORDS_DIR,
+           ) -> tuple[list[dict], list[str]]:
+    """Ingest every log of `inputs`: (the new rows, one line per input that could not be taken in)."""
+    from harness.run import DEFAULT_RUNS_DIR
+
+    check_name("track", track)
+    runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR).resolve()
+    records_dir = Path(records_dir)
+    files, problems = log_files(inputs)
+    known, damaged = known_logs(records_dir)
+    for line in damaged:
+        print(f"warning: {line}", file=sys.stderr)
+    rows = []
+    for path in files:
+        try:
+            row = ingest_one(path, track=track, name=name, target=target, runs_dir=runs_dir,
+                             records_dir=records_dir, known=known)
+        except IngestError as exc:
+            problems.append(str(exc))
+            continue
+        if row is not None:
+            rows.append(row)
+            print(row["run_id"], flush=True)
+    return rows, problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.ingest", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--track", required=True, help="the track the runs are recorded on, e.g. modded-nanogpt")
+    parser.add_argument("--name", required=True, help="name stored with each run")
+    parser.add_argument("--target", type=float, default=None,
+                        help="target val loss (default: the log's own, else the track's, else 3.28)")
+    parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (runs.jsonl inside)")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="where run directories go (default runs/)")
+    parser.add_argument("inputs", nargs="+", metavar="LOG_OR_DIR", help="log files, or folders of *.txt / *.log")
+    args = parser.parse_args(argv)
+    if args.target is not None and not math.isfinite(args.target):
+        parser.error(f"--target {args.target}: expected a finite number")
+    try:
+        check_name("track", args.track)
+        rows, problems = ingest(args.inputs, track=args.track, name=args.name, target=args.target,
+                                runs_dir=args.runs_dir, records_dir=args.records)
+    except IngestError as exc:
+        parser.error(str(exc))
+    except OSError as exc:  # the runs dir or the runs log cannot be written; what went in is recorded
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    for line in problems:
+        print(f"skipped: {line}", file=sys.stderr)
+    print(f"{len(rows)} run(s) ingested" + (f", {len(problems)} input(s) skipped" if problems else ""),
+          file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

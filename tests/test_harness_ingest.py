@@ -1,0 +1,407 @@
+"""harness.ingest on sample logs written here (modded-nanogpt's layout and ours), and the ingested runs through
+submit -> verify -> a tampered copy -> leaderboard."""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import scipy.stats
+
+from harness import ingest, leaderboard, submit, verify
+from harness.ingest import check_against_log
+from harness.logs import load_run, parse_log_file
+from harness.records import append_run, load_records
+from harness.run import run_one
+from harness.snapshot import EMBEDDED_CODE, snapshot_hash
+from test_harness_fakes import write_fake_trainer
+
+# The source a modded-nanogpt log starts with (its f-strings mention "step:", as the real one's do).
+CODE = '''\
+import os
+import sys
+with open(sys.argv[0]) as f:
+    code = f.read()  # read the code of this file ASAP, for logging
+
+def print0(s, console=False):
+    print(s)
+
+for step in range(train_steps + 1):
+    print0(f"step:{step}/{train_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms", console=True)
+'''
+SEP = "=" * 100
+
+
+def gpu_table(n: int) -> str:
+    rows = "".join(f"|   {i}  NVIDIA H100 80GB HBM3          On  |   00000000:{i:02X}:00.0 Off |                    0 |\n"
+                   f"| N/A   54C    P0            147W /  700W |    1521MiB /  81559MiB |      0%      Default |\n"
+                   for i in range(n))
+    return ("Fri Jul 17 12:22:51 2026\n"
+            "+-----------------------------------------------------------------------------------------+\n"
+            "| NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |\n"
+            "|=========================================+========================+======================|\n"
+            + rows +
+            "| Processes:                                                                              |\n"
+            "|    0   N/A  N/A          979223      C   ...pt-challenge-py312/bin/python       1512MiB |\n")
+
+
+HEADER = (f"{SEP}\nRunning Python 3.12.3 (main, Jan 22 2026, 20:57:42) [GCC 13.3.0]\n"
+          "Running PyTorch 2.10.0+cu128 compiled for CUDA 12.8\nRunning Triton version 3.6.0\n"
+          + gpu_table(8) + f"{SEP}\nCompiling model and warming up kernels\n")
+TOTAL = 1390
+
+
+def steps(final_ms: int, final_loss: float, *, cut_at: int | None = None, nan_from: int | None = None) -> str:
+    """Step lines as modded-nanogpt prints them: validation at 0, every 250 steps and the last one."""
+    lines = []
+    for step in (0, 1, 2, 250, 251, 500, 750, 1000, 1250, 1389, TOTAL):
+        if cut_at is not None and step > cut_at:
+            break
+        t = round(final_ms * step / TOTAL)
+        if step % 250 == 0 or step == TOTAL:
+            loss = final_loss + 7.5 * (1 - step / TOTAL) ** 3
+            text = "nan" if nan_from is not None and step >= nan_from else f"{loss:.4f}"
+            lines.append(f"step:{step}/{TOTAL} val_loss:{text} train_time:{t}ms step_avg:{t / max(step, 1):.2f}ms")
+        else:
+            lines.append(f"step:{step}/{TOTAL} train_time:{t}ms step_avg:{t / max(step, 1):.2f}ms")
+    if cut_at is None:
+        lines.append("peak memory allocated: 30908 MiB reserved: 46472 MiB")
+    return "\n".join(lines) + "\n"
+
+
+def modded_log(final_ms=80694, final_loss=3.2775, code=CODE, **kw) -> str:
+    return code + HEADER + steps(final_ms, final_loss, **kw)
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+@pytest.fixture
+def where(tmp_path):
+    return {"records": tmp_path / "records", "runs": tmp_path / "runs"}
+
+
+def run_ingest(where, *inputs, track="modded-nanogpt", name="imported", extra=()) -> int:
+    return ingest.main(["--track", track, "--name", name, "--records", str(where["records"]), "--runs-dir",
+                        str(where["runs"]), *extra, *map(str, inputs)])
+
+
+def rows(where) -> list[dict]:
+    """The runs log's rows as written (load_records would make a number column with gaps float)."""
+    frame, problems = load_records(where["records"])
+    assert problems == []
+    return [json.loads(line) for line in (where["records"] / "runs.jsonl").read_text().splitlines()]
+
+
+def test_a_modded_nanogpt_log_becomes_a_run(where, tmp_path, capsys):
+    path = write(tmp_path / "logs", "1d7c6c03-846f.txt", modded_log())
+    assert run_ingest(where, path) == 0
+    out = capsys.readouterr().out
+    (row,) = rows(where)
+    assert out == row["run_id"] + "\n" and "-1d7c6c03-" in row["run_id"]
+    assert (row["status"], row["track"], row["name"], row["origin"], row["seed"]) == (
+        "ok", "modded-nanogpt", "imported", "ingested", None)
+    assert (row["hardware"], row["torch"], row["cuda"], row["python"], row["triton"]) == (
+        "8x NVIDIA H100 80GB HBM3", "2.10.0+cu128", "12.8", "3.12.3", "3.6.0")
+    assert (row["steps"], row["target_val_loss"], row["final_val_loss"], row["train_time_ms"]) == (TOTAL, 3.28, 3.2775, 80694)
+    assert row["log_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() and row["source"] == str(path.resolve())
+    run_dir = Path(row["run_dir"])
+    assert (run_dir / "train.log").read_bytes() == path.read_bytes()
+    assert (run_dir / "code" / EMBEDDED_CODE).read_text() == CODE[:-1]  # the log's text up to its '=' line
+    assert snapshot_hash(run_dir / "code") == parse_log_file(path).code_hash == row["code_hash"]
+    assert (run_dir / "code" / "CODE_HASH").read_text().strip() == row["code_hash"]
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[:2] == ["config", "meta"] and kinds[-1] == "result"
+    assert kinds.count("val") == 7 and kinds.count("step") == 4
+    assert events[0]["config"] == {"target_val_loss": 3.28, "seed": None, "stop_at_target": False, "num_steps": TOTAL}
+    meta = events[1]
+    assert meta["hardware"] == {"kind": "cuda", "gpu": "NVIDIA H100 80GB HBM3", "gpu_count": 8, "peak_flops": 989e12}
+    assert (meta["world_size"], meta["embedded_code"], meta["origin"]) == (8, True, "ingested")
+    assert events[-1]["status"] == "ok" and events[-1]["peak_memory_mb"] == 30908
+    log = load_run(run_dir)
+    assert (log.status, log.total_steps, log.final_step, log.stopped_early) == ("ok", TOTAL, TOTAL, False)
+    assert log.val_times_ms == parse_log_file(path).val_times_ms and check_against_log(log) == []
+
+
+def test_the_embedded_code_is_the_logged_source_byte_for_byte(where, tmp_path):
+    path = write(tmp_path / "logs", "a.txt", modded_log())
+    run_ingest(where, path)
+    code = (Path(rows(where)[0]["run_dir"]) / "code" / EMBEDDED_CODE).read_text()
+    assert code + "\n" + HEADER == path.read_text().split(steps(80694, 3.2775))[0]
+
+
+def test_cut_off_nan_no_code_and_not_a_log(where, tmp_path, capsys):
+    folder = tmp_path / "logs"
+    write(folder, "cut.txt", modded_log(cut_at=700))
+    write(folder, "nan.txt", modded_log(nan_from=1000))
+    write(folder, "nocode.txt", HEADER + steps(80000, 3.2770))
+    write(folder, "notes.txt", "some notes\nstep: not a step line\n")
+    (folder / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # not a *.txt / *.log: not even looked at
+    assert run_ingest(where, folder) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("skipped: ") == 1 and f"skipped: {folder / 'notes.txt'}: not a speedrun log" in captured.err
+    assert len(captured.out.split()) == 3
+    by_name = {Path(r["source"]).name: r for r in rows(where)}
+    assert sorted(by_name) == ["cut.txt", "nan.txt", "nocode.txt"]
+    assert by_name["cut.txt"]["status"] == "incomplete" and by_name["cut.txt"]["steps"] == 500
+    assert by_name["nan.txt"]["status"] == "diverged" and by_name["nan.txt"]["final_val_loss"] is None
+    nocode = by_name["nocode.txt"]
+    assert nocode["status"] == "ok" and nocode["code_hash"] is None
+    assert not (Path(nocode["run_dir"]) / "code").exists()
+    assert load_run(nocode["run_dir"]).embedded_code is False
+    assert "the log ends at step 500 of 1390" in load_run(by_name["cut.txt"]["run_dir"]).result["error"]
+
+
+def test_the_same_log_goes_in_once(where, tmp_path, capsys):
+    path = write(tmp_path / "logs", "a.txt", modded_log())
+    shutil.copy(path, tmp_path / "copy.txt")
+    assert run_ingest(where, path, path, tmp_path / "copy.txt") == 0
+    (row,) = rows(where)
+    err = capsys.readouterr().err
+    assert err.count(f"already ingested as run {row['run_id']}") == 2
+    assert run_ingest(where, path) == 0
+    assert len(rows(where)) == 1 and f"{path}: already ingested as run {row['run_id']}" in capsys.readouterr().err
+    assert len(list(where["runs"].iterdir())) == 1
+
+
+def test_a_2024_log_and_one_of_ours(where, tmp_path):
+    # 2024: a '=' line before the code too, "pytorch", no Python or Triton line, a train_loss on step lines
+    old_steps = steps(462573, 3.2790).replace("step:1389/1390 train_time", "step:1389/1390 train_loss:3.2243 train_time")
+    old = (f"{SEP}\n{CODE}{SEP}\nRunning pytorch 2.5.1+cu124 compiled for CUDA 12.4\nnvidia-smi:\n" + gpu_table(8)
+           + f"\n{SEP}\n" + old_steps)
+    ours = ("run_dir: runs/x\n"
+            "track cpu-tiny, 2 process(es) on cpu, kernels torch, grad_accum 1, compile False, seed 4\n"
+            "config: {'track': 'cpu-tiny', 'seed': 4, 'num_steps': 10, 'target_val_loss': 5.6, "
+            "'stop_at_target': False}\n"
+            "versions: {'python': '3.11.7', 'torch': '2.13.0', 'triton': None, 'cuda': None}\n"
+            "hardware: {'kind': 'cpu', 'cpu': 'Fake CPU', 'cpu_count': 2, 'peak_flops': None}\n"
+            "git: {'commit': '" + "1" * 40 + "', 'dirty': False}\n"
+            "step:0/10 val_loss:10.9000 train_time:0ms step_avg:0.00ms tokens_per_s:0 mfu:n/a\n"
+            "step:5/10 train_time:50ms step_avg:10.00ms tokens_per_s:51200 mfu:n/a\n"
+            "step:10/10 val_loss:5.5000 train_time:101ms step_avg:10.10ms tokens_per_s:51200 mfu:n/a\n"
+            "result: train_time 101ms, 10/10 steps, 20,480 tokens, final val_loss 5.5000\n")
+    assert run_ingest(where, write(tmp_path, "old.txt", old)) == 0
+    assert run_ingest(where, write(tmp_path, "train.log", ours), track="cpu-tiny") == 0
+    old_row, our_row = rows(where)
+    assert (old_row["torch"], old_row["cuda"], old_row["python"], old_row["hardware"]) == (
+        "2.5.1+cu124", "12.4", None, "8x NVIDIA H100 80GB HBM3")
+    assert old_row["code_hash"] == parse_log_file(tmp_path / "old.txt").code_hash is not None
+    steps_events = [json.loads(line) for line in (Path(old_row["run_dir"]) / "events.jsonl").read_text().splitlines()]
+    assert [e["train_loss"] for e in steps_events if e["event"] == "step"][-1] == 3.2243
+    assert (our_row["seed"], our_row["target_val_loss"], our_row["hardware"], our_row["git_commit"]) == (
+        4, 5.6, "CPU Fake CPU (2 cores)", "1" * 40)
+    assert our_row["status"] == "ok" and our_row["code_hash"] is None
+
+
+def test_a_log_of_another_track_is_named(where, tmp_path, capsys):
+    ours = "config: {'track': 'cpu-tiny', 'seed': 1}\nstep:0/10 val_loss:10.9 train_time:0ms\n"
+    assert run_ingest(where, write(tmp_path, "train.log", ours), track="fineweb-124m") == 1
+    assert "names track 'cpu-tiny', not --track fineweb-124m" in capsys.readouterr().err
+    assert not (where["records"] / "runs.jsonl").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--track", "a b", "--name", "n", "x.txt"], "track 'a b': use 1-80 letters"),
+    (["--track", "t", "--name", "n", "--target", "inf", "x.txt"], "--target inf: expected a finite number"),
+    (["--track", "t", "x.txt"], "the following arguments are required: --name"),
+], ids=["track", "target", "no-name"])
+def test_bad_arguments_are_one_line(where, argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ingest.main(["--records", str(where["records"]), "--runs-dir", str(where["runs"]), *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err.splitlines()[-1] and "Traceback" not in err
+    assert not where["records"].exists() and not where["runs"].exists()
+
+
+def test_missing_inputs_are_one_line_each(where, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    good = write(tmp_path / "logs", "a.txt", modded_log())
+    assert run_ingest(where, tmp_path / "nope.txt", tmp_path / "empty", good) == 1
+    err = capsys.readouterr().err
+    assert f"skipped: {tmp_path / 'nope.txt'}: no such log file or folder\n" in err
+    assert f"skipped: {tmp_path / 'empty'}: no logs (*.txt, *.log) in this folder\n" in err
+    assert len(rows(where)) == 1
+
+
+def test_a_failed_write_leaves_no_run_and_keeps_the_others(where, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "logs"
+    write(folder, "a.txt", modded_log())
+    write(folder, "b.txt", modded_log(final_ms=80500))
+    real_write = ingest.EventLog.write
+    calls = []
+
+    def failing_second(self, event, **fields):
+        if event == "result":
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError(28, "No space left on device", str(self.path))
+        real_write(self, event, **fields)
+
+    monkeypatch.setattr(ingest.EventLog, "write", failing_second)
+    assert run_ingest(where, folder) == 1
+    assert "error: " in capsys.readouterr().err
+    (row,) = rows(where)
+    assert Path(row["source"]).name == "a.txt"
+    assert [p.name for p in where["runs"].iterdir()] == [row["run_id"]]  # no half-written folder, no temporary
+
+
+# ----------------------------------------------------------------------------------------------
+# submit -> verify -> tamper -> leaderboard
+
+
+BASE = [(80694, 3.2775), (80720, 3.2768), (80659, 3.2772), (80818, 3.2779)]
+FAST = [(79536, 3.2776), (79740, 3.2771), (79814, 3.2769), (79658, 3.2778)]
+
+
+def ingest_set(where, tmp_path, name, runs, code=CODE) -> list[str]:
+    folder = tmp_path / name
+    for i, (ms, loss) in enumerate(runs):
+        write(folder, f"{name}{i}.txt", modded_log(ms, loss, code=code))
+    assert run_ingest(where, folder, name=name) == 0
+    return [r["run_id"] for r in rows(where) if r["name"] == name]
+
+
+def submit_set(where, name, ids, capsys) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = submit.main(["--records", str(where["records"]), "--no-leaderboard", "--description", f"{name} logs",
+                      "--name", name, *ids])
+    return rc, capsys.readouterr().err
+
+
+@pytest.fixture
+def two_records(where, tmp_path, capsys):
+    base = ingest_set(where, tmp_path, "base", BASE)
+    fast = ingest_set(where, tmp_path, "fast", FAST, code=CODE + "# faster\n")
+    for name, ids in (("base", base), ("fast", fast)):
+        rc, err = submit_set(where, name, ids, capsys)
+        assert rc == 0, err
+    folders = {p.name.split("_", 1)[1]: p for p in where["records"].iterdir() if p.is_dir()}
+    return {**where, "base": folders["base"], "fast": folders["fast"], "fast_ids": sorted(fast)}
+
+
+def test_submitted_statistics_are_the_published_convention(two_records):
+    """A run's time is the train time of its final validation (the coordinator's issue-12 convention)."""
+    for folder, runs in ((two_records["base"], BASE), (two_records["fast"], FAST)):
+        s = json.loads((folder / "record.json").read_text())["stats"]
+        times, losses = [ms for ms, _ in runs], [loss for _, loss in runs]
+        assert s["n"] == len(runs)
+        assert s["time_ms"]["mean"] == pytest.approx(sum(times) / len(times), rel=1e-12)
+        assert s["time_ms"]["std"] == pytest.approx(scipy.stats.tstd(times), rel=1e-9)
+        assert s["final_val_loss"]["mean"] == pytest.approx(sum(losses) / len(losses), rel=1e-12)
+        p = scipy.stats.ttest_1samp(losses, 3.28, alternative="less").pvalue
+        assert s["p_loss_below_target"] == pytest.approx(p, rel=1e-9)
+    fast = json.loads((two_records["fast"] / "record.json").read_text())
+    assert fast["hardware"] == "8x NVIDIA H100 80GB HBM3" and fast["stats"]["previous"]["name"] == "base"
+    speedup = fast["stats"]["previous"]["speedup"]["ratio"]
+    assert speedup == pytest.approx(sum(ms for ms, _ in BASE) / sum(ms for ms, _ in FAST), rel=1e-12)
+
+
+def test_ingested_records_verify_and_show_on_the_leaderboard(two_records, tmp_path, capsys):
+    assert verify.main([str(two_records["base"]), str(two_records["fast"])]) == 0
+    capsys.readouterr()
+    page = leaderboard.render(two_records["records"], tmp_path / "lb.md").read_text()
+    assert "## modded-nanogpt (target val loss 3.28)" in page
+    assert page.index("| fast") < page.index("| base") and "8x NVIDIA H100 80GB HBM3" in page
+
+
+def _val_line_index(text: str, step: int) -> int:
+    return next(i for i, line in enumerate(text.splitlines()) if line.startswith(f"step:{step}/{TOTAL} val_loss:"))
+
+
+def _edit_train_log_time(run: Path) -> str:
+    log = run / "train.log"
+    lines = log.read_text().splitlines(keepends=True)
+    i = _val_line_index(log.read_text(), TOTAL)
+    lines[i] = lines[i].replace("train_time:", "train_time:1", 1)
+    log.write_text("".join(lines))
+    return f"{log}:{i + 1}: train_time: the log says 1"
+
+
+def _edit_train_log_code(run: Path) -> str:
+    log = run / "train.log"
+    log.write_text(log.read_text().replace("import sys\n", "import sys  # edited\n", 1))
+    return f"{log}: embedded code: hashes to"
+
+
+def _edit_events_loss(run: Path) -> str:
+    events = run / "events.jsonl"
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    last = max(i for i, e in enumerate(lines) if e["event"] == "val")
+    lines[last]["val_loss"] -= 0.01
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return f"{run / 'train.log'}:{_val_line_index((run / 'train.log').read_text(), TOTAL) + 1}: val_loss: the log says"
+
+
+def _edit_snapshot(run: Path) -> str:
+    code = run.parent.parent / "code" / EMBEDDED_CODE
+    code.write_text(code.read_text() + "# edited\n")
+    return f"{run.parent.parent / 'code' / 'CODE_HASH'}: expected"
+
+
+@pytest.mark.parametrize("tamper", [_edit_train_log_time, _edit_train_log_code, _edit_events_loss, _edit_snapshot],
+                         ids=["log-time", "log-code", "events-loss", "snapshot"])
+def test_a_tampered_copy_fails_verify_naming_file_and_field(two_records, tmp_path, capsys, tamper):
+    copy = tmp_path / "copy"
+    shutil.copytree(two_records["records"], copy)
+    folder = copy / two_records["fast"].name
+    expected = tamper(folder / "runs" / two_records["fast_ids"][1])
+    assert verify.main([str(folder)]) == 1
+    report = capsys.readouterr().out
+    assert expected in report and "FAILED" in report, report
+    if tamper is _edit_events_loss:
+        assert f"record.json: runs[1].final_val_loss: expected" in report
+    if tamper in (_edit_train_log_time, _edit_train_log_code):
+        assert "train.log: sha256: expected" in report
+
+
+def test_submit_refusals_for_ingested_runs(where, tmp_path, capsys):
+    nocode = tmp_path / "nocode"
+    for i, (ms, loss) in enumerate(BASE):
+        write(nocode, f"n{i}.txt", HEADER + steps(ms, loss))
+    assert run_ingest(where, nocode, name="nocode") == 0
+    ids = [r["run_id"] for r in rows(where)]
+    rc, err = submit_set(where, "nocode", ids, capsys)
+    assert rc == 1 and err.count("\n") == 1 and "no source code: its log" in err and "a record needs its code" in err
+
+    # The same log taken in twice (through two runs logs merged by hand) counts once: refused.
+    path = write(tmp_path / "one", "a.txt", modded_log())
+    other = {"records": tmp_path / "other", "runs": tmp_path / "other_runs"}
+    assert run_ingest(where, path) == 0 and run_ingest(other, path) == 0
+    append_run(rows(other)[0], where["records"])
+    twice = [r["run_id"] for r in rows(where) if r.get("source") == str(path.resolve())]
+    rc, err = submit_set(where, "twice", twice, capsys)
+    assert rc == 1 and err.count("\n") == 1 and "have the same log (train.log sha256" in err
+
+    cut = ingest_set(where, tmp_path, "cut", [(80000, 3.27)]) + ingest_set(where, tmp_path, "cut2", [(80100, 3.27)])
+    (Path(rows(where)[-1]["run_dir"]) / "train.log").write_text(modded_log(cut_at=700))
+    rc, err = submit_set(where, "cut", cut, capsys)
+    assert rc == 1 and "train.log: sha256: expected" in err and err.count("\n") == 1
+    assert not [p for p in where["records"].iterdir() if p.is_dir()]
+
+
+def test_a_log_put_in_a_run_folder_by_hand_is_pointed_to_ingest(where, tmp_path, capsys):
+    for name in ("a", "b"):
+        write(tmp_path / name, "train.log", modded_log())
+        append_run({"run_id": name, "track": "modded-nanogpt", "run_dir": str(tmp_path / name)}, where["records"])
+    rc, err = submit_set(where, "byhand", ["a", "b"], capsys)
+    assert rc == 1 and err.count("\n") == 1 and "no events.jsonl" in err
+    assert f"python -m harness.ingest --track TRACK --name NAME {tmp_path / 'a' / 'train.log'}" in err
+
+
+def test_our_own_runs_train_log_is_checked_against_its_events(tmp_path):
+    script = write_fake_trainer(tmp_path / "code")
+    row = run_one(track="cpu-tiny", seed=0, name="ours", script=script, runs_dir=tmp_path / "runs",
+                  records_dir=tmp_path / "records")
+    log = load_run(row["run_dir"])
+    assert log.origin is None and check_against_log(log) == []
+    train_log = Path(row["run_dir"]) / "train.log"
+    text = train_log.read_text()
+    line = next(line for line in text.splitlines() if line.startswith("step:20/20 val_loss:"))
+    train_log.write_text(text.replace(line, line.replace("val_loss:", "val_loss:1")))
+    problems = check_against_log(load_run(row["run_dir"]))
+    assert len(problems) == 1 and f"{train_log}:" in problems[0] and ": val_loss: the log says 1" in problems[0]
