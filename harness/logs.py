@@ -85,6 +85,7 @@ class RunLog:
     origin: str | None = None  # events: meta.origin, "ingested" (harness.ingest) or "cmd" (harness.run --cmd); None: ours
     embedded_code: bool | None = None  # events: meta.embedded_code, whether code/ is the source its train.log starts with
     log_sha256: str | None = None  # events: meta.log_sha256, of the train.log a foreign run was read from
+    command: str | None = None  # events: meta.command, the command line of a harness.run --cmd run
     content_sha256: str | None = None  # of the log file, or of events.jsonl: the same log read twice has the same
     problems: list[str] = field(default_factory=list)  # damaged lines skipped while reading
 
@@ -265,6 +266,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         log.world_size = meta.get("world_size")
         log.hardware, log.versions, log.git = meta.get("hardware"), meta.get("versions"), meta.get("git")
         log.origin, log.embedded_code, log.log_sha256 = meta.get("origin"), meta.get("embedded_code"), meta.get("log_sha256")
+        log.command = meta.get("command")
     for e in events:
         try:
             if e["event"] == "val":

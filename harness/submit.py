@@ -184,9 +184,15 @@ def render_statistics(record: dict) -> str:
 def render_readme(record: dict, overrides: list[str]) -> str:
     s = record["stats"]
     prev = s.get("previous")
-    command = f"python -m harness.run --track {record['track']} --seeds {s['n']}"
-    if overrides:
-        command += " -- " + shlex.join(overrides)
+    origin = record.get("origin")
+    if origin == "cmd" and record.get("command"):  # harness.run --cmd: the foreign trainer's own command
+        command = f"python -m harness.run --track {record['track']} --seeds {s['n']} --cmd {shlex.quote(record['command'])}"
+    elif origin:  # ingested logs: the code is the source the logs start with
+        command = f"the trainer in code/ (the source its logs printed), {s['n']} runs, then python -m harness.ingest"
+    else:
+        command = f"python -m harness.run --track {record['track']} --seeds {s['n']}"
+        if overrides:
+            command += " -- " + shlex.join(overrides)
     versions = ", ".join(f"{k} {v}" for k, v in sorted((record.get("versions") or {}).items()) if v)
     lines = [
         f"# {record['name']}", "", record["description"], "",
@@ -344,6 +350,8 @@ def build_record(name: str, description: str, rows: list[dict], logs: list[RunLo
         "versions": first.versions,
         "config": {k: v for k, v in (first.config or {}).items() if k not in CONFIG_KEYS_FREE},
         "overrides": rows[0].get("overrides") or [],
+        "origin": first.origin,  # None: this kit's trainer; "ingested" or "cmd": a foreign trainer's runs
+        "command": first.command,
         "runs": runs,
         "stats": s,
     }

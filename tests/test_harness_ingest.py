@@ -299,6 +299,9 @@ def test_submitted_statistics_are_the_published_convention(two_records):
     assert fast["hardware"] == "8x NVIDIA H100 80GB HBM3" and fast["stats"]["previous"]["name"] == "base"
     speedup = fast["stats"]["previous"]["speedup"]["ratio"]
     assert speedup == pytest.approx(sum(ms for ms, _ in BASE) / sum(ms for ms, _ in FAST), rel=1e-12)
+    assert fast["origin"] == "ingested"
+    readme = (two_records["fast"] / "README.md").read_text()
+    assert "the trainer in code/ (the source its logs printed)" in readme and "harness.run --track" not in readme
 
 
 def test_ingested_records_verify_and_show_on_the_leaderboard(two_records, tmp_path, capsys):
