@@ -51,7 +51,7 @@ from typing import Sequence
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedded_code, parse_step_line,
                           parse_text)
-from harness.records import RECORDS_DIR, append_run, load_records, os_error_line
+from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
@@ -229,14 +229,6 @@ def result_fields(parsed: Parsed, status: str, target: float, stop_at_target: bo
             "error": error}
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, seed: int | None, status: str,
                     meta: dict, script: tuple[str, bytes] | None = None, git: dict | None = None) -> str | None:
     """Write train.log, events.jsonl and code/ for a run read from its log into the folder `dest`; fsync them.
@@ -271,8 +263,8 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
         events.close()
     for folder, _, files in os.walk(dest, topdown=False):  # files before the folders that list them
         for fname in files:
-            _fsync(Path(folder) / fname)
-        _fsync(Path(folder))
+            fsync_path(Path(folder) / fname)
+        fsync_path(Path(folder))
     return digest
 
 
@@ -414,7 +406,7 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(runs_dir)
+    fsync_path(runs_dir)
     row = build_row(final, run_id=run_id, name=name, track=track, seed=ours.get("seed"), overrides=[],
                     harness_status=parsed.log.status, returncode=None, script=None,
                     nproc=parsed.facts.world_size, wall_s=0.0)

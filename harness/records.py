@@ -81,6 +81,15 @@ def os_error_line(exc: OSError) -> str:
     return " ".join(str(exc).split())
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries, to disk (a folder is opened read-only for this)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     return Path(records_dir) / RUNS_FILE
 

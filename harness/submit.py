@@ -45,7 +45,7 @@ from harness import stats
 from harness.ingest import check_against_log
 from harness.logs import LogError, RunLog, load_run
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
-                             list_records, os_error_line, row_run_dir)
+                             fsync_path, list_records, os_error_line, row_run_dir)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 
@@ -361,15 +361,6 @@ def record_json(record: dict) -> str:
     return json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n"
 
 
-def _fsync(path: Path) -> None:
-    """Flush a file's data, or a folder's entries, to disk (a folder is opened read-only for this)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_record(record: dict, logs: list[RunLog], overrides: list[str], records_dir: Path) -> Path:
     """Write the record folder through a hidden temporary folder and one rename.
 
@@ -392,13 +383,13 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
         (tmp / RECORD_FILE).write_text(record_json(record))
         for folder, _, files in os.walk(tmp, topdown=False):  # files before the folders that list them
             for fname in files:
-                _fsync(Path(folder) / fname)
-            _fsync(Path(folder))
+                fsync_path(Path(folder) / fname)
+            fsync_path(Path(folder))
         os.rename(tmp, final)  # fails rather than replace an existing (non-empty) folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(records_dir)  # the rename itself
+    fsync_path(records_dir)  # the rename itself
     return final
 
 
