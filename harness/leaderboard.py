@@ -116,6 +116,8 @@ def _below(row: dict) -> str:
 
 
 def recent_runs_table(runs: pd.DataFrame) -> str:
+    """The last RECENT_RUNS rows, newest first. (`x in (True,)`: a flag read through pandas may be NaN for rows
+    that lack it, and NaN is truthy.)"""
     runs = runs.sort_values(["timestamp", "run_id"]).tail(RECENT_RUNS).iloc[::-1]
     rows = []
     for r in runs.to_dict("records"):
@@ -127,7 +129,7 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
             "final val loss": _fmt(r.get("final_val_loss"), ".4f"),
             "time (s)": _fmt(r.get("train_time_ms"), ".2f", scale=1000),
             "final ≤ target": _below(r),
-            "steps": _fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") else ""),
+            "steps": _fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
             "hardware": _fmt(r.get("hardware")),
         })
     return _table(rows)

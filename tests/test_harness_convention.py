@@ -172,6 +172,9 @@ def test_runs_stopped_at_the_target_are_shown_and_refused(tmp_path, capsys):
     assert err.count("\n") == 1 and "stopped at the target (--stop_at_target=true)" in err
     assert "a record's runs go their full schedule" in err
     assert not [p for p in records.iterdir() if p.is_dir()]
+    run_one(track="cpu-tiny", seed=2, name="full", script=script, runs_dir=runs, records_dir=records)
+    recent = leaderboard.render(records, tmp_path / "lb.md").read_text().split("### Recent runs")[1]
+    assert recent.count("(stopped at the target)") == 2  # the two stopped runs, not the full one
 
 
 def test_a_text_log_that_stopped_early_is_not_a_full_run(tmp_path):
