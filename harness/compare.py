@@ -38,6 +38,7 @@ import json
 import re
 import shlex
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -64,6 +65,7 @@ class Variant:
     source: str = ""  # logs mode: the PATH given
     logs: list[RunLog] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # runs left out, with why
+    skipped_status: list[str] = field(default_factory=list)  # their statuses: diverged, incomplete, crashed, ...
     notes: list[str] = field(default_factory=list)  # what was done to the input (a duplicate counted once)
 
 
@@ -136,6 +138,9 @@ def _identity_problem(first: RunLog, log: RunLog) -> str | None:
         return f"target val loss {first.target} vs {log.target}"
     if first.code_hash and log.code_hash and first.code_hash != log.code_hash:
         return f"code {first.code_hash[:12]} vs {log.code_hash[:12]}"
+    if first.stopped_early != log.stopped_early:  # a first-crossing time would pool with final ones
+        return f"{'one stopped at the target, one ran' if first.stopped_early else 'one ran, one stopped at the target'} " \
+               "its whole schedule"
     if first.config is not None and log.config is not None:
         for key in sorted(set(first.config) | set(log.config)):
             if key not in CONFIG_KEYS_FREE and first.config.get(key) != log.config.get(key):
@@ -155,6 +160,7 @@ def admit(variant: Variant, logs: list[RunLog]) -> None:
             seen[log.content_sha256] = log.source
         if log.status != "ok":
             variant.skipped.append(f"{log.source} ({log.status})")
+            variant.skipped_status.append(log.status)
             continue
         if variant.logs:
             problem = _identity_problem(variant.logs[0], log)
@@ -179,6 +185,9 @@ def resolve_target(variants: list[Variant], given: float | None, track: str | No
     stated = sorted({log.target for v in variants for log in v.logs if log.target is not None})
     silent = [log for v in variants for log in v.logs if log.target is None]
     default = track_target(track) if track else None
+    if track and default is None:
+        raise CompareError(f"--track {track}: not one of train_gpt.py's tracks, so it has no default target; "
+                           "give --target")
     default_source = f"track {track}'s default" if default is not None else "the FineWeb speedrun's"
     default = DEFAULT_TARGET if default is None else default
     candidates = sorted(set(stated) | ({default} if silent else set()))
@@ -228,11 +237,12 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
             "name": v.name,
             "n": len(v.logs),
             "skipped": v.skipped,
+            "skipped_status": dict(Counter(v.skipped_status)),
             "notes": v.notes,
             "time_s": time_s.as_dict(),
             "final_val_loss": loss.as_dict(),
             "p_loss_below_target": p_loss,
-            "passes_loss_rule": bool(p_loss < stats.ALPHA),
+            "passes_loss_rule": None if p_loss != p_loss else bool(p_loss < stats.ALPHA),  # None: n < 2, no test
             "runs_needed_loss_rule": stats.runs_needed_loss(loss.mean, loss.std, target),
             "final_at_or_below_target": sum(x <= target for x in losses),
             "first_crossing_s": {**stats.describe([c for c in crossings if c is not None]).as_dict(),
@@ -279,7 +289,7 @@ def table(fig: dict) -> str:
     rows = []
     for v in fig["variants"]:
         crossing = v["first_crossing_s"]
-        notes = [f"+{len(v['skipped'])} not finished, left out"] if v["skipped"] else []
+        notes = [f"+{k} {status}, left out" for status, k in v["skipped_status"].items()]
         notes += [f"{v['stopped_early']} stopped at the target"] if v["stopped_early"] else []
         rows.append({
             "variant": v["name"] + (" (baseline)" if v["name"] == fig["baseline"] and len(fig["variants"]) > 1 else ""),
@@ -287,8 +297,8 @@ def table(fig: dict) -> str:
             "time (s), mean ± std [95% CI]": _summary_cell(v["time_s"], ".4f"),
             "final val loss, mean ± std [95% CI]": _summary_cell(v["final_val_loss"], ".5f"),
             f"p(loss < {fig['target']})": _f(v["p_loss_below_target"], ".4g"),
-            "loss rule (p < 0.01)": "passes" if v["passes_loss_rule"] else "fails",
-            "runs for the loss rule (80% power)": _f(v["runs_needed_loss_rule"], "d"),
+            "loss rule (p < 0.01)": {True: "passes", False: "fails", None: "untested (n < 2)"}[v["passes_loss_rule"]],
+            "runs the loss rule needs at this mean and std (80% power)": _f(v["runs_needed_loss_rule"], "d"),
             "steps": ", ".join(map(str, v["steps"])) or "—",
             "extra: first val ≤ target (s), mean": f"{_f(crossing['mean'], '.3f')} ({crossing['reached']}/{v['n']} runs)",
         })
@@ -307,7 +317,7 @@ def comparison_table(fig: dict) -> str | None:
         rows.append({
             "variant": v["name"],
             "speedup (ratio of mean times) [95% CI]": f"{_f(vs['speedup'], '.4f')} [{_f(low, '.4f')}, {_f(high, '.4f')}]",
-            "Δ time (s) [95% CI]": f"{_f(vs['time_diff_s'], '+.3f')} [{_f(dlow, '+.3f')}, {_f(dhigh, '+.3f')}]",
+            "Δ time, variant − baseline (s) [95% CI]": f"{_f(vs['time_diff_s'], '+.3f')} [{_f(dlow, '+.3f')}, {_f(dhigh, '+.3f')}]",
             "p faster (Welch, one-sided)": _f(vs["p_time_faster"], ".2g"),
             "p time (Welch, two-sided)": _f(vs["p_time_two_sided"], ".2g"),
             "p loss (Welch, two-sided)": _f(vs["p_loss_two_sided"], ".2g"),
@@ -368,7 +378,7 @@ def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
         ax.set(ylabel=label, title=f"each run's {label}")
         ax.grid(alpha=0.3, axis="y")
     ax_loss.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
-    ax_loss.legend(fontsize=8)
+    ax_loss.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     paths.append(_save(fig, plot_dir / "runs.png"))
     plt.close(fig)
     return paths
@@ -383,6 +393,12 @@ def _collect(args, variants: list[Variant]) -> None:
     if args.logs:
         for v in variants:
             admit(v, load_variant_logs(v, args.records))
+        seen: dict[str, str] = {}
+        for v in variants:  # a log in two variants makes them look alike: say so
+            for log in v.logs:
+                if log.content_sha256 in seen and seen[log.content_sha256] != v.name:
+                    v.notes.append(f"{log.source} is also in variant {seen[log.content_sha256]}")
+                seen.setdefault(log.content_sha256, v.name)
         return
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         for v in variants:
@@ -392,8 +408,10 @@ def _collect(args, variants: list[Variant]) -> None:
                 admit(v, [load_run(row["run_dir"])])
             except LogError as exc:
                 v.skipped.append(f"{row['run_id']} ({row['status']}: {exc})")
+                v.skipped_status.append(row["status"])
             except OSError as exc:
                 v.skipped.append(f"{row['run_id']} ({row['status']}: {os_error_line(exc)})")
+                v.skipped_status.append(row["status"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

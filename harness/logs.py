@@ -107,8 +107,6 @@ class RunLog:
     def stopped_early(self) -> bool:
         """Whether the run ended before its planned step count without being cut off: stopped at the target
         (--stop_at_target, or this kit's trainer before fixed-length runs became the default)."""
-        if self.stop_at_target:
-            return True
         return (self.status == "ok" and self.total_steps is not None and self.final_step is not None
                 and self.final_step < self.total_steps)
 

@@ -28,6 +28,7 @@ import argparse
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -56,6 +57,19 @@ def _array(values: Sequence[float]) -> np.ndarray:
     return np.asarray(list(values), dtype=np.float64)
 
 
+def _quiet(test, *args, **kwargs):
+    """A scipy test without its RuntimeWarnings (near-identical samples: "catastrophic cancellation"); the
+    figures it returns (NaN for a zero spread) say the same, where the user reads them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return test(*args, **kwargs)
+
+
+def _no_spread(std: float, mean: float) -> bool:
+    """A std that is rounding noise (identical values give ~1e-16 x mean, not 0)."""
+    return std <= 1e-12 * abs(mean)
+
+
 def describe(values: Sequence[float]) -> Summary:
     x = _array(values)
     n = len(x)
@@ -74,7 +88,7 @@ def p_mean_below(values: Sequence[float], target: float) -> float:
     x = _array(values)
     if len(x) < 2:
         return math.nan
-    return float(stats.ttest_1samp(x, target, alternative="less").pvalue)
+    return float(_quiet(stats.ttest_1samp, x, target, alternative="less").pvalue)
 
 
 def welch(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
@@ -82,7 +96,7 @@ def welch(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided"
     a, b = _array(a), _array(b)
     if len(a) < 2 or len(b) < 2:
         return math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+    return float(_quiet(stats.ttest_ind, a, b, equal_var=False, alternative=alternative).pvalue)
 
 
 @dataclass(frozen=True)
@@ -147,7 +161,7 @@ def mean_difference(baseline: Sequence[float], new: Sequence[float]) -> Differen
         return Difference(diff, math.nan, math.nan)
     if a.var() == 0 and b.var() == 0:
         return Difference(diff, diff, diff)
-    ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(CONFIDENCE)
+    ci = _quiet(lambda: stats.ttest_ind(b, a, equal_var=False).confidence_interval(CONFIDENCE))
     return Difference(diff, float(ci.low), float(ci.high))
 
 
@@ -168,17 +182,22 @@ def _smallest_n(power_at, start: int = 2) -> int | None:
     return low
 
 
+def _power_or_one(power: float) -> float:
+    """scipy's noncentral t gives NaN far in its tail, where the noncentrality is huge: the power is 1 there."""
+    return 1.0 if math.isnan(power) else float(power)
+
+
 def runs_needed_loss(mean: float, std: float, target: float, alpha: float = ALPHA) -> int | None:
     """Runs for the loss rule (one-sided one-sample t-test, mean < target, p < alpha) to pass with POWER
     at this mean and std. None when the mean is not below the target or the std is unknown."""
     if not (math.isfinite(mean) and math.isfinite(std)) or mean >= target:
         return None
-    if std == 0:
+    if _no_spread(std, mean):
         return 2
     d = (target - mean) / std
 
     def power(n: int) -> float:  # P(T > t_crit), T noncentral t with df n - 1 and noncentrality d sqrt(n)
-        return float(stats.nct.sf(stats.t.ppf(1 - alpha, n - 1), n - 1, d * math.sqrt(n)))
+        return _power_or_one(stats.nct.sf(stats.t.ppf(1 - alpha, n - 1), n - 1, d * math.sqrt(n)))
 
     return _smallest_n(power)
 
@@ -192,14 +211,14 @@ def runs_needed_difference(mean_a: float, std_a: float, mean_b: float, std_b: fl
     if not all(math.isfinite(x) for x in values) or mean_a == mean_b:
         return None
     spread = math.sqrt((std_a**2 + std_b**2) / 2)
-    if spread == 0:
+    if _no_spread(spread, max(abs(mean_a), abs(mean_b))):
         return 2
     d = abs(mean_a - mean_b) / spread
 
     def power(n: int) -> float:  # both tails of a noncentral t with df 2n - 2, noncentrality d sqrt(n / 2)
         df, nc = 2 * n - 2, d * math.sqrt(n / 2)
         crit = stats.t.ppf(1 - alpha / 2, df)
-        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+        return _power_or_one(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
 
     return _smallest_n(power)
 
@@ -217,6 +236,8 @@ def parse_numbers(text: str) -> list[float]:
                 values.append(float(token))
             except ValueError:
                 raise ValueError(f"not a number: {token!r}") from None
+            if not math.isfinite(values[-1]):
+                raise ValueError(f"not a finite number: {token!r}")
     return values
 
 
@@ -241,7 +262,7 @@ def loss_report(losses: Sequence[float], target: float) -> str:
         {"figure": "mean ± std (sample)", "value": f"{s.mean:.10f} ± {s.std:.10f}"},
         {"figure": "95% CI of the mean", "value": f"[{s.ci_low:.10f}, {s.ci_high:.10f}]"},
         {"figure": f"one-sided t-test p (mean < {target})", "value": f"{p:.10f}"},
-        {"figure": f"loss rule (p < {ALPHA})", "value": "passes" if p < ALPHA else "fails"},
+        {"figure": f"loss rule (p < {ALPHA})", "value": "passes" if p < ALPHA else "fails"},  # n >= 2 here
         {"figure": f"runs needed ({POWER:.0%} power)", "value": "—" if needed is None else f"{needed}"},
     ])
 

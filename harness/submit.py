@@ -242,11 +242,13 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
     for log in logs:
         if log.status != "ok":
             raise Refused(f"run {log.run_id}: status {log.status!r} in its {EVENTS_FILE}; every run must finish 'ok'")
+        why = "optional stopping biases time and loss; a record's runs go their full schedule"
         if log.stopped_early:
-            how = "--stop_at_target=true" if log.stop_at_target else f"its last validation at step {log.final_step}"
-            raise Refused(f"run {log.run_id} stopped at the target ({how}) instead of running its schedule of "
-                          f"{log.total_steps} steps: optional stopping biases time and loss; a record's runs go "
-                          "their full schedule")
+            flag = " (--stop_at_target=true)" if log.stop_at_target else ""
+            raise Refused(f"run {log.run_id} stopped at the target at step {log.final_step} of "
+                          f"{log.total_steps}{flag}: {why}")
+        if log.stop_at_target:
+            raise Refused(f"run {log.run_id} was made with --stop_at_target=true: {why}")
     first = logs[0]
     log_hashes: dict[str, str] = {}
     for log in logs:

@@ -169,7 +169,7 @@ def test_runs_stopped_at_the_target_are_shown_and_refused(tmp_path, capsys):
     assert "(2 stopped at the target)" in capsys.readouterr().out
     assert submit.main(["--records", str(records), "--no-leaderboard", "--description", "d", "--name", "x", *ids]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "stopped at the target (--stop_at_target=true)" in err
+    assert err.count("\n") == 1 and "stopped at the target at step" in err and "(--stop_at_target=true)" in err
     assert "a record's runs go their full schedule" in err
     assert not [p for p in records.iterdir() if p.is_dir()]
     run_one(track="cpu-tiny", seed=2, name="full", script=script, runs_dir=runs, records_dir=records)
@@ -184,3 +184,51 @@ def test_a_text_log_that_stopped_early_is_not_a_full_run(tmp_path):
     (tmp_path / "stopped.txt").write_text(text)
     log = load_run(tmp_path / "stopped.txt")
     assert log.status == "ok" and log.stopped_early and log.time_ms == 2000
+
+
+def test_a_stopped_and_a_full_run_are_not_pooled(tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    full = "step:0/40 val_loss:10.8 train_time:0ms step_avg:0.00ms\nstep:40/40 val_loss:5.5 train_time:4000ms step_avg:100ms\n"
+    (folder / "a_full.txt").write_text(full)
+    (folder / "b_stopped.txt").write_text("step:0/40 val_loss:10.8 train_time:0ms step_avg:0.00ms\n"
+                                          "step:20/40 val_loss:5.9 train_time:2000ms step_avg:100ms\n"
+                                          "result: train_time 2000ms, 20/40 steps ...\n")
+    assert compare.main(["--logs", f"m={folder}", "--no-plot", "--target", "6"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a_full.txt and" in err and "b_stopped.txt differ" in err and "stopped at the target" in err
+
+
+def test_runs_that_state_different_targets_are_not_pooled(tmp_path, capsys):
+    script = write_fake_trainer(tmp_path / "code")
+    ids = [run_one(track="cpu-tiny", seed=seed, name="t", script=script, runs_dir=tmp_path / "runs",
+                   records_dir=tmp_path / "records", overrides=[f"--target_val_loss={target}"])["run_id"]
+           for seed, target in ((0, 3.28), (1, 3.3))]
+    capsys.readouterr()
+    assert compare.main(["--logs", "t=" + ",".join(ids), "--records", str(tmp_path / "records"), "--no-plot"]) == 1
+    assert "target val loss 3.28 vs 3.3" in capsys.readouterr().err
+
+
+def test_a_diverged_log_is_named_and_one_run_is_untested(published_set, tmp_path, capsys):
+    nan = log_text(80700, 3.2770).replace("val_loss:3.2770", "val_loss:nan")
+    (published_set / "zz_nan.txt").write_text(nan)
+    assert compare.main(["--logs", f"base={published_set}", "--no-plot"]) == 0
+    out, err = capsys.readouterr()
+    assert "| 13 (+1 diverged, left out) " in out and "zz_nan.txt (diverged)" in err
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "only.txt").write_text(log_text(80700, 3.2770))
+    fig = compare_json(capsys, "--logs", f"one={one}")
+    assert fig["variants"][0]["passes_loss_rule"] is None and fig["variants"][0]["p_loss_below_target"] is None
+    assert compare.main(["--logs", f"one={one}", "--no-plot"]) == 0
+    assert "untested (n < 2)" in capsys.readouterr().out
+
+
+def test_a_log_in_two_variants_is_noted(published_set, capsys):
+    fig = compare_json(capsys, "--logs", f"a={published_set}", f"b={published_set}")
+    assert len(fig["variants"][1]["notes"]) == 13 and "is also in variant a" in fig["variants"][1]["notes"][0]
+
+
+def test_an_unknown_track_is_refused(published_set, capsys):
+    assert compare.main(["--logs", f"base={published_set}", "--track", "cpu-tinny", "--no-plot"]) == 1
+    assert "--track cpu-tinny: not one of train_gpt.py's tracks" in capsys.readouterr().err

@@ -55,7 +55,12 @@ def test_the_published_record_figures():
     assert stats.welch(FP8_NEW_T, FP8_BASE_T) == pytest.approx(4.9e-12, abs=5e-14)  # two-sided, as published
     assert sp.p_faster == pytest.approx(4.9e-12 / 2, rel=0.01)
     assert stats.mean_difference(FP8_BASE_T, FP8_NEW_T).diff == pytest.approx(-1.043692, abs=5e-7)
-    assert sp.ci_low < sp.ratio < sp.ci_high
+    # Fieller's interval, and the delta method's (ratio ± t x its standard error, t on Welch's 15 df) beside it
+    assert (sp.ci_low, sp.ci_high) == pytest.approx((1.011643, 1.014556), abs=5e-7)
+    se = sp.ratio * math.sqrt(np.var(FP8_BASE_T, ddof=1) / 13 / np.mean(FP8_BASE_T) ** 2
+                              + np.var(FP8_NEW_T, ddof=1) / 13 / np.mean(FP8_NEW_T) ** 2)
+    t = scipy_stats.t.ppf(0.975, 15.0)
+    assert (sp.ci_low, sp.ci_high) == pytest.approx((sp.ratio - t * se, sp.ratio + t * se), abs=1e-5)
 
 
 def test_mean_difference_is_the_welch_interval():
@@ -98,6 +103,12 @@ def test_runs_needed_is_the_textbook_power_calculation(d):
     assert stats.runs_needed_difference(80.0, 0.5, 80.0 - d * 0.5, 0.5) == max(2, math.ceil(two_sample))
 
 
+def test_runs_needed_with_no_spread():
+    same = stats.describe([3.2766] * 5)  # identical runs: a std of ~1e-16, not 0
+    assert stats.runs_needed_loss(same.mean, same.std, 3.28) == 2
+    assert stats.runs_needed_loss(3.0, 1e-6, 3.28) == 2  # a huge noncentrality: scipy's NaN tail is power 1
+
+
 def test_runs_needed_when_no_set_can_pass():
     assert stats.runs_needed_loss(3.29, 0.01, 3.28) is None  # the mean is above the target
     assert stats.runs_needed_loss(3.27, math.nan, 3.28) is None
@@ -124,6 +135,8 @@ def test_cli_bad_numbers_are_one_line(capsys):
     assert capsys.readouterr().err == "error: not a number: 'oops'\n"
     assert stats.main(["loss", "3.28"]) == 2
     assert "need at least 2 numbers" in capsys.readouterr().err
+    assert stats.main(["loss", "nan", "3.2", "3.1"]) == 2
+    assert capsys.readouterr().err == "error: not a finite number: 'nan'\n"
 
 
 def test_small_samples_give_nan_not_errors():
