@@ -8,9 +8,6 @@ prints only the path and the step lines to stdout, as modded-nanogpt does. It re
 $SEED, and knobs diverge, crash, hang or stop it early.
 """
 import json
-import os
-import signal
-import subprocess
 import sys
 
 import pytest
@@ -18,7 +15,8 @@ import pytest
 from harness import run, submit, verify
 from harness.logs import load_run
 from harness.records import load_records
-from harness.snapshot import EMBEDDED_CODE, REPO_ROOT, embedded_code_hash, hash_files, snapshot_hash
+from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, hash_files, snapshot_hash
+from test_harness_run import ctrl_c_at_step_5
 
 FAKE_MODDED = '''\
 import math
@@ -213,16 +211,7 @@ def test_cmd_ctrl_c_records_interrupted(kit):
     cmd = [sys.executable, "-m", "harness.run", "--cmd", f"{sys.executable} train_gpt.py --hang_at=7",
            "--cwd", str(kit["cwd"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
            "--no-leaderboard"]
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in proc.stdout:
-        if line.startswith("step:5/20 val_loss:"):
-            break
-    else:
-        pytest.fail(f"the run never reached step 5 (exit {proc.wait()})")
-    proc.send_signal(signal.SIGINT)
-    rest = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 130, rest
+    ctrl_c_at_step_5(cmd)
     (row,) = rows(kit)
     assert row["status"] == "interrupted" and row["final_val_loss"] is not None and row["origin"] == "cmd"
     events = [json.loads(line) for line in (kit["runs"] / row["run_id"] / "events.jsonl").read_text().splitlines()]

@@ -357,7 +357,7 @@ def test_a_tampered_copy_fails_verify_naming_file_and_field(two_records, tmp_pat
     report = capsys.readouterr().out
     assert expected in report and "FAILED" in report, report
     if tamper is _edit_events_loss:
-        assert f"record.json: runs[1].final_val_loss: expected" in report
+        assert "record.json: runs[1].final_val_loss: expected" in report
     if tamper in (_edit_train_log_time, _edit_train_log_code):
         assert "train.log: sha256: expected" in report
 

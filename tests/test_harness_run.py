@@ -60,12 +60,12 @@ def test_timeout(kit):
     assert only_row(kit)["status"] == "timeout"
 
 
-def test_ctrl_c_records_interrupted(kit):
-    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
-           "--records", str(kit["records"]), "--no-leaderboard", "--", "--hang_at=7"]
+def ctrl_c_at_step_5(cmd: list[str]) -> str:
+    """Start a harness command, press Ctrl-C once its trainer has echoed the step-5 validation (the trainers
+    here then hang at step 7), and return what it printed after; it must exit 130."""
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in proc.stdout:  # the step-5 validation is echoed; the trainer then hangs at step 7
+    for line in proc.stdout:
         if line.startswith("step:5/20 val_loss:"):
             break
     else:
@@ -73,6 +73,13 @@ def test_ctrl_c_records_interrupted(kit):
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, rest
+    return rest
+
+
+def test_ctrl_c_records_interrupted(kit):
+    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+           "--records", str(kit["records"]), "--no-leaderboard", "--", "--hang_at=7"]
+    rest = ctrl_c_at_step_5(cmd)
     row = only_row(kit)
     assert row["status"] == "interrupted" and row["final_val_loss"] is not None
     assert "interrupted" in rest and "Traceback" not in rest.split("interrupted")[0]
