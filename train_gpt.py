@@ -303,14 +303,16 @@ def flex_attention_op():
     return attention
 
 
-def packed_doc_mask(inputs: Tensor, window: int) -> tuple[Tensor, int]:
-    """(cu_seqlens (N + 1,) int32 over the N flattened tokens, window) for kernels.attention.
+def packed_doc_mask(inputs: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """(cu_seqlens (N + 1,) int32 over the N flattened tokens, window as a 0-d CPU tensor) for kernels.attention.
+    The window goes in as a tensor so that one compiled graph serves every window size of the schedule.
 
     The document starts come first, then N repeated (empty documents, which the kernel allows; there are
     at most N starts, so at least one N ends it): one length every step, so no host sync to count
     documents (torch.nonzero would; so would building the end from a Python list) and no recompile."""
     N = inputs.numel()
-    return torch.nonzero_static(document_starts(inputs).flatten(), size=N + 1, fill_value=N).flatten().to(torch.int32), window
+    cu_seqlens = torch.nonzero_static(document_starts(inputs).flatten(), size=N + 1, fill_value=N).flatten()
+    return cu_seqlens.to(torch.int32), torch.tensor(window, dtype=torch.int64)
 
 
 def newton_schulz_torch(G: Tensor, steps: int = 5) -> Tensor:

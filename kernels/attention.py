@@ -655,40 +655,49 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
 # --------------------------------------------------------------------------------------------------
 
 
+# The window is a 0-d int64 CPU tensor, not an int: torch.compile specialises a graph on every int it is
+# given (dynamic=False), so an int window would compile one graph per window size of the schedule (14 train
+# and 14 validation graphs for fineweb-124m). A CPU tensor's value is read on the host (no device sync) when
+# the kernel launches, and the fake implementations never read it.
+def window_tensor(window_size: int | None) -> torch.Tensor:
+    """The window as the ops take it: a 0-d int64 CPU tensor, -1 for none."""
+    return torch.tensor(-1 if window_size is None else window_size, dtype=torch.int64)
+
+
 @torch.library.custom_op("speedrun::flash_attention_fwd", mutates_args=())
 def _flash_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None,
-                            window_size: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return flash_attention_forward(q, k, v, cu_seqlens, window_size, scale)
+                            window: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return flash_attention_forward(q, k, v, cu_seqlens, int(window), scale)
 
 
 @_flash_attention_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, window_size, scale):
+def _(q, k, v, cu_seqlens, window, scale):
     B, T, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, T), dtype=torch.float32)
 
 
 @torch.library.custom_op("speedrun::flash_attention_bwd", mutates_args=())
 def _flash_attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                            lse: torch.Tensor, cu_seqlens: torch.Tensor | None, window_size: int,
+                            lse: torch.Tensor, cu_seqlens: torch.Tensor | None, window: torch.Tensor,
                             scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size, scale)
+    return flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, int(window), scale)
 
 
 @_flash_attention_bwd_op.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, window_size, scale):
+def _(do, q, k, v, out, lse, cu_seqlens, window, scale):
     return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, window_size, scale = inputs
+    q, k, v, cu_seqlens, window, scale = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens)
-    ctx.window_size, ctx.scale = window_size, scale
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, window)
+    ctx.scale = scale
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
-    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, cu_seqlens, ctx.window_size, ctx.scale)
+    q, k, v, out, lse, cu_seqlens, window = ctx.saved_tensors
+    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, cu_seqlens, window, ctx.scale)
     return dq, dk, dv, None, None, None
 
 
@@ -713,7 +722,11 @@ def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
         raise ValueError(f"flash_attention: head dim {D} not supported (one of {SUPPORTED_HEAD_DIMS})")
     if T < 1 or B < 1 or H < 1:
         raise ValueError(f"flash_attention: empty input of shape {tuple(q.shape)}")
-    if window_size is not None and window_size < 1:
+    if isinstance(window_size, torch.Tensor):
+        if window_size.device.type != "cpu" or window_size.dim() != 0 or window_size.dtype != torch.int64:
+            raise ValueError(f"flash_attention: a tensor window_size must be a 0-d int64 CPU tensor "
+                             f"(window_tensor(w)), got {window_size.dim()}-d {window_size.dtype} on {window_size.device}")
+    elif window_size is not None and window_size < 1:
         raise ValueError(f"flash_attention: window_size must be >= 1 or None, got {window_size}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))  # elements from first to last
@@ -753,14 +766,15 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> None:
         raise ValueError("flash_attention: cu_seqlens must be non-decreasing (document starts in order)")
 
 
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_size: int | None = None,
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_size: int | torch.Tensor | None = None,
                     cu_seqlens: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
     """Causal attention, optionally windowed and document-masked.
 
     Args:
         q, k, v: (B, T, H, D), bf16 or fp16 (fp32 for tests), D in {64, 128} (16 and 32 also work).
         window_size: query i sees keys i - window_size < j <= i (itself included); None: all
-            earlier keys. A plain int that may change between calls without recompiling.
+            earlier keys. Or `window_tensor(w)`, a 0-d CPU tensor: under torch.compile an int is
+            baked into the graph (one graph per window size), a tensor is an input (one graph for all).
         cu_seqlens: (n_docs + 1,) int32 cumulative document starts of a packed batch, from 0 to T,
             non-decreasing (empty documents, e.g. trailing T's as padding, are allowed); needs B == 1.
             Queries see only keys of their own document. Its values are not checked here (that would
@@ -773,7 +787,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     """
     _check_inputs(q, k, v, window_size, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    out, _ = _flash_attention_fwd_op(q, k, v, cu_seqlens, -1 if window_size is None else window_size, scale)
+    window = window_size if isinstance(window_size, torch.Tensor) else window_tensor(window_size)
+    out, _ = _flash_attention_fwd_op(q, k, v, cu_seqlens, window, scale)
     return out
 
 

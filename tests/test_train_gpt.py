@@ -487,6 +487,16 @@ def test_compiled_run_compiles_both_lengths_once_in_the_warm_up(shards, tmp_path
     assert len(val_losses(tmp_path)) == 3
 
 
+def test_compiled_triton_path_has_one_graph_for_every_window(shards, tmp_path):
+    """Our attention kernel under torch.compile: the schedule's three window sizes (16, 48, 64) share one train
+    graph and one validation graph, because the window reaches the op as a 0-d CPU tensor. As a Python int
+    it was baked into each graph: three of each (28 full-model compiles for fineweb-124m's warm-up)."""
+    run_script(COMPILED_RUN, tmp_path, *data_args(shards), "--kernels=triton")
+    graphs = json.loads((tmp_path / "graphs.json").read_text())
+    assert graphs == [["warm-up", 0], ["warm-up", 0]], graphs
+    assert len(val_losses(tmp_path)) == 3
+
+
 def test_compiled_flex_attention_validates_at_two_lengths(tmp_path):
     """FlexAttention (the CUDA torch path's attention) compiled at two lengths, forward only as in validation:
     one static graph per length. Compiled with automatic dynamic shapes, the second length was a symbolic
