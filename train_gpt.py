@@ -952,7 +952,10 @@ def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, progr
     if cfg.compile:
         model = compile_model(model)
     evaluate = make_evaluate(model, ops, cfg, env, device)
+    started = time.perf_counter()
+    log.line("warm-up: compiling and warming the kernels (untimed)" if cfg.compile else "warm-up (untimed)")
     warm_up(model, ops, optimizers, cfg, env, device, evaluate)
+    log.line(f"warm-up: done in {time.perf_counter() - started:.1f} s; the state is reset, the clock starts")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         peak = peak_flops(torch.cuda.get_device_name(device))  # per GPU; None for a GPU not in the table

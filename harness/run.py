@@ -215,10 +215,13 @@ def run_summary(row: dict) -> str:
 
 
 def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: _Progress, *, timeout: float | None,
-            start: float, run_id: str, echo: bool) -> str | None:
-    """Copy the trainer's output to console.log and the progress bar until it ends; "timeout" if stopped for time."""
+            start: float, run_id: str, echo: bool, ctrl_c: threading.Event) -> str | None:
+    """Copy the trainer's output to console.log and the progress bar until it ends; "timeout" if stopped for time.
+    Raises KeyboardInterrupt, here and only here, once `ctrl_c` is set (see _launch)."""
     deadline = start + timeout if timeout else None
     while True:
+        if ctrl_c.is_set():
+            raise KeyboardInterrupt
         wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
         try:
             text = lines.get(timeout=wait)
@@ -289,14 +292,29 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
 
     reader = threading.Thread(target=pump, daemon=True)
     ended = _Ended(status=None, returncode=None, wall_s=0.0)
+    # Ctrl-C only sets a flag, which _stream turns into KeyboardInterrupt between two lines: raised wherever the
+    # signal happened to land, it could leave the line queue's lock held (inside queue.get), and the harness
+    # then hung for good when it drained the queue (seen under load, in the Ctrl-C tests).
+    ctrl_c = threading.Event()
+    try:
+        previous_sigint = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.set())
+    except ValueError:  # not the main thread: Ctrl-C cannot reach this harness anyway
+        previous_sigint = None
     try:
         reader.start()
-        ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id, echo=echo)
+        ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id, echo=echo,
+                               ctrl_c=ctrl_c)
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
     except KeyboardInterrupt:
         ended.status, ended.interrupted = "interrupted", True
-        ended.previous_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the row
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the row
+        ended.previous_sigint = previous_sigint
         _stop(proc)
     except BaseException:  # the harness itself failed (disk full, a bug): stop the trainer, then report it
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
         _stop(proc)
         console.close()
         progress.close()
@@ -321,7 +339,7 @@ def _finish(ended: _Ended, record) -> dict:
         row = record()
         print(run_summary(row), flush=True)
     finally:
-        if ended.interrupted:
+        if ended.interrupted and ended.previous_sigint is not None:
             signal.signal(signal.SIGINT, ended.previous_sigint)
     if ended.interrupted:
         raise KeyboardInterrupt
