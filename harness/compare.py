@@ -46,7 +46,7 @@ from typing import Sequence
 import pandas as pd
 
 from harness import stats
-from harness.logs import DEFAULT_TARGET, LogError, RunLog, load_run, load_runs
+from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run, load_runs
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
 from harness.run import DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, run_one
 
@@ -127,9 +127,6 @@ def load_variant_logs(variant: Variant, records_dir: Path) -> list[RunLog]:
         raise CompareError(f"--logs {variant.name}: {os_error_line(exc)}") from None
 
 
-CONFIG_KEYS_FREE = ("seed", "run_dir")  # may differ between the runs of one variant
-
-
 def _identity_problem(first: RunLog, log: RunLog) -> str | None:
     """Why two logs of one variant may not be pooled: another planned step count, target or code."""
     if first.total_steps != log.total_steps:
@@ -141,10 +138,8 @@ def _identity_problem(first: RunLog, log: RunLog) -> str | None:
     if first.stopped_early != log.stopped_early:  # a first-crossing time would pool with final ones
         return f"{'one stopped at the target, one ran' if first.stopped_early else 'one ran, one stopped at the target'} " \
                "its whole schedule"
-    if first.config is not None and log.config is not None:
-        for key in sorted(set(first.config) | set(log.config)):
-            if key not in CONFIG_KEYS_FREE and first.config.get(key) != log.config.get(key):
-                return f"config {key} {first.config.get(key)!r} vs {log.config.get(key)!r}"
+    if first.config is not None and log.config is not None and (diff := config_diff(first.config, log.config)):
+        return f"config {diff}"
     return None
 
 

@@ -50,7 +50,7 @@ from typing import Sequence
 
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedded_code, parse_step_line,
-                          parse_text)
+                          parse_text, printed_tolerance)
 from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
@@ -165,13 +165,6 @@ def _token(line: str, key: str) -> str | None:
     return None
 
 
-def _float(text: str | None) -> float | None:
-    try:
-        return float(text.removesuffix("ms").removesuffix("%")) if text is not None else None
-    except ValueError:
-        return None
-
-
 def step_events(text: str) -> list[tuple[str, dict]]:
     """A val event per validation line (step, val_loss, train_time_ms), a step event per other step line.
     A validation line without its train time (torn) is skipped, as harness.logs skips it."""
@@ -188,7 +181,7 @@ def step_events(text: str) -> list[tuple[str, dict]]:
         mfu = fields.get("mfu")
         events.append(("step", {"step": fields["step"], "train_time_ms": fields.get("train_time_ms"),
                                 "step_avg_ms": fields.get("step_avg_ms"),
-                                "train_loss": _float(_token(line, "train_loss")),
+                                "train_loss": fields.get("train_loss"),
                                 "tokens_per_s": fields.get("tokens_per_s"),
                                 "mfu": None if mfu is None else mfu / 100}))
     return events
@@ -272,11 +265,6 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
 # Checking a run directory's train.log against the rest of it (harness.submit and harness.verify)
 
 
-def _half_unit(text: str) -> float:
-    """Half a unit of the last printed digit of a plain decimal: '3.2821' -> 5e-5, '80694' -> 0.5."""
-    return 0.5 * 10.0 ** -len(text.split(".", 1)[1]) if "." in text else 0.5
-
-
 def check_against_log(log: RunLog) -> list[str]:
     """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field.
 
@@ -321,10 +309,10 @@ def check_against_log(log: RunLog) -> list[str]:
         if printed_step != step:
             problems.append(f"{where}: step: the log says {printed_step}, {event} says {step}")
         same_loss = (math.isnan(printed_loss) and math.isnan(loss)) or \
-            abs(printed_loss - loss) <= _half_unit(loss_text) + 1e-9 * abs(loss)
+            abs(printed_loss - loss) <= printed_tolerance(loss_text) + 1e-9 * abs(loss)
         if not same_loss:
             problems.append(f"{where}: val_loss: the log says {loss_text}, {event} (step {step}) says {loss!r}")
-        if not abs(printed_time - time_ms) <= _half_unit(time_text) + 1e-6:
+        if not abs(printed_time - time_ms) <= printed_tolerance(time_text) + 1e-6:
             problems.append(f"{where}: train_time: the log says {time_text}ms, {event} (step {step}) says {time_ms!r}")
     return problems
 

@@ -150,18 +150,36 @@ def _number(text: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
+CONFIG_KEYS_FREE = ("seed", "run_dir")  # config fields that may differ between runs of one set (a record, a variant)
+
+
+def config_diff(a: dict, b: dict) -> str | None:
+    """The first config field, apart from CONFIG_KEYS_FREE, in which two runs differ ('key A vs B'), or None."""
+    for key in sorted(set(a) | set(b)):
+        if key not in CONFIG_KEYS_FREE and a.get(key) != b.get(key):
+            return f"{key} {a.get(key)!r} vs {b.get(key)!r}"
+    return None
+
+
+def printed_tolerance(text: str) -> float:
+    """Half a unit of the last printed digit: '3.2775' -> 5e-5, '1.23e-04' -> 5e-7, '42' -> 0.5."""
+    mantissa, _, exponent = text.lower().partition("e")
+    decimals = len(mantissa.split(".", 1)[1]) if "." in mantissa else 0
+    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+
+
 def parse_step_line(line: str) -> dict | None:
     """The fields of one step line, or None if the line is not one.
 
     Returns {"step": N, "total": M, and any of "val_loss", "train_time_ms", "step_avg_ms",
-    "tokens_per_s", "mfu"} for the tokens present with a readable value.
+    "tokens_per_s", "mfu", "train_loss"} for the tokens present with a readable value.
     """
     m = _STEP_LINE.match(line)
     if not m:
         return None
     fields = {"step": int(m.group(1)), "total": int(m.group(2))}
     names = {"val_loss": "val_loss", "train_time": "train_time_ms", "step_avg": "step_avg_ms",
-             "tokens_per_s": "tokens_per_s", "mfu": "mfu"}
+             "tokens_per_s": "tokens_per_s", "mfu": "mfu", "train_loss": "train_loss"}
     for token in line[m.end():].split():
         key, sep, value = token.partition(":")
         if sep and key in names:

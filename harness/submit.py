@@ -43,14 +43,13 @@ import pandas as pd
 
 from harness import stats
 from harness.ingest import check_against_log
-from harness.logs import LogError, RunLog, load_run
+from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
                              fsync_path, list_records, os_error_line, row_run_dir)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 
 ALPHA = 0.01  # significance for both the loss rule and the speed rule
-CONFIG_KEYS_FREE = ("seed", "run_dir")  # may differ between the runs of one record
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
@@ -211,13 +210,6 @@ def render_readme(record: dict, overrides: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _config_diff(a: dict, b: dict) -> str | None:
-    for key in sorted(set(a) | set(b)):
-        if key not in CONFIG_KEYS_FREE and a.get(key) != b.get(key):
-            return f"{key} {a.get(key)!r} vs {b.get(key)!r}"
-    return None
-
-
 def gather(run_ids: Sequence[str], records_dir: Path) -> tuple[list[dict], list[RunLog]]:
     """Each run's runs.jsonl row and its log read from its own run directory."""
     rows = find_runs(run_ids, records_dir)
@@ -282,7 +274,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         if log.hardware_label != first.hardware_label:
             raise Refused(f"runs {first.run_id} and {log.run_id} ran on different hardware: "
                           f"{first.hardware_label} vs {log.hardware_label}")
-        diff = _config_diff(first.config or {}, log.config or {})
+        diff = config_diff(first.config or {}, log.config or {})
         if diff:
             raise Refused(f"runs {first.run_id} and {log.run_id} differ in config: {diff}")
     seeds = {}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.ingest import check_against_log
-from harness.logs import LogError, load_run
+from harness.logs import LogError, load_run, printed_tolerance
 from harness.records import RECORD_FILE, RecordsError, finite_or_none, os_error_line, read_record
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.submit import render_statistics, statistics
@@ -56,13 +56,6 @@ def compare_values(expected, found, where: str, out: list[str]) -> None:
         out.append(f"{where}: expected {expected!r}, found {found!r}")
 
 
-def _printed_tolerance(text: str) -> float:
-    """Half a unit of the last printed digit: '3.2775' -> 5e-5, '1.23e-04' -> 5e-7, '42' -> 0.5."""
-    mantissa, _, exponent = text.lower().partition("e")
-    decimals = len(mantissa.split(".", 1)[1]) if "." in mantissa else 0
-    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
-
-
 def compare_text(expected: str, found: str, where: str, out: list[str]) -> None:
     """Line by line: the words must match exactly, the numbers within their printed precision."""
     exp_lines, found_lines = expected.splitlines(), found.splitlines()
@@ -72,7 +65,7 @@ def compare_text(expected: str, found: str, where: str, out: list[str]) -> None:
         e_nums, f_nums = _NUMBER.findall(e), _NUMBER.findall(f)
         same_words = _NUMBER.sub("#", e) == _NUMBER.sub("#", f) and len(e_nums) == len(f_nums)
         if not same_words or any(
-            abs(float(a) - float(b)) > _printed_tolerance(b) + 1e-12 * abs(float(a)) for a, b in zip(e_nums, f_nums)
+            abs(float(a) - float(b)) > printed_tolerance(b) + 1e-12 * abs(float(a)) for a, b in zip(e_nums, f_nums)
         ):
             out.append(f"{where}:{lineno}: expected {e.strip()!r}, found {f.strip()!r}")
 
