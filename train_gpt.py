@@ -772,7 +772,10 @@ def compile_model(model: nn.Module) -> nn.Module:
 def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.device, evaluate) -> None:
     """Compile and warm the kernels on random tokens, then restore the initial model and optimizer state.
     When compiling: a training step at every window size of the schedule, and a validation batch (its own
-    shape, val_seq_len, and no_grad: other graphs) at the window of every validation the run will make."""
+    shape, val_seq_len, and no_grad: other graphs) at the window of every validation the run will make.
+    By design no path compiles per window (a tensor or a buffer carries it), and the CPU tests count the
+    graphs; the loop over windows is the GPU path's guard, so that a guard no CPU test sees recompiles
+    here, untimed, and not in the timed loop. Once compiled, each extra step costs one step."""
     initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     windows = sorted({window_size(s, cfg) for s in range(cfg.num_steps + 1)})
     steps = max(cfg.warmup_steps, len(windows)) if cfg.compile else cfg.warmup_steps
