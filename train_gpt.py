@@ -760,11 +760,11 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """torch.compile with static shapes: a graph per shape met (training, validation; on the triton path each
-    window too, an int), all compiled by warm_up. By default the second shape (validation's) would compile
-    again with a symbolic length (automatic dynamic shapes): slower code, and a compile error in Inductor's
-    CPU FlexAttention template."""
-    dynamo = torch._dynamo.config  # room for one graph per window size and per train/val shape
+    """torch.compile with static shapes: a graph per shape met (training, validation), both compiled by
+    warm_up; the window is not part of a graph (a 0-d tensor on the triton path, a buffer in FlexAttention's
+    mask). By default the second shape (validation's) would compile again with a symbolic length (automatic
+    dynamic shapes): slower code, and a compile error in Inductor's CPU FlexAttention template."""
+    dynamo = torch._dynamo.config  # headroom, should a guard no CPU test sees compile more graphs on a GPU
     setattr(dynamo, "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit", 64)
     return torch.compile(model, dynamic=False)
 
