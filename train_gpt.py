@@ -41,6 +41,7 @@ from harness.hardware import git_state, hardware_info, nvidia_smi, peak_flops, s
 from harness.overrides import ConfigError, parse_overrides
 from harness.runlog import RunWriter
 from harness.snapshot import snapshot_code
+from harness.tracks import FINEWEB_TARGET, TRACKS
 
 # ----------------------------------------------------------------------------------------------
 # Config
@@ -69,7 +70,7 @@ class Config:
     grad_accum: int = 0  # micro-steps per step; 0 -> 8 // world_size, so any 1/2/4/8 processes see the 8-GPU batch
     # schedule (laid out over num_steps) and target
     num_steps: int = 1770  # steps a run takes; modded-nanogpt's 2025-01/02 records (48K tokens/GPU, 3.28 in ~3 min)
-    target_val_loss: float = 3.28  # the val loss a set of runs must beat (reported; stops a run only with stop_at_target)
+    target_val_loss: float = FINEWEB_TARGET  # the val loss a set of runs must beat (reported; stops a run only with stop_at_target)
     stop_at_target: bool = False  # exploratory: stop at the first validation <= target (optional stopping; not a record)
     # model
     vocab_size: int = 50304  # GPT-2's 50257 padded to a multiple of 128 (Karpathy; @Grad62304977)
@@ -96,36 +97,6 @@ class Config:
     window_max: int = 1792  # ... at the step limit (modded-nanogpt: 128 -> 1792)
     window_block: int = 128  # window sizes are multiples of this (FlexAttention's block size)
     warmup_steps: int = 10  # untimed steps on random tokens before the clock starts (state reset after)
-
-
-TRACKS: dict[str, dict] = {
-    # 8xH100 (or fewer by accumulation) on FineWeb, the NanoGPT speedrun's rule: val loss 3.28 on the first
-    # 10,485,760 tokens of fineweb_val_000000.bin. Hyperparameters follow modded-nanogpt's January 2025 records
-    # (1770 steps of 8 x 48K tokens). GPU calibration pending: this kit has not been run on GPUs yet.
-    "fineweb-124m": dict(device="cuda"),
-    # One GPU on the embedded Shakespeare corpus (2.67M train tokens). Uncalibrated: the target is a guess
-    # from the cpu-tiny curves; adjust it after the first GPU runs.
-    "shakespeare-1gpu": dict(
-        device="cuda", train_files="data/shakespeare/shakespeare_train_*.bin", train_epochs=8,
-        val_files="data/shakespeare/shakespeare_val_000000.bin", val_tokens=262_144, val_every=50,
-        seq_len=16 * 1024, val_seq_len=16 * 1024, batch_size=1, grad_accum=1, num_steps=1000,
-        target_val_loss=4.8, num_layers=8, model_dim=512, num_heads=4, head_dim=128, value_embeds=2,
-        unet_skips=4, window_max=1024, warmup_steps=5,
-    ),
-    # Two CPU cores, embedded corpus, torch kernels: calibrated on this kit's 2-core CPU machine so that a run
-    # takes about two minutes of train time and 3 seeds end clearly below the target (5.514 ± 0.012, loss rule
-    # p = 0.003; benchmarks/NOTES.md). Vocab-sized work (head, embedding tables, the loss) dominates on a CPU,
-    # hence no value embeddings and no soft-cap; the learning rates are halved for batches of 2K tokens
-    # instead of the speedrun's 393K.
-    "cpu-tiny": dict(
-        device="cpu", kernels="torch", train_files="data/shakespeare/shakespeare_train_*.bin",
-        val_files="data/shakespeare/shakespeare_val_000000.bin", val_tokens=32_768, val_every=25,
-        seq_len=128, val_seq_len=128, batch_size=16, grad_accum=1, num_steps=100, target_val_loss=5.6,
-        num_layers=4, model_dim=128, num_heads=4, head_dim=32, value_embeds=0, unet_skips=2, logit_softcap=0.0,
-        adam_embed_lr=0.3, adam_head_lr=0.004, muon_lr=0.03, window_min=32, window_max=128, window_block=32,
-        warmup_steps=2,
-    ),
-}
 
 
 def parse_config(argv: list[str]) -> Config:

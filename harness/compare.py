@@ -48,6 +48,7 @@ import pandas as pd
 from harness import stats
 from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run, load_runs
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
+from harness.tracks import track_target
 from harness.run import DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, run_one
 
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -165,13 +166,6 @@ def admit(variant: Variant, logs: list[RunLog]) -> None:
         variant.logs.append(log)
 
 
-def track_target(track: str) -> float | None:
-    """The target val loss of one of train_gpt.py's tracks, None for a track it does not know."""
-    from train_gpt import TRACKS, Config  # only here: the trainer imports torch
-
-    return TRACKS[track].get("target_val_loss", Config.target_val_loss) if track in TRACKS else None
-
-
 def resolve_target(variants: list[Variant], given: float | None, track: str | None) -> tuple[float, str]:
     """(target, where it came from): --target; else the one the logs state, logs that state none taking the
     track's default (--track), or the FineWeb speedrun's 3.28."""
@@ -181,7 +175,7 @@ def resolve_target(variants: list[Variant], given: float | None, track: str | No
     silent = [log for v in variants for log in v.logs if log.target is None]
     default = track_target(track) if track else None
     if track and default is None:
-        raise CompareError(f"--track {track}: not one of train_gpt.py's tracks, so it has no default target; "
+        raise CompareError(f"--track {track}: not one of the tracks in harness/tracks.py, so it has no default target; "
                            "give --target")
     default_source = f"track {track}'s default" if default is not None else "the FineWeb speedrun's"
     default = DEFAULT_TARGET if default is None else default

@@ -26,7 +26,7 @@ not added again; a file that is not a speedrun log gets one line naming it, and 
 in. Each new run id is printed on stdout, one per line; everything else goes to stderr. Exit status:
 1 if some input could not be taken in, else 0.
 
-The target is --target, else the one a log of ours states, else the track's (train_gpt.py's TRACKS),
+The target is --target, else the one a log of ours states, else the track's (harness/tracks.py),
 else the FineWeb speedrun's 3.28. harness.run --cmd records a foreign trainer's log through the same
 functions (parse_log_bytes, write_run_files), and harness.submit and harness.verify re-check every
 run's train.log against the rest of its directory (check_against_log): the code at its top against
@@ -53,6 +53,7 @@ from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedd
                           parse_text, printed_tolerance)
 from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
+from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
 ORIGIN = "ingested"
@@ -322,8 +323,7 @@ def check_against_log(log: RunLog) -> list[str]:
 
 
 def default_target(track: str) -> float:
-    """The track's target val loss (train_gpt.py's TRACKS), else the FineWeb speedrun's."""
-    from harness.compare import track_target
+    """The track's target val loss (harness/tracks.py), else the FineWeb speedrun's."""
 
     target = track_target(track)
     return DEFAULT_TARGET if target is None else target

@@ -39,9 +39,8 @@ from pathlib import Path
 
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, last_event, read_events
 from harness.snapshot import embedded_code_hash
+from harness.tracks import FINEWEB_TARGET as DEFAULT_TARGET  # the loss a run must reach, for logs that state none
 
-# modded-nanogpt's FineWeb target: the loss a run must reach, for logs that do not state their own.
-DEFAULT_TARGET = 3.28
 LOG_SUFFIXES = (".txt", ".log")
 CODE_SEPARATOR = "=" * 100  # modded-nanogpt's print0("="*100) after the logged source
 

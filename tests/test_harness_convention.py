@@ -231,4 +231,4 @@ def test_a_log_in_two_variants_is_noted(published_set, capsys):
 
 def test_an_unknown_track_is_refused(published_set, capsys):
     assert compare.main(["--logs", f"base={published_set}", "--track", "cpu-tinny", "--no-plot"]) == 1
-    assert "--track cpu-tinny: not one of train_gpt.py's tracks" in capsys.readouterr().err
+    assert "--track cpu-tinny: not one of the tracks in harness/tracks.py" in capsys.readouterr().err
