@@ -49,7 +49,8 @@ from harness import stats
 from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run, load_runs
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
 from harness.tracks import track_target
-from harness.run import DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, run_one
+from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, interrupted_exit,
+                         raise_on_stop_signals, restore_handlers, run_one)
 
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -440,6 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # With --json, stdout carries only the JSON: the runs' progress and echo go to stderr.
     chatter = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    previous = {} if args.logs else raise_on_stop_signals()
     try:
         with chatter:
             _collect(args, variants)
@@ -450,9 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: the run was stopped and recorded as 'interrupted'", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return interrupted_exit(exc)
+    finally:
+        restore_handlers(previous)
 
     try:
         fig = figures(variants, target, target_source)

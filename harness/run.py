@@ -9,8 +9,11 @@ adds console.log, everything the process printed). The trainer runs under
 `torchrun --standalone --nproc_per_node=K` when K > 1 or CUDA is available, plain `python` otherwise.
 When a run ends, one row built from its events.jsonl goes to records/runs.jsonl, whatever happened:
 status comes from the trainer's result event (ok / diverged; its "error" is "crashed"), "crashed"
-if the process died without one, "timeout" past --timeout, "interrupted" on Ctrl-C (the trainer is
-stopped, the row written, and the harness exits 130). Exit status: 0 when every run is ok, else 1.
+if the process died without one, "timeout" past --timeout, "interrupted" on a stop signal: Ctrl-C
+(SIGINT), SIGTERM (what `kill` and `timeout` send) or SIGHUP (a closed terminal) alike. The trainer
+runs in its own process group, out of the terminal's reach: on a stop signal the harness stops that
+group, writes the row, prints one line naming the signal and exits 128 + its number (130, 143, 129).
+Exit status otherwise: 0 when every run is ok, else 1.
 
 Any other trainer (modded-nanogpt's train_gpt.py, say) runs through --cmd:
 
@@ -197,16 +200,18 @@ def build_row(run_dir: Path, *, run_id: str, name: str, track: str, seed: int, o
     }
 
 
-def run_summary(row: dict) -> str:
-    """One line: status, the run's time (train time at its final validation), final loss against the target."""
+def run_summary(row: dict, last_val: tuple[int, float] | None) -> str:
+    """One line: status, the run's time (train time at its final validation), and its last validation
+    (`last_val`: step and val loss, nan for a diverged one) against the target."""
     parts = [f"{row['run_id']}: {row['status']}"]
     if row.get("train_time_ms") is not None:
         parts.append(f"time {row['train_time_ms'] / 1000:.2f} s (train time at the final validation)")
-    if row.get("final_val_loss") is not None:
+    if last_val is not None:
+        step, loss = last_val
         target = row.get("target_val_loss")
-        side = "" if target is None else (" (at or below the target {})" if row["final_val_loss"] <= target
-                                          else " (above the target {})").format(target)
-        parts.append(f"final val loss {row['final_val_loss']:.4f} at step {row.get('steps')}{side}")
+        side = "" if target is None or not math.isfinite(loss) else (
+            f" (at or below the target {target})" if loss <= target else f" (above the target {target})")
+        parts.append(f"final val loss {loss:.4f} at step {step}{side}")
     if row.get("time_to_target_ms") is not None:
         parts.append(f"first at or below the target at {row['time_to_target_ms'] / 1000:.2f} s"
                      + (", where it stopped (--stop_at_target)" if row.get("stop_at_target") else ""))
@@ -214,14 +219,86 @@ def run_summary(row: dict) -> str:
     return ", ".join(parts)
 
 
+def last_validation(run_dir: Path) -> tuple[int, float] | None:
+    """(step, val loss) of a run directory's last validation; None if it has none."""
+    try:
+        log = load_run(run_dir, require_val=False)
+    except LogError:
+        return None
+    return (log.val_steps[-1], log.val_losses[-1]) if log.val_steps else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Stop signals: Ctrl-C (SIGINT), SIGTERM (what `timeout` and `kill` send) and SIGHUP (a closed terminal)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal reached the harness; `recorded`: a run was in flight, and it was stopped and recorded."""
+
+    def __init__(self, signum: int = signal.SIGINT, recorded: bool = False):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.recorded = int(signum), recorded
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def raise_on_stop_signals() -> dict:
+    """Between runs, every stop signal raises Interrupted, as Ctrl-C raises KeyboardInterrupt. Returns the
+    previous handlers, for restore_handlers ({} off the main thread, which signals do not reach)."""
+    try:
+        return {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
+    except ValueError:
+        return {}
+
+
+def interrupted_exit(exc: KeyboardInterrupt) -> int:
+    """Print the one line that says what a stop signal did, and return the exit status 128 + signal number."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    what = "the run was stopped and recorded as 'interrupted'" if getattr(exc, "recorded", False) else "no run was in flight"
+    print(f"interrupted ({signal.Signals(signum).name}): {what}", file=sys.stderr)
+    return 128 + signum
+
+
+class _StopFlag:
+    """While a run is in flight, the stop signals only note which one came (see _launch)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def _note(self, signum, frame):
+        self.signum = signum
+
+    def install(self) -> dict:
+        """Install the flag's handler for every stop signal; return the previous handlers ({} off the main thread,
+        where no signal reaches the harness)."""
+        try:
+            return {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
+        except ValueError:  # not the main thread
+            return {}
+
+
+def restore_handlers(previous: dict | None) -> None:
+    for sig, handler in (previous or {}).items():
+        signal.signal(sig, handler)
+
+
+def _ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: _Progress, *, timeout: float | None,
-            start: float, run_id: str, echo: bool, ctrl_c: threading.Event) -> str | None:
+            start: float, run_id: str, echo: bool, stop: _StopFlag) -> str | None:
     """Copy the trainer's output to console.log and the progress bar until it ends; "timeout" if stopped for time.
-    Raises KeyboardInterrupt, here and only here, once `ctrl_c` is set (see _launch)."""
+    Raises Interrupted, here and only here, once a stop signal has set `stop` (see _launch)."""
     deadline = start + timeout if timeout else None
     while True:
-        if ctrl_c.is_set():
-            raise KeyboardInterrupt
+        if stop.signum is not None:
+            raise Interrupted(stop.signum)
         wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
         try:
             text = lines.get(timeout=wait)
@@ -246,8 +323,8 @@ class _Ended:
     status: str | None  # "timeout" or "interrupted" when the harness stopped it, else None
     returncode: int | None
     wall_s: float
-    interrupted: bool = False
-    previous_sigint: object = None  # after Ctrl-C: the SIGINT handler to put back once the run is recorded
+    signum: int | None = None  # the stop signal that interrupted it
+    previous_handlers: dict | None = None  # after a stop signal: the handlers to put back once the run is recorded
 
 
 def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, timeout: float | None, echo: bool,
@@ -255,14 +332,14 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
     """Run `cmd` in its own process group; copy its output to console_path and the progress bar until it ends.
 
     With `stdout_lines`, the command's stdout is also kept there, apart from its stderr (both go to the
-    console log and the bar); without, stderr is merged into stdout. On Ctrl-C the command is stopped and
-    SIGINT ignored until the caller has recorded the run (_finish); any other failure of the harness stops
-    the command and is raised.
+    console log and the bar); without, stderr is merged into stdout. On a stop signal (STOP_SIGNALS) the
+    command is stopped and the stop signals ignored until the caller has recorded the run (_finish); any
+    other failure of the harness stops the command and is raised.
     """
     console = open(console_path, "w", encoding="utf-8")
     progress = _Progress(run_id)
     start = time.monotonic()
-    # Own process group: the terminal's Ctrl-C reaches the harness only, which then stops the whole group.
+    # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the whole group.
     # So from here on every way out of this function must stop the trainer, or it keeps running unseen.
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
@@ -292,29 +369,24 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
 
     reader = threading.Thread(target=pump, daemon=True)
     ended = _Ended(status=None, returncode=None, wall_s=0.0)
-    # Ctrl-C only sets a flag, which _stream turns into KeyboardInterrupt between two lines: raised wherever the
-    # signal happened to land, it could leave the line queue's lock held (inside queue.get), and the harness
-    # then hung for good when it drained the queue (seen under load, in the Ctrl-C tests).
-    ctrl_c = threading.Event()
-    try:
-        previous_sigint = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.set())
-    except ValueError:  # not the main thread: Ctrl-C cannot reach this harness anyway
-        previous_sigint = None
+    # A stop signal only sets a flag, which _stream turns into Interrupted between two lines: raised wherever
+    # the signal lands, it could leave the line queue's lock held (inside queue.get), and the harness would
+    # then hang for good when it drains the queue.
+    stop = _StopFlag()
+    previous = stop.install()
     try:
         reader.start()
         ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id, echo=echo,
-                               ctrl_c=ctrl_c)
-        if previous_sigint is not None:
-            signal.signal(signal.SIGINT, previous_sigint)
-    except KeyboardInterrupt:
-        ended.status, ended.interrupted = "interrupted", True
-        if previous_sigint is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not lose the row
-        ended.previous_sigint = previous_sigint
+                               stop=stop)
+        restore_handlers(previous)
+    except Interrupted as exc:
+        ended.status, ended.signum = "interrupted", exc.signum
+        if previous:
+            _ignore_stop_signals()  # a second signal must not lose the row
+        ended.previous_handlers = previous
         _stop(proc)
     except BaseException:  # the harness itself failed (disk full, a bug): stop the trainer, then report it
-        if previous_sigint is not None:
-            signal.signal(signal.SIGINT, previous_sigint)
+        restore_handlers(previous)
         _stop(proc)
         console.close()
         progress.close()
@@ -333,16 +405,16 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
 
 
 def _finish(ended: _Ended, record) -> dict:
-    """Call record() (which writes the run's row and returns it), print the run's summary, and after a
-    Ctrl-C put SIGINT back and raise KeyboardInterrupt."""
+    """Call record() (which writes the run's row and returns (row, step of its last validation)), print the
+    run's summary, and after a stop signal put its handlers back and raise Interrupted."""
     try:
-        row = record()
-        print(run_summary(row), flush=True)
+        row, val_step = record()
+        print(run_summary(row, val_step), flush=True)
     finally:
-        if ended.interrupted and ended.previous_sigint is not None:
-            signal.signal(signal.SIGINT, ended.previous_sigint)
-    if ended.interrupted:
-        raise KeyboardInterrupt
+        if ended.signum is not None:
+            restore_handlers(ended.previous_handlers)
+    if ended.signum is not None:
+        raise Interrupted(ended.signum, recorded=True)
     return row
 
 
@@ -351,8 +423,8 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
             records_dir=RECORDS_DIR, echo: bool = True) -> dict:
     """Run the trainer once, record it in records_dir/runs.jsonl, return the row.
 
-    On Ctrl-C the trainer is stopped and the run recorded as "interrupted" before KeyboardInterrupt
-    is raised again.
+    On a stop signal (Ctrl-C, SIGTERM, SIGHUP) the trainer is stopped and the run recorded as "interrupted"
+    before Interrupted (a KeyboardInterrupt) is raised.
     """
     run_id = new_run_id(track, seed)
     run_dir = Path(runs_dir).resolve() / run_id
@@ -368,7 +440,7 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
                         harness_status=ended.status, returncode=ended.returncode, script=script, nproc=nproc,
                         wall_s=ended.wall_s)
         append_run(row, records_dir)
-        return row
+        return row, last_validation(run_dir)
 
     return _finish(ended, record)
 
@@ -430,8 +502,7 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
     The run directory is made as harness.ingest makes one (harness/ingest.py), from the trainer's log
     (trainer_log) or else its stdout: train.log, events.jsonl, code/ (the source the log starts with,
     else the script the command names, read when it starts); console.log holds everything it printed.
-    On Ctrl-C the trainer is stopped and the run recorded as "interrupted" before KeyboardInterrupt is
-    raised again.
+    On a stop signal the trainer is stopped and the run recorded as "interrupted" before Interrupted is raised.
     """
     from harness import ingest
     from harness.hardware import git_state
@@ -479,7 +550,7 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
                         nproc=parsed.facts.world_size or 1, wall_s=ended.wall_s)
         row.update(origin="cmd", source=source, log_sha256=parsed.sha256, seed_env=seed_env)
         append_run(row, records_dir)
-        return row
+        return row, last_validation(run_dir)
 
     return _finish(ended, record)
 
@@ -627,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--script {script}: no such file")
 
     rows = []
+    previous = raise_on_stop_signals()
     try:
         for seed in range(args.seed_start, args.seed_start + args.seeds):
             if args.cmd is not None:
@@ -638,11 +710,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(run_one(track=track, seed=seed, name=args.name or track, script=script,
                                     nproc=args.nproc or 1, overrides=overrides, timeout=args.timeout,
                                     runs_dir=args.runs_dir, records_dir=args.records))
-    except KeyboardInterrupt:
-        print("interrupted: the run was stopped and recorded as 'interrupted'", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        code = interrupted_exit(exc)
         if not args.no_leaderboard:
             render_leaderboard(args.records)
-        return 130
+        return code
+    finally:
+        restore_handlers(previous)
     if len(rows) > 1:
         print(group_summary(rows))
     if not args.no_leaderboard:

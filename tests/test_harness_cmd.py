@@ -8,6 +8,7 @@ prints only the path and the step lines to stdout, as modded-nanogpt does. It re
 $SEED, and knobs diverge, crash, hang or stop it early.
 """
 import json
+import signal
 import sys
 
 import pytest
@@ -16,7 +17,7 @@ from harness import run, submit, verify
 from harness.logs import load_run
 from harness.records import load_records
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, hash_files, snapshot_hash
-from test_harness_run import ctrl_c_at_step_5
+from test_harness_run import ctrl_c_at_step_5, processes_running, signal_at_step_5
 
 FAKE_MODDED = '''\
 import math
@@ -216,6 +217,16 @@ def test_cmd_ctrl_c_records_interrupted(kit):
     assert row["status"] == "interrupted" and row["final_val_loss"] is not None and row["origin"] == "cmd"
     events = [json.loads(line) for line in (kit["runs"] / row["run_id"] / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "result" and events[-1]["status"] == "interrupted"
+
+
+def test_cmd_sigterm_stops_the_trainer_and_records_the_run(kit):
+    cmd = [sys.executable, "-m", "harness.run", "--cmd", f"{sys.executable} train_gpt.py --hang_at=7",
+           "--cwd", str(kit["cwd"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+           "--no-leaderboard"]
+    rest = signal_at_step_5(cmd, signal.SIGTERM)
+    (row,) = rows(kit)
+    assert row["status"] == "interrupted" and row["origin"] == "cmd" and "at step 5 " in rest
+    assert not processes_running(kit["cwd"]), "the trainer was left running"
 
 
 def test_explicit_logfile_that_never_appears_falls_back_to_stdout(kit, capsys):

@@ -60,9 +60,10 @@ def test_timeout(kit):
     assert only_row(kit)["status"] == "timeout"
 
 
-def ctrl_c_at_step_5(cmd: list[str]) -> str:
-    """Start a harness command, press Ctrl-C once its trainer has echoed the step-5 validation (the trainers
-    here then hang at step 7), and return what it printed after; it must exit 130."""
+def signal_at_step_5(cmd: list[str], sig: int = signal.SIGINT, runs_dir=None) -> str:
+    """Start a harness command, send it `sig` once its trainer has echoed the step-5 validation (the trainers
+    here then hang at step 7) and, given `runs_dir`, written its val event, and return what it printed after;
+    it must exit 128 + sig."""
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:
@@ -70,10 +71,34 @@ def ctrl_c_at_step_5(cmd: list[str]) -> str:
             break
     else:
         pytest.fail(f"the run never reached step 5 (exit {proc.wait()})")
-    proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while runs_dir is not None and not any('"event": "val", "time": ' in line and '"step": 5,' in line
+                                           for events in runs_dir.glob("*/events.jsonl")
+                                           for line in events.read_text().splitlines()):
+        assert time.monotonic() < deadline, "no step-5 val event"
+        time.sleep(0.05)
+    proc.send_signal(sig)
     rest = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 130, rest
+    assert proc.returncode == 128 + sig, rest
     return rest
+
+
+def ctrl_c_at_step_5(cmd: list[str]) -> str:
+    return signal_at_step_5(cmd, signal.SIGINT)
+
+
+def processes_running(path) -> list[int]:
+    """Pids of the processes whose command line names `path` or whose working directory is `path`."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                named = str(path).encode() in f.read()
+            if named or os.readlink(f"/proc/{entry}/cwd") == str(path):
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
 
 
 def test_ctrl_c_records_interrupted(kit):
@@ -83,6 +108,26 @@ def test_ctrl_c_records_interrupted(kit):
     row = only_row(kit)
     assert row["status"] == "interrupted" and row["final_val_loss"] is not None
     assert "interrupted" in rest and "Traceback" not in rest.split("interrupted")[0]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_stop_the_trainer_and_record_the_run(kit, sig):
+    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+           "--records", str(kit["records"]), "--no-leaderboard", "--", "--hang_at=7"]
+    rest = signal_at_step_5(cmd, sig, runs_dir=kit["runs"])
+    row = only_row(kit)
+    assert row["status"] == "interrupted" and row["final_val_loss"] is not None
+    assert not processes_running(kit["script"]), "the trainer was left running"
+    summary, last = rest.strip().splitlines()[-2:]
+    assert summary.startswith(f"{row['run_id']}: interrupted") and "at step 5 " in summary  # its last validation
+    assert last == f"interrupted ({signal.Signals(sig).name}): the run was stopped and recorded as 'interrupted'"
+
+
+def test_summary_names_the_step_of_the_last_validation(kit, capsys):
+    run_fake(kit, "--crash_at=12")  # validations at 0, 5, 10; step lines up to 11
+    assert "final val loss" in (out := capsys.readouterr().out) and "at step 10 " in out
+    run_fake(kit, "--nan_at=10")
+    assert "diverged" in (out := capsys.readouterr().out) and "final val loss nan at step 10," in out
 
 
 def test_bad_cli_arguments(kit, capsys):
