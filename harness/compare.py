@@ -49,8 +49,8 @@ from harness import stats
 from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run, load_runs
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
 from harness.tracks import track_target
-from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, interrupted_exit,
-                         raise_on_stop_signals, restore_handlers, run_one)
+from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, destination_problem,
+                         interrupted_exit, raise_on_stop_signals, refuse, restore_handlers, run_one)
 
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -438,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for v in variants:
         if not args.logs and not (v.script or args.script).is_file():
             parser.error(f"--variant {v.name}: script {v.script or args.script}: no such file")
+
+    if not args.logs and (problem := destination_problem(args.runs_dir, args.records)):
+        return refuse(problem)
 
     # With --json, stdout carries only the JSON: the runs' progress and echo go to stderr.
     chatter = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()

@@ -271,3 +271,16 @@ def list_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[list[dic
             records.append(record)
     records.sort(key=lambda r: (r.get("submitted", ""), r["folder"]))
     return records, problems
+
+
+def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
+    """Raise RecordsError (one line) unless append_run can write to records_dir/runs.jsonl: its folder, its
+    lock and the file itself (made empty where missing). Launchers call it before a run starts, so that no
+    run trains only to find its row has nowhere to go."""
+    path = runs_path(records_dir)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=60):
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except OSError as exc:
+        raise RecordsError(f"runs log {path} cannot be appended to: {os_error_line(exc)}") from None

@@ -13,7 +13,9 @@ if the process died without one, "timeout" past --timeout, "interrupted" on a st
 (SIGINT), SIGTERM (what `kill` and `timeout` send) or SIGHUP (a closed terminal) alike. The trainer
 runs in its own process group, out of the terminal's reach: on a stop signal the harness stops that
 group, writes the row, prints one line naming the signal and exits 128 + its number (130, 143, 129).
-Exit status otherwise: 0 when every run is ok, else 1.
+Exit status otherwise: 0 when every run is ok, else 1. Before the first run starts, what would only fail
+later is refused with one line and exit status 2, nothing launched: a runs folder or a runs log that
+cannot be written (--runs-dir a file, runs.jsonl a folder, --records a file or read-only).
 
 Any other trainer (modded-nanogpt's train_gpt.py, say) runs through --cmd:
 
@@ -54,7 +56,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
-from harness.records import RECORDS_DIR, append_run
+from harness.records import RECORDS_DIR, RecordsError, append_run, check_appendable, os_error_line
 from harness.snapshot import REPO_ROOT
 
 DEFAULT_TRACK = "cpu-tiny"
@@ -650,6 +652,28 @@ def _cmd_problem(args, overrides: Sequence[str]) -> str | None:
     return None
 
 
+def destination_problem(runs_dir: Path, records_dir: Path) -> str | None:
+    """What keeps a run's folder or its row from being written (one line), or None: checked before the first
+    run starts. Makes the runs folder, and the runs log where missing."""
+    try:
+        Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"--runs-dir {runs_dir}: {os_error_line(exc)}"
+    if not os.access(runs_dir, os.W_OK | os.X_OK):
+        return f"--runs-dir {runs_dir}: not writable"
+    try:
+        check_appendable(records_dir)
+    except RecordsError as exc:
+        return f"--records {records_dir}: {exc}"
+    return None
+
+
+def refuse(message: str) -> int:
+    """A problem found before any run starts: one line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from harness.ingest import IngestError, check_name
     from harness.overrides import ConfigError, normalize_argv
@@ -696,6 +720,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     script = args.script or DEFAULT_SCRIPT
     if args.cmd is None and not Path(script).is_file():
         parser.error(f"--script {script}: no such file")
+
+    problem = destination_problem(args.runs_dir, args.records)
+    if problem:
+        return refuse(problem)
 
     rows = []
     previous = raise_on_stop_signals()

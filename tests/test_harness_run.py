@@ -172,3 +172,44 @@ def test_harness_failure_stops_the_trainer(kit, monkeypatch):
     with pytest.raises(RuntimeError, match="harness bug"):
         run_fake(kit, "--hang_at=3")
     assert procs and procs[0].poll() is not None, "the trainer was left running"
+
+
+def unwritable_destinations(tmp_path):
+    """(case id, --runs-dir, --records) where a run's folder or its row cannot be written."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    runs_log_is_a_folder = tmp_path / "records_with_a_folder"
+    (runs_log_is_a_folder / "runs.jsonl").mkdir(parents=True)
+    cases = [("records-is-a-file", tmp_path / "runs", a_file),
+             ("runs-log-is-a-folder", tmp_path / "runs", runs_log_is_a_folder),
+             ("runs-dir-is-a-file", a_file, tmp_path / "records")]
+    if os.geteuid() != 0:  # root writes into a read-only folder anyway
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+        cases.append(("records-read-only", tmp_path / "runs", read_only))
+    return cases
+
+
+def test_unwritable_destination_is_refused_before_launch(kit, tmp_path, capsys):
+    for case, runs_dir, records in unwritable_destinations(tmp_path):
+        argv = ["--script", str(kit["script"]), "--runs-dir", str(runs_dir), "--records", str(records),
+                "--no-leaderboard"]
+        assert run.main(argv) == 2, case
+        captured = capsys.readouterr()
+        assert captured.out == "", case  # nothing launched: no run line, no summary
+        (line,) = captured.err.splitlines()
+        assert line.startswith("error: --runs-dir" if case == "runs-dir-is-a-file" else "error: --records"), line
+        assert not runs_dir.is_dir() or not any(runs_dir.iterdir()), f"{case}: an orphan run folder"
+        assert not (records / "runs.jsonl").is_file() or not (records / "runs.jsonl").read_text()
+
+
+def test_compare_refuses_an_unwritable_destination_before_launch(kit, tmp_path, capsys):
+    from harness import compare
+
+    for case, runs_dir, records in unwritable_destinations(tmp_path):
+        argv = ["--script", str(kit["script"]), "--runs-dir", str(runs_dir), "--records", str(records),
+                "--variant", "a=", "--variant", "b=--steps=10", "--no-plot", "--no-leaderboard"]
+        assert compare.main(argv) == 2, case
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.splitlines()) == 1, (case, captured)
+        assert not runs_dir.is_dir() or not any(runs_dir.iterdir()), f"{case}: an orphan run folder"
