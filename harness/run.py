@@ -26,9 +26,10 @@ Any other trainer (modded-nanogpt's train_gpt.py, say) runs through --cmd:
 The command runs as given (in --cwd), once per seed, with the seed in the environment variable
 --seed-env (SEED; the trainer may read it or not, the row records both the seed and the variable's
 name), its stdout driving the same progress bar. When it ends the run is recorded as harness.ingest
-records a log (harness/ingest.py): the log is the trainer's own log file where it writes one
-(--logfile auto: a *.txt/*.log path it printed, modded-nanogpt's `logs/<id>.txt`, else the newest
-logs/*.txt under --cwd written during the run; a path; or stdout), else its stdout, kept as
+records a log (harness/ingest.py): the log is the trainer's own log file where it writes one and it
+is provably this run's, since runs may share a --cwd (--logfile auto: a *.txt/*.log path it printed,
+modded-nanogpt's `logs/<id>.txt`, else the one logs/*.txt under --cwd written during the run that holds
+every step line the run printed; a path; or stdout), else its stdout (with a warning saying why), kept as
 train.log; code/ is the source the log starts with, else the script the command names (read at
 launch). Status: timeout / interrupted as above, diverged for a NaN val loss, crashed for a non-zero
 exit, else ok when the log reaches its planned last step and incomplete when it does not.
@@ -459,16 +460,45 @@ def script_in_command(argv: Sequence[str], cwd: Path) -> Path | None:
     return None
 
 
-def trainer_log(spec: str, cwd: Path, stdout_lines: Sequence[str], since: float) -> Path | None:
+def log_files_in(cwd: Path) -> dict[Path, tuple[int, int]]:
+    """{path: (mtime_ns, size)} of the logs/*.txt and logs/*.log files under cwd."""
+    found = {}
+    for suffix in LOG_SUFFIXES:
+        for path in (cwd / "logs").glob(f"*{suffix}"):
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            found[path] = (st.st_mtime_ns, st.st_size)
+    return found
+
+
+def _step_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if parse_step_line(line) is not None]
+
+
+def _contains_in_order(lines: Sequence[str], wanted: Sequence[str]) -> bool:
+    it = iter(lines)
+    return all(any(line == w for line in it) for w in wanted)
+
+
+def trainer_log(spec: str, cwd: Path, stdout_lines: Sequence[str], since: float,
+                before: dict[Path, tuple[int, int]]) -> tuple[Path | None, str | None]:
     """The trainer's own log file, recorded instead of its stdout where it has more (modded-nanogpt writes
-    its source code only to its log file). spec "stdout": none; a path (relative to cwd): that file if it
-    is there; "auto": the last line of stdout naming a *.txt or *.log file written since `since` (modded-
-    nanogpt prints `logs/<run id>.txt`), else the newest logs/*.txt or logs/*.log under cwd written since."""
+    its source code only to its log file), and why there is none where there is none.
+
+    A log is attributed to a run only where it is provably that run's, since runs may share a working
+    directory: spec "stdout": none; a path (relative to cwd): that file, if it is there; "auto": the last
+    line of stdout naming a *.txt or *.log file written since `since` (modded-nanogpt prints
+    `logs/<run id>.txt`), else the one logs/*.txt or logs/*.log file written during the run (not as it was
+    in `before`, taken at launch) whose step lines include every step line the run printed, in order, a
+    validation among them. Two such files (runs printing the same lines) are no proof: none.
+    """
     if spec == "stdout":
-        return None
+        return None, None
     if spec != "auto":
         path = cwd / spec
-        return path if path.is_file() else None
+        return (path, None) if path.is_file() else (None, f"--logfile {spec}: no such file in {cwd} after the run")
 
     def fresh(path: Path) -> bool:
         try:
@@ -479,9 +509,26 @@ def trainer_log(spec: str, cwd: Path, stdout_lines: Sequence[str], since: float)
     for line in reversed(stdout_lines):
         text = line.strip()
         if text.endswith(LOG_SUFFIXES) and not text.startswith("step:") and fresh(cwd / text):
-            return cwd / text
-    written = [p for suffix in LOG_SUFFIXES for p in (cwd / "logs").glob(f"*{suffix}") if fresh(p)]
-    return max(written, key=lambda p: p.stat().st_mtime) if written else None
+            return cwd / text, None
+    written = [p for p, stat in log_files_in(cwd).items() if before.get(p) != stat]
+    if not written:
+        return None, None
+    printed = _step_lines("".join(stdout_lines))
+    if not any("val_loss" in parse_step_line(line) for line in printed):
+        return None, (f"{len(written)} log file(s) written in {cwd / 'logs'} during the run, none provably its own "
+                      "(it printed no path and no validation line to match)")
+    matching = []
+    for path in written:
+        try:
+            text = path.read_bytes().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        if _contains_in_order(_step_lines(text), printed):
+            matching.append(path)
+    if len(matching) == 1:
+        return matching[0], None
+    return None, (f"{len(written)} log file(s) written in {cwd / 'logs'} during the run, "
+                  + ("none with" if not matching else f"{len(matching)} with") + " the step lines it printed")
 
 
 def cmd_status(log: RunLog | None, harness_status: str | None, returncode: int | None) -> str:
@@ -520,19 +567,19 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
     print(f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", flush=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)}
     stdout_lines: list[str] = []
-    since = time.time()
+    since, before = time.time(), log_files_in(cwd)
     ended = _launch(argv, env=env, run_id=run_id, console_path=run_dir / "console.log", timeout=timeout, echo=echo,
                     cwd=cwd, stdout_lines=stdout_lines)
 
     def record() -> dict:
         printed = ingest.parse_log_bytes("".join(list(stdout_lines)).encode("utf-8"), "stdout")
-        parsed, path = printed, trainer_log(logfile, cwd, list(stdout_lines), since)
+        path, why_none = trainer_log(logfile, cwd, list(stdout_lines), since, before)
+        parsed = printed
         if path is not None:
             own = ingest.parse_log_bytes(path.read_bytes(), str(path))
             parsed, path = (own, path) if own.log is not None or printed.log is None else (printed, None)
-        elif logfile not in ("auto", "stdout"):
-            print(f"warning: --logfile {logfile}: no such file in {cwd} after the run; recording its stdout",
-                  file=sys.stderr)
+        elif why_none:
+            print(f"warning: [{run_id}] {why_none}; recording its stdout", file=sys.stderr)
         status = cmd_status(parsed.log, ended.status, ended.returncode)
         source = str(path) if path is not None else "stdout"
         pending = run_dir / f".pending-{os.getpid()}"

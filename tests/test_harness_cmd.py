@@ -4,11 +4,13 @@ The fake is written here and behaves as modded-nanogpt's train_gpt.py does where
 it: it reads its own source first, prints that source, the "Running ..." version lines and an
 nvidia-smi-like table (one row per process), then `step:N/M ...` lines; only rank 0 prints; under
 torchrun it joins a gloo process group. With --logfile=1 it writes its log to logs/<uuid>.txt and
-prints only the path and the step lines to stdout, as modded-nanogpt does. It reads the seed from
-$SEED, and knobs diverge, crash, hang or stop it early.
+prints only the path and the step lines to stdout, as modded-nanogpt does; --logfile=2 leaves out the
+path, --console=0 the step lines too. It reads the seed from $SEED, and knobs diverge, crash, hang or
+stop it early, or make it wait before it exits (end_sleep).
 """
 import json
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -36,7 +38,7 @@ if world > 1:
 
     dist.init_process_group("gloo")
 cfg = dict(steps=20, val_every=5, step_ms=10.0, end_loss=3.2, logfile=0, print_code=1, nan_at=-1, crash_at=-1,
-           hang_at=-1, exit_at=-1, sleep=0.0)
+           hang_at=-1, exit_at=-1, sleep=0.0, console=1, end_sleep=0.0)
 for arg in sys.argv[1:]:
     key, _, value = arg[2:].partition("=")
     cfg[key] = type(cfg[key])(value)
@@ -45,7 +47,8 @@ logfile = None
 if rank == 0 and cfg["logfile"]:
     os.makedirs("logs", exist_ok=True)
     logfile = f"logs/{uuid.uuid4()}.txt"
-    print(logfile, flush=True)
+    if cfg["logfile"] == 1:
+        print(logfile, flush=True)
 
 
 def print0(s, console=False):
@@ -54,7 +57,7 @@ def print0(s, console=False):
     if logfile:
         with open(logfile, "a") as f:
             print(s, file=f)
-    if console or not logfile:
+    if (console and cfg["console"]) or not logfile:
         print(s, flush=True)
 
 
@@ -94,6 +97,7 @@ for step in range(steps + 1):
         print0(f"step:{step}/{steps} train_time:{t:.0f}ms step_avg:{t / max(step, 1):.2f}ms", console=True)
     time.sleep(cfg["sleep"])
 print0("peak memory allocated: 1234 MiB reserved: 2048 MiB", console=True)
+time.sleep(cfg["end_sleep"])
 if world > 1:
     dist.destroy_process_group()
 '''
@@ -233,6 +237,38 @@ def test_explicit_logfile_that_never_appears_falls_back_to_stdout(kit, capsys):
     row = run_cmd(kit, logfile="logs/none.txt")
     assert row["status"] == "ok" and row["source"] == "stdout"
     assert "--logfile logs/none.txt: no such file" in capsys.readouterr().err
+
+
+def test_cmd_runs_sharing_a_cwd_each_record_their_own_log(kit):
+    """Concurrent runs in one --cwd whose trainer writes logs/<uuid>.txt without printing its path: each run
+    is recorded with its own log (the one holding the step lines it printed), never another's. The first
+    run waits a second before it exits while the second still writes, so the newest log at its end is not its own."""
+    def harness(seed: int, args: str):
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.run", "--cmd", f"{sys.executable} train_gpt.py --logfile=2 {args}",
+             "--cwd", str(kit["cwd"]), "--seed-start", str(seed), "--runs-dir", str(kit["runs"]), "--records",
+             str(kit["records"]), "--no-leaderboard"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    procs = [harness(0, "--steps=10 --sleep=0.05 --end_sleep=1.5"), harness(1, "--steps=40 --sleep=0.05"),
+             harness(2, "--steps=20 --sleep=0.05")]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    recorded = rows(kit)
+    assert sorted(r["seed"] for r in recorded) == [0, 1, 2]
+    for row in recorded:
+        assert row["source"].startswith(str(kit["cwd"] / "logs")), row
+        log = (kit["runs"] / row["run_id"] / "train.log").read_text()
+        assert f"seed from SEED: {row['seed']}" in log, f"seed {row['seed']} was recorded with {row['source']}"
+    assert len({r["source"] for r in recorded}) == 3
+
+
+def test_cmd_log_that_is_not_provably_the_runs_own_is_not_taken(kit, capsys):
+    """A trainer that writes logs/<uuid>.txt and prints neither its path nor a step line: nothing ties that
+    file to this run, so the run is recorded from its stdout, and the harness says so."""
+    row = run_cmd(kit, "--logfile=2", "--console=0")
+    assert row["source"] == "stdout" and row["status"] == "incomplete"
+    err = capsys.readouterr().err
+    assert "1 log file(s) written in" in err and "none provably its own" in err and "recording its stdout" in err
 
 
 @pytest.mark.parametrize("argv, message", [
