@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import datetime as dt
 import importlib
+import json
 import math
 import os
 import sys
@@ -966,8 +967,19 @@ def write_result(log: RunWriter, cfg: Config, progress: Progress, device: torch.
 
 def main(argv: list[str] | None = None) -> int:
     env = DistEnv.from_environ()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--print_config" in argv:  # the config resolved without training: one JSON line, or one error line (exit 2)
+        argv.remove("--print_config")
+        try:
+            cfg = parse_config(argv)
+            cfg = resolve_config(cfg, env.world_size, pick_device(cfg, env))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(dataclasses.asdict(cfg)))
+        return 0
     try:
-        cfg = parse_config(sys.argv[1:] if argv is None else argv)
+        cfg = parse_config(argv)
         device = pick_device(cfg, env)
         cfg = resolve_config(cfg, env.world_size, device)
     except ConfigError as exc:

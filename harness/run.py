@@ -14,8 +14,10 @@ if the process died without one, "timeout" past --timeout, "interrupted" on a st
 runs in its own process group, out of the terminal's reach: on a stop signal the harness stops that
 group, writes the row, prints one line naming the signal and exits 128 + its number (130, 143, 129).
 Exit status otherwise: 0 when every run is ok, else 1. Before the first run starts, what would only fail
-later is refused with one line and exit status 2, nothing launched: a runs folder or a runs log that
-cannot be written (--runs-dir a file, runs.jsonl a folder, --records a file or read-only).
+later is refused with one line and exit status 2, nothing launched: a config the trainer refuses (each
+seed's, resolved by `train_gpt.py --print_config` without training: an unknown track, a mistyped
+override), a runs folder or a runs log that cannot be written (--runs-dir a file, runs.jsonl a folder,
+--records a file or read-only), and for --cmd a --seed-env the environment already has or the launch sets.
 
 Any other trainer (modded-nanogpt's train_gpt.py, say) runs through --cmd:
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import math
 import os
 import queue
@@ -50,6 +53,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -67,6 +71,7 @@ HARNESS_OWNED = ("--track", "--seed", "--run_dir")  # set per run by the harness
 STOP_GRACE_S = 5.0  # between SIGINT, SIGTERM and SIGKILL when stopping a trainer
 CMD_TRACK = "modded-nanogpt"  # --cmd's track when none is given
 SEED_ENV = "SEED"  # --cmd: the environment variable that carries the seed to the trainer
+CONFIG_CHECK_S = 300  # the most a trainer's --print_config may take (it imports torch)
 
 
 def new_run_id(track: str, seed: int) -> str:
@@ -87,6 +92,49 @@ def trainer_command(script, track: str, seed: int, run_dir, overrides: Sequence[
     if use_torchrun(nproc):
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     return [sys.executable, *args]
+
+
+def trainer_env() -> dict:
+    """The environment our trainer runs in: the harness's, unbuffered, with this repository importable."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
+def config_problem(script, track: str, seed: int, overrides: Sequence[str], nproc: int) -> str | None:
+    """The trainer's one error line about a run's config, or None: `script --print_config` resolves the config
+    without training (with WORLD_SIZE = nproc), printing it as one JSON line, or one error line and exit 2."""
+    cmd = [sys.executable, str(script), "--print_config", f"--track={track}", f"--seed={seed}", *overrides]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=CONFIG_CHECK_S,
+                             env={**trainer_env(), "WORLD_SIZE": str(nproc)})
+    except subprocess.TimeoutExpired:
+        return f"{script} --print_config: no answer within {CONFIG_CHECK_S} s"
+    lines = [line.strip() for line in out.stderr.splitlines() if line.strip()]
+    if out.returncode != 0:
+        return (lines[-1].removeprefix("error: ") if lines else f"exit status {out.returncode}") + \
+            f" ({Path(script).name} --print_config)"
+    try:
+        config = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        config = None
+    if not isinstance(config, dict):
+        return f"{script} --print_config printed no config (one JSON line expected)"
+    return None
+
+
+def first_config_problem(checks: Sequence[tuple[str, dict]]) -> str | None:
+    """The first (in order) of `checks`' config problems as "LABEL: problem", or None: each check is
+    (label, config_problem's arguments). They run a few at a time; none starts after a problem is found."""
+    with ThreadPoolExecutor(max_workers=min(4, len(checks) or 1)) as pool:
+        futures = [pool.submit(config_problem, **kwargs) for _, kwargs in checks]
+        try:
+            for (label, _), future in zip(checks, futures):
+                if problem := future.result():
+                    return f"{label}: {problem}"
+        finally:
+            for future in futures:
+                future.cancel()
+    return None
 
 
 def check_overrides(overrides: Sequence[str]) -> str | None:
@@ -434,8 +482,7 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
     run_dir.mkdir(parents=True, exist_ok=False)
     cmd = trainer_command(script, track, seed, run_dir, overrides, nproc)
     print(f"[{run_id}] {shlex.join(cmd)}", flush=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = trainer_env()
     ended = _launch(cmd, env=env, run_id=run_id, console_path=run_dir / "console.log", timeout=timeout, echo=echo)
 
     def record() -> dict:
@@ -694,8 +741,24 @@ def _cmd_problem(args, overrides: Sequence[str]) -> str | None:
     program = argv[0]
     if not ((cwd / program).is_file() if os.sep in program else shutil.which(program)):
         return f"--cmd: {program}: no such program" + (f" in {cwd}" if os.sep in program else " on PATH")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.seed_env):
-        return f"--seed-env {args.seed_env!r}: not an environment variable name"
+    return seed_env_problem(args.seed_env)
+
+
+# Variables a launch sets for the trainer's processes (torchrun's, Python's): the seed must not overwrite one.
+LAUNCH_ENV = ("PYTHONPATH", "PYTHONUNBUFFERED", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+              "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+              "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")
+
+
+def seed_env_problem(name: str) -> str | None:
+    """Why `name` cannot carry the seed (one line), or None: not a variable name, a variable the environment
+    already has (PATH, HOME, ...; the seed would overwrite it) or one a launch sets (LAUNCH_ENV)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return f"--seed-env {name!r}: not an environment variable name"
+    if name in os.environ:
+        return f"--seed-env {name}: the environment already has {name}, which the seed would overwrite (name another variable)"
+    if name in LAUNCH_ENV:
+        return f"--seed-env {name}: the launch sets {name} for the trainer (name another variable)"
     return None
 
 
@@ -741,7 +804,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help=f"--cmd: the environment variable that carries the seed (default {SEED_ENV})")
     cmd.add_argument("--logfile", default="auto", metavar="PATH|auto|stdout",
                      help="--cmd: the trainer's own log to record (default auto: one it names on stdout, else the "
-                     "newest logs/*.txt it wrote; stdout: what it printed)")
+                     "logs/*.txt it wrote that holds the step lines it printed; stdout: what it printed)")
     cmd.add_argument("--target", type=float, default=None,
                      help="--cmd: target val loss (default: the track's, else 3.28)")
     args = parser.parse_args(ours)
@@ -768,14 +831,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd is None and not Path(script).is_file():
         parser.error(f"--script {script}: no such file")
 
-    problem = destination_problem(args.runs_dir, args.records)
-    if problem:
-        return refuse(problem)
-
+    seeds = range(args.seed_start, args.seed_start + args.seeds)
     rows = []
     previous = raise_on_stop_signals()
     try:
-        for seed in range(args.seed_start, args.seed_start + args.seeds):
+        problem = None if args.cmd is not None else first_config_problem(
+            [(f"seed {seed}", dict(script=script, track=track, seed=seed, overrides=overrides, nproc=args.nproc or 1))
+             for seed in seeds])
+        problem = problem or destination_problem(args.runs_dir, args.records)
+        if problem:
+            return refuse(problem)
+        for seed in seeds:
             if args.cmd is not None:
                 rows.append(run_cmd_one(args.cmd, track=track, seed=seed, name=args.name or track,
                                         seed_env=args.seed_env, target=args.target, logfile=args.logfile,
@@ -787,7 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     runs_dir=args.runs_dir, records_dir=args.records))
     except KeyboardInterrupt as exc:
         code = interrupted_exit(exc)
-        if not args.no_leaderboard:
+        if (rows or getattr(exc, "recorded", False)) and not args.no_leaderboard:
             render_leaderboard(args.records)
         return code
     finally:

@@ -280,13 +280,16 @@ def test_cmd_log_that_is_not_provably_the_runs_own_is_not_taken(kit, capsys):
     (["--cmd", "no-such-program-here x.py"], "no-such-program-here: no such program on PATH"),
     (["--cmd", "./nope.sh"], "./nope.sh: no such program in"),
     (["--cmd", f"{sys.executable} x.py", "--seed-env", "1SEED"], "not an environment variable name"),
+    (["--cmd", f"{sys.executable} x.py", "--seed-env", "PATH"], "--seed-env PATH: the environment already has PATH"),
+    (["--cmd", f"{sys.executable} x.py", "--seed-env", "MASTER_PORT"], "the launch sets MASTER_PORT"),
     (["--cmd", f"{sys.executable} x.py", "--cwd", "/no/such/dir"], "--cwd /no/such/dir: no such directory"),
     (["--cmd", f"{sys.executable} x.py", "--track", "a b"], "track 'a b': use 1-80 letters"),
     (["--cmd", f"{sys.executable} x.py", "--target", "nan"], "--target nan: expected a finite number"),
     (["--logfile", "x.txt"], "--logfile: only with --cmd"),
     (["--seed-env", "S", "--target", "3"], "--seed-env, --target: only with --cmd"),
     (["--", "--lr"], "--lr: expected a value"),
-], ids=["overrides", "script", "nproc", "empty", "quote", "program", "relative-program", "seed-env", "cwd", "track",
+], ids=["overrides", "script", "nproc", "empty", "quote", "program", "relative-program", "seed-env", "seed-env-PATH",
+        "seed-env-launch", "cwd", "track",
         "target", "logfile", "cmd-options", "bare-key"])
 def test_bad_cmd_arguments_are_one_line(kit, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:

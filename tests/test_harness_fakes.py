@@ -1,6 +1,6 @@
 """A fake train_gpt.py for the harness tests, and checks that it keeps the trainer's contract.
 
-The fake speaks the real trainer's interface (`--track --seed --run_dir --key=value`, modded-nanogpt
+The fake speaks the real trainer's interface (`--track --seed --run_dir --key=value`, `--print_config`, modded-nanogpt
 step lines on stdout and in train.log, events.jsonl through harness.runlog, a code/ snapshot through
 harness.snapshot) in a fraction of a second, with knobs to diverge, crash or hang. It is written as
 `train_gpt.py` into a folder of its own, so its snapshot and code hash are its own; writing it with
@@ -16,6 +16,7 @@ from harness.snapshot import REPO_ROOT, code_hash
 
 FAKE_TRAINER = '''\
 """Fake trainer ({flavor}): modded-nanogpt step lines, events.jsonl, a code snapshot."""
+import json
 import math
 import random
 import sys
@@ -33,7 +34,8 @@ CONFIG = dict(steps=20, val_every=5, target_val_loss=3.28, start_loss=6.0, end_l
 
 def main(argv):
     track, seed, run_dir, cfg = None, None, None, dict(CONFIG)
-    for arg in argv:
+    print_config = "--print_config" in argv  # train_gpt.py's: the resolved config as one JSON line, no training
+    for arg in (a for a in argv if a != "--print_config"):
         key, _, value = arg[2:].partition("=")
         if key == "track":
             track = value
@@ -44,8 +46,11 @@ def main(argv):
         elif key in cfg:
             cfg[key] = type(cfg[key])(value)
         else:
-            print(f"unknown option {{arg}}", file=sys.stderr)
+            print(f"error: unknown option {{arg}}", file=sys.stderr)
             return 2
+    if print_config:
+        print(json.dumps({{**cfg, "track": track, "seed": seed}}))
+        return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     events = EventLog(run_dir)
     console = open(run_dir / CONSOLE_FILE, "w")

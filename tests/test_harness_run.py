@@ -213,3 +213,33 @@ def test_compare_refuses_an_unwritable_destination_before_launch(kit, tmp_path, 
         captured = capsys.readouterr()
         assert captured.out == "" and len(captured.err.splitlines()) == 1, (case, captured)
         assert not runs_dir.is_dir() or not any(runs_dir.iterdir()), f"{case}: an orphan run folder"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--track", "no-such-track"], "seed 0: unknown track 'no-such-track' (tracks: "),
+    (["--seeds", "2", "--", "--muon_lrr=0.06"], "seed 0: unknown option --muon_lrr (did you mean --muon_lr?)"),
+], ids=["track", "override"])
+def test_real_trainer_config_errors_are_refused_before_launch(tmp_path, capsys, argv, message):
+    """train_gpt.py --print_config resolves each seed's config first: an unknown track or a mistyped override
+    is one line and exit 2, with no run started and no 'crashed' row."""
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    assert run.main(["--runs-dir", str(runs), "--records", str(records), "--no-leaderboard", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith(f"error: {message}") and captured.err.count("\n") == 1
+    assert not runs.exists() and not records.exists()
+
+
+def test_config_of_every_seed_is_checked_before_the_first_run(kit, capsys):
+    """A trainer that refuses one seed's config: nothing runs, not even the seeds before it."""
+    script = kit["script"]
+    script.write_text(script.read_text().replace(
+        '        print(json.dumps({**cfg, "track": track, "seed": seed}))',
+        '        if seed == 2:\n            print("error: seed 2 is cursed", file=sys.stderr)\n            return 2\n'
+        '        print(json.dumps({**cfg, "track": track, "seed": seed}))'))
+    argv = ["--script", str(script), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--no-leaderboard", "--seeds", "3", "--", "--stepz=3"]
+    assert run.main(argv) == 2
+    assert capsys.readouterr().err == "error: seed 0: unknown option --stepz=3 (train_gpt.py --print_config)\n"
+    assert run.main(argv[:-2]) == 2
+    assert capsys.readouterr().err == "error: seed 2: seed 2 is cursed (train_gpt.py --print_config)\n"
+    assert not kit["runs"].exists() and not kit["records"].exists()
