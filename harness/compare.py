@@ -7,8 +7,10 @@ one-sided one-sample t-test that the mean final val loss is below it, p < 0.01. 
 validation at or below the target is shown too, labelled as such, never as the headline time.
 
 Run mode: each variant is NAME=SPEC, SPEC being trainer overrides and optionally script=PATH; the
-first variant (or --baseline) is the baseline. Seeds run interleaved (A0 B0 A1 B1 ...) so drift in
-the machine hits every variant alike; each run is recorded in records/runs.jsonl under its name.
+first variant (or --baseline) is the baseline. Before the first run, the trainer resolves the config
+of every variant and seed (`--print_config`) and the first it refuses stops everything, one line
+naming the variant (as harness.run refuses a config). Seeds run interleaved (A0 B0 A1 B1 ...) so drift
+in the machine hits every variant alike; each run is recorded in records/runs.jsonl under its name.
 
     python -m harness.compare --track cpu-tiny --seeds 4 --variant base= --variant lr="--muon_lr=0.04"
     python -m harness.compare --baseline base= --variant fused="script=other_train.py --muon_lr=0.04"
@@ -50,7 +52,8 @@ from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
 from harness.tracks import track_target
 from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, destination_problem,
-                         interrupted_exit, raise_on_stop_signals, refuse, restore_handlers, run_one)
+                         first_config_problem, interrupted_exit, raise_on_stop_signals, refuse, restore_handlers,
+                         run_one)
 
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -439,13 +442,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.logs and not (v.script or args.script).is_file():
             parser.error(f"--variant {v.name}: script {v.script or args.script}: no such file")
 
-    if not args.logs and (problem := destination_problem(args.runs_dir, args.records)):
-        return refuse(problem)
-
     # With --json, stdout carries only the JSON: the runs' progress and echo go to stderr.
     chatter = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     previous = {} if args.logs else raise_on_stop_signals()
     try:
+        if not args.logs:  # before the first run: a typo in any variant must not waste the others' runs
+            problem = first_config_problem(
+                [(f"--variant {v.name}, seed {seed}", dict(script=v.script or args.script, track=args.track or DEFAULT_TRACK,
+                                                           seed=seed, overrides=v.overrides, nproc=args.nproc))
+                 for seed in range(args.seed_start, args.seed_start + args.seeds) for v in variants])
+            if problem := problem or destination_problem(args.runs_dir, args.records):
+                return refuse(problem)
         with chatter:
             _collect(args, variants)
         for v in variants:

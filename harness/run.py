@@ -110,9 +110,10 @@ def config_problem(script, track: str, seed: int, overrides: Sequence[str], npro
     except subprocess.TimeoutExpired:
         return f"{script} --print_config: no answer within {CONFIG_CHECK_S} s"
     lines = [line.strip() for line in out.stderr.splitlines() if line.strip()]
+    if out.returncode == 2 and lines:  # the trainer's config error
+        return lines[-1].removeprefix("error: ")
     if out.returncode != 0:
-        return (lines[-1].removeprefix("error: ") if lines else f"exit status {out.returncode}") + \
-            f" ({Path(script).name} --print_config)"
+        return f"{script} --print_config failed (exit status {out.returncode})" + (f": {lines[-1]}" if lines else "")
     try:
         config = json.loads(out.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):

@@ -1,0 +1,47 @@
+"""harness.compare's run mode: what it checks before the first run, and how it stops."""
+import signal
+import sys
+
+import pytest
+
+from harness import compare
+from harness.records import load_records
+from test_harness_fakes import write_fake_trainer
+from test_harness_run import signal_at_step_5, unwritable_destinations
+
+
+@pytest.fixture
+def kit(tmp_path):
+    return {"script": write_fake_trainer(tmp_path / "code"), "runs": tmp_path / "runs", "records": tmp_path / "records"}
+
+
+def test_compare_refuses_an_unwritable_destination_before_launch(kit, tmp_path, capsys):
+    for case, runs_dir, records in unwritable_destinations(tmp_path):
+        argv = ["--script", str(kit["script"]), "--runs-dir", str(runs_dir), "--records", str(records),
+                "--variant", "a=", "--variant", "b=--steps=10", "--no-plot", "--no-leaderboard"]
+        assert compare.main(argv) == 2, case
+        captured = capsys.readouterr()
+        assert captured.out == "" and len(captured.err.splitlines()) == 1, (case, captured)
+        assert not runs_dir.is_dir() or not any(runs_dir.iterdir()), f"{case}: an orphan run folder"
+
+
+def test_typo_in_the_second_variant_stops_everything_before_the_first_run(tmp_path, capsys):
+    """With the real trainer: every variant's config is resolved (train_gpt.py --print_config) before any run."""
+    runs, records = tmp_path / "runs", tmp_path / "records"
+    argv = ["--runs-dir", str(runs), "--records", str(records), "--no-plot", "--no-leaderboard", "--seeds", "3",
+            "--variant", "base=--num_steps=10", "--variant", "lr=--muon_lrr=0.06"]
+    assert compare.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == "error: --variant lr, seed 0: unknown option --muon_lrr (did you mean --muon_lr?)\n"
+    assert not runs.exists() and not records.exists()
+
+
+def test_compare_sigterm_records_the_run_and_exits_143(kit):
+    cmd = [sys.executable, "-m", "harness.compare", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+           "--records", str(kit["records"]), "--no-plot", "--no-leaderboard", "--variant", "a=--hang_at=7",
+           "--variant", "b="]
+    rest = signal_at_step_5(cmd, signal.SIGTERM, runs_dir=kit["runs"])
+    frame, problems = load_records(kit["records"])
+    assert problems == [] and frame["status"].tolist() == ["interrupted"] and frame["name"].tolist() == ["a"]
+    assert rest.strip().splitlines()[-1] == "interrupted (SIGTERM): the run was stopped and recorded as 'interrupted'"
