@@ -52,8 +52,8 @@ from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
 from harness.tracks import track_target
 from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, destination_problem,
-                         first_config_problem, interrupted_exit, raise_on_stop_signals, refuse, restore_handlers,
-                         run_one)
+                         first_config_problem, interrupted_exit, raise_on_stop_signals, refuse, render_leaderboard,
+                         restore_handlers, run_one)
 
 _VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -498,8 +498,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: plots not written: {os_error_line(exc)}", file=sys.stderr)
             rc = 1
     if not args.logs and not args.no_leaderboard:
-        from harness.run import render_leaderboard
-
         try:
             with chatter:
                 render_leaderboard(args.records)

@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import datetime as dt
 import hashlib
 import math
 import os
 import re
-import secrets
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -53,6 +51,7 @@ from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedd
                           parse_text, printed_tolerance)
 from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
+from harness.runrow import RUNS_DIR, new_run_id, run_row
 from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
@@ -345,12 +344,6 @@ def log_files(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str
     return files, problems
 
 
-def new_run_id(track: str, source: Path) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    slug = re.sub(r"[^A-Za-z0-9]+", "", source.stem)[:8] or "log"
-    return f"{stamp}-{track}-{slug}-{secrets.token_hex(2)}"
-
-
 def known_logs(records_dir: Path) -> tuple[dict[str, str], list[str]]:
     """{log sha256: run id} of the runs already in the runs log, and its problems."""
     frame, problems = load_records(records_dir)
@@ -364,8 +357,6 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
                known: dict[str, str]) -> dict | None:
     """Take one log in: write its run directory, append its row, return the row; None if it is in already
     (then reported on stderr). Raises IngestError for a file that is not a speedrun log or cannot be read."""
-    from harness.run import build_row
-
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -383,7 +374,7 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
         raise IngestError(f"{path}: the log's config names track {ours['track']!r}, not --track {track}")
     if target is None:
         target = ours.get("target_val_loss") if ours.get("target_val_loss") is not None else default_target(track)
-    run_id = new_run_id(track, path)
+    run_id = new_run_id(track, re.sub(r"[^A-Za-z0-9]+", "", path.stem)[:8] or "log")
     runs_dir.mkdir(parents=True, exist_ok=True)
     final, tmp = runs_dir / run_id, runs_dir / f".{run_id}.tmp-{os.getpid()}"
     source = str(path.resolve())
@@ -395,10 +386,8 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_path(runs_dir)
-    row = build_row(final, run_id=run_id, name=name, track=track, seed=ours.get("seed"), overrides=[],
-                    harness_status=parsed.log.status, returncode=None, script=None,
-                    nproc=parsed.facts.world_size, wall_s=0.0)
-    row.update(script=None, wall_s=None, origin=ORIGIN, source=source, log_sha256=parsed.sha256)
+    row = run_row(final, run_id=run_id, name=name, track=track, seed=ours.get("seed"), status=parsed.log.status,
+                  nproc=parsed.facts.world_size, origin=ORIGIN, source=source, log_sha256=parsed.sha256)
     append_run(row, records_dir)
     known[parsed.sha256] = run_id
     return row
@@ -408,10 +397,8 @@ def ingest(inputs: Sequence[str | os.PathLike], *, track: str, name: str, target
            runs_dir: str | os.PathLike | None = None, records_dir: str | os.PathLike = RECORDS_DIR,
            ) -> tuple[list[dict], list[str]]:
     """Ingest every log of `inputs`: (the new rows, one line per input that could not be taken in)."""
-    from harness.run import DEFAULT_RUNS_DIR
-
     check_name("track", track)
-    runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR).resolve()
+    runs_dir = Path(runs_dir or RUNS_DIR).resolve()
     records_dir = Path(records_dir)
     files, problems = log_files(inputs)
     known, damaged = known_logs(records_dir)

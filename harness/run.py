@@ -39,13 +39,11 @@ exit, else ok when the log reaches its planned last step and incomplete when it 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
 import queue
 import re
-import secrets
 import shlex
 import shutil
 import signal
@@ -54,29 +52,27 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
 
+from harness.hardware import git_state
+from harness.ingest import IngestError, check_name, default_target, parse_log_bytes, write_run_files
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
+from harness.overrides import ConfigError, normalize_argv
 from harness.records import RECORDS_DIR, RecordsError, append_run, check_appendable, os_error_line
+from harness.runrow import RUNS_DIR, new_run_id, run_row
 from harness.snapshot import REPO_ROOT
 
 DEFAULT_TRACK = "cpu-tiny"
 DEFAULT_SCRIPT = REPO_ROOT / "train_gpt.py"
-DEFAULT_RUNS_DIR = REPO_ROOT / "runs"
 HARNESS_OWNED = ("--track", "--seed", "--run_dir")  # set per run by the harness, not by overrides
 STOP_GRACE_S = 5.0  # between SIGINT, SIGTERM and SIGKILL when stopping a trainer
 CMD_TRACK = "modded-nanogpt"  # --cmd's track when none is given
 SEED_ENV = "SEED"  # --cmd: the environment variable that carries the seed to the trainer
 CONFIG_CHECK_S = 300  # the most a trainer's --print_config may take (it imports torch)
-
-
-def new_run_id(track: str, seed: int) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{track}-s{seed}-{secrets.token_hex(2)}"
 
 
 def use_torchrun(nproc: int) -> bool:
@@ -152,8 +148,9 @@ def check_overrides(overrides: Sequence[str]) -> str | None:
 # One run
 
 
-class _Progress:
-    """A tqdm bar driven by the trainer's step lines: step/total, train time, last val loss, ETA."""
+class ProgressBar:
+    """The live progress of one run: a tqdm bar driven by the trainer's step lines (step/total, train time, last
+    val loss, ETA), which echoes the validation lines (and, with echo, every other line it prints)."""
 
     def __init__(self, desc: str):
         self.bar = tqdm(desc=desc, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr)
@@ -195,61 +192,6 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             continue
     proc.wait()
-
-
-def build_row(run_dir: Path, *, run_id: str, name: str, track: str, seed: int, overrides: Sequence[str],
-              harness_status: str | None, returncode: int | None, script, nproc: int, wall_s: float) -> dict:
-    """The runs.jsonl row for a finished run, from its events.jsonl (whatever of it was written)."""
-    from harness.hardware import git_state
-
-    try:
-        log: RunLog | None = load_run(run_dir, require_val=False)
-    except LogError:
-        log = None
-    result = (log.result if log else None) or {}
-    if harness_status:
-        status = harness_status
-    elif not result:
-        status = "crashed"
-    else:
-        status = {"ok": "ok", "diverged": "diverged"}.get(result.get("status"), "crashed")
-        if status == "ok" and returncode != 0:
-            status = "crashed"
-    git = (log.git if log else None) or git_state()
-    versions = (log.versions if log else None) or {"python": sys.version.split()[0]}
-    target = result.get("target_val_loss", log.target if log else None)
-    ttt = result.get("time_to_target_ms") if result else (log.time_to_target(target) if log and target else None)
-    final = result.get("final_val_loss") if result else (log.final_val_loss if log else None)
-    return {
-        "run_id": run_id,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "track": (log.track if log else None) or track,
-        "name": name,
-        "git_commit": git.get("commit"),
-        "git_dirty": git.get("dirty"),
-        "code_hash": log.code_hash if log else None,
-        "hardware": log.hardware_label if log else None,
-        "torch": versions.get("torch"),
-        "triton": versions.get("triton"),
-        "cuda": versions.get("cuda"),
-        "python": versions.get("python"),
-        "seed": seed,
-        "overrides": list(overrides),
-        "time_to_target_ms": ttt,
-        "steps": result.get("steps", log.last_step if log else None),
-        "tokens": result.get("tokens"),
-        "final_val_loss": final,
-        "reached_target": bool(result.get("reached_target", ttt is not None)),
-        "status": status,
-        "run_dir": str(Path(run_dir).resolve()),
-        "target_val_loss": target,
-        "train_time_ms": result.get("train_time_ms", log.train_time_ms if log else None),
-        "returncode": returncode,
-        "script": str(script),
-        "nproc": nproc,
-        "wall_s": round(wall_s, 3),
-        "stop_at_target": result.get("stop_at_target", (log.stop_at_target if log else None)),
-    }
 
 
 def run_summary(row: dict, last_val: tuple[int, float] | None) -> str:
@@ -343,7 +285,7 @@ def _ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: _Progress, *, timeout: float | None,
+def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: ProgressBar, *, timeout: float | None,
             start: float, run_id: str, echo: bool, stop: _StopFlag) -> str | None:
     """Copy the trainer's output to console.log and the progress bar until it ends; "timeout" if stopped for time.
     Raises Interrupted, here and only here, once a stop signal has set `stop` (see _launch)."""
@@ -385,11 +327,11 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
 
     With `stdout_lines`, the command's stdout is also kept there, apart from its stderr (both go to the
     console log and the bar); without, stderr is merged into stdout. On a stop signal (STOP_SIGNALS) the
-    command is stopped and the stop signals ignored until the caller has recorded the run (_finish); any
+    command is stopped and the stop signals ignored until the caller has recorded the run; any
     other failure of the harness stops the command and is raised.
     """
     console = open(console_path, "w", encoding="utf-8")
-    progress = _Progress(run_id)
+    progress = ProgressBar(run_id)
     start = time.monotonic()
     # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the whole group.
     # So from here on every way out of this function must stop the trainer, or it keeps running unseen.
@@ -456,12 +398,71 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
     return ended
 
 
-def _finish(ended: _Ended, record) -> dict:
-    """Call record() (which writes the run's row and returns (row, step of its last validation)), print the
-    run's summary, and after a stop signal put its handlers back and raise Interrupted."""
+@dataclass
+class FromLog:
+    """How a --cmd run is recorded: from the trainer's own log, as harness.ingest records a log."""
+
+    command: str  # as given
+    cwd: Path
+    logfile: str  # "auto", "stdout" or a path (trainer_log)
+    target: float
+    seed_env: str
+    script: Path | None  # the script the command names (script_in_command)
+    script_file: tuple[str, bytes] | None  # its name and bytes, read at launch: the code that runs
+    since: float = 0.0  # time.time() at launch
+    before: dict = field(default_factory=dict)  # log_files_in(cwd) at launch
+
+
+@dataclass
+class Launch:
+    """One run: the command to launch and what its row records."""
+
+    argv: list[str]
+    run_id: str
+    run_dir: Path
+    track: str
+    seed: int
+    name: str
+    env: dict
+    shown: str  # the line that announces the run
+    cwd: Path | None = None
+    overrides: list[str] = field(default_factory=list)  # our trainer's --key=value overrides
+    script: str | None = None  # our trainer's script, or the --cmd command line
+    nproc: int | None = None
+    from_log: FromLog | None = None  # None: the trainer writes its run directory itself (events.jsonl, train.log, code/)
+
+
+def new_run_dir(runs_dir, track: str, seed: int) -> tuple[str, Path]:
+    """A fresh run id and its run directory under runs_dir, made."""
+    run_id = new_run_id(track, f"s{seed}")
+    run_dir = Path(runs_dir).resolve() / run_id
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_id, run_dir
+
+
+def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, echo: bool = True) -> dict:
+    """Run one launch to its end, append its row to records_dir/runs.jsonl, print its summary, return the row.
+
+    The row is built from the run directory's events.jsonl (run_row): the trainer's own, or for a --cmd
+    run the one written from its log (write_from_log). On a stop signal the trainer is stopped and the
+    run recorded as "interrupted" before Interrupted (a KeyboardInterrupt) is raised.
+    """
+    print(launch.shown, flush=True)
+    stdout_lines: list[str] | None = None
+    if launch.from_log is not None:
+        stdout_lines = []
+        launch.from_log.since, launch.from_log.before = time.time(), log_files_in(launch.from_log.cwd)
+    ended = _launch(launch.argv, env=launch.env, run_id=launch.run_id, console_path=launch.run_dir / "console.log",
+                    timeout=timeout, echo=echo, cwd=launch.cwd, stdout_lines=stdout_lines)
     try:
-        row, val_step = record()
-        print(run_summary(row, val_step), flush=True)
+        if launch.from_log is not None:
+            status, fields = write_from_log(launch, list(stdout_lines), ended)
+        else:
+            status, fields = ended.status, dict(overrides=launch.overrides, script=launch.script, nproc=launch.nproc)
+        row = run_row(launch.run_dir, run_id=launch.run_id, name=launch.name, track=launch.track, seed=launch.seed,
+                      status=status, returncode=ended.returncode, wall_s=ended.wall_s, **fields)
+        append_run(row, records_dir)
+        print(run_summary(row, last_validation(launch.run_dir)), flush=True)
     finally:
         if ended.signum is not None:
             restore_handlers(ended.previous_handlers)
@@ -471,29 +472,14 @@ def _finish(ended: _Ended, record) -> dict:
 
 
 def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: int = 1,
-            overrides: Sequence[str] = (), timeout: float | None = None, runs_dir=DEFAULT_RUNS_DIR,
+            overrides: Sequence[str] = (), timeout: float | None = None, runs_dir=RUNS_DIR,
             records_dir=RECORDS_DIR, echo: bool = True) -> dict:
-    """Run the trainer once, record it in records_dir/runs.jsonl, return the row.
-
-    On a stop signal (Ctrl-C, SIGTERM, SIGHUP) the trainer is stopped and the run recorded as "interrupted"
-    before Interrupted (a KeyboardInterrupt) is raised.
-    """
-    run_id = new_run_id(track, seed)
-    run_dir = Path(runs_dir).resolve() / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
-    cmd = trainer_command(script, track, seed, run_dir, overrides, nproc)
-    print(f"[{run_id}] {shlex.join(cmd)}", flush=True)
-    env = trainer_env()
-    ended = _launch(cmd, env=env, run_id=run_id, console_path=run_dir / "console.log", timeout=timeout, echo=echo)
-
-    def record() -> dict:
-        row = build_row(run_dir, run_id=run_id, name=name, track=track, seed=seed, overrides=overrides,
-                        harness_status=ended.status, returncode=ended.returncode, script=script, nproc=nproc,
-                        wall_s=ended.wall_s)
-        append_run(row, records_dir)
-        return row, last_validation(run_dir)
-
-    return _finish(ended, record)
+    """Run our trainer once (it writes runs/<run_id>/ itself), record it, return the row (launch_and_record)."""
+    run_id, run_dir = new_run_dir(runs_dir, track, seed)
+    argv = trainer_command(script, track, seed, run_dir, overrides, nproc)
+    launch = Launch(argv, run_id, run_dir, track, seed, name, env=trainer_env(), shown=f"[{run_id}] {shlex.join(argv)}",
+                    overrides=list(overrides), script=str(script), nproc=nproc)
+    return launch_and_record(launch, timeout=timeout, records_dir=records_dir, echo=echo)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -591,65 +577,53 @@ def cmd_status(log: RunLog | None, harness_status: str | None, returncode: int |
     return log.status if log is not None else "incomplete"
 
 
+def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tuple[str, dict]:
+    """Write a finished --cmd run's directory as harness.ingest writes one (harness/ingest.py), from the
+    trainer's log (trainer_log) or else its stdout: train.log, events.jsonl, code/ (the source the log starts
+    with, else the script the command names, read at launch). Returns its status and its row's fields."""
+    how = launch.from_log
+    printed = parse_log_bytes("".join(stdout_lines).encode("utf-8"), "stdout")
+    path, why_none = trainer_log(how.logfile, how.cwd, stdout_lines, how.since, how.before)
+    parsed = printed
+    if path is not None:
+        own = parse_log_bytes(path.read_bytes(), str(path))
+        parsed, path = (own, path) if own.log is not None or printed.log is None else (printed, None)
+    elif why_none:
+        print(f"warning: [{launch.run_id}] {why_none}; recording its stdout", file=sys.stderr)
+    status = cmd_status(parsed.log, ended.status, ended.returncode)
+    source = str(path) if path is not None else "stdout"
+    pending = launch.run_dir / f".pending-{os.getpid()}"
+    try:
+        write_run_files(pending, parsed, track=launch.track, target=how.target, seed=launch.seed, status=status,
+                        git=git_state(how.cwd), script=how.script_file,
+                        meta={"origin": "cmd", "source": source, "command": how.command, "seed_env": how.seed_env,
+                              "script": str(how.script) if how.script else None})
+        for entry in pending.iterdir():
+            os.rename(entry, launch.run_dir / entry.name)
+        pending.rmdir()
+    except BaseException:
+        shutil.rmtree(pending, ignore_errors=True)
+        raise
+    return status, dict(script=how.command, nproc=parsed.facts.world_size or 1, origin="cmd", source=source,
+                        log_sha256=parsed.sha256, seed_env=how.seed_env)
+
+
 def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str = SEED_ENV,
                 target: float | None = None, logfile: str = "auto", cwd=None, timeout: float | None = None,
-                runs_dir=DEFAULT_RUNS_DIR, records_dir=RECORDS_DIR, echo: bool = True) -> dict:
-    """Run any trainer's command once (the seed in the environment variable `seed_env`), record it, return the row.
-
-    The run directory is made as harness.ingest makes one (harness/ingest.py), from the trainer's log
-    (trainer_log) or else its stdout: train.log, events.jsonl, code/ (the source the log starts with,
-    else the script the command names, read when it starts); console.log holds everything it printed.
-    On a stop signal the trainer is stopped and the run recorded as "interrupted" before Interrupted is raised.
-    """
-    from harness import ingest
-    from harness.hardware import git_state
-
+                runs_dir=RUNS_DIR, records_dir=RECORDS_DIR, echo: bool = True) -> dict:
+    """Run any trainer's command once (the seed in the environment variable `seed_env`), record it from its
+    log (write_from_log), return the row (launch_and_record); console.log holds everything it printed."""
     cwd = Path(cwd or os.getcwd()).resolve()
     argv = shlex.split(command)
-    target = ingest.default_target(track) if target is None else target
-    run_id = new_run_id(track, seed)
-    run_dir = Path(runs_dir).resolve() / run_id
-    run_dir.mkdir(parents=True, exist_ok=False)
+    target = default_target(track) if target is None else target
+    run_id, run_dir = new_run_dir(runs_dir, track, seed)
     script = script_in_command(argv, cwd)
-    script_file = (script.name, script.read_bytes()) if script else None  # at launch: the code that runs
-    print(f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", flush=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)}
-    stdout_lines: list[str] = []
-    since, before = time.time(), log_files_in(cwd)
-    ended = _launch(argv, env=env, run_id=run_id, console_path=run_dir / "console.log", timeout=timeout, echo=echo,
-                    cwd=cwd, stdout_lines=stdout_lines)
-
-    def record() -> dict:
-        printed = ingest.parse_log_bytes("".join(list(stdout_lines)).encode("utf-8"), "stdout")
-        path, why_none = trainer_log(logfile, cwd, list(stdout_lines), since, before)
-        parsed = printed
-        if path is not None:
-            own = ingest.parse_log_bytes(path.read_bytes(), str(path))
-            parsed, path = (own, path) if own.log is not None or printed.log is None else (printed, None)
-        elif why_none:
-            print(f"warning: [{run_id}] {why_none}; recording its stdout", file=sys.stderr)
-        status = cmd_status(parsed.log, ended.status, ended.returncode)
-        source = str(path) if path is not None else "stdout"
-        pending = run_dir / f".pending-{os.getpid()}"
-        try:
-            ingest.write_run_files(pending, parsed, track=track, target=target, seed=seed, status=status,
-                                   git=git_state(cwd), script=script_file,
-                                   meta={"origin": "cmd", "source": source, "command": command, "seed_env": seed_env,
-                                         "script": str(script) if script else None})
-            for entry in pending.iterdir():
-                os.rename(entry, run_dir / entry.name)
-            pending.rmdir()
-        except BaseException:
-            shutil.rmtree(pending, ignore_errors=True)
-            raise
-        row = build_row(run_dir, run_id=run_id, name=name, track=track, seed=seed, overrides=[],
-                        harness_status=status, returncode=ended.returncode, script=command,
-                        nproc=parsed.facts.world_size or 1, wall_s=ended.wall_s)
-        row.update(origin="cmd", source=source, log_sha256=parsed.sha256, seed_env=seed_env)
-        append_run(row, records_dir)
-        return row, last_validation(run_dir)
-
-    return _finish(ended, record)
+    from_log = FromLog(command, cwd, logfile, target, seed_env, script,
+                       (script.name, script.read_bytes()) if script else None)
+    launch = Launch(argv, run_id, run_dir, track, seed, name, env={**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)},
+                    shown=f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", cwd=cwd, script=command,
+                    from_log=from_log)
+    return launch_and_record(launch, timeout=timeout, records_dir=records_dir, echo=echo)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -686,7 +660,7 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--nproc", type=positive_int, default=1, help="processes (GPUs) per run (default 1)")
     parser.add_argument("--timeout", type=positive_float, default=None, help="stop a run after SEC seconds")
-    parser.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="where run directories go")
+    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where run directories go")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR,
                         help="records directory (runs.jsonl inside; leaderboard.md goes next to it)")
     parser.add_argument("--no-leaderboard", action="store_true", help="do not re-render leaderboard.md")
@@ -786,9 +760,6 @@ def refuse(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from harness.ingest import IngestError, check_name
-    from harness.overrides import ConfigError, normalize_argv
-
     ours, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m harness.run", description=__doc__.split("\n\n")[0],
                                      epilog="Trainer overrides go after '--', e.g. -- --lr=0.01 (or -- --lr 0.01)")
