@@ -229,9 +229,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
-    """A stop signal reached the harness; `recorded`: a run was in flight, and it was stopped and recorded."""
+    """A stop signal reached the harness; `recorded`: the status the run in flight was recorded with, None if
+    there was none."""
 
-    def __init__(self, signum: int = signal.SIGINT, recorded: bool = False):
+    def __init__(self, signum: int = signal.SIGINT, recorded: str | None = None):
         super().__init__(signal.Signals(signum).name)
         self.signum, self.recorded = int(signum), recorded
 
@@ -251,38 +252,39 @@ def raise_on_stop_signals() -> dict:
 
 def interrupted_exit(exc: KeyboardInterrupt) -> int:
     """Print the one line that says what a stop signal did, and return the exit status 128 + signal number."""
-    signum = getattr(exc, "signum", signal.SIGINT)
-    what = "the run was stopped and recorded as 'interrupted'" if getattr(exc, "recorded", False) else "no run was in flight"
+    signum, recorded = getattr(exc, "signum", signal.SIGINT), getattr(exc, "recorded", None)
+    what = ("no run was in flight" if recorded is None else
+            f"the run was stopped and recorded as '{recorded}'" if recorded == "interrupted" else
+            f"the run in flight had ended, and was recorded as '{recorded}'")
     print(f"interrupted ({signal.Signals(signum).name}): {what}", file=sys.stderr)
     return 128 + signum
 
 
 class _StopFlag:
-    """While a run is in flight, the stop signals only note which one came (see _launch)."""
+    """From a run's launch until its row is written, the stop signals only note which one came (see _launch):
+    none is lost, and none lands in the middle of writing the row."""
 
     def __init__(self):
         self.signum: int | None = None
+        self.previous: dict = {}
 
     def _note(self, signum, frame):
         self.signum = signum
 
-    def install(self) -> dict:
-        """Install the flag's handler for every stop signal; return the previous handlers ({} off the main thread,
-        where no signal reaches the harness)."""
+    def install(self) -> None:
         try:
-            return {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
-        except ValueError:  # not the main thread
-            return {}
+            self.previous = {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
+        except ValueError:  # not the main thread, which signals do not reach
+            self.previous = {}
+
+    def uninstall(self) -> None:
+        restore_handlers(self.previous)
+        self.previous = {}
 
 
 def restore_handlers(previous: dict | None) -> None:
     for sig, handler in (previous or {}).items():
         signal.signal(sig, handler)
-
-
-def _ignore_stop_signals() -> None:
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
 
 
 def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: ProgressBar, *, timeout: float | None,
@@ -317,8 +319,7 @@ class _Ended:
     status: str | None  # "timeout" or "interrupted" when the harness stopped it, else None
     returncode: int | None
     wall_s: float
-    signum: int | None = None  # the stop signal that interrupted it
-    previous_handlers: dict | None = None  # after a stop signal: the handlers to put back once the run is recorded
+    stop: _StopFlag  # still installed: the caller uninstalls it once the run is recorded
 
 
 def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, timeout: float | None, echo: bool,
@@ -327,8 +328,8 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
 
     With `stdout_lines`, the command's stdout is also kept there, apart from its stderr (both go to the
     console log and the bar); without, stderr is merged into stdout. On a stop signal (STOP_SIGNALS) the
-    command is stopped and the stop signals ignored until the caller has recorded the run; any
-    other failure of the harness stops the command and is raised.
+    command is stopped; the stop signals are only noted (ended.stop) until the caller has recorded the run.
+    Any other failure of the harness stops the command and is raised.
     """
     console = open(console_path, "w", encoding="utf-8")
     progress = ProgressBar(run_id)
@@ -362,25 +363,20 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
         lines.put(None)
 
     reader = threading.Thread(target=pump, daemon=True)
-    ended = _Ended(status=None, returncode=None, wall_s=0.0)
     # A stop signal only sets a flag, which _stream turns into Interrupted between two lines: raised wherever
     # the signal lands, it could leave the line queue's lock held (inside queue.get), and the harness would
     # then hang for good when it drains the queue.
-    stop = _StopFlag()
-    previous = stop.install()
+    ended = _Ended(status=None, returncode=None, wall_s=0.0, stop=_StopFlag())
+    ended.stop.install()
     try:
         reader.start()
         ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id, echo=echo,
-                               stop=stop)
-        restore_handlers(previous)
-    except Interrupted as exc:
-        ended.status, ended.signum = "interrupted", exc.signum
-        if previous:
-            _ignore_stop_signals()  # a second signal must not lose the row
-        ended.previous_handlers = previous
+                               stop=ended.stop)
+    except Interrupted:
+        ended.status = "interrupted"
         _stop(proc)
     except BaseException:  # the harness itself failed (disk full, a bug): stop the trainer, then report it
-        restore_handlers(previous)
+        ended.stop.uninstall()
         _stop(proc)
         console.close()
         progress.close()
@@ -391,6 +387,9 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
             text = lines.get_nowait()
             if text is not None:
                 console.write(text)
+    except BaseException:
+        ended.stop.uninstall()
+        raise
     finally:
         console.close()
         progress.close()
@@ -445,7 +444,8 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
 
     The row is built from the run directory's events.jsonl (run_row): the trainer's own, or for a --cmd
     run the one written from its log (write_from_log). On a stop signal the trainer is stopped and the
-    run recorded as "interrupted" before Interrupted (a KeyboardInterrupt) is raised.
+    run recorded as "interrupted" before Interrupted (a KeyboardInterrupt) is raised; a stop signal that
+    comes as the run ends, or while it is recorded, is raised once its row is written.
     """
     print(launch.shown, flush=True)
     stdout_lines: list[str] | None = None
@@ -464,10 +464,9 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
         append_run(row, records_dir)
         print(run_summary(row, last_validation(launch.run_dir)), flush=True)
     finally:
-        if ended.signum is not None:
-            restore_handlers(ended.previous_handlers)
-    if ended.signum is not None:
-        raise Interrupted(ended.signum, recorded=True)
+        ended.stop.uninstall()
+    if ended.stop.signum is not None:  # also one that came as the run ended, or while it was recorded
+        raise Interrupted(ended.stop.signum, recorded=row["status"])
     return row
 
 

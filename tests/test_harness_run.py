@@ -231,3 +231,22 @@ def test_config_of_every_seed_is_checked_before_the_first_run(kit, capsys):
     assert run.main(argv[:-2]) == 2
     assert capsys.readouterr().err == "error: seed 2: seed 2 is cursed\n"
     assert not kit["runs"].exists() and not kit["records"].exists()
+
+
+def test_stop_signal_while_a_run_is_recorded_is_obeyed_once_its_row_is_written(kit, monkeypatch):
+    """SIGTERM as the run ends: its row is written whole, then Interrupted says how it was recorded."""
+    real_append = run.append_run
+
+    def append_after_a_sigterm(row, records_dir):
+        os.kill(os.getpid(), signal.SIGTERM)  # only noted: the row still goes in
+        return real_append(row, records_dir)
+
+    monkeypatch.setattr(run, "append_run", append_after_a_sigterm)
+    previous = run.raise_on_stop_signals()
+    try:
+        with pytest.raises(run.Interrupted) as exc:
+            run_fake(kit, "--steps=10", "--val_every=5")
+    finally:
+        run.restore_handlers(previous)
+    assert (exc.value.signum, exc.value.recorded) == (signal.SIGTERM, "ok")
+    assert only_row(kit)["status"] == "ok"
