@@ -521,23 +521,25 @@ def trainer_log(spec: str, cwd: Path, stdout_lines: Sequence[str], since: float,
     its source code only to its log file), and why there is none where there is none.
 
     A log is attributed to a run only where it is provably that run's, since runs may share a working
-    directory: spec "stdout": none; a path (relative to cwd): that file, if it is there; "auto": the last
+    directory: spec "stdout": none; a path (relative to cwd): that file, if the run wrote it; "auto": the last
     line of stdout naming a *.txt or *.log file written since `since` (modded-nanogpt prints
     `logs/<run id>.txt`), else the one logs/*.txt or logs/*.log file written during the run (not as it was
     in `before`, taken at launch) whose step lines include every step line the run printed, in order, a
     validation among them. Two such files (runs printing the same lines) are no proof: none.
     """
-    if spec == "stdout":
-        return None, None
-    if spec != "auto":
-        path = cwd / spec
-        return (path, None) if path.is_file() else (None, f"--logfile {spec}: no such file in {cwd} after the run")
-
     def fresh(path: Path) -> bool:
         try:
             return path.is_file() and path.stat().st_mtime >= since - 1  # coarse file-system clocks
         except OSError:
             return False
+
+    if spec == "stdout":
+        return None, None
+    if spec != "auto":
+        path = cwd / spec
+        if not path.is_file():
+            return None, f"--logfile {spec}: no such file in {cwd} after the run"
+        return (path, None) if fresh(path) else (None, f"--logfile {spec}: not written during the run")
 
     for line in reversed(stdout_lines):
         text = line.strip()

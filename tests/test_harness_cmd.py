@@ -9,6 +9,7 @@ path, --console=0 the step lines too. It reads the seed from $SEED, and knobs di
 stop it early, or make it wait before it exits (end_sleep).
 """
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -237,6 +238,16 @@ def test_explicit_logfile_that_never_appears_falls_back_to_stdout(kit, capsys):
     row = run_cmd(kit, logfile="logs/none.txt")
     assert row["status"] == "ok" and row["source"] == "stdout"
     assert "--logfile logs/none.txt: no such file" in capsys.readouterr().err
+
+
+def test_explicit_logfile_the_run_did_not_write_is_not_taken(kit, capsys):
+    (kit["cwd"] / "logs").mkdir()
+    (kit["cwd"] / "logs" / "old.txt").write_text("step:0/10 val_loss:9.0000 train_time:0ms step_avg:0.00ms\n")
+    old = kit["cwd"] / "logs" / "old.txt"
+    os.utime(old, (old.stat().st_atime - 3600, old.stat().st_mtime - 3600))  # another run's, an hour ago
+    row = run_cmd(kit, logfile="logs/old.txt")
+    assert row["status"] == "ok" and row["source"] == "stdout"
+    assert "--logfile logs/old.txt: not written during the run" in capsys.readouterr().err
 
 
 def test_cmd_runs_sharing_a_cwd_each_record_their_own_log(kit):
