@@ -587,9 +587,12 @@ def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tu
     path, why_none = trainer_log(how.logfile, how.cwd, stdout_lines, how.since, how.before)
     parsed = printed
     if path is not None:
-        own = parse_log_bytes(path.read_bytes(), str(path))
-        parsed, path = (own, path) if own.log is not None or printed.log is None else (printed, None)
-    elif why_none:
+        try:
+            own = parse_log_bytes(path.read_bytes(), str(path))
+            parsed, path = (own, path) if own.log is not None or printed.log is None else (printed, None)
+        except OSError as exc:  # gone or unreadable since: the run is still recorded, from its stdout
+            path, why_none = None, f"its log {os_error_line(exc)}"
+    if why_none:
         print(f"warning: [{launch.run_id}] {why_none}; recording its stdout", file=sys.stderr)
     status = cmd_status(parsed.log, ended.status, ended.returncode)
     source = str(path) if path is not None else "stdout"

@@ -320,3 +320,11 @@ def test_trainer_overrides_take_key_space_value(tmp_path):
     assert run.main(argv) == 0
     (row,) = load_records(tmp_path / "records")[0].to_dict("records")
     assert row["overrides"] == ["--steps=10", "--val_every=5"] and row["steps"] == 10
+
+
+def test_cmd_log_that_cannot_be_read_still_records_the_run(kit, monkeypatch, capsys):
+    """The log it found is gone by the time it is read: the run goes in from its stdout, never lost."""
+    monkeypatch.setattr(run, "trainer_log", lambda *args: (kit["cwd"] / "logs" / "gone.txt", None))
+    row = run_cmd(kit)
+    assert row["status"] == "ok" and row["source"] == "stdout" and rows(kit)[0]["run_id"] == row["run_id"]
+    assert "gone.txt: No such file or directory; recording its stdout" in capsys.readouterr().err
