@@ -459,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not v.logs:
                 raise CompareError(f"variant {v.name}: no finished runs to compare (left out: {'; '.join(v.skipped)})")
         target, target_source = resolve_target(variants, args.target, args.track)
-    except CompareError as exc:
+    except (CompareError, RecordsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:

@@ -461,7 +461,11 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
             status, fields = ended.status, dict(overrides=launch.overrides, script=launch.script, nproc=launch.nproc)
         row = run_row(launch.run_dir, run_id=launch.run_id, name=launch.name, track=launch.track, seed=launch.seed,
                       status=status, returncode=ended.returncode, wall_s=ended.wall_s, **fields)
-        append_run(row, records_dir)
+        try:
+            append_run(row, records_dir)
+        except OSError as exc:  # the runs log went away since the check before launch (disk full, say)
+            raise RecordsError(f"run {launch.run_id} not recorded in the runs log ({os_error_line(exc)}); "
+                               f"its folder {launch.run_dir} holds what it wrote") from None
         print(run_summary(row, last_validation(launch.run_dir)), flush=True)
     finally:
         ended.stop.uninstall()
@@ -827,9 +831,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 rows.append(run_one(track=track, seed=seed, name=args.name or track, script=script,
                                     nproc=args.nproc or 1, overrides=overrides, timeout=args.timeout,
                                     runs_dir=args.runs_dir, records_dir=args.records))
+    except RecordsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as exc:
         code = interrupted_exit(exc)
-        if (rows or getattr(exc, "recorded", False)) and not args.no_leaderboard:
+        if (rows or getattr(exc, "recorded", None)) and not args.no_leaderboard:
             render_leaderboard(args.records)
         return code
     finally:

@@ -96,3 +96,17 @@ def test_the_launcher_modules_are_in_no_import_cycle():
     planted = {**graph, "harness.runrow": graph["harness.runrow"] | {"harness.run"}}
     cycle = import_cycle(planted)
     assert cycle and cycle[0] == cycle[-1] and {"harness.run", "harness.runrow"} <= set(cycle)
+
+
+def test_compare_runs_log_failing_mid_set_is_one_line(kit, monkeypatch, capsys):
+    from harness import run
+
+    def disk_full(row, records_dir):
+        raise OSError(28, "No space left on device", str(records_dir / "runs.jsonl"))
+
+    monkeypatch.setattr(run, "append_run", disk_full)
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--variant", "a=--steps=10", "--variant", "b=--steps=10", "--no-plot", "--no-leaderboard"]
+    assert compare.main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: run ") and "not recorded in the runs log" in line and "No space left" in line

@@ -250,3 +250,17 @@ def test_stop_signal_while_a_run_is_recorded_is_obeyed_once_its_row_is_written(k
         run.restore_handlers(previous)
     assert (exc.value.signum, exc.value.recorded) == (signal.SIGTERM, "ok")
     assert only_row(kit)["status"] == "ok"
+
+
+def test_runs_log_failing_after_the_run_is_one_line_naming_the_run_folder(kit, monkeypatch, capsys):
+    def disk_full(row, records_dir):
+        raise OSError(28, "No space left on device", str(records_dir / "runs.jsonl"))
+
+    monkeypatch.setattr(run, "append_run", disk_full)
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--no-leaderboard", "--", "--steps=10"]
+    assert run.main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    (run_dir,) = kit["runs"].iterdir()
+    assert line.startswith(f"error: run {run_dir.name} not recorded in the runs log (") and "No space left" in line
+    assert line.endswith(f"its folder {run_dir} holds what it wrote") and (run_dir / "events.jsonl").is_file()
