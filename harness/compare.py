@@ -393,10 +393,11 @@ def _collect(args, variants: list[Variant]) -> None:
                     v.notes.append(f"{log.source} is also in variant {seen[log.content_sha256]}")
                 seen.setdefault(log.content_sha256, v.name)
         return
-    for seed in range(args.seed_start, args.seed_start + args.seeds):
+    for k, seed in enumerate(range(args.seed_start, args.seed_start + args.seeds), 1):
         for v in variants:
-            row = run_one(track=args.track or DEFAULT_TRACK, seed=seed, name=v.name, script=v.script or args.script, nproc=args.nproc,
-                          overrides=v.overrides, timeout=args.timeout, runs_dir=args.runs_dir, records_dir=args.records)
+            row = run_one(track=args.track or DEFAULT_TRACK, seed=seed, name=v.name, script=v.script or args.script,
+                          nproc=args.nproc, overrides=v.overrides, timeout=args.timeout, runs_dir=args.runs_dir,
+                          records_dir=args.records, label=f"{v.name} {k}/{args.seeds}")
             try:
                 admit(v, [load_run(row["run_dir"])])
             except LogError as exc:

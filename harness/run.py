@@ -322,8 +322,8 @@ class _Ended:
     stop: _StopFlag  # still installed: the caller uninstalls it once the run is recorded
 
 
-def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, timeout: float | None, echo: bool,
-            cwd: Path | None = None, stdout_lines: list[str] | None = None) -> _Ended:
+def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_path: Path, timeout: float | None,
+            echo: bool, cwd: Path | None = None, stdout_lines: list[str] | None = None) -> _Ended:
     """Run `cmd` in its own process group; copy its output to console_path and the progress bar until it ends.
 
     With `stdout_lines`, the command's stdout is also kept there, apart from its stderr (both go to the
@@ -332,7 +332,7 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, console_path: Path, t
     Any other failure of the harness stops the command and is raised.
     """
     console = open(console_path, "w", encoding="utf-8")
-    progress = ProgressBar(run_id)
+    progress = ProgressBar(label)
     start = time.monotonic()
     # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the whole group.
     # So from here on every way out of this function must stop the trainer, or it keeps running unseen.
@@ -424,6 +424,7 @@ class Launch:
     name: str
     env: dict
     shown: str  # the line that announces the run
+    label: str | None = None  # the progress bar's, e.g. "lr 2/4" (variant lr, its run 2 of 4); None: the run id
     cwd: Path | None = None
     overrides: list[str] = field(default_factory=list)  # our trainer's --key=value overrides
     script: str | None = None  # our trainer's script, or the --cmd command line
@@ -452,8 +453,9 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
     if launch.from_log is not None:
         stdout_lines = []
         launch.from_log.since, launch.from_log.before = time.time(), log_files_in(launch.from_log.cwd)
-    ended = _launch(launch.argv, env=launch.env, run_id=launch.run_id, console_path=launch.run_dir / "console.log",
-                    timeout=timeout, echo=echo, cwd=launch.cwd, stdout_lines=stdout_lines)
+    ended = _launch(launch.argv, env=launch.env, run_id=launch.run_id, label=launch.label or launch.run_id,
+                    console_path=launch.run_dir / "console.log", timeout=timeout, echo=echo, cwd=launch.cwd,
+                    stdout_lines=stdout_lines)
     try:
         if launch.from_log is not None:
             status, fields = write_from_log(launch, list(stdout_lines), ended)
@@ -476,12 +478,12 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
 
 def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: int = 1,
             overrides: Sequence[str] = (), timeout: float | None = None, runs_dir=RUNS_DIR,
-            records_dir=RECORDS_DIR, echo: bool = True) -> dict:
+            records_dir=RECORDS_DIR, echo: bool = True, label: str | None = None) -> dict:
     """Run our trainer once (it writes runs/<run_id>/ itself), record it, return the row (launch_and_record)."""
     run_id, run_dir = new_run_dir(runs_dir, track, seed)
     argv = trainer_command(script, track, seed, run_dir, overrides, nproc)
     launch = Launch(argv, run_id, run_dir, track, seed, name, env=trainer_env(), shown=f"[{run_id}] {shlex.join(argv)}",
-                    overrides=list(overrides), script=str(script), nproc=nproc)
+                    label=label, overrides=list(overrides), script=str(script), nproc=nproc)
     return launch_and_record(launch, timeout=timeout, records_dir=records_dir, echo=echo)
 
 
@@ -618,7 +620,7 @@ def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tu
 
 def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str = SEED_ENV,
                 target: float | None = None, logfile: str = "auto", cwd=None, timeout: float | None = None,
-                runs_dir=RUNS_DIR, records_dir=RECORDS_DIR, echo: bool = True) -> dict:
+                runs_dir=RUNS_DIR, records_dir=RECORDS_DIR, echo: bool = True, label: str | None = None) -> dict:
     """Run any trainer's command once (the seed in the environment variable `seed_env`), record it from its
     log (write_from_log), return the row (launch_and_record); console.log holds everything it printed."""
     cwd = Path(cwd or os.getcwd()).resolve()
@@ -629,7 +631,7 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
     from_log = FromLog(command, cwd, logfile, target, seed_env, script,
                        (script.name, script.read_bytes()) if script else None)
     launch = Launch(argv, run_id, run_dir, track, seed, name, env={**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)},
-                    shown=f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", cwd=cwd, script=command,
+                    shown=f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", label=label, cwd=cwd, script=command,
                     from_log=from_log)
     return launch_and_record(launch, timeout=timeout, records_dir=records_dir, echo=echo)
 
@@ -821,16 +823,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = problem or destination_problem(args.runs_dir, args.records)
         if problem:
             return refuse(problem)
-        for seed in seeds:
+        for k, seed in enumerate(seeds, 1):
+            label = f"run {k}/{len(seeds)} (seed {seed})"
             if args.cmd is not None:
                 rows.append(run_cmd_one(args.cmd, track=track, seed=seed, name=args.name or track,
                                         seed_env=args.seed_env, target=args.target, logfile=args.logfile,
                                         cwd=args.cwd, timeout=args.timeout, runs_dir=args.runs_dir,
-                                        records_dir=args.records))
+                                        records_dir=args.records, label=label))
             else:
                 rows.append(run_one(track=track, seed=seed, name=args.name or track, script=script,
                                     nproc=args.nproc or 1, overrides=overrides, timeout=args.timeout,
-                                    runs_dir=args.runs_dir, records_dir=args.records))
+                                    runs_dir=args.runs_dir, records_dir=args.records, label=label))
     except RecordsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -110,3 +110,24 @@ def test_compare_runs_log_failing_mid_set_is_one_line(kit, monkeypatch, capsys):
     assert compare.main(argv) == 1
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: run ") and "not recorded in the runs log" in line and "No space left" in line
+
+
+def test_progress_bars_are_labelled_variant_k_of_n(kit, monkeypatch):
+    from harness import run
+
+    labels = []
+
+    class Recording(run.ProgressBar):
+        def __init__(self, desc):
+            labels.append(desc)
+            super().__init__(desc)
+
+    monkeypatch.setattr(run, "ProgressBar", Recording)
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--seeds", "2", "--variant", "base=--steps=10", "--variant", "lr=--steps=10", "--no-plot",
+            "--no-leaderboard"]
+    assert compare.main(argv) == 0
+    assert labels == ["base 1/2", "lr 1/2", "base 2/2", "lr 2/2"]
+    labels.clear()
+    assert run.main(argv[:8] + ["--seed-start", "3", "--no-leaderboard", "--", "--steps=10"]) == 0
+    assert labels == ["run 1/2 (seed 3)", "run 2/2 (seed 4)"]
