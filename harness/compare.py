@@ -448,9 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {} if args.logs else raise_on_stop_signals()
     try:
         if not args.logs:  # before the first run: a typo in any variant must not waste the others' runs
+            track = args.track or DEFAULT_TRACK
             problem = first_config_problem(
-                [(f"--variant {v.name}, seed {seed}", dict(script=v.script or args.script, track=args.track or DEFAULT_TRACK,
-                                                           seed=seed, overrides=v.overrides, nproc=args.nproc))
+                [(f"--variant {v.name}, seed {seed}", dict(script=v.script or args.script, track=track, seed=seed,
+                                                           overrides=v.overrides, nproc=args.nproc))
                  for seed in range(args.seed_start, args.seed_start + args.seeds) for v in variants])
             if problem := problem or destination_problem(args.runs_dir, args.records):
                 return refuse(problem)

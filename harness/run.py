@@ -429,7 +429,7 @@ class Launch:
     overrides: list[str] = field(default_factory=list)  # our trainer's --key=value overrides
     script: str | None = None  # our trainer's script, or the --cmd command line
     nproc: int | None = None
-    from_log: FromLog | None = None  # None: the trainer writes its run directory itself (events.jsonl, train.log, code/)
+    from_log: FromLog | None = None  # None: the trainer writes its run directory itself (events.jsonl, code/, ...)
 
 
 def new_run_dir(runs_dir, track: str, seed: int) -> tuple[str, Path]:
@@ -630,7 +630,8 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
     script = script_in_command(argv, cwd)
     from_log = FromLog(command, cwd, logfile, target, seed_env, script,
                        (script.name, script.read_bytes()) if script else None)
-    launch = Launch(argv, run_id, run_dir, track, seed, name, env={**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)},
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)}
+    launch = Launch(argv, run_id, run_dir, track, seed, name, env=env,
                     shown=f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", label=label, cwd=cwd, script=command,
                     from_log=from_log)
     return launch_and_record(launch, timeout=timeout, records_dir=records_dir, echo=echo)
@@ -741,7 +742,8 @@ def seed_env_problem(name: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         return f"--seed-env {name!r}: not an environment variable name"
     if name in os.environ:
-        return f"--seed-env {name}: the environment already has {name}, which the seed would overwrite (name another variable)"
+        return (f"--seed-env {name}: the environment already has {name}, which the seed would overwrite "
+                "(name another variable)")
     if name in LAUNCH_ENV:
         return f"--seed-env {name}: the launch sets {name} for the trainer (name another variable)"
     return None
