@@ -1,0 +1,406 @@
+"""The speedrun's history, recomputed from the raw logs of a modded-nanogpt checkout's records/ folder.
+
+    python -m harness.history ROOT [--json] [--out DIR] [--target X]
+
+ROOT is a records/ folder in either layout modded-nanogpt has used:
+
+    ROOT/<MMDDYY>_<Name>/[<variant>/]*.txt                         (2024 to mid-2025; no track folder)
+    ROOT/track_<n>_<name>/<YYYY-MM-DD>_<Name>/[<variant>/]*.txt    (since)
+
+Every folder of logs in a record folder is a variant (the record folder's own logs, and each sub-folder's:
+baseline, this_pr, ...). Per variant: track, date, n, mean and sample std of time, mean and std of the final
+val loss, the loss rule's p (harness/stats.py's one-sided t-test that the mean is below the target, p <
+0.01), planned steps and the code hashes of the source each log starts with. A run's time is the train time
+of its final validation and every finished run counts (records/README.md states the convention); a log cut
+off before its planned last step, or diverged, is left out and flagged. Logs are read by harness/logs.py,
+the one parser; a log found twice in one variant (same bytes) counts once.
+
+Targets: the track's, as modded-nanogpt's README states them (TRACK_TARGETS); the short track's 3.28 for
+the layout without track folders; --target overrides all.
+
+Flags, per variant: logs that carry different code (the first few differing lines, with line numbers, of
+each other code against the first log's), different planned step counts, logs cut off or diverged, logs
+counted once. Problems (a folder that cannot be read, a file that is not a speedrun log, a record folder
+without logs, a folder not named like a record) are one line each on stderr; the rest still renders.
+
+Writes DIR/history.md (one table per track, then the flags and problems) and DIR/history.png (each
+variant's mean time against its record's date, per track; DIR defaults to runs/history). --json prints
+every figure, and each run's, on stdout. Exit status: 2 if ROOT is not a folder, 1 if a problem was
+reported or the output could not be written, else 0.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import difflib
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+from tqdm import tqdm
+
+from harness import stats
+from harness.leaderboard import TIME_NOTE
+from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run
+from harness.records import os_error_line
+from harness.runlog import finite_or_none
+from harness.runrow import RUNS_DIR
+from harness.tracks import FINEWEB_TARGET
+
+PAGE_FILE = "history.md"
+PLOT_FILE = "history.png"
+DEFAULT_OUT = RUNS_DIR / "history"
+DIFF_LINES = 3  # differing lines shown per pair of codes
+NO_TRACK = "(no track folder)"
+# modded-nanogpt's README: track 1 (GPT-2 small) and track 3 (optimization, fewest steps) target 3.28,
+# track 2 (GPT-2 medium) 2.92. Keyed by the <name> of a track_<n>_<name> folder.
+TRACK_TARGETS = {"short": FINEWEB_TARGET, "medium": 2.92, "optimization": FINEWEB_TARGET}
+
+_TRACK_DIR = re.compile(r"^track_(\d+)_(.+)$")
+_DATED = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[_-](.*))?$")  # 2026-07-17_Name (a few use '-' or no name)
+_MMDDYY = re.compile(r"^(\d{2})(\d{2})(\d{2})_(.+)$")  # 071724_Name
+
+
+@dataclass
+class RecordFolder:
+    path: Path
+    track: str  # the track folder's name, or NO_TRACK
+    date: str  # YYYY-MM-DD
+    name: str
+    target: float
+
+
+@dataclass
+class VariantHistory:
+    """One folder of logs: its finished runs and what was found wrong with the others."""
+
+    record: RecordFolder
+    variant: str  # the folder's path below the record folder, "." for the record folder's own logs
+    logs: list[RunLog] = field(default_factory=list)  # finished runs, each log once
+    left_out: list[dict] = field(default_factory=list)  # {"file", "status", "final_step", "planned_steps"}
+    duplicates: list[str] = field(default_factory=list)
+    codes: dict[str, str] = field(default_factory=dict)  # code hash -> the code, first seen, of every log read
+    code_files: dict[str, list[str]] = field(default_factory=dict)  # code hash -> the files carrying it
+    no_code: list[str] = field(default_factory=list)  # logs that start with no source code
+
+
+def parse_record_folder(path: Path, track: str | None) -> RecordFolder | None:
+    """The record a folder is, from its name: '<YYYY-MM-DD>_<Name>' in a track folder, '<MMDDYY>_<Name>'
+    at ROOT; None for a name of neither form."""
+    if track is not None:
+        m = _DATED.match(path.name)
+        if not m:
+            return None
+        year, month, day, name = m.groups()
+        short = _TRACK_DIR.match(track).group(2)
+        target = TRACK_TARGETS.get(short, FINEWEB_TARGET)
+    else:
+        m = _MMDDYY.match(path.name)
+        if not m:
+            return None
+        month, day, yy, name = m.groups()
+        year, target = f"20{yy}", FINEWEB_TARGET
+    try:
+        date = dt.date(int(year), int(month), int(day)).isoformat()
+    except ValueError:
+        return None
+    return RecordFolder(path, track or NO_TRACK, date, name or "", target)
+
+
+def find_records(root: Path, problems: list[str]) -> list[RecordFolder]:
+    """Every record folder under ROOT, in both layouts, by track then date."""
+    records = []
+    try:
+        entries = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError as exc:
+        problems.append(f"{root}: cannot read ({os_error_line(exc)})")
+        return []
+    for entry in entries:
+        if _TRACK_DIR.match(entry.name):
+            try:
+                children = sorted(p for p in entry.iterdir() if p.is_dir())
+            except OSError as exc:
+                problems.append(f"{entry}: cannot read ({os_error_line(exc)})")
+                continue
+            for child in children:
+                record = parse_record_folder(child, entry.name)
+                if record is None:
+                    problems.append(f"{child}: not a record folder (expected <YYYY-MM-DD>_<Name>); skipped")
+                else:
+                    records.append(record)
+        else:
+            record = parse_record_folder(entry, None)
+            if record is None:
+                problems.append(f"{entry}: not a record folder (expected <MMDDYY>_<Name> or track_<n>_<name>/); "
+                                "skipped")
+            else:
+                records.append(record)
+    return sorted(records, key=lambda r: (r.track, r.date, r.name))
+
+
+def log_folders(record: RecordFolder, problems: list[str]) -> dict[str, list[Path]]:
+    """variant -> its log files: the record folder's own ("."), and each folder below it that holds logs."""
+    found: dict[str, list[Path]] = {}
+
+    def unreadable(exc: OSError) -> None:
+        problems.append(f"{exc.filename or record.path}: cannot read ({exc.strerror or exc})")
+
+    for folder, dirs, files in os.walk(record.path, onerror=unreadable):
+        dirs.sort()
+        logs = sorted(Path(folder) / f for f in files if f.endswith(LOG_SUFFIXES))
+        if logs:
+            found[Path(folder).relative_to(record.path).as_posix()] = logs
+    if not found:
+        problems.append(f"{record.path}: no logs (*.txt, *.log) in this record folder")
+    return found
+
+
+def read_variant(record: RecordFolder, variant: str, files: list[Path], problems: list[str],
+                 progress: tqdm | None = None) -> VariantHistory:
+    """Read one folder's logs: finished runs counted, the others left out with why, code kept per hash."""
+    v = VariantHistory(record, variant)
+    seen: dict[str, str] = {}
+    for path in files:
+        if progress is not None:
+            progress.update()
+        try:
+            log = load_run(path)
+        except LogError as exc:  # not a speedrun log, or gone
+            problems.append(str(exc))
+            continue
+        except OSError as exc:
+            problems.append(f"{path}: cannot read ({os_error_line(exc)})")
+            continue
+        if log.content_sha256 in seen:
+            v.duplicates.append(f"{path.name} is the same log as {seen[log.content_sha256]}: counted once")
+            continue
+        seen[log.content_sha256] = path.name
+        if log.code_hash is None:
+            v.no_code.append(path.name)
+        else:
+            v.codes.setdefault(log.code_hash, log.code)
+            v.code_files.setdefault(log.code_hash, []).append(path.name)
+        log.code = None  # the text is kept once per hash, above
+        if log.status == "ok":
+            v.logs.append(log)
+        else:
+            v.left_out.append({"file": path.name, "status": log.status, "final_step": log.final_step,
+                               "planned_steps": log.total_steps})
+    return v
+
+
+def code_differences(a: str, b: str, limit: int = DIFF_LINES) -> list[dict]:
+    """The first `limit` lines in which code b differs from code a: {"line_a", "a", "line_b", "b"}, 1-based line
+    numbers, None (and no text) on the side that has no such line (an insertion or a deletion)."""
+    lines_a, lines_b = a.split("\n"), b.split("\n")
+    out = []
+    matcher = difflib.SequenceMatcher(None, lines_a, lines_b, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        for k in range(max(i2 - i1, j2 - j1)):
+            ia, ib = i1 + k, j1 + k
+            out.append({"line_a": ia + 1 if ia < i2 else None, "a": lines_a[ia] if ia < i2 else None,
+                        "line_b": ib + 1 if ib < j2 else None, "b": lines_b[ib] if ib < j2 else None})
+            if len(out) == limit:
+                return out
+    return out
+
+
+def describe_difference(d: dict) -> str:
+    """'line 12 'x = 1' vs line 12 'x = 2'', one differing line, either side possibly absent."""
+    side_a = f"line {d['line_a']} {d['a'].strip()!r}" if d["line_a"] is not None else "(no line)"
+    side_b = f"line {d['line_b']} {d['b'].strip()!r}" if d["line_b"] is not None else "(no line)"
+    return f"{side_a} vs {side_b}"
+
+
+def variant_figures(v: VariantHistory, target: float) -> dict:
+    """Every figure of one variant (times in seconds), its flags, and each run's."""
+    times = [log.time_ms / 1000 for log in v.logs]
+    losses = [log.final_val_loss for log in v.logs]
+    time_s, loss = stats.describe(times), stats.describe(losses)
+    p = stats.p_mean_below(losses, target)
+    hashes = list(v.code_files)
+    first = hashes[0] if hashes else None
+    code_diffs = [{"hash": h, "files": v.code_files[h], "vs_hash": first, "vs_file": v.code_files[first][0],
+                   "lines": code_differences(v.codes[first], v.codes[h])} for h in hashes[1:]]
+    planned = sorted({log.total_steps for log in v.logs if log.total_steps is not None})
+    flags = []
+    for d in code_diffs:
+        files = ", ".join(d["files"][:3]) + (f" and {len(d['files']) - 3} more" if len(d["files"]) > 3 else "")
+        shown = "; ".join(describe_difference(x) for x in d["lines"])
+        flags.append(f"code differs: {d['vs_file']} ({first[:12]}) vs {files} ({d['hash'][:12]}): {shown}")
+    if len(planned) > 1:
+        flags.append(f"planned steps differ: {', '.join(map(str, planned))}")
+    for out in v.left_out:
+        what = "cut off" if out["status"] == "incomplete" else out["status"]
+        flags.append(f"{out['file']}: {what} at step {out['final_step']} of {out['planned_steps']}, left out")
+    flags += v.duplicates
+    if v.no_code and hashes:
+        flags.append(f"no code at the top of {', '.join(v.no_code)}")
+    return finite_or_none({
+        "track": v.record.track,
+        "date": v.record.date,
+        "record": v.record.name,
+        "folder": v.record.path.name,
+        "variant": v.variant,
+        "target": target,
+        "n": len(v.logs),
+        "time_s": time_s.as_dict(),
+        "final_val_loss": loss.as_dict(),
+        "p_loss_below_target": p,
+        "passes_loss_rule": None if p != p else bool(p < stats.ALPHA),  # None: n < 2, no test
+        "planned_steps": planned,
+        "final_steps": sorted({log.final_step for log in v.logs}),
+        "code_hashes": hashes,
+        "code_differences": code_diffs,
+        "left_out": v.left_out,
+        "flags": flags,
+        "runs": [{"file": Path(log.source).name, "time_s": log.time_ms / 1000, "final_val_loss": log.final_val_loss,
+                  "final_step": log.final_step, "planned_steps": log.total_steps, "code_hash": log.code_hash}
+                 for log in v.logs],
+    })
+
+
+def history(root: str | os.PathLike, target: float | None = None) -> tuple[list[dict], list[str]]:
+    """(every variant's figures, problems) for a records/ folder; --target's value overrides each track's."""
+    problems: list[str] = []
+    root = Path(root)
+    folders = [(record, log_folders(record, problems)) for record in find_records(root, problems)]
+    total = sum(len(files) for _, found in folders for files in found.values())
+    variants = []
+    with tqdm(total=total, unit="log", desc="history", disable=None, file=sys.stderr) as progress:
+        for record, found in folders:
+            for variant, files in found.items():
+                v = read_variant(record, variant, files, problems, progress)
+                if v.logs or v.left_out or v.duplicates:
+                    variants.append(variant_figures(v, record.target if target is None else target))
+    return variants, problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Page and plot
+
+
+def _f(x, spec: str) -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def table(rows: list[dict]) -> str:
+    cells = []
+    for r in rows:
+        t, loss = r["time_s"], r["final_val_loss"]
+        cells.append({
+            "date": r["date"],
+            "record": r["record"] or r["folder"],
+            "variant": r["variant"],
+            "n": f"{r['n']}" + (f" (+{len(r['left_out'])} left out)" if r["left_out"] else ""),
+            "time (s), mean ± std": f"{_f(t['mean'], '.4f')} ± {_f(t['std'], '.4f')}",
+            "final val loss, mean ± std": f"{_f(loss['mean'], '.5f')} ± {_f(loss['std'], '.5f')}",
+            f"p(loss < target)": _f(r["p_loss_below_target"], ".4g"),
+            "loss rule (p < 0.01)": {True: "passes", False: "fails", None: "untested (n < 2)"}[r["passes_loss_rule"]],
+            "steps": ", ".join(map(str, r["planned_steps"])) or "—",
+            "code": ", ".join(h[:12] for h in r["code_hashes"]) or "—",
+            "flags": f"{len(r['flags'])}" if r["flags"] else "",
+        })
+    cells = [{k: " ".join(str(v).split()).replace("|", "\\|") for k, v in c.items()} for c in cells]
+    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)
+
+
+def render_page(root: Path, rows: list[dict], problems: list[str], plot_name: str | None) -> str:
+    lines = ["# The speedrun's history, recomputed", "",
+             f"Rendered by `python -m harness.history` from `{root}`: every folder of logs in every record folder. "
+             + TIME_NOTE, ""]
+    if plot_name:
+        lines += [f"![each variant's mean time against its record's date]({plot_name})", ""]
+    by_track: dict[str, list[dict]] = {}
+    for r in rows:
+        by_track.setdefault(r["track"], []).append(r)
+    for track, track_rows in by_track.items():
+        targets = sorted({r["target"] for r in track_rows})
+        lines += [f"## {track} (target val loss {', '.join(map(str, targets))})", "", table(track_rows), ""]
+    flagged = [r for r in rows if r["flags"]]
+    if flagged:
+        lines += ["## Flags", ""]
+        for r in flagged:
+            lines.append(f"- {r['track']}/{r['folder']}/{r['variant']}:")
+            lines += [f"  - {' '.join(flag.split())}" for flag in r["flags"]]
+        lines.append("")
+    if problems:
+        lines += ["## Problems (left out)", ""] + [f"- {p}" for p in problems] + [""]
+    if not rows:
+        lines += ["No logs found.", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_plot(rows: list[dict], path: Path) -> bool:
+    """Each variant's mean time (± std) against its record's date, one panel per track; False if nothing to plot."""
+    by_track: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["time_s"]["mean"] is not None:
+            by_track.setdefault(r["track"], []).append(r)
+    if not by_track:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    with plt.style.context("default"):
+        fig, axes = plt.subplots(len(by_track), 1, figsize=(10, 3.8 * len(by_track)), squeeze=False)
+        for (track, track_rows), (ax,) in zip(by_track.items(), axes):
+            dates = [dt.date.fromisoformat(r["date"]) for r in track_rows]
+            means = [r["time_s"]["mean"] for r in track_rows]
+            stds = [r["time_s"]["std"] or 0.0 for r in track_rows]
+            ax.errorbar(dates, means, yerr=stds, fmt="o", ms=4, capsize=2, alpha=0.8)
+            ax.set_yscale("log")
+            ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
+            ax.set(title=f"{track}: each variant's mean time (± std)", ylabel="time (s)")
+            ax.grid(alpha=0.3, which="both")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100, metadata={"Software": None})
+        plt.close(fig)
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.history", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("root", type=Path, metavar="ROOT", help="a modded-nanogpt checkout's records/ folder")
+    parser.add_argument("--json", action="store_true", help="print every figure as JSON on stdout")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help=f"where history.md and history.png go (default {DEFAULT_OUT})")
+    parser.add_argument("--target", type=float, default=None, help="target val loss for every track "
+                        f"(default: each track's, {TRACK_TARGETS}; {FINEWEB_TARGET} without track folders)")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        print(f"error: {args.root}: not a folder", file=sys.stderr)
+        return 2
+    rows, problems = history(args.root, args.target)
+    for p in problems:
+        print(f"history: {p}", file=sys.stderr)
+    rc = 1 if problems else 0
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        plotted = render_plot(rows, args.out / PLOT_FILE)
+        page = args.out / PAGE_FILE
+        page.write_text(render_page(args.root, rows, problems, PLOT_FILE if plotted else None), encoding="utf-8")
+    except OSError as exc:
+        print(f"error: history not written: {os_error_line(exc)}", file=sys.stderr)
+        page, rc = None, 1
+    if args.json:
+        print(json.dumps({"root": str(args.root), "variants": rows, "problems": problems}, indent=1))
+    elif page is not None:
+        print(page)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
