@@ -7,4 +7,5 @@ Entry points (each `python -m harness.<name> --help`):
   submit      validate a record attempt from its runs' own logs and write records/<date>_<name>/
   verify      re-check a record folder: code hashes and statistics
   compare     ablations: run interleaved variants or compare finished runs, with honest statistics
+  history     a modded-nanogpt records/ tree's figures, recomputed from its logs, with what differs
 """
