@@ -60,17 +60,14 @@ def assert_error_within(actual, reference_fp32, reference_lowp, *, name: str, fa
 
 
 # ----------------------------------------------------------------------------------------------
-# Speedrun text logs in modded-nanogpt's exact layout: the script's own source, a line of 100 '=', the
-# "Running Python / PyTorch / Triton" lines and the nvidia-smi table, another '=' line, then step lines
-# (validation at step 0, every 250 steps and the last one), as the README's modded-nanogpt section names it.
+# Speedrun logs in modded-nanogpt's published format (its source code, versions, nvidia-smi, step lines)
 
-MODDED_CODE = '''\
+# The source a modded-nanogpt log starts with (its f-strings mention "step:", as the real one's do).
+CODE = '''\
 import os
 import sys
 with open(sys.argv[0]) as f:
     code = f.read()  # read the code of this file ASAP, for logging
-
-run_id = "record_a"
 
 def print0(s, console=False):
     print(s)
@@ -78,32 +75,46 @@ def print0(s, console=False):
 for step in range(train_steps + 1):
     print0(f"step:{step}/{train_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms", console=True)
 '''
-_SEP = "=" * 100
-_HEADER = (f"{_SEP}\nRunning Python 3.12.3 (main, Jan 22 2026, 20:57:42) [GCC 13.3.0]\n"
-           "Running PyTorch 2.10.0+cu128 compiled for CUDA 12.8\nRunning Triton version 3.6.0\n"
-           "Fri Jul 17 12:22:51 2026\n"
-           "+-----------------------------------------------------------------------------------------+\n"
-           "| NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |\n"
-           "|=========================================+========================+======================|\n"
-           + "".join(f"|   {i}  NVIDIA H100 80GB HBM3          On  |   00000000:{i:02X}:00.0 Off |                    0 |\n"
-                     for i in range(8))
-           + f"{_SEP}\nCompiling model and warming up kernels\n")
+SEP = "=" * 100
 
 
-def modded_nanogpt_log(final_ms: int, final_loss: float, *, code: str = MODDED_CODE, total: int = 1390,
-                       cut_at: int | None = None) -> str:
-    """A whole modded-nanogpt log whose last validation (step `total`) is at `final_ms` with `final_loss`;
-    `cut_at`: the log ends after that step, as a run that died there."""
+def gpu_table(n: int) -> str:
+    rows = "".join(f"|   {i}  NVIDIA H100 80GB HBM3          On  |   00000000:{i:02X}:00.0 Off |                    0 |\n"
+                   f"| N/A   54C    P0            147W /  700W |    1521MiB /  81559MiB |      0%      Default |\n"
+                   for i in range(n))
+    return ("Fri Jul 17 12:22:51 2026\n"
+            "+-----------------------------------------------------------------------------------------+\n"
+            "| NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |\n"
+            "|=========================================+========================+======================|\n"
+            + rows +
+            "| Processes:                                                                              |\n"
+            "|    0   N/A  N/A          979223      C   ...pt-challenge-py312/bin/python       1512MiB |\n")
+
+
+HEADER = (f"{SEP}\nRunning Python 3.12.3 (main, Jan 22 2026, 20:57:42) [GCC 13.3.0]\n"
+          "Running PyTorch 2.10.0+cu128 compiled for CUDA 12.8\nRunning Triton version 3.6.0\n"
+          + gpu_table(8) + f"{SEP}\nCompiling model and warming up kernels\n")
+TOTAL = 1390
+
+
+def steps(final_ms: int, final_loss: float, *, cut_at: int | None = None, nan_from: int | None = None) -> str:
+    """Step lines as modded-nanogpt prints them: validation at 0, every 250 steps and the last one."""
     lines = []
-    for step in sorted({0, 1, 2, *range(250, total, 250), total - 1, total}):
+    for step in (0, 1, 2, 250, 251, 500, 750, 1000, 1250, 1389, TOTAL):
         if cut_at is not None and step > cut_at:
             break
-        t = round(final_ms * step / total)
-        tail = f"train_time:{t}ms step_avg:{t / max(step, 1):.2f}ms"
-        if step % 250 == 0 or step == total:
-            lines.append(f"step:{step}/{total} val_loss:{final_loss + 7.5 * (1 - step / total) ** 3:.4f} {tail}")
+        t = round(final_ms * step / TOTAL)
+        if step % 250 == 0 or step == TOTAL:
+            loss = final_loss + 7.5 * (1 - step / TOTAL) ** 3
+            text = "nan" if nan_from is not None and step >= nan_from else f"{loss:.4f}"
+            lines.append(f"step:{step}/{TOTAL} val_loss:{text} train_time:{t}ms step_avg:{t / max(step, 1):.2f}ms")
         else:
-            lines.append(f"step:{step}/{total} {tail}")
+            lines.append(f"step:{step}/{TOTAL} train_time:{t}ms step_avg:{t / max(step, 1):.2f}ms")
     if cut_at is None:
         lines.append("peak memory allocated: 30908 MiB reserved: 46472 MiB")
-    return code + _HEADER + "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n"
+
+
+def modded_log(final_ms=80694, final_loss=3.2775, code=CODE, **kw) -> str:
+    return code + HEADER + steps(final_ms, final_loss, **kw)
+

@@ -11,7 +11,7 @@ import os
 import pytest
 
 from harness import history
-from helpers import MODDED_CODE, modded_nanogpt_log
+from helpers import CODE, modded_log
 
 # 2026-07-17_FP8DownProjection's statistics.md: the runs' times (s) and final val losses, and the figures it prints.
 BASE_T = [80.610, 80.710, 80.678, 80.720, 80.747, 80.693, 80.659, 80.694, 80.763, 80.795, 80.818, 80.840, 80.745]
@@ -23,8 +23,15 @@ PUBLISHED = {
     "this_pr": dict(n=13, time_mean=79.684923, time_std=0.182767, loss_mean=3.2783692308, p=0.0006690604),
 }
 FP8 = "track_1_short/2026-07-17_FP8DownProjection"
-# The this_pr log whose code names another run in a string literal (line 6 of MODDED_CODE: run_id = "record_a").
-OTHER_NAME = MODDED_CODE.replace('run_id = "record_a"', 'run_id = "record_b"')
+# The code of every log, and of the this_pr log whose code names another run in a string literal (its line 11).
+RECORD_CODE = CODE + 'run_id = "record_a"\n'
+OTHER_NAME = CODE + 'run_id = "record_b"\n'
+
+
+def log_of(final_ms: int, final_loss: float, *, code: str = RECORD_CODE, steps: int = 1390, **kw) -> str:
+    """A modded-nanogpt log (tests/helpers.py's) of `steps` planned steps, ending at `final_ms` with `final_loss`."""
+    text = modded_log(final_ms, final_loss, code=code, **kw)
+    return text.replace("step:1390/", f"step:{steps}/").replace("/1390 ", f"/{steps} ")
 
 
 def write(path, text: str):
@@ -40,16 +47,16 @@ def root(tmp_path):
     root = tmp_path / "records"
     for variant, times, losses in (("baseline", BASE_T, BASE_L), ("this_pr", PR_T, PR_L)):
         for i, (t, loss) in enumerate(zip(times, losses)):
-            code = OTHER_NAME if (variant, i) == ("this_pr", 12) else MODDED_CODE
-            write(root / FP8 / variant / f"run{i:02d}.txt", modded_nanogpt_log(round(t * 1000), loss, code=code))
+            code = OTHER_NAME if (variant, i) == ("this_pr", 12) else RECORD_CODE
+            write(root / FP8 / variant / f"run{i:02d}.txt", log_of(round(t * 1000), loss, code=code))
     write(root / FP8 / "README.md", "# FP8 down projection\n")
     write(root / FP8 / "this_pr" / "statistics.md", "# not a log\n")
     # The medium track (target 2.92): times 1700, 1720 s; losses 2.91, 2.90.
     for i, (t, loss) in enumerate(((1700_000, 2.91), (1720_000, 2.90))):
-        write(root / "track_2_medium" / "2025-01-18" / f"m{i}.txt", modded_nanogpt_log(t, loss, total=5960))
+        write(root / "track_2_medium" / "2025-01-18" / f"m{i}.txt", log_of(t, loss, steps=5960))
     # The old layout: times 100, 102, 104 s; losses 3.27, 3.28, 3.26.
     for i, (t, loss) in enumerate(((100_000, 3.27), (102_000, 3.28), (104_000, 3.26))):
-        write(root / "011625_Sub3Min" / f"r{i}.txt", modded_nanogpt_log(t, loss, total=1395))
+        write(root / "011625_Sub3Min" / f"r{i}.txt", log_of(t, loss, steps=1395))
     return root
 
 
@@ -111,10 +118,10 @@ def test_logs_of_one_variant_with_different_code_are_flagged_with_the_lines(root
     assert pr["n"] == 13 and len(pr["code_hashes"]) == 2
     (diff,) = pr["code_differences"]
     assert diff["files"] == ["run12.txt"] and diff["vs_file"] == "run00.txt"
-    assert diff["lines"] == [{"line_a": 6, "a": 'run_id = "record_a"', "line_b": 6, "b": 'run_id = "record_b"'}]
+    assert diff["lines"] == [{"line_a": 11, "a": 'run_id = "record_a"', "line_b": 11, "b": 'run_id = "record_b"'}]
     (flag,) = pr["flags"]
     assert flag.startswith("code differs: run00.txt (") and "vs run12.txt (" in flag
-    assert "line 6 'run_id = \"record_a\"' vs line 6 'run_id = \"record_b\"'" in flag
+    assert "line 11 'run_id = \"record_a\"' vs line 11 'run_id = \"record_b\"'" in flag
 
 
 def test_code_differences_number_the_lines_of_each_side():
@@ -130,13 +137,20 @@ def test_code_differences_number_the_lines_of_each_side():
 
 def test_a_cut_off_log_is_flagged_and_left_out_and_a_copy_counts_once(root, capsys):
     base = root / FP8 / "baseline"
-    write(base / "zz_cut.txt", modded_nanogpt_log(80700, 3.2770, cut_at=1000))
+    write(base / "zz_cut.txt", log_of(80700, 3.2770, cut_at=1000))
     (base / "zz_copy.txt").write_text((base / "run03.txt").read_text())
     v = by_variant(run_json(capsys, root))[("2026-07-17_FP8DownProjection", "baseline")]
     assert v["n"] == 13 and v["time_s"]["mean"] == pytest.approx(PUBLISHED["baseline"]["time_mean"], abs=5e-7)
     assert v["left_out"] == [{"file": "zz_cut.txt", "status": "incomplete", "final_step": 1000, "planned_steps": 1390}]
     assert v["flags"] == ["zz_cut.txt: cut off at step 1000 of 1390, left out",
                           "zz_copy.txt is the same log as run03.txt: counted once"]
+
+
+def test_logs_of_one_variant_with_different_planned_steps_are_flagged(root, capsys):
+    write(root / "011625_Sub3Min" / "r9.txt", log_of(90_000, 3.25, steps=1400))
+    v = by_variant(run_json(capsys, root))[("011625_Sub3Min", ".")]
+    assert v["n"] == 4 and v["planned_steps"] == [1395, 1400]
+    assert v["flags"] == ["planned steps differ: 1395, 1400"]
 
 
 def test_page_and_plot(root, capsys):
@@ -159,7 +173,7 @@ def test_bad_input_is_one_line_each_and_the_rest_renders(root, tmp_path, capsys,
     (root / "track_1_short" / "2026-07-21_Empty").mkdir()
     (root / "track_1_short" / "scratch").mkdir()
     (root / "misc").mkdir()
-    locked = write(root / "track_1_short" / "2026-07-22_Locked" / "x" / "r.txt", modded_nanogpt_log(80000, 3.27)).parent
+    locked = write(root / "track_1_short" / "2026-07-22_Locked" / "x" / "r.txt", log_of(80000, 3.27)).parent
     real_scandir = os.scandir
 
     def scandir(path="."):
