@@ -22,8 +22,9 @@ speedrun: $(VENV)/.installed
 	$(PY) -m harness.data shakespeare
 	$(PY) -m harness.run --track $(TRACK)
 
+# The tests, and each pytest-benchmark benchmark once as a smoke test (timing them: `pytest benchmarks/ --benchmark-only`).
 test: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest --benchmark-disable $(PYTEST_ARGS)
 
 data: $(VENV)/.installed
 	$(PY) -m harness.data shakespeare
