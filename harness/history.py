@@ -302,8 +302,9 @@ def table(rows: list[dict]) -> str:
             "n": f"{r['n']}" + (f" (+{len(r['left_out'])} left out)" if r["left_out"] else ""),
             "time (s), mean ± std": f"{_f(t['mean'], '.4f')} ± {_f(t['std'], '.4f')}",
             "final val loss, mean ± std": f"{_f(loss['mean'], '.5f')} ± {_f(loss['std'], '.5f')}",
-            f"p(loss < target)": _f(r["p_loss_below_target"], ".4g"),
-            "loss rule (p < 0.01)": {True: "passes", False: "fails", None: "untested (n < 2)"}[r["passes_loss_rule"]],
+            "p(loss < target)": _f(r["p_loss_below_target"], ".4g"),
+            f"loss rule (p < {stats.ALPHA})": {True: "passes", False: "fails", None: "untested (n < 2)"}[
+                r["passes_loss_rule"]],
             "steps": ", ".join(map(str, r["planned_steps"])) or "—",
             "code": ", ".join(h[:12] for h in r["code_hashes"]) or "—",
             "flags": f"{len(r['flags'])}" if r["flags"] else "",
@@ -355,10 +356,14 @@ def render_plot(rows: list[dict], path: Path) -> bool:
     with plt.style.context("default"):
         fig, axes = plt.subplots(len(by_track), 1, figsize=(10, 3.8 * len(by_track)), squeeze=False)
         for (track, track_rows), (ax,) in zip(by_track.items(), axes):
-            dates = [dt.date.fromisoformat(r["date"]) for r in track_rows]
-            means = [r["time_s"]["mean"] for r in track_rows]
-            stds = [r["time_s"]["std"] or 0.0 for r in track_rows]
-            ax.errorbar(dates, means, yerr=stds, fmt="o", ms=4, capsize=2, alpha=0.8)
+            for passes, style, label in ((True, dict(color="tab:blue"), "passes the loss rule"),
+                                         (False, dict(color="tab:red", mfc="none"), "fails it, or n < 2")):
+                shown = [r for r in track_rows if bool(r["passes_loss_rule"]) == passes]
+                if shown:
+                    ax.errorbar([dt.date.fromisoformat(r["date"]) for r in shown], [r["time_s"]["mean"] for r in shown],
+                                yerr=[r["time_s"]["std"] or 0.0 for r in shown], fmt="o", ms=4, capsize=2, alpha=0.8,
+                                label=label, **style)
+            ax.legend(fontsize=8)
             ax.set_yscale("log")
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
             ax.set(title=f"{track}: each variant's mean time (± std)", ylabel="time (s)")
@@ -390,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         plotted = render_plot(rows, args.out / PLOT_FILE)
+        if not plotted:
+            (args.out / PLOT_FILE).unlink(missing_ok=True)  # a plot of another tree's logs
         page = args.out / PAGE_FILE
         page.write_text(render_page(args.root, rows, problems, PLOT_FILE if plotted else None), encoding="utf-8")
     except OSError as exc:
