@@ -153,6 +153,29 @@ def test_logs_of_one_variant_with_different_planned_steps_are_flagged(root, caps
     assert v["flags"] == ["planned steps differ: 1395, 1400"]
 
 
+def test_a_diverged_log_is_flagged_and_left_out(root, capsys):
+    write(root / "011625_Sub3Min" / "zz_nan.txt", log_of(99_000, 3.27, steps=1395, nan_from=1000))
+    v = by_variant(run_json(capsys, root))[("011625_Sub3Min", ".")]
+    assert v["n"] == 3 and v["flags"] == ["zz_nan.txt: diverged at step 1395 of 1395, left out"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(root, tmp_path, capsys):
+    blocked = write(tmp_path / "blocked", "a file where the folder would go")
+    assert history.main([str(root), "--json", "--out", str(blocked / "out")]) == 1
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and err.startswith("error: history not written: ") and str(blocked) in err
+    assert len(json.loads(out)["variants"]) == 4  # the figures still reach stdout
+
+
+def test_a_tree_without_logs_leaves_no_plot_of_another(root, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert history.main([str(root), "--out", str(out)]) == 0 and (out / "history.png").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert history.main([str(empty), "--out", str(out)]) == 0
+    assert not (out / "history.png").exists() and "No logs found." in (out / "history.md").read_text()
+
+
 def test_page_and_plot(root, capsys):
     out = root.parent / "out"
     assert history.main([str(root), "--out", str(out)]) == 0
