@@ -89,7 +89,8 @@ def test_a_published_record_s_figures_to_their_printed_precision(root, capsys):
 def test_hand_computed_sets_in_both_layouts(root, capsys):
     rows = by_variant(run_json(capsys, root))
     old = rows[("011625_Sub3Min", ".")]
-    assert (old["track"], old["date"], old["record"], old["target"]) == (history.NO_TRACK, "2025-01-16", "Sub3Min", 3.28)
+    assert (old["track"], old["date"], old["record"], old["target"]) == (history.NO_TRACK, "2025-01-16", "Sub3Min",
+                                                                         3.28)
     assert old["n"] == 3 and old["planned_steps"] == [1395]
     assert old["time_s"]["mean"] == pytest.approx(102.0) and old["time_s"]["std"] == pytest.approx(2.0)
     assert old["final_val_loss"]["mean"] == pytest.approx(3.27) and old["final_val_loss"]["std"] == pytest.approx(0.01)
@@ -99,7 +100,8 @@ def test_hand_computed_sets_in_both_layouts(root, capsys):
     medium = rows[("2025-01-18", ".")]
     assert (medium["track"], medium["date"], medium["record"], medium["target"]) == ("track_2_medium", "2025-01-18",
                                                                                      "", 2.92)
-    assert medium["time_s"]["mean"] == pytest.approx(1710.0) and medium["time_s"]["std"] == pytest.approx(10 * math.sqrt(2))
+    assert medium["time_s"]["mean"] == pytest.approx(1710.0)
+    assert medium["time_s"]["std"] == pytest.approx(10 * math.sqrt(2))
     # t = (2.905 - 2.92) / (0.01 / sqrt 2 / sqrt 2) = -3 on 1 degree of freedom (Cauchy): 1/2 + atan(t) / pi
     assert medium["p_loss_below_target"] == pytest.approx(0.5 + math.atan(-3) / math.pi)
     assert [v["track"] for v in run_json(capsys, root)["variants"]] == [history.NO_TRACK] + ["track_1_short"] * 2 + [
