@@ -12,7 +12,7 @@ import pytest
 from harness import compare, ingest, leaderboard, submit
 from harness.logs import load_runs
 
-from benchmarks.conftest import write_logs
+from benchmarks.sample_logs import write_logs
 
 RECORDS = 50
 
