@@ -17,8 +17,8 @@ from benchmarks.bench_newton_schulz import CASES as NS_CASES, STEPS, flops as ns
 from benchmarks.bench_norm import BYTES_MOVED, CASES as NORM_CASES
 from benchmarks.common import bench_ms
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
-                                                  reason="kernel benchmarks time a CUDA device")]
+# Not marked `gpu`: that marker selects the tests benchmarks/gpu_check.py runs (pytest -m gpu), not benchmarks.
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="kernel benchmarks time a CUDA device")
 
 DTYPE = torch.bfloat16
 NORM_M, NORM_N = NORM_CASES[0]  # GPT-2 small's activations: 64 x 1024 tokens of 768
