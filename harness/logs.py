@@ -34,6 +34,7 @@ import hashlib
 import math
 import os
 import re
+from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,10 +162,13 @@ def config_diff(a: dict, b: dict) -> str | None:
 
 
 def printed_tolerance(text: str) -> float:
-    """Half a unit of the last printed digit: '3.2775' -> 5e-5, '1.23e-04' -> 5e-7, '42' -> 0.5."""
-    mantissa, _, exponent = text.lower().partition("e")
-    decimals = len(mantissa.split(".", 1)[1]) if "." in mantissa else 0
-    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+    """Half a unit of the last printed digit: '3.2775' -> 5e-5, '1.23e-04' -> 5e-7, '42' -> 0.5; inf for
+    a printed value whose last digit is beyond a float ('1e999') or that is not a decimal number."""
+    try:
+        exponent = Decimal(text).as_tuple().exponent
+    except InvalidOperation:
+        return math.inf
+    return math.inf if not isinstance(exponent, int) else float(Decimal("0.5").scaleb(exponent))
 
 
 def parse_step_line(line: str) -> dict | None:

@@ -10,8 +10,8 @@
     code hash (re-extracted from the log itself); for every run, each validation line (step, val_loss
     to its printed digits, train_time to the ms) is its val event;
   - the statistics recomputed from those logs (and the previous record's, for the speedup) equal
-    record.json's (relative tolerance 1e-9: JSON keeps full precision) and statistics.md's (each
-    number to half a unit of its last printed digit).
+    record.json's, figure by figure (relative tolerance 1e-9: JSON keeps full precision), and
+    statistics.md is exactly what record.json's figures render to (harness.submit.render_statistics).
 
 Each mismatch is one line: where (file, field), expected (recomputed) and found. Exit 1 on any.
 """
@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from harness.ingest import check_against_log
-from harness.logs import LogError, load_run, printed_tolerance
+from harness.logs import LogError, load_run
 from harness.records import RECORD_FILE, RecordsError, finite_or_none, os_error_line, read_record
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.submit import render_statistics, statistics
 
 JSON_RTOL = 1e-9
-# A number standing alone (not the digits inside a hash or a word).
-_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])")
 
 
 def compare_values(expected, found, where: str, out: list[str]) -> None:
@@ -57,16 +54,13 @@ def compare_values(expected, found, where: str, out: list[str]) -> None:
 
 
 def compare_text(expected: str, found: str, where: str, out: list[str]) -> None:
-    """Line by line: the words must match exactly, the numbers within their printed precision."""
+    """Line by line, exactly: a file rendered from figures must be that rendering (its numbers are
+    checked as numbers in record.json, never read back from the text)."""
     exp_lines, found_lines = expected.splitlines(), found.splitlines()
     if len(exp_lines) != len(found_lines):
         out.append(f"{where}: expected {len(exp_lines)} lines, found {len(found_lines)}")
     for lineno, (e, f) in enumerate(zip(exp_lines, found_lines), 1):
-        e_nums, f_nums = _NUMBER.findall(e), _NUMBER.findall(f)
-        same_words = _NUMBER.sub("#", e) == _NUMBER.sub("#", f) and len(e_nums) == len(f_nums)
-        if not same_words or any(
-            abs(float(a) - float(b)) > printed_tolerance(b) + 1e-12 * abs(float(a)) for a, b in zip(e_nums, f_nums)
-        ):
+        if e != f:
             out.append(f"{where}:{lineno}: expected {e.strip()!r}, found {f.strip()!r}")
 
 
@@ -144,7 +138,7 @@ def verify(folder: str | Path) -> list[str]:
     if not stats_md.exists():
         problems.append(f"{stats_md}: missing")
     else:
-        rendered = render_statistics({**record, **expected, "code_hash": recomputed})
+        rendered = render_statistics(record)  # record.json's figures, checked against the recomputed ones above
         try:
             compare_text(rendered, stats_md.read_text(encoding="utf-8"), str(stats_md), problems)
         except (OSError, ValueError) as exc:  # unreadable, or not UTF-8

@@ -14,86 +14,8 @@ from harness.logs import load_run, parse_log_file
 from harness.records import append_run, load_records
 from harness.run import run_one
 from harness.snapshot import EMBEDDED_CODE, snapshot_hash
+from helpers import CODE, HEADER, SEP, TOTAL, gpu_table, modded_log, rows, run_ingest, steps, write
 from test_harness_fakes import write_fake_trainer
-
-# The source a modded-nanogpt log starts with (its f-strings mention "step:", as the real one's do).
-CODE = '''\
-import os
-import sys
-with open(sys.argv[0]) as f:
-    code = f.read()  # read the code of this file ASAP, for logging
-
-def print0(s, console=False):
-    print(s)
-
-for step in range(train_steps + 1):
-    print0(f"step:{step}/{train_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms", console=True)
-'''
-SEP = "=" * 100
-
-
-def gpu_table(n: int) -> str:
-    rows = "".join(f"|   {i}  NVIDIA H100 80GB HBM3          On  |   00000000:{i:02X}:00.0 Off |                    0 |\n"
-                   f"| N/A   54C    P0            147W /  700W |    1521MiB /  81559MiB |      0%      Default |\n"
-                   for i in range(n))
-    return ("Fri Jul 17 12:22:51 2026\n"
-            "+-----------------------------------------------------------------------------------------+\n"
-            "| NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |\n"
-            "|=========================================+========================+======================|\n"
-            + rows +
-            "| Processes:                                                                              |\n"
-            "|    0   N/A  N/A          979223      C   ...pt-challenge-py312/bin/python       1512MiB |\n")
-
-
-HEADER = (f"{SEP}\nRunning Python 3.12.3 (main, Jan 22 2026, 20:57:42) [GCC 13.3.0]\n"
-          "Running PyTorch 2.10.0+cu128 compiled for CUDA 12.8\nRunning Triton version 3.6.0\n"
-          + gpu_table(8) + f"{SEP}\nCompiling model and warming up kernels\n")
-TOTAL = 1390
-
-
-def steps(final_ms: int, final_loss: float, *, cut_at: int | None = None, nan_from: int | None = None) -> str:
-    """Step lines as modded-nanogpt prints them: validation at 0, every 250 steps and the last one."""
-    lines = []
-    for step in (0, 1, 2, 250, 251, 500, 750, 1000, 1250, 1389, TOTAL):
-        if cut_at is not None and step > cut_at:
-            break
-        t = round(final_ms * step / TOTAL)
-        if step % 250 == 0 or step == TOTAL:
-            loss = final_loss + 7.5 * (1 - step / TOTAL) ** 3
-            text = "nan" if nan_from is not None and step >= nan_from else f"{loss:.4f}"
-            lines.append(f"step:{step}/{TOTAL} val_loss:{text} train_time:{t}ms step_avg:{t / max(step, 1):.2f}ms")
-        else:
-            lines.append(f"step:{step}/{TOTAL} train_time:{t}ms step_avg:{t / max(step, 1):.2f}ms")
-    if cut_at is None:
-        lines.append("peak memory allocated: 30908 MiB reserved: 46472 MiB")
-    return "\n".join(lines) + "\n"
-
-
-def modded_log(final_ms=80694, final_loss=3.2775, code=CODE, **kw) -> str:
-    return code + HEADER + steps(final_ms, final_loss, **kw)
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(text)
-    return folder / name
-
-
-@pytest.fixture
-def where(tmp_path):
-    return {"records": tmp_path / "records", "runs": tmp_path / "runs"}
-
-
-def run_ingest(where, *inputs, track="modded-nanogpt", name="imported", extra=()) -> int:
-    return ingest.main(["--track", track, "--name", name, "--records", str(where["records"]), "--runs-dir",
-                        str(where["runs"]), *extra, *map(str, inputs)])
-
-
-def rows(where) -> list[dict]:
-    """The runs log's rows as written (load_records would make a number column with gaps float)."""
-    frame, problems = load_records(where["records"])
-    assert problems == []
-    return [json.loads(line) for line in (where["records"] / "runs.jsonl").read_text().splitlines()]
 
 
 def test_a_modded_nanogpt_log_becomes_a_run(where, tmp_path, capsys):
