@@ -94,16 +94,38 @@ def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     return Path(records_dir) / RUNS_FILE
 
 
+def runs_lock(records_dir: str | os.PathLike = RECORDS_DIR) -> FileLock:
+    """The lock on records/runs.jsonl: held for each append, and by a writer whose check (is this run, this
+    log, this record already there?) and write must be one step. One object per path in a process, so that
+    a holder may append (filelock counts re-entries of the same object)."""
+    path = str(Path(records_dir).resolve() / RUNS_FILE) + ".lock"
+    if path not in _LOCKS:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _LOCKS[path] = FileLock(path)
+    return _LOCKS[path]
+
+
+_LOCKS: dict[str, FileLock] = {}
+
+
 def append_run(row: dict, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
-    """Append one row (with "schema": 1) to records/runs.jsonl, atomically with respect to other writers."""
+    """Append one row (with "schema": 1) to records/runs.jsonl, atomically with respect to other writers.
+
+    The row always starts a line of its own: after a last line without its newline (a writer killed
+    mid-line, a hand edit) a newline goes first, so that torn line stays one damaged line, reported
+    when the log is read, and the new row is whole.
+    """
     if not row.get("run_id"):
         raise RecordsError("a runs.jsonl row needs a run_id")
     path = runs_path(records_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps({"schema": SCHEMA, **finite_or_none(row)}, allow_nan=False, sort_keys=False) + "\n").encode()
-    with FileLock(str(path) + ".lock"):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    with runs_lock(records_dir):
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
             written = os.write(fd, line)
             if written != len(line):  # a regular file takes the whole write or fails (disk full)
                 raise OSError(f"{path}: short write ({written} of {len(line)} bytes); the last line is torn")

@@ -85,3 +85,16 @@ def test_missing_run_id_names_the_damaged_lines_it_may_be_on(tmp_path):
     assert "\n" not in message and "no run with id 'b' (2 problems reading it; the first: " in message
     assert f"{tmp_path / 'runs.jsonl'}:2: skipped damaged line" in message
     assert load_records(tmp_path)[1][1] == f"{tmp_path / 'runs.jsonl'}:3: skipped line without a run_id"
+
+
+def test_an_append_after_a_torn_last_line_starts_a_fresh_line(tmp_path):
+    append_run({"run_id": "a"}, tmp_path)
+    path = tmp_path / "runs.jsonl"
+    with open(path, "ab") as f:
+        f.write(b'{"schema": 1, "run_id": "torn", "final_val')  # a writer killed mid-line: no newline
+    append_run({"run_id": "b", "final_val_loss": 3.25}, tmp_path)
+    assert path.read_bytes().endswith(b"\n") and path.read_text().count("\n") == 3
+    frame, problems = load_records(tmp_path)
+    assert frame["run_id"].tolist() == ["a", "b"]
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:2: skipped damaged line")
+    assert find_runs(["b"], tmp_path)[0]["final_val_loss"] == 3.25
