@@ -25,7 +25,8 @@ baseline: the speedup (ratio of mean times, 95% Fieller interval), the differenc
 (95% Welch interval), Welch p for time (one-sided: the variant is faster; and two-sided) and for
 loss (two-sided), and the runs per variant for the speedup's interval to exclude 1. Within a
 variant, logs of different planned step counts, targets or code (the source a log starts with, or
-a run's code hash and config) are refused, naming the two files; a log given twice counts once.
+a run's code hash and config) are refused, naming the two files, and so are two logs of one run
+(the same step lines, harness.logs.log_identity).
 --json prints every figure (times in seconds) and each run's. Plots (val loss against time and
 step; each run's final time and loss) go to --plot-dir (default runs/compare-<UTC time>/).
 """
@@ -145,15 +146,15 @@ def _identity_problem(first: RunLog, log: RunLog) -> str | None:
 
 
 def admit(variant: Variant, logs: list[RunLog]) -> None:
-    """Add the finished runs of one variant: a log seen twice counts once (noted), a run that did not finish
-    ok is left out (noted), and runs that differ in planned steps, target or code are refused."""
-    seen: dict[str, str] = {}
+    """Add the finished runs of one variant: a run that did not finish ok is left out (noted); two logs of one
+    run (harness.logs.log_identity) and runs that differ in planned steps, target or code are refused."""
+    seen = {log.identity: log.source for log in variant.logs}
     for log in logs:
-        if log.content_sha256 and log.content_sha256 in seen:
-            variant.notes.append(f"{log.source} is the same log as {seen[log.content_sha256]}: counted once")
-            continue
-        if log.content_sha256:
-            seen[log.content_sha256] = log.source
+        if log.identity in seen:
+            raise CompareError(f"variant {variant.name}: {seen[log.identity]} and {log.source} are the same run "
+                               "(the same step lines); give each run once")
+        if log.identity:
+            seen[log.identity] = log.source
         if log.status != "ok":
             variant.skipped.append(f"{log.source} ({log.status})")
             variant.skipped_status.append(log.status)
@@ -385,9 +386,9 @@ def _collect(args, variants: list[Variant]) -> None:
         seen: dict[str, str] = {}
         for v in variants:  # a log in two variants makes them look alike: say so
             for log in v.logs:
-                if log.content_sha256 in seen and seen[log.content_sha256] != v.name:
-                    v.notes.append(f"{log.source} is also in variant {seen[log.content_sha256]}")
-                seen.setdefault(log.content_sha256, v.name)
+                if log.identity in seen and seen[log.identity] != v.name:
+                    v.notes.append(f"{log.source} is also in variant {seen[log.identity]}")
+                seen.setdefault(log.identity, v.name)
         return
     for seed in range(args.seed_start, args.seed_start + args.seeds):
         for v in variants:

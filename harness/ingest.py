@@ -21,8 +21,9 @@ trainer's train.log; a folder stands for its *.txt and *.log files. Each log bec
 The folder is written under a temporary name and renamed into place, and only then does its row go
 to records/runs.jsonl (the row also names the origin, the source file and the log's sha256). A log
 with no source code at its top goes in without code/ (code hash null, meta.embedded_code false), and
-harness.submit refuses it as a record. A log whose sha256 is already in the runs log is reported and
-not added again; a file that is not a speedrun log gets one line naming it, and the others still go
+harness.submit refuses it as a record. A log of a run already in the runs log (the same step lines,
+harness.logs.log_identity: a copy with another trailing newline is the same run) is reported, naming
+both files, and not added again; a file that is not a speedrun log gets one line naming it, and the others still go
 in. Each new run id is printed on stdout, one per line; everything else goes to stderr. Exit status:
 1 if some input could not be taken in, else 0.
 
@@ -49,8 +50,8 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.hardware import peak_flops
-from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedded_code, parse_step_line,
-                          parse_text, printed_tolerance)
+from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedded_code, log_identity,
+                          parse_step_line, parse_text, printed_tolerance)
 from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
 from harness.tracks import track_target
@@ -351,17 +352,27 @@ def new_run_id(track: str, source: Path) -> str:
     return f"{stamp}-{track}-{slug}-{secrets.token_hex(2)}"
 
 
-def known_logs(records_dir: Path) -> tuple[dict[str, str], list[str]]:
-    """{log sha256: run id} of the runs already in the runs log, and its problems."""
+def known_logs(records_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """{log identity: (run id, the file it was read from)} of the runs in the runs log whose run directory
+    keeps its train.log (harness.logs.log_identity), and the runs log's problems."""
     frame, problems = load_records(records_dir)
-    if "log_sha256" not in frame.columns:
-        return {}, problems
-    rows = frame.dropna(subset=["log_sha256"])
-    return dict(zip(rows["log_sha256"], rows["run_id"])), problems
+    known: dict[str, tuple[str, str]] = {}
+    for row in frame.to_dict("records"):
+        if not isinstance(row.get("run_dir"), str):
+            continue
+        path = Path(row["run_dir"]) / CONSOLE_FILE
+        try:
+            identity = log_identity(path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:  # a run directory moved or removed: nothing to compare with
+            continue
+        source = row.get("source") if isinstance(row.get("source"), str) else str(path)
+        if identity is not None:
+            known.setdefault(identity, (row["run_id"], source))
+    return known, problems
 
 
 def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_dir: Path, records_dir: Path,
-               known: dict[str, str]) -> dict | None:
+               known: dict[str, tuple[str, str]]) -> dict | None:
     """Take one log in: write its run directory, append its row, return the row; None if it is in already
     (then reported on stderr). Raises IngestError for a file that is not a speedrun log or cannot be read."""
     from harness.run import build_row
@@ -371,8 +382,10 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
     except OSError as exc:
         raise IngestError(f"{path}: cannot read ({exc.strerror or exc})") from None
     parsed = parse_log_bytes(data, str(path))
-    if parsed.sha256 in known:
-        print(f"{path}: already ingested as run {known[parsed.sha256]} (same content, sha256 {parsed.sha256[:12]}); "
+    identity = log_identity(parsed.text)
+    if identity in known:
+        run_id, source = known[identity]
+        print(f"{path}: already ingested as run {run_id} (the same run as {source}: the same step lines); "
               "not added again", file=sys.stderr)
         return None
     if parsed.log is None:
@@ -400,7 +413,7 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
                     nproc=parsed.facts.world_size, wall_s=0.0)
     row.update(script=None, wall_s=None, origin=ORIGIN, source=source, log_sha256=parsed.sha256)
     append_run(row, records_dir)
-    known[parsed.sha256] = run_id
+    known[identity] = (run_id, source)
     return row
 
 

@@ -86,7 +86,7 @@ class RunLog:
     embedded_code: bool | None = None  # events: meta.embedded_code, whether code/ is the source its train.log starts with
     log_sha256: str | None = None  # events: meta.log_sha256, of the train.log a foreign run was read from
     command: str | None = None  # events: meta.command, the command line of a harness.run --cmd run
-    content_sha256: str | None = None  # of the log file, or of events.jsonl: the same log read twice has the same
+    identity: str | None = None  # what makes the log one run (log_identity); a copy of a log has the same
     problems: list[str] = field(default_factory=list)  # damaged lines skipped while reading
 
     @property
@@ -213,11 +213,23 @@ def embedded_code(text: str) -> str | None:
     return None
 
 
+def log_identity(text: str) -> str | None:
+    """What makes a log one run: the sha256 of its step lines, in order, each with its whitespace
+    collapsed; None for a text without step lines.
+
+    Two files with the same step lines are one run, whatever else differs (a trailing newline, CRLF
+    line ends, an edited header): two real runs never print the same train times at every step.
+    A run's events.jsonl and its train.log have the train.log's identity."""
+    lines = [" ".join(line.split()) for line in text.splitlines() if _STEP_LINE.match(line.strip())]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest() if lines else None
+
+
 def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line."""
     log = RunLog(source=source, name=name if name is not None else Path(source).stem)
     log.code = embedded_code(text)
     log.code_hash = embedded_code_hash(log.code) if log.code is not None else None
+    log.identity = log_identity(text)
     finished = False  # our trainer's closing "result: ..." line (it may stop early, at the target)
     for line in text.splitlines():
         finished = finished or line.startswith("result: ")
@@ -249,9 +261,7 @@ def parse_log_file(path: str | os.PathLike) -> RunLog:
         raise LogError(f"{path}: no such log file") from None
     except OSError as exc:
         raise LogError(f"{path}: cannot read ({exc.strerror})") from None
-    log = parse_text(text, source=str(path))
-    log.content_sha256 = hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
-    return log
+    return parse_text(text, source=str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,10 +279,6 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
     except OSError as exc:
         raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
     log = RunLog(source=str(run_dir), name=run_dir.name, run_id=run_dir.name, problems=problems)
-    try:
-        log.content_sha256 = hashlib.sha256(events_path.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
     config, meta, result = last_event(events, "config"), last_event(events, "meta"), last_event(events, "result")
     if config:
         log.track = config.get("track")
@@ -318,6 +324,10 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
             fields = parse_step_line(line)
             if fields:
                 log.total_steps = fields["total"]
+        log.identity = log_identity(text)
+    if log.identity is None and log.val_steps:  # no train.log: the curve of its val events
+        curve = "\n".join(f"{s} {v!r} {t!r}" for s, v, t in zip(log.val_steps, log.val_losses, log.val_times_ms))
+        log.identity = hashlib.sha256(curve.encode()).hexdigest()
     if log.total_steps is None and result:
         log.total_steps = result.get("steps")
     if require_val and not log.val_steps:

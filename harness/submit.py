@@ -7,8 +7,8 @@ records/runs.jsonl), never taken from the runs log's summary. The rule (records/
 
   1. at least 2 runs, distinct run ids and seeds; every run finished with status "ok" and ran its whole
      schedule (a run stopped at the target, --stop_at_target, is optional stopping: refused). Runs read
-     from logs name no seed: they are told apart by their logs (two with the same train.log are one
-     run taken in twice, refused); every run's train.log must agree with its events and, for a run
+     from logs name no seed: they are told apart by their logs (two whose train.logs have the same
+     step lines are one run taken in twice, refused: harness.logs.log_identity); every run's train.log must agree with its events and, for a run
      taken in from a log, start with its code (harness.ingest.check_against_log); a log without its
      source code is no record;
   2. one track, one code hash (each snapshot's recomputed hash equals its CODE_HASH and the hash in
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -242,7 +241,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         if log.stop_at_target:
             raise Refused(f"run {log.run_id} was made with --stop_at_target=true: {why}")
     first = logs[0]
-    log_hashes: dict[str, str] = {}
+    seen: dict[str, RunLog] = {}
     for log in logs:
         if log.origin is not None and log.code_hash is None:
             raise Refused(f"run {log.run_id}: no source code: its log ({Path(log.source) / CONSOLE_FILE}) does not "
@@ -250,12 +249,11 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         against_log = check_against_log(log)
         if against_log:
             raise Refused(f"run {log.run_id}: {against_log[0]}")
-        if (Path(log.source) / CONSOLE_FILE).is_file():
-            digest = hashlib.sha256((Path(log.source) / CONSOLE_FILE).read_bytes()).hexdigest()
-            if digest in log_hashes:
-                raise Refused(f"runs {log_hashes[digest]} and {log.run_id} have the same log ({CONSOLE_FILE} sha256 "
-                              f"{digest[:12]}): one run taken in twice")
-            log_hashes[digest] = log.run_id
+        if log.identity is not None and log.identity in seen:
+            other = seen[log.identity]
+            raise Refused(f"runs {other.run_id} and {log.run_id} are one run: {Path(other.source) / CONSOLE_FILE} and "
+                          f"{Path(log.source) / CONSOLE_FILE} have the same step lines")
+        seen[log.identity] = log
         snapshot = Path(log.source) / SNAPSHOT_DIR
         if not (snapshot / HASH_FILE).is_file():
             raise Refused(f"run {log.run_id}: no code snapshot ({snapshot / HASH_FILE} missing)")

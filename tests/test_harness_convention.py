@@ -93,12 +93,11 @@ def test_comparison_json_is_complete(published_set, tmp_path, capsys):
     assert vs["runs_needed_per_variant"] >= 2
 
 
-def test_a_log_given_twice_counts_once(published_set, capsys):
-    (published_set / "copy.txt").write_text((published_set / "run00.txt").read_text())
-    fig = compare_json(capsys, "--logs", f"base={published_set}")
-    assert fig["variants"][0]["n"] == 13
-    (note,) = fig["variants"][0]["notes"]
-    assert "is the same log as" in note and "copy.txt" in note and "run00.txt" in note and "counted once" in note
+def test_a_log_given_twice_is_refused(published_set, capsys):
+    (published_set / "copy.txt").write_text((published_set / "run00.txt").read_text() + "\n")
+    assert compare.main(["--logs", f"base={published_set}", "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are the same run" in err and "copy.txt" in err and "run00.txt" in err
 
 
 @pytest.mark.parametrize("odd, differ", [

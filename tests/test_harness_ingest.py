@@ -294,13 +294,13 @@ def test_submit_refusals_for_ingested_runs(where, tmp_path, capsys):
     assert rc == 1 and err.count("\n") == 1 and "no source code: its log" in err and "a record needs its code" in err
 
     # The same log taken in twice (through two runs logs merged by hand) counts once: refused.
-    path = write(tmp_path / "one", "a.txt", modded_log())
+    path = write(tmp_path / "one", "a.txt", modded_log(80001, 3.2771))
     other = {"records": tmp_path / "other", "runs": tmp_path / "other_runs"}
     assert run_ingest(where, path) == 0 and run_ingest(other, path) == 0
     append_run(rows(other)[0], where["records"])
     twice = [r["run_id"] for r in rows(where) if r.get("source") == str(path.resolve())]
     rc, err = submit_set(where, "twice", twice, capsys)
-    assert rc == 1 and err.count("\n") == 1 and "have the same log (train.log sha256" in err
+    assert rc == 1 and err.count("\n") == 1 and "are one run:" in err and "have the same step lines" in err
 
     cut = ingest_set(where, tmp_path, "cut", [(80000, 3.27)]) + ingest_set(where, tmp_path, "cut2", [(80100, 3.27)])
     (Path(rows(where)[-1]["run_dir"]) / "train.log").write_text(modded_log(cut_at=700))
@@ -330,3 +330,43 @@ def test_our_own_runs_train_log_is_checked_against_its_events(tmp_path):
     train_log.write_text(text.replace(line, line.replace("val_loss:", "val_loss:1")))
     problems = check_against_log(load_run(row["run_dir"]))
     assert len(problems) == 1 and f"{train_log}:" in problems[0] and ": val_loss: the log says 1" in problems[0]
+
+
+# Seven runs whose mean loss fails the loss rule (p = 0.030); counted twice, they would pass (p = 0.0023).
+SEVEN = [(80694, 3.2775), (80720, 3.2800), (80659, 3.2768), (80818, 3.2811), (80702, 3.2772), (80688, 3.2795),
+         (80731, 3.2779)]
+
+
+def test_near_duplicate_logs_count_once(where, tmp_path, capsys):
+    """Seven logs plus seven copies differing by a trailing newline are seven runs in ingest, compare and submit."""
+    folder = tmp_path / "logs"
+    for i, (ms, loss) in enumerate(SEVEN):
+        text = modded_log(ms, loss)
+        write(folder, f"run{i}.txt", text)
+        write(folder, f"run{i}_copy.txt", text + "\n")
+    assert run_ingest(where, folder) == 0
+    err = capsys.readouterr().err
+    ingested = rows(where)
+    assert len(ingested) == 7 and {Path(r["source"]).name for r in ingested} == {f"run{i}.txt" for i in range(7)}
+    for i in range(7):
+        run_id = next(r["run_id"] for r in ingested if Path(r["source"]).name == f"run{i}.txt")
+        assert (f"{folder / f'run{i}_copy.txt'}: already ingested as run {run_id} "
+                f"(the same run as {(folder / f'run{i}.txt').resolve()}: the same step lines)") in err
+
+    from harness import compare
+    assert compare.main(["--logs", f"base={folder}", "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run0.txt and " in err and "run0_copy.txt are the same run" in err
+
+    # The copies taken in through a second runs log merged by hand: submit counts each run once.
+    other = {"records": tmp_path / "other", "runs": tmp_path / "other_runs"}
+    copies = [folder / f"run{i}_copy.txt" for i in range(7)]
+    assert run_ingest(other, *copies) == 0
+    for row in rows(other):
+        append_run(row, where["records"])
+    ids = [r["run_id"] for r in rows(where)]
+    rc, err = submit_set(where, "fourteen", ids, capsys)
+    assert rc == 1 and err.count("\n") == 1 and "are one run:" in err and "have the same step lines" in err, err
+    rc, err = submit_set(where, "seven", ids[:7], capsys)
+    assert rc == 1 and "not significantly below the target" in err and "p = 0.0297" in err, err
+    assert not [p for p in where["records"].iterdir() if p.is_dir()]
