@@ -52,7 +52,7 @@ from typing import Sequence
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedded_code, log_identity,
                           parse_step_line, parse_text, printed_tolerance)
-from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line
+from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line, runs_lock
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
 from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
@@ -427,20 +427,21 @@ def ingest(inputs: Sequence[str | os.PathLike], *, track: str, name: str, target
     runs_dir = Path(runs_dir or DEFAULT_RUNS_DIR).resolve()
     records_dir = Path(records_dir)
     files, problems = log_files(inputs)
-    known, damaged = known_logs(records_dir)
-    for line in damaged:
-        print(f"warning: {line}", file=sys.stderr)
     rows = []
-    for path in files:
-        try:
-            row = ingest_one(path, track=track, name=name, target=target, runs_dir=runs_dir,
-                             records_dir=records_dir, known=known)
-        except IngestError as exc:
-            problems.append(str(exc))
-            continue
-        if row is not None:
-            rows.append(row)
-            print(row["run_id"], flush=True)
+    with runs_lock(records_dir):  # the check (is this run in already?) and the append are one step
+        known, damaged = known_logs(records_dir)
+        for line in damaged:
+            print(f"warning: {line}", file=sys.stderr)
+        for path in files:
+            try:
+                row = ingest_one(path, track=track, name=name, target=target, runs_dir=runs_dir,
+                                 records_dir=records_dir, known=known)
+            except IngestError as exc:
+                problems.append(str(exc))
+                continue
+            if row is not None:
+                rows.append(row)
+                print(row["run_id"], flush=True)
     return rows, problems
 
 

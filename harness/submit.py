@@ -44,7 +44,7 @@ from harness import stats
 from harness.ingest import check_against_log
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
-                             fsync_path, list_records, os_error_line, row_run_dir)
+                             fsync_path, list_records, os_error_line, row_run_dir, runs_lock)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 
@@ -388,9 +388,15 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
 def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     """Check and write a record; return its folder. Raises Refused with the failing condition."""
     records_dir = Path(records_dir).resolve()
-    check_name(name, records_dir)
+    check_name(name, records_dir)  # a bad name is refused before anything is made; "taken" is checked again locked
     if not description.strip():
         raise Refused("the description is empty")
+    with runs_lock(records_dir):  # judged against the records as they are when it is written: one step
+        return _submit_locked(name, description, run_ids, records_dir)
+
+
+def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_dir: Path) -> Path:
+    check_name(name, records_dir)
     try:
         rows, logs = gather(run_ids, records_dir)
         target, previous, previous_logs = check(list(run_ids), logs, records_dir)

@@ -370,3 +370,37 @@ def test_near_duplicate_logs_count_once(where, tmp_path, capsys):
     rc, err = submit_set(where, "seven", ids[:7], capsys)
     assert rc == 1 and "not significantly below the target" in err and "p = 0.0297" in err, err
     assert not [p for p in where["records"].iterdir() if p.is_dir()]
+
+
+def _ingest_after(barrier, where: dict, folder: str, out: str) -> None:
+    import contextlib
+    import io
+    import sys
+
+    barrier.wait()
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = run_ingest(where, folder)
+    Path(out).write_text(f"{rc}\n{err.getvalue()}")
+    sys.exit(0)
+
+
+def test_concurrent_ingests_record_each_log_once(where, tmp_path):
+    import multiprocessing
+
+    folder = tmp_path / "logs"
+    for i, (ms, loss) in enumerate(SEVEN[:4]):
+        write(folder, f"run{i}.txt", modded_log(ms, loss))
+    ctx = multiprocessing.get_context("fork")  # real processes, started together
+    barrier = ctx.Barrier(8)
+    procs = [ctx.Process(target=_ingest_after, args=(barrier, where, str(folder), str(tmp_path / f"out{k}")))
+             for k in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    assert len(rows(where)) == 4 and len(list(where["runs"].iterdir())) == 4
+    outs = [(tmp_path / f"out{k}").read_text() for k in range(8)]
+    assert all(out.startswith("0\n") for out in outs)
+    assert sum(out.count("already ingested as run") for out in outs) == 7 * 4

@@ -229,3 +229,38 @@ def test_plot_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
     assert compare.main(argv) == 1
     captured = capsys.readouterr()
     assert "| new" in captured.out and one_line(captured.err).startswith("error: plots not written: ")
+
+
+def _submit_after(barrier, records: str, name: str, run_ids: list[str], out: str) -> None:
+    import contextlib
+    import io
+    import sys
+
+    barrier.wait()
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = submit.main(["--records", records, "--no-leaderboard", "--description", "d", "--name", name, *run_ids])
+    Path(out).write_text(f"{rc}\n{err.getvalue()}")
+    sys.exit(0)
+
+
+def test_concurrent_submits_of_the_same_runs_make_one_record(world, records, tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # real processes, started together
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_submit_after, args=(barrier, str(records), name, world["fast"], str(tmp_path / name)))
+             for name in ("fast1", "fast2")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    made = sorted(p.name.split("_", 1)[1] for p in records.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(made) == 2 and "baseline" in made, made  # the baseline and one of the two
+    winner = next(name for name in made if name != "baseline")
+    loser = "fast2" if winner == "fast1" else "fast1"
+    assert (tmp_path / winner).read_text() == "0\n"
+    refusal = (tmp_path / loser).read_text()
+    assert refusal.startswith("1\nrefused: ") and "not significantly faster than the current record" in refusal
+    assert f"_{winner}" in refusal, refusal
