@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.hardware import peak_flops
-from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedded_code, log_identity,
+from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
                           parse_step_line, parse_text, printed_tolerance)
 from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line, runs_lock
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
@@ -103,7 +103,8 @@ class Parsed:
     text: str
     sha256: str
     code: str | None  # the source the log starts with (harness.logs.embedded_code), None if none
-    log: RunLog | None  # None: no validation line, so not a speedrun log
+    log: RunLog | None  # None: not a speedrun log (no validation line), or one with impossible values
+    error: str | None  # why a log with step lines is refused: impossible values (harness.logs.InvalidLog), the line named
     facts: Facts
     events: list[tuple[str, dict]]  # ("step" | "val", fields), in the log's order
 
@@ -191,14 +192,17 @@ def step_events(text: str) -> list[tuple[str, dict]]:
 
 def parse_log_bytes(data: bytes, source: str) -> Parsed:
     """Read a log's bytes (undecodable bytes are replaced, as harness.logs does). Never raises: a text
-    with no validation line has log None."""
+    with no validation line, or with impossible values, has log None and the reason in error."""
     text = data.decode("utf-8", errors="replace")
     code = embedded_code(text)
+    log, error = None, None
     try:
         log = parse_text(text, source=source)
+    except InvalidLog as exc:
+        error = str(exc)
     except LogError:
-        log = None
-    return Parsed(data=data, text=text, sha256=hashlib.sha256(data).hexdigest(), code=code, log=log,
+        pass
+    return Parsed(data=data, text=text, sha256=hashlib.sha256(data).hexdigest(), code=code, log=log, error=error,
                   facts=read_facts(text, code), events=step_events(text))
 
 
@@ -388,6 +392,8 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
         print(f"{path}: already ingested as run {run_id} (the same run as {source}: the same step lines); "
               "not added again", file=sys.stderr)
         return None
+    if parsed.error:
+        raise IngestError(parsed.error)
     if parsed.log is None:
         raise IngestError(f"{path}: not a speedrun log (no line starting 'step:N/M' with 'val_loss:X' and "
                           "'train_time:Tms')")

@@ -53,6 +53,10 @@ class LogError(ValueError):
     """A log that cannot be read. The message is one line naming the file and the problem."""
 
 
+class InvalidLog(LogError):
+    """A log whose values are impossible (harness.logs.impossible); the message names the line or event."""
+
+
 @dataclass
 class RunLog:
     """One training run as read from its log. Times in milliseconds of timed training."""
@@ -62,6 +66,7 @@ class RunLog:
     val_steps: list[int] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
     val_times_ms: list[float] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)  # those the log prints (step lines or step events)
     last_step: int | None = None  # last step line seen (validation or not)
     total_steps: int | None = None  # M in step:N/M (planned steps)
     step_avg_ms: float | None = None
@@ -224,21 +229,52 @@ def log_identity(text: str) -> str | None:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest() if lines else None
 
 
+def impossible(fields: dict, previous: dict | None) -> str | None:
+    """What makes a step line's (or a val event's) values impossible, or None: a negative loss (a
+    cross-entropy is at least 0; -inf included), a train time that is negative or not a number, a
+    step past its planned total, or a step, planned total or train time below the line before's.
+    A loss of NaN or +inf is possible: the run diverged."""
+    for key in ("val_loss", "train_loss"):
+        if key in fields and fields[key] < 0:
+            return f"{key} {fields[key]} is negative (a cross-entropy loss is at least 0)"
+    time_ms = fields.get("train_time_ms")
+    if time_ms is not None and not (math.isfinite(time_ms) and time_ms >= 0):
+        return f"train_time {time_ms}ms is not a time (negative or not finite)"
+    if fields.get("total") is not None and fields["step"] > fields["total"]:
+        return f"step {fields['step']} is past the planned {fields['total']}"
+    if previous is not None:
+        if fields.get("total") is not None and previous.get("total") is not None and fields["total"] != previous["total"]:
+            return f"planned steps {fields['total']}, but {previous['total']} before"
+        if fields["step"] < previous["step"]:
+            return f"step {fields['step']} comes after step {previous['step']}: steps go backwards"
+        if time_ms is not None and previous.get("train_time_ms") is not None and time_ms < previous["train_time_ms"]:
+            return f"train_time {time_ms:g}ms comes after {previous['train_time_ms']:g}ms: time goes backwards"
+    return None
+
+
 def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
-    """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line."""
+    """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line, or
+    if a step line holds impossible values (harness.logs.impossible; the message names the line)."""
     log = RunLog(source=source, name=name if name is not None else Path(source).stem)
     log.code = embedded_code(text)
     log.code_hash = embedded_code_hash(log.code) if log.code is not None else None
     log.identity = log_identity(text)
     finished = False  # our trainer's closing "result: ..." line (it may stop early, at the target)
-    for line in text.splitlines():
+    previous: dict | None = None
+    for lineno, line in enumerate(text.splitlines(), 1):
         finished = finished or line.startswith("result: ")
         fields = parse_step_line(line)
         if fields is None:
             continue
+        problem = impossible(fields, previous)
+        if problem:
+            raise InvalidLog(f"{source}:{lineno}: {problem}: not a valid log")
+        previous = {**(previous or {}), **fields}  # the last train time seen, even on a line without one
         log.last_step, log.total_steps = fields["step"], fields["total"]
         log.step_avg_ms = fields.get("step_avg_ms", log.step_avg_ms)
         log.tokens_per_s = fields.get("tokens_per_s", log.tokens_per_s)
+        if "train_loss" in fields:
+            log.train_losses.append(fields["train_loss"])
         if "val_loss" in fields and "train_time_ms" in fields:  # a torn last line may lack its time
             log.val_steps.append(fields["step"])
             log.val_losses.append(fields["val_loss"])
@@ -292,18 +328,29 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         log.hardware, log.versions, log.git = meta.get("hardware"), meta.get("versions"), meta.get("git")
         log.origin, log.embedded_code, log.log_sha256 = meta.get("origin"), meta.get("embedded_code"), meta.get("log_sha256")
         log.command = meta.get("command")
+    previous_val: dict | None = None
     for e in events:
         try:
             if e["event"] == "val":
                 loss = e["val_loss"]
-                log.val_steps.append(int(e["step"]))
-                log.val_losses.append(math.nan if loss is None else float(loss))  # null = non-finite
-                log.val_times_ms.append(float(e["train_time_ms"]))
+                fields = {"step": int(e["step"]), "val_loss": math.nan if loss is None else float(loss),  # null: non-finite
+                          "train_time_ms": float(e["train_time_ms"])}
+                problem = impossible(fields, previous_val)
+                if problem:
+                    raise InvalidLog(f"{events_path}: val event at step {fields['step']}: {problem}: not a valid log")
+                previous_val = fields
+                log.val_steps.append(fields["step"])
+                log.val_losses.append(fields["val_loss"])
+                log.val_times_ms.append(fields["train_time_ms"])
             elif e["event"] == "step":
                 log.last_step = int(e["step"])
                 log.step_avg_ms = e.get("step_avg_ms", log.step_avg_ms)
                 log.tokens_per_s = e.get("tokens_per_s", log.tokens_per_s)
+                if e.get("train_loss") is not None:
+                    log.train_losses.append(float(e["train_loss"]))
         except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, LogError):
+                raise
             log.problems.append(f"{events_path}: skipped malformed {e['event']} event ({exc!r})")
     if log.val_steps:
         log.last_step = max(log.last_step or 0, log.val_steps[-1])

@@ -2,6 +2,7 @@
 submit -> verify -> a tampered copy -> leaderboard."""
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -404,3 +405,34 @@ def test_concurrent_ingests_record_each_log_once(where, tmp_path):
     outs = [(tmp_path / f"out{k}").read_text() for k in range(8)]
     assert all(out.startswith("0\n") for out in outs)
     assert sum(out.count("already ingested as run") for out in outs) == 7 * 4
+
+
+def _replace_token(text: str, startswith: str, key: str, value: str) -> tuple[str, int]:
+    """The log with `key:VALUE` of the first line starting `startswith` set to value; and that line's number."""
+    lines = text.splitlines(keepends=True)
+    i = next(i for i, line in enumerate(lines) if line.startswith(startswith))
+    lines[i] = re.sub(rf"(^|\s){key}:\S+", rf"\g<1>{key}:{value}", lines[i], count=1)
+    return "".join(lines), i + 1
+
+
+@pytest.mark.parametrize("line, key, value, why", [
+    (f"step:{TOTAL}/{TOTAL} val_loss", "val_loss", "-2.5", "val_loss -2.5 is negative"),
+    ("step:1000/", "val_loss", "-inf", "val_loss -inf is negative"),
+    ("step:251/", "train_time", "-400ms", "train_time -400.0ms is not a time"),
+    ("step:251/", "train_time", "nanms", "train_time nanms is not a time"),
+    ("step:750/", "step", f"50/{TOTAL}", "step 50 comes after step 500: steps go backwards"),
+    ("step:1250/", "train_time", "100ms", "train_time 100ms comes after"),
+    ("step:500/", "step", "500/1400", "planned steps 1400, but 1390 before"),
+], ids=["negative-loss", "minus-inf-loss", "negative-time", "nan-time", "steps-back", "time-back", "total-changes"])
+def test_impossible_values_are_refused_naming_the_line(where, tmp_path, capsys, line, key, value, why):
+    text, lineno = _replace_token(modded_log(), line, key, value)
+    path = write(tmp_path / "logs", "bad.txt", text)
+    assert run_ingest(where, path) == 1
+    err = capsys.readouterr().err
+    assert f"skipped: {path}:{lineno}: " in err and why in err and "not a valid log" in err, err
+    assert not (where["records"] / "runs.jsonl").exists() or rows(where) == []
+
+    from harness import compare
+    assert compare.main(["--logs", f"a={path}", "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}:{lineno}: " in err and why in err

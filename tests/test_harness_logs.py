@@ -159,3 +159,24 @@ def test_compare_refuses_a_zero_time_in_one_line(tmp_path):
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "error: speedup needs positive times, got [0.0]"
+
+
+@pytest.mark.parametrize("val, why", [
+    (dict(step=2, val_loss=-2.5, train_time_ms=10.0), "val_loss -2.5 is negative"),
+    (dict(step=2, val_loss=3.9, train_time_ms=-1.0), "is not a time"),
+    (dict(step=0, val_loss=3.9, train_time_ms=10.0), "steps go backwards"),
+    (dict(step=2, val_loss=3.9, train_time_ms=0.5), "time goes backwards"),
+], ids=["negative-loss", "negative-time", "steps-back", "time-back"])
+def test_impossible_val_events_are_refused(tmp_path, val, why):
+    from harness.logs import InvalidLog
+    from harness.runlog import EventLog
+
+    run = tmp_path / "run"
+    events = EventLog(run)
+    events.write("config", track="cpu-tiny", config={"seed": 7, "target_val_loss": 4.0})
+    events.write("val", step=1, val_loss=10.0, train_time_ms=1.0)
+    events.write("val", **val)
+    events.close()
+    with pytest.raises(InvalidLog) as exc:
+        load_run(run)
+    assert str(exc.value).startswith(f"{run / 'events.jsonl'}: val event at step {val['step']}: ") and why in str(exc.value)
