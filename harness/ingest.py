@@ -219,7 +219,7 @@ def result_fields(parsed: Parsed, status: str, target: float, stop_at_target: bo
                 "peak_memory_mb": parsed.facts.peak_memory_mb, "tokens_per_s": None, "mfu": None,
                 "error": "the log has no validation line"}
     ttt = log.time_to_target(target)
-    error = {"diverged": f"val loss is not finite at step {log.final_step}",
+    error = {"diverged": log.divergence,
              "incomplete": f"the log ends at step {log.last_step} of {log.total_steps}"}.get(status)
     return {"status": status, "reached_target": ttt is not None, "target_val_loss": target,
             "stop_at_target": stop_at_target, "time_to_target_ms": ttt, "steps": log.last_step, "tokens": None,
@@ -249,6 +249,8 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
     config = dict(facts.config or {})
     config.update(target_val_loss=target, seed=seed, stop_at_target=bool(config.get("stop_at_target", False)))
     config.setdefault("num_steps", log.total_steps if log else None)
+    if log is not None and log.vocab_size is not None:
+        config.setdefault("vocab_size", log.vocab_size)  # divergence's ln(vocab) rule, read again from the events
     events = EventLog(dest)
     try:
         events.write("config", track=track, config=config)

@@ -38,13 +38,16 @@ from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, last_event, read_events
+from harness.runlog import CONSOLE_FILE, EVENTS_FILE, divergence, last_event, read_events
 from harness.snapshot import embedded_code_hash
 from harness.tracks import FINEWEB_TARGET as DEFAULT_TARGET  # the loss a run must reach, for logs that state none
 
 LOG_SUFFIXES = (".txt", ".log")
 CODE_SEPARATOR = "=" * 100  # modded-nanogpt's print0("="*100) after the logged source
 
+# The vocabulary size a log states: our train.log's config line ('vocab_size': 50304), or the code a
+# modded-nanogpt log starts with (GPT(vocab_size=50257, ...)).
+_VOCAB = re.compile(r"""\bvocab_size['"]?\s*(?::\s*int\s*)?[:=]\s*(\d+)""")
 _STEP_LINE = re.compile(r"^step:(\d+)/(\d+)(?=\s|$)")
 _VALUE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)(ms|%)?$", re.IGNORECASE)
 
@@ -67,6 +70,8 @@ class RunLog:
     val_losses: list[float] = field(default_factory=list)
     val_times_ms: list[float] = field(default_factory=list)
     train_losses: list[float] = field(default_factory=list)  # those the log prints (step lines or step events)
+    vocab_size: int | None = None  # as the log states it (our config; modded-nanogpt's code), None where it does not
+    divergence: str | None = None  # why its losses say it diverged (harness.runlog.divergence), None if they do not
     last_step: int | None = None  # last step line seen (validation or not)
     total_steps: int | None = None  # M in step:N/M (planned steps)
     step_avg_ms: float | None = None
@@ -261,11 +266,14 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     log.identity = log_identity(text)
     finished = False  # our trainer's closing "result: ..." line (it may stop early, at the target)
     previous: dict | None = None
+    first_step_at = None  # where the step lines begin: the header before them states the vocabulary
     for lineno, line in enumerate(text.splitlines(), 1):
         finished = finished or line.startswith("result: ")
         fields = parse_step_line(line)
         if fields is None:
             continue
+        if first_step_at is None:
+            first_step_at = text.find(line)
         problem = impossible(fields, previous)
         if problem:
             raise InvalidLog(f"{source}:{lineno}: {problem}: not a valid log")
@@ -282,9 +290,13 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     if not log.val_steps:
         raise LogError(f"{source}: no validation line "
                        "(a line starting 'step:N/M' with 'val_loss:X' and 'train_time:Tms')")
-    if any(not math.isfinite(x) for x in log.val_losses):
+    head = text[:first_step_at] if first_step_at is not None else text
+    log.vocab_size = int(m.group(1)) if (m := _VOCAB.search(head)) else None
+    finished = log.final_step == log.total_steps or finished
+    log.divergence = divergence(log.val_losses, log.train_losses, log.vocab_size, finished=finished)
+    if log.divergence:
         log.status = "diverged"
-    elif log.final_step == log.total_steps or finished:
+    elif finished:
         log.status = "ok"
     return log
 
@@ -377,6 +389,11 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         log.identity = hashlib.sha256(curve.encode()).hexdigest()
     if log.total_steps is None and result:
         log.total_steps = result.get("steps")
+    vocab = (log.config or {}).get("vocab_size")
+    log.vocab_size = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
+    log.divergence = divergence(log.val_losses, log.train_losses, log.vocab_size, finished=log.status == "ok")
+    if log.divergence and log.status in ("ok", "incomplete"):  # a result that says ok may hold a diverged curve
+        log.status = "diverged"
     if require_val and not log.val_steps:
         raise LogError(f"{events_path}: no validation line (no 'val' event)")
     return log

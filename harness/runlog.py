@@ -63,6 +63,41 @@ def finite_or_none(value):
     return value
 
 
+DIVERGED_ABOVE = 2.0  # x ln(vocab): a loss above this is divergence (divergence's docstring says why)
+
+
+def divergence(val_losses, train_losses, vocab_size: int | None, finished: bool = True) -> str | None:
+    """Why a run's losses say it diverged (one line), or None. The one divergence policy: the trainer, ingest
+    and harness.logs call it.
+
+    - A loss (train or val) that is not finite.
+    - A loss above DIVERGED_ABOVE x ln(vocab_size). An untrained model's logits are near zero, so its loss
+      is that of guessing uniformly, ln(vocab_size) (10.83 for GPT-2's 50257 tokens: modded-nanogpt's step
+      0 prints 10.8258); training lowers it, and a healthy run's early spikes stay near it. Twice that
+      loss gives the right token a probability of 1/vocab^2 on average: a confidently wrong model, which
+      only an unstable optimization makes (a learning rate of 1e6 gives train losses of 3e7).
+    - For a run that finished its schedule (`finished`), a final val loss not below ln(vocab_size): it
+      ended no better than guessing uniformly (a diverged model stuck at uniform logits sits exactly there).
+    The last two need vocab_size; without it (a log that does not state it) only the first applies.
+    """
+    for kind, losses in (("val", val_losses), ("train", train_losses)):
+        for loss in losses:
+            if loss is None or not math.isfinite(loss):
+                return f"{kind} loss {loss} is not finite"
+    if not vocab_size or vocab_size < 2:
+        return None
+    uniform = math.log(vocab_size)
+    for kind, losses in (("val", val_losses), ("train", train_losses)):
+        for loss in losses:
+            if loss > DIVERGED_ABOVE * uniform:
+                return (f"{kind} loss {loss:.4g} is above {DIVERGED_ABOVE:g} x ln(vocab {vocab_size}) = "
+                        f"{DIVERGED_ABOVE * uniform:.2f}")
+    if finished and val_losses and not val_losses[-1] < uniform:
+        return (f"final val loss {val_losses[-1]:.4f} is not below ln(vocab {vocab_size}) = {uniform:.4f}: "
+                "no better than guessing uniformly")
+    return None
+
+
 class EventLog:
     """Append-only JSON-lines writer for one run directory (rank 0 only)."""
 

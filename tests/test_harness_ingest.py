@@ -2,6 +2,7 @@
 submit -> verify -> a tampered copy -> leaderboard."""
 import hashlib
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -436,3 +437,44 @@ def test_impossible_values_are_refused_naming_the_line(where, tmp_path, capsys, 
     assert compare.main(["--logs", f"a={path}", "--no-plot"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{path}:{lineno}: " in err and why in err
+
+
+def exploded_log(vocab_line: str) -> str:
+    """A run whose learning rate was 1e6: train loss 3.3e7, then stuck at exactly ln(50257), all finite."""
+    uniform = f"{math.log(50257):.4f}"
+    return (CODE + vocab_line + HEADER
+            + f"step:0/{TOTAL} val_loss:10.8258 train_time:0ms step_avg:0.03ms\n"
+            + f"step:1/{TOTAL} train_loss:33017344.0000 train_time:28ms step_avg:28.45ms\n"
+            + f"step:2/{TOTAL} train_loss:{uniform} train_time:85ms step_avg:42.60ms\n"
+            + f"step:{TOTAL}/{TOTAL} val_loss:{uniform} train_time:79532ms step_avg:57.22ms\n")
+
+
+@pytest.mark.parametrize("vocab_line, why", [
+    ("model = GPT(vocab_size=50257, num_layers=12)\n", "train loss 3.302e+07 is above 2 x ln(vocab 50257)"),
+    ("", "train loss 3.302e+07 is above"),  # no vocabulary stated: the run's losses still say it
+], ids=["vocab-in-code", "vocab-unstated"])
+def test_a_run_whose_loss_exploded_but_stayed_finite_is_diverged(where, tmp_path, vocab_line, why):
+    path = write(tmp_path / "logs", "lr1e6.txt", exploded_log(vocab_line))
+    assert run_ingest(where, path) == 0
+    (row,) = rows(where)
+    log = load_run(row["run_dir"])
+    if vocab_line:
+        assert row["status"] == "diverged" and log.status == "diverged" and why in log.divergence
+        assert why in log.result["error"]
+    else:  # without ln(vocab), a finite loss is no divergence: the policy needs the vocabulary
+        assert row["status"] == "ok" and log.divergence is None
+
+
+def test_a_run_stuck_at_uniform_guessing_with_an_ok_result_is_diverged(tmp_path):
+    from harness.runlog import EventLog
+
+    run = tmp_path / "run"
+    events = EventLog(run)
+    events.write("config", track="cpu-tiny", config={"seed": 1, "target_val_loss": 5.6, "vocab_size": 50304})
+    events.write("val", step=0, val_loss=10.83, train_time_ms=0.0)
+    events.write("step", step=1, train_time_ms=5.0, step_avg_ms=5.0, train_loss=3.3e7, tokens_per_s=1.0, mfu=None)
+    events.write("val", step=2, val_loss=math.log(50304), train_time_ms=10.0)
+    events.write("result", status="ok", steps=2)
+    events.close()
+    log = load_run(run)
+    assert log.status == "diverged" and "train loss 3.3e+07 is above 2 x ln(vocab 50304)" in log.divergence
