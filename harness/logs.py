@@ -38,7 +38,7 @@ from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, divergence, last_event, read_events
+from harness.runlog import CONSOLE_FILE, EVENTS_FILE, divergence, last_event, read_events, type_problem
 from harness.snapshot import embedded_code_hash
 from harness.tracks import FINEWEB_TARGET as DEFAULT_TARGET  # the loss a run must reach, for logs that state none
 
@@ -50,6 +50,18 @@ CODE_SEPARATOR = "=" * 100  # modded-nanogpt's print0("="*100) after the logged 
 _VOCAB = re.compile(r"""\bvocab_size['"]?\s*(?::\s*int\s*)?[:=]\s*(\d+)""")
 _STEP_LINE = re.compile(r"^step:(\d+)/(\d+)(?=\s|$)")
 _VALUE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)(ms|%)?$", re.IGNORECASE)
+
+
+# The JSON types of the events' fields that a RunLog reads (runlog.py lists the events); a field of
+# another type makes the run unreadable, in one line naming the file and the field.
+CONFIG_EVENT_TYPES = {"track": "string|null", "config": "object|null"}
+CONFIG_TYPES = {"seed": "integer|null", "target_val_loss": "number|null", "stop_at_target": "boolean|integer|null",
+                "num_steps": "integer|null", "vocab_size": "integer|null"}
+META_EVENT_TYPES = {"code_hash": "string|null", "world_size": "integer|null", "hardware": "object|null",
+                    "versions": "object|null", "git": "object|null", "origin": "string|null",
+                    "embedded_code": "boolean|null", "log_sha256": "string|null", "command": "string|null"}
+RESULT_EVENT_TYPES = {"status": "string", "tokens": "integer|null", "tokens_per_s": "number|null",
+                      "target_val_loss": "number|null", "steps": "integer|null"}
 
 
 class LogError(ValueError):
@@ -328,6 +340,11 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
     log = RunLog(source=str(run_dir), name=run_dir.name, run_id=run_dir.name, problems=problems)
     config, meta, result = last_event(events, "config"), last_event(events, "meta"), last_event(events, "result")
+    for event, types in ((config, CONFIG_EVENT_TYPES), ((config or {}).get("config"), CONFIG_TYPES),
+                         (meta, META_EVENT_TYPES), (result, RESULT_EVENT_TYPES)):
+        where = "config.config" if types is CONFIG_TYPES else (event or {}).get("event")
+        if isinstance(event, dict) and (problem := type_problem(event, types, where)):
+            raise LogError(f"{events_path}: {problem}")
     if config:
         log.track = config.get("track")
         log.config = config.get("config") or {}

@@ -32,7 +32,8 @@ from typing import Iterable
 import pandas as pd
 from filelock import FileLock
 
-from harness.runlog import finite_or_none, iter_json_lines  # submit, verify and compare import finite_or_none here
+from harness.runlog import finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, type_problem
+# (submit, verify and compare import finite_or_none from here)
 from harness.snapshot import REPO_ROOT
 
 SCHEMA = 1  # of a runs.jsonl row
@@ -48,6 +49,19 @@ ROW_FIELDS = (
     "target_val_loss", "train_time_ms", "returncode", "script", "nproc", "wall_s", "stop_at_target",
     "origin", "source", "log_sha256", "seed_env",
 )
+# The JSON type of each row field, as the readers (leaderboard, submit, compare) expect it. A field of
+# another type is reported ("<file>:<line>: <field> is ..."), and read as missing; the row stays.
+ROW_TYPES = {
+    "timestamp": "string|null", "track": "string|null", "name": "string|null", "git_commit": "string|null",
+    "git_dirty": "boolean|null", "code_hash": "string|null", "hardware": "string|null", "torch": "string|null",
+    "triton": "string|null", "cuda": "string|null", "python": "string|null", "seed": "integer|null",
+    "overrides": "array|null", "time_to_target_ms": "number|null", "steps": "integer|null", "tokens": "integer|null",
+    "final_val_loss": "number|null", "reached_target": "boolean|null", "status": "string|null",
+    "run_dir": "string|null", "target_val_loss": "number|null", "train_time_ms": "number|null",
+    "returncode": "integer|null", "script": "string|null", "nproc": "integer|null", "wall_s": "number|null",
+    "stop_at_target": "boolean|null", "origin": "string|null", "source": "string|null", "log_sha256": "string|null",
+    "seed_env": "string|null",
+}
 
 
 # What harness.submit, harness.leaderboard and harness.verify read from a record.json: each key
@@ -66,8 +80,12 @@ RECORD_KEYS = {
     "stats.previous.speedup": "object", "stats.previous.speedup.ratio": "number|null",
     "stats.previous.speedup.ci95": "array", "stats.previous.p_welch_faster": "number|null",
 }
-_JSON_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
-               "null": type(None)}
+
+
+# Each run's figures in a record.json (runs[i]), as statistics.md renders them.
+RECORD_RUN_TYPES = {"seed": "integer|null", "final_val_loss": "number|null", "time_ms": "number|null",
+                    "time_to_target_ms": "number|null", "train_time_ms": "number|null", "steps": "integer|null",
+                    "tokens": "integer|null"}
 
 
 class RecordsError(ValueError):
@@ -152,6 +170,10 @@ def _read_rows(records_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
             elif row.get("schema") != SCHEMA:
                 problems.append(f"{path}:{lineno}: skipped line with schema {row.get('schema')!r} (expected {SCHEMA})")
             else:
+                while problem := type_problem(row, ROW_TYPES, "row"):
+                    key = problem.split(" ", 1)[0].removeprefix("row.")
+                    problems.append(f"{path}:{lineno}: {problem.removeprefix('row.')}; read as missing")
+                    row[key] = None
                 row["line"] = lineno
                 rows.append(row)
     except OSError as exc:
@@ -202,25 +224,11 @@ def row_run_dir(row: dict) -> Path:
 # Record folders
 
 
-def _is(value, types: str) -> bool:
-    """Whether a JSON value has one of the types 'string|null|...' (a bool is not a number)."""
-    return any(isinstance(value, _JSON_TYPES[t]) and not isinstance(value, bool)
-               for t in types.split("|") if t != "absent")
-
-
-def _json_type(value) -> str:
-    """'a string', 'an object', 'null', ...: what a JSON value is, for a message."""
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else "a boolean"
-    name = next((t for t, cls in _JSON_TYPES.items() if isinstance(value, cls)), type(value).__name__)
-    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
-
-
 def record_problem(record) -> str | None:
     """What makes a parsed record.json unusable (one line), or None: a key of RECORD_KEYS missing or
     of the wrong type, another schema, a run without a run_id, a speedup interval that is not a pair."""
     if not isinstance(record, dict):
-        return f"not a JSON object but {_json_type(record)}"
+        return f"not a JSON object but {json_type_name(record)}"
     for key, types in RECORD_KEYS.items():
         holder = record
         *parents, leaf = key.split(".")
@@ -231,8 +239,8 @@ def record_problem(record) -> str | None:
         if leaf not in holder:
             if "absent" not in types.split("|"):
                 return f"{key} missing"
-        elif not _is(holder[leaf], types):
-            return f"{key} is {_json_type(holder[leaf])}, expected {types.replace('|absent', '').replace('|', ' or ')}"
+        elif not is_json_type(holder[leaf], types):
+            return f"{key} is {json_type_name(holder[leaf])}, expected {types.replace('|absent', '').replace('|', ' or ')}"
     if record["schema"] == 1:
         return (f"schema 1 (this harness reads schema {RECORD_SCHEMA}: schema 1 timed a run at its first validation "
                 "at or below the target, not at its final one; submit its runs again)")
@@ -241,9 +249,11 @@ def record_problem(record) -> str | None:
     for i, run in enumerate(record["runs"]):
         if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
             return f"runs[{i}] has no run_id"
+        if problem := type_problem(run, RECORD_RUN_TYPES, f"runs[{i}]"):
+            return problem
     previous = record["stats"].get("previous")
     if previous and (len(previous["speedup"]["ci95"]) != 2
-                     or not all(_is(x, "number|null") for x in previous["speedup"]["ci95"])):
+                     or not all(is_json_type(x, "number|null") for x in previous["speedup"]["ci95"])):
         return "stats.previous.speedup.ci95 is not a pair of numbers"
     return None
 
@@ -258,6 +268,8 @@ def _read_record(path: Path) -> tuple[dict | None, str | None]:
         return None, f"cannot read ({exc.strerror or exc})"
     except ValueError as exc:  # not JSON, or not UTF-8
         return None, f"not valid JSON ({exc})"
+    if key := nonfinite_key(record):  # Python reads NaN and Infinity; JSON has neither, and submit writes null
+        return None, f"{key} is NaN or Infinity, not a JSON number"
     problem = record_problem(record)
     if problem:
         return None, problem

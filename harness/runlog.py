@@ -98,6 +98,48 @@ def divergence(val_losses, train_losses, vocab_size: int | None, finished: bool 
     return None
 
 
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "boolean": bool,
+               "null": type(None)}
+
+
+def is_json_type(value, types: str) -> bool:
+    """Whether a parsed JSON value has one of the types 'string|null|...' ("absent" is ignored here; a
+    boolean is only a boolean, never an integer or a number)."""
+    return any(isinstance(value, bool) if t == "boolean" else isinstance(value, _JSON_TYPES[t]) and not isinstance(value, bool)
+               for t in types.split("|") if t != "absent")
+
+
+def json_type_name(value) -> str:
+    """'a string', 'an object', 'null', ...: what a JSON value is, for a message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    name = next((t for t, cls in _JSON_TYPES.items() if isinstance(value, cls)), type(value).__name__)
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def type_problem(obj: dict, types: dict[str, str], where: str) -> str | None:
+    """The first key of obj whose value is not of its JSON type in `types` (absent keys are fine), as
+    '<where>.<key> is a string, expected a number or null'; None when all are."""
+    for key, allowed in types.items():
+        if key in obj and not is_json_type(obj[key], allowed):
+            return f"{where}.{key} is {json_type_name(obj[key])}, expected {allowed.replace('|absent', '').replace('|', ' or ')}"
+    return None
+
+
+def nonfinite_key(value, where: str = "") -> str | None:
+    """The dotted key of the first NaN or infinity in a parsed JSON value (Python's json reads them), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "the value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = nonfinite_key(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."))
+        if found:
+            return found
+    return None
+
+
 class EventLog:
     """Append-only JSON-lines writer for one run directory (rank 0 only)."""
 

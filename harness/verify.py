@@ -110,6 +110,9 @@ def verify(folder: str | Path) -> list[str]:
         logs.append(log)
     if not logs:
         return problems + [f"{runs_dir}: no readable runs"]
+    if len(logs) < len(run_dirs):  # figures from some of the runs would differ everywhere: say it once
+        return problems + [f"{folder / RECORD_FILE}: statistics not recomputed: {len(run_dirs) - len(logs)} of "
+                           f"{len(run_dirs)} runs cannot be read (above)"]
 
     # Statistics.
     stats_found = record["stats"]

@@ -91,8 +91,12 @@ def _as_directory(path: Path):
     (_edit(lambda r: r.update(schema=3)), "schema 3 (this harness reads schema 2)"),
     (_edit(lambda r: r.update(schema=1)), "schema 1 (this harness reads schema 2: schema 1 timed a run at its first"),
     (_edit(lambda r: r.pop("name")), "name missing"),
+    (_edit(lambda r: r["stats"]["time_ms"].update(std=float("nan"))), "stats.time_ms.std is NaN or Infinity"),
+    (_edit(lambda r: r["stats"]["final_val_loss"].update(mean=float("inf"))), "stats.final_val_loss.mean is NaN or"),
+    (_edit(lambda r: r["runs"][1].update(time_ms="80.1")), "runs[1].time_ms is a string, expected number or null"),
+    (_edit(lambda r: r["runs"][0].update(seed=[1])), "runs[0].seed is an array, expected integer or null"),
 ], ids=["not-json", "a-folder", "not-an-object", "no-target", "mean-not-a-number", "previous-without-folder",
-        "other-schema", "first-crossing-schema", "no-name"])
+        "other-schema", "first-crossing-schema", "no-name", "nan", "infinity", "run-time-a-string", "seed-a-list"])
 def test_damaged_record_json_is_one_line_everywhere(world, records, tmp_path, capsys, damage, why):
     folder = baseline(records)
     damage(folder / RECORD_FILE)
@@ -266,3 +270,31 @@ def test_concurrent_submits_of_the_same_runs_make_one_record(world, records, tmp
     refusal = (tmp_path / loser).read_text()
     assert refusal.startswith("1\nrefused: ") and "not significantly faster than the current record" in refusal
     assert f"_{winner}" in refusal, refusal
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda e: e.update(config="x"), "config.config is a string, expected object or null"),
+    (lambda e: e["config"].update(seed="0"), "config.config.seed is a string, expected integer or null"),
+    (lambda e: e.update(track=5), "config.track is an integer, expected string or null"),
+], ids=["config-a-string", "seed-a-string", "track-a-number"])
+def test_wrongly_typed_events_config_is_one_line_everywhere(world, records, tmp_path, capsys, change, field):
+    folder = baseline(records)
+    events = folder / "runs" / world["base"][0] / "events.jsonl"
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    change(next(e for e in lines if e["event"] == "config"))
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    expected = f"{events}: {field}"
+
+    rc, err = submit_fast(world, records, capsys)
+    assert rc == 1 and expected in one_line(err)
+
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == expected and out[1].endswith("statistics not recomputed: 1 of 2 runs cannot be read (above)")
+
+    argv = ["--logs", f"old={folder / 'runs'}", f"new={','.join(world['fast'])}", "--no-plot", "--records", str(records)]
+    assert compare.main(argv) == 1
+    assert expected in one_line(capsys.readouterr().err)
+
+    assert leaderboard.main(["--records", str(records), "--out", str(tmp_path / "lb.md")]) == 0
+    assert expected in capsys.readouterr().err and "## cpu-tiny" in (tmp_path / "lb.md").read_text()
