@@ -59,7 +59,7 @@ ROW_TYPES = {
     "final_val_loss": "number|null", "reached_target": "boolean|null", "status": "string|null",
     "run_dir": "string|null", "target_val_loss": "number|null", "train_time_ms": "number|null",
     "returncode": "integer|null", "script": "string|null", "nproc": "integer|null", "wall_s": "number|null",
-    "stop_at_target": "boolean|null", "origin": "string|null", "source": "string|null", "log_sha256": "string|null",
+    "stop_at_target": "boolean|integer|null", "origin": "string|null", "source": "string|null", "log_sha256": "string|null",
     "seed_env": "string|null",
 }
 
