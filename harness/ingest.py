@@ -53,7 +53,7 @@ from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
                           parse_step_line, parse_text, printed_tolerance)
 from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line, runs_lock
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
+from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog, read_regular
 from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
@@ -287,7 +287,7 @@ def check_against_log(log: RunLog) -> list[str]:
     path, events_path = run_dir / CONSOLE_FILE, run_dir / EVENTS_FILE
     foreign = log.origin is not None
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except FileNotFoundError:
         return [f"{path}: missing (the log this run was read from)"] if foreign else []
     except OSError as exc:
@@ -368,7 +368,7 @@ def known_logs(records_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]
             continue
         path = Path(row["run_dir"]) / CONSOLE_FILE
         try:
-            identity = log_identity(path.read_text(encoding="utf-8", errors="replace"))
+            identity = log_identity(read_regular(path).decode("utf-8", errors="replace"))
         except OSError:  # a run directory moved or removed: nothing to compare with
             continue
         source = row.get("source") if isinstance(row.get("source"), str) else str(path)
@@ -384,7 +384,7 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
     from harness.run import build_row
 
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except OSError as exc:
         raise IngestError(f"{path}: cannot read ({exc.strerror or exc})") from None
     parsed = parse_log_bytes(data, str(path))

@@ -38,7 +38,8 @@ from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, divergence, last_event, read_events, type_problem
+from harness.runlog import (CONSOLE_FILE, EVENTS_FILE, divergence, last_event, read_events, read_regular,
+                            type_problem)
 from harness.snapshot import embedded_code_hash
 from harness.tracks import FINEWEB_TARGET as DEFAULT_TARGET  # the loss a run must reach, for logs that state none
 
@@ -316,7 +317,7 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
 def parse_log_file(path: str | os.PathLike) -> RunLog:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_regular(path).decode("utf-8", errors="replace")
     except FileNotFoundError:
         raise LogError(f"{path}: no such log file") from None
     except OSError as exc:
@@ -393,7 +394,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
     console = run_dir / CONSOLE_FILE
     if console.exists():
         try:
-            text = console.read_text(encoding="utf-8", errors="replace")
+            text = read_regular(console).decode("utf-8", errors="replace")
         except OSError as exc:
             raise LogError(f"{console}: cannot read ({exc.strerror or exc})") from None
         for line in text.splitlines():

@@ -164,7 +164,7 @@ def _read_rows(records_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
     if not path.exists():
         return rows, problems
     try:
-        for lineno, row in iter_json_lines(path, problems):
+        for lineno, row in iter_json_lines(path, problems, limit=None):  # a runs log grows without bound
             if not isinstance(row, dict) or not isinstance(row.get("run_id"), str) or not row["run_id"]:
                 problems.append(f"{path}:{lineno}: skipped line without a run_id")
             elif row.get("schema") != SCHEMA:

@@ -37,9 +37,11 @@ finished line readable; a reader skips (and reports) a torn last line instead of
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -157,19 +159,46 @@ class EventLog:
         self._file.close()
 
 
-def iter_json_lines(path: str | os.PathLike, problems: list[str]) -> Iterator[tuple[int, object]]:
+MAX_LOG_BYTES = 64 * 2**20  # a training log or events file read whole: far above a real one (a 2000-step
+# modded-nanogpt log with its code is under 1 MB; our train.log and events.jsonl take ~200 bytes a step)
+
+
+def read_regular(path: str | os.PathLike, limit: int | None = MAX_LOG_BYTES) -> bytes:
+    """A regular file's bytes; never blocks on a FIFO or reads a device without end. Raises OSError, whose
+    strerror says why, for a FIFO, a device or a socket, a folder (EISDIR), or a file over `limit` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, without waiting for a writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket); logs are read from "
+                          "regular files only", str(path))
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes, more than any training log", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def iter_json_lines(path: str | os.PathLike, problems: list[str],
+                    limit: int | None = MAX_LOG_BYTES) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) of each non-blank line of a JSON-lines file. A line that is not JSON
     (a torn last line, say) is skipped and reported in `problems` as "<file>:<line>: skipped damaged line (...)"."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                problems.append(f"{path}:{lineno}: skipped damaged line ({exc})")
-                continue
-            yield lineno, value
+    text = read_regular(path, limit).decode("utf-8", errors="replace")
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            problems.append(f"{path}:{lineno}: skipped damaged line ({exc})")
+            continue
+        yield lineno, value
 
 
 def read_events(path: str | os.PathLike) -> tuple[list[dict], list[str]]:

@@ -478,3 +478,40 @@ def test_a_run_stuck_at_uniform_guessing_with_an_ok_result_is_diverged(tmp_path)
     events.close()
     log = load_run(run)
     assert log.status == "diverged" and "train loss 3.3e+07 is above 2 x ln(vocab 50304)" in log.divergence
+
+
+def _cli(module: str, *args, timeout: float = 60):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)  # a read that blocks on a FIFO fails the test here, not the suite
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_fifo_or_a_device_given_as_a_log_is_refused_in_one_line(where, tmp_path, kind):
+    import os
+
+    if kind == "fifo":
+        bad = tmp_path / "log.txt"
+        os.mkfifo(bad)
+    else:
+        bad = Path("/dev/zero")
+    good = write(tmp_path / "logs", "good.txt", modded_log())
+    proc = _cli("harness.ingest", "--track", "modded-nanogpt", "--name", "n", "--records", where["records"],
+                "--runs-dir", where["runs"], bad, good)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"skipped: {bad}: cannot read (not a regular file (a FIFO, device or socket)" in proc.stderr, proc.stderr
+    assert len(rows(where)) == 1
+
+    proc = _cli("harness.compare", "--logs", f"a={bad}", "--no-plot")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "not a regular file" in proc.stderr
+
+    run_dir = Path(rows(where)[0]["run_dir"])  # a run folder whose train.log is not a file: named, not read
+    (run_dir / "train.log").unlink()
+    if kind == "fifo":
+        os.mkfifo(run_dir / "train.log")
+    else:
+        (run_dir / "train.log").symlink_to("/dev/zero")
+    proc = _cli("harness.compare", "--logs", f"a={run_dir}", "--no-plot")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and f"{run_dir / 'train.log'}" in proc.stderr
