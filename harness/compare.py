@@ -46,6 +46,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from harness.cli import finite_float, run_cli
 from harness import stats
 from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run, load_runs
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
@@ -418,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--logs", type=parse_logs_arg, nargs="+", action="extend", default=[], metavar="NAME=PATH",
                         help="logs mode: a log, a folder of logs or run dirs, or run ids a,b,c; "
                         "the first is the baseline")
-    parser.add_argument("--target", type=float, default=None,
+    parser.add_argument("--target", type=finite_float, default=None,
                         help="target val loss (default: the one the runs state; for logs that state none, "
                         f"--track's, else the FineWeb speedrun's {DEFAULT_TARGET})")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
@@ -498,4 +499,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -567,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("inspect", help="validate shards, print token and document counts")
     p.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
+    if args.command != "inspect" and args.dir.exists() and not args.dir.is_dir():
+        parser.error(f"--dir {args.dir}: not a folder")
 
     try:
         if args.command == "shakespeare":

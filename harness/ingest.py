@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from harness.cli import finite_float, run_cli
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
                           parse_step_line, parse_text, printed_tolerance)
@@ -459,14 +460,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--track", required=True, help="the track the runs are recorded on, e.g. modded-nanogpt")
     parser.add_argument("--name", required=True, help="name stored with each run")
-    parser.add_argument("--target", type=float, default=None,
+    parser.add_argument("--target", type=finite_float, default=None,
                         help="target val loss (default: the log's own, else the track's, else 3.28)")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (runs.jsonl inside)")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run directories go (default runs/)")
     parser.add_argument("inputs", nargs="+", metavar="LOG_OR_DIR", help="log files, or folders of *.txt / *.log")
     args = parser.parse_args(argv)
-    if args.target is not None and not math.isfinite(args.target):
-        parser.error(f"--target {args.target}: expected a finite number")
     try:
         check_name("track", args.track)
         rows, problems = ingest(args.inputs, track=args.track, name=args.name, target=args.target,
@@ -484,4 +483,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from harness.cli import run_cli
 from harness.logs import LogError, load_runs
 from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
 
@@ -263,4 +264,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

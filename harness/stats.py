@@ -35,6 +35,8 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from harness.cli import finite_float, run_cli
+
 CONFIDENCE = 0.95
 ALPHA = 0.01  # the record rule's significance, for the loss and for the time
 POWER = 0.8  # for runs_needed_*: the chance that a set of that size passes, at the effect observed
@@ -292,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     sub = parser.add_subparsers(dest="command", required=True)
     loss = sub.add_parser("loss", help="the loss rule on final val losses (numbers, or stdin)")
-    loss.add_argument("--target", type=float, default=3.28, help="target val loss (default 3.28)")
+    loss.add_argument("--target", type=finite_float, default=3.28, help="target val loss (default 3.28)")
     loss.add_argument("values", nargs="*", metavar="LOSS")
     times = sub.add_parser("times", help="a candidate's times against a baseline's: speedup, difference, Welch")
     times.add_argument("--baseline", nargs="+", required=True, metavar="T")
@@ -310,4 +312,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -40,6 +40,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from harness.cli import run_cli
 from harness import stats
 from harness.ingest import check_against_log
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run
@@ -447,4 +448,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

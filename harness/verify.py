@@ -23,9 +23,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from harness.cli import run_cli
 from harness.ingest import check_against_log
 from harness.logs import LogError, load_run
 from harness.records import RECORD_FILE, RecordsError, finite_or_none, os_error_line, read_record
+from harness.runlog import EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.submit import render_statistics, statistics
 
@@ -96,6 +98,9 @@ def verify(folder: str | Path) -> list[str]:
         problems.append(f"{runs_dir}: expected the runs of record.json {listed}, found {[p.name for p in run_dirs]}")
     logs = []
     for run_dir in run_dirs:
+        if not (run_dir / EVENTS_FILE).exists():  # a record keeps each run's events; its train.log alone is not the run
+            problems.append(f"{run_dir / EVENTS_FILE}: missing")
+            continue
         try:
             log = load_run(run_dir)
         except LogError as exc:
@@ -171,4 +176,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

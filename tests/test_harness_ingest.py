@@ -130,7 +130,7 @@ def test_a_log_of_another_track_is_named(where, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--track", "a b", "--name", "n", "x.txt"], "track 'a b': use 1-80 letters"),
-    (["--track", "t", "--name", "n", "--target", "inf", "x.txt"], "--target inf: expected a finite number"),
+    (["--track", "t", "--name", "n", "--target", "inf", "x.txt"], "argument --target: 'inf' is not a finite number"),
     (["--track", "t", "x.txt"], "the following arguments are required: --name"),
 ], ids=["track", "target", "no-name"])
 def test_bad_arguments_are_one_line(where, argv, message, capsys):

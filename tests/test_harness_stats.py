@@ -148,3 +148,40 @@ def test_small_samples_give_nan_not_errors():
     assert math.isnan(stats.mean_difference([1.0], [2.0]).ci_low)
     with pytest.raises(ValueError, match="positive"):
         stats.speedup([0.0, 1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("target", ["nan", "inf", "-inf"])
+def test_a_target_that_is_not_finite_is_refused(target, capsys):
+    from harness import compare
+
+    for main, argv in ((stats.main, ["loss", f"--target={target}", "3.27", "3.26"]),
+                       (compare.main, ["--logs", "a=x.txt", f"--target={target}"])):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].endswith(f"argument --target: '{target}' is not a finite number")
+
+
+def test_a_reader_that_stops_reading_gets_no_traceback(tmp_path):
+    """`python -m harness.X ... | head -1`: every command that prints tables ends quietly when stdout closes."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a.txt").write_text("step:0/2 val_loss:10.8 train_time:0ms\nstep:2/2 val_loss:3.2 train_time:10ms\n")
+    (tmp_path / "b.txt").write_text("step:0/2 val_loss:10.8 train_time:0ms\nstep:2/2 val_loss:3.3 train_time:12ms\n")
+    commands = [["harness.stats", "loss", "3.27", "3.26", "3.25"],
+                ["harness.compare", "--logs", f"a={tmp_path}", "--no-plot"],
+                ["harness.leaderboard", "--records", str(tmp_path), "--out", str(tmp_path / "lb.md")],
+                ["harness.verify", str(tmp_path)]]
+    for argv in commands:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first line: every write fails with EPIPE
+        try:
+            proc = subprocess.run([sys.executable, "-m", *argv], stdout=write, stderr=subprocess.PIPE, text=True,
+                                  timeout=120)
+        finally:
+            os.close(write)
+        assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, (argv, proc.stderr)
+        assert proc.returncode == 1, (argv, proc.returncode, proc.stderr)

@@ -65,3 +65,13 @@ def test_record_json_figures_are_compared_as_numbers(where, tmp_path, capsys):
     capsys.readouterr()
     assert verify.main([str(copy / folder.name)]) == 1
     assert "record.json: stats.time_ms.mean: expected" in capsys.readouterr().out
+
+
+def test_a_missing_events_file_is_named(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    events = folder / "runs" / "0x1f" / "events.jsonl"
+    events.unlink()
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{events}: missing" and "statistics not recomputed: 1 of 4 runs cannot be read" in out[1]
