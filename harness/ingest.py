@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness.cli import finite_float, run_cli
+from harness.files import clean_stale_temps, temp_path
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
                           parse_step_line, parse_text, printed_tolerance)
@@ -407,7 +408,8 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
         target = ours.get("target_val_loss") if ours.get("target_val_loss") is not None else default_target(track)
     run_id = new_run_id(track, path)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    final, tmp = runs_dir / run_id, runs_dir / f".{run_id}.tmp-{os.getpid()}"
+    final = runs_dir / run_id
+    tmp = temp_path(final)
     source = str(path.resolve())
     try:
         write_run_files(tmp, parsed, track=track, target=target, seed=ours.get("seed"), status=parsed.log.status,
@@ -438,6 +440,7 @@ def ingest(inputs: Sequence[str | os.PathLike], *, track: str, name: str, target
     files, problems = log_files(inputs)
     rows = []
     with runs_lock(records_dir):  # the check (is this run in already?) and the append are one step
+        clean_stale_temps(runs_dir)  # run folders a killed ingest left half-written
         known, damaged = known_logs(records_dir)
         for line in damaged:
             print(f"warning: {line}", file=sys.stderr)

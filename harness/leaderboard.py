@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
 from harness.cli import run_cli
+from harness.files import atomic_file, clean_stale_temps, write_atomic
 from harness.logs import LogError, load_runs
 from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
 
@@ -57,17 +57,6 @@ def _table(rows: list[dict]) -> str:
 
 def _mean_std(summary: dict, scale: float, spec: str) -> str:
     return f"{_fmt(summary.get('mean'), spec, scale=scale)} ± {_fmt(summary.get('std'), spec, scale=scale)}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,13 +178,10 @@ def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) 
             ax_loss.grid(alpha=0.3)
             ax_loss.legend(fontsize=8)
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
         try:
-            fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-            os.replace(tmp, path)
+            with atomic_file(path) as f:
+                fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
         finally:
-            Path(tmp).unlink(missing_ok=True)
             plt.close(fig)
 
 
@@ -207,6 +193,8 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
     """Write the leaderboard page (and its plot when there are records); return the page's path."""
     records_dir = Path(records_dir).resolve()
     out = Path(out) if out is not None else default_out(records_dir)
+    for folder in {records_dir, out.resolve().parent}:  # what a killed render left behind
+        clean_stale_temps(folder)
     records, problems = list_records(records_dir)
     runs, run_problems = load_records(records_dir)
     for p in problems + run_problems:
@@ -243,7 +231,7 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
         if len(track_runs):
             lines += [f"### Recent runs (last {RECENT_RUNS})", "", recent_runs_table(track_runs), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, "\n".join(lines).rstrip("\n").encode() + b"\n")
+    write_atomic(out, "\n".join(lines).rstrip("\n").encode() + b"\n")
     return out
 
 

@@ -41,6 +41,7 @@ from typing import Sequence
 import pandas as pd
 
 from harness.cli import run_cli
+from harness.files import clean_stale_temps, temp_path
 from harness import stats
 from harness.ingest import check_against_log
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run
@@ -361,8 +362,8 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
     crash leaves either no record folder or a whole one, never one with empty files.
     """
     final = records_dir / record["folder"]
-    tmp = records_dir / f".{record['folder']}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    clean_stale_temps(records_dir)  # what a killed submit left behind
+    tmp = temp_path(final)
     try:
         shutil.copytree(Path(logs[0].source) / SNAPSHOT_DIR, tmp / SNAPSHOT_DIR)
         for log in logs:

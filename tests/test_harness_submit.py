@@ -298,3 +298,28 @@ def test_wrongly_typed_events_config_is_one_line_everywhere(world, records, tmp_
 
     assert leaderboard.main(["--records", str(records), "--out", str(tmp_path / "lb.md")]) == 0
     assert expected in capsys.readouterr().err and "## cpu-tiny" in (tmp_path / "lb.md").read_text()
+
+
+def test_pages_get_the_umask_s_mode_and_killed_writers_leave_nothing(world, records, tmp_path, capsys):
+    import stat
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a writer killed mid-write: its pid runs no more
+    stale = [records / f".leaderboard.png.tmp-{proc.pid}-0123abcd", tmp_path / f".lb.md.tmp-{proc.pid}-0123abcd"]
+    for path in stale:
+        path.write_bytes(b"half")
+    stale_record = records / f".2026-01-01_fast.tmp-{proc.pid}-0123abcd"
+    (stale_record / "runs").mkdir(parents=True)
+    old = os.umask(0o022)
+    try:
+        assert leaderboard.main(["--records", str(records), "--out", str(tmp_path / "lb.md")]) == 0
+        rc, err = submit_fast(world, records, capsys)
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    for page in (tmp_path / "lb.md", records / "leaderboard.png"):
+        assert stat.S_IMODE(page.stat().st_mode) == 0o644, page
+    assert not any(p.exists() for p in [*stale, stale_record])
+    assert not [p for p in records.iterdir() if ".tmp-" in p.name]
