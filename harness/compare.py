@@ -3,7 +3,7 @@
 How a run counts (the convention of every NanoGPT speedrun record): a run's time is the train time
 of its final validation, whether or not that run ended below the target; every finished run
 counts; runs go their full schedule; the target is certified over the set by the loss rule, a
-one-sided one-sample t-test that the mean final val loss is below it, p < 0.01. The first
+one-sided one-sample t-test that the mean final val loss is below it, p < stats.ALPHA (0.01). The first
 validation at or below the target is shown too, labelled as such, never as the headline time.
 
 Run mode: each variant is NAME=SPEC, SPEC being trainer overrides and optionally script=PATH; the
@@ -48,6 +48,7 @@ import pandas as pd
 
 from harness.cli import finite_float, run_cli
 from harness import stats
+from harness.stats import fmt
 from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run, load_runs
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
 from harness.tracks import track_target
@@ -222,8 +223,7 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
     for v in variants:
         times, losses = _times(v), _losses(v)
         crossings = [_seconds(log.time_to_target(target)) for log in v.logs]
-        time_s, loss = stats.describe(times), stats.describe(losses)
-        p_loss = stats.p_mean_below(losses, target)
+        time_s, rule = stats.describe(times), stats.loss_rule(losses, target)
         entry = {
             "name": v.name,
             "n": len(v.logs),
@@ -231,10 +231,10 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
             "skipped_status": dict(Counter(v.skipped_status)),
             "notes": v.notes,
             "time_s": time_s.as_dict(),
-            "final_val_loss": loss.as_dict(),
-            "p_loss_below_target": p_loss,
-            "passes_loss_rule": None if p_loss != p_loss else bool(p_loss < stats.ALPHA),  # None: n < 2, no test
-            "runs_needed_loss_rule": stats.runs_needed_loss(loss.mean, loss.std, target),
+            "final_val_loss": rule.losses.as_dict(),
+            "p_loss_below_target": rule.p,
+            "passes_loss_rule": rule.passes,  # None: n < 2, no test
+            "runs_needed_loss_rule": rule.runs_needed,
             "final_at_or_below_target": sum(x <= target for x in losses),
             "first_crossing_s": {**stats.describe([c for c in crossings if c is not None]).as_dict(),
                                  "reached": sum(c is not None for c in crossings)},
@@ -265,14 +265,10 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
     return finite_or_none(out)
 
 
-def _f(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def _summary_cell(s: dict, spec: str) -> str:
     if not s["n"]:
         return "—"
-    return f"{_f(s['mean'], spec)} ± {_f(s['std'], spec)} [{_f(s['ci95'][0], spec)}, {_f(s['ci95'][1], spec)}]"
+    return f"{fmt(s['mean'], spec)} ± {fmt(s['std'], spec)} [{fmt(s['ci95'][0], spec)}, {fmt(s['ci95'][1], spec)}]"
 
 
 def table(fig: dict) -> str:
@@ -287,11 +283,11 @@ def table(fig: dict) -> str:
             "n": f"{v['n']}" + (f" ({'; '.join(notes)})" if notes else ""),
             "time (s), mean ± std [95% CI]": _summary_cell(v["time_s"], ".4f"),
             "final val loss, mean ± std [95% CI]": _summary_cell(v["final_val_loss"], ".5f"),
-            f"p(loss < {fig['target']})": _f(v["p_loss_below_target"], ".4g"),
-            "loss rule (p < 0.01)": {True: "passes", False: "fails", None: "untested (n < 2)"}[v["passes_loss_rule"]],
-            "runs the loss rule needs at this mean and std (80% power)": _f(v["runs_needed_loss_rule"], "d"),
+            f"p(loss < {fig['target']})": fmt(v["p_loss_below_target"], ".4g"),
+            f"loss rule (p < {stats.ALPHA})": {True: "passes", False: "fails", None: "untested (n < 2)"}[v["passes_loss_rule"]],
+            f"runs the loss rule needs at this mean and std ({stats.POWER:.0%} power)": fmt(v["runs_needed_loss_rule"], "d"),
             "steps": ", ".join(map(str, v["steps"])) or "—",
-            "extra: first val ≤ target (s), mean": f"{_f(crossing['mean'], '.3f')} ({crossing['reached']}/{v['n']} runs)",
+            "extra: first val ≤ target (s), mean": f"{fmt(crossing['mean'], '.3f')} ({crossing['reached']}/{v['n']} runs)",
         })
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
@@ -307,12 +303,12 @@ def comparison_table(fig: dict) -> str | None:
         dlow, dhigh = vs["time_diff_ci95"]
         rows.append({
             "variant": v["name"],
-            "speedup (ratio of mean times) [95% CI]": f"{_f(vs['speedup'], '.4f')} [{_f(low, '.4f')}, {_f(high, '.4f')}]",
-            "Δ time, variant − baseline (s) [95% CI]": f"{_f(vs['time_diff_s'], '+.3f')} [{_f(dlow, '+.3f')}, {_f(dhigh, '+.3f')}]",
-            "p faster (Welch, one-sided)": _f(vs["p_time_faster"], ".2g"),
-            "p time (Welch, two-sided)": _f(vs["p_time_two_sided"], ".2g"),
-            "p loss (Welch, two-sided)": _f(vs["p_loss_two_sided"], ".2g"),
-            "runs per variant for the speedup's CI to exclude 1 (80% power)": _f(vs["runs_needed_per_variant"], "d"),
+            "speedup (ratio of mean times) [95% CI]": f"{fmt(vs['speedup'], '.4f')} [{fmt(low, '.4f')}, {fmt(high, '.4f')}]",
+            "Δ time, variant − baseline (s) [95% CI]": f"{fmt(vs['time_diff_s'], '+.3f')} [{fmt(dlow, '+.3f')}, {fmt(dhigh, '+.3f')}]",
+            "p faster (Welch, one-sided)": fmt(vs["p_time_faster"], ".2g"),
+            "p time (Welch, two-sided)": fmt(vs["p_time_two_sided"], ".2g"),
+            "p loss (Welch, two-sided)": fmt(vs["p_loss_two_sided"], ".2g"),
+            f"runs per variant for the speedup's CI to exclude 1 ({stats.POWER:.0%} power)": fmt(vs["runs_needed_per_variant"], "d"),
         })
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else None
 

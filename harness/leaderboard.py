@@ -22,6 +22,7 @@ from harness.cli import run_cli
 from harness.files import atomic_file, clean_stale_temps, write_atomic
 from harness.logs import LogError, load_runs
 from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
+from harness.stats import ALPHA, fmt
 
 PLOT_FILE = "leaderboard.png"
 RECENT_RUNS = 10
@@ -30,7 +31,7 @@ DPI = 100
 TIME_NOTE = ("A run's time is its train time at its final validation, whether or not that run ended below the "
              "target; every run of a record counts, and runs go their full schedule (the speedrun community's "
              "convention). The target is certified over the set: p is the one-sided t-test that the mean final "
-             "val loss is below the target, and a record needs p < 0.01.")
+             f"val loss is below the target, and a record needs p < {ALPHA}.")
 
 
 def default_out(records_dir: str | os.PathLike) -> Path:
@@ -43,20 +44,13 @@ def _cell(value) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
-def _fmt(value, spec: str = "", missing: str = "—", scale: float = 1) -> str:
-    """value (/ scale, for numbers) formatted; `missing` for None (JSON's null) or NaN (pandas' missing)."""
-    if value is None or (isinstance(value, float) and value != value):
-        return missing
-    return format(value if isinstance(value, str) else value / scale, spec)
-
-
 def _table(rows: list[dict]) -> str:
     cells = [{k: _cell(v) for k, v in row.items()} for row in rows]
     return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)
 
 
 def _mean_std(summary: dict, scale: float, spec: str) -> str:
-    return f"{_fmt(summary.get('mean'), spec, scale=scale)} ± {_fmt(summary.get('std'), spec, scale=scale)}"
+    return f"{fmt(summary.get('mean'), spec, scale=scale)} ± {fmt(summary.get('std'), spec, scale=scale)}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,7 +67,7 @@ def records_table(records: list[dict], link_base: str) -> str:
             "time (s)": _mean_std(s["time_ms"], 1000, ".2f"),
             "val loss": _mean_std(s["final_val_loss"], 1, ".4f"),
             "runs": f"{s['n']}" if below in (None, s["n"]) else f"{s['n']} ({below} ended at or below the target)",
-            "p (loss < target)": _fmt(s.get("p_loss_below_target"), ".2g"),
+            "p (loss < target)": fmt(s.get("p_loss_below_target"), ".2g"),
             "date": r["date"],
             "name": r["name"],
             "description": r.get("description", ""),
@@ -88,12 +82,12 @@ def history_table(records: list[dict]) -> str:
         prev = r["stats"].get("previous")
         if prev:
             sp = prev["speedup"]
-            low, high = (_fmt(x, ".3f") for x in sp["ci95"])
-            speedup = f"{_fmt(sp['ratio'], '.3f')}x (95% CI {low}–{high}) over {prev['name']}"
+            low, high = (fmt(x, ".3f") for x in sp["ci95"])
+            speedup = f"{fmt(sp['ratio'], '.3f')}x (95% CI {low}–{high}) over {prev['name']}"
         else:
             speedup = "first record (baseline)"
         rows.append({"date": r["date"], "name": r["name"],
-                     "time (s)": _fmt(r["stats"]["time_ms"]["mean"], ".2f", scale=1000),
+                     "time (s)": fmt(r["stats"]["time_ms"]["mean"], ".2f", scale=1000),
                      "speedup over previous": speedup})
     return _table(rows)
 
@@ -114,13 +108,13 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
         rows.append({
             "finished (UTC)": r.get("timestamp"),
             "run id": r["run_id"],
-            "name": _fmt(r.get("name")),
-            "status": _fmt(r.get("status")),
-            "final val loss": _fmt(r.get("final_val_loss"), ".4f"),
-            "time (s)": _fmt(r.get("train_time_ms"), ".2f", scale=1000),
+            "name": fmt(r.get("name")),
+            "status": fmt(r.get("status")),
+            "final val loss": fmt(r.get("final_val_loss"), ".4f"),
+            "time (s)": fmt(r.get("train_time_ms"), ".2f", scale=1000),
             "final ≤ target": _below(r),
-            "steps": _fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
-            "hardware": _fmt(r.get("hardware")),
+            "steps": fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
+            "hardware": fmt(r.get("hardware")),
         })
     return _table(rows)
 

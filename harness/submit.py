@@ -14,8 +14,8 @@ records/runs.jsonl), never taken from the runs log's summary. The rule (records/
   2. one track, one code hash (each snapshot's recomputed hash equals its CODE_HASH and the hash in
      its events), one resolved config apart from the seed, one hardware, one target val loss (the
      same as the track's current record's);
-  3. mean final val loss below the target: one-sided one-sample t-test, p < 0.01;
-  4. faster than the track's current record: lower mean time, one-sided Welch test p < 0.01 (the
+  3. mean final val loss below the target: one-sided one-sample t-test, p < stats.ALPHA (0.01);
+  4. faster than the track's current record: lower mean time, one-sided Welch test p < stats.ALPHA (the
      first record on a track has nothing to beat). A run's time is its train time at its final
      validation, whether or not that run ended below the target: the speedrun community's
      convention, in which the loss rule over the set, not each run, certifies the target.
@@ -43,6 +43,7 @@ import pandas as pd
 from harness.cli import run_cli
 from harness.files import clean_stale_temps, temp_path
 from harness import stats
+from harness.stats import fmt
 from harness.ingest import check_against_log
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
@@ -50,7 +51,6 @@ from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsErr
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 
-ALPHA = 0.01  # significance for both the loss rule and the speed rule
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
@@ -95,14 +95,15 @@ def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
     } for log in logs]
     times = [r["time_ms"] for r in runs]
     losses = [r["final_val_loss"] for r in runs]
+    rule = stats.loss_rule(losses, target)
     result = {
         "n": len(runs),
         "target_val_loss": target,
         "reached_target": sum(r["time_to_target_ms"] is not None for r in runs),  # at any validation
         "final_at_or_below_target": sum(r["final_val_loss"] <= target for r in runs),
         "time_ms": stats.describe(times).as_dict(),
-        "final_val_loss": stats.describe(losses).as_dict(),
-        "p_loss_below_target": stats.p_mean_below(losses, target),
+        "final_val_loss": rule.losses.as_dict(),
+        "p_loss_below_target": rule.p,
         "previous": None,
     }
     if previous is not None:
@@ -117,16 +118,11 @@ def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
     return runs, result
 
 
-def _num(x, spec: str, scale: float = 1, missing: str = "nan") -> str:
-    """x / scale formatted; `missing` for None (JSON's null) or NaN."""
-    return missing if x is None or (isinstance(x, float) and math.isnan(x)) else format(x / scale, spec)
-
-
 def _summary(summary: dict, spec: str, unit: str = "", scale: float = 1) -> str:
     """'mean X, std Y, 95% CI A .. B' of a stats.describe dict."""
     low, high = summary["ci95"]
-    return (f"mean {_num(summary['mean'], spec, scale)}{unit}, std {_num(summary['std'], spec, scale)}{unit}, "
-            f"95% CI {_num(low, spec, scale)} .. {_num(high, spec, scale)}{unit}")
+    return (f"mean {fmt(summary['mean'], spec, 'nan', scale)}{unit}, std {fmt(summary['std'], spec, 'nan', scale)}{unit}, "
+            f"95% CI {fmt(low, spec, 'nan', scale)} .. {fmt(high, spec, 'nan', scale)}{unit}")
 
 
 def render_statistics(record: dict) -> str:
@@ -139,9 +135,9 @@ def render_statistics(record: dict) -> str:
     table = pd.DataFrame([{
         "run id": r["run_id"],
         "seed": r["seed"],
-        "final val loss": _num(r["final_val_loss"], ".6f"),
-        "time (s)": _num(r["time_ms"], ".3f", 1000),
-        "first val ≤ target (s)": _num(r["time_to_target_ms"], ".3f", 1000, "never"),
+        "final val loss": fmt(r["final_val_loss"], ".6f", 'nan'),
+        "time (s)": fmt(r["time_ms"], ".3f", 'nan', 1000),
+        "first val ≤ target (s)": fmt(r["time_to_target_ms"], ".3f", "never", 1000),
         "steps": r["steps"],
     } for r in runs]).to_markdown(index=False, disable_numparse=True)
     lines = [
@@ -155,8 +151,8 @@ def render_statistics(record: dict) -> str:
         "## Runs", "", table, "",
         "## Final val loss", "",
         "- " + _summary(s["final_val_loss"], ".6f"),
-        f"- one-sided one-sample t-test, H1: mean < {target}: p = {_num(s['p_loss_below_target'], '.3e')} "
-        f"(rule: < {ALPHA})", "",
+        f"- one-sided one-sample t-test, H1: mean < {target}: p = {fmt(s['p_loss_below_target'], '.3e', 'nan')} "
+        f"(rule: < {stats.ALPHA})", "",
         "## Time (each run's train time at its final validation; every run counts)", "",
         "- " + _summary(s["time_ms"], ".3f", " s", 1000),
     ]
@@ -166,10 +162,10 @@ def render_statistics(record: dict) -> str:
         lines += [
             "", f"## Against the previous record, {prev['folder']}", "",
             f"- previous: {_summary(prev['time_ms'], '.3f', ' s', 1000)}, over {prev['time_ms']['n']} runs",
-            f"- speedup (ratio of mean times, 95% Fieller interval): {_num(sp['ratio'], '.6f')} "
-            f"(95% CI {_num(sp['ci95'][0], '.6f')} .. {_num(sp['ci95'][1], '.6f')})",
-            f"- one-sided Welch t-test, H1: faster than the previous record: p = {_num(prev['p_welch_faster'], '.3e')} "
-            f"(rule: < {ALPHA})",
+            f"- speedup (ratio of mean times, 95% Fieller interval): {fmt(sp['ratio'], '.6f', 'nan')} "
+            f"(95% CI {fmt(sp['ci95'][0], '.6f', 'nan')} .. {fmt(sp['ci95'][1], '.6f', 'nan')})",
+            f"- one-sided Welch t-test, H1: faster than the previous record: p = {fmt(prev['p_welch_faster'], '.3e', 'nan')} "
+            f"(rule: < {stats.ALPHA})",
         ]
     else:
         lines += ["", "## Against the previous record", "", "- none: the first record on this track"]
@@ -197,11 +193,11 @@ def render_readme(record: dict, overrides: list[str]) -> str:
     lines = [
         f"# {record['name']}", "", record["description"], "",
         f"- track: {record['track']}, target val loss {s['target_val_loss']}",
-        f"- time: {_num(s['time_ms']['mean'], '.2f', 1000)} ± {_num(s['time_ms']['std'], '.2f', 1000)} s "
+        f"- time: {fmt(s['time_ms']['mean'], '.2f', 'nan', 1000)} ± {fmt(s['time_ms']['std'], '.2f', 'nan', 1000)} s "
         f"over {s['n']} runs",
-        f"- final val loss: {_num(s['final_val_loss']['mean'], '.4f')} ± {_num(s['final_val_loss']['std'], '.4f')} "
-        f"(one-sided t-test that it is below the target: p = {_num(s['p_loss_below_target'], '.2e')})",
-        f"- speedup over {prev['name']}: {_num(prev['speedup']['ratio'], '.3f')}x" if prev
+        f"- final val loss: {fmt(s['final_val_loss']['mean'], '.4f', 'nan')} ± {fmt(s['final_val_loss']['std'], '.4f', 'nan')} "
+        f"(one-sided t-test that it is below the target: p = {fmt(s['p_loss_below_target'], '.2e', 'nan')})",
+        f"- speedup over {prev['name']}: {fmt(prev['speedup']['ratio'], '.3f', 'nan')}x" if prev
         else "- the first record on this track",
         f"- hardware: {record['hardware']}; versions: {versions}",
         f"- git commit: {record.get('git_commit')}; code hash: {record['code_hash']}", "",
@@ -313,16 +309,16 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
                           "repair it before submitting")
     _, s = statistics(logs, target, previous, previous_logs)
     losses = s["final_val_loss"]
-    if not s["p_loss_below_target"] < ALPHA:
+    if not stats.loss_rule([log.final_val_loss for log in logs], target).passes:
         raise Refused(f"mean final val loss {losses['mean']:.4f} is not significantly below the target {target}: "
-                      f"one-sided t-test p = {s['p_loss_below_target']:.3g} (needs < {ALPHA}, {s['n']} runs)")
+                      f"one-sided t-test p = {s['p_loss_below_target']:.3g} (needs < {stats.ALPHA}, {s['n']} runs)")
     if previous is not None:
         prev = s["previous"]
         mean, prev_mean = s["time_ms"]["mean"] / 1000, prev["time_ms"]["mean"] / 1000
-        if not (mean < prev_mean and prev["p_welch_faster"] < ALPHA):
+        if not (mean < prev_mean and prev["p_welch_faster"] < stats.ALPHA):
             raise Refused(f"mean time {mean:.3f} s is not significantly faster than the current record "
                           f"records/{previous['folder']} ({prev_mean:.3f} s): one-sided Welch p = "
-                          f"{prev['p_welch_faster']:.3g} (needs < {ALPHA})")
+                          f"{prev['p_welch_faster']:.3g} (needs < {stats.ALPHA})")
     return target, previous, previous_logs
 
 
