@@ -54,13 +54,13 @@ from harness.files import clean_stale_temps, temp_path
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
                           parse_step_line, parse_text, printed_tolerance)
-from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line, runs_lock
+from harness.records import (RECORDS_DIR, append_run, fsync_path, load_records, name_problem, os_error_line,
+                             runs_lock)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog, read_regular
 from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
 ORIGIN = "ingested"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # a track or run name: it goes into run ids and folders
 _RUNNING_PYTHON = re.compile(r"^Running Python (\S+)")
 _RUNNING_TORCH = re.compile(r"^Running PyTorch (\S+) compiled for CUDA (\S+)", re.IGNORECASE)  # "pytorch" in 2024
 _RUNNING_TRITON = re.compile(r"^Running Triton version (\S+)")
@@ -76,9 +76,9 @@ class IngestError(ValueError):
 
 
 def check_name(kind: str, name: str) -> None:
-    if not _NAME.match(name or ""):
-        raise IngestError(f"{kind} {name!r}: use 1-80 letters, digits, '.', '_' or '-', "
-                          "starting with a letter or digit")
+    """Raise IngestError where records.name_problem finds one."""
+    if problem := name_problem(kind, name):
+        raise IngestError(problem)
 
 
 # ----------------------------------------------------------------------------------------------

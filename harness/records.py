@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -86,6 +87,23 @@ RECORD_KEYS = {
 RECORD_RUN_TYPES = {"seed": "integer|null", "final_val_loss": "number|null", "time_ms": "number|null",
                     "time_to_target_ms": "number|null", "train_time_ms": "number|null", "steps": "integer|null",
                     "tokens": "integer|null"}
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+def name_problem(kind: str, name: str) -> str | None:
+    """Why `name` cannot name a track or a record (it goes into run ids and folder names), one line, or None:
+    1-80 letters, digits, '.', '_' or '-', starting with a letter or digit."""
+    if not name:
+        return f"{kind} is empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"{kind} {name!r} contains control characters"
+    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        return f"{kind} {name!r} could leave records/ or runs/ ('/', '\\', '..' or a leading '.')"
+    if not _NAME.match(name):
+        return f"{kind} {name!r}: use 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    return None
 
 
 class RecordsError(ValueError):

@@ -31,7 +31,6 @@ import datetime as dt
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import sys
@@ -47,11 +46,10 @@ from harness.stats import fmt
 from harness.ingest import check_against_log
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
-                             fsync_path, list_records, os_error_line, row_run_dir, runs_lock)
+                             fsync_path, list_records, name_problem, os_error_line, row_run_dir, runs_lock)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
 class Refused(Exception):
@@ -59,15 +57,9 @@ class Refused(Exception):
 
 
 def check_name(name: str, records_dir: Path) -> None:
-    if not name:
-        raise Refused("record name is empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise Refused(f"record name {name!r} contains control characters")
-    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
-        raise Refused(f"record name {name!r} could leave records/ ('/', '\\', '..' or a leading '.')")
-    if not _NAME.match(name):
-        raise Refused(f"record name {name!r}: use 1-80 letters, digits, '.', '_' or '-', "
-                      "starting with a letter or digit")
+    """A record name records.name_problem accepts, not taken by a record folder yet. Raises Refused."""
+    if problem := name_problem("record name", name):
+        raise Refused(problem)
     taken = sorted(p.name for p in Path(records_dir).glob(f"*_{name}")
                    if p.is_dir() and p.name.split("_", 1)[1] == name)
     if taken:
