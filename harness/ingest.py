@@ -54,8 +54,8 @@ from harness.files import clean_stale_temps, temp_path
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
                           parse_step_line, parse_text, printed_tolerance)
-from harness.records import (RECORDS_DIR, append_run, fsync_path, load_records, name_problem, os_error_line,
-                             runs_lock)
+from harness.records import (RECORDS_DIR, append_run, fsync_path, fsync_tree, load_records, name_problem,
+                             os_error_line, runs_lock)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog, read_regular
 from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
@@ -264,10 +264,7 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
         events.write("result", **result_fields(parsed, status, target, config["stop_at_target"]))
     finally:
         events.close()
-    for folder, _, files in os.walk(dest, topdown=False):  # files before the folders that list them
-        for fname in files:
-            fsync_path(Path(folder) / fname)
-        fsync_path(Path(folder))
+    fsync_tree(dest)
     return digest
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from harness.cli import run_cli
 from harness.files import atomic_file, clean_stale_temps, write_atomic
-from harness.logs import LogError, load_runs
+from harness.logs import LogError, record_runs
 from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
 from harness.stats import ALPHA, fmt
 
@@ -121,12 +121,9 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
 
 def _curves(records_dir: Path, record: dict):
     try:
-        return load_runs(records_dir / record["folder"] / "runs")
+        return record_runs(records_dir / record["folder"])
     except LogError as exc:
         print(f"leaderboard: {exc}", file=sys.stderr)
-        return []
-    except OSError as exc:
-        print(f"leaderboard: {os_error_line(exc)}", file=sys.stderr)
         return []
 
 

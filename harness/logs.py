@@ -453,3 +453,16 @@ def load_runs(path: str | os.PathLike) -> list[RunLog]:
     if not members:
         raise LogError(f"{path}: no logs (*.txt, *.log) or run directories in this folder")
     return [load_run(p) for p in members]
+
+
+def record_runs(folder: str | os.PathLike) -> list[RunLog]:
+    """The runs of a record folder (runs/<run_id>/), in run id order. Raises LogError, one line, when there
+    are none or one cannot be read."""
+    runs = Path(folder) / "runs"
+    try:
+        logs = [load_run(p) for p in sorted(runs.iterdir()) if p.is_dir()]
+    except OSError as exc:
+        raise LogError(f"{runs}: cannot read ({exc.strerror or exc})") from None
+    if not logs:
+        raise LogError(f"no run directories in {runs}")
+    return logs

@@ -44,9 +44,10 @@ from harness.files import clean_stale_temps, temp_path
 from harness import stats
 from harness.stats import fmt
 from harness.ingest import check_against_log
-from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run
+from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
-                             fsync_path, list_records, name_problem, os_error_line, row_run_dir, runs_lock)
+                             fsync_path, fsync_tree, list_records, name_problem, os_error_line, row_run_dir,
+                             runs_lock)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 
@@ -288,17 +289,11 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         if previous.get("hardware") != first.hardware_label:
             raise Refused(f"hardware {first.hardware_label} differs from the current {first.track} record's "
                           f"({previous.get('hardware')}, records/{previous['folder']}): times are not comparable")
-        prev_runs = records_dir / previous["folder"] / "runs"
         try:
-            previous_logs = [load_run(p) for p in sorted(prev_runs.iterdir()) if p.is_dir()]
-            why = None if previous_logs else f"no run directories in {prev_runs}"
+            previous_logs = record_runs(records_dir / previous["folder"])
         except LogError as exc:
-            why = str(exc)
-        except OSError as exc:
-            why = os_error_line(exc)
-        if why:
-            raise Refused(f"the current {first.track} record's runs cannot be read ({why}); "
-                          "repair it before submitting")
+            raise Refused(f"the current {first.track} record's runs cannot be read ({exc}); "
+                          "repair it before submitting") from None
     _, s = statistics(logs, target, previous, previous_logs)
     losses = s["final_val_loss"]
     if not stats.loss_rule([log.final_val_loss for log in logs], target).passes:
@@ -363,10 +358,7 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
         (tmp / "statistics.md").write_text(render_statistics(record))
         (tmp / "README.md").write_text(render_readme(record, overrides))
         (tmp / RECORD_FILE).write_text(record_json(record))
-        for folder, _, files in os.walk(tmp, topdown=False):  # files before the folders that list them
-            for fname in files:
-                fsync_path(Path(folder) / fname)
-            fsync_path(Path(folder))
+        fsync_tree(tmp)
         os.rename(tmp, final)  # fails rather than replace an existing (non-empty) folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

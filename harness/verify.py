@@ -25,7 +25,7 @@ from typing import Sequence
 
 from harness.cli import run_cli
 from harness.ingest import check_against_log
-from harness.logs import LogError, load_run
+from harness.logs import LogError, load_run, record_runs
 from harness.records import RECORD_FILE, RecordsError, finite_or_none, os_error_line, read_record
 from harness.runlog import EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
@@ -125,16 +125,10 @@ def verify(folder: str | Path) -> list[str]:
     previous, previous_logs = None, None
     if stats_found.get("previous"):
         previous = stats_found["previous"]
-        prev_runs = folder.parent / previous["folder"] / "runs"
         try:
-            previous_logs = [load_run(p) for p in sorted(prev_runs.iterdir()) if p.is_dir()]
-            why = None if previous_logs else "no run directories"
+            previous_logs = record_runs(folder.parent / previous["folder"])
         except LogError as exc:
-            why = str(exc)
-        except OSError as exc:
-            why = os_error_line(exc)
-        if why:
-            problems.append(f"{prev_runs}: the previous record's logs cannot be read ({why})")
+            problems.append(f"{folder.parent / previous['folder']}: the previous record's runs cannot be read ({exc})")
             previous = None
     runs, recomputed_stats = statistics(logs, target, previous, previous_logs)
     expected = finite_or_none({"runs": runs, "stats": recomputed_stats})
