@@ -30,8 +30,8 @@ in. Each new run id is printed on stdout, one per line; everything else goes to 
 The target is --target, else the one a log of ours states, else the track's (harness/tracks.py),
 else the FineWeb speedrun's 3.28. harness.run --cmd records a foreign trainer's log through the same
 functions (parse_log_bytes, write_run_files), and harness.submit and harness.verify re-check every
-run's train.log against the rest of its directory (check_against_log): the code at its top against
-the code hash, each validation line against its val event.
+run's train.log against the rest of its directory (harness.verify.check_against_log): the code at its
+top against the code hash, each validation line against its val event.
 """
 from __future__ import annotations
 
@@ -39,7 +39,6 @@ import argparse
 import ast
 import datetime as dt
 import hashlib
-import math
 import os
 import re
 import secrets
@@ -53,10 +52,10 @@ from harness.cli import finite_float, run_cli
 from harness.files import clean_stale_temps, temp_path
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
-                          parse_step_line, parse_text, printed_tolerance)
+                          parse_step_line, parse_text)
 from harness.records import (RECORDS_DIR, append_run, fsync_path, fsync_tree, load_records, name_problem,
                              os_error_line, runs_lock)
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog, read_regular
+from harness.runlog import CONSOLE_FILE, EventLog, read_regular
 from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
@@ -161,15 +160,6 @@ def read_facts(text: str, code: str | None) -> Facts:
     return facts
 
 
-def _token(line: str, key: str) -> str | None:
-    """The raw text of `key:VALUE` in a step line, as printed."""
-    for token in line.split()[1:]:
-        k, sep, value = token.partition(":")
-        if sep and k == key:
-            return value
-    return None
-
-
 def step_events(text: str) -> list[tuple[str, dict]]:
     """A val event per validation line (step, val_loss, train_time_ms), a step event per other step line.
     A validation line without its train time (torn) is skipped, as harness.logs skips it."""
@@ -266,62 +256,6 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
         events.close()
     fsync_tree(dest)
     return digest
-
-
-# ----------------------------------------------------------------------------------------------
-# Checking a run directory's train.log against the rest of it (harness.submit and harness.verify)
-
-
-def check_against_log(log: RunLog) -> list[str]:
-    """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field.
-
-    - For a run read from a log (meta.log_sha256): train.log's sha256 must be the one recorded.
-    - For a run whose code is its log's embedded source (meta.embedded_code): the code at the top of
-      train.log, re-extracted and hashed, must equal the run's code hash.
-    - Each validation line of train.log (step, val_loss to its printed digits, train_time to the
-      millisecond) must equal the matching val event, and there must be as many of each. A run of ours
-      whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
-    """
-    run_dir = Path(log.source)
-    path, events_path = run_dir / CONSOLE_FILE, run_dir / EVENTS_FILE
-    foreign = log.origin is not None
-    try:
-        data = read_regular(path)
-    except FileNotFoundError:
-        return [f"{path}: missing (the log this run was read from)"] if foreign else []
-    except OSError as exc:
-        return [os_error_line(exc)]
-    text, problems = data.decode("utf-8", errors="replace"), []
-    if log.log_sha256 is not None and hashlib.sha256(data).hexdigest() != log.log_sha256:
-        problems.append(f"{path}: sha256: expected {log.log_sha256} ({events_path.name} meta.log_sha256), found "
-                        f"{hashlib.sha256(data).hexdigest()}: the log was changed after the run was recorded")
-    if log.embedded_code:
-        code = embedded_code(text)
-        found = embedded_code_hash(code) if code is not None else None
-        if found != log.code_hash:
-            problems.append(f"{path}: embedded code: hashes to {found or 'nothing (no source code at its top)'}, "
-                            f"expected the run's code hash {log.code_hash} ({events_path.name} meta.code_hash)")
-    lines = [(lineno, line) for lineno, line in enumerate(text.splitlines(), 1)
-             if (f := parse_step_line(line)) and "val_loss" in f and "train_time_ms" in f]
-    if not lines and not foreign:
-        return problems
-    events = list(zip(log.val_steps, log.val_losses, log.val_times_ms))
-    if len(lines) != len(events):
-        problems.append(f"{path}: {len(lines)} validation lines, but {events_path} has {len(events)} val events")
-    for i, ((lineno, line), (step, loss, time_ms)) in enumerate(zip(lines, events)):
-        where, event = f"{path}:{lineno}", f"{events_path.name} val event {i + 1}"
-        printed_step = parse_step_line(line)["step"]
-        loss_text, time_text = _token(line, "val_loss"), _token(line, "train_time").removesuffix("ms")
-        printed_loss, printed_time = float(loss_text), float(time_text)
-        if printed_step != step:
-            problems.append(f"{where}: step: the log says {printed_step}, {event} says {step}")
-        same_loss = (math.isnan(printed_loss) and math.isnan(loss)) or \
-            abs(printed_loss - loss) <= printed_tolerance(loss_text) + 1e-9 * abs(loss)
-        if not same_loss:
-            problems.append(f"{where}: val_loss: the log says {loss_text}, {event} (step {step}) says {loss!r}")
-        if not abs(printed_time - time_ms) <= printed_tolerance(time_text) + 1e-6:
-            problems.append(f"{where}: train_time: the log says {time_text}ms, {event} (step {step}) says {time_ms!r}")
-    return problems
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ records/runs.jsonl), never taken from the runs log's summary. The rule (records/
      schedule (a run stopped at the target, --stop_at_target, is optional stopping: refused). Runs read
      from logs name no seed: they are told apart by their logs (two whose train.logs have the same
      step lines are one run taken in twice, refused: harness.logs.log_identity); every run's train.log must agree with its events and, for a run
-     taken in from a log, start with its code (harness.ingest.check_against_log); a log without its
+     taken in from a log, start with its code (harness.verify.check_against_log); a log without its
      source code is no record;
   2. one track, one code hash (each snapshot's recomputed hash equals its CODE_HASH and the hash in
      its events), one resolved config apart from the seed, one hardware, one target val loss (the
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import shlex
 import shutil
@@ -37,19 +36,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
+from harness import stats
 from harness.cli import run_cli
 from harness.files import clean_stale_temps, temp_path
-from harness import stats
 from harness.stats import fmt
-from harness.ingest import check_against_log
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
                              fsync_path, fsync_tree, list_records, name_problem, os_error_line, row_run_dir,
                              runs_lock)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
+from harness.verify import check_against_log, render_statistics, statistics
 
 
 
@@ -65,109 +62,6 @@ def check_name(name: str, records_dir: Path) -> None:
                    if p.is_dir() and p.name.split("_", 1)[1] == name)
     if taken:
         raise Refused(f"record name {name!r} is taken by records/{taken[0]}; records are never overwritten")
-
-
-def run_time_ms(log: RunLog) -> float:
-    """A run's time for the record: its train time at its final validation (every speedrun record's)."""
-    return log.time_ms
-
-
-def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
-               previous_logs: list[RunLog] | None = None) -> tuple[list[dict], dict]:
-    """(per-run figures, statistics) of a record, from its runs' logs, and the previous record's logs."""
-    logs = sorted(logs, key=lambda log: log.run_id or log.name)
-    runs = [{
-        "run_id": log.run_id or log.name,
-        "seed": log.seed,
-        "final_val_loss": log.final_val_loss,
-        "time_ms": run_time_ms(log),
-        "time_to_target_ms": log.time_to_target(target),
-        "train_time_ms": log.train_time_ms,
-        "steps": log.final_step,
-        "tokens": log.tokens,
-    } for log in logs]
-    times = [r["time_ms"] for r in runs]
-    losses = [r["final_val_loss"] for r in runs]
-    rule = stats.loss_rule(losses, target)
-    result = {
-        "n": len(runs),
-        "target_val_loss": target,
-        "reached_target": sum(r["time_to_target_ms"] is not None for r in runs),  # at any validation
-        "final_at_or_below_target": sum(r["final_val_loss"] <= target for r in runs),
-        "time_ms": stats.describe(times).as_dict(),
-        "final_val_loss": rule.losses.as_dict(),
-        "p_loss_below_target": rule.p,
-        "previous": None,
-    }
-    if previous is not None:
-        prev_times = [run_time_ms(log) for log in sorted(previous_logs, key=lambda log: log.run_id or log.name)]
-        result["previous"] = {
-            "folder": previous["folder"],
-            "name": previous["name"],
-            "time_ms": stats.describe(prev_times).as_dict(),
-            "speedup": stats.speedup(prev_times, times).as_dict(),
-            "p_welch_faster": stats.welch(times, prev_times, alternative="less"),
-        }
-    return runs, result
-
-
-def _summary(summary: dict, spec: str, unit: str = "", scale: float = 1) -> str:
-    """'mean X, std Y, 95% CI A .. B' of a stats.describe dict."""
-    low, high = summary["ci95"]
-    return (f"mean {fmt(summary['mean'], spec, 'nan', scale)}{unit}, std {fmt(summary['std'], spec, 'nan', scale)}{unit}, "
-            f"95% CI {fmt(low, spec, 'nan', scale)} .. {fmt(high, spec, 'nan', scale)}{unit}")
-
-
-def render_statistics(record: dict) -> str:
-    """statistics.md: every number of the record and the raw lists. harness.verify re-renders and compares it.
-
-    Its text is part of RECORD_SCHEMA: a change here makes verify expect the new text from old
-    records, so bump the schema and keep this renderer for records of schema 1.
-    """
-    s, runs, target = record["stats"], record["runs"], record["stats"]["target_val_loss"]
-    table = pd.DataFrame([{
-        "run id": r["run_id"],
-        "seed": r["seed"],
-        "final val loss": fmt(r["final_val_loss"], ".6f", 'nan'),
-        "time (s)": fmt(r["time_ms"], ".3f", 'nan', 1000),
-        "first val ≤ target (s)": fmt(r["time_to_target_ms"], ".3f", "never", 1000),
-        "steps": r["steps"],
-    } for r in runs]).to_markdown(index=False, disable_numparse=True)
-    lines = [
-        f"# Statistics: {record['name']} ({record['track']})", "",
-        "Recomputed from the runs' own logs (runs/<run_id>/events.jsonl) by `harness.submit`; "
-        "`python -m harness.verify` recomputes them again.", "",
-        f"- target val loss: {target}",
-        f"- runs: {s['n']} ({s['final_at_or_below_target']} ended at or below the target, "
-        f"{s['reached_target']} were at or below it at some validation)",
-        f"- code hash: {record['code_hash']}", "",
-        "## Runs", "", table, "",
-        "## Final val loss", "",
-        "- " + _summary(s["final_val_loss"], ".6f"),
-        f"- one-sided one-sample t-test, H1: mean < {target}: p = {fmt(s['p_loss_below_target'], '.3e', 'nan')} "
-        f"(rule: < {stats.ALPHA})", "",
-        "## Time (each run's train time at its final validation; every run counts)", "",
-        "- " + _summary(s["time_ms"], ".3f", " s", 1000),
-    ]
-    prev = s.get("previous")
-    if prev:
-        sp = prev["speedup"]
-        lines += [
-            "", f"## Against the previous record, {prev['folder']}", "",
-            f"- previous: {_summary(prev['time_ms'], '.3f', ' s', 1000)}, over {prev['time_ms']['n']} runs",
-            f"- speedup (ratio of mean times, 95% Fieller interval): {fmt(sp['ratio'], '.6f', 'nan')} "
-            f"(95% CI {fmt(sp['ci95'][0], '.6f', 'nan')} .. {fmt(sp['ci95'][1], '.6f', 'nan')})",
-            f"- one-sided Welch t-test, H1: faster than the previous record: p = {fmt(prev['p_welch_faster'], '.3e', 'nan')} "
-            f"(rule: < {stats.ALPHA})",
-        ]
-    else:
-        lines += ["", "## Against the previous record", "", "- none: the first record on this track"]
-    lines += [
-        "", "## Raw lists (run id order)", "",
-        f"- final_val_loss = {[r['final_val_loss'] for r in runs]!r}",
-        f"- time_ms = {[r['time_ms'] for r in runs]!r}",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def render_readme(record: dict, overrides: list[str]) -> str:

@@ -11,11 +11,11 @@ import pytest
 import scipy.stats
 
 from harness import ingest, leaderboard, submit, verify
-from harness.ingest import check_against_log
 from harness.logs import load_run, parse_log_file
 from harness.records import append_run, load_records
 from harness.run import run_one
 from harness.snapshot import EMBEDDED_CODE, snapshot_hash
+from harness.verify import check_against_log
 from helpers import CODE, HEADER, SEP, TOTAL, gpu_table, modded_log, rows, run_ingest, steps, write
 from test_harness_fakes import write_fake_trainer
 
