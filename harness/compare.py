@@ -203,7 +203,7 @@ def _seconds(ms: float | None) -> float | None:
 
 
 def _times(v: Variant) -> list[float]:
-    return [log.time_ms / 1000 for log in v.logs]
+    return [log.train_time_ms / 1000 for log in v.logs]
 
 
 def _losses(v: Variant) -> list[float]:
@@ -242,7 +242,7 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
             "stopped_early": sum(log.stopped_early for log in v.logs),
             "tokens_per_s_mean": _mean_or_none(log.tokens_per_s for log in v.logs),
             "vs_baseline": None,
-            "runs": [{"source": log.source, "time_s": _seconds(log.time_ms), "first_crossing_s": crossing,
+            "runs": [{"source": log.source, "time_s": _seconds(log.train_time_ms), "first_crossing_s": crossing,
                       "final_val_loss": log.final_val_loss, "final_step": log.final_step,
                       "planned_steps": log.total_steps, "stopped_early": log.stopped_early}
                      for log, crossing in zip(v.logs, crossings)],

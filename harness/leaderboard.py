@@ -59,12 +59,12 @@ def _mean_std(summary: dict, scale: float, spec: str) -> str:
 
 def records_table(records: list[dict], link_base: str) -> str:
     rows = []
-    for rank, r in enumerate(sorted(records, key=lambda r: (r["stats"]["time_ms"]["mean"], r["folder"])), 1):
+    for rank, r in enumerate(sorted(records, key=lambda r: (r["stats"]["train_time_ms"]["mean"], r["folder"])), 1):
         s = r["stats"]
         below = s.get("final_at_or_below_target")
         rows.append({
             "#": rank,
-            "time (s)": _mean_std(s["time_ms"], 1000, ".2f"),
+            "time (s)": _mean_std(s["train_time_ms"], 1000, ".2f"),
             "val loss": _mean_std(s["final_val_loss"], 1, ".4f"),
             "runs": f"{s['n']}" if below in (None, s["n"]) else f"{s['n']} ({below} ended at or below the target)",
             "p (loss < target)": fmt(s.get("p_loss_below_target"), ".2g"),
@@ -87,7 +87,7 @@ def history_table(records: list[dict]) -> str:
         else:
             speedup = "first record (baseline)"
         rows.append({"date": r["date"], "name": r["name"],
-                     "time (s)": fmt(r["stats"]["time_ms"]["mean"], ".2f", scale=1000),
+                     "time (s)": fmt(r["stats"]["train_time_ms"]["mean"], ".2f", scale=1000),
                      "speedup over previous": speedup})
     return _table(rows)
 
@@ -146,7 +146,7 @@ def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) 
         fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)
         for (track, records), (ax_time, ax_loss) in zip(by_track.items(), axes):
             # Records in the order they were set, one tick each (several may share a date).
-            times = [r["stats"]["time_ms"]["mean"] / 1000 for r in records]
+            times = [r["stats"]["train_time_ms"]["mean"] / 1000 for r in records]
             ax_time.step(range(len(records)), times, where="post", color="tab:blue")
             ax_time.plot(range(len(records)), times, "o", color="tab:blue")
             ax_time.set_xticks(range(len(records)), [f"{r['date']}\n{r['name']}" for r in records], fontsize=8)

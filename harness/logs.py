@@ -14,7 +14,7 @@ GPU table) is skipped. The source code a log starts with (modded-nanogpt prints 
 its kernels file, before a line of 100 '='; older logs put such a line before the code too) is kept
 as `RunLog.code`, and its hash (harness/snapshot.py's embedded_code_hash) as `RunLog.code_hash`: two
 logs of the same code have the same hash. Validation lines (those with `val_loss:`) make the loss curve; the last one
-gives the final loss, its train time and step: a run's time is that train time (`RunLog.time_ms`),
+gives the final loss, its train time and step: a run's time is that train time (`RunLog.train_time_ms`),
 the speedrun community's convention; the first validation at or below a target
 (`RunLog.time_to_target`) is an extra figure, never the headline. A text log is "ok" when its last
 validation is at the planned step M, or when it has our trainer's closing `result: ...` line (a run
@@ -118,13 +118,8 @@ class RunLog:
 
     @property
     def train_time_ms(self) -> float | None:
-        """Train time at the last validation."""
-        return self.val_times_ms[-1] if self.val_times_ms else None
-
-    @property
-    def time_ms(self) -> float | None:
         """The run's time, as every speedrun record counts it: the train time of its final validation."""
-        return self.train_time_ms
+        return self.val_times_ms[-1] if self.val_times_ms else None
 
     @property
     def stopped_early(self) -> bool:
@@ -150,7 +145,7 @@ class RunLog:
 
     def time_to_target(self, target: float | None = None) -> float | None:
         """Train time (ms) of the first validation with loss <= target; None if never reached. An extra figure:
-        a run's time is its final train time (time_ms)."""
+        a run's time is its final train time (train_time_ms)."""
         target = self.target if target is None else target
         if target is None:
             raise LogError(f"{self.source}: no target val loss known for this log; give one")

@@ -24,6 +24,7 @@ the seed). "incomplete": a log that ends before its planned last step without a 
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -38,7 +39,8 @@ from harness.runlog import finite_or_none, is_json_type, iter_json_lines, json_t
 from harness.snapshot import REPO_ROOT
 
 SCHEMA = 1  # of a runs.jsonl row
-RECORD_SCHEMA = 2  # of a record.json; 2: each run timed at its final validation, the speedup a ratio of means
+RECORD_SCHEMA = 3  # of a record.json; 2: each run timed at its final validation, the speedup a ratio of means;
+# 3: a run's time is named train_time_ms everywhere (schema 2 said time_ms in runs[] and stats, read as such)
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
@@ -73,18 +75,18 @@ RECORD_KEYS = {
     "description": "string|absent", "submitted": "string|absent", "hardware": "string|null|absent",
     "runs": "array", "stats": "object",
     "stats.n": "integer", "stats.target_val_loss": "number", "stats.final_at_or_below_target": "integer",
-    "stats.time_ms": "object", "stats.time_ms.mean": "number", "stats.time_ms.std": "number|null",
+    "stats.train_time_ms": "object", "stats.train_time_ms.mean": "number", "stats.train_time_ms.std": "number|null",
     "stats.final_val_loss": "object", "stats.final_val_loss.mean": "number|null",
     "stats.final_val_loss.std": "number|null", "stats.p_loss_below_target": "number|null",
     "stats.previous": "object|null|absent",
-    "stats.previous.folder": "string", "stats.previous.name": "string", "stats.previous.time_ms": "object",
+    "stats.previous.folder": "string", "stats.previous.name": "string", "stats.previous.train_time_ms": "object",
     "stats.previous.speedup": "object", "stats.previous.speedup.ratio": "number|null",
     "stats.previous.speedup.ci95": "array", "stats.previous.p_welch_faster": "number|null",
 }
 
 
 # Each run's figures in a record.json (runs[i]), as statistics.md renders them.
-RECORD_RUN_TYPES = {"seed": "integer|null", "final_val_loss": "number|null", "time_ms": "number|null",
+RECORD_RUN_TYPES = {"seed": "integer|null", "final_val_loss": "number|null",
                     "time_to_target_ms": "number|null", "train_time_ms": "number|null", "steps": "integer|null",
                     "tokens": "integer|null"}
 
@@ -256,6 +258,7 @@ def record_problem(record) -> str | None:
     of the wrong type, another schema, a run without a run_id, a speedup interval that is not a pair."""
     if not isinstance(record, dict):
         return f"not a JSON object but {json_type_name(record)}"
+    record = _schema_2_names(record)
     for key, types in RECORD_KEYS.items():
         holder = record
         *parents, leaf = key.split(".")
@@ -269,10 +272,10 @@ def record_problem(record) -> str | None:
         elif not is_json_type(holder[leaf], types):
             return f"{key} is {json_type_name(holder[leaf])}, expected {types.replace('|absent', '').replace('|', ' or ')}"
     if record["schema"] == 1:
-        return (f"schema 1 (this harness reads schema {RECORD_SCHEMA}: schema 1 timed a run at its first validation "
+        return (f"schema 1 (this harness reads schemas 2 and {RECORD_SCHEMA}: schema 1 timed a run at its first validation "
                 "at or below the target, not at its final one; submit its runs again)")
-    if record["schema"] != RECORD_SCHEMA:
-        return f"schema {record['schema']} (this harness reads schema {RECORD_SCHEMA})"
+    if record["schema"] not in (2, RECORD_SCHEMA):
+        return f"schema {record['schema']} (this harness reads schemas 2 and {RECORD_SCHEMA})"
     for i, run in enumerate(record["runs"]):
         if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
             return f"runs[{i}] has no run_id"
@@ -283,6 +286,21 @@ def record_problem(record) -> str | None:
                      or not all(is_json_type(x, "number|null") for x in previous["speedup"]["ci95"])):
         return "stats.previous.speedup.ci95 is not a pair of numbers"
     return None
+
+
+def _schema_2_names(record):
+    """A schema-2 record.json with its times under their one name: stats.time_ms (and the previous record's)
+    becomes train_time_ms; runs[i].time_ms, the same figure as runs[i].train_time_ms there, goes."""
+    if not isinstance(record, dict) or record.get("schema") != 2 or not isinstance(record.get("stats"), dict):
+        return record
+    record = copy.deepcopy(record)
+    for holder in (record["stats"], record["stats"].get("previous")):
+        if isinstance(holder, dict) and "time_ms" in holder and "train_time_ms" not in holder:
+            holder["train_time_ms"] = holder.pop("time_ms")
+    for run in record.get("runs") if isinstance(record.get("runs"), list) else []:
+        if isinstance(run, dict) and "train_time_ms" in run:
+            run.pop("time_ms", None)
+    return record
 
 
 def _read_record(path: Path) -> tuple[dict | None, str | None]:
@@ -297,6 +315,7 @@ def _read_record(path: Path) -> tuple[dict | None, str | None]:
         return None, f"not valid JSON ({exc})"
     if key := nonfinite_key(record):  # Python reads NaN and Infinity; JSON has neither, and submit writes null
         return None, f"{key} is NaN or Infinity, not a JSON number"
+    record = _schema_2_names(record)
     problem = record_problem(record)
     if problem:
         return None, problem

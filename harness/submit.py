@@ -80,7 +80,7 @@ def render_readme(record: dict, overrides: list[str]) -> str:
     lines = [
         f"# {record['name']}", "", record["description"], "",
         f"- track: {record['track']}, target val loss {s['target_val_loss']}",
-        f"- time: {fmt(s['time_ms']['mean'], '.2f', 'nan', 1000)} ± {fmt(s['time_ms']['std'], '.2f', 'nan', 1000)} s "
+        f"- time: {fmt(s['train_time_ms']['mean'], '.2f', 'nan', 1000)} ± {fmt(s['train_time_ms']['std'], '.2f', 'nan', 1000)} s "
         f"over {s['n']} runs",
         f"- final val loss: {fmt(s['final_val_loss']['mean'], '.4f', 'nan')} ± {fmt(s['final_val_loss']['std'], '.4f', 'nan')} "
         f"(one-sided t-test that it is below the target: p = {fmt(s['p_loss_below_target'], '.2e', 'nan')})",
@@ -195,7 +195,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
                       f"one-sided t-test p = {s['p_loss_below_target']:.3g} (needs < {stats.ALPHA}, {s['n']} runs)")
     if previous is not None:
         prev = s["previous"]
-        mean, prev_mean = s["time_ms"]["mean"] / 1000, prev["time_ms"]["mean"] / 1000
+        mean, prev_mean = s["train_time_ms"]["mean"] / 1000, prev["train_time_ms"]["mean"] / 1000
         if not (mean < prev_mean and prev["p_welch_faster"] < stats.ALPHA):
             raise Refused(f"mean time {mean:.3f} s is not significantly faster than the current record "
                           f"records/{previous['folder']} ({prev_mean:.3f} s): one-sided Welch p = "
@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = json.loads((folder / RECORD_FILE).read_text())
     s = record["stats"]
     print(f"accepted: {folder}")
-    print(f"  time {s['time_ms']['mean'] / 1000:.3f} ± {(s['time_ms']['std'] or 0) / 1000:.3f} s, final val loss "
+    print(f"  time {s['train_time_ms']['mean'] / 1000:.3f} ± {(s['train_time_ms']['std'] or 0) / 1000:.3f} s, final val loss "
           f"{s['final_val_loss']['mean']:.4f}, p = {s['p_loss_below_target']:.3g}")
     if s["previous"]:
         sp = s["previous"]["speedup"]

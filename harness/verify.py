@@ -44,11 +44,6 @@ JSON_RTOL = 1e-9
 # A record's figures, from its runs' logs (harness.submit writes them, verify recomputes them)
 
 
-def run_time_ms(log: RunLog) -> float:
-    """A run's time for the record: its train time at its final validation (every speedrun record's)."""
-    return log.time_ms
-
-
 def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
                previous_logs: list[RunLog] | None = None) -> tuple[list[dict], dict]:
     """(per-run figures, statistics) of a record, from its runs' logs, and the previous record's logs."""
@@ -57,13 +52,12 @@ def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
         "run_id": log.run_id or log.name,
         "seed": log.seed,
         "final_val_loss": log.final_val_loss,
-        "time_ms": run_time_ms(log),
+        "train_time_ms": log.train_time_ms,  # the run's time: at its final validation (every speedrun record's)
         "time_to_target_ms": log.time_to_target(target),
-        "train_time_ms": log.train_time_ms,
         "steps": log.final_step,
         "tokens": log.tokens,
     } for log in logs]
-    times = [r["time_ms"] for r in runs]
+    times = [r["train_time_ms"] for r in runs]
     losses = [r["final_val_loss"] for r in runs]
     rule = stats.loss_rule(losses, target)
     result = {
@@ -71,17 +65,17 @@ def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
         "target_val_loss": target,
         "reached_target": sum(r["time_to_target_ms"] is not None for r in runs),  # at any validation
         "final_at_or_below_target": sum(r["final_val_loss"] <= target for r in runs),
-        "time_ms": stats.describe(times).as_dict(),
+        "train_time_ms": stats.describe(times).as_dict(),
         "final_val_loss": rule.losses.as_dict(),
         "p_loss_below_target": rule.p,
         "previous": None,
     }
     if previous is not None:
-        prev_times = [run_time_ms(log) for log in sorted(previous_logs, key=lambda log: log.run_id or log.name)]
+        prev_times = [log.train_time_ms for log in sorted(previous_logs, key=lambda log: log.run_id or log.name)]
         result["previous"] = {
             "folder": previous["folder"],
             "name": previous["name"],
-            "time_ms": stats.describe(prev_times).as_dict(),
+            "train_time_ms": stats.describe(prev_times).as_dict(),
             "speedup": stats.speedup(prev_times, times).as_dict(),
             "p_welch_faster": stats.welch(times, prev_times, alternative="less"),
         }
@@ -99,14 +93,16 @@ def render_statistics(record: dict) -> str:
     """statistics.md: every number of the record and the raw lists. harness.verify re-renders and compares it.
 
     Its text is part of RECORD_SCHEMA: a change here makes verify expect the new text from old
-    records, so bump the schema and keep this renderer for records of schema 1.
+    records, so bump the schema and render an older record as its schema did (schema 2 named the
+    times' raw list time_ms).
     """
     s, runs, target = record["stats"], record["runs"], record["stats"]["target_val_loss"]
+    times_label = "time_ms" if record["schema"] == 2 else "train_time_ms"
     table = pd.DataFrame([{
         "run id": r["run_id"],
         "seed": r["seed"],
         "final val loss": fmt(r["final_val_loss"], ".6f", 'nan'),
-        "time (s)": fmt(r["time_ms"], ".3f", 'nan', 1000),
+        "time (s)": fmt(r["train_time_ms"], ".3f", 'nan', 1000),
         "first val ≤ target (s)": fmt(r["time_to_target_ms"], ".3f", "never", 1000),
         "steps": r["steps"],
     } for r in runs]).to_markdown(index=False, disable_numparse=True)
@@ -124,14 +120,14 @@ def render_statistics(record: dict) -> str:
         f"- one-sided one-sample t-test, H1: mean < {target}: p = {fmt(s['p_loss_below_target'], '.3e', 'nan')} "
         f"(rule: < {stats.ALPHA})", "",
         "## Time (each run's train time at its final validation; every run counts)", "",
-        "- " + _summary(s["time_ms"], ".3f", " s", 1000),
+        "- " + _summary(s["train_time_ms"], ".3f", " s", 1000),
     ]
     prev = s.get("previous")
     if prev:
         sp = prev["speedup"]
         lines += [
             "", f"## Against the previous record, {prev['folder']}", "",
-            f"- previous: {_summary(prev['time_ms'], '.3f', ' s', 1000)}, over {prev['time_ms']['n']} runs",
+            f"- previous: {_summary(prev['train_time_ms'], '.3f', ' s', 1000)}, over {prev['train_time_ms']['n']} runs",
             f"- speedup (ratio of mean times, 95% Fieller interval): {fmt(sp['ratio'], '.6f', 'nan')} "
             f"(95% CI {fmt(sp['ci95'][0], '.6f', 'nan')} .. {fmt(sp['ci95'][1], '.6f', 'nan')})",
             f"- one-sided Welch t-test, H1: faster than the previous record: p = {fmt(prev['p_welch_faster'], '.3e', 'nan')} "
@@ -142,7 +138,7 @@ def render_statistics(record: dict) -> str:
     lines += [
         "", "## Raw lists (run id order)", "",
         f"- final_val_loss = {[r['final_val_loss'] for r in runs]!r}",
-        f"- time_ms = {[r['time_ms'] for r in runs]!r}",
+        f"- {times_label} = {[r['train_time_ms'] for r in runs]!r}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -128,8 +128,8 @@ def test_submit_and_compare_agree_with_runs_above_the_target(tmp_path, capsys):
     capsys.readouterr()
     logs = [load_run(r["run_dir"]) for r in rows]
     assert any(log.final_val_loss > 3.28 for log in logs) and any(log.final_val_loss <= 3.28 for log in logs)
-    assert any(log.time_to_target(3.28) not in (None, log.time_ms) for log in logs)  # an early crossing
-    final_times = [log.time_ms for log in logs]
+    assert any(log.time_to_target(3.28) not in (None, log.train_time_ms) for log in logs)  # an early crossing
+    final_times = [log.train_time_ms for log in logs]
 
     ids = [r["run_id"] for r in rows]
     fig = compare_json(capsys, "--logs", "near=" + ",".join(ids), "--records", str(records))
@@ -145,9 +145,9 @@ def test_submit_and_compare_agree_with_runs_above_the_target(tmp_path, capsys):
     assert p < 0.01, f"the sample set should pass the loss rule (seeds 0-7 of the fake do, p = 0.004): {err}"
     folder = next(records.glob("*_near"))
     record = json.loads((folder / "record.json").read_text())
-    assert record["schema"] == 2
-    assert [r["time_ms"] for r in record["runs"]] == sorted(final_times, key=lambda t: ids[final_times.index(t)])
-    assert record["stats"]["time_ms"]["mean"] / 1000 == pytest.approx(v["time_s"]["mean"])
+    assert record["schema"] == 3
+    assert [r["train_time_ms"] for r in record["runs"]] == sorted(final_times, key=lambda t: ids[final_times.index(t)])
+    assert record["stats"]["train_time_ms"]["mean"] / 1000 == pytest.approx(v["time_s"]["mean"])
     assert record["stats"]["n"] == 8 and record["stats"]["final_at_or_below_target"] == v["final_at_or_below_target"]
     assert verify.main([str(folder)]) == 0
     text = leaderboard.render(records, tmp_path / "lb.md").read_text()
@@ -182,7 +182,7 @@ def test_a_text_log_that_stopped_early_is_not_a_full_run(tmp_path):
             "result: train_time 2000ms, 20/400 steps, 81,920 tokens, final val_loss 5.9000 ...\n")
     (tmp_path / "stopped.txt").write_text(text)
     log = load_run(tmp_path / "stopped.txt")
-    assert log.status == "ok" and log.stopped_early and log.time_ms == 2000
+    assert log.status == "ok" and log.stopped_early and log.train_time_ms == 2000
 
 
 def test_a_stopped_and_a_full_run_are_not_pooled(tmp_path, capsys):

@@ -80,7 +80,7 @@ def test_compare_submit_verify_leaderboard(tmp_path, capsys):
     assert record["stats"]["previous"]["speedup"]["ratio"] == pytest.approx(fast["vs_baseline"]["speedup"])
     assert sorted(p.name for p in (fast_folder / "runs").iterdir()) == sorted(fast_ids)
     assert {p.name for p in fast_folder.iterdir()} == {"code", "runs", "statistics.md", "README.md", "record.json"}
-    assert "time_ms = [" in (fast_folder / "statistics.md").read_text()
+    assert "train_time_ms = [" in (fast_folder / "statistics.md").read_text()
 
     # --- not faster than the record now; a taken name
     assert "not significantly faster" in refused(capsys, *sub, "--name", "again", *base_ids)
@@ -98,7 +98,7 @@ def test_compare_submit_verify_leaderboard(tmp_path, capsys):
     events.write_text("".join(json.dumps(e) + "\n" for e in lines))
     assert verify.main([str(tampered / fast_folder.name)]) == 1
     report = capsys.readouterr().out
-    assert f"record.json: runs[{sorted(fast_ids).index(fast_ids[0])}].time_ms: expected" in report
+    assert f"record.json: runs[{sorted(fast_ids).index(fast_ids[0])}].train_time_ms: expected" in report
     assert "statistics.md:" not in report and "FAILED" in report  # it still renders record.json's figures
     code = tampered / folders[0].name / "code" / "train_gpt.py"
     code.write_text(code.read_text() + "# edited\n")

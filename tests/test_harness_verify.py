@@ -54,17 +54,17 @@ def test_an_edited_statistics_md_is_named(where, tmp_path, capsys, old, new):
 def test_record_json_figures_are_compared_as_numbers(where, tmp_path, capsys):
     folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
     record = json.loads((folder / "record.json").read_text())
-    record["stats"]["time_ms"]["mean"] *= 1 + 1e-12  # within JSON_RTOL: the same figure
+    record["stats"]["train_time_ms"]["mean"] *= 1 + 1e-12  # within JSON_RTOL: the same figure
     (folder / "record.json").write_text(json.dumps(record, indent=1) + "\n")
     capsys.readouterr()
     assert verify.main([str(folder)]) == 0, capsys.readouterr().out
     copy = tmp_path / "copy"
     shutil.copytree(folder.parent, copy)
-    record["stats"]["time_ms"]["mean"] += 1
+    record["stats"]["train_time_ms"]["mean"] += 1
     (copy / folder.name / "record.json").write_text(json.dumps(record, indent=1) + "\n")
     capsys.readouterr()
     assert verify.main([str(copy / folder.name)]) == 1
-    assert "record.json: stats.time_ms.mean: expected" in capsys.readouterr().out
+    assert "record.json: stats.train_time_ms.mean: expected" in capsys.readouterr().out
 
 
 def test_a_missing_events_file_is_named(where, tmp_path, capsys):
@@ -75,3 +75,22 @@ def test_a_missing_events_file_is_named(where, tmp_path, capsys):
     assert verify.main([str(folder)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{events}: missing" and "statistics not recomputed: 1 of 4 runs cannot be read" in out[1]
+
+
+def test_a_schema_2_record_is_read_under_its_old_names(where, tmp_path, capsys):
+    """Schema 2 named a run's time time_ms in record.json and statistics.md; it still verifies and ranks."""
+    from harness import leaderboard
+
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    record = json.loads((folder / "record.json").read_text())
+    record["schema"] = 2
+    record["stats"]["time_ms"] = record["stats"].pop("train_time_ms")
+    for run in record["runs"]:
+        run["time_ms"] = run["train_time_ms"]
+    (folder / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    stats_md = folder / "statistics.md"
+    stats_md.write_text(stats_md.read_text().replace("- train_time_ms = [", "- time_ms = ["))
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 0, capsys.readouterr().out
+    page = leaderboard.render(folder.parent, tmp_path / "lb.md").read_text()
+    assert "| 80.72 ± 0.07 " in page, page
