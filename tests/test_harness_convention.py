@@ -1,7 +1,7 @@
 """The speedrun community's convention, everywhere: a run's time is the train time of its final validation,
 every finished run counts, runs go their full schedule, and the loss rule (p < 0.01) certifies the target.
 
-Sample logs are written here in modded-nanogpt's layout (tests/test_harness_logs.py's CODE and STEPS); the
+Sample logs are written here in modded-nanogpt's layout (tests/helpers.py's LOG_HEAD and LOG_STEPS); the
 record-shaped set reuses the published times and losses of modded-nanogpt's 2026-07-17_FP8DownProjection
 baseline (13 runs, three of which end above 3.28), so the figures can be checked against its statistics.md.
 """
@@ -13,9 +13,7 @@ from scipy import stats as scipy_stats
 from harness import compare, leaderboard, stats, submit, verify
 from harness.logs import load_run
 from harness.run import group_summary, run_one
-from test_harness_fakes import write_fake_trainer
-from test_harness_logs import CODE, STEPS
-from test_harness_stats import FP8_BASE_L, FP8_BASE_T
+from helpers import FP8_BASE_L, FP8_BASE_T, LOG_HEAD as CODE, LOG_STEPS as STEPS, write_fake_trainer
 
 # Published statistics.md of that baseline: mean train time 80.728615 s, std 0.065165 s, 13 runs, mean val
 # loss 3.2782461538, one-sided p 0.0042976481.

@@ -12,12 +12,12 @@ import scipy.stats
 
 from harness import ingest, leaderboard, submit, verify
 from harness.logs import load_run, parse_log_file
-from harness.records import append_run, load_records
+from harness.records import append_run
 from harness.run import run_one
 from harness.snapshot import EMBEDDED_CODE, snapshot_hash
 from harness.verify import check_against_log
-from helpers import CODE, HEADER, SEP, TOTAL, gpu_table, modded_log, rows, run_ingest, steps, write
-from test_harness_fakes import write_fake_trainer
+from helpers import (CODE, HEADER, SEP, TOTAL, gpu_table, modded_log, rows, run_ingest, steps, write,
+                     write_fake_trainer)
 
 
 def test_a_modded_nanogpt_log_becomes_a_run(where, tmp_path, capsys):

@@ -4,36 +4,7 @@ import math
 import pytest
 
 from harness.logs import LogError, load_run, load_runs, parse_step_line, parse_text
-
-# The head of a modded-nanogpt log: the script's own source, whose f-strings mention "step:".
-CODE = '''\
-import os
-def print0(s, console=False):
-    pass
-for step in range(train_steps + 1):
-    last_step = (step == train_steps)
-    if last_step or (val_loss_every > 0 and step % val_loss_every == 0):
-        print0(f"step:{step}/{train_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms", console=True)
-        s = "step:1/2 val_loss:0.1 train_time:1ms"  # a string in the code, indented
-# step:3/4 val_loss:0.2 train_time:2ms   <- a comment, not at the line start either
-====================================================================================================
-Running Python 3.12.7 (main, Oct  1 2024, 08:52:12) [GCC 13.2.0]
-Running PyTorch 2.6.0.dev20241203+cu124 compiled for CUDA 12.4
-+-----------------------------------------------------------------------------------------+
-| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |
-'''
-
-STEPS = '''\
-step:0/1390 val_loss:10.8258 train_time:0ms step_avg:0.03ms
-step:1/1390 train_time:28ms step_avg:28.45ms
-step:2/1390 train_time:85ms step_avg:42.60ms
-step:125/1390 val_loss:4.3817 train_time:7024ms step_avg:56.19ms
-step:1250/1390 val_loss:3.3062 train_time:71533ms step_avg:57.23ms
-step:1389/1390 train_time:79478ms step_avg:57.22ms
-step:1390/1390 val_loss:3.2775 train_time:79532ms step_avg:57.22ms
-peak memory allocated: 22045 MiB reserved: 24218 MiB
-'''
-
+from helpers import LOG_HEAD as CODE, LOG_STEPS as STEPS
 
 def write(tmp_path, text, name="log.txt"):
     path = tmp_path / name

@@ -10,8 +10,7 @@ import pytest
 from harness import compare, leaderboard, submit, verify
 from harness.records import RECORD_FILE, append_run, record_problem
 from harness.run import run_one
-from test_harness_fakes import write_fake_trainer
-from test_harness_logs import CODE, STEPS
+from helpers import LOG_HEAD as CODE, LOG_STEPS as STEPS, write_fake_trainer
 
 STEP_1389 = "step:1389/1390 train_time:79478ms step_avg:57.22ms\n"  # gone where a test sets a final time below it
 
