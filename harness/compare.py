@@ -70,7 +70,7 @@ class Variant:
     logs: list[RunLog] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # runs left out, with why
     skipped_status: list[str] = field(default_factory=list)  # their statuses: diverged, incomplete, crashed, ...
-    notes: list[str] = field(default_factory=list)  # what was done to the input (a duplicate counted once)
+    notes: list[str] = field(default_factory=list)  # what to know about the input (a log also in another variant)
 
 
 def _split_named(text: str, option: str) -> tuple[str, str]:

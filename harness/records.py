@@ -18,7 +18,7 @@ crashed | interrupted | timeout | incomplete), run_dir; and after them target_va
 (the run's time: train time at its final validation), returncode, script, nproc, wall_s, stop_at_target;
 and for a run taken in from elsewhere, origin ("ingested" by harness.ingest, "cmd" by harness.run
 --cmd; absent for ours), source (the log file it was read from, or "stdout"), log_sha256 (of that
-log: harness.ingest takes a log in once) and seed_env (--cmd: the environment variable that carried
+log, as it was read) and seed_env (--cmd: the environment variable that carried
 the seed). "incomplete": a log that ends before its planned last step without a crash being seen
 (a log cut off, or a trainer that exited 0 early).
 """
