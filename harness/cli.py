@@ -31,3 +31,10 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     return value
+
+
+def not_a_folder(option: str, path) -> str | None:
+    """'<option> <path>: not a folder' for a path that exists and is not one (where a folder would be made or
+    read), else None."""
+    return f"{option} {path}: not a folder" if path is not None and os.path.exists(path) and not os.path.isdir(path) \
+        else None

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import finite_float, run_cli
+from harness.cli import finite_float, not_a_folder, run_cli
 from harness.files import clean_stale_temps, temp_path
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
@@ -400,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run directories go (default runs/)")
     parser.add_argument("inputs", nargs="+", metavar="LOG_OR_DIR", help="log files, or folders of *.txt / *.log")
     args = parser.parse_args(argv)
+    for problem in (not_a_folder("--records", args.records), not_a_folder("--runs-dir", args.runs_dir)):
+        if problem:
+            parser.error(problem)
     try:
         check_name("track", args.track)
         rows, problems = ingest(args.inputs, track=args.track, name=args.name, target=args.target,

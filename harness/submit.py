@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import stats
-from harness.cli import run_cli
+from harness.cli import not_a_folder, run_cli
 from harness.files import clean_stale_temps, temp_path
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
@@ -295,6 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-leaderboard", action="store_true", help="do not re-render leaderboard.md")
     parser.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="run ids from records/runs.jsonl")
     args = parser.parse_args(argv)
+    if problem := not_a_folder("--records", args.records):
+        parser.error(problem)
     try:
         folder = submit(args.name, " ".join(args.description.split()), args.run_ids, args.records)
     except (Refused, ValueError) as exc:  # ValueError: figures no statistic can be computed from

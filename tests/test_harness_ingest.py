@@ -515,3 +515,18 @@ def test_a_fifo_or_a_device_given_as_a_log_is_refused_in_one_line(where, tmp_pat
         (run_dir / "train.log").symlink_to("/dev/zero")
     proc = _cli("harness.compare", "--logs", f"a={run_dir}", "--no-plot")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and f"{run_dir / 'train.log'}" in proc.stderr
+
+
+@pytest.mark.parametrize("option", ["--records", "--runs-dir"])
+def test_a_folder_option_naming_a_file_is_one_line(where, tmp_path, option, capsys):
+    (tmp_path / "file").write_text("")
+    argv = {"--records": where["records"], "--runs-dir": where["runs"], option: tmp_path / "file"}
+    with pytest.raises(SystemExit) as exc:
+        ingest.main(["--track", "t", "--name", "n", *[str(x) for kv in argv.items() for x in kv],
+                     str(write(tmp_path / "logs", "a.txt", modded_log()))])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"{option} {tmp_path / 'file'}: not a folder")
+    if option == "--records":
+        with pytest.raises(SystemExit):
+            submit.main(["--records", str(tmp_path / "file"), "--name", "x", "--description", "d", "a", "b"])
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f"--records {tmp_path / 'file'}: not a folder")
