@@ -246,7 +246,10 @@ def impossible(fields: dict, previous: dict | None) -> str | None:
     """What makes a step line's (or a val event's) values impossible, or None: a negative loss (a
     cross-entropy is at least 0; -inf included), a train time that is negative or not a number, a
     step past its planned total, or a step, planned total or train time below the line before's.
-    A loss of NaN or +inf is possible: the run diverged."""
+    A loss of NaN or +inf is possible: the run diverged. Time is compared between validations only (a
+    validation's time is exact): 2024 modded-nanogpt logs restart their clock at step 10, after warm-up,
+    so the step lines between may go back once. `previous` holds the last line's fields and, as
+    "val_time_ms", the last validation's time."""
     for key in ("val_loss", "train_loss"):
         if key in fields and fields[key] < 0:
             return f"{key} {fields[key]} is negative (a cross-entropy loss is at least 0)"
@@ -260,8 +263,9 @@ def impossible(fields: dict, previous: dict | None) -> str | None:
             return f"planned steps {fields['total']}, but {previous['total']} before"
         if fields["step"] < previous["step"]:
             return f"step {fields['step']} comes after step {previous['step']}: steps go backwards"
-        if time_ms is not None and previous.get("train_time_ms") is not None and time_ms < previous["train_time_ms"]:
-            return f"train_time {time_ms:g}ms comes after {previous['train_time_ms']:g}ms: time goes backwards"
+        last_val_ms = previous.get("val_time_ms")
+        if "val_loss" in fields and time_ms is not None and last_val_ms is not None and time_ms < last_val_ms:
+            return f"train_time {time_ms:g}ms comes after {last_val_ms:g}ms at the validation before: time goes backwards"
     return None
 
 
@@ -285,7 +289,9 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
         problem = impossible(fields, previous)
         if problem:
             raise InvalidLog(f"{source}:{lineno}: {problem}: not a valid log")
-        previous = {**(previous or {}), **fields}  # the last train time seen, even on a line without one
+        previous = {**(previous or {}), **fields}
+        if "val_loss" in fields and "train_time_ms" in fields:
+            previous["val_time_ms"] = fields["train_time_ms"]
         log.last_step, log.total_steps = fields["step"], fields["total"]
         log.step_avg_ms = fields.get("step_avg_ms", log.step_avg_ms)
         log.tokens_per_s = fields.get("tokens_per_s", log.tokens_per_s)
@@ -363,7 +369,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
                 problem = impossible(fields, previous_val)
                 if problem:
                     raise InvalidLog(f"{events_path}: val event at step {fields['step']}: {problem}: not a valid log")
-                previous_val = fields
+                previous_val = {**fields, "val_time_ms": fields["train_time_ms"]}
                 log.val_steps.append(fields["step"])
                 log.val_losses.append(fields["val_loss"])
                 log.val_times_ms.append(fields["train_time_ms"])

@@ -151,3 +151,16 @@ def test_impossible_val_events_are_refused(tmp_path, val, why):
     with pytest.raises(InvalidLog) as exc:
         load_run(run)
     assert str(exc.value).startswith(f"{run / 'events.jsonl'}: val event at step {val['step']}: ") and why in str(exc.value)
+
+
+def test_a_2024_log_whose_clock_restarts_after_warm_up_is_read():
+    """2024 modded-nanogpt reset training_time_ms at step 10 (untimed warm-up): the step lines' times go back
+    once; the validations' times never do."""
+    text = ("step:0/3000 val_loss:10.8258 train_time:0ms step_avg:nanms\n"
+            "step:1/3000 train_loss:10.8258 train_time:29500ms step_avg:nanms\n"
+            "step:10/3000 train_loss:9.1 train_time:31021ms step_avg:nanms\n"
+            "step:11/3000 train_loss:8.9 train_time:216ms step_avg:nanms\n"
+            "step:125/3000 val_loss:4.4 train_time:25130ms step_avg:219.87ms\n"
+            "step:3000/3000 val_loss:3.2790 train_time:655000ms step_avg:219.00ms\n")
+    log = parse_text(text, source="2024.txt")
+    assert log.status == "ok" and log.val_times_ms == [0, 25130, 655000] and log.train_losses[-1] == 8.9
