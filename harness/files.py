@@ -2,7 +2,8 @@
 writer leaves behind, cleaned by the next writer.
 
 A temporary is named `.<target name>.tmp-<pid>-<8 hex>`: hidden (record and run listings skip dot
-names), and it says which process made it. A file gets the mode open() would give it, 0666 less the
+names), and it says which process made it (a record folder being written by submit may also carry
+the `.<name>.tmp-<pid>` form, which is cleaned the same way). A file gets the mode open() would give it, 0666 less the
 umask, not mkstemp's 0600: leaderboard.md, its plot, record files and data manifests are meant to
 be read by whoever reads the repository.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 STALE_AFTER_S = 3600  # a temporary this old is stale even if its pid runs (pids are reused); writers take seconds
-_TEMP = re.compile(r"^\..+\.tmp-(\d+)(?:-[0-9a-f]{8})?$")  # ours; "-<hex>" absent in older harness versions
+_TEMP = re.compile(r"^\..+\.tmp-(\d+)(?:-[0-9a-f]{8})?$")  # .<name>.tmp-<pid>[-<8 hex>]: ours, with or without the hex
 
 
 def temp_path(path: str | os.PathLike) -> Path:

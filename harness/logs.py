@@ -245,7 +245,8 @@ def log_identity(text: str) -> str | None:
 def impossible(fields: dict, previous: dict | None) -> str | None:
     """What makes a step line's (or a val event's) values impossible, or None: a negative loss (a
     cross-entropy is at least 0; -inf included), a train time that is negative or not a number, a
-    step past its planned total, or a step, planned total or train time below the line before's.
+    step past its planned total, a step or planned total below the line before's, or a validation's
+    train time below the validation before's.
     A loss of NaN or +inf is possible: the run diverged. Time is compared between validations only (a
     validation's time is exact): 2024 modded-nanogpt logs restart their clock at step 10, after warm-up,
     so the step lines between may go back once. `previous` holds the last line's fields and, as

@@ -49,7 +49,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_only_our_stale_temporaries_are_cleaned(tmp_path):
     gone = dead_pid()
     stale_file = tmp_path / f".leaderboard.md.tmp-{gone}-0123abcd"
-    stale_dir = tmp_path / f".2026-01-01_fast.tmp-{gone}"  # an older harness's name for a record being written
+    stale_dir = tmp_path / f".2026-01-01_fast.tmp-{gone}"  # the form without the hex part
     live = tmp_path / f".leaderboard.png.tmp-{os.getppid()}-0123abcd"  # a writer that still runs
     old_live = tmp_path / f".x.tmp-{os.getppid()}-deadbeef"  # ... for longer than any writer takes
     theirs = [tmp_path / f".notes.tmp-{gone}-xyz", tmp_path / "run.tmp-1-0123abcd", tmp_path / f".a.tmp-{gone}.bak"]
