@@ -2,8 +2,8 @@
 writer leaves behind, cleaned by the next writer.
 
 A temporary is named `.<target name>.tmp-<pid>-<8 hex>`: hidden (record and run listings skip dot
-names), and it says which process made it (a record folder being written by submit may also carry
-the `.<name>.tmp-<pid>` form, which is cleaned the same way). A file gets the mode open() would give it, 0666 less the
+names), and it says which process made it. A `.<name>.tmp-<pid>` folder (no hex part), as an
+existing records/ or runs/ may hold from a killed writer, is cleaned the same way. A file gets the mode open() would give it, 0666 less the
 umask, not mkstemp's 0600: leaderboard.md, its plot, record files and data manifests are meant to
 be read by whoever reads the repository.
 """
