@@ -34,7 +34,8 @@ from typing import Iterable
 import pandas as pd
 from filelock import FileLock
 
-from harness.runlog import finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, type_problem
+from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, read_regular,
+                            type_problem)
 # (submit, verify and compare import finite_or_none from here)
 from harness.snapshot import REPO_ROOT
 
@@ -306,7 +307,7 @@ def _schema_2_names(record):
 def _read_record(path: Path) -> tuple[dict | None, str | None]:
     """(record, None), or (None, why it cannot be used)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return None, "missing"
     except OSError as exc:

@@ -44,7 +44,7 @@ from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_r
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
                              fsync_path, fsync_tree, list_records, name_problem, os_error_line, row_run_dir,
                              runs_lock)
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE
+from harness.runlog import CONSOLE_FILE, EVENTS_FILE, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.verify import check_against_log, render_statistics, statistics
 
@@ -142,7 +142,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         snapshot = Path(log.source) / SNAPSHOT_DIR
         if not (snapshot / HASH_FILE).is_file():
             raise Refused(f"run {log.run_id}: no code snapshot ({snapshot / HASH_FILE} missing)")
-        stated = (snapshot / HASH_FILE).read_text().strip()
+        stated = read_regular(snapshot / HASH_FILE).decode(errors="replace").strip()
         recomputed = snapshot_hash(snapshot)
         if recomputed != stated or log.code_hash != stated:
             raise Refused(f"run {log.run_id}: code hash mismatch: snapshot recomputes {recomputed[:12]}, "

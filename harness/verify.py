@@ -258,7 +258,8 @@ def verify(folder: str | Path) -> list[str]:
     snapshot = folder / SNAPSHOT_DIR
     try:
         recomputed = snapshot_hash(snapshot)
-        stated = (snapshot / HASH_FILE).read_text().strip() if (snapshot / HASH_FILE).exists() else None
+        hash_file = snapshot / HASH_FILE
+        stated = read_regular(hash_file).decode(errors="replace").strip() if hash_file.exists() else None
     except FileNotFoundError as exc:  # snapshot_hash's message names the folder
         return problems + [f"{snapshot}: {exc}" if exc.filename is None else os_error_line(exc)]
     except OSError as exc:
@@ -320,7 +321,7 @@ def verify(folder: str | Path) -> list[str]:
     else:
         rendered = render_statistics(record)  # record.json's figures, checked against the recomputed ones above
         try:
-            compare_text(rendered, stats_md.read_text(encoding="utf-8"), str(stats_md), problems)
+            compare_text(rendered, read_regular(stats_md).decode("utf-8"), str(stats_md), problems)
         except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
             problems.append(f"{stats_md}: cannot read ({exc.strerror if isinstance(exc, OSError) else exc})")
     return problems

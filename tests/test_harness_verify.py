@@ -94,3 +94,18 @@ def test_a_schema_2_record_is_read_under_its_old_names(where, tmp_path, capsys):
     assert verify.main([str(folder)]) == 0, capsys.readouterr().out
     page = leaderboard.render(folder.parent, tmp_path / "lb.md").read_text()
     assert "| 80.72 ± 0.07 " in page, page
+
+
+@pytest.mark.parametrize("name", ["statistics.md", "record.json"])
+def test_a_fifo_in_a_record_folder_is_named_not_waited_on(where, tmp_path, capsys, name):
+    import os
+    import subprocess
+    import sys
+
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    proc = subprocess.run([sys.executable, "-m", "harness.verify", str(folder)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{folder / name}: " in proc.stdout and "not a regular file" in proc.stdout, proc.stdout
