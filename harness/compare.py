@@ -3,7 +3,7 @@
 How a run counts (the convention of every NanoGPT speedrun record): a run's time is the train time
 of its final validation, whether or not that run ended below the target; every finished run
 counts; runs go their full schedule; the target is certified over the set by the loss rule, a
-one-sided one-sample t-test that the mean final val loss is below it, p < 0.01. The first
+one-sided one-sample t-test that the mean final val loss is below it, p < stats.ALPHA (0.01). The first
 validation at or below the target is shown too, labelled as such, never as the headline time.
 
 Run mode: each variant is NAME=SPEC, SPEC being trainer overrides and optionally script=PATH; the
@@ -27,7 +27,8 @@ baseline: the speedup (ratio of mean times, 95% Fieller interval), the differenc
 (95% Welch interval), Welch p for time (one-sided: the variant is faster; and two-sided) and for
 loss (two-sided), and the runs per variant for the speedup's interval to exclude 1. Within a
 variant, logs of different planned step counts, targets or code (the source a log starts with, or
-a run's code hash and config) are refused, naming the two files; a log given twice counts once.
+a run's code hash and config) are refused, naming the two files, and so are two logs of one run
+(the same step lines, harness.logs.log_identity).
 --json prints every figure (times in seconds) and each run's. Plots (val loss against time and
 step; each run's final time and loss) go to --plot-dir (default runs/compare-<UTC time>/).
 """
@@ -47,7 +48,9 @@ from typing import Sequence
 
 import pandas as pd
 
+from harness.cli import finite_float, run_cli
 from harness import stats
+from harness.stats import fmt
 from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run, load_runs
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
 from harness.tracks import track_target
@@ -71,7 +74,7 @@ class Variant:
     logs: list[RunLog] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # runs left out, with why
     skipped_status: list[str] = field(default_factory=list)  # their statuses: diverged, incomplete, crashed, ...
-    notes: list[str] = field(default_factory=list)  # what was done to the input (a duplicate counted once)
+    notes: list[str] = field(default_factory=list)  # what to know about the input (a log also in another variant)
 
 
 def _split_named(text: str, option: str) -> tuple[str, str]:
@@ -149,15 +152,15 @@ def _identity_problem(first: RunLog, log: RunLog) -> str | None:
 
 
 def admit(variant: Variant, logs: list[RunLog]) -> None:
-    """Add the finished runs of one variant: a log seen twice counts once (noted), a run that did not finish
-    ok is left out (noted), and runs that differ in planned steps, target or code are refused."""
-    seen: dict[str, str] = {}
+    """Add the finished runs of one variant: a run that did not finish ok is left out (noted); two logs of one
+    run (harness.logs.log_identity) and runs that differ in planned steps, target or code are refused."""
+    seen = {log.identity: log.source for log in variant.logs}
     for log in logs:
-        if log.content_sha256 and log.content_sha256 in seen:
-            variant.notes.append(f"{log.source} is the same log as {seen[log.content_sha256]}: counted once")
-            continue
-        if log.content_sha256:
-            seen[log.content_sha256] = log.source
+        if log.identity in seen:
+            raise CompareError(f"variant {variant.name}: {seen[log.identity]} and {log.source} are the same run "
+                               "(the same step lines); give each run once")
+        if log.identity:
+            seen[log.identity] = log.source
         if log.status != "ok":
             variant.skipped.append(f"{log.source} ({log.status})")
             variant.skipped_status.append(log.status)
@@ -204,7 +207,7 @@ def _seconds(ms: float | None) -> float | None:
 
 
 def _times(v: Variant) -> list[float]:
-    return [log.time_ms / 1000 for log in v.logs]
+    return [log.train_time_ms / 1000 for log in v.logs]
 
 
 def _losses(v: Variant) -> list[float]:
@@ -224,8 +227,7 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
     for v in variants:
         times, losses = _times(v), _losses(v)
         crossings = [_seconds(log.time_to_target(target)) for log in v.logs]
-        time_s, loss = stats.describe(times), stats.describe(losses)
-        p_loss = stats.p_mean_below(losses, target)
+        time_s, rule = stats.describe(times), stats.loss_rule(losses, target)
         entry = {
             "name": v.name,
             "n": len(v.logs),
@@ -233,10 +235,10 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
             "skipped_status": dict(Counter(v.skipped_status)),
             "notes": v.notes,
             "time_s": time_s.as_dict(),
-            "final_val_loss": loss.as_dict(),
-            "p_loss_below_target": p_loss,
-            "passes_loss_rule": None if p_loss != p_loss else bool(p_loss < stats.ALPHA),  # None: n < 2, no test
-            "runs_needed_loss_rule": stats.runs_needed_loss(loss.mean, loss.std, target),
+            "final_val_loss": rule.losses.as_dict(),
+            "p_loss_below_target": rule.p,
+            "passes_loss_rule": rule.passes,  # None: n < 2, no test
+            "runs_needed_loss_rule": rule.runs_needed,
             "final_at_or_below_target": sum(x <= target for x in losses),
             "first_crossing_s": {**stats.describe([c for c in crossings if c is not None]).as_dict(),
                                  "reached": sum(c is not None for c in crossings)},
@@ -244,7 +246,7 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
             "stopped_early": sum(log.stopped_early for log in v.logs),
             "tokens_per_s_mean": _mean_or_none(log.tokens_per_s for log in v.logs),
             "vs_baseline": None,
-            "runs": [{"source": log.source, "time_s": _seconds(log.time_ms), "first_crossing_s": crossing,
+            "runs": [{"source": log.source, "time_s": _seconds(log.train_time_ms), "first_crossing_s": crossing,
                       "final_val_loss": log.final_val_loss, "final_step": log.final_step,
                       "planned_steps": log.total_steps, "stopped_early": log.stopped_early}
                      for log, crossing in zip(v.logs, crossings)],
@@ -267,14 +269,10 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
     return finite_or_none(out)
 
 
-def _f(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def _summary_cell(s: dict, spec: str) -> str:
     if not s["n"]:
         return "—"
-    return f"{_f(s['mean'], spec)} ± {_f(s['std'], spec)} [{_f(s['ci95'][0], spec)}, {_f(s['ci95'][1], spec)}]"
+    return f"{fmt(s['mean'], spec)} ± {fmt(s['std'], spec)} [{fmt(s['ci95'][0], spec)}, {fmt(s['ci95'][1], spec)}]"
 
 
 def table(fig: dict) -> str:
@@ -289,11 +287,11 @@ def table(fig: dict) -> str:
             "n": f"{v['n']}" + (f" ({'; '.join(notes)})" if notes else ""),
             "time (s), mean ± std [95% CI]": _summary_cell(v["time_s"], ".4f"),
             "final val loss, mean ± std [95% CI]": _summary_cell(v["final_val_loss"], ".5f"),
-            f"p(loss < {fig['target']})": _f(v["p_loss_below_target"], ".4g"),
-            "loss rule (p < 0.01)": {True: "passes", False: "fails", None: "untested (n < 2)"}[v["passes_loss_rule"]],
-            "runs the loss rule needs at this mean and std (80% power)": _f(v["runs_needed_loss_rule"], "d"),
+            f"p(loss < {fig['target']})": fmt(v["p_loss_below_target"], ".4g"),
+            f"loss rule (p < {stats.ALPHA})": {True: "passes", False: "fails", None: "untested (n < 2)"}[v["passes_loss_rule"]],
+            f"runs the loss rule needs at this mean and std ({stats.POWER:.0%} power)": fmt(v["runs_needed_loss_rule"], "d"),
             "steps": ", ".join(map(str, v["steps"])) or "—",
-            "extra: first val ≤ target (s), mean": f"{_f(crossing['mean'], '.3f')} ({crossing['reached']}/{v['n']} runs)",
+            "extra: first val ≤ target (s), mean": f"{fmt(crossing['mean'], '.3f')} ({crossing['reached']}/{v['n']} runs)",
         })
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
@@ -309,12 +307,12 @@ def comparison_table(fig: dict) -> str | None:
         dlow, dhigh = vs["time_diff_ci95"]
         rows.append({
             "variant": v["name"],
-            "speedup (ratio of mean times) [95% CI]": f"{_f(vs['speedup'], '.4f')} [{_f(low, '.4f')}, {_f(high, '.4f')}]",
-            "Δ time, variant − baseline (s) [95% CI]": f"{_f(vs['time_diff_s'], '+.3f')} [{_f(dlow, '+.3f')}, {_f(dhigh, '+.3f')}]",
-            "p faster (Welch, one-sided)": _f(vs["p_time_faster"], ".2g"),
-            "p time (Welch, two-sided)": _f(vs["p_time_two_sided"], ".2g"),
-            "p loss (Welch, two-sided)": _f(vs["p_loss_two_sided"], ".2g"),
-            "runs per variant for the speedup's CI to exclude 1 (80% power)": _f(vs["runs_needed_per_variant"], "d"),
+            "speedup (ratio of mean times) [95% CI]": f"{fmt(vs['speedup'], '.4f')} [{fmt(low, '.4f')}, {fmt(high, '.4f')}]",
+            "Δ time, variant − baseline (s) [95% CI]": f"{fmt(vs['time_diff_s'], '+.3f')} [{fmt(dlow, '+.3f')}, {fmt(dhigh, '+.3f')}]",
+            "p faster (Welch, one-sided)": fmt(vs["p_time_faster"], ".2g"),
+            "p time (Welch, two-sided)": fmt(vs["p_time_two_sided"], ".2g"),
+            "p loss (Welch, two-sided)": fmt(vs["p_loss_two_sided"], ".2g"),
+            f"runs per variant for the speedup's CI to exclude 1 ({stats.POWER:.0%} power)": fmt(vs["runs_needed_per_variant"], "d"),
         })
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else None
 
@@ -389,9 +387,9 @@ def _collect(args, variants: list[Variant]) -> None:
         seen: dict[str, str] = {}
         for v in variants:  # a log in two variants makes them look alike: say so
             for log in v.logs:
-                if log.content_sha256 in seen and seen[log.content_sha256] != v.name:
-                    v.notes.append(f"{log.source} is also in variant {seen[log.content_sha256]}")
-                seen.setdefault(log.content_sha256, v.name)
+                if log.identity in seen and seen[log.identity] != v.name:
+                    v.notes.append(f"{log.source} is also in variant {seen[log.identity]}")
+                seen.setdefault(log.identity, v.name)
         return
     for k, seed in enumerate(range(args.seed_start, args.seed_start + args.seeds), 1):
         for v in variants:
@@ -422,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--logs", type=parse_logs_arg, nargs="+", action="extend", default=[], metavar="NAME=PATH",
                         help="logs mode: a log, a folder of logs or run dirs, or run ids a,b,c; "
                         "the first is the baseline")
-    parser.add_argument("--target", type=float, default=None,
+    parser.add_argument("--target", type=finite_float, default=None,
                         help="target val loss (default: the one the runs state; for logs that state none, "
                         f"--track's, else the FineWeb speedrun's {DEFAULT_TARGET})")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
@@ -510,4 +508,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

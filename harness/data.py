@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from harness.files import atomic_file
 from harness.snapshot import REPO_ROOT
 
 SHARD_MAGIC = 20240520
@@ -55,17 +56,9 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray | Sequence[int]) -> 
     header = np.zeros(HEADER_INTS, dtype=np.int32)
     header[:3] = (SHARD_MAGIC, SHARD_VERSION, tokens.size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype(np.uint16, copy=False).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:  # whole or absent, with the umask's mode
+        f.write(header.tobytes())
+        f.write(tokens.astype(np.uint16, copy=False).tobytes())
     return path
 
 
@@ -544,10 +537,8 @@ def build_shakespeare(out_dir: str | os.PathLike = SHAKESPEARE_DIR, cache_dir: P
         write_shard(out_dir / fname, tokens)
         shards[split] = {"file": fname, "tokens": int(tokens.size), "documents": len(docs), "texts": stems}
     manifest = {"recipe": recipe, "shards": shards}
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
+    with atomic_file(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)
-    os.replace(tmp, manifest_path)
     manifest["up_to_date"] = False
     return manifest
 
@@ -567,6 +558,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("inspect", help="validate shards, print token and document counts")
     p.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
+    if args.command != "inspect" and args.dir.exists() and not args.dir.is_dir():
+        parser.error(f"--dir {args.dir}: not a folder")
 
     try:
         if args.command == "shakespeare":

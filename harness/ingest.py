@@ -21,23 +21,23 @@ trainer's train.log; a folder stands for its *.txt and *.log files. Each log bec
 The folder is written under a temporary name and renamed into place, and only then does its row go
 to records/runs.jsonl (the row also names the origin, the source file and the log's sha256). A log
 with no source code at its top goes in without code/ (code hash null, meta.embedded_code false), and
-harness.submit refuses it as a record. A log whose sha256 is already in the runs log is reported and
-not added again; a file that is not a speedrun log gets one line naming it, and the others still go
+harness.submit refuses it as a record. A log of a run already in the runs log (the same step lines,
+harness.logs.log_identity: a copy with another trailing newline is the same run) is reported, naming
+both files, and not added again; a file that is not a speedrun log gets one line naming it, and the others still go
 in. Each new run id is printed on stdout, one per line; everything else goes to stderr. Exit status:
 1 if some input could not be taken in, else 0.
 
 The target is --target, else the one a log of ours states, else the track's (harness/tracks.py),
 else the FineWeb speedrun's 3.28. harness.run --cmd records a foreign trainer's log through the same
 functions (parse_log_bytes, write_run_files), and harness.submit and harness.verify re-check every
-run's train.log against the rest of its directory (check_against_log): the code at its top against
-the code hash, each validation line against its val event.
+run's train.log against the rest of its directory (harness.verify.check_against_log): the code at its
+top against the code hash, each validation line against its val event.
 """
 from __future__ import annotations
 
 import argparse
 import ast
 import hashlib
-import math
 import os
 import re
 import shutil
@@ -46,17 +46,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from harness.cli import finite_float, not_a_folder, run_cli
+from harness.files import clean_stale_temps, temp_path
 from harness.hardware import peak_flops
-from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedded_code, parse_step_line,
-                          parse_text, printed_tolerance)
-from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
+from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
+                          parse_step_line, parse_text)
+from harness.records import (RECORDS_DIR, append_run, fsync_path, fsync_tree, load_records, name_problem,
+                             os_error_line, runs_lock)
+from harness.runlog import CONSOLE_FILE, EventLog, read_regular
 from harness.runrow import RUNS_DIR, new_run_id, run_row
 from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
 ORIGIN = "ingested"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # a track or run name: it goes into run ids and folders
 _RUNNING_PYTHON = re.compile(r"^Running Python (\S+)")
 _RUNNING_TORCH = re.compile(r"^Running PyTorch (\S+) compiled for CUDA (\S+)", re.IGNORECASE)  # "pytorch" in 2024
 _RUNNING_TRITON = re.compile(r"^Running Triton version (\S+)")
@@ -72,9 +74,9 @@ class IngestError(ValueError):
 
 
 def check_name(kind: str, name: str) -> None:
-    if not _NAME.match(name or ""):
-        raise IngestError(f"{kind} {name!r}: use 1-80 letters, digits, '.', '_' or '-', "
-                          "starting with a letter or digit")
+    """Raise IngestError where records.name_problem finds one."""
+    if problem := name_problem(kind, name):
+        raise IngestError(problem)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,7 +103,8 @@ class Parsed:
     text: str
     sha256: str
     code: str | None  # the source the log starts with (harness.logs.embedded_code), None if none
-    log: RunLog | None  # None: no validation line, so not a speedrun log
+    log: RunLog | None  # None: not a speedrun log (no validation line), or one with impossible values
+    error: str | None  # why a log with step lines is refused: impossible values (harness.logs.InvalidLog), the line named
     facts: Facts
     events: list[tuple[str, dict]]  # ("step" | "val", fields), in the log's order
 
@@ -156,15 +159,6 @@ def read_facts(text: str, code: str | None) -> Facts:
     return facts
 
 
-def _token(line: str, key: str) -> str | None:
-    """The raw text of `key:VALUE` in a step line, as printed."""
-    for token in line.split()[1:]:
-        k, sep, value = token.partition(":")
-        if sep and k == key:
-            return value
-    return None
-
-
 def step_events(text: str) -> list[tuple[str, dict]]:
     """A val event per validation line (step, val_loss, train_time_ms), a step event per other step line.
     A validation line without its train time (torn) is skipped, as harness.logs skips it."""
@@ -189,14 +183,17 @@ def step_events(text: str) -> list[tuple[str, dict]]:
 
 def parse_log_bytes(data: bytes, source: str) -> Parsed:
     """Read a log's bytes (undecodable bytes are replaced, as harness.logs does). Never raises: a text
-    with no validation line has log None."""
+    with no validation line, or with impossible values, has log None and the reason in error."""
     text = data.decode("utf-8", errors="replace")
     code = embedded_code(text)
+    log, error = None, None
     try:
         log = parse_text(text, source=source)
+    except InvalidLog as exc:
+        error = str(exc)
     except LogError:
-        log = None
-    return Parsed(data=data, text=text, sha256=hashlib.sha256(data).hexdigest(), code=code, log=log,
+        pass
+    return Parsed(data=data, text=text, sha256=hashlib.sha256(data).hexdigest(), code=code, log=log, error=error,
                   facts=read_facts(text, code), events=step_events(text))
 
 
@@ -213,7 +210,7 @@ def result_fields(parsed: Parsed, status: str, target: float, stop_at_target: bo
                 "peak_memory_mb": parsed.facts.peak_memory_mb, "tokens_per_s": None, "mfu": None,
                 "error": "the log has no validation line"}
     ttt = log.time_to_target(target)
-    error = {"diverged": f"val loss is not finite at step {log.final_step}",
+    error = {"diverged": log.divergence,
              "incomplete": f"the log ends at step {log.last_step} of {log.total_steps}"}.get(status)
     return {"status": status, "reached_target": ttt is not None, "target_val_loss": target,
             "stop_at_target": stop_at_target, "time_to_target_ms": ttt, "steps": log.last_step, "tokens": None,
@@ -243,6 +240,8 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
     config = dict(facts.config or {})
     config.update(target_val_loss=target, seed=seed, stop_at_target=bool(config.get("stop_at_target", False)))
     config.setdefault("num_steps", log.total_steps if log else None)
+    if log is not None and log.vocab_size is not None:
+        config.setdefault("vocab_size", log.vocab_size)  # divergence's ln(vocab) rule, read again from the events
     events = EventLog(dest)
     try:
         events.write("config", track=track, config=config)
@@ -254,67 +253,8 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
         events.write("result", **result_fields(parsed, status, target, config["stop_at_target"]))
     finally:
         events.close()
-    for folder, _, files in os.walk(dest, topdown=False):  # files before the folders that list them
-        for fname in files:
-            fsync_path(Path(folder) / fname)
-        fsync_path(Path(folder))
+    fsync_tree(dest)
     return digest
-
-
-# ----------------------------------------------------------------------------------------------
-# Checking a run directory's train.log against the rest of it (harness.submit and harness.verify)
-
-
-def check_against_log(log: RunLog) -> list[str]:
-    """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field.
-
-    - For a run read from a log (meta.log_sha256): train.log's sha256 must be the one recorded.
-    - For a run whose code is its log's embedded source (meta.embedded_code): the code at the top of
-      train.log, re-extracted and hashed, must equal the run's code hash.
-    - Each validation line of train.log (step, val_loss to its printed digits, train_time to the
-      millisecond) must equal the matching val event, and there must be as many of each. A run of ours
-      whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
-    """
-    run_dir = Path(log.source)
-    path, events_path = run_dir / CONSOLE_FILE, run_dir / EVENTS_FILE
-    foreign = log.origin is not None
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return [f"{path}: missing (the log this run was read from)"] if foreign else []
-    except OSError as exc:
-        return [os_error_line(exc)]
-    text, problems = data.decode("utf-8", errors="replace"), []
-    if log.log_sha256 is not None and hashlib.sha256(data).hexdigest() != log.log_sha256:
-        problems.append(f"{path}: sha256: expected {log.log_sha256} ({events_path.name} meta.log_sha256), found "
-                        f"{hashlib.sha256(data).hexdigest()}: the log was changed after the run was recorded")
-    if log.embedded_code:
-        code = embedded_code(text)
-        found = embedded_code_hash(code) if code is not None else None
-        if found != log.code_hash:
-            problems.append(f"{path}: embedded code: hashes to {found or 'nothing (no source code at its top)'}, "
-                            f"expected the run's code hash {log.code_hash} ({events_path.name} meta.code_hash)")
-    lines = [(lineno, line) for lineno, line in enumerate(text.splitlines(), 1)
-             if (f := parse_step_line(line)) and "val_loss" in f and "train_time_ms" in f]
-    if not lines and not foreign:
-        return problems
-    events = list(zip(log.val_steps, log.val_losses, log.val_times_ms))
-    if len(lines) != len(events):
-        problems.append(f"{path}: {len(lines)} validation lines, but {events_path} has {len(events)} val events")
-    for i, ((lineno, line), (step, loss, time_ms)) in enumerate(zip(lines, events)):
-        where, event = f"{path}:{lineno}", f"{events_path.name} val event {i + 1}"
-        printed_step = parse_step_line(line)["step"]
-        loss_text, time_text = _token(line, "val_loss"), _token(line, "train_time").removesuffix("ms")
-        printed_loss, printed_time = float(loss_text), float(time_text)
-        if printed_step != step:
-            problems.append(f"{where}: step: the log says {printed_step}, {event} says {step}")
-        same_loss = (math.isnan(printed_loss) and math.isnan(loss)) or \
-            abs(printed_loss - loss) <= printed_tolerance(loss_text) + 1e-9 * abs(loss)
-        if not same_loss:
-            problems.append(f"{where}: val_loss: the log says {loss_text}, {event} (step {step}) says {loss!r}")
-        if not abs(printed_time - time_ms) <= printed_tolerance(time_text) + 1e-6:
-            problems.append(f"{where}: train_time: the log says {time_text}ms, {event} (step {step}) says {time_ms!r}")
-    return problems
 
 
 # ----------------------------------------------------------------------------------------------
@@ -344,28 +284,42 @@ def log_files(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str
     return files, problems
 
 
-def known_logs(records_dir: Path) -> tuple[dict[str, str], list[str]]:
-    """{log sha256: run id} of the runs already in the runs log, and its problems."""
+def known_logs(records_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """{log identity: (run id, the file it was read from)} of the runs in the runs log whose run directory
+    keeps its train.log (harness.logs.log_identity), and the runs log's problems."""
     frame, problems = load_records(records_dir)
-    if "log_sha256" not in frame.columns:
-        return {}, problems
-    rows = frame.dropna(subset=["log_sha256"])
-    return dict(zip(rows["log_sha256"], rows["run_id"])), problems
+    known: dict[str, tuple[str, str]] = {}
+    for row in frame.to_dict("records"):
+        if not isinstance(row.get("run_dir"), str):
+            continue
+        path = Path(row["run_dir"]) / CONSOLE_FILE
+        try:
+            identity = log_identity(read_regular(path).decode("utf-8", errors="replace"))
+        except OSError:  # a run directory moved or removed: nothing to compare with
+            continue
+        source = row.get("source") if isinstance(row.get("source"), str) else str(path)
+        if identity is not None:
+            known.setdefault(identity, (row["run_id"], source))
+    return known, problems
 
 
 def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_dir: Path, records_dir: Path,
-               known: dict[str, str]) -> dict | None:
+               known: dict[str, tuple[str, str]]) -> dict | None:
     """Take one log in: write its run directory, append its row, return the row; None if it is in already
     (then reported on stderr). Raises IngestError for a file that is not a speedrun log or cannot be read."""
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
     except OSError as exc:
         raise IngestError(f"{path}: cannot read ({exc.strerror or exc})") from None
     parsed = parse_log_bytes(data, str(path))
-    if parsed.sha256 in known:
-        print(f"{path}: already ingested as run {known[parsed.sha256]} (same content, sha256 {parsed.sha256[:12]}); "
+    identity = log_identity(parsed.text)
+    if identity in known:
+        run_id, source = known[identity]
+        print(f"{path}: already ingested as run {run_id} (the same run as {source}: the same step lines); "
               "not added again", file=sys.stderr)
         return None
+    if parsed.error:
+        raise IngestError(parsed.error)
     if parsed.log is None:
         raise IngestError(f"{path}: not a speedrun log (no line starting 'step:N/M' with 'val_loss:X' and "
                           "'train_time:Tms')")
@@ -376,7 +330,8 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
         target = ours.get("target_val_loss") if ours.get("target_val_loss") is not None else default_target(track)
     run_id = new_run_id(track, re.sub(r"[^A-Za-z0-9]+", "", path.stem)[:8] or "log")
     runs_dir.mkdir(parents=True, exist_ok=True)
-    final, tmp = runs_dir / run_id, runs_dir / f".{run_id}.tmp-{os.getpid()}"
+    final = runs_dir / run_id
+    tmp = temp_path(final)
     source = str(path.resolve())
     try:
         write_run_files(tmp, parsed, track=track, target=target, seed=ours.get("seed"), status=parsed.log.status,
@@ -389,7 +344,7 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
     row = run_row(final, run_id=run_id, name=name, track=track, seed=ours.get("seed"), status=parsed.log.status,
                   nproc=parsed.facts.world_size, origin=ORIGIN, source=source, log_sha256=parsed.sha256)
     append_run(row, records_dir)
-    known[parsed.sha256] = run_id
+    known[identity] = (run_id, source)
     return row
 
 
@@ -401,20 +356,22 @@ def ingest(inputs: Sequence[str | os.PathLike], *, track: str, name: str, target
     runs_dir = Path(runs_dir or RUNS_DIR).resolve()
     records_dir = Path(records_dir)
     files, problems = log_files(inputs)
-    known, damaged = known_logs(records_dir)
-    for line in damaged:
-        print(f"warning: {line}", file=sys.stderr)
     rows = []
-    for path in files:
-        try:
-            row = ingest_one(path, track=track, name=name, target=target, runs_dir=runs_dir,
-                             records_dir=records_dir, known=known)
-        except IngestError as exc:
-            problems.append(str(exc))
-            continue
-        if row is not None:
-            rows.append(row)
-            print(row["run_id"], flush=True)
+    with runs_lock(records_dir):  # the check (is this run in already?) and the append are one step
+        clean_stale_temps(runs_dir)  # run folders a killed ingest left half-written
+        known, damaged = known_logs(records_dir)
+        for line in damaged:
+            print(f"warning: {line}", file=sys.stderr)
+        for path in files:
+            try:
+                row = ingest_one(path, track=track, name=name, target=target, runs_dir=runs_dir,
+                                 records_dir=records_dir, known=known)
+            except IngestError as exc:
+                problems.append(str(exc))
+                continue
+            if row is not None:
+                rows.append(row)
+                print(row["run_id"], flush=True)
     return rows, problems
 
 
@@ -424,14 +381,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--track", required=True, help="the track the runs are recorded on, e.g. modded-nanogpt")
     parser.add_argument("--name", required=True, help="name stored with each run")
-    parser.add_argument("--target", type=float, default=None,
+    parser.add_argument("--target", type=finite_float, default=None,
                         help="target val loss (default: the log's own, else the track's, else 3.28)")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (runs.jsonl inside)")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run directories go (default runs/)")
     parser.add_argument("inputs", nargs="+", metavar="LOG_OR_DIR", help="log files, or folders of *.txt / *.log")
     args = parser.parse_args(argv)
-    if args.target is not None and not math.isfinite(args.target):
-        parser.error(f"--target {args.target}: expected a finite number")
+    for problem in (not_a_folder("--records", args.records), not_a_folder("--runs-dir", args.runs_dir)):
+        if problem:
+            parser.error(problem)
     try:
         check_name("track", args.track)
         rows, problems = ingest(args.inputs, track=args.track, name=args.name, target=args.target,
@@ -449,4 +407,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

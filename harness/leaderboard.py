@@ -13,14 +13,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from harness.logs import LogError, load_runs
+from harness.cli import run_cli
+from harness.files import atomic_file, clean_stale_temps, write_atomic
+from harness.logs import LogError, record_runs
 from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
+from harness.stats import ALPHA, fmt
 
 PLOT_FILE = "leaderboard.png"
 RECENT_RUNS = 10
@@ -29,7 +31,7 @@ DPI = 100
 TIME_NOTE = ("A run's time is its train time at its final validation, whether or not that run ended below the "
              "target; every run of a record counts, and runs go their full schedule (the speedrun community's "
              "convention). The target is certified over the set: p is the one-sided t-test that the mean final "
-             "val loss is below the target, and a record needs p < 0.01.")
+             f"val loss is below the target, and a record needs p < {ALPHA}.")
 
 
 def default_out(records_dir: str | os.PathLike) -> Path:
@@ -42,31 +44,13 @@ def _cell(value) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
-def _fmt(value, spec: str = "", missing: str = "—", scale: float = 1) -> str:
-    """value (/ scale, for numbers) formatted; `missing` for None (JSON's null) or NaN (pandas' missing)."""
-    if value is None or (isinstance(value, float) and value != value):
-        return missing
-    return format(value if isinstance(value, str) else value / scale, spec)
-
-
 def _table(rows: list[dict]) -> str:
     cells = [{k: _cell(v) for k, v in row.items()} for row in rows]
     return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)
 
 
 def _mean_std(summary: dict, scale: float, spec: str) -> str:
-    return f"{_fmt(summary.get('mean'), spec, scale=scale)} ± {_fmt(summary.get('std'), spec, scale=scale)}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return f"{fmt(summary.get('mean'), spec, scale=scale)} ± {fmt(summary.get('std'), spec, scale=scale)}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,15 +59,15 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def records_table(records: list[dict], link_base: str) -> str:
     rows = []
-    for rank, r in enumerate(sorted(records, key=lambda r: (r["stats"]["time_ms"]["mean"], r["folder"])), 1):
+    for rank, r in enumerate(sorted(records, key=lambda r: (r["stats"]["train_time_ms"]["mean"], r["folder"])), 1):
         s = r["stats"]
         below = s.get("final_at_or_below_target")
         rows.append({
             "#": rank,
-            "time (s)": _mean_std(s["time_ms"], 1000, ".2f"),
+            "time (s)": _mean_std(s["train_time_ms"], 1000, ".2f"),
             "val loss": _mean_std(s["final_val_loss"], 1, ".4f"),
             "runs": f"{s['n']}" if below in (None, s["n"]) else f"{s['n']} ({below} ended at or below the target)",
-            "p (loss < target)": _fmt(s.get("p_loss_below_target"), ".2g"),
+            "p (loss < target)": fmt(s.get("p_loss_below_target"), ".2g"),
             "date": r["date"],
             "name": r["name"],
             "description": r.get("description", ""),
@@ -98,12 +82,12 @@ def history_table(records: list[dict]) -> str:
         prev = r["stats"].get("previous")
         if prev:
             sp = prev["speedup"]
-            low, high = (_fmt(x, ".3f") for x in sp["ci95"])
-            speedup = f"{_fmt(sp['ratio'], '.3f')}x (95% CI {low}–{high}) over {prev['name']}"
+            low, high = (fmt(x, ".3f") for x in sp["ci95"])
+            speedup = f"{fmt(sp['ratio'], '.3f')}x (95% CI {low}–{high}) over {prev['name']}"
         else:
             speedup = "first record (baseline)"
         rows.append({"date": r["date"], "name": r["name"],
-                     "time (s)": _fmt(r["stats"]["time_ms"]["mean"], ".2f", scale=1000),
+                     "time (s)": fmt(r["stats"]["train_time_ms"]["mean"], ".2f", scale=1000),
                      "speedup over previous": speedup})
     return _table(rows)
 
@@ -124,25 +108,22 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
         rows.append({
             "finished (UTC)": r.get("timestamp"),
             "run id": r["run_id"],
-            "name": _fmt(r.get("name")),
-            "status": _fmt(r.get("status")),
-            "final val loss": _fmt(r.get("final_val_loss"), ".4f"),
-            "time (s)": _fmt(r.get("train_time_ms"), ".2f", scale=1000),
+            "name": fmt(r.get("name")),
+            "status": fmt(r.get("status")),
+            "final val loss": fmt(r.get("final_val_loss"), ".4f"),
+            "time (s)": fmt(r.get("train_time_ms"), ".2f", scale=1000),
             "final ≤ target": _below(r),
-            "steps": _fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
-            "hardware": _fmt(r.get("hardware")),
+            "steps": fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
+            "hardware": fmt(r.get("hardware")),
         })
     return _table(rows)
 
 
 def _curves(records_dir: Path, record: dict):
     try:
-        return load_runs(records_dir / record["folder"] / "runs")
+        return record_runs(records_dir / record["folder"])
     except LogError as exc:
         print(f"leaderboard: {exc}", file=sys.stderr)
-        return []
-    except OSError as exc:
-        print(f"leaderboard: {os_error_line(exc)}", file=sys.stderr)
         return []
 
 
@@ -165,7 +146,7 @@ def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) 
         fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)
         for (track, records), (ax_time, ax_loss) in zip(by_track.items(), axes):
             # Records in the order they were set, one tick each (several may share a date).
-            times = [r["stats"]["time_ms"]["mean"] / 1000 for r in records]
+            times = [r["stats"]["train_time_ms"]["mean"] / 1000 for r in records]
             ax_time.step(range(len(records)), times, where="post", color="tab:blue")
             ax_time.plot(range(len(records)), times, "o", color="tab:blue")
             ax_time.set_xticks(range(len(records)), [f"{r['date']}\n{r['name']}" for r in records], fontsize=8)
@@ -188,13 +169,10 @@ def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) 
             ax_loss.grid(alpha=0.3)
             ax_loss.legend(fontsize=8)
         fig.tight_layout()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
         try:
-            fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
-            os.replace(tmp, path)
+            with atomic_file(path) as f:
+                fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
         finally:
-            Path(tmp).unlink(missing_ok=True)
             plt.close(fig)
 
 
@@ -206,6 +184,8 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
     """Write the leaderboard page (and its plot when there are records); return the page's path."""
     records_dir = Path(records_dir).resolve()
     out = Path(out) if out is not None else default_out(records_dir)
+    for folder in {records_dir, out.resolve().parent}:  # what a killed render left behind
+        clean_stale_temps(folder)
     records, problems = list_records(records_dir)
     runs, run_problems = load_records(records_dir)
     for p in problems + run_problems:
@@ -242,7 +222,7 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
         if len(track_runs):
             lines += [f"### Recent runs (last {RECENT_RUNS})", "", recent_runs_table(track_runs), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out, "\n".join(lines).rstrip("\n").encode() + b"\n")
+    write_atomic(out, "\n".join(lines).rstrip("\n").encode() + b"\n")
     return out
 
 
@@ -263,4 +243,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -14,7 +14,7 @@ GPU table) is skipped. The source code a log starts with (modded-nanogpt prints 
 its kernels file, before a line of 100 '='; older logs put such a line before the code too) is kept
 as `RunLog.code`, and its hash (harness/snapshot.py's embedded_code_hash) as `RunLog.code_hash`: two
 logs of the same code have the same hash. Validation lines (those with `val_loss:`) make the loss curve; the last one
-gives the final loss, its train time and step: a run's time is that train time (`RunLog.time_ms`),
+gives the final loss, its train time and step: a run's time is that train time (`RunLog.train_time_ms`),
 the speedrun community's convention; the first validation at or below a target
 (`RunLog.time_to_target`) is an extra figure, never the headline. A text log is "ok" when its last
 validation is at the planned step M, or when it has our trainer's closing `result: ...` line (a run
@@ -34,22 +34,43 @@ import hashlib
 import math
 import os
 import re
+from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, last_event, read_events
+from harness.runlog import (CONSOLE_FILE, EVENTS_FILE, divergence, last_event, read_events, read_regular,
+                            type_problem)
 from harness.snapshot import embedded_code_hash
 from harness.tracks import FINEWEB_TARGET as DEFAULT_TARGET  # the loss a run must reach, for logs that state none
 
 LOG_SUFFIXES = (".txt", ".log")
 CODE_SEPARATOR = "=" * 100  # modded-nanogpt's print0("="*100) after the logged source
 
+# The vocabulary size a log states: our train.log's config line ('vocab_size': 50304), or the code a
+# modded-nanogpt log starts with (GPT(vocab_size=50257, ...)).
+_VOCAB = re.compile(r"""\bvocab_size['"]?\s*(?::\s*int\s*)?[:=]\s*(\d+)""")
 _STEP_LINE = re.compile(r"^step:(\d+)/(\d+)(?=\s|$)")
 _VALUE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)(ms|%)?$", re.IGNORECASE)
 
 
+# The JSON types of the events' fields that a RunLog reads (runlog.py lists the events); a field of
+# another type makes the run unreadable, in one line naming the file and the field.
+CONFIG_EVENT_TYPES = {"track": "string|null", "config": "object|null"}
+CONFIG_TYPES = {"seed": "integer|null", "target_val_loss": "number|null", "stop_at_target": "boolean|integer|null",
+                "num_steps": "integer|null", "vocab_size": "integer|null"}
+META_EVENT_TYPES = {"code_hash": "string|null", "world_size": "integer|null", "hardware": "object|null",
+                    "versions": "object|null", "git": "object|null", "origin": "string|null",
+                    "embedded_code": "boolean|null", "log_sha256": "string|null", "command": "string|null"}
+RESULT_EVENT_TYPES = {"status": "string", "tokens": "integer|null", "tokens_per_s": "number|null",
+                      "target_val_loss": "number|null", "steps": "integer|null"}
+
+
 class LogError(ValueError):
     """A log that cannot be read. The message is one line naming the file and the problem."""
+
+
+class InvalidLog(LogError):
+    """A log whose values are impossible (harness.logs.impossible); the message names the line or event."""
 
 
 @dataclass
@@ -61,6 +82,9 @@ class RunLog:
     val_steps: list[int] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
     val_times_ms: list[float] = field(default_factory=list)
+    train_losses: list[float] = field(default_factory=list)  # those the log prints (step lines or step events)
+    vocab_size: int | None = None  # as the log states it (our config; modded-nanogpt's code), None where it does not
+    divergence: str | None = None  # why its losses say it diverged (harness.runlog.divergence), None if they do not
     last_step: int | None = None  # last step line seen (validation or not)
     total_steps: int | None = None  # M in step:N/M (planned steps)
     step_avg_ms: float | None = None
@@ -85,7 +109,7 @@ class RunLog:
     embedded_code: bool | None = None  # events: meta.embedded_code, whether code/ is the source its train.log starts with
     log_sha256: str | None = None  # events: meta.log_sha256, of the train.log a foreign run was read from
     command: str | None = None  # events: meta.command, the command line of a harness.run --cmd run
-    content_sha256: str | None = None  # of the log file, or of events.jsonl: the same log read twice has the same
+    identity: str | None = None  # what makes the log one run (log_identity); a copy of a log has the same
     problems: list[str] = field(default_factory=list)  # damaged lines skipped while reading
 
     @property
@@ -94,13 +118,8 @@ class RunLog:
 
     @property
     def train_time_ms(self) -> float | None:
-        """Train time at the last validation."""
-        return self.val_times_ms[-1] if self.val_times_ms else None
-
-    @property
-    def time_ms(self) -> float | None:
         """The run's time, as every speedrun record counts it: the train time of its final validation."""
-        return self.train_time_ms
+        return self.val_times_ms[-1] if self.val_times_ms else None
 
     @property
     def stopped_early(self) -> bool:
@@ -126,7 +145,7 @@ class RunLog:
 
     def time_to_target(self, target: float | None = None) -> float | None:
         """Train time (ms) of the first validation with loss <= target; None if never reached. An extra figure:
-        a run's time is its final train time (time_ms)."""
+        a run's time is its final train time (train_time_ms)."""
         target = self.target if target is None else target
         if target is None:
             raise LogError(f"{self.source}: no target val loss known for this log; give one")
@@ -161,10 +180,13 @@ def config_diff(a: dict, b: dict) -> str | None:
 
 
 def printed_tolerance(text: str) -> float:
-    """Half a unit of the last printed digit: '3.2775' -> 5e-5, '1.23e-04' -> 5e-7, '42' -> 0.5."""
-    mantissa, _, exponent = text.lower().partition("e")
-    decimals = len(mantissa.split(".", 1)[1]) if "." in mantissa else 0
-    return 0.5 * 10.0 ** (int(exponent or 0) - decimals)
+    """Half a unit of the last printed digit: '3.2775' -> 5e-5, '1.23e-04' -> 5e-7, '42' -> 0.5; inf for
+    a printed value whose last digit is beyond a float ('1e999') or that is not a decimal number."""
+    try:
+        exponent = Decimal(text).as_tuple().exponent
+    except InvalidOperation:
+        return math.inf
+    return math.inf if not isinstance(exponent, int) else float(Decimal("0.5").scaleb(exponent))
 
 
 def parse_step_line(line: str) -> dict | None:
@@ -209,20 +231,73 @@ def embedded_code(text: str) -> str | None:
     return None
 
 
+def log_identity(text: str) -> str | None:
+    """What makes a log one run: the sha256 of its step lines, in order, each with its whitespace
+    collapsed; None for a text without step lines.
+
+    Two files with the same step lines are one run, whatever else differs (a trailing newline, CRLF
+    line ends, an edited header): two real runs never print the same train times at every step.
+    A run's events.jsonl and its train.log have the train.log's identity."""
+    lines = [" ".join(line.split()) for line in text.splitlines() if _STEP_LINE.match(line.strip())]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest() if lines else None
+
+
+def impossible(fields: dict, previous: dict | None) -> str | None:
+    """What makes a step line's (or a val event's) values impossible, or None: a negative loss (a
+    cross-entropy is at least 0; -inf included), a train time that is negative or not a number, a
+    step past its planned total, a step or planned total below the line before's, or a validation's
+    train time below the validation before's.
+    A loss of NaN or +inf is possible: the run diverged. Time is compared between validations only (a
+    validation's time is exact): 2024 modded-nanogpt logs restart their clock at step 10, after warm-up,
+    so the step lines between may go back once. `previous` holds the last line's fields and, as
+    "val_time_ms", the last validation's time."""
+    for key in ("val_loss", "train_loss"):
+        if key in fields and fields[key] < 0:
+            return f"{key} {fields[key]} is negative (a cross-entropy loss is at least 0)"
+    time_ms = fields.get("train_time_ms")
+    if time_ms is not None and not (math.isfinite(time_ms) and time_ms >= 0):
+        return f"train_time {time_ms}ms is not a time (negative or not finite)"
+    if fields.get("total") is not None and fields["step"] > fields["total"]:
+        return f"step {fields['step']} is past the planned {fields['total']}"
+    if previous is not None:
+        if fields.get("total") is not None and previous.get("total") is not None and fields["total"] != previous["total"]:
+            return f"planned steps {fields['total']}, but {previous['total']} before"
+        if fields["step"] < previous["step"]:
+            return f"step {fields['step']} comes after step {previous['step']}: steps go backwards"
+        last_val_ms = previous.get("val_time_ms")
+        if "val_loss" in fields and time_ms is not None and last_val_ms is not None and time_ms < last_val_ms:
+            return f"train_time {time_ms:g}ms comes after {last_val_ms:g}ms at the validation before: time goes backwards"
+    return None
+
+
 def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
-    """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line."""
+    """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line, or
+    if a step line holds impossible values (harness.logs.impossible; the message names the line)."""
     log = RunLog(source=source, name=name if name is not None else Path(source).stem)
     log.code = embedded_code(text)
     log.code_hash = embedded_code_hash(log.code) if log.code is not None else None
+    log.identity = log_identity(text)
     finished = False  # our trainer's closing "result: ..." line (it may stop early, at the target)
-    for line in text.splitlines():
+    previous: dict | None = None
+    first_step_at = None  # where the step lines begin: the header before them states the vocabulary
+    for lineno, line in enumerate(text.splitlines(), 1):
         finished = finished or line.startswith("result: ")
         fields = parse_step_line(line)
         if fields is None:
             continue
+        if first_step_at is None:
+            first_step_at = text.find(line)
+        problem = impossible(fields, previous)
+        if problem:
+            raise InvalidLog(f"{source}:{lineno}: {problem}: not a valid log")
+        previous = {**(previous or {}), **fields}
+        if "val_loss" in fields and "train_time_ms" in fields:
+            previous["val_time_ms"] = fields["train_time_ms"]
         log.last_step, log.total_steps = fields["step"], fields["total"]
         log.step_avg_ms = fields.get("step_avg_ms", log.step_avg_ms)
         log.tokens_per_s = fields.get("tokens_per_s", log.tokens_per_s)
+        if "train_loss" in fields:
+            log.train_losses.append(fields["train_loss"])
         if "val_loss" in fields and "train_time_ms" in fields:  # a torn last line may lack its time
             log.val_steps.append(fields["step"])
             log.val_losses.append(fields["val_loss"])
@@ -230,9 +305,13 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     if not log.val_steps:
         raise LogError(f"{source}: no validation line "
                        "(a line starting 'step:N/M' with 'val_loss:X' and 'train_time:Tms')")
-    if any(not math.isfinite(x) for x in log.val_losses):
+    head = text[:first_step_at] if first_step_at is not None else text
+    log.vocab_size = int(m.group(1)) if (m := _VOCAB.search(head)) else None
+    finished = log.final_step == log.total_steps or finished
+    log.divergence = divergence(log.val_losses, log.train_losses, log.vocab_size, finished=finished)
+    if log.divergence:
         log.status = "diverged"
-    elif log.final_step == log.total_steps or finished:
+    elif finished:
         log.status = "ok"
     return log
 
@@ -240,14 +319,12 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
 def parse_log_file(path: str | os.PathLike) -> RunLog:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        text = read_regular(path).decode("utf-8", errors="replace")
     except FileNotFoundError:
         raise LogError(f"{path}: no such log file") from None
     except OSError as exc:
         raise LogError(f"{path}: cannot read ({exc.strerror})") from None
-    log = parse_text(text, source=str(path))
-    log.content_sha256 = hashlib.sha256(text.encode("utf-8", errors="replace")).hexdigest()
-    return log
+    return parse_text(text, source=str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,11 +342,12 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
     except OSError as exc:
         raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
     log = RunLog(source=str(run_dir), name=run_dir.name, run_id=run_dir.name, problems=problems)
-    try:
-        log.content_sha256 = hashlib.sha256(events_path.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
     config, meta, result = last_event(events, "config"), last_event(events, "meta"), last_event(events, "result")
+    for event, types in ((config, CONFIG_EVENT_TYPES), ((config or {}).get("config"), CONFIG_TYPES),
+                         (meta, META_EVENT_TYPES), (result, RESULT_EVENT_TYPES)):
+        where = "config.config" if types is CONFIG_TYPES else (event or {}).get("event")
+        if isinstance(event, dict) and (problem := type_problem(event, types, where)):
+            raise LogError(f"{events_path}: {problem}")
     if config:
         log.track = config.get("track")
         log.config = config.get("config") or {}
@@ -282,18 +360,29 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         log.hardware, log.versions, log.git = meta.get("hardware"), meta.get("versions"), meta.get("git")
         log.origin, log.embedded_code, log.log_sha256 = meta.get("origin"), meta.get("embedded_code"), meta.get("log_sha256")
         log.command = meta.get("command")
+    previous_val: dict | None = None
     for e in events:
         try:
             if e["event"] == "val":
                 loss = e["val_loss"]
-                log.val_steps.append(int(e["step"]))
-                log.val_losses.append(math.nan if loss is None else float(loss))  # null = non-finite
-                log.val_times_ms.append(float(e["train_time_ms"]))
+                fields = {"step": int(e["step"]), "val_loss": math.nan if loss is None else float(loss),  # null: non-finite
+                          "train_time_ms": float(e["train_time_ms"])}
+                problem = impossible(fields, previous_val)
+                if problem:
+                    raise InvalidLog(f"{events_path}: val event at step {fields['step']}: {problem}: not a valid log")
+                previous_val = {**fields, "val_time_ms": fields["train_time_ms"]}
+                log.val_steps.append(fields["step"])
+                log.val_losses.append(fields["val_loss"])
+                log.val_times_ms.append(fields["train_time_ms"])
             elif e["event"] == "step":
                 log.last_step = int(e["step"])
                 log.step_avg_ms = e.get("step_avg_ms", log.step_avg_ms)
                 log.tokens_per_s = e.get("tokens_per_s", log.tokens_per_s)
+                if e.get("train_loss") is not None:
+                    log.train_losses.append(float(e["train_loss"]))
         except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, LogError):
+                raise
             log.problems.append(f"{events_path}: skipped malformed {e['event']} event ({exc!r})")
     if log.val_steps:
         log.last_step = max(log.last_step or 0, log.val_steps[-1])
@@ -307,15 +396,24 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
     console = run_dir / CONSOLE_FILE
     if console.exists():
         try:
-            text = console.read_text(encoding="utf-8", errors="replace")
+            text = read_regular(console).decode("utf-8", errors="replace")
         except OSError as exc:
             raise LogError(f"{console}: cannot read ({exc.strerror or exc})") from None
         for line in text.splitlines():
             fields = parse_step_line(line)
             if fields:
                 log.total_steps = fields["total"]
+        log.identity = log_identity(text)
+    if log.identity is None and log.val_steps:  # no train.log: the curve of its val events
+        curve = "\n".join(f"{s} {v!r} {t!r}" for s, v, t in zip(log.val_steps, log.val_losses, log.val_times_ms))
+        log.identity = hashlib.sha256(curve.encode()).hexdigest()
     if log.total_steps is None and result:
         log.total_steps = result.get("steps")
+    vocab = (log.config or {}).get("vocab_size")
+    log.vocab_size = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
+    log.divergence = divergence(log.val_losses, log.train_losses, log.vocab_size, finished=log.status == "ok")
+    if log.divergence and log.status in ("ok", "incomplete"):  # a result that says ok may hold a diverged curve
+        log.status = "diverged"
     if require_val and not log.val_steps:
         raise LogError(f"{events_path}: no validation line (no 'val' event)")
     return log
@@ -357,3 +455,16 @@ def load_runs(path: str | os.PathLike) -> list[RunLog]:
     if not members:
         raise LogError(f"{path}: no logs (*.txt, *.log) or run directories in this folder")
     return [load_run(p) for p in members]
+
+
+def record_runs(folder: str | os.PathLike) -> list[RunLog]:
+    """The runs of a record folder (runs/<run_id>/), in run id order. Raises LogError, one line, when there
+    are none or one cannot be read."""
+    runs = Path(folder) / "runs"
+    try:
+        logs = [load_run(p) for p in sorted(runs.iterdir()) if p.is_dir()]
+    except OSError as exc:
+        raise LogError(f"{runs}: cannot read ({exc.strerror or exc})") from None
+    if not logs:
+        raise LogError(f"no run directories in {runs}")
+    return logs

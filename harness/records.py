@@ -18,25 +18,30 @@ crashed | interrupted | timeout | incomplete), run_dir; and after them target_va
 (the run's time: train time at its final validation), returncode, script, nproc, wall_s, stop_at_target;
 and for a run taken in from elsewhere, origin ("ingested" by harness.ingest, "cmd" by harness.run
 --cmd; absent for ours), source (the log file it was read from, or "stdout"), log_sha256 (of that
-log: harness.ingest takes a log in once) and seed_env (--cmd: the environment variable that carried
+log, as it was read) and seed_env (--cmd: the environment variable that carried
 the seed). "incomplete": a log that ends before its planned last step without a crash being seen
 (a log cut off, or a trainer that exited 0 early).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 from filelock import FileLock
 
-from harness.runlog import finite_or_none, iter_json_lines  # submit, verify and compare import finite_or_none here
+from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, read_regular,
+                            type_problem)
+# (submit, verify and compare import finite_or_none from here)
 from harness.snapshot import REPO_ROOT
 
 SCHEMA = 1  # of a runs.jsonl row
-RECORD_SCHEMA = 2  # of a record.json; 2: each run timed at its final validation, the speedup a ratio of means
+RECORD_SCHEMA = 3  # of a record.json; 2: each run timed at its final validation, the speedup a ratio of means;
+# 3: a run's time is named train_time_ms everywhere (schema 2 said time_ms in runs[] and stats, read as such)
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
@@ -48,6 +53,19 @@ ROW_FIELDS = (
     "target_val_loss", "train_time_ms", "returncode", "script", "nproc", "wall_s", "stop_at_target",
     "origin", "source", "log_sha256", "seed_env",
 )
+# The JSON type of each row field, as the readers (leaderboard, submit, compare) expect it. A field of
+# another type is reported ("<file>:<line>: <field> is ..."), and read as missing; the row stays.
+ROW_TYPES = {
+    "timestamp": "string|null", "track": "string|null", "name": "string|null", "git_commit": "string|null",
+    "git_dirty": "boolean|null", "code_hash": "string|null", "hardware": "string|null", "torch": "string|null",
+    "triton": "string|null", "cuda": "string|null", "python": "string|null", "seed": "integer|null",
+    "overrides": "array|null", "time_to_target_ms": "number|null", "steps": "integer|null", "tokens": "integer|null",
+    "final_val_loss": "number|null", "reached_target": "boolean|null", "status": "string|null",
+    "run_dir": "string|null", "target_val_loss": "number|null", "train_time_ms": "number|null",
+    "returncode": "integer|null", "script": "string|null", "nproc": "integer|null", "wall_s": "number|null",
+    "stop_at_target": "boolean|integer|null", "origin": "string|null", "source": "string|null", "log_sha256": "string|null",
+    "seed_env": "string|null",
+}
 
 
 # What harness.submit, harness.leaderboard and harness.verify read from a record.json: each key
@@ -58,16 +76,37 @@ RECORD_KEYS = {
     "description": "string|absent", "submitted": "string|absent", "hardware": "string|null|absent",
     "runs": "array", "stats": "object",
     "stats.n": "integer", "stats.target_val_loss": "number", "stats.final_at_or_below_target": "integer",
-    "stats.time_ms": "object", "stats.time_ms.mean": "number", "stats.time_ms.std": "number|null",
+    "stats.train_time_ms": "object", "stats.train_time_ms.mean": "number", "stats.train_time_ms.std": "number|null",
     "stats.final_val_loss": "object", "stats.final_val_loss.mean": "number|null",
     "stats.final_val_loss.std": "number|null", "stats.p_loss_below_target": "number|null",
     "stats.previous": "object|null|absent",
-    "stats.previous.folder": "string", "stats.previous.name": "string", "stats.previous.time_ms": "object",
+    "stats.previous.folder": "string", "stats.previous.name": "string", "stats.previous.train_time_ms": "object",
     "stats.previous.speedup": "object", "stats.previous.speedup.ratio": "number|null",
     "stats.previous.speedup.ci95": "array", "stats.previous.p_welch_faster": "number|null",
 }
-_JSON_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
-               "null": type(None)}
+
+
+# Each run's figures in a record.json (runs[i]), as statistics.md renders them.
+RECORD_RUN_TYPES = {"seed": "integer|null", "final_val_loss": "number|null",
+                    "time_to_target_ms": "number|null", "train_time_ms": "number|null", "steps": "integer|null",
+                    "tokens": "integer|null"}
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+
+def name_problem(kind: str, name: str) -> str | None:
+    """Why `name` cannot name a track or a record (it goes into run ids and folder names), one line, or None:
+    1-80 letters, digits, '.', '_' or '-', starting with a letter or digit."""
+    if not name:
+        return f"{kind} is empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return f"{kind} {name!r} contains control characters"
+    if "/" in name or "\\" in name or ".." in name or name.startswith("."):
+        return f"{kind} {name!r} could leave records/ or runs/ ('/', '\\', '..' or a leading '.')"
+    if not _NAME.match(name):
+        return f"{kind} {name!r}: use 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    return None
 
 
 class RecordsError(ValueError):
@@ -90,20 +129,51 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file under `folder`, then each folder after the files it lists, `folder` last: before a
+    rename publishes it, so that a crash leaves no folder with empty files."""
+    for parent, _, files in os.walk(folder, topdown=False):
+        for fname in files:
+            fsync_path(Path(parent) / fname)
+        fsync_path(Path(parent))
+
+
 def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     return Path(records_dir) / RUNS_FILE
 
 
+def runs_lock(records_dir: str | os.PathLike = RECORDS_DIR) -> FileLock:
+    """The lock on records/runs.jsonl: held for each append, and by a writer whose check (is this run, this
+    log, this record already there?) and write must be one step. One object per path in a process, so that
+    a holder may append (filelock counts re-entries of the same object)."""
+    path = str(Path(records_dir).resolve() / RUNS_FILE) + ".lock"
+    if path not in _LOCKS:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _LOCKS[path] = FileLock(path)
+    return _LOCKS[path]
+
+
+_LOCKS: dict[str, FileLock] = {}
+
+
 def append_run(row: dict, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
-    """Append one row (with "schema": 1) to records/runs.jsonl, atomically with respect to other writers."""
+    """Append one row (with "schema": 1) to records/runs.jsonl, atomically with respect to other writers.
+
+    The row always starts a line of its own: after a last line without its newline (a writer killed
+    mid-line, a hand edit) a newline goes first, so that torn line stays one damaged line, reported
+    when the log is read, and the new row is whole.
+    """
     if not row.get("run_id"):
         raise RecordsError("a runs.jsonl row needs a run_id")
     path = runs_path(records_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps({"schema": SCHEMA, **finite_or_none(row)}, allow_nan=False, sort_keys=False) + "\n").encode()
-    with FileLock(str(path) + ".lock"):
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    with runs_lock(records_dir):
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line
             written = os.write(fd, line)
             if written != len(line):  # a regular file takes the whole write or fails (disk full)
                 raise OSError(f"{path}: short write ({written} of {len(line)} bytes); the last line is torn")
@@ -124,12 +194,16 @@ def _read_rows(records_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
     if not path.exists():
         return rows, problems
     try:
-        for lineno, row in iter_json_lines(path, problems):
+        for lineno, row in iter_json_lines(path, problems, limit=None):  # a runs log grows without bound
             if not isinstance(row, dict) or not isinstance(row.get("run_id"), str) or not row["run_id"]:
                 problems.append(f"{path}:{lineno}: skipped line without a run_id")
             elif row.get("schema") != SCHEMA:
                 problems.append(f"{path}:{lineno}: skipped line with schema {row.get('schema')!r} (expected {SCHEMA})")
             else:
+                while problem := type_problem(row, ROW_TYPES, "row"):
+                    key = problem.split(" ", 1)[0].removeprefix("row.")
+                    problems.append(f"{path}:{lineno}: {problem.removeprefix('row.')}; read as missing")
+                    row[key] = None
                 row["line"] = lineno
                 rows.append(row)
     except OSError as exc:
@@ -180,25 +254,12 @@ def row_run_dir(row: dict) -> Path:
 # Record folders
 
 
-def _is(value, types: str) -> bool:
-    """Whether a JSON value has one of the types 'string|null|...' (a bool is not a number)."""
-    return any(isinstance(value, _JSON_TYPES[t]) and not isinstance(value, bool)
-               for t in types.split("|") if t != "absent")
-
-
-def _json_type(value) -> str:
-    """'a string', 'an object', 'null', ...: what a JSON value is, for a message."""
-    if value is None or isinstance(value, bool):
-        return "null" if value is None else "a boolean"
-    name = next((t for t, cls in _JSON_TYPES.items() if isinstance(value, cls)), type(value).__name__)
-    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
-
-
 def record_problem(record) -> str | None:
     """What makes a parsed record.json unusable (one line), or None: a key of RECORD_KEYS missing or
     of the wrong type, another schema, a run without a run_id, a speedup interval that is not a pair."""
     if not isinstance(record, dict):
-        return f"not a JSON object but {_json_type(record)}"
+        return f"not a JSON object but {json_type_name(record)}"
+    record = _schema_2_names(record)
     for key, types in RECORD_KEYS.items():
         holder = record
         *parents, leaf = key.split(".")
@@ -209,33 +270,53 @@ def record_problem(record) -> str | None:
         if leaf not in holder:
             if "absent" not in types.split("|"):
                 return f"{key} missing"
-        elif not _is(holder[leaf], types):
-            return f"{key} is {_json_type(holder[leaf])}, expected {types.replace('|absent', '').replace('|', ' or ')}"
+        elif not is_json_type(holder[leaf], types):
+            return f"{key} is {json_type_name(holder[leaf])}, expected {types.replace('|absent', '').replace('|', ' or ')}"
     if record["schema"] == 1:
-        return (f"schema 1 (this harness reads schema {RECORD_SCHEMA}: schema 1 timed a run at its first validation "
+        return (f"schema 1 (this harness reads schemas 2 and {RECORD_SCHEMA}: schema 1 timed a run at its first validation "
                 "at or below the target, not at its final one; submit its runs again)")
-    if record["schema"] != RECORD_SCHEMA:
-        return f"schema {record['schema']} (this harness reads schema {RECORD_SCHEMA})"
+    if record["schema"] not in (2, RECORD_SCHEMA):
+        return f"schema {record['schema']} (this harness reads schemas 2 and {RECORD_SCHEMA})"
     for i, run in enumerate(record["runs"]):
         if not isinstance(run, dict) or not isinstance(run.get("run_id"), str):
             return f"runs[{i}] has no run_id"
+        if problem := type_problem(run, RECORD_RUN_TYPES, f"runs[{i}]"):
+            return problem
     previous = record["stats"].get("previous")
     if previous and (len(previous["speedup"]["ci95"]) != 2
-                     or not all(_is(x, "number|null") for x in previous["speedup"]["ci95"])):
+                     or not all(is_json_type(x, "number|null") for x in previous["speedup"]["ci95"])):
         return "stats.previous.speedup.ci95 is not a pair of numbers"
     return None
+
+
+def _schema_2_names(record):
+    """A schema-2 record.json with its times under their one name: stats.time_ms (and the previous record's)
+    becomes train_time_ms; runs[i].time_ms, the same figure as runs[i].train_time_ms there, goes."""
+    if not isinstance(record, dict) or record.get("schema") != 2 or not isinstance(record.get("stats"), dict):
+        return record
+    record = copy.deepcopy(record)
+    for holder in (record["stats"], record["stats"].get("previous")):
+        if isinstance(holder, dict) and "time_ms" in holder and "train_time_ms" not in holder:
+            holder["train_time_ms"] = holder.pop("time_ms")
+    for run in record.get("runs") if isinstance(record.get("runs"), list) else []:
+        if isinstance(run, dict) and "train_time_ms" in run:
+            run.pop("time_ms", None)
+    return record
 
 
 def _read_record(path: Path) -> tuple[dict | None, str | None]:
     """(record, None), or (None, why it cannot be used)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(read_regular(path).decode("utf-8"))
     except FileNotFoundError:
         return None, "missing"
     except OSError as exc:
         return None, f"cannot read ({exc.strerror or exc})"
     except ValueError as exc:  # not JSON, or not UTF-8
         return None, f"not valid JSON ({exc})"
+    if key := nonfinite_key(record):  # Python reads NaN and Infinity; JSON has neither, and submit writes null
+        return None, f"{key} is NaN or Infinity, not a JSON number"
+    record = _schema_2_names(record)
     problem = record_problem(record)
     if problem:
         return None, problem
@@ -280,7 +361,7 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
     path = runs_path(records_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock", timeout=60):
+        with runs_lock(records_dir).acquire(timeout=60):
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
     except OSError as exc:
         raise RecordsError(f"runs log {path} cannot be appended to: {os_error_line(exc)}") from None

@@ -699,13 +699,13 @@ def group_summary(rows: list[dict]) -> str:
     if not ok:
         return text
     t = stats.describe([r["train_time_ms"] / 1000 for r in ok])
-    s = stats.describe([r["final_val_loss"] for r in ok])
+    target = next((r.get("target_val_loss") for r in ok if r.get("target_val_loss") is not None), None)
+    rule = stats.loss_rule([r["final_val_loss"] for r in ok], math.nan if target is None else target)
+    s = rule.losses
     text += f"; time {t.mean:.2f} ± {t.std:.2f} s (95% CI {t.ci_low:.2f}..{t.ci_high:.2f})"
     text += f"; final val loss {s.mean:.4f} ± {s.std:.4f}"
-    target = next((r.get("target_val_loss") for r in ok if r.get("target_val_loss") is not None), None)
     if target is not None:
-        p = stats.p_mean_below([r["final_val_loss"] for r in ok], target)
-        text += f"; p(mean loss < {target}) = {p:.3g}, loss rule (p < {stats.ALPHA}): {'passes' if p < stats.ALPHA else 'fails'}"
+        text += f"; p(mean loss < {target}) = {rule.p:.3g}, loss rule (p < {stats.ALPHA}): {rule.verdict}"
     if any(r.get("stop_at_target") for r in ok):
         text += "; some runs stopped at the target (--stop_at_target): exploratory, not a record"
     return text

@@ -37,9 +37,11 @@ finished line readable; a reader skips (and reports) a torn last line instead of
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -63,6 +65,83 @@ def finite_or_none(value):
     return value
 
 
+DIVERGED_ABOVE = 2.0  # x ln(vocab): a loss above this is divergence (divergence's docstring says why)
+
+
+def divergence(val_losses, train_losses, vocab_size: int | None, finished: bool = True) -> str | None:
+    """Why a run's losses say it diverged (one line), or None. The one divergence policy: the trainer, ingest
+    and harness.logs call it.
+
+    - A loss (train or val) that is not finite.
+    - A loss above DIVERGED_ABOVE x ln(vocab_size). An untrained model's logits are near zero, so its loss
+      is that of guessing uniformly, ln(vocab_size) (10.83 for GPT-2's 50257 tokens: modded-nanogpt's step
+      0 prints 10.8258); training lowers it, and a healthy run's early spikes stay near it. Twice that
+      loss gives the right token a probability of 1/vocab^2 on average: a confidently wrong model, which
+      only an unstable optimization makes (a learning rate of 1e6 gives train losses of 3e7).
+    - For a run that finished its schedule (`finished`), a final val loss not below ln(vocab_size): it
+      ended no better than guessing uniformly (a diverged model stuck at uniform logits sits exactly there).
+    The last two need vocab_size; without it (a log that does not state it) only the first applies.
+    """
+    for kind, losses in (("val", val_losses), ("train", train_losses)):
+        for loss in losses:
+            if loss is None or not math.isfinite(loss):
+                return f"{kind} loss {loss} is not finite"
+    if not vocab_size or vocab_size < 2:
+        return None
+    uniform = math.log(vocab_size)
+    for kind, losses in (("val", val_losses), ("train", train_losses)):
+        for loss in losses:
+            if loss > DIVERGED_ABOVE * uniform:
+                return (f"{kind} loss {loss:.4g} is above {DIVERGED_ABOVE:g} x ln(vocab {vocab_size}) = "
+                        f"{DIVERGED_ABOVE * uniform:.2f}")
+    if finished and val_losses and not val_losses[-1] < uniform:
+        return (f"final val loss {val_losses[-1]:.4f} is not below ln(vocab {vocab_size}) = {uniform:.4f}: "
+                "no better than guessing uniformly")
+    return None
+
+
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "boolean": bool,
+               "null": type(None)}
+
+
+def is_json_type(value, types: str) -> bool:
+    """Whether a parsed JSON value has one of the types 'string|null|...' ("absent" is ignored here; a
+    boolean is only a boolean, never an integer or a number)."""
+    return any(isinstance(value, bool) if t == "boolean" else isinstance(value, _JSON_TYPES[t]) and not isinstance(value, bool)
+               for t in types.split("|") if t != "absent")
+
+
+def json_type_name(value) -> str:
+    """'a string', 'an object', 'null', ...: what a JSON value is, for a message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    name = next((t for t, cls in _JSON_TYPES.items() if isinstance(value, cls)), type(value).__name__)
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def type_problem(obj: dict, types: dict[str, str], where: str) -> str | None:
+    """The first key of obj whose value is not of its JSON type in `types` (absent keys are fine), as
+    '<where>.<key> is a string, expected a number or null'; None when all are."""
+    for key, allowed in types.items():
+        if key in obj and not is_json_type(obj[key], allowed):
+            return f"{where}.{key} is {json_type_name(obj[key])}, expected {allowed.replace('|absent', '').replace('|', ' or ')}"
+    return None
+
+
+def nonfinite_key(value, where: str = "") -> str | None:
+    """The dotted key of the first NaN or infinity in a parsed JSON value (Python's json reads them), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "the value"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = nonfinite_key(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."))
+        if found:
+            return found
+    return None
+
+
 class EventLog:
     """Append-only JSON-lines writer for one run directory (rank 0 only)."""
 
@@ -80,19 +159,46 @@ class EventLog:
         self._file.close()
 
 
-def iter_json_lines(path: str | os.PathLike, problems: list[str]) -> Iterator[tuple[int, object]]:
+MAX_LOG_BYTES = 64 * 2**20  # a training log or events file read whole: far above a real one (a 2000-step
+# modded-nanogpt log with its code is under 1 MB; our train.log and events.jsonl take ~200 bytes a step)
+
+
+def read_regular(path: str | os.PathLike, limit: int | None = MAX_LOG_BYTES) -> bytes:
+    """A regular file's bytes; never blocks on a FIFO or reads a device without end. Raises OSError, whose
+    strerror says why, for a FIFO, a device or a socket, a folder (EISDIR), or a file over `limit` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, without waiting for a writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket); logs are read from "
+                          "regular files only", str(path))
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise OSError(errno.EFBIG, f"larger than {limit} bytes, more than any training log", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def iter_json_lines(path: str | os.PathLike, problems: list[str],
+                    limit: int | None = MAX_LOG_BYTES) -> Iterator[tuple[int, object]]:
     """(line number, parsed value) of each non-blank line of a JSON-lines file. A line that is not JSON
     (a torn last line, say) is skipped and reported in `problems` as "<file>:<line>: skipped damaged line (...)"."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                problems.append(f"{path}:{lineno}: skipped damaged line ({exc})")
-                continue
-            yield lineno, value
+    text = read_regular(path, limit).decode("utf-8", errors="replace")
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            problems.append(f"{path}:{lineno}: skipped damaged line ({exc})")
+            continue
+        yield lineno, value
 
 
 def read_events(path: str | os.PathLike) -> tuple[list[dict], list[str]]:

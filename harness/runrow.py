@@ -33,8 +33,8 @@ def run_row(run_dir: Path, *, run_id: str, name: str, track: str, seed: int | No
     """The runs.jsonl row of a finished run, from its events.jsonl (whatever of it was written).
 
     `status` is the one its launcher or reader saw (timeout, interrupted; a --cmd run's or a log's own);
-    None takes it from the result event: ok or diverged, else crashed (also for an ok result with a
-    non-zero exit). origin, source, log_sha256 and seed_env go in only for a run read from a log.
+    None takes it from the events: ok or diverged (the result's, or harness.runlog.divergence's verdict on
+    the losses), else crashed (also for an ok result with a non-zero exit). origin, source, log_sha256 and seed_env go in only for a run read from a log.
     """
     try:
         log: RunLog | None = load_run(run_dir, require_val=False)
@@ -42,7 +42,7 @@ def run_row(run_dir: Path, *, run_id: str, name: str, track: str, seed: int | No
         log = None
     result = (log.result if log else None) or {}
     if status is None:
-        status = {"ok": "ok", "diverged": "diverged"}.get(result.get("status"), "crashed")
+        status = {"ok": "ok", "diverged": "diverged"}.get(log.status if result else None, "crashed")
         if status == "ok" and returncode != 0:
             status = "crashed"
     git = (log.git if log else None) or git_state()

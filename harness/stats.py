@@ -2,6 +2,7 @@
 
 - describe:        n, mean, sample std (ddof=1), 95% t-interval for the mean.
 - p_mean_below:    one-sided one-sample t-test, H1: mean < target (modded-nanogpt's record rule on the loss).
+- loss_rule:       the loss rule's one summary: the losses described, that p, the verdict at ALPHA, the runs needed.
 - welch:           Welch's unequal-variance t-test (scipy.stats.ttest_ind(equal_var=False)).
 - mean_difference: new - baseline mean with the 95% Welch interval (scipy's confidence_interval).
 - speedup:         mean(baseline time) / mean(new time), the ratio every speedrun record prints, with
@@ -34,6 +35,8 @@ from typing import Sequence
 
 import numpy as np
 from scipy import stats
+
+from harness.cli import finite_float, run_cli
 
 CONFIDENCE = 0.95
 ALPHA = 0.01  # the record rule's significance, for the loss and for the time
@@ -97,6 +100,33 @@ def welch(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided"
     if len(a) < 2 or len(b) < 2:
         return math.nan
     return float(_quiet(stats.ttest_ind, a, b, equal_var=False, alternative=alternative).pvalue)
+
+
+@dataclass(frozen=True)
+class LossRule:
+    """The loss rule over a set of runs: the final val losses described, and the one-sided one-sample t-test
+    that their mean is below the target (p < ALPHA passes)."""
+
+    losses: Summary
+    target: float
+    p: float  # NaN for fewer than 2 runs: no test
+    runs_needed: int | None  # runs_needed_loss at this mean and std
+
+    @property
+    def passes(self) -> bool | None:
+        """p < ALPHA; None when there is no test (fewer than 2 runs)."""
+        return None if math.isnan(self.p) else bool(self.p < ALPHA)
+
+    @property
+    def verdict(self) -> str:
+        return {True: "passes", False: "fails", None: "untested (n < 2)"}[self.passes]
+
+
+def loss_rule(final_losses: Sequence[float], target: float) -> LossRule:
+    """The one summary of the loss rule: run, compare, submit and this module's command line print it."""
+    summary = describe(final_losses)
+    return LossRule(summary, target, p_mean_below(final_losses, target),
+                    runs_needed_loss(summary.mean, summary.std, target))
 
 
 @dataclass(frozen=True)
@@ -248,6 +278,14 @@ def _numbers(given: list[str], what: str) -> list[float]:
     return values
 
 
+def fmt(value, spec: str = "", missing: str = "—", scale: float = 1) -> str:
+    """The one formatter of a figure that may be missing: value (/ scale, for a number) formatted; `missing`
+    for None (JSON's null) or NaN (a figure too few runs give, or pandas' gap)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return format(value if isinstance(value, str) or scale == 1 else value / scale, spec)
+
+
 def _table(rows: list[dict]) -> str:
     import pandas as pd
 
@@ -255,15 +293,15 @@ def _table(rows: list[dict]) -> str:
 
 
 def loss_report(losses: Sequence[float], target: float) -> str:
-    s, p = describe(losses), p_mean_below(losses, target)
-    needed = runs_needed_loss(s.mean, s.std, target)
+    rule = loss_rule(losses, target)
+    s = rule.losses
     return _table([
         {"figure": "n", "value": f"{s.n}"},
         {"figure": "mean ± std (sample)", "value": f"{s.mean:.10f} ± {s.std:.10f}"},
         {"figure": "95% CI of the mean", "value": f"[{s.ci_low:.10f}, {s.ci_high:.10f}]"},
-        {"figure": f"one-sided t-test p (mean < {target})", "value": f"{p:.10f}"},
-        {"figure": f"loss rule (p < {ALPHA})", "value": "passes" if p < ALPHA else "fails"},  # n >= 2 here
-        {"figure": f"runs needed ({POWER:.0%} power)", "value": "—" if needed is None else f"{needed}"},
+        {"figure": f"one-sided t-test p (mean < {target})", "value": f"{rule.p:.10f}"},
+        {"figure": f"loss rule (p < {ALPHA})", "value": rule.verdict},
+        {"figure": f"runs needed ({POWER:.0%} power)", "value": fmt(rule.runs_needed, "d")},
     ])
 
 
@@ -292,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     sub = parser.add_subparsers(dest="command", required=True)
     loss = sub.add_parser("loss", help="the loss rule on final val losses (numbers, or stdin)")
-    loss.add_argument("--target", type=float, default=3.28, help="target val loss (default 3.28)")
+    loss.add_argument("--target", type=finite_float, default=3.28, help="target val loss (default 3.28)")
     loss.add_argument("values", nargs="*", metavar="LOSS")
     times = sub.add_parser("times", help="a candidate's times against a baseline's: speedup, difference, Welch")
     times.add_argument("--baseline", nargs="+", required=True, metavar="T")
@@ -310,4 +348,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -5,34 +5,211 @@
   - the code hash recomputed from code/ equals code/CODE_HASH and record.json's code_hash;
   - every run's events.jsonl (runs/<run_id>/) names that code hash, and the runs in runs/ are the
     runs in record.json;
-  - every run's train.log agrees with its events.jsonl (harness.ingest.check_against_log): for a run
+  - every run's train.log agrees with its events.jsonl (check_against_log): for a run
     taken in from a log, its sha256 is the one recorded and the source code at its top hashes to the
     code hash (re-extracted from the log itself); for every run, each validation line (step, val_loss
     to its printed digits, train_time to the ms) is its val event;
   - the statistics recomputed from those logs (and the previous record's, for the speedup) equal
-    record.json's (relative tolerance 1e-9: JSON keeps full precision) and statistics.md's (each
-    number to half a unit of its last printed digit).
+    record.json's, figure by figure (relative tolerance 1e-9: JSON keeps full precision), and
+    statistics.md is exactly what record.json's figures render to (render_statistics).
+
+The figures of a record (statistics, render_statistics) and the check of a run's train.log against
+its events (check_against_log) live here; harness.submit computes and checks a record with them.
 
 Each mismatch is one line: where (file, field), expected (recomputed) and found. Exit 1 on any.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
-import re
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from harness.ingest import check_against_log
-from harness.logs import LogError, load_run, printed_tolerance
+import pandas as pd
+
+from harness import stats
+from harness.cli import run_cli
+from harness.logs import LogError, RunLog, embedded_code, load_run, parse_step_line, printed_tolerance, record_runs
 from harness.records import RECORD_FILE, RecordsError, finite_or_none, os_error_line, read_record
-from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
-from harness.submit import render_statistics, statistics
+from harness.runlog import CONSOLE_FILE, EVENTS_FILE, read_regular
+from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, embedded_code_hash, snapshot_hash
+from harness.stats import fmt
 
 JSON_RTOL = 1e-9
-# A number standing alone (not the digits inside a hash or a word).
-_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?(?![\w.])")
+
+
+# ----------------------------------------------------------------------------------------------
+# A record's figures, from its runs' logs (harness.submit writes them, verify recomputes them)
+
+
+def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
+               previous_logs: list[RunLog] | None = None) -> tuple[list[dict], dict]:
+    """(per-run figures, statistics) of a record, from its runs' logs, and the previous record's logs."""
+    logs = sorted(logs, key=lambda log: log.run_id or log.name)
+    runs = [{
+        "run_id": log.run_id or log.name,
+        "seed": log.seed,
+        "final_val_loss": log.final_val_loss,
+        "train_time_ms": log.train_time_ms,  # the run's time: at its final validation (every speedrun record's)
+        "time_to_target_ms": log.time_to_target(target),
+        "steps": log.final_step,
+        "tokens": log.tokens,
+    } for log in logs]
+    times = [r["train_time_ms"] for r in runs]
+    losses = [r["final_val_loss"] for r in runs]
+    rule = stats.loss_rule(losses, target)
+    result = {
+        "n": len(runs),
+        "target_val_loss": target,
+        "reached_target": sum(r["time_to_target_ms"] is not None for r in runs),  # at any validation
+        "final_at_or_below_target": sum(r["final_val_loss"] <= target for r in runs),
+        "train_time_ms": stats.describe(times).as_dict(),
+        "final_val_loss": rule.losses.as_dict(),
+        "p_loss_below_target": rule.p,
+        "previous": None,
+    }
+    if previous is not None:
+        prev_times = [log.train_time_ms for log in sorted(previous_logs, key=lambda log: log.run_id or log.name)]
+        result["previous"] = {
+            "folder": previous["folder"],
+            "name": previous["name"],
+            "train_time_ms": stats.describe(prev_times).as_dict(),
+            "speedup": stats.speedup(prev_times, times).as_dict(),
+            "p_welch_faster": stats.welch(times, prev_times, alternative="less"),
+        }
+    return runs, result
+
+
+def _summary(summary: dict, spec: str, unit: str = "", scale: float = 1) -> str:
+    """'mean X, std Y, 95% CI A .. B' of a stats.describe dict."""
+    low, high = summary["ci95"]
+    return (f"mean {fmt(summary['mean'], spec, 'nan', scale)}{unit}, std {fmt(summary['std'], spec, 'nan', scale)}{unit}, "
+            f"95% CI {fmt(low, spec, 'nan', scale)} .. {fmt(high, spec, 'nan', scale)}{unit}")
+
+
+def render_statistics(record: dict) -> str:
+    """statistics.md: every number of the record and the raw lists. harness.verify re-renders and compares it.
+
+    Its text is part of RECORD_SCHEMA: a change here makes verify expect the new text from old
+    records, so bump the schema and render an older record as its schema did (schema 2 named the
+    times' raw list time_ms).
+    """
+    s, runs, target = record["stats"], record["runs"], record["stats"]["target_val_loss"]
+    times_label = "time_ms" if record["schema"] == 2 else "train_time_ms"
+    table = pd.DataFrame([{
+        "run id": r["run_id"],
+        "seed": r["seed"],
+        "final val loss": fmt(r["final_val_loss"], ".6f", 'nan'),
+        "time (s)": fmt(r["train_time_ms"], ".3f", 'nan', 1000),
+        "first val ≤ target (s)": fmt(r["time_to_target_ms"], ".3f", "never", 1000),
+        "steps": r["steps"],
+    } for r in runs]).to_markdown(index=False, disable_numparse=True)
+    lines = [
+        f"# Statistics: {record['name']} ({record['track']})", "",
+        "Recomputed from the runs' own logs (runs/<run_id>/events.jsonl) by `harness.submit`; "
+        "`python -m harness.verify` recomputes them again.", "",
+        f"- target val loss: {target}",
+        f"- runs: {s['n']} ({s['final_at_or_below_target']} ended at or below the target, "
+        f"{s['reached_target']} were at or below it at some validation)",
+        f"- code hash: {record['code_hash']}", "",
+        "## Runs", "", table, "",
+        "## Final val loss", "",
+        "- " + _summary(s["final_val_loss"], ".6f"),
+        f"- one-sided one-sample t-test, H1: mean < {target}: p = {fmt(s['p_loss_below_target'], '.3e', 'nan')} "
+        f"(rule: < {stats.ALPHA})", "",
+        "## Time (each run's train time at its final validation; every run counts)", "",
+        "- " + _summary(s["train_time_ms"], ".3f", " s", 1000),
+    ]
+    prev = s.get("previous")
+    if prev:
+        sp = prev["speedup"]
+        lines += [
+            "", f"## Against the previous record, {prev['folder']}", "",
+            f"- previous: {_summary(prev['train_time_ms'], '.3f', ' s', 1000)}, over {prev['train_time_ms']['n']} runs",
+            f"- speedup (ratio of mean times, 95% Fieller interval): {fmt(sp['ratio'], '.6f', 'nan')} "
+            f"(95% CI {fmt(sp['ci95'][0], '.6f', 'nan')} .. {fmt(sp['ci95'][1], '.6f', 'nan')})",
+            f"- one-sided Welch t-test, H1: faster than the previous record: p = {fmt(prev['p_welch_faster'], '.3e', 'nan')} "
+            f"(rule: < {stats.ALPHA})",
+        ]
+    else:
+        lines += ["", "## Against the previous record", "", "- none: the first record on this track"]
+    lines += [
+        "", "## Raw lists (run id order)", "",
+        f"- final_val_loss = {[r['final_val_loss'] for r in runs]!r}",
+        f"- {times_label} = {[r['train_time_ms'] for r in runs]!r}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# A run's train.log against the rest of its directory
+
+
+def _token(line: str, key: str) -> str | None:
+    """The raw text of `key:VALUE` in a step line, as printed."""
+    for token in line.split()[1:]:
+        k, sep, value = token.partition(":")
+        if sep and k == key:
+            return value
+    return None
+
+
+def check_against_log(log: RunLog) -> list[str]:
+    """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field.
+
+    - For a run read from a log (meta.log_sha256): train.log's sha256 must be the one recorded.
+    - For a run whose code is its log's embedded source (meta.embedded_code): the code at the top of
+      train.log, re-extracted and hashed, must equal the run's code hash.
+    - Each validation line of train.log (step, val_loss to its printed digits, train_time to the
+      millisecond) must equal the matching val event, and there must be as many of each. A run of ours
+      whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
+    """
+    run_dir = Path(log.source)
+    path, events_path = run_dir / CONSOLE_FILE, run_dir / EVENTS_FILE
+    foreign = log.origin is not None
+    try:
+        data = read_regular(path)
+    except FileNotFoundError:
+        return [f"{path}: missing (the log this run was read from)"] if foreign else []
+    except OSError as exc:
+        return [os_error_line(exc)]
+    text, problems = data.decode("utf-8", errors="replace"), []
+    if log.log_sha256 is not None and hashlib.sha256(data).hexdigest() != log.log_sha256:
+        problems.append(f"{path}: sha256: expected {log.log_sha256} ({events_path.name} meta.log_sha256), found "
+                        f"{hashlib.sha256(data).hexdigest()}: the log was changed after the run was recorded")
+    if log.embedded_code:
+        code = embedded_code(text)
+        found = embedded_code_hash(code) if code is not None else None
+        if found != log.code_hash:
+            problems.append(f"{path}: embedded code: hashes to {found or 'nothing (no source code at its top)'}, "
+                            f"expected the run's code hash {log.code_hash} ({events_path.name} meta.code_hash)")
+    lines = [(lineno, line) for lineno, line in enumerate(text.splitlines(), 1)
+             if (f := parse_step_line(line)) and "val_loss" in f and "train_time_ms" in f]
+    if not lines and not foreign:
+        return problems
+    events = list(zip(log.val_steps, log.val_losses, log.val_times_ms))
+    if len(lines) != len(events):
+        problems.append(f"{path}: {len(lines)} validation lines, but {events_path} has {len(events)} val events")
+    for i, ((lineno, line), (step, loss, time_ms)) in enumerate(zip(lines, events)):
+        where, event = f"{path}:{lineno}", f"{events_path.name} val event {i + 1}"
+        printed_step = parse_step_line(line)["step"]
+        loss_text, time_text = _token(line, "val_loss"), _token(line, "train_time").removesuffix("ms")
+        printed_loss, printed_time = float(loss_text), float(time_text)
+        if printed_step != step:
+            problems.append(f"{where}: step: the log says {printed_step}, {event} says {step}")
+        same_loss = (math.isnan(printed_loss) and math.isnan(loss)) or \
+            abs(printed_loss - loss) <= printed_tolerance(loss_text) + 1e-9 * abs(loss)
+        if not same_loss:
+            problems.append(f"{where}: val_loss: the log says {loss_text}, {event} (step {step}) says {loss!r}")
+        if not abs(printed_time - time_ms) <= printed_tolerance(time_text) + 1e-6:
+            problems.append(f"{where}: train_time: the log says {time_text}ms, {event} (step {step}) says {time_ms!r}")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# A record folder
 
 
 def compare_values(expected, found, where: str, out: list[str]) -> None:
@@ -57,16 +234,13 @@ def compare_values(expected, found, where: str, out: list[str]) -> None:
 
 
 def compare_text(expected: str, found: str, where: str, out: list[str]) -> None:
-    """Line by line: the words must match exactly, the numbers within their printed precision."""
+    """Line by line, exactly: a file rendered from figures must be that rendering (its numbers are
+    checked as numbers in record.json, never read back from the text)."""
     exp_lines, found_lines = expected.splitlines(), found.splitlines()
     if len(exp_lines) != len(found_lines):
         out.append(f"{where}: expected {len(exp_lines)} lines, found {len(found_lines)}")
     for lineno, (e, f) in enumerate(zip(exp_lines, found_lines), 1):
-        e_nums, f_nums = _NUMBER.findall(e), _NUMBER.findall(f)
-        same_words = _NUMBER.sub("#", e) == _NUMBER.sub("#", f) and len(e_nums) == len(f_nums)
-        if not same_words or any(
-            abs(float(a) - float(b)) > printed_tolerance(b) + 1e-12 * abs(float(a)) for a, b in zip(e_nums, f_nums)
-        ):
+        if e != f:
             out.append(f"{where}:{lineno}: expected {e.strip()!r}, found {f.strip()!r}")
 
 
@@ -84,7 +258,8 @@ def verify(folder: str | Path) -> list[str]:
     snapshot = folder / SNAPSHOT_DIR
     try:
         recomputed = snapshot_hash(snapshot)
-        stated = (snapshot / HASH_FILE).read_text().strip() if (snapshot / HASH_FILE).exists() else None
+        hash_file = snapshot / HASH_FILE
+        stated = read_regular(hash_file).decode(errors="replace").strip() if hash_file.exists() else None
     except FileNotFoundError as exc:  # snapshot_hash's message names the folder
         return problems + [f"{snapshot}: {exc}" if exc.filename is None else os_error_line(exc)]
     except OSError as exc:
@@ -102,6 +277,9 @@ def verify(folder: str | Path) -> list[str]:
         problems.append(f"{runs_dir}: expected the runs of record.json {listed}, found {[p.name for p in run_dirs]}")
     logs = []
     for run_dir in run_dirs:
+        if not (run_dir / EVENTS_FILE).exists():  # a record keeps each run's events; its train.log alone is not the run
+            problems.append(f"{run_dir / EVENTS_FILE}: missing")
+            continue
         try:
             log = load_run(run_dir)
         except LogError as exc:
@@ -116,6 +294,9 @@ def verify(folder: str | Path) -> list[str]:
         logs.append(log)
     if not logs:
         return problems + [f"{runs_dir}: no readable runs"]
+    if len(logs) < len(run_dirs):  # figures from some of the runs would differ everywhere: say it once
+        return problems + [f"{folder / RECORD_FILE}: statistics not recomputed: {len(run_dirs) - len(logs)} of "
+                           f"{len(run_dirs)} runs cannot be read (above)"]
 
     # Statistics.
     stats_found = record["stats"]
@@ -123,16 +304,10 @@ def verify(folder: str | Path) -> list[str]:
     previous, previous_logs = None, None
     if stats_found.get("previous"):
         previous = stats_found["previous"]
-        prev_runs = folder.parent / previous["folder"] / "runs"
         try:
-            previous_logs = [load_run(p) for p in sorted(prev_runs.iterdir()) if p.is_dir()]
-            why = None if previous_logs else "no run directories"
+            previous_logs = record_runs(folder.parent / previous["folder"])
         except LogError as exc:
-            why = str(exc)
-        except OSError as exc:
-            why = os_error_line(exc)
-        if why:
-            problems.append(f"{prev_runs}: the previous record's logs cannot be read ({why})")
+            problems.append(f"{folder.parent / previous['folder']}: the previous record's runs cannot be read ({exc})")
             previous = None
     runs, recomputed_stats = statistics(logs, target, previous, previous_logs)
     expected = finite_or_none({"runs": runs, "stats": recomputed_stats})
@@ -144,9 +319,9 @@ def verify(folder: str | Path) -> list[str]:
     if not stats_md.exists():
         problems.append(f"{stats_md}: missing")
     else:
-        rendered = render_statistics({**record, **expected, "code_hash": recomputed})
+        rendered = render_statistics(record)  # record.json's figures, checked against the recomputed ones above
         try:
-            compare_text(rendered, stats_md.read_text(encoding="utf-8"), str(stats_md), problems)
+            compare_text(rendered, read_regular(stats_md).decode("utf-8"), str(stats_md), problems)
         except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
             problems.append(f"{stats_md}: cannot read ({exc.strerror if isinstance(exc, OSError) else exc})")
     return problems
@@ -174,4 +349,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

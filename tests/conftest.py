@@ -29,3 +29,9 @@ def _fresh_seed(request):
     # Fresh random inputs per test, but reproducible from the test id when a failure is investigated.
     # crc32, not hash(): Python salts str hashes per process, so hash() would give a new seed every run.
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def where(tmp_path):
+    """A records directory and a runs directory for the harness tests (neither exists yet)."""
+    return {"records": tmp_path / "records", "runs": tmp_path / "runs"}

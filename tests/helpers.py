@@ -1,4 +1,4 @@
-"""Comparison helpers shared by the kernel tests.
+"""Helpers shared by the tests: comparisons for the kernel tests, speedrun logs for the harness tests.
 
 Two rules, both from the kernels this field trusts:
 - `assert_close`: a dtype tolerance table (Liger-Kernel's habit), failing with where and how much.
@@ -6,6 +6,10 @@ Two rules, both from the kernels this field trusts:
   reference is at most `factor` x PyTorch's own error in the same dtype on the same inputs, plus atol.
 """
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -118,3 +122,182 @@ def steps(final_ms: int, final_loss: float, *, cut_at: int | None = None, nan_fr
 def modded_log(final_ms=80694, final_loss=3.2775, code=CODE, **kw) -> str:
     return code + HEADER + steps(final_ms, final_loss, **kw)
 
+
+def write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def run_ingest(where: dict, *inputs, track="modded-nanogpt", name="imported", extra=()) -> int:
+    """harness.ingest's command line, with where = {"records": ..., "runs": ...}."""
+    from harness import ingest
+
+    return ingest.main(["--track", track, "--name", name, "--records", str(where["records"]), "--runs-dir",
+                        str(where["runs"]), *extra, *map(str, inputs)])
+
+
+def rows(where: dict) -> list[dict]:
+    """The runs log's rows as written (load_records would make a number column with gaps float)."""
+    import json
+
+    from harness.records import load_records
+
+    frame, problems = load_records(where["records"])
+    assert problems == []
+    return [json.loads(line) for line in (where["records"] / "runs.jsonl").read_text().splitlines()]
+
+
+# The head of a modded-nanogpt log and its step lines, as harness.logs' tests read them
+LOG_HEAD = '''\
+import os
+def print0(s, console=False):
+    pass
+for step in range(train_steps + 1):
+    last_step = (step == train_steps)
+    if last_step or (val_loss_every > 0 and step % val_loss_every == 0):
+        print0(f"step:{step}/{train_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms", console=True)
+        s = "step:1/2 val_loss:0.1 train_time:1ms"  # a string in the code, indented
+# step:3/4 val_loss:0.2 train_time:2ms   <- a comment, not at the line start either
+====================================================================================================
+Running Python 3.12.7 (main, Oct  1 2024, 08:52:12) [GCC 13.2.0]
+Running PyTorch 2.6.0.dev20241203+cu124 compiled for CUDA 12.4
++-----------------------------------------------------------------------------------------+
+| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |
+'''
+
+LOG_STEPS = '''\
+step:0/1390 val_loss:10.8258 train_time:0ms step_avg:0.03ms
+step:1/1390 train_time:28ms step_avg:28.45ms
+step:2/1390 train_time:85ms step_avg:42.60ms
+step:125/1390 val_loss:4.3817 train_time:7024ms step_avg:56.19ms
+step:1250/1390 val_loss:3.3062 train_time:71533ms step_avg:57.23ms
+step:1389/1390 train_time:79478ms step_avg:57.22ms
+step:1390/1390 val_loss:3.2775 train_time:79532ms step_avg:57.22ms
+peak memory allocated: 22045 MiB reserved: 24218 MiB
+'''
+
+
+# The published statistics of modded-nanogpt's record 2026-07-17_FP8DownProjection (its statistics.md):
+# baseline and this_pr times and losses of 13 runs each, and the figures it prints.
+FP8_BASE_T = [80.610, 80.710, 80.678, 80.720, 80.747, 80.693, 80.659, 80.694, 80.763, 80.795, 80.818, 80.840, 80.745]
+FP8_NEW_T = [79.536, 79.740, 79.814, 79.658, 79.593, 79.629, 80.231, 79.653, 79.641, 79.532, 79.539, 79.682, 79.656]
+FP8_BASE_L = [3.2817, 3.2796, 3.2778, 3.2802, 3.2775, 3.2767, 3.2758, 3.2821, 3.2780, 3.2768, 3.2769, 3.2775, 3.2766]
+
+
+# A fake train_gpt.py (tests/test_harness_fakes.py checks that it keeps the trainer's contract)
+
+FAKE_TRAINER = '''\
+"""Fake trainer ({flavor}): modded-nanogpt step lines, events.jsonl, a code snapshot."""
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+from harness.runlog import CONSOLE_FILE, EventLog
+from harness.snapshot import snapshot_code
+
+# Loss at validation step s of S: end + (start - end) * exp(-5 s / S) + a per-seed offset.
+CONFIG = dict(steps=20, val_every=5, target_val_loss=3.28, start_loss=6.0, end_loss=3.2, loss_noise=0.001,
+              step_ms=10.0, time_noise=0.01, sleep=0.0, nan_at=-1, crash_at=-1, hang_at=-1, tokens_per_step=1024,
+              stop_at_target=0, vocab_size=50304)
+
+
+def main(argv):
+    track, seed, run_dir, cfg = None, None, None, dict(CONFIG)
+    print_config = "--print_config" in argv  # train_gpt.py's: the resolved config as one JSON line, no training
+    for arg in (a for a in argv if a != "--print_config"):
+        key, _, value = arg[2:].partition("=")
+        if key == "track":
+            track = value
+        elif key == "seed":
+            seed = int(value)
+        elif key == "run_dir":
+            run_dir = Path(value)
+        elif key in cfg:
+            cfg[key] = type(cfg[key])(value)
+        else:
+            print(f"error: unknown option {{arg}}", file=sys.stderr)
+            return 2
+    if print_config:
+        print(json.dumps({{**cfg, "track": track, "seed": seed}}))
+        return 0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    events = EventLog(run_dir)
+    console = open(run_dir / CONSOLE_FILE, "w")
+
+    def out(line):
+        print(line, flush=True)
+        console.write(line + "\\n")
+        console.flush()
+
+    digest = snapshot_code(run_dir, root=Path(__file__).parent)
+    events.write("config", track=track, config={{**cfg, "seed": seed, "run_dir": str(run_dir)}})
+    events.write("meta", code_hash=digest, world_size=1,
+                 hardware={{"kind": "cpu", "cpu": "Fake CPU", "cpu_count": 2, "peak_flops": None}},
+                 versions={{"python": sys.version.split()[0], "torch": "0.fake", "triton": None, "cuda": None}},
+                 git={{"commit": "0" * 40, "dirty": False}})
+    out("fake trainer ({flavor}) starting")
+    rng = random.Random(seed)
+    step_ms = cfg["step_ms"] * (1 + cfg["time_noise"] * rng.gauss(0, 1))
+    offset = cfg["loss_noise"] * rng.gauss(0, 1)
+    steps, t, ttt, loss = cfg["steps"], 0.0, None, None
+    tps = cfg["tokens_per_step"] / (step_ms / 1000)
+    for step in range(steps + 1):
+        t = step * step_ms
+        if step == cfg["hang_at"]:
+            while True:
+                time.sleep(0.05)
+        if step == cfg["crash_at"]:
+            raise RuntimeError("fake crash")
+        avg = t / max(step, 1)
+        events.write("step", step=step, train_time_ms=t, step_avg_ms=avg, train_loss=None, tokens_per_s=tps, mfu=None)
+        if step % cfg["val_every"] == 0 or step == steps:
+            loss = cfg["end_loss"] + (cfg["start_loss"] - cfg["end_loss"]) * math.exp(-5 * step / steps) + offset
+            if 0 <= cfg["nan_at"] <= step:
+                loss = float("nan")
+            out(f"step:{{step}}/{{steps}} val_loss:{{loss:.4f}} train_time:{{t:.0f}}ms step_avg:{{avg:.2f}}ms "
+                f"tokens_per_s:{{tps:.0f}} mfu:n/a")
+            events.write("val", step=step, val_loss=loss, train_time_ms=t)
+            if not math.isfinite(loss):
+                events.write("result", status="diverged", reached_target=False,
+                             target_val_loss=cfg["target_val_loss"], time_to_target_ms=None, steps=step,
+                             tokens=step * cfg["tokens_per_step"], final_val_loss=None, train_time_ms=t,
+                             peak_memory_mb=None, tokens_per_s=tps, mfu=None, error="val loss is not finite")
+                return 1
+            if ttt is None and loss <= cfg["target_val_loss"]:
+                ttt = t
+                if cfg["stop_at_target"]:
+                    steps = step
+                    break
+        else:
+            out(f"step:{{step}}/{{steps}} train_time:{{t:.0f}}ms step_avg:{{avg:.2f}}ms "
+                f"tokens_per_s:{{tps:.0f}} mfu:n/a")
+        time.sleep(cfg["sleep"])
+    events.write("result", status="ok", reached_target=ttt is not None, target_val_loss=cfg["target_val_loss"],
+                 time_to_target_ms=ttt, steps=steps, tokens=steps * cfg["tokens_per_step"], final_val_loss=loss,
+                 train_time_ms=t, peak_memory_mb=None, tokens_per_s=tps, mfu=None, error=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+'''
+
+
+def write_fake_trainer(folder: Path, flavor: str = "a") -> Path:
+    """Write the fake as folder/train_gpt.py and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train_gpt.py"
+    path.write_text(FAKE_TRAINER.format(flavor=flavor))
+    return path
+
+
+def run_fake(script: Path, run_dir: Path, *args: str, seed: int = 0) -> subprocess.CompletedProcess:
+    from harness.snapshot import REPO_ROOT
+
+    env_path = str(REPO_ROOT)
+    cmd = [sys.executable, str(script), "--track=cpu-tiny", f"--seed={seed}", f"--run_dir={run_dir}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": ""}, timeout=60)

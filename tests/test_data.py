@@ -338,3 +338,13 @@ def test_fineweb_offline_fails_fast_with_one_line(tmp_path):
     err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "fineweb_val_000000.bin" in err[0] and "Traceback" not in out.stderr
     assert "could not download" in err[0]
+
+
+def test_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    from harness import data
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        data.main(["shakespeare", "--dir", str(tmp_path / "file")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"--dir {tmp_path / 'file'}: not a folder")

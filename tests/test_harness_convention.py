@@ -1,7 +1,7 @@
 """The speedrun community's convention, everywhere: a run's time is the train time of its final validation,
 every finished run counts, runs go their full schedule, and the loss rule (p < 0.01) certifies the target.
 
-Sample logs are written here in modded-nanogpt's layout (tests/test_harness_logs.py's CODE and STEPS); the
+Sample logs are written here in modded-nanogpt's layout (tests/helpers.py's LOG_HEAD and LOG_STEPS); the
 record-shaped set reuses the published times and losses of modded-nanogpt's 2026-07-17_FP8DownProjection
 baseline (13 runs, three of which end above 3.28), so the figures can be checked against its statistics.md.
 """
@@ -13,9 +13,7 @@ from scipy import stats as scipy_stats
 from harness import compare, leaderboard, stats, submit, verify
 from harness.logs import load_run
 from harness.run import group_summary, run_one
-from test_harness_fakes import write_fake_trainer
-from test_harness_logs import CODE, STEPS
-from test_harness_stats import FP8_BASE_L, FP8_BASE_T
+from helpers import FP8_BASE_L, FP8_BASE_T, LOG_HEAD as CODE, LOG_STEPS as STEPS, write_fake_trainer
 
 # Published statistics.md of that baseline: mean train time 80.728615 s, std 0.065165 s, 13 runs, mean val
 # loss 3.2782461538, one-sided p 0.0042976481.
@@ -93,12 +91,11 @@ def test_comparison_json_is_complete(published_set, tmp_path, capsys):
     assert vs["runs_needed_per_variant"] >= 2
 
 
-def test_a_log_given_twice_counts_once(published_set, capsys):
-    (published_set / "copy.txt").write_text((published_set / "run00.txt").read_text())
-    fig = compare_json(capsys, "--logs", f"base={published_set}")
-    assert fig["variants"][0]["n"] == 13
-    (note,) = fig["variants"][0]["notes"]
-    assert "is the same log as" in note and "copy.txt" in note and "run00.txt" in note and "counted once" in note
+def test_a_log_given_twice_is_refused(published_set, capsys):
+    (published_set / "copy.txt").write_text((published_set / "run00.txt").read_text() + "\n")
+    assert compare.main(["--logs", f"base={published_set}", "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are the same run" in err and "copy.txt" in err and "run00.txt" in err
 
 
 @pytest.mark.parametrize("odd, differ", [
@@ -129,8 +126,8 @@ def test_submit_and_compare_agree_with_runs_above_the_target(tmp_path, capsys):
     capsys.readouterr()
     logs = [load_run(r["run_dir"]) for r in rows]
     assert any(log.final_val_loss > 3.28 for log in logs) and any(log.final_val_loss <= 3.28 for log in logs)
-    assert any(log.time_to_target(3.28) not in (None, log.time_ms) for log in logs)  # an early crossing
-    final_times = [log.time_ms for log in logs]
+    assert any(log.time_to_target(3.28) not in (None, log.train_time_ms) for log in logs)  # an early crossing
+    final_times = [log.train_time_ms for log in logs]
 
     ids = [r["run_id"] for r in rows]
     fig = compare_json(capsys, "--logs", "near=" + ",".join(ids), "--records", str(records))
@@ -146,9 +143,9 @@ def test_submit_and_compare_agree_with_runs_above_the_target(tmp_path, capsys):
     assert p < 0.01, f"the sample set should pass the loss rule (seeds 0-7 of the fake do, p = 0.004): {err}"
     folder = next(records.glob("*_near"))
     record = json.loads((folder / "record.json").read_text())
-    assert record["schema"] == 2
-    assert [r["time_ms"] for r in record["runs"]] == sorted(final_times, key=lambda t: ids[final_times.index(t)])
-    assert record["stats"]["time_ms"]["mean"] / 1000 == pytest.approx(v["time_s"]["mean"])
+    assert record["schema"] == 3
+    assert [r["train_time_ms"] for r in record["runs"]] == sorted(final_times, key=lambda t: ids[final_times.index(t)])
+    assert record["stats"]["train_time_ms"]["mean"] / 1000 == pytest.approx(v["time_s"]["mean"])
     assert record["stats"]["n"] == 8 and record["stats"]["final_at_or_below_target"] == v["final_at_or_below_target"]
     assert verify.main([str(folder)]) == 0
     text = leaderboard.render(records, tmp_path / "lb.md").read_text()
@@ -183,7 +180,7 @@ def test_a_text_log_that_stopped_early_is_not_a_full_run(tmp_path):
             "result: train_time 2000ms, 20/400 steps, 81,920 tokens, final val_loss 5.9000 ...\n")
     (tmp_path / "stopped.txt").write_text(text)
     log = load_run(tmp_path / "stopped.txt")
-    assert log.status == "ok" and log.stopped_early and log.time_ms == 2000
+    assert log.status == "ok" and log.stopped_early and log.train_time_ms == 2000
 
 
 def test_a_stopped_and_a_full_run_are_not_pooled(tmp_path, capsys):

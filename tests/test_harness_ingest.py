@@ -2,6 +2,8 @@
 submit -> verify -> a tampered copy -> leaderboard."""
 import hashlib
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
@@ -9,91 +11,13 @@ import pytest
 import scipy.stats
 
 from harness import ingest, leaderboard, submit, verify
-from harness.ingest import check_against_log
 from harness.logs import load_run, parse_log_file
-from harness.records import append_run, load_records
+from harness.records import append_run
 from harness.run import run_one
 from harness.snapshot import EMBEDDED_CODE, snapshot_hash
-from test_harness_fakes import write_fake_trainer
-
-# The source a modded-nanogpt log starts with (its f-strings mention "step:", as the real one's do).
-CODE = '''\
-import os
-import sys
-with open(sys.argv[0]) as f:
-    code = f.read()  # read the code of this file ASAP, for logging
-
-def print0(s, console=False):
-    print(s)
-
-for step in range(train_steps + 1):
-    print0(f"step:{step}/{train_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms", console=True)
-'''
-SEP = "=" * 100
-
-
-def gpu_table(n: int) -> str:
-    rows = "".join(f"|   {i}  NVIDIA H100 80GB HBM3          On  |   00000000:{i:02X}:00.0 Off |                    0 |\n"
-                   f"| N/A   54C    P0            147W /  700W |    1521MiB /  81559MiB |      0%      Default |\n"
-                   for i in range(n))
-    return ("Fri Jul 17 12:22:51 2026\n"
-            "+-----------------------------------------------------------------------------------------+\n"
-            "| NVIDIA-SMI 580.159.04             Driver Version: 580.159.04     CUDA Version: 13.0     |\n"
-            "|=========================================+========================+======================|\n"
-            + rows +
-            "| Processes:                                                                              |\n"
-            "|    0   N/A  N/A          979223      C   ...pt-challenge-py312/bin/python       1512MiB |\n")
-
-
-HEADER = (f"{SEP}\nRunning Python 3.12.3 (main, Jan 22 2026, 20:57:42) [GCC 13.3.0]\n"
-          "Running PyTorch 2.10.0+cu128 compiled for CUDA 12.8\nRunning Triton version 3.6.0\n"
-          + gpu_table(8) + f"{SEP}\nCompiling model and warming up kernels\n")
-TOTAL = 1390
-
-
-def steps(final_ms: int, final_loss: float, *, cut_at: int | None = None, nan_from: int | None = None) -> str:
-    """Step lines as modded-nanogpt prints them: validation at 0, every 250 steps and the last one."""
-    lines = []
-    for step in (0, 1, 2, 250, 251, 500, 750, 1000, 1250, 1389, TOTAL):
-        if cut_at is not None and step > cut_at:
-            break
-        t = round(final_ms * step / TOTAL)
-        if step % 250 == 0 or step == TOTAL:
-            loss = final_loss + 7.5 * (1 - step / TOTAL) ** 3
-            text = "nan" if nan_from is not None and step >= nan_from else f"{loss:.4f}"
-            lines.append(f"step:{step}/{TOTAL} val_loss:{text} train_time:{t}ms step_avg:{t / max(step, 1):.2f}ms")
-        else:
-            lines.append(f"step:{step}/{TOTAL} train_time:{t}ms step_avg:{t / max(step, 1):.2f}ms")
-    if cut_at is None:
-        lines.append("peak memory allocated: 30908 MiB reserved: 46472 MiB")
-    return "\n".join(lines) + "\n"
-
-
-def modded_log(final_ms=80694, final_loss=3.2775, code=CODE, **kw) -> str:
-    return code + HEADER + steps(final_ms, final_loss, **kw)
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_text(text)
-    return folder / name
-
-
-@pytest.fixture
-def where(tmp_path):
-    return {"records": tmp_path / "records", "runs": tmp_path / "runs"}
-
-
-def run_ingest(where, *inputs, track="modded-nanogpt", name="imported", extra=()) -> int:
-    return ingest.main(["--track", track, "--name", name, "--records", str(where["records"]), "--runs-dir",
-                        str(where["runs"]), *extra, *map(str, inputs)])
-
-
-def rows(where) -> list[dict]:
-    """The runs log's rows as written (load_records would make a number column with gaps float)."""
-    frame, problems = load_records(where["records"])
-    assert problems == []
-    return [json.loads(line) for line in (where["records"] / "runs.jsonl").read_text().splitlines()]
+from harness.verify import check_against_log
+from helpers import (CODE, HEADER, SEP, TOTAL, gpu_table, modded_log, rows, run_ingest, steps, write,
+                     write_fake_trainer)
 
 
 def test_a_modded_nanogpt_log_becomes_a_run(where, tmp_path, capsys):
@@ -206,7 +130,7 @@ def test_a_log_of_another_track_is_named(where, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--track", "a b", "--name", "n", "x.txt"], "track 'a b': use 1-80 letters"),
-    (["--track", "t", "--name", "n", "--target", "inf", "x.txt"], "--target inf: expected a finite number"),
+    (["--track", "t", "--name", "n", "--target", "inf", "x.txt"], "argument --target: 'inf' is not a finite number"),
     (["--track", "t", "x.txt"], "the following arguments are required: --name"),
 ], ids=["track", "target", "no-name"])
 def test_bad_arguments_are_one_line(where, argv, message, capsys):
@@ -290,8 +214,8 @@ def test_submitted_statistics_are_the_published_convention(two_records):
         s = json.loads((folder / "record.json").read_text())["stats"]
         times, losses = [ms for ms, _ in runs], [loss for _, loss in runs]
         assert s["n"] == len(runs)
-        assert s["time_ms"]["mean"] == pytest.approx(sum(times) / len(times), rel=1e-12)
-        assert s["time_ms"]["std"] == pytest.approx(scipy.stats.tstd(times), rel=1e-9)
+        assert s["train_time_ms"]["mean"] == pytest.approx(sum(times) / len(times), rel=1e-12)
+        assert s["train_time_ms"]["std"] == pytest.approx(scipy.stats.tstd(times), rel=1e-9)
         assert s["final_val_loss"]["mean"] == pytest.approx(sum(losses) / len(losses), rel=1e-12)
         p = scipy.stats.ttest_1samp(losses, 3.28, alternative="less").pvalue
         assert s["p_loss_below_target"] == pytest.approx(p, rel=1e-9)
@@ -372,13 +296,13 @@ def test_submit_refusals_for_ingested_runs(where, tmp_path, capsys):
     assert rc == 1 and err.count("\n") == 1 and "no source code: its log" in err and "a record needs its code" in err
 
     # The same log taken in twice (through two runs logs merged by hand) counts once: refused.
-    path = write(tmp_path / "one", "a.txt", modded_log())
+    path = write(tmp_path / "one", "a.txt", modded_log(80001, 3.2771))
     other = {"records": tmp_path / "other", "runs": tmp_path / "other_runs"}
     assert run_ingest(where, path) == 0 and run_ingest(other, path) == 0
     append_run(rows(other)[0], where["records"])
     twice = [r["run_id"] for r in rows(where) if r.get("source") == str(path.resolve())]
     rc, err = submit_set(where, "twice", twice, capsys)
-    assert rc == 1 and err.count("\n") == 1 and "have the same log (train.log sha256" in err
+    assert rc == 1 and err.count("\n") == 1 and "are one run:" in err and "have the same step lines" in err
 
     cut = ingest_set(where, tmp_path, "cut", [(80000, 3.27)]) + ingest_set(where, tmp_path, "cut2", [(80100, 3.27)])
     (Path(rows(where)[-1]["run_dir"]) / "train.log").write_text(modded_log(cut_at=700))
@@ -408,3 +332,201 @@ def test_our_own_runs_train_log_is_checked_against_its_events(tmp_path):
     train_log.write_text(text.replace(line, line.replace("val_loss:", "val_loss:1")))
     problems = check_against_log(load_run(row["run_dir"]))
     assert len(problems) == 1 and f"{train_log}:" in problems[0] and ": val_loss: the log says 1" in problems[0]
+
+
+# Seven runs whose mean loss fails the loss rule (p = 0.030); counted twice, they would pass (p = 0.0023).
+SEVEN = [(80694, 3.2775), (80720, 3.2800), (80659, 3.2768), (80818, 3.2811), (80702, 3.2772), (80688, 3.2795),
+         (80731, 3.2779)]
+
+
+def test_near_duplicate_logs_count_once(where, tmp_path, capsys):
+    """Seven logs plus seven copies differing by a trailing newline are seven runs in ingest, compare and submit."""
+    folder = tmp_path / "logs"
+    for i, (ms, loss) in enumerate(SEVEN):
+        text = modded_log(ms, loss)
+        write(folder, f"run{i}.txt", text)
+        write(folder, f"run{i}_copy.txt", text + "\n")
+    assert run_ingest(where, folder) == 0
+    err = capsys.readouterr().err
+    ingested = rows(where)
+    assert len(ingested) == 7 and {Path(r["source"]).name for r in ingested} == {f"run{i}.txt" for i in range(7)}
+    for i in range(7):
+        run_id = next(r["run_id"] for r in ingested if Path(r["source"]).name == f"run{i}.txt")
+        assert (f"{folder / f'run{i}_copy.txt'}: already ingested as run {run_id} "
+                f"(the same run as {(folder / f'run{i}.txt').resolve()}: the same step lines)") in err
+
+    from harness import compare
+    assert compare.main(["--logs", f"base={folder}", "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "run0.txt and " in err and "run0_copy.txt are the same run" in err
+
+    # The copies taken in through a second runs log merged by hand: submit counts each run once.
+    other = {"records": tmp_path / "other", "runs": tmp_path / "other_runs"}
+    copies = [folder / f"run{i}_copy.txt" for i in range(7)]
+    assert run_ingest(other, *copies) == 0
+    for row in rows(other):
+        append_run(row, where["records"])
+    ids = [r["run_id"] for r in rows(where)]
+    rc, err = submit_set(where, "fourteen", ids, capsys)
+    assert rc == 1 and err.count("\n") == 1 and "are one run:" in err and "have the same step lines" in err, err
+    rc, err = submit_set(where, "seven", ids[:7], capsys)
+    assert rc == 1 and "not significantly below the target" in err and "p = 0.0297" in err, err
+    assert not [p for p in where["records"].iterdir() if p.is_dir()]
+
+
+def _ingest_after(barrier, where: dict, folder: str, out: str) -> None:
+    import contextlib
+    import io
+    import sys
+
+    barrier.wait()
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = run_ingest(where, folder)
+    Path(out).write_text(f"{rc}\n{err.getvalue()}")
+    sys.exit(0)
+
+
+def test_concurrent_ingests_record_each_log_once(where, tmp_path):
+    import multiprocessing
+
+    folder = tmp_path / "logs"
+    for i, (ms, loss) in enumerate(SEVEN[:4]):
+        write(folder, f"run{i}.txt", modded_log(ms, loss))
+    ctx = multiprocessing.get_context("fork")  # real processes, started together
+    barrier = ctx.Barrier(8)
+    procs = [ctx.Process(target=_ingest_after, args=(barrier, where, str(folder), str(tmp_path / f"out{k}")))
+             for k in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    assert len(rows(where)) == 4 and len(list(where["runs"].iterdir())) == 4
+    outs = [(tmp_path / f"out{k}").read_text() for k in range(8)]
+    assert all(out.startswith("0\n") for out in outs)
+    assert sum(out.count("already ingested as run") for out in outs) == 7 * 4
+
+
+def _replace_token(text: str, startswith: str, key: str, value: str) -> tuple[str, int]:
+    """The log with `key:VALUE` of the first line starting `startswith` set to value; and that line's number."""
+    lines = text.splitlines(keepends=True)
+    i = next(i for i, line in enumerate(lines) if line.startswith(startswith))
+    lines[i] = re.sub(rf"(^|\s){key}:\S+", rf"\g<1>{key}:{value}", lines[i], count=1)
+    return "".join(lines), i + 1
+
+
+@pytest.mark.parametrize("line, key, value, why", [
+    (f"step:{TOTAL}/{TOTAL} val_loss", "val_loss", "-2.5", "val_loss -2.5 is negative"),
+    ("step:1000/", "val_loss", "-inf", "val_loss -inf is negative"),
+    ("step:251/", "train_time", "-400ms", "train_time -400.0ms is not a time"),
+    ("step:251/", "train_time", "nanms", "train_time nanms is not a time"),
+    ("step:750/", "step", f"50/{TOTAL}", "step 50 comes after step 500: steps go backwards"),
+    ("step:1250/", "train_time", "100ms", "train_time 100ms comes after"),
+    ("step:500/", "step", "500/1400", "planned steps 1400, but 1390 before"),
+], ids=["negative-loss", "minus-inf-loss", "negative-time", "nan-time", "steps-back", "time-back", "total-changes"])
+def test_impossible_values_are_refused_naming_the_line(where, tmp_path, capsys, line, key, value, why):
+    text, lineno = _replace_token(modded_log(), line, key, value)
+    path = write(tmp_path / "logs", "bad.txt", text)
+    assert run_ingest(where, path) == 1
+    err = capsys.readouterr().err
+    assert f"skipped: {path}:{lineno}: " in err and why in err and "not a valid log" in err, err
+    assert not (where["records"] / "runs.jsonl").exists() or rows(where) == []
+
+    from harness import compare
+    assert compare.main(["--logs", f"a={path}", "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}:{lineno}: " in err and why in err
+
+
+def exploded_log(vocab_line: str) -> str:
+    """A run whose learning rate was 1e6: train loss 3.3e7, then stuck at exactly ln(50257), all finite."""
+    uniform = f"{math.log(50257):.4f}"
+    return (CODE + vocab_line + HEADER
+            + f"step:0/{TOTAL} val_loss:10.8258 train_time:0ms step_avg:0.03ms\n"
+            + f"step:1/{TOTAL} train_loss:33017344.0000 train_time:28ms step_avg:28.45ms\n"
+            + f"step:2/{TOTAL} train_loss:{uniform} train_time:85ms step_avg:42.60ms\n"
+            + f"step:{TOTAL}/{TOTAL} val_loss:{uniform} train_time:79532ms step_avg:57.22ms\n")
+
+
+@pytest.mark.parametrize("vocab_line, why", [
+    ("model = GPT(vocab_size=50257, num_layers=12)\n", "train loss 3.302e+07 is above 2 x ln(vocab 50257)"),
+    ("", "train loss 3.302e+07 is above"),  # no vocabulary stated: the run's losses still say it
+], ids=["vocab-in-code", "vocab-unstated"])
+def test_a_run_whose_loss_exploded_but_stayed_finite_is_diverged(where, tmp_path, vocab_line, why):
+    path = write(tmp_path / "logs", "lr1e6.txt", exploded_log(vocab_line))
+    assert run_ingest(where, path) == 0
+    (row,) = rows(where)
+    log = load_run(row["run_dir"])
+    if vocab_line:
+        assert row["status"] == "diverged" and log.status == "diverged" and why in log.divergence
+        assert why in log.result["error"]
+    else:  # without ln(vocab), a finite loss is no divergence: the policy needs the vocabulary
+        assert row["status"] == "ok" and log.divergence is None
+
+
+def test_a_run_stuck_at_uniform_guessing_with_an_ok_result_is_diverged(tmp_path):
+    from harness.runlog import EventLog
+
+    run = tmp_path / "run"
+    events = EventLog(run)
+    events.write("config", track="cpu-tiny", config={"seed": 1, "target_val_loss": 5.6, "vocab_size": 50304})
+    events.write("val", step=0, val_loss=10.83, train_time_ms=0.0)
+    events.write("step", step=1, train_time_ms=5.0, step_avg_ms=5.0, train_loss=3.3e7, tokens_per_s=1.0, mfu=None)
+    events.write("val", step=2, val_loss=math.log(50304), train_time_ms=10.0)
+    events.write("result", status="ok", steps=2)
+    events.close()
+    log = load_run(run)
+    assert log.status == "diverged" and "train loss 3.3e+07 is above 2 x ln(vocab 50304)" in log.divergence
+
+
+def _cli(module: str, *args, timeout: float = 60):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)  # a read that blocks on a FIFO fails the test here, not the suite
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_fifo_or_a_device_given_as_a_log_is_refused_in_one_line(where, tmp_path, kind):
+    import os
+
+    if kind == "fifo":
+        bad = tmp_path / "log.txt"
+        os.mkfifo(bad)
+    else:
+        bad = Path("/dev/zero")
+    good = write(tmp_path / "logs", "good.txt", modded_log())
+    proc = _cli("harness.ingest", "--track", "modded-nanogpt", "--name", "n", "--records", where["records"],
+                "--runs-dir", where["runs"], bad, good)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"skipped: {bad}: cannot read (not a regular file (a FIFO, device or socket)" in proc.stderr, proc.stderr
+    assert len(rows(where)) == 1
+
+    proc = _cli("harness.compare", "--logs", f"a={bad}", "--no-plot")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "not a regular file" in proc.stderr
+
+    run_dir = Path(rows(where)[0]["run_dir"])  # a run folder whose train.log is not a file: named, not read
+    (run_dir / "train.log").unlink()
+    if kind == "fifo":
+        os.mkfifo(run_dir / "train.log")
+    else:
+        (run_dir / "train.log").symlink_to("/dev/zero")
+    proc = _cli("harness.compare", "--logs", f"a={run_dir}", "--no-plot")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and f"{run_dir / 'train.log'}" in proc.stderr
+
+
+@pytest.mark.parametrize("option", ["--records", "--runs-dir"])
+def test_a_folder_option_naming_a_file_is_one_line(where, tmp_path, option, capsys):
+    (tmp_path / "file").write_text("")
+    argv = {"--records": where["records"], "--runs-dir": where["runs"], option: tmp_path / "file"}
+    with pytest.raises(SystemExit) as exc:
+        ingest.main(["--track", "t", "--name", "n", *[str(x) for kv in argv.items() for x in kv],
+                     str(write(tmp_path / "logs", "a.txt", modded_log()))])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"{option} {tmp_path / 'file'}: not a folder")
+    if option == "--records":
+        with pytest.raises(SystemExit):
+            submit.main(["--records", str(tmp_path / "file"), "--name", "x", "--description", "d", "a", "b"])
+        assert capsys.readouterr().err.splitlines()[-1].endswith(f"--records {tmp_path / 'file'}: not a folder")

@@ -4,36 +4,7 @@ import math
 import pytest
 
 from harness.logs import LogError, load_run, load_runs, parse_step_line, parse_text
-
-# The head of a modded-nanogpt log: the script's own source, whose f-strings mention "step:".
-CODE = '''\
-import os
-def print0(s, console=False):
-    pass
-for step in range(train_steps + 1):
-    last_step = (step == train_steps)
-    if last_step or (val_loss_every > 0 and step % val_loss_every == 0):
-        print0(f"step:{step}/{train_steps} val_loss:{val_loss:.4f} train_time:{training_time_ms:.0f}ms", console=True)
-        s = "step:1/2 val_loss:0.1 train_time:1ms"  # a string in the code, indented
-# step:3/4 val_loss:0.2 train_time:2ms   <- a comment, not at the line start either
-====================================================================================================
-Running Python 3.12.7 (main, Oct  1 2024, 08:52:12) [GCC 13.2.0]
-Running PyTorch 2.6.0.dev20241203+cu124 compiled for CUDA 12.4
-+-----------------------------------------------------------------------------------------+
-| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |
-'''
-
-STEPS = '''\
-step:0/1390 val_loss:10.8258 train_time:0ms step_avg:0.03ms
-step:1/1390 train_time:28ms step_avg:28.45ms
-step:2/1390 train_time:85ms step_avg:42.60ms
-step:125/1390 val_loss:4.3817 train_time:7024ms step_avg:56.19ms
-step:1250/1390 val_loss:3.3062 train_time:71533ms step_avg:57.23ms
-step:1389/1390 train_time:79478ms step_avg:57.22ms
-step:1390/1390 val_loss:3.2775 train_time:79532ms step_avg:57.22ms
-peak memory allocated: 22045 MiB reserved: 24218 MiB
-'''
-
+from helpers import LOG_HEAD as CODE, LOG_STEPS as STEPS
 
 def write(tmp_path, text, name="log.txt"):
     path = tmp_path / name
@@ -159,3 +130,37 @@ def test_compare_refuses_a_zero_time_in_one_line(tmp_path):
     )
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1] == "error: speedup needs positive times, got [0.0]"
+
+
+@pytest.mark.parametrize("val, why", [
+    (dict(step=2, val_loss=-2.5, train_time_ms=10.0), "val_loss -2.5 is negative"),
+    (dict(step=2, val_loss=3.9, train_time_ms=-1.0), "is not a time"),
+    (dict(step=0, val_loss=3.9, train_time_ms=10.0), "steps go backwards"),
+    (dict(step=2, val_loss=3.9, train_time_ms=0.5), "time goes backwards"),
+], ids=["negative-loss", "negative-time", "steps-back", "time-back"])
+def test_impossible_val_events_are_refused(tmp_path, val, why):
+    from harness.logs import InvalidLog
+    from harness.runlog import EventLog
+
+    run = tmp_path / "run"
+    events = EventLog(run)
+    events.write("config", track="cpu-tiny", config={"seed": 7, "target_val_loss": 4.0})
+    events.write("val", step=1, val_loss=10.0, train_time_ms=1.0)
+    events.write("val", **val)
+    events.close()
+    with pytest.raises(InvalidLog) as exc:
+        load_run(run)
+    assert str(exc.value).startswith(f"{run / 'events.jsonl'}: val event at step {val['step']}: ") and why in str(exc.value)
+
+
+def test_a_2024_log_whose_clock_restarts_after_warm_up_is_read():
+    """2024 modded-nanogpt reset training_time_ms at step 10 (untimed warm-up): the step lines' times go back
+    once; the validations' times never do."""
+    text = ("step:0/3000 val_loss:10.8258 train_time:0ms step_avg:nanms\n"
+            "step:1/3000 train_loss:10.8258 train_time:29500ms step_avg:nanms\n"
+            "step:10/3000 train_loss:9.1 train_time:31021ms step_avg:nanms\n"
+            "step:11/3000 train_loss:8.9 train_time:216ms step_avg:nanms\n"
+            "step:125/3000 val_loss:4.4 train_time:25130ms step_avg:219.87ms\n"
+            "step:3000/3000 val_loss:3.2790 train_time:655000ms step_avg:219.00ms\n")
+    log = parse_text(text, source="2024.txt")
+    assert log.status == "ok" and log.val_times_ms == [0, 25130, 655000] and log.train_losses[-1] == 8.9

@@ -85,3 +85,40 @@ def test_missing_run_id_names_the_damaged_lines_it_may_be_on(tmp_path):
     assert "\n" not in message and "no run with id 'b' (2 problems reading it; the first: " in message
     assert f"{tmp_path / 'runs.jsonl'}:2: skipped damaged line" in message
     assert load_records(tmp_path)[1][1] == f"{tmp_path / 'runs.jsonl'}:3: skipped line without a run_id"
+
+
+def test_an_append_after_a_torn_last_line_starts_a_fresh_line(tmp_path):
+    append_run({"run_id": "a"}, tmp_path)
+    path = tmp_path / "runs.jsonl"
+    with open(path, "ab") as f:
+        f.write(b'{"schema": 1, "run_id": "torn", "final_val')  # a writer killed mid-line: no newline
+    append_run({"run_id": "b", "final_val_loss": 3.25}, tmp_path)
+    assert path.read_bytes().endswith(b"\n") and path.read_text().count("\n") == 3
+    frame, problems = load_records(tmp_path)
+    assert frame["run_id"].tolist() == ["a", "b"]
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:2: skipped damaged line")
+    assert find_runs(["b"], tmp_path)[0]["final_val_loss"] == 3.25
+
+
+def test_rows_of_the_wrong_types_are_named_and_the_rest_renders(tmp_path, capsys):
+    from harness import leaderboard
+
+    path = tmp_path / "runs.jsonl"
+    path.write_text(
+        '{"schema": 1, "run_id": "a", "track": "cpu-tiny", "timestamp": "2026-01-01T00:00:00", "final_val_loss": "low", '
+        '"train_time_ms": [1], "steps": "x", "status": 5, "stop_at_target": "yes"}\n'
+        '{"schema": 1, "run_id": "b", "track": ["cpu-tiny"], "timestamp": 7, "name": {"n": 1}}\n'
+        '{"schema": 1, "run_id": "c", "track": "cpu-tiny", "timestamp": "2026-01-02T00:00:00", "final_val_loss": 3.1, '
+        '"train_time_ms": 1000.0, "status": "ok"}\n')
+    frame, problems = load_records(tmp_path)
+    assert frame["run_id"].tolist() == ["a", "b", "c"]
+    assert f"{path}:1: final_val_loss is a string, expected number or null; read as missing" in problems
+    assert f"{path}:1: train_time_ms is an array, expected number or null; read as missing" in problems
+    assert f"{path}:2: track is an array, expected string or null; read as missing" in problems
+    assert len(problems) == 8 and all("\n" not in p for p in problems)
+    assert find_runs(["a"], tmp_path)[0]["final_val_loss"] is None
+    assert leaderboard.main(["--records", str(tmp_path), "--out", str(tmp_path / "lb.md")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("leaderboard: ") == 8
+    page = (tmp_path / "lb.md").read_text()
+    assert "| c " in page and "| 3.1000 " in page

@@ -46,6 +46,12 @@ def test_diverged_run(kit):
     assert row["status"] == "diverged" and row["final_val_loss"] is None and only_row(kit)["status"] == "diverged"
 
 
+def test_a_run_whose_loss_explodes_but_stays_finite_is_diverged(kit):
+    # the trainer's result says ok; the losses (above 2 x ln(vocab) = 21.6) say otherwise
+    row = run_fake(kit, "--start_loss=40.0", "--end_loss=30.0")
+    assert row["status"] == "diverged" and only_row(kit)["status"] == "diverged"
+
+
 def test_crash_without_result_is_crashed(kit):
     row = run_fake(kit, "--crash_at=12")
     assert row["status"] == "crashed" and row["returncode"] == 1

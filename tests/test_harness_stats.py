@@ -1,4 +1,4 @@
-"""harness.stats against published values: the FP8DownProjection speedrun record's own figures, and Student's sleep data (Cushny & Peebles, 1905), as worked in R.
+"""harness.stats against published values: the FP8DownProjection speedrun record's own figures (tests/helpers.py), and Student's sleep data (Cushny & Peebles, 1905), as worked in R.
 
 R's documentation example `t.test(extra ~ group, data = sleep)` and its paired form print:
   paired (one-sample on the differences g1 - g2): t = -4.0621, df = 9, p-value = 0.002833,
@@ -14,6 +14,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from harness import stats
+from helpers import FP8_BASE_L, FP8_BASE_T, FP8_NEW_T
 
 GROUP1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
 GROUP2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
@@ -36,13 +37,6 @@ def test_one_sided_one_sample_is_half_the_two_sided_p():
 def test_welch():
     assert stats.welch(GROUP1, GROUP2) == pytest.approx(0.07939, rel=1e-4)
     assert stats.welch(GROUP1, GROUP2, alternative="less") == pytest.approx(0.07939 / 2, rel=1e-4)
-
-
-# The published statistics of modded-nanogpt's record 2026-07-17_FP8DownProjection (its statistics.md):
-# baseline and this_pr times and losses of 13 runs each, and the figures it prints.
-FP8_BASE_T = [80.610, 80.710, 80.678, 80.720, 80.747, 80.693, 80.659, 80.694, 80.763, 80.795, 80.818, 80.840, 80.745]
-FP8_NEW_T = [79.536, 79.740, 79.814, 79.658, 79.593, 79.629, 80.231, 79.653, 79.641, 79.532, 79.539, 79.682, 79.656]
-FP8_BASE_L = [3.2817, 3.2796, 3.2778, 3.2802, 3.2775, 3.2767, 3.2758, 3.2821, 3.2780, 3.2768, 3.2769, 3.2775, 3.2766]
 
 
 def test_the_published_record_figures():
@@ -148,3 +142,40 @@ def test_small_samples_give_nan_not_errors():
     assert math.isnan(stats.mean_difference([1.0], [2.0]).ci_low)
     with pytest.raises(ValueError, match="positive"):
         stats.speedup([0.0, 1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("target", ["nan", "inf", "-inf"])
+def test_a_target_that_is_not_finite_is_refused(target, capsys):
+    from harness import compare
+
+    for main, argv in ((stats.main, ["loss", f"--target={target}", "3.27", "3.26"]),
+                       (compare.main, ["--logs", "a=x.txt", f"--target={target}"])):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines()[-1].endswith(f"argument --target: '{target}' is not a finite number")
+
+
+def test_a_reader_that_stops_reading_gets_no_traceback(tmp_path):
+    """`python -m harness.X ... | head -1`: every command that prints tables ends quietly when stdout closes."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a.txt").write_text("step:0/2 val_loss:10.8 train_time:0ms\nstep:2/2 val_loss:3.2 train_time:10ms\n")
+    (tmp_path / "b.txt").write_text("step:0/2 val_loss:10.8 train_time:0ms\nstep:2/2 val_loss:3.3 train_time:12ms\n")
+    commands = [["harness.stats", "loss", "3.27", "3.26", "3.25"],
+                ["harness.compare", "--logs", f"a={tmp_path}", "--no-plot"],
+                ["harness.leaderboard", "--records", str(tmp_path), "--out", str(tmp_path / "lb.md")],
+                ["harness.verify", str(tmp_path)]]
+    for argv in commands:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first line: every write fails with EPIPE
+        try:
+            proc = subprocess.run([sys.executable, "-m", *argv], stdout=write, stderr=subprocess.PIPE, text=True,
+                                  timeout=120)
+        finally:
+            os.close(write)
+        assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, (argv, proc.stderr)
+        assert proc.returncode == 1, (argv, proc.returncode, proc.stderr)

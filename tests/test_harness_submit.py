@@ -10,8 +10,7 @@ import pytest
 from harness import compare, leaderboard, submit, verify
 from harness.records import RECORD_FILE, append_run, record_problem
 from harness.run import run_one
-from test_harness_fakes import write_fake_trainer
-from test_harness_logs import CODE, STEPS
+from helpers import LOG_HEAD as CODE, LOG_STEPS as STEPS, write_fake_trainer
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +83,17 @@ def _as_directory(path: Path):
     (_as_directory, "cannot read (Is a directory)"),
     (lambda p: p.write_text("[1, 2]"), "not a JSON object but an array"),
     (_edit(lambda r: r["stats"].pop("target_val_loss")), "stats.target_val_loss missing"),
-    (_edit(lambda r: r["stats"]["time_ms"].update(mean="fast")), "stats.time_ms.mean is a string, expected number"),
+    (_edit(lambda r: r["stats"]["train_time_ms"].update(mean="fast")), "stats.train_time_ms.mean is a string, expected number"),
     (_edit(lambda r: r["stats"].update(previous={"name": "older"})), "stats.previous.folder missing"),
-    (_edit(lambda r: r.update(schema=3)), "schema 3 (this harness reads schema 2)"),
-    (_edit(lambda r: r.update(schema=1)), "schema 1 (this harness reads schema 2: schema 1 timed a run at its first"),
+    (_edit(lambda r: r.update(schema=4)), "schema 4 (this harness reads schemas 2 and 3)"),
+    (_edit(lambda r: r.update(schema=1)), "schema 1 (this harness reads schemas 2 and 3: schema 1 timed a run at its"),
     (_edit(lambda r: r.pop("name")), "name missing"),
+    (_edit(lambda r: r["stats"]["train_time_ms"].update(std=float("nan"))), "stats.train_time_ms.std is NaN or Infinity"),
+    (_edit(lambda r: r["stats"]["final_val_loss"].update(mean=float("inf"))), "stats.final_val_loss.mean is NaN or"),
+    (_edit(lambda r: r["runs"][1].update(train_time_ms="80.1")), "runs[1].train_time_ms is a string, expected number or null"),
+    (_edit(lambda r: r["runs"][0].update(seed=[1])), "runs[0].seed is an array, expected integer or null"),
 ], ids=["not-json", "a-folder", "not-an-object", "no-target", "mean-not-a-number", "previous-without-folder",
-        "other-schema", "first-crossing-schema", "no-name"])
+        "other-schema", "first-crossing-schema", "no-name", "nan", "infinity", "run-time-a-string", "seed-a-list"])
 def test_damaged_record_json_is_one_line_everywhere(world, records, tmp_path, capsys, damage, why):
     folder = baseline(records)
     damage(folder / RECORD_FILE)
@@ -229,3 +232,91 @@ def test_plot_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
     assert compare.main(argv) == 1
     captured = capsys.readouterr()
     assert "| new" in captured.out and one_line(captured.err).startswith("error: plots not written: ")
+
+
+def _submit_after(barrier, records: str, name: str, run_ids: list[str], out: str) -> None:
+    import contextlib
+    import io
+    import sys
+
+    barrier.wait()
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = submit.main(["--records", records, "--no-leaderboard", "--description", "d", "--name", name, *run_ids])
+    Path(out).write_text(f"{rc}\n{err.getvalue()}")
+    sys.exit(0)
+
+
+def test_concurrent_submits_of_the_same_runs_make_one_record(world, records, tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")  # real processes, started together
+    barrier = ctx.Barrier(2)
+    procs = [ctx.Process(target=_submit_after, args=(barrier, str(records), name, world["fast"], str(tmp_path / name)))
+             for name in ("fast1", "fast2")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    made = sorted(p.name.split("_", 1)[1] for p in records.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(made) == 2 and "baseline" in made, made  # the baseline and one of the two
+    winner = next(name for name in made if name != "baseline")
+    loser = "fast2" if winner == "fast1" else "fast1"
+    assert (tmp_path / winner).read_text() == "0\n"
+    refusal = (tmp_path / loser).read_text()
+    assert refusal.startswith("1\nrefused: ") and "not significantly faster than the current record" in refusal
+    assert f"_{winner}" in refusal, refusal
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda e: e.update(config="x"), "config.config is a string, expected object or null"),
+    (lambda e: e["config"].update(seed="0"), "config.config.seed is a string, expected integer or null"),
+    (lambda e: e.update(track=5), "config.track is an integer, expected string or null"),
+], ids=["config-a-string", "seed-a-string", "track-a-number"])
+def test_wrongly_typed_events_config_is_one_line_everywhere(world, records, tmp_path, capsys, change, field):
+    folder = baseline(records)
+    events = folder / "runs" / world["base"][0] / "events.jsonl"
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    change(next(e for e in lines if e["event"] == "config"))
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    expected = f"{events}: {field}"
+
+    rc, err = submit_fast(world, records, capsys)
+    assert rc == 1 and expected in one_line(err)
+
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == expected and out[1].endswith("statistics not recomputed: 1 of 2 runs cannot be read (above)")
+
+    argv = ["--logs", f"old={folder / 'runs'}", f"new={','.join(world['fast'])}", "--no-plot", "--records", str(records)]
+    assert compare.main(argv) == 1
+    assert expected in one_line(capsys.readouterr().err)
+
+    assert leaderboard.main(["--records", str(records), "--out", str(tmp_path / "lb.md")]) == 0
+    assert expected in capsys.readouterr().err and "## cpu-tiny" in (tmp_path / "lb.md").read_text()
+
+
+def test_pages_get_the_umask_s_mode_and_killed_writers_leave_nothing(world, records, tmp_path, capsys):
+    import stat
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a writer killed mid-write: its pid runs no more
+    stale = [records / f".leaderboard.png.tmp-{proc.pid}-0123abcd", tmp_path / f".lb.md.tmp-{proc.pid}-0123abcd"]
+    for path in stale:
+        path.write_bytes(b"half")
+    stale_record = records / f".2026-01-01_fast.tmp-{proc.pid}-0123abcd"
+    (stale_record / "runs").mkdir(parents=True)
+    old = os.umask(0o022)
+    try:
+        assert leaderboard.main(["--records", str(records), "--out", str(tmp_path / "lb.md")]) == 0
+        rc, err = submit_fast(world, records, capsys)
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    for page in (tmp_path / "lb.md", records / "leaderboard.png"):
+        assert stat.S_IMODE(page.stat().st_mode) == 0o644, page
+    assert not any(p.exists() for p in [*stale, stale_record])
+    assert not [p for p in records.iterdir() if ".tmp-" in p.name]

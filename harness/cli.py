@@ -1,0 +1,40 @@
+"""What every harness command line shares: its exit, whatever happens to its stdout; its argument types."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Callable
+
+
+def run_cli(main: Callable[[], int]) -> None:
+    """sys.exit(main()); a reader that stops reading (`python -m harness.stats ... | head -1`) ends the command
+    quietly, exit status 1, instead of with a BrokenPipeError traceback. stdout then points at /dev/null, so
+    that the interpreter's last flush at exit does not fail again (the recipe of Python's signal docs)."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 1
+    sys.exit(code)
+
+
+def finite_float(text: str) -> float:
+    """argparse type of a target val loss and the like: a finite number (nan and inf are no target)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def not_a_folder(option: str, path) -> str | None:
+    """'<option> <path>: not a folder' for a path that exists and is not one (where a folder would be made or
+    read), else None."""
+    return f"{option} {path}: not a folder" if path is not None and os.path.exists(path) and not os.path.isdir(path) \
+        else None

@@ -1,0 +1,31 @@
+"""harness.runlog: the divergence policy."""
+import math
+
+import pytest
+
+from harness.runlog import DIVERGED_ABOVE, divergence
+
+V = 50304
+UNIFORM = math.log(V)
+
+
+@pytest.mark.parametrize("val, train, why", [
+    ([10.8, 5.0, math.nan], [], "val loss nan is not finite"),
+    ([10.8, 5.0, 4.0], [6.0, math.inf], "train loss inf is not finite"),
+    ([10.8, 5.0, 4.0], [6.0, None], "train loss None is not finite"),
+    ([10.8, UNIFORM, UNIFORM], [3.3e7, UNIFORM], "train loss 3.3e+07 is above 2 x ln(vocab 50304) = 21.65"),
+    ([10.8, 30.0, 4.0], [], "val loss 30 is above"),
+    ([10.8, 10.9, UNIFORM], [10.9, 10.85], "final val loss 10.8258 is not below ln(vocab 50304) = 10.8258"),
+    ([10.8, 12.0, 11.5], [], "no better than guessing uniformly"),
+], ids=["nan-val", "inf-train", "null-train", "exploded-then-uniform", "val-far-above", "stuck-at-uniform", "above-uniform"])
+def test_divergence_names_why(val, train, why):
+    reason = divergence(val, train, V)
+    assert reason is not None and why in reason and "\n" not in reason
+
+
+def test_healthy_runs_and_unknown_vocab():
+    assert divergence([10.83, 11.2, 6.0, 3.28], [10.9, 11.5, 6.1, 3.3], V) is None  # an early spike near ln V
+    assert divergence([10.8, 20.0, 10.9], [3.3e7], None) is None  # no vocabulary stated: only non-finite counts
+    assert divergence([10.8, 20.0, math.nan], [], None) == "val loss nan is not finite"
+    assert divergence([10.83], [], V, finished=False) is None  # stopped at step 0: not judged on its final loss
+    assert DIVERGED_ABOVE * UNIFORM == pytest.approx(21.65, abs=0.01)

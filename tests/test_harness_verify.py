@@ -1,0 +1,111 @@
+"""harness.verify on record folders written here: run ids that look like numbers, statistics.md edits."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness import submit, verify
+from harness.records import append_run
+from helpers import modded_log, rows, run_ingest, write
+
+RUNS = [(80694, 3.2775), (80720, 3.2768), (80659, 3.2772), (80818, 3.2779)]
+NUMBER_LIKE_IDS = ["1e5", "4518e917", "0x1f", "20250823-4518e917-1e5"]
+
+
+def record_with_run_ids(where, tmp_path, capsys, run_ids) -> Path:
+    """Ingest len(run_ids) logs, give their run folders these ids in a fresh runs log, submit them."""
+    for i, (ms, loss) in enumerate(RUNS[:len(run_ids)]):
+        write(tmp_path / "logs", f"{i}.txt", modded_log(ms, loss))
+    assert run_ingest(where, tmp_path / "logs") == 0
+    records = tmp_path / "renamed"
+    for row, run_id in zip(rows(where), run_ids):
+        run_dir = Path(row["run_dir"]).rename(Path(row["run_dir"]).parent / run_id)
+        append_run({**row, "run_id": run_id, "run_dir": str(run_dir)}, records)
+    capsys.readouterr()
+    assert submit.main(["--records", str(records), "--no-leaderboard", "--name", "ids", "--description", "d",
+                        *run_ids]) == 0, capsys.readouterr().err
+    (folder,) = [p for p in records.iterdir() if p.is_dir()]
+    return folder
+
+
+def test_run_ids_that_look_like_numbers_verify(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    assert "4518e917" in (folder / "statistics.md").read_text()
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 0, capsys.readouterr().out
+    assert capsys.readouterr().out == f"{folder}: ok\n"
+
+
+@pytest.mark.parametrize("old, new", [("4518e917", "4518e918"), ("0x1f", "0x1e"), ("3.2775", "3.2774")])
+def test_an_edited_statistics_md_is_named(where, tmp_path, capsys, old, new):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    stats_md = folder / "statistics.md"
+    lines = stats_md.read_text().splitlines(keepends=True)
+    lineno = next(i for i, line in enumerate(lines, 1) if old in line)
+    lines[lineno - 1] = lines[lineno - 1].replace(old, new, 1)
+    stats_md.write_text("".join(lines))
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"{stats_md}:{lineno}: expected" in out and "1 mismatches" in out, out
+
+
+def test_record_json_figures_are_compared_as_numbers(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    record = json.loads((folder / "record.json").read_text())
+    record["stats"]["train_time_ms"]["mean"] *= 1 + 1e-12  # within JSON_RTOL: the same figure
+    (folder / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 0, capsys.readouterr().out
+    copy = tmp_path / "copy"
+    shutil.copytree(folder.parent, copy)
+    record["stats"]["train_time_ms"]["mean"] += 1
+    (copy / folder.name / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    capsys.readouterr()
+    assert verify.main([str(copy / folder.name)]) == 1
+    assert "record.json: stats.train_time_ms.mean: expected" in capsys.readouterr().out
+
+
+def test_a_missing_events_file_is_named(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    events = folder / "runs" / "0x1f" / "events.jsonl"
+    events.unlink()
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{events}: missing" and "statistics not recomputed: 1 of 4 runs cannot be read" in out[1]
+
+
+def test_a_schema_2_record_is_read_under_its_old_names(where, tmp_path, capsys):
+    """Schema 2 named a run's time time_ms in record.json and statistics.md; it still verifies and ranks."""
+    from harness import leaderboard
+
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    record = json.loads((folder / "record.json").read_text())
+    record["schema"] = 2
+    record["stats"]["time_ms"] = record["stats"].pop("train_time_ms")
+    for run in record["runs"]:
+        run["time_ms"] = run["train_time_ms"]
+    (folder / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    stats_md = folder / "statistics.md"
+    stats_md.write_text(stats_md.read_text().replace("- train_time_ms = [", "- time_ms = ["))
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 0, capsys.readouterr().out
+    page = leaderboard.render(folder.parent, tmp_path / "lb.md").read_text()
+    assert "| 80.72 ± 0.07 " in page, page
+
+
+@pytest.mark.parametrize("name", ["statistics.md", "record.json"])
+def test_a_fifo_in_a_record_folder_is_named_not_waited_on(where, tmp_path, capsys, name):
+    import os
+    import subprocess
+    import sys
+
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    (folder / name).unlink()
+    os.mkfifo(folder / name)
+    proc = subprocess.run([sys.executable, "-m", "harness.verify", str(folder)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{folder / name}: " in proc.stdout and "not a regular file" in proc.stdout, proc.stdout
