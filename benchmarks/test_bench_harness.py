@@ -69,7 +69,7 @@ def fifty_records(tmp_path_factory):
         copy = records / f"2026-01-{1 + i % 28:02d}_r{i:02d}"
         shutil.copytree(first, copy)
         record.update(name=f"r{i:02d}", date=copy.name[:10], submitted=f"{record['submitted']}{i:02d}")
-        record["stats"]["time_ms"]["mean"] *= 0.99
+        record["stats"]["train_time_ms"]["mean"] *= 0.99
         (copy / "record.json").write_text(json.dumps(record))
     return records
 

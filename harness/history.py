@@ -176,10 +176,10 @@ def read_variant(record: RecordFolder, variant: str, files: list[Path], problems
         except OSError as exc:
             problems.append(f"{path}: cannot read ({os_error_line(exc)})")
             continue
-        if log.content_sha256 in seen:
-            v.duplicates.append(f"{path.name} is the same log as {seen[log.content_sha256]}: counted once")
+        if log.identity in seen:
+            v.duplicates.append(f"{path.name} is the same log as {seen[log.identity]}: counted once")
             continue
-        seen[log.content_sha256] = path.name
+        seen[log.identity] = path.name
         if log.code_hash is None:
             v.no_code.append(path.name)
         else:
@@ -221,10 +221,10 @@ def describe_difference(d: dict) -> str:
 
 def variant_figures(v: VariantHistory, target: float) -> dict:
     """Every figure of one variant (times in seconds), its flags, and each run's."""
-    times = [log.time_ms / 1000 for log in v.logs]
+    times = [log.train_time_ms / 1000 for log in v.logs]
     losses = [log.final_val_loss for log in v.logs]
-    time_s, loss = stats.describe(times), stats.describe(losses)
-    p = stats.p_mean_below(losses, target)
+    rule = stats.loss_rule(losses, target)
+    time_s, loss, p = stats.describe(times), rule.losses, rule.p
     hashes = list(v.code_files)
     first = hashes[0] if hashes else None
     code_diffs = [{"hash": h, "files": v.code_files[h], "vs_hash": first, "vs_file": v.code_files[first][0],
@@ -254,14 +254,14 @@ def variant_figures(v: VariantHistory, target: float) -> dict:
         "time_s": time_s.as_dict(),
         "final_val_loss": loss.as_dict(),
         "p_loss_below_target": p,
-        "passes_loss_rule": None if p != p else bool(p < stats.ALPHA),  # None: n < 2, no test
+        "passes_loss_rule": rule.passes,  # None: n < 2, no test
         "planned_steps": planned,
         "final_steps": sorted({log.final_step for log in v.logs}),
         "code_hashes": hashes,
         "code_differences": code_diffs,
         "left_out": v.left_out,
         "flags": flags,
-        "runs": [{"file": Path(log.source).name, "time_s": log.time_ms / 1000, "final_val_loss": log.final_val_loss,
+        "runs": [{"file": Path(log.source).name, "time_s": log.train_time_ms / 1000, "final_val_loss": log.final_val_loss,
                   "final_step": log.final_step, "planned_steps": log.total_steps, "code_hash": log.code_hash}
                  for log in v.logs],
     })

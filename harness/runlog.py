@@ -66,6 +66,8 @@ def finite_or_none(value):
 
 
 DIVERGED_ABOVE = 2.0  # x ln(vocab): a loss above this is divergence (divergence's docstring says why)
+UNIFORM_MARGIN = 0.1  # val loss: how far from ln(vocab) a finished run's curve must move to count as learning
+UNIFORM_EXACT = 1e-3  # val loss: this close to ln(vocab) is uniform logits (a collapsed model)
 
 
 def divergence(val_losses, train_losses, vocab_size: int | None, finished: bool = True) -> str | None:
@@ -78,8 +80,11 @@ def divergence(val_losses, train_losses, vocab_size: int | None, finished: bool 
       0 prints 10.8258); training lowers it, and a healthy run's early spikes stay near it. Twice that
       loss gives the right token a probability of 1/vocab^2 on average: a confidently wrong model, which
       only an unstable optimization makes (a learning rate of 1e6 gives train losses of 3e7).
-    - For a run that finished its schedule (`finished`), a final val loss not below ln(vocab_size): it
-      ended no better than guessing uniformly (a diverged model stuck at uniform logits sits exactly there).
+    - For a run that finished its schedule (`finished`), a final val loss no better than guessing uniformly
+      in one of three ways: more than UNIFORM_MARGIN above ln(vocab_size); at or above it after an earlier
+      validation more than UNIFORM_MARGIN below it (it learned, then lost it); or within UNIFORM_EXACT of it
+      (a collapsed model's uniform logits sit exactly there). A short smoke run that has not yet moved off
+      ln(vocab_size) by more than rounding is not judged diverged: the loss rule fails it.
     The last two need vocab_size; without it (a log that does not state it) only the first applies.
     """
     for kind, losses in (("val", val_losses), ("train", train_losses)):
@@ -94,7 +99,10 @@ def divergence(val_losses, train_losses, vocab_size: int | None, finished: bool 
             if loss > DIVERGED_ABOVE * uniform:
                 return (f"{kind} loss {loss:.4g} is above {DIVERGED_ABOVE:g} x ln(vocab {vocab_size}) = "
                         f"{DIVERGED_ABOVE * uniform:.2f}")
-    if finished and val_losses and not val_losses[-1] < uniform:
+    final, earlier = (val_losses[-1], val_losses[:-1]) if val_losses else (None, [])
+    if finished and final is not None and (
+            final > uniform + UNIFORM_MARGIN or abs(final - uniform) < UNIFORM_EXACT
+            or (final >= uniform and any(loss < uniform - UNIFORM_MARGIN for loss in earlier))):
         return (f"final val loss {val_losses[-1]:.4f} is not below ln(vocab {vocab_size}) = {uniform:.4f}: "
                 "no better than guessing uniformly")
     return None

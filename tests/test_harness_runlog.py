@@ -17,7 +17,9 @@ UNIFORM = math.log(V)
     ([10.8, 30.0, 4.0], [], "val loss 30 is above"),
     ([10.8, 10.9, UNIFORM], [10.9, 10.85], "final val loss 10.8258 is not below ln(vocab 50304) = 10.8258"),
     ([10.8, 12.0, 11.5], [], "no better than guessing uniformly"),
-], ids=["nan-val", "inf-train", "null-train", "exploded-then-uniform", "val-far-above", "stuck-at-uniform", "above-uniform"])
+    ([10.83, 6.0, 10.9], [], "final val loss 10.9000 is not below"),
+], ids=["nan-val", "inf-train", "null-train", "exploded-then-uniform", "val-far-above", "stuck-at-uniform", "above-uniform",
+        "learned-then-lost"])
 def test_divergence_names_why(val, train, why):
     reason = divergence(val, train, V)
     assert reason is not None and why in reason and "\n" not in reason
@@ -28,4 +30,6 @@ def test_healthy_runs_and_unknown_vocab():
     assert divergence([10.8, 20.0, 10.9], [3.3e7], None) is None  # no vocabulary stated: only non-finite counts
     assert divergence([10.8, 20.0, math.nan], [], None) == "val loss nan is not finite"
     assert divergence([10.83], [], V, finished=False) is None  # stopped at step 0: not judged on its final loss
+    # a 4-step smoke run of the real trainer: not yet off ln V, not collapsed onto it either
+    assert divergence([10.8258, 10.8282, 10.8305], [10.83, 10.84], V) is None
     assert DIVERGED_ABOVE * UNIFORM == pytest.approx(21.65, abs=0.01)
