@@ -123,7 +123,9 @@ def _model_headline(rows: pd.DataFrame, log: str) -> str:
     for row in rows.itertuples():
         mfu = "n/a" if pd.isna(row.mfu) else f"{100 * row.mfu:.1f}%"
         peak = "" if pd.isna(row.peak_mem_gib) else f", peak {row.peak_mem_gib:.1f} GiB"
-        parts.append(f"{row.impl}: {row.tokens_per_s:,.0f} tokens/s, MFU {mfu}{peak}, compile {row.compile_s:.0f} s")
+        estimated = "" if pd.isna(getattr(row, "est_ms", float("nan"))) else f" (roofline {row.est_ms:.1f})"
+        parts.append(f"{row.impl}: {row.ms:.1f} ms/step{estimated}, {row.tokens_per_s:,.0f} tokens/s, MFU {mfu}{peak}, "
+                     f"compile {row.compile_s:.0f} s")
     return "; ".join(parts)
 
 

@@ -111,6 +111,11 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 
+# The backward passes `flash_attention_backward` offers; the custom op runs DEFAULT_BACKWARD.
+BACKWARDS = ("two_pass",)
+DEFAULT_BACKWARD = "two_pass"
+
+
 @dataclass(frozen=True)
 class Blocks:
     """Tile sizes of one kernel: BLOCK_M queries x BLOCK_N keys per step."""
@@ -145,6 +150,11 @@ def block_config(kind: str, head_dim: int, device: torch.device | str, dtype: to
     """Tiles for pass `kind` ("fwd", "dkdv" or "dq") at this head dim and input dtype on this device."""
     if torch.device(device).type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return _INTERPRETER_BLOCKS[kind]
+    return cuda_block_config(kind, head_dim, dtype)
+
+
+def cuda_block_config(kind: str, head_dim: int, dtype: torch.dtype) -> Blocks:
+    """Tiles for pass `kind` on a CUDA GPU, whatever this machine runs (benchmarks.roofline counts with them)."""
     if dtype == torch.float32:
         return _CUDA_FP32_BLOCKS
     return _CUDA_BLOCKS[(kind, 128 if head_dim > 64 else 64)]

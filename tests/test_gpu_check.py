@@ -111,8 +111,12 @@ def test_headlines_of_benchmark_rows():
     ])
     assert gpu_check._speedup_headline(rows, "") == ("ours vs fastest reference: geomean 1.00x over 2 cases; "
                                                      "worst 0.50x (fwd a compiled vs flex)")
-    model = pd.DataFrame([dict(impl="triton", tokens_per_s=412345.6, mfu=0.4012, peak_mem_gib=31.25, compile_s=71.2)])
-    assert gpu_check._model_headline(model, "") == "triton: 412,346 tokens/s, MFU 40.1%, peak 31.2 GiB, compile 71 s"
+    model = pd.DataFrame([dict(impl="triton", ms=119.21, est_ms=128.94, tokens_per_s=412345.6, mfu=0.4012,
+                               peak_mem_gib=31.25, compile_s=71.2)])
+    assert gpu_check._model_headline(model, "") == ("triton: 119.2 ms/step (roofline 128.9), 412,346 tokens/s, "
+                                                    "MFU 40.1%, peak 31.2 GiB, compile 71 s")
+    # rows from before the roofline have no estimate
+    assert gpu_check._model_headline(model.drop(columns="est_ms"), "").startswith("triton: 119.2 ms/step, 412,346")
     sweep = pd.DataFrame([dict(kernel="k", case="k w1", impl="a", ms=2.0, speedup=1.0),
                           dict(kernel="k", case="k w1", impl="b", ms=1.0, speedup=2.0),
                           dict(kernel="k", case="k w1", impl="c", ms=None, speedup=None)])
