@@ -8,7 +8,10 @@ Triton compiles for a target named by hand (`triton.compile` with `GPUTarget("cu
 route of Triton's own ahead-of-time compiler), so the machine code a kernel gets on an H100 can be read
 on any machine: `ptxas -v` (shipped in Triton's wheel, the one Triton itself calls) reports the
 registers per thread (255 at most), the stack frame and the bytes spilled to local memory, and Triton
-reports the shared memory it asks for (227 KiB per block on an H100).
+reports the shared memory it asks for (227 KiB per block on an H100). The PTX is searched too: `wgmma`
+counts Hopper's warpgroup MMA instructions (a matmul kernel without any runs on the older mma.sync path),
+`tma` the bulk tensor copies (`cp.async.bulk.tensor`), `cp_async` the pre-Hopper async copies of the
+pointer path; static counts, as written in the PTX.
 
 What it says and what it cannot: a kernel whose inner loop spills moves extra bytes through L1/L2 every
 iteration, the first suspect when it is slow; 255 registers with no spill is fine. Occupancy and speed
@@ -52,6 +55,17 @@ def ptxas_usage(ptx: str) -> dict:
                 spill_stores=number(r"(\d+) bytes spill stores"), spill_loads=number(r"(\d+) bytes spill loads"))
 
 
+# PTX instructions counted per kernel: Hopper's warpgroup matrix multiply (a matmul kernel without it runs on the
+# older mma.sync path) and its bulk tensor copies (TMA), beside the pre-Hopper cp.async copies of the pointer path.
+PTX_COUNTS = {"wgmma": r"^\s*wgmma\.mma_async\b", "tma": r"^\s*cp\.async\.bulk\.tensor\b",
+              "cp_async": r"^\s*cp\.async\.(?:ca|cg)\b"}
+
+
+def ptx_counts(ptx: str) -> dict:
+    """Static counts of the PTX_COUNTS instructions in `ptx` (each instruction as written, loops not unrolled)."""
+    return {name: len(re.findall(pattern, ptx, re.MULTILINE)) for name, pattern in PTX_COUNTS.items()}
+
+
 def compile_for_hopper(fn, types: dict, constexprs: dict, num_warps: int, num_stages: int,
                        not_divisible: tuple[str, ...] = ("H",)) -> dict:
     """Compile `fn` for sm_90: `types` names each runtime argument's Triton type, `constexprs` the rest.
@@ -71,7 +85,7 @@ def compile_for_hopper(fn, types: dict, constexprs: dict, num_warps: int, num_st
                        attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
     kernel = triton.compile(source, target=GPUTarget("cuda", SM, 32),
                             options=dict(num_warps=num_warps, num_stages=num_stages))
-    return dict(shared_kib=kernel.metadata.shared / 1024, **ptxas_usage(kernel.asm["ptx"]))
+    return dict(shared_kib=kernel.metadata.shared / 1024, **ptxas_usage(kernel.asm["ptx"]), **ptx_counts(kernel.asm["ptx"]))
 
 
 def _arg_types(fn, element: str, fp32: tuple[str, ...] = (), int32: tuple[str, ...] = (),
