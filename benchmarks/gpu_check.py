@@ -24,7 +24,7 @@ backend, Triton ~2-5 s per kernel configuration, inductor ~3-15 s per graph):
     model_torch          bench_model, fineweb-124m on synthetic tokens, --kernels=torch,
                          mid-schedule window, 3 warm-up + 30 timed compiled steps           75    180
     model_triton         the same on --kernels=triton                                       75    180
-    tile_sweep           benchmarks/tile_sweep.py: 31 candidate tiles at the main shapes    60    120
+    tile_sweep           benchmarks/tile_sweep.py: 33 candidate tiles at the main shapes    60    120
     total                                                                                  475    480
 
 The budget (480 s) is hard: a stage may run past its estimate only into time the later stages do not

@@ -85,7 +85,8 @@ def compile_for_hopper(fn, types: dict, constexprs: dict, num_warps: int, num_st
                        attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
     kernel = triton.compile(source, target=GPUTarget("cuda", SM, 32),
                             options=dict(num_warps=num_warps, num_stages=num_stages))
-    return dict(shared_kib=kernel.metadata.shared / 1024, **ptxas_usage(kernel.asm["ptx"]), **ptx_counts(kernel.asm["ptx"]))
+    ptx = kernel.asm["ptx"]
+    return dict(shared_kib=kernel.metadata.shared / 1024, **ptxas_usage(ptx), **ptx_counts(ptx))
 
 
 def _arg_types(fn, element: str, fp32: tuple[str, ...] = (), int32: tuple[str, ...] = (),
@@ -102,14 +103,17 @@ def _arg_types(fn, element: str, fp32: tuple[str, ...] = (), int32: tuple[str, .
 def attention_rows(dtype: str, tiles: dict) -> list[dict]:
     """The three attention passes at head dims 64 and 128, with `tiles[(pass, D)]` -> attention.Blocks."""
     passes = {"fwd": attention._attn_fwd_kernel, "dkdv": attention._attn_bwd_dkdv_kernel,
-              "dq": attention._attn_bwd_dq_kernel}
+              "dq": attention._attn_bwd_dq_kernel, "bwd": attention._attn_bwd_dkdv_kernel}
     rows = []
     for (kind, D), blocks in tiles.items():
         fn = passes[kind]
-        types = _arg_types(fn, dtype, fp32=("lse_ptr", "delta_ptr"),
+        one_pass = fn is attention._attn_bwd_dkdv_kernel  # its dq_ptr is the fp32 accumulator
+        types = _arg_types(fn, dtype, fp32=("lse_ptr", "delta_ptr", *(("dq_ptr",) if one_pass else ())),
                            int32=("doc_start_ptr", "doc_end_ptr", "ranges_ptr"), floats=("qk_scale", "scale"))
         constexprs = dict(HEAD_DIM=D, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, HAS_DOCS=True,
                           STORE_RANGES=False, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+        if one_pass:
+            constexprs["DQ_ATOMIC"] = kind == "bwd"
         rows.append(dict(kernel=f"attention {kind} D={D}", dtype=dtype,
                          config=f"{blocks.block_m}x{blocks.block_n} w{blocks.num_warps} s{blocks.num_stages}",
                          **compile_for_hopper(fn, types, constexprs, blocks.num_warps, blocks.num_stages)))
@@ -165,12 +169,14 @@ def norm_rows(dtype: str, widths=(128, 768, 4096, 8192)) -> list[dict]:
 
 # Candidate attention-backward tiles at D = 128 (the trainer's head dim), for the sweep group: smaller key blocks
 # or fewer stages lower the fp32 accumulators' register pressure. Which is fastest only a GPU can say.
-BACKWARD_CANDIDATES = [("dkdv", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
+BACKWARD_CANDIDATES = [("bwd", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
+                       for m, n, w, st in [(64, 64, 8, 2), (64, 64, 8, 3), (32, 128, 8, 2)]] + \
+                      [("dkdv", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
                        for m, n, w, st in [(32, 128, 8, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3),
                                            (64, 64, 4, 3), (64, 64, 8, 3), (16, 128, 8, 3)]] + \
-                     [("dq", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
-                      for m, n, w, st in [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3),
-                                          (64, 64, 8, 3), (64, 32, 4, 3)]]
+                      [("dq", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
+                       for m, n, w, st in [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3),
+                                           (64, 64, 8, 3), (64, 32, 4, 3)]]
 
 
 GROUPS = {

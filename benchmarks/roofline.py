@@ -196,7 +196,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
         items.append(Item("attention", "backward, one pass, 5 matmuls/tile (dQ by fp32 atomics)",
                           flops=tile_flops("bwd") * rows_heads, bytes=(6 * io + 8 * H) * N * L,
                           rate="attention_bwd" + tma, kernels=L))
-        items.append(Item("attention", "dQ fp32 buffer: zero, then cast to bf16", bytes=(2 * a + 4 * a + 2 * a) * N * L,
+        items.append(Item("attention", "dQ fp32 buffer: zero, then cast to bf16", bytes=(4 * a + 4 * a + 2 * a) * N * L,
                           kernels=2 * L))
     else:
         items.append(Item("attention", "backward dK/dV, 4 matmuls/tile", flops=tile_flops("dkdv") * rows_heads,

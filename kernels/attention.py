@@ -27,9 +27,14 @@ LSE (P = exp2(S log2 e - LSE)) instead of stored:
     dQ = dS K s
     dK = dS^T Q s
 
-dK and dV come from one kernel that owns a key block and walks the query blocks that see it; dQ
-from a second kernel that owns a query block and walks its key blocks. Each program writes only
-its own rows, so the backward is deterministic and uses no atomics.
+dK and dV come from one kernel that owns a key block and walks the query blocks that see it. dQ comes
+one of two ways (`backward`, default DEFAULT_BACKWARD = "atomic"):
+- "atomic" (FlashAttention-2's backward): the same kernel also computes dS K for each tile and adds it
+  into an fp32 dQ buffer with atomic adds, cast to the input dtype at the end. Five matmuls per tile
+  (S, dP, dV, dK, dQ). On a GPU the atomics land in a varying order, so dQ's last bits vary between runs.
+- "two_pass": a second kernel owns a query block, walks its key blocks and recomputes S and dP for dQ:
+  seven matmuls per tile, but each program writes only its own rows, without atomics: the same inputs
+  give the same bits.
 
 Block skipping
 --------------
@@ -57,16 +62,21 @@ FLOP accounting (as in tutorial 06)
 Forward: 2 matmuls of 2 * D FLOPs per allowed (query, key) pair per head: 4 * B * H * D * pairs,
 where pairs = T (T + 1) / 2 for plain causal (about half of T^2), sum_i min(W, i - doc_start(i) + 1)
 with a window and documents. Backward: 2.5 x forward (five matmuls instead of two, counting the
-recompute of P). Only allowed pairs are counted, never the masked ones inside partial blocks.
+recompute of P), the useful work; the two-pass backward does 3.5 x (seven). Only allowed pairs are
+counted, never the masked ones inside partial blocks (benchmarks/roofline.py counts the visited tiles).
 
 Block sizes
 -----------
 `_CUDA_BLOCKS` is a small table by pass and head dim, taken from the Hopper settings of Triton's
 tutorial 06 (forward 128 queries x 64 keys; backward dK/dV 128 keys with 32-query steps, dQ 128
-queries with 32/64-key steps). Warps: `python -m benchmarks.ptxas_report` compiles every entry for
-sm_90 without a GPU and reads ptxas' register and spill counts; with 4 warps the forward and dK/dV
-passes at D = 64 spilled (12 and 36 bytes), so every bf16 entry has 8 warps, and none spills (Triton
-3.9, ptxas 13.4: 155-251 registers, 64-160 KiB of shared memory). Which tiles are *fastest* only a GPU
+queries with 32/64-key steps). The one-pass backward ("bwd") steps 64 queries at a time, over 128 keys
+at D = 64 and 64 keys at D = 128, where 128 keys spill (the dQ tile's fp32 accumulator comes on top of
+dK's and dV's); at D = 128 it has 255 registers, and its pipeline depth follows the installed Triton
+(`_BWD_128_STAGES`: the depth that does not spill differs between Triton 3.6 and 3.9).
+Warps: `python -m benchmarks.ptxas_report` compiles every entry for sm_90 without a GPU and reads
+ptxas' register and spill counts; with 4 warps the forward and dK/dV passes at D = 64 spilled (12 and
+36 bytes), so every bf16 entry has 8 warps, and none spills (Triton 3.9, ptxas 13.4: 155-255
+registers, 64-160 KiB of shared memory; Triton 3.6, ptxas 12.8: 166-255, up to 162 KiB). Which tiles are *fastest* only a GPU
 can say: not measured yet. A table, not an autotuner: block sizes are known to the Python range
 helpers, nothing is benchmarked at first call, and one compile serves every window size (window is a
 runtime int, not specialised). fp32 (tests only) gets 32 x 32 tiles on CUDA: with the bf16 tiles its
@@ -111,9 +121,13 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 
 
-# The backward passes `flash_attention_backward` offers; the custom op runs DEFAULT_BACKWARD.
-BACKWARDS = ("two_pass",)
-DEFAULT_BACKWARD = "two_pass"
+# The backwards `flash_attention` offers (its `backward` argument; None: DEFAULT_BACKWARD, which the trainer uses).
+# "atomic": one kernel per key block, 5 matmuls per tile, dQ summed in fp32 by atomic adds (FlashAttention-2):
+# fast, but on a GPU the atomics land in a varying order, so dQ's last bits vary from run to run.
+# "two_pass": the dK/dV kernel, then a dQ kernel that recomputes S and dP (7 matmuls per tile), no atomics:
+# the same inputs give the same bits (same seed, same run), for debugging and reproducibility checks.
+BACKWARDS = ("atomic", "two_pass")
+DEFAULT_BACKWARD = "atomic"
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,11 @@ class Blocks:
     num_stages: int
 
 
+# The one-pass backward at D = 128 has no register to spare: with 2 pipeline stages Triton 3.6 (ptxas 12.8) spills
+# 4 bytes and Triton 3.9 (ptxas 13.4) none; with 3 stages the reverse (3.9 spills 8). So the stages follow the
+# installed Triton (`python -m benchmarks.ptxas_report` checks it); 3.7 and 3.8 are unchecked.
+_BWD_128_STAGES = 3 if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9) else 2
+
 # (pass, head dim) -> tiles on CUDA. "dkdv" owns a key block (block_n) and steps over queries
 # (block_m); "fwd" and "dq" own a query block (block_m) and step over keys (block_n).
 _CUDA_BLOCKS = {
@@ -135,6 +154,10 @@ _CUDA_BLOCKS = {
     ("dkdv", 128): Blocks(32, 128, num_warps=8, num_stages=3),
     ("dq", 64): Blocks(128, 32, num_warps=4, num_stages=5),
     ("dq", 128): Blocks(128, 64, num_warps=8, num_stages=3),
+    # one-pass backward ("atomic"): a key block walks 64-query steps. 128 keys (FlashAttention-3's tile) at
+    # D = 64; at D = 128 that spills (360-460 bytes), so 64 keys there, at 255 registers: see _BWD_128_STAGES
+    ("bwd", 64): Blocks(64, 128, num_warps=8, num_stages=2),
+    ("bwd", 128): Blocks(64, 64, num_warps=8, num_stages=_BWD_128_STAGES),
 }
 # fp32 on CUDA (tests only): small tiles, so every pass fits shared memory at D = 128.
 _CUDA_FP32_BLOCKS = Blocks(32, 32, num_warps=4, num_stages=2)
@@ -143,6 +166,7 @@ _INTERPRETER_BLOCKS = {
     "fwd": Blocks(32, 16, num_warps=4, num_stages=1),
     "dkdv": Blocks(16, 32, num_warps=4, num_stages=1),
     "dq": Blocks(32, 16, num_warps=4, num_stages=1),
+    "bwd": Blocks(16, 32, num_warps=4, num_stages=1),
 }
 
 
@@ -338,11 +362,12 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t, o_stride_t,
-                offs_k, T, window, qk_scale, start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, doc_start_ptr, qkv_stride_t, o_stride_t,
+                offs_k, T, window, scale, qk_scale, start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr):
     """Accumulate dK, dV of one key block over query blocks [start, end); works on transposed tiles
-    (keys x queries) so P^T and dS^T come out directly."""
+    (keys x queries) so P^T and dS^T come out directly. With DQ_ATOMIC, also dQ += dS K s into the fp32 rows
+    at dq_base (o's strides), by atomic adds: the fifth matmul of the tile."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start_m in range(start, end, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
@@ -371,8 +396,14 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_p
             p_t = tl.where(allowed, p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV += P^T dO
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (dO V^T)^T
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)  # dK += dS^T Q (scaled later)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)  # one rounding serves dK and dQ
+        dk = tl.dot(ds_t, q, dk, input_precision=DOT_PRECISION)  # dK += dS^T Q (scaled later)
+        if DQ_ATOMIC:
+            dq = tl.dot(tl.trans(ds_t), k, input_precision=DOT_PRECISION) * scale  # (BLOCK_M, D): dS K s
+            if MASKED:
+                tl.atomic_add(dq_base + do_offs, dq, mask=(offs_q < T)[:, None], sem="relaxed")
+            else:
+                tl.atomic_add(dq_base + do_offs, dq, sem="relaxed")
     return dk, dv
 
 
@@ -382,13 +413,14 @@ def _attn_bwd_dkdv_kernel(
     do_ptr,  # (B, T, H, D) contiguous
     lse_ptr, delta_ptr,  # (B, H, T) fp32
     dk_ptr, dv_ptr,  # (B, T, H, D) contiguous
+    dq_ptr,  # (B, T, H, D) fp32 contiguous, zeroed: dQ accumulated here (read only with DQ_ATOMIC)
     doc_start_ptr, doc_end_ptr,  # (T,) int32 (read only with HAS_DOCS)
     ranges_ptr,  # (cdiv(T, BLOCK_N), 4) int32: loop bounds, written only with STORE_RANGES
     qkv_stride_b, qkv_stride_t, qkv_stride_h,
     o_stride_b, o_stride_t, o_stride_h,
     T, H, window, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
-    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)  # first key blocks first: under plain causal they hold the most work
@@ -416,15 +448,16 @@ def _attn_bwd_dkdv_kernel(
     do_base = do_ptr + o_base
     lse_base = lse_ptr + pid_bh.to(tl.int64) * T
     delta_base = delta_ptr + pid_bh.to(tl.int64) * T
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t,
-                         o_stride_t, offs_k, T, window, qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
-                         DOT_PRECISION)
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t,
-                         o_stride_t, offs_k, T, window, qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM,
-                         BLOCK_M, DOT_PRECISION)
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t,
-                         o_stride_t, offs_k, T, window, qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
-                         DOT_PRECISION)
+    dq_base = dq_ptr + o_base
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, doc_start_ptr, qkv_stride_t,
+                         o_stride_t, offs_k, T, window, scale, qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
+                         DOT_PRECISION, DQ_ATOMIC)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, doc_start_ptr, qkv_stride_t,
+                         o_stride_t, offs_k, T, window, scale, qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM,
+                         BLOCK_M, DOT_PRECISION, DQ_ATOMIC)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, doc_start_ptr, qkv_stride_t,
+                         o_stride_t, offs_k, T, window, scale, qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
+                         DOT_PRECISION, DQ_ATOMIC)
 
     out_offs = o_base + offs_k[:, None] * o_stride_t + offs_d[None, :]
     tl.store(dk_ptr + out_offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=key_ok[:, None])
@@ -617,22 +650,30 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
 
 
 def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int, scale: float, *,
-                             dkdv_ranges=None, dq_ranges=None):
-    """Backward launcher: delta preprocess, then the dK/dV and the dQ kernels.
+                             backward: str = DEFAULT_BACKWARD, dkdv_ranges=None, dq_ranges=None):
+    """Backward launcher: delta preprocess, then the dK/dV kernel, and the dQ kernel ("two_pass") or dQ
+    accumulated by the dK/dV kernel itself in fp32 and cast ("atomic").
 
     Args:
         do: (B, T, H, D) upstream gradient of the output.
         q, k, v, cu_seqlens, window_size, scale: as given to the forward.
         out, lse: the forward's outputs.
+        backward: "atomic" (5 matmuls per tile; dQ's fp32 sums in the order the atomics land, so not
+            bit-reproducible on a GPU) or "two_pass" (7 matmuls per tile; bit-reproducible).
         dkdv_ranges, dq_ranges: optional int32 tensors that receive the loop bounds of each key block
-            (cdiv(T, BLOCK_N), 4) and of each query block (cdiv(T, BLOCK_M), 4) (tests).
+            (cdiv(T, BLOCK_N), 4) and of each query block (cdiv(T, BLOCK_M), 4) (tests; dq_ranges two_pass only).
     Returns:
         dq, dk, dv, each (B, T, H, D) contiguous in q's dtype.
     """
+    if backward not in BACKWARDS:
+        raise ValueError(f"flash_attention: backward {backward!r} not one of {', '.join(BACKWARDS)}")
     B, T, H, D = q.shape
     q, k, v = _qkv_strides(q, k, v)
     do, out = do.contiguous(), out.contiguous()
-    dq, dk, dv = (torch.empty((B, T, H, D), device=q.device, dtype=q.dtype) for _ in range(3))
+    dk, dv = (torch.empty((B, T, H, D), device=q.device, dtype=q.dtype) for _ in range(2))
+    atomic = backward == "atomic"
+    # atomic: dQ summed in fp32 (B, T, H, D), o's strides, then cast; two_pass: dQ itself
+    dq = torch.zeros((B, T, H, D), device=q.device, dtype=torch.float32) if atomic else torch.empty_like(dk)
     delta = torch.empty_like(lse)
     common = _launch_common(q, window_size)
 
@@ -643,13 +684,15 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
     doc_start, doc_end = _doc_bounds(cu_seqlens, T) if has_docs else (lse, lse)  # lse: unread placeholder
     strides = (q.stride(0), q.stride(1), q.stride(2), do.stride(0), do.stride(1), do.stride(2))
 
-    cfg = block_config("dkdv", D, q.device, q.dtype)
+    cfg = block_config("bwd" if atomic else "dkdv", D, q.device, q.dtype)
     _attn_bwd_dkdv_kernel[(B * H, triton.cdiv(T, cfg.block_n))](
-        q, k, v, do, lse, delta, dk, dv, doc_start, doc_end, dkdv_ranges if dkdv_ranges is not None else lse,
+        q, k, v, do, lse, delta, dk, dv, dq, doc_start, doc_end, dkdv_ranges if dkdv_ranges is not None else lse,
         *strides, scale=scale, qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_DOCS=has_docs, STORE_RANGES=dkdv_ranges is not None, num_warps=cfg.num_warps,
+        HAS_DOCS=has_docs, STORE_RANGES=dkdv_ranges is not None, DQ_ATOMIC=atomic, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **common,
     )
+    if atomic:
+        return dq.to(q.dtype), dk, dv
     cfg = block_config("dq", D, q.device, q.dtype)
     _attn_bwd_dq_kernel[(B * H, triton.cdiv(T, cfg.block_m))](
         q, k, v, do, lse, delta, dq, doc_start, dq_ranges if dq_ranges is not None else lse,
@@ -676,12 +719,12 @@ def window_tensor(window_size: int | None) -> torch.Tensor:
 
 @torch.library.custom_op("speedrun::flash_attention_fwd", mutates_args=())
 def _flash_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None,
-                            window: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return flash_attention_forward(q, k, v, cu_seqlens, int(window), scale)
+                            window: torch.Tensor, scale: float, backward: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return flash_attention_forward(q, k, v, cu_seqlens, int(window), scale)  # `backward`: for the backward only
 
 
 @_flash_attention_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, window, scale):
+def _(q, k, v, cu_seqlens, window, scale, backward):
     B, T, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, T), dtype=torch.float32)
 
@@ -689,26 +732,26 @@ def _(q, k, v, cu_seqlens, window, scale):
 @torch.library.custom_op("speedrun::flash_attention_bwd", mutates_args=())
 def _flash_attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                             lse: torch.Tensor, cu_seqlens: torch.Tensor | None, window: torch.Tensor,
-                            scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, int(window), scale)
+                            scale: float, backward: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, int(window), scale, backward=backward)
 
 
 @_flash_attention_bwd_op.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, window, scale):
+def _(do, q, k, v, out, lse, cu_seqlens, window, scale, backward):
     return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, window, scale = inputs
+    q, k, v, cu_seqlens, window, scale, backward = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, window)
-    ctx.scale = scale
+    ctx.scale, ctx.backward = scale, backward
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, cu_seqlens, window = ctx.saved_tensors
-    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, cu_seqlens, window, ctx.scale)
-    return dq, dk, dv, None, None, None
+    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, cu_seqlens, window, ctx.scale, ctx.backward)
+    return dq, dk, dv, None, None, None, None
 
 
 _flash_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -777,7 +820,8 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> None:
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_size: int | torch.Tensor | None = None,
-                    cu_seqlens: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+                    cu_seqlens: torch.Tensor | None = None, scale: float | None = None,
+                    backward: str | None = None) -> torch.Tensor:
     """Causal attention, optionally windowed and document-masked.
 
     Args:
@@ -790,6 +834,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
             Queries see only keys of their own document. Its values are not checked here (that would
             be a host sync per call): `check_cu_seqlens(cu_seqlens, T)` does, for tests and debugging.
         scale: softmax scale, default D ** -0.5.
+        backward: "atomic" (5 matmuls per tile; dQ's fp32 sums not bit-reproducible on a GPU) or "two_pass"
+            (7 matmuls per tile, bit-reproducible); None: DEFAULT_BACKWARD (see BACKWARDS).
     Returns:
         (B, T, H, D) in q's dtype. Differentiable in q, k, v; traces under torch.compile.
 
@@ -798,7 +844,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     _check_inputs(q, k, v, window_size, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     window = window_size if isinstance(window_size, torch.Tensor) else window_tensor(window_size)
-    out, _ = _flash_attention_fwd_op(q, k, v, cu_seqlens, window, scale)
+    backward = DEFAULT_BACKWARD if backward is None else backward
+    if backward not in BACKWARDS:
+        raise ValueError(f"flash_attention: backward {backward!r} not one of {', '.join(BACKWARDS)}")
+    out, _ = _flash_attention_fwd_op(q, k, v, cu_seqlens, window, scale, backward)
     return out
 
 

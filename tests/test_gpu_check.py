@@ -80,13 +80,14 @@ def test_a_failed_a_hung_and_an_unaffordable_stage_are_reported_and_the_rest_sti
     assert "===== hangs: -m timeit -n 1 'import time; time.sleep(120)' (timeout " in log
 
 
-def test_the_sweep_times_todays_tiles_first_then_31_others_and_puts_the_tables_back():
+def test_the_sweep_times_todays_tiles_first_then_33_others_and_puts_the_tables_back():
     from benchmarks.tile_sweep import GROUPS
     from kernels import attention, newton_schulz, norm
 
     groups = {name: make(False) for name, make in GROUPS.items()}  # the GPU's tables; nothing allocated
-    assert sum(len(g.candidates) for g in groups.values()) == 37
+    assert sum(len(g.candidates) for g in groups.values()) == 40
     assert groups["attention_dkdv"].candidates[0] == attention._CUDA_BLOCKS[("dkdv", 128)]
+    assert groups["attention_bwd"].candidates[0] == attention._CUDA_BLOCKS[("bwd", 128)]
     assert groups["norm_768"].candidates[0] == norm._tile_settings(768)
     assert groups["newton_schulz"].candidates[0] == newton_schulz._launch_config(True, 2)
     for group in groups.values():

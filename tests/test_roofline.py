@@ -34,6 +34,9 @@ def test_attention_tiles_follow_the_kernels_loop_bounds():
     assert roofline.attention_tiles(256, 256, cu, "triton", 64, "two_pass")["fwd"][0] == 2 + 2
     # FlexAttention: 128 x 128 blocks, 1 + 2
     assert roofline.attention_tiles(256, 256, None, "torch", 64, "two_pass")["fwd"] == (3, 128, 128, 2)
+    # the one-pass backward at D = 64: key blocks of 128 walk 64-query steps, 4 + 2 tiles of 5 matmuls
+    one_pass = roofline.attention_tiles(256, 256, None, "triton", 64, "atomic")
+    assert set(one_pass) == {"fwd", "bwd"} and one_pass["bwd"] == (6, 64, 128, 5)
 
 
 def test_micro_step_accounting_on_a_small_model():
@@ -49,6 +52,9 @@ def test_micro_step_accounting_on_a_small_model():
     assert fwd.bytes == (4 * 128 + 4) * N  # q, k, v read, o written (128 B a token each), lse 4 B
     assert _item(items, "backward dK/dV").flops == 12 * 4 * 2 * 32 * 128 * 64
     assert _item(items, "backward dQ").flops == 6 * 3 * 2 * 128 * 64 * 64
+    one_pass = roofline.micro_step_items(cfg, "triton", set(), {"fwd": tiles["fwd"], "bwd": (6, 64, 128, 5)}, gpus=1)
+    assert _item(one_pass, "backward, one pass").flops == 6 * 5 * 2 * 64 * 128 * 64
+    assert _item(one_pass, "dQ fp32 buffer").bytes == (4 + 4 + 2) * 64 * N  # zero, then read fp32 and write bf16
     # the opaque norm: fp32 in and out (2 x 4 x 64 B a token) forward, 1.5x that backward, 2L + 2 = 4 calls
     assert _item(items, "rms_norm op").bytes == 2 * 4 * 64 * 2.5 * N * 4
     assert _item(items, "soft-cap + cross-entropy").bytes == 3 * 2 * 128 * N  # bf16 logits: read; read + write
