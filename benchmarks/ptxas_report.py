@@ -57,8 +57,9 @@ def ptxas_usage(ptx: str) -> dict:
 
 # PTX instructions counted per kernel: Hopper's warpgroup matrix multiply (a matmul kernel without it runs on the
 # older mma.sync path) and its bulk tensor copies (TMA), beside the pre-Hopper cp.async copies of the pointer path.
-PTX_COUNTS = {"wgmma": r"^\s*wgmma\.mma_async\b", "tma": r"^\s*cp\.async\.bulk\.tensor\b",
-              "cp_async": r"^\s*cp\.async\.(?:ca|cg)\b"}
+PREDICATE = r"^\s*(?:@!?%\w+\s+)?"  # an instruction may be guarded by a predicate register: @%p1 or @!%p1
+PTX_COUNTS = {"wgmma": PREDICATE + r"wgmma\.mma_async\b", "tma": PREDICATE + r"cp\.async\.bulk\.tensor\b",
+              "cp_async": PREDICATE + r"cp\.async\.(?:ca|cg)\b"}
 
 
 def ptx_counts(ptx: str) -> dict:
@@ -114,6 +115,11 @@ def attention_rows(dtype: str, tiles: dict) -> list[dict]:
                           STORE_RANGES=False, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
         if one_pass:
             constexprs["DQ_ATOMIC"] = kind == "bwd"
+        if fn is attention._attn_fwd_kernel:  # on sm_90 the forward loads through TMA descriptors (use_tma)
+            element = TYPES[dtype].lstrip("*")
+            types.update({f"{name}_desc": f"tensordesc<{element}[{rows}, {D}]>"
+                          for name, rows in (("q", blocks.block_m), ("k", blocks.block_n), ("v", blocks.block_n))})
+            constexprs["USE_TMA"] = True
         rows.append(dict(kernel=f"attention {kind} D={D}", dtype=dtype,
                          config=f"{blocks.block_m}x{blocks.block_n} w{blocks.num_warps} s{blocks.num_stages}",
                          **compile_for_hopper(fn, types, constexprs, blocks.num_warps, blocks.num_stages)))

@@ -65,6 +65,12 @@ with a window and documents. Backward: 2.5 x forward (five matmuls instead of tw
 recompute of P), the useful work; the two-pass backward does 3.5 x (seven). Only allowed pairs are
 counted, never the masked ones inside partial blocks (benchmarks/roofline.py counts the visited tiles).
 
+Loads
+-----
+On Hopper and newer GPUs (`use_tma`) the forward loads Q, K and V tiles with TMA (bulk tensor copies from
+host-built descriptors over the inputs' (B * T, H * D) row view); elsewhere, and for layouts without that
+view or TMA's 16-byte alignment, every kernel uses pointer loads. The backward kernels use pointers.
+
 Block sizes
 -----------
 `_CUDA_BLOCKS` is a small table by pass and head dim, taken from the Hopper settings of Triton's
@@ -115,6 +121,7 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -258,16 +265,21 @@ def _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED: tl.c
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
-               start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
-               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Online softmax over key blocks [start, end); MASKED applies the mask (partial blocks only)."""
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t, offs_m,
+               q_doc_start, T, window, qk_scale, start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr,
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
+    """Online softmax over key blocks [start, end); MASKED applies the mask (partial blocks only). USE_TMA
+    loads K and V through the tensor descriptors (rows desc_row + key, columns from desc_col)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_k = start_n + offs_n
-        k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED)  # (BLOCK_N, D) each
+        if USE_TMA:  # rows past T read the next sequence's keys or zeros; the mask removes them
+            k = k_desc.load([desc_row + start_n, desc_col])  # (BLOCK_N, D)
+            v = v_desc.load([desc_row + start_n, desc_col])
+        else:
+            k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED)  # (BLOCK_N, D) each
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
             allowed = _allowed(offs_m[:, None], offs_k[None, :], q_doc_start[:, None], T, window, HAS_DOCS)
@@ -286,6 +298,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_sta
 @triton.jit(do_not_specialize=["window"])
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
+    q_desc, k_desc, v_desc,  # with USE_TMA: tensor descriptors of q, k, v as (B * T, H * D) rows; else unread
     o_ptr,  # (B, T, H, D) contiguous
     lse_ptr,  # (B, H, T) fp32, log2 units
     doc_start_ptr,  # (T,) int32: first token of each token's document (read only with HAS_DOCS)
@@ -294,7 +307,7 @@ def _attn_fwd_kernel(
     o_stride_b, o_stride_t, o_stride_h,
     T, H, window, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
-    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     # Last query blocks first: under plain causal they hold the most work, so they start early.
@@ -307,7 +320,12 @@ def _attn_fwd_kernel(
     qkv_base = b.to(tl.int64) * qkv_stride_b + h * qkv_stride_h
     row_ok = offs_m < T
 
-    q = tl.load(q_ptr + qkv_base + offs_m[:, None] * qkv_stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    desc_row, desc_col = b * T, h * HEAD_DIM  # this (b, h)'s origin in the descriptors' (B * T, H * D) view
+    if USE_TMA:  # rows past T (not stored) read the next sequence's queries or zeros
+        q = q_desc.load([desc_row + q0, desc_col])
+    else:
+        q = tl.load(q_ptr + qkv_base + offs_m[:, None] * qkv_stride_t + offs_d[None, :], mask=row_ok[:, None],
+                    other=0.0)
     if HAS_DOCS:
         q_doc_start = tl.load(doc_start_ptr + offs_m, mask=row_ok, other=0)
     else:
@@ -323,12 +341,15 @@ def _attn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     k_base = k_ptr + qkv_base
     v_base = v_ptr + qkv_base
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window,
-                               qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window,
-                               qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window,
-                               qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t,
+                               offs_m, q_doc_start, T, window, qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM,
+                               BLOCK_N, DOT_PRECISION, USE_TMA)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t,
+                               offs_m, q_doc_start, T, window, qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM,
+                               BLOCK_N, DOT_PRECISION, USE_TMA)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t,
+                               offs_m, q_doc_start, T, window, qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM,
+                               BLOCK_N, DOT_PRECISION, USE_TMA)
 
     # Every real row sees its own diagonal, so l > 0; the guard only keeps padding rows finite.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -610,6 +631,27 @@ def _qkv_strides(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return q.contiguous(), k.contiguous(), v.contiguous()
 
 
+def use_tma(q: torch.Tensor) -> bool:
+    """Whether the forward loads through TMA tensor descriptors by default: on CUDA GPUs of compute capability 9.0
+    and newer (Hopper's bulk tensor copies); the pointer path elsewhere (Triton's interpreter, older GPUs)."""
+    return (q.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+            and torch.cuda.get_device_capability(q.device)[0] >= 9)
+
+
+def _qkv_descriptors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_kv: int):
+    """TMA descriptors of q, k, v (one stride set, as `_qkv_strides` returns them) seen as (B * T, H * D) rows, with
+    (block_q, D) and (block_kv, D) boxes; None where that view does not exist (heads not adjacent, sequences not
+    back to back) or TMA's 16-byte alignment of the base and the row stride does not hold."""
+    B, T, H, D = q.shape
+    stride_b, stride_t, stride_h, stride_d = q.stride()
+    rows_ok = stride_d == 1 and stride_h == D and (B == 1 or stride_b == T * stride_t)
+    aligned = (stride_t * q.element_size()) % 16 == 0 and all(x.data_ptr() % 16 == 0 for x in (q, k, v))
+    if not (rows_ok and aligned):
+        return None
+    return tuple(TensorDescriptor(x, shape=[B * T, H * D], strides=[stride_t, 1], block_shape=[block, D])
+                 for x, block in ((q, block_q), (k, block_kv), (v, block_kv)))
+
+
 def _launch_common(q: torch.Tensor, window_size: int) -> dict:
     """Kernel arguments shared by every pass; no window is a window of T."""
     B, T, H, D = q.shape
@@ -619,7 +661,8 @@ def _launch_common(q: torch.Tensor, window_size: int) -> dict:
     )
 
 
-def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float, *, ranges=None):
+def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float, *, ranges=None,
+                            tma: bool | None = None):
     """Forward launcher.
 
     Args:
@@ -629,6 +672,8 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
         scale: softmax scale applied to q k^T.
         ranges: optional (cdiv(T, BLOCK_M), 4) int32 tensor that receives the key loop bounds of each
             query block (tests of block skipping).
+        tma: load q, k and v through TMA tensor descriptors; None: `use_tma(q)` (Hopper and newer). Inputs
+            whose layout has no (B * T, H * D) row view, or is not 16-byte aligned, take the pointer path.
     Returns:
         out (B, T, H, D) in q's dtype, lse (B, H, T) fp32 in log2 units.
     """
@@ -638,12 +683,14 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     doc_start = _doc_bounds(cu_seqlens, T)[0] if cu_seqlens is not None else lse  # lse: unread placeholder
     cfg = block_config("fwd", D, q.device, q.dtype)
+    descriptors = _qkv_descriptors(q, k, v, cfg.block_m, cfg.block_n) if (use_tma(q) if tma is None else tma) else None
     grid = (B * H, triton.cdiv(T, cfg.block_m))
     _attn_fwd_kernel[grid](
-        q, k, v, out, lse, doc_start, ranges if ranges is not None else lse,
+        q, k, v, *(descriptors or (q, k, v)), out, lse, doc_start, ranges if ranges is not None else lse,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=cu_seqlens is not None,
-        STORE_RANGES=ranges is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        STORE_RANGES=ranges is not None, USE_TMA=descriptors is not None, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
         **_launch_common(q, window_size),
     )
     return out, lse

@@ -199,6 +199,36 @@ def test_torch_compile_fullgraph(backend, device):
             assert_close(a, r, name=f"compiled window={window} {name}")
 
 
+@pytest.mark.parametrize("B, T, H, D, window, lengths", [(2, 45, 2, 16, 7, None), (1, 77, 2, 64, 9, [20, 1, 33, 23]),
+                                                         (3, 1, 1, 32, None, None), (1, 70, 1, 16, None, [70])])
+def test_tma_forward_matches_the_pointer_path(B, T, H, D, window, lengths, device):
+    """The forward through TMA tensor descriptors (Hopper's path, run here by Triton's interpreter) on views of one
+    packed qkv tensor: the same bits as the pointer path, and the reference's values. Rows past T read the next
+    sequence's rows (B > 1) or zeros, and are masked or not stored."""
+    from kernels.attention import _qkv_descriptors
+
+    qkv = torch.randn(B, T, 3 * H, D, device=device)
+    q, k, v = qkv.chunk(3, dim=2)
+    cu = None if lengths is None else _cu(lengths).to(device)
+    assert _qkv_descriptors(q, k, v, 32, 16) is not None  # the view qualifies: TMA is really taken
+    w = -1 if window is None else window
+    tma = flash_attention_forward(q, k, v, cu, w, D**-0.5, tma=True)
+    pointers = flash_attention_forward(q, k, v, cu, w, D**-0.5, tma=False)
+    assert torch.equal(tma[0], pointers[0]) and torch.equal(tma[1], pointers[1])
+    assert_close(tma[0], attention_ref(q, k, v, window_size=window, cu_seqlens=cu), name="tma out")
+
+
+def test_tma_needs_a_row_view_and_falls_back_to_pointers(device):
+    from kernels.attention import _qkv_descriptors, use_tma
+
+    B, T, H, D = 2, 33, 2, 16
+    q, k, v = (torch.randn(B, H, T, D, device=device).transpose(1, 2) for _ in range(3))  # heads not adjacent
+    assert _qkv_descriptors(q, k, v, 32, 16) is None
+    out, _ = flash_attention_forward(q, k, v, None, 5, D**-0.5, tma=True)  # the pointer path, still right
+    assert_close(out, attention_ref(q, k, v, window_size=5), name="fallback out")
+    assert not use_tma(q)  # the interpreter (and a CPU) take the pointer path by default
+
+
 # --------------------------------------------------------------------------------------------------
 # Block skipping: cost follows the non-empty blocks of the mask
 # --------------------------------------------------------------------------------------------------

@@ -41,8 +41,9 @@ PTX = """
     wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f1}, %rd1, %rd2, 1, 1, 1, 0, 1;
   wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f2}, %rd3, %rd4, 1, 1, 1, 0, 1;
     wgmma.commit_group.sync.aligned;
-    cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%r1], [%rd5, {%r2, %r3}], [%r4];
+    @%p7 cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%r1], [%rd5, {%r2, %r3}], [%r4];
     cp.async.cg.shared.global [ %r5 + 0 ], [ %rd6 + 0 ], 0x10, %r6;
+    @!%p2 cp.async.ca.shared.global [ %r7 + 0 ], [ %rd7 + 0 ], 0x4, %r8;
     cp.async.commit_group;
     // wgmma.mma_async in a comment is not an instruction
 """
@@ -55,4 +56,4 @@ def test_ptx_instruction_counts():
     proc = subprocess.run([sys.executable, "-c", code], input=PTX, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "{'wgmma': 2, 'tma': 1, 'cp_async': 1}"
+    assert proc.stdout.strip() == "{'wgmma': 2, 'tma': 1, 'cp_async': 2}"
