@@ -115,10 +115,11 @@ def attention_rows(dtype: str, tiles: dict) -> list[dict]:
                           STORE_RANGES=False, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
         if one_pass:
             constexprs["DQ_ATOMIC"] = kind == "bwd"
-        if fn is attention._attn_fwd_kernel:  # on sm_90 the forward loads through TMA descriptors (use_tma)
+        if "USE_TMA" in fn.arg_names:  # on sm_90 the forward and dK/dV kernels load through TMA descriptors (use_tma)
             element = TYPES[dtype].lstrip("*")
-            types.update({f"{name}_desc": f"tensordesc<{element}[{rows}, {D}]>"
-                          for name, rows in (("q", blocks.block_m), ("k", blocks.block_n), ("v", blocks.block_n))})
+            boxes = dict(q_desc=blocks.block_m, k_desc=blocks.block_n, v_desc=blocks.block_n, do_desc=blocks.block_m)
+            types.update({name: f"tensordesc<{element}[{rows}, {D}]>" for name, rows in boxes.items()
+                          if name in fn.arg_names})
             constexprs["USE_TMA"] = True
         rows.append(dict(kernel=f"attention {kind} D={D}", dtype=dtype,
                          config=f"{blocks.block_m}x{blocks.block_n} w{blocks.num_warps} s{blocks.num_stages}",

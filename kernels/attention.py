@@ -67,9 +67,11 @@ counted, never the masked ones inside partial blocks (benchmarks/roofline.py cou
 
 Loads
 -----
-On Hopper and newer GPUs (`use_tma`) the forward loads Q, K and V tiles with TMA (bulk tensor copies from
-host-built descriptors over the inputs' (B * T, H * D) row view); elsewhere, and for layouts without that
-view or TMA's 16-byte alignment, every kernel uses pointer loads. The backward kernels use pointers.
+On Hopper and newer GPUs (`use_tma`) the forward and the dK/dV kernel (both backwards) load their Q, K, V
+and dO tiles with TMA (bulk tensor copies from host-built descriptors over the (B * T, H * D) row view the
+trainer's packed-QKV views have); elsewhere, and for layouts without that view or TMA's 16-byte
+alignment, they use pointer loads, as the two-pass dQ kernel always does. Rows past T then read the next
+sequence's rows or TMA's zero fill: masked (P = 0) or never stored.
 
 Block sizes
 -----------
@@ -77,13 +79,12 @@ Block sizes
 tutorial 06 (forward 128 queries x 64 keys; backward dK/dV 128 keys with 32-query steps, dQ 128
 queries with 32/64-key steps). The one-pass backward ("bwd") steps 64 queries at a time, over 128 keys
 at D = 64 and 64 keys at D = 128, where 128 keys spill (the dQ tile's fp32 accumulator comes on top of
-dK's and dV's); at D = 128 it has 255 registers, and its pipeline depth follows the installed Triton
-(`_BWD_128_STAGES`: the depth that does not spill differs between Triton 3.6 and 3.9).
+dK's and dV's); at D = 128 it has 255 registers.
 Warps: `python -m benchmarks.ptxas_report` compiles every entry for sm_90 without a GPU and reads
 ptxas' register and spill counts; with 4 warps the forward and dK/dV passes at D = 64 spilled (12 and
-36 bytes), so every bf16 entry has 8 warps, and none spills (Triton 3.9, ptxas 13.4: 155-255
-registers, 64-160 KiB of shared memory; Triton 3.6, ptxas 12.8: 166-255, up to 162 KiB). Which tiles are *fastest* only a GPU
-can say: not measured yet. A table, not an autotuner: block sizes are known to the Python range
+36 bytes), so every bf16 entry has 8 warps, and none spills (with TMA where sm_90 takes it: Triton 3.9,
+ptxas 13.4: 119-255 registers, 65-162 KiB of shared memory; Triton 3.6, ptxas 12.8: 108-255). Which
+tiles are *fastest* only a GPU can say: not measured yet. A table, not an autotuner: block sizes are known to the Python range
 helpers, nothing is benchmarked at first call, and one compile serves every window size (window is a
 runtime int, not specialised). fp32 (tests only) gets 32 x 32 tiles on CUDA: with the bf16 tiles its
 operands are twice as big and the dQ kernel at D = 128 asks for 288 KiB of shared memory, over
@@ -147,11 +148,6 @@ class Blocks:
     num_stages: int
 
 
-# The one-pass backward at D = 128 has no register to spare: with 2 pipeline stages Triton 3.6 (ptxas 12.8) spills
-# 4 bytes and Triton 3.9 (ptxas 13.4) none; with 3 stages the reverse (3.9 spills 8). So the stages follow the
-# installed Triton (`python -m benchmarks.ptxas_report` checks it); 3.7 and 3.8 are unchecked.
-_BWD_128_STAGES = 3 if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 9) else 2
-
 # (pass, head dim) -> tiles on CUDA. "dkdv" owns a key block (block_n) and steps over queries
 # (block_m); "fwd" and "dq" own a query block (block_m) and step over keys (block_n).
 _CUDA_BLOCKS = {
@@ -162,9 +158,10 @@ _CUDA_BLOCKS = {
     ("dq", 64): Blocks(128, 32, num_warps=4, num_stages=5),
     ("dq", 128): Blocks(128, 64, num_warps=8, num_stages=3),
     # one-pass backward ("atomic"): a key block walks 64-query steps. 128 keys (FlashAttention-3's tile) at
-    # D = 64; at D = 128 that spills (360-460 bytes), so 64 keys there, at 255 registers: see _BWD_128_STAGES
+    # D = 64; at D = 128 that spills (64-780 bytes), so 64 keys there: 255 registers, no spill with TMA loads
+    # under Triton 3.6 and 3.9 (the pointer path, for layouts TMA cannot take, spills 8 bytes under 3.9)
     ("bwd", 64): Blocks(64, 128, num_warps=8, num_stages=2),
-    ("bwd", 128): Blocks(64, 64, num_warps=8, num_stages=_BWD_128_STAGES),
+    ("bwd", 128): Blocks(64, 64, num_warps=8, num_stages=3),
 }
 # fp32 on CUDA (tests only): small tiles, so every pass fits shared memory at D = 128.
 _CUDA_FP32_BLOCKS = Blocks(32, 32, num_warps=4, num_stages=2)
@@ -383,27 +380,33 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, doc_start_ptr, qkv_stride_t, o_stride_t,
-                offs_k, T, window, scale, qk_scale, start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr):
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row, desc_col,
+                doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale, start, end,
+                MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                DOT_PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr, USE_TMA: tl.constexpr):
     """Accumulate dK, dV of one key block over query blocks [start, end); works on transposed tiles
     (keys x queries) so P^T and dS^T come out directly. With DQ_ATOMIC, also dQ += dS K s into the fp32 rows
-    at dq_base (o's strides), by atomic adds: the fifth matmul of the tile."""
+    at dq_base (o's strides), by atomic adds: the fifth matmul of the tile. USE_TMA loads Q and dO through
+    the tensor descriptors (rows desc_row + query, columns from desc_col)."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start_m in range(start, end, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_q = start_m + tl.arange(0, BLOCK_M)
         q_offs = offs_q[:, None] * qkv_stride_t + offs_d[None, :]
         do_offs = offs_q[:, None] * o_stride_t + offs_d[None, :]
-        if MASKED:
-            row_ok = offs_q < T
-            q = tl.load(q_base + q_offs, mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
-            do = tl.load(do_base + do_offs, mask=row_ok[:, None], other=0.0)
-            lse = tl.load(lse_base + offs_q, mask=row_ok, other=0.0)  # (BLOCK_M,)
-            delta = tl.load(delta_base + offs_q, mask=row_ok, other=0.0)
+        if USE_TMA:  # rows past T read the next sequence's rows or zeros; the mask gives them P = 0
+            q = q_desc.load([desc_row + start_m, desc_col])  # (BLOCK_M, D)
+            do = do_desc.load([desc_row + start_m, desc_col])
+        elif MASKED:
+            q = tl.load(q_base + q_offs, mask=(offs_q < T)[:, None], other=0.0)  # (BLOCK_M, D)
+            do = tl.load(do_base + do_offs, mask=(offs_q < T)[:, None], other=0.0)
         else:
             q = tl.load(q_base + q_offs)
             do = tl.load(do_base + do_offs)
+        if MASKED:
+            lse = tl.load(lse_base + offs_q, mask=offs_q < T, other=0.0)  # (BLOCK_M,)
+            delta = tl.load(delta_base + offs_q, mask=offs_q < T, other=0.0)
+        else:
             lse = tl.load(lse_base + offs_q)
             delta = tl.load(delta_base + offs_q)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
@@ -432,6 +435,7 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, do
 def _attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
     do_ptr,  # (B, T, H, D) contiguous
+    q_desc, k_desc, v_desc, do_desc,  # with USE_TMA: tensor descriptors of q, k, v, dO as (B * T, H * D) rows
     lse_ptr, delta_ptr,  # (B, H, T) fp32
     dk_ptr, dv_ptr,  # (B, T, H, D) contiguous
     dq_ptr,  # (B, T, H, D) fp32 contiguous, zeroed: dQ accumulated here (read only with DQ_ATOMIC)
@@ -441,7 +445,7 @@ def _attn_bwd_dkdv_kernel(
     o_stride_b, o_stride_t, o_stride_h,
     T, H, window, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
-    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr,
+    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)  # first key blocks first: under plain causal they hold the most work
@@ -454,9 +458,14 @@ def _attn_bwd_dkdv_kernel(
     o_base = b.to(tl.int64) * o_stride_b + h * o_stride_h
     key_ok = offs_k < T
 
-    kv_offs = qkv_base + offs_k[:, None] * qkv_stride_t + offs_d[None, :]
-    k = tl.load(k_ptr + kv_offs, mask=key_ok[:, None], other=0.0)  # (BLOCK_N, D)
-    v = tl.load(v_ptr + kv_offs, mask=key_ok[:, None], other=0.0)
+    desc_row, desc_col = b * T, h * HEAD_DIM  # this (b, h)'s origin in the descriptors' (B * T, H * D) view
+    if USE_TMA:  # keys past T (never stored) read the next sequence's rows or zeros; the mask gives them P = 0
+        k = k_desc.load([desc_row + n0, desc_col])  # (BLOCK_N, D)
+        v = v_desc.load([desc_row + n0, desc_col])
+    else:
+        kv_offs = qkv_base + offs_k[:, None] * qkv_stride_t + offs_d[None, :]
+        k = tl.load(k_ptr + kv_offs, mask=key_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        v = tl.load(v_ptr + kv_offs, mask=key_ok[:, None], other=0.0)
 
     lo, full_lo, full_hi, hi = _key_block_range(n0, T, window, doc_end_ptr, HAS_DOCS, BLOCK_M, BLOCK_N)
     if STORE_RANGES:
@@ -470,15 +479,15 @@ def _attn_bwd_dkdv_kernel(
     lse_base = lse_ptr + pid_bh.to(tl.int64) * T
     delta_base = delta_ptr + pid_bh.to(tl.int64) * T
     dq_base = dq_ptr + o_base
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, doc_start_ptr, qkv_stride_t,
-                         o_stride_t, offs_k, T, window, scale, qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
-                         DOT_PRECISION, DQ_ATOMIC)
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, doc_start_ptr, qkv_stride_t,
-                         o_stride_t, offs_k, T, window, scale, qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM,
-                         BLOCK_M, DOT_PRECISION, DQ_ATOMIC)
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, doc_start_ptr, qkv_stride_t,
-                         o_stride_t, offs_k, T, window, scale, qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
-                         DOT_PRECISION, DQ_ATOMIC)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row,
+                         desc_col, doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale, lo,
+                         full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_M, DOT_PRECISION, DQ_ATOMIC, USE_TMA)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row,
+                         desc_col, doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale,
+                         full_lo, full_hi, False, HAS_DOCS, HEAD_DIM, BLOCK_M, DOT_PRECISION, DQ_ATOMIC, USE_TMA)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row,
+                         desc_col, doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale,
+                         full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_M, DOT_PRECISION, DQ_ATOMIC, USE_TMA)
 
     out_offs = o_base + offs_k[:, None] * o_stride_t + offs_d[None, :]
     tl.store(dk_ptr + out_offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=key_ok[:, None])
@@ -638,18 +647,19 @@ def use_tma(q: torch.Tensor) -> bool:
             and torch.cuda.get_device_capability(q.device)[0] >= 9)
 
 
-def _qkv_descriptors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_q: int, block_kv: int):
-    """TMA descriptors of q, k, v (one stride set, as `_qkv_strides` returns them) seen as (B * T, H * D) rows, with
-    (block_q, D) and (block_kv, D) boxes; None where that view does not exist (heads not adjacent, sequences not
-    back to back) or TMA's 16-byte alignment of the base and the row stride does not hold."""
-    B, T, H, D = q.shape
-    stride_b, stride_t, stride_h, stride_d = q.stride()
-    rows_ok = stride_d == 1 and stride_h == D and (B == 1 or stride_b == T * stride_t)
-    aligned = (stride_t * q.element_size()) % 16 == 0 and all(x.data_ptr() % 16 == 0 for x in (q, k, v))
-    if not (rows_ok and aligned):
-        return None
-    return tuple(TensorDescriptor(x, shape=[B * T, H * D], strides=[stride_t, 1], block_shape=[block, D])
-                 for x, block in ((q, block_q), (k, block_kv), (v, block_kv)))
+def _row_descriptors(*tensors_and_boxes: tuple[torch.Tensor, int]):
+    """TMA descriptors of (B, T, H, D) tensors seen as (B * T, H * D) rows, each with a (box rows, D) box; None
+    where one has no such view (heads not adjacent, sequences not back to back) or misses TMA's 16-byte
+    alignment of its base and row stride."""
+    descriptors = []
+    for x, box in tensors_and_boxes:
+        B, T, H, D = x.shape
+        stride_b, stride_t, stride_h, stride_d = x.stride()
+        rows_ok = stride_d == 1 and stride_h == D and (B == 1 or stride_b == T * stride_t)
+        if not (rows_ok and (stride_t * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0):
+            return None
+        descriptors.append(TensorDescriptor(x, shape=[B * T, H * D], strides=[stride_t, 1], block_shape=[box, D]))
+    return tuple(descriptors)
 
 
 def _launch_common(q: torch.Tensor, window_size: int) -> dict:
@@ -683,7 +693,8 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     doc_start = _doc_bounds(cu_seqlens, T)[0] if cu_seqlens is not None else lse  # lse: unread placeholder
     cfg = block_config("fwd", D, q.device, q.dtype)
-    descriptors = _qkv_descriptors(q, k, v, cfg.block_m, cfg.block_n) if (use_tma(q) if tma is None else tma) else None
+    use = use_tma(q) if tma is None else tma
+    descriptors = _row_descriptors((q, cfg.block_m), (k, cfg.block_n), (v, cfg.block_n)) if use else None
     grid = (B * H, triton.cdiv(T, cfg.block_m))
     _attn_fwd_kernel[grid](
         q, k, v, *(descriptors or (q, k, v)), out, lse, doc_start, ranges if ranges is not None else lse,
@@ -697,7 +708,8 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
 
 
 def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int, scale: float, *,
-                             backward: str = DEFAULT_BACKWARD, dkdv_ranges=None, dq_ranges=None):
+                             backward: str = DEFAULT_BACKWARD, dkdv_ranges=None, dq_ranges=None,
+                             tma: bool | None = None):
     """Backward launcher: delta preprocess, then the dK/dV kernel, and the dQ kernel ("two_pass") or dQ
     accumulated by the dK/dV kernel itself in fp32 and cast ("atomic").
 
@@ -709,6 +721,8 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
             bit-reproducible on a GPU) or "two_pass" (7 matmuls per tile; bit-reproducible).
         dkdv_ranges, dq_ranges: optional int32 tensors that receive the loop bounds of each key block
             (cdiv(T, BLOCK_N), 4) and of each query block (cdiv(T, BLOCK_M), 4) (tests; dq_ranges two_pass only).
+        tma: the dK/dV kernel loads q, k, v and dO through TMA descriptors, as in the forward; None: `use_tma(q)`.
+            The two-pass dQ kernel always uses pointers.
     Returns:
         dq, dk, dv, each (B, T, H, D) contiguous in q's dtype.
     """
@@ -732,11 +746,15 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
     strides = (q.stride(0), q.stride(1), q.stride(2), do.stride(0), do.stride(1), do.stride(2))
 
     cfg = block_config("bwd" if atomic else "dkdv", D, q.device, q.dtype)
+    use = use_tma(q) if tma is None else tma
+    descriptors = _row_descriptors((q, cfg.block_m), (k, cfg.block_n), (v, cfg.block_n), (do, cfg.block_m)) \
+        if use else None
     _attn_bwd_dkdv_kernel[(B * H, triton.cdiv(T, cfg.block_n))](
-        q, k, v, do, lse, delta, dk, dv, dq, doc_start, doc_end, dkdv_ranges if dkdv_ranges is not None else lse,
+        q, k, v, do, *(descriptors or (q, k, v, do)), lse, delta, dk, dv, dq, doc_start, doc_end,
+        dkdv_ranges if dkdv_ranges is not None else lse,
         *strides, scale=scale, qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_DOCS=has_docs, STORE_RANGES=dkdv_ranges is not None, DQ_ATOMIC=atomic, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **common,
+        HAS_DOCS=has_docs, STORE_RANGES=dkdv_ranges is not None, DQ_ATOMIC=atomic, USE_TMA=descriptors is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )
     if atomic:
         return dq.to(q.dtype), dk, dv

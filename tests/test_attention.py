@@ -201,31 +201,44 @@ def test_torch_compile_fullgraph(backend, device):
 
 @pytest.mark.parametrize("B, T, H, D, window, lengths", [(2, 45, 2, 16, 7, None), (1, 77, 2, 64, 9, [20, 1, 33, 23]),
                                                          (3, 1, 1, 32, None, None), (1, 70, 1, 16, None, [70])])
-def test_tma_forward_matches_the_pointer_path(B, T, H, D, window, lengths, device):
-    """The forward through TMA tensor descriptors (Hopper's path, run here by Triton's interpreter) on views of one
-    packed qkv tensor: the same bits as the pointer path, and the reference's values. Rows past T read the next
-    sequence's rows (B > 1) or zeros, and are masked or not stored."""
-    from kernels.attention import _qkv_descriptors
+def test_tma_matches_the_pointer_path(B, T, H, D, window, lengths, device):
+    """The forward and the dK/dV kernel through TMA tensor descriptors (Hopper's path, run here by Triton's
+    interpreter) on views of one packed qkv tensor: the same bits as the pointer path, and the reference's values.
+    Rows past T read the next sequence's rows (B > 1) or zeros, and are masked or not stored."""
+    from kernels.attention import _row_descriptors
 
-    qkv = torch.randn(B, T, 3 * H, D, device=device)
+    qkv = torch.randn(B, T, 3 * H, D, device=device, requires_grad=True)
     q, k, v = qkv.chunk(3, dim=2)
+    do = torch.randn(B, T, H, D, device=device)
     cu = None if lengths is None else _cu(lengths).to(device)
-    assert _qkv_descriptors(q, k, v, 32, 16) is not None  # the view qualifies: TMA is really taken
-    w = -1 if window is None else window
-    tma = flash_attention_forward(q, k, v, cu, w, D**-0.5, tma=True)
-    pointers = flash_attention_forward(q, k, v, cu, w, D**-0.5, tma=False)
+    assert _row_descriptors((q, 32), (k, 16), (v, 16), (do, 32)) is not None  # the views qualify: TMA is taken
+    w, scale = -1 if window is None else window, D**-0.5
+    tma = flash_attention_forward(q, k, v, cu, w, scale, tma=True)
+    pointers = flash_attention_forward(q, k, v, cu, w, scale, tma=False)
     assert torch.equal(tma[0], pointers[0]) and torch.equal(tma[1], pointers[1])
-    assert_close(tma[0], attention_ref(q, k, v, window_size=window, cu_seqlens=cu), name="tma out")
+    ref = _reference_fp32(q, k, v, do, window_size=window, cu_seqlens=cu)
+    assert_close(tma[0], ref[0], name="tma out")
+    for backward in BACKWARDS:
+        grads = flash_attention_backward(do, q, k, v, *tma, cu, w, scale, backward=backward, tma=True)
+        pointer_grads = flash_attention_backward(do, q, k, v, *tma, cu, w, scale, backward=backward, tma=False)
+        for name, a, b, r in zip(("dq", "dk", "dv"), grads, pointer_grads, ref[1:]):
+            assert torch.equal(a, b), f"{backward} {name}: TMA and pointer paths differ"
+            assert_close(a, r, name=f"tma {backward} {name}")
 
 
 def test_tma_needs_a_row_view_and_falls_back_to_pointers(device):
-    from kernels.attention import _qkv_descriptors, use_tma
+    from kernels.attention import _row_descriptors, use_tma
 
     B, T, H, D = 2, 33, 2, 16
     q, k, v = (torch.randn(B, H, T, D, device=device).transpose(1, 2) for _ in range(3))  # heads not adjacent
-    assert _qkv_descriptors(q, k, v, 32, 16) is None
-    out, _ = flash_attention_forward(q, k, v, None, 5, D**-0.5, tma=True)  # the pointer path, still right
-    assert_close(out, attention_ref(q, k, v, window_size=5), name="fallback out")
+    assert _row_descriptors((q, 32), (k, 16), (v, 16)) is None
+    do = torch.randn(B, T, H, D, device=device)
+    out, lse = flash_attention_forward(q, k, v, None, 5, D**-0.5, tma=True)  # the pointer path, still right
+    ref = _reference_fp32(q, k, v, do, window_size=5)
+    assert_close(out, ref[0], name="fallback out")
+    grads = flash_attention_backward(do, q, k, v, out, lse, None, 5, D**-0.5, tma=True)
+    for name, a, r in zip(("dq", "dk", "dv"), grads, ref[1:]):
+        assert_close(a, r, name=f"fallback {name}")
     assert not use_tma(q)  # the interpreter (and a CPU) take the pointer path by default
 
 
