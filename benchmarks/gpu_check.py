@@ -112,8 +112,14 @@ def _speedup_headline(rows: pd.DataFrame, log: str) -> str:
         return f"{len(rows)} rows, no reference on the same case"
     geomean = math.exp(sum(math.log(r) for r, _ in ratios) / len(ratios))
     worst = min(ratios)
-    return (f"ours vs fastest reference: geomean {geomean:.2f}x over {len(ratios)} cases; "
-            f"worst {worst[0]:.2f}x ({worst[1]})")
+    headline = (f"ours vs fastest reference: geomean {geomean:.2f}x over {len(ratios)} cases; "
+                f"worst {worst[0]:.2f}x ({worst[1]})")
+    if "est_ms" in rows:  # the roofline's estimates beside the measurements
+        ours = rows[rows.impl.isin(OURS) & rows.est_ms.notna() & (rows.est_ms > 0)]
+        if len(ours):
+            ratio = math.exp(sum(math.log(m / e) for m, e in zip(ours.ms, ours.est_ms)) / len(ours))
+            headline += f"; ours measured / roofline estimate: geomean {ratio:.2f}x over {len(ours)} rows"
+    return headline
 
 
 def _model_headline(rows: pd.DataFrame, log: str) -> str:

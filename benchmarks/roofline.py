@@ -153,6 +153,43 @@ def attention_tiles(T: int, window: int, cu_seqlens: torch.Tensor | None, kernel
 # ---------------------------------------------------------------------------------------------- the items
 
 
+def attention_items(tiles: dict, B: int, T: int, H: int, D: int, calls: int = 1, rate_suffix: str = "") -> list[Item]:
+    """The attention kernels of `calls` calls on (B, T, H, D) bf16 inputs, forward then backward; `tiles` from
+    attention_tiles (per (batch row, head) of one call). rate_suffix "_tma" takes the TMA-class rates."""
+    rows_heads, tokens = B * H * calls, B * T * calls
+    io = 2 * H * D  # bytes per token of one (T, H, D) bf16 tensor
+
+    def tile_flops(kind):
+        n, block_m, block_n, matmuls = tiles[kind]
+        return n * matmuls * 2 * block_m * block_n * D * rows_heads
+
+    items = [Item("attention", "forward (q, k, v read; o, lse written)", flops=tile_flops("fwd"),
+                  bytes=(4 * io + 4 * H) * tokens, rate="attention_fwd" + rate_suffix, kernels=calls),
+             Item("attention", "backward preprocess (delta = rowsum(dO o O))", bytes=(2 * io + 4 * H) * tokens,
+                  kernels=calls)]
+    if "bwd" in tiles:
+        items += [Item("attention", "backward, one pass, 5 matmuls/tile (dQ by fp32 atomics)", flops=tile_flops("bwd"),
+                       bytes=(6 * io + 8 * H) * tokens, rate="attention_bwd" + rate_suffix, kernels=calls),
+                  Item("attention", "dQ fp32 buffer: zero, then cast to bf16", bytes=(4 + 4 + 2) * H * D * tokens,
+                       kernels=2 * calls)]
+    else:
+        items += [Item("attention", "backward dK/dV, 4 matmuls/tile", flops=tile_flops("dkdv"),
+                       bytes=(6 * io + 8 * H) * tokens, rate="attention_bwd" + rate_suffix, kernels=calls),
+                  Item("attention", "backward dQ, 3 matmuls/tile", flops=tile_flops("dq"),
+                       bytes=(5 * io + 8 * H) * tokens, rate="attention_bwd" + rate_suffix, kernels=calls)]
+    return items
+
+
+def attention_call_ms(B: int, T: int, H: int, D: int, window: int | None, cu_seqlens: torch.Tensor | None, *,
+                      backward: bool, kernels: str = "triton", attention_backward: str | None = None) -> float:
+    """The estimate (central rates) of one call of our attention on (B, T, H, D) bf16 inputs: the forward, or the
+    forward and the backward; what benchmarks/bench_attention times. window None: plain causal."""
+    bwd = attention_backward or attention.DEFAULT_BACKWARD
+    tiles = attention_tiles(T, T if window is None else window, cu_seqlens, kernels, D, bwd)
+    items = attention_items(tiles, B, T, H, D)
+    return 1e3 * sum(item_seconds(i) for i in (items if backward else items[:1]))
+
+
 def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: int) -> list[Item]:
     """Every kernel group of one micro-step (forward and backward) of cfg's model; `tiles` from attention_tiles
     (averaged over windows: floats are fine)."""
@@ -183,26 +220,9 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     matmul("mlp proj", f, d, L)
     matmul("head", d, V, 1)
 
-    # attention: tiles per (row, head) per call -> FLOPs over every layer and head
-    rows_heads = cfg.batch_size * H * L
-    tile_flops = lambda kind: tiles[kind][0] * tiles[kind][3] * 2 * tiles[kind][1] * tiles[kind][2] * D  # noqa: E731
     tma = "_tma" if "tma" in options and kernels == "triton" else ""
+    items += attention_items(tiles, cfg.batch_size, cfg.seq_len, H, D, calls=L, rate_suffix=tma)
     io = 2 * a  # bytes per token of one (T, H, D) bf16 tensor
-    items.append(Item("attention", "forward (q, k, v read; o, lse written)", flops=tile_flops("fwd") * rows_heads,
-                      bytes=(4 * io + 4 * H) * N * L, rate="attention_fwd" + tma, kernels=L))
-    items.append(Item("attention", "backward preprocess (delta = rowsum(dO o O))", bytes=(2 * io + 4 * H) * N * L,
-                      kernels=L))
-    if "bwd" in tiles:
-        items.append(Item("attention", "backward, one pass, 5 matmuls/tile (dQ by fp32 atomics)",
-                          flops=tile_flops("bwd") * rows_heads, bytes=(6 * io + 8 * H) * N * L,
-                          rate="attention_bwd" + tma, kernels=L))
-        items.append(Item("attention", "dQ fp32 buffer: zero, then cast to bf16", bytes=(4 * a + 4 * a + 2 * a) * N * L,
-                          kernels=2 * L))
-    else:
-        items.append(Item("attention", "backward dK/dV, 4 matmuls/tile", flops=tile_flops("dkdv") * rows_heads,
-                          bytes=(6 * io + 8 * H) * N * L, rate="attention_bwd" + tma, kernels=L))
-        items.append(Item("attention", "backward dQ, 3 matmuls/tile", flops=tile_flops("dq") * rows_heads,
-                          bytes=(5 * io + 8 * H) * N * L, rate="attention_bwd" + tma, kernels=L))
     if kernels == "triton":
         calls = 1 if "doc_bounds_once" in options else 2 * L
         items.append(Item("attention", f"document bounds ({calls} calls of {DOC_BOUNDS_KERNELS} kernels)",

@@ -112,6 +112,8 @@ def test_headlines_of_benchmark_rows():
     ])
     assert gpu_check._speedup_headline(rows, "") == ("ours vs fastest reference: geomean 1.00x over 2 cases; "
                                                      "worst 0.50x (fwd a compiled vs flex)")
+    rows["est_ms"] = [0.5, None, 2.0, None, None]  # the roofline's estimates of ours: measured 2x and 0.5x of them
+    assert gpu_check._speedup_headline(rows, "").endswith("; ours measured / roofline estimate: geomean 1.00x over 2 rows")
     model = pd.DataFrame([dict(impl="triton", ms=119.21, est_ms=128.94, tokens_per_s=412345.6, mfu=0.4012,
                                peak_mem_gib=31.25, compile_s=71.2)])
     assert gpu_check._model_headline(model, "") == ("triton: 119.2 ms/step (roofline 128.9), 412,346 tokens/s, "

@@ -64,6 +64,14 @@ def test_micro_step_accounting_on_a_small_model():
     assert _item(bf16, "rms_norm op").bytes == _item(items, "rms_norm op").bytes / 2
 
 
+def test_one_attention_call():
+    # causal T = 4096, one head of 64: query block i (128 rows) visits 2 (i + 1) key tiles of 64, 1056 in all
+    flops = 1056 * 2 * 2 * 128 * 64 * 64
+    fwd = roofline.attention_call_ms(1, 4096, 1, 64, None, None, backward=False)
+    assert fwd == pytest.approx(1e3 * flops / H100_RATES["attention_fwd"][1])  # compute-bound, above 4 us
+    assert roofline.attention_call_ms(1, 4096, 1, 64, None, None, backward=True) > 2 * fwd
+
+
 def test_an_item_takes_its_slowest_bound():
     rates = {k: v[1] for k, v in H100_RATES.items()}
     compute = roofline.Item("matmul", "x", flops=rates["matmul"] * 1e-3, bytes=rates["copy"] * 1e-4, rate="matmul")
