@@ -1,7 +1,7 @@
 """A roofline model of one training micro-step and optimizer step of a track on an H100, without a GPU.
 
     python -m benchmarks.roofline [--track T] [--kernels triton|torch] [--gpus N] [--assume A,B,...]
-                                  [--attention-backward two_pass|atomic] [--doc-mean 1000] [--window W]
+                                  [--attention-backward atomic|two_pass] [--doc-mean 1000] [--window W]
 
 Every component of the step is a list of kernels, each with its FLOPs and the bytes it moves to and from
 device memory; its time is the largest of FLOPs / the matmul or attention rate, bytes / the copy rate and
@@ -16,12 +16,15 @@ mlp_ratio x d, V = vocab_size, L = layers):
 - attention: the (query block, key block) tiles each kernel visits at its own tile sizes
   (`kernels.attention.query_block_ranges` / `key_block_ranges`, the kernels' own loop bounds), masked pairs
   inside partial tiles counted as work; 2 x 2 x BM x BN x D FLOPs per forward tile, 4 and 3 matmuls per tile
-  for the two-pass backward (dK/dV, then dQ), 5 for the one-pass one (dQ by fp32 atomics). The window
+  for the two-pass backward (dK/dV, then dQ), 5 for the one-pass one (dQ by fp32 atomics, its buffer
+  zeroed, then read and cast: 10 bytes per element; the atomics' L2 traffic is not counted). The window
   is averaged over the schedule (each step's window, `train_gpt.window_size`) and the documents are
   geometric with mean `--doc-mean` tokens (1000: the document starts of bench_model's synthetic tokens;
   FineWeb's own mean is not measured here). HBM bytes: q, k, v, o (and dO, dq, dk, dv) once per kernel;
   the re-reads of K/V tiles across query blocks are assumed to hit L2. FlexAttention (--kernels=torch):
-  128 x 128 tiles, forward 2 and backward 7 matmuls per tile.
+  128 x 128 tiles, forward 2 and backward 7 matmuls per tile. The kernels' TMA loads (sm_90) change no
+  rate here: the `attention_*_tma` rates, for TMA with the QK^T matmul overlapped with the softmax
+  (FlashAttention-3), apply only with `--assume tma`.
 - elementwise: Inductor fuses the element-wise ops between two opaque ops (matmuls, custom ops) into one
   kernel that reads each input once and writes each output once; its backward moves twice the forward's
   bytes (reads the upstream gradient and the saved inputs, writes the input gradients). Our norms are
@@ -42,8 +45,9 @@ Options (`--assume`, comma-separated) model the changes issue 21 plans outside t
 effect is estimated before they exist: see `OPTIONS`. The attention backward is the kernel file's default
 (`kernels.attention.DEFAULT_BACKWARD`) unless `--attention-backward` names one.
 
-Not modelled: the SFU cost of exp/tanh over the logits, L2 hit rates, kernel overlap, CPU launch overhead
-(the GPU is assumed to stay fed), the first micro-step's extra gradient-buffer allocation.
+Not modelled: the SFU cost of exp/tanh over the logits, L2 hit rates, kernel overlap, pipeline drains
+between the attention kernels' three loops, CPU launch overhead (the GPU is assumed to stay fed), the
+first micro-step's extra gradient-buffer allocation.
 """
 from __future__ import annotations
 
