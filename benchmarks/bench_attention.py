@@ -20,7 +20,8 @@ Accounting (tutorial 06): forward = 4 * B * H * D FLOPs per allowed (query, key)
 exactly from the mask geometry (sum over tokens of min(window, position in document + 1)); forward
 + backward = 3.5 x forward (backward = 2.5 x forward). Each implementation is credited with the
 pairs of the mask it computes, so SDPA's plain-causal rows count T (T + 1) / 2 pairs per sequence;
-compare ms across implementations on the same case.
+compare ms across implementations on the same case. Our rows also carry `est_ms`, benchmarks/roofline.py's
+estimate of the same call on an H100 (`attention_call_ms`), so the first GPU run calibrates it.
 
 First checks our bf16 output and gradients against the fp32 reference on a small case (at most 2x
 PyTorch's own bf16 error + 1e-3) and raises if that fails. Appends every row to
@@ -138,6 +139,7 @@ def _bench_case(case, B, T, H, D, window, cu, flex: dict, sdpa_shapes_done: set,
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    from benchmarks.roofline import attention_call_ms
     from kernels.attention import flash_attention
 
     on_gpu = torch.device(device).type == "cuda"
@@ -150,6 +152,9 @@ def _bench_case(case, B, T, H, D, window, cu, flex: dict, sdpa_shapes_done: set,
     flex_inputs = (qh, kh, vh) if on_gpu else tuple(x.detach() for x in (qh, kh, vh))
     block_mask = _flex_block_mask(T, window, cu_dev, device, compile=on_gpu)  # compiled: no dense T x T mask
     pairs = allowed_pairs(T, window, cu)
+    # the roofline's estimate of ours on an H100 in bf16, written beside its measurement
+    estimates = {bench: attention_call_ms(B, T, H, D, window, cu, backward=bench == "attention_fwd_bwd")
+                 for bench in ("attention_fwd", "attention_fwd_bwd")}
     sdpa_once = (B, T, H, D) not in sdpa_shapes_done
     sdpa_shapes_done.add((B, T, H, D))
 
@@ -184,7 +189,8 @@ def _bench_case(case, B, T, H, D, window, cu, flex: dict, sdpa_shapes_done: set,
                 ms = bench_ms(step, device, grad_to_none=list(leaves), return_mode="median")
                 tflops = flops / ms / 1e9
                 rows.append({"bench": bench, "case": label, "mode": mode, "impl": impl, "ms": round(ms, 4),
-                             "tflops": round(tflops, 1)})
+                             "tflops": round(tflops, 1),
+                             "est_ms": round(estimates[bench], 4) if impl == "ours" else None})
                 print(f"{bench:18s} {label:34s} {mode:8s} {impl:10s} {ms:9.3f} ms {tflops:7.1f} TFLOP/s", flush=True)
     return rows
 

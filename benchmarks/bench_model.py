@@ -12,7 +12,8 @@ case):
   of one rank of the 8-GPU run without communication: attention-mask build, forward, backward, Adam
   and Muon (Newton-Schulz on every hidden matrix: one rank alone does all eight ranks' shares). Two
   cases: the first and the last window size of the schedule. Then Muon's step alone on the same
-  model (`muon_ms`, and `muon_frac` = its share of the training step).
+  model (`muon_ms`, and `muon_frac` = its share of the training step). Beside each step time, `est_ms`:
+  benchmarks/roofline.py's estimate of the same step (this window, one micro-step, the optimizer, one GPU).
 - reference: a plain nanoGPT GPT-2 (dense causal SDPA, LayerNorm, GELU, tied embedding, fused AdamW,
   torch.compile, bf16 autocast) on 48 x 1024 tokens, the same tokens per step.
 
@@ -34,6 +35,7 @@ import gc
 import os
 import sys
 import time
+from collections import Counter
 
 import pandas as pd
 import torch
@@ -145,6 +147,7 @@ def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float |
                compile: bool = True) -> dict:
     """One training step of the fineweb-124m model (plus `overrides`) on `kernels`, and Muon's step alone."""
     import train_gpt as T
+    from benchmarks.roofline import estimate  # imports the kernels: after TRITON_INTERPRET is set (--tiny)
 
     argv = ["--track=fineweb-124m", f"--kernels={kernels}", "--grad_accum=1", f"--device={device.type}", *overrides]
     cfg = T.resolve_config(T.parse_config(argv), 1, device)
@@ -173,8 +176,11 @@ def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float |
     muon_ms = time_steps(muon.step, steps, warmup, device)
     tokens = cfg.batch_size * cfg.seq_len
     tokens_per_s = tokens / (ms / 1000)
+    # the roofline's estimate of this very step (one micro-step at this window, the optimizer, one GPU)
+    est_ms = estimate(cfg, kernels, gpus=1, windows=Counter({window: 1})).step_ms[0]
     mfu = T.flops_per_token(cfg, window) * tokens_per_s / peak if peak else None
     return dict(bench="model", case=f"fineweb-124m B=1 T={cfg.seq_len} window={window}", impl=kernels, ms=ms,
+                est_ms=est_ms,
                 tokens_per_s=tokens_per_s, mfu=mfu, muon_ms=muon_ms, muon_frac=muon_ms / ms, compile_s=compile_s,
                 peak_mem_gib=peak_gib, ops="; ".join(f"{k}={v}" for k, v in ops.sources.items()))
 
@@ -248,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             row = fn(*case_args, args.steps, args.warmup, peak, device=device, compile=compile, **kwargs)
             append_results([row])  # now, not at the end: a later case that hangs must not lose this one
             rows.append(row)
-            print(f"{row['impl']:8s} {row['case']}: {row['ms']:.1f} ms/step, {row['tokens_per_s']:,.0f} tokens/s, "
-                  f"compiled in {row['compile_s']:.0f} s", flush=True)
+            estimated = f" (roofline estimate {row['est_ms']:.1f})" if "est_ms" in row else ""
+            print(f"{row['impl']:8s} {row['case']}: {row['ms']:.1f} ms/step{estimated}, {row['tokens_per_s']:,.0f} "
+                  f"tokens/s, compiled in {row['compile_s']:.0f} s", flush=True)
         except Exception as exc:  # a broken backend must not cost the other cases their GPU time
             print(f"bench_model: {fn.__name__}{case_args} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         gc.collect()
@@ -258,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         torch._dynamo.reset()
     if rows:
         # reindex, not [[...]]: with every ours case failed, the rows have no muon_ms / muon_frac columns
-        table = pd.DataFrame(rows).reindex(columns=["case", "impl", "ms", "tokens_per_s", "mfu", "muon_ms", "muon_frac",
-                                                    "compile_s", "peak_mem_gib"])
+        table = pd.DataFrame(rows).reindex(columns=["case", "impl", "ms", "est_ms", "tokens_per_s", "mfu", "muon_ms",
+                                                    "muon_frac", "compile_s", "peak_mem_gib"])
         table["mfu"] = table["mfu"].map(lambda m: "n/a" if m is None or m != m else f"{100 * m:.1f}%")
         print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
     return 0 if len(rows) == len(cases) else 1

@@ -24,7 +24,7 @@ backend, Triton ~2-5 s per kernel configuration, inductor ~3-15 s per graph):
     model_torch          bench_model, fineweb-124m on synthetic tokens, --kernels=torch,
                          mid-schedule window, 3 warm-up + 30 timed compiled steps           75    180
     model_triton         the same on --kernels=triton                                       75    180
-    tile_sweep           benchmarks/tile_sweep.py: 31 candidate tiles at the main shapes    60    120
+    tile_sweep           benchmarks/tile_sweep.py: 33 candidate tiles at the main shapes    60    120
     total                                                                                  475    480
 
 The budget (480 s) is hard: a stage may run past its estimate only into time the later stages do not
@@ -112,8 +112,14 @@ def _speedup_headline(rows: pd.DataFrame, log: str) -> str:
         return f"{len(rows)} rows, no reference on the same case"
     geomean = math.exp(sum(math.log(r) for r, _ in ratios) / len(ratios))
     worst = min(ratios)
-    return (f"ours vs fastest reference: geomean {geomean:.2f}x over {len(ratios)} cases; "
-            f"worst {worst[0]:.2f}x ({worst[1]})")
+    headline = (f"ours vs fastest reference: geomean {geomean:.2f}x over {len(ratios)} cases; "
+                f"worst {worst[0]:.2f}x ({worst[1]})")
+    if "est_ms" in rows:  # the roofline's estimates beside the measurements
+        ours = rows[rows.impl.isin(OURS) & rows.est_ms.notna() & (rows.est_ms > 0)]
+        if len(ours):
+            ratio = math.exp(sum(math.log(m / e) for m, e in zip(ours.ms, ours.est_ms)) / len(ours))
+            headline += f"; ours measured / roofline estimate: geomean {ratio:.2f}x over {len(ours)} rows"
+    return headline
 
 
 def _model_headline(rows: pd.DataFrame, log: str) -> str:
@@ -123,7 +129,9 @@ def _model_headline(rows: pd.DataFrame, log: str) -> str:
     for row in rows.itertuples():
         mfu = "n/a" if pd.isna(row.mfu) else f"{100 * row.mfu:.1f}%"
         peak = "" if pd.isna(row.peak_mem_gib) else f", peak {row.peak_mem_gib:.1f} GiB"
-        parts.append(f"{row.impl}: {row.tokens_per_s:,.0f} tokens/s, MFU {mfu}{peak}, compile {row.compile_s:.0f} s")
+        estimated = "" if pd.isna(getattr(row, "est_ms", float("nan"))) else f" (roofline {row.est_ms:.1f})"
+        parts.append(f"{row.impl}: {row.ms:.1f} ms/step{estimated}, {row.tokens_per_s:,.0f} tokens/s, MFU {mfu}{peak}, "
+                     f"compile {row.compile_s:.0f} s")
     return "; ".join(parts)
 
 

@@ -8,7 +8,10 @@ Triton compiles for a target named by hand (`triton.compile` with `GPUTarget("cu
 route of Triton's own ahead-of-time compiler), so the machine code a kernel gets on an H100 can be read
 on any machine: `ptxas -v` (shipped in Triton's wheel, the one Triton itself calls) reports the
 registers per thread (255 at most), the stack frame and the bytes spilled to local memory, and Triton
-reports the shared memory it asks for (227 KiB per block on an H100).
+reports the shared memory it asks for (227 KiB per block on an H100). The PTX is searched too: `wgmma`
+counts Hopper's warpgroup MMA instructions (a matmul kernel without any runs on the older mma.sync path),
+`tma` the bulk tensor copies (`cp.async.bulk.tensor`), `cp_async` the pre-Hopper async copies of the
+pointer path; static counts, as written in the PTX.
 
 What it says and what it cannot: a kernel whose inner loop spills moves extra bytes through L1/L2 every
 iteration, the first suspect when it is slow; 255 registers with no spill is fine. Occupancy and speed
@@ -52,6 +55,18 @@ def ptxas_usage(ptx: str) -> dict:
                 spill_stores=number(r"(\d+) bytes spill stores"), spill_loads=number(r"(\d+) bytes spill loads"))
 
 
+# PTX instructions counted per kernel: Hopper's warpgroup matrix multiply (a matmul kernel without it runs on the
+# older mma.sync path) and its bulk tensor copies (TMA), beside the pre-Hopper cp.async copies of the pointer path.
+PREDICATE = r"^\s*(?:@!?%\w+\s+)?"  # an instruction may be guarded by a predicate register: @%p1 or @!%p1
+PTX_COUNTS = {"wgmma": PREDICATE + r"wgmma\.mma_async\b", "tma": PREDICATE + r"cp\.async\.bulk\.tensor\b",
+              "cp_async": PREDICATE + r"cp\.async\.(?:ca|cg)\b"}
+
+
+def ptx_counts(ptx: str) -> dict:
+    """Static counts of the PTX_COUNTS instructions in `ptx` (each instruction as written, loops not unrolled)."""
+    return {name: len(re.findall(pattern, ptx, re.MULTILINE)) for name, pattern in PTX_COUNTS.items()}
+
+
 def compile_for_hopper(fn, types: dict, constexprs: dict, num_warps: int, num_stages: int,
                        not_divisible: tuple[str, ...] = ("H",)) -> dict:
     """Compile `fn` for sm_90: `types` names each runtime argument's Triton type, `constexprs` the rest.
@@ -71,7 +86,8 @@ def compile_for_hopper(fn, types: dict, constexprs: dict, num_warps: int, num_st
                        attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
     kernel = triton.compile(source, target=GPUTarget("cuda", SM, 32),
                             options=dict(num_warps=num_warps, num_stages=num_stages))
-    return dict(shared_kib=kernel.metadata.shared / 1024, **ptxas_usage(kernel.asm["ptx"]))
+    ptx = kernel.asm["ptx"]
+    return dict(shared_kib=kernel.metadata.shared / 1024, **ptxas_usage(ptx), **ptx_counts(ptx))
 
 
 def _arg_types(fn, element: str, fp32: tuple[str, ...] = (), int32: tuple[str, ...] = (),
@@ -88,14 +104,23 @@ def _arg_types(fn, element: str, fp32: tuple[str, ...] = (), int32: tuple[str, .
 def attention_rows(dtype: str, tiles: dict) -> list[dict]:
     """The three attention passes at head dims 64 and 128, with `tiles[(pass, D)]` -> attention.Blocks."""
     passes = {"fwd": attention._attn_fwd_kernel, "dkdv": attention._attn_bwd_dkdv_kernel,
-              "dq": attention._attn_bwd_dq_kernel}
+              "dq": attention._attn_bwd_dq_kernel, "bwd": attention._attn_bwd_dkdv_kernel}
     rows = []
     for (kind, D), blocks in tiles.items():
         fn = passes[kind]
-        types = _arg_types(fn, dtype, fp32=("lse_ptr", "delta_ptr"),
+        one_pass = fn is attention._attn_bwd_dkdv_kernel  # its dq_ptr is the fp32 accumulator
+        types = _arg_types(fn, dtype, fp32=("lse_ptr", "delta_ptr", *(("dq_ptr",) if one_pass else ())),
                            int32=("doc_start_ptr", "doc_end_ptr", "ranges_ptr"), floats=("qk_scale", "scale"))
         constexprs = dict(HEAD_DIM=D, BLOCK_M=blocks.block_m, BLOCK_N=blocks.block_n, HAS_DOCS=True,
                           STORE_RANGES=False, DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+        if one_pass:
+            constexprs["DQ_ATOMIC"] = kind == "bwd"
+        if "USE_TMA" in fn.arg_names:  # on sm_90 the forward and dK/dV kernels load through TMA descriptors (use_tma)
+            element = TYPES[dtype].lstrip("*")
+            boxes = dict(q_desc=blocks.block_m, k_desc=blocks.block_n, v_desc=blocks.block_n, do_desc=blocks.block_m)
+            types.update({name: f"tensordesc<{element}[{rows}, {D}]>" for name, rows in boxes.items()
+                          if name in fn.arg_names})
+            constexprs["USE_TMA"] = True
         rows.append(dict(kernel=f"attention {kind} D={D}", dtype=dtype,
                          config=f"{blocks.block_m}x{blocks.block_n} w{blocks.num_warps} s{blocks.num_stages}",
                          **compile_for_hopper(fn, types, constexprs, blocks.num_warps, blocks.num_stages)))
@@ -151,12 +176,14 @@ def norm_rows(dtype: str, widths=(128, 768, 4096, 8192)) -> list[dict]:
 
 # Candidate attention-backward tiles at D = 128 (the trainer's head dim), for the sweep group: smaller key blocks
 # or fewer stages lower the fp32 accumulators' register pressure. Which is fastest only a GPU can say.
-BACKWARD_CANDIDATES = [("dkdv", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
+BACKWARD_CANDIDATES = [("bwd", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
+                       for m, n, w, st in [(64, 64, 8, 2), (64, 64, 8, 3), (32, 128, 8, 2)]] + \
+                      [("dkdv", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
                        for m, n, w, st in [(32, 128, 8, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3),
                                            (64, 64, 4, 3), (64, 64, 8, 3), (16, 128, 8, 3)]] + \
-                     [("dq", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
-                      for m, n, w, st in [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3),
-                                          (64, 64, 8, 3), (64, 32, 4, 3)]]
+                      [("dq", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
+                       for m, n, w, st in [(128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3),
+                                           (64, 64, 8, 3), (64, 32, 4, 3)]]
 
 
 GROUPS = {

@@ -8,16 +8,17 @@ The launchers read their tiles at every call from one place each: kernels/attent
 file changes and the trainer never sees a candidate.
 
 Groups and shapes (bf16, fineweb-124m: 48K tokens per step, 6 heads of 128, model width 768):
-    attention_fwd, _dkdv, _dq   B=1 T=49152 H=6 D=128, web-text documents, windows 128 and 1792 (the
-                                schedule's ends); the forward timed alone, a backward pass as forward +
-                                backward with the other passes on today's tiles
+    attention_bwd, _fwd,        B=1 T=49152 H=6 D=128, web-text documents, windows 128 and 1792 (the
+    _dkdv, _dq                  schedule's ends); the forward timed alone, a backward pass as forward +
+                                backward with the other passes on today's tiles: bwd is the one-pass
+                                backward the trainer runs ("atomic"), dkdv and dq the two-pass one
     norm_768, norm_128          RMSNorm without weight (the trainer's) on (49152, 768), the residual stream,
                                 forward and forward + backward; and forward + backward on (294912, 128),
                                 QK-norm's rows
     newton_schulz               5 quintic steps on (12, 768, 3072) and (48, 768, 768), Muon's stacks
 The attention candidates are the spill-free tiles `python -m benchmarks.ptxas_report sweep` lists, plus a few
 forward ones; the others vary rows per program and warps (norm) or the matmul tile, K step, warps and
-stages (Newton-Schulz). 37 configurations in all, 31 of them not today's.
+stages (Newton-Schulz). 40 configurations in all, 33 of them not today's.
 
 Two phases, so that one bad candidate costs nothing but itself and compiling does not eat the budget:
 1. check: subprocesses at once (a few candidates each, `--check`) run every candidate once, which has Triton
@@ -47,10 +48,11 @@ from typing import Callable
 
 REL_ERR_LIMIT = 1e-2  # candidate vs today's tiles, both bf16 with fp32 accumulation: only rounding may differ
 
-# Attention candidates at D = 128, (block_m, block_n, num_warps, num_stages); "dkdv" owns block_n keys and
-# steps over block_m queries, "fwd" and "dq" own block_m queries. The backward lists are ptxas_report's
+# Attention candidates at D = 128, (block_m, block_n, num_warps, num_stages); "dkdv" and "bwd" own block_n keys
+# and step over block_m queries, "fwd" and "dq" own block_m queries. The backward lists are ptxas_report's
 # BACKWARD_CANDIDATES (benchmarks/NOTES.md: most of them spill-free on sm_90 with Triton 3.9).
 ATTENTION_CANDIDATES = {
+    "bwd": [(64, 64, 8, 2), (64, 64, 8, 3), (32, 128, 8, 2)],
     "fwd": [(128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (128, 32, 8, 3)],
     "dkdv": [(32, 128, 8, 3), (32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 3), (64, 64, 8, 3),
              (16, 128, 8, 3)],
@@ -125,10 +127,12 @@ def _attention_group(kind: str, tiny: bool) -> Group:
         def forward(w):
             return lambda: (attention.flash_attention(q, k, v, window_size=w, cu_seqlens=cu),)
 
+        backward = "atomic" if kind == "bwd" else "two_pass"  # the backward whose tiles are swept
+
         def forward_backward(w):
             def run():
                 leaves = [x.detach().requires_grad_() for x in (q, k, v)]
-                out = attention.flash_attention(*leaves, window_size=w, cu_seqlens=cu)
+                out = attention.flash_attention(*leaves, window_size=w, cu_seqlens=cu, backward=backward)
                 return torch.autograd.grad(out, leaves, do)
 
             return run
@@ -216,6 +220,7 @@ def _newton_schulz_group(tiny: bool) -> Group:
 
 # In the order they are timed, the likeliest gains first (the backward is the costliest attention pass)
 GROUPS = {
+    "attention_bwd": lambda tiny: _attention_group("bwd", tiny),
     "attention_dkdv": lambda tiny: _attention_group("dkdv", tiny),
     "attention_dq": lambda tiny: _attention_group("dq", tiny),
     "attention_fwd": lambda tiny: _attention_group("fwd", tiny),

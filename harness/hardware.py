@@ -22,6 +22,29 @@ PEAK_BF16_FLOPS = {
 }
 
 
+# What one H100 SXM is expected to sustain, as (low, central, high): estimates for benchmarks/roofline.py, not
+# measurements, until benchmarks/gpu_check.sh's env stage measures the matmul and copy ceilings on the card.
+#   matmul: dense bf16 GEMMs of the model's sizes through cuBLAS, ~65-80% of the 989 TFLOP/s peak.
+#   attention_fwd / _bwd: a FlashAttention-2-class kernel (Triton, pointer loads, no TMA or warp specialisation):
+#     the FA3 paper (Shah et al. 2024, fig. 5-6) gives FA2 on an H100 at ~300-370 TFLOP/s forward and ~250-330
+#     backward at head dim 128; counted over the tiles a kernel visits, masked pairs included.
+#   attention_fwd_tma / _bwd_tma: the same with TMA loads and a QK^T wgmma overlapped with the softmax (FA3 and
+#     Triton's Hopper tutorial reach ~500-700 forward): the range issue 21 item 3 aims at.
+#   copy: bytes read plus written per second by a memory-bound kernel (~85-90% of 3.35 TB/s HBM3).
+#   nccl_busbw: all-reduce / reduce-scatter / all-gather bus bandwidth between 8 NVLink H100s (nccl-tests' busbw).
+#   kernel_s: the least time a kernel takes, launch and tail included.
+H100_RATES = {
+    "matmul": (650e12, 700e12, 780e12),  # FLOP/s
+    "attention_fwd": (300e12, 350e12, 400e12),
+    "attention_bwd": (250e12, 290e12, 330e12),
+    "attention_fwd_tma": (450e12, 520e12, 600e12),
+    "attention_bwd_tma": (330e12, 380e12, 450e12),
+    "copy": (2.8e12, 2.9e12, 3.0e12),  # bytes/s
+    "nccl_busbw": (350e9, 400e9, 450e9),  # bytes/s
+    "kernel_s": (3e-6, 4e-6, 6e-6),  # seconds
+}
+
+
 def peak_flops(device_name: str | None) -> float | None:
     """Peak dense bf16 FLOP/s for a device name, or None where unknown (CPUs: no MFU is claimed)."""
     if not device_name:

@@ -27,9 +27,14 @@ LSE (P = exp2(S log2 e - LSE)) instead of stored:
     dQ = dS K s
     dK = dS^T Q s
 
-dK and dV come from one kernel that owns a key block and walks the query blocks that see it; dQ
-from a second kernel that owns a query block and walks its key blocks. Each program writes only
-its own rows, so the backward is deterministic and uses no atomics.
+dK and dV come from one kernel that owns a key block and walks the query blocks that see it. dQ comes
+one of two ways (`backward`, default DEFAULT_BACKWARD = "atomic"):
+- "atomic" (FlashAttention-2's backward): the same kernel also computes dS K for each tile and adds it
+  into an fp32 dQ buffer with atomic adds, cast to the input dtype at the end. Five matmuls per tile
+  (S, dP, dV, dK, dQ). On a GPU the atomics land in a varying order, so dQ's last bits vary between runs.
+- "two_pass": a second kernel owns a query block, walks its key blocks and recomputes S and dP for dQ:
+  seven matmuls per tile, but each program writes only its own rows, without atomics: the same inputs
+  give the same bits.
 
 Block skipping
 --------------
@@ -57,17 +62,29 @@ FLOP accounting (as in tutorial 06)
 Forward: 2 matmuls of 2 * D FLOPs per allowed (query, key) pair per head: 4 * B * H * D * pairs,
 where pairs = T (T + 1) / 2 for plain causal (about half of T^2), sum_i min(W, i - doc_start(i) + 1)
 with a window and documents. Backward: 2.5 x forward (five matmuls instead of two, counting the
-recompute of P). Only allowed pairs are counted, never the masked ones inside partial blocks.
+recompute of P), the useful work; the two-pass backward does 3.5 x (seven). Only allowed pairs are
+counted, never the masked ones inside partial blocks (benchmarks/roofline.py counts the visited tiles).
+
+Loads
+-----
+On Hopper and newer GPUs (`use_tma`) the forward and the dK/dV kernel (both backwards) load their Q, K, V
+and dO tiles with TMA (bulk tensor copies from host-built descriptors over the (B * T, H * D) row view the
+trainer's packed-QKV views have); elsewhere, and for layouts without that view or TMA's 16-byte
+alignment, they use pointer loads, as the two-pass dQ kernel always does. Rows past T then read the next
+sequence's rows or TMA's zero fill: masked (P = 0) or never stored.
 
 Block sizes
 -----------
 `_CUDA_BLOCKS` is a small table by pass and head dim, taken from the Hopper settings of Triton's
 tutorial 06 (forward 128 queries x 64 keys; backward dK/dV 128 keys with 32-query steps, dQ 128
-queries with 32/64-key steps). Warps: `python -m benchmarks.ptxas_report` compiles every entry for
-sm_90 without a GPU and reads ptxas' register and spill counts; with 4 warps the forward and dK/dV
-passes at D = 64 spilled (12 and 36 bytes), so every bf16 entry has 8 warps, and none spills (Triton
-3.9, ptxas 13.4: 155-251 registers, 64-160 KiB of shared memory). Which tiles are *fastest* only a GPU
-can say: not measured yet. A table, not an autotuner: block sizes are known to the Python range
+queries with 32/64-key steps). The one-pass backward ("bwd") steps 64 queries at a time, over 128 keys
+at D = 64 and 64 keys at D = 128, where 128 keys spill (the dQ tile's fp32 accumulator comes on top of
+dK's and dV's); at D = 128 it has 255 registers.
+Warps: `python -m benchmarks.ptxas_report` compiles every entry for sm_90 without a GPU and reads
+ptxas' register and spill counts; with 4 warps the forward and dK/dV passes at D = 64 spilled (12 and
+36 bytes), so every bf16 entry has 8 warps, and none spills (with TMA where sm_90 takes it: Triton 3.9,
+ptxas 13.4: 119-255 registers, 65-162 KiB of shared memory; Triton 3.6, ptxas 12.8: 108-255). Which
+tiles are *fastest* only a GPU can say: not measured yet. A table, not an autotuner: block sizes are known to the Python range
 helpers, nothing is benchmarked at first call, and one compile serves every window size (window is a
 runtime int, not specialised). fp32 (tests only) gets 32 x 32 tiles on CUDA: with the bf16 tiles its
 operands are twice as big and the dQ kernel at D = 128 asks for 288 KiB of shared memory, over
@@ -105,10 +122,20 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+
+
+# The backwards `flash_attention` offers (its `backward` argument; None: DEFAULT_BACKWARD, which the trainer uses).
+# "atomic": one kernel per key block, 5 matmuls per tile, dQ summed in fp32 by atomic adds (FlashAttention-2):
+# fast, but on a GPU the atomics land in a varying order, so dQ's last bits vary from run to run.
+# "two_pass": the dK/dV kernel, then a dQ kernel that recomputes S and dP (7 matmuls per tile), no atomics:
+# the same inputs give the same bits (same seed, same run), for debugging and reproducibility checks.
+BACKWARDS = ("atomic", "two_pass")
+DEFAULT_BACKWARD = "atomic"
 
 
 @dataclass(frozen=True)
@@ -130,6 +157,11 @@ _CUDA_BLOCKS = {
     ("dkdv", 128): Blocks(32, 128, num_warps=8, num_stages=3),
     ("dq", 64): Blocks(128, 32, num_warps=4, num_stages=5),
     ("dq", 128): Blocks(128, 64, num_warps=8, num_stages=3),
+    # one-pass backward ("atomic"): a key block walks 64-query steps. 128 keys (FlashAttention-3's tile) at
+    # D = 64; at D = 128 that spills (64-780 bytes), so 64 keys there: 255 registers, no spill with TMA loads
+    # under Triton 3.6 and 3.9 (the pointer path, for layouts TMA cannot take, spills 8 bytes under 3.9)
+    ("bwd", 64): Blocks(64, 128, num_warps=8, num_stages=2),
+    ("bwd", 128): Blocks(64, 64, num_warps=8, num_stages=3),
 }
 # fp32 on CUDA (tests only): small tiles, so every pass fits shared memory at D = 128.
 _CUDA_FP32_BLOCKS = Blocks(32, 32, num_warps=4, num_stages=2)
@@ -138,6 +170,7 @@ _INTERPRETER_BLOCKS = {
     "fwd": Blocks(32, 16, num_warps=4, num_stages=1),
     "dkdv": Blocks(16, 32, num_warps=4, num_stages=1),
     "dq": Blocks(32, 16, num_warps=4, num_stages=1),
+    "bwd": Blocks(16, 32, num_warps=4, num_stages=1),
 }
 
 
@@ -145,6 +178,11 @@ def block_config(kind: str, head_dim: int, device: torch.device | str, dtype: to
     """Tiles for pass `kind` ("fwd", "dkdv" or "dq") at this head dim and input dtype on this device."""
     if torch.device(device).type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return _INTERPRETER_BLOCKS[kind]
+    return cuda_block_config(kind, head_dim, dtype)
+
+
+def cuda_block_config(kind: str, head_dim: int, dtype: torch.dtype) -> Blocks:
+    """Tiles for pass `kind` on a CUDA GPU, whatever this machine runs (benchmarks.roofline counts with them)."""
     if dtype == torch.float32:
         return _CUDA_FP32_BLOCKS
     return _CUDA_BLOCKS[(kind, 128 if head_dim > 64 else 64)]
@@ -224,16 +262,21 @@ def _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED: tl.c
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
-               start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
-               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Online softmax over key blocks [start, end); MASKED applies the mask (partial blocks only)."""
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t, offs_m,
+               q_doc_start, T, window, qk_scale, start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr,
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
+    """Online softmax over key blocks [start, end); MASKED applies the mask (partial blocks only). USE_TMA
+    loads K and V through the tensor descriptors (rows desc_row + key, columns from desc_col)."""
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_k = start_n + offs_n
-        k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED)  # (BLOCK_N, D) each
+        if USE_TMA:  # rows past T read the next sequence's keys or zeros; the mask removes them
+            k = k_desc.load([desc_row + start_n, desc_col])  # (BLOCK_N, D)
+            v = v_desc.load([desc_row + start_n, desc_col])
+        else:
+            k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED)  # (BLOCK_N, D) each
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
             allowed = _allowed(offs_m[:, None], offs_k[None, :], q_doc_start[:, None], T, window, HAS_DOCS)
@@ -252,6 +295,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_sta
 @triton.jit(do_not_specialize=["window"])
 def _attn_fwd_kernel(
     q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
+    q_desc, k_desc, v_desc,  # with USE_TMA: tensor descriptors of q, k, v as (B * T, H * D) rows; else unread
     o_ptr,  # (B, T, H, D) contiguous
     lse_ptr,  # (B, H, T) fp32, log2 units
     doc_start_ptr,  # (T,) int32: first token of each token's document (read only with HAS_DOCS)
@@ -260,7 +304,7 @@ def _attn_fwd_kernel(
     o_stride_b, o_stride_t, o_stride_h,
     T, H, window, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
-    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     # Last query blocks first: under plain causal they hold the most work, so they start early.
@@ -273,7 +317,12 @@ def _attn_fwd_kernel(
     qkv_base = b.to(tl.int64) * qkv_stride_b + h * qkv_stride_h
     row_ok = offs_m < T
 
-    q = tl.load(q_ptr + qkv_base + offs_m[:, None] * qkv_stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    desc_row, desc_col = b * T, h * HEAD_DIM  # this (b, h)'s origin in the descriptors' (B * T, H * D) view
+    if USE_TMA:  # rows past T (not stored) read the next sequence's queries or zeros
+        q = q_desc.load([desc_row + q0, desc_col])
+    else:
+        q = tl.load(q_ptr + qkv_base + offs_m[:, None] * qkv_stride_t + offs_d[None, :], mask=row_ok[:, None],
+                    other=0.0)
     if HAS_DOCS:
         q_doc_start = tl.load(doc_start_ptr + offs_m, mask=row_ok, other=0)
     else:
@@ -289,12 +338,15 @@ def _attn_fwd_kernel(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     k_base = k_ptr + qkv_base
     v_base = v_ptr + qkv_base
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window,
-                               qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window,
-                               qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window,
-                               qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t,
+                               offs_m, q_doc_start, T, window, qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM,
+                               BLOCK_N, DOT_PRECISION, USE_TMA)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t,
+                               offs_m, q_doc_start, T, window, qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM,
+                               BLOCK_N, DOT_PRECISION, USE_TMA)
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t,
+                               offs_m, q_doc_start, T, window, qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM,
+                               BLOCK_N, DOT_PRECISION, USE_TMA)
 
     # Every real row sees its own diagonal, so l > 0; the guard only keeps padding rows finite.
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -328,26 +380,33 @@ def _attn_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t, o_stride_t,
-                offs_k, T, window, qk_scale, start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row, desc_col,
+                doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale, start, end,
+                MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                DOT_PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr, USE_TMA: tl.constexpr):
     """Accumulate dK, dV of one key block over query blocks [start, end); works on transposed tiles
-    (keys x queries) so P^T and dS^T come out directly."""
+    (keys x queries) so P^T and dS^T come out directly. With DQ_ATOMIC, also dQ += dS K s into the fp32 rows
+    at dq_base (o's strides), by atomic adds: the fifth matmul of the tile. USE_TMA loads Q and dO through
+    the tensor descriptors (rows desc_row + query, columns from desc_col)."""
     offs_d = tl.arange(0, HEAD_DIM)
     for start_m in range(start, end, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_q = start_m + tl.arange(0, BLOCK_M)
         q_offs = offs_q[:, None] * qkv_stride_t + offs_d[None, :]
         do_offs = offs_q[:, None] * o_stride_t + offs_d[None, :]
-        if MASKED:
-            row_ok = offs_q < T
-            q = tl.load(q_base + q_offs, mask=row_ok[:, None], other=0.0)  # (BLOCK_M, D)
-            do = tl.load(do_base + do_offs, mask=row_ok[:, None], other=0.0)
-            lse = tl.load(lse_base + offs_q, mask=row_ok, other=0.0)  # (BLOCK_M,)
-            delta = tl.load(delta_base + offs_q, mask=row_ok, other=0.0)
+        if USE_TMA:  # rows past T read the next sequence's rows or zeros; the mask gives them P = 0
+            q = q_desc.load([desc_row + start_m, desc_col])  # (BLOCK_M, D)
+            do = do_desc.load([desc_row + start_m, desc_col])
+        elif MASKED:
+            q = tl.load(q_base + q_offs, mask=(offs_q < T)[:, None], other=0.0)  # (BLOCK_M, D)
+            do = tl.load(do_base + do_offs, mask=(offs_q < T)[:, None], other=0.0)
         else:
             q = tl.load(q_base + q_offs)
             do = tl.load(do_base + do_offs)
+        if MASKED:
+            lse = tl.load(lse_base + offs_q, mask=offs_q < T, other=0.0)  # (BLOCK_M,)
+            delta = tl.load(delta_base + offs_q, mask=offs_q < T, other=0.0)
+        else:
             lse = tl.load(lse_base + offs_q)
             delta = tl.load(delta_base + offs_q)
         s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
@@ -361,8 +420,14 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_p
             p_t = tl.where(allowed, p_t, 0.0)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)  # dV += P^T dO
         dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (dO V^T)^T
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)  # dK += dS^T Q (scaled later)
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)  # one rounding serves dK and dQ
+        dk = tl.dot(ds_t, q, dk, input_precision=DOT_PRECISION)  # dK += dS^T Q (scaled later)
+        if DQ_ATOMIC:
+            dq = tl.dot(tl.trans(ds_t), k, input_precision=DOT_PRECISION) * scale  # (BLOCK_M, D): dS K s
+            if MASKED:
+                tl.atomic_add(dq_base + do_offs, dq, mask=(offs_q < T)[:, None], sem="relaxed")
+            else:
+                tl.atomic_add(dq_base + do_offs, dq, sem="relaxed")
     return dk, dv
 
 
@@ -370,15 +435,17 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_p
 def _attn_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
     do_ptr,  # (B, T, H, D) contiguous
+    q_desc, k_desc, v_desc, do_desc,  # with USE_TMA: tensor descriptors of q, k, v, dO as (B * T, H * D) rows
     lse_ptr, delta_ptr,  # (B, H, T) fp32
     dk_ptr, dv_ptr,  # (B, T, H, D) contiguous
+    dq_ptr,  # (B, T, H, D) fp32 contiguous, zeroed: dQ accumulated here (read only with DQ_ATOMIC)
     doc_start_ptr, doc_end_ptr,  # (T,) int32 (read only with HAS_DOCS)
     ranges_ptr,  # (cdiv(T, BLOCK_N), 4) int32: loop bounds, written only with STORE_RANGES
     qkv_stride_b, qkv_stride_t, qkv_stride_h,
     o_stride_b, o_stride_t, o_stride_h,
     T, H, window, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
-    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_RANGES: tl.constexpr, DOT_PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     pid_n = tl.program_id(1)  # first key blocks first: under plain causal they hold the most work
@@ -391,9 +458,14 @@ def _attn_bwd_dkdv_kernel(
     o_base = b.to(tl.int64) * o_stride_b + h * o_stride_h
     key_ok = offs_k < T
 
-    kv_offs = qkv_base + offs_k[:, None] * qkv_stride_t + offs_d[None, :]
-    k = tl.load(k_ptr + kv_offs, mask=key_ok[:, None], other=0.0)  # (BLOCK_N, D)
-    v = tl.load(v_ptr + kv_offs, mask=key_ok[:, None], other=0.0)
+    desc_row, desc_col = b * T, h * HEAD_DIM  # this (b, h)'s origin in the descriptors' (B * T, H * D) view
+    if USE_TMA:  # keys past T (never stored) read the next sequence's rows or zeros; the mask gives them P = 0
+        k = k_desc.load([desc_row + n0, desc_col])  # (BLOCK_N, D)
+        v = v_desc.load([desc_row + n0, desc_col])
+    else:
+        kv_offs = qkv_base + offs_k[:, None] * qkv_stride_t + offs_d[None, :]
+        k = tl.load(k_ptr + kv_offs, mask=key_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        v = tl.load(v_ptr + kv_offs, mask=key_ok[:, None], other=0.0)
 
     lo, full_lo, full_hi, hi = _key_block_range(n0, T, window, doc_end_ptr, HAS_DOCS, BLOCK_M, BLOCK_N)
     if STORE_RANGES:
@@ -406,15 +478,16 @@ def _attn_bwd_dkdv_kernel(
     do_base = do_ptr + o_base
     lse_base = lse_ptr + pid_bh.to(tl.int64) * T
     delta_base = delta_ptr + pid_bh.to(tl.int64) * T
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t,
-                         o_stride_t, offs_k, T, window, qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
-                         DOT_PRECISION)
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t,
-                         o_stride_t, offs_k, T, window, qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM,
-                         BLOCK_M, DOT_PRECISION)
-    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, doc_start_ptr, qkv_stride_t,
-                         o_stride_t, offs_k, T, window, qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_M,
-                         DOT_PRECISION)
+    dq_base = dq_ptr + o_base
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row,
+                         desc_col, doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale, lo,
+                         full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_M, DOT_PRECISION, DQ_ATOMIC, USE_TMA)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row,
+                         desc_col, doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale,
+                         full_lo, full_hi, False, HAS_DOCS, HEAD_DIM, BLOCK_M, DOT_PRECISION, DQ_ATOMIC, USE_TMA)
+    dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row,
+                         desc_col, doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale,
+                         full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_M, DOT_PRECISION, DQ_ATOMIC, USE_TMA)
 
     out_offs = o_base + offs_k[:, None] * o_stride_t + offs_d[None, :]
     tl.store(dk_ptr + out_offs, (dk * scale).to(dk_ptr.dtype.element_ty), mask=key_ok[:, None])
@@ -567,6 +640,28 @@ def _qkv_strides(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     return q.contiguous(), k.contiguous(), v.contiguous()
 
 
+def use_tma(q: torch.Tensor) -> bool:
+    """Whether the forward loads through TMA tensor descriptors by default: on CUDA GPUs of compute capability 9.0
+    and newer (Hopper's bulk tensor copies); the pointer path elsewhere (Triton's interpreter, older GPUs)."""
+    return (q.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+            and torch.cuda.get_device_capability(q.device)[0] >= 9)
+
+
+def _row_descriptors(*tensors_and_boxes: tuple[torch.Tensor, int]):
+    """TMA descriptors of (B, T, H, D) tensors seen as (B * T, H * D) rows, each with a (box rows, D) box; None
+    where one has no such view (heads not adjacent, sequences not back to back) or misses TMA's 16-byte
+    alignment of its base and row stride."""
+    descriptors = []
+    for x, box in tensors_and_boxes:
+        B, T, H, D = x.shape
+        stride_b, stride_t, stride_h, stride_d = x.stride()
+        rows_ok = stride_d == 1 and stride_h == D and (B == 1 or stride_b == T * stride_t)
+        if not (rows_ok and (stride_t * x.element_size()) % 16 == 0 and x.data_ptr() % 16 == 0):
+            return None
+        descriptors.append(TensorDescriptor(x, shape=[B * T, H * D], strides=[stride_t, 1], block_shape=[box, D]))
+    return tuple(descriptors)
+
+
 def _launch_common(q: torch.Tensor, window_size: int) -> dict:
     """Kernel arguments shared by every pass; no window is a window of T."""
     B, T, H, D = q.shape
@@ -576,7 +671,8 @@ def _launch_common(q: torch.Tensor, window_size: int) -> dict:
     )
 
 
-def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float, *, ranges=None):
+def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float, *, ranges=None,
+                            tma: bool | None = None):
     """Forward launcher.
 
     Args:
@@ -586,6 +682,8 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
         scale: softmax scale applied to q k^T.
         ranges: optional (cdiv(T, BLOCK_M), 4) int32 tensor that receives the key loop bounds of each
             query block (tests of block skipping).
+        tma: load q, k and v through TMA tensor descriptors; None: `use_tma(q)` (Hopper and newer). Inputs
+            whose layout has no (B * T, H * D) row view, or is not 16-byte aligned, take the pointer path.
     Returns:
         out (B, T, H, D) in q's dtype, lse (B, H, T) fp32 in log2 units.
     """
@@ -595,34 +693,48 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     doc_start = _doc_bounds(cu_seqlens, T)[0] if cu_seqlens is not None else lse  # lse: unread placeholder
     cfg = block_config("fwd", D, q.device, q.dtype)
+    use = use_tma(q) if tma is None else tma
+    descriptors = _row_descriptors((q, cfg.block_m), (k, cfg.block_n), (v, cfg.block_n)) if use else None
     grid = (B * H, triton.cdiv(T, cfg.block_m))
     _attn_fwd_kernel[grid](
-        q, k, v, out, lse, doc_start, ranges if ranges is not None else lse,
+        q, k, v, *(descriptors or (q, k, v)), out, lse, doc_start, ranges if ranges is not None else lse,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
         qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=cu_seqlens is not None,
-        STORE_RANGES=ranges is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        STORE_RANGES=ranges is not None, USE_TMA=descriptors is not None, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
         **_launch_common(q, window_size),
     )
     return out, lse
 
 
 def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int, scale: float, *,
-                             dkdv_ranges=None, dq_ranges=None):
-    """Backward launcher: delta preprocess, then the dK/dV and the dQ kernels.
+                             backward: str = DEFAULT_BACKWARD, dkdv_ranges=None, dq_ranges=None,
+                             tma: bool | None = None):
+    """Backward launcher: delta preprocess, then the dK/dV kernel, and the dQ kernel ("two_pass") or dQ
+    accumulated by the dK/dV kernel itself in fp32 and cast ("atomic").
 
     Args:
         do: (B, T, H, D) upstream gradient of the output.
         q, k, v, cu_seqlens, window_size, scale: as given to the forward.
         out, lse: the forward's outputs.
+        backward: "atomic" (5 matmuls per tile; dQ's fp32 sums in the order the atomics land, so not
+            bit-reproducible on a GPU) or "two_pass" (7 matmuls per tile; bit-reproducible).
         dkdv_ranges, dq_ranges: optional int32 tensors that receive the loop bounds of each key block
-            (cdiv(T, BLOCK_N), 4) and of each query block (cdiv(T, BLOCK_M), 4) (tests).
+            (cdiv(T, BLOCK_N), 4) and of each query block (cdiv(T, BLOCK_M), 4) (tests; dq_ranges two_pass only).
+        tma: the dK/dV kernel loads q, k, v and dO through TMA descriptors, as in the forward; None: `use_tma(q)`.
+            The two-pass dQ kernel always uses pointers.
     Returns:
         dq, dk, dv, each (B, T, H, D) contiguous in q's dtype.
     """
+    if backward not in BACKWARDS:
+        raise ValueError(f"flash_attention: backward {backward!r} not one of {', '.join(BACKWARDS)}")
     B, T, H, D = q.shape
     q, k, v = _qkv_strides(q, k, v)
     do, out = do.contiguous(), out.contiguous()
-    dq, dk, dv = (torch.empty((B, T, H, D), device=q.device, dtype=q.dtype) for _ in range(3))
+    dk, dv = (torch.empty((B, T, H, D), device=q.device, dtype=q.dtype) for _ in range(2))
+    atomic = backward == "atomic"
+    # atomic: dQ summed in fp32 (B, T, H, D), o's strides, then cast; two_pass: dQ itself
+    dq = torch.zeros((B, T, H, D), device=q.device, dtype=torch.float32) if atomic else torch.empty_like(dk)
     delta = torch.empty_like(lse)
     common = _launch_common(q, window_size)
 
@@ -633,13 +745,19 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
     doc_start, doc_end = _doc_bounds(cu_seqlens, T) if has_docs else (lse, lse)  # lse: unread placeholder
     strides = (q.stride(0), q.stride(1), q.stride(2), do.stride(0), do.stride(1), do.stride(2))
 
-    cfg = block_config("dkdv", D, q.device, q.dtype)
+    cfg = block_config("bwd" if atomic else "dkdv", D, q.device, q.dtype)
+    use = use_tma(q) if tma is None else tma
+    descriptors = _row_descriptors((q, cfg.block_m), (k, cfg.block_n), (v, cfg.block_n), (do, cfg.block_m)) \
+        if use else None
     _attn_bwd_dkdv_kernel[(B * H, triton.cdiv(T, cfg.block_n))](
-        q, k, v, do, lse, delta, dk, dv, doc_start, doc_end, dkdv_ranges if dkdv_ranges is not None else lse,
+        q, k, v, do, *(descriptors or (q, k, v, do)), lse, delta, dk, dv, dq, doc_start, doc_end,
+        dkdv_ranges if dkdv_ranges is not None else lse,
         *strides, scale=scale, qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        HAS_DOCS=has_docs, STORE_RANGES=dkdv_ranges is not None, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **common,
+        HAS_DOCS=has_docs, STORE_RANGES=dkdv_ranges is not None, DQ_ATOMIC=atomic, USE_TMA=descriptors is not None,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )
+    if atomic:
+        return dq.to(q.dtype), dk, dv
     cfg = block_config("dq", D, q.device, q.dtype)
     _attn_bwd_dq_kernel[(B * H, triton.cdiv(T, cfg.block_m))](
         q, k, v, do, lse, delta, dq, doc_start, dq_ranges if dq_ranges is not None else lse,
@@ -666,12 +784,12 @@ def window_tensor(window_size: int | None) -> torch.Tensor:
 
 @torch.library.custom_op("speedrun::flash_attention_fwd", mutates_args=())
 def _flash_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None,
-                            window: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return flash_attention_forward(q, k, v, cu_seqlens, int(window), scale)
+                            window: torch.Tensor, scale: float, backward: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return flash_attention_forward(q, k, v, cu_seqlens, int(window), scale)  # `backward`: for the backward only
 
 
 @_flash_attention_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, window, scale):
+def _(q, k, v, cu_seqlens, window, scale, backward):
     B, T, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, T), dtype=torch.float32)
 
@@ -679,26 +797,26 @@ def _(q, k, v, cu_seqlens, window, scale):
 @torch.library.custom_op("speedrun::flash_attention_bwd", mutates_args=())
 def _flash_attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                             lse: torch.Tensor, cu_seqlens: torch.Tensor | None, window: torch.Tensor,
-                            scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, int(window), scale)
+                            scale: float, backward: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, int(window), scale, backward=backward)
 
 
 @_flash_attention_bwd_op.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, window, scale):
+def _(do, q, k, v, out, lse, cu_seqlens, window, scale, backward):
     return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, window, scale = inputs
+    q, k, v, cu_seqlens, window, scale, backward = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, window)
-    ctx.scale = scale
+    ctx.scale, ctx.backward = scale, backward
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, cu_seqlens, window = ctx.saved_tensors
-    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, cu_seqlens, window, ctx.scale)
-    return dq, dk, dv, None, None, None
+    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, cu_seqlens, window, ctx.scale, ctx.backward)
+    return dq, dk, dv, None, None, None, None
 
 
 _flash_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -767,7 +885,8 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> None:
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_size: int | torch.Tensor | None = None,
-                    cu_seqlens: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+                    cu_seqlens: torch.Tensor | None = None, scale: float | None = None,
+                    backward: str | None = None) -> torch.Tensor:
     """Causal attention, optionally windowed and document-masked.
 
     Args:
@@ -780,6 +899,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
             Queries see only keys of their own document. Its values are not checked here (that would
             be a host sync per call): `check_cu_seqlens(cu_seqlens, T)` does, for tests and debugging.
         scale: softmax scale, default D ** -0.5.
+        backward: "atomic" (5 matmuls per tile; dQ's fp32 sums not bit-reproducible on a GPU) or "two_pass"
+            (7 matmuls per tile, bit-reproducible); None: DEFAULT_BACKWARD (see BACKWARDS).
     Returns:
         (B, T, H, D) in q's dtype. Differentiable in q, k, v; traces under torch.compile.
 
@@ -788,7 +909,10 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     _check_inputs(q, k, v, window_size, cu_seqlens)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     window = window_size if isinstance(window_size, torch.Tensor) else window_tensor(window_size)
-    out, _ = _flash_attention_fwd_op(q, k, v, cu_seqlens, window, scale)
+    backward = DEFAULT_BACKWARD if backward is None else backward
+    if backward not in BACKWARDS:
+        raise ValueError(f"flash_attention: backward {backward!r} not one of {', '.join(BACKWARDS)}")
+    out, _ = _flash_attention_fwd_op(q, k, v, cu_seqlens, window, scale, backward)
     return out
 
 

@@ -16,6 +16,7 @@ import triton
 from helpers import assert_close, assert_error_within
 
 from kernels.attention import (
+    BACKWARDS,
     LOG2E,
     attention_mask,
     attention_ref,
@@ -81,9 +82,9 @@ def _reference_fp32(q, k, v, do, **kwargs):
     return _run(attention_ref, *leaves, do.float(), **kwargs)
 
 
-def _check_low_precision(q, k, v, do, *, atol, **kwargs):
+def _check_low_precision(q, k, v, do, *, atol, backward=None, **kwargs):
     """Ours vs the fp32 reference, within 2x PyTorch's own error computed in q's dtype."""
-    ours = _run(flash_attention, q, k, v, do, **kwargs)
+    ours = _run(flash_attention, q, k, v, do, backward=backward, **kwargs)
     ref32 = _reference_fp32(q, k, v, do, **kwargs)
     leaves = [x.detach().requires_grad_() for x in (q, k, v)]
     ref_lowp = _run(attention_ref, *leaves, do, upcast=False, **kwargs)
@@ -98,37 +99,41 @@ def _check_low_precision(q, k, v, do, *, atol, **kwargs):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backward", BACKWARDS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_fp32_matches_reference(case, device):
+def test_fp32_matches_reference(case, backward, device):
     T, window, cu = _case(case)
     B = 1 if cu is not None else 2
     q, k, v, do = _inputs(B, T, 2, 16, torch.float32, device)
     cu = None if cu is None else cu.to(device)
-    ours = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu)
+    ours = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu, backward=backward)
     ref = _reference_fp32(q, k, v, do, window_size=window, cu_seqlens=cu)
     for name, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
-        assert_close(a, r, name=f"{case} {name}")
+        assert_close(a, r, name=f"{case} {backward} {name}")
 
 
+@pytest.mark.parametrize("backward", BACKWARDS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_fp16_within_torch_error(case, device):
+def test_fp16_within_torch_error(case, backward, device):
     T, window, cu = _case(case)
     q, k, v, do = _inputs(1, T, 2, 64, torch.float16, device)
-    _check_low_precision(q, k, v, do, window_size=window, cu_seqlens=None if cu is None else cu.to(device), atol=1e-4)
+    _check_low_precision(q, k, v, do, window_size=window, cu_seqlens=None if cu is None else cu.to(device), atol=1e-4,
+                         backward=backward)
 
 
+@pytest.mark.parametrize("backward", BACKWARDS)
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_head_dims(head_dim, dtype, device):
+def test_head_dims(head_dim, dtype, backward, device):
     T, window, cu = 21, 6, _cu([4, 12, 5]).to(device)
     q, k, v, do = _inputs(1, T, 1, head_dim, dtype, device)
     if dtype == torch.float32:
-        ours = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu)
+        ours = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu, backward=backward)
         ref = _reference_fp32(q, k, v, do, window_size=window, cu_seqlens=cu)
         for name, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
-            assert_close(a, r, name=f"D={head_dim} {name}")
+            assert_close(a, r, name=f"D={head_dim} {backward} {name}")
     else:
-        _check_low_precision(q, k, v, do, window_size=window, cu_seqlens=cu, atol=1e-4)
+        _check_low_precision(q, k, v, do, window_size=window, cu_seqlens=cu, atol=1e-4, backward=backward)
 
 
 def test_lse_and_custom_scale(device):
@@ -154,13 +159,27 @@ def test_strided_inputs(device):
             assert_close(a, r, name=f"strided {name}")
 
 
-def test_backward_is_deterministic(device):
+def test_two_pass_backward_is_deterministic(device):
+    """two_pass: the same inputs give the same bits (atomic's dQ may not, on a GPU)."""
     T, window, cu = _case("window_and_docs")
     q, k, v, do = _inputs(1, T, 2, 16, torch.float32, device)
-    first = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu.to(device))
-    second = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu.to(device))
+    first = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu.to(device), backward="two_pass")
+    second = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu.to(device), backward="two_pass")
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+def test_the_backwards_agree_and_an_unknown_one_is_refused(device):
+    T, window, cu = _case("window_and_docs")
+    q, k, v, do = _inputs(1, T, 2, 16, torch.float32, device)
+    kw = dict(window_size=window, cu_seqlens=cu.to(device))
+    atomic = _run(flash_attention, q, k, v, do, backward="atomic", **kw)
+    two_pass = _run(flash_attention, q, k, v, do, backward="two_pass", **kw)
+    assert torch.equal(atomic[0], two_pass[0])  # the forward is shared
+    for name, a, b in zip(("dq", "dk", "dv"), atomic[1:], two_pass[1:]):
+        assert_close(a, b, name=name)
+    with pytest.raises(ValueError, match="flash_attention: backward 'fast' not one of atomic, two_pass"):
+        flash_attention(q, k, v, backward="fast")
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
@@ -178,6 +197,49 @@ def test_torch_compile_fullgraph(backend, device):
         ref = _run(fn, q, k, v, do, window=window)
         for name, a, r in zip(("out", "dq", "dk", "dv"), ours, ref):
             assert_close(a, r, name=f"compiled window={window} {name}")
+
+
+@pytest.mark.parametrize("B, T, H, D, window, lengths", [(2, 45, 2, 16, 7, None), (1, 77, 2, 64, 9, [20, 1, 33, 23]),
+                                                         (3, 1, 1, 32, None, None), (1, 70, 1, 16, None, [70])])
+def test_tma_matches_the_pointer_path(B, T, H, D, window, lengths, device):
+    """The forward and the dK/dV kernel through TMA tensor descriptors (Hopper's path, run here by Triton's
+    interpreter) on views of one packed qkv tensor: the same bits as the pointer path, and the reference's values.
+    Rows past T read the next sequence's rows (B > 1) or zeros, and are masked or not stored."""
+    from kernels.attention import _row_descriptors
+
+    qkv = torch.randn(B, T, 3 * H, D, device=device, requires_grad=True)
+    q, k, v = qkv.chunk(3, dim=2)
+    do = torch.randn(B, T, H, D, device=device)
+    cu = None if lengths is None else _cu(lengths).to(device)
+    assert _row_descriptors((q, 32), (k, 16), (v, 16), (do, 32)) is not None  # the views qualify: TMA is taken
+    w, scale = -1 if window is None else window, D**-0.5
+    tma = flash_attention_forward(q, k, v, cu, w, scale, tma=True)
+    pointers = flash_attention_forward(q, k, v, cu, w, scale, tma=False)
+    assert torch.equal(tma[0], pointers[0]) and torch.equal(tma[1], pointers[1])
+    ref = _reference_fp32(q, k, v, do, window_size=window, cu_seqlens=cu)
+    assert_close(tma[0], ref[0], name="tma out")
+    for backward in BACKWARDS:
+        grads = flash_attention_backward(do, q, k, v, *tma, cu, w, scale, backward=backward, tma=True)
+        pointer_grads = flash_attention_backward(do, q, k, v, *tma, cu, w, scale, backward=backward, tma=False)
+        for name, a, b, r in zip(("dq", "dk", "dv"), grads, pointer_grads, ref[1:]):
+            assert torch.equal(a, b), f"{backward} {name}: TMA and pointer paths differ"
+            assert_close(a, r, name=f"tma {backward} {name}")
+
+
+def test_tma_needs_a_row_view_and_falls_back_to_pointers(device):
+    from kernels.attention import _row_descriptors, use_tma
+
+    B, T, H, D = 2, 33, 2, 16
+    q, k, v = (torch.randn(B, H, T, D, device=device).transpose(1, 2) for _ in range(3))  # heads not adjacent
+    assert _row_descriptors((q, 32), (k, 16), (v, 16)) is None
+    do = torch.randn(B, T, H, D, device=device)
+    out, lse = flash_attention_forward(q, k, v, None, 5, D**-0.5, tma=True)  # the pointer path, still right
+    ref = _reference_fp32(q, k, v, do, window_size=5)
+    assert_close(out, ref[0], name="fallback out")
+    grads = flash_attention_backward(do, q, k, v, out, lse, None, 5, D**-0.5, tma=True)
+    for name, a, r in zip(("dq", "dk", "dv"), grads, ref[1:]):
+        assert_close(a, r, name=f"fallback {name}")
+    assert not use_tma(q)  # the interpreter (and a CPU) take the pointer path by default
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,7 +295,7 @@ def test_loop_ranges_visit_exactly_the_nonempty_blocks(block_m, block_n):
 def test_kernels_use_the_python_ranges(device):
     """The bounds each kernel computed (written out with STORE_RANGES) equal the Python ones."""
     D = 16
-    fwd, dkdv, dq = (block_config(kind, D, device, torch.float32) for kind in ("fwd", "dkdv", "dq"))
+    fwd, dkdv, dq, bwd = (block_config(kind, D, device, torch.float32) for kind in ("fwd", "dkdv", "dq", "bwd"))
     for _ in range(4):
         T, window, cu = _random_geometry()
         cu = None if cu is None else cu.to(device)
@@ -243,8 +305,12 @@ def test_kernels_use_the_python_ranges(device):
         dq_r = torch.full((triton.cdiv(T, dq.block_m), 4), -1, dtype=torch.int32, device=device)
         w = -1 if window is None else window
         out, lse = flash_attention_forward(q, k, v, cu, w, D**-0.5, ranges=fwd_r)
-        flash_attention_backward(do, q, k, v, out, lse, cu, w, D**-0.5, dkdv_ranges=dkdv_r, dq_ranges=dq_r)
+        flash_attention_backward(do, q, k, v, out, lse, cu, w, D**-0.5, backward="two_pass", dkdv_ranges=dkdv_r,
+                                 dq_ranges=dq_r)
+        bwd_r = torch.full((triton.cdiv(T, bwd.block_n), 4), -1, dtype=torch.int32, device=device)
+        flash_attention_backward(do, q, k, v, out, lse, cu, w, D**-0.5, backward="atomic", dkdv_ranges=bwd_r)
         kw = dict(window_size=window, cu_seqlens=cu)
+        assert bwd_r.tolist() == [list(r) for r in key_block_ranges(T, bwd.block_m, bwd.block_n, **kw)]
         assert fwd_r.tolist() == [list(r) for r in query_block_ranges(T, fwd.block_m, fwd.block_n, **kw)]
         assert dq_r.tolist() == [list(r) for r in query_block_ranges(T, dq.block_m, dq.block_n, **kw)]
         assert dkdv_r.tolist() == [list(r) for r in key_block_ranges(T, dkdv.block_m, dkdv.block_n, **kw)]
@@ -344,8 +410,12 @@ def test_a_call_reads_no_value_from_the_device(monkeypatch):
     out = flash_attention(q, k, v, window_size=window, cu_seqlens=cu)
     torch.autograd.grad(out, (q, k, v), do)
     out, lse = flash_attention_forward(q.detach(), k.detach(), v.detach(), cu, window, scale)
-    flash_attention_backward(do, q.detach(), k.detach(), v.detach(), out, lse, cu, window, scale)
-    assert {name: stub.launches for name, stub in stubs.items()} == dict.fromkeys(stubs, 1)
+    for backward in BACKWARDS:
+        flash_attention_backward(do, q.detach(), k.detach(), v.detach(), out, lse, cu, window, scale,
+                                 backward=backward)
+    # the forward once; the preprocess and the dK/dV kernel in both backwards, the dQ kernel in two_pass only
+    assert {name: stub.launches for name, stub in stubs.items()} == {
+        "_attn_fwd_kernel": 1, "_attn_bwd_preprocess_kernel": 2, "_attn_bwd_dkdv_kernel": 2, "_attn_bwd_dq_kernel": 1}
     with pytest.raises((RuntimeError, NotImplementedError)):  # the helper that does read them needs the data
         check_cu_seqlens(cu, T)
 
@@ -357,22 +427,25 @@ def test_a_call_reads_no_value_from_the_device(monkeypatch):
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("backward", BACKWARDS)
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("case", list(CASES))
-def test_bf16_within_torch_error(case, head_dim):
+def test_bf16_within_torch_error(case, head_dim, backward):
     T, window, cu = _case(case)
     q, k, v, do = _inputs(1, T, 2, head_dim, torch.bfloat16, "cuda")
-    _check_low_precision(q, k, v, do, window_size=window, cu_seqlens=None if cu is None else cu.cuda(), atol=1e-3)
+    _check_low_precision(q, k, v, do, window_size=window, cu_seqlens=None if cu is None else cu.cuda(), atol=1e-3,
+                         backward=backward)
 
 
 @pytest.mark.gpu
 @needs_cuda
-def test_bf16_long_sequence_with_window_and_docs():
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_bf16_long_sequence_with_window_and_docs(backward):
     """Real tile sizes with many blocks: T = 2000, window 300, ~100-token documents."""
     T = 2000
     cu = _cu(_random_lengths(T, 200)).cuda()
     q, k, v, do = _inputs(1, T, 2, 128, torch.bfloat16, "cuda")
-    _check_low_precision(q, k, v, do, window_size=300, cu_seqlens=cu, atol=1e-3)
+    _check_low_precision(q, k, v, do, window_size=300, cu_seqlens=cu, atol=1e-3, backward=backward)
 
 
 

@@ -69,7 +69,8 @@ def _fixed_time(fn, device, **kwargs):  # runs fn once, then says it took 10 ns:
 def _check_flops(rows, shapes):
     # forward: 4 B H D FLOP per allowed (query, key) pair; forward + backward: 3.5 x that
     for row in rows:
-        assert set(row) == {"bench", "case", "mode", "impl", "ms", "tflops"}
+        assert set(row) == {"bench", "case", "mode", "impl", "ms", "tflops", "est_ms"}
+        assert (row["est_ms"] > 0) if row["impl"] == "ours" else row["est_ms"] is None  # the roofline's, ours only
         B, T, H, D, window, cu_ = shapes[row["case"]]
         flops = 4 * B * H * D * allowed_pairs(T, window, cu_) * (3.5 if row["bench"] == "attention_fwd_bwd" else 1)
         assert row["tflops"] == round(flops / 1e-5 / 1e9, 1) > 1

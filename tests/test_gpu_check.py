@@ -80,13 +80,14 @@ def test_a_failed_a_hung_and_an_unaffordable_stage_are_reported_and_the_rest_sti
     assert "===== hangs: -m timeit -n 1 'import time; time.sleep(120)' (timeout " in log
 
 
-def test_the_sweep_times_todays_tiles_first_then_31_others_and_puts_the_tables_back():
+def test_the_sweep_times_todays_tiles_first_then_33_others_and_puts_the_tables_back():
     from benchmarks.tile_sweep import GROUPS
     from kernels import attention, newton_schulz, norm
 
     groups = {name: make(False) for name, make in GROUPS.items()}  # the GPU's tables; nothing allocated
-    assert sum(len(g.candidates) for g in groups.values()) == 37
+    assert sum(len(g.candidates) for g in groups.values()) == 40
     assert groups["attention_dkdv"].candidates[0] == attention._CUDA_BLOCKS[("dkdv", 128)]
+    assert groups["attention_bwd"].candidates[0] == attention._CUDA_BLOCKS[("bwd", 128)]
     assert groups["norm_768"].candidates[0] == norm._tile_settings(768)
     assert groups["newton_schulz"].candidates[0] == newton_schulz._launch_config(True, 2)
     for group in groups.values():
@@ -111,8 +112,14 @@ def test_headlines_of_benchmark_rows():
     ])
     assert gpu_check._speedup_headline(rows, "") == ("ours vs fastest reference: geomean 1.00x over 2 cases; "
                                                      "worst 0.50x (fwd a compiled vs flex)")
-    model = pd.DataFrame([dict(impl="triton", tokens_per_s=412345.6, mfu=0.4012, peak_mem_gib=31.25, compile_s=71.2)])
-    assert gpu_check._model_headline(model, "") == "triton: 412,346 tokens/s, MFU 40.1%, peak 31.2 GiB, compile 71 s"
+    rows["est_ms"] = [0.5, None, 2.0, None, None]  # the roofline's estimates of ours: measured 2x and 0.5x of them
+    assert gpu_check._speedup_headline(rows, "").endswith("; ours measured / roofline estimate: geomean 1.00x over 2 rows")
+    model = pd.DataFrame([dict(impl="triton", ms=119.21, est_ms=128.94, tokens_per_s=412345.6, mfu=0.4012,
+                               peak_mem_gib=31.25, compile_s=71.2)])
+    assert gpu_check._model_headline(model, "") == ("triton: 119.2 ms/step (roofline 128.9), 412,346 tokens/s, "
+                                                    "MFU 40.1%, peak 31.2 GiB, compile 71 s")
+    # rows from before the roofline have no estimate
+    assert gpu_check._model_headline(model.drop(columns="est_ms"), "").startswith("triton: 119.2 ms/step, 412,346")
     sweep = pd.DataFrame([dict(kernel="k", case="k w1", impl="a", ms=2.0, speedup=1.0),
                           dict(kernel="k", case="k w1", impl="b", ms=1.0, speedup=2.0),
                           dict(kernel="k", case="k w1", impl="c", ms=None, speedup=None)])

@@ -1,5 +1,6 @@
 """The CUDA tile tables, compiled for Hopper (sm_90) on this GPU-less machine: no bf16 configuration the
-kernels launch on an H100 may spill registers or ask for more shared memory than an H100 has.
+kernels launch on an H100 may spill registers or ask for more shared memory than an H100 has, and every
+matmul kernel uses wgmma (the report also counts TMA copies).
 
 benchmarks/ptxas_report.py does the compiling (Triton's own ptxas). It runs in a subprocess: this test
 session imported the kernels under TRITON_INTERPRET=1, and interpreted kernels cannot be compiled.
@@ -23,7 +24,36 @@ def test_bf16_tile_tables_fit_an_h100_without_spilling(tmp_path):
                            "--strict", f"--csv={csv}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = pd.read_csv(csv)
-    # every pass at both head dims, the Newton-Schulz kernels (syrk with and without C), RMSNorm and LayerNorm both ways at 4 widths
-    assert len(table) == 6 + 3 + 16 and set(table.dtype) == {"bf16"}
+    # the four attention passes (fwd, dkdv, dq and the one-pass bwd) at both head dims, the Newton-Schulz kernels
+    # (syrk with and without C), RMSNorm and LayerNorm both ways at 4 widths
+    assert len(table) == 8 + 3 + 16 and set(table.dtype) == {"bf16"}
     assert (table.registers > 0).all() and (table.registers <= 255).all()
     assert (table.spill_stores == 0).all() and table.fits.all()
+    # every matmul kernel issues Hopper's warpgroup MMA; the element-wise norms have none
+    matmuls = table[table.kernel.str.startswith(("attention", "newton_schulz"))]
+    assert len(matmuls) == 11 and (matmuls.wgmma > 0).all(), matmuls[["kernel", "wgmma"]]
+    assert (table[table.kernel.str.startswith("norm")].wgmma == 0).all()
+    assert {"tma", "cp_async"} <= set(table.columns) and (table.tma >= 0).all()
+
+
+PTX = """
+    wgmma.fence.sync.aligned;
+    wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f1}, %rd1, %rd2, 1, 1, 1, 0, 1;
+  wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%f2}, %rd3, %rd4, 1, 1, 1, 0, 1;
+    wgmma.commit_group.sync.aligned;
+    @%p7 cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%r1], [%rd5, {%r2, %r3}], [%r4];
+    cp.async.cg.shared.global [ %r5 + 0 ], [ %rd6 + 0 ], 0x10, %r6;
+    @!%p2 cp.async.ca.shared.global [ %r7 + 0 ], [ %rd7 + 0 ], 0x4, %r8;
+    cp.async.commit_group;
+    // wgmma.mma_async in a comment is not an instruction
+"""
+
+
+def test_ptx_instruction_counts():
+    # in a subprocess: importing benchmarks.ptxas_report turns this session's Triton interpreter off
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import sys; from benchmarks.ptxas_report import ptx_counts; print(ptx_counts(sys.stdin.read()))"
+    proc = subprocess.run([sys.executable, "-c", code], input=PTX, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "{'wgmma': 2, 'tma': 1, 'cp_async': 2}"

@@ -1,0 +1,435 @@
+"""A roofline model of one training micro-step and optimizer step of a track on an H100, without a GPU.
+
+    python -m benchmarks.roofline [--track T] [--kernels triton|torch] [--gpus N] [--assume A,B,...]
+                                  [--attention-backward atomic|two_pass] [--doc-mean 1000] [--window W]
+
+Every component of the step is a list of kernels, each with its FLOPs and the bytes it moves to and from
+device memory; its time is the largest of FLOPs / the matmul or attention rate, bytes / the copy rate and
+its kernel count x the least time of a kernel. Rates come from one table, `harness.hardware.H100_RATES`
+(low, central, high): estimates, not measurements, until `benchmarks/gpu_check.sh` measures the card. The
+estimate uses the central rates; the range line uses the low and the high ones.
+
+Accounting (per micro-step of N = batch_size x seq_len tokens; d = model_dim, a = heads x head_dim, f =
+mlp_ratio x d, V = vocab_size, L = layers):
+- matmuls: each linear (N, K) @ (K, M) is 2NKM FLOPs forward and 4NKM backward (dX and dW), bf16
+  operands read once and the output written once.
+- attention: the (query block, key block) tiles each kernel visits at its own tile sizes
+  (`kernels.attention.query_block_ranges` / `key_block_ranges`, the kernels' own loop bounds), masked pairs
+  inside partial tiles counted as work; 2 x 2 x BM x BN x D FLOPs per forward tile, 4 and 3 matmuls per tile
+  for the two-pass backward (dK/dV, then dQ), 5 for the one-pass one (dQ by fp32 atomics, its buffer
+  zeroed, then read and cast: 10 bytes per element; the atomics' L2 traffic is not counted). The window
+  is averaged over the schedule (each step's window, `train_gpt.window_size`) and the documents are
+  geometric with mean `--doc-mean` tokens (1000: the document starts of bench_model's synthetic tokens;
+  FineWeb's own mean is not measured here). HBM bytes: q, k, v, o (and dO, dq, dk, dv) once per kernel;
+  the re-reads of K/V tiles across query blocks are assumed to hit L2. FlexAttention (--kernels=torch):
+  128 x 128 tiles, forward 2 and backward 7 matmuls per tile. The kernels' TMA loads (sm_90) change no
+  rate here: the `attention_*_tma` rates, for TMA with the QK^T matmul overlapped with the softmax
+  (FlashAttention-3), apply only with `--assume tma`.
+- elementwise: Inductor fuses the element-wise ops between two opaque ops (matmuls, custom ops) into one
+  kernel that reads each input once and writes each output once; its backward moves twice the forward's
+  bytes (reads the upstream gradient and the saved inputs, writes the input gradients). Our norms are
+  custom ops (opaque): each reads and writes the residual stream's dtype (fp32 today), then a cast to bf16
+  feeds the matmul; F.rms_norm (--kernels=torch) is decomposed and fused into its neighbours.
+- loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
+  the bf16 gradient written once backward (recomputed, not saved).
+- weights: autocast's fp32 -> bf16 cast of every matrix each micro-step and the cast of its gradient back,
+  and gradient accumulation (grad += new, fp32) on all but the first micro-step of a step.
+- optimizer (per step): fused Adam 28 B per parameter (p, g, m, v read; p, m, v written); Muon's momentum on
+  this rank's share, 5 quintic Newton-Schulz steps of 4 m^2 k + 2 m^3 FLOPs per (m, k) matrix (m <= k) on
+  its share, the update applied to every matrix.
+- communication (per step, N > 1 GPUs): bytes x (N - 1) / N for a reduce-scatter or an all-gather, twice
+  that for an all-reduce, over the bus bandwidth. Today it is serial after the backward (under
+  torch.compile the gradient hooks fire at the backward's end).
+
+Options (`--assume`, comma-separated) model the changes issue 21 plans outside this module, so that their
+effect is estimated before they exist: see `OPTIONS`. The attention backward is the kernel file's default
+(`kernels.attention.DEFAULT_BACKWARD`) unless `--attention-backward` names one.
+
+Not modelled: the SFU cost of exp/tanh over the logits, L2 hit rates, kernel overlap, pipeline drains
+between the attention kernels' three loops, CPU launch overhead (the GPU is assumed to stay fed), the
+first micro-step's extra gradient-buffer allocation.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from harness.hardware import H100_RATES
+from harness.tracks import TRACKS
+from kernels import attention
+
+# The changes issue 21 plans in the trainer and the optimizer, as assumptions of the model.
+OPTIONS = {
+    "bf16_residual": "item 1: residual stream and embedding tables in bf16 (no fp32 stream, no casts before matmuls)",
+    "fused_norm": "item 1: residual add (+ mix) + RMSNorm in one kernel writing the bf16 normalised output "
+                  "and the residual",
+    "fused_qk_rotary": "item 1: QK-norm and rotary in one kernel",
+    "doc_bounds_once": "item 4: per-token document bounds computed once per micro-step, not in each attention call",
+    "no_v_copy": "item 4: v passed to attention without a contiguous copy in the layers without value embeddings",
+    "sharded_adam": "item 5: Adam's gradients reduce-scattered, its state and step sharded, parameters all-gathered",
+    "overlap_comm": "item 5: communication overlapped with the optimizer's compute (exposed: what exceeds it)",
+    "tma": "item 3: TMA loads and QK^T overlapped with the softmax in the attention kernels (the *_tma rates)",
+}
+DOC_BOUNDS_KERNELS = 6  # _doc_bounds: arange, searchsorted, sub, clamp, two gathers
+
+
+@dataclass(frozen=True)
+class Item:
+    """One or more kernels of a component: FLOPs and device-memory bytes per micro-step (or per step)."""
+
+    component: str
+    name: str
+    flops: float = 0.0
+    bytes: float = 0.0
+    rate: str | None = None  # the H100_RATES key that bounds the FLOPs
+    kernels: int = 1
+    per_step: bool = False  # once per optimizer step, not per micro-step
+    bandwidth: str = "copy"  # the H100_RATES key that bounds the bytes
+
+
+def item_seconds(item: Item, scenario: int = 1) -> float:
+    """max(FLOPs / rate, bytes / bandwidth, kernels x least kernel time); scenario 0 pessimistic (low rates, the
+    longest kernel time), 1 central, 2 optimistic."""
+    compute = item.flops / H100_RATES[item.rate][scenario] if item.rate and item.flops else 0.0
+    memory = item.bytes / H100_RATES[item.bandwidth][scenario]
+    return max(compute, memory, item.kernels * H100_RATES["kernel_s"][2 - scenario])
+
+
+# ---------------------------------------------------------------------------------------------- the track
+
+
+def track_config(track: str, **overrides):
+    """The trainer's Config for a track (its preset, then `overrides`), as train_gpt.parse_config builds it."""
+    from train_gpt import Config
+
+    if track not in TRACKS:
+        raise ValueError(f"unknown track {track!r} (tracks: {', '.join(TRACKS)})")
+    return Config(track=track, **{**TRACKS[track], **overrides})
+
+
+def schedule_windows(cfg) -> Counter:
+    """window -> number of the run's steps that train at it (train_gpt.window_size over steps 0..num_steps-1)."""
+    from train_gpt import window_size
+
+    return Counter(window_size(step, cfg) for step in range(cfg.num_steps))
+
+
+def document_starts(T: int, mean: float, seed: int = 0) -> torch.Tensor:
+    """cu_seqlens (int32) of geometric document lengths with this mean, cut at T: the stated assumption."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.nonzero(torch.rand(T, generator=g) < 1 / mean).flatten().tolist()
+    return torch.tensor(sorted({0, *starts, T}), dtype=torch.int32)
+
+
+def _visits(ranges: list[tuple[int, int, int, int]], step: int) -> int:
+    """Tiles a kernel runs over loop bounds (lo, full_lo, full_hi, hi): its three loops of `step`."""
+    return sum(len(range(lo, fl, step)) + len(range(fl, fh, step)) + len(range(fh, hi, step))
+               for lo, fl, fh, hi in ranges)
+
+
+def attention_tiles(T: int, window: int, cu_seqlens: torch.Tensor | None, kernels: str, head_dim: int,
+                    backward: str) -> dict[str, tuple[int, int, int, int]]:
+    """pass -> (tiles visited per (batch row, head), BLOCK_M, BLOCK_N, matmuls per tile) for one attention call."""
+    w = None if window >= T else window
+    if kernels == "torch":  # FlexAttention: 128 x 128 blocks, dQ and dK/dV programs in its backward
+        fwd = _visits(attention.query_block_ranges(T, 128, 128, window_size=w, cu_seqlens=cu_seqlens), 128)
+        dkdv = _visits(attention.key_block_ranges(T, 128, 128, window_size=w, cu_seqlens=cu_seqlens), 128)
+        return {"fwd": (fwd, 128, 128, 2), "dkdv": (dkdv, 128, 128, 4), "dq": (fwd, 128, 128, 3)}
+    tiles = {}
+    for kind, matmuls in [("fwd", 2), *([("dkdv", 4), ("dq", 3)] if backward == "two_pass" else [("bwd", 5)])]:
+        cfg = attention.cuda_block_config(kind, head_dim, torch.bfloat16)
+        if kind in ("fwd", "dq"):
+            ranges = attention.query_block_ranges(T, cfg.block_m, cfg.block_n, window_size=w, cu_seqlens=cu_seqlens)
+            tiles[kind] = (_visits(ranges, cfg.block_n), cfg.block_m, cfg.block_n, matmuls)
+        else:  # a key block walks query blocks
+            ranges = attention.key_block_ranges(T, cfg.block_m, cfg.block_n, window_size=w, cu_seqlens=cu_seqlens)
+            tiles[kind] = (_visits(ranges, cfg.block_m), cfg.block_m, cfg.block_n, matmuls)
+    return tiles
+
+
+# ---------------------------------------------------------------------------------------------- the items
+
+
+def attention_items(tiles: dict, B: int, T: int, H: int, D: int, calls: int = 1, rate_suffix: str = "") -> list[Item]:
+    """The attention kernels of `calls` calls on (B, T, H, D) bf16 inputs, forward then backward; `tiles` from
+    attention_tiles (per (batch row, head) of one call). rate_suffix "_tma" takes the TMA-class rates."""
+    rows_heads, tokens = B * H * calls, B * T * calls
+    io = 2 * H * D  # bytes per token of one (T, H, D) bf16 tensor
+
+    def tile_flops(kind):
+        n, block_m, block_n, matmuls = tiles[kind]
+        return n * matmuls * 2 * block_m * block_n * D * rows_heads
+
+    items = [Item("attention", "forward (q, k, v read; o, lse written)", flops=tile_flops("fwd"),
+                  bytes=(4 * io + 4 * H) * tokens, rate="attention_fwd" + rate_suffix, kernels=calls),
+             Item("attention", "backward preprocess (delta = rowsum(dO o O))", bytes=(2 * io + 4 * H) * tokens,
+                  kernels=calls)]
+    if "bwd" in tiles:
+        items += [Item("attention", "backward, one pass, 5 matmuls/tile (dQ by fp32 atomics)", flops=tile_flops("bwd"),
+                       bytes=(6 * io + 8 * H) * tokens, rate="attention_bwd" + rate_suffix, kernels=calls),
+                  Item("attention", "dQ fp32 buffer: zero, then cast to bf16", bytes=(4 + 4 + 2) * H * D * tokens,
+                       kernels=2 * calls)]
+    else:
+        items += [Item("attention", "backward dK/dV, 4 matmuls/tile", flops=tile_flops("dkdv"),
+                       bytes=(6 * io + 8 * H) * tokens, rate="attention_bwd" + rate_suffix, kernels=calls),
+                  Item("attention", "backward dQ, 3 matmuls/tile", flops=tile_flops("dq"),
+                       bytes=(5 * io + 8 * H) * tokens, rate="attention_bwd" + rate_suffix, kernels=calls)]
+    return items
+
+
+def attention_call_ms(B: int, T: int, H: int, D: int, window: int | None, cu_seqlens: torch.Tensor | None, *,
+                      backward: bool, kernels: str = "triton", attention_backward: str | None = None) -> float:
+    """The estimate (central rates) of one call of our attention on (B, T, H, D) bf16 inputs: the forward, or the
+    forward and the backward; what benchmarks/bench_attention times. window None: plain causal."""
+    bwd = attention_backward or attention.DEFAULT_BACKWARD
+    tiles = attention_tiles(T, T if window is None else window, cu_seqlens, kernels, D, bwd)
+    items = attention_items(tiles, B, T, H, D)
+    return 1e3 * sum(item_seconds(i) for i in (items if backward else items[:1]))
+
+
+def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: int) -> list[Item]:
+    """Every kernel group of one micro-step (forward and backward) of cfg's model; `tiles` from attention_tiles
+    (averaged over windows: floats are fine)."""
+    N = cfg.batch_size * cfg.seq_len
+    L, d, H, D, V = cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.head_dim, cfg.vocab_size
+    a, f = H * D, cfg.mlp_ratio * cfg.model_dim
+    R = 2 if "bf16_residual" in options else 4  # bytes per element of the residual stream and embedding tables
+    fused_norm = kernels == "torch" or "fused_norm" in options
+    fused_qk = kernels == "torch" or "fused_qk_rotary" in options
+    ve_layers = 2 * cfg.value_embeds
+    skips = cfg.unet_skips
+    items = []
+
+    def matmul(name, K, M, count):
+        fwd_bytes = 2 * (N * K + K * M + N * M)
+        items.append(Item("matmul", f"{name} ({N}x{K} @ {K}x{M}) x{count}", flops=6 * N * K * M * count,
+                          bytes=3 * fwd_bytes * count, rate="matmul", kernels=3 * count))
+
+    def elementwise(component, name, per_token_bytes, count=1, backward=2.0, kernels=1):
+        """A fused group moving per_token_bytes per token forward, `backward` times that backward."""
+        if count:
+            items.append(Item(component, f"{name} x{count}", bytes=(1 + backward) * per_token_bytes * N * count,
+                              kernels=(1 + (backward > 0)) * kernels * count))
+
+    matmul("qkv", d, 3 * a, L)
+    matmul("attention out", a, d, L)
+    matmul("mlp fc", d, f, L)
+    matmul("mlp proj", f, d, L)
+    matmul("head", d, V, 1)
+
+    tma = "_tma" if "tma" in options and kernels == "triton" else ""
+    items += attention_items(tiles, cfg.batch_size, cfg.seq_len, H, D, calls=L, rate_suffix=tma)
+    io = 2 * a  # bytes per token of one (T, H, D) bf16 tensor
+    if kernels == "triton":
+        calls = 1 if "doc_bounds_once" in options else 2 * L
+        items.append(Item("attention", f"document bounds ({calls} calls of {DOC_BOUNDS_KERNELS} kernels)",
+                          bytes=calls * 4 * 6 * N, kernels=calls * DOC_BOUNDS_KERNELS))
+        if "no_v_copy" not in options:
+            elementwise("attention", "v copy (strided view made contiguous)", 2 * io, L - ve_layers, backward=0)
+
+    # the residual stream around each block: the first add (mix x = l0 x + l1 x0, plus the skip in the second
+    # half, plus the previous block's MLP output) and the second (x + attention output), each followed by a norm
+    mix_in = 2 * R * d + 2 * d  # x, x0 and the previous block's bf16 output
+    first_half_skip_store = R * d  # block i < unet_skips: its output is kept for the skip
+    if fused_norm:
+        elementwise("norm", "residual add + mix + RMSNorm, fused (bf16 out)", mix_in + R * d + 2 * d, L)
+        elementwise("norm", "residual add + RMSNorm, fused (bf16 out)", (R + 2) * d + R * d + 2 * d, L)
+        elementwise("norm", "final residual add + RMSNorm (bf16 out)", (R + 2) * d + 2 * d, 1)
+        elementwise("embedding", "token embedding gather + RMSNorm", R * d + R * d, 1)
+    else:
+        elementwise("elementwise", "residual add + mix (fp32)" if R == 4 else "residual add + mix", mix_in + R * d, L)
+        elementwise("elementwise", "residual add (attention out)", (R + 2) * d + R * d, L + 1)
+        elementwise("norm", "rms_norm op (opaque; out in the stream's dtype)", 2 * R * d, 2 * L + 2, backward=1.5)
+        if R == 4:
+            elementwise("elementwise", "cast to bf16 before a matmul", (R + 2) * d, 2 * L + 1, backward=1.0)
+        elementwise("embedding", "token embedding gather", 2 * R * d, 1)
+    elementwise("elementwise", "U-net skip outputs kept", first_half_skip_store + R * d, skips, backward=1.0)
+    if fused_qk:
+        elementwise("norm", "QK-norm + rotary, fused", 2 * 2 * io, L)
+    else:
+        elementwise("norm", "QK-norm op (q and k)", 2 * 2 * io, L, backward=1.5)
+        elementwise("elementwise", "rotary (q and k)", 2 * 2 * io, L)
+    elementwise("elementwise", "value-embedding gather + v mix", io + R * d + io, ve_layers)
+    elementwise("elementwise", "ReLU^2", 2 * 2 * f, L)
+
+    # loss: logits (N, V) bf16 from the head
+    items.append(Item("loss", "soft-cap + cross-entropy on bf16 logits (fwd read; bwd read + write)",
+                      bytes=3 * 2 * V * N, kernels=2))
+
+    # weights: the matrices' autocast casts and the gradient accumulation over micro-steps
+    matrices = L * (3 * a * d + a * d + 2 * d * f) + d * V
+    embeddings = (1 + cfg.value_embeds) * V * d
+    scalars = L * 2 + ve_layers * 2 + skips
+    if R == 4:
+        items.append(Item("weights", "autocast casts: fp32 -> bf16 forward, gradients bf16 -> fp32",
+                          bytes=12 * matrices, kernels=2 * (4 * L + 1)))
+    items.append(Item("embedding", "embedding gradients: dense (V, d) fp32 zero + scatter-add per table",
+                      bytes=embeddings * (4 + 4) + (1 + cfg.value_embeds) * N * d * 8,
+                      kernels=2 * (1 + cfg.value_embeds)))
+    accumulate = (cfg.grad_accum - 1) / cfg.grad_accum
+    if accumulate:
+        items.append(Item("weights", f"gradient accumulation (grad += new) on {cfg.grad_accum - 1} of "
+                                     f"{cfg.grad_accum} micro-steps", bytes=12 * (matrices + embeddings + scalars)
+                                                                      * accumulate, kernels=4 * L + 10))
+    return items
+
+
+def optimizer_items(cfg, options: set[str], gpus: int) -> list[Item]:
+    """The optimizer step and its communication, once per step, on one of `gpus` ranks."""
+    L, d, H, D, V = cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.head_dim, cfg.vocab_size
+    a, f = H * D, cfg.mlp_ratio * cfg.model_dim
+    adam = (1 + cfg.value_embeds) * V * d + d * V  # embeddings and head (scalars: negligible)
+    groups = [(min(a, d), max(a, d), 4 * L), (min(d, f), max(d, f), 2 * L)]  # (m, k, matrices) per Muon shape group
+    muon = sum(m * k * n for m, k, n in groups)
+    shard = "sharded_adam" in options
+    share_note = f", 1/{gpus} per rank" if shard else ""
+    items = [Item("optimizer", f"Adam (fused), {adam / 1e6:.0f}M parameters{share_note}",
+                  bytes=28 * adam / (gpus if shard else 1), kernels=3, per_step=True)]
+    ns_flops = sum(math.ceil(n / gpus) * 5 * (4 * m * m * k + 2 * m ** 3) for m, k, n in groups)
+    ns_bytes = sum(math.ceil(n / gpus) * 5 * 2 * (3 * m * k + 3 * m * m) for m, k, n in groups)
+    items += [
+        Item("optimizer", "Muon: gradients stacked (fp32 copy)", bytes=8 * muon, kernels=2, per_step=True),
+        Item("optimizer", f"Muon: momentum and Nesterov on 1/{gpus}", bytes=24 * muon / gpus, kernels=4, per_step=True),
+        Item("optimizer", f"Muon: Newton-Schulz x{cfg.ns_steps} on 1/{gpus} of the matrices", flops=ns_flops,
+             bytes=ns_bytes, rate="matmul", kernels=len(groups) * (2 + 3 * cfg.ns_steps), per_step=True),
+        Item("optimizer", "Muon: updates applied (bf16 -> fp32, p += u)", bytes=18 * muon, kernels=4, per_step=True),
+    ]
+    if gpus > 1:
+        share = (gpus - 1) / gpus
+        param_bytes = 2 if "bf16_residual" in options else 4
+        adam_comm = (share * 4 * adam + share * param_bytes * adam) if shard else 2 * share * 4 * adam
+        items += [
+            Item("communication", "Adam: " + ("reduce-scatter fp32 + all-gather parameters" if shard
+                                              else "all-reduce fp32 gradients"),
+                 bytes=adam_comm, kernels=2, per_step=True, bandwidth="nccl_busbw"),
+            Item("communication", "Muon: reduce-scatter fp32 + all-gather bf16 updates", bytes=share * 6 * muon,
+                 kernels=2 * len(groups), per_step=True, bandwidth="nccl_busbw"),
+        ]
+    return items
+
+
+# ---------------------------------------------------------------------------------------------- the estimate
+
+
+@dataclass
+class Estimate:
+    track: str
+    kernels: str
+    gpus: int
+    options: tuple[str, ...]
+    backward: str
+    table: pd.DataFrame  # one row per item: component, name, flops, bytes, ms (central, low-rate, high-rate), per_step
+    micro_ms: tuple[float, float, float]  # central, pessimistic, optimistic
+    step_ms: tuple[float, float, float]
+    grad_accum: int
+    comm_exposed_ms: float
+
+
+def averaged_tiles(cfg, kernels: str, backward: str, doc_mean: float, windows: Counter | None = None) -> dict:
+    """attention_tiles averaged over the schedule's windows (weighted by steps), for one document layout."""
+    T = cfg.seq_len
+    cu = document_starts(T, doc_mean)
+    windows = windows or schedule_windows(cfg)
+    total = sum(windows.values())
+    averaged = {}
+    for window, steps in windows.items():
+        for kind, (n, bm, bn, mm) in attention_tiles(T, window, cu, kernels, cfg.head_dim, backward).items():
+            prev = averaged.get(kind, (0.0, bm, bn, mm))
+            averaged[kind] = (prev[0] + n * steps / total, bm, bn, mm)
+    return averaged
+
+
+def estimate(cfg, kernels: str = "triton", gpus: int = 8, options=(), backward: str | None = None,
+             doc_mean: float = 1000.0, windows: Counter | None = None) -> Estimate:
+    """The roofline of the micro-step and step of a trainer Config `cfg` on `gpus` H100s. `windows` replaces the
+    schedule's (window -> weight); cfg.grad_accum 0 means 8 // gpus, as the trainer resolves it."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} (options: {', '.join(OPTIONS)})")
+    if kernels not in ("triton", "torch"):
+        raise ValueError(f"kernels={kernels!r}: expected triton or torch")
+    backward = backward or attention.DEFAULT_BACKWARD
+    if backward not in attention.BACKWARDS:
+        raise ValueError(f"attention backward {backward!r}: expected one of {', '.join(attention.BACKWARDS)}")
+    accum = cfg.grad_accum or max(8 // gpus, 1)
+    cfg = dataclasses.replace(cfg, grad_accum=accum)
+    options = set(options)
+    tiles = averaged_tiles(cfg, kernels, backward if kernels == "triton" else "two_pass", doc_mean, windows)
+    items = micro_step_items(cfg, kernels, options, tiles, gpus) + optimizer_items(cfg, options, gpus)
+    rows = [dict(component=i.component, name=i.name, gflop=i.flops / 1e9, gb=i.bytes / 1e9,
+                 ms=1e3 * item_seconds(i, 1), ms_slow=1e3 * item_seconds(i, 0), ms_fast=1e3 * item_seconds(i, 2),
+                 per_step=i.per_step, communication=i.bandwidth == "nccl_busbw") for i in items]
+    table = pd.DataFrame(rows)
+    micro = table[~table.per_step]
+    opt = table[table.per_step & ~table.communication]
+    comm = table[table.communication]
+
+    def totals(col):
+        m = micro[col].sum()
+        exposed = comm[col].sum()
+        if "overlap_comm" in options:
+            exposed = max(0.0, exposed - opt[col].sum())
+        return m, accum * m + opt[col].sum() + exposed, exposed
+
+    central, slow, fast = totals("ms"), totals("ms_slow"), totals("ms_fast")
+    return Estimate(cfg.track, kernels, gpus, tuple(sorted(options)), backward, table, (central[0], slow[0], fast[0]),
+                    (central[1], slow[1], fast[1]), accum, central[2])
+
+
+def report(e: Estimate) -> str:
+    by_component = e.table[~e.table.per_step].groupby("component", sort=False)[["gflop", "gb", "ms"]].sum()
+    lines = [
+        f"roofline: {e.track} on H100 x{e.gpus}, --kernels={e.kernels}, attention backward {e.backward}, "
+        f"grad_accum {e.grad_accum}, assuming: {', '.join(e.options) or 'nothing (the code as it is)'}",
+        "rates (harness.hardware.H100_RATES, estimates, central): "
+        + ", ".join(f"{k} {H100_RATES[k][1]:.3g}" for k in H100_RATES),
+        "",
+        e.table.drop(columns=["communication"]).to_markdown(index=False, floatfmt=".2f"),
+        "",
+        "micro-step by component (ms, central rates):",
+        by_component.to_markdown(floatfmt=".2f"),
+        "",
+        f"step: {e.grad_accum} x micro-step + optimizer + exposed communication ({e.comm_exposed_ms:.1f} ms) = "
+        f"{e.step_ms[0]:.1f} ms (range {e.step_ms[2]:.1f}-{e.step_ms[1]:.1f})",
+        f"micro-step range over the table's rates: {e.micro_ms[2]:.1f}-{e.micro_ms[1]:.1f} ms",
+        f"estimate: {e.track} micro-step {e.micro_ms[0]:.1f} ms on H100 ({e.kernels})",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.roofline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--track", default="fineweb-124m", help=f"one of {', '.join(TRACKS)}")
+    parser.add_argument("--kernels", default="triton", choices=("triton", "torch"))
+    parser.add_argument("--gpus", type=int, default=8,
+                        help="GPUs of the run (grad_accum = 8 // gpus unless the track sets it)")
+    parser.add_argument("--assume", default="", help="comma list of planned changes to assume: "
+                        + "; ".join(f"{k} ({v})" for k, v in OPTIONS.items()))
+    parser.add_argument("--attention-backward", choices=attention.BACKWARDS, default=None,
+                        help=f"the attention backward (default: the kernel file's, {attention.DEFAULT_BACKWARD})")
+    parser.add_argument("--doc-mean", type=float, default=1000.0, help="mean document length in tokens (geometric)")
+    parser.add_argument("--window", type=int, help="one window for every step instead of the schedule")
+    args = parser.parse_args(argv)
+    if args.gpus < 1:
+        parser.error(f"--gpus={args.gpus}: need at least 1")
+    if args.doc_mean < 1:
+        parser.error(f"--doc-mean={args.doc_mean}: need at least 1 token")
+    options = [o for o in args.assume.split(",") if o]
+    try:
+        e = estimate(track_config(args.track), args.kernels, args.gpus, options, args.attention_backward,
+                     args.doc_mean, Counter({args.window: 1}) if args.window else None)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(report(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

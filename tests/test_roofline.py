@@ -1,0 +1,111 @@
+"""benchmarks/roofline.py's accounting on a model small enough to count by hand: the tiles the attention kernels
+visit, the FLOPs and bytes of a matmul, of attention, of a norm and of the loss, the time rule, the CLI's last
+line and its one-line refusals."""
+import re
+from collections import Counter
+
+import pytest
+import torch
+
+from benchmarks import roofline
+from harness.hardware import H100_RATES
+
+# one layer of width 64, one head of 64, 256 tokens, vocabulary 128: every figure below is counted by hand
+TINY = dict(num_layers=1, model_dim=64, num_heads=1, head_dim=64, mlp_ratio=4, vocab_size=128, value_embeds=0,
+            unet_skips=0, seq_len=256, batch_size=1, grad_accum=1)
+
+
+def _item(items, name):
+    [found] = [i for i in items if i.name.startswith(name)]
+    return found
+
+
+def test_attention_tiles_follow_the_kernels_loop_bounds():
+    # forward 128 queries x 64 keys, dQ 128 x 32, dK/dV 128 keys x 32-query steps (kernels.attention, D=64)
+    tiles = roofline.attention_tiles(256, 256, None, "triton", 64, "two_pass")
+    # causal: query block 0 sees keys 0..127 (2 tiles of 64, 4 of 32), block 1 keys 0..255 (4, 8)
+    assert tiles["fwd"] == (6, 128, 64, 2) and tiles["dq"] == (12, 128, 32, 3)
+    # key block 0 is seen by queries 0..255 (8 steps of 32), key block 1 by queries 128..255 (4)
+    assert tiles["dkdv"] == (12, 32, 128, 4)
+    # window 64: query block 1 (128..255) needs keys from 65, so from the key block at 64: 3 tiles
+    assert roofline.attention_tiles(256, 64, None, "triton", 64, "two_pass")["fwd"][0] == 2 + 3
+    # two documents of 128: each query block sees only its own 128 keys
+    cu = torch.tensor([0, 128, 256], dtype=torch.int32)
+    assert roofline.attention_tiles(256, 256, cu, "triton", 64, "two_pass")["fwd"][0] == 2 + 2
+    # FlexAttention: 128 x 128 blocks, 1 + 2
+    assert roofline.attention_tiles(256, 256, None, "torch", 64, "two_pass")["fwd"] == (3, 128, 128, 2)
+    # the one-pass backward at D = 64: key blocks of 128 walk 64-query steps, 4 + 2 tiles of 5 matmuls
+    one_pass = roofline.attention_tiles(256, 256, None, "triton", 64, "atomic")
+    assert set(one_pass) == {"fwd", "bwd"} and one_pass["bwd"] == (6, 64, 128, 5)
+
+
+def test_micro_step_accounting_on_a_small_model():
+    cfg = roofline.track_config("cpu-tiny", **TINY)
+    tiles = {"fwd": (6, 128, 64, 2), "dkdv": (12, 32, 128, 4), "dq": (6, 128, 64, 3)}
+    items = roofline.micro_step_items(cfg, "triton", set(), tiles, gpus=1)
+    N = 256
+    qkv = _item(items, "qkv")
+    assert qkv.flops == 6 * N * 64 * 192  # 2NKM forward + 4NKM backward
+    assert qkv.bytes == 3 * 2 * (N * 64 + 64 * 192 + N * 192)
+    fwd = _item(items, "forward")
+    assert fwd.flops == 6 * 2 * 2 * 128 * 64 * 64  # tiles x matmuls x 2 BM BN D
+    assert fwd.bytes == (4 * 128 + 4) * N  # q, k, v read, o written (128 B a token each), lse 4 B
+    assert _item(items, "backward dK/dV").flops == 12 * 4 * 2 * 32 * 128 * 64
+    assert _item(items, "backward dQ").flops == 6 * 3 * 2 * 128 * 64 * 64
+    one_pass = roofline.micro_step_items(cfg, "triton", set(), {"fwd": tiles["fwd"], "bwd": (6, 64, 128, 5)}, gpus=1)
+    assert _item(one_pass, "backward, one pass").flops == 6 * 5 * 2 * 64 * 128 * 64
+    assert _item(one_pass, "dQ fp32 buffer").bytes == (4 + 4 + 2) * 64 * N  # zero, then read fp32 and write bf16
+    # the opaque norm: fp32 in and out (2 x 4 x 64 B a token) forward, 1.5x that backward, 2L + 2 = 4 calls
+    assert _item(items, "rms_norm op").bytes == 2 * 4 * 64 * 2.5 * N * 4
+    assert _item(items, "soft-cap + cross-entropy").bytes == 3 * 2 * 128 * N  # bf16 logits: read; read + write
+    # bf16 residual stream: no casts, and the norm moves half the bytes
+    bf16 = roofline.micro_step_items(cfg, "triton", {"bf16_residual"}, tiles, gpus=1)
+    assert not [i for i in bf16 if i.name.startswith("cast to bf16")]
+    assert _item(bf16, "rms_norm op").bytes == _item(items, "rms_norm op").bytes / 2
+
+
+def test_one_attention_call():
+    # causal T = 4096, one head of 64: query block i (128 rows) visits 2 (i + 1) key tiles of 64, 1056 in all
+    flops = 1056 * 2 * 2 * 128 * 64 * 64
+    fwd = roofline.attention_call_ms(1, 4096, 1, 64, None, None, backward=False)
+    assert fwd == pytest.approx(1e3 * flops / H100_RATES["attention_fwd"][1])  # compute-bound, above 4 us
+    assert roofline.attention_call_ms(1, 4096, 1, 64, None, None, backward=True) > 2 * fwd
+
+
+def test_an_item_takes_its_slowest_bound():
+    rates = {k: v[1] for k, v in H100_RATES.items()}
+    compute = roofline.Item("matmul", "x", flops=rates["matmul"] * 1e-3, bytes=rates["copy"] * 1e-4, rate="matmul")
+    assert roofline.item_seconds(compute) == pytest.approx(1e-3)
+    memory = roofline.Item("norm", "y", bytes=rates["copy"] * 2e-3)
+    assert roofline.item_seconds(memory) == pytest.approx(2e-3)
+    tiny = roofline.Item("attention", "z", bytes=1.0, kernels=10)
+    assert roofline.item_seconds(tiny) == pytest.approx(10 * rates["kernel_s"])
+    # pessimistic: the low rates and the longest kernel time
+    assert roofline.item_seconds(tiny, 0) == pytest.approx(10 * H100_RATES["kernel_s"][2])
+
+
+def test_step_is_accumulated_micro_steps_plus_optimizer_and_communication():
+    cfg = roofline.track_config("cpu-tiny", **{**TINY, "grad_accum": 4})
+    e = roofline.estimate(cfg, "triton", gpus=2, windows=Counter({64: 1}))
+    t = e.table
+    micro = t[~t.per_step].ms.sum()
+    assert e.micro_ms[0] == pytest.approx(micro)
+    assert e.step_ms[0] == pytest.approx(4 * micro + t[t.per_step].ms.sum())
+    assert t.communication.any() and e.comm_exposed_ms == pytest.approx(t[t.communication].ms.sum())
+
+
+def test_cli_ends_with_the_estimate_line(capsys):
+    assert roofline.main(["--track", "cpu-tiny", "--gpus", "1"]) == 0
+    last = capsys.readouterr().out.rstrip().splitlines()[-1]
+    assert re.fullmatch(r"estimate: cpu-tiny micro-step \d+\.\d ms on H100 \(triton\)", last), last
+
+
+@pytest.mark.parametrize("argv, message", [(["--assume", "bf16_residual,warp_drive"], "unknown option(s) warp_drive"),
+                                           (["--track", "nope"], "unknown track 'nope'"),
+                                           (["--gpus", "0"], "--gpus=0: need at least 1")])
+def test_cli_refuses_bad_input_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        roofline.main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err and "Traceback" not in err
