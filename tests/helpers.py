@@ -7,10 +7,14 @@ Two rules, both from the kernels this field trusts:
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 # dtype -> (atol, rtol) for outputs of a single fused op compared against an fp32-math reference.
@@ -301,3 +305,64 @@ def run_fake(script: Path, run_dir: Path, *args: str, seed: int = 0) -> subproce
     env_path = str(REPO_ROOT)
     cmd = [sys.executable, str(script), "--track=cpu-tiny", f"--seed={seed}", f"--run_dir={run_dir}", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": env_path, "PATH": ""}, timeout=60)
+
+
+# Stopping harness commands with signals, and where a run cannot be recorded (harness.run's tests)
+
+def signal_at_step_5(cmd: list[str], sig: int = signal.SIGINT, runs_dir=None) -> str:
+    """Start a harness command, send it `sig` once its trainer has echoed the step-5 validation (the trainers
+    here then hang at step 7) and, given `runs_dir`, written its val event, and return what it printed after;
+    it must exit 128 + sig."""
+    from harness.snapshot import REPO_ROOT
+
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("step:5/20 val_loss:"):
+            break
+    else:
+        pytest.fail(f"the run never reached step 5 (exit {proc.wait()})")
+    deadline = time.monotonic() + 30
+    while runs_dir is not None and not any('"event": "val", "time": ' in line and '"step": 5,' in line
+                                           for events in runs_dir.glob("*/events.jsonl")
+                                           for line in events.read_text().splitlines()):
+        assert time.monotonic() < deadline, "no step-5 val event"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + sig, rest
+    return rest
+
+
+def ctrl_c_at_step_5(cmd: list[str]) -> str:
+    return signal_at_step_5(cmd, signal.SIGINT)
+
+
+def processes_running(path) -> list[int]:
+    """Pids of the processes whose command line names `path` or whose working directory is `path`."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                named = str(path).encode() in f.read()
+            if named or os.readlink(f"/proc/{entry}/cwd") == str(path):
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def unwritable_destinations(tmp_path):
+    """(case id, --runs-dir, --records) where a run's folder or its row cannot be written."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    runs_log_is_a_folder = tmp_path / "records_with_a_folder"
+    (runs_log_is_a_folder / "runs.jsonl").mkdir(parents=True)
+    cases = [("records-is-a-file", tmp_path / "runs", a_file),
+             ("runs-log-is-a-folder", tmp_path / "runs", runs_log_is_a_folder),
+             ("runs-dir-is-a-file", a_file, tmp_path / "records")]
+    if os.geteuid() != 0:  # root writes into a read-only folder anyway
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+        cases.append(("records-read-only", tmp_path / "runs", read_only))
+    return cases

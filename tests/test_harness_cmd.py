@@ -20,7 +20,7 @@ from harness import run, submit, verify
 from harness.logs import load_run
 from harness.records import load_records
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, hash_files, snapshot_hash
-from test_harness_run import ctrl_c_at_step_5, processes_running, signal_at_step_5
+from helpers import ctrl_c_at_step_5, processes_running, signal_at_step_5
 
 FAKE_MODDED = '''\
 import math

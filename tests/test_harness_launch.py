@@ -6,8 +6,7 @@ import pytest
 
 from harness import compare
 from harness.records import load_records
-from test_harness_fakes import write_fake_trainer
-from test_harness_run import signal_at_step_5, unwritable_destinations
+from helpers import signal_at_step_5, unwritable_destinations, write_fake_trainer
 
 
 @pytest.fixture
