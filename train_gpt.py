@@ -5,7 +5,9 @@
     python train_gpt.py --track=cpu-tiny                           # about two minutes on two CPU cores
     python train_gpt.py --track=cpu-tiny --seed=3 --num_steps=50 --muon_lr=0.04
 
-Any Config field is an override, `--key=value`, parsed to the field's type; unknown keys are refused.
+Any Config field is an override, `--key=value`, parsed to the field's type and checked against its range;
+unknown keys are refused. `--help` lists the fields; `--print_config` prints the resolved config (WORLD_SIZE
+from the environment) as one JSON line and exits, training nothing.
 Sections, in order: config, distributed setup, model, optimizers, data, schedule, warm-up, timed
 loop, summary. Importing this file only defines them (tests import the parts): the process group,
 the kernels and the environment are touched only by main().
@@ -16,7 +18,7 @@ goes its whole schedule, and its time is the train time of its final validation 
 a set of runs, not each run, certifies the target). `--stop_at_target=true` stops at the first
 validation at or below the target instead: for exploring only, since optional stopping biases both
 the time and the loss (harness.submit refuses such runs).
-Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged.
+Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged, 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ import copy
 import dataclasses
 import datetime as dt
 import importlib
+import inspect
+import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.data import BOS_ID, DataError, TokenLoader
+from harness.data import BOS_ID, DataError, TokenLoader, resolve_files
 from harness.hardware import git_state, hardware_info, nvidia_smi, peak_flops, software_versions
 from harness.overrides import ConfigError, parse_overrides
 from harness.runlog import RunWriter
@@ -99,6 +104,19 @@ class Config:
     warmup_steps: int = 10  # untimed steps on random tokens before the clock starts (state reset after)
 
 
+# Each numeric field's closed range (None: no bound); a float must also be finite.
+LIMITS: dict[str, tuple[float | None, float | None]] = dict(
+    seed=(0, None), train_epochs=(1, None), val_tokens=(1, None), val_every=(1, None), seq_len=(1, None),
+    val_seq_len=(1, None), batch_size=(1, None), grad_accum=(0, None), num_steps=(1, None),
+    target_val_loss=(0, None), vocab_size=(1, None), num_layers=(1, None), model_dim=(1, None),
+    num_heads=(1, None), head_dim=(4, None), mlp_ratio=(1, None), value_embeds=(0, None), unet_skips=(0, None),
+    logit_softcap=(0, None), muon_lr=(0, None), muon_momentum=(0, 1), muon_momentum_warmup=(0, None),
+    muon_weight_decay=(0, None), ns_steps=(1, None), adam_embed_lr=(0, None), adam_head_lr=(0, None),
+    adam_scalar_lr=(0, None), cooldown_frac=(0, 1), window_min=(1, None), window_max=(1, None),
+    window_block=(1, None), warmup_steps=(0, None),
+)
+
+
 def parse_config(argv: list[str]) -> Config:
     """Config from `--key=value` arguments (harness/overrides.py): the --track preset first, then the overrides."""
     overrides = parse_overrides(argv, Config)
@@ -108,8 +126,20 @@ def parse_config(argv: list[str]) -> Config:
     return Config(track=track, **{**TRACKS[track], **overrides})
 
 
+def check_ranges(cfg: Config) -> None:
+    """A ConfigError naming the first numeric field outside its LIMITS."""
+    for name, (lo, hi) in LIMITS.items():
+        value = getattr(cfg, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{name}={value}: must be finite")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise ConfigError(f"--{name}={value}: must be {span}")
+
+
 def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config:
     """Fill the automatic fields (grad_accum, compile, run_dir) and check what can be checked up front."""
+    check_ranges(cfg)
     grad_accum = cfg.grad_accum
     if grad_accum == 0:
         if 8 % world_size:
@@ -119,23 +149,37 @@ def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config
     run_dir = cfg.run_dir or os.path.join("runs", f"{dt.datetime.now():%Y%m%d-%H%M%S}-{cfg.track}-s{cfg.seed}")
     cfg = dataclasses.replace(cfg, grad_accum=grad_accum, run_dir=run_dir,
                               compile=device.type == "cuda" if cfg.compile is None else cfg.compile)
-    L = cfg.num_layers
+    L, flex = cfg.num_layers, device.type == "cuda" and cfg.kernels == "torch"
     checks = [
         (cfg.kernels in ("torch", "triton"), f"--kernels={cfg.kernels}: expected torch or triton"),
-        (cfg.grad_accum >= 1 and cfg.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
-        (cfg.num_steps >= 1 and cfg.val_every >= 1, "num_steps and val_every must be >= 1"),
-        (0 <= 2 * cfg.value_embeds <= L, f"value_embeds={cfg.value_embeds}: between 0 and num_layers/2 = {L // 2}"),
-        (0 <= cfg.unet_skips <= L // 2, f"unet_skips={cfg.unet_skips}: between 0 and num_layers/2 = {L // 2}"),
+        (not os.path.exists(run_dir) or os.path.isdir(run_dir), f"--run_dir={run_dir}: exists and is not a folder"),
+        (2 * cfg.value_embeds <= L, f"value_embeds={cfg.value_embeds}: between 0 and num_layers/2 = {L // 2}"),
+        (cfg.unet_skips <= L // 2, f"unet_skips={cfg.unet_skips}: between 0 and num_layers/2 = {L // 2}"),
         (cfg.head_dim % 4 == 0, f"head_dim={cfg.head_dim}: must be a multiple of 4 (rotary)"),
-        (0 < cfg.window_min <= cfg.window_max and cfg.window_block >= 1, "need 0 < window_min <= window_max"),
-        (cfg.val_tokens > 0 and cfg.val_tokens % (world_size * cfg.batch_size * cfg.val_seq_len) == 0,
-         f"val_tokens={cfg.val_tokens} is not a positive multiple of world_size x batch_size x val_seq_len = "
+        (cfg.window_min <= cfg.window_max, f"window_min={cfg.window_min} > window_max={cfg.window_max}"),
+        (cfg.val_tokens % (world_size * cfg.batch_size * cfg.val_seq_len) == 0,
+         f"val_tokens={cfg.val_tokens} is not a multiple of world_size x batch_size x val_seq_len = "
          f"{world_size * cfg.batch_size * cfg.val_seq_len}"),
+        (not flex or cfg.batch_size * cfg.seq_len % 128 == cfg.batch_size * cfg.val_seq_len % 128 == 0,
+         "FlexAttention (--kernels=torch on CUDA) needs batch_size x seq_len and x val_seq_len multiples of 128"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     return cfg
+
+
+def config_help() -> str:
+    """`--help`: the fields with their types, defaults and comments, read from Config's source."""
+    lines = [__doc__.split("\n\n")[1].strip("\n"), "", f"tracks: {', '.join(TRACKS)} (a track presets fields first)"]
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for line in inspect.getsource(Config).splitlines()[3:]:
+        if field_line := re.match(r"\s+(\w+): (.+?) = .*?  # (.*)$", line):
+            name, kind, comment = field_line.groups()
+            lines.append(f"  --{name}={defaults[name]}  ({kind})  {comment}")
+        elif section := re.match(r"\s+# (.*)$", line):
+            lines.append(f"{section.group(1)}:")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -965,17 +1009,27 @@ def write_result(log: RunWriter, cfg: Config, progress: Progress, device: torch.
 
 
 def main(argv: list[str] | None = None) -> int:
-    env = DistEnv.from_environ()
+    """`--help` prints the fields; `--print_config` prints the resolved config as one JSON line and trains nothing."""
+    env, argv = DistEnv.from_environ(), sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(config_help())
+        return 0
+    print_only = "--print_config" in argv
     try:
-        cfg = parse_config(sys.argv[1:] if argv is None else argv)
+        cfg = parse_config([arg for arg in argv if arg != "--print_config"])
         device = pick_device(cfg, env)
         cfg = resolve_config(cfg, env.world_size, device)
-    except ConfigError as exc:
+        if print_only:
+            resolve_files(cfg.train_files), resolve_files(cfg.val_files)
+    except (ConfigError, DataError) as exc:
         if env.master:
             print(f"error: {exc}", file=sys.stderr)
         return 2
-    if cfg.kernels == "triton" and device.type == "cpu":  # before anything imports triton (torch's
-        os.environ["TRITON_INTERPRET"] = "1"  # deterministic mode and torch.compile do): @triton.jit reads it
+    if print_only:
+        print(json.dumps(dataclasses.asdict(cfg)))
+        return 0
+    if device.type == "cpu":  # before anything imports the kernels (torch's deterministic mode and torch.compile
+        os.environ["TRITON_INTERPRET"] = "1"  # do): @triton.jit reads it, and a CPU runs Triton only interpreted
     init_distributed(env, device)
     log = RunWriter(cfg.run_dir if env.master else None)
     progress = Progress()
@@ -1001,6 +1055,12 @@ def main(argv: list[str] | None = None) -> int:
         if env.master:
             print(f"error: {'diverged: ' if status == 'diverged' else ''}{exc}", file=sys.stderr)
         return 3 if status == "diverged" else 1
+    except KeyboardInterrupt:
+        write_result(log, cfg, progress, device, "interrupted", f"interrupted (Ctrl-C) after {progress.steps} steps")
+        if env.master:
+            print(f"error: interrupted (Ctrl-C) after {progress.steps} of {cfg.num_steps} steps; "
+                  f"the run's events are in {cfg.run_dir}", file=sys.stderr)
+        return 130
     except BaseException as exc:
         write_result(log, cfg, progress, device, "error", f"{type(exc).__name__}: {exc}")
         raise

@@ -6,10 +6,12 @@ OMP_NUM_THREADS=1, so parallel test workers do not fight over the cores.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +149,63 @@ def test_schedules():
     assert all(w % 128 == 0 for w in windows)
     assert T.lr_scale(0, cfg) == 1.0 and T.lr_scale(59, cfg) == 1.0 and T.lr_scale(100, cfg) == pytest.approx(0.1)
     assert T.muon_momentum(0, cfg) == pytest.approx(0.85) and T.muon_momentum(300, cfg) == pytest.approx(0.95)
+
+
+def test_every_numeric_field_has_a_range():
+    numeric = {f.name for f in dataclasses.fields(T.Config) if f.type in ("int", "float")}
+    assert numeric == set(T.LIMITS)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--batch_size=0", "--batch_size=0: must be >= 1"),
+    ("--val_seq_len=0", "--val_seq_len=0: must be >= 1"),
+    ("--seq_len=0", "--seq_len=0: must be >= 1"),
+    ("--train_epochs=0", "--train_epochs=0: must be >= 1"),
+    ("--num_heads=0", "--num_heads=0: must be >= 1"),
+    ("--mlp_ratio=0", "--mlp_ratio=0: must be >= 1"),
+    ("--model_dim=0", "--model_dim=0: must be >= 1"),
+    ("--vocab_size=-5", "--vocab_size=-5: must be >= 1"),
+    ("--target_val_loss=nan", "--target_val_loss=nan: must be finite"),
+    ("--target_val_loss=inf", "--target_val_loss=inf: must be finite"),
+    ("--cooldown_frac=2", "--cooldown_frac=2.0: must be between 0 and 1"),
+    ("--warmup_steps=-1", "--warmup_steps=-1: must be >= 0"),
+    ("--muon_momentum=1.5", "--muon_momentum=1.5: must be between 0 and 1"),
+    ("--muon_lr=-0.1", "--muon_lr=-0.1: must be >= 0"),
+    ("--ns_steps=0", "--ns_steps=0: must be >= 1"),
+    ("--window_min=64", "window_min=64 > window_max=32"),
+    ("--run_dir=README.md", "--run_dir=README.md: exists and is not a folder"),
+    ("--num_stepz=3", "unknown option --num_stepz (did you mean --num_steps?)"),
+])
+def test_nonsense_is_one_line_exit_2(override, message, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert T.main(["--print_config", "--track=cpu-tiny", "--window_max=32", override]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {message}\n"
+
+
+def test_print_config_prints_one_json_line_and_creates_nothing(shards, tmp_path):
+    run_dir = tmp_path / "never"
+    cmd = [sys.executable, "train_gpt.py", "--print_config", "--track=cpu-tiny", "--grad_accum=0", "--seed=3",
+           f"--run_dir={run_dir}", *data_args(shards)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "WORLD_SIZE": "2"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+    cfg = json.loads(proc.stdout)
+    assert cfg == dataclasses.asdict(T.resolve_config(T.parse_config(cmd[3:]), 2, torch.device("cpu")))
+    assert (cfg["seed"], cfg["grad_accum"], cfg["compile"], cfg["run_dir"]) == (3, 4, False, str(run_dir))
+    assert not run_dir.exists()
+    proc = subprocess.run([*cmd, f"--val_files={tmp_path}/none_*.bin"], cwd=REPO, capture_output=True, text=True)
+    assert one_error_line(proc, 2) == f"error: {tmp_path}/none_*.bin: no shards match (build them with `python -m harness.data ...`)"
+    assert proc.stdout == ""
+
+
+def test_help_lists_every_field_with_its_type_default_and_comment(capsys):
+    assert T.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "  --seed=0  (int)  seeds the model's initialisation (identical on every rank)" in out.splitlines()
+    assert "--compile=None  (bool | None)  torch.compile the model" in out
+    for f in dataclasses.fields(T.Config):
+        assert f"--{f.name}={f.default}  (" in out
 
 
 # ---------------------------------------------------------------------------------------------- attention masks
@@ -648,6 +707,22 @@ def test_too_little_data_fails_before_training(shards, tmp_path):
     proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--num_steps=100000")
     assert "too little data" in one_error_line(proc, 1)
     assert result_of(tmp_path / "r")["status"] == "error"
+
+
+def test_ctrl_c_is_one_line_and_recorded_as_interrupted(shards, tmp_path):
+    cmd = [sys.executable, "train_gpt.py", f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards),
+           "--num_steps=10000", "--val_every=10000", "--train_epochs=1000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:  # SIGINT once the timed loop runs
+        if line.startswith("step:2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and len(err.splitlines()) == 1, err
+    assert re.fullmatch(r"error: interrupted \(Ctrl-C\) after \d+ of 10000 steps; the run's events are in \S+\n", err)
+    result = result_of(tmp_path / "r")
+    assert result["status"] == "interrupted" and result["steps"] >= 2
 
 
 def test_nan_loss_stops_at_once_as_diverged(shards, tmp_path):
