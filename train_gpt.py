@@ -41,7 +41,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.data import BOS_ID, DataError, TokenLoader, resolve_files
+from harness.shards import BOS_ID, DataError, TokenLoader, resolve_files, validate_shards
 from harness.hardware import git_state, hardware_info, nvidia_smi, peak_flops, software_versions
 from harness.overrides import ConfigError, parse_overrides
 from harness.runlog import RunWriter
@@ -221,6 +221,43 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data (harness/shards.py: llm.c's shard format; documents start with BOS_ID)
+
+
+def check_data(cfg: Config, env: DistEnv) -> None:
+    """Before anything is built: every shard valid with ids below vocab_size (read once, here, not in the timed
+    loop), and enough of them for num_steps and for val_tokens. DataError otherwise."""
+    validate_shards(cfg.train_files, cfg.vocab_size)
+    validate_shards(cfg.val_files, cfg.vocab_size)
+    make_train_loader(cfg, env).check_available(cfg.num_steps * cfg.grad_accum)
+    make_val_loader(cfg, env)
+
+
+def make_train_loader(cfg: Config, env: DistEnv) -> TokenLoader:
+    """This rank's slice of the global stream of training sequences."""
+    return TokenLoader(cfg.train_files, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rank=env.rank,
+                       world_size=env.world_size, epochs=cfg.train_epochs)
+
+
+def make_val_loader(cfg: Config, env: DistEnv) -> tuple[TokenLoader, int]:
+    """A fresh loader over the first val_tokens validation tokens, and the number of batches this rank reads."""
+    loader = TokenLoader(cfg.val_files, seq_len=cfg.val_seq_len, batch_size=cfg.batch_size, rank=env.rank,
+                         world_size=env.world_size)
+    batches = cfg.val_tokens // (env.world_size * cfg.batch_size * cfg.val_seq_len)
+    loader.check_available(batches)
+    return loader, batches
+
+
+def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Fresh copies with (T, 1) strides (pinned and sent asynchronously to a GPU), whatever the source: torch.compile
+    guards on strides (a loader's (1, T) slice of a (1, T + 1) row keeps stride T + 1) and on aliasing (the
+    warm-up's inputs are its targets), so the warm-up's graphs would not fit the timed loop's batches."""
+    pin = device.type == "cuda"
+    batch = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=pin).copy_(t) for t in batch)
+    return tuple(t.to(device, non_blocking=True) for t in batch) if pin else batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -688,36 +725,6 @@ def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv) -> Optimize
 
 
 # ----------------------------------------------------------------------------------------------
-# Data
-
-
-def make_train_loader(cfg: Config, env: DistEnv) -> TokenLoader:
-    """This rank's slice of the global stream; fails at once (DataError) if the shards cannot cover num_steps."""
-    loader = TokenLoader(cfg.train_files, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rank=env.rank,
-                         world_size=env.world_size, seed=cfg.seed, epochs=cfg.train_epochs)
-    loader.check_available(cfg.num_steps * cfg.grad_accum)
-    return loader
-
-
-def make_val_loader(cfg: Config, env: DistEnv) -> tuple[TokenLoader, int]:
-    """A fresh loader over the first val_tokens validation tokens, and the number of batches this rank reads."""
-    loader = TokenLoader(cfg.val_files, seq_len=cfg.val_seq_len, batch_size=cfg.batch_size, rank=env.rank,
-                         world_size=env.world_size)
-    batches = cfg.val_tokens // (env.world_size * cfg.batch_size * cfg.val_seq_len)
-    loader.check_available(batches)
-    return loader, batches
-
-
-def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Fresh copies with (T, 1) strides (pinned and sent asynchronously to a GPU), whatever the source: torch.compile
-    guards on strides (a loader's (1, T) slice of a (1, T + 1) row keeps stride T + 1) and on aliasing (the
-    warm-up's inputs are its targets), so the warm-up's graphs would not fit the timed loop's batches."""
-    pin = device.type == "cuda"
-    batch = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=pin).copy_(t) for t in batch)
-    return tuple(t.to(device, non_blocking=True) for t in batch) if pin else batch
-
-
-# ----------------------------------------------------------------------------------------------
 # Schedule (step s of num_steps; progress x = s / num_steps)
 
 
@@ -958,8 +965,7 @@ def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, progr
         torch.set_float32_matmul_precision("high")
     ops = make_ops(cfg.kernels, device, log.line)
     log.line("ops: " + ", ".join(f"{op}={source}" for op, source in ops.sources.items()))
-    make_train_loader(cfg, env)  # missing or too little data: fail now, before anything is built
-    make_val_loader(cfg, env)
+    check_data(cfg, env)
     model = GPT(cfg, ops).to(device)
     if env.world_size > 1:
         for p in model.parameters():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from harness import run
-from harness.data import BOS_ID, write_shard
+from harness.shards import BOS_ID, write_shard
 from harness.logs import load_run
 from harness.records import load_records
 from harness.snapshot import REPO_ROOT, code_hash

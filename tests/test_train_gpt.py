@@ -21,9 +21,10 @@ import pytest
 import torch
 
 import train_gpt as T
-from harness.data import BOS_ID, write_shard
 from harness.runlog import read_events
+from harness.shards import BOS_ID, write_shard
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR
+from tests.helpers import synthetic_tokens
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO = [
@@ -36,18 +37,6 @@ MICRO = [
 STEP_LINE = re.compile(r"^step:\d+/\d+ train_time:\d+ms step_avg:\d+\.\d{2}ms tokens_per_s:\d+ mfu:(n/a|\d+\.\d{2}%)$")
 VAL_LINE = re.compile(
     r"^step:\d+/\d+ val_loss:\d+\.\d{4} train_time:\d+ms step_avg:\d+\.\d{2}ms tokens_per_s:\d+ mfu:(n/a|\d+\.\d{2}%)$")
-
-
-def synthetic_tokens(rng: np.random.Generator, n_docs: int) -> np.ndarray:
-    """Documents (BOS first) of a 512-token language where the next token is (5t + 3) mod 512 90% of the time."""
-    docs = []
-    for _ in range(n_docs):
-        t, doc = int(rng.integers(512)), [BOS_ID]
-        for _ in range(int(rng.integers(20, 200))):
-            t = (5 * t + 3) % 512 if rng.random() < 0.9 else int(rng.integers(512))
-            doc.append(t)
-        docs.append(doc)
-    return np.concatenate(docs).astype(np.uint16)
 
 
 @pytest.fixture(scope="module")
@@ -723,6 +712,13 @@ def test_ctrl_c_is_one_line_and_recorded_as_interrupted(shards, tmp_path):
     assert re.fullmatch(r"error: interrupted \(Ctrl-C\) after \d+ of 10000 steps; the run's events are in \S+\n", err)
     result = result_of(tmp_path / "r")
     assert result["status"] == "interrupted" and result["steps"] >= 2
+
+
+def test_vocab_smaller_than_the_data_is_refused_before_the_clock(shards, tmp_path):
+    proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--vocab_size=512")
+    line = one_error_line(proc, 1)
+    assert re.fullmatch(rf"error: {shards}/micro_\w+_000000.bin: token id 50256 >= vocab size 512 \(first at position \d+\)", line), line
+    assert "warm-up" not in proc.stdout and result_of(tmp_path / "r")["status"] == "error"
 
 
 def test_nan_loss_stops_at_once_as_diverged(shards, tmp_path):
