@@ -84,13 +84,14 @@ Limits
   non-decreasing from 0 to T, with B == 1. Empty documents (repeated entries) are allowed, so a
   caller can pad cu_seqlens to a fixed length with trailing T's: one shape every step, no recompile
   and no host sync to count documents.
-- No host sync anywhere in a call, eager or compiled: the input checks read only shapes, strides,
-  dtypes and devices (one-line ValueErrors), and the per-token document bounds are built on the
-  device. cu_seqlens' *values* are therefore not checked by `flash_attention` (a check would wait
-  for the device in every attention layer of an eager step, a round trip FlexAttention and SDPA do
-  not pay); `check_cu_seqlens(cu_seqlens, T)` checks them with one sync, for tests and debugging.
-  Invalid values give a wrong mask, never an out-of-bounds access (loop bounds are clamped to
-  [0, T), document indices to the table).
+- No host sync anywhere in a call on a GPU, eager or compiled: the input checks read only shapes,
+  strides, dtypes and devices (one-line ValueErrors), and the per-token document bounds are built on
+  the device. CUDA cu_seqlens' *values* are therefore unchecked, as in FlashAttention's varlen API
+  (a check would wait for the device in every attention layer of an eager step, a round trip
+  FlexAttention and SDPA do not pay); `check_cu_seqlens(cu_seqlens, T)` checks them with one sync,
+  for tests and debugging. Invalid values give a wrong mask, never an out-of-bounds access (loop
+  bounds are clamped to [0, T), document indices to the table). CPU cu_seqlens cost nothing to read,
+  so eager calls check them.
 - Offsets along the sequence (token index x the T stride) are int32: T x stride_t must stay below
   2^31, i.e. T up to ~2.8M for contiguous (B, T, 6, 128) and ~930k for a packed qkv view. Inputs
   spanning 2^31 elements or more are refused.
@@ -705,8 +706,8 @@ _flash_attention_fwd_op.register_autograd(_backward, setup_context=_setup_contex
 
 
 def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
-    """One-line ValueErrors for inputs the kernels do not handle. Reads only shapes, strides, dtypes and
-    devices, never a value (no host sync); cu_seqlens' values are `check_cu_seqlens`'s business."""
+    """One-line ValueErrors for inputs the kernels do not handle. Reads shapes, strides, dtypes and devices,
+    and the values of cu_seqlens only where they are on the CPU (no host sync on a GPU)."""
     if q.dim() != 4:
         raise ValueError(f"flash_attention: q must be (B, T, H, D), got shape {tuple(q.shape)}")
     if not (q.shape == k.shape == v.shape):
@@ -742,15 +743,18 @@ def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
         raise ValueError(f"flash_attention: cu_seqlens on {cu_seqlens.device}, q on {q.device}")
     if B != 1:
         raise ValueError(f"flash_attention: cu_seqlens needs a packed batch with B == 1, got B = {B}")
+    if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():  # free on the host; traced: no values
+        check_cu_seqlens(cu_seqlens, T)
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> None:
     """One-line ValueErrors unless cu_seqlens (n_docs + 1,) int32 starts at 0, ends at T and never decreases.
 
-    Not called by `flash_attention`: reading the values waits for the device (one host sync), which every
-    attention layer of an eager CUDA step would pay. Tests and debugging call it; the trainer's cu_seqlens
-    is valid by construction (`packed_doc_mask`). Unchecked bad values give a wrong mask, never an access
-    out of bounds: the kernels clamp every loop bound to [0, T) and `_doc_bounds` clamps document indices.
+    `flash_attention` calls it for CPU tensors only: on a GPU reading the values waits for the device (one
+    host sync), which every attention layer of an eager CUDA step would pay; tests and debugging call it
+    there, and the trainer's cu_seqlens is valid by construction (`packed_cu_seqlens`). Unchecked bad values
+    give a wrong mask, never an access out of bounds: the kernels clamp every loop bound to [0, T) and
+    `_doc_bounds` clamps document indices.
     """
     if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"check_cu_seqlens: need 1-D int32 with >= 2 entries, got {cu_seqlens.dtype} "
@@ -777,8 +781,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
             baked into the graph (one graph per window size), a tensor is an input (one graph for all).
         cu_seqlens: (n_docs + 1,) int32 cumulative document starts of a packed batch, from 0 to T,
             non-decreasing (empty documents, e.g. trailing T's as padding, are allowed); needs B == 1.
-            Queries see only keys of their own document. Its values are not checked here (that would
-            be a host sync per call): `check_cu_seqlens(cu_seqlens, T)` does, for tests and debugging.
+            Queries see only keys of their own document. Its values are checked on the CPU only: on
+            CUDA they are unchecked (a check is a host sync per call), as in FlashAttention's varlen
+            API; `check_cu_seqlens(cu_seqlens, T)` checks them there, for tests and debugging.
         scale: softmax scale, default D ** -0.5.
     Returns:
         (B, T, H, D) in q's dtype. Differentiable in q, k, v; traces under torch.compile.

@@ -294,18 +294,29 @@ def test_check_cu_seqlens_rejects_bad_values(cu, match):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("cu, match", [([0, 5, 3, 8], "non-decreasing"), ([0, 5, 9], "end at T = 8"), ([2, 8], "start at 0")])
+def test_flash_attention_refuses_bad_cpu_cu_seqlens(cu, match):
+    """On the CPU the values cost nothing to read, so flash_attention checks them (on CUDA they are unchecked)."""
+    q = torch.randn(1, 8, 1, 16)
+    with pytest.raises(ValueError, match=match) as err:
+        flash_attention(q, q, q, cu_seqlens=torch.tensor(cu, dtype=torch.int32))
+    assert "\n" not in str(err.value)
+
+
 def test_check_cu_seqlens_accepts_padded_documents():
     for lengths in ([8], [1, 1, 6], [3, 0, 5, 0, 0]):  # trailing T's: the trainer's fixed-length padding
         check_cu_seqlens(_cu(lengths), 8)
 
 
 def test_unchecked_bad_cu_seqlens_do_not_crash(device):
-    # flash_attention leaves the values to check_cu_seqlens; bad ones give a wrong mask, but every index
-    # stays in bounds (document indices are clamped), so the call completes with finite values.
+    # The launchers never read cu_seqlens' values (flash_attention checks them on the CPU only); bad ones
+    # give a wrong mask, but every index stays in bounds (document indices are clamped), so the passes
+    # complete with finite values.
     q, k, v, do = _inputs(1, 40, 1, 16, torch.float32, device)
     for cu in ([5, 40], [0, 30], [0, 25, 10, 40], [-7, 3, 90], [0, 40, 40, 41]):
-        out, *grads = _run(flash_attention, q, k, v, do, window_size=9, cu_seqlens=torch.tensor(cu, dtype=torch.int32,
-                                                                                                 device=device))
+        cu = torch.tensor(cu, dtype=torch.int32, device=device)
+        out, lse = flash_attention_forward(q, k, v, cu, 9, 0.25)
+        grads = flash_attention_backward(do, q, k, v, out, lse, cu, 9, 0.25)
         assert all(torch.isfinite(t).all() for t in (out, *grads)), cu
 
 
