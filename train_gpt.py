@@ -367,35 +367,21 @@ def packed_doc_mask(inputs: Tensor, window: int) -> tuple[Tensor, Tensor]:
     return cu_seqlens.to(torch.int32), torch.tensor(window, dtype=torch.int64)
 
 
-def newton_schulz_torch(G: Tensor, steps: int = 5) -> Tensor:
-    """Quintic Newton-Schulz (Keller Jordan's Muon): G (N, M, K) -> ~U V^T, singular values in ~[0.7, 1.2].
-
-    The reference PyTorch op; kernels/newton_schulz.py is the same math on Triton. bf16 on CUDA.
-    """
-    a, b, c = (3.4445, -4.7750, 2.0315)
-    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
-    tall = G.size(-2) > G.size(-1)
-    X = X.mT if tall else X  # iterate on the wide orientation: X X^T is the small product
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= 1
-    for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return (X.mT if tall else X).to(G.dtype)
-
-
 def torch_rms_norm(x: Tensor) -> Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
 def make_ops(kernels: str, device: torch.device, notify: Callable[[str], None]) -> Ops:
     """The torch reference ops, with each one kernels/ provides swapped in when kernels == "triton"."""
+    from kernels.newton_schulz import newton_schulz_ref
+
     if device.type == "cuda":
-        ops = Ops(torch_rms_norm, FlexMasks(), flex_attention_op(), newton_schulz_torch)
+        ops = Ops(torch_rms_norm, FlexMasks(), flex_attention_op(), newton_schulz_ref)
         ops.sources.update(attention="torch FlexAttention")
     else:
-        ops = Ops(torch_rms_norm, dense_attention_mask, sdpa_attention, newton_schulz_torch)
+        ops = Ops(torch_rms_norm, dense_attention_mask, sdpa_attention, newton_schulz_ref)
         ops.sources.update(attention="torch SDPA with a dense mask")
-    ops.sources.update(rms_norm="torch F.rms_norm", newton_schulz="torch reference (train_gpt.py)")
+    ops.sources.update(rms_norm="torch F.rms_norm", newton_schulz="kernels.newton_schulz.newton_schulz_ref")
     if kernels == "torch":
         return ops
     if device.type == "cpu":

@@ -21,10 +21,11 @@ import pytest
 import torch
 
 import train_gpt as T
+from kernels.newton_schulz import newton_schulz_ref
 from harness.runlog import read_events
 from harness.shards import BOS_ID, write_shard
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR
-from tests.helpers import synthetic_tokens
+from helpers import synthetic_tokens
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO = [
@@ -286,10 +287,22 @@ def _muon(params, world_size=1, calls=None):
     def newton_schulz(G, steps):
         if calls is not None:
             calls.append(G.size(0))
-        return T.newton_schulz_torch(G, steps)
+        return newton_schulz_ref(G, steps)
 
     return T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz,
                   world_size=world_size)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_torch_backend_uses_the_kernel_files_newton_schulz(device):
+    """One Newton-Schulz reference, kernels/newton_schulz.py's, beside its kernel; Muon's update is its output."""
+    ops = T.make_ops("torch", torch.device(device), print)
+    assert ops.newton_schulz is newton_schulz_ref
+    p = torch.nn.Parameter(torch.randn(2, 16, 24))
+    before, p.grad = p.detach().clone(), torch.randn(2, 16, 24)
+    T.Muon([p], lr=0.1, momentum=0.9, weight_decay=0.0, ns_steps=3, newton_schulz=ops.newton_schulz).step()
+    nesterov = p.grad.clone().lerp_(torch.zeros_like(p.grad).lerp_(p.grad, 0.1), 0.9)
+    torch.testing.assert_close(p.detach(), before - 0.1 * newton_schulz_ref(nesterov, 3), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 96), (3, 24, 48)])
@@ -308,13 +321,18 @@ DIST_MUON = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
 import train_gpt as T
-from tests.test_train_gpt import SHAPES, _muon
+from kernels.newton_schulz import newton_schulz_ref
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 torch.manual_seed(0)
-params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+params = [torch.nn.Parameter(torch.randn(s)) for s in {shapes}]
 calls = []
-muon = _muon(params, world, calls=calls)
+
+def newton_schulz(G, steps):
+    calls.append(G.size(0))
+    return newton_schulz_ref(G, steps)
+
+muon = T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz, world_size=world)
 for step in range(3):
     g = torch.Generator().manual_seed(100 * step + rank)
     for p in params:
@@ -326,10 +344,15 @@ dist.destroy_process_group()
 SHAPES = [(16, 32)] * 5 + [(32, 16)] * 3 + [(3, 8, 16)]  # (32, 16) joins (16, 32), transposed
 
 
+def fill(template: str, tmp_path: Path) -> str:
+    """A script template with the repository, the output folder and this module's constants filled in."""
+    return template.format(repo=str(REPO), out=str(tmp_path), micro=MICRO, shapes=SHAPES, grad_shapes=GRAD_SHAPES)
+
+
 def run_two_processes(template: str, tmp_path: Path) -> None:
-    """Run a script (formatted with repo and out=tmp_path) as 2 gloo processes under torchrun; it must succeed."""
+    """Run a script (`fill`ed) as 2 gloo processes under torchrun; it must succeed."""
     script = tmp_path / "two_processes.py"
-    script.write_text(template.format(repo=str(REPO), out=str(tmp_path)))
+    script.write_text(fill(template, tmp_path))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -362,11 +385,10 @@ sys.path.insert(0, {repo!r})
 import torch
 import torch.distributed as dist
 import train_gpt as T
-from tests.test_train_gpt import GRAD_SHAPES
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-params = [torch.nn.Parameter(torch.zeros(s)) for s in GRAD_SHAPES]
+params = [torch.nn.Parameter(torch.zeros(s)) for s in {grad_shapes}]
 sync = T.GradSync(params, params, None, world_size=2, bucket_numel=50)
 launched = []  # buckets launched by the end of each micro-step's backward
 for micro in range(2):  # two accumulated micro-steps: the hooks communicate on the second only
@@ -406,11 +428,10 @@ sys.path.insert(0, {repo!r})
 import torch
 import torch.distributed as dist
 import train_gpt as T
-from tests.test_train_gpt import MICRO
 
 dist.init_process_group("gloo")
 rank, cpu = dist.get_rank(), torch.device("cpu")
-cfg = T.resolve_config(T.parse_config([*MICRO, "--grad_accum=2"]), 2, cpu)
+cfg = T.resolve_config(T.parse_config([*{micro}, "--grad_accum=2"]), 2, cpu)
 env, ops = T.DistEnv(rank, rank, 2), T.make_ops("torch", cpu, print)
 torch.manual_seed(0)
 model = T.GPT(cfg, ops)
@@ -473,7 +494,6 @@ import torch
 from torch._inductor.compile_fx import compile_fx
 import train_gpt as T
 from harness.runlog import RunWriter
-from tests.test_train_gpt import MICRO
 
 cpu, phase, graphs = torch.device("cpu"), ["warm-up"], []  # graphs: [phase, symbolic sizes among its inputs]
 
@@ -494,13 +514,13 @@ def timed(*args, **kwargs):
     return timed_run(*args, **kwargs)
 
 T.timed_run = timed
-argv = [*MICRO, *sys.argv[1:], "--compile=true", "--num_layers=1", "--value_embeds=0", "--unet_skips=0",
+argv = [*{micro}, *sys.argv[1:], "--compile=true", "--num_layers=1", "--value_embeds=0", "--unet_skips=0",
         "--seq_len=64", "--val_seq_len=128", "--num_steps=2", "--val_every=1"]
 T.train(T.resolve_config(T.parse_config(argv), 1, cpu), T.DistEnv(), cpu, RunWriter({out!r}), T.Progress())
 json.dump(graphs, open({out!r} + "/graphs.json", "w"))
 """
 COMPILED_FLEX = COMPILE_PRELUDE + """
-argv = [*MICRO, "--num_layers=1", "--value_embeds=0", "--unet_skips=0", "--seq_len=256", "--val_seq_len=512",
+argv = [*{micro}, "--num_layers=1", "--value_embeds=0", "--unet_skips=0", "--seq_len=256", "--val_seq_len=512",
         "--batch_size=1"]
 cfg = T.resolve_config(T.parse_config(argv), 1, cpu)
 ops = T.Ops(T.torch_rms_norm, T.FlexMasks(), T.flex_attention_op(), T.newton_schulz_torch)
@@ -514,9 +534,9 @@ json.dump(graphs, open({out!r} + "/graphs.json", "w"))
 
 
 def run_script(template: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run a script (formatted with repo and out=tmp_path) as one process; it must succeed."""
+    """Run a script (`fill`ed) as one process; it must succeed."""
     script = tmp_path / "script.py"
-    script.write_text(template.format(repo=str(REPO), out=str(tmp_path)))
+    script.write_text(fill(template, tmp_path))
     proc = subprocess.run([sys.executable, str(script), *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
