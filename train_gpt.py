@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
-import importlib
 import inspect
 import json
 import math
@@ -33,7 +32,7 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -251,6 +250,13 @@ def make_val_loader(cfg: Config, env: DistEnv) -> tuple[TokenLoader, int]:
     return loader, batches
 
 
+def document_starts(inputs: Tensor) -> Tensor:
+    """(B, T) bool: True where a document starts, at every <|endoftext|> and at every row start."""
+    starts = inputs == BOS_ID
+    starts[:, 0] = True  # a row is its own context: nothing before it is visible
+    return starts
+
+
 def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
     """Fresh copies with (T, 1) strides (pinned and sent asynchronously to a GPU), whatever the source: torch.compile
     guards on strides (a loader's (1, T) slice of a (1, T + 1) row keeps stride T + 1) and on aliasing (the
@@ -264,154 +270,40 @@ def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tenso
 # Model
 #
 # The ops a backend provides. The model and Muon call only these, so `--kernels` swaps them from
-# outside: "torch" is PyTorch's own (FlexAttention on CUDA, SDPA with an explicit mask on CPU,
-# F.rms_norm, the reference Newton-Schulz below), "triton" is kernels/.
+# outside: "triton" is kernels/, "torch" is PyTorch's own attention (FlexAttention on CUDA, SDPA
+# with a dense mask on a CPU) and each kernel file's reference for the rest.
 
 
 @dataclass
 class Ops:
     rms_norm: Callable[[Tensor], Tensor]  # (..., D) -> (..., D), no learned weight
-    attention_mask: Callable[[Tensor, int], object]  # (inputs (B, T), window) -> mask for `attention`
+    attention_mask: Callable[[Tensor, int], object]  # (document starts (B, T) bool, window) -> mask for `attention`
     attention: Callable[[Tensor, Tensor, Tensor, object], Tensor]  # q, k, v (B, T, H, D), mask -> (B, T, H, D)
     newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
-    sources: dict = field(default_factory=dict)  # op -> where it came from, for the log
+    sources: dict[str, str]  # op -> where it comes from, for the log
 
 
-def document_starts(inputs: Tensor) -> Tensor:
-    """(B, T) bool: True where a document starts, at every <|endoftext|> and at every row start."""
-    starts = inputs == BOS_ID
-    starts[:, 0] = True  # a row is its own context: nothing before it is visible
-    return starts
-
-
-def dense_attention_mask(inputs: Tensor, window: int) -> Tensor:
-    """(B, 1, T, T) bool for SDPA: query i sees key j iff i - window < j <= i, in the same document."""
-    T = inputs.size(1)
-    docs = document_starts(inputs).cumsum(1)  # (B, T) document index per token
-    i, j = torch.arange(T, device=inputs.device)[:, None], torch.arange(T, device=inputs.device)[None, :]
-    causal_window = (j <= i) & (j > i - window)  # (T, T)
-    return (causal_window & (docs[:, :, None] == docs[:, None, :]))[:, None]
-
-
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return y.transpose(1, 2)  # (B, T, H, D)
-
-
-class FlexMasks:
-    """FlexAttention block masks for a packed batch: causal, windowed, documents apart (CUDA torch path).
-
-    Block-level masks built by hand, after @YouJiacheng's in modded-nanogpt: a (query block, key
-    block) pair is skipped when no pair in it is visible, "full" when every pair is, "partial"
-    (mask_mod evaluated) otherwise. The batch is flattened to one row of N = B*T tokens. mask_mod
-    reads persistent buffers (one set per N) so torch.compile sees the same function every step.
-    """
-
-    def __init__(self, block: int = 128):
-        self.block, self._buffers = block, {}
-
-    def __call__(self, inputs: Tensor, window: int):
-        from torch.nn.attention.flex_attention import BlockMask
-
-        docs = document_starts(inputs).flatten().cumsum(0)  # (N,)
-        N, bs = docs.numel(), self.block
-        if N % bs:
-            raise ValueError(f"FlexAttention needs batch_size x seq_len ({N}) to be a multiple of {bs}")
-        if N not in self._buffers:
-            doc_buf, window_buf = torch.empty_like(docs), torch.zeros((), dtype=torch.int64, device=docs.device)
-
-            def mask_mod(b, h, q, kv):
-                return (q >= kv) & (q - kv < window_buf) & (doc_buf[q] == doc_buf[kv])
-
-            self._buffers[N] = (doc_buf, window_buf, mask_mod)
-        doc_buf, window_buf, mask_mod = self._buffers[N]
-        doc_buf.copy_(docs)
-        window_buf.fill_(window)
-        n = N // bs
-        blocks = torch.arange(n, device=docs.device)
-        d = blocks[:, None] - blocks[None, :]  # (n, n) query block - key block
-        lo, hi = docs.view(n, bs)[:, 0], docs.view(n, bs)[:, -1]  # first/last document of each block
-        any_visible = (d >= 0) & (d * bs - (bs - 1) < window) & (lo[:, None] <= hi[None, :]) & (hi[:, None] >= lo[None, :])
-        all_visible = (d > 0) & (d * bs + bs - 1 < window) & (lo[:, None] == hi[None, :]) & (hi[:, None] == lo[None, :])
-
-        def ordered(m):  # (n, n) bool -> per query block: count, key block indices with the True ones first
-            order = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-            return m.sum(-1, dtype=torch.int32)[None, None].contiguous(), order[None, None].contiguous()
-
-        partial, full = ordered(any_visible & ~all_visible), ordered(all_visible)
-        return BlockMask.from_kv_blocks(*partial, *full, BLOCK_SIZE=bs, mask_mod=mask_mod)
-
-
-def flex_attention_op():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    compiled = torch.compile(flex_attention, dynamic=False)
-
-    def attention(q, k, v, block_mask):  # (B, T, H, D), flattened to one packed row for the block mask
-        B, T, H, D = q.shape
-        q, k, v = (x.reshape(1, B * T, H, D).transpose(1, 2) for x in (q, k, v))
-        return compiled(q, k, v, block_mask=block_mask).transpose(1, 2).reshape(B, T, H, D)
-
-    return attention
-
-
-def packed_doc_mask(inputs: Tensor, window: int) -> tuple[Tensor, Tensor]:
-    """(cu_seqlens (N + 1,) int32 over the N flattened tokens, window as a 0-d CPU tensor) for kernels.attention.
-    The window goes in as a tensor so that one compiled graph serves every window size of the schedule.
-
-    The document starts come first, then N repeated (empty documents, which the kernel allows; there are
-    at most N starts, so at least one N ends it): one length every step, so no host sync to count
-    documents (torch.nonzero would; so would building the end from a Python list) and no recompile."""
-    N = inputs.numel()
-    cu_seqlens = torch.nonzero_static(document_starts(inputs).flatten(), size=N + 1, fill_value=N).flatten()
-    return cu_seqlens.to(torch.int32), torch.tensor(window, dtype=torch.int64)
-
-
-def torch_rms_norm(x: Tensor) -> Tensor:
-    return F.rms_norm(x, (x.size(-1),))
-
-
-def make_ops(kernels: str, device: torch.device, notify: Callable[[str], None]) -> Ops:
-    """The torch reference ops, with each one kernels/ provides swapped in when kernels == "triton"."""
-    from kernels.newton_schulz import newton_schulz_ref
-
+def make_ops(kernels: str, device: torch.device) -> Ops:
+    """The backend's ops. kernels/ is imported here, not at the top: @triton.jit reads TRITON_INTERPRET when
+    a kernel file is imported, and main() sets it first for a CPU run. A kernel file that does not import
+    is an error, never a silent switch to other ops."""
+    if kernels == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("--kernels=triton on a CPU needs TRITON_INTERPRET=1 set before kernels/ is imported")
+    try:
+        from kernels import attention, newton_schulz, norm
+    except ImportError as exc:
+        raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
+    if kernels == "triton":
+        return Ops(norm.rms_norm, attention.packed_cu_seqlens, attention.packed_flash_attention,
+                   newton_schulz.newton_schulz, dict(attention="kernels.attention.flash_attention",
+                                                     rms_norm="kernels.norm.rms_norm",
+                                                     newton_schulz="kernels.newton_schulz.newton_schulz"))
+    refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref")
     if device.type == "cuda":
-        ops = Ops(torch_rms_norm, FlexMasks(), flex_attention_op(), newton_schulz_ref)
-        ops.sources.update(attention="torch FlexAttention")
-    else:
-        ops = Ops(torch_rms_norm, dense_attention_mask, sdpa_attention, newton_schulz_ref)
-        ops.sources.update(attention="torch SDPA with a dense mask")
-    ops.sources.update(rms_norm="torch F.rms_norm", newton_schulz="kernels.newton_schulz.newton_schulz_ref")
-    if kernels == "torch":
-        return ops
-    if device.type == "cpu":
-        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError("--kernels=triton on a CPU: triton was imported before TRITON_INTERPRET=1 was "
-                              "set (main() sets it first); set TRITON_INTERPRET=1 in the environment")
-        os.environ["TRITON_INTERPRET"] = "1"
-        notify("notice: Triton kernels on the CPU run under TRITON_INTERPRET=1 (a test path, very slow)")
-
-    def kernel(op: str, module: str, name: str):
-        try:
-            return getattr(importlib.import_module(f"kernels.{module}"), name)
-        except (ImportError, AttributeError) as exc:
-            notify(f"notice: kernels.{module}.{name} unavailable ({type(exc).__name__}: {exc}); using {ops.sources[op]}")
-            return None
-
-    if (flash := kernel("attention", "attention", "flash_attention")) is not None:
-        def attention(q, k, v, mask):  # (B, T, H, D) packed into one row, documents kept apart by cu_seqlens
-            (cu_seqlens, window), (B, T, H, D) = mask, q.shape
-            y = flash(*(x.reshape(1, B * T, H, D) for x in (q, k, v)), window_size=window, cu_seqlens=cu_seqlens)
-            return y.reshape(B, T, H, D)
-
-        ops.attention_mask, ops.attention = packed_doc_mask, attention
-        ops.sources["attention"] = "kernels.attention.flash_attention"
-    if (rms_norm := kernel("rms_norm", "norm", "rms_norm")) is not None:
-        ops.rms_norm, ops.sources["rms_norm"] = rms_norm, "kernels.norm.rms_norm"
-    if (newton_schulz := kernel("newton_schulz", "newton_schulz", "newton_schulz")) is not None:
-        ops.newton_schulz = lambda G, steps: newton_schulz(G, steps=steps)
-        ops.sources["newton_schulz"] = "kernels.newton_schulz.newton_schulz"
-    return ops
+        return Ops(norm.rms_norm_ref, attention.FlexMasks(), attention.make_flex_attention(),
+                   newton_schulz.newton_schulz_ref, dict(attention="torch FlexAttention", **refs))
+    return Ops(norm.rms_norm_ref, attention.dense_mask, attention.sdpa_attention, newton_schulz.newton_schulz_ref,
+               dict(attention="torch SDPA with a dense mask", **refs))
 
 
 def init_linear_(weight: Tensor) -> Tensor:
@@ -749,7 +641,7 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
     for i, (inputs, targets) in enumerate(batches):
         optimizers.sync.last_micro_step = i == len(batches) - 1  # its hooks communicate on the last one only
         with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(inputs, targets, ops.attention_mask(inputs, window))
+            loss = model(inputs, targets, ops.attention_mask(document_starts(inputs), window))
         (loss / len(batches)).backward()
         total += loss.detach()
     optimizers.sync.finish()  # launches what the backward's hooks have not; waits for Adam's gradients
@@ -933,7 +825,7 @@ def make_evaluate(model, ops, cfg: Config, env: DistEnv, device: torch.device):
         for _ in range(batches):
             inputs, targets = to_device(loader.next_batch(), device)
             with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-                total += model(inputs, targets, ops.attention_mask(inputs, window))
+                total += model(inputs, targets, ops.attention_mask(document_starts(inputs), window))
         total /= batches
         if env.world_size > 1:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
@@ -949,7 +841,9 @@ def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, progr
         torch.use_deterministic_algorithms(True)  # same seed, same losses, bit for bit
     else:
         torch.set_float32_matmul_precision("high")
-    ops = make_ops(cfg.kernels, device, log.line)
+    ops = make_ops(cfg.kernels, device)
+    if cfg.kernels == "triton" and device.type == "cpu":
+        log.line("notice: Triton kernels on the CPU run under TRITON_INTERPRET=1 (a test path, very slow)")
     log.line("ops: " + ", ".join(f"{op}={source}" for op, source in ops.sources.items()))
     check_data(cfg, env)
     model = GPT(cfg, ops).to(device)

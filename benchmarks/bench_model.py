@@ -151,7 +151,7 @@ def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float |
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    ops = T.make_ops(kernels, device, print)
+    ops = T.make_ops(kernels, device)
     model = T.GPT(cfg, ops).to(device)
     optimizers = T.make_optimizers(model, cfg, ops, T.DistEnv())
     torch._dynamo.config.recompile_limit = 64

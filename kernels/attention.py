@@ -7,6 +7,11 @@ attend key j iff
 
     j <= i  and  j > i - W  and  doc(j) == doc(i).
 
+The file ends with the PyTorch paths: `attention_ref` (an explicit mask in fp32, the tests' reference)
+and, for the trainer's batches of packed documents, one mask builder and attention per backend:
+`dense_mask` + `sdpa_attention` (torch, CPU), `FlexMasks` + `make_flex_attention` (torch, CUDA),
+`packed_cu_seqlens` + `packed_flash_attention` (the kernel).
+
 The math (Flash Attention 2, Dao 2023; the exp2 form from Triton's tutorial 06-fused-attention)
 ---------------------------------------------------------------------------------------------------
 Forward, per query row i, with s = scale and masked scores set to -inf:
@@ -104,8 +109,10 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -832,3 +839,99 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_s
     probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
     return (probs @ vh).transpose(1, 2)
 
+
+# --------------------------------------------------------------------------------------------------
+# A packed batch of documents: the trainer's attention on each backend
+# --------------------------------------------------------------------------------------------------
+# `starts` (B, T) bool marks where a document starts (row starts included: nothing before a row is
+# visible). Each backend turns it into its own mask once per step; attention reads it in every layer.
+
+
+def packed_cu_seqlens(starts: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's mask for the B rows packed into one of N = B*T tokens: (cu_seqlens (N + 1,) int32,
+    `window_tensor(window)`), so that one compiled graph serves every window size of the schedule.
+
+    The document starts come first, then N repeated (empty documents, which the kernel allows; there are
+    at most N starts, so at least one N ends it): one length every step, so no host sync to count
+    documents (torch.nonzero would; so would building the end from a Python list) and no recompile."""
+    N = starts.numel()
+    cu_seqlens = torch.nonzero_static(starts.flatten(), size=N + 1, fill_value=N).flatten()
+    return cu_seqlens.to(torch.int32), window_tensor(window)
+
+
+def packed_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """`flash_attention` over q, k, v (B, T, H, D) packed into one row, documents kept apart by the
+    `packed_cu_seqlens` mask. Returns (B, T, H, D)."""
+    (cu_seqlens, window), (B, T, H, D) = mask, q.shape
+    y = flash_attention(*(x.reshape(1, B * T, H, D) for x in (q, k, v)), window_size=window, cu_seqlens=cu_seqlens)
+    return y.reshape(B, T, H, D)
+
+
+def dense_mask(starts: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, 1, T, T) bool for SDPA: query i sees key j iff i - window < j <= i, in the same document."""
+    T = starts.size(1)
+    docs = starts.cumsum(1)  # (B, T) document index per token
+    i, j = torch.arange(T, device=starts.device)[:, None], torch.arange(T, device=starts.device)[None, :]
+    causal_window = (j <= i) & (j > i - window)  # (T, T)
+    return (causal_window & (docs[:, :, None] == docs[:, None, :]))[:, None]
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PyTorch's scaled_dot_product_attention with a `dense_mask`: q, k, v (B, T, H, D) -> (B, T, H, D)."""
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return y.transpose(1, 2)
+
+
+class FlexMasks:
+    """FlexAttention block masks for a packed batch: causal, windowed, documents apart (the CUDA torch path).
+
+    Block-level masks built by hand, after @YouJiacheng's in modded-nanogpt: a (query block, key
+    block) pair is skipped when no pair in it is visible, "full" when every pair is, "partial"
+    (mask_mod evaluated) otherwise. The batch is flattened to one row of N = B*T tokens. mask_mod
+    reads persistent buffers (one set per N) so torch.compile sees the same function every step.
+    """
+
+    def __init__(self, block: int = 128):
+        self.block, self._buffers = block, {}
+
+    def __call__(self, starts: torch.Tensor, window: int) -> BlockMask:
+        docs = starts.flatten().cumsum(0)  # (N,)
+        N, bs = docs.numel(), self.block
+        if N % bs:
+            raise ValueError(f"FlexAttention needs batch_size x seq_len ({N}) to be a multiple of {bs}")
+        if N not in self._buffers:
+            doc_buf, window_buf = torch.empty_like(docs), torch.zeros((), dtype=torch.int64, device=docs.device)
+
+            def mask_mod(b, h, q, kv):
+                return (q >= kv) & (q - kv < window_buf) & (doc_buf[q] == doc_buf[kv])
+
+            self._buffers[N] = (doc_buf, window_buf, mask_mod)
+        doc_buf, window_buf, mask_mod = self._buffers[N]
+        doc_buf.copy_(docs)
+        window_buf.fill_(window)
+        n = N // bs
+        blocks = torch.arange(n, device=docs.device)
+        d = blocks[:, None] - blocks[None, :]  # (n, n) query block - key block
+        lo, hi = docs.view(n, bs)[:, 0], docs.view(n, bs)[:, -1]  # first/last document of each block
+        any_visible = (d >= 0) & (d * bs - (bs - 1) < window) & (lo[:, None] <= hi[None, :]) & (hi[:, None] >= lo[None, :])
+        all_visible = (d > 0) & (d * bs + bs - 1 < window) & (lo[:, None] == hi[None, :]) & (hi[:, None] == lo[None, :])
+
+        def ordered(m):  # (n, n) bool -> per query block: count, key block indices with the True ones first
+            order = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+            return m.sum(-1, dtype=torch.int32)[None, None].contiguous(), order[None, None].contiguous()
+
+        partial, full = ordered(any_visible & ~all_visible), ordered(all_visible)
+        return BlockMask.from_kv_blocks(*partial, *full, BLOCK_SIZE=bs, mask_mod=mask_mod)
+
+
+def make_flex_attention():
+    """FlexAttention over q, k, v (B, T, H, D) packed into one row for a `FlexMasks` block mask, compiled
+    with static shapes (FlexAttention is only fast compiled). Returns attention(q, k, v, block_mask)."""
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def attention(q, k, v, block_mask):
+        B, T, H, D = q.shape
+        q, k, v = (x.reshape(1, B * T, H, D).transpose(1, 2) for x in (q, k, v))
+        return compiled(q, k, v, block_mask=block_mask).transpose(1, 2).reshape(B, T, H, D)
+
+    return attention

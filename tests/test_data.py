@@ -10,7 +10,7 @@ import pytest
 
 from harness import data
 from harness.shards import BOS_ID, DataError, read_shard, shard_token_count, write_shard
-from tests.helpers import docs_stream
+from helpers import docs_stream
 
 
 # ---------------------------------------------------------------------------------------------- inspect

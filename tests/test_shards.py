@@ -5,7 +5,7 @@ import torch
 
 from harness import shards as S
 from harness.shards import DataError, TokenLoader, read_shard, shard_token_count, validate_shards, write_shard
-from tests.helpers import docs_stream
+from helpers import docs_stream
 
 
 def one_line(exc_info) -> str:

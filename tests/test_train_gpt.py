@@ -7,7 +7,6 @@ OMP_NUM_THREADS=1, so parallel test workers do not fight over the cores.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -208,47 +207,10 @@ def _batch_with_documents(B: int, T_: int, seed: int = 0) -> torch.Tensor:
     return inputs
 
 
-@pytest.mark.parametrize("window", [1, 37, 128, 300, 1000])
-def test_dense_mask_is_causal_windowed_and_per_document(window):
-    inputs = _batch_with_documents(2, 200)
-    mask = T.dense_attention_mask(inputs, window)[:, 0]  # (B, T, T)
-    for b in range(2):
-        docs = T.document_starts(inputs)[b].cumsum(0)
-        i, j = torch.meshgrid(torch.arange(200), torch.arange(200), indexing="ij")
-        expected = (j <= i) & (i - j < window) & (docs[i] == docs[j])
-        assert torch.equal(mask[b], expected)
-
-
-@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("window", [50, 128, 200, 384])
-def test_flex_block_mask_matches_the_dense_mask(window):
-    """The hand-built FlexAttention block mask (CUDA torch path), run here by FlexAttention's CPU reference."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    inputs = _batch_with_documents(2, 256, seed=window)
-    q, k, v = (torch.randn(2, 256, 2, 16) for _ in range(3))
-    block_mask = T.FlexMasks(block=128)(inputs, window)
-    flat = [x.reshape(1, 512, 2, 16).transpose(1, 2) for x in (q, k, v)]
-    got = flex_attention(*flat, block_mask=block_mask).transpose(1, 2).reshape(2, 256, 2, 16)
-    want = T.sdpa_attention(q, k, v, T.dense_attention_mask(inputs, window))
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("kernels.attention") is None, reason="kernels/attention.py not there")
-@pytest.mark.parametrize("window", [1, 37, 200])
-def test_packed_cu_seqlens_match_the_dense_mask(window):
-    """The triton path packs the batch into one row with cu_seqlens; the same pairs must be visible, and
-    cu_seqlens has one length whatever the documents (padded with N: no recompile, no host sync)."""
-    from kernels.attention import attention_mask
-
-    inputs = _batch_with_documents(3, 100)
-    cu_seqlens, w = T.packed_doc_mask(inputs, window)
-    n_docs = int(T.document_starts(inputs).sum())
-    assert cu_seqlens.shape == (301,) and cu_seqlens.dtype == torch.int32
-    assert (cu_seqlens[n_docs:] == 300).all() and (cu_seqlens[1:n_docs] > cu_seqlens[: n_docs - 1]).all()
-    packed = attention_mask(300, window_size=w, cu_seqlens=cu_seqlens)
-    dense = T.dense_attention_mask(inputs, window)[:, 0]
-    assert torch.equal(packed, torch.block_diag(*dense))
+def test_document_starts_mark_every_bos_and_every_row_start():
+    inputs = _batch_with_documents(3, 50)
+    starts = T.document_starts(inputs)
+    assert torch.equal(starts[:, 1:], inputs[:, 1:] == BOS_ID) and starts[:, 0].all()
 
 
 def test_attention_gets_one_dtype_under_bf16_autocast():
@@ -256,7 +218,7 @@ def test_attention_gets_one_dtype_under_bf16_autocast():
     also in the layers that mix in an (fp32) value embedding. CPU autocast stands in for CUDA's here."""
     cfg = T.resolve_config(T.parse_config(["--track=cpu-tiny", "--num_layers=2", "--value_embeds=1",
                                            "--unet_skips=1"]), 1, torch.device("cpu"))
-    ops = T.make_ops("torch", torch.device("cpu"), print)
+    ops = T.make_ops("torch", torch.device("cpu"))
     dtypes, sdpa = [], ops.attention
 
     def attention(q, k, v, mask):
@@ -266,18 +228,30 @@ def test_attention_gets_one_dtype_under_bf16_autocast():
     ops.attention = attention
     model, inputs = T.GPT(cfg, ops), _batch_with_documents(2, 64)
     with torch.autocast("cpu", torch.bfloat16):
-        model(inputs, inputs, ops.attention_mask(inputs, 32))
+        model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), 32))
     assert dtypes == [(torch.bfloat16,) * 3] * 2
 
 
-def test_a_missing_kernel_falls_back_with_a_notice(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))  # make_ops sets it on CPUs
-    monkeypatch.setitem(sys.modules, "kernels.norm", None)  # `import kernels.norm` now raises ImportError
-    notices = []
-    ops = T.make_ops("triton", torch.device("cpu"), notices.append)
-    assert ops.rms_norm is T.torch_rms_norm and ops.sources["rms_norm"] == "torch F.rms_norm"
-    assert any(n.startswith("notice: kernels.norm.rms_norm unavailable (") for n in notices), notices
-    assert T.make_ops("torch", torch.device("cpu"), notices.append).sources["attention"] == "torch SDPA with a dense mask"
+@pytest.mark.parametrize("kernels", ["triton", "torch"])
+def test_a_kernel_file_that_does_not_import_is_an_error_not_a_fallback(kernels, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kernels.norm", None)  # `from kernels import norm` now raises ImportError
+    with pytest.raises(T.ConfigError) as info:
+        T.make_ops(kernels, torch.device("cpu"))
+    assert str(info.value).startswith(f"--kernels={kernels}: kernels/ does not import (ModuleNotFoundError: ")
+    assert "kernels.norm" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend, device, sources", [
+    ("triton", "cpu", ("kernels.attention.flash_attention", "kernels.norm.rms_norm", "kernels.newton_schulz.newton_schulz")),
+    ("torch", "cpu", ("torch SDPA with a dense mask", "kernels.norm.rms_norm_ref", "kernels.newton_schulz.newton_schulz_ref")),
+    ("torch", "cuda", ("torch FlexAttention", "kernels.norm.rms_norm_ref", "kernels.newton_schulz.newton_schulz_ref")),
+])
+def test_each_backend_names_the_ops_it_uses(backend, device, sources):
+    ops = T.make_ops(backend, torch.device(device))  # imports the kernel files
+    assert (ops.sources["attention"], ops.sources["rms_norm"], ops.sources["newton_schulz"]) == sources
+    for op in ("rms_norm", "newton_schulz"):
+        module, name = ops.sources[op].rsplit(".", 1)
+        assert getattr(ops, op) is getattr(sys.modules[module], name)
 
 
 # ---------------------------------------------------------------------------------------------- Muon
@@ -296,7 +270,7 @@ def _muon(params, world_size=1, calls=None):
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_the_torch_backend_uses_the_kernel_files_newton_schulz(device):
     """One Newton-Schulz reference, kernels/newton_schulz.py's, beside its kernel; Muon's update is its output."""
-    ops = T.make_ops("torch", torch.device(device), print)
+    ops = T.make_ops("torch", torch.device(device))
     assert ops.newton_schulz is newton_schulz_ref
     p = torch.nn.Parameter(torch.randn(2, 16, 24))
     before, p.grad = p.detach().clone(), torch.randn(2, 16, 24)
@@ -432,7 +406,7 @@ import train_gpt as T
 dist.init_process_group("gloo")
 rank, cpu = dist.get_rank(), torch.device("cpu")
 cfg = T.resolve_config(T.parse_config([*{micro}, "--grad_accum=2"]), 2, cpu)
-env, ops = T.DistEnv(rank, rank, 2), T.make_ops("torch", cpu, print)
+env, ops = T.DistEnv(rank, rank, 2), T.make_ops("torch", cpu)
 torch.manual_seed(0)
 model = T.GPT(cfg, ops)
 optimizers = T.make_optimizers(model, cfg, ops, env)
@@ -523,12 +497,12 @@ COMPILED_FLEX = COMPILE_PRELUDE + """
 argv = [*{micro}, "--num_layers=1", "--value_embeds=0", "--unet_skips=0", "--seq_len=256", "--val_seq_len=512",
         "--batch_size=1"]
 cfg = T.resolve_config(T.parse_config(argv), 1, cpu)
-ops = T.Ops(T.torch_rms_norm, T.FlexMasks(), T.flex_attention_op(), T.newton_schulz_torch)
+ops = T.make_ops("torch", torch.device("cuda"))  # FlexAttention, here on the CPU
 model = T.compile_model(T.GPT(cfg, ops))
 with torch.no_grad():  # FlexAttention has no backward on a CPU: forward only, as validation runs it
     for length in (256, 512, 256, 512):
         x = torch.randint(0, 512, (1, length))
-        model(x, x, ops.attention_mask(x, 128))
+        model(x, x, ops.attention_mask(T.document_starts(x), 128))
 json.dump(graphs, open({out!r} + "/graphs.json", "w"))
 """
 
@@ -664,22 +638,14 @@ def test_two_processes_match_one_with_gradient_accumulation(shards, tmp_path, ac
 
 def test_triton_backend_matches_torch(shards, tmp_path):
     """A one-layer run on kernels/ (under Triton's interpreter: kept tiny) follows the torch run's curve, and
-    the kernels are really used wherever their module is there (a missing one falls back, with a notice)."""
+    says in its log that it ran on the kernels."""
     args = [*MICRO, *data_args(shards), "--num_layers=1", "--model_dim=32", "--head_dim=16", "--mlp_ratio=2",
             "--value_embeds=0", "--unet_skips=0", "--ns_steps=2", "--num_steps=2", "--val_every=1",
             "--val_tokens=256", "--warmup_steps=0"]
     assert_ok(run_trainer(tmp_path / "torch", *args, "--kernels=torch"))
-    proc = run_trainer(tmp_path / "triton", *args, "--kernels=triton")
-    assert_ok(proc)
-    ops_line = next(line for line in (tmp_path / "triton" / "train.log").read_text().splitlines()
-                    if line.startswith("ops: "))
-    for module, name, op in [("attention", "flash_attention", "attention"), ("norm", "rms_norm", "rms_norm"),
-                             ("newton_schulz", "newton_schulz", "newton_schulz")]:
-        spec = importlib.util.find_spec(f"kernels.{module}")
-        if spec is not None and hasattr(importlib.import_module(f"kernels.{module}"), name):
-            assert f"{op}=kernels.{module}.{name}" in ops_line, ops_line
-        else:
-            assert f"kernels.{module}.{name} unavailable" in proc.stdout
+    assert_ok(run_trainer(tmp_path / "triton", *args, "--kernels=triton"))
+    assert ("ops: attention=kernels.attention.flash_attention, rms_norm=kernels.norm.rms_norm, "
+            "newton_schulz=kernels.newton_schulz.newton_schulz") in (tmp_path / "triton" / "train.log").read_text()
     torch_losses, triton_losses = val_losses(tmp_path / "torch"), val_losses(tmp_path / "triton")
     assert torch_losses[-1] < torch_losses[0] - 0.1
     np.testing.assert_allclose(triton_losses, torch_losses, rtol=0, atol=1e-3)
@@ -769,7 +735,7 @@ def test_a_compiled_training_step_never_waits_for_the_gpu(kernels):
             "--num_heads=2", "--head_dim=64", "--value_embeds=1", "--unet_skips=1", "--seq_len=1024",
             "--window_min=128", "--window_max=256"]
     cfg = T.resolve_config(T.parse_config(argv), 1, device)
-    ops = T.make_ops(kernels, device, print)
+    ops = T.make_ops(kernels, device)
     model = T.GPT(cfg, ops).to(device)
     optimizers, env = T.make_optimizers(model, cfg, ops, T.DistEnv()), T.DistEnv()
     compiled, losses = T.compile_model(model), T.LaggedLosses(device)
