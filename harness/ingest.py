@@ -52,7 +52,7 @@ from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, embedded_code, parse_step_line,
                           parse_text, printed_tolerance)
 from harness.records import RECORDS_DIR, append_run, fsync_path, load_records, os_error_line
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, EventLog
+from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, EventLog
 from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
@@ -232,7 +232,7 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
     git (the command's working tree, for --cmd) replaces the log's own, if any.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / CONSOLE_FILE).write_bytes(parsed.data)
+    (dest / TRAIN_LOG_FILE).write_bytes(parsed.data)
     if parsed.code is not None:
         digest = write_snapshot(dest, {EMBEDDED_CODE: parsed.code.encode("utf-8")})
         assert digest == embedded_code_hash(parsed.code)
@@ -277,7 +277,7 @@ def check_against_log(log: RunLog) -> list[str]:
       whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
     """
     run_dir = Path(log.source)
-    path, events_path = run_dir / CONSOLE_FILE, run_dir / EVENTS_FILE
+    path, events_path = run_dir / TRAIN_LOG_FILE, run_dir / EVENTS_FILE
     foreign = log.origin is not None
     try:
         data = path.read_bytes()

@@ -46,7 +46,7 @@ from harness.ingest import check_against_log
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
                              fsync_path, list_records, os_error_line, row_run_dir)
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE
+from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 
 ALPHA = 0.01  # significance for both the loss rule and the speed rule
@@ -218,7 +218,7 @@ def gather(run_ids: Sequence[str], records_dir: Path) -> tuple[list[dict], list[
         run_dir = row_run_dir(row)
         if not (run_dir / EVENTS_FILE).is_file():
             hint = (f" (a log put there by hand: take it in with `python -m harness.ingest --track TRACK --name NAME "
-                    f"{run_dir / CONSOLE_FILE}`)" if (run_dir / CONSOLE_FILE).is_file() else "")
+                    f"{run_dir / TRAIN_LOG_FILE}`)" if (run_dir / TRAIN_LOG_FILE).is_file() else "")
             raise Refused(f"run {row['run_id']}: no {EVENTS_FILE} in its run directory {run_dir}{hint}")
         logs.append(load_run(run_dir))
     return rows, logs
@@ -245,15 +245,15 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
     log_hashes: dict[str, str] = {}
     for log in logs:
         if log.origin is not None and log.code_hash is None:
-            raise Refused(f"run {log.run_id}: no source code: its log ({Path(log.source) / CONSOLE_FILE}) does not "
+            raise Refused(f"run {log.run_id}: no source code: its log ({Path(log.source) / TRAIN_LOG_FILE}) does not "
                           "start with the code that produced it, and no script was kept; a record needs its code")
         against_log = check_against_log(log)
         if against_log:
             raise Refused(f"run {log.run_id}: {against_log[0]}")
-        if (Path(log.source) / CONSOLE_FILE).is_file():
-            digest = hashlib.sha256((Path(log.source) / CONSOLE_FILE).read_bytes()).hexdigest()
+        if (Path(log.source) / TRAIN_LOG_FILE).is_file():
+            digest = hashlib.sha256((Path(log.source) / TRAIN_LOG_FILE).read_bytes()).hexdigest()
             if digest in log_hashes:
-                raise Refused(f"runs {log_hashes[digest]} and {log.run_id} have the same log ({CONSOLE_FILE} sha256 "
+                raise Refused(f"runs {log_hashes[digest]} and {log.run_id} have the same log ({TRAIN_LOG_FILE} sha256 "
                               f"{digest[:12]}): one run taken in twice")
             log_hashes[digest] = log.run_id
         snapshot = Path(log.source) / SNAPSHOT_DIR
@@ -369,7 +369,7 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
         for log in logs:
             dest = tmp / "runs" / log.run_id
             dest.mkdir(parents=True)
-            for fname in (EVENTS_FILE, CONSOLE_FILE):
+            for fname in (EVENTS_FILE, TRAIN_LOG_FILE):
                 if (Path(log.source) / fname).exists():
                     shutil.copy2(Path(log.source) / fname, dest / fname)
         (tmp / "statistics.md").write_text(render_statistics(record))

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.runlog import CONSOLE_FILE, EventLog
+from harness.runlog import TRAIN_LOG_FILE, EventLog
 from harness.snapshot import snapshot_code
 
 # Loss at validation step s of S: end + (start - end) * exp(-5 s / S) + a per-seed offset.
@@ -48,7 +48,7 @@ def main(argv):
             return 2
     run_dir.mkdir(parents=True, exist_ok=True)
     events = EventLog(run_dir)
-    console = open(run_dir / CONSOLE_FILE, "w")
+    console = open(run_dir / TRAIN_LOG_FILE, "w")
 
     def out(line):
         print(line, flush=True)

@@ -6,6 +6,7 @@ OMP_NUM_THREADS=1, so parallel test workers do not fight over the cores.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -138,6 +139,39 @@ def test_schedules():
     assert all(w % 128 == 0 for w in windows)
     assert T.lr_scale(0, cfg) == 1.0 and T.lr_scale(59, cfg) == 1.0 and T.lr_scale(100, cfg) == pytest.approx(0.1)
     assert T.muon_momentum(0, cfg) == pytest.approx(0.85) and T.muon_momentum(300, cfg) == pytest.approx(0.95)
+
+
+LEAVES = {"harness.hardware", "harness.overrides", "harness.runlog", "harness.shards", "harness.snapshot",
+          "harness.tracks"}
+
+
+def _repo_imports(path: Path) -> set[str]:
+    """The harness and kernels modules a file imports, anywhere in it."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} if node.module != "kernels" else {f"kernels.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return {n for n in names if n.split(".")[0] in ("harness", "kernels")}
+
+
+def test_the_trainer_imports_kernels_and_leaf_harness_modules_only():
+    """Dependencies run one way: a leaf harness module imports no harness module but other leaves."""
+    imports = _repo_imports(REPO / "train_gpt.py")
+    assert {n for n in imports if n.startswith("harness")} <= LEAVES
+    assert {"kernels.attention", "kernels.norm", "kernels.newton_schulz"} <= imports
+    for leaf in LEAVES:
+        assert _repo_imports(REPO / (leaf.replace(".", "/") + ".py")) <= LEAVES, leaf
+
+
+def test_importing_the_trainer_has_no_side_effects():
+    code = ("import os, sys, torch.distributed as dist; env = dict(os.environ); import train_gpt; "
+            "assert not dist.is_initialized() and dict(os.environ) == env; "
+            "assert not [m for m in sys.modules if m.startswith('kernels') or m == 'triton'], 'kernels imported'")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_every_numeric_field_has_a_range():
