@@ -100,7 +100,7 @@ Limits
 - Offsets along the sequence (token index x the T stride) are int32: T x stride_t must stay below
   2^31, i.e. T up to ~2.8M for contiguous (B, T, 6, 128) and ~930k for a packed qkv view. Inputs
   spanning 2^31 elements or more are refused.
-- Not yet measured on GPU: this session had none. `python -m benchmarks.bench_attention` measures
+- Not measured on a GPU. `python -m benchmarks.bench_attention` measures
   it against SDPA (flash) and FlexAttention.
 """
 from __future__ import annotations
