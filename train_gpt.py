@@ -8,8 +8,8 @@
 Any Config field is an override, `--key=value`, parsed to the field's type and checked against its range;
 unknown keys are refused. `--help` lists the fields; `--print_config` prints the resolved config (WORLD_SIZE
 from the environment) as one JSON line and exits, training nothing.
-Sections, in order: config, distributed setup, model, optimizers, data, schedule, warm-up, timed
-loop, summary. Importing this file only defines them (tests import the parts): the process group,
+Sections, in order: config, distributed setup, data, model, optimizers, schedule, step and warm-up,
+timed loop, main. Importing this file only defines them (tests import the parts): the process group,
 the kernels and the environment are touched only by main().
 
 Timing follows the speedrun: compile and warm-up are untimed and the model and optimizer state is
@@ -573,13 +573,16 @@ class GradSync:
 
 
 @dataclass
-class Optimizers:  # iterating gives the two optimizers; sync averages their gradients
+class Optimizers:
+    """Adam and Muon, and the averaging of their gradients over the ranks."""
+
     adam: torch.optim.Adam
     muon: Muon
     sync: GradSync
 
-    def __iter__(self):
-        return iter((self.adam, self.muon))
+    @property
+    def both(self) -> tuple[torch.optim.Adam, Muon]:
+        return self.adam, self.muon
 
 
 def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv) -> Optimizers:
@@ -630,12 +633,11 @@ def window_size(step: int, cfg: Config) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Warm-up: the training step, then the untimed warm-up (the state is restored after it, the speedrun's rule)
+# Step and warm-up: one training step; the untimed warm-up (the state is restored after it, the speedrun's rule)
 
 
 def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg: Config, env: DistEnv) -> Tensor:
     """One optimizer step over grad_accum micro-batches; returns the mean loss over all ranks (a device scalar)."""
-    adam, muon = optimizers
     device = batches[0][0].device
     total = torch.zeros((), device=device)
     for i, (inputs, targets) in enumerate(batches):
@@ -645,12 +647,12 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
         (loss / len(batches)).backward()
         total += loss.detach()
     optimizers.sync.finish()  # launches what the backward's hooks have not; waits for Adam's gradients
-    for opt in optimizers:
+    for opt in optimizers.both:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_scale(step, cfg)
-    for group in muon.param_groups:
+    for group in optimizers.muon.param_groups:
         group["momentum"] = muon_momentum(step, cfg)
-    for opt in optimizers:
+    for opt in optimizers.both:
         opt.step()
     model.zero_grad(set_to_none=True)
     total /= len(batches)
@@ -676,7 +678,7 @@ def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.dev
     By design no path compiles per window (a tensor or a buffer carries it), and the CPU tests count the
     graphs; the loop over windows is the GPU path's guard, so that a guard no CPU test sees recompiles
     here, untimed, and not in the timed loop. Once compiled, each extra step costs one step."""
-    initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+    initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(opt.state_dict()) for opt in optimizers.both]
     windows = sorted({window_size(s, cfg) for s in range(cfg.num_steps + 1)})
     steps = max(cfg.warmup_steps, len(windows)) if cfg.compile else cfg.warmup_steps
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -689,8 +691,8 @@ def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.dev
         for window in sorted({window_size(s, cfg) for s in val_steps}):
             evaluate(window, max_batches=1)
     model.load_state_dict(initial[0])
-    for opt, state in zip(optimizers, initial[1]):
-        opt.load_state_dict(state)
+    for opt, opt_state in zip(optimizers.both, initial[1]):
+        opt.load_state_dict(opt_state)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -746,7 +748,7 @@ class LaggedLosses:
 
 
 @dataclass
-class Progress:
+class RunState:
     """What the run has done so far; the result event is written from it however the run ends."""
 
     steps: int = 0
@@ -770,7 +772,7 @@ class Progress:
         return f" tokens_per_s:{self.tokens_per_s():.0f} mfu:" + ("n/a" if mfu is None else f"{100 * mfu:.2f}%")
 
 
-def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluate, log: RunWriter, progress: Progress):
+def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluate, log: RunWriter, state: RunState):
     """Train the whole schedule (to the first validation at or below the target with stop_at_target)."""
     loader = make_train_loader(cfg, env)
     tokens_per_step = env.world_size * cfg.grad_accum * cfg.batch_size * cfg.seq_len
@@ -788,15 +790,15 @@ def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluat
         if step == N or step % cfg.val_every == 0:
             clock.stop()
             log_steps(keep=0)
-            progress.train_time_ms = t = clock.ms()
-            progress.val_loss = val_loss = evaluate(window_size(step, cfg))
+            state.train_time_ms = t = clock.ms()
+            state.val_loss = val_loss = evaluate(window_size(step, cfg))
             log.line(f"step:{step}/{N} val_loss:{val_loss:.4f} train_time:{t:.0f}ms step_avg:{t / max(step, 1):.2f}ms"
-                     + progress.suffix())
+                     + state.suffix())
             log.event("val", step=step, val_loss=val_loss, train_time_ms=t)
             if not math.isfinite(val_loss):
                 raise Diverged(f"validation loss {val_loss} at step {step}")
-            if val_loss <= cfg.target_val_loss and progress.time_to_target_ms is None:
-                progress.time_to_target_ms = t  # the first crossing: reported beside the final time
+            if val_loss <= cfg.target_val_loss and state.time_to_target_ms is None:
+                state.time_to_target_ms = t  # the first crossing: reported beside the final time
                 if cfg.stop_at_target:
                     return
             if step == N:
@@ -806,12 +808,12 @@ def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluat
         batches = [to_device(loader.next_batch(), device) for _ in range(cfg.grad_accum)]
         loss = train_step(model, ops, optimizers, batches, window, step, cfg, env)
         step += 1
-        progress.steps, progress.tokens = step, progress.tokens + tokens_per_step
-        progress.flops += tokens_per_step * flops_per_token(cfg, window)
-        progress.train_time_ms = t = clock.ms()
-        log.line(f"step:{step}/{N} train_time:{t:.0f}ms step_avg:{t / step:.2f}ms" + progress.suffix())
-        losses.push(loss, step=step, train_time_ms=t, step_avg_ms=t / step, tokens_per_s=progress.tokens_per_s(),
-                    mfu=progress.mfu())
+        state.steps, state.tokens = step, state.tokens + tokens_per_step
+        state.flops += tokens_per_step * flops_per_token(cfg, window)
+        state.train_time_ms = t = clock.ms()
+        log.line(f"step:{step}/{N} train_time:{t:.0f}ms step_avg:{t / step:.2f}ms" + state.suffix())
+        losses.push(loss, step=step, train_time_ms=t, step_avg_ms=t / step, tokens_per_s=state.tokens_per_s(),
+                    mfu=state.mfu())
         log_steps(keep=1)
 
 
@@ -834,7 +836,7 @@ def make_evaluate(model, ops, cfg: Config, env: DistEnv, device: torch.device):
     return evaluate
 
 
-def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, progress: Progress) -> None:
+def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, state: RunState) -> None:
     """Build everything, warm up, reset, and run the timed loop."""
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
@@ -863,34 +865,34 @@ def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, progr
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         peak = peak_flops(torch.cuda.get_device_name(device))  # per GPU; None for a GPU not in the table
-        progress.peak_flops = peak * env.world_size if peak else None
-    timed_run(model, ops, optimizers, cfg, env, device, evaluate, log, progress)
+        state.peak_flops = peak * env.world_size if peak else None
+    timed_run(model, ops, optimizers, cfg, env, device, evaluate, log, state)
 
 
 # ----------------------------------------------------------------------------------------------
-# Summary
+# Main: the result event and line, however the run ends
 
 
-def write_result(log: RunWriter, cfg: Config, progress: Progress, device: torch.device, status: str,
+def write_result(log: RunWriter, cfg: Config, state: RunState, device: torch.device, status: str,
                  error: str | None = None) -> None:
     """The result event (however the run ended) and, for a finished run, the closing `result:` line.
     train_time_ms is the run's time (at its final validation); time_to_target_ms its first crossing."""
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    reached = progress.time_to_target_ms is not None
+    reached = state.time_to_target_ms is not None
     log.event("result", status=status, reached_target=reached, target_val_loss=cfg.target_val_loss,
-              stop_at_target=cfg.stop_at_target, time_to_target_ms=progress.time_to_target_ms, steps=progress.steps,
-              tokens=progress.tokens, final_val_loss=progress.val_loss, train_time_ms=progress.train_time_ms,
-              peak_memory_mb=peak_mb, tokens_per_s=progress.tokens_per_s(), mfu=progress.mfu(), error=error)
+              stop_at_target=cfg.stop_at_target, time_to_target_ms=state.time_to_target_ms, steps=state.steps,
+              tokens=state.tokens, final_val_loss=state.val_loss, train_time_ms=state.train_time_ms,
+              peak_memory_mb=peak_mb, tokens_per_s=state.tokens_per_s(), mfu=state.mfu(), error=error)
     if status != "ok":
         return
-    mfu = progress.mfu()
-    below = progress.val_loss is not None and progress.val_loss <= cfg.target_val_loss
-    first = (f"first at or below it at {progress.time_to_target_ms:.0f}ms" if reached else "never at or below it")
+    mfu = state.mfu()
+    below = state.val_loss is not None and state.val_loss <= cfg.target_val_loss
+    first = (f"first at or below it at {state.time_to_target_ms:.0f}ms" if reached else "never at or below it")
     stopped = "; stopped at the target (--stop_at_target)" if cfg.stop_at_target and reached else ""
-    log.line(f"result: train_time {progress.train_time_ms:.0f}ms, {progress.steps}/{cfg.num_steps} steps, "
-             f"{progress.tokens:,} tokens, final val_loss {progress.val_loss:.4f} "
+    log.line(f"result: train_time {state.train_time_ms:.0f}ms, {state.steps}/{cfg.num_steps} steps, "
+             f"{state.tokens:,} tokens, final val_loss {state.val_loss:.4f} "
              f"({'at or below' if below else 'above'} the target {cfg.target_val_loss}; {first}){stopped}; "
-             f"{progress.tokens_per_s():.0f} tokens/s, mfu " + ("n/a" if mfu is None else f"{100 * mfu:.2f}%")
+             f"{state.tokens_per_s():.0f} tokens/s, mfu " + ("n/a" if mfu is None else f"{100 * mfu:.2f}%")
              + ("" if peak_mb is None else f", peak memory {peak_mb:.0f} MiB"))
 
 
@@ -918,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # do): @triton.jit reads it, and a CPU runs Triton only interpreted
     init_distributed(env, device)
     log = RunWriter(cfg.run_dir if env.master else None)
-    progress = Progress()
+    state = RunState()
     try:
         if env.master:
             log.event("config", track=cfg.track, config=dataclasses.asdict(cfg))
@@ -932,23 +934,23 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("versions", "hardware", "git"):
                 log.line(f"{key}: {meta[key]}", console=False)
             log.line(nvidia_smi() or "nvidia-smi: not available", console=False)
-        train(cfg, env, device, log, progress)
-        write_result(log, cfg, progress, device, "ok")
+        train(cfg, env, device, log, state)
+        write_result(log, cfg, state, device, "ok")
         return 0
     except (DataError, ConfigError, Diverged) as exc:
         status = "diverged" if isinstance(exc, Diverged) else "error"
-        write_result(log, cfg, progress, device, status, str(exc))
+        write_result(log, cfg, state, device, status, str(exc))
         if env.master:
             print(f"error: {'diverged: ' if status == 'diverged' else ''}{exc}", file=sys.stderr)
         return 3 if status == "diverged" else 1
     except KeyboardInterrupt:
-        write_result(log, cfg, progress, device, "interrupted", f"interrupted (Ctrl-C) after {progress.steps} steps")
+        write_result(log, cfg, state, device, "interrupted", f"interrupted (Ctrl-C) after {state.steps} steps")
         if env.master:
-            print(f"error: interrupted (Ctrl-C) after {progress.steps} of {cfg.num_steps} steps; "
+            print(f"error: interrupted (Ctrl-C) after {state.steps} of {cfg.num_steps} steps; "
                   f"the run's events are in {cfg.run_dir}", file=sys.stderr)
         return 130
     except BaseException as exc:
-        write_result(log, cfg, progress, device, "error", f"{type(exc).__name__}: {exc}")
+        write_result(log, cfg, state, device, "error", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         log.close()

@@ -524,7 +524,7 @@ def timed(*args, **kwargs):
 T.timed_run = timed
 argv = [*{micro}, *sys.argv[1:], "--compile=true", "--num_layers=1", "--value_embeds=0", "--unet_skips=0",
         "--seq_len=64", "--val_seq_len=128", "--num_steps=2", "--val_every=1"]
-T.train(T.resolve_config(T.parse_config(argv), 1, cpu), T.DistEnv(), cpu, RunWriter({out!r}), T.Progress())
+T.train(T.resolve_config(T.parse_config(argv), 1, cpu), T.DistEnv(), cpu, RunWriter({out!r}), T.RunState())
 json.dump(graphs, open({out!r} + "/graphs.json", "w"))
 """
 COMPILED_FLEX = COMPILE_PRELUDE + """
