@@ -104,16 +104,15 @@ class Config:
 
 
 # Each numeric field's closed range (None: no bound); a float must also be finite.
-LIMITS: dict[str, tuple[float | None, float | None]] = dict(
-    seed=(0, None), train_epochs=(1, None), val_tokens=(1, None), val_every=(1, None), seq_len=(1, None),
-    val_seq_len=(1, None), batch_size=(1, None), grad_accum=(0, None), num_steps=(1, None),
-    target_val_loss=(0, None), vocab_size=(1, None), num_layers=(1, None), model_dim=(1, None),
-    num_heads=(1, None), head_dim=(4, None), mlp_ratio=(1, None), value_embeds=(0, None), unet_skips=(0, None),
-    logit_softcap=(0, None), muon_lr=(0, None), muon_momentum=(0, 1), muon_momentum_warmup=(0, None),
-    muon_weight_decay=(0, None), ns_steps=(1, None), adam_embed_lr=(0, None), adam_head_lr=(0, None),
-    adam_scalar_lr=(0, None), cooldown_frac=(0, 1), window_min=(1, None), window_max=(1, None),
-    window_block=(1, None), warmup_steps=(0, None),
-)
+LIMITS: dict[str, tuple[float | None, float | None]] = {
+    **dict.fromkeys(("train_epochs", "val_tokens", "val_every", "seq_len", "val_seq_len", "batch_size", "num_steps",
+                     "vocab_size", "num_layers", "model_dim", "num_heads", "mlp_ratio", "ns_steps", "window_min",
+                     "window_max", "window_block"), (1, None)),
+    **dict.fromkeys(("seed", "grad_accum", "value_embeds", "unet_skips", "muon_momentum_warmup", "warmup_steps",
+                     "target_val_loss", "logit_softcap", "muon_lr", "muon_weight_decay", "adam_embed_lr",
+                     "adam_head_lr", "adam_scalar_lr"), (0, None)),
+    "head_dim": (4, None), "muon_momentum": (0, 1), "cooldown_frac": (0, 1),
+}
 
 
 def parse_config(argv: list[str]) -> Config:
@@ -139,14 +138,11 @@ def check_ranges(cfg: Config) -> None:
 def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config:
     """Fill the automatic fields (grad_accum, compile, run_dir) and check what can be checked up front."""
     check_ranges(cfg)
-    grad_accum = cfg.grad_accum
-    if grad_accum == 0:
-        if 8 % world_size:
-            raise ConfigError(f"world size {world_size} does not divide the 8-GPU batch of 8 micro-batches "
-                              "(use 1, 2, 4 or 8 processes, or set --grad_accum)")
-        grad_accum = 8 // world_size
+    if cfg.grad_accum == 0 and 8 % world_size:
+        raise ConfigError(f"world size {world_size} does not divide the 8-GPU batch of 8 micro-batches "
+                          "(use 1, 2, 4 or 8 processes, or set --grad_accum)")
     run_dir = cfg.run_dir or os.path.join("runs", f"{dt.datetime.now():%Y%m%d-%H%M%S}-{cfg.track}-s{cfg.seed}")
-    cfg = dataclasses.replace(cfg, grad_accum=grad_accum, run_dir=run_dir,
+    cfg = dataclasses.replace(cfg, grad_accum=cfg.grad_accum or 8 // world_size, run_dir=run_dir,
                               compile=device.type == "cuda" if cfg.compile is None else cfg.compile)
     L, flex = cfg.num_layers, device.type == "cuda" and cfg.kernels == "torch"
     checks = [
@@ -216,10 +212,7 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if env.world_size > 1:
-        if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+        dist.init_process_group("nccl", device_id=device) if device.type == "cuda" else dist.init_process_group("gloo")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,8 +220,8 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
 
 
 def check_data(cfg: Config, env: DistEnv) -> None:
-    """Before anything is built: every shard valid with ids below vocab_size (read once, here, not in the timed
-    loop), and enough of them for num_steps and for val_tokens. DataError otherwise."""
+    """DataError unless every shard is valid with ids below vocab_size (read once, here, before the clock) and
+    the shards hold enough tokens for num_steps and val_tokens."""
     validate_shards(cfg.train_files, cfg.vocab_size)
     validate_shards(cfg.val_files, cfg.vocab_size)
     make_train_loader(cfg, env).check_available(cfg.num_steps * cfg.grad_accum)
@@ -294,10 +287,10 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
     except ImportError as exc:
         raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
     if kernels == "triton":
+        sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
+                       newton_schulz="kernels.newton_schulz.newton_schulz")
         return Ops(norm.rms_norm, attention.packed_cu_seqlens, attention.packed_flash_attention,
-                   newton_schulz.newton_schulz, dict(attention="kernels.attention.flash_attention",
-                                                     rms_norm="kernels.norm.rms_norm",
-                                                     newton_schulz="kernels.newton_schulz.newton_schulz"))
+                   newton_schulz.newton_schulz, sources)
     refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref")
     if device.type == "cuda":
         return Ops(norm.rms_norm_ref, attention.FlexMasks(), attention.make_flex_attention(),
@@ -594,13 +587,11 @@ def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv) -> Optimize
     assert len(hidden) + len(embeds) + len(scalars) + len(head) == len(list(model.parameters()))
     # betas (0.8, 0.95) and the small eps (@YouJiacheng) as in modded-nanogpt
     adam = torch.optim.Adam([dict(params=embeds, lr=cfg.adam_embed_lr), dict(params=head, lr=cfg.adam_head_lr),
-                             dict(params=scalars, lr=cfg.adam_scalar_lr)],
-                            betas=(0.8, 0.95), eps=1e-10, fused=True)
+                             dict(params=scalars, lr=cfg.adam_scalar_lr)], betas=(0.8, 0.95), eps=1e-10, fused=True)
     muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
                 ns_steps=cfg.ns_steps, newton_schulz=ops.newton_schulz, world_size=env.world_size)
-    for opt in (adam, muon):
-        for group in opt.param_groups:
-            group["initial_lr"] = group["lr"]
+    for group in (*adam.param_groups, *muon.param_groups):
+        group["initial_lr"] = group["lr"]
     sync = GradSync(list(model.parameters()), [*embeds, *head, *scalars], muon, env.world_size)
     return Optimizers(adam, muon, sync)
 
@@ -662,10 +653,10 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """torch.compile with static shapes: a graph per shape met (training, validation), both compiled by
-    warm_up; the window is not part of a graph (a 0-d tensor on the triton path, a buffer in FlexAttention's
-    mask). By default the second shape (validation's) would compile again with a symbolic length (automatic
-    dynamic shapes): slower code, and a compile error in Inductor's CPU FlexAttention template."""
+    """torch.compile with static shapes: one graph per shape (training, validation), both compiled by warm_up;
+    the window is no part of a graph (a 0-d tensor for the kernel, a buffer in FlexAttention's mask). With
+    automatic dynamic shapes the second shape would compile with a symbolic length: slower code, and a compile
+    error in Inductor's CPU FlexAttention template."""
     dynamo = torch._dynamo.config  # headroom, should a guard no CPU test sees compile more graphs on a GPU
     setattr(dynamo, "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit", 64)
     return torch.compile(model, dynamic=False)
@@ -673,11 +664,9 @@ def compile_model(model: nn.Module) -> nn.Module:
 
 def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.device, evaluate) -> None:
     """Compile and warm the kernels on random tokens, then restore the initial model and optimizer state.
-    When compiling: a training step at every window size of the schedule, and a validation batch (its own
-    shape, val_seq_len, and no_grad: other graphs) at the window of every validation the run will make.
-    By design no path compiles per window (a tensor or a buffer carries it), and the CPU tests count the
-    graphs; the loop over windows is the GPU path's guard, so that a guard no CPU test sees recompiles
-    here, untimed, and not in the timed loop. Once compiled, each extra step costs one step."""
+    When compiling: a training step at every window size of the schedule and a validation batch at the window
+    of every validation (its own shape and no_grad: other graphs). No path compiles per window (the CPU tests
+    count the graphs); visiting every window makes a guard only a GPU meets recompile here, untimed."""
     initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(opt.state_dict()) for opt in optimizers.both]
     windows = sorted({window_size(s, cfg) for s in range(cfg.num_steps + 1)})
     steps = max(cfg.warmup_steps, len(windows)) if cfg.compile else cfg.warmup_steps
@@ -762,10 +751,9 @@ class RunState:
     def tokens_per_s(self) -> float:
         return self.tokens / (self.train_time_ms / 1000) if self.train_time_ms > 0 else 0.0
 
-    def mfu(self) -> float | None:
-        if self.peak_flops is None or self.train_time_ms <= 0:
-            return None
-        return self.flops / (self.train_time_ms / 1000) / self.peak_flops
+    def mfu(self) -> float | None:  # None where the peak is unknown
+        ok = self.peak_flops is not None and self.train_time_ms > 0
+        return self.flops / (self.train_time_ms / 1000) / self.peak_flops if ok else None
 
     def suffix(self) -> str:
         mfu = self.mfu()

@@ -146,7 +146,8 @@ class TokenLoader:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.files = resolve_files(files)
         self.source = str(files) if isinstance(files, (str, os.PathLike)) else f"{len(self.files)} shards"
-        self.seq_len, self.batch_size, self.rank, self.world_size, self.epochs = seq_len, batch_size, rank, world_size, epochs
+        self.seq_len, self.batch_size, self.epochs = seq_len, batch_size, epochs
+        self.rank, self.world_size = rank, world_size
         self.header_tokens = sum(shard_token_count(p) for p in self.files)  # validates every header up front
         self.tokens_per_call = world_size * batch_size * seq_len
         self._shards = (path for _ in range(epochs) for path in self.files)
