@@ -20,7 +20,6 @@ def tiny_shard(path, n_docs, rng):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SCRIPT.exists(), reason="train_gpt.py is not there yet")
 def test_real_trainer_through_the_harness(tmp_path):
     rng = np.random.default_rng(0)
     tiny_shard(tmp_path / "train_000000.bin", 200, rng)

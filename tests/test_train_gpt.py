@@ -479,7 +479,7 @@ dist.destroy_process_group()
 def test_gradient_communication_starts_inside_the_backward(tmp_path):
     """An eager training step of 2 micro-steps on 2 processes: no collective in the first micro-step's backward;
     in the last one every gradient collective (Adam's all-reduces, Muon's reduce-scatters) is launched; after
-    it, only Muon's all-gathers and the loss's all-reduce. (The serial code launched them all after the backward.)"""
+    it, only Muon's all-gathers and the loss's all-reduce."""
     run_two_processes(DIST_OVERLAP, tmp_path)
     for rank in range(2):
         events = json.loads((tmp_path / f"events{rank}.json").read_text())
@@ -554,9 +554,9 @@ def run_script(template: str, tmp_path: Path, *args: str) -> subprocess.Complete
 def test_compiled_run_compiles_both_lengths_once_in_the_warm_up(shards, tmp_path):
     """A compiled run (the CPU torch path) that trains at 64 tokens and validates at 128: one static graph
     each, both compiled in the warm-up, none with a symbolic size, none in the timed loop (its batches have
-    the warm-up's layout: strides, no aliasing). With torch.compile's default (automatic dynamic shapes) and
-    the warm-up's inputs aliasing its targets, the validation graph had symbolic sizes and the timed loop
-    compiled a third graph, symbolic too."""
+    the warm-up's layout: strides, no aliasing). With torch.compile's default (automatic dynamic shapes), or
+    with the warm-up's inputs aliasing its targets, the validation graph would have symbolic sizes and the
+    timed loop would compile a third graph."""
     run_script(COMPILED_RUN, tmp_path, *data_args(shards))
     graphs = json.loads((tmp_path / "graphs.json").read_text())
     assert graphs == [["warm-up", 0], ["warm-up", 0]], graphs
@@ -565,8 +565,8 @@ def test_compiled_run_compiles_both_lengths_once_in_the_warm_up(shards, tmp_path
 
 def test_compiled_triton_path_has_one_graph_for_every_window(shards, tmp_path):
     """Our attention kernel under torch.compile: the schedule's three window sizes (16, 48, 64) share one train
-    graph and one validation graph, because the window reaches the op as a 0-d CPU tensor. As a Python int
-    it was baked into each graph: three of each (28 full-model compiles for fineweb-124m's warm-up)."""
+    graph and one validation graph, because the window reaches the op as a 0-d CPU tensor. A Python int
+    would be baked into each graph: three of each (28 full-model compiles for fineweb-124m's warm-up)."""
     run_script(COMPILED_RUN, tmp_path, *data_args(shards), "--kernels=triton")
     graphs = json.loads((tmp_path / "graphs.json").read_text())
     assert graphs == [["warm-up", 0], ["warm-up", 0]], graphs
@@ -575,8 +575,8 @@ def test_compiled_triton_path_has_one_graph_for_every_window(shards, tmp_path):
 
 def test_compiled_flex_attention_validates_at_two_lengths(tmp_path):
     """FlexAttention (the CUDA torch path's attention) compiled at two lengths, forward only as in validation:
-    one static graph per length. Compiled with automatic dynamic shapes, the second length was a symbolic
-    one, which Inductor's CPU FlexAttention template failed to compile (a C++ error)."""
+    one static graph per length. With automatic dynamic shapes the second length would be a symbolic
+    one, which Inductor's CPU FlexAttention template fails to compile (a C++ error)."""
     run_script(COMPILED_FLEX, tmp_path)
     assert json.loads((tmp_path / "graphs.json").read_text()) == [["warm-up", 0], ["warm-up", 0]]
 
