@@ -141,10 +141,10 @@ FOLIO_TWINS = {
 }
 # Validation: whole works, both editions held out, so no play is seen in training in either spelling.
 VAL_WORKS = ("hamlet", "julius_caesar", "tempest", "twelfth_night")
-# Documents are passages, not whole texts, in a seeded random order. Whole texts in title order made
-# the loader read one play at a time: the val loss rose and fell with each edition the model read
-# (Folio spelling, then modern) and a 150-step cpu-tiny run saw ~10 plays. Shuffled passages give
-# every batch a mix, and cpu-tiny's 32K val tokens a sample of seven of the eight val texts.
+# Documents are passages, not whole texts, in a seeded random order. Whole texts in title order would
+# make the loader read one play at a time: the val loss rises and falls with each edition the model
+# reads (Folio spelling, then modern), and a 150-step cpu-tiny run sees ~10 plays. Shuffled passages
+# give every batch a mix, and cpu-tiny's 32K val tokens a sample of seven of the eight val texts.
 PASSAGE_CHARS = 4000  # a passage: whole paragraphs up to at least this many characters (~1,300 tokens)
 CORPUS_SEED = 0
 CORPUS_VERSION = 2  # bump when the recipe changes, so a cached build is redone
