@@ -131,8 +131,7 @@ def check_ranges(cfg: Config) -> None:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{name}={value}: must be finite")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            span = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-            raise ConfigError(f"--{name}={value}: must be {span}")
+            raise ConfigError(f"--{name}={value}: must be " + (f">= {lo}" if hi is None else f"between {lo} and {hi}"))
 
 
 def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config:
@@ -209,10 +208,11 @@ def pick_device(cfg: Config, env: DistEnv) -> torch.device:
 
 def init_distributed(env: DistEnv, device: torch.device) -> None:
     """NCCL between GPUs, gloo between CPU processes; multi-node is torchrun's business (--nnodes/--rdzv)."""
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.set_device(device)
     if env.world_size > 1:
-        dist.init_process_group("nccl", device_id=device) if device.type == "cuda" else dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float |
     ms = time_steps(step, steps, max(warmup - 1, 0), device)
     peak_gib = peak_memory_gib(device)
     # Muon alone on every hidden matrix (one GPU does all eight ranks' shares), on fresh gradients
-    _, muon = optimizers  # (adam, muon): a pair, or an object that iterates as one
+    muon = optimizers.muon
     for group in muon.param_groups:
         for p in group["params"]:
             p.grad = torch.randn_like(p)

@@ -266,12 +266,15 @@ def test_attention_gets_one_dtype_under_bf16_autocast():
     assert dtypes == [(torch.bfloat16,) * 3] * 2
 
 
-@pytest.mark.parametrize("kernels", ["triton", "torch"])
-def test_a_kernel_file_that_does_not_import_is_an_error_not_a_fallback(kernels, monkeypatch):
-    monkeypatch.setitem(sys.modules, "kernels.norm", None)  # `from kernels import norm` now raises ImportError
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_a_kernel_file_that_does_not_import_is_an_error_not_a_fallback(backend, monkeypatch):
+    import kernels
+
+    monkeypatch.delattr(kernels, "norm", raising=False)  # `from kernels import norm` now looks in sys.modules,
+    monkeypatch.setitem(sys.modules, "kernels.norm", None)  # which makes it raise ImportError
     with pytest.raises(T.ConfigError) as info:
-        T.make_ops(kernels, torch.device("cpu"))
-    assert str(info.value).startswith(f"--kernels={kernels}: kernels/ does not import (ModuleNotFoundError: ")
+        T.make_ops(backend, torch.device("cpu"))
+    assert str(info.value).startswith(f"--kernels={backend}: kernels/ does not import (ModuleNotFoundError: ")
     assert "kernels.norm" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -721,13 +724,18 @@ def test_too_little_data_fails_before_training(shards, tmp_path):
 def test_ctrl_c_is_one_line_and_recorded_as_interrupted(shards, tmp_path):
     cmd = [sys.executable, "train_gpt.py", f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards),
            "--num_steps=10000", "--val_every=10000", "--train_epochs=1000"]
+    # SIGINT at its default in the child: a shell's background job ignores it, and Python then would too
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    for line in proc.stdout:  # SIGINT once the timed loop runs
-        if line.startswith("step:2/"):
-            break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stdout:  # SIGINT once the timed loop runs
+            if line.startswith("step:2/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 130 and len(err.splitlines()) == 1, err
     assert re.fullmatch(r"error: interrupted \(Ctrl-C\) after \d+ of 10000 steps; the run's events are in \S+\n", err)
     result = result_of(tmp_path / "r")
