@@ -40,10 +40,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.shards import BOS_ID, DataError, TokenLoader, resolve_files, validate_shards
 from harness.hardware import git_state, hardware_info, nvidia_smi, peak_flops, software_versions
 from harness.overrides import ConfigError, parse_overrides
 from harness.runlog import RunWriter
+from harness.shards import BOS_ID, DataError, TokenLoader, resolve_files, validate_shards
 from harness.snapshot import snapshot_code
 from harness.tracks import FINEWEB_TARGET, TRACKS
 
