@@ -5,9 +5,11 @@
     python train_gpt.py --track=cpu-tiny                           # about two minutes on two CPU cores
     python train_gpt.py --track=cpu-tiny --seed=3 --num_steps=50 --muon_lr=0.04
 
-Any Config field is an override, `--key=value`, parsed to the field's type; unknown keys are refused.
-Sections, in order: config, distributed setup, model, optimizers, data, schedule, warm-up, timed
-loop, summary. Importing this file only defines them (tests import the parts): the process group,
+Any Config field is an override, `--key=value`, parsed to the field's type and checked against its range;
+unknown keys are refused. `--help` lists the fields; `--print_config` prints the resolved config (WORLD_SIZE
+from the environment) as one JSON line and exits, training nothing.
+Sections, in order: config, distributed setup, data, model, optimizers, schedule, step and warm-up,
+timed loop, main. Importing this file only defines them (tests import the parts): the process group,
 the kernels and the environment are touched only by main().
 
 Timing follows the speedrun: compile and warm-up are untimed and the model and optimizer state is
@@ -16,20 +18,21 @@ goes its whole schedule, and its time is the train time of its final validation 
 a set of runs, not each run, certifies the target). `--stop_at_target=true` stops at the first
 validation at or below the target instead: for exploring only, since optional stopping biases both
 the time and the loss (harness.submit refuses such runs).
-Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged.
+Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged, 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
 import datetime as dt
-import importlib
+import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -37,10 +40,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.data import BOS_ID, DataError, TokenLoader
 from harness.hardware import git_state, hardware_info, nvidia_smi, peak_flops, software_versions
 from harness.overrides import ConfigError, parse_overrides
 from harness.runlog import RunWriter
+from harness.shards import BOS_ID, DataError, TokenLoader, resolve_files, validate_shards
 from harness.snapshot import snapshot_code
 from harness.tracks import FINEWEB_TARGET, TRACKS
 
@@ -100,6 +103,18 @@ class Config:
     warmup_steps: int = 10  # untimed steps on random tokens before the clock starts (state reset after)
 
 
+# Each numeric field's closed range (None: no bound); a float must also be finite.
+LIMITS: dict[str, tuple[float | None, float | None]] = {
+    **dict.fromkeys(("train_epochs", "val_tokens", "val_every", "seq_len", "val_seq_len", "batch_size", "num_steps",
+                     "vocab_size", "num_layers", "model_dim", "num_heads", "mlp_ratio", "ns_steps", "window_min",
+                     "window_max", "window_block"), (1, None)),
+    **dict.fromkeys(("seed", "grad_accum", "value_embeds", "unet_skips", "muon_momentum_warmup", "warmup_steps",
+                     "target_val_loss", "logit_softcap", "muon_lr", "muon_weight_decay", "adam_embed_lr",
+                     "adam_head_lr", "adam_scalar_lr"), (0, None)),
+    "head_dim": (4, None), "muon_momentum": (0, 1), "cooldown_frac": (0, 1),
+}
+
+
 def parse_config(argv: list[str]) -> Config:
     """Config from `--key=value` arguments (harness/overrides.py): the --track preset first, then the overrides."""
     overrides = parse_overrides(argv, Config)
@@ -109,34 +124,56 @@ def parse_config(argv: list[str]) -> Config:
     return Config(track=track, **{**TRACKS[track], **overrides})
 
 
+def check_ranges(cfg: Config) -> None:
+    """A ConfigError naming the first numeric field outside its LIMITS."""
+    for name, (lo, hi) in LIMITS.items():
+        value = getattr(cfg, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{name}={value}: must be finite")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"--{name}={value}: must be " + (f">= {lo}" if hi is None else f"between {lo} and {hi}"))
+
+
 def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config:
     """Fill the automatic fields (grad_accum, compile, run_dir) and check what can be checked up front."""
-    grad_accum = cfg.grad_accum
-    if grad_accum == 0:
-        if 8 % world_size:
-            raise ConfigError(f"world size {world_size} does not divide the 8-GPU batch of 8 micro-batches "
-                              "(use 1, 2, 4 or 8 processes, or set --grad_accum)")
-        grad_accum = 8 // world_size
+    check_ranges(cfg)
+    if cfg.grad_accum == 0 and 8 % world_size:
+        raise ConfigError(f"world size {world_size} does not divide the 8-GPU batch of 8 micro-batches "
+                          "(use 1, 2, 4 or 8 processes, or set --grad_accum)")
     run_dir = cfg.run_dir or os.path.join("runs", f"{dt.datetime.now():%Y%m%d-%H%M%S}-{cfg.track}-s{cfg.seed}")
-    cfg = dataclasses.replace(cfg, grad_accum=grad_accum, run_dir=run_dir,
+    cfg = dataclasses.replace(cfg, grad_accum=cfg.grad_accum or 8 // world_size, run_dir=run_dir,
                               compile=device.type == "cuda" if cfg.compile is None else cfg.compile)
-    L = cfg.num_layers
+    L, flex = cfg.num_layers, device.type == "cuda" and cfg.kernels == "torch"
     checks = [
         (cfg.kernels in ("torch", "triton"), f"--kernels={cfg.kernels}: expected torch or triton"),
-        (cfg.grad_accum >= 1 and cfg.batch_size >= 1, "grad_accum and batch_size must be >= 1"),
-        (cfg.num_steps >= 1 and cfg.val_every >= 1, "num_steps and val_every must be >= 1"),
-        (0 <= 2 * cfg.value_embeds <= L, f"value_embeds={cfg.value_embeds}: between 0 and num_layers/2 = {L // 2}"),
-        (0 <= cfg.unet_skips <= L // 2, f"unet_skips={cfg.unet_skips}: between 0 and num_layers/2 = {L // 2}"),
+        (not os.path.exists(run_dir) or os.path.isdir(run_dir), f"--run_dir={run_dir}: exists and is not a folder"),
+        (2 * cfg.value_embeds <= L, f"value_embeds={cfg.value_embeds}: between 0 and num_layers/2 = {L // 2}"),
+        (cfg.unet_skips <= L // 2, f"unet_skips={cfg.unet_skips}: between 0 and num_layers/2 = {L // 2}"),
         (cfg.head_dim % 4 == 0, f"head_dim={cfg.head_dim}: must be a multiple of 4 (rotary)"),
-        (0 < cfg.window_min <= cfg.window_max and cfg.window_block >= 1, "need 0 < window_min <= window_max"),
-        (cfg.val_tokens > 0 and cfg.val_tokens % (world_size * cfg.batch_size * cfg.val_seq_len) == 0,
-         f"val_tokens={cfg.val_tokens} is not a positive multiple of world_size x batch_size x val_seq_len = "
+        (cfg.window_min <= cfg.window_max, f"window_min={cfg.window_min} > window_max={cfg.window_max}"),
+        (cfg.val_tokens % (world_size * cfg.batch_size * cfg.val_seq_len) == 0,
+         f"val_tokens={cfg.val_tokens} is not a multiple of world_size x batch_size x val_seq_len = "
          f"{world_size * cfg.batch_size * cfg.val_seq_len}"),
+        (not flex or cfg.batch_size * cfg.seq_len % 128 == cfg.batch_size * cfg.val_seq_len % 128 == 0,
+         "FlexAttention (--kernels=torch on CUDA) needs batch_size x seq_len and x val_seq_len multiples of 128"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     return cfg
+
+
+def config_help() -> str:
+    """`--help`: the fields with their types, defaults and comments, read from Config's source."""
+    lines = [__doc__.split("\n\n")[1].strip("\n"), "", f"tracks: {', '.join(TRACKS)} (a track presets fields first)"]
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    for line in inspect.getsource(Config).splitlines()[3:]:
+        if field_line := re.match(r"\s+(\w+): (.+?) = .*?  # (.*)$", line):
+            name, kind, comment = field_line.groups()
+            lines.append(f"  --{name}={defaults[name]}  ({kind})  {comment}")
+        elif section := re.match(r"\s+# (.*)$", line):
+            lines.append(f"{section.group(1)}:")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,30 +208,39 @@ def pick_device(cfg: Config, env: DistEnv) -> torch.device:
 
 def init_distributed(env: DistEnv, device: torch.device) -> None:
     """NCCL between GPUs, gloo between CPU processes; multi-node is torchrun's business (--nnodes/--rdzv)."""
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    if cuda:
         torch.cuda.set_device(device)
     if env.world_size > 1:
-        if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
 
 
 # ----------------------------------------------------------------------------------------------
-# Model
-#
-# The ops a backend provides. The model and Muon call only these, so `--kernels` swaps them from
-# outside: "torch" is PyTorch's own (FlexAttention on CUDA, SDPA with an explicit mask on CPU,
-# F.rms_norm, the reference Newton-Schulz below), "triton" is kernels/.
+# Data (harness/shards.py: llm.c's shard format; documents start with BOS_ID)
 
 
-@dataclass
-class Ops:
-    rms_norm: Callable[[Tensor], Tensor]  # (..., D) -> (..., D), no learned weight
-    attention_mask: Callable[[Tensor, int], object]  # (inputs (B, T), window) -> mask for `attention`
-    attention: Callable[[Tensor, Tensor, Tensor, object], Tensor]  # q, k, v (B, T, H, D), mask -> (B, T, H, D)
-    newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
-    sources: dict = field(default_factory=dict)  # op -> where it came from, for the log
+def check_data(cfg: Config, env: DistEnv) -> None:
+    """DataError unless every shard is valid with ids below vocab_size (read once, here, before the clock) and
+    the shards hold enough tokens for num_steps and val_tokens."""
+    validate_shards(cfg.train_files, cfg.vocab_size)
+    validate_shards(cfg.val_files, cfg.vocab_size)
+    make_train_loader(cfg, env).check_available(cfg.num_steps * cfg.grad_accum)
+    make_val_loader(cfg, env)
+
+
+def make_train_loader(cfg: Config, env: DistEnv) -> TokenLoader:
+    """This rank's slice of the global stream of training sequences."""
+    return TokenLoader(cfg.train_files, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rank=env.rank,
+                       world_size=env.world_size, epochs=cfg.train_epochs)
+
+
+def make_val_loader(cfg: Config, env: DistEnv) -> tuple[TokenLoader, int]:
+    """A fresh loader over the first val_tokens validation tokens, and the number of batches this rank reads."""
+    loader = TokenLoader(cfg.val_files, seq_len=cfg.val_seq_len, batch_size=cfg.batch_size, rank=env.rank,
+                         world_size=env.world_size)
+    batches = cfg.val_tokens // (env.world_size * cfg.batch_size * cfg.val_seq_len)
+    loader.check_available(batches)
+    return loader, batches
 
 
 def document_starts(inputs: Tensor) -> Tensor:
@@ -204,148 +250,53 @@ def document_starts(inputs: Tensor) -> Tensor:
     return starts
 
 
-def dense_attention_mask(inputs: Tensor, window: int) -> Tensor:
-    """(B, 1, T, T) bool for SDPA: query i sees key j iff i - window < j <= i, in the same document."""
-    T = inputs.size(1)
-    docs = document_starts(inputs).cumsum(1)  # (B, T) document index per token
-    i, j = torch.arange(T, device=inputs.device)[:, None], torch.arange(T, device=inputs.device)[None, :]
-    causal_window = (j <= i) & (j > i - window)  # (T, T)
-    return (causal_window & (docs[:, :, None] == docs[:, None, :]))[:, None]
+def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Fresh copies with (T, 1) strides (pinned and sent asynchronously to a GPU), whatever the source: torch.compile
+    guards on strides (a loader's (1, T) slice of a (1, T + 1) row keeps stride T + 1) and on aliasing (the
+    warm-up's inputs are its targets), so the warm-up's graphs would not fit the timed loop's batches."""
+    pin = device.type == "cuda"
+    batch = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=pin).copy_(t) for t in batch)
+    return tuple(t.to(device, non_blocking=True) for t in batch) if pin else batch
 
 
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
-    return y.transpose(1, 2)  # (B, T, H, D)
+# ----------------------------------------------------------------------------------------------
+# Model
+#
+# The ops a backend provides. The model and Muon call only these, so `--kernels` swaps them from
+# outside: "triton" is kernels/, "torch" is PyTorch's own attention (FlexAttention on CUDA, SDPA
+# with a dense mask on a CPU) and each kernel file's reference for the rest.
 
 
-class FlexMasks:
-    """FlexAttention block masks for a packed batch: causal, windowed, documents apart (CUDA torch path).
-
-    Block-level masks built by hand, after @YouJiacheng's in modded-nanogpt: a (query block, key
-    block) pair is skipped when no pair in it is visible, "full" when every pair is, "partial"
-    (mask_mod evaluated) otherwise. The batch is flattened to one row of N = B*T tokens. mask_mod
-    reads persistent buffers (one set per N) so torch.compile sees the same function every step.
-    """
-
-    def __init__(self, block: int = 128):
-        self.block, self._buffers = block, {}
-
-    def __call__(self, inputs: Tensor, window: int):
-        from torch.nn.attention.flex_attention import BlockMask
-
-        docs = document_starts(inputs).flatten().cumsum(0)  # (N,)
-        N, bs = docs.numel(), self.block
-        if N % bs:
-            raise ValueError(f"FlexAttention needs batch_size x seq_len ({N}) to be a multiple of {bs}")
-        if N not in self._buffers:
-            doc_buf, window_buf = torch.empty_like(docs), torch.zeros((), dtype=torch.int64, device=docs.device)
-
-            def mask_mod(b, h, q, kv):
-                return (q >= kv) & (q - kv < window_buf) & (doc_buf[q] == doc_buf[kv])
-
-            self._buffers[N] = (doc_buf, window_buf, mask_mod)
-        doc_buf, window_buf, mask_mod = self._buffers[N]
-        doc_buf.copy_(docs)
-        window_buf.fill_(window)
-        n = N // bs
-        blocks = torch.arange(n, device=docs.device)
-        d = blocks[:, None] - blocks[None, :]  # (n, n) query block - key block
-        lo, hi = docs.view(n, bs)[:, 0], docs.view(n, bs)[:, -1]  # first/last document of each block
-        any_visible = (d >= 0) & (d * bs - (bs - 1) < window) & (lo[:, None] <= hi[None, :]) & (hi[:, None] >= lo[None, :])
-        all_visible = (d > 0) & (d * bs + bs - 1 < window) & (lo[:, None] == hi[None, :]) & (hi[:, None] == lo[None, :])
-
-        def ordered(m):  # (n, n) bool -> per query block: count, key block indices with the True ones first
-            order = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
-            return m.sum(-1, dtype=torch.int32)[None, None].contiguous(), order[None, None].contiguous()
-
-        partial, full = ordered(any_visible & ~all_visible), ordered(all_visible)
-        return BlockMask.from_kv_blocks(*partial, *full, BLOCK_SIZE=bs, mask_mod=mask_mod)
+@dataclass
+class Ops:
+    rms_norm: Callable[[Tensor], Tensor]  # (..., D) -> (..., D), no learned weight
+    attention_mask: Callable[[Tensor, int], object]  # (document starts (B, T) bool, window) -> mask for `attention`
+    attention: Callable[[Tensor, Tensor, Tensor, object], Tensor]  # q, k, v (B, T, H, D), mask -> (B, T, H, D)
+    newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
+    sources: dict[str, str]  # op -> where it comes from, for the log
 
 
-def flex_attention_op():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    compiled = torch.compile(flex_attention, dynamic=False)
-
-    def attention(q, k, v, block_mask):  # (B, T, H, D), flattened to one packed row for the block mask
-        B, T, H, D = q.shape
-        q, k, v = (x.reshape(1, B * T, H, D).transpose(1, 2) for x in (q, k, v))
-        return compiled(q, k, v, block_mask=block_mask).transpose(1, 2).reshape(B, T, H, D)
-
-    return attention
-
-
-def packed_doc_mask(inputs: Tensor, window: int) -> tuple[Tensor, Tensor]:
-    """(cu_seqlens (N + 1,) int32 over the N flattened tokens, window as a 0-d CPU tensor) for kernels.attention.
-    The window goes in as a tensor so that one compiled graph serves every window size of the schedule.
-
-    The document starts come first, then N repeated (empty documents, which the kernel allows; there are
-    at most N starts, so at least one N ends it): one length every step, so no host sync to count
-    documents (torch.nonzero would; so would building the end from a Python list) and no recompile."""
-    N = inputs.numel()
-    cu_seqlens = torch.nonzero_static(document_starts(inputs).flatten(), size=N + 1, fill_value=N).flatten()
-    return cu_seqlens.to(torch.int32), torch.tensor(window, dtype=torch.int64)
-
-
-def newton_schulz_torch(G: Tensor, steps: int = 5) -> Tensor:
-    """Quintic Newton-Schulz (Keller Jordan's Muon): G (N, M, K) -> ~U V^T, singular values in ~[0.7, 1.2].
-
-    The reference PyTorch op; kernels/newton_schulz.py is the same math on Triton. bf16 on CUDA.
-    """
-    a, b, c = (3.4445, -4.7750, 2.0315)
-    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
-    tall = G.size(-2) > G.size(-1)
-    X = X.mT if tall else X  # iterate on the wide orientation: X X^T is the small product
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= 1
-    for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return (X.mT if tall else X).to(G.dtype)
-
-
-def torch_rms_norm(x: Tensor) -> Tensor:
-    return F.rms_norm(x, (x.size(-1),))
-
-
-def make_ops(kernels: str, device: torch.device, notify: Callable[[str], None]) -> Ops:
-    """The torch reference ops, with each one kernels/ provides swapped in when kernels == "triton"."""
+def make_ops(kernels: str, device: torch.device) -> Ops:
+    """The backend's ops. kernels/ is imported here, not at the top: @triton.jit reads TRITON_INTERPRET when
+    a kernel file is imported, and main() sets it first for a CPU run. A kernel file that does not import
+    is an error, never a silent switch to other ops."""
+    if kernels == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError("--kernels=triton on a CPU needs TRITON_INTERPRET=1 set before kernels/ is imported")
+    try:
+        from kernels import attention, newton_schulz, norm
+    except ImportError as exc:
+        raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
+    if kernels == "triton":
+        sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
+                       newton_schulz="kernels.newton_schulz.newton_schulz")
+        return Ops(norm.rms_norm, attention.packed_cu_seqlens, attention.packed_flash_attention,
+                   newton_schulz.newton_schulz, sources)
+    refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref")
     if device.type == "cuda":
-        ops = Ops(torch_rms_norm, FlexMasks(), flex_attention_op(), newton_schulz_torch)
-        ops.sources.update(attention="torch FlexAttention")
-    else:
-        ops = Ops(torch_rms_norm, dense_attention_mask, sdpa_attention, newton_schulz_torch)
-        ops.sources.update(attention="torch SDPA with a dense mask")
-    ops.sources.update(rms_norm="torch F.rms_norm", newton_schulz="torch reference (train_gpt.py)")
-    if kernels == "torch":
-        return ops
-    if device.type == "cpu":
-        if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ConfigError("--kernels=triton on a CPU: triton was imported before TRITON_INTERPRET=1 was "
-                              "set (main() sets it first); set TRITON_INTERPRET=1 in the environment")
-        os.environ["TRITON_INTERPRET"] = "1"
-        notify("notice: Triton kernels on the CPU run under TRITON_INTERPRET=1 (a test path, very slow)")
-
-    def kernel(op: str, module: str, name: str):
-        try:
-            return getattr(importlib.import_module(f"kernels.{module}"), name)
-        except (ImportError, AttributeError) as exc:
-            notify(f"notice: kernels.{module}.{name} unavailable ({type(exc).__name__}: {exc}); using {ops.sources[op]}")
-            return None
-
-    if (flash := kernel("attention", "attention", "flash_attention")) is not None:
-        def attention(q, k, v, mask):  # (B, T, H, D) packed into one row, documents kept apart by cu_seqlens
-            (cu_seqlens, window), (B, T, H, D) = mask, q.shape
-            y = flash(*(x.reshape(1, B * T, H, D) for x in (q, k, v)), window_size=window, cu_seqlens=cu_seqlens)
-            return y.reshape(B, T, H, D)
-
-        ops.attention_mask, ops.attention = packed_doc_mask, attention
-        ops.sources["attention"] = "kernels.attention.flash_attention"
-    if (rms_norm := kernel("rms_norm", "norm", "rms_norm")) is not None:
-        ops.rms_norm, ops.sources["rms_norm"] = rms_norm, "kernels.norm.rms_norm"
-    if (newton_schulz := kernel("newton_schulz", "newton_schulz", "newton_schulz")) is not None:
-        ops.newton_schulz = lambda G, steps: newton_schulz(G, steps=steps)
-        ops.sources["newton_schulz"] = "kernels.newton_schulz.newton_schulz"
-    return ops
+        return Ops(norm.rms_norm_ref, attention.FlexMasks(), attention.make_flex_attention(),
+                   newton_schulz.newton_schulz_ref, dict(attention="torch FlexAttention", **refs))
+    return Ops(norm.rms_norm_ref, attention.dense_mask, attention.sdpa_attention, newton_schulz.newton_schulz_ref,
+               dict(attention="torch SDPA with a dense mask", **refs))
 
 
 def init_linear_(weight: Tensor) -> Tensor:
@@ -615,13 +566,16 @@ class GradSync:
 
 
 @dataclass
-class Optimizers:  # iterating gives the two optimizers; sync averages their gradients
+class Optimizers:
+    """Adam and Muon, and the averaging of their gradients over the ranks."""
+
     adam: torch.optim.Adam
     muon: Muon
     sync: GradSync
 
-    def __iter__(self):
-        return iter((self.adam, self.muon))
+    @property
+    def both(self) -> tuple[torch.optim.Adam, Muon]:
+        return self.adam, self.muon
 
 
 def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv) -> Optimizers:
@@ -633,45 +587,13 @@ def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv) -> Optimize
     assert len(hidden) + len(embeds) + len(scalars) + len(head) == len(list(model.parameters()))
     # betas (0.8, 0.95) and the small eps (@YouJiacheng) as in modded-nanogpt
     adam = torch.optim.Adam([dict(params=embeds, lr=cfg.adam_embed_lr), dict(params=head, lr=cfg.adam_head_lr),
-                             dict(params=scalars, lr=cfg.adam_scalar_lr)],
-                            betas=(0.8, 0.95), eps=1e-10, fused=True)
+                             dict(params=scalars, lr=cfg.adam_scalar_lr)], betas=(0.8, 0.95), eps=1e-10, fused=True)
     muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
                 ns_steps=cfg.ns_steps, newton_schulz=ops.newton_schulz, world_size=env.world_size)
-    for opt in (adam, muon):
-        for group in opt.param_groups:
-            group["initial_lr"] = group["lr"]
+    for group in (*adam.param_groups, *muon.param_groups):
+        group["initial_lr"] = group["lr"]
     sync = GradSync(list(model.parameters()), [*embeds, *head, *scalars], muon, env.world_size)
     return Optimizers(adam, muon, sync)
-
-
-# ----------------------------------------------------------------------------------------------
-# Data
-
-
-def make_train_loader(cfg: Config, env: DistEnv) -> TokenLoader:
-    """This rank's slice of the global stream; fails at once (DataError) if the shards cannot cover num_steps."""
-    loader = TokenLoader(cfg.train_files, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rank=env.rank,
-                         world_size=env.world_size, seed=cfg.seed, epochs=cfg.train_epochs)
-    loader.check_available(cfg.num_steps * cfg.grad_accum)
-    return loader
-
-
-def make_val_loader(cfg: Config, env: DistEnv) -> tuple[TokenLoader, int]:
-    """A fresh loader over the first val_tokens validation tokens, and the number of batches this rank reads."""
-    loader = TokenLoader(cfg.val_files, seq_len=cfg.val_seq_len, batch_size=cfg.batch_size, rank=env.rank,
-                         world_size=env.world_size)
-    batches = cfg.val_tokens // (env.world_size * cfg.batch_size * cfg.val_seq_len)
-    loader.check_available(batches)
-    return loader, batches
-
-
-def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Fresh copies with (T, 1) strides (pinned and sent asynchronously to a GPU), whatever the source: torch.compile
-    guards on strides (a loader's (1, T) slice of a (1, T + 1) row keeps stride T + 1) and on aliasing (the
-    warm-up's inputs are its targets), so the warm-up's graphs would not fit the timed loop's batches."""
-    pin = device.type == "cuda"
-    batch = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=pin).copy_(t) for t in batch)
-    return tuple(t.to(device, non_blocking=True) for t in batch) if pin else batch
 
 
 # ----------------------------------------------------------------------------------------------
@@ -702,27 +624,26 @@ def window_size(step: int, cfg: Config) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# Warm-up: the training step, then the untimed warm-up (the state is restored after it, the speedrun's rule)
+# Step and warm-up: one training step; the untimed warm-up (the state is restored after it, the speedrun's rule)
 
 
 def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg: Config, env: DistEnv) -> Tensor:
     """One optimizer step over grad_accum micro-batches; returns the mean loss over all ranks (a device scalar)."""
-    adam, muon = optimizers
     device = batches[0][0].device
     total = torch.zeros((), device=device)
     for i, (inputs, targets) in enumerate(batches):
         optimizers.sync.last_micro_step = i == len(batches) - 1  # its hooks communicate on the last one only
         with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(inputs, targets, ops.attention_mask(inputs, window))
+            loss = model(inputs, targets, ops.attention_mask(document_starts(inputs), window))
         (loss / len(batches)).backward()
         total += loss.detach()
     optimizers.sync.finish()  # launches what the backward's hooks have not; waits for Adam's gradients
-    for opt in optimizers:
+    for opt in optimizers.both:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_scale(step, cfg)
-    for group in muon.param_groups:
+    for group in optimizers.muon.param_groups:
         group["momentum"] = muon_momentum(step, cfg)
-    for opt in optimizers:
+    for opt in optimizers.both:
         opt.step()
     model.zero_grad(set_to_none=True)
     total /= len(batches)
@@ -732,10 +653,10 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """torch.compile with static shapes: a graph per shape met (training, validation), both compiled by
-    warm_up; the window is not part of a graph (a 0-d tensor on the triton path, a buffer in FlexAttention's
-    mask). By default the second shape (validation's) would compile again with a symbolic length (automatic
-    dynamic shapes): slower code, and a compile error in Inductor's CPU FlexAttention template."""
+    """torch.compile with static shapes: one graph per shape (training, validation), both compiled by warm_up;
+    the window is no part of a graph (a 0-d tensor for the kernel, a buffer in FlexAttention's mask). With
+    automatic dynamic shapes the second shape would compile with a symbolic length: slower code, and a compile
+    error in Inductor's CPU FlexAttention template."""
     dynamo = torch._dynamo.config  # headroom, should a guard no CPU test sees compile more graphs on a GPU
     setattr(dynamo, "recompile_limit" if hasattr(dynamo, "recompile_limit") else "cache_size_limit", 64)
     return torch.compile(model, dynamic=False)
@@ -743,12 +664,10 @@ def compile_model(model: nn.Module) -> nn.Module:
 
 def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.device, evaluate) -> None:
     """Compile and warm the kernels on random tokens, then restore the initial model and optimizer state.
-    When compiling: a training step at every window size of the schedule, and a validation batch (its own
-    shape, val_seq_len, and no_grad: other graphs) at the window of every validation the run will make.
-    By design no path compiles per window (a tensor or a buffer carries it), and the CPU tests count the
-    graphs; the loop over windows is the GPU path's guard, so that a guard no CPU test sees recompiles
-    here, untimed, and not in the timed loop. Once compiled, each extra step costs one step."""
-    initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+    When compiling: a training step at every window size of the schedule and a validation batch at the window
+    of every validation (its own shape and no_grad: other graphs). No path compiles per window (the CPU tests
+    count the graphs); visiting every window makes a guard only a GPU meets recompile here, untimed."""
+    initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(opt.state_dict()) for opt in optimizers.both]
     windows = sorted({window_size(s, cfg) for s in range(cfg.num_steps + 1)})
     steps = max(cfg.warmup_steps, len(windows)) if cfg.compile else cfg.warmup_steps
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -761,8 +680,8 @@ def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.dev
         for window in sorted({window_size(s, cfg) for s in val_steps}):
             evaluate(window, max_batches=1)
     model.load_state_dict(initial[0])
-    for opt, state in zip(optimizers, initial[1]):
-        opt.load_state_dict(state)
+    for opt, opt_state in zip(optimizers.both, initial[1]):
+        opt.load_state_dict(opt_state)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -818,7 +737,7 @@ class LaggedLosses:
 
 
 @dataclass
-class Progress:
+class RunState:
     """What the run has done so far; the result event is written from it however the run ends."""
 
     steps: int = 0
@@ -832,17 +751,16 @@ class Progress:
     def tokens_per_s(self) -> float:
         return self.tokens / (self.train_time_ms / 1000) if self.train_time_ms > 0 else 0.0
 
-    def mfu(self) -> float | None:
-        if self.peak_flops is None or self.train_time_ms <= 0:
-            return None
-        return self.flops / (self.train_time_ms / 1000) / self.peak_flops
+    def mfu(self) -> float | None:  # None where the peak is unknown
+        ok = self.peak_flops is not None and self.train_time_ms > 0
+        return self.flops / (self.train_time_ms / 1000) / self.peak_flops if ok else None
 
     def suffix(self) -> str:
         mfu = self.mfu()
         return f" tokens_per_s:{self.tokens_per_s():.0f} mfu:" + ("n/a" if mfu is None else f"{100 * mfu:.2f}%")
 
 
-def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluate, log: RunWriter, progress: Progress):
+def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluate, log: RunWriter, state: RunState):
     """Train the whole schedule (to the first validation at or below the target with stop_at_target)."""
     loader = make_train_loader(cfg, env)
     tokens_per_step = env.world_size * cfg.grad_accum * cfg.batch_size * cfg.seq_len
@@ -860,15 +778,15 @@ def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluat
         if step == N or step % cfg.val_every == 0:
             clock.stop()
             log_steps(keep=0)
-            progress.train_time_ms = t = clock.ms()
-            progress.val_loss = val_loss = evaluate(window_size(step, cfg))
+            state.train_time_ms = t = clock.ms()
+            state.val_loss = val_loss = evaluate(window_size(step, cfg))
             log.line(f"step:{step}/{N} val_loss:{val_loss:.4f} train_time:{t:.0f}ms step_avg:{t / max(step, 1):.2f}ms"
-                     + progress.suffix())
+                     + state.suffix())
             log.event("val", step=step, val_loss=val_loss, train_time_ms=t)
             if not math.isfinite(val_loss):
                 raise Diverged(f"validation loss {val_loss} at step {step}")
-            if val_loss <= cfg.target_val_loss and progress.time_to_target_ms is None:
-                progress.time_to_target_ms = t  # the first crossing: reported beside the final time
+            if val_loss <= cfg.target_val_loss and state.time_to_target_ms is None:
+                state.time_to_target_ms = t  # the first crossing: reported beside the final time
                 if cfg.stop_at_target:
                     return
             if step == N:
@@ -878,12 +796,12 @@ def timed_run(model, ops, optimizers, cfg: Config, env: DistEnv, device, evaluat
         batches = [to_device(loader.next_batch(), device) for _ in range(cfg.grad_accum)]
         loss = train_step(model, ops, optimizers, batches, window, step, cfg, env)
         step += 1
-        progress.steps, progress.tokens = step, progress.tokens + tokens_per_step
-        progress.flops += tokens_per_step * flops_per_token(cfg, window)
-        progress.train_time_ms = t = clock.ms()
-        log.line(f"step:{step}/{N} train_time:{t:.0f}ms step_avg:{t / step:.2f}ms" + progress.suffix())
-        losses.push(loss, step=step, train_time_ms=t, step_avg_ms=t / step, tokens_per_s=progress.tokens_per_s(),
-                    mfu=progress.mfu())
+        state.steps, state.tokens = step, state.tokens + tokens_per_step
+        state.flops += tokens_per_step * flops_per_token(cfg, window)
+        state.train_time_ms = t = clock.ms()
+        log.line(f"step:{step}/{N} train_time:{t:.0f}ms step_avg:{t / step:.2f}ms" + state.suffix())
+        losses.push(loss, step=step, train_time_ms=t, step_avg_ms=t / step, tokens_per_s=state.tokens_per_s(),
+                    mfu=state.mfu())
         log_steps(keep=1)
 
 
@@ -897,7 +815,7 @@ def make_evaluate(model, ops, cfg: Config, env: DistEnv, device: torch.device):
         for _ in range(batches):
             inputs, targets = to_device(loader.next_batch(), device)
             with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-                total += model(inputs, targets, ops.attention_mask(inputs, window))
+                total += model(inputs, targets, ops.attention_mask(document_starts(inputs), window))
         total /= batches
         if env.world_size > 1:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)
@@ -906,17 +824,18 @@ def make_evaluate(model, ops, cfg: Config, env: DistEnv, device: torch.device):
     return evaluate
 
 
-def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, progress: Progress) -> None:
+def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, state: RunState) -> None:
     """Build everything, warm up, reset, and run the timed loop."""
     torch.manual_seed(cfg.seed)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)  # same seed, same losses, bit for bit
     else:
         torch.set_float32_matmul_precision("high")
-    ops = make_ops(cfg.kernels, device, log.line)
+    ops = make_ops(cfg.kernels, device)
+    if cfg.kernels == "triton" and device.type == "cpu":
+        log.line("notice: Triton kernels on the CPU run under TRITON_INTERPRET=1 (a test path, very slow)")
     log.line("ops: " + ", ".join(f"{op}={source}" for op, source in ops.sources.items()))
-    make_train_loader(cfg, env)  # missing or too little data: fail now, before anything is built
-    make_val_loader(cfg, env)
+    check_data(cfg, env)
     model = GPT(cfg, ops).to(device)
     if env.world_size > 1:
         for p in model.parameters():
@@ -934,63 +853,62 @@ def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, progr
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         peak = peak_flops(torch.cuda.get_device_name(device))  # per GPU; None for a GPU not in the table
-        progress.peak_flops = peak * env.world_size if peak else None
-    timed_run(model, ops, optimizers, cfg, env, device, evaluate, log, progress)
+        state.peak_flops = peak * env.world_size if peak else None
+    timed_run(model, ops, optimizers, cfg, env, device, evaluate, log, state)
 
 
 # ----------------------------------------------------------------------------------------------
-# Summary
+# Main: the result event and line, however the run ends
 
 
-def write_result(log: RunWriter, cfg: Config, progress: Progress, device: torch.device, status: str,
+def write_result(log: RunWriter, cfg: Config, state: RunState, device: torch.device, status: str,
                  error: str | None = None) -> None:
     """The result event (however the run ended) and, for a finished run, the closing `result:` line.
     train_time_ms is the run's time (at its final validation); time_to_target_ms its first crossing."""
     peak_mb = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    reached = progress.time_to_target_ms is not None
+    reached = state.time_to_target_ms is not None
     log.event("result", status=status, reached_target=reached, target_val_loss=cfg.target_val_loss,
-              stop_at_target=cfg.stop_at_target, time_to_target_ms=progress.time_to_target_ms, steps=progress.steps,
-              tokens=progress.tokens, final_val_loss=progress.val_loss, train_time_ms=progress.train_time_ms,
-              peak_memory_mb=peak_mb, tokens_per_s=progress.tokens_per_s(), mfu=progress.mfu(), error=error)
+              stop_at_target=cfg.stop_at_target, time_to_target_ms=state.time_to_target_ms, steps=state.steps,
+              tokens=state.tokens, final_val_loss=state.val_loss, train_time_ms=state.train_time_ms,
+              peak_memory_mb=peak_mb, tokens_per_s=state.tokens_per_s(), mfu=state.mfu(), error=error)
     if status != "ok":
         return
-    mfu = progress.mfu()
-    below = progress.val_loss is not None and progress.val_loss <= cfg.target_val_loss
-    first = (f"first at or below it at {progress.time_to_target_ms:.0f}ms" if reached else "never at or below it")
+    mfu = state.mfu()
+    below = state.val_loss is not None and state.val_loss <= cfg.target_val_loss
+    first = (f"first at or below it at {state.time_to_target_ms:.0f}ms" if reached else "never at or below it")
     stopped = "; stopped at the target (--stop_at_target)" if cfg.stop_at_target and reached else ""
-    log.line(f"result: train_time {progress.train_time_ms:.0f}ms, {progress.steps}/{cfg.num_steps} steps, "
-             f"{progress.tokens:,} tokens, final val_loss {progress.val_loss:.4f} "
+    log.line(f"result: train_time {state.train_time_ms:.0f}ms, {state.steps}/{cfg.num_steps} steps, "
+             f"{state.tokens:,} tokens, final val_loss {state.val_loss:.4f} "
              f"({'at or below' if below else 'above'} the target {cfg.target_val_loss}; {first}){stopped}; "
-             f"{progress.tokens_per_s():.0f} tokens/s, mfu " + ("n/a" if mfu is None else f"{100 * mfu:.2f}%")
+             f"{state.tokens_per_s():.0f} tokens/s, mfu " + ("n/a" if mfu is None else f"{100 * mfu:.2f}%")
              + ("" if peak_mb is None else f", peak memory {peak_mb:.0f} MiB"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    env = DistEnv.from_environ()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--print_config" in argv:  # the config resolved without training: one JSON line, or one error line (exit 2)
-        argv.remove("--print_config")
-        try:
-            cfg = parse_config(argv)
-            cfg = resolve_config(cfg, env.world_size, pick_device(cfg, env))
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(json.dumps(dataclasses.asdict(cfg)))
+    """`--help` prints the fields; `--print_config` prints the resolved config as one JSON line and trains nothing."""
+    env, argv = DistEnv.from_environ(), sys.argv[1:] if argv is None else argv
+    if "--help" in argv or "-h" in argv:
+        print(config_help())
         return 0
+    print_only = "--print_config" in argv
     try:
-        cfg = parse_config(argv)
+        cfg = parse_config([arg for arg in argv if arg != "--print_config"])
         device = pick_device(cfg, env)
         cfg = resolve_config(cfg, env.world_size, device)
-    except ConfigError as exc:
+        if print_only:
+            resolve_files(cfg.train_files), resolve_files(cfg.val_files)
+    except (ConfigError, DataError) as exc:
         if env.master:
             print(f"error: {exc}", file=sys.stderr)
         return 2
-    if cfg.kernels == "triton" and device.type == "cpu":  # before anything imports triton (torch's
-        os.environ["TRITON_INTERPRET"] = "1"  # deterministic mode and torch.compile do): @triton.jit reads it
+    if print_only:
+        print(json.dumps(dataclasses.asdict(cfg)))
+        return 0
+    if device.type == "cpu":  # before anything imports the kernels (torch's deterministic mode and torch.compile
+        os.environ["TRITON_INTERPRET"] = "1"  # do): @triton.jit reads it, and a CPU runs Triton only interpreted
     init_distributed(env, device)
     log = RunWriter(cfg.run_dir if env.master else None)
-    progress = Progress()
+    state = RunState()
     try:
         if env.master:
             log.event("config", track=cfg.track, config=dataclasses.asdict(cfg))
@@ -1004,17 +922,23 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("versions", "hardware", "git"):
                 log.line(f"{key}: {meta[key]}", console=False)
             log.line(nvidia_smi() or "nvidia-smi: not available", console=False)
-        train(cfg, env, device, log, progress)
-        write_result(log, cfg, progress, device, "ok")
+        train(cfg, env, device, log, state)
+        write_result(log, cfg, state, device, "ok")
         return 0
     except (DataError, ConfigError, Diverged) as exc:
         status = "diverged" if isinstance(exc, Diverged) else "error"
-        write_result(log, cfg, progress, device, status, str(exc))
+        write_result(log, cfg, state, device, status, str(exc))
         if env.master:
             print(f"error: {'diverged: ' if status == 'diverged' else ''}{exc}", file=sys.stderr)
         return 3 if status == "diverged" else 1
+    except KeyboardInterrupt:
+        write_result(log, cfg, state, device, "interrupted", f"interrupted (Ctrl-C) after {state.steps} steps")
+        if env.master:
+            print(f"error: interrupted (Ctrl-C) after {state.steps} of {cfg.num_steps} steps; "
+                  f"the run's events are in {cfg.run_dir}", file=sys.stderr)
+        return 130
     except BaseException as exc:
-        write_result(log, cfg, progress, device, "error", f"{type(exc).__name__}: {exc}")
+        write_result(log, cfg, state, device, "error", f"{type(exc).__name__}: {exc}")
         raise
     finally:
         log.close()

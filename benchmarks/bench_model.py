@@ -154,7 +154,7 @@ def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float |
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
-    ops = T.make_ops(kernels, device, print)
+    ops = T.make_ops(kernels, device)
     model = T.GPT(cfg, ops).to(device)
     optimizers = T.make_optimizers(model, cfg, ops, T.DistEnv())
     torch._dynamo.config.recompile_limit = 64
@@ -169,7 +169,7 @@ def bench_ours(kernels: str, window: int, steps: int, warmup: int, peak: float |
     ms = time_steps(step, steps, max(warmup - 1, 0), device)
     peak_gib = peak_memory_gib(device)
     # Muon alone on every hidden matrix (one GPU does all eight ranks' shares), on fresh gradients
-    _, muon = optimizers  # (adam, muon): a pair, or an object that iterates as one
+    muon = optimizers.muon
     for group in muon.param_groups:
         for p in group["params"]:
             p.grad = torch.randn_like(p)

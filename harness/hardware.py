@@ -6,6 +6,8 @@ import platform
 import subprocess
 import sys
 
+from harness.snapshot import REPO_ROOT
+
 # Dense bf16 tensor-core peak, FLOP/s, per GPU, from the vendors' datasheets (no sparsity).
 # Matched by substring of torch.cuda.get_device_name(); the first match wins, so list specific names first.
 PEAK_BF16_FLOPS = {
@@ -87,7 +89,7 @@ def software_versions() -> dict:
     import torch
 
     try:  # from the package metadata, not `import triton`: importing it before TRITON_INTERPRET is set
-        # (train_gpt sets it for --kernels=triton on a CPU) leaves tl.sum and co. uncallable by the interpreter
+        # (train_gpt sets it for a CPU run) leaves tl.sum and co. uncallable by the interpreter
         triton_version = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:
         triton_version = None
@@ -102,8 +104,6 @@ def software_versions() -> dict:
 
 def git_state(repo: str | os.PathLike | None = None) -> dict:
     """{"commit": sha or None, "dirty": bool or None}: None where this is not a git checkout."""
-    from harness.snapshot import REPO_ROOT
-
     repo = str(repo or REPO_ROOT)
 
     def git(*args):

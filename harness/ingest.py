@@ -53,7 +53,7 @@ from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, Ru
                           parse_step_line, parse_text)
 from harness.records import (RECORDS_DIR, append_run, fsync_path, fsync_tree, load_records, name_problem,
                              os_error_line, runs_lock)
-from harness.runlog import CONSOLE_FILE, EventLog, read_regular
+from harness.runlog import TRAIN_LOG_FILE, EventLog, read_regular
 from harness.runrow import RUNS_DIR, new_run_id, run_row
 from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
@@ -228,7 +228,7 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
     git (the command's working tree, for --cmd) replaces the log's own, if any.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / CONSOLE_FILE).write_bytes(parsed.data)
+    (dest / TRAIN_LOG_FILE).write_bytes(parsed.data)
     if parsed.code is not None:
         digest = write_snapshot(dest, {EMBEDDED_CODE: parsed.code.encode("utf-8")})
         assert digest == embedded_code_hash(parsed.code)
@@ -292,7 +292,7 @@ def known_logs(records_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]
     for row in frame.to_dict("records"):
         if not isinstance(row.get("run_dir"), str):
             continue
-        path = Path(row["run_dir"]) / CONSOLE_FILE
+        path = Path(row["run_dir"]) / TRAIN_LOG_FILE
         try:
             identity = log_identity(read_regular(path).decode("utf-8", errors="replace"))
         except OSError:  # a run directory moved or removed: nothing to compare with

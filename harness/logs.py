@@ -38,7 +38,7 @@ from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.runlog import (CONSOLE_FILE, EVENTS_FILE, divergence, last_event, read_events, read_regular,
+from harness.runlog import (TRAIN_LOG_FILE, EVENTS_FILE, divergence, last_event, read_events, read_regular,
                             type_problem)
 from harness.snapshot import embedded_code_hash
 from harness.tracks import FINEWEB_TARGET as DEFAULT_TARGET  # the loss a run must reach, for logs that state none
@@ -393,7 +393,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         log.tokens_per_s = result.get("tokens_per_s", log.tokens_per_s)
         if result.get("target_val_loss") is not None:
             log.target = result["target_val_loss"]
-    console = run_dir / CONSOLE_FILE
+    console = run_dir / TRAIN_LOG_FILE
     if console.exists():
         try:
             text = read_regular(console).decode("utf-8", errors="replace")
@@ -428,11 +428,11 @@ def load_run(path: str | os.PathLike, *, require_val: bool = True) -> RunLog:
     if path.is_dir():
         if (path / EVENTS_FILE).exists():
             return parse_events(path / EVENTS_FILE, require_val=require_val)
-        if (path / CONSOLE_FILE).exists():
-            log = parse_log_file(path / CONSOLE_FILE)
+        if (path / TRAIN_LOG_FILE).exists():
+            log = parse_log_file(path / TRAIN_LOG_FILE)
             log.name = log.run_id = path.name
             return log
-        raise LogError(f"{path}: not a run directory (no {EVENTS_FILE} or {CONSOLE_FILE})")
+        raise LogError(f"{path}: not a run directory (no {EVENTS_FILE} or {TRAIN_LOG_FILE})")
     if not path.exists():
         raise LogError(f"{path}: no such log file or run directory")
     if path.name == EVENTS_FILE:
@@ -441,7 +441,7 @@ def load_run(path: str | os.PathLike, *, require_val: bool = True) -> RunLog:
 
 
 def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and ((path / EVENTS_FILE).exists() or (path / CONSOLE_FILE).exists())
+    return path.is_dir() and ((path / EVENTS_FILE).exists() or (path / TRAIN_LOG_FILE).exists())
 
 
 def load_runs(path: str | os.PathLike) -> list[RunLog]:

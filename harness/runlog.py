@@ -8,7 +8,7 @@ train_gpt.py writes `events.jsonl` in its run directory; the harness reads it ba
   step    {"step": int, "train_time_ms": float, "step_avg_ms": float, "train_loss": float|None,
            "tokens_per_s": float, "mfu": float|None}
   val     {"step": int, "val_loss": float, "train_time_ms": float}
-  result  {"status": "ok"|"diverged"|"error", "reached_target": bool, "target_val_loss": float,
+  result  {"status": "ok"|"diverged"|"error"|"interrupted" (Ctrl-C), "reached_target": bool, "target_val_loss": float,
            "stop_at_target": bool, "time_to_target_ms": float|None (first val <= target), "steps": int, "tokens": int, "final_val_loss": float|None,
            "train_time_ms": float (the run's time: at its final validation), "peak_memory_mb": float|None, "tokens_per_s": float, "mfu": float|None,
            "error": str|None}
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Iterator
 
 EVENTS_FILE = "events.jsonl"
-CONSOLE_FILE = "train.log"
+TRAIN_LOG_FILE = "train.log"  # the trainer's own log lines (harness.run keeps all it printed in console.log)
 
 
 def _utc_now() -> str:
@@ -240,7 +240,7 @@ class RunWriter:
 
     def __init__(self, run_dir: str | os.PathLike | None):
         self.events = EventLog(run_dir) if run_dir else None
-        self.file = open(Path(run_dir) / CONSOLE_FILE, "a", encoding="utf-8") if run_dir else None
+        self.file = open(Path(run_dir) / TRAIN_LOG_FILE, "a", encoding="utf-8") if run_dir else None
 
     def line(self, text: str, console: bool = True) -> None:
         if self.file:

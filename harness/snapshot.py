@@ -1,11 +1,13 @@
 """Which files make a run's code, their hash, and the snapshot copied into every run directory.
 
 The code hash identifies "the same code" for record submissions: every run of a record must share
-it, and `harness.verify` recomputes it from the snapshot. For our trainer it covers `train_gpt.py`
-and `kernels/*.py`: the files that decide what is trained and how fast, and nothing that only
-reports. A run from another trainer (harness.ingest, harness.run --cmd) has as its snapshot the
-source code its log starts with (modded-nanogpt prints its own source first), kept as one file,
-EMBEDDED_CODE; or, where the log holds none, the script its command ran.
+it, and `harness.verify` recomputes it from the snapshot. For our trainer it covers `train_gpt.py` and
+every module of the repository it imports, directly or through another (`code_files`: an ast walk of
+the import statements, those inside functions included, with the packages they run): the kernels, the
+data loader, the track presets, and the leaf harness modules the trainer uses. Whatever can change
+what is trained is in it. A run from another trainer (harness.ingest, harness.run --cmd) has as its
+snapshot the source code its log starts with (modded-nanogpt prints its own source first), kept as one
+file, EMBEDDED_CODE; or, where the log holds none, the script its command ran.
 
 The hash is sha256 over (relative path, content) of every file of the snapshot, in sorted order, so
 `snapshot_hash(run_dir/code)` equals the `code_hash` of the tree it was copied from, and
@@ -13,6 +15,7 @@ The hash is sha256 over (relative path, content) of every file of the snapshot, 
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import shutil
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Mapping
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CODE_GLOBS = ("train_gpt.py", "kernels/*.py")
+TRAINER = "train_gpt.py"
 SNAPSHOT_DIR = "code"
 HASH_FILE = "CODE_HASH"
 EMBEDDED_CODE = "embedded_code.txt"  # a foreign trainer's logged source, byte for byte as its log printed it
@@ -36,17 +39,43 @@ def hash_files(files: Mapping[str, bytes]) -> str:
     return digest.hexdigest()
 
 
+def _module_file(root: Path, module: str) -> Path | None:
+    """The file under root that `import module` runs (module.py or module/__init__.py), None if not there."""
+    base = root.joinpath(*module.split("."))
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def _imported_modules(path: Path, root: Path) -> set[str]:
+    """Every module name the file's import statements (anywhere in it) may load, with their parent packages."""
+    package = path.relative_to(root).with_suffix("").parts[:-1]  # the package a relative import starts from
+    names = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            start = package[: len(package) - node.level + 1] if node.level else ()
+            base = ".".join([*start, *([node.module] if node.module else [])])
+            names.update([base, *(f"{base}.{alias.name}" for alias in node.names)])  # a name may be a submodule
+    parts = [name.split(".") for name in names if name]
+    return {".".join(p[:i]) for p in parts for i in range(1, len(p) + 1)}
+
+
 def code_files(root: str | os.PathLike = REPO_ROOT) -> list[Path]:
-    """The run's code files under `root`, as paths relative to it, sorted."""
+    """TRAINER and every file under `root` it imports, transitively, as paths relative to root, sorted."""
     root = Path(root)
-    files = sorted({p.relative_to(root) for pattern in CODE_GLOBS for p in root.glob(pattern) if p.is_file()})
-    if not files:
-        raise FileNotFoundError(f"no code files ({', '.join(CODE_GLOBS)}) under {root}")
-    return files
+    if not (root / TRAINER).is_file():
+        raise FileNotFoundError(f"no {TRAINER} under {root}")
+    found, todo = set(), [root / TRAINER]
+    while todo:
+        path = todo.pop()
+        if path not in found:
+            found.add(path)
+            todo += [f for m in _imported_modules(path, root) if (f := _module_file(root, m)) is not None]
+    return sorted(p.relative_to(root) for p in found)
 
 
 def code_hash(root: str | os.PathLike = REPO_ROOT) -> str:
-    """The hash of our trainer's code files (CODE_GLOBS) under `root`."""
+    """The hash of our trainer's code files (`code_files`) under `root`."""
     root = Path(root)
     return hash_files({rel.as_posix(): (root / rel).read_bytes() for rel in code_files(root)})
 

@@ -44,7 +44,7 @@ from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_r
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
                              fsync_path, fsync_tree, list_records, name_problem, os_error_line, row_run_dir,
                              runs_lock)
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, read_regular
+from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.verify import check_against_log, render_statistics, statistics
 
@@ -102,7 +102,7 @@ def gather(run_ids: Sequence[str], records_dir: Path) -> tuple[list[dict], list[
         run_dir = row_run_dir(row)
         if not (run_dir / EVENTS_FILE).is_file():
             hint = (f" (a log put there by hand: take it in with `python -m harness.ingest --track TRACK --name NAME "
-                    f"{run_dir / CONSOLE_FILE}`)" if (run_dir / CONSOLE_FILE).is_file() else "")
+                    f"{run_dir / TRAIN_LOG_FILE}`)" if (run_dir / TRAIN_LOG_FILE).is_file() else "")
             raise Refused(f"run {row['run_id']}: no {EVENTS_FILE} in its run directory {run_dir}{hint}")
         logs.append(load_run(run_dir))
     return rows, logs
@@ -129,15 +129,15 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
     seen: dict[str, RunLog] = {}
     for log in logs:
         if log.origin is not None and log.code_hash is None:
-            raise Refused(f"run {log.run_id}: no source code: its log ({Path(log.source) / CONSOLE_FILE}) does not "
+            raise Refused(f"run {log.run_id}: no source code: its log ({Path(log.source) / TRAIN_LOG_FILE}) does not "
                           "start with the code that produced it, and no script was kept; a record needs its code")
         against_log = check_against_log(log)
         if against_log:
             raise Refused(f"run {log.run_id}: {against_log[0]}")
         if log.identity is not None and log.identity in seen:
             other = seen[log.identity]
-            raise Refused(f"runs {other.run_id} and {log.run_id} are one run: {Path(other.source) / CONSOLE_FILE} and "
-                          f"{Path(log.source) / CONSOLE_FILE} have the same step lines")
+            raise Refused(f"runs {other.run_id} and {log.run_id} are one run: {Path(other.source) / TRAIN_LOG_FILE} and "
+                          f"{Path(log.source) / TRAIN_LOG_FILE} have the same step lines")
         seen[log.identity] = log
         snapshot = Path(log.source) / SNAPSHOT_DIR
         if not (snapshot / HASH_FILE).is_file():
@@ -246,7 +246,7 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
         for log in logs:
             dest = tmp / "runs" / log.run_id
             dest.mkdir(parents=True)
-            for fname in (EVENTS_FILE, CONSOLE_FILE):
+            for fname in (EVENTS_FILE, TRAIN_LOG_FILE):
                 if (Path(log.source) / fname).exists():
                     shutil.copy2(Path(log.source) / fname, dest / fname)
         (tmp / "statistics.md").write_text(render_statistics(record))

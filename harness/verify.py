@@ -33,7 +33,7 @@ from harness import stats
 from harness.cli import run_cli
 from harness.logs import LogError, RunLog, embedded_code, load_run, parse_step_line, printed_tolerance, record_runs
 from harness.records import RECORD_FILE, RecordsError, finite_or_none, os_error_line, read_record
-from harness.runlog import CONSOLE_FILE, EVENTS_FILE, read_regular
+from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, embedded_code_hash, snapshot_hash
 from harness.stats import fmt
 
@@ -167,7 +167,7 @@ def check_against_log(log: RunLog) -> list[str]:
       whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
     """
     run_dir = Path(log.source)
-    path, events_path = run_dir / CONSOLE_FILE, run_dir / EVENTS_FILE
+    path, events_path = run_dir / TRAIN_LOG_FILE, run_dir / EVENTS_FILE
     foreign = log.origin is not None
     try:
         data = read_regular(path)

@@ -7,6 +7,11 @@ attend key j iff
 
     j <= i  and  j > i - W  and  doc(j) == doc(i).
 
+The file ends with the PyTorch paths: `attention_ref` (an explicit mask in fp32, the tests' reference)
+and, for the trainer's batches of packed documents, one mask builder and attention per backend:
+`dense_mask` + `sdpa_attention` (torch, CPU), `FlexMasks` + `make_flex_attention` (torch, CUDA),
+`packed_cu_seqlens` + `packed_flash_attention` (the kernel).
+
 The math (Flash Attention 2, Dao 2023; the exp2 form from Triton's tutorial 06-fused-attention)
 ---------------------------------------------------------------------------------------------------
 Forward, per query row i, with s = scale and masked scores set to -inf:
@@ -101,17 +106,18 @@ Limits
   non-decreasing from 0 to T, with B == 1. Empty documents (repeated entries) are allowed, so a
   caller can pad cu_seqlens to a fixed length with trailing T's: one shape every step, no recompile
   and no host sync to count documents.
-- No host sync anywhere in a call, eager or compiled: the input checks read only shapes, strides,
-  dtypes and devices (one-line ValueErrors), and the per-token document bounds are built on the
-  device. cu_seqlens' *values* are therefore not checked by `flash_attention` (a check would wait
-  for the device in every attention layer of an eager step, a round trip FlexAttention and SDPA do
-  not pay); `check_cu_seqlens(cu_seqlens, T)` checks them with one sync, for tests and debugging.
-  Invalid values give a wrong mask, never an out-of-bounds access (loop bounds are clamped to
-  [0, T), document indices to the table).
+- No host sync anywhere in a call on a GPU, eager or compiled: the input checks read only shapes,
+  strides, dtypes and devices (one-line ValueErrors), and the per-token document bounds are built on
+  the device. CUDA cu_seqlens' *values* are therefore unchecked, as in FlashAttention's varlen API
+  (a check would wait for the device in every attention layer of an eager step, a round trip
+  FlexAttention and SDPA do not pay); `check_cu_seqlens(cu_seqlens, T)` checks them with one sync,
+  for tests and debugging. Invalid values give a wrong mask, never an out-of-bounds access (loop
+  bounds are clamped to [0, T), document indices to the table). CPU cu_seqlens cost nothing to read,
+  so eager calls check them.
 - Offsets along the sequence (token index x the T stride) are int32: T x stride_t must stay below
   2^31, i.e. T up to ~2.8M for contiguous (B, T, 6, 128) and ~930k for a packed qkv view. Inputs
   spanning 2^31 elements or more are refused.
-- Not yet measured on GPU: this session had none. `python -m benchmarks.bench_attention` measures
+- Not measured on a GPU. `python -m benchmarks.bench_attention` measures
   it against SDPA (flash) and FlexAttention.
 """
 from __future__ import annotations
@@ -120,8 +126,10 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 LOG2E = 1.4426950408889634
@@ -823,8 +831,8 @@ _flash_attention_fwd_op.register_autograd(_backward, setup_context=_setup_contex
 
 
 def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
-    """One-line ValueErrors for inputs the kernels do not handle. Reads only shapes, strides, dtypes and
-    devices, never a value (no host sync); cu_seqlens' values are `check_cu_seqlens`'s business."""
+    """One-line ValueErrors for inputs the kernels do not handle. Reads shapes, strides, dtypes and devices,
+    and the values of cu_seqlens only where they are on the CPU (no host sync on a GPU)."""
     if q.dim() != 4:
         raise ValueError(f"flash_attention: q must be (B, T, H, D), got shape {tuple(q.shape)}")
     if not (q.shape == k.shape == v.shape):
@@ -860,15 +868,18 @@ def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
         raise ValueError(f"flash_attention: cu_seqlens on {cu_seqlens.device}, q on {q.device}")
     if B != 1:
         raise ValueError(f"flash_attention: cu_seqlens needs a packed batch with B == 1, got B = {B}")
+    if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():  # free on the host; traced: no values
+        check_cu_seqlens(cu_seqlens, T)
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> None:
     """One-line ValueErrors unless cu_seqlens (n_docs + 1,) int32 starts at 0, ends at T and never decreases.
 
-    Not called by `flash_attention`: reading the values waits for the device (one host sync), which every
-    attention layer of an eager CUDA step would pay. Tests and debugging call it; the trainer's cu_seqlens
-    is valid by construction (`packed_doc_mask`). Unchecked bad values give a wrong mask, never an access
-    out of bounds: the kernels clamp every loop bound to [0, T) and `_doc_bounds` clamps document indices.
+    `flash_attention` calls it for CPU tensors only: on a GPU reading the values waits for the device (one
+    host sync), which every attention layer of an eager CUDA step would pay; tests and debugging call it
+    there, and the trainer's cu_seqlens is valid by construction (`packed_cu_seqlens`). Unchecked bad values
+    give a wrong mask, never an access out of bounds: the kernels clamp every loop bound to [0, T) and
+    `_doc_bounds` clamps document indices.
     """
     if cu_seqlens.dtype != torch.int32 or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"check_cu_seqlens: need 1-D int32 with >= 2 entries, got {cu_seqlens.dtype} "
@@ -896,8 +907,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
             baked into the graph (one graph per window size), a tensor is an input (one graph for all).
         cu_seqlens: (n_docs + 1,) int32 cumulative document starts of a packed batch, from 0 to T,
             non-decreasing (empty documents, e.g. trailing T's as padding, are allowed); needs B == 1.
-            Queries see only keys of their own document. Its values are not checked here (that would
-            be a host sync per call): `check_cu_seqlens(cu_seqlens, T)` does, for tests and debugging.
+            Queries see only keys of their own document. Its values are checked on the CPU only: on
+            CUDA they are unchecked (a check is a host sync per call), as in FlashAttention's varlen
+            API; `check_cu_seqlens(cu_seqlens, T)` checks them there, for tests and debugging.
         scale: softmax scale, default D ** -0.5.
         backward: "atomic" (5 matmuls per tile; dQ's fp32 sums not bit-reproducible on a GPU) or "two_pass"
             (7 matmuls per tile, bit-reproducible); None: DEFAULT_BACKWARD (see BACKWARDS).
@@ -951,3 +963,99 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_s
     probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
     return (probs @ vh).transpose(1, 2)
 
+
+# --------------------------------------------------------------------------------------------------
+# A packed batch of documents: the trainer's attention on each backend
+# --------------------------------------------------------------------------------------------------
+# `starts` (B, T) bool marks where a document starts (row starts included: nothing before a row is
+# visible). Each backend turns it into its own mask once per step; attention reads it in every layer.
+
+
+def packed_cu_seqlens(starts: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's mask for the B rows packed into one of N = B*T tokens: (cu_seqlens (N + 1,) int32,
+    `window_tensor(window)`), so that one compiled graph serves every window size of the schedule.
+
+    The document starts come first, then N repeated (empty documents, which the kernel allows; there are
+    at most N starts, so at least one N ends it): one length every step, so no host sync to count
+    documents (torch.nonzero would; so would building the end from a Python list) and no recompile."""
+    N = starts.numel()
+    cu_seqlens = torch.nonzero_static(starts.flatten(), size=N + 1, fill_value=N).flatten()
+    return cu_seqlens.to(torch.int32), window_tensor(window)
+
+
+def packed_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+    """`flash_attention` over q, k, v (B, T, H, D) packed into one row, documents kept apart by the
+    `packed_cu_seqlens` mask. Returns (B, T, H, D)."""
+    (cu_seqlens, window), (B, T, H, D) = mask, q.shape
+    y = flash_attention(*(x.reshape(1, B * T, H, D) for x in (q, k, v)), window_size=window, cu_seqlens=cu_seqlens)
+    return y.reshape(B, T, H, D)
+
+
+def dense_mask(starts: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, 1, T, T) bool for SDPA: query i sees key j iff i - window < j <= i, in the same document."""
+    T = starts.size(1)
+    docs = starts.cumsum(1)  # (B, T) document index per token
+    i, j = torch.arange(T, device=starts.device)[:, None], torch.arange(T, device=starts.device)[None, :]
+    causal_window = (j <= i) & (j > i - window)  # (T, T)
+    return (causal_window & (docs[:, :, None] == docs[:, None, :]))[:, None]
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PyTorch's scaled_dot_product_attention with a `dense_mask`: q, k, v (B, T, H, D) -> (B, T, H, D)."""
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    return y.transpose(1, 2)
+
+
+class FlexMasks:
+    """FlexAttention block masks for a packed batch: causal, windowed, documents apart (the CUDA torch path).
+
+    Block-level masks built by hand, after @YouJiacheng's in modded-nanogpt: a (query block, key
+    block) pair is skipped when no pair in it is visible, "full" when every pair is, "partial"
+    (mask_mod evaluated) otherwise. The batch is flattened to one row of N = B*T tokens. mask_mod
+    reads persistent buffers (one set per N) so torch.compile sees the same function every step.
+    """
+
+    def __init__(self, block: int = 128):
+        self.block, self._buffers = block, {}
+
+    def __call__(self, starts: torch.Tensor, window: int) -> BlockMask:
+        docs = starts.flatten().cumsum(0)  # (N,)
+        N, bs = docs.numel(), self.block
+        if N % bs:
+            raise ValueError(f"FlexAttention needs batch_size x seq_len ({N}) to be a multiple of {bs}")
+        if N not in self._buffers:
+            doc_buf, window_buf = torch.empty_like(docs), torch.zeros((), dtype=torch.int64, device=docs.device)
+
+            def mask_mod(b, h, q, kv):
+                return (q >= kv) & (q - kv < window_buf) & (doc_buf[q] == doc_buf[kv])
+
+            self._buffers[N] = (doc_buf, window_buf, mask_mod)
+        doc_buf, window_buf, mask_mod = self._buffers[N]
+        doc_buf.copy_(docs)
+        window_buf.fill_(window)
+        n = N // bs
+        blocks = torch.arange(n, device=docs.device)
+        d = blocks[:, None] - blocks[None, :]  # (n, n) query block - key block
+        lo, hi = docs.view(n, bs)[:, 0], docs.view(n, bs)[:, -1]  # first/last document of each block
+        any_visible = (d >= 0) & (d * bs - (bs - 1) < window) & (lo[:, None] <= hi[None, :]) & (hi[:, None] >= lo[None, :])
+        all_visible = (d > 0) & (d * bs + bs - 1 < window) & (lo[:, None] == hi[None, :]) & (hi[:, None] == lo[None, :])
+
+        def ordered(m):  # (n, n) bool -> per query block: count, key block indices with the True ones first
+            order = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+            return m.sum(-1, dtype=torch.int32)[None, None].contiguous(), order[None, None].contiguous()
+
+        partial, full = ordered(any_visible & ~all_visible), ordered(all_visible)
+        return BlockMask.from_kv_blocks(*partial, *full, BLOCK_SIZE=bs, mask_mod=mask_mod)
+
+
+def make_flex_attention():
+    """FlexAttention over q, k, v (B, T, H, D) packed into one row for a `FlexMasks` block mask, compiled
+    with static shapes (FlexAttention is only fast compiled). Returns attention(q, k, v, block_mask)."""
+    compiled = torch.compile(flex_attention, dynamic=False)
+
+    def attention(q, k, v, block_mask):
+        B, T, H, D = q.shape
+        q, k, v = (x.reshape(1, B * T, H, D).transpose(1, 2) for x in (q, k, v))
+        return compiled(q, k, v, block_mask=block_mask).transpose(1, 2).reshape(B, T, H, D)
+
+    return attention

@@ -244,12 +244,17 @@ def _as_stack(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(0) if t.ndim == 2 else t
 
 
-def _check_matrices(name: str, *tensors: torch.Tensor) -> None:
+def _check_inputs(op: str, *tensors: torch.Tensor, any_float: bool = False) -> None:
+    """One-line ValueErrors unless each tensor is a (M, N) matrix or a (B, M, N) stack of a dtype the kernels
+    take (float32, float16, bfloat16), or of any real float dtype where the op casts first (any_float)."""
     for t in tensors:
-        if t.ndim not in (2, 3):
-            raise ValueError(f"{name}: expected a (M, N) matrix or a (B, M, N) stack, got shape {tuple(t.shape)}")
-        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"{name}: expected float32, float16 or bfloat16, got {t.dtype}")
+        if not isinstance(t, torch.Tensor) or t.ndim not in (2, 3):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{op}: expected a (M, N) matrix or a (B, M, N) stack, got {shape}")
+        if any_float and not t.dtype.is_floating_point:
+            raise ValueError(f"{op}: expected a real floating-point tensor, got {t.dtype}")
+        if not any_float and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"{op}: expected float32, float16 or bfloat16, got {t.dtype}")
 
 
 def _syrk(A: torch.Tensor, C: torch.Tensor | None, alpha: float, beta: float, out: torch.Tensor | None):
@@ -282,7 +287,7 @@ def xxt(X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     Returns:
         (…, M, M) in X's dtype (fp32 accumulation), exactly symmetric.
     """
-    _check_matrices("xxt", X)
+    _check_inputs("xxt", X)
     return _syrk(X, None, 1.0, 0.0, out)
 
 
@@ -296,7 +301,7 @@ def xxt_plus(A: torch.Tensor, alpha: float, beta: float, out: torch.Tensor | Non
     Returns:
         (…, M, M) in A's dtype, exactly symmetric.
     """
-    _check_matrices("xxt_plus", A)
+    _check_inputs("xxt_plus", A)
     if A.shape[-1] != A.shape[-2]:
         raise ValueError(f"xxt_plus: A must be square (symmetric), got shape {tuple(A.shape)}")
     return _syrk(A, A, alpha, beta, out)
@@ -313,7 +318,7 @@ def bx_plus_ax(B: torch.Tensor, X: torch.Tensor, a: float, out: torch.Tensor | N
     Returns:
         Shaped like X, in X's dtype (fp32 accumulation).
     """
-    _check_matrices("bx_plus_ax", B, X)
+    _check_inputs("bx_plus_ax", B, X)
     if B.shape[:-1] != X.shape[:-1] or B.shape[-1] != B.shape[-2] or B.dtype != X.dtype:
         got = f"{tuple(B.shape)} {B.dtype} and {tuple(X.shape)} {X.dtype}"
         raise ValueError(f"bx_plus_ax: need B (…, M, M) and X (…, M, N) of one dtype, got {got}")
@@ -392,14 +397,6 @@ def _working_dtype(G: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     return dtype
 
 
-def _check_input(G: torch.Tensor, name: str) -> None:
-    if not isinstance(G, torch.Tensor) or G.ndim not in (2, 3):
-        shape = tuple(G.shape) if isinstance(G, torch.Tensor) else type(G).__name__
-        raise ValueError(f"{name}: expected a (M, N) matrix or a (B, M, N) stack, got {shape}")
-    if not G.dtype.is_floating_point:
-        raise ValueError(f"{name}: expected a real floating-point tensor, got {G.dtype}")
-
-
 def _normalised_wide(G: torch.Tensor, norm_safety: float, dtype: torch.dtype) -> tuple[torch.Tensor, bool]:
     """X₀ = G / (safety·‖G‖_F + eps) per matrix (norm in fp32), transposed to M <= N, in `dtype`."""
     G32 = G.float()
@@ -455,7 +452,7 @@ def newton_schulz(
     Raises:
         ValueError: not 2-D/3-D, not a real float, unknown coefficients, bad dtype or steps.
     """
-    _check_input(G, "newton_schulz")
+    _check_inputs("newton_schulz", G, any_float=True)
     schedule, safety = _resolve_schedule(coefficients, steps)
     flat = [v for triple in schedule for v in triple]
     return _newton_schulz_op(G, flat, safety, _working_dtype(G, dtype))
@@ -476,7 +473,7 @@ def newton_schulz_ref(
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """`newton_schulz` in plain PyTorch matmuls: same arguments, same math, same result up to rounding."""
-    _check_input(G, "newton_schulz_ref")
+    _check_inputs("newton_schulz_ref", G, any_float=True)
     schedule, safety = _resolve_schedule(coefficients, steps)
     X, tall = _normalised_wide(G, safety, _working_dtype(G, dtype))
     for a, b, c in schedule:

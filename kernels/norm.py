@@ -40,18 +40,17 @@ form at most two groups that each nest into one stride: the kernels address row 
 at (r // rows_inner)·stride_outer + (r % rows_inner)·stride_inner (`_row_layout`). That covers contiguous
 tensors, slices of wider rows, transposed (T, B, N) -> (B, T, N) views, and the trainer's QK-norm
 inputs: q and k are `F.linear(x, W_qkv).view(B, T, 3H, D).chunk(3, dim=-2)` views, (B, T, H, D) with
-strides (T·3HD, 3HD, D, 1): outer group B·T at 3HD, inner group H at D. Copying them instead (what
-`reshape(-1, D)` did here before) moved 2·M·D·bytes more in the forward and 2·M·D·bytes more in the
-backward (the saved x copied again): for q and k in 12 layers at 48K tokens, H·D = 768 in bf16, ~7 GB
-per micro-step. Anything else (three or more groups, a non-unit last stride, e.g. dy expanded from a
-scalar) is copied, as before. Outputs (y, the sum, dx) are contiguous and in x.dtype, whatever the
+strides (T·3HD, 3HD, D, 1): outer group B·T at 3HD, inner group H at D. Copying them (`reshape(-1, D)`)
+would move 2·M·D·bytes more in the forward and 2·M·D·bytes more in the backward (the saved x copied
+again): for q and k in 12 layers at 48K tokens, H·D = 768 in bf16, ~7 GB per micro-step. Anything else
+(three or more groups, a non-unit last stride, e.g. dy expanded from a scalar) is copied. Outputs (y, the sum, dx) are contiguous and in x.dtype, whatever the
 autocast state (fp32 math inside, no separate cast: the op is not on autocast's lists). Weight and bias
 may have another float dtype than x (e.g. fp32 parameters, bf16 activations); dw and db come back in the
 parameter's dtype.
 
 Status: correct against PyTorch under Triton's CPU interpreter (tests/test_norm.py; its GPU-marked
-bf16 test has not run). NOT YET MEASURED ON A GPU: the session that wrote this had none, so BLOCK_M,
-num_warps and the number of backward programs are untuned heuristics (one program per SM walks its
+bf16 test has not run). Not measured on a GPU: BLOCK_M, num_warps and the number of backward programs
+are untuned heuristics (one program per SM walks its
 rows one tile at a time with nothing else in flight on that SM: if the backward measures latency-bound,
 try 2-4 programs per SM), and add_rms_norm's fusion is unmeasured. Run `python -m
 benchmarks.bench_norm` on an H100 to fill benchmarks/results.csv.
@@ -564,7 +563,7 @@ def _layer_norm_backward(ctx, dy, _dmean, _drstd):
 _layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_layer_norm_setup)
 
 
-def _check(op: str, x: Tensor, **vectors: Optional[Tensor]) -> None:
+def _check_inputs(op: str, x: Tensor, **vectors: Optional[Tensor]) -> None:
     """One-line ValueErrors for inputs the kernels do not handle; `vectors` (weight, bias) must be (N,)."""
     if x.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"{op}: x has dtype {x.dtype}; supported: float32, float16, bfloat16")
@@ -601,7 +600,7 @@ def rms_norm(x: Tensor, weight: Optional[Tensor] = None, eps: Optional[float] = 
     Returns:
         (..., N) contiguous, in x.dtype (statistics computed in fp32); its gradient w.r.t. x is too.
     """
-    _check("rms_norm", x, weight=weight)
+    _check_inputs("rms_norm", x, weight=weight)
     eps = torch.finfo(x.dtype).eps if eps is None else eps
     y, _ = _rms_norm_op(x, weight, float(eps))
     return y
@@ -622,7 +621,7 @@ def add_rms_norm(
         (sum, normed), both (..., N) contiguous in x.dtype. The norm is taken of the sum as rounded to
         x.dtype, as `s = x + residual; rms_norm(s)` would.
     """
-    _check("add_rms_norm", x, weight=weight)
+    _check_inputs("add_rms_norm", x, weight=weight)
     if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
         raise ValueError(
             f"add_rms_norm: residual is {tuple(residual.shape)} {residual.dtype} on {residual.device}, "
@@ -647,6 +646,6 @@ def layer_norm(
     Returns:
         (..., N) contiguous, in x.dtype (statistics computed in fp32).
     """
-    _check("layer_norm", x, weight=weight, bias=bias)
+    _check_inputs("layer_norm", x, weight=weight, bias=bias)
     y, _, _ = _layer_norm_op(x, weight, bias, float(eps))
     return y

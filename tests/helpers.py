@@ -1,6 +1,8 @@
-"""Helpers shared by the tests: comparisons for the kernel tests, speedrun logs for the harness tests.
+"""Helpers shared by the tests: token data, comparisons for the kernel tests, speedrun logs and fake
+trainers for the harness tests.
 
-Two rules, both from the kernels this field trusts:
+`docs_stream` and `synthetic_tokens` write shards' worth of documents (BOS first). Two comparison rules,
+both from the kernels this field trusts:
 - `assert_close`: a dtype tolerance table (Liger-Kernel's habit), failing with where and how much.
 - `assert_error_within`: flash-attention's rule for low precision: our error against an fp32
   reference is at most `factor` x PyTorch's own error in the same dtype on the same inputs, plus atol.
@@ -14,8 +16,29 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+
+from harness.shards import BOS_ID
+
+
+def docs_stream(rng: np.random.Generator, n_docs: int, min_len: int = 1, max_len: int = 40) -> np.ndarray:
+    """Random documents, each starting with BOS, concatenated (like a real shard)."""
+    parts = [np.concatenate([[BOS_ID], rng.integers(0, 50000, rng.integers(min_len, max_len))]) for _ in range(n_docs)]
+    return np.concatenate(parts).astype(np.uint16)
+
+
+def synthetic_tokens(rng: np.random.Generator, n_docs: int) -> np.ndarray:
+    """Documents (BOS first) of a 512-token language where the next token is (5t + 3) mod 512 90% of the time."""
+    docs = []
+    for _ in range(n_docs):
+        t, doc = int(rng.integers(512)), [BOS_ID]
+        for _ in range(int(rng.integers(20, 200))):
+            t = (5 * t + 3) % 512 if rng.random() < 0.9 else int(rng.integers(512))
+            doc.append(t)
+        docs.append(doc)
+    return np.concatenate(docs).astype(np.uint16)
 
 # dtype -> (atol, rtol) for outputs of a single fused op compared against an fp32-math reference.
 TOLERANCES = {
@@ -200,7 +223,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness.runlog import CONSOLE_FILE, EventLog
+from harness.runlog import TRAIN_LOG_FILE, EventLog
 from harness.snapshot import snapshot_code
 
 # Loss at validation step s of S: end + (start - end) * exp(-5 s / S) + a per-seed offset.
@@ -230,7 +253,7 @@ def main(argv):
         return 0
     run_dir.mkdir(parents=True, exist_ok=True)
     events = EventLog(run_dir)
-    console = open(run_dir / CONSOLE_FILE, "w")
+    console = open(run_dir / TRAIN_LOG_FILE, "w")
 
     def out(line):
         print(line, flush=True)

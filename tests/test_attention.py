@@ -18,15 +18,20 @@ from helpers import assert_close, assert_error_within
 from kernels.attention import (
     BACKWARDS,
     LOG2E,
+    FlexMasks,
     attention_mask,
     attention_ref,
     block_config,
     check_cu_seqlens,
+    dense_mask,
     flash_attention,
     flash_attention_backward,
     flash_attention_forward,
     key_block_ranges,
+    packed_cu_seqlens,
+    packed_flash_attention,
     query_block_ranges,
+    sdpa_attention,
 )
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -360,19 +365,89 @@ def test_check_cu_seqlens_rejects_bad_values(cu, match):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("cu, match", [([0, 5, 3, 8], "non-decreasing"), ([0, 5, 9], "end at T = 8"), ([2, 8], "start at 0")])
+def test_flash_attention_refuses_bad_cpu_cu_seqlens(cu, match):
+    """On the CPU the values cost nothing to read, so flash_attention checks them (on CUDA they are unchecked)."""
+    q = torch.randn(1, 8, 1, 16)
+    with pytest.raises(ValueError, match=match) as err:
+        flash_attention(q, q, q, cu_seqlens=torch.tensor(cu, dtype=torch.int32))
+    assert "\n" not in str(err.value)
+
+
 def test_check_cu_seqlens_accepts_padded_documents():
     for lengths in ([8], [1, 1, 6], [3, 0, 5, 0, 0]):  # trailing T's: the trainer's fixed-length padding
         check_cu_seqlens(_cu(lengths), 8)
 
 
 def test_unchecked_bad_cu_seqlens_do_not_crash(device):
-    # flash_attention leaves the values to check_cu_seqlens; bad ones give a wrong mask, but every index
-    # stays in bounds (document indices are clamped), so the call completes with finite values.
+    # The launchers never read cu_seqlens' values (flash_attention checks them on the CPU only); bad ones
+    # give a wrong mask, but every index stays in bounds (document indices are clamped), so the passes
+    # complete with finite values.
     q, k, v, do = _inputs(1, 40, 1, 16, torch.float32, device)
     for cu in ([5, 40], [0, 30], [0, 25, 10, 40], [-7, 3, 90], [0, 40, 40, 41]):
-        out, *grads = _run(flash_attention, q, k, v, do, window_size=9, cu_seqlens=torch.tensor(cu, dtype=torch.int32,
-                                                                                                 device=device))
+        cu = torch.tensor(cu, dtype=torch.int32, device=device)
+        out, lse = flash_attention_forward(q, k, v, cu, 9, 0.25)
+        grads = flash_attention_backward(do, q, k, v, out, lse, cu, 9, 0.25)
         assert all(torch.isfinite(t).all() for t in (out, *grads)), cu
+
+
+# --------------------------------------------------------------------------------------------------
+# A packed batch of documents: the masks of each backend agree
+# --------------------------------------------------------------------------------------------------
+
+
+def _starts(B: int, T: int, seed: int = 0) -> torch.Tensor:
+    """(B, T) bool document starts: about one in 50 tokens, and every row start."""
+    starts = torch.rand(B, T, generator=torch.Generator().manual_seed(seed)) < 0.02
+    starts[:, 0] = True
+    return starts
+
+
+@pytest.mark.parametrize("window", [1, 37, 128, 300, 1000])
+def test_dense_mask_is_causal_windowed_and_per_document(window):
+    starts = _starts(2, 200)
+    mask = dense_mask(starts, window)[:, 0]  # (B, T, T)
+    for b in range(2):
+        docs = starts[b].cumsum(0)
+        i, j = torch.meshgrid(torch.arange(200), torch.arange(200), indexing="ij")
+        expected = (j <= i) & (i - j < window) & (docs[i] == docs[j])
+        assert torch.equal(mask[b], expected)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("window", [50, 128, 200, 384])
+def test_flex_block_mask_matches_the_dense_mask(window):
+    """The hand-built FlexAttention block mask (CUDA torch path), run here by FlexAttention's CPU reference."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    starts = _starts(2, 256, seed=window)
+    q, k, v = (torch.randn(2, 256, 2, 16) for _ in range(3))
+    block_mask = FlexMasks(block=128)(starts, window)
+    flat = [x.reshape(1, 512, 2, 16).transpose(1, 2) for x in (q, k, v)]
+    got = flex_attention(*flat, block_mask=block_mask).transpose(1, 2).reshape(2, 256, 2, 16)
+    want = sdpa_attention(q, k, v, dense_mask(starts, window))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 37, 200])
+def test_packed_cu_seqlens_match_the_dense_mask(window):
+    """The kernel path packs the batch into one row with cu_seqlens; the same pairs must be visible, and
+    cu_seqlens has one length whatever the documents (padded with N: no recompile, no host sync)."""
+    starts = _starts(3, 100)
+    cu_seqlens, w = packed_cu_seqlens(starts, window)
+    n_docs = int(starts.sum())
+    assert cu_seqlens.shape == (301,) and cu_seqlens.dtype == torch.int32
+    assert (cu_seqlens[n_docs:] == 300).all() and (cu_seqlens[1:n_docs] > cu_seqlens[: n_docs - 1]).all()
+    check_cu_seqlens(cu_seqlens, 300)
+    packed = attention_mask(300, window_size=int(w), cu_seqlens=cu_seqlens)
+    assert torch.equal(packed, torch.block_diag(*dense_mask(starts, window)[:, 0]))
+
+
+def test_packed_flash_attention_matches_sdpa_per_row():
+    starts = _starts(2, 40, seed=1)
+    q, k, v = (torch.randn(2, 40, 2, 16) for _ in range(3))
+    got = packed_flash_attention(q, k, v, packed_cu_seqlens(starts, 9))
+    assert_close(got, sdpa_attention(q, k, v, dense_mask(starts, 9)), name="packed flash vs SDPA")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""harness.data: shard format, every bad-shard case, the token loader, the tokenizer, the corpora."""
+"""harness.data: shard inspection, the tokenizer, the corpora, the FineWeb download."""
 import hashlib
 import os
 import subprocess
@@ -7,91 +7,13 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from harness import data
-from harness.data import BOS_ID, DataError, TokenLoader, read_shard, shard_token_count, write_shard
+from harness.shards import BOS_ID, DataError, read_shard, shard_token_count, write_shard
+from helpers import docs_stream
 
 
-def docs_stream(rng, n_docs, min_len=1, max_len=40):
-    """Random documents, each starting with BOS, concatenated (like a real shard)."""
-    parts = [np.concatenate([[BOS_ID], rng.integers(0, 50000, rng.integers(min_len, max_len))]) for _ in range(n_docs)]
-    return np.concatenate(parts).astype(np.uint16)
-
-
-def one_line(exc_info) -> str:
-    msg = str(exc_info.value)
-    assert "\n" not in msg, f"error message is not one line: {msg!r}"
-    return msg
-
-
-# ---------------------------------------------------------------------------------------------- format
-
-
-def test_shard_round_trip(tmp_path):
-    tokens = np.random.default_rng(0).integers(0, 50257, 1000).astype(np.uint16)
-    path = write_shard(tmp_path / "a.bin", tokens)
-    assert shard_token_count(path) == 1000
-    np.testing.assert_array_equal(read_shard(path), tokens)
-    header = np.fromfile(path, dtype=np.int32, count=256)
-    assert list(header[:3]) == [20240520, 1, 1000] and not header[3:].any()
-    assert path.stat().st_size == 1024 + 2000
-    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"], "the temporary file must be renamed away"
-
-
-def test_empty_token_list_round_trips(tmp_path):
-    path = write_shard(tmp_path / "e.bin", [])
-    assert len(read_shard(path)) == 0
-
-
-def _corrupt(tmp_path, how):
-    path = write_shard(tmp_path / "s.bin", np.arange(100, dtype=np.uint16))
-    raw = bytearray(path.read_bytes())
-    if how == "magic":
-        raw[0:4] = np.int32(1234).tobytes()
-    elif how == "version":
-        raw[4:8] = np.int32(7).tobytes()
-    elif how == "truncated":
-        raw = raw[:-10]
-    elif how == "extra_bytes":
-        raw += b"\0\0\0\0"
-    elif how == "short_header":
-        raw = raw[:100]
-    elif how == "empty":
-        raw = b""
-    elif how == "big_token":
-        raw[1024 + 2 * 57 : 1024 + 2 * 58] = np.uint16(60000).tobytes()
-    path.write_bytes(bytes(raw))
-    return path
-
-
-@pytest.mark.parametrize(
-    "how, expected",
-    [
-        ("magic", "wrong magic 1234"),
-        ("version", "unsupported shard version 7"),
-        ("truncated", "truncated: header says 100 tokens, file holds 95"),
-        ("extra_bytes", "token count mismatch: header says 100 tokens"),
-        ("short_header", "truncated header (100 bytes"),
-        ("empty", "empty file"),
-        ("big_token", "token id 60000 >= vocab size 50257 (first bad id at position 57)"),
-    ],
-)
-def test_bad_shard_gives_one_line_error_naming_file(tmp_path, how, expected):
-    path = _corrupt(tmp_path, how)
-    with pytest.raises(DataError) as exc_info:
-        read_shard(path)
-    msg = one_line(exc_info)
-    assert str(path) in msg and expected in msg
-
-
-def test_missing_shard_and_pattern(tmp_path):
-    with pytest.raises(DataError, match="no such shard"):
-        read_shard(tmp_path / "nope.bin")
-    with pytest.raises(DataError, match="not a regular file"):  # a folder given by mistake: no traceback
-        read_shard(tmp_path)
-    with pytest.raises(DataError, match="no shards match"):
-        TokenLoader(str(tmp_path / "*.bin"), seq_len=4, batch_size=1)
+# ---------------------------------------------------------------------------------------------- inspect
 
 
 def test_inspect_cli(tmp_path):
@@ -99,117 +21,13 @@ def test_inspect_cli(tmp_path):
     cmd = [sys.executable, "-m", "harness.data", "inspect", str(good)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0 and "5 documents" in out.stdout and "ok" in out.stdout
-    bad = _corrupt(tmp_path, "magic")
-    out = subprocess.run(cmd + [str(bad)], capture_output=True, text=True)
-    assert out.returncode == 1
-    assert "INVALID" in out.stdout and str(bad) in out.stdout and "Traceback" not in out.stdout + out.stderr
-
-
-# ---------------------------------------------------------------------------------------------- loader
-
-
-@pytest.fixture
-def shards(tmp_path):
-    rng = np.random.default_rng(2)
-    return [write_shard(tmp_path / f"train_{i:06d}.bin", docs_stream(rng, 60)) for i in range(3)]
-
-
-def drain(loader, calls):
-    return [loader.next_batch() for _ in range(calls)]
-
-
-@pytest.mark.parametrize("align", [False, True])
-@pytest.mark.parametrize("world_size", [2, 4])
-def test_ranks_are_disjoint_and_match_one_process_accumulating(shards, align, world_size):
-    B, T, calls = 2, 16, 6
-    # one process, world_size accumulation micro-steps per distributed call
-    single = drain(TokenLoader(shards, seq_len=T, batch_size=B, align_to_bos=align), calls * world_size)
-    per_rank = [
-        drain(TokenLoader(shards, seq_len=T, batch_size=B, rank=r, world_size=world_size, align_to_bos=align), calls)
-        for r in range(world_size)
-    ]
-    for c in range(calls):
-        for r in range(world_size):
-            x_single, y_single = single[c * world_size + r]
-            x_rank, y_rank = per_rank[r][c]
-            assert torch.equal(x_single, x_rank) and torch.equal(y_single, y_rank)
-    # disjoint: no two ranks share a sequence in the same call (sequences are long random runs)
-    for c in range(calls):
-        rows = {tuple(row.tolist()) for r in range(world_size) for row in per_rank[r][c][0]}
-        assert len(rows) == world_size * B
-
-
-def test_targets_are_inputs_shifted(shards):
-    x, y = TokenLoader(shards, seq_len=8, batch_size=3).next_batch()
-    assert x.shape == y.shape == (3, 8) and x.dtype == torch.int64
-    assert torch.equal(x[:, 1:], y[:, :-1])
-
-
-def test_unaligned_loader_reads_shards_in_order(shards):
-    tokens = np.asarray(read_shard(shards[0]), dtype=np.int64)
-    x, _ = TokenLoader(shards, seq_len=10, batch_size=2).next_batch()
-    assert torch.equal(x[0], torch.from_numpy(tokens[0:10])) and torch.equal(x[1], torch.from_numpy(tokens[10:20]))
-
-
-def test_bos_alignment_starts_every_sequence_at_a_document(shards):
-    loader = TokenLoader(shards, seq_len=12, batch_size=4, align_to_bos=True)
-    seen = set()
-    for _ in range(20):
-        x, _ = loader.next_batch()
-        assert (x[:, 0] == BOS_ID).all()
-    # no input position is used twice within a shard
-    tokens = read_shard(shards[0])
-    starts = loader._sequence_starts(tokens)
-    assert (np.diff(starts) >= 12).all() and (tokens[starts] == BOS_ID).all()
-    for s in starts:
-        assert not seen & set(range(s, s + 12))
-        seen |= set(range(s, s + 12))
-
-
-def test_loader_is_deterministic_for_a_seed_and_seed_matters_when_shuffling(shards):
-    def first_batches(seed):
-        loader = TokenLoader(shards, seq_len=8, batch_size=2, seed=seed, epochs=3, shuffle_shards=True)
-        return torch.cat([x for x, _ in drain(loader, 60)])
-
-    assert torch.equal(first_batches(5), first_batches(5))
-    assert any(not torch.equal(first_batches(5), first_batches(s)) for s in range(6, 12))
-
-
-def test_loader_streams_one_shard_at_a_time(shards, monkeypatch):
-    opened = []
-    real = data.read_shard
-    monkeypatch.setattr(data, "read_shard", lambda p, **kw: opened.append(p) or real(p, **kw))
-    loader = TokenLoader(shards, seq_len=8, batch_size=1)
-    loader.next_batch()
-    assert opened == [shards[0]], "only the first shard is read for the first batch"
-
-
-def test_running_out_of_data_is_a_clear_error(shards):
-    loader = TokenLoader(shards, seq_len=32, batch_size=4)
-    with pytest.raises(DataError, match="ran out after") as exc_info:
-        for _ in range(10_000):
-            loader.next_batch()
-    one_line(exc_info)
-    total = sum(shard_token_count(p) for p in shards)
-    with pytest.raises(DataError, match="too little data") as exc_info:
-        TokenLoader(shards, seq_len=32, batch_size=4).check_available(total)
-    one_line(exc_info)
-    TokenLoader(shards, seq_len=32, batch_size=4).check_available(1)
-
-
-def test_epochs_repeat_the_data(shards):
-    loader = TokenLoader(shards[:1], seq_len=8, batch_size=1, epochs=2)
-    n = len(loader._sequence_starts(read_shard(shards[0])))
-    first = drain(loader, n)
-    second = drain(loader, n)
-    assert all(torch.equal(a[0], b[0]) for a, b in zip(first, second))
-
-
-def test_bad_loader_arguments(shards):
-    with pytest.raises(ValueError, match="rank 2 is outside world size 2"):
-        TokenLoader(shards, seq_len=8, batch_size=1, rank=2, world_size=2)
-    with pytest.raises(ValueError, match="must be >= 1"):
-        TokenLoader(shards, seq_len=0, batch_size=1)
+    big = write_shard(tmp_path / "big.bin", [BOS_ID, 60000])
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"\0" * 2000)
+    out = subprocess.run(cmd + [str(big), str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" not in out.stdout + out.stderr
+    assert f"INVALID  {big}: token id 60000 >= vocab size 50257 (first at position 1)" in out.stdout
+    assert f"INVALID  {bad}: wrong magic 0" in out.stdout
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer

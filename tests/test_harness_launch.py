@@ -46,57 +46,6 @@ def test_compare_sigterm_records_the_run_and_exits_143(kit):
     assert rest.strip().splitlines()[-1] == "interrupted (SIGTERM): the run was stopped and recorded as 'interrupted'"
 
 
-def harness_imports() -> dict[str, set[str]]:
-    """{module: the harness modules it imports}, from every import statement in it, at any depth (a
-    function-level import is an edge like any other)."""
-    import ast
-
-    from harness.snapshot import REPO_ROOT
-
-    graph = {}
-    for path in sorted((REPO_ROOT / "harness").glob("*.py")):
-        module = f"harness.{path.stem}"
-        edges = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                edges |= {a.name for a in node.names if a.name.startswith("harness.")}
-            elif isinstance(node, ast.ImportFrom) and node.module == "harness":
-                edges |= {f"harness.{a.name}" for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("harness."):
-                edges.add(node.module)
-        graph[module] = edges - {module}
-    return graph
-
-
-def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle of `graph` (its modules in order, the first repeated at the end), or None."""
-    done, path = set(), []
-
-    def visit(module):
-        if module in path:
-            return path[path.index(module):] + [module]
-        if module in done:
-            return None
-        path.append(module)
-        for other in sorted(graph.get(module, ())):
-            if cycle := visit(other):
-                return cycle
-        path.pop()
-        done.add(module)
-        return None
-
-    return next((c for m in sorted(graph) if (c := visit(m))), None)
-
-
-def test_the_launcher_modules_are_in_no_import_cycle():
-    graph = harness_imports()
-    assert {"harness.ingest", "harness.runrow"} <= graph["harness.run"] and "harness.run" in graph["harness.compare"]
-    assert import_cycle(graph) is None, " -> ".join(import_cycle(graph))
-    planted = {**graph, "harness.runrow": graph["harness.runrow"] | {"harness.run"}}
-    cycle = import_cycle(planted)
-    assert cycle and cycle[0] == cycle[-1] and {"harness.run", "harness.runrow"} <= set(cycle)
-
-
 def test_compare_runs_log_failing_mid_set_is_one_line(kit, monkeypatch, capsys):
     from harness import run
 

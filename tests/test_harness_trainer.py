@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from harness import run
-from harness.data import BOS_ID, write_shard
+from harness.shards import BOS_ID, write_shard
 from harness.logs import load_run
 from harness.records import load_records
 from harness.snapshot import REPO_ROOT, code_hash
@@ -20,7 +20,6 @@ def tiny_shard(path, n_docs, rng):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SCRIPT.exists(), reason="train_gpt.py is not there yet")
 def test_real_trainer_through_the_harness(tmp_path):
     rng = np.random.default_rng(0)
     tiny_shard(tmp_path / "train_000000.bin", 200, rng)

@@ -6,10 +6,11 @@ OMP_NUM_THREADS=1, so parallel test workers do not fight over the cores.
 """
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,11 @@ import pytest
 import torch
 
 import train_gpt as T
-from harness.data import BOS_ID, write_shard
+from kernels.newton_schulz import newton_schulz_ref
 from harness.runlog import read_events
+from harness.shards import BOS_ID, write_shard
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR
+from helpers import synthetic_tokens
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO = [
@@ -34,18 +37,6 @@ MICRO = [
 STEP_LINE = re.compile(r"^step:\d+/\d+ train_time:\d+ms step_avg:\d+\.\d{2}ms tokens_per_s:\d+ mfu:(n/a|\d+\.\d{2}%)$")
 VAL_LINE = re.compile(
     r"^step:\d+/\d+ val_loss:\d+\.\d{4} train_time:\d+ms step_avg:\d+\.\d{2}ms tokens_per_s:\d+ mfu:(n/a|\d+\.\d{2}%)$")
-
-
-def synthetic_tokens(rng: np.random.Generator, n_docs: int) -> np.ndarray:
-    """Documents (BOS first) of a 512-token language where the next token is (5t + 3) mod 512 90% of the time."""
-    docs = []
-    for _ in range(n_docs):
-        t, doc = int(rng.integers(512)), [BOS_ID]
-        for _ in range(int(rng.integers(20, 200))):
-            t = (5 * t + 3) % 512 if rng.random() < 0.9 else int(rng.integers(512))
-            doc.append(t)
-        docs.append(doc)
-    return np.concatenate(docs).astype(np.uint16)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +140,72 @@ def test_schedules():
     assert T.muon_momentum(0, cfg) == pytest.approx(0.85) and T.muon_momentum(300, cfg) == pytest.approx(0.95)
 
 
+def test_importing_the_trainer_has_no_side_effects():
+    code = ("import os, sys, torch.distributed as dist; env = dict(os.environ); import train_gpt; "
+            "assert not dist.is_initialized() and dict(os.environ) == env; "
+            "assert not [m for m in sys.modules if m.startswith('kernels') or m == 'triton'], 'kernels imported'")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_every_numeric_field_has_a_range():
+    numeric = {f.name for f in dataclasses.fields(T.Config) if f.type in ("int", "float")}
+    assert numeric == set(T.LIMITS)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--batch_size=0", "--batch_size=0: must be >= 1"),
+    ("--val_seq_len=0", "--val_seq_len=0: must be >= 1"),
+    ("--seq_len=0", "--seq_len=0: must be >= 1"),
+    ("--train_epochs=0", "--train_epochs=0: must be >= 1"),
+    ("--num_heads=0", "--num_heads=0: must be >= 1"),
+    ("--mlp_ratio=0", "--mlp_ratio=0: must be >= 1"),
+    ("--model_dim=0", "--model_dim=0: must be >= 1"),
+    ("--vocab_size=-5", "--vocab_size=-5: must be >= 1"),
+    ("--target_val_loss=nan", "--target_val_loss=nan: must be finite"),
+    ("--target_val_loss=inf", "--target_val_loss=inf: must be finite"),
+    ("--cooldown_frac=2", "--cooldown_frac=2.0: must be between 0 and 1"),
+    ("--warmup_steps=-1", "--warmup_steps=-1: must be >= 0"),
+    ("--muon_momentum=1.5", "--muon_momentum=1.5: must be between 0 and 1"),
+    ("--muon_lr=-0.1", "--muon_lr=-0.1: must be >= 0"),
+    ("--ns_steps=0", "--ns_steps=0: must be >= 1"),
+    ("--window_min=64", "window_min=64 > window_max=32"),
+    ("--run_dir=README.md", "--run_dir=README.md: exists and is not a folder"),
+    ("--num_stepz=3", "unknown option --num_stepz (did you mean --num_steps?)"),
+])
+def test_nonsense_is_one_line_exit_2(override, message, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert T.main(["--print_config", "--track=cpu-tiny", "--window_max=32", override]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {message}\n"
+
+
+def test_print_config_prints_one_json_line_and_creates_nothing(shards, tmp_path):
+    run_dir = tmp_path / "never"
+    cmd = [sys.executable, "train_gpt.py", "--print_config", "--track=cpu-tiny", "--grad_accum=0", "--seed=3",
+           f"--run_dir={run_dir}", *data_args(shards)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "WORLD_SIZE": "2"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+    cfg = json.loads(proc.stdout)
+    assert cfg == dataclasses.asdict(T.resolve_config(T.parse_config(cmd[3:]), 2, torch.device("cpu")))
+    assert (cfg["seed"], cfg["grad_accum"], cfg["compile"], cfg["run_dir"]) == (3, 4, False, str(run_dir))
+    assert not run_dir.exists()
+    proc = subprocess.run([*cmd, f"--val_files={tmp_path}/none_*.bin"], cwd=REPO, capture_output=True, text=True)
+    assert one_error_line(proc, 2) == f"error: {tmp_path}/none_*.bin: no shards match (build them with `python -m harness.data ...`)"
+    assert proc.stdout == ""
+
+
+def test_help_lists_every_field_with_its_type_default_and_comment(capsys):
+    assert T.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "  --seed=0  (int)  seeds the model's initialisation (identical on every rank)" in out.splitlines()
+    assert "--compile=None  (bool | None)  torch.compile the model" in out
+    for f in dataclasses.fields(T.Config):
+        assert f"--{f.name}={f.default}  (" in out
+
+
 # ---------------------------------------------------------------------------------------------- attention masks
 
 
@@ -159,47 +216,10 @@ def _batch_with_documents(B: int, T_: int, seed: int = 0) -> torch.Tensor:
     return inputs
 
 
-@pytest.mark.parametrize("window", [1, 37, 128, 300, 1000])
-def test_dense_mask_is_causal_windowed_and_per_document(window):
-    inputs = _batch_with_documents(2, 200)
-    mask = T.dense_attention_mask(inputs, window)[:, 0]  # (B, T, T)
-    for b in range(2):
-        docs = T.document_starts(inputs)[b].cumsum(0)
-        i, j = torch.meshgrid(torch.arange(200), torch.arange(200), indexing="ij")
-        expected = (j <= i) & (i - j < window) & (docs[i] == docs[j])
-        assert torch.equal(mask[b], expected)
-
-
-@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
-@pytest.mark.parametrize("window", [50, 128, 200, 384])
-def test_flex_block_mask_matches_the_dense_mask(window):
-    """The hand-built FlexAttention block mask (CUDA torch path), run here by FlexAttention's CPU reference."""
-    from torch.nn.attention.flex_attention import flex_attention
-
-    inputs = _batch_with_documents(2, 256, seed=window)
-    q, k, v = (torch.randn(2, 256, 2, 16) for _ in range(3))
-    block_mask = T.FlexMasks(block=128)(inputs, window)
-    flat = [x.reshape(1, 512, 2, 16).transpose(1, 2) for x in (q, k, v)]
-    got = flex_attention(*flat, block_mask=block_mask).transpose(1, 2).reshape(2, 256, 2, 16)
-    want = T.sdpa_attention(q, k, v, T.dense_attention_mask(inputs, window))
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("kernels.attention") is None, reason="kernels/attention.py not there")
-@pytest.mark.parametrize("window", [1, 37, 200])
-def test_packed_cu_seqlens_match_the_dense_mask(window):
-    """The triton path packs the batch into one row with cu_seqlens; the same pairs must be visible, and
-    cu_seqlens has one length whatever the documents (padded with N: no recompile, no host sync)."""
-    from kernels.attention import attention_mask
-
-    inputs = _batch_with_documents(3, 100)
-    cu_seqlens, w = T.packed_doc_mask(inputs, window)
-    n_docs = int(T.document_starts(inputs).sum())
-    assert cu_seqlens.shape == (301,) and cu_seqlens.dtype == torch.int32
-    assert (cu_seqlens[n_docs:] == 300).all() and (cu_seqlens[1:n_docs] > cu_seqlens[: n_docs - 1]).all()
-    packed = attention_mask(300, window_size=w, cu_seqlens=cu_seqlens)
-    dense = T.dense_attention_mask(inputs, window)[:, 0]
-    assert torch.equal(packed, torch.block_diag(*dense))
+def test_document_starts_mark_every_bos_and_every_row_start():
+    inputs = _batch_with_documents(3, 50)
+    starts = T.document_starts(inputs)
+    assert torch.equal(starts[:, 1:], inputs[:, 1:] == BOS_ID) and starts[:, 0].all()
 
 
 def test_attention_gets_one_dtype_under_bf16_autocast():
@@ -207,7 +227,7 @@ def test_attention_gets_one_dtype_under_bf16_autocast():
     also in the layers that mix in an (fp32) value embedding. CPU autocast stands in for CUDA's here."""
     cfg = T.resolve_config(T.parse_config(["--track=cpu-tiny", "--num_layers=2", "--value_embeds=1",
                                            "--unet_skips=1"]), 1, torch.device("cpu"))
-    ops = T.make_ops("torch", torch.device("cpu"), print)
+    ops = T.make_ops("torch", torch.device("cpu"))
     dtypes, sdpa = [], ops.attention
 
     def attention(q, k, v, mask):
@@ -217,18 +237,33 @@ def test_attention_gets_one_dtype_under_bf16_autocast():
     ops.attention = attention
     model, inputs = T.GPT(cfg, ops), _batch_with_documents(2, 64)
     with torch.autocast("cpu", torch.bfloat16):
-        model(inputs, inputs, ops.attention_mask(inputs, 32))
+        model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), 32))
     assert dtypes == [(torch.bfloat16,) * 3] * 2
 
 
-def test_a_missing_kernel_falls_back_with_a_notice(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))  # make_ops sets it on CPUs
-    monkeypatch.setitem(sys.modules, "kernels.norm", None)  # `import kernels.norm` now raises ImportError
-    notices = []
-    ops = T.make_ops("triton", torch.device("cpu"), notices.append)
-    assert ops.rms_norm is T.torch_rms_norm and ops.sources["rms_norm"] == "torch F.rms_norm"
-    assert any(n.startswith("notice: kernels.norm.rms_norm unavailable (") for n in notices), notices
-    assert T.make_ops("torch", torch.device("cpu"), notices.append).sources["attention"] == "torch SDPA with a dense mask"
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_a_kernel_file_that_does_not_import_is_an_error_not_a_fallback(backend, monkeypatch):
+    import kernels
+
+    monkeypatch.delattr(kernels, "norm", raising=False)  # `from kernels import norm` now looks in sys.modules,
+    monkeypatch.setitem(sys.modules, "kernels.norm", None)  # which makes it raise ImportError
+    with pytest.raises(T.ConfigError) as info:
+        T.make_ops(backend, torch.device("cpu"))
+    assert str(info.value).startswith(f"--kernels={backend}: kernels/ does not import (ModuleNotFoundError: ")
+    assert "kernels.norm" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("backend, device, sources", [
+    ("triton", "cpu", ("kernels.attention.flash_attention", "kernels.norm.rms_norm", "kernels.newton_schulz.newton_schulz")),
+    ("torch", "cpu", ("torch SDPA with a dense mask", "kernels.norm.rms_norm_ref", "kernels.newton_schulz.newton_schulz_ref")),
+    ("torch", "cuda", ("torch FlexAttention", "kernels.norm.rms_norm_ref", "kernels.newton_schulz.newton_schulz_ref")),
+])
+def test_each_backend_names_the_ops_it_uses(backend, device, sources):
+    ops = T.make_ops(backend, torch.device(device))  # imports the kernel files
+    assert (ops.sources["attention"], ops.sources["rms_norm"], ops.sources["newton_schulz"]) == sources
+    for op in ("rms_norm", "newton_schulz"):
+        module, name = ops.sources[op].rsplit(".", 1)
+        assert getattr(ops, op) is getattr(sys.modules[module], name)
 
 
 # ---------------------------------------------------------------------------------------------- Muon
@@ -238,10 +273,22 @@ def _muon(params, world_size=1, calls=None):
     def newton_schulz(G, steps):
         if calls is not None:
             calls.append(G.size(0))
-        return T.newton_schulz_torch(G, steps)
+        return newton_schulz_ref(G, steps)
 
     return T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz,
                   world_size=world_size)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_torch_backend_uses_the_kernel_files_newton_schulz(device):
+    """One Newton-Schulz reference, kernels/newton_schulz.py's, beside its kernel; Muon's update is its output."""
+    ops = T.make_ops("torch", torch.device(device))
+    assert ops.newton_schulz is newton_schulz_ref
+    p = torch.nn.Parameter(torch.randn(2, 16, 24))
+    before, p.grad = p.detach().clone(), torch.randn(2, 16, 24)
+    T.Muon([p], lr=0.1, momentum=0.9, weight_decay=0.0, ns_steps=3, newton_schulz=ops.newton_schulz).step()
+    nesterov = p.grad.clone().lerp_(torch.zeros_like(p.grad).lerp_(p.grad, 0.1), 0.9)
+    torch.testing.assert_close(p.detach(), before - 0.1 * newton_schulz_ref(nesterov, 3), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 96), (3, 24, 48)])
@@ -260,13 +307,18 @@ DIST_MUON = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})
 import train_gpt as T
-from tests.test_train_gpt import SHAPES, _muon
+from kernels.newton_schulz import newton_schulz_ref
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 torch.manual_seed(0)
-params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
+params = [torch.nn.Parameter(torch.randn(s)) for s in {shapes}]
 calls = []
-muon = _muon(params, world, calls=calls)
+
+def newton_schulz(G, steps):
+    calls.append(G.size(0))
+    return newton_schulz_ref(G, steps)
+
+muon = T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz, world_size=world)
 for step in range(3):
     g = torch.Generator().manual_seed(100 * step + rank)
     for p in params:
@@ -278,10 +330,15 @@ dist.destroy_process_group()
 SHAPES = [(16, 32)] * 5 + [(32, 16)] * 3 + [(3, 8, 16)]  # (32, 16) joins (16, 32), transposed
 
 
+def fill(template: str, tmp_path: Path) -> str:
+    """A script template with the repository, the output folder and this module's constants filled in."""
+    return template.format(repo=str(REPO), out=str(tmp_path), micro=MICRO, shapes=SHAPES, grad_shapes=GRAD_SHAPES)
+
+
 def run_two_processes(template: str, tmp_path: Path) -> None:
-    """Run a script (formatted with repo and out=tmp_path) as 2 gloo processes under torchrun; it must succeed."""
+    """Run a script (`fill`ed) as 2 gloo processes under torchrun; it must succeed."""
     script = tmp_path / "two_processes.py"
-    script.write_text(template.format(repo=str(REPO), out=str(tmp_path)))
+    script.write_text(fill(template, tmp_path))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -314,11 +371,10 @@ sys.path.insert(0, {repo!r})
 import torch
 import torch.distributed as dist
 import train_gpt as T
-from tests.test_train_gpt import GRAD_SHAPES
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-params = [torch.nn.Parameter(torch.zeros(s)) for s in GRAD_SHAPES]
+params = [torch.nn.Parameter(torch.zeros(s)) for s in {grad_shapes}]
 sync = T.GradSync(params, params, None, world_size=2, bucket_numel=50)
 launched = []  # buckets launched by the end of each micro-step's backward
 for micro in range(2):  # two accumulated micro-steps: the hooks communicate on the second only
@@ -358,12 +414,11 @@ sys.path.insert(0, {repo!r})
 import torch
 import torch.distributed as dist
 import train_gpt as T
-from tests.test_train_gpt import MICRO
 
 dist.init_process_group("gloo")
 rank, cpu = dist.get_rank(), torch.device("cpu")
-cfg = T.resolve_config(T.parse_config([*MICRO, "--grad_accum=2"]), 2, cpu)
-env, ops = T.DistEnv(rank, rank, 2), T.make_ops("torch", cpu, print)
+cfg = T.resolve_config(T.parse_config([*{micro}, "--grad_accum=2"]), 2, cpu)
+env, ops = T.DistEnv(rank, rank, 2), T.make_ops("torch", cpu)
 torch.manual_seed(0)
 model = T.GPT(cfg, ops)
 optimizers = T.make_optimizers(model, cfg, ops, env)
@@ -402,7 +457,7 @@ dist.destroy_process_group()
 def test_gradient_communication_starts_inside_the_backward(tmp_path):
     """An eager training step of 2 micro-steps on 2 processes: no collective in the first micro-step's backward;
     in the last one every gradient collective (Adam's all-reduces, Muon's reduce-scatters) is launched; after
-    it, only Muon's all-gathers and the loss's all-reduce. (The serial code launched them all after the backward.)"""
+    it, only Muon's all-gathers and the loss's all-reduce."""
     run_two_processes(DIST_OVERLAP, tmp_path)
     for rank in range(2):
         events = json.loads((tmp_path / f"events{rank}.json").read_text())
@@ -425,7 +480,6 @@ import torch
 from torch._inductor.compile_fx import compile_fx
 import train_gpt as T
 from harness.runlog import RunWriter
-from tests.test_train_gpt import MICRO
 
 cpu, phase, graphs = torch.device("cpu"), ["warm-up"], []  # graphs: [phase, symbolic sizes among its inputs]
 
@@ -446,29 +500,29 @@ def timed(*args, **kwargs):
     return timed_run(*args, **kwargs)
 
 T.timed_run = timed
-argv = [*MICRO, *sys.argv[1:], "--compile=true", "--num_layers=1", "--value_embeds=0", "--unet_skips=0",
+argv = [*{micro}, *sys.argv[1:], "--compile=true", "--num_layers=1", "--value_embeds=0", "--unet_skips=0",
         "--seq_len=64", "--val_seq_len=128", "--num_steps=2", "--val_every=1"]
-T.train(T.resolve_config(T.parse_config(argv), 1, cpu), T.DistEnv(), cpu, RunWriter({out!r}), T.Progress())
+T.train(T.resolve_config(T.parse_config(argv), 1, cpu), T.DistEnv(), cpu, RunWriter({out!r}), T.RunState())
 json.dump(graphs, open({out!r} + "/graphs.json", "w"))
 """
 COMPILED_FLEX = COMPILE_PRELUDE + """
-argv = [*MICRO, "--num_layers=1", "--value_embeds=0", "--unet_skips=0", "--seq_len=256", "--val_seq_len=512",
+argv = [*{micro}, "--num_layers=1", "--value_embeds=0", "--unet_skips=0", "--seq_len=256", "--val_seq_len=512",
         "--batch_size=1"]
 cfg = T.resolve_config(T.parse_config(argv), 1, cpu)
-ops = T.Ops(T.torch_rms_norm, T.FlexMasks(), T.flex_attention_op(), T.newton_schulz_torch)
+ops = T.make_ops("torch", torch.device("cuda"))  # FlexAttention, here on the CPU
 model = T.compile_model(T.GPT(cfg, ops))
 with torch.no_grad():  # FlexAttention has no backward on a CPU: forward only, as validation runs it
     for length in (256, 512, 256, 512):
         x = torch.randint(0, 512, (1, length))
-        model(x, x, ops.attention_mask(x, 128))
+        model(x, x, ops.attention_mask(T.document_starts(x), 128))
 json.dump(graphs, open({out!r} + "/graphs.json", "w"))
 """
 
 
 def run_script(template: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    """Run a script (formatted with repo and out=tmp_path) as one process; it must succeed."""
+    """Run a script (`fill`ed) as one process; it must succeed."""
     script = tmp_path / "script.py"
-    script.write_text(template.format(repo=str(REPO), out=str(tmp_path)))
+    script.write_text(fill(template, tmp_path))
     proc = subprocess.run([sys.executable, str(script), *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -478,9 +532,9 @@ def run_script(template: str, tmp_path: Path, *args: str) -> subprocess.Complete
 def test_compiled_run_compiles_both_lengths_once_in_the_warm_up(shards, tmp_path):
     """A compiled run (the CPU torch path) that trains at 64 tokens and validates at 128: one static graph
     each, both compiled in the warm-up, none with a symbolic size, none in the timed loop (its batches have
-    the warm-up's layout: strides, no aliasing). With torch.compile's default (automatic dynamic shapes) and
-    the warm-up's inputs aliasing its targets, the validation graph had symbolic sizes and the timed loop
-    compiled a third graph, symbolic too."""
+    the warm-up's layout: strides, no aliasing). With torch.compile's default (automatic dynamic shapes), or
+    with the warm-up's inputs aliasing its targets, the validation graph would have symbolic sizes and the
+    timed loop would compile a third graph."""
     run_script(COMPILED_RUN, tmp_path, *data_args(shards))
     graphs = json.loads((tmp_path / "graphs.json").read_text())
     assert graphs == [["warm-up", 0], ["warm-up", 0]], graphs
@@ -489,8 +543,8 @@ def test_compiled_run_compiles_both_lengths_once_in_the_warm_up(shards, tmp_path
 
 def test_compiled_triton_path_has_one_graph_for_every_window(shards, tmp_path):
     """Our attention kernel under torch.compile: the schedule's three window sizes (16, 48, 64) share one train
-    graph and one validation graph, because the window reaches the op as a 0-d CPU tensor. As a Python int
-    it was baked into each graph: three of each (28 full-model compiles for fineweb-124m's warm-up)."""
+    graph and one validation graph, because the window reaches the op as a 0-d CPU tensor. A Python int
+    would be baked into each graph: three of each (28 full-model compiles for fineweb-124m's warm-up)."""
     run_script(COMPILED_RUN, tmp_path, *data_args(shards), "--kernels=triton")
     graphs = json.loads((tmp_path / "graphs.json").read_text())
     assert graphs == [["warm-up", 0], ["warm-up", 0]], graphs
@@ -499,8 +553,8 @@ def test_compiled_triton_path_has_one_graph_for_every_window(shards, tmp_path):
 
 def test_compiled_flex_attention_validates_at_two_lengths(tmp_path):
     """FlexAttention (the CUDA torch path's attention) compiled at two lengths, forward only as in validation:
-    one static graph per length. Compiled with automatic dynamic shapes, the second length was a symbolic
-    one, which Inductor's CPU FlexAttention template failed to compile (a C++ error)."""
+    one static graph per length. With automatic dynamic shapes the second length would be a symbolic
+    one, which Inductor's CPU FlexAttention template fails to compile (a C++ error)."""
     run_script(COMPILED_FLEX, tmp_path)
     assert json.loads((tmp_path / "graphs.json").read_text()) == [["warm-up", 0], ["warm-up", 0]]
 
@@ -596,22 +650,14 @@ def test_two_processes_match_one_with_gradient_accumulation(shards, tmp_path, ac
 
 def test_triton_backend_matches_torch(shards, tmp_path):
     """A one-layer run on kernels/ (under Triton's interpreter: kept tiny) follows the torch run's curve, and
-    the kernels are really used wherever their module is there (a missing one falls back, with a notice)."""
+    says in its log that it ran on the kernels."""
     args = [*MICRO, *data_args(shards), "--num_layers=1", "--model_dim=32", "--head_dim=16", "--mlp_ratio=2",
             "--value_embeds=0", "--unet_skips=0", "--ns_steps=2", "--num_steps=2", "--val_every=1",
             "--val_tokens=256", "--warmup_steps=0"]
     assert_ok(run_trainer(tmp_path / "torch", *args, "--kernels=torch"))
-    proc = run_trainer(tmp_path / "triton", *args, "--kernels=triton")
-    assert_ok(proc)
-    ops_line = next(line for line in (tmp_path / "triton" / "train.log").read_text().splitlines()
-                    if line.startswith("ops: "))
-    for module, name, op in [("attention", "flash_attention", "attention"), ("norm", "rms_norm", "rms_norm"),
-                             ("newton_schulz", "newton_schulz", "newton_schulz")]:
-        spec = importlib.util.find_spec(f"kernels.{module}")
-        if spec is not None and hasattr(importlib.import_module(f"kernels.{module}"), name):
-            assert f"{op}=kernels.{module}.{name}" in ops_line, ops_line
-        else:
-            assert f"kernels.{module}.{name} unavailable" in proc.stdout
+    assert_ok(run_trainer(tmp_path / "triton", *args, "--kernels=triton"))
+    assert ("ops: attention=kernels.attention.flash_attention, rms_norm=kernels.norm.rms_norm, "
+            "newton_schulz=kernels.newton_schulz.newton_schulz") in (tmp_path / "triton" / "train.log").read_text()
     torch_losses, triton_losses = val_losses(tmp_path / "torch"), val_losses(tmp_path / "triton")
     assert torch_losses[-1] < torch_losses[0] - 0.1
     np.testing.assert_allclose(triton_losses, torch_losses, rtol=0, atol=1e-3)
@@ -650,6 +696,34 @@ def test_too_little_data_fails_before_training(shards, tmp_path):
     assert result_of(tmp_path / "r")["status"] == "error"
 
 
+def test_ctrl_c_is_one_line_and_recorded_as_interrupted(shards, tmp_path):
+    cmd = [sys.executable, "train_gpt.py", f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards),
+           "--num_steps=10000", "--val_every=10000", "--train_epochs=1000"]
+    # SIGINT at its default in the child: a shell's background job ignores it, and Python then would too
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in proc.stdout:  # SIGINT once the timed loop runs
+            if line.startswith("step:2/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and len(err.splitlines()) == 1, err
+    assert re.fullmatch(r"error: interrupted \(Ctrl-C\) after \d+ of 10000 steps; the run's events are in \S+\n", err)
+    result = result_of(tmp_path / "r")
+    assert result["status"] == "interrupted" and result["steps"] >= 2
+
+
+def test_vocab_smaller_than_the_data_is_refused_before_the_clock(shards, tmp_path):
+    proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--vocab_size=512")
+    line = one_error_line(proc, 1)
+    assert re.fullmatch(rf"error: {shards}/micro_\w+_000000.bin: token id 50256 >= vocab size 512 \(first at position \d+\)", line), line
+    assert "warm-up" not in proc.stdout and result_of(tmp_path / "r")["status"] == "error"
+
+
 def test_nan_loss_stops_at_once_as_diverged(shards, tmp_path):
     proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--num_steps=20", "--val_every=20",
                        "--muon_lr=1e30", "--adam_embed_lr=1e30", "--adam_head_lr=1e30", "--logit_softcap=0")
@@ -678,7 +752,7 @@ def test_a_compiled_training_step_never_waits_for_the_gpu(kernels):
             "--num_heads=2", "--head_dim=64", "--value_embeds=1", "--unet_skips=1", "--seq_len=1024",
             "--window_min=128", "--window_max=256"]
     cfg = T.resolve_config(T.parse_config(argv), 1, device)
-    ops = T.make_ops(kernels, device, print)
+    ops = T.make_ops(kernels, device)
     model = T.GPT(cfg, ops).to(device)
     optimizers, env = T.make_optimizers(model, cfg, ops, T.DistEnv()), T.DistEnv()
     compiled, losses = T.compile_model(model), T.LaggedLosses(device)

@@ -1,0 +1,61 @@
+"""harness.snapshot: the code hash covers every file the trainer imports, and a snapshot hashes as its tree."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.snapshot import REPO_ROOT, code_files, code_hash, snapshot_code, snapshot_hash
+
+
+def test_the_code_is_the_trainer_and_what_it_imports():
+    files = {p.as_posix() for p in code_files()}
+    assert {"train_gpt.py", "kernels/attention.py", "kernels/newton_schulz.py", "kernels/norm.py",
+            "harness/shards.py", "harness/tracks.py", "harness/overrides.py", "harness/runlog.py"} <= files
+    assert not files & {"harness/run.py", "harness/data.py", "harness/submit.py", "benchmarks/bench_model.py"}
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    """A copy of the repository's code files."""
+    for rel in code_files():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, tmp_path / rel)
+    return tmp_path
+
+
+@pytest.mark.parametrize("rel", ["harness/shards.py", "harness/tracks.py", "kernels/norm.py", "train_gpt.py"])
+def test_editing_any_trained_file_changes_the_hash(tree, rel):
+    before = code_hash(tree)
+    with open(tree / rel, "a") as f:
+        f.write("\n# edited\n")
+    assert code_hash(tree) != before
+
+
+def test_a_file_the_trainer_does_not_import_leaves_the_hash(tree):
+    before = code_hash(tree)
+    (tree / "harness" / "data.py").write_text("print('not imported by the trainer')\n")
+    assert code_hash(tree) == before
+
+
+def test_snapshot_hashes_as_the_tree_it_was_copied_from(tree, tmp_path):
+    digest = snapshot_code(tmp_path / "run", root=tree)
+    assert digest == code_hash(tree) == snapshot_hash(tmp_path / "run" / "code") == code_hash(tmp_path / "run" / "code")
+    assert sorted(p.relative_to(tmp_path / "run" / "code") for p in (tmp_path / "run" / "code").rglob("*.py")) == code_files(tree)
+
+
+def test_imports_are_followed_transitively_relative_and_inside_functions(tmp_path):
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "train_gpt.py").write_text("import os\n\ndef f():\n    from pkg import a\n")
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("from . import b\nfrom .sub.c import thing\n")
+    (tmp_path / "pkg" / "b.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "c.py").write_text("from .. import b\nthing = 1\n")
+    (tmp_path / "pkg" / "unused.py").write_text("")
+    assert [p.as_posix() for p in code_files(tmp_path)] == [
+        "pkg/__init__.py", "pkg/a.py", "pkg/b.py", "pkg/sub/__init__.py", "pkg/sub/c.py", "train_gpt.py"]
+
+
+def test_no_trainer_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no train_gpt.py under"):
+        code_files(tmp_path)
