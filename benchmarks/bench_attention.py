@@ -21,7 +21,7 @@ exactly from the mask geometry (sum over tokens of min(window, position in docum
 + backward = 3.5 x forward (backward = 2.5 x forward). Each implementation is credited with the
 pairs of the mask it computes, so SDPA's plain-causal rows count T (T + 1) / 2 pairs per sequence;
 compare ms across implementations on the same case. Our rows also carry `est_ms`, benchmarks/roofline.py's
-estimate of the same call on an H100 (`attention_call_ms`), so the first GPU run calibrates it.
+estimate of the same call on an H100 (`attention_call_ms`), so a GPU run calibrates it.
 
 First checks our bf16 output and gradients against the fp32 reference on a small case (at most 2x
 PyTorch's own bf16 error + 1e-3) and raises if that fails. Appends every row to

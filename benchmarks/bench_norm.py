@@ -15,8 +15,8 @@ per-row statistics are negligible next to them and not counted. Each row's `gb` 
                             forward+backward  + read sum, dy and dsum, write dx        8·M·N·bytes
 Our kernels move exactly that, strided inputs included: they read x in place (tests/test_norm.py checks
 the launch pointers). An implementation that copies a strided x first moves more than it is credited
-with (a copy before the forward and another of the saved x before the backward: 4 and 9 ·M·N·bytes,
-what ours moved before it read strides), and its effective GB/s shows it.
+with (a copy before the forward and another of the saved x before the backward: 4 and 9 ·M·N·bytes),
+and its effective GB/s shows it.
 
 Cases, bf16:
 - contiguous (M, N): GPT-2 small's activations (65536, 768) (B·T = 64 × 1024 tokens) and widths 1024 to

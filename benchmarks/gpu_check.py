@@ -1,11 +1,11 @@
-"""The first GPU session in one command: correctness, every benchmark, the tile sweep and the model, in 8 minutes.
+"""Every GPU check in one command: correctness, every benchmark, the tile sweep and the model, in 8 minutes.
 
     OUT=folder bash benchmarks/gpu_check.sh [--tiny] [--budget 480] [--only stage,...] [--plan]
     python -m benchmarks.gpu_check --out folder [...]          # the same, without the shell's defaults
     python -m benchmarks.gpu_check --merge returned/results.csv  # its rows into benchmarks/results.csv
 
 A task that draws a GPU gets 15 minutes of device time in all, the machine's start-up included (about 2),
-and draws one rarely, so the first contact must leave nothing to chance but the GPU. Each stage below runs
+and draws one rarely, so one prepared command, rehearsed on the CPU, leaves nothing to chance but the GPU. Each stage below runs
 as a subprocess with a hard timeout, so a hang or a crash costs that stage alone: it is reported and the
 next one starts. Stages run in this order, and one never starts past the overall budget.
 

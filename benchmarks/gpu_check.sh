@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first GPU session in one command (benchmarks/gpu_check.py says what runs, in what time, and what it writes):
+# Every GPU check in one command (benchmarks/gpu_check.py says what runs, in what time, and what it writes):
 #     bash benchmarks/gpu_check.sh [--tiny] [--budget 480] [--only stage,...] [--plan]
 # Everything goes under $OUT (set by the device tool on a lent GPU; here runs/gpu_check-<UTC stamp>). PYTHON is
 # the interpreter (python3: on the device the one that holds PyTorch). A copy of the checkout without .git

@@ -86,10 +86,10 @@ queries with 32/64-key steps). The one-pass backward ("bwd") steps 64 queries at
 at D = 64 and 64 keys at D = 128, where 128 keys spill (the dQ tile's fp32 accumulator comes on top of
 dK's and dV's); at D = 128 it has 255 registers.
 Warps: `python -m benchmarks.ptxas_report` compiles every entry for sm_90 without a GPU and reads
-ptxas' register and spill counts; with 4 warps the forward and dK/dV passes at D = 64 spilled (12 and
+ptxas' register and spill counts; with 4 warps the forward and dK/dV passes at D = 64 spill (12 and
 36 bytes), so every bf16 entry has 8 warps, and none spills (with TMA where sm_90 takes it: Triton 3.9,
 ptxas 13.4: 119-255 registers, 65-162 KiB of shared memory; Triton 3.6, ptxas 12.8: 108-255). Which
-tiles are *fastest* only a GPU can say: not measured yet. A table, not an autotuner: block sizes are known to the Python range
+tiles are *fastest* only a GPU can say: not measured. A table, not an autotuner: block sizes are known to the Python range
 helpers, nothing is benchmarked at first call, and one compile serves every window size (window is a
 runtime int, not specialised). fp32 (tests only) gets 32 x 32 tiles on CUDA: with the bf16 tiles its
 operands are twice as big and the dQ kernel at D = 128 asks for 288 KiB of shared memory, over

@@ -61,8 +61,8 @@ fp32 otherwise (Triton's interpreter cannot do bf16 arithmetic); `dtype=` overri
 zeros. Each step allocates nothing (A, B and a ping-pong X are allocated once per call). No autograd: Muon
 calls it under no_grad. Compiled for sm_90 without a GPU (`python -m benchmarks.ptxas_report`; Triton 3.9,
 ptxas 13.4): 4-stage pipelines in 128 KiB of shared memory in bf16, 119 (syrk), 219 (syrk with C) and
-126 (bx_plus_ax) registers, no spills. Not yet run or measured on a GPU: numbers will come from
-`python -m benchmarks.bench_newton_schulz`.
+126 (bx_plus_ax) registers, no spills. GPU: not measured; `python -m benchmarks.bench_newton_schulz`
+measures it.
 """
 from __future__ import annotations
 

@@ -48,8 +48,8 @@ autocast state (fp32 math inside, no separate cast: the op is not on autocast's 
 may have another float dtype than x (e.g. fp32 parameters, bf16 activations); dw and db come back in the
 parameter's dtype.
 
-Status: correct against PyTorch under Triton's CPU interpreter (tests/test_norm.py; its GPU-marked
-bf16 test has not run). Not measured on a GPU: BLOCK_M, num_warps and the number of backward programs
+Status: correct against PyTorch under Triton's CPU interpreter (tests/test_norm.py; its bf16 test
+is GPU-marked). GPU: not measured; BLOCK_M, num_warps and the number of backward programs
 are untuned heuristics (one program per SM walks its
 rows one tile at a time with nothing else in flight on that SM: if the backward measures latency-bound,
 try 2-4 programs per SM), and add_rms_norm's fusion is unmeasured. Run `python -m
