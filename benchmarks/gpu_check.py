@@ -5,9 +5,9 @@
     python -m benchmarks.gpu_check --merge returned/results.csv  # its rows into benchmarks/results.csv
 
 A task that draws a GPU gets 15 minutes of device time in all, the machine's start-up included (about 2),
-and draws one rarely, so one prepared command, rehearsed on the CPU, leaves nothing to chance but the GPU. Each stage below runs
-as a subprocess with a hard timeout, so a hang or a crash costs that stage alone: it is reported and the
-next one starts. Stages run in this order, and one never starts past the overall budget.
+and draws one rarely, so one prepared command, rehearsed on the CPU, leaves nothing to chance but the GPU.
+Each stage below runs as a subprocess with a hard timeout, so a hang or a crash costs that stage alone: it
+is reported and the next one starts. Stages run in this order, and one never starts past the overall budget.
 
 Plan on one H100/H200 (seconds; compiles dominate: torch.compile of the 124M model takes ~1-2 min per
 backend, Triton ~2-5 s per kernel configuration, inductor ~3-15 s per graph):
