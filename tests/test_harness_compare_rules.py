@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from harness import compare, stats
-from helpers import CODE, HEADER, modded_log, write
+from helpers import CODE, FP8_BASE_L, FP8_BASE_T, HEADER, modded_log, write
 
 
 def compare_json(capsys, *argv) -> dict:
@@ -61,6 +61,22 @@ def test_allow_code_diff_pools_and_says_so(mixed_code, capsys):
     assert compare.main(["--logs", f"pr={mixed_code}", "--allow-code-diff", "--no-plot"]) == 0
     out = capsys.readouterr().out
     assert "pooled across different code, --allow-code-diff" in out
+
+
+def test_allow_code_diff_reproduces_a_published_set_that_names_its_runs(tmp_path, capsys):
+    # modded-nanogpt's 2026-07-17_FP8DownProjection baseline (13 runs), its last run's code naming another run:
+    # pooled, the published statistics.md's figures (mean 80.728615 s, std 0.065165 s, loss 3.2782461538,
+    # p 0.0042976481)
+    for i, (t, loss) in enumerate(zip(FP8_BASE_T, FP8_BASE_L)):
+        write(tmp_path / "set", f"run{i:02d}.txt",
+              modded_log(round(t * 1000), loss, code=named("record_b" if i == 12 else "record_a")))
+    fig = compare_json(capsys, "--logs", f"set={tmp_path / 'set'}", "--allow-code-diff")
+    (v,) = fig["variants"]
+    assert v["n"] == 13 and len(v["code_differences"]) == 1
+    assert v["time_s"]["mean"] == pytest.approx(80.728615, abs=5e-7)
+    assert v["time_s"]["std"] == pytest.approx(0.065165, abs=5e-7)
+    assert v["final_val_loss"]["mean"] == pytest.approx(3.2782461538, abs=5e-11)
+    assert v["p_loss_below_target"] == pytest.approx(0.0042976481, abs=5e-11)
 
 
 # ----------------------------------------------------------------------------------------------
