@@ -13,7 +13,8 @@
                    miss counts as the slowest, two fail; Tukey-McLaughlin interval of the trimmed mean) or as a
                    median (order-statistic interval, scipy.stats.quantile_test); compare_scores: the test that
                    fits each rule (Welch/Fieller, Yuen's trimmed t-test, Mann-Whitney U).
-- z_below, steps_adjusted: the steps rule's z-test with a stated sigma, and its loss-per-steps trade.
+- z_below, below_margin, pairwise_margin: the optimization track's steps rule (its z-test with a stated
+                   sigma, and its pairwise trade of loss against steps).
 - runs_needed_*:   the sample size a set needs for its test to succeed with 80% power at the effect
                    observed (the textbook power of a t-test: the noncentral t distribution, as in
                    statsmodels' TTestPower and TTestIndPower).
@@ -418,12 +419,15 @@ def compare_scores(rule: str, baseline: Sequence[float], new: Sequence[float],
 
 
 # ----------------------------------------------------------------------------------------------
-# The steps rule: the optimization track's, judged on steps, not on time
+# The steps rule: modded-nanogpt's optimization track (records/track_3_optimization/README.md, "Rules" and
+# "Pairwise statistical significance") judges a result on steps, its loss by a z-test with a stated sigma
 
-STEPS_RATE = 0.0045  # loss per 100 steps: how the pairwise rule trades a higher loss against fewer steps
+STEPS_SIGMA = 0.0013  # the per-run std of the final loss the track's z-test assumes
+STEPS_MARGIN = 0.004  # the track's threshold: 3.09 sigma, the one-sided z-test at p < 0.001, rounded as it states it
+STEPS_RATE = 0.0045  # loss per 100 steps: the track's measured trade (its result #12 shortened by 200 steps)
 
 
-def z_below(losses: Sequence[float], target: float, sigma: float) -> float:
+def z_below(losses: Sequence[float], target: float, sigma: float = STEPS_SIGMA) -> float:
     """p of the one-sided z-test that the mean loss is below the target, with a stated (not estimated) sigma
     per run: Phi((mean - target) / (sigma / sqrt(n)))."""
     x = _array(losses)
@@ -432,10 +436,21 @@ def z_below(losses: Sequence[float], target: float, sigma: float) -> float:
     return float(stats.norm.cdf((x.mean() - target) / (sigma / math.sqrt(len(x)))))
 
 
-def steps_adjusted(losses: Sequence[float], steps: Sequence[int], rate: float = STEPS_RATE) -> list[float]:
-    """Each run's loss with its steps charged at `rate` per 100 steps: loss + rate * steps / 100. Of two runs, the
-    one with the lower figure wins the pairwise trade of loss against steps."""
-    return [float(loss) + rate * s / 100 for loss, s in zip(losses, steps)]
+def below_margin(losses: Sequence[float], target: float) -> float:
+    """The track's validity figure, (target - mean loss) * sqrt(n); a result is valid when it is >= STEPS_MARGIN."""
+    x = _array(losses)
+    return float((target - x.mean()) * math.sqrt(len(x))) if len(x) else math.nan
+
+
+def pairwise_margin(baseline_losses: Sequence[float], baseline_steps: float, new_losses: Sequence[float],
+                    new_steps: float, rate: float = STEPS_RATE) -> float:
+    """The track's pairwise figure: (final_loss_diff + exp_stepbased_loss_diff) / sqrt(1/n1 + 1/n2), the loss
+    difference baseline - new plus the steps the new result saves charged at `rate` per 100 steps; the new result
+    is better when it is >= STEPS_MARGIN."""
+    a, b = _array(baseline_losses), _array(new_losses)
+    if len(a) == 0 or len(b) == 0:
+        return math.nan
+    return float(((a.mean() - b.mean()) + rate * (baseline_steps - new_steps) / 100) / math.sqrt(1 / len(a) + 1 / len(b)))
 
 
 # ----------------------------------------------------------------------------------------------

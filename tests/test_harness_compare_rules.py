@@ -150,49 +150,59 @@ def test_an_unknown_scoring_is_refused(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------------
-# --rule steps
+# --rule steps: modded-nanogpt's optimization track (records/track_3_optimization/README.md)
 
-def test_steps_to_target_and_the_z_test(tmp_path, capsys):
+def test_the_track_s_own_examples():
+    # "for a single non-cherry-picked run, any val loss below 3.276 suffices, and for n=4 runs, any average below
+    # 3.278": (3.28 - mean) * sqrt(n) >= 0.004
+    assert stats.below_margin([3.2759], 3.28) >= stats.STEPS_MARGIN > stats.below_margin([3.2761], 3.28)
+    assert stats.below_margin([3.2779] * 4, 3.28) >= stats.STEPS_MARGIN > stats.below_margin([3.2781] * 4, 3.28)
+    # "((3.2778 - 3.2785) + (40/100 * 0.0045)) / (1/10 + 1/16)**0.5 = 0.0027": 0.0011 / 0.403113 = 0.0027288
+    assert stats.pairwise_margin([3.2778] * 10, 3250, [3.2785] * 16, 3210) == pytest.approx(0.0027288, abs=1e-7)
+    # "final_loss_diff = -0.0002, exp_stepbased_loss_diff = 50/100*0.0045 = 0.00225, n1 = n2 = 20 ... 0.00648"
+    assert stats.pairwise_margin([3.2788] * 20, 3375, [3.2790] * 20, 3325) == pytest.approx(0.0064827, abs=1e-7)
+
+
+def test_steps_to_target_and_the_validity_condition(tmp_path, capsys):
     # tests/helpers.steps validates at 0, 250, ..., 1250 and 1390 with loss final + 7.5 (1 - step / 1390)^3:
     # a final 3.2700 gives 3.2777 at 1250 (first at or below 3.28: step 1250); 3.2775 gives 3.2852 there (step
     # 1390); 3.2900 never reaches it.
     folder = write_set(tmp_path / "a", [(80000, 3.2700), (80100, 3.2700), (80200, 3.2775), (80300, 3.2775),
                                         (80400, 3.2900)])
-    fig = compare_json(capsys, "--logs", f"a={folder}", "--rule", "steps", "--loss-sigma", "0.005")
+    fig = compare_json(capsys, "--logs", f"a={folder}", "--rule", "steps")
+    assert fig["steps_rule"]["sigma"] == 0.0013 and fig["steps_rule"]["margin"] == 0.004
     v = fig["steps_rule"]["variants"][0]
-    assert [r["steps_to_target"] for r in v["runs"]] == [1250, 1250, 1390, 1390, None]
-    assert v["reached"] == 4 and v["steps_to_target"]["mean"] == pytest.approx(1320)
-    # mean final loss (2 * 3.27 + 2 * 3.2775 + 3.29) / 5 = 3.2770; z = (3.277 - 3.28) / (0.005 / sqrt 5) = -1.34164,
-    # p = Phi(-1.34164) = 0.089856: not below 0.01
-    assert v["mean_final_val_loss"] == pytest.approx(3.277)
-    assert v["p_z_loss_below_target"] == pytest.approx(0.089856, abs=1e-5) and v["passes_z_test"] is False
-    fig = compare_json(capsys, "--logs", f"a={folder}", "--rule", "steps", "--loss-sigma", "0.002")
-    # z = -0.003 / (0.002 / sqrt 5) = -3.35410, p = 0.000398: passes
-    v = fig["steps_rule"]["variants"][0]
-    assert v["p_z_loss_below_target"] == pytest.approx(0.000398, abs=1e-6) and v["passes_z_test"] is True
+    assert [r["first_step_at_or_below_target"] for r in v["runs"]] == [1250, 1250, 1390, 1390, None]
+    assert v["reached"] == 4 and v["first_step_at_or_below_target"]["mean"] == pytest.approx(1320)
+    # mean final loss (2 * 3.27 + 2 * 3.2775 + 3.29) / 5 = 3.2770: (3.28 - 3.277) * sqrt 5 = 0.0067082 >= 0.004;
+    # z = -0.003 / (0.0013 / sqrt 5) = -5.160157
+    assert v["steps"] == 1390 and v["mean_final_val_loss"] == pytest.approx(3.277)
+    assert v["below_margin"] == pytest.approx(0.0067082, abs=1e-7) and v["valid"] is True
+    assert v["p_z_loss_below_target"] == pytest.approx(scipy_stats.norm.cdf(-5.160157), rel=1e-5)
+    # at step 1250 the mean is (2 * 3.2777 + 2 * 3.2852 + 3.2977) / 5 = 3.2847, above the target: 1390 is the first
+    assert v["earliest_valid_step"] == 1390
+    low = write_set(tmp_path / "low", [(80000, 3.2600), (80100, 3.2610)])
+    # at 1250: 3.2677 and 3.2687, mean 3.2682: (3.28 - 3.2682) * sqrt 2 = 0.0167 >= 0.004; at 1000: 3.2600 +
+    # 7.5 (390 / 1390)^3 = 3.4257 and 3.4267, above
+    v = compare_json(capsys, "--logs", f"low={low}", "--rule", "steps")["steps_rule"]["variants"][0]
+    assert v["earliest_valid_step"] == 1250
 
 
 def test_the_pairwise_rule_trades_loss_against_steps(tmp_path, capsys):
-    # baseline: 1000 steps, final 3.280 and 3.282; variant: 900 steps, final 3.283 and 3.285. At 0.0045 per 100
-    # steps each run scores loss + 0.045 (baseline) or + 0.0405 (variant): means 3.326 and 3.3245, so the
-    # variant is ahead by 0.0015, worth 0.0015 / 0.0045 * 100 = 33.3 steps.
+    # baseline: 1000 steps, final 3.280 and 3.282 (mean 3.281); variant: 900 steps, final 3.283 and 3.285 (3.284).
+    # (3.281 - 3.284 + 0.0045 * 100 / 100) / sqrt(1/2 + 1/2) = 0.0015 < 0.004: not shown better.
     for i, loss in enumerate((3.280, 3.282)):
-        write(tmp_path / "base", f"r{i}.txt", short_log(1000, loss, code=CODE))
+        write(tmp_path / "base", f"r{i}.txt", short_log(1000, loss))
     for i, loss in enumerate((3.283, 3.285)):
-        write(tmp_path / "new", f"r{i}.txt", short_log(900, loss, code=CODE))
-    fig = compare_json(capsys, "--logs", f"base={tmp_path / 'base'}", f"new={tmp_path / 'new'}", "--rule", "steps",
-                       "--loss-sigma", "0.002")
-    vs = fig["steps_rule"]["variants"][1]["vs_baseline"]
-    assert vs["adjusted_loss_diff"] == pytest.approx(-0.0015) and vs["steps_equivalent"] == pytest.approx(-100 / 3)
-    # Welch: both sets have std 0.001 * sqrt 2, so se = 0.001 * sqrt 2, t = -1.06066 on 2 df: p = 0.20
-    assert vs["p_better"] == pytest.approx(scipy_stats.t.cdf(-0.0015 / (0.001 * math.sqrt(2)), 2), abs=1e-6)
-    assert vs["better"] is False
-    # at a rate of 0.045 per 100 steps the variant's 100 fewer steps are worth 0.045: ahead by 0.042 = 3.326 - 3.284
-    fig = compare_json(capsys, "--logs", f"base={tmp_path / 'base'}", f"new={tmp_path / 'new'}", "--rule", "steps",
-                       "--steps-rate", "0.045")
-    vs = fig["steps_rule"]["variants"][1]["vs_baseline"]
-    assert vs["adjusted_loss_diff"] == pytest.approx(-0.042) and vs["better"] is True
-    assert compare.main(["--logs", f"base={tmp_path / 'base'}", f"new={tmp_path / 'new'}", "--rule", "steps",
-                         "--no-plot"]) == 0
+        write(tmp_path / "new", f"r{i}.txt", short_log(900, loss))
+    logs = ("--logs", f"base={tmp_path / 'base'}", f"new={tmp_path / 'new'}", "--rule", "steps")
+    vs = compare_json(capsys, *logs)["steps_rule"]["variants"][1]["vs_baseline"]
+    assert vs["steps_saved"] == 100 and vs["loss_diff"] == pytest.approx(-0.003)
+    assert vs["pairwise_margin"] == pytest.approx(0.0015) and vs["better"] is False
+    # at 0.045 per 100 steps the 100 steps saved are worth 0.045: (-0.003 + 0.045) / 1 = 0.042, better
+    vs = compare_json(capsys, *logs, "--steps-rate", "0.045")["steps_rule"]["variants"][1]["vs_baseline"]
+    assert vs["pairwise_margin"] == pytest.approx(0.042) and vs["better"] is True
+    assert compare.main([*logs, "--no-plot"]) == 0
     out = capsys.readouterr().out
-    assert "the steps rule" in out and "untested (give --loss-sigma)" in out and "not shown better" in out
+    assert "the steps rule of modded-nanogpt's optimization track" in out
+    assert "0.00150: not shown better" in out and "not valid" in out  # 3.281 is above the target
