@@ -29,6 +29,10 @@ loss (two-sided), and the runs per variant for the speedup's interval to exclude
 variant, logs of different planned step counts, targets or code (the source a log starts with, or
 a run's code hash and config) are refused, naming the two files, and so are two logs of one run
 (the same step lines, harness.logs.log_identity).
+With --allow-code-diff, runs of different code are pooled and each difference (the first differing lines) is
+printed, marked in the table and listed in the JSON. --scoring olympic|median adds a set's time under MLPerf's
+olympic rule or as a median, with the interval and test that fit it (harness.stats.score, compare_scores);
+--rule steps adds modded-nanogpt's optimization-track judgement on steps (steps_figures).
 --json prints every figure (times in seconds) and each run's. Plots (val loss against time and
 step; each run's final time and loss) go to --plot-dir (default runs/compare-<UTC time>/).
 """
@@ -51,7 +55,8 @@ import pandas as pd
 from harness.cli import finite_float, run_cli
 from harness import stats
 from harness.stats import fmt
-from harness.logs import DEFAULT_TARGET, LogError, RunLog, config_diff, load_run, load_runs
+from harness.logs import (DEFAULT_TARGET, LogError, RunLog, code_differences, config_diff, describe_difference, load_run,
+                          load_runs)
 from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
 from harness.tracks import track_target
 from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, destination_problem,
@@ -75,6 +80,7 @@ class Variant:
     skipped: list[str] = field(default_factory=list)  # runs left out, with why
     skipped_status: list[str] = field(default_factory=list)  # their statuses: diverged, incomplete, crashed, ...
     notes: list[str] = field(default_factory=list)  # what to know about the input (a log also in another variant)
+    code_differences: list[str] = field(default_factory=list)  # --allow-code-diff: runs pooled across code, and how
 
 
 def _split_named(text: str, option: str) -> tuple[str, str]:
@@ -135,14 +141,26 @@ def load_variant_logs(variant: Variant, records_dir: Path) -> list[RunLog]:
         raise CompareError(f"--logs {variant.name}: {os_error_line(exc)}") from None
 
 
-def _identity_problem(first: RunLog, log: RunLog) -> str | None:
-    """Why two logs of one variant may not be pooled: another planned step count, target or code."""
+def code_difference(first: RunLog, log: RunLog) -> str | None:
+    """'code <hash> vs <hash>: line 11 'x' vs line 11 'y'; ...' (the first few differing lines, where both logs carry
+    their code), or None when the two runs have the same code or one states none."""
+    if not (first.code_hash and log.code_hash and first.code_hash != log.code_hash):
+        return None
+    text = f"code {first.code_hash[:12]} vs {log.code_hash[:12]}"
+    if first.code is not None and log.code is not None:
+        text += ": " + "; ".join(describe_difference(d) for d in code_differences(first.code, log.code))
+    return text
+
+
+def _identity_problem(first: RunLog, log: RunLog, allow_code_diff: bool = False) -> str | None:
+    """Why two logs of one variant may not be pooled: another planned step count, target or code (code only
+    without allow_code_diff)."""
     if first.total_steps != log.total_steps:
         return f"planned steps {first.total_steps} vs {log.total_steps}"
     if first.target is not None and log.target is not None and first.target != log.target:
         return f"target val loss {first.target} vs {log.target}"
-    if first.code_hash and log.code_hash and first.code_hash != log.code_hash:
-        return f"code {first.code_hash[:12]} vs {log.code_hash[:12]}"
+    if not allow_code_diff and (diff := code_difference(first, log)):
+        return diff
     if first.stopped_early != log.stopped_early:  # a first-crossing time would pool with final ones
         return f"{'one stopped at the target, one ran' if first.stopped_early else 'one ran, one stopped at the target'} " \
                "its whole schedule"
@@ -151,9 +169,11 @@ def _identity_problem(first: RunLog, log: RunLog) -> str | None:
     return None
 
 
-def admit(variant: Variant, logs: list[RunLog]) -> None:
+def admit(variant: Variant, logs: list[RunLog], allow_code_diff: bool = False) -> None:
     """Add the finished runs of one variant: a run that did not finish ok is left out (noted); two logs of one
-    run (harness.logs.log_identity) and runs that differ in planned steps, target or code are refused."""
+    run (harness.logs.log_identity) and runs that differ in planned steps, target or code are refused, naming
+    the first differing lines of code. With allow_code_diff, runs of different code are pooled and each
+    difference is kept in variant.code_differences."""
     seen = {log.identity: log.source for log in variant.logs}
     for log in logs:
         if log.identity in seen:
@@ -166,10 +186,13 @@ def admit(variant: Variant, logs: list[RunLog]) -> None:
             variant.skipped_status.append(log.status)
             continue
         if variant.logs:
-            problem = _identity_problem(variant.logs[0], log)
+            problem = _identity_problem(variant.logs[0], log, allow_code_diff)
+            if not problem and allow_code_diff and (diff := code_difference(variant.logs[0], log)):
+                variant.code_differences.append(f"{variant.logs[0].source} and {log.source}: {diff}")
             if problem:
+                hint = " (or pool them with --allow-code-diff)" if problem.startswith("code ") else ""
                 raise CompareError(f"variant {variant.name}: {variant.logs[0].source} and {log.source} differ "
-                                   f"({problem}); compare them as two variants")
+                                   f"({problem}); compare them as two variants{hint}")
         variant.logs.append(log)
 
 
@@ -234,6 +257,8 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
             "skipped": v.skipped,
             "skipped_status": dict(Counter(v.skipped_status)),
             "notes": v.notes,
+            "pooled_across_code": bool(v.code_differences),  # --allow-code-diff pooled runs of different code
+            "code_differences": v.code_differences,
             "time_s": time_s.as_dict(),
             "final_val_loss": rule.losses.as_dict(),
             "p_loss_below_target": rule.p,
@@ -282,6 +307,7 @@ def table(fig: dict) -> str:
         crossing = v["first_crossing_s"]
         notes = [f"+{k} {status}, left out" for status, k in v["skipped_status"].items()]
         notes += [f"{v['stopped_early']} stopped at the target"] if v["stopped_early"] else []
+        notes += ["pooled across different code, --allow-code-diff"] if v.get("pooled_across_code") else []
         rows.append({
             "variant": v["name"] + (" (baseline)" if v["name"] == fig["baseline"] and len(fig["variants"]) > 1 else ""),
             "n": f"{v['n']}" + (f" ({'; '.join(notes)})" if notes else ""),
@@ -315,6 +341,120 @@ def comparison_table(fig: dict) -> str | None:
             f"runs per variant for the speedup's CI to exclude 1 ({stats.POWER:.0%} power)": fmt(vs["runs_needed_per_variant"], "d"),
         })
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else None
+
+
+def _missed(v: Variant, target: float) -> list[bool]:
+    return [log.final_val_loss > target for log in v.logs]
+
+
+def score_figures(variants: list[Variant], target: float, scoring: str) -> dict:
+    """Each variant's time under a scoring rule (harness.stats.score) and, against the baseline, the test that fits
+    it (harness.stats.compare_scores): {"scoring": rule, "variants": [{"name", "score", "vs_baseline"}]}."""
+    base = variants[0]
+    out = {"scoring": scoring, "variants": []}
+    for v in variants:
+        entry = {"name": v.name, "score": stats.score(scoring, _times(v), _missed(v, target)).as_dict(),
+                 "vs_baseline": None}
+        if v is not base:
+            entry["vs_baseline"] = stats.compare_scores(scoring, _times(base), _times(v), _missed(base, target),
+                                                        _missed(v, target)).as_dict()
+        out["variants"].append(entry)
+    return finite_or_none(out)
+
+
+def score_table(fig: dict) -> str:
+    """One row per variant: its score under the rule, with the test against the baseline."""
+    rule, rows = fig["scoring"], []
+    for v in fig["variants"]:
+        s, vs = v["score"], v["vs_baseline"] or {}
+        low, high = s["ci95"]
+        dlow, dhigh = vs.get("diff_ci95", [None, None])
+        rows.append({
+            "variant": v["name"],
+            f"time (s), {rule} [95% CI]": (f"fails: {s['fails']}" if s["fails"] else
+                                          f"{fmt(s['score'], '.4f')} [{fmt(low, '.4f')}, {fmt(high, '.4f')}]"),
+            "runs scored / used / missed the target": f"{s['n']} / {s['used']} / {s['misses']}",
+            "ratio baseline / variant": fmt(vs.get("ratio"), ".4f"),
+            "Δ, variant − baseline (s) [95% CI]": (f"{fmt(vs['diff'], '+.3f')} [{fmt(dlow, '+.3f')}, {fmt(dhigh, '+.3f')}]"
+                                                   if vs else "—"),
+            "p faster (one-sided)": fmt(vs.get("p_faster"), ".2g"),
+            "p (two-sided)": fmt(vs.get("p_two_sided"), ".2g"),
+            "test": vs.get("test", "—"),
+        })
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+
+
+def first_step_at_or_below(log: RunLog, target: float) -> int | None:
+    """The first step whose validation loss is at or below the target, None if none is."""
+    return next((step for step, loss in zip(log.val_steps, log.val_losses) if loss <= target), None)
+
+
+def _mean_steps(v: Variant) -> float:
+    return sum(log.final_step for log in v.logs) / len(v.logs)
+
+
+def earliest_passing_step(v: Variant, target: float) -> int | None:
+    """The earliest validation step, common to every run, at which the set's mean loss passes the track's margin
+    (the stopping point chosen the same across all runs, as the track allows), None if none does."""
+    curves = [dict(zip(log.val_steps, log.val_losses)) for log in v.logs]
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    return next((s for s in common if stats.below_margin([c[s] for c in curves], target) >= stats.STEPS_MARGIN), None)
+
+
+def steps_figures(variants: list[Variant], target: float, sigma: float, rate: float) -> dict:
+    """The steps rule of modded-nanogpt's optimization track (records/track_3_optimization/README.md): per run the
+    first step whose validation is at or below the target; per variant its steps (the runs' final step), the
+    one-sided z-test with the stated sigma that the mean final loss is below the target and the track's validity
+    condition (target - mean) sqrt(n) >= STEPS_MARGIN, and the earliest common validation step that meets it;
+    against the baseline the pairwise condition, the loss difference plus the steps saved at `rate` per 100 steps,
+    over sqrt(1/n1 + 1/n2), >= STEPS_MARGIN."""
+    base = variants[0]
+    out = {"rule": "steps", "target": target, "sigma": sigma, "margin": stats.STEPS_MARGIN,
+           "rate_per_100_steps": rate, "variants": []}
+    for v in variants:
+        reached = [first_step_at_or_below(log, target) for log in v.logs]
+        losses = _losses(v)
+        margin = stats.below_margin(losses, target)
+        entry = {"name": v.name, "n": len(v.logs),
+                 "first_step_at_or_below_target": stats.describe([s for s in reached if s is not None]).as_dict(),
+                 "reached": sum(s is not None for s in reached),
+                 "steps": _mean_steps(v),
+                 "mean_final_val_loss": _mean_or_none(losses),
+                 "p_z_loss_below_target": stats.z_below(losses, target, sigma),
+                 "below_margin": margin,
+                 "valid": bool(margin >= stats.STEPS_MARGIN),
+                 "earliest_valid_step": earliest_passing_step(v, target),
+                 "runs": [{"source": log.source, "first_step_at_or_below_target": s, "final_step": log.final_step,
+                           "final_val_loss": log.final_val_loss} for log, s in zip(v.logs, reached)],
+                 "vs_baseline": None}
+        if v is not base:
+            pair = stats.pairwise_margin(_losses(base), _mean_steps(base), losses, _mean_steps(v), rate)
+            entry["vs_baseline"] = {"steps_saved": _mean_steps(base) - _mean_steps(v),
+                                    "loss_diff": _mean_or_none(_losses(base)) - _mean_or_none(losses),
+                                    "pairwise_margin": pair, "better": bool(pair >= stats.STEPS_MARGIN)}
+        out["variants"].append(entry)
+    return finite_or_none(out)
+
+
+def steps_table(fig: dict) -> str:
+    """One row per variant: steps, the validity verdict and the pairwise verdict against the baseline."""
+    rows, margin = [], fig["margin"]
+    for v in fig["variants"]:
+        s, vs = v["first_step_at_or_below_target"], v["vs_baseline"]
+        rows.append({
+            "variant": v["name"],
+            "steps": fmt(v["steps"], "g"),
+            "first step ≤ target, mean [95% CI]": (f"{fmt(s['mean'], '.1f')} [{fmt(s['ci95'][0], '.1f')}, "
+                                                  f"{fmt(s['ci95'][1], '.1f')}] ({v['reached']}/{v['n']} runs)")
+                                                 if s["n"] else f"— (0/{v['n']} runs)",
+            "mean final val loss": fmt(v["mean_final_val_loss"], ".5f"),
+            f"z-test p (σ = {fig['sigma']})": fmt(v["p_z_loss_below_target"], ".3g"),
+            f"(target − mean)·√n ≥ {margin}": f"{fmt(v['below_margin'], '.5f')}: {'valid' if v['valid'] else 'not valid'}",
+            "earliest valid step": fmt(v["earliest_valid_step"], "d"),
+            f"pairwise: (Δloss + {fig['rate_per_100_steps']}·Δsteps/100)/√(1/n1+1/n2) ≥ {margin}":
+                f"{fmt(vs['pairwise_margin'], '.5f')}: {'better' if vs['better'] else 'not shown better'}" if vs else "—",
+        })
+    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
 def _save(fig, path: Path) -> Path:
@@ -383,7 +523,7 @@ def _collect(args, variants: list[Variant]) -> None:
     """Fill each variant's logs: read them (logs mode) or run them interleaved, A0 B0 A1 B1 ... (run mode)."""
     if args.logs:
         for v in variants:
-            admit(v, load_variant_logs(v, args.records))
+            admit(v, load_variant_logs(v, args.records), args.allow_code_diff)
         seen: dict[str, str] = {}
         for v in variants:  # a log in two variants makes them look alike: say so
             for log in v.logs:
@@ -397,7 +537,7 @@ def _collect(args, variants: list[Variant]) -> None:
                           nproc=args.nproc, overrides=v.overrides, timeout=args.timeout, runs_dir=args.runs_dir,
                           records_dir=args.records, label=f"{v.name} {k}/{args.seeds}")
             try:
-                admit(v, [load_run(row["run_dir"])])
+                admit(v, [load_run(row["run_dir"])], args.allow_code_diff)
             except LogError as exc:
                 v.skipped.append(f"{row['run_id']} ({row['status']}: {exc})")
                 v.skipped_status.append(row["status"])
@@ -426,6 +566,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     parser.add_argument("--plot-dir", type=Path, default=None, help="where the plots go (default runs/compare-<time>/)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--allow-code-diff", action="store_true",
+                        help="pool the runs of one variant whose code differs (the differing lines are shown)")
+    parser.add_argument("--scoring", choices=stats.SCORINGS, default="mean",
+                        help="how a set's time is scored: mean (the community's, default), olympic (MLPerf: drop the "
+                        "fastest and the slowest run), median")
+    parser.add_argument("--rule", choices=("time", "steps"), default="time",
+                        help="steps: the optimization track's rule, steps to the target and its verdicts")
+    parser.add_argument("--loss-sigma", type=finite_float, default=stats.STEPS_SIGMA,
+                        help=f"--rule steps: the stated per-run std of the final loss for the z-test (default "
+                        f"{stats.STEPS_SIGMA}, the optimization track's)")
+    parser.add_argument("--steps-rate", type=finite_float, default=stats.STEPS_RATE,
+                        help=f"--rule steps: loss per 100 steps the pairwise rule trades (default {stats.STEPS_RATE})")
     args = parser.parse_args(argv)
 
     variants = ([args.baseline] if args.baseline else []) + args.variant
@@ -469,6 +621,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         fig = figures(variants, target, target_source)
+        if args.scoring != "mean":
+            fig["scoring"] = score_figures(variants, target, args.scoring)
+        if args.rule == "steps":
+            fig["steps_rule"] = steps_figures(variants, target, args.loss_sigma, args.steps_rate)
     except ValueError as exc:  # figures no statistic can be computed from (a time of 0 ms in a hand-made log)
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -477,6 +633,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{v.name}: left out {s}", file=sys.stderr)
         for note in v.notes:
             print(f"{v.name}: {note}", file=sys.stderr)
+        for diff in v.code_differences:
+            print(f"{v.name}: pooled (--allow-code-diff) {diff}", file=sys.stderr)
     if args.json:
         print(json.dumps(fig, indent=1))
     else:
@@ -487,6 +645,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if vs:
             print(f"\nagainst the baseline, {variants[0].name}:")
             print(vs)
+        if "scoring" in fig:
+            print(f"\ntime scored {args.scoring} (harness.stats.score):")
+            print(score_table(fig["scoring"]))
+        if "steps_rule" in fig:
+            print(f"\nthe steps rule of modded-nanogpt's optimization track (target {target}; "
+                  f"{args.steps_rate} loss per 100 steps):")
+            print(steps_table(fig["steps_rule"]))
     rc = 0
     if not args.no_plot:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")

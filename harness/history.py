@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import difflib
 import json
 import os
 import re
@@ -46,7 +45,7 @@ from tqdm import tqdm
 
 from harness import stats
 from harness.leaderboard import TIME_NOTE
-from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run
+from harness.logs import LOG_SUFFIXES, LogError, RunLog, code_differences, describe_difference, load_run
 from harness.records import os_error_line
 from harness.runlog import finite_or_none
 from harness.runrow import RUNS_DIR
@@ -55,7 +54,6 @@ from harness.tracks import FINEWEB_TARGET
 PAGE_FILE = "history.md"
 PLOT_FILE = "history.png"
 DEFAULT_OUT = RUNS_DIR / "history"
-DIFF_LINES = 3  # differing lines shown per pair of codes
 NO_TRACK = "(no track folder)"
 # modded-nanogpt's README: track 1 (GPT-2 small) and track 3 (optimization, fewest steps) target 3.28,
 # track 2 (GPT-2 medium) 2.92. Keyed by the <name> of a track_<n>_<name> folder.
@@ -192,31 +190,6 @@ def read_variant(record: RecordFolder, variant: str, files: list[Path], problems
             v.left_out.append({"file": path.name, "status": log.status, "final_step": log.final_step,
                                "planned_steps": log.total_steps})
     return v
-
-
-def code_differences(a: str, b: str, limit: int = DIFF_LINES) -> list[dict]:
-    """The first `limit` lines in which code b differs from code a: {"line_a", "a", "line_b", "b"}, 1-based line
-    numbers, None (and no text) on the side that has no such line (an insertion or a deletion)."""
-    lines_a, lines_b = a.split("\n"), b.split("\n")
-    out = []
-    matcher = difflib.SequenceMatcher(None, lines_a, lines_b, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            continue
-        for k in range(max(i2 - i1, j2 - j1)):
-            ia, ib = i1 + k, j1 + k
-            out.append({"line_a": ia + 1 if ia < i2 else None, "a": lines_a[ia] if ia < i2 else None,
-                        "line_b": ib + 1 if ib < j2 else None, "b": lines_b[ib] if ib < j2 else None})
-            if len(out) == limit:
-                return out
-    return out
-
-
-def describe_difference(d: dict) -> str:
-    """'line 12 'x = 1' vs line 12 'x = 2'', one differing line, either side possibly absent."""
-    side_a = f"line {d['line_a']} {d['a'].strip()!r}" if d["line_a"] is not None else "(no line)"
-    side_b = f"line {d['line_b']} {d['b'].strip()!r}" if d["line_b"] is not None else "(no line)"
-    return f"{side_a} vs {side_b}"
 
 
 def variant_figures(v: VariantHistory, target: float) -> dict:

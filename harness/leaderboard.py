@@ -57,16 +57,25 @@ def _mean_std(summary: dict, scale: float, spec: str) -> str:
 # Sections
 
 
+def runs_cell(record: dict) -> str:
+    """A record's run count, with the runs that ended above the target and the runs excluded (harness.submit's
+    every-run rule), each with its reason."""
+    s = record["stats"]
+    below = s.get("final_at_or_below_target")
+    notes = [] if below in (None, s["n"]) else [f"{below} ended at or below the target"]
+    notes += [f"excluded {x.get('run_id')}: {x.get('reason')}" for x in record.get("excluded") or [] if isinstance(x, dict)]
+    return f"{s['n']}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def records_table(records: list[dict], link_base: str) -> str:
     rows = []
     for rank, r in enumerate(sorted(records, key=lambda r: (r["stats"]["train_time_ms"]["mean"], r["folder"])), 1):
         s = r["stats"]
-        below = s.get("final_at_or_below_target")
         rows.append({
             "#": rank,
             "time (s)": _mean_std(s["train_time_ms"], 1000, ".2f"),
             "val loss": _mean_std(s["final_val_loss"], 1, ".4f"),
-            "runs": f"{s['n']}" if below in (None, s["n"]) else f"{s['n']} ({below} ended at or below the target)",
+            "runs": runs_cell(r),
             "p (loss < target)": fmt(s.get("p_loss_below_target"), ".2g"),
             "date": r["date"],
             "name": r["name"],

@@ -30,6 +30,7 @@ status. Its train.log supplies the planned step count.
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import os
@@ -229,6 +230,34 @@ def embedded_code(text: str) -> str | None:
                 return code
             return None
     return None
+
+
+DIFF_LINES = 3  # differing lines shown per pair of codes
+
+
+def code_differences(a: str, b: str, limit: int = DIFF_LINES) -> list[dict]:
+    """The first `limit` lines in which code b differs from code a: {"line_a", "a", "line_b", "b"}, 1-based line
+    numbers, None (and no text) on the side that has no such line (an insertion or a deletion)."""
+    lines_a, lines_b = a.split("\n"), b.split("\n")
+    out = []
+    matcher = difflib.SequenceMatcher(None, lines_a, lines_b, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        for k in range(max(i2 - i1, j2 - j1)):
+            ia, ib = i1 + k, j1 + k
+            out.append({"line_a": ia + 1 if ia < i2 else None, "a": lines_a[ia] if ia < i2 else None,
+                        "line_b": ib + 1 if ib < j2 else None, "b": lines_b[ib] if ib < j2 else None})
+            if len(out) == limit:
+                return out
+    return out
+
+
+def describe_difference(d: dict) -> str:
+    """'line 12 'x = 1' vs line 12 'x = 2'', one differing line, either side possibly absent."""
+    side_a = f"line {d['line_a']} {d['a'].strip()!r}" if d["line_a"] is not None else "(no line)"
+    side_b = f"line {d['line_b']} {d['b'].strip()!r}" if d["line_b"] is not None else "(no line)"
+    return f"{side_a} vs {side_b}"
 
 
 def log_identity(text: str) -> str | None:

@@ -80,6 +80,7 @@ RECORD_KEYS = {
     "stats.final_val_loss": "object", "stats.final_val_loss.mean": "number|null",
     "stats.final_val_loss.std": "number|null", "stats.p_loss_below_target": "number|null",
     "stats.previous": "object|null|absent",
+    "excluded": "array|absent",  # finished runs of the set's track, code and config left out, each with its reason
     "stats.previous.folder": "string", "stats.previous.name": "string", "stats.previous.train_time_ms": "object",
     "stats.previous.speedup": "object", "stats.previous.speedup.ratio": "number|null",
     "stats.previous.speedup.ci95": "array", "stats.previous.p_welch_faster": "number|null",
@@ -239,6 +240,13 @@ def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_D
             raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}{damaged}")
         found.append({**dict.fromkeys(ROW_FIELDS), **finite_or_none(by_id[run_id])})
     return found
+
+
+def latest_rows(records_dir: str | os.PathLike = RECORDS_DIR) -> list[dict]:
+    """Every run of the runs log once (its last row), as find_runs gives it; the log's problems are skipped."""
+    rows, _ = _read_rows(records_dir)
+    by_id = {row["run_id"]: row for row in rows}
+    return [{**dict.fromkeys(ROW_FIELDS), **finite_or_none(row)} for row in by_id.values()]
 
 
 def row_run_dir(row: dict) -> Path:

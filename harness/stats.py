@@ -9,6 +9,12 @@
                    Fieller's 95% interval for a ratio of two independent means (Fieller 1954; t on the
                    Welch-Satterthwaite degrees of freedom of the ratio's variance), and the one-sided
                    Welch p that the new times are lower.
+- olympic, median, score: a set's time under MLPerf's olympic rule (drop the fastest and the slowest run; a
+                   miss counts as the slowest, two fail; Tukey-McLaughlin interval of the trimmed mean) or as a
+                   median (order-statistic interval, scipy.stats.quantile_test); compare_scores: the test that
+                   fits each rule (Welch/Fieller, Yuen's trimmed t-test, Mann-Whitney U).
+- z_below, below_margin, pairwise_margin: the optimization track's steps rule (its z-test with a stated
+                   sigma, and its pairwise trade of loss against steps).
 - runs_needed_*:   the sample size a set needs for its test to succeed with 80% power at the effect
                    observed (the textbook power of a t-test: the noncentral t distribution, as in
                    statsmodels' TTestPower and TTestIndPower).
@@ -251,6 +257,200 @@ def runs_needed_difference(mean_a: float, std_a: float, mean_b: float, std_b: fl
         return _power_or_one(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
 
     return _smallest_n(power)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring rules for a set's time: the community's mean (describe/speedup above), MLPerf's olympic mean, the median
+
+SCORINGS = ("mean", "olympic", "median")  # the community's is the first: the default
+
+
+@dataclass(frozen=True)
+class Score:
+    """A set's time under one scoring rule: the score and its 95% interval (NaN where too few runs or the set
+    fails), the runs it is computed from, and the runs that missed the target."""
+
+    rule: str
+    n: int
+    used: int
+    score: float
+    ci_low: float
+    ci_high: float
+    misses: int = 0
+    fails: str | None = None  # why the set gets no score
+
+    def as_dict(self) -> dict:
+        return {"rule": self.rule, "n": self.n, "used": self.used, "score": self.score,
+                "ci95": [self.ci_low, self.ci_high], "misses": self.misses, "fails": self.fails}
+
+
+def _olympic_order(times: Sequence[float], missed: Sequence[bool]) -> np.ndarray:
+    """The times sorted, a run that missed the target as +inf: MLPerf counts it as the slowest."""
+    x = _array(times)
+    x[np.asarray(list(missed), dtype=bool)] = np.inf
+    return np.sort(x)
+
+
+def _olympic_parts(x: np.ndarray) -> tuple[float, float, int]:
+    """(trimmed mean, winsorized sample variance, h) of sorted times with one run trimmed from each end."""
+    h = len(x) - 2
+    w = x.copy()
+    w[0], w[-1] = w[1], w[-2]
+    return float(x[1:-1].mean()), float(w.var(ddof=1)) if h >= 2 else math.nan, h
+
+
+def olympic(times: Sequence[float], missed: Sequence[bool] | None = None) -> Score:
+    """MLPerf Training's olympic score: drop the fastest and the slowest run, average the rest. A run that missed
+    the target counts as the slowest; a set with more than one miss fails. The 95% interval is the trimmed mean's
+    (Tukey-McLaughlin: se = winsorized std / ((1 - 2g/n) sqrt(n)), t on h - 1 degrees of freedom, h = n - 2)."""
+    missed = [False] * len(times) if missed is None else list(missed)
+    n, misses = len(times), sum(missed)
+    if misses > 1:
+        return Score("olympic", n, 0, math.nan, math.nan, math.nan, misses, f"{misses} runs missed the target (at most 1)")
+    if n < 3:
+        return Score("olympic", n, 0, math.nan, math.nan, math.nan, misses, f"{n} runs: olympic scoring needs 3")
+    tm, var_w, h = _olympic_parts(_olympic_order(times, missed))
+    if h < 2 or not var_w > 0:
+        low = high = tm if var_w == 0 else math.nan
+    else:
+        se = math.sqrt(var_w) * math.sqrt(n) / h
+        low, high = (float(v) for v in stats.t.interval(CONFIDENCE, h - 1, loc=tm, scale=se))
+    return Score("olympic", n, h, tm, low, high, misses)
+
+
+def median(times: Sequence[float]) -> Score:
+    """The median time with the order-statistic (binomial) 95% interval of scipy.stats.quantile_test; NaN ends
+    where the sample is too small for one (fewer than 6 runs)."""
+    x = _array(times)
+    if len(x) == 0:
+        return Score("median", 0, 0, math.nan, math.nan, math.nan)
+    m = float(np.median(x))
+    ci = stats.quantile_test(x, q=m, p=0.5).confidence_interval(CONFIDENCE)
+    return Score("median", len(x), len(x), m, float(ci.low), float(ci.high))
+
+
+def mean_score(times: Sequence[float]) -> Score:
+    s = describe(times)
+    return Score("mean", s.n, s.n, s.mean, s.ci_low, s.ci_high)
+
+
+def score(rule: str, times: Sequence[float], missed: Sequence[bool] | None = None) -> Score:
+    """A set's time under `rule` (one of SCORINGS); `missed` marks runs whose final loss missed the target."""
+    if rule == "olympic":
+        return olympic(times, missed)
+    if rule == "median":
+        return median(times)
+    if rule == "mean":
+        return mean_score(times)
+    raise ValueError(f"scoring {rule!r}: not one of {', '.join(SCORINGS)}")
+
+
+@dataclass(frozen=True)
+class ScoreComparison:
+    """A variant's score against the baseline's: the ratio baseline / variant (> 1: faster), the difference
+    variant - baseline with its 95% interval (NaN where the rule's test gives none), and the test's p-values."""
+
+    ratio: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_faster: float  # one-sided, H1: the variant is faster
+    p_two_sided: float
+    test: str
+
+    def as_dict(self) -> dict:
+        return {"ratio": self.ratio, "diff": self.diff, "diff_ci95": [self.ci_low, self.ci_high],
+                "p_faster": self.p_faster, "p_two_sided": self.p_two_sided, "test": self.test}
+
+
+def yuen(baseline: Sequence[float], new: Sequence[float], baseline_missed: Sequence[bool] | None = None,
+         new_missed: Sequence[bool] | None = None) -> ScoreComparison:
+    """Yuen's trimmed t-test of the olympic means (one run trimmed from each end of each set, a miss as the
+    slowest): d = (n - 1) s_w^2 / (h (h - 1)) per set, Welch-Satterthwaite degrees of freedom. Without misses and
+    with equal n it is scipy.stats.ttest_ind(new, baseline, equal_var=False, trim=1/n)."""
+    a, b = olympic(baseline, baseline_missed), olympic(new, new_missed)
+    nan = math.nan
+    if a.fails or b.fails:
+        return ScoreComparison(nan, nan, nan, nan, nan, nan, "Yuen")
+    ratio, diff = a.score / b.score, b.score - a.score
+    parts = []
+    for times, missed in ((baseline, baseline_missed), (new, new_missed)):
+        missed = [False] * len(times) if missed is None else missed
+        _, var_w, h = _olympic_parts(_olympic_order(times, missed))
+        parts.append(((len(times) - 1) * var_w / (h * (h - 1)) if h >= 2 else nan, h))
+    (da, ha), (db, hb) = parts
+    total = da + db
+    if not total > 0:
+        return ScoreComparison(ratio, diff, nan, nan, nan, nan, "Yuen")
+    df = total**2 / (da**2 / (ha - 1) + db**2 / (hb - 1))
+    t = diff / math.sqrt(total)
+    half = stats.t.ppf(0.5 + CONFIDENCE / 2, df) * math.sqrt(total)
+    return ScoreComparison(ratio, diff, diff - half, diff + half, float(stats.t.cdf(t, df)),
+                           float(2 * stats.t.sf(abs(t), df)), "Yuen")
+
+
+def mann_whitney(baseline: Sequence[float], new: Sequence[float]) -> ScoreComparison:
+    """Medians compared: the ratio and difference of medians, and the Mann-Whitney U test's p-values
+    (scipy.stats.mannwhitneyu; its exact distribution where no two times tie, else the normal approximation);
+    no interval for the difference."""
+    a, b = _array(baseline), _array(new)
+    nan = math.nan
+    if len(a) == 0 or len(b) == 0:
+        return ScoreComparison(nan, nan, nan, nan, nan, nan, "Mann-Whitney")
+    ma, mb = float(np.median(a)), float(np.median(b))
+    method = "exact" if len(np.unique(np.concatenate([a, b]))) == len(a) + len(b) else "asymptotic"  # exact: no ties
+    p_faster = float(stats.mannwhitneyu(b, a, alternative="less", method=method).pvalue)
+    p_two = float(stats.mannwhitneyu(b, a, alternative="two-sided", method=method).pvalue)
+    return ScoreComparison(ma / mb, mb - ma, nan, nan, p_faster, p_two, "Mann-Whitney")
+
+
+def compare_scores(rule: str, baseline: Sequence[float], new: Sequence[float],
+                   baseline_missed: Sequence[bool] | None = None, new_missed: Sequence[bool] | None = None
+                   ) -> ScoreComparison:
+    """The test that fits `rule`: Welch with Fieller's ratio (mean), Yuen (olympic), Mann-Whitney (median)."""
+    if rule == "olympic":
+        return yuen(baseline, new, baseline_missed, new_missed)
+    if rule == "median":
+        return mann_whitney(baseline, new)
+    if rule == "mean":
+        sp, d = speedup(baseline, new), mean_difference(baseline, new)
+        return ScoreComparison(sp.ratio, d.diff, d.ci_low, d.ci_high, sp.p_faster, welch(new, baseline), "Welch")
+    raise ValueError(f"scoring {rule!r}: not one of {', '.join(SCORINGS)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps rule: modded-nanogpt's optimization track (records/track_3_optimization/README.md, "Rules" and
+# "Pairwise statistical significance") judges a result on steps, its loss by a z-test with a stated sigma
+
+STEPS_SIGMA = 0.0013  # the per-run std of the final loss the track's z-test assumes
+STEPS_MARGIN = 0.004  # the track's threshold: 3.09 sigma, the one-sided z-test at p < 0.001, rounded as it states it
+STEPS_RATE = 0.0045  # loss per 100 steps: the track's measured trade (its result #12 shortened by 200 steps)
+
+
+def z_below(losses: Sequence[float], target: float, sigma: float = STEPS_SIGMA) -> float:
+    """p of the one-sided z-test that the mean loss is below the target, with a stated (not estimated) sigma
+    per run: Phi((mean - target) / (sigma / sqrt(n)))."""
+    x = _array(losses)
+    if len(x) == 0 or not sigma > 0:
+        return math.nan
+    return float(stats.norm.cdf((x.mean() - target) / (sigma / math.sqrt(len(x)))))
+
+
+def below_margin(losses: Sequence[float], target: float) -> float:
+    """The track's validity figure, (target - mean loss) * sqrt(n); a result is valid when it is >= STEPS_MARGIN."""
+    x = _array(losses)
+    return float((target - x.mean()) * math.sqrt(len(x))) if len(x) else math.nan
+
+
+def pairwise_margin(baseline_losses: Sequence[float], baseline_steps: float, new_losses: Sequence[float],
+                    new_steps: float, rate: float = STEPS_RATE) -> float:
+    """The track's pairwise figure: (final_loss_diff + exp_stepbased_loss_diff) / sqrt(1/n1 + 1/n2), the loss
+    difference baseline - new plus the steps the new result saves charged at `rate` per 100 steps; the new result
+    is better when it is >= STEPS_MARGIN."""
+    a, b = _array(baseline_losses), _array(new_losses)
+    if len(a) == 0 or len(b) == 0:
+        return math.nan
+    return float(((a.mean() - b.mean()) + rate * (baseline_steps - new_steps) / 100) / math.sqrt(1 / len(a) + 1 / len(b)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Submit a record: check a set of runs against the record rule from their own logs, then write its folder.
 
-    python -m harness.submit --name NAME --description TEXT [--records records] RUN_ID...
+    python -m harness.submit --name NAME --description TEXT [--records records] [--exclude RUN_ID --reason TEXT]... RUN_ID...
 
 Every figure is recomputed from each run's events.jsonl (found through its row in
 records/runs.jsonl), never taken from the runs log's summary. The rule (records/README.md):
@@ -15,7 +15,10 @@ records/runs.jsonl), never taken from the runs log's summary. The rule (records/
      its events), one resolved config apart from the seed, one hardware, one target val loss (the
      same as the track's current record's);
   3. mean final val loss below the target: one-sided one-sample t-test, p < stats.ALPHA (0.01);
-  4. faster than the track's current record: lower mean time, one-sided Welch test p < stats.ALPHA (the
+  4. every run counts (MLPerf's rule against cherry-picking): a finished ("ok") run in the runs log of the same
+     track, code hash and config (apart from the seed) that the set leaves out is refused, named, unless it is
+     excluded with --exclude RUN_ID --reason TEXT (the reasons go into README.md and record.json);
+  5. faster than the track's current record: lower mean time, one-sided Welch test p < stats.ALPHA (the
      first record on a track has nothing to beat). A run's time is its train time at its final
      validation, whether or not that run ended below the target: the speedrun community's
      convention, in which the loss rule over the set, not each run, certifies the target.
@@ -42,7 +45,7 @@ from harness.files import clean_stale_temps, temp_path
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
-                             fsync_path, fsync_tree, list_records, name_problem, os_error_line, row_run_dir,
+                             fsync_path, fsync_tree, latest_rows, list_records, name_problem, os_error_line, row_run_dir,
                              runs_lock)
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
@@ -62,6 +65,11 @@ def check_name(name: str, records_dir: Path) -> None:
                    if p.is_dir() and p.name.split("_", 1)[1] == name)
     if taken:
         raise Refused(f"record name {name!r} is taken by records/{taken[0]}; records are never overwritten")
+
+
+def excluded_lines(record: dict) -> list[str]:
+    """README lines naming each finished run of the same track, code and config left out, with its reason."""
+    return [f"- excluded: run {x['run_id']}: {x['reason']}" for x in record.get("excluded") or []]
 
 
 def render_readme(record: dict, overrides: list[str]) -> str:
@@ -87,7 +95,8 @@ def render_readme(record: dict, overrides: list[str]) -> str:
         f"- speedup over {prev['name']}: {fmt(prev['speedup']['ratio'], '.3f', 'nan')}x" if prev
         else "- the first record on this track",
         f"- hardware: {record['hardware']}; versions: {versions}",
-        f"- git commit: {record.get('git_commit')}; code hash: {record['code_hash']}", "",
+        f"- git commit: {record.get('git_commit')}; code hash: {record['code_hash']}",
+        *excluded_lines(record), "",
         "Reproduce (at that commit, on that hardware):", "", f"    {command}", "",
         f"Check: `python -m harness.verify records/{record['folder']}`; every number is in statistics.md.",
     ]
@@ -203,8 +212,46 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
     return target, previous, previous_logs
 
 
+def left_out_runs(logs: list[RunLog], run_ids: Sequence[str], records_dir: Path) -> list[str]:
+    """The finished ("ok") runs of the runs log that share the set's track, code hash and config (apart from
+    CONFIG_KEYS_FREE) but are not in it. A run whose run directory cannot be read counts: its config is unknown."""
+    first, given = logs[0], set(run_ids)
+    out = []
+    for row in latest_rows(records_dir):
+        if (row["run_id"] in given or row["status"] != "ok" or row["track"] != first.track
+                or row["code_hash"] != first.code_hash):
+            continue
+        try:
+            log = load_run(row_run_dir(row))
+        except (LogError, RecordsError, OSError):
+            out.append(row["run_id"])
+            continue
+        if not config_diff(first.config or {}, log.config or {}):
+            out.append(row["run_id"])
+    return out
+
+
+def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[str, str], records_dir: Path) -> None:
+    """Every finished run of the set's track, code and config is in the set or excluded with a reason. Raises
+    Refused naming the runs left out, or an exclusion that names no such run."""
+    known = {row["run_id"] for row in latest_rows(records_dir)}
+    for run_id, reason in excluded.items():
+        if run_id in run_ids:
+            raise Refused(f"--exclude {run_id}: that run is in the set")
+        if run_id not in known:
+            raise Refused(f"--exclude {run_id}: no run with that id in {records_dir / 'runs.jsonl'}")
+        if not reason.strip():
+            raise Refused(f"--exclude {run_id}: the reason is empty")
+    missing = [run_id for run_id in left_out_runs(logs, run_ids, records_dir) if run_id not in excluded]
+    if missing:
+        raise Refused(f"every finished run counts: {', '.join(missing)} ran the same track, code and config but "
+                      "{} left out; add {} to the set, or give --exclude RUN_ID --reason TEXT for each".format(
+                          "is" if len(missing) == 1 else "are", "it" if len(missing) == 1 else "them"))
+
+
 def build_record(name: str, description: str, rows: list[dict], logs: list[RunLog], target: float,
-                 previous: dict | None, previous_logs: list[RunLog], folder: str) -> dict:
+                 previous: dict | None, previous_logs: list[RunLog], folder: str,
+                 excluded: dict[str, str] | None = None) -> dict:
     runs, s = statistics(logs, target, previous, previous_logs)
     first = logs[0]
     return {
@@ -224,6 +271,7 @@ def build_record(name: str, description: str, rows: list[dict], logs: list[RunLo
         "origin": first.origin,  # None: this kit's trainer; "ingested" or "cmd": a foreign trainer's runs
         "command": first.command,
         "runs": runs,
+        "excluded": [{"run_id": k, "reason": v} for k, v in (excluded or {}).items()],
         "stats": s,
     }
 
@@ -261,21 +309,24 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
     return final
 
 
-def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
+def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str | os.PathLike = RECORDS_DIR,
+           excluded: dict[str, str] | None = None) -> Path:
     """Check and write a record; return its folder. Raises Refused with the failing condition."""
     records_dir = Path(records_dir).resolve()
     check_name(name, records_dir)  # a bad name is refused before anything is made; "taken" is checked again locked
     if not description.strip():
         raise Refused("the description is empty")
     with runs_lock(records_dir):  # judged against the records as they are when it is written: one step
-        return _submit_locked(name, description, run_ids, records_dir)
+        return _submit_locked(name, description, run_ids, records_dir, excluded or {})
 
 
-def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_dir: Path) -> Path:
+def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_dir: Path,
+                   excluded: dict[str, str]) -> Path:
     check_name(name, records_dir)
     try:
         rows, logs = gather(run_ids, records_dir)
         target, previous, previous_logs = check(list(run_ids), logs, records_dir)
+        check_every_run(logs, list(run_ids), excluded, records_dir)
     except (RecordsError, LogError) as exc:
         raise Refused(str(exc)) from None
     except OSError as exc:  # a run's files that cannot be read
@@ -283,7 +334,7 @@ def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_
     folder = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}_{name}"
     if (records_dir / folder).exists():
         raise Refused(f"records/{folder} exists; records are never overwritten")
-    record = build_record(name, description, rows, logs, target, previous, previous_logs, folder)
+    record = build_record(name, description, rows, logs, target, previous, previous_logs, folder, excluded)
     return write_record(record, logs, list(rows[0].get("overrides") or []), records_dir)
 
 
@@ -293,12 +344,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--description", required=True, help="one line: what changed")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")
     parser.add_argument("--no-leaderboard", action="store_true", help="do not re-render leaderboard.md")
+    parser.add_argument("--exclude", action="append", default=[], metavar="RUN_ID",
+                        help="a finished run of the same track, code and config left out of the set (with --reason)")
+    parser.add_argument("--reason", action="append", default=[], metavar="TEXT",
+                        help="why the --exclude before it is left out (one per --exclude, in order)")
     parser.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="run ids from records/runs.jsonl")
     args = parser.parse_args(argv)
+    if len(args.exclude) != len(args.reason):
+        parser.error(f"give one --reason per --exclude (got {len(args.exclude)} --exclude, {len(args.reason)} --reason)")
+    if len(set(args.exclude)) != len(args.exclude):
+        parser.error("--exclude: a run is named twice")
     if problem := not_a_folder("--records", args.records):
         parser.error(problem)
     try:
-        folder = submit(args.name, " ".join(args.description.split()), args.run_ids, args.records)
+        folder = submit(args.name, " ".join(args.description.split()), args.run_ids, args.records,
+                        {run_id: " ".join(reason.split()) for run_id, reason in zip(args.exclude, args.reason)})
     except (Refused, ValueError) as exc:  # ValueError: figures no statistic can be computed from
         print(f"refused: {exc}", file=sys.stderr)
         return 1

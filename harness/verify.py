@@ -327,6 +327,17 @@ def verify(folder: str | Path) -> list[str]:
     return problems
 
 
+def exclusions(folder: str | Path) -> list[str]:
+    """'excluded run ID: REASON' for each finished run of the record's track, code and config it leaves out
+    (harness.submit's every-run rule); empty where none is, or where record.json cannot be read (verify says why)."""
+    try:
+        record = read_record(Path(folder) / RECORD_FILE)
+    except RecordsError:
+        return []
+    return [f"excluded run {x.get('run_id')}: {x.get('reason')}" for x in record.get("excluded") or []
+            if isinstance(x, dict)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="record folders, records/<date>_<name>")
@@ -343,6 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             problems = [os_error_line(exc)]
         for p in problems:
             print(p)
+        for line in exclusions(folder):
+            print(f"{folder}: {line}")
         print(f"{folder}: {'FAILED, ' + str(len(problems)) + ' mismatches' if problems else 'ok'}")
         failed += bool(problems)
     return 1 if failed else 0

@@ -126,17 +126,6 @@ def test_logs_of_one_variant_with_different_code_are_flagged_with_the_lines(root
     assert "line 11 'run_id = \"record_a\"' vs line 11 'run_id = \"record_b\"'" in flag
 
 
-def test_code_differences_number_the_lines_of_each_side():
-    a = "import os\nx = 1\ny = 2\nz = 3"
-    b = "import os\nimport sys\nx = 1\nz = 4"
-    assert history.code_differences(a, b) == [
-        {"line_a": None, "a": None, "line_b": 2, "b": "import sys"},
-        {"line_a": 3, "a": "y = 2", "line_b": 4, "b": "z = 4"},
-        {"line_a": 4, "a": "z = 3", "line_b": None, "b": None},
-    ]
-    assert len(history.code_differences(a, b, limit=1)) == 1 and history.code_differences(a, a) == []
-
-
 def test_a_cut_off_log_is_flagged_and_left_out_and_a_copy_counts_once(root, capsys):
     base = root / FP8 / "baseline"
     write(base / "zz_cut.txt", log_of(80700, 3.2770, cut_at=1000))

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from harness.logs import LogError, load_run, load_runs, parse_step_line, parse_text
+from harness.logs import LogError, code_differences, load_run, load_runs, parse_step_line, parse_text
 from helpers import LOG_HEAD as CODE, LOG_STEPS as STEPS
 
 def write(tmp_path, text, name="log.txt"):
@@ -164,3 +164,14 @@ def test_a_2024_log_whose_clock_restarts_after_warm_up_is_read():
             "step:3000/3000 val_loss:3.2790 train_time:655000ms step_avg:219.00ms\n")
     log = parse_text(text, source="2024.txt")
     assert log.status == "ok" and log.val_times_ms == [0, 25130, 655000] and log.train_losses[-1] == 8.9
+
+
+def test_code_differences_number_the_lines_of_each_side():
+    a = "import os\nx = 1\ny = 2\nz = 3"
+    b = "import os\nimport sys\nx = 1\nz = 4"
+    assert code_differences(a, b) == [
+        {"line_a": None, "a": None, "line_b": 2, "b": "import sys"},
+        {"line_a": 3, "a": "y = 2", "line_b": 4, "b": "z = 4"},
+        {"line_a": 4, "a": "z = 3", "line_b": None, "b": None},
+    ]
+    assert len(code_differences(a, b, limit=1)) == 1 and code_differences(a, a) == []

@@ -179,3 +179,20 @@ def test_a_reader_that_stops_reading_gets_no_traceback(tmp_path):
             os.close(write)
         assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, (argv, proc.stderr)
         assert proc.returncode == 1, (argv, proc.returncode, proc.stderr)
+
+
+def test_olympic_interval_is_scipy_s_trimmed_mean_interval():
+    # one run trimmed from each end of 10 is a 10% trim: scipy.stats.mstats.trimmed_mean_ci's Tukey-McLaughlin interval
+    times = [80.61, 80.71, 80.68, 80.72, 80.75, 80.69, 80.66, 80.69, 80.76, 81.90]
+    s = stats.olympic(times)
+    low, high = scipy_stats.mstats.trimmed_mean_ci(np.array(times), limits=(0.1, 0.1))
+    assert s.score == pytest.approx(scipy_stats.trim_mean(times, 0.1)) and s.used == 8
+    assert (s.ci_low, s.ci_high) == pytest.approx((low, high))
+
+
+def test_scores_of_too_few_runs_say_why():
+    assert stats.olympic([1.0, 2.0]).fails == "2 runs: olympic scoring needs 3"
+    three = stats.olympic([3.0, 1.0, 2.0])  # one run left: its mean, no interval
+    assert three.score == 2 and math.isnan(three.ci_low)
+    with pytest.raises(ValueError, match="scoring 'best'"):
+        stats.score("best", [1.0, 2.0])
