@@ -423,6 +423,30 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def curves_figure(variants: list[Variant], target: float, xlabel: str):
+    """Every run's val loss against 'train time (s)' or 'step', one color per variant, with the target line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.leaderboard import loss_axis
+
+    xs = (lambda log: [t / 1000 for t in log.val_times_ms]) if xlabel == "train time (s)" else (lambda log: log.val_steps)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, v in enumerate(variants):
+        for j, log in enumerate(v.logs):
+            ax.plot(xs(log), log.val_losses, color=colors[i % len(colors)], alpha=0.7, lw=1,
+                    label=v.name if j == 0 else None)
+    ax.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
+    loss_axis(ax, [x for v in variants for log in v.logs for x in log.val_losses], target)
+    ax.set(xlabel=xlabel, ylabel="val loss", title=f"val loss against {xlabel.split(' (')[0]}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
 def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
     """loss_vs_time.png, loss_vs_step.png (every run's curve) and runs.png (each run's final time and loss,
     with each variant's mean and 95% interval)."""
@@ -432,23 +456,11 @@ def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from harness.leaderboard import zoom_to_target
-
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for fname, xlabel, xs in (("loss_vs_time.png", "train time (s)", lambda log: [t / 1000 for t in log.val_times_ms]),
-                              ("loss_vs_step.png", "step", lambda log: log.val_steps)):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for i, v in enumerate(variants):
-            for j, log in enumerate(v.logs):
-                ax.plot(xs(log), log.val_losses, color=colors[i % len(colors)], alpha=0.7, lw=1,
-                        label=v.name if j == 0 else None)
-        ax.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
-        zoom_to_target(ax, [x for v in variants for log in v.logs for x in log.val_losses], target)
-        ax.set(xlabel=xlabel, ylabel="val loss", title=f"val loss against {xlabel.split(' (')[0]}")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    for fname, xlabel in (("loss_vs_time.png", "train time (s)"), ("loss_vs_step.png", "step")):
+        fig = curves_figure(variants, target, xlabel)
         paths.append(_save(fig, plot_dir / fname))
         plt.close(fig)
 

@@ -97,3 +97,35 @@ def test_one_variant_is_judged_on_the_loss_rule(tmp_path, capsys):
     # mean 3.279 just below the target with std 0.001 (t = -sqrt 3, p = 0.11): more runs would pass it
     lines = verdict_lines(tmp_path, capsys, d=(BASE_T, [3.278, 3.279, 3.280]))[0]
     assert len(lines) == 1 and lines[0].startswith("inconclusive: d fails the loss rule (p = 0.11, 3 runs); about ")
+
+
+def ablation_log(folder, name, losses):
+    """A 10-step ablation's log: validation every other step, every loss far above a 5.6 target."""
+    lines = [f"step:{s}/10 val_loss:{loss:.4f} train_time:{s * 100}ms step_avg:{s and 100}ms"
+             for s, loss in zip(range(0, 11, 2), losses)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text("\n".join(lines) + "\n")
+    return folder / name
+
+
+ABLATION = {"base": [10.83, 9.1, 8.2, 7.7, 7.4, 7.21], "lr": [10.83, 8.9, 7.9, 7.5, 7.3, 7.12]}
+
+
+@pytest.mark.parametrize("xlabel", ["train time (s)", "step"])
+def test_the_curves_of_a_short_ablation_are_in_the_frame(tmp_path, xlabel):
+    import matplotlib.pyplot as plt
+
+    from harness.logs import load_run
+
+    variants = [compare.Variant(name, logs=[load_run(ablation_log(tmp_path / name, "run.txt", losses))])
+                for name, losses in ABLATION.items()]
+    fig = compare.curves_figure(variants, 5.6, xlabel)
+    try:
+        (ax,) = fig.axes
+        low, high = ax.get_ylim()
+        everything = [x for losses in ABLATION.values() for x in losses] + [5.6]  # the target line too
+        assert low <= min(everything) and high >= max(everything)
+        assert high - low < 2 * (max(everything) - min(everything))  # the frame is the data's, not an empty page
+        assert ax.get_yscale() == "linear"  # 10.83 / 5.6 < LOG_SCALE_SPAN
+    finally:
+        plt.close(fig)
