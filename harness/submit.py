@@ -41,8 +41,8 @@ from harness.cli import not_a_folder, run_cli
 from harness.files import clean_stale_temps, temp_path
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
-from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
-                             fsync_path, fsync_tree, list_records, name_problem, os_error_line, row_run_dir,
+from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
+                             finite_or_none, fsync_path, fsync_tree, list_records, name_problem, os_error_line, row_run_dir,
                              runs_lock)
 from harness.runlog import CONSOLE_FILE, EVENTS_FILE, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
@@ -99,6 +99,9 @@ def gather(run_ids: Sequence[str], records_dir: Path) -> tuple[list[dict], list[
     rows = find_runs(run_ids, records_dir)
     logs = []
     for row in rows:
+        if row.get("status") != "ok":  # the runs log's status: the harness's (interrupted, timeout) or the events'
+            raise Refused(f"run {row['run_id']}: status {row.get('status')!r} in {records_dir / RUNS_FILE}; "
+                          "every run must finish 'ok'")
         run_dir = row_run_dir(row)
         if not (run_dir / EVENTS_FILE).is_file():
             hint = (f" (a log put there by hand: take it in with `python -m harness.ingest --track TRACK --name NAME "
