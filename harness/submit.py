@@ -99,7 +99,7 @@ def gather(run_ids: Sequence[str], records_dir: Path) -> tuple[list[dict], list[
     rows = find_runs(run_ids, records_dir)
     logs = []
     for row in rows:
-        if row.get("status") != "ok":  # the runs log's status: the harness's (interrupted, timeout) or the events'
+        if row.get("status") not in (None, "ok"):  # the runs log's status: the harness's (interrupted, timeout) or the events'
             raise Refused(f"run {row['run_id']}: status {row.get('status')!r} in {records_dir / RUNS_FILE}; "
                           "every run must finish 'ok'")
         run_dir = row_run_dir(row)
