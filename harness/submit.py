@@ -20,7 +20,7 @@ records/runs.jsonl), never taken from the runs log's summary. The rule (records/
      validation, whether or not that run ended below the target: the speedrun community's
      convention, in which the loss rule over the set, not each run, certifies the target.
 
-On success it writes records/<YYYY-MM-DD>_<NAME>/ (code/, runs/<run_id>/{events.jsonl,train.log},
+On success it writes records/<YYYY-MM-DD>_<NAME>/ (the day the last run was made: record_date; code/, runs/<run_id>/{events.jsonl,train.log},
 statistics.md, README.md, record.json) through a temporary folder and a rename, then re-renders the
 leaderboard. Otherwise it prints the failing condition in one line and exits 1.
 """
@@ -30,6 +30,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -274,6 +275,14 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
         return _submit_locked(name, description, run_ids, records_dir)
 
 
+def record_date(rows: list[dict], logs: list[RunLog]) -> str:
+    """A record's date, YYYY-MM-DD: the day its last run was made, from the start an ingested log states
+    (nvidia-smi's clock) or else the run's runs-log timestamp; today for runs that state neither."""
+    days = [(log.started or row.get("timestamp") or "")[:10] for row, log in zip(rows, logs)]
+    days = [d for d in days if re.fullmatch(r"\d{4}-\d\d-\d\d", d)]
+    return max(days) if days else f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
+
+
 def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_dir: Path) -> Path:
     check_name(name, records_dir)
     try:
@@ -283,7 +292,7 @@ def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_
         raise Refused(str(exc)) from None
     except OSError as exc:  # a run's files that cannot be read
         raise Refused(os_error_line(exc)) from None
-    folder = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}_{name}"
+    folder = f"{record_date(rows, logs)}_{name}"
     if (records_dir / folder).exists():
         raise Refused(f"records/{folder} exists; records are never overwritten")
     record = build_record(name, description, rows, logs, target, previous, previous_logs, folder)

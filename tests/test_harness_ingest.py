@@ -228,6 +228,14 @@ def test_submitted_statistics_are_the_published_convention(two_records):
     assert "the trainer in code/ (the source its logs printed)" in readme and "harness.run --track" not in readme
 
 
+def test_an_imported_record_is_dated_by_its_runs(two_records):
+    """The logs' nvidia-smi clock line (tests/helpers.py: "Fri Jul 17 12:22:51 2026") dates the runs and the record,
+    not the day of submission."""
+    assert two_records["base"].name == "2026-07-17_base" and two_records["fast"].name == "2026-07-17_fast"
+    assert json.loads((two_records["fast"] / "record.json").read_text())["date"] == "2026-07-17"
+    assert load_run(two_records["fast"] / "runs" / two_records["fast_ids"][0]).started == "2026-07-17T12:22:51"
+
+
 def test_ingested_records_verify_and_show_on_the_leaderboard(two_records, tmp_path, capsys):
     assert verify.main([str(two_records["base"]), str(two_records["fast"])]) == 0
     capsys.readouterr()
