@@ -24,7 +24,8 @@ to records/runs.jsonl (the row also names the origin, the source file and the lo
 with no source code at its top goes in without code/ (code hash null, meta.embedded_code false), and
 harness.submit refuses it as a record. A log of a run already in the runs log (the same step lines,
 harness.logs.log_identity: a copy with another trailing newline is the same run) is reported, naming
-both files, and not added again; a file that is not a speedrun log gets one line naming it, and the others still go
+both files, and not added again; a file that is not a speedrun log (no validation line, or step lines with neither
+header: a console transcript, layout_problem) gets one line naming it and what it holds, and the others still go
 in. Each new run id is printed on stdout, one per line; everything else goes to stderr. Exit status:
 1 if some input could not be taken in, else 0.
 
@@ -311,6 +312,25 @@ def known_logs(records_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]
     return known, problems
 
 
+def layout_problem(parsed: Parsed, path: Path) -> str | None:
+    """Why a text with step lines is not a speedrun log, one line naming what it holds instead, or None.
+
+    A speedrun log has a header before its step lines: modded-nanogpt's (its source code, the "Running
+    Python / PyTorch" lines, the nvidia-smi table) or our train.log's (config, versions, hardware lines). A
+    console transcript (of `make`, of harness.run) echoes the validation lines without one."""
+    facts = parsed.facts
+    if parsed.code is not None or facts.versions or facts.hardware or facts.config:
+        return None
+    lines = [line.strip() for line in parsed.text.splitlines() if line.strip()]
+    found = next((line for line in lines if parse_step_line(line) is None), None)
+    instead = f"its first other line is {found[:80]!r}" if found else "it holds step lines only"
+    where = next((m.group(1) for line in lines if (m := re.match(r"^run_dir: (\S+)$", line))), None)
+    hint = f"; a console transcript? the run's own log is {Path(where) / CONSOLE_FILE}" if where else ""
+    return (f"{path}: not a speedrun log: step lines without a speedrun log's header (modded-nanogpt's source code, "
+            f"'Running PyTorch ...' lines and nvidia-smi table, or our train.log's 'config: {{...}}' line); "
+            f"{instead}{hint}")
+
+
 def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_dir: Path, records_dir: Path,
                known: dict[str, tuple[str, str]]) -> dict | None:
     """Take one log in: write its run directory, append its row, return the row; None if it is in already
@@ -331,6 +351,8 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
     if parsed.log is None:
         raise IngestError(f"{path}: not a speedrun log (no line starting 'step:N/M' with 'val_loss:X' and "
                           "'train_time:Tms')")
+    if problem := layout_problem(parsed, path):
+        raise IngestError(problem)
     ours = parsed.facts.config or {}
     if ours.get("track") not in (None, track):
         raise IngestError(f"{path}: the log's config names track {ours['track']!r}, not --track {track}")
