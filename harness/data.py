@@ -15,6 +15,9 @@ import glob
 import hashlib
 import json
 import os
+import shlex
+import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -113,13 +116,27 @@ def read_shard(path: str | os.PathLike, *, vocab_size: int | None = GPT2_VOCAB_S
     return tokens
 
 
+def build_command(pattern: str) -> str | None:
+    """The harness.data command that builds the shards a pattern names (by their file names), or None."""
+    path = Path(pattern)
+    folder = shlex.quote(str(path.parent))
+    if path.name.startswith("fineweb_"):
+        return f"python -m harness.data fineweb --train-shards {FINEWEB_README_SHARDS} --dir {folder}"
+    if path.name.startswith("shakespeare_"):
+        return f"python -m harness.data shakespeare --dir {folder}"
+    return None
+
+
 def resolve_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """A glob pattern, a single path, or a list of paths -> sorted existing shard paths, or DataError."""
     if isinstance(files, (str, os.PathLike)):
         pattern = str(files)
         paths = sorted(Path(p) for p in glob.glob(pattern))
         if not paths:
-            raise DataError(f"{pattern}: no shards match (build them with `python -m harness.data ...`)")
+            command = build_command(pattern)
+            how = f"build them with `{command}`" if command else \
+                "harness.data builds no shards of that name: put llm.c-format shards there"
+            raise DataError(f"{pattern}: no shards match; {how}")
         return paths
     paths = [Path(p) for p in files]
     if not paths:
@@ -294,6 +311,8 @@ def inspect_shard(path: str | os.PathLike) -> ShardReport:
 
 FINEWEB_REPO = "kjj0/fineweb10B-gpt2"
 FINEWEB_DIR = DATA_DIR / "fineweb10B"
+FINEWEB_README_SHARDS = 8  # the README's quick start: the val shard and 8 x 100M train tokens
+HUB_CONNECT_TIMEOUT_S = 5  # one connection attempt to the hub before downloading, instead of its retries
 
 
 def fineweb_filenames(train_shards: int) -> list[str]:
@@ -320,8 +339,44 @@ def download_fineweb(train_shards: int, out_dir: str | os.PathLike = FINEWEB_DIR
     if train_shards < 0 or train_shards > 103:
         raise DataError(f"--train-shards {train_shards}: FineWeb-10B has 103 train shards (0..103 allowed)")
     out_dir = Path(out_dir)
+    missing = [name for name in fineweb_filenames(train_shards) if not _is_valid_shard(out_dir / name)]
+    if missing and download is None and (problem := hub_problem()):
+        raise DataError(f"cannot download {len(missing)} FineWeb shard(s) into {out_dir}: {problem}; "
+                        f"copy {missing[0] if len(missing) == 1 else f'the missing shards ({missing[0]} through {missing[-1]})'} there by hand")
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    cache_existed = (out_dir / ".cache").exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     download = download or _hf_download
+    try:
+        return _fetch_shards(train_shards, out_dir, download, tqdm)
+    except BaseException:  # what a failed download leaves: the hub's .cache/, folders made here and still empty
+        if not cache_existed:
+            shutil.rmtree(out_dir / ".cache", ignore_errors=True)
+        for folder in made:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def hub_problem() -> str | None:
+    """Why the Hugging Face hub cannot be reached now, one line, or None: offline mode (HF_HUB_OFFLINE), or a
+    connection to its endpoint that fails within HUB_CONNECT_TIMEOUT_S."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set (offline mode)"
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"cannot reach {url.hostname}:{port} ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def _fetch_shards(train_shards: int, out_dir: Path, download, tqdm) -> list[Path]:
     paths = []
     for name in tqdm(fineweb_filenames(train_shards), desc="fineweb shards", unit="shard"):
         path = out_dir / name
