@@ -24,6 +24,7 @@ from harness.logs import LogError, record_runs
 from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
 from harness import stats
 from harness.stats import ALPHA, fmt
+from harness.tracks import TRACKS
 
 PLOT_FILE = "leaderboard.png"
 RECENT_RUNS = 10
@@ -100,6 +101,17 @@ def _below(row: dict) -> str:
     return "yes" if loss <= target else "no"
 
 
+def _overrides(row: dict) -> str:
+    """The trainer overrides a run was made with, all of them, and a flag on a CPU run listed under a GPU track
+    (its figures are not the track's)."""
+    overrides = row.get("overrides") if isinstance(row.get("overrides"), list) else []
+    text = " ".join(map(str, overrides)) or "none"
+    on_cpu = str(row.get("hardware") or "").startswith("CPU ")  # harness.logs.RunLog.hardware_label's CPU form
+    if on_cpu and TRACKS.get(row.get("track"), {}).get("device") == "cuda":
+        text = f"**CPU run on a GPU track** ({text})"
+    return text
+
+
 def recent_runs_table(runs: pd.DataFrame) -> str:
     """The last RECENT_RUNS rows, newest first. (`x in (True,)`: a flag read through pandas may be NaN for rows
     that lack it, and NaN is truthy.)"""
@@ -116,6 +128,7 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
             "final ≤ target": _below(r),
             "steps": fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
             "hardware": fmt(r.get("hardware")),
+            "overrides": _overrides(r),
         })
     return _table(rows)
 

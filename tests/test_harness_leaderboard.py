@@ -47,3 +47,19 @@ def test_the_loss_axis_goes_to_a_log_scale_for_a_long_descent():
         assert low <= 3.2775 and high >= 10.9
     finally:
         plt.close(fig)
+
+
+def test_recent_runs_show_their_overrides_and_flag_a_cpu_run_on_a_gpu_track(tmp_path):
+    from harness.records import append_run
+
+    heavy = ["--device=cpu", "--num_layers=2", "--model_dim=64", "--num_steps=10"]
+    append_run({"run_id": "r-cpu", "track": "fineweb-124m", "status": "ok", "timestamp": "2026-12-01T00:00:00+00:00",
+                "hardware": "CPU Fake CPU (2 cores)", "overrides": heavy}, tmp_path)
+    append_run({"run_id": "r-gpu", "track": "fineweb-124m", "status": "ok", "timestamp": "2026-12-01T00:00:01+00:00",
+                "hardware": "8x NVIDIA H100 80GB HBM3", "overrides": []}, tmp_path)
+    page = leaderboard.render(tmp_path, tmp_path / "lb.md").read_text()
+    (cpu_line,) = [line for line in page.splitlines() if "r-cpu" in line]
+    (gpu_line,) = [line for line in page.splitlines() if "r-gpu" in line]
+    assert cpu_line.rstrip(" |").endswith("**CPU run on a GPU track** (--device=cpu --num_layers=2 --model_dim=64 "
+                                          "--num_steps=10)")
+    assert gpu_line.rstrip(" |").endswith("| none")
