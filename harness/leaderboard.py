@@ -154,8 +154,13 @@ def loss_axis(ax, losses: list[float], target: float | None) -> None:
         return
     low, high = min(shown), max(shown)
     if low > 0 and high > LOG_SCALE_SPAN * low:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")
         ax.set_ylim(low / 1.02, high * 1.02)
+        plain = FuncFormatter(lambda y, _: f"{y:g}")  # 3, 4, 5 ... 10 rather than 4 x 10^0
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         return
     margin = 0.02 * (high - low) or 0.02 * abs(high) or 0.02
     ax.set_ylim(low - margin, high + margin)
