@@ -184,8 +184,8 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
         fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)
         for (track, records), (ax_time, ax_loss) in zip(by_track.items(), axes):
             # Records in the order they were set, one tick each (several may share a date).
-            times = [r["stats"]["train_time_ms"]["mean"] / 1000 for r in records]
-            points = time_points(records)
+            points = time_points(records)  # the mean of the runs' times is the record's mean time, as submit wrote it
+            times = [s.mean if s.n else r["stats"]["train_time_ms"]["mean"] / 1000 for r, s in zip(records, points)]
             lower = [t - s.ci_low if s.ci_low == s.ci_low else 0 for t, s in zip(times, points)]
             upper = [s.ci_high - t if s.ci_high == s.ci_high else 0 for t, s in zip(times, points)]
             ax_time.step(range(len(records)), times, where="post", color="tab:blue")
