@@ -33,7 +33,10 @@ With --allow-code-diff, runs of different code are pooled and each difference (t
 printed, marked in the table and listed in the JSON. --scoring olympic|median adds a set's time under MLPerf's
 olympic rule or as a median, with the interval and test that fit it (harness.stats.score, compare_scores);
 --rule steps adds modded-nanogpt's optimization-track judgement on steps (steps_figures).
---json prints every figure (times in seconds) and each run's. Plots (val loss against time and
+The tables end in one line per variant, `verdict:`, `inconclusive:` or `not comparable:` (compare.verdicts): a
+speedup whose 95% interval excludes 1, only where the variant and the baseline pass the loss rule; a time
+spread above NOISY_SPREAD of the mean is named as noise. One variant alone is judged on the loss rule.
+--json prints every figure (times in seconds), each run's, and the verdicts. Plots (val loss against time and
 step; each run's final time and loss) go to --plot-dir (default runs/compare-<UTC time>/).
 """
 from __future__ import annotations
@@ -331,9 +334,11 @@ def comparison_table(fig: dict) -> str | None:
             continue
         low, high = vs["speedup_ci95"]
         dlow, dhigh = vs["time_diff_ci95"]
+        why = _not_a_result(fig, v)
         rows.append({
             "variant": v["name"],
-            "speedup (ratio of mean times) [95% CI]": f"{fmt(vs['speedup'], '.4f')} [{fmt(low, '.4f')}, {fmt(high, '.4f')}]",
+            "speedup (ratio of mean times) [95% CI]": f"{fmt(vs['speedup'], '.4f')} [{fmt(low, '.4f')}, {fmt(high, '.4f')}]"
+            + (f" (not a result: {why})" if why else ""),
             "Δ time, variant − baseline (s) [95% CI]": f"{fmt(vs['time_diff_s'], '+.3f')} [{fmt(dlow, '+.3f')}, {fmt(dhigh, '+.3f')}]",
             "p faster (Welch, one-sided)": fmt(vs["p_time_faster"], ".2g"),
             "p time (Welch, two-sided)": fmt(vs["p_time_two_sided"], ".2g"),
@@ -457,10 +462,129 @@ def steps_table(fig: dict) -> str:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
 
 
+NOISY_SPREAD = 0.03  # a variant whose time std is above this fraction of its mean time is named as noise
+
+
+def _p(p: float | None) -> str:
+    """A p-value as a verdict prints it: two significant digits, '2e-5' rather than '2e-05'."""
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", fmt(p, ".2g")).replace("e+", "e")
+
+
+def _pct(x: float | None, spec: str = ".2f") -> str:
+    return fmt(x, spec, scale=0.01) + "%"
+
+
+def _not_a_result(fig: dict, v: dict) -> str | None:
+    """Why a variant's speedup over the baseline is not a result: it, or the baseline, fails the loss rule."""
+    base = fig["variants"][0]
+    for who, entry in ((v["name"], v), (f"the baseline {base['name']}", base)):
+        if entry["passes_loss_rule"] is False:
+            return f"{who} fails the loss rule (p = {_p(entry['p_loss_below_target'])})"
+    return None
+
+
+def _loss_rule_clause(v: dict, target: float) -> tuple[str, str]:
+    """(kind, words) for one variant's loss rule: kind 'verdict' or 'inconclusive'."""
+    if v["passes_loss_rule"] is None:
+        return "inconclusive", f"{v['name']} has {v['n']} run; the loss rule needs at least 2"
+    p = _p(v["p_loss_below_target"])
+    if v["passes_loss_rule"]:
+        return "verdict", f"{v['name']} passes the loss rule (p = {p}, {v['n']} runs)"
+    needed = v["runs_needed_loss_rule"]
+    if needed is None:  # the mean is not below the target: more runs do not help
+        return "verdict", (f"{v['name']} fails the loss rule (p = {p}): its mean val loss "
+                           f"{fmt(v['final_val_loss']['mean'], '.5f')} is not below the target {target}")
+    return "inconclusive", (f"{v['name']} fails the loss rule (p = {p}, {v['n']} runs); about {needed} runs "
+                            "would pass it at this mean and std")
+
+
+def _noise(fig: dict, v: dict) -> str:
+    """'; base's and idea's times spread ... (noise)' for the variants whose time std is above NOISY_SPREAD."""
+    noisy = []
+    for entry in ([fig["variants"][0]] if v is not fig["variants"][0] else []) + [v]:
+        t = entry["time_s"]
+        if t["std"] is not None and t["mean"] and t["std"] > NOISY_SPREAD * t["mean"]:
+            noisy.append(f"{entry['name']}'s times spread {_pct(t['std'] / t['mean'])} of their mean")
+    return f"; noise: {', '.join(noisy)} (above {NOISY_SPREAD:.0%})" if noisy else ""
+
+
+def verdicts(fig: dict) -> list[dict]:
+    """One line per variant that ends a comparison, {"variant", "kind", "line"}, kind 'verdict',
+    'inconclusive' or 'not comparable'. Alone, a variant is judged on the loss rule; against the baseline,
+    on the speedup's 95% interval, and only where both pass the loss rule (a speedup at a worse loss is not a
+    result). A time spread above NOISY_SPREAD of the mean is named as noise."""
+    variants = fig["variants"]
+    out = []
+
+    def add(v, kind, words):
+        out.append({"variant": v["name"], "kind": kind, "line": f"{kind}: {words}{_noise(fig, v)}"})
+
+    if len(variants) == 1:
+        add(variants[0], *_loss_rule_clause(variants[0], fig["target"]))
+        return out
+    base = variants[0]
+    for v in variants[1:]:
+        vs = v["vs_baseline"]
+        if (why := _not_a_result(fig, v)) is not None:
+            add(v, "not comparable", f"{why}; {v['name']}'s speedup is not a result")
+            continue
+        untested = [e for e in (base, v) if e["passes_loss_rule"] is None]
+        if untested:
+            add(v, "inconclusive", _loss_rule_clause(untested[0], fig["target"])[1])
+            continue
+        low, high = vs["speedup_ci95"]
+        loss = f"passes the loss rule (p = {_p(v['p_loss_below_target'])})"
+        if low is not None and low > 1:
+            add(v, "verdict", f"{v['name']} is faster than {base['name']} by {_pct(vs['speedup'] - 1)} "
+                f"(95% CI {_pct(low - 1)} to {_pct(high - 1)}, p = {_p(vs['p_time_faster'])}) and {loss}")
+        elif high is not None and high < 1:  # slower: the new run takes 1/ratio of the baseline's time
+            p_slower = stats.welch(_run_times(base), _run_times(v), alternative="less")
+            add(v, "verdict", f"{v['name']} is slower than {base['name']} by {_pct(1 / vs['speedup'] - 1)} "
+                f"(95% CI {_pct(1 / high - 1)} to {_pct(1 / low - 1)}, p = {_p(p_slower)}) and {loss}")
+        else:
+            needed = vs["runs_needed_per_variant"]
+            size = abs(vs["time_diff_s"] / base["time_s"]["mean"]) if base["time_s"]["mean"] else None
+            interval = "no interval" if low is None or high is None else \
+                f"95% CI {_pct(low - 1, '+.2f')} to {_pct(high - 1, '+.2f')}"
+            resolve = (f"about {needed} runs per variant would resolve a {_pct(size)} difference" if needed
+                       else "no number of runs resolves no difference")
+            add(v, "inconclusive", f"{v['name']} vs {base['name']}: speedup {_pct(vs['speedup'] - 1, '+.2f')} "
+                f"({interval}, p = {_p(vs['p_time_faster'])}); {resolve}")
+    return out
+
+
+def _run_times(entry: dict) -> list[float]:
+    return [r["time_s"] for r in entry["runs"]]
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=100, metadata={"Software": None})
     return path
+
+
+def curves_figure(variants: list[Variant], target: float, xlabel: str):
+    """Every run's val loss against 'train time (s)' or 'step', one color per variant, with the target line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from harness.leaderboard import loss_axis
+
+    xs = (lambda log: [t / 1000 for t in log.val_times_ms]) if xlabel == "train time (s)" else (lambda log: log.val_steps)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, v in enumerate(variants):
+        for j, log in enumerate(v.logs):
+            ax.plot(xs(log), log.val_losses, color=colors[i % len(colors)], alpha=0.7, lw=1,
+                    label=v.name if j == 0 else None)
+    ax.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
+    loss_axis(ax, [x for v in variants for log in v.logs for x in log.val_losses], target)
+    ax.set(xlabel=xlabel, ylabel="val loss", title=f"val loss against {xlabel.split(' (')[0]}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
 
 
 def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
@@ -472,23 +596,11 @@ def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from harness.leaderboard import zoom_to_target
-
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for fname, xlabel, xs in (("loss_vs_time.png", "train time (s)", lambda log: [t / 1000 for t in log.val_times_ms]),
-                              ("loss_vs_step.png", "step", lambda log: log.val_steps)):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for i, v in enumerate(variants):
-            for j, log in enumerate(v.logs):
-                ax.plot(xs(log), log.val_losses, color=colors[i % len(colors)], alpha=0.7, lw=1,
-                        label=v.name if j == 0 else None)
-        ax.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
-        zoom_to_target(ax, [x for v in variants for log in v.logs for x in log.val_losses], target)
-        ax.set(xlabel=xlabel, ylabel="val loss", title=f"val loss against {xlabel.split(' (')[0]}")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    for fname, xlabel in (("loss_vs_time.png", "train time (s)"), ("loss_vs_step.png", "step")):
+        fig = curves_figure(variants, target, xlabel)
         paths.append(_save(fig, plot_dir / fname))
         plt.close(fig)
 
@@ -635,6 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{v.name}: {note}", file=sys.stderr)
         for diff in v.code_differences:
             print(f"{v.name}: pooled (--allow-code-diff) {diff}", file=sys.stderr)
+    fig["verdicts"] = verdicts(fig)
     if args.json:
         print(json.dumps(fig, indent=1))
     else:
@@ -652,6 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\nthe steps rule of modded-nanogpt's optimization track (target {target}; "
                   f"{args.steps_rate} loss per 100 steps):")
             print(steps_table(fig["steps_rule"]))
+        print()
+        for line in fig["verdicts"]:
+            print(line["line"])
     rc = 0
     if not args.no_plot:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")

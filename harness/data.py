@@ -11,6 +11,8 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -60,6 +62,7 @@ def inspect_shard(path: str | os.PathLike) -> ShardReport:
 
 FINEWEB_REPO = "kjj0/fineweb10B-gpt2"
 FINEWEB_DIR = DATA_DIR / "fineweb10B"
+HUB_CONNECT_TIMEOUT_S = 5  # one connection attempt to the hub before downloading, instead of its retries
 
 
 def fineweb_filenames(train_shards: int) -> list[str]:
@@ -86,8 +89,44 @@ def download_fineweb(train_shards: int, out_dir: str | os.PathLike = FINEWEB_DIR
     if train_shards < 0 or train_shards > 103:
         raise DataError(f"--train-shards {train_shards}: FineWeb-10B has 103 train shards (0..103 allowed)")
     out_dir = Path(out_dir)
+    missing = [name for name in fineweb_filenames(train_shards) if not _is_valid_shard(out_dir / name)]
+    if missing and download is None and (problem := hub_problem()):
+        raise DataError(f"cannot download {len(missing)} FineWeb shard(s) into {out_dir}: {problem}; "
+                        f"copy {missing[0] if len(missing) == 1 else f'the missing shards ({missing[0]} through {missing[-1]})'} there by hand")
+    made = [p for p in (out_dir, *out_dir.parents) if not p.exists()]
+    cache_existed = (out_dir / ".cache").exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     download = download or _hf_download
+    try:
+        return _fetch_shards(train_shards, out_dir, download, tqdm)
+    except BaseException:  # what a failed download leaves: the hub's .cache/, folders made here and still empty
+        if not cache_existed:
+            shutil.rmtree(out_dir / ".cache", ignore_errors=True)
+        for folder in made:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+
+
+def hub_problem() -> str | None:
+    """Why the Hugging Face hub cannot be reached now, one line, or None: offline mode (HF_HUB_OFFLINE), or a
+    connection to its endpoint that fails within HUB_CONNECT_TIMEOUT_S."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set (offline mode)"
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"cannot reach {url.hostname}:{port} ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def _fetch_shards(train_shards: int, out_dir: Path, download, tqdm) -> list[Path]:
     paths = []
     for name in tqdm(fineweb_filenames(train_shards), desc="fineweb shards", unit="shard"):
         path = out_dir / name

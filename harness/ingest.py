@@ -12,7 +12,8 @@ trainer's train.log; a folder stands for its *.txt and *.log files. Each log bec
                 seed: null, a text log names none), meta (the code hash; GPU model and count from the
                 nvidia-smi table, whose GPU rows are every GPU of the machine, the count the run's
                 processes on a full node; the versions from the log's own lines; origin "ingested", the
-                log's sha256 and the file it came from), a step or val event per step line, and the result:
+                log's sha256 and the file it came from; started, the date and time of nvidia-smi's clock
+                line, which dates a record of these runs), a step or val event per step line, and the result:
                 status ok, or incomplete for a log cut off before its planned last step, or diverged
                 for one whose val loss is NaN
   code/         the source code the log starts with, as code/embedded_code.txt, and its CODE_HASH: the
@@ -23,7 +24,8 @@ to records/runs.jsonl (the row also names the origin, the source file and the lo
 with no source code at its top goes in without code/ (code hash null, meta.embedded_code false), and
 harness.submit refuses it as a record. A log of a run already in the runs log (the same step lines,
 harness.logs.log_identity: a copy with another trailing newline is the same run) is reported, naming
-both files, and not added again; a file that is not a speedrun log gets one line naming it, and the others still go
+both files, and not added again; a file that is not a speedrun log (no validation line, or step lines with neither
+header: a console transcript, layout_problem) gets one line naming it and what it holds, and the others still go
 in. Each new run id is printed on stdout, one per line; everything else goes to stderr. Exit status:
 1 if some input could not be taken in, else 0.
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import datetime as dt
 import hashlib
 import os
 import re
@@ -64,6 +67,9 @@ _RUNNING_TORCH = re.compile(r"^Running PyTorch (\S+) compiled for CUDA (\S+)", r
 _RUNNING_TRITON = re.compile(r"^Running Triton version (\S+)")
 # An nvidia-smi GPU row: "|   0  NVIDIA H100 80GB HBM3          On  |   00000000:8D:00.0 Off |  ..."
 _GPU_ROW = re.compile(r"^\|\s+(\d+)\s+(\S.*?)\s+(?:On|Off)\s+\|")
+# nvidia-smi's clock line, the run's start on its machine's clock: "Sat Aug 23 13:44:03 2025"
+_SMI_CLOCK = re.compile(r"^((?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +\d+ "
+                        r"\d\d:\d\d:\d\d \d{4})\s*$")
 _PEAK_MEMORY = re.compile(r"^peak memory allocated: (\d+) MiB")
 _OUR_PROCESSES = re.compile(r"^track \S+, (\d+) process\(es\) on ")
 _OUR_DICT_LINES = ("config", "versions", "hardware", "git")  # train_gpt.py's "key: {...}" lines in train.log
@@ -93,6 +99,7 @@ class Facts:
     config: dict | None = None  # our train.log's resolved config
     git: dict | None = None  # our train.log's
     peak_memory_mb: float | None = None
+    started: str | None = None  # nvidia-smi's clock line at the run's start, ISO 8601 (the machine's local time)
 
 
 @dataclass
@@ -134,6 +141,8 @@ def read_facts(text: str, code: str | None) -> Facts:
             facts.versions["triton"] = m.group(1)
         elif m := _GPU_ROW.match(line):
             gpus.setdefault(int(m.group(1)), m.group(2))
+        elif (m := _SMI_CLOCK.match(line)) and facts.started is None:
+            facts.started = dt.datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y").isoformat()
         elif m := _OUR_PROCESSES.match(line):
             facts.world_size = int(m.group(1))
         else:
@@ -247,7 +256,7 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
         events.write("config", track=track, config=config)
         events.write("meta", code_hash=digest, world_size=facts.world_size, hardware=facts.hardware,
                      versions=facts.versions, git=git or facts.git or {"commit": None, "dirty": None},
-                     embedded_code=parsed.code is not None, log_sha256=parsed.sha256, **meta)
+                     embedded_code=parsed.code is not None, log_sha256=parsed.sha256, started=facts.started, **meta)
         for kind, fields in parsed.events:
             events.write(kind, **fields)
         events.write("result", **result_fields(parsed, status, target, config["stop_at_target"]))
@@ -303,6 +312,25 @@ def known_logs(records_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]
     return known, problems
 
 
+def layout_problem(parsed: Parsed, path: Path) -> str | None:
+    """Why a text with step lines is not a speedrun log, one line naming what it holds instead, or None.
+
+    A speedrun log has a header before its step lines: modded-nanogpt's (its source code, the "Running
+    Python / PyTorch" lines, the nvidia-smi table) or our train.log's (config, versions, hardware lines). A
+    console transcript (of `make`, of harness.run) echoes the validation lines without one."""
+    facts = parsed.facts
+    if parsed.code is not None or facts.versions or facts.hardware or facts.config:
+        return None
+    lines = [line.strip() for line in parsed.text.splitlines() if line.strip()]
+    found = next((line for line in lines if parse_step_line(line) is None), None)
+    instead = f"its first other line is {found[:80]!r}" if found else "it holds step lines only"
+    where = next((m.group(1) for line in lines if (m := re.match(r"^run_dir: (\S+)$", line))), None)
+    hint = f"; a console transcript? the run's own log is {Path(where) / TRAIN_LOG_FILE}" if where else ""
+    return (f"{path}: not a speedrun log: step lines without a speedrun log's header (modded-nanogpt's source code, "
+            f"'Running PyTorch ...' lines and nvidia-smi table, or our train.log's 'config: {{...}}' line); "
+            f"{instead}{hint}")
+
+
 def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_dir: Path, records_dir: Path,
                known: dict[str, tuple[str, str]]) -> dict | None:
     """Take one log in: write its run directory, append its row, return the row; None if it is in already
@@ -323,6 +351,8 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
     if parsed.log is None:
         raise IngestError(f"{path}: not a speedrun log (no line starting 'step:N/M' with 'val_loss:X' and "
                           "'train_time:Tms')")
+    if problem := layout_problem(parsed, path):
+        raise IngestError(problem)
     ours = parsed.facts.config or {}
     if ours.get("track") not in (None, track):
         raise IngestError(f"{path}: the log's config names track {ours['track']!r}, not --track {track}")

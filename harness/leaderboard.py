@@ -4,7 +4,7 @@
 
 Per track: the accepted records fastest first, the history of records (when each was set and its
 speedup over the one before), and the last 10 runs from records/runs.jsonl. The plot shows, per
-track, each record's time in the order the records were set, and val loss against train time for the current record
+track, each record's mean time with its 95% interval in the order the records were set, and val loss against train time for the current record
 and the track's first record (its baseline). Nothing here depends on when it is rendered: the same
 records give the same bytes, the PNG included (fixed style and dpi, no software stamp).
 """
@@ -22,7 +22,9 @@ from harness.cli import run_cli
 from harness.files import atomic_file, clean_stale_temps, write_atomic
 from harness.logs import LogError, record_runs
 from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
+from harness import stats
 from harness.stats import ALPHA, fmt
+from harness.tracks import TRACKS
 
 PLOT_FILE = "leaderboard.png"
 RECENT_RUNS = 10
@@ -108,6 +110,17 @@ def _below(row: dict) -> str:
     return "yes" if loss <= target else "no"
 
 
+def _overrides(row: dict) -> str:
+    """The trainer overrides a run was made with, all of them, and a flag on a CPU run listed under a GPU track
+    (its figures are not the track's)."""
+    overrides = row.get("overrides") if isinstance(row.get("overrides"), list) else []
+    text = " ".join(map(str, overrides)) or "none"
+    on_cpu = str(row.get("hardware") or "").startswith("CPU ")  # harness.logs.RunLog.hardware_label's CPU form
+    if on_cpu and TRACKS.get(row.get("track"), {}).get("device") == "cuda":
+        text = f"**CPU run on a GPU track** ({text})"
+    return text
+
+
 def recent_runs_table(runs: pd.DataFrame) -> str:
     """The last RECENT_RUNS rows, newest first. (`x in (True,)`: a flag read through pandas may be NaN for rows
     that lack it, and NaN is truthy.)"""
@@ -124,6 +137,7 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
             "final ≤ target": _below(r),
             "steps": fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
             "hardware": fmt(r.get("hardware")),
+            "overrides": _overrides(r),
         })
     return _table(rows)
 
@@ -136,16 +150,40 @@ def _curves(records_dir: Path, record: dict):
         return []
 
 
-def zoom_to_target(ax, losses: list[float], target: float | None) -> None:
-    """Show the approach to the target, not the first steps' loss of ~11: the top at 1.25 x target."""
-    finite = [x for x in losses if x == x]
-    if target is None or not finite:
+LOG_SCALE_SPAN = 2.0  # a loss axis whose top is above this many times its bottom is drawn on a log scale
+
+
+def loss_axis(ax, losses: list[float], target: float | None) -> None:
+    """The val-loss axis: it covers every finite loss and the target (the line stays in view), with a 2% margin;
+    on a log scale where the losses span more than LOG_SCALE_SPAN x (a first step's ~11 against a target of
+    3.28), so the approach to the target keeps its room."""
+    finite = [x for x in losses if x == x and abs(x) != float("inf")]
+    shown = finite + ([target] if target is not None else [])
+    if not shown:
         return
-    low = min(min(finite), target)
-    ax.set_ylim(low - 0.02 * abs(low), min(max(finite), 1.25 * target))
+    low, high = min(shown), max(shown)
+    if low > 0 and high > LOG_SCALE_SPAN * low:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")
+        ax.set_ylim(low / 1.02, high * 1.02)
+        plain = FuncFormatter(lambda y, _: f"{y:g}")  # 3, 4, 5 ... 10 rather than 4 x 10^0
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        return
+    margin = 0.02 * (high - low) or 0.02 * abs(high) or 0.02
+    ax.set_ylim(low - margin, high + margin)
 
 
-def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) -> None:
+def time_points(records: list[dict]) -> list[stats.Summary]:
+    """Each record's run times (s) described: the mean with its 95% t-interval, from the record's runs."""
+    return [stats.describe([run["train_time_ms"] / 1000 for run in r["runs"] if run.get("train_time_ms") is not None])
+            for r in records]
+
+
+def draw(records_dir: Path, by_track: dict[str, list[dict]]):
+    """The leaderboard's figure: per track, each record's mean time with its 95% interval in the order the records
+    were set, and the val loss curves of the track's first and current records."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -155,14 +193,19 @@ def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) 
         fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)
         for (track, records), (ax_time, ax_loss) in zip(by_track.items(), axes):
             # Records in the order they were set, one tick each (several may share a date).
-            times = [r["stats"]["train_time_ms"]["mean"] / 1000 for r in records]
+            points = time_points(records)  # the mean of the runs' times is the record's mean time, as submit wrote it
+            times = [s.mean if s.n else r["stats"]["train_time_ms"]["mean"] / 1000 for r, s in zip(records, points)]
+            lower = [t - s.ci_low if s.ci_low == s.ci_low else 0 for t, s in zip(times, points)]
+            upper = [s.ci_high - t if s.ci_high == s.ci_high else 0 for t, s in zip(times, points)]
             ax_time.step(range(len(records)), times, where="post", color="tab:blue")
-            ax_time.plot(range(len(records)), times, "o", color="tab:blue")
+            ax_time.errorbar(range(len(records)), times, yerr=[lower, upper], fmt="o", color="tab:blue", capsize=4,
+                             label="mean, 95% CI")
             ax_time.set_xticks(range(len(records)), [f"{r['date']}\n{r['name']}" for r in records], fontsize=8)
             ax_time.set_xlim(-0.5, len(records) - 0.5)
-            ax_time.set_ylim(0, 1.1 * max(times))
+            ax_time.set_ylim(0, 1.1 * max(t + u for t, u in zip(times, upper)))
             ax_time.set(title=f"{track}: record time", ylabel="mean run time (s)")
             ax_time.grid(alpha=0.3)
+            ax_time.legend(fontsize=8)
             shown = [records[0]] if len(records) == 1 else [records[0], records[-1]]
             losses = []
             for record, color, label in zip(shown, ("tab:gray", "tab:red"), ("baseline", "current record")):
@@ -173,16 +216,23 @@ def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) 
             target = records[-1]["stats"].get("target_val_loss")
             if target is not None:
                 ax_loss.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
-            zoom_to_target(ax_loss, losses, target)
+            loss_axis(ax_loss, losses, target)
             ax_loss.set(title=f"{track}: val loss", xlabel="train time (s)", ylabel="val loss")
             ax_loss.grid(alpha=0.3)
             ax_loss.legend(fontsize=8)
         fig.tight_layout()
-        try:
-            with atomic_file(path) as f:
-                fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
-        finally:
-            plt.close(fig)
+    return fig
+
+
+def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = draw(records_dir, by_track)
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
+    finally:
+        plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ CONFIG_TYPES = {"seed": "integer|null", "target_val_loss": "number|null", "stop_
                 "num_steps": "integer|null", "vocab_size": "integer|null"}
 META_EVENT_TYPES = {"code_hash": "string|null", "world_size": "integer|null", "hardware": "object|null",
                     "versions": "object|null", "git": "object|null", "origin": "string|null",
-                    "embedded_code": "boolean|null", "log_sha256": "string|null", "command": "string|null"}
+                    "embedded_code": "boolean|null", "log_sha256": "string|null", "command": "string|null",
+                    "started": "string|null"}
 RESULT_EVENT_TYPES = {"status": "string", "tokens": "integer|null", "tokens_per_s": "number|null",
                       "target_val_loss": "number|null", "steps": "integer|null"}
 
@@ -110,6 +111,7 @@ class RunLog:
     embedded_code: bool | None = None  # events: meta.embedded_code, whether code/ is the source its train.log starts with
     log_sha256: str | None = None  # events: meta.log_sha256, of the train.log a foreign run was read from
     command: str | None = None  # events: meta.command, the command line of a harness.run --cmd run
+    started: str | None = None  # events: meta.started, when an ingested log says its run started (ISO 8601)
     identity: str | None = None  # what makes the log one run (log_identity); a copy of a log has the same
     problems: list[str] = field(default_factory=list)  # damaged lines skipped while reading
 
@@ -389,6 +391,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         log.hardware, log.versions, log.git = meta.get("hardware"), meta.get("versions"), meta.get("git")
         log.origin, log.embedded_code, log.log_sha256 = meta.get("origin"), meta.get("embedded_code"), meta.get("log_sha256")
         log.command = meta.get("command")
+        log.started = meta.get("started")
     previous_val: dict | None = None
     for e in events:
         try:

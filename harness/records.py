@@ -21,19 +21,28 @@ and for a run taken in from elsewhere, origin ("ingested" by harness.ingest, "cm
 log, as it was read) and seed_env (--cmd: the environment variable that carried
 the seed). "incomplete": a log that ends before its planned last step without a crash being seen
 (a log cut off, or a trainer that exited 0 early).
+
+A mistaken row is hidden, never edited: `python -m harness.records hide RUN_ID --reason TEXT` appends a
+tombstone line {"schema": 1, "hides": RUN_ID, "reason": TEXT, "timestamp": ...}. The readers leave a hidden
+run out (the leaderboard, ingest's known logs) or refuse it by name (compare, submit: find_runs);
+`python -m harness.records hidden` lists the hidden runs with their reasons.
 """
 from __future__ import annotations
 
+import argparse
 import copy
+import datetime as dt
 import json
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 from filelock import FileLock
 
+from harness.cli import run_cli
 from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, read_regular,
                             type_problem)
 # (submit, verify and compare import finite_or_none from here)
@@ -166,9 +175,14 @@ def append_run(row: dict, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     """
     if not row.get("run_id"):
         raise RecordsError("a runs.jsonl row needs a run_id")
+    return _append_line({"schema": SCHEMA, **finite_or_none(row)}, records_dir)
+
+
+def _append_line(obj: dict, records_dir: str | os.PathLike) -> Path:
+    """append_run's write of one JSON line: under the lock, after a newline where the last line has none."""
     path = runs_path(records_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps({"schema": SCHEMA, **finite_or_none(row)}, allow_nan=False, sort_keys=False) + "\n").encode()
+    line = (json.dumps(obj, allow_nan=False, sort_keys=False) + "\n").encode()
     with runs_lock(records_dir):
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -184,19 +198,27 @@ def append_run(row: dict, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     return path
 
 
-def _read_rows(records_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
+def _is_tombstone(row) -> bool:
+    return isinstance(row, dict) and isinstance(row.get("hides"), str) and "run_id" not in row
+
+
+def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[list[dict], list[str]]:
     """The rows of records/runs.jsonl, each a dict straight from its JSON line (plus "line"), and the problems.
 
     A line that is not JSON, not an object, has no run_id, or another schema is reported as
     "<file>:<line>: ..." and skipped; so is a runs log that cannot be read. A missing file has no rows.
+    A row a tombstone hides is left out; with hidden=True it stays, with "hidden": {reason, timestamp, line}.
     """
     path = runs_path(records_dir)
-    rows, problems = [], []
+    rows, problems, tombstones = [], [], {}
     if not path.exists():
         return rows, problems
     try:
         for lineno, row in iter_json_lines(path, problems, limit=None):  # a runs log grows without bound
-            if not isinstance(row, dict) or not isinstance(row.get("run_id"), str) or not row["run_id"]:
+            if _is_tombstone(row) and row.get("schema") == SCHEMA:
+                tombstones[row["hides"]] = {"reason": row.get("reason"), "timestamp": row.get("timestamp"),
+                                            "line": lineno}
+            elif not isinstance(row, dict) or not isinstance(row.get("run_id"), str) or not row["run_id"]:
                 problems.append(f"{path}:{lineno}: skipped line without a run_id")
             elif row.get("schema") != SCHEMA:
                 problems.append(f"{path}:{lineno}: skipped line with schema {row.get('schema')!r} (expected {SCHEMA})")
@@ -209,7 +231,10 @@ def _read_rows(records_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
                 rows.append(row)
     except OSError as exc:
         problems.append(f"{path}: cannot read ({exc.strerror or exc})")
-    return rows, problems
+    for row in rows:
+        if row["run_id"] in tombstones:
+            row["hidden"] = tombstones[row["run_id"]]
+    return (rows if hidden else [r for r in rows if "hidden" not in r]), problems
 
 
 def load_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[pd.DataFrame, list[str]]:
@@ -231,10 +256,13 @@ def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_D
     where absent or not finite). Raises RecordsError naming the first run id that is not in the runs
     log, and the runs log's first problem, if any (the run may be on a damaged line).
     """
-    rows, problems = _read_rows(records_dir)
+    rows, problems = _read_rows(records_dir, hidden=True)
     by_id = {row["run_id"]: row for row in rows}
     found = []
     for run_id in run_ids:
+        if run_id in by_id and (why := by_id[run_id].get("hidden")):
+            raise RecordsError(f"run {run_id} is hidden ({runs_path(records_dir)} line {why['line']}: "
+                               f"{why['reason']})")
         if run_id not in by_id:
             damaged = f" ({len(problems)} problems reading it; the first: {problems[0]})" if problems else ""
             raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}{damaged}")
@@ -373,3 +401,62 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
     except OSError as exc:
         raise RecordsError(f"runs log {path} cannot be appended to: {os_error_line(exc)}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Hiding a mistaken row: a tombstone appended, no line rewritten
+
+
+def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
+    """Append the tombstone that hides run_id. Raises RecordsError for an empty reason, a run id not in the
+    runs log, or one hidden already (the check and the append hold the runs log's lock together)."""
+    if not reason.strip():
+        raise RecordsError("--reason: say why the run is hidden")
+    with runs_lock(records_dir):
+        rows, _ = _read_rows(records_dir, hidden=True)
+        row = next((r for r in reversed(rows) if r["run_id"] == run_id), None)
+        if row is None:
+            raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}")
+        if row.get("hidden"):
+            raise RecordsError(f"run {run_id} is hidden already (line {row['hidden']['line']}: "
+                               f"{row['hidden']['reason']})")
+        return _append_line({"schema": SCHEMA, "hides": run_id, "reason": reason.strip(),
+                             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                            records_dir)
+
+
+def hidden_runs(records_dir: str | os.PathLike = RECORDS_DIR) -> list[dict]:
+    """The hidden rows, in the runs log's order, each with its "hidden": {reason, timestamp, line}."""
+    return [r for r in _read_rows(records_dir, hidden=True)[0] if "hidden" in r]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.records",
+                                     description="Hide a mistaken runs-log row (a tombstone is appended; no line "
+                                     "is rewritten), or list the hidden runs.")
+    parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    hide = sub.add_parser("hide", help="hide a run from the leaderboard, compare, submit and ingest")
+    hide.add_argument("run_id", metavar="RUN_ID")
+    hide.add_argument("--reason", required=True, help="why: kept in the tombstone and shown by `hidden`")
+    sub.add_parser("hidden", help="list the hidden runs and why")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "hide":
+            path = hide_run(args.run_id, args.reason, args.records)
+            print(f"hidden: {args.run_id} (a tombstone appended to {path})")
+        else:
+            for row in hidden_runs(args.records):
+                h = row["hidden"]
+                print(f"{row['run_id']}  hidden {h['timestamp']} (line {h['line']}): {h['reason']}")
+    except RecordsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -23,7 +23,8 @@ events, read from that log (harness/ingest.py), which is its train.log: config h
 num_steps (the M of step:N/M), seed (null for a log, the seed passed for --cmd) and stop_at_target
 false; meta adds "origin" ("ingested" | "cmd"), "embedded_code" (bool: code/ is the source the log
 starts with; false: code/ is the script the command ran, or there is no code/ and code_hash is null),
-"log_sha256" (of train.log), "source" (the file it was read from, or "stdout") and, for --cmd,
+"log_sha256" (of train.log), "source" (the file it was read from, or "stdout"), "started" (nvidia-smi's
+clock line at the run's start, ISO 8601 in the machine's local time; null without one) and, for --cmd,
 "command", "seed_env" and "script"; its hardware is {"kind": "cuda", "gpu", "gpu_count",
 "peak_flops"} from the log's nvidia-smi table (world_size = gpu_count), versions those of its
 "Running ..." lines, git {"commit": null, "dirty": null} for a log (the command's working tree for

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -93,13 +94,30 @@ def check_token_ids(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int
         raise DataError(f"{path}: token id {top} >= vocab size {vocab_size} (first at position {where})")
 
 
+FINEWEB_README_SHARDS = 8  # the README's quick start: the val shard and 8 x 100M train tokens
+
+
+def build_command(pattern: str) -> str | None:
+    """The harness.data command that builds the shards a pattern names (by their file names), or None."""
+    path = Path(pattern)
+    folder = shlex.quote(str(path.parent))
+    if path.name.startswith("fineweb_"):
+        return f"python -m harness.data fineweb --train-shards {FINEWEB_README_SHARDS} --dir {folder}"
+    if path.name.startswith("shakespeare_"):
+        return f"python -m harness.data shakespeare --dir {folder}"
+    return None
+
+
 def resolve_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     """A glob pattern, a single path, or a list of paths -> sorted existing shard paths, or DataError."""
     if isinstance(files, (str, os.PathLike)):
         pattern = str(files)
         paths = sorted(Path(p) for p in glob.glob(pattern))
         if not paths:
-            raise DataError(f"{pattern}: no shards match (build them with `python -m harness.data ...`)")
+            command = build_command(pattern)
+            how = f"build them with `{command}`" if command else \
+                "harness.data builds no shards of that name: put llm.c-format shards there"
+            raise DataError(f"{pattern}: no shards match; {how}")
         return paths
     paths = [Path(p) for p in files]
     if not paths:

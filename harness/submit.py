@@ -23,7 +23,7 @@ records/runs.jsonl), never taken from the runs log's summary. The rule (records/
      validation, whether or not that run ended below the target: the speedrun community's
      convention, in which the loss rule over the set, not each run, certifies the target.
 
-On success it writes records/<YYYY-MM-DD>_<NAME>/ (code/, runs/<run_id>/{events.jsonl,train.log},
+On success it writes records/<YYYY-MM-DD>_<NAME>/ (the day the last run was made: record_date; code/, runs/<run_id>/{events.jsonl,train.log},
 statistics.md, README.md, record.json) through a temporary folder and a rename, then re-renders the
 leaderboard. Otherwise it prints the failing condition in one line and exits 1.
 """
@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -44,8 +45,9 @@ from harness.cli import not_a_folder, run_cli
 from harness.files import clean_stale_temps, temp_path
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
-from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RecordsError, find_runs, finite_or_none,
-                             fsync_path, fsync_tree, latest_rows, list_records, name_problem, os_error_line, row_run_dir,
+from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
+                             finite_or_none, fsync_path, fsync_tree, latest_rows, list_records, name_problem,
+                             os_error_line, row_run_dir,
                              runs_lock)
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
@@ -108,6 +110,9 @@ def gather(run_ids: Sequence[str], records_dir: Path) -> tuple[list[dict], list[
     rows = find_runs(run_ids, records_dir)
     logs = []
     for row in rows:
+        if row.get("status") not in (None, "ok"):  # the runs log's status: the harness's (interrupted, timeout) or the events'
+            raise Refused(f"run {row['run_id']}: status {row.get('status')!r} in {records_dir / RUNS_FILE}; "
+                          "every run must finish 'ok'")
         run_dir = row_run_dir(row)
         if not (run_dir / EVENTS_FILE).is_file():
             hint = (f" (a log put there by hand: take it in with `python -m harness.ingest --track TRACK --name NAME "
@@ -320,6 +325,14 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
         return _submit_locked(name, description, run_ids, records_dir, excluded or {})
 
 
+def record_date(rows: list[dict], logs: list[RunLog]) -> str:
+    """A record's date, YYYY-MM-DD: the day its last run was made, from the start an ingested log states
+    (nvidia-smi's clock) or else the run's runs-log timestamp; today for runs that state neither."""
+    days = [(log.started or row.get("timestamp") or "")[:10] for row, log in zip(rows, logs)]
+    days = [d for d in days if re.fullmatch(r"\d{4}-\d\d-\d\d", d)]
+    return max(days) if days else f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
+
+
 def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_dir: Path,
                    excluded: dict[str, str]) -> Path:
     check_name(name, records_dir)
@@ -331,7 +344,7 @@ def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_
         raise Refused(str(exc)) from None
     except OSError as exc:  # a run's files that cannot be read
         raise Refused(os_error_line(exc)) from None
-    folder = f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}_{name}"
+    folder = f"{record_date(rows, logs)}_{name}"
     if (records_dir / folder).exists():
         raise Refused(f"records/{folder} exists; records are never overwritten")
     record = build_record(name, description, rows, logs, target, previous, previous_logs, folder, excluded)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from harness import data
-from harness.shards import BOS_ID, DataError, read_shard, shard_token_count, write_shard
+from harness.shards import BOS_ID, DataError, TokenLoader, read_shard, shard_token_count, write_shard
 from helpers import docs_stream
 
 
@@ -148,14 +148,56 @@ def test_fineweb_offline_fails_fast_with_one_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     start = time.monotonic()
     out = subprocess.run(
-        [sys.executable, "-m", "harness.data", "fineweb", "--train-shards", "1", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "harness.data", "fineweb", "--train-shards", "1", "--dir", str(tmp_path / "fw")],
         capture_output=True, text=True, env=env,
     )
     assert time.monotonic() - start < 30
     assert out.returncode == 1
     err = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "fineweb_val_000000.bin" in err[0] and "Traceback" not in out.stderr
-    assert "could not download" in err[0]
+    assert err[0] == (f"error: cannot download 2 FineWeb shard(s) into {tmp_path / 'fw'}: HF_HUB_OFFLINE is set "
+                      "(offline mode); copy the missing shards (fineweb_val_000000.bin through fineweb_train_000001.bin) "
+                      "there by hand")
+    assert list(tmp_path.iterdir()) == []  # no folder, no hub .cache/ left behind
+
+
+def test_an_unreachable_hub_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    from harness import data
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    assert data.main(["fineweb", "--train-shards", "0", "--dir", str(tmp_path / "a" / "fw")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot download 1 FineWeb shard(s) into {tmp_path / 'a' / 'fw'}: cannot reach "
+                          "127.0.0.1:9 (") and err.endswith("; copy fineweb_val_000000.bin there by hand\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_download_leaves_no_hub_cache(tmp_path):
+    from harness import data
+
+    def failing_download(name, out_dir):  # as hf_hub_download does: its lock in .cache/, then no network
+        (out_dir / ".cache" / "huggingface" / "download").mkdir(parents=True)
+        (out_dir / ".cache" / "huggingface" / "download" / f"{name}.lock").touch()
+        raise DataError(f"could not download {name}")
+
+    with pytest.raises(DataError, match="could not download fineweb_val_000000.bin"):
+        data.download_fineweb(1, tmp_path / "fw", download=failing_download)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("pattern, command", [
+    ("data/fineweb10B/fineweb_train_*.bin", "python -m harness.data fineweb --train-shards 8 --dir data/fineweb10B"),
+    ("my data/shakespeare_val_000000.bin", "python -m harness.data shakespeare --dir 'my data'"),
+])
+def test_no_shards_names_the_command_that_builds_them(tmp_path, monkeypatch, pattern, command):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as info:
+        TokenLoader(pattern, seq_len=4, batch_size=1)
+    assert str(info.value) == f"{pattern}: no shards match; build them with `{command}`"
+    assert "..." not in str(info.value)
 
 
 def test_dir_that_is_a_file_is_one_line(tmp_path, capsys):

@@ -228,6 +228,14 @@ def test_submitted_statistics_are_the_published_convention(two_records):
     assert "the trainer in code/ (the source its logs printed)" in readme and "harness.run --track" not in readme
 
 
+def test_an_imported_record_is_dated_by_its_runs(two_records):
+    """The logs' nvidia-smi clock line (tests/helpers.py: "Fri Jul 17 12:22:51 2026") dates the runs and the record,
+    not the day of submission."""
+    assert two_records["base"].name == "2026-07-17_base" and two_records["fast"].name == "2026-07-17_fast"
+    assert json.loads((two_records["fast"] / "record.json").read_text())["date"] == "2026-07-17"
+    assert load_run(two_records["fast"] / "runs" / two_records["fast_ids"][0]).started == "2026-07-17T12:22:51"
+
+
 def test_ingested_records_verify_and_show_on_the_leaderboard(two_records, tmp_path, capsys):
     assert verify.main([str(two_records["base"]), str(two_records["fast"])]) == 0
     capsys.readouterr()
@@ -530,3 +538,23 @@ def test_a_folder_option_naming_a_file_is_one_line(where, tmp_path, option, caps
         with pytest.raises(SystemExit):
             submit.main(["--records", str(tmp_path / "file"), "--name", "x", "--description", "d", "a", "b"])
         assert capsys.readouterr().err.splitlines()[-1].endswith(f"--records {tmp_path / 'file'}: not a folder")
+
+
+def test_a_console_transcript_of_make_is_not_a_speedrun_log(where, tmp_path, capsys):
+    """`make speedrun` echoes the trainer's validation lines with no log header: ingest names what it found."""
+    transcript = (".venv/bin/python -m harness.data shakespeare\n"
+                  ".venv/bin/python -m harness.run --track cpu-tiny\n"
+                  "run_dir: runs/20261206-185525-cpu-tiny-s0-03cc\n"
+                  "warm-up (untimed)\n"
+                  "step:0/4 val_loss:10.8258 train_time:0ms step_avg:0.00ms tokens_per_s:0 mfu:n/a\n"
+                  "step:4/4 val_loss:9.9919 train_time:6357ms step_avg:1589.21ms tokens_per_s:1289 mfu:n/a\n"
+                  "result: train_time 6357ms, 4/4 steps, 8,192 tokens, final val_loss 9.9919\n")
+    path = write(tmp_path, "make.txt", transcript)
+    assert run_ingest(where, path) == 1
+    err = capsys.readouterr().err
+    assert f"skipped: {path}: not a speedrun log: step lines without a speedrun log's header" in err
+    assert "its first other line is '.venv/bin/python -m harness.data shakespeare'" in err
+    assert "a console transcript? the run's own log is runs/20261206-185525-cpu-tiny-s0-03cc/train.log" in err
+    assert not (where["records"] / "runs.jsonl").exists()
+    # the same step lines under modded-nanogpt's header are a run
+    assert run_ingest(where, write(tmp_path, "log.txt", HEADER + transcript.split("warm-up (untimed)\n")[1])) == 0

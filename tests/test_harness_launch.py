@@ -6,6 +6,7 @@ import pytest
 
 from harness import compare
 from harness.records import load_records
+from harness.shards import BOS_ID, write_shard
 from helpers import signal_at_step_5, unwritable_destinations, write_fake_trainer
 
 
@@ -27,8 +28,12 @@ def test_compare_refuses_an_unwritable_destination_before_launch(kit, tmp_path, 
 def test_typo_in_the_second_variant_stops_everything_before_the_first_run(tmp_path, capsys):
     """With the real trainer: every variant's config is resolved (train_gpt.py --print_config) before any run."""
     runs, records = tmp_path / "runs", tmp_path / "records"
+    shards = tmp_path / "shards"
+    for name in ("train_000001.bin", "val_000000.bin"):  # --print_config checks that the shard globs match
+        write_shard(shards / name, [BOS_ID, 1, 2, 3])
+    data = f"--train_files={shards}/train_*.bin --val_files={shards}/val_000000.bin"
     argv = ["--runs-dir", str(runs), "--records", str(records), "--no-plot", "--no-leaderboard", "--seeds", "3",
-            "--variant", "base=--num_steps=10", "--variant", "lr=--muon_lrr=0.06"]
+            "--variant", f"base=--num_steps=10 {data}", "--variant", f"lr=--muon_lrr=0.06 {data}"]
     assert compare.main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""

@@ -122,3 +122,41 @@ def test_rows_of_the_wrong_types_are_named_and_the_rest_renders(tmp_path, capsys
     assert "Traceback" not in err and err.count("leaderboard: ") == 8
     page = (tmp_path / "lb.md").read_text()
     assert "| c " in page and "| 3.1000 " in page
+
+
+def test_a_hidden_run_is_a_tombstone_appended_and_honoured_everywhere(tmp_path, capsys):
+    from harness import compare, leaderboard, records, submit
+
+    for run_id in ("20261201-000000-cpu-tiny-s0-aaaa", "20261201-000001-cpu-tiny-s1-bbbb"):
+        records.append_run({"run_id": run_id, "track": "cpu-tiny", "name": "x", "status": "ok",
+                            "timestamp": "2026-12-01T00:00:00+00:00", "run_dir": str(tmp_path / run_id)}, tmp_path)
+    mistaken, kept = "20261201-000000-cpu-tiny-s0-aaaa", "20261201-000001-cpu-tiny-s1-bbbb"
+    before = (tmp_path / "runs.jsonl").read_bytes()
+    assert records.main(["--records", str(tmp_path), "hide", mistaken, "--reason", "ran on the wrong data"]) == 0
+    after = (tmp_path / "runs.jsonl").read_bytes()
+    assert after.startswith(before)  # nothing rewritten: one line appended
+    (tombstone,) = [json.loads(line) for line in after[len(before):].decode().splitlines()]
+    assert (tombstone["hides"], tombstone["reason"], "run_id" in tombstone) == (mistaken, "ran on the wrong data", False)
+
+    frame, problems = records.load_records(tmp_path)
+    assert problems == [] and frame["run_id"].tolist() == [kept]
+    with pytest.raises(records.RecordsError, match=f"run {mistaken} is hidden .*line 3: ran on the wrong data"):
+        records.find_runs([kept, mistaken], tmp_path)
+    capsys.readouterr()
+    assert records.main(["--records", str(tmp_path), "hidden"]) == 0
+    assert capsys.readouterr().out.startswith(f"{mistaken}  hidden 20")
+    page = leaderboard.render(tmp_path, tmp_path / "lb.md").read_text()
+    assert kept in page and mistaken not in page
+    assert compare.main(["--logs", f"a={mistaken}", "--records", str(tmp_path), "--no-plot"]) == 1
+    assert f"run {mistaken} is hidden" in capsys.readouterr().err
+    assert submit.main(["--records", str(tmp_path), "--no-leaderboard", "--name", "n", "--description", "d",
+                        kept, mistaken]) == 1
+    assert f"run {mistaken} is hidden" in capsys.readouterr().err
+    # a second hide, an unknown run, an empty reason: one line each, nothing appended
+    for argv, message in (([mistaken, "--reason", "again"], f"run {mistaken} is hidden already (line 3: "),
+                          (["nope", "--reason", "r"], "no run with id 'nope'"),
+                          ([kept, "--reason", " "], "--reason: say why the run is hidden")):
+        assert records.main(["--records", str(tmp_path), "hide", *argv]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert (tmp_path / "runs.jsonl").read_bytes() == after

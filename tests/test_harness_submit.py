@@ -320,3 +320,20 @@ def test_pages_get_the_umask_s_mode_and_killed_writers_leave_nothing(world, reco
         assert stat.S_IMODE(page.stat().st_mode) == 0o644, page
     assert not any(p.exists() for p in [*stale, stale_record])
     assert not [p for p in records.iterdir() if ".tmp-" in p.name]
+
+
+def test_an_interrupted_run_is_refused_under_its_own_status(world, records, tmp_path, capsys):
+    """A Ctrl-C run is 'interrupted' in runs.jsonl (its events end without a result): submit names that status."""
+    import sys
+
+    from test_harness_run import ctrl_c_at_step_5
+
+    script = write_fake_trainer(tmp_path / "code")
+    ctrl_c_at_step_5([sys.executable, "-m", "harness.run", "--script", str(script), "--runs-dir", str(tmp_path / "runs"),
+                      "--records", str(records), "--no-leaderboard", "--", "--hang_at=7"])
+    (stopped,) = [json.loads(line)["run_id"] for line in (records / "runs.jsonl").read_text().splitlines()
+                  if json.loads(line)["status"] == "interrupted"]
+    rc = submit.main(["--records", str(records), "--no-leaderboard", "--description", "d", "--name", "x",
+                      world["fast"][0], stopped])
+    err = one_line(capsys.readouterr().err)
+    assert rc == 1 and f"run {stopped}: status 'interrupted' in {records / 'runs.jsonl'}" in err
