@@ -270,9 +270,10 @@ def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_D
     return found
 
 
-def latest_rows(records_dir: str | os.PathLike = RECORDS_DIR) -> list[dict]:
-    """Every run of the runs log once (its last row), as find_runs gives it; the log's problems are skipped."""
-    rows, _ = _read_rows(records_dir)
+def latest_rows(records_dir: str | os.PathLike = RECORDS_DIR, hidden: bool = False) -> list[dict]:
+    """Every run of the runs log once (its last row), as find_runs gives it; the log's problems are skipped.
+    hidden=True keeps the runs a tombstone hides (see _read_rows)."""
+    rows, _ = _read_rows(records_dir, hidden=hidden)
     by_id = {row["run_id"]: row for row in rows}
     return [{**dict.fromkeys(ROW_FIELDS), **finite_or_none(row)} for row in by_id.values()]
 

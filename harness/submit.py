@@ -219,10 +219,11 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
 
 def left_out_runs(logs: list[RunLog], run_ids: Sequence[str], records_dir: Path) -> list[str]:
     """The finished ("ok") runs of the runs log that share the set's track, code hash and config (apart from
-    CONFIG_KEYS_FREE) but are not in it. A run whose run directory cannot be read counts: its config is unknown."""
+    CONFIG_KEYS_FREE) but are not in it. A run whose run directory cannot be read counts: its config is unknown.
+    A hidden run counts too (hiding a row is no way around this rule): it is excluded by --exclude, with a reason."""
     first, given = logs[0], set(run_ids)
     out = []
-    for row in latest_rows(records_dir):
+    for row in latest_rows(records_dir, hidden=True):
         if (row["run_id"] in given or row["status"] != "ok" or row["track"] != first.track
                 or row["code_hash"] != first.code_hash):
             continue
@@ -239,7 +240,7 @@ def left_out_runs(logs: list[RunLog], run_ids: Sequence[str], records_dir: Path)
 def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[str, str], records_dir: Path) -> None:
     """Every finished run of the set's track, code and config is in the set or excluded with a reason. Raises
     Refused naming the runs left out, or an exclusion that names no such run."""
-    known = {row["run_id"] for row in latest_rows(records_dir)}
+    known = {row["run_id"] for row in latest_rows(records_dir, hidden=True)}
     for run_id, reason in excluded.items():
         if run_id in run_ids:
             raise Refused(f"--exclude {run_id}: that run is in the set")

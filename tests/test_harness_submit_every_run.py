@@ -6,7 +6,7 @@ import json
 import pytest
 
 from harness import leaderboard, submit, verify
-from harness.records import RECORD_FILE
+from harness.records import RECORD_FILE, hide_run
 from harness.run import run_one
 from helpers import write_fake_trainer
 
@@ -36,6 +36,14 @@ def test_a_finished_run_left_out_is_refused_naming_it(world, capsys):
     assert err.count("\n") == 1 and f"every finished run counts: {c} ran the same track, code and config" in err
     assert world["other"] not in err  # another config is another set
     assert not any(p.name.endswith("_b") for p in world["records"].iterdir())
+
+
+def test_a_hidden_run_still_counts_and_is_excluded_with_a_reason(world, capsys):
+    a, b, c = world["base"]
+    hide_run(c, "launched by mistake", world["records"])
+    assert submit_main(world, a, b) == 1  # hiding a row is no way around the every-run rule
+    assert f"every finished run counts: {c}" in capsys.readouterr().err
+    assert submit_main(world, "--exclude", c, "--reason", "launched by mistake", a, b) == 0
 
 
 def test_every_run_in_the_set_is_accepted(world, capsys):
