@@ -1,10 +1,7 @@
 """Ablations: run variants interleaved, or compare finished runs, with the speedrun community's statistics.
 
-How a run counts (the convention of every NanoGPT speedrun record): a run's time is the train time
-of its final validation, whether or not that run ended below the target; every finished run
-counts; runs go their full schedule; the target is certified over the set by the loss rule, a
-one-sided one-sample t-test that the mean final val loss is below it, p < stats.ALPHA (0.01). The first
-validation at or below the target is shown too, labelled as such, never as the headline time.
+Runs count as records/README.md ("How a run counts") states: the speedrun community's convention, with
+the loss rule (harness.stats.loss_rule) certifying the target over a set.
 
 Run mode: each variant is NAME=SPEC, SPEC being trainer overrides and optionally script=PATH; the
 first variant (or --baseline) is the baseline. Before the first run, the trainer resolves the config

@@ -9,9 +9,8 @@ ROOT is a records/ folder in either layout modded-nanogpt has used:
 
 Every folder of logs in a record folder is a variant (the record folder's own logs, and each sub-folder's:
 baseline, this_pr, ...). Per variant: track, date, n, mean and sample std of time, mean and std of the final
-val loss, the loss rule's p (harness/stats.py's one-sided t-test that the mean is below the target, p <
-0.01), planned steps and the code hashes of the source each log starts with. A run's time is the train time
-of its final validation and every finished run counts (records/README.md states the convention); a log cut
+val loss, the loss rule's p (harness.stats.loss_rule), planned steps and the code hashes of the source each
+log starts with. Runs count as records/README.md ("How a run counts") states; a log cut
 off before its planned last step, or diverged, is left out and flagged. Logs are read by harness/logs.py,
 the one parser; a log found twice in one variant (same bytes) counts once.
 
