@@ -12,7 +12,7 @@ baseline, this_pr, ...). Per variant: track, date, n, mean and sample std of tim
 val loss, the loss rule's p (harness.stats.loss_rule), planned steps and the code hashes of the source each
 log starts with. Runs count as records/README.md ("How a run counts") states; a log cut
 off before its planned last step, or diverged, is left out and flagged. Logs are read by harness/logs.py,
-the one parser; a log found twice in one variant (same bytes) counts once.
+the one parser; a log found twice in one variant (the same step lines, harness.logs.log_identity) counts once.
 
 Targets: the track's, as modded-nanogpt's README states them (TRACK_TARGETS); the short track's 3.28 for
 the layout without track folders; --target overrides all.
