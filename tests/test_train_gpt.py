@@ -193,7 +193,8 @@ def test_print_config_prints_one_json_line_and_creates_nothing(shards, tmp_path)
     assert (cfg["seed"], cfg["grad_accum"], cfg["compile"], cfg["run_dir"]) == (3, 4, False, str(run_dir))
     assert not run_dir.exists()
     proc = subprocess.run([*cmd, f"--val_files={tmp_path}/none_*.bin"], cwd=REPO, capture_output=True, text=True)
-    assert one_error_line(proc, 2) == f"error: {tmp_path}/none_*.bin: no shards match (build them with `python -m harness.data ...`)"
+    assert one_error_line(proc, 2) == (f"error: {tmp_path}/none_*.bin: no shards match; harness.data builds no shards of that name: "
+                                         "put llm.c-format shards there")
     assert proc.stdout == ""
 
 
