@@ -436,11 +436,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Hide a mistaken runs-log row (a tombstone is appended; no line "
                                      "is rewritten), or list the hidden runs.")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")
+    # --records is also taken after the command (`hide RUN_ID --records DIR`), as every other harness command takes it.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--records", type=Path, default=argparse.SUPPRESS, help="records directory (default records/)")
     sub = parser.add_subparsers(dest="command", required=True)
-    hide = sub.add_parser("hide", help="hide a run from the leaderboard, compare, submit and ingest")
+    hide = sub.add_parser("hide", parents=[after], help="hide a run from the leaderboard, compare, submit and ingest")
     hide.add_argument("run_id", metavar="RUN_ID")
     hide.add_argument("--reason", required=True, help="why: kept in the tombstone and shown by `hidden`")
-    sub.add_parser("hidden", help="list the hidden runs and why")
+    sub.add_parser("hidden", parents=[after], help="list the hidden runs and why")
     args = parser.parse_args(argv)
     try:
         if args.command == "hide":

@@ -160,3 +160,18 @@ def test_a_hidden_run_is_a_tombstone_appended_and_honoured_everywhere(tmp_path, 
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
     assert (tmp_path / "runs.jsonl").read_bytes() == after
+
+
+def test_records_takes_records_after_the_command_too(tmp_path, capsys):
+    """`hide RUN_ID --reason R --records DIR` and `hidden --records DIR` act on DIR, as `--records DIR hide ...` does."""
+    from harness import records
+
+    run_id = "20261201-000000-cpu-tiny-s0-aaaa"
+    records.append_run({"run_id": run_id, "track": "cpu-tiny", "name": "x", "status": "ok",
+                        "timestamp": "2026-12-01T00:00:00+00:00", "run_dir": str(tmp_path / run_id)}, tmp_path)
+    assert records.main(["hide", run_id, "--reason", "wrong data", "--records", str(tmp_path)]) == 0
+    assert f"hidden: {run_id}" in capsys.readouterr().out
+    assert records.main(["hidden", "--records", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"{run_id}  hidden 20")
+    assert records.main(["--records", str(tmp_path), "hidden"]) == 0
+    assert capsys.readouterr().out.startswith(f"{run_id}  hidden 20")
