@@ -422,6 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(problem)
     try:
         check_name("track", args.track)
+        check_name("--name", args.name)
         rows, problems = ingest(args.inputs, track=args.track, name=args.name, target=args.target,
                                 runs_dir=args.runs_dir, records_dir=args.records)
     except IngestError as exc:

@@ -801,6 +801,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     track = args.track or (CMD_TRACK if args.cmd is not None else DEFAULT_TRACK)
     try:
         check_name("track", track)
+        if args.name is not None:
+            check_name("--name", args.name)  # it goes into the runs log and the leaderboard's tables
         overrides = normalize_argv(overrides)
     except (IngestError, ConfigError) as exc:
         parser.error(str(exc))

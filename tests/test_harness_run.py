@@ -101,6 +101,8 @@ def test_bad_cli_arguments(kit, capsys):
         (["--script", str(kit["script"]), "--", "--seed=3"], "set by the harness"),
         (["--script", str(kit["script"].parent / "nope.py")], "no such file"),
         (["--seeds", "0"], "must be >= 1"),
+        (["--script", str(kit["script"]), "--name", "a|b"], "--name 'a|b': use 1-80 letters"),  # a table's cell
+        (["--script", str(kit["script"]), "--name", "a\nb"], "--name 'a\\nb' contains control characters"),
     ]:
         with pytest.raises(SystemExit) as exc:
             run.main(argv)
