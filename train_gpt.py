@@ -392,7 +392,9 @@ class GPT(nn.Module):
         """inputs, targets: (B, T) token ids; mask: from ops.attention_mask. Returns the mean loss."""
         L, S = len(self.blocks), len(self.skip_weights)
         ve = [table(inputs) for table in self.value_embeds]  # k x (B, T, dim)
-        x = x0 = self.norm(self.embed(inputs))  # (B, T, dim); norm of the embedding (@Grad62304977)
+        x, dev = self.embed(inputs), inputs.device.type  # (B, T, dim) fp32; the residual stream takes autocast's dtype
+        x = x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x  # (bf16 on CUDA, as the speedrun)
+        x = x0 = self.norm(x)  # norm of the embedding (@Grad62304977)
         skips = []
         for i, block in enumerate(self.blocks):
             if i >= L - S:  # the second half takes the first half's outputs, innermost first
@@ -873,8 +875,7 @@ def write_result(log: RunWriter, cfg: Config, state: RunState, device: torch.dev
               peak_memory_mb=peak_mb, tokens_per_s=state.tokens_per_s(), mfu=state.mfu(), error=error)
     if status != "ok":
         return
-    mfu = state.mfu()
-    below = state.val_loss is not None and state.val_loss <= cfg.target_val_loss
+    mfu, below = state.mfu(), state.val_loss is not None and state.val_loss <= cfg.target_val_loss
     first = (f"first at or below it at {state.time_to_target_ms:.0f}ms" if reached else "never at or below it")
     stopped = "; stopped at the target (--stop_at_target)" if cfg.stop_at_target and reached else ""
     log.line(f"result: train_time {state.train_time_ms:.0f}ms, {state.steps}/{cfg.num_steps} steps, "
@@ -907,8 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":  # before anything imports the kernels (torch's deterministic mode and torch.compile
         os.environ["TRITON_INTERPRET"] = "1"  # do): @triton.jit reads it, and a CPU runs Triton only interpreted
     init_distributed(env, device)
-    log = RunWriter(cfg.run_dir if env.master else None)
-    state = RunState()
+    log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
     try:
         if env.master:
             log.event("config", track=cfg.track, config=dataclasses.asdict(cfg))

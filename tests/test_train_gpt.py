@@ -241,6 +241,27 @@ def test_attention_gets_one_dtype_under_bf16_autocast():
     assert dtypes == [(torch.bfloat16,) * 3] * 2
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_residual_stream_is_in_autocasts_dtype_and_the_loss_in_fp32(autocast):
+    """Under bf16 autocast (the CUDA path; CPU autocast stands in for it) every block reads and writes the
+    residual stream in bf16, the embedding tables stay fp32 (Adam's state) and the loss is fp32; without
+    autocast (the CPU tracks) the stream stays fp32."""
+    cfg = T.resolve_config(T.parse_config(["--track=cpu-tiny", "--num_layers=4", "--value_embeds=1",
+                                           "--unet_skips=2"]), 1, torch.device("cpu"))
+    ops = T.make_ops("torch", torch.device("cpu"))
+    model, inputs, seen = T.GPT(cfg, ops), _batch_with_documents(2, 64), []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _, args, out: seen.append((args[0].dtype, args[1].dtype, out.dtype)))
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        loss = model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), 32))
+    loss.backward()
+    stream = torch.bfloat16 if autocast else torch.float32
+    assert seen == [(stream,) * 3] * 4
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_a_kernel_file_that_does_not_import_is_an_error_not_a_fallback(backend, monkeypatch):
     import kernels
