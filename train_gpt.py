@@ -5,19 +5,17 @@
     python train_gpt.py --track=cpu-tiny                           # about two minutes on two CPU cores
     python train_gpt.py --track=cpu-tiny --seed=3 --num_steps=50 --muon_lr=0.04
 
-Any Config field is an override, `--key=value`, parsed to the field's type and checked against its range;
-unknown keys are refused. `--help` lists the fields; `--print_config` prints the resolved config (WORLD_SIZE
-from the environment) as one JSON line and exits, training nothing.
-Sections, in order: config, distributed setup, data, model, optimizers, schedule, step and warm-up,
-timed loop, main. Importing this file only defines them (tests import the parts): the process group,
-the kernels and the environment are touched only by main().
+Any Config field is an override, `--key=value`, parsed to the field's type and checked against its range; unknown
+keys are refused. `--help` lists the fields; `--print_config` prints the resolved config (WORLD_SIZE from the
+environment) as one JSON line and exits, training nothing. Sections, in order: config, distributed setup, data,
+model, optimizers, schedule, step and warm-up, timed loop, main. Importing this file only defines them (tests import
+the parts): the process group, the kernels and the environment are touched only by main().
 
-Timing follows the speedrun: compile and warm-up are untimed and the model and optimizer state is
-reset after them; the clock stops (after a device synchronize) around every validation; the run
-goes its whole schedule, and its time is the train time of its final validation (the loss rule over
-a set of runs, not each run, certifies the target). `--stop_at_target=true` stops at the first
-validation at or below the target instead: for exploring only, since optional stopping biases both
-the time and the loss (harness.submit refuses such runs).
+Timing follows the speedrun: compile and warm-up are untimed and the model and optimizer state is reset after them;
+the clock stops (after a device synchronize) around every validation; the run goes its whole schedule, and its time
+is the train time of its final validation (the loss rule over a set of runs, not each run, certifies the target).
+`--stop_at_target=true` stops at the first validation at or below the target instead: for exploring only, since
+optional stopping biases both the time and the loss (harness.submit refuses such runs).
 Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged, 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
@@ -270,6 +268,7 @@ def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tenso
 @dataclass
 class Ops:
     rms_norm: Callable[[Tensor], Tensor]  # (..., D) -> (..., D), no learned weight
+    add_rms_norm: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # x, r (..., D) -> x + r, rms_norm(x + r)
     attention_mask: Callable[[Tensor, int], object]  # (document starts (B, T) bool, window) -> mask for `attention`
     attention: Callable[[Tensor, Tensor, Tensor, object], Tensor]  # q, k, v (B, T, H, D), mask -> (B, T, H, D)
     newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
@@ -288,15 +287,16 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
         raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
     if kernels == "triton":
         sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
-                       newton_schulz="kernels.newton_schulz.newton_schulz")
-        return Ops(norm.rms_norm, attention.packed_cu_seqlens, attention.packed_flash_attention,
+                       newton_schulz="kernels.newton_schulz.newton_schulz", add_rms_norm="kernels.norm.add_rms_norm")
+        return Ops(norm.rms_norm, norm.add_rms_norm, attention.packed_cu_seqlens, attention.packed_flash_attention,
                    newton_schulz.newton_schulz, sources)
-    refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref")
-    if device.type == "cuda":
-        return Ops(norm.rms_norm_ref, attention.FlexMasks(), attention.make_flex_attention(),
-                   newton_schulz.newton_schulz_ref, dict(attention="torch FlexAttention", **refs))
-    return Ops(norm.rms_norm_ref, attention.dense_mask, attention.sdpa_attention, newton_schulz.newton_schulz_ref,
-               dict(attention="torch SDPA with a dense mask", **refs))
+    refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref",
+                add_rms_norm="kernels.norm.add_rms_norm_ref")
+    cuda = device.type == "cuda"  # FlexAttention there, SDPA with a dense mask on a CPU
+    mask, attend = (attention.FlexMasks(), attention.make_flex_attention()) if cuda else \
+        (attention.dense_mask, attention.sdpa_attention)
+    return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, mask, attend, newton_schulz.newton_schulz_ref,
+               dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask", **refs))
 
 
 def init_linear_(weight: Tensor) -> Tensor:
@@ -362,15 +362,15 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: Config, ops: Ops, rotary: Rotary, value_embed: bool):
         super().__init__()
-        self.norm = ops.rms_norm
+        self.norm, self.add_norm = ops.rms_norm, ops.add_rms_norm
         self.attn = CausalSelfAttention(cfg, ops, rotary, value_embed)
         self.mlp = MLP(cfg)
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- a x + b x0, a residual to the embedding
 
     def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, mask) -> Tensor:
         x = self.lambdas[0] * x + self.lambdas[1] * x0
-        x = x + self.attn(self.norm(x), ve, mask)
-        return x + self.mlp(self.norm(x))
+        x, h = self.add_norm(x, self.attn(self.norm(x), ve, mask))  # x + attention out and its norm: one pass
+        return x + self.mlp(h)
 
 
 class GPT(nn.Module):
