@@ -30,7 +30,8 @@ mlp_ratio x d, V = vocab_size, L = layers):
   bytes (reads the upstream gradient and the saved inputs, writes the input gradients). Our norms are
   custom ops (opaque): each reads and writes the residual stream's dtype (bf16: the trainer casts the
   embedding rows to autocast's dtype, so no cast stands before a matmul); F.rms_norm (--kernels=torch) is
-  decomposed and fused into its neighbours. The embedding tables stay fp32 (4 B a gathered element).
+  decomposed and fused into its neighbours. The embedding tables stay fp32 (4 B a gathered element). Each
+  block's residual add after attention is fused with the MLP's norm (`kernels.norm.add_rms_norm`).
 - loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
   the bf16 gradient written once backward (recomputed, not saved).
 - weights: autocast's fp32 -> bf16 cast of every matrix each micro-step and the cast of its gradient back,
@@ -248,8 +249,11 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
         elementwise("embedding", "token embedding gather + RMSNorm", W * d + R * d, 1)
     else:
         elementwise("elementwise", "residual add + mix", mix_in + R * d, L)
-        elementwise("elementwise", "residual add (attention out)", (R + 2) * d + R * d, L + 1)
-        elementwise("norm", "rms_norm op (opaque; out in the stream's dtype)", 2 * R * d, 2 * L + 2, backward=1.5)
+        # add_rms_norm (train_gpt.Block): x and the attention out in, the sum and its norm out; backward: the
+        # sum's and the norm's gradients and the sum in, one gradient out (x's and the attention out's)
+        elementwise("norm", "residual add (attention out) + RMSNorm op", (R + 2) * d + R * d + 2 * d, L, backward=1.0)
+        elementwise("elementwise", "final residual add (MLP out)", (R + 2) * d + R * d, 1)
+        elementwise("norm", "rms_norm op (opaque; out in the stream's dtype)", 2 * R * d, L + 2, backward=1.5)
         elementwise("embedding", "token embedding gather, cast to the stream's dtype", W * d + R * d, 1)
     elementwise("elementwise", "U-net skip outputs kept", first_half_skip_store + R * d, skips, backward=1.0)
     if fused_qk:

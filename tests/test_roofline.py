@@ -55,8 +55,10 @@ def test_micro_step_accounting_on_a_small_model():
     one_pass = roofline.micro_step_items(cfg, "triton", set(), {"fwd": tiles["fwd"], "bwd": (6, 64, 128, 5)}, gpus=1)
     assert _item(one_pass, "backward, one pass").flops == 6 * 5 * 2 * 64 * 128 * 64
     assert _item(one_pass, "dQ fp32 buffer").bytes == (4 + 4 + 2) * 64 * N  # zero, then read fp32 and write bf16
-    # the opaque norm: bf16 in and out (2 x 2 x 64 B a token) forward, 1.5x that backward, 2L + 2 = 4 calls
-    assert _item(items, "rms_norm op").bytes == 2 * 2 * 64 * 2.5 * N * 4
+    # the opaque norm: bf16 in and out (2 x 2 x 64 B a token) forward, 1.5x that backward, L + 2 = 3 calls
+    assert _item(items, "rms_norm op").bytes == 2 * 2 * 64 * 2.5 * N * 3
+    # add_rms_norm: x, the attention out in, the sum and its norm out (4 x 2 x 64 B), backward as much, L calls
+    assert _item(items, "residual add (attention out) + RMSNorm op").bytes == 4 * 2 * 64 * 2 * N
     assert _item(items, "soft-cap + cross-entropy").bytes == 3 * 2 * 128 * N  # bf16 logits: read; read + write
     # the bf16 residual stream: no activation cast before a matmul; the fp32 table's gathered rows (4 B each)
     # are written in bf16 (2 B), forward, and twice that backward
