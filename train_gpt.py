@@ -5,19 +5,17 @@
     python train_gpt.py --track=cpu-tiny                           # about two minutes on two CPU cores
     python train_gpt.py --track=cpu-tiny --seed=3 --num_steps=50 --muon_lr=0.04
 
-Any Config field is an override, `--key=value`, parsed to the field's type and checked against its range;
-unknown keys are refused. `--help` lists the fields; `--print_config` prints the resolved config (WORLD_SIZE
-from the environment) as one JSON line and exits, training nothing.
-Sections, in order: config, distributed setup, data, model, optimizers, schedule, step and warm-up,
-timed loop, main. Importing this file only defines them (tests import the parts): the process group,
-the kernels and the environment are touched only by main().
+Any Config field is an override, `--key=value`, parsed to the field's type and checked against its range; unknown
+keys are refused. `--help` lists the fields; `--print_config` prints the resolved config (WORLD_SIZE from the
+environment) as one JSON line and exits, training nothing. Sections, in order: config, distributed setup, data,
+model, optimizers, schedule, step and warm-up, timed loop, main. Importing this file only defines them (tests import
+the parts): the process group, the kernels and the environment are touched only by main().
 
-Timing follows the speedrun: compile and warm-up are untimed and the model and optimizer state is
-reset after them; the clock stops (after a device synchronize) around every validation; the run
-goes its whole schedule, and its time is the train time of its final validation (the loss rule over
-a set of runs, not each run, certifies the target). `--stop_at_target=true` stops at the first
-validation at or below the target instead: for exploring only, since optional stopping biases both
-the time and the loss (harness.submit refuses such runs).
+Timing follows the speedrun: compile and warm-up are untimed and the model and optimizer state is reset after them;
+the clock stops (after a device synchronize) around every validation; the run goes its whole schedule, and its time
+is the train time of its final validation (the loss rule over a set of runs, not each run, certifies the target).
+`--stop_at_target=true` stops at the first validation at or below the target instead: for exploring only, since
+optional stopping biases both the time and the loss (harness.submit refuses such runs).
 Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged, 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
@@ -270,6 +268,7 @@ def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tenso
 @dataclass
 class Ops:
     rms_norm: Callable[[Tensor], Tensor]  # (..., D) -> (..., D), no learned weight
+    add_rms_norm: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # x, r (..., D) -> x + r, rms_norm(x + r)
     attention_mask: Callable[[Tensor, int], object]  # (document starts (B, T) bool, window) -> mask for `attention`
     attention: Callable[[Tensor, Tensor, Tensor, object], Tensor]  # q, k, v (B, T, H, D), mask -> (B, T, H, D)
     newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
@@ -288,15 +287,16 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
         raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
     if kernels == "triton":
         sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
-                       newton_schulz="kernels.newton_schulz.newton_schulz")
-        return Ops(norm.rms_norm, attention.packed_cu_seqlens, attention.packed_flash_attention,
+                       newton_schulz="kernels.newton_schulz.newton_schulz", add_rms_norm="kernels.norm.add_rms_norm")
+        return Ops(norm.rms_norm, norm.add_rms_norm, attention.packed_cu_seqlens, attention.packed_flash_attention,
                    newton_schulz.newton_schulz, sources)
-    refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref")
-    if device.type == "cuda":
-        return Ops(norm.rms_norm_ref, attention.FlexMasks(), attention.make_flex_attention(),
-                   newton_schulz.newton_schulz_ref, dict(attention="torch FlexAttention", **refs))
-    return Ops(norm.rms_norm_ref, attention.dense_mask, attention.sdpa_attention, newton_schulz.newton_schulz_ref,
-               dict(attention="torch SDPA with a dense mask", **refs))
+    refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref",
+                add_rms_norm="kernels.norm.add_rms_norm_ref")
+    cuda = device.type == "cuda"  # FlexAttention there, SDPA with a dense mask on a CPU
+    mask, attend = (attention.FlexMasks(), attention.make_flex_attention()) if cuda else \
+        (attention.dense_mask, attention.sdpa_attention)
+    return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, mask, attend, newton_schulz.newton_schulz_ref,
+               dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask", **refs))
 
 
 def init_linear_(weight: Tensor) -> Tensor:
@@ -362,15 +362,15 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: Config, ops: Ops, rotary: Rotary, value_embed: bool):
         super().__init__()
-        self.norm = ops.rms_norm
+        self.norm, self.add_norm = ops.rms_norm, ops.add_rms_norm
         self.attn = CausalSelfAttention(cfg, ops, rotary, value_embed)
         self.mlp = MLP(cfg)
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- a x + b x0, a residual to the embedding
 
     def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, mask) -> Tensor:
         x = self.lambdas[0] * x + self.lambdas[1] * x0
-        x = x + self.attn(self.norm(x), ve, mask)
-        return x + self.mlp(self.norm(x))
+        x, h = self.add_norm(x, self.attn(self.norm(x), ve, mask))  # x + attention out and its norm: one pass
+        return x + self.mlp(h)
 
 
 class GPT(nn.Module):
@@ -392,7 +392,9 @@ class GPT(nn.Module):
         """inputs, targets: (B, T) token ids; mask: from ops.attention_mask. Returns the mean loss."""
         L, S = len(self.blocks), len(self.skip_weights)
         ve = [table(inputs) for table in self.value_embeds]  # k x (B, T, dim)
-        x = x0 = self.norm(self.embed(inputs))  # (B, T, dim); norm of the embedding (@Grad62304977)
+        x, dev = self.embed(inputs), inputs.device.type  # (B, T, dim) fp32; the residual stream takes autocast's dtype
+        x = x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x  # (bf16 on CUDA, as the speedrun)
+        x = x0 = self.norm(x)  # norm of the embedding (@Grad62304977)
         skips = []
         for i, block in enumerate(self.blocks):
             if i >= L - S:  # the second half takes the first half's outputs, innermost first
@@ -873,8 +875,7 @@ def write_result(log: RunWriter, cfg: Config, state: RunState, device: torch.dev
               peak_memory_mb=peak_mb, tokens_per_s=state.tokens_per_s(), mfu=state.mfu(), error=error)
     if status != "ok":
         return
-    mfu = state.mfu()
-    below = state.val_loss is not None and state.val_loss <= cfg.target_val_loss
+    mfu, below = state.mfu(), state.val_loss is not None and state.val_loss <= cfg.target_val_loss
     first = (f"first at or below it at {state.time_to_target_ms:.0f}ms" if reached else "never at or below it")
     stopped = "; stopped at the target (--stop_at_target)" if cfg.stop_at_target and reached else ""
     log.line(f"result: train_time {state.train_time_ms:.0f}ms, {state.steps}/{cfg.num_steps} steps, "
@@ -907,8 +908,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":  # before anything imports the kernels (torch's deterministic mode and torch.compile
         os.environ["TRITON_INTERPRET"] = "1"  # do): @triton.jit reads it, and a CPU runs Triton only interpreted
     init_distributed(env, device)
-    log = RunWriter(cfg.run_dir if env.master else None)
-    state = RunState()
+    log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
     try:
         if env.master:
             log.event("config", track=cfg.track, config=dataclasses.asdict(cfg))

@@ -28,8 +28,10 @@ mlp_ratio x d, V = vocab_size, L = layers):
 - elementwise: Inductor fuses the element-wise ops between two opaque ops (matmuls, custom ops) into one
   kernel that reads each input once and writes each output once; its backward moves twice the forward's
   bytes (reads the upstream gradient and the saved inputs, writes the input gradients). Our norms are
-  custom ops (opaque): each reads and writes the residual stream's dtype (fp32 today), then a cast to bf16
-  feeds the matmul; F.rms_norm (--kernels=torch) is decomposed and fused into its neighbours.
+  custom ops (opaque): each reads and writes the residual stream's dtype (bf16: the trainer casts the
+  embedding rows to autocast's dtype, so no cast stands before a matmul); F.rms_norm (--kernels=torch) is
+  decomposed and fused into its neighbours. The embedding tables stay fp32 (4 B a gathered element). Each
+  block's residual add after attention is fused with the MLP's norm (`kernels.norm.add_rms_norm`).
 - loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
   the bf16 gradient written once backward (recomputed, not saved).
 - weights: autocast's fp32 -> bf16 cast of every matrix each micro-step and the cast of its gradient back,
@@ -67,7 +69,8 @@ from kernels import attention
 
 # The changes issue 21 plans in the trainer and the optimizer, as assumptions of the model.
 OPTIONS = {
-    "bf16_residual": "item 1: residual stream and embedding tables in bf16 (no fp32 stream, no casts before matmuls)",
+    "bf16_weights": "item 1: embedding tables and matrices stored in bf16 (no autocast casts of the weights, bf16 "
+                    "gathers and parameter all-gather)",
     "fused_norm": "item 1: residual add (+ mix) + RMSNorm in one kernel writing the bf16 normalised output "
                   "and the residual",
     "fused_qk_rotary": "item 1: QK-norm and rotary in one kernel",
@@ -200,7 +203,8 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     N = cfg.batch_size * cfg.seq_len
     L, d, H, D, V = cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.head_dim, cfg.vocab_size
     a, f = H * D, cfg.mlp_ratio * cfg.model_dim
-    R = 2 if "bf16_residual" in options else 4  # bytes per element of the residual stream and embedding tables
+    R = 2  # bytes per element of the residual stream: bf16 (autocast's dtype, train_gpt.GPT.forward)
+    W = 2 if "bf16_weights" in options else 4  # bytes per element of the stored embedding tables
     fused_norm = kernels == "torch" or "fused_norm" in options
     fused_qk = kernels == "torch" or "fused_qk_rotary" in options
     ve_layers = 2 * cfg.value_embeds
@@ -242,21 +246,22 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
         elementwise("norm", "residual add + mix + RMSNorm, fused (bf16 out)", mix_in + R * d + 2 * d, L)
         elementwise("norm", "residual add + RMSNorm, fused (bf16 out)", (R + 2) * d + R * d + 2 * d, L)
         elementwise("norm", "final residual add + RMSNorm (bf16 out)", (R + 2) * d + 2 * d, 1)
-        elementwise("embedding", "token embedding gather + RMSNorm", R * d + R * d, 1)
+        elementwise("embedding", "token embedding gather + RMSNorm", W * d + R * d, 1)
     else:
-        elementwise("elementwise", "residual add + mix (fp32)" if R == 4 else "residual add + mix", mix_in + R * d, L)
-        elementwise("elementwise", "residual add (attention out)", (R + 2) * d + R * d, L + 1)
-        elementwise("norm", "rms_norm op (opaque; out in the stream's dtype)", 2 * R * d, 2 * L + 2, backward=1.5)
-        if R == 4:
-            elementwise("elementwise", "cast to bf16 before a matmul", (R + 2) * d, 2 * L + 1, backward=1.0)
-        elementwise("embedding", "token embedding gather", 2 * R * d, 1)
+        elementwise("elementwise", "residual add + mix", mix_in + R * d, L)
+        # add_rms_norm (train_gpt.Block): x and the attention out in, the sum and its norm out; backward: the
+        # sum's and the norm's gradients and the sum in, one gradient out (x's and the attention out's)
+        elementwise("norm", "residual add (attention out) + RMSNorm op", (R + 2) * d + R * d + 2 * d, L, backward=1.0)
+        elementwise("elementwise", "final residual add (MLP out)", (R + 2) * d + R * d, 1)
+        elementwise("norm", "rms_norm op (opaque; out in the stream's dtype)", 2 * R * d, L + 2, backward=1.5)
+        elementwise("embedding", "token embedding gather, cast to the stream's dtype", W * d + R * d, 1)
     elementwise("elementwise", "U-net skip outputs kept", first_half_skip_store + R * d, skips, backward=1.0)
     if fused_qk:
         elementwise("norm", "QK-norm + rotary, fused", 2 * 2 * io, L)
     else:
         elementwise("norm", "QK-norm op (q and k)", 2 * 2 * io, L, backward=1.5)
         elementwise("elementwise", "rotary (q and k)", 2 * 2 * io, L)
-    elementwise("elementwise", "value-embedding gather + v mix", io + R * d + io, ve_layers)
+    elementwise("elementwise", "value-embedding gather + v mix", io + W * d + io, ve_layers)
     elementwise("elementwise", "ReLU^2", 2 * 2 * f, L)
 
     # loss: logits (N, V) bf16 from the head
@@ -267,7 +272,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     matrices = L * (3 * a * d + a * d + 2 * d * f) + d * V
     embeddings = (1 + cfg.value_embeds) * V * d
     scalars = L * 2 + ve_layers * 2 + skips
-    if R == 4:
+    if W == 4:
         items.append(Item("weights", "autocast casts: fp32 -> bf16 forward, gradients bf16 -> fp32",
                           bytes=12 * matrices, kernels=2 * (4 * L + 1)))
     items.append(Item("embedding", "embedding gradients: dense (V, d) fp32 zero + scatter-add per table",
@@ -303,7 +308,7 @@ def optimizer_items(cfg, options: set[str], gpus: int) -> list[Item]:
     ]
     if gpus > 1:
         share = (gpus - 1) / gpus
-        param_bytes = 2 if "bf16_residual" in options else 4
+        param_bytes = 2 if "bf16_weights" in options else 4
         adam_comm = (share * 4 * adam + share * param_bytes * adam) if shard else 2 * share * 4 * adam
         items += [
             Item("communication", "Adam: " + ("reduce-scatter fp32 + all-gather parameters" if shard

@@ -89,6 +89,13 @@ def rms_norm_ref(x: Tensor, weight: Optional[Tensor] = None, eps: Optional[float
     return y.to(x.dtype)
 
 
+def add_rms_norm_ref(x: Tensor, residual: Tensor, weight: Optional[Tensor] = None,
+                     eps: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """(x + residual, rms_norm_ref(x + residual, weight, eps)): the sum in x's dtype, its norm as `rms_norm_ref`."""
+    s = x + residual
+    return s, rms_norm_ref(s, weight, eps)
+
+
 def layer_norm_ref(
     x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5
 ) -> Tensor:

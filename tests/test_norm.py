@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.norm import MAX_ROW_BYTES, add_rms_norm, layer_norm, layer_norm_ref, rms_norm, rms_norm_ref
+from kernels.norm import (MAX_ROW_BYTES, add_rms_norm, add_rms_norm_ref, layer_norm, layer_norm_ref, rms_norm,
+                          rms_norm_ref)
 from helpers import assert_close, assert_error_within
 
 # 1 row; Liger's (1, 1, 1023); width 1; (3, 5, 7) leading dims; a QK-norm (B, T, H, D); a width that is
@@ -95,6 +96,28 @@ def test_layer_norm_matches_torch(shape, dtype, affine, device):
     x = torch.randn(shape, device=device, dtype=dtype)
     w, b = _params(shape[-1], dtype, device, "weight" in affine, "bias" in affine)
     _compare_with_torch("layer", x, w, b, torch.randn_like(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1023), (13, 1), (2, 9, 33), (3, 5, 7, 48)], ids=str)
+def test_add_rms_norm_without_weight_matches_its_reference(shape, dtype, device):
+    """The trainer's use (`train_gpt.Block`): no weight, the sum carried on as the next residual and the normed
+    output fed to the MLP, so both outputs get a gradient. Against `add_rms_norm_ref` in float64, forward and
+    the gradients of x and the residual."""
+    x, r, ds, dy = (torch.randn(shape, device=device, dtype=dtype) for _ in range(4))
+    eps = torch.finfo(dtype).eps
+
+    def run(fn, x, r, eps):
+        x, r = _leaf(x), _leaf(r)
+        s, y = fn(x, r, None, eps)
+        ((y * dy.to(y.dtype)).sum() + (s * ds.to(s.dtype)).sum()).backward()
+        return s.detach(), y.detach(), x.grad, r.grad
+
+    ours = run(add_rms_norm, x, r, None)  # eps None: finfo(dtype).eps, as rms_norm's default
+    ref = run(add_rms_norm_ref, _double(x), _double(r), eps)
+    for name, a, e in zip(["sum", "y", "dx", "dresidual"], ours, ref):
+        assert a.dtype == dtype and a.shape == shape, f"{name}: {a.dtype} {tuple(a.shape)}"
+        assert_close(a, e, name=name, dtype=dtype)
 
 
 @pytest.mark.parametrize("norm", ["rms", "layer"])

@@ -55,13 +55,20 @@ def test_micro_step_accounting_on_a_small_model():
     one_pass = roofline.micro_step_items(cfg, "triton", set(), {"fwd": tiles["fwd"], "bwd": (6, 64, 128, 5)}, gpus=1)
     assert _item(one_pass, "backward, one pass").flops == 6 * 5 * 2 * 64 * 128 * 64
     assert _item(one_pass, "dQ fp32 buffer").bytes == (4 + 4 + 2) * 64 * N  # zero, then read fp32 and write bf16
-    # the opaque norm: fp32 in and out (2 x 4 x 64 B a token) forward, 1.5x that backward, 2L + 2 = 4 calls
-    assert _item(items, "rms_norm op").bytes == 2 * 4 * 64 * 2.5 * N * 4
+    # the opaque norm: bf16 in and out (2 x 2 x 64 B a token) forward, 1.5x that backward, L + 2 = 3 calls
+    assert _item(items, "rms_norm op").bytes == 2 * 2 * 64 * 2.5 * N * 3
+    # add_rms_norm: x, the attention out in, the sum and its norm out (4 x 2 x 64 B), backward as much, L calls
+    assert _item(items, "residual add (attention out) + RMSNorm op").bytes == 4 * 2 * 64 * 2 * N
     assert _item(items, "soft-cap + cross-entropy").bytes == 3 * 2 * 128 * N  # bf16 logits: read; read + write
-    # bf16 residual stream: no casts, and the norm moves half the bytes
-    bf16 = roofline.micro_step_items(cfg, "triton", {"bf16_residual"}, tiles, gpus=1)
-    assert not [i for i in bf16 if i.name.startswith("cast to bf16")]
-    assert _item(bf16, "rms_norm op").bytes == _item(items, "rms_norm op").bytes / 2
+    # the bf16 residual stream: no activation cast before a matmul; the fp32 table's gathered rows (4 B each)
+    # are written in bf16 (2 B), forward, and twice that backward
+    assert not [i for i in items if i.name.startswith("cast to bf16")]
+    assert _item(items, "token embedding gather").bytes == (4 + 2) * 64 * 3 * N
+    assert _item(items, "autocast casts").bytes == 12 * (64 * 192 + 64 * 64 + 2 * 64 * 256 + 64 * 128)
+    # bf16 weights: no autocast casts of the matrices, the gather reads 2 B an element
+    bf16 = roofline.micro_step_items(cfg, "triton", {"bf16_weights"}, tiles, gpus=1)
+    assert not [i for i in bf16 if i.name.startswith("autocast casts")]
+    assert _item(bf16, "token embedding gather").bytes == (2 + 2) * 64 * 3 * N
 
 
 def test_one_attention_call():
@@ -100,7 +107,7 @@ def test_cli_ends_with_the_estimate_line(capsys):
     assert re.fullmatch(r"estimate: cpu-tiny micro-step \d+\.\d ms on H100 \(triton\)", last), last
 
 
-@pytest.mark.parametrize("argv, message", [(["--assume", "bf16_residual,warp_drive"], "unknown option(s) warp_drive"),
+@pytest.mark.parametrize("argv, message", [(["--assume", "bf16_weights,warp_drive"], "unknown option(s) warp_drive"),
                                            (["--track", "nope"], "unknown track 'nope'"),
                                            (["--gpus", "0"], "--gpus=0: need at least 1")])
 def test_cli_refuses_bad_input_in_one_line(argv, message, capsys):

@@ -242,6 +242,51 @@ def test_attention_gets_one_dtype_under_bf16_autocast():
     assert dtypes == [(torch.bfloat16,) * 3] * 2
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_the_residual_stream_is_in_autocasts_dtype_and_the_loss_in_fp32(autocast):
+    """Under bf16 autocast (the CUDA path; CPU autocast stands in for it) every block reads and writes the
+    residual stream in bf16, the embedding tables stay fp32 (Adam's state) and the loss is fp32; without
+    autocast (the CPU tracks) the stream stays fp32."""
+    cfg = T.resolve_config(T.parse_config(["--track=cpu-tiny", "--num_layers=4", "--value_embeds=1",
+                                           "--unet_skips=2"]), 1, torch.device("cpu"))
+    ops = T.make_ops("torch", torch.device("cpu"))
+    model, inputs, seen = T.GPT(cfg, ops), _batch_with_documents(2, 64), []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _, args, out: seen.append((args[0].dtype, args[1].dtype, out.dtype)))
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        loss = model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), 32))
+    loss.backward()
+    stream = torch.bfloat16 if autocast else torch.float32
+    assert seen == [(stream,) * 3] * 4
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_triton_ops_give_the_torch_ops_loss_and_gradients():
+    """One tiny model, the same weights and batch, on each backend's ops (kernels/ under Triton's interpreter,
+    the fused residual add + RMSNorm included): the same loss and every parameter's gradient, in fp32."""
+    cfg = T.resolve_config(T.parse_config(["--track=cpu-tiny", "--num_layers=2", "--model_dim=32", "--num_heads=2",
+                                           "--head_dim=16", "--mlp_ratio=2", "--value_embeds=1", "--unet_skips=1"]),
+                           1, torch.device("cpu"))
+    inputs, results = _batch_with_documents(1, 64), {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        ops = T.make_ops(backend, torch.device("cpu"))
+        model = T.GPT(cfg, ops)
+        for p in model.parameters():  # zero-initialised projections and head would leave most gradients 0
+            torch.nn.init.normal_(p, std=0.2)
+        loss = model(inputs, torch.roll(inputs, -1, 1), ops.attention_mask(T.document_starts(inputs), 24))
+        loss.backward()
+        results[backend] = loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+    (loss_ref, grads_ref), (loss, grads) = results["torch"], results["triton"]
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == grads_ref.keys()
+    for name, g in grads.items():
+        assert g is not None and g.abs().max() > 0, f"{name}: no gradient"
+        torch.testing.assert_close(g, grads_ref[name], rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_a_kernel_file_that_does_not_import_is_an_error_not_a_fallback(backend, monkeypatch):
     import kernels
@@ -262,7 +307,8 @@ def test_a_kernel_file_that_does_not_import_is_an_error_not_a_fallback(backend, 
 def test_each_backend_names_the_ops_it_uses(backend, device, sources):
     ops = T.make_ops(backend, torch.device(device))  # imports the kernel files
     assert (ops.sources["attention"], ops.sources["rms_norm"], ops.sources["newton_schulz"]) == sources
-    for op in ("rms_norm", "newton_schulz"):
+    assert ops.sources["add_rms_norm"] == sources[1].replace("rms_norm", "add_rms_norm")
+    for op in ("rms_norm", "add_rms_norm", "newton_schulz"):
         module, name = ops.sources[op].rsplit(".", 1)
         assert getattr(ops, op) is getattr(sys.modules[module], name)
 
