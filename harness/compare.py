@@ -57,7 +57,8 @@ from harness import stats
 from harness.stats import fmt
 from harness.logs import (DEFAULT_TARGET, LogError, RunLog, code_differences, config_diff, describe_difference, load_run,
                           load_runs)
-from harness.records import RecordsError, find_runs, finite_or_none, os_error_line, row_run_dir
+from harness.records import RecordsError, find_runs, os_error_line, row_run_dir
+from harness.runlog import finite_or_none
 from harness.tracks import track_target
 from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, destination_problem,
                          first_config_problem, interrupted_exit, raise_on_stop_signals, refuse, render_leaderboard,

@@ -45,7 +45,6 @@ from filelock import FileLock
 from harness.cli import run_cli
 from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, read_regular,
                             type_problem)
-# (submit, verify and compare import finite_or_none from here)
 from harness.snapshot import REPO_ROOT
 
 SCHEMA = 1  # of a runs.jsonl row
@@ -54,7 +53,6 @@ RECORD_SCHEMA = 3  # of a record.json; 2: each run timed at its final validation
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
-STATUSES = ("ok", "diverged", "crashed", "interrupted", "timeout", "incomplete")
 ROW_FIELDS = (
     "run_id", "timestamp", "track", "name", "git_commit", "git_dirty", "code_hash", "hardware",
     "torch", "triton", "cuda", "python", "seed", "overrides", "time_to_target_ms", "steps", "tokens",

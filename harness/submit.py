@@ -46,10 +46,9 @@ from harness.files import clean_stale_temps, temp_path
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
-                             finite_or_none, fsync_path, fsync_tree, latest_rows, list_records, name_problem,
-                             os_error_line, row_run_dir,
-                             runs_lock)
-from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, read_regular
+                             fsync_path, fsync_tree, latest_rows, list_records, name_problem, os_error_line,
+                             row_run_dir, runs_lock)
+from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.verify import check_against_log, render_statistics, statistics
 

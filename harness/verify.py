@@ -32,7 +32,8 @@ import pandas as pd
 from harness import stats
 from harness.cli import run_cli
 from harness.logs import LogError, RunLog, embedded_code, load_run, parse_step_line, printed_tolerance, record_runs
-from harness.records import RECORD_FILE, RecordsError, finite_or_none, os_error_line, read_record
+from harness.records import RECORD_FILE, RecordsError, os_error_line, read_record
+from harness.runlog import finite_or_none
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, embedded_code_hash, snapshot_hash
 from harness.stats import fmt
