@@ -912,8 +912,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if env.master:
             log.event("config", track=cfg.track, config=dataclasses.asdict(cfg))
-            meta = dict(code_hash=snapshot_code(cfg.run_dir), world_size=env.world_size, hardware=hardware_info(),
-                        versions=software_versions(), git=git_state())
+            meta = dict(code_hash=snapshot_code(cfg.run_dir, trainer=__file__), world_size=env.world_size,
+                        hardware=hardware_info(), versions=software_versions(), git=git_state())
             log.event("meta", **meta)
             log.line(f"run_dir: {cfg.run_dir}")
             log.line(f"track {cfg.track}, {env.world_size} process(es) on {device.type}, kernels {cfg.kernels}, "

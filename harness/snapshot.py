@@ -47,7 +47,10 @@ def _module_file(root: Path, module: str) -> Path | None:
 
 def _imported_modules(path: Path, root: Path) -> set[str]:
     """Every module name the file's import statements (anywhere in it) may load, with their parent packages."""
-    package = path.relative_to(root).with_suffix("").parts[:-1]  # the package a relative import starts from
+    try:  # the package a relative import starts from; a script outside root is in none
+        package = path.relative_to(root).with_suffix("").parts[:-1]
+    except ValueError:
+        package = ()
     names = set()
     for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
         if isinstance(node, ast.Import):
@@ -60,24 +63,33 @@ def _imported_modules(path: Path, root: Path) -> set[str]:
     return {".".join(p[:i]) for p in parts for i in range(1, len(p) + 1)}
 
 
-def code_files(root: str | os.PathLike = REPO_ROOT) -> list[Path]:
-    """TRAINER and every file under `root` it imports, transitively, as paths relative to root, sorted."""
-    root = Path(root)
-    if not (root / TRAINER).is_file():
+def _code_paths(root: Path, trainer: str | os.PathLike | None) -> dict[Path, Path]:
+    """{path in the snapshot: file} for the trainer and every file under root it imports, transitively. The
+    trainer is the script that runs (root/TRAINER by default); one outside root goes in under its file name."""
+    if trainer is None and not (root / TRAINER).is_file():
         raise FileNotFoundError(f"no {TRAINER} under {root}")
-    found, todo = set(), [root / TRAINER]
+    trainer = Path(trainer).resolve() if trainer is not None else root / TRAINER
+    if not trainer.is_file():
+        raise FileNotFoundError(f"no trainer {trainer}")
+    found, todo = set(), [trainer]
     while todo:
         path = todo.pop()
         if path not in found:
             found.add(path)
             todo += [f for m in _imported_modules(path, root) if (f := _module_file(root, m)) is not None]
-    return sorted(p.relative_to(root) for p in found)
+    root = root.resolve()
+    return {(p.relative_to(root) if p.is_relative_to(root) else Path(p.name)): p for p in found}
 
 
-def code_hash(root: str | os.PathLike = REPO_ROOT) -> str:
-    """The hash of our trainer's code files (`code_files`) under `root`."""
-    root = Path(root)
-    return hash_files({rel.as_posix(): (root / rel).read_bytes() for rel in code_files(root)})
+def code_files(root: str | os.PathLike = REPO_ROOT, trainer: str | os.PathLike | None = None) -> list[Path]:
+    """The trainer (root/TRAINER unless given) and every file under `root` it imports, transitively, as their
+    paths in a snapshot (relative to root), sorted."""
+    return sorted(_code_paths(Path(root), trainer))
+
+
+def code_hash(root: str | os.PathLike = REPO_ROOT, trainer: str | os.PathLike | None = None) -> str:
+    """The hash of a trainer's code files (`code_files`) under `root`."""
+    return hash_files({rel.as_posix(): path.read_bytes() for rel, path in _code_paths(Path(root), trainer).items()})
 
 
 def snapshot_hash(snapshot: str | os.PathLike) -> str:
@@ -108,12 +120,14 @@ def write_snapshot(dest_dir: str | os.PathLike, files: Mapping[str, bytes]) -> s
     return digest
 
 
-def snapshot_code(dest_dir: str | os.PathLike, root: str | os.PathLike = REPO_ROOT) -> str:
-    """Copy our trainer's code files into `dest_dir/code/`, write its CODE_HASH, return the hash."""
-    root, dest = Path(root), Path(dest_dir) / SNAPSHOT_DIR
-    for rel in code_files(root):
+def snapshot_code(dest_dir: str | os.PathLike, root: str | os.PathLike = REPO_ROOT,
+                  trainer: str | os.PathLike | None = None) -> str:
+    """Copy the running trainer's code files (`code_files`) into `dest_dir/code/`, write its CODE_HASH, return
+    the hash. `trainer` is the script that runs: a copy of train_gpt.py under another name is its own code."""
+    dest = Path(dest_dir) / SNAPSHOT_DIR
+    for rel, path in _code_paths(Path(root), trainer).items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / rel, dest / rel)
+        shutil.copy2(path, dest / rel)
     digest = snapshot_hash(dest)
     (dest / HASH_FILE).write_text(digest + "\n")
     return digest

@@ -59,3 +59,20 @@ def test_imports_are_followed_transitively_relative_and_inside_functions(tmp_pat
 def test_no_trainer_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no train_gpt.py under"):
         code_files(tmp_path)
+
+
+def test_the_running_script_is_the_code_not_train_gpt(tree, tmp_path, tmp_path_factory):
+    """harness.run --script other.py: the snapshot holds other.py (and what it imports), not train_gpt.py."""
+    other = tmp_path_factory.mktemp("elsewhere") / "other_train.py"  # outside the repository
+    other.write_text((tree / "train_gpt.py").read_text() + "\n# an idea\n")
+    files = {p.as_posix() for p in code_files(tree, trainer=other)}
+    assert "other_train.py" in files and "train_gpt.py" not in files and "kernels/attention.py" in files
+    digest = snapshot_code(tmp_path / "run", root=tree, trainer=other)
+    assert digest == snapshot_hash(tmp_path / "run" / "code") == code_hash(tree, trainer=other) != code_hash(tree)
+    assert (tmp_path / "run" / "code" / "other_train.py").read_text().endswith("# an idea\n")
+
+
+def test_the_trainer_snapshots_the_file_it_runs_from():
+    # train_gpt.py's main hands its own path to snapshot_code, so a copy under another name is its own code
+    source = (REPO_ROOT / "train_gpt.py").read_text()
+    assert "snapshot_code(cfg.run_dir, trainer=__file__)" in source
