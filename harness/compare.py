@@ -396,23 +396,25 @@ def _mean_steps(v: Variant) -> float:
     return sum(log.final_step for log in v.logs) / len(v.logs)
 
 
-def earliest_passing_step(v: Variant, target: float) -> int | None:
+def earliest_passing_step(v: Variant, target: float, sigma: float = stats.STEPS_SIGMA) -> int | None:
     """The earliest validation step, common to every run, at which the set's mean loss passes the track's margin
     (the stopping point chosen the same across all runs, as the track allows), None if none does."""
     curves = [dict(zip(log.val_steps, log.val_losses)) for log in v.logs]
     common = sorted(set.intersection(*(set(c) for c in curves)))
-    return next((s for s in common if stats.below_margin([c[s] for c in curves], target) >= stats.STEPS_MARGIN), None)
+    threshold = stats.steps_margin(sigma)
+    return next((s for s in common if stats.below_margin([c[s] for c in curves], target) >= threshold), None)
 
 
 def steps_figures(variants: list[Variant], target: float, sigma: float, rate: float) -> dict:
     """The steps rule of modded-nanogpt's optimization track (records/track_3_optimization/README.md): per run the
     first step whose validation is at or below the target; per variant its steps (the runs' final step), the
     one-sided z-test with the stated sigma that the mean final loss is below the target and the track's validity
-    condition (target - mean) sqrt(n) >= STEPS_MARGIN, and the earliest common validation step that meets it;
+    condition (target - mean) sqrt(n) >= stats.steps_margin(sigma), and the earliest common validation step that
+    meets it;
     against the baseline the pairwise condition, the loss difference plus the steps saved at `rate` per 100 steps,
-    over sqrt(1/n1 + 1/n2), >= STEPS_MARGIN."""
-    base = variants[0]
-    out = {"rule": "steps", "target": target, "sigma": sigma, "margin": stats.STEPS_MARGIN,
+    over sqrt(1/n1 + 1/n2), >= the same threshold."""
+    base, threshold = variants[0], stats.steps_margin(sigma)
+    out = {"rule": "steps", "target": target, "sigma": sigma, "margin": threshold,
            "rate_per_100_steps": rate, "variants": []}
     for v in variants:
         reached = [first_step_at_or_below(log, target) for log in v.logs]
@@ -425,8 +427,8 @@ def steps_figures(variants: list[Variant], target: float, sigma: float, rate: fl
                  "mean_final_val_loss": _mean_or_none(losses),
                  "p_z_loss_below_target": stats.z_below(losses, target, sigma),
                  "below_margin": margin,
-                 "valid": bool(margin >= stats.STEPS_MARGIN),
-                 "earliest_valid_step": earliest_passing_step(v, target),
+                 "valid": bool(margin >= threshold),
+                 "earliest_valid_step": earliest_passing_step(v, target, sigma),
                  "runs": [{"source": log.source, "first_step_at_or_below_target": s, "final_step": log.final_step,
                            "final_val_loss": log.final_val_loss} for log, s in zip(v.logs, reached)],
                  "vs_baseline": None}
@@ -434,7 +436,7 @@ def steps_figures(variants: list[Variant], target: float, sigma: float, rate: fl
             pair = stats.pairwise_margin(_losses(base), _mean_steps(base), losses, _mean_steps(v), rate)
             entry["vs_baseline"] = {"steps_saved": _mean_steps(base) - _mean_steps(v),
                                     "loss_diff": _mean_or_none(_losses(base)) - _mean_or_none(losses),
-                                    "pairwise_margin": pair, "better": bool(pair >= stats.STEPS_MARGIN)}
+                                    "pairwise_margin": pair, "better": bool(pair >= threshold)}
         out["variants"].append(entry)
     return finite_or_none(out)
 

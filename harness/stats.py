@@ -427,6 +427,12 @@ STEPS_MARGIN = 0.004  # the track's threshold: 3.09 sigma, the one-sided z-test 
 STEPS_RATE = 0.0045  # loss per 100 steps: the track's measured trade (its result #12 shortened by 200 steps)
 
 
+def steps_margin(sigma: float = STEPS_SIGMA) -> float:
+    """The threshold of the track's validity and pairwise figures for a stated per-run sigma: STEPS_MARGIN is
+    3.09 x the track's own sigma, so another sigma scales it (0.004 at STEPS_SIGMA, as the track states it)."""
+    return STEPS_MARGIN * sigma / STEPS_SIGMA
+
+
 def z_below(losses: Sequence[float], target: float, sigma: float = STEPS_SIGMA) -> float:
     """p of the one-sided z-test that the mean loss is below the target, with a stated (not estimated) sigma
     per run: Phi((mean - target) / (sigma / sqrt(n)))."""

@@ -186,6 +186,12 @@ def test_steps_to_target_and_the_validity_condition(tmp_path, capsys):
     # 7.5 (390 / 1390)^3 = 3.4257 and 3.4267, above
     v = compare_json(capsys, "--logs", f"low={low}", "--rule", "steps")["steps_rule"]["variants"][0]
     assert v["earliest_valid_step"] == 1250
+    # a stated sigma scales the threshold (0.004 is 3.09 x the track's 0.0013): with sigma 0.01 it is 0.030769,
+    # and the first set's 0.0067082 is not valid, nor is any step of it
+    steps = compare_json(capsys, "--logs", f"a={folder}", "--rule", "steps", "--loss-sigma", "0.01")["steps_rule"]
+    assert steps["margin"] == pytest.approx(0.004 * 0.01 / 0.0013)
+    v = steps["variants"][0]
+    assert v["valid"] is False and v["earliest_valid_step"] is None
 
 
 def test_the_pairwise_rule_trades_loss_against_steps(tmp_path, capsys):
