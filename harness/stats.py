@@ -93,10 +93,14 @@ def describe(values: Sequence[float]) -> Summary:
 
 
 def p_mean_below(values: Sequence[float], target: float) -> float:
-    """p-value of the one-sided one-sample t-test, H0: mean >= target, H1: mean < target."""
+    """p-value of the one-sided one-sample t-test, H0: mean >= target, H1: mean < target. NaN (no test) for
+    fewer than 2 values; runs with no spread at all take the test's limit, 0 below the target and 1 at or above
+    it (scipy gives NaN at exactly the target, which would read as 'no test')."""
     x = _array(values)
     if len(x) < 2:
         return math.nan
+    if x.min() == x.max():
+        return 0.0 if x[0] < target else 1.0
     return float(_quiet(stats.ttest_1samp, x, target, alternative="less").pvalue)
 
 

@@ -196,3 +196,11 @@ def test_scores_of_too_few_runs_say_why():
     assert three.score == 2 and math.isnan(three.ci_low)
     with pytest.raises(ValueError, match="scoring 'best'"):
         stats.score("best", [1.0, 2.0])
+
+
+def test_runs_with_no_spread_are_tested_not_called_too_few():
+    # three runs ending exactly at the target: scipy's t-test gives NaN, which read as "untested (n < 2)"
+    at, below, above = stats.loss_rule([3.28] * 3, 3.28), stats.loss_rule([3.27] * 3, 3.28), stats.loss_rule([3.29] * 2, 3.28)
+    assert (at.p, at.passes, at.verdict) == (1.0, False, "fails")
+    assert (below.p, below.passes) == (0.0, True) and (above.p, above.passes) == (1.0, False)
+    assert math.isnan(stats.loss_rule([3.27], 3.28).p) and stats.loss_rule([3.27], 3.28).passes is None
