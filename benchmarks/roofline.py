@@ -74,13 +74,14 @@ OPTIONS = {
     "fused_norm": "item 1: residual add (+ mix) + RMSNorm in one kernel writing the bf16 normalised output "
                   "and the residual",
     "fused_qk_rotary": "item 1: QK-norm and rotary in one kernel",
-    "doc_bounds_once": "item 4: per-token document bounds computed once per micro-step, not in each attention call",
     "no_v_copy": "item 4: v passed to attention without a contiguous copy in the layers without value embeddings",
     "sharded_adam": "item 5: Adam's gradients reduce-scattered, its state and step sharded, parameters all-gathered",
     "overlap_comm": "item 5: communication overlapped with the optimizer's compute (exposed: what exceeds it)",
     "tma": "item 3: TMA loads and QK^T overlapped with the softmax in the attention kernels (the *_tma rates)",
 }
-DOC_BOUNDS_KERNELS = 6  # _doc_bounds: arange, searchsorted, sub, clamp, two gathers
+# kernels.attention.doc_bounds, once per micro-step (the trainer's mask step): arange, searchsorted, sub, clamp,
+# two gathers, the stack into (2, N); 4-byte elements: 10 N read and written (the stack's 4 N in and out included)
+DOC_BOUNDS_KERNELS = 7
 
 
 @dataclass(frozen=True)
@@ -232,9 +233,8 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     items += attention_items(tiles, cfg.batch_size, cfg.seq_len, H, D, calls=L, rate_suffix=tma)
     io = 2 * a  # bytes per token of one (T, H, D) bf16 tensor
     if kernels == "triton":
-        calls = 1 if "doc_bounds_once" in options else 2 * L
-        items.append(Item("attention", f"document bounds ({calls} calls of {DOC_BOUNDS_KERNELS} kernels)",
-                          bytes=calls * 4 * 6 * N, kernels=calls * DOC_BOUNDS_KERNELS))
+        items.append(Item("attention", f"document bounds (once per micro-step, {DOC_BOUNDS_KERNELS} kernels)",
+                          bytes=4 * 10 * N, kernels=DOC_BOUNDS_KERNELS))
         if "no_v_copy" not in options:
             elementwise("attention", "v copy (strided view made contiguous)", 2 * io, L - ve_layers, backward=0)
 

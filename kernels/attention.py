@@ -640,6 +640,13 @@ def _doc_bounds(cu_seqlens: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.T
     return cu_seqlens[doc].contiguous(), cu_seqlens[doc + 1].contiguous()
 
 
+def doc_bounds(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
+    """(2, T) int32: per-token document start (row 0) and end, exclusive (row 1), from cu_seqlens (n_docs + 1,).
+    The kernels read these; a caller with many attention calls over one cu_seqlens (the trainer: every layer,
+    forward and backward) builds them once and passes them to `flash_attention` as `doc_bounds`."""
+    return torch.stack(_doc_bounds(cu_seqlens, T))
+
+
 def _qkv_strides(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """q, k, v with one shared stride set and a unit head-dim stride (views of one packed qkv tensor
     qualify as they are); otherwise contiguous copies."""
@@ -679,7 +686,7 @@ def _launch_common(q: torch.Tensor, window_size: int) -> dict:
     )
 
 
-def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float, *, ranges=None,
+def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float, *, bounds=None, ranges=None,
                             tma: bool | None = None):
     """Forward launcher.
 
@@ -688,6 +695,7 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
         cu_seqlens: (n_docs + 1,) int32 document starts, or None.
         window_size: keys per query including itself; -1 for none.
         scale: softmax scale applied to q k^T.
+        bounds: `doc_bounds(cu_seqlens, T)` if the caller has it; None: built here from cu_seqlens.
         ranges: optional (cdiv(T, BLOCK_M), 4) int32 tensor that receives the key loop bounds of each
             query block (tests of block skipping).
         tma: load q, k and v through TMA tensor descriptors; None: `use_tma(q)` (Hopper and newer). Inputs
@@ -699,7 +707,9 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
     q, k, v = _qkv_strides(q, k, v)
     out = torch.empty((B, T, H, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
-    doc_start = _doc_bounds(cu_seqlens, T)[0] if cu_seqlens is not None else lse  # lse: unread placeholder
+    if cu_seqlens is not None and bounds is None:
+        bounds = doc_bounds(cu_seqlens, T)
+    doc_start = bounds[0] if cu_seqlens is not None else lse  # lse: unread placeholder
     cfg = block_config("fwd", D, q.device, q.dtype)
     use = use_tma(q) if tma is None else tma
     descriptors = _row_descriptors((q, cfg.block_m), (k, cfg.block_n), (v, cfg.block_n)) if use else None
@@ -716,14 +726,14 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
 
 
 def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int, scale: float, *,
-                             backward: str = DEFAULT_BACKWARD, dkdv_ranges=None, dq_ranges=None,
+                             bounds=None, backward: str = DEFAULT_BACKWARD, dkdv_ranges=None, dq_ranges=None,
                              tma: bool | None = None):
     """Backward launcher: delta preprocess, then the dK/dV kernel, and the dQ kernel ("two_pass") or dQ
     accumulated by the dK/dV kernel itself in fp32 and cast ("atomic").
 
     Args:
         do: (B, T, H, D) upstream gradient of the output.
-        q, k, v, cu_seqlens, window_size, scale: as given to the forward.
+        q, k, v, cu_seqlens, window_size, scale, bounds: as given to the forward.
         out, lse: the forward's outputs.
         backward: "atomic" (5 matmuls per tile; dQ's fp32 sums in the order the atomics land, so not
             bit-reproducible on a GPU) or "two_pass" (7 matmuls per tile; bit-reproducible).
@@ -750,7 +760,9 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
         out, do, delta, out.stride(0), out.stride(1), out.stride(2), T, H, HEAD_DIM=D, BLOCK_M=64,
     )
     has_docs = cu_seqlens is not None
-    doc_start, doc_end = _doc_bounds(cu_seqlens, T) if has_docs else (lse, lse)  # lse: unread placeholder
+    if has_docs and bounds is None:
+        bounds = doc_bounds(cu_seqlens, T)
+    doc_start, doc_end = (bounds[0], bounds[1]) if has_docs else (lse, lse)  # lse: unread placeholder
     strides = (q.stride(0), q.stride(1), q.stride(2), do.stride(0), do.stride(1), do.stride(2))
 
     cfg = block_config("bwd" if atomic else "dkdv", D, q.device, q.dtype)
@@ -792,45 +804,50 @@ def window_tensor(window_size: int | None) -> torch.Tensor:
 
 @torch.library.custom_op("speedrun::flash_attention_fwd", mutates_args=())
 def _flash_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor | None,
-                            window: torch.Tensor, scale: float, backward: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return flash_attention_forward(q, k, v, cu_seqlens, int(window), scale)  # `backward`: for the backward only
+                            bounds: torch.Tensor | None, window: torch.Tensor, scale: float,
+                            backward: str) -> tuple[torch.Tensor, torch.Tensor]:
+    # `backward`: for the backward only
+    return flash_attention_forward(q, k, v, cu_seqlens, int(window), scale, bounds=bounds)
 
 
 @_flash_attention_fwd_op.register_fake
-def _(q, k, v, cu_seqlens, window, scale, backward):
+def _(q, k, v, cu_seqlens, bounds, window, scale, backward):
     B, T, H, _ = q.shape
     return q.new_empty(q.shape), q.new_empty((B, H, T), dtype=torch.float32)
 
 
 @torch.library.custom_op("speedrun::flash_attention_bwd", mutates_args=())
 def _flash_attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                            lse: torch.Tensor, cu_seqlens: torch.Tensor | None, window: torch.Tensor,
-                            scale: float, backward: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, int(window), scale, backward=backward)
+                            lse: torch.Tensor, cu_seqlens: torch.Tensor | None, bounds: torch.Tensor | None,
+                            window: torch.Tensor, scale: float,
+                            backward: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, int(window), scale, bounds=bounds,
+                                    backward=backward)
 
 
 @_flash_attention_bwd_op.register_fake
-def _(do, q, k, v, out, lse, cu_seqlens, window, scale, backward):
+def _(do, q, k, v, out, lse, cu_seqlens, bounds, window, scale, backward):
     return q.new_empty(q.shape), q.new_empty(q.shape), q.new_empty(q.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens, window, scale, backward = inputs
+    q, k, v, cu_seqlens, bounds, window, scale, backward = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, window)
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, bounds, window)
     ctx.scale, ctx.backward = scale, backward
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu_seqlens, window = ctx.saved_tensors
-    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, cu_seqlens, window, ctx.scale, ctx.backward)
-    return dq, dk, dv, None, None, None, None
+    q, k, v, out, lse, cu_seqlens, bounds, window = ctx.saved_tensors
+    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, cu_seqlens, bounds, window, ctx.scale,
+                                         ctx.backward)
+    return dq, dk, dv, None, None, None, None, None
 
 
 _flash_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
+def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
     """One-line ValueErrors for inputs the kernels do not handle. Reads shapes, strides, dtypes and devices,
     and the values of cu_seqlens only where they are on the CPU (no host sync on a GPU)."""
     if q.dim() != 4:
@@ -859,7 +876,12 @@ def _check_inputs(q, k, v, window_size, cu_seqlens) -> None:
         if span >= 2**31:
             raise ValueError(f"flash_attention: {name} spans {span} elements; the kernels' int32 offsets need < 2^31")
     if cu_seqlens is None:
+        if bounds is not None:
+            raise ValueError("flash_attention: doc_bounds given without cu_seqlens")
         return
+    if bounds is not None and (bounds.shape != (2, T) or bounds.dtype != torch.int32 or bounds.device != q.device):
+        raise ValueError(f"flash_attention: doc_bounds must be (2, T = {T}) int32 on {q.device} (doc_bounds(cu_seqlens, T)), "
+                         f"got {tuple(bounds.shape)} {bounds.dtype} on {bounds.device}")
     if cu_seqlens.dtype != torch.int32:
         raise ValueError(f"flash_attention: cu_seqlens must be int32, got {cu_seqlens.dtype}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
@@ -896,8 +918,8 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> None:
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_size: int | torch.Tensor | None = None,
-                    cu_seqlens: torch.Tensor | None = None, scale: float | None = None,
-                    backward: str | None = None) -> torch.Tensor:
+                    cu_seqlens: torch.Tensor | None = None, doc_bounds: torch.Tensor | None = None,
+                    scale: float | None = None, backward: str | None = None) -> torch.Tensor:
     """Causal attention, optionally windowed and document-masked.
 
     Args:
@@ -910,6 +932,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
             Queries see only keys of their own document. Its values are checked on the CPU only: on
             CUDA they are unchecked (a check is a host sync per call), as in FlashAttention's varlen
             API; `check_cu_seqlens(cu_seqlens, T)` checks them there, for tests and debugging.
+        doc_bounds: `doc_bounds(cu_seqlens, T)`, (2, T) int32, for callers that attend many times over one
+            cu_seqlens (built once instead of in every call); None: built in each forward and backward.
         scale: softmax scale, default D ** -0.5.
         backward: "atomic" (5 matmuls per tile; dQ's fp32 sums not bit-reproducible on a GPU) or "two_pass"
             (7 matmuls per tile, bit-reproducible); None: DEFAULT_BACKWARD (see BACKWARDS).
@@ -918,13 +942,13 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
 
     Queries and keys share positions (self-attention over one T), so the causal diagonal is i == j.
     """
-    _check_inputs(q, k, v, window_size, cu_seqlens)
+    _check_inputs(q, k, v, window_size, cu_seqlens, doc_bounds)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     window = window_size if isinstance(window_size, torch.Tensor) else window_tensor(window_size)
     backward = DEFAULT_BACKWARD if backward is None else backward
     if backward not in BACKWARDS:
         raise ValueError(f"flash_attention: backward {backward!r} not one of {', '.join(BACKWARDS)}")
-    out, _ = _flash_attention_fwd_op(q, k, v, cu_seqlens, window, scale, backward)
+    out, _ = _flash_attention_fwd_op(q, k, v, cu_seqlens, doc_bounds, window, scale, backward)
     return out
 
 
@@ -971,23 +995,26 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window_s
 # visible). Each backend turns it into its own mask once per step; attention reads it in every layer.
 
 
-def packed_cu_seqlens(starts: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_cu_seqlens(starts: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel's mask for the B rows packed into one of N = B*T tokens: (cu_seqlens (N + 1,) int32,
-    `window_tensor(window)`), so that one compiled graph serves every window size of the schedule.
+    `window_tensor(window)`, `doc_bounds` (2, N) int32), so that one compiled graph serves every window size
+    of the schedule and the document bounds are built once per step, not in every layer's forward and backward.
 
     The document starts come first, then N repeated (empty documents, which the kernel allows; there are
     at most N starts, so at least one N ends it): one length every step, so no host sync to count
     documents (torch.nonzero would; so would building the end from a Python list) and no recompile."""
     N = starts.numel()
     cu_seqlens = torch.nonzero_static(starts.flatten(), size=N + 1, fill_value=N).flatten()
-    return cu_seqlens.to(torch.int32), window_tensor(window)
+    cu_seqlens = cu_seqlens.to(torch.int32)
+    return cu_seqlens, window_tensor(window), doc_bounds(cu_seqlens, N)
 
 
 def packed_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
     """`flash_attention` over q, k, v (B, T, H, D) packed into one row, documents kept apart by the
     `packed_cu_seqlens` mask. Returns (B, T, H, D)."""
-    (cu_seqlens, window), (B, T, H, D) = mask, q.shape
-    y = flash_attention(*(x.reshape(1, B * T, H, D) for x in (q, k, v)), window_size=window, cu_seqlens=cu_seqlens)
+    (cu_seqlens, window, bounds), (B, T, H, D) = mask, q.shape
+    y = flash_attention(*(x.reshape(1, B * T, H, D) for x in (q, k, v)), window_size=window, cu_seqlens=cu_seqlens,
+                        doc_bounds=bounds)
     return y.reshape(B, T, H, D)
 
 

@@ -24,6 +24,7 @@ from kernels.attention import (
     block_config,
     check_cu_seqlens,
     dense_mask,
+    doc_bounds,
     flash_attention,
     flash_attention_backward,
     flash_attention_forward,
@@ -339,12 +340,16 @@ def _bad(name):
         "cu_dtype": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8])}, "must be int32"),
         "cu_shape": ((q, q, q), {"cu_seqlens": torch.tensor([8], dtype=torch.int32)}, "1-D with >= 2"),
         "cu_batch": ((q.expand(2, -1, -1, -1),) * 3, {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32)}, "B == 1"),
+        "bounds_no_cu": ((q, q, q), {"doc_bounds": torch.zeros(2, 8, dtype=torch.int32)}, "without cu_seqlens"),
+        "bounds_shape": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32),
+                                     "doc_bounds": torch.zeros(2, 7, dtype=torch.int32)}, "doc_bounds must be \\(2, T = 8\\)"),
     }
     return cases[name]
 
 
 @pytest.mark.parametrize(
-    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "window0", "cu_dtype", "cu_shape", "cu_batch"],
+    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "window0", "cu_dtype", "cu_shape", "cu_batch",
+             "bounds_no_cu", "bounds_shape"],
 )
 def test_bad_inputs_raise(name):
     args, kwargs, match = _bad(name)
@@ -434,13 +439,42 @@ def test_packed_cu_seqlens_match_the_dense_mask(window):
     """The kernel path packs the batch into one row with cu_seqlens; the same pairs must be visible, and
     cu_seqlens has one length whatever the documents (padded with N: no recompile, no host sync)."""
     starts = _starts(3, 100)
-    cu_seqlens, w = packed_cu_seqlens(starts, window)
+    cu_seqlens, w, bounds = packed_cu_seqlens(starts, window)
+    assert torch.equal(bounds, doc_bounds(cu_seqlens, 300))
     n_docs = int(starts.sum())
     assert cu_seqlens.shape == (301,) and cu_seqlens.dtype == torch.int32
     assert (cu_seqlens[n_docs:] == 300).all() and (cu_seqlens[1:n_docs] > cu_seqlens[: n_docs - 1]).all()
     check_cu_seqlens(cu_seqlens, 300)
     packed = attention_mask(300, window_size=int(w), cu_seqlens=cu_seqlens)
     assert torch.equal(packed, torch.block_diag(*dense_mask(starts, window)[:, 0]))
+
+
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_precomputed_doc_bounds_give_the_same_bits(backward):
+    """doc_bounds passed in (the trainer's way) and built inside each call: identical output and gradients."""
+    T, window, cu = _case("window_and_docs")
+    q, k, v, do = _inputs(1, T, 2, 16, torch.float32, "cpu")
+    inside = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu, backward=backward)
+    given = _run(flash_attention, q, k, v, do, window_size=window, cu_seqlens=cu, doc_bounds=doc_bounds(cu, T),
+                 backward=backward)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), inside, given):
+        assert torch.equal(a, b), name
+
+
+def test_packed_attention_builds_doc_bounds_once_per_mask(monkeypatch):
+    """The trainer's path: the mask step builds the document bounds; no attention call (forward or backward,
+    any number of layers) builds them again."""
+    import kernels.attention as attention
+
+    calls = []
+    real = attention._doc_bounds
+    monkeypatch.setattr(attention, "_doc_bounds", lambda *a: calls.append(1) or real(*a))
+    starts = _starts(2, 40, seed=1)
+    mask = packed_cu_seqlens(starts, 9)
+    q, k, v = (torch.randn(2, 40, 2, 16, requires_grad=True) for _ in range(3))
+    y = packed_flash_attention(packed_flash_attention(q, k, v, mask), k, v, mask)  # two layers
+    y.sum().backward()
+    assert len(calls) == 1
 
 
 def test_packed_flash_attention_matches_sdpa_per_row():
