@@ -346,8 +346,14 @@ def comparison_table(fig: dict) -> str | None:
     return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else None
 
 
-def _missed(v: Variant, target: float) -> list[bool]:
-    return [log.final_val_loss > target for log in v.logs]
+def _scored(v: Variant, target: float, scoring: str) -> tuple[list[float], list[bool]]:
+    """(times, missed) of a variant's runs under a scoring rule. Olympic scoring (MLPerf's) counts every launched
+    run: a run left out (diverged, crashed, cut off) is a miss, scored as the slowest, so it is never silently
+    dropped; the other rules score the finished runs, as the community's mean does."""
+    times, missed = _times(v), [log.final_val_loss > target for log in v.logs]
+    if scoring == "olympic" and v.skipped and times:
+        times, missed = times + [max(times)] * len(v.skipped), missed + [True] * len(v.skipped)
+    return times, missed
 
 
 def score_figures(variants: list[Variant], target: float, scoring: str) -> dict:
@@ -356,11 +362,11 @@ def score_figures(variants: list[Variant], target: float, scoring: str) -> dict:
     base = variants[0]
     out = {"scoring": scoring, "variants": []}
     for v in variants:
-        entry = {"name": v.name, "score": stats.score(scoring, _times(v), _missed(v, target)).as_dict(),
+        entry = {"name": v.name, "score": stats.score(scoring, *_scored(v, target, scoring)).as_dict(),
                  "vs_baseline": None}
         if v is not base:
-            entry["vs_baseline"] = stats.compare_scores(scoring, _times(base), _times(v), _missed(base, target),
-                                                        _missed(v, target)).as_dict()
+            (bt, bm), (vt, vm) = _scored(base, target, scoring), _scored(v, target, scoring)
+            entry["vs_baseline"] = stats.compare_scores(scoring, bt, vt, bm, vm).as_dict()
         out["variants"].append(entry)
     return finite_or_none(out)
 
@@ -475,12 +481,46 @@ def _pct(x: float | None, spec: str = ".2f") -> str:
 
 
 def _not_a_result(fig: dict, v: dict) -> str | None:
-    """Why a variant's speedup over the baseline is not a result: it, or the baseline, fails the loss rule."""
+    """Why a variant's speedup over the baseline is not a result: it, or the baseline, fails the loss rule, or
+    gets no score under the --scoring rule asked for."""
     base = fig["variants"][0]
     for who, entry in ((v["name"], v), (f"the baseline {base['name']}", base)):
         if entry["passes_loss_rule"] is False:
             return f"{who} fails the loss rule (p = {_p(entry['p_loss_below_target'])})"
+        if (why := _score_failure(fig, entry["name"])) is not None:
+            return f"{who} {why}"
     return None
+
+
+def _score_failure(fig: dict, name: str) -> str | None:
+    """'gets no <rule> score (<why>)' where --scoring gave the variant none, else None."""
+    scored = {e["name"]: e["score"] for e in (fig.get("scoring") or {}).get("variants", [])}
+    score = scored.get(name)
+    return f"gets no {score['rule']} score ({score['fails']})" if score and score["fails"] else None
+
+
+def _steps_verdicts(fig: dict) -> list[dict]:
+    """With --rule steps, one more line per variant: the optimization track's judgement on steps."""
+    rule, out = fig.get("steps_rule"), []
+    if not rule:
+        return out
+    threshold = rule["margin"]
+    for v in rule["variants"]:
+        valid = (f"valid ((target - mean loss) x sqrt(n) = {v['below_margin']:.4g} >= {threshold:.4g})" if v["valid"]
+                 else f"not valid ((target - mean loss) x sqrt(n) = {fmt(v['below_margin'], '.4g')} < {threshold:.4g})")
+        vs = v["vs_baseline"]
+        if not v["valid"]:
+            kind, words = "not comparable", f"{v['name']} is {valid} on the steps rule; its steps are not a result"
+        elif vs is None:
+            kind, words = "verdict", f"{v['name']} is {valid} on the steps rule at {fmt(v['steps'], '.0f')} steps"
+        else:
+            better = "better than" if vs["better"] else "not shown better than"
+            kind = "verdict" if vs["better"] else "inconclusive"
+            words = (f"{v['name']} is {valid} and {better} {rule['variants'][0]['name']} on the steps rule "
+                     f"(pairwise {fmt(vs['pairwise_margin'], '.4g')} vs {threshold:.4g}, "
+                     f"{fmt(vs['steps_saved'], '+.0f')} steps saved)")
+        out.append({"variant": v["name"], "kind": kind, "line": f"{kind} (steps rule): {words}"})
+    return out
 
 
 def _loss_rule_clause(v: dict, target: float) -> tuple[str, str]:
@@ -520,8 +560,11 @@ def verdicts(fig: dict) -> list[dict]:
         out.append({"variant": v["name"], "kind": kind, "line": f"{kind}: {words}{_noise(fig, v)}"})
 
     if len(variants) == 1:
-        add(variants[0], *_loss_rule_clause(variants[0], fig["target"]))
-        return out
+        if (why := _score_failure(fig, variants[0]["name"])) is not None:
+            add(variants[0], "not comparable", f"{variants[0]['name']} {why}")
+        else:
+            add(variants[0], *_loss_rule_clause(variants[0], fig["target"]))
+        return out + _steps_verdicts(fig)
     base = variants[0]
     for v in variants[1:]:
         vs = v["vs_baseline"]
@@ -550,7 +593,7 @@ def verdicts(fig: dict) -> list[dict]:
                        else "no number of runs resolves no difference")
             add(v, "inconclusive", f"{v['name']} vs {base['name']}: speedup {_pct(vs['speedup'] - 1, '+.2f')} "
                 f"({interval}, p = {_p(vs['p_time_faster'])}); {resolve}")
-    return out
+    return out + _steps_verdicts(fig)
 
 
 def _run_times(entry: dict) -> list[float]:

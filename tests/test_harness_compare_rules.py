@@ -113,6 +113,39 @@ def test_olympic_counts_a_miss_as_the_slowest_and_two_misses_fail(tmp_path, caps
     assert "fails: 2 runs missed the target" in capsys.readouterr().out
 
 
+def test_a_run_left_out_is_a_miss_under_olympic_scoring(tmp_path, capsys):
+    # five finished runs and two that diverged: MLPerf counts every launched run, so the two are misses and the
+    # set gets no olympic score; the community's mean scores the five finished runs
+    runs = [(80000, 3.2775), (81000, 3.2775), (82000, 3.2775), (83000, 3.2775), (84000, 3.2775)]
+    folder = write_set(tmp_path / "set", runs)
+    for i in range(2):
+        write(folder, f"diverged{i}.txt", modded_log(85000 + i, math.nan))
+    s = compare_json(capsys, "--logs", f"set={folder}", "--scoring", "olympic")["scoring"]["variants"][0]["score"]
+    assert s["score"] is None and s["misses"] == 2 and "2 runs missed the target" in s["fails"]
+    assert compare.main(["--logs", f"set={folder}", "--scoring", "olympic", "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == "not comparable: set gets no olympic score (2 runs missed the target (at most 1))"
+
+
+def test_the_verdict_follows_the_scoring_and_the_steps_rule(tmp_path, capsys):
+    # idea: six runs at 3.2700 and two at 3.2801, mean 3.272525, std 0.004677: the loss rule passes (t = -4.52,
+    # p = 0.0014) and the mean speedup is clear, but two runs missed the target: no olympic score, no result
+    base = write_set(tmp_path / "base", [(t, 3.2700) for t in (90000, 90500, 91000, 91500, 92000)])
+    idea = write_set(tmp_path / "idea", [(t, 3.2700) for t in (80000, 80300, 80600, 80900, 81200, 81500)]
+                     + [(81800, 3.2801), (82100, 3.2801)])
+    fig = compare_json(capsys, "--logs", f"base={base}", f"idea={idea}", "--scoring", "olympic")
+    assert fig["variants"][1]["passes_loss_rule"] is True and fig["variants"][1]["vs_baseline"]["speedup_ci95"][0] > 1
+    (line,) = [v["line"] for v in fig["verdicts"] if v["variant"] == "idea"]
+    assert line.startswith("not comparable: idea gets no olympic score (2 runs missed the target")
+    # the steps rule adds its own line: both sets end at 1390 steps with mean losses 3.27 and 3.2725
+    fig = compare_json(capsys, "--logs", f"base={base}", f"idea={idea}", "--rule", "steps")
+    steps = [v["line"] for v in fig["verdicts"] if v["line"].split(":")[0].endswith("(steps rule)")]
+    assert len(steps) == 2 and steps[0].startswith("verdict (steps rule): base is valid")
+    # pairwise: (3.27 - 3.272525 + 0) / sqrt(1/5 + 1/8) = -0.00443 < 0.004
+    assert steps[1].startswith("inconclusive (steps rule): idea is valid (") and \
+        "not shown better than base on the steps rule (pairwise -0.004429 vs 0.004, +0 steps saved)" in steps[1]
+
+
 def test_olympic_against_a_baseline_is_yuen_s_trimmed_test(tmp_path, capsys):
     base_t, new_t = [80, 81, 82, 83, 90, 81.5], [79, 80.2, 81, 82, 84, 79.5]
     base = write_set(tmp_path / "base", [(round(t * 1000), 3.2775) for t in base_t])
