@@ -9,7 +9,8 @@ adds console.log, everything the process printed). The trainer runs under
 `torchrun --standalone --nproc_per_node=K` when K > 1 or CUDA is available, plain `python` otherwise.
 When a run ends, one row built from its events.jsonl goes to records/runs.jsonl, whatever happened:
 status comes from the trainer's result event (ok / diverged; its "error" is "crashed"), "crashed"
-if the process died without one, "timeout" past --timeout, "interrupted" on a stop signal: Ctrl-C
+if the process died without one, "timeout" past --timeout, "harness_error" where the harness could not
+read the run it launched (the row names its folder and the error), "interrupted" on a stop signal: Ctrl-C
 (SIGINT), SIGTERM (what `kill` and `timeout` send) or SIGHUP (a closed terminal) alike. The trainer
 runs in its own process group, out of the terminal's reach: on a stop signal the harness stops that
 group, writes the row, prints one line naming the signal and exits 128 + its number (130, 143, 129).
@@ -39,6 +40,7 @@ exit, else ok when the log reaches its planned last step and incomplete when it 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import math
 import os
@@ -69,6 +71,7 @@ from harness.snapshot import REPO_ROOT
 DEFAULT_TRACK = "cpu-tiny"
 DEFAULT_SCRIPT = REPO_ROOT / "train_gpt.py"
 HARNESS_OWNED = ("--track", "--seed", "--run_dir")  # set per run by the harness, not by overrides
+HARNESS_ERROR = "harness_error"  # a run's status when the harness failed to read the run it launched
 STOP_GRACE_S = 5.0  # between SIGINT, SIGTERM and SIGKILL when stopping a trainer
 CMD_TRACK = "modded-nanogpt"  # --cmd's track when none is given
 SEED_ENV = "SEED"  # --cmd: the environment variable that carries the seed to the trainer
@@ -457,17 +460,28 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
                     console_path=launch.run_dir / "console.log", timeout=timeout, echo=echo, cwd=launch.cwd,
                     stdout_lines=stdout_lines)
     try:
-        if launch.from_log is not None:
-            status, fields = write_from_log(launch, list(stdout_lines), ended)
-        else:
-            status, fields = ended.status, dict(overrides=launch.overrides, script=launch.script, nproc=launch.nproc)
-        row = run_row(launch.run_dir, run_id=launch.run_id, name=launch.name, track=launch.track, seed=launch.seed,
-                      status=status, returncode=ended.returncode, wall_s=ended.wall_s, **fields)
+        failure = None
+        try:
+            if launch.from_log is not None:
+                status, fields = write_from_log(launch, list(stdout_lines), ended)
+            else:
+                status, fields = ended.status, dict(overrides=launch.overrides, script=launch.script, nproc=launch.nproc)
+            row = run_row(launch.run_dir, run_id=launch.run_id, name=launch.name, track=launch.track,
+                          seed=launch.seed, status=status, returncode=ended.returncode, wall_s=ended.wall_s, **fields)
+        except Exception as exc:  # the harness failed to read the finished run: record that much, never lose it
+            failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            row = {"run_id": launch.run_id, "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   "track": launch.track, "name": launch.name, "seed": launch.seed, "status": HARNESS_ERROR,
+                   "run_dir": str(Path(launch.run_dir).resolve()), "returncode": ended.returncode,
+                   "wall_s": round(ended.wall_s, 3), "error": failure}
         try:
             append_run(row, records_dir)
         except OSError as exc:  # the runs log went away since the check before launch (disk full, say)
             raise RecordsError(f"run {launch.run_id} not recorded in the runs log ({os_error_line(exc)}); "
                                f"its folder {launch.run_dir} holds what it wrote") from None
+        if failure is not None:
+            raise RecordsError(f"run {launch.run_id} recorded as '{HARNESS_ERROR}': the harness could not read what it "
+                               f"wrote ({failure}); its folder {launch.run_dir} holds it")
         print(run_summary(row, last_validation(launch.run_dir)), flush=True)
     finally:
         ended.stop.uninstall()

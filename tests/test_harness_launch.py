@@ -1,5 +1,6 @@
 """harness.compare's run mode: what it checks before the first run, and how it stops."""
 import signal
+from pathlib import Path
 import sys
 
 import pytest
@@ -84,3 +85,21 @@ def test_progress_bars_are_labelled_variant_k_of_n(kit, monkeypatch):
     labels.clear()
     assert run.main(argv[:8] + ["--seed-start", "3", "--no-leaderboard", "--", "--steps=10"]) == 0
     assert labels == ["run 1/2 (seed 3)", "run 2/2 (seed 4)"]
+
+
+def test_a_harness_failure_after_the_run_still_records_it(kit, monkeypatch, capsys):
+    """The trainer finished; reading its run folder fails (a bug, a disk error): the run gets a row that says so."""
+    from harness import run
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("cannot read events.jsonl\nsecond line")
+
+    monkeypatch.setattr(run, "run_row", broken)
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--no-leaderboard", "--", "--steps=10"]
+    assert run.main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: run ") and "recorded as 'harness_error'" in line and "cannot read events" in line
+    frame, problems = load_records(kit["records"])
+    assert problems == [] and frame["status"].tolist() == ["harness_error"]
+    assert (Path(frame["run_dir"][0]) / "events.jsonl").is_file()
