@@ -337,6 +337,12 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_p
     console = open(console_path, "w", encoding="utf-8")
     progress = ProgressBar(label)
     start = time.monotonic()
+    # A stop signal only sets a flag, which _stream turns into Interrupted between two lines: raised wherever
+    # the signal lands, it could leave the line queue's lock held (inside queue.get), and the harness would
+    # then hang for good when it drains the queue. The flag is up before the trainer starts, so that a signal
+    # landing just after Popen still stops it.
+    ended = _Ended(status=None, returncode=None, wall_s=0.0, stop=_StopFlag())
+    ended.stop.install()
     # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the whole group.
     # So from here on every way out of this function must stop the trainer, or it keeps running unseen.
     try:
@@ -344,6 +350,7 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_p
                                 stderr=subprocess.STDOUT if stdout_lines is None else subprocess.PIPE,
                                 text=True, errors="replace", bufsize=1, env=env, cwd=cwd, start_new_session=True)
     except BaseException:
+        ended.stop.uninstall()
         console.close()
         progress.close()
         raise
@@ -366,11 +373,6 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_p
         lines.put(None)
 
     reader = threading.Thread(target=pump, daemon=True)
-    # A stop signal only sets a flag, which _stream turns into Interrupted between two lines: raised wherever
-    # the signal lands, it could leave the line queue's lock held (inside queue.get), and the harness would
-    # then hang for good when it drains the queue.
-    ended = _Ended(status=None, returncode=None, wall_s=0.0, stop=_StopFlag())
-    ended.stop.install()
     try:
         reader.start()
         ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id, echo=echo,
