@@ -756,7 +756,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             track = args.track or DEFAULT_TRACK
             problem = first_config_problem(
                 [(f"--variant {v.name}, seed {seed}", dict(script=v.script or args.script, track=track, seed=seed,
-                                                           overrides=v.overrides, nproc=args.nproc))
+                                                           overrides=v.overrides, nproc=args.nproc,
+                                                           full_schedule=True))
                  for seed in range(args.seed_start, args.seed_start + args.seeds) for v in variants])
             if problem := problem or destination_problem(args.runs_dir, args.records):
                 return refuse(problem)

@@ -99,9 +99,11 @@ def trainer_env() -> dict:
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
-def config_problem(script, track: str, seed: int, overrides: Sequence[str], nproc: int) -> str | None:
+def config_problem(script, track: str, seed: int, overrides: Sequence[str], nproc: int,
+                   full_schedule: bool = False) -> str | None:
     """The trainer's one error line about a run's config, or None: `script --print_config` resolves the config
-    without training (with WORLD_SIZE = nproc), printing it as one JSON line, or one error line and exit 2."""
+    without training (with WORLD_SIZE = nproc), printing it as one JSON line, or one error line and exit 2.
+    With full_schedule (a comparison's runs), a config that stops at the target is a problem too."""
     cmd = [sys.executable, str(script), "--print_config", f"--track={track}", f"--seed={seed}", *overrides]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=CONFIG_CHECK_S,
@@ -119,6 +121,9 @@ def config_problem(script, track: str, seed: int, overrides: Sequence[str], npro
         config = None
     if not isinstance(config, dict):
         return f"{script} --print_config printed no config (one JSON line expected)"
+    if full_schedule and config.get("stop_at_target") in (True, 1, "true"):
+        return ("--stop_at_target=true: a comparison's runs go their full schedule (records/README.md, "
+                "'How a run counts'); explore with harness.run")
     return None
 
 

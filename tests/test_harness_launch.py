@@ -103,3 +103,13 @@ def test_a_harness_failure_after_the_run_still_records_it(kit, monkeypatch, caps
     frame, problems = load_records(kit["records"])
     assert problems == [] and frame["status"].tolist() == ["harness_error"]
     assert (Path(frame["run_dir"][0]) / "events.jsonl").is_file()
+
+
+def test_a_variant_that_stops_at_the_target_is_refused_before_the_first_run(kit, capsys):
+    # its seeds could end some stopped, some not, and the set would be refused halfway through
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--variant", "a=--steps=10", "--variant", "b=--steps=10 --stop_at_target=1", "--no-plot", "--no-leaderboard"]
+    assert compare.main(argv) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: --variant b, seed 0: --stop_at_target=true: a comparison's runs go their full")
+    assert not kit["runs"].exists() and not kit["records"].exists()
