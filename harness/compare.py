@@ -175,13 +175,12 @@ def admit(variant: Variant, logs: list[RunLog], allow_code_diff: bool = False) -
     run (harness.logs.log_identity) and runs that differ in planned steps, target or code are refused, naming
     the first differing lines of code. With allow_code_diff, runs of different code are pooled and each
     difference is kept in variant.code_differences."""
-    seen = {log.identity: log.source for log in variant.logs}
+    seen = {i: log.source for log in variant.logs for i in log.identities}
     for log in logs:
-        if log.identity in seen:
-            raise CompareError(f"variant {variant.name}: {seen[log.identity]} and {log.source} are the same run "
-                               "(the same step lines); give each run once")
-        if log.identity:
-            seen[log.identity] = log.source
+        if same := next((seen[i] for i in log.identities if i in seen), None):
+            raise CompareError(f"variant {variant.name}: {same} and {log.source} are the same run "
+                               "(the same step lines or validations); give each run once")
+        seen.update(dict.fromkeys(log.identities, log.source))
         if log.status != "ok":
             variant.skipped.append(f"{log.source} ({log.status})")
             variant.skipped_status.append(log.status)

@@ -125,6 +125,15 @@ class RunLog:
         return self.val_times_ms[-1] if self.val_times_ms else None
 
     @property
+    def identities(self) -> set[str]:
+        """What makes this log one run, in both forms a copy of it may carry: its step lines (`identity`) and its
+        validations at the precision a log prints them (step, val loss to 4 decimals, train time to the ms),
+        which a run folder's events keep even where its train.log is gone. Two logs sharing one are one run."""
+        points = "\n".join(f"{s} {v:.4f} {t:.0f}" for s, v, t in zip(self.val_steps, self.val_losses, self.val_times_ms))
+        curve = "validations\n" + points if points else None
+        return {i for i in (self.identity, curve and hashlib.sha256(curve.encode()).hexdigest()) if i}
+
+    @property
     def stopped_early(self) -> bool:
         """Whether the run ended before its planned step count without being cut off: stopped at the target
         (--stop_at_target, or this kit's trainer before fixed-length runs became the default)."""

@@ -147,11 +147,10 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         against_log = check_against_log(log)
         if against_log:
             raise Refused(f"run {log.run_id}: {against_log[0]}")
-        if log.identity is not None and log.identity in seen:
-            other = seen[log.identity]
+        if other := next((seen[i] for i in log.identities if i in seen), None):
             raise Refused(f"runs {other.run_id} and {log.run_id} are one run: {Path(other.source) / TRAIN_LOG_FILE} and "
-                          f"{Path(log.source) / TRAIN_LOG_FILE} have the same step lines")
-        seen[log.identity] = log
+                          f"{Path(log.source) / TRAIN_LOG_FILE} have the same step lines or validations")
+        seen.update(dict.fromkeys(log.identities, log))
         snapshot = Path(log.source) / SNAPSHOT_DIR
         if not (snapshot / HASH_FILE).is_file():
             raise Refused(f"run {log.run_id}: no code snapshot ({snapshot / HASH_FILE} missing)")

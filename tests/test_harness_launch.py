@@ -1,4 +1,5 @@
 """harness.compare's run mode: what it checks before the first run, and how it stops."""
+import shutil
 import signal
 from pathlib import Path
 import sys
@@ -113,3 +114,20 @@ def test_a_variant_that_stops_at_the_target_is_refused_before_the_first_run(kit,
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: --variant b, seed 0: --stop_at_target=true: a comparison's runs go their full")
     assert not kit["runs"].exists() and not kit["records"].exists()
+
+
+def test_a_run_folder_copied_without_its_train_log_is_the_same_run(kit, tmp_path, capsys):
+    # the copy's identity comes from its val events, the original's from its train.log: one run all the same
+    from harness import run
+
+    row = run.run_one(track="cpu-tiny", seed=0, name="a", script=kit["script"], overrides=["--steps=10"],
+                      runs_dir=kit["runs"], records_dir=kit["records"], echo=False)
+    other = run.run_one(track="cpu-tiny", seed=1, name="a", script=kit["script"], overrides=["--steps=10"],
+                        runs_dir=kit["runs"], records_dir=kit["records"], echo=False)
+    copy = kit["runs"] / f"{row['run_id']}-copy"
+    shutil.copytree(row["run_dir"], copy)
+    (copy / "train.log").unlink()
+    capsys.readouterr()
+    assert compare.main(["--logs", f"a={kit['runs']}", "--no-plot"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "are the same run" in err and copy.name in err and other["run_id"] not in err
