@@ -61,10 +61,10 @@ from typing import Sequence
 from tqdm import tqdm
 
 from harness.hardware import git_state
-from harness.ingest import IngestError, check_name, default_target, parse_log_bytes, write_run_files
+from harness.ingest import default_target, parse_log_bytes, write_run_files
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
 from harness.overrides import ConfigError, normalize_argv
-from harness.records import RECORDS_DIR, RecordsError, append_run, check_appendable, os_error_line
+from harness.records import RECORDS_DIR, RecordsError, append_run, check_appendable, name_problem, os_error_line
 from harness.runrow import RUNS_DIR, new_run_id, run_row
 from harness.snapshot import REPO_ROOT
 
@@ -820,12 +820,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if given:
             parser.error(f"{', '.join(given)}: only with --cmd")
     track = args.track or (CMD_TRACK if args.cmd is not None else DEFAULT_TRACK)
+    # the track and the name go into run ids, folders, the runs log and the leaderboard's tables
+    for problem in (name_problem("track", track), args.name is not None and name_problem("--name", args.name)):
+        if problem:
+            parser.error(problem)
     try:
-        check_name("track", track)
-        if args.name is not None:
-            check_name("--name", args.name)  # it goes into the runs log and the leaderboard's tables
         overrides = normalize_argv(overrides)
-    except (IngestError, ConfigError) as exc:
+    except ConfigError as exc:
         parser.error(str(exc))
     if args.cwd is not None and not args.cwd.is_dir():
         parser.error(f"--cwd {args.cwd}: no such directory")
