@@ -23,7 +23,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from harness.files import atomic_file
+from harness.files import atomic_file, write_atomic
 from harness.shards import (BOS_ID, GPT2_VOCAB_SIZE, DataError, check_token_ids, read_shard, shard_token_count,
                             write_shard)
 from harness.snapshot import REPO_ROOT
@@ -236,11 +236,7 @@ def gpt2_ranks_file(cache_dir: Path = CACHE_DIR) -> Path:
         data = tar.extractfile(member).read()
     if hashlib.sha256(data).hexdigest() != GPT2_TIKTOKEN_SHA256:
         raise DataError(f"{sdist}: gpt2.tiktoken has the wrong sha256")
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, data)
 
 
 def gpt2_encoding(ranks_file: str | os.PathLike | None = None):
