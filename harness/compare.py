@@ -314,7 +314,7 @@ def table(fig: dict) -> str:
             "time (s), mean ± std [95% CI]": _summary_cell(v["time_s"], ".4f"),
             "final val loss, mean ± std [95% CI]": _summary_cell(v["final_val_loss"], ".5f"),
             f"p(loss < {fig['target']})": fmt(v["p_loss_below_target"], ".4g"),
-            f"loss rule (p < {stats.ALPHA})": {True: "passes", False: "fails", None: "untested (n < 2)"}[v["passes_loss_rule"]],
+            f"loss rule (p < {stats.ALPHA})": stats.loss_rule_verdict(v["passes_loss_rule"]),
             f"runs the loss rule needs at this mean and std ({stats.POWER:.0%} power)": fmt(v["runs_needed_loss_rule"], "d"),
             "steps": ", ".join(map(str, v["steps"])) or "—",
             "extra: first val ≤ target (s), mean": f"{fmt(crossing['mean'], '.3f')} ({crossing['reached']}/{v['n']} runs)",

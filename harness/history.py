@@ -275,8 +275,7 @@ def table(rows: list[dict]) -> str:
             "time (s), mean ± std": f"{_f(t['mean'], '.4f')} ± {_f(t['std'], '.4f')}",
             "final val loss, mean ± std": f"{_f(loss['mean'], '.5f')} ± {_f(loss['std'], '.5f')}",
             "p(loss < target)": _f(r["p_loss_below_target"], ".4g"),
-            f"loss rule (p < {stats.ALPHA})": {True: "passes", False: "fails", None: "untested (n < 2)"}[
-                r["passes_loss_rule"]],
+            f"loss rule (p < {stats.ALPHA})": stats.loss_rule_verdict(r["passes_loss_rule"]),
             "steps": ", ".join(map(str, r["planned_steps"])) or "—",
             "code": ", ".join(h[:12] for h in r["code_hashes"]) or "—",
             "flags": f"{len(r['flags'])}" if r["flags"] else "",

@@ -129,7 +129,12 @@ class LossRule:
 
     @property
     def verdict(self) -> str:
-        return {True: "passes", False: "fails", None: "untested (n < 2)"}[self.passes]
+        return loss_rule_verdict(self.passes)
+
+
+def loss_rule_verdict(passes: bool | None) -> str:
+    """The word a table prints for LossRule.passes (as a figure's JSON keeps it)."""
+    return {True: "passes", False: "fails", None: "untested (n < 2)"}[passes]
 
 
 def loss_rule(final_losses: Sequence[float], target: float) -> LossRule:
