@@ -272,7 +272,6 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
 
 def default_target(track: str) -> float:
     """The track's target val loss (harness/tracks.py), else the FineWeb speedrun's."""
-
     target = track_target(track)
     return DEFAULT_TARGET if target is None else target
 
