@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 from filelock import FileLock
 
+from harness.files import atomic_file
 from harness.hardware import git_state, software_versions
 
 RESULTS_CSV = Path(os.environ.get("BENCH_RESULTS_CSV") or Path(__file__).resolve().parent / "results.csv")
@@ -40,25 +40,23 @@ def metadata() -> dict:
 def append_results(rows: list[dict], path: Path = RESULTS_CSV) -> pd.DataFrame:
     """Stamp rows with metadata() and append them to the CSV (locked; temp file, then rename)."""
     new = pd.DataFrame([{**metadata(), **row} for row in rows])
-    with FileLock(f"{path}.lock"):  # read-modify-write: two benchmarks at once must not drop rows
-        table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv.tmp")
-        os.close(fd)
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+    _append(new, path)
     return new
 
 
 def merge_results(src: Path, path: Path = RESULTS_CSV) -> int:
     """Append the rows of another results CSV (a GPU session's, already stamped) to `path`; returns how many."""
     new = pd.read_csv(src)
+    _append(new, path)
+    return len(new)
+
+
+def _append(new: pd.DataFrame, path: Path) -> None:
+    """Read-modify-write under the file's lock (two benchmarks at once must not drop rows), written whole."""
     with FileLock(f"{path}.lock"):
         table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".csv.tmp")
-        os.close(fd)
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    return len(new)
+        with atomic_file(path, "w") as f:
+            table.to_csv(f, index=False)
 
 
 def require_cuda(name: str) -> bool:

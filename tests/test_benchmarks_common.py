@@ -2,12 +2,14 @@
 on a CPU and hands a GPU to do_bench unchanged. benchmarks/__main__.py: a failing benchmark is reported."""
 import inspect
 import multiprocessing as mp
+import os
+import stat
 
 import pandas as pd
 import pytest
 import torch
 
-from benchmarks.common import append_results
+from benchmarks.common import append_results, merge_results
 
 
 def _append(args):
@@ -23,6 +25,20 @@ def test_concurrent_appends_lose_no_row(tmp_path):
     table = pd.read_csv(path)
     assert len(table) == 30 and sorted(table["bench"].unique()) == ["w0", "w1", "w2"]
     assert {"date", "git_sha", "gpu", "torch", "triton"} <= set(table.columns)
+
+
+def test_the_results_csv_is_readable_by_others_and_merges_whole(tmp_path):
+    path, other = tmp_path / "results.csv", tmp_path / "gpu.csv"
+    old = os.umask(0o022)
+    try:
+        append_results([{"bench": "a", "case": "1", "ms": 1.0}], path=path)
+        append_results([{"bench": "b", "case": "2", "ms": 2.0}], path=other)
+        assert merge_results(other, path=path) == 1
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # 0666 less the umask, not a temporary's 0600
+    assert list(pd.read_csv(path)["bench"]) == ["a", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu.csv", "gpu.csv.lock", "results.csv", "results.csv.lock"]
 
 
 def test_bench_ms_times_on_the_cpu_and_resets_grads():
