@@ -39,15 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
 from tqdm import tqdm
 
 from harness import stats
-from harness.leaderboard import TIME_NOTE
+from harness.leaderboard import TIME_NOTE, markdown_table, pyplot, save_png
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, code_differences, describe_difference, load_run
 from harness.records import os_error_line
 from harness.runlog import finite_or_none
 from harness.runrow import RUNS_DIR
+from harness.stats import fmt
 from harness.tracks import FINEWEB_TARGET
 
 PAGE_FILE = "history.md"
@@ -259,10 +259,6 @@ def history(root: str | os.PathLike, target: float | None = None) -> tuple[list[
 # Page and plot
 
 
-def _f(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def table(rows: list[dict]) -> str:
     cells = []
     for r in rows:
@@ -272,16 +268,15 @@ def table(rows: list[dict]) -> str:
             "record": r["record"] or r["folder"],
             "variant": r["variant"],
             "n": f"{r['n']}" + (f" (+{len(r['left_out'])} left out)" if r["left_out"] else ""),
-            "time (s), mean ± std": f"{_f(t['mean'], '.4f')} ± {_f(t['std'], '.4f')}",
-            "final val loss, mean ± std": f"{_f(loss['mean'], '.5f')} ± {_f(loss['std'], '.5f')}",
-            "p(loss < target)": _f(r["p_loss_below_target"], ".4g"),
+            "time (s), mean ± std": f"{fmt(t['mean'], '.4f')} ± {fmt(t['std'], '.4f')}",
+            "final val loss, mean ± std": f"{fmt(loss['mean'], '.5f')} ± {fmt(loss['std'], '.5f')}",
+            "p(loss < target)": fmt(r["p_loss_below_target"], ".4g"),
             f"loss rule (p < {stats.ALPHA})": stats.loss_rule_verdict(r["passes_loss_rule"]),
             "steps": ", ".join(map(str, r["planned_steps"])) or "—",
             "code": ", ".join(h[:12] for h in r["code_hashes"]) or "—",
             "flags": f"{len(r['flags'])}" if r["flags"] else "",
         })
-    cells = [{k: " ".join(str(v).split()).replace("|", "\\|") for k, v in c.items()} for c in cells]
-    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)
+    return markdown_table(cells)
 
 
 def render_page(root: Path, rows: list[dict], problems: list[str], plot_name: str | None) -> str:
@@ -318,11 +313,8 @@ def render_plot(rows: list[dict], path: Path) -> bool:
             by_track.setdefault(r["track"], []).append(r)
     if not by_track:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
+    plt = pyplot()
     import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
 
     with plt.style.context("default"):
         fig, axes = plt.subplots(len(by_track), 1, figsize=(10, 3.8 * len(by_track)), squeeze=False)
@@ -340,7 +332,7 @@ def render_plot(rows: list[dict], path: Path) -> bool:
             ax.set(title=f"{track}: each variant's mean time (± std)", ylabel="time (s)")
             ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
-        fig.savefig(path, dpi=100, metadata={"Software": None})
+        save_png(fig, path)
         plt.close(fig)
     return True
 
