@@ -50,11 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
 from harness.cli import finite_float, run_cli
 from harness import stats
 from harness.stats import fmt
+from harness.leaderboard import loss_axis, markdown_table, pyplot, save_png
 from harness.logs import (DEFAULT_TARGET, LogError, RunLog, code_differences, config_diff, describe_difference, load_run,
                           load_runs)
 from harness.records import RecordsError, find_runs, os_error_line, row_run_dir
@@ -319,7 +318,7 @@ def table(fig: dict) -> str:
             "steps": ", ".join(map(str, v["steps"])) or "—",
             "extra: first val ≤ target (s), mean": f"{fmt(crossing['mean'], '.3f')} ({crossing['reached']}/{v['n']} runs)",
         })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return markdown_table(rows)
 
 
 def comparison_table(fig: dict) -> str | None:
@@ -342,7 +341,7 @@ def comparison_table(fig: dict) -> str | None:
             "p loss (Welch, two-sided)": fmt(vs["p_loss_two_sided"], ".2g"),
             f"runs per variant for the speedup's CI to exclude 1 ({stats.POWER:.0%} power)": fmt(vs["runs_needed_per_variant"], "d"),
         })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else None
+    return markdown_table(rows) if rows else None
 
 
 def _scored(v: Variant, target: float, scoring: str) -> tuple[list[float], list[bool]]:
@@ -389,7 +388,7 @@ def score_table(fig: dict) -> str:
             "p (two-sided)": fmt(vs.get("p_two_sided"), ".2g"),
             "test": vs.get("test", "—"),
         })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return markdown_table(rows)
 
 
 def first_step_at_or_below(log: RunLog, target: float) -> int | None:
@@ -464,7 +463,7 @@ def steps_table(fig: dict) -> str:
             f"pairwise: (Δloss + {fig['rate_per_100_steps']}·Δsteps/100)/√(1/n1+1/n2) ≥ {margin}":
                 f"{fmt(vs['pairwise_margin'], '.5f')}: {'better' if vs['better'] else 'not shown better'}" if vs else "—",
         })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return markdown_table(rows)
 
 
 NOISY_SPREAD = 0.03  # a variant whose time std is above this fraction of its mean time is named as noise
@@ -599,21 +598,9 @@ def _run_times(entry: dict) -> list[float]:
     return [r["time_s"] for r in entry["runs"]]
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    return path
-
-
 def curves_figure(variants: list[Variant], target: float, xlabel: str):
     """Every run's val loss against 'train time (s)' or 'step', one color per variant, with the target line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from harness.leaderboard import loss_axis
-
+    plt = pyplot()
     xs = (lambda log: [t / 1000 for t in log.val_times_ms]) if xlabel == "train time (s)" else (lambda log: log.val_steps)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -629,27 +616,15 @@ def curves_figure(variants: list[Variant], target: float, xlabel: str):
     return fig
 
 
-def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
-    """loss_vs_time.png, loss_vs_step.png (every run's curve) and runs.png (each run's final time and loss,
-    with each variant's mean and 95% interval)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def runs_figure(variants: list[Variant], target: float):
+    """Each run's final time and final val loss, with each variant's mean and 95% interval, and the target line."""
     import numpy as np
 
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    plt = pyplot()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for fname, xlabel in (("loss_vs_time.png", "train time (s)"), ("loss_vs_step.png", "step")):
-        fig = curves_figure(variants, target, xlabel)
-        paths.append(_save(fig, plot_dir / fname))
-        plt.close(fig)
-
     fig, (ax_time, ax_loss) = plt.subplots(1, 2, figsize=(10, 4.5))
     jitter = np.random.default_rng(0)  # fixed: the same runs give the same picture
-    for ax, values_of, spec, label in ((ax_time, _times, ".3f", "final train time (s)"),
-                                       (ax_loss, _losses, ".4f", "final val loss")):
+    for ax, values_of, label in ((ax_time, _times, "final train time (s)"), (ax_loss, _losses, "final val loss")):
         for i, v in enumerate(variants):
             values = values_of(v)
             ax.plot(i + jitter.uniform(-0.15, 0.15, len(values)), values, "o", ms=4, alpha=0.6,
@@ -664,8 +639,21 @@ def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3, axis="y")
     ax_loss.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
     ax_loss.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    paths.append(_save(fig, plot_dir / "runs.png"))
-    plt.close(fig)
+    return fig
+
+
+def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
+    """loss_vs_time.png, loss_vs_step.png (curves_figure) and runs.png (runs_figure) in plot_dir."""
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, draw in (("loss_vs_time.png", lambda: curves_figure(variants, target, "train time (s)")),
+                       ("loss_vs_step.png", lambda: curves_figure(variants, target, "step")),
+                       ("runs.png", lambda: runs_figure(variants, target))):
+        fig = draw()
+        fig.tight_layout()
+        save_png(fig, plot_dir / name)
+        pyplot().close(fig)
+        paths.append(plot_dir / name)
     return paths
 
 
@@ -692,11 +680,9 @@ def _collect(args, variants: list[Variant]) -> None:
                           records_dir=args.records, label=f"{v.name} {k}/{args.seeds}")
             try:
                 admit(v, [load_run(row["run_dir"])], args.allow_code_diff)
-            except LogError as exc:
-                v.skipped.append(f"{row['run_id']} ({row['status']}: {exc})")
-                v.skipped_status.append(row["status"])
-            except OSError as exc:
-                v.skipped.append(f"{row['run_id']} ({row['status']}: {os_error_line(exc)})")
+            except (LogError, OSError) as exc:
+                v.skipped.append(f"{row['run_id']} ({row['status']}: "
+                                 f"{os_error_line(exc) if isinstance(exc, OSError) else exc})")
                 v.skipped_status.append(row["status"])
 
 
