@@ -109,34 +109,31 @@ def parse_record_folder(path: Path, track: str | None) -> RecordFolder | None:
     return RecordFolder(path, track or NO_TRACK, date, name or "", target)
 
 
+def _folders(path: Path, problems: list[str]) -> list[Path]:
+    """The folders in `path`, sorted; none, and a problem, where it cannot be read."""
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir())
+    except OSError as exc:
+        problems.append(f"{path}: cannot read ({os_error_line(exc)})")
+        return []
+
+
 def find_records(root: Path, problems: list[str]) -> list[RecordFolder]:
     """Every record folder under ROOT, in both layouts, by track then date."""
     records = []
-    try:
-        entries = sorted(p for p in root.iterdir() if p.is_dir())
-    except OSError as exc:
-        problems.append(f"{root}: cannot read ({os_error_line(exc)})")
-        return []
-    for entry in entries:
-        if _TRACK_DIR.match(entry.name):
-            try:
-                children = sorted(p for p in entry.iterdir() if p.is_dir())
-            except OSError as exc:
-                problems.append(f"{entry}: cannot read ({os_error_line(exc)})")
-                continue
-            for child in children:
-                record = parse_record_folder(child, entry.name)
-                if record is None:
-                    problems.append(f"{child}: not a record folder (expected <YYYY-MM-DD>_<Name>); skipped")
-                else:
-                    records.append(record)
+
+    def add(folder: Path, track: str | None, expected: str) -> None:
+        if (record := parse_record_folder(folder, track)) is None:
+            problems.append(f"{folder}: not a record folder (expected {expected}); skipped")
         else:
-            record = parse_record_folder(entry, None)
-            if record is None:
-                problems.append(f"{entry}: not a record folder (expected <MMDDYY>_<Name> or track_<n>_<name>/); "
-                                "skipped")
-            else:
-                records.append(record)
+            records.append(record)
+
+    for entry in _folders(root, problems):
+        if _TRACK_DIR.match(entry.name):
+            for child in _folders(entry, problems):
+                add(child, entry.name, "<YYYY-MM-DD>_<Name>")
+        else:
+            add(entry, None, "<MMDDYY>_<Name> or track_<n>_<name>/")
     return sorted(records, key=lambda r: (r.track, r.date, r.name))
 
 
