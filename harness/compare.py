@@ -391,11 +391,6 @@ def score_table(fig: dict) -> str:
     return markdown_table(rows)
 
 
-def first_step_at_or_below(log: RunLog, target: float) -> int | None:
-    """The first step whose validation loss is at or below the target, None if none is."""
-    return next((step for step, loss in zip(log.val_steps, log.val_losses) if loss <= target), None)
-
-
 def _mean_steps(v: Variant) -> float:
     return sum(log.final_step for log in v.logs) / len(v.logs)
 
@@ -421,7 +416,7 @@ def steps_figures(variants: list[Variant], target: float, sigma: float, rate: fl
     out = {"rule": "steps", "target": target, "sigma": sigma, "margin": threshold,
            "rate_per_100_steps": rate, "variants": []}
     for v in variants:
-        reached = [first_step_at_or_below(log, target) for log in v.logs]
+        reached = [next((s for s, loss in zip(log.val_steps, log.val_losses) if loss <= target), None) for log in v.logs]
         losses = _losses(v)
         margin = stats.below_margin(losses, target)
         entry = {"name": v.name, "n": len(v.logs),

@@ -63,19 +63,15 @@ SEED_ENV = "SEED"  # --cmd: the environment variable that carries the seed to th
 CONFIG_CHECK_S = 300  # the most a trainer's --print_config may take (it imports torch)
 
 
-def use_torchrun(nproc: int) -> bool:
-    if nproc > 1:
-        return True
-    import torch  # only here: importing torch costs a second or two
-
-    return torch.cuda.is_available()
-
-
 def trainer_command(script, track: str, seed: int, run_dir, overrides: Sequence[str], nproc: int) -> list[str]:
+    """Our trainer's command line: under torchrun for more than one process or where CUDA is, else plain python."""
     args = [str(script), f"--track={track}", f"--seed={seed}", f"--run_dir={run_dir}", *overrides]
-    if use_torchrun(nproc):
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    return [sys.executable, *args]
+    if nproc == 1:
+        import torch  # only here: importing torch costs a second or two
+
+        if not torch.cuda.is_available():
+            return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
 
 def trainer_env() -> dict:
