@@ -293,10 +293,13 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
     return finite_or_none(out)
 
 
+def _ci(value, ci95, spec: str) -> str:
+    """'value [low, high]', each formatted with spec (stats.fmt)."""
+    return f"{fmt(value, spec)} [{fmt(ci95[0], spec)}, {fmt(ci95[1], spec)}]"
+
+
 def _summary_cell(s: dict, spec: str) -> str:
-    if not s["n"]:
-        return "—"
-    return f"{fmt(s['mean'], spec)} ± {fmt(s['std'], spec)} [{fmt(s['ci95'][0], spec)}, {fmt(s['ci95'][1], spec)}]"
+    return f"{fmt(s['mean'], spec)} ± {_ci(s['std'], s['ci95'], spec)}" if s["n"] else "—"
 
 
 def table(fig: dict) -> str:
@@ -328,14 +331,12 @@ def comparison_table(fig: dict) -> str | None:
         vs = v["vs_baseline"]
         if vs is None:
             continue
-        low, high = vs["speedup_ci95"]
-        dlow, dhigh = vs["time_diff_ci95"]
         why = _not_a_result(fig, v)
         rows.append({
             "variant": v["name"],
-            "speedup (ratio of mean times) [95% CI]": f"{fmt(vs['speedup'], '.4f')} [{fmt(low, '.4f')}, {fmt(high, '.4f')}]"
+            "speedup (ratio of mean times) [95% CI]": _ci(vs["speedup"], vs["speedup_ci95"], ".4f")
             + (f" (not a result: {why})" if why else ""),
-            "Δ time, variant − baseline (s) [95% CI]": f"{fmt(vs['time_diff_s'], '+.3f')} [{fmt(dlow, '+.3f')}, {fmt(dhigh, '+.3f')}]",
+            "Δ time, variant − baseline (s) [95% CI]": _ci(vs["time_diff_s"], vs["time_diff_ci95"], "+.3f"),
             "p faster (Welch, one-sided)": fmt(vs["p_time_faster"], ".2g"),
             "p time (Welch, two-sided)": fmt(vs["p_time_two_sided"], ".2g"),
             "p loss (Welch, two-sided)": fmt(vs["p_loss_two_sided"], ".2g"),
@@ -374,16 +375,12 @@ def score_table(fig: dict) -> str:
     rule, rows = fig["scoring"], []
     for v in fig["variants"]:
         s, vs = v["score"], v["vs_baseline"] or {}
-        low, high = s["ci95"]
-        dlow, dhigh = vs.get("diff_ci95", [None, None])
         rows.append({
             "variant": v["name"],
-            f"time (s), {rule} [95% CI]": (f"fails: {s['fails']}" if s["fails"] else
-                                          f"{fmt(s['score'], '.4f')} [{fmt(low, '.4f')}, {fmt(high, '.4f')}]"),
+            f"time (s), {rule} [95% CI]": f"fails: {s['fails']}" if s["fails"] else _ci(s["score"], s["ci95"], ".4f"),
             "runs scored / used / missed the target": f"{s['n']} / {s['used']} / {s['misses']}",
             "ratio baseline / variant": fmt(vs.get("ratio"), ".4f"),
-            "Δ, variant − baseline (s) [95% CI]": (f"{fmt(vs['diff'], '+.3f')} [{fmt(dlow, '+.3f')}, {fmt(dhigh, '+.3f')}]"
-                                                   if vs else "—"),
+            "Δ, variant − baseline (s) [95% CI]": _ci(vs["diff"], vs["diff_ci95"], "+.3f") if vs else "—",
             "p faster (one-sided)": fmt(vs.get("p_faster"), ".2g"),
             "p (two-sided)": fmt(vs.get("p_two_sided"), ".2g"),
             "test": vs.get("test", "—"),
@@ -448,8 +445,7 @@ def steps_table(fig: dict) -> str:
         rows.append({
             "variant": v["name"],
             "steps": fmt(v["steps"], "g"),
-            "first step ≤ target, mean [95% CI]": (f"{fmt(s['mean'], '.1f')} [{fmt(s['ci95'][0], '.1f')}, "
-                                                  f"{fmt(s['ci95'][1], '.1f')}] ({v['reached']}/{v['n']} runs)")
+            "first step ≤ target, mean [95% CI]": f"{_ci(s['mean'], s['ci95'], '.1f')} ({v['reached']}/{v['n']} runs)"
                                                  if s["n"] else f"— (0/{v['n']} runs)",
             "mean final val loss": fmt(v["mean_final_val_loss"], ".5f"),
             f"z-test p (σ = {fig['sigma']})": fmt(v["p_z_loss_below_target"], ".3g"),
