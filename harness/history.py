@@ -155,13 +155,12 @@ def log_folders(record: RecordFolder, problems: list[str]) -> dict[str, list[Pat
 
 
 def read_variant(record: RecordFolder, variant: str, files: list[Path], problems: list[str],
-                 progress: tqdm | None = None) -> VariantHistory:
+                 progress: tqdm) -> VariantHistory:
     """Read one folder's logs: finished runs counted, the others left out with why, code kept per hash."""
     v = VariantHistory(record, variant)
     seen: dict[str, str] = {}
     for path in files:
-        if progress is not None:
-            progress.update()
+        progress.update()
         try:
             log = load_run(path)
         except LogError as exc:  # not a speedrun log, or gone

@@ -668,10 +668,10 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def render_leaderboard(records_dir: Path) -> None:
-    from harness.leaderboard import default_out, render
+    from harness.leaderboard import render
 
     try:
-        out = render(records_dir, default_out(records_dir))
+        out = render(records_dir)  # leaderboard.md next to the records folder
     except (OSError, ValueError) as exc:  # the runs are already recorded: warn, don't lose the exit status
         print(f"warning: leaderboard not re-rendered: {exc}", file=sys.stderr)
         return
