@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from harness.hardware import git_state
 from harness.ingest import default_target, parse_log_bytes, write_run_files
-from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
+from harness.logs import DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
 from harness.overrides import ConfigError, normalize_argv
 from harness.records import RECORDS_DIR, RecordsError, append_run, check_appendable, name_problem, os_error_line
 from harness.runrow import RUNS_DIR, new_run_id, run_row
@@ -780,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="--cmd: the trainer's own log to record (default auto: one it names on stdout, else the "
                      "logs/*.txt it wrote that holds the step lines it printed; stdout: what it printed)")
     cmd.add_argument("--target", type=float, default=None,
-                     help="--cmd: target val loss (default: the track's, else 3.28)")
+                     help=f"--cmd: target val loss (default: the track's, else {DEFAULT_TARGET})")
     args = parser.parse_args(ours)
     if args.cmd is None:
         given = [opt for opt, changed in (("--cwd", args.cwd is not None), ("--seed-env", args.seed_env != SEED_ENV),
