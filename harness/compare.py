@@ -413,7 +413,8 @@ def steps_figures(variants: list[Variant], target: float, sigma: float, rate: fl
     out = {"rule": "steps", "target": target, "sigma": sigma, "margin": threshold,
            "rate_per_100_steps": rate, "variants": []}
     for v in variants:
-        reached = [next((s for s, loss in zip(log.val_steps, log.val_losses) if loss <= target), None) for log in v.logs]
+        reached = [next((s for s, loss in zip(log.val_steps, log.val_losses) if loss <= target), None)
+                   for log in v.logs]  # each run's first step at or below the target
         losses = _losses(v)
         margin = stats.below_margin(losses, target)
         entry = {"name": v.name, "n": len(v.logs),
