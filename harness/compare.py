@@ -50,11 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
-
 from harness.cli import finite_float, run_cli
 from harness import stats
 from harness.stats import fmt
+from harness.leaderboard import loss_axis, markdown_table, pyplot, save_png
 from harness.logs import (DEFAULT_TARGET, LogError, RunLog, code_differences, config_diff, describe_difference, load_run,
                           load_runs)
 from harness.records import RecordsError, find_runs, os_error_line, row_run_dir
@@ -294,10 +293,13 @@ def figures(variants: list[Variant], target: float, target_source: str = "") -> 
     return finite_or_none(out)
 
 
+def _ci(value, ci95, spec: str) -> str:
+    """'value [low, high]', each formatted with spec (stats.fmt)."""
+    return f"{fmt(value, spec)} [{fmt(ci95[0], spec)}, {fmt(ci95[1], spec)}]"
+
+
 def _summary_cell(s: dict, spec: str) -> str:
-    if not s["n"]:
-        return "—"
-    return f"{fmt(s['mean'], spec)} ± {fmt(s['std'], spec)} [{fmt(s['ci95'][0], spec)}, {fmt(s['ci95'][1], spec)}]"
+    return f"{fmt(s['mean'], spec)} ± {_ci(s['std'], s['ci95'], spec)}" if s["n"] else "—"
 
 
 def table(fig: dict) -> str:
@@ -319,7 +321,7 @@ def table(fig: dict) -> str:
             "steps": ", ".join(map(str, v["steps"])) or "—",
             "extra: first val ≤ target (s), mean": f"{fmt(crossing['mean'], '.3f')} ({crossing['reached']}/{v['n']} runs)",
         })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return markdown_table(rows)
 
 
 def comparison_table(fig: dict) -> str | None:
@@ -329,20 +331,18 @@ def comparison_table(fig: dict) -> str | None:
         vs = v["vs_baseline"]
         if vs is None:
             continue
-        low, high = vs["speedup_ci95"]
-        dlow, dhigh = vs["time_diff_ci95"]
         why = _not_a_result(fig, v)
         rows.append({
             "variant": v["name"],
-            "speedup (ratio of mean times) [95% CI]": f"{fmt(vs['speedup'], '.4f')} [{fmt(low, '.4f')}, {fmt(high, '.4f')}]"
+            "speedup (ratio of mean times) [95% CI]": _ci(vs["speedup"], vs["speedup_ci95"], ".4f")
             + (f" (not a result: {why})" if why else ""),
-            "Δ time, variant − baseline (s) [95% CI]": f"{fmt(vs['time_diff_s'], '+.3f')} [{fmt(dlow, '+.3f')}, {fmt(dhigh, '+.3f')}]",
+            "Δ time, variant − baseline (s) [95% CI]": _ci(vs["time_diff_s"], vs["time_diff_ci95"], "+.3f"),
             "p faster (Welch, one-sided)": fmt(vs["p_time_faster"], ".2g"),
             "p time (Welch, two-sided)": fmt(vs["p_time_two_sided"], ".2g"),
             "p loss (Welch, two-sided)": fmt(vs["p_loss_two_sided"], ".2g"),
             f"runs per variant for the speedup's CI to exclude 1 ({stats.POWER:.0%} power)": fmt(vs["runs_needed_per_variant"], "d"),
         })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else None
+    return markdown_table(rows) if rows else None
 
 
 def _scored(v: Variant, target: float, scoring: str) -> tuple[list[float], list[bool]]:
@@ -375,26 +375,17 @@ def score_table(fig: dict) -> str:
     rule, rows = fig["scoring"], []
     for v in fig["variants"]:
         s, vs = v["score"], v["vs_baseline"] or {}
-        low, high = s["ci95"]
-        dlow, dhigh = vs.get("diff_ci95", [None, None])
         rows.append({
             "variant": v["name"],
-            f"time (s), {rule} [95% CI]": (f"fails: {s['fails']}" if s["fails"] else
-                                          f"{fmt(s['score'], '.4f')} [{fmt(low, '.4f')}, {fmt(high, '.4f')}]"),
+            f"time (s), {rule} [95% CI]": f"fails: {s['fails']}" if s["fails"] else _ci(s["score"], s["ci95"], ".4f"),
             "runs scored / used / missed the target": f"{s['n']} / {s['used']} / {s['misses']}",
             "ratio baseline / variant": fmt(vs.get("ratio"), ".4f"),
-            "Δ, variant − baseline (s) [95% CI]": (f"{fmt(vs['diff'], '+.3f')} [{fmt(dlow, '+.3f')}, {fmt(dhigh, '+.3f')}]"
-                                                   if vs else "—"),
+            "Δ, variant − baseline (s) [95% CI]": _ci(vs["diff"], vs["diff_ci95"], "+.3f") if vs else "—",
             "p faster (one-sided)": fmt(vs.get("p_faster"), ".2g"),
             "p (two-sided)": fmt(vs.get("p_two_sided"), ".2g"),
             "test": vs.get("test", "—"),
         })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
-
-
-def first_step_at_or_below(log: RunLog, target: float) -> int | None:
-    """The first step whose validation loss is at or below the target, None if none is."""
-    return next((step for step, loss in zip(log.val_steps, log.val_losses) if loss <= target), None)
+    return markdown_table(rows)
 
 
 def _mean_steps(v: Variant) -> float:
@@ -422,7 +413,8 @@ def steps_figures(variants: list[Variant], target: float, sigma: float, rate: fl
     out = {"rule": "steps", "target": target, "sigma": sigma, "margin": threshold,
            "rate_per_100_steps": rate, "variants": []}
     for v in variants:
-        reached = [first_step_at_or_below(log, target) for log in v.logs]
+        reached = [next((s for s, loss in zip(log.val_steps, log.val_losses) if loss <= target), None)
+                   for log in v.logs]  # each run's first step at or below the target
         losses = _losses(v)
         margin = stats.below_margin(losses, target)
         entry = {"name": v.name, "n": len(v.logs),
@@ -454,8 +446,7 @@ def steps_table(fig: dict) -> str:
         rows.append({
             "variant": v["name"],
             "steps": fmt(v["steps"], "g"),
-            "first step ≤ target, mean [95% CI]": (f"{fmt(s['mean'], '.1f')} [{fmt(s['ci95'][0], '.1f')}, "
-                                                  f"{fmt(s['ci95'][1], '.1f')}] ({v['reached']}/{v['n']} runs)")
+            "first step ≤ target, mean [95% CI]": f"{_ci(s['mean'], s['ci95'], '.1f')} ({v['reached']}/{v['n']} runs)"
                                                  if s["n"] else f"— (0/{v['n']} runs)",
             "mean final val loss": fmt(v["mean_final_val_loss"], ".5f"),
             f"z-test p (σ = {fig['sigma']})": fmt(v["p_z_loss_below_target"], ".3g"),
@@ -464,7 +455,7 @@ def steps_table(fig: dict) -> str:
             f"pairwise: (Δloss + {fig['rate_per_100_steps']}·Δsteps/100)/√(1/n1+1/n2) ≥ {margin}":
                 f"{fmt(vs['pairwise_margin'], '.5f')}: {'better' if vs['better'] else 'not shown better'}" if vs else "—",
         })
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return markdown_table(rows)
 
 
 NOISY_SPREAD = 0.03  # a variant whose time std is above this fraction of its mean time is named as noise
@@ -599,21 +590,9 @@ def _run_times(entry: dict) -> list[float]:
     return [r["time_s"] for r in entry["runs"]]
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    return path
-
-
 def curves_figure(variants: list[Variant], target: float, xlabel: str):
     """Every run's val loss against 'train time (s)' or 'step', one color per variant, with the target line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from harness.leaderboard import loss_axis
-
+    plt = pyplot()
     xs = (lambda log: [t / 1000 for t in log.val_times_ms]) if xlabel == "train time (s)" else (lambda log: log.val_steps)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -629,27 +608,15 @@ def curves_figure(variants: list[Variant], target: float, xlabel: str):
     return fig
 
 
-def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
-    """loss_vs_time.png, loss_vs_step.png (every run's curve) and runs.png (each run's final time and loss,
-    with each variant's mean and 95% interval)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def runs_figure(variants: list[Variant], target: float):
+    """Each run's final time and final val loss, with each variant's mean and 95% interval, and the target line."""
     import numpy as np
 
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
+    plt = pyplot()
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for fname, xlabel in (("loss_vs_time.png", "train time (s)"), ("loss_vs_step.png", "step")):
-        fig = curves_figure(variants, target, xlabel)
-        paths.append(_save(fig, plot_dir / fname))
-        plt.close(fig)
-
     fig, (ax_time, ax_loss) = plt.subplots(1, 2, figsize=(10, 4.5))
     jitter = np.random.default_rng(0)  # fixed: the same runs give the same picture
-    for ax, values_of, spec, label in ((ax_time, _times, ".3f", "final train time (s)"),
-                                       (ax_loss, _losses, ".4f", "final val loss")):
+    for ax, values_of, label in ((ax_time, _times, "final train time (s)"), (ax_loss, _losses, "final val loss")):
         for i, v in enumerate(variants):
             values = values_of(v)
             ax.plot(i + jitter.uniform(-0.15, 0.15, len(values)), values, "o", ms=4, alpha=0.6,
@@ -664,8 +631,21 @@ def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3, axis="y")
     ax_loss.axhline(target, color="black", ls="--", lw=0.8, label=f"target {target}")
     ax_loss.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    paths.append(_save(fig, plot_dir / "runs.png"))
-    plt.close(fig)
+    return fig
+
+
+def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
+    """loss_vs_time.png, loss_vs_step.png (curves_figure) and runs.png (runs_figure) in plot_dir."""
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, draw in (("loss_vs_time.png", lambda: curves_figure(variants, target, "train time (s)")),
+                       ("loss_vs_step.png", lambda: curves_figure(variants, target, "step")),
+                       ("runs.png", lambda: runs_figure(variants, target))):
+        fig = draw()
+        fig.tight_layout()
+        save_png(fig, plot_dir / name)
+        pyplot().close(fig)
+        paths.append(plot_dir / name)
     return paths
 
 
@@ -692,11 +672,9 @@ def _collect(args, variants: list[Variant]) -> None:
                           records_dir=args.records, label=f"{v.name} {k}/{args.seeds}")
             try:
                 admit(v, [load_run(row["run_dir"])], args.allow_code_diff)
-            except LogError as exc:
-                v.skipped.append(f"{row['run_id']} ({row['status']}: {exc})")
-                v.skipped_status.append(row["status"])
-            except OSError as exc:
-                v.skipped.append(f"{row['run_id']} ({row['status']}: {os_error_line(exc)})")
+            except (LogError, OSError) as exc:
+                v.skipped.append(f"{row['run_id']} ({row['status']}: "
+                                 f"{os_error_line(exc) if isinstance(exc, OSError) else exc})")
                 v.skipped_status.append(row["status"])
 
 

@@ -39,15 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
 from tqdm import tqdm
 
 from harness import stats
-from harness.leaderboard import TIME_NOTE
+from harness.leaderboard import TIME_NOTE, markdown_table, pyplot, save_png
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, code_differences, describe_difference, load_run
 from harness.records import os_error_line
 from harness.runlog import finite_or_none
 from harness.runrow import RUNS_DIR
+from harness.stats import fmt
 from harness.tracks import FINEWEB_TARGET
 
 PAGE_FILE = "history.md"
@@ -109,34 +109,31 @@ def parse_record_folder(path: Path, track: str | None) -> RecordFolder | None:
     return RecordFolder(path, track or NO_TRACK, date, name or "", target)
 
 
+def _folders(path: Path, problems: list[str]) -> list[Path]:
+    """The folders in `path`, sorted; none, and a problem, where it cannot be read."""
+    try:
+        return sorted(p for p in path.iterdir() if p.is_dir())
+    except OSError as exc:
+        problems.append(f"{path}: cannot read ({os_error_line(exc)})")
+        return []
+
+
 def find_records(root: Path, problems: list[str]) -> list[RecordFolder]:
     """Every record folder under ROOT, in both layouts, by track then date."""
     records = []
-    try:
-        entries = sorted(p for p in root.iterdir() if p.is_dir())
-    except OSError as exc:
-        problems.append(f"{root}: cannot read ({os_error_line(exc)})")
-        return []
-    for entry in entries:
-        if _TRACK_DIR.match(entry.name):
-            try:
-                children = sorted(p for p in entry.iterdir() if p.is_dir())
-            except OSError as exc:
-                problems.append(f"{entry}: cannot read ({os_error_line(exc)})")
-                continue
-            for child in children:
-                record = parse_record_folder(child, entry.name)
-                if record is None:
-                    problems.append(f"{child}: not a record folder (expected <YYYY-MM-DD>_<Name>); skipped")
-                else:
-                    records.append(record)
+
+    def add(folder: Path, track: str | None, expected: str) -> None:
+        if (record := parse_record_folder(folder, track)) is None:
+            problems.append(f"{folder}: not a record folder (expected {expected}); skipped")
         else:
-            record = parse_record_folder(entry, None)
-            if record is None:
-                problems.append(f"{entry}: not a record folder (expected <MMDDYY>_<Name> or track_<n>_<name>/); "
-                                "skipped")
-            else:
-                records.append(record)
+            records.append(record)
+
+    for entry in _folders(root, problems):
+        if _TRACK_DIR.match(entry.name):
+            for child in _folders(entry, problems):
+                add(child, entry.name, "<YYYY-MM-DD>_<Name>")
+        else:
+            add(entry, None, "<MMDDYY>_<Name> or track_<n>_<name>/")
     return sorted(records, key=lambda r: (r.track, r.date, r.name))
 
 
@@ -158,13 +155,12 @@ def log_folders(record: RecordFolder, problems: list[str]) -> dict[str, list[Pat
 
 
 def read_variant(record: RecordFolder, variant: str, files: list[Path], problems: list[str],
-                 progress: tqdm | None = None) -> VariantHistory:
+                 progress: tqdm) -> VariantHistory:
     """Read one folder's logs: finished runs counted, the others left out with why, code kept per hash."""
     v = VariantHistory(record, variant)
     seen: dict[str, str] = {}
     for path in files:
-        if progress is not None:
-            progress.update()
+        progress.update()
         try:
             log = load_run(path)
         except LogError as exc:  # not a speedrun log, or gone
@@ -259,10 +255,6 @@ def history(root: str | os.PathLike, target: float | None = None) -> tuple[list[
 # Page and plot
 
 
-def _f(x, spec: str) -> str:
-    return "—" if x is None else format(x, spec)
-
-
 def table(rows: list[dict]) -> str:
     cells = []
     for r in rows:
@@ -272,16 +264,15 @@ def table(rows: list[dict]) -> str:
             "record": r["record"] or r["folder"],
             "variant": r["variant"],
             "n": f"{r['n']}" + (f" (+{len(r['left_out'])} left out)" if r["left_out"] else ""),
-            "time (s), mean ± std": f"{_f(t['mean'], '.4f')} ± {_f(t['std'], '.4f')}",
-            "final val loss, mean ± std": f"{_f(loss['mean'], '.5f')} ± {_f(loss['std'], '.5f')}",
-            "p(loss < target)": _f(r["p_loss_below_target"], ".4g"),
+            "time (s), mean ± std": f"{fmt(t['mean'], '.4f')} ± {fmt(t['std'], '.4f')}",
+            "final val loss, mean ± std": f"{fmt(loss['mean'], '.5f')} ± {fmt(loss['std'], '.5f')}",
+            "p(loss < target)": fmt(r["p_loss_below_target"], ".4g"),
             f"loss rule (p < {stats.ALPHA})": stats.loss_rule_verdict(r["passes_loss_rule"]),
             "steps": ", ".join(map(str, r["planned_steps"])) or "—",
             "code": ", ".join(h[:12] for h in r["code_hashes"]) or "—",
             "flags": f"{len(r['flags'])}" if r["flags"] else "",
         })
-    cells = [{k: " ".join(str(v).split()).replace("|", "\\|") for k, v in c.items()} for c in cells]
-    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)
+    return markdown_table(cells)
 
 
 def render_page(root: Path, rows: list[dict], problems: list[str], plot_name: str | None) -> str:
@@ -318,11 +309,8 @@ def render_plot(rows: list[dict], path: Path) -> bool:
             by_track.setdefault(r["track"], []).append(r)
     if not by_track:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
+    plt = pyplot()
     import matplotlib.dates as mdates
-    import matplotlib.pyplot as plt
 
     with plt.style.context("default"):
         fig, axes = plt.subplots(len(by_track), 1, figsize=(10, 3.8 * len(by_track)), squeeze=False)
@@ -340,7 +328,7 @@ def render_plot(rows: list[dict], path: Path) -> bool:
             ax.set(title=f"{track}: each variant's mean time (± std)", ylabel="time (s)")
             ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
-        fig.savefig(path, dpi=100, metadata={"Software": None})
+        save_png(fig, path)
         plt.close(fig)
     return True
 

@@ -41,14 +41,26 @@ def default_out(records_dir: str | os.PathLike) -> Path:
     return Path(records_dir).resolve().parent / "leaderboard.md"
 
 
-def _cell(value) -> str:
-    """Markdown-safe table cell text."""
-    return " ".join(str(value).split()).replace("|", "\\|")
-
-
-def _table(rows: list[dict]) -> str:
-    cells = [{k: _cell(v) for k, v in row.items()} for row in rows]
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table, each cell's text on one line with its '|' escaped."""
+    cells = [{k: " ".join(str(v).split()).replace("|", "\\|") for k, v in row.items()} for row in rows]
     return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files, no display), imported where a plot is drawn: it takes a second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, target) -> None:
+    """Write a figure as PNG to a path or file: fixed dpi and no software stamp, so the same figure gives the same
+    bytes."""
+    fig.savefig(target, format="png", dpi=DPI, metadata={"Software": None})
 
 
 def _mean_std(summary: dict, scale: float, spec: str) -> str:
@@ -84,7 +96,7 @@ def records_table(records: list[dict], link_base: str) -> str:
             "description": r.get("description", ""),
             "folder": f"[{r['folder']}]({link_base}/{r['folder']}/)",
         })
-    return _table(rows)
+    return markdown_table(rows)
 
 
 def history_table(records: list[dict]) -> str:
@@ -100,7 +112,7 @@ def history_table(records: list[dict]) -> str:
         rows.append({"date": r["date"], "name": r["name"],
                      "time (s)": fmt(r["stats"]["train_time_ms"]["mean"], ".2f", scale=1000),
                      "speedup over previous": speedup})
-    return _table(rows)
+    return markdown_table(rows)
 
 
 def _below(row: dict) -> str:
@@ -139,7 +151,7 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
             "hardware": fmt(r.get("hardware")),
             "overrides": _overrides(r),
         })
-    return _table(rows)
+    return markdown_table(rows)
 
 
 def _curves(records_dir: Path, record: dict):
@@ -184,11 +196,7 @@ def time_points(records: list[dict]) -> list[stats.Summary]:
 def draw(records_dir: Path, by_track: dict[str, list[dict]]):
     """The leaderboard's figure: per track, each record's mean time with its 95% interval in the order the records
     were set, and the val loss curves of the track's first and current records."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     with plt.style.context("default"):
         fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)
         for (track, records), (ax_time, ax_loss) in zip(by_track.items(), axes):
@@ -225,14 +233,12 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
 
 
 def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     fig = draw(records_dir, by_track)
     try:
         with atomic_file(path) as f:
-            fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
+            save_png(fig, f)
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,42 +4,27 @@
                           [--script train_gpt.py] [--timeout SEC] [--runs-dir runs] [--records records]
                           [--no-leaderboard] [-- --key=value ...]
 
-Each run gets runs/<run_id>/ (the trainer writes events.jsonl, train.log and code/ there; the harness
-adds console.log, everything the process printed). The trainer runs under
-`torchrun --standalone --nproc_per_node=K` when K > 1 or CUDA is available, plain `python` otherwise.
-When a run ends, one row built from its events.jsonl goes to records/runs.jsonl, whatever happened:
-status comes from the trainer's result event (ok / diverged; its "error" is "crashed"), "crashed"
-if the process died without one, "timeout" past --timeout, "harness_error" where the harness could not
-read the run it launched (the row names its folder and the error), "interrupted" on a stop signal: Ctrl-C
-(SIGINT), SIGTERM (what `kill` and `timeout` send) or SIGHUP (a closed terminal) alike. The trainer
-runs in its own process group, out of the terminal's reach: on a stop signal the harness stops that
-group, writes the row, prints one line naming the signal and exits 128 + its number (130, 143, 129).
-Exit status otherwise: 0 when every run is ok, else 1. Before the first run starts, what would only fail
-later is refused with one line and exit status 2, nothing launched: a config the trainer refuses (each
-seed's, resolved by `train_gpt.py --print_config` without training: an unknown track, a mistyped
-override), a runs folder or a runs log that cannot be written (--runs-dir a file, runs.jsonl a folder,
---records a file or read-only), and for --cmd a --seed-env the environment already has or the launch sets.
-
-Any other trainer (modded-nanogpt's train_gpt.py, say) runs through --cmd:
-
     python -m harness.run --cmd "torchrun --standalone --nproc_per_node=8 train_gpt.py" [--cwd DIR]
                           [--track modded-nanogpt] [--seeds N] [--seed-env SEED] [--logfile auto|stdout|PATH]
                           [--target X] [--timeout SEC] ...
 
-The command runs as given (in --cwd), once per seed, with the seed in the environment variable
---seed-env (SEED; the trainer may read it or not, the row records both the seed and the variable's
-name), its stdout driving the same progress bar. When it ends the run is recorded as harness.ingest
-records a log (harness/ingest.py): the log is the trainer's own log file where it writes one and it
-is provably this run's, since runs may share a --cwd (--logfile auto: a *.txt/*.log path it printed,
-modded-nanogpt's `logs/<id>.txt`, else the one logs/*.txt under --cwd written during the run that holds
-every step line the run printed; a path; or stdout), else its stdout (with a warning saying why), kept as
-train.log; code/ is the source the log starts with, else the script the command names (read at
-launch). Status: timeout / interrupted as above, diverged for a NaN val loss, crashed for a non-zero
-exit, else ok when the log reaches its planned last step and incomplete when it does not.
+Each run gets runs/<run_id>/ (the trainer writes events.jsonl, train.log and code/ there; the harness
+adds console.log, everything the process printed) and, however it ends, one row in records/runs.jsonl.
+records/README.md states its statuses, what a stop signal does (the trainer runs in its own process group,
+which the harness stops) and what is refused before the first run starts ("What the harness guarantees").
+The trainer runs under `torchrun --standalone --nproc_per_node=K` when K > 1 or CUDA is available, plain
+`python` otherwise. Exit status: 0 when every run is ok, 2 for a refusal (nothing launched), 128 + its
+number on a stop signal (130, 143, 129), else 1.
+
+--cmd runs any other trainer's command as given (in --cwd), once per seed, with the seed in the environment
+variable --seed-env, its stdout driving the same progress bar; the run is recorded as harness.ingest records
+a log, from the trainer's own log where it is provably this run's (trainer_log), else from its stdout, and
+its status is cmd_status's.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import math
@@ -62,7 +47,7 @@ from tqdm import tqdm
 
 from harness.hardware import git_state
 from harness.ingest import default_target, parse_log_bytes, write_run_files
-from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
+from harness.logs import DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
 from harness.overrides import ConfigError, normalize_argv
 from harness.records import RECORDS_DIR, RecordsError, append_run, check_appendable, name_problem, os_error_line
 from harness.runrow import RUNS_DIR, new_run_id, run_row
@@ -78,19 +63,15 @@ SEED_ENV = "SEED"  # --cmd: the environment variable that carries the seed to th
 CONFIG_CHECK_S = 300  # the most a trainer's --print_config may take (it imports torch)
 
 
-def use_torchrun(nproc: int) -> bool:
-    if nproc > 1:
-        return True
-    import torch  # only here: importing torch costs a second or two
-
-    return torch.cuda.is_available()
-
-
 def trainer_command(script, track: str, seed: int, run_dir, overrides: Sequence[str], nproc: int) -> list[str]:
+    """Our trainer's command line: under torchrun for more than one process or where CUDA is, else plain python."""
     args = [str(script), f"--track={track}", f"--seed={seed}", f"--run_dir={run_dir}", *overrides]
-    if use_torchrun(nproc):
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    return [sys.executable, *args]
+    if nproc == 1:
+        import torch  # only here: importing torch costs a second or two
+
+        if not torch.cuda.is_available():
+            return [sys.executable, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
 
 
 def trainer_env() -> dict:
@@ -249,13 +230,18 @@ def _raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
-def raise_on_stop_signals() -> dict:
-    """Between runs, every stop signal raises Interrupted, as Ctrl-C raises KeyboardInterrupt. Returns the
-    previous handlers, for restore_handlers ({} off the main thread, which signals do not reach)."""
+def on_stop_signals(handler) -> dict:
+    """Install `handler` for every stop signal; return the previous handlers, for restore_handlers ({} off the
+    main thread, which signals do not reach)."""
     try:
-        return {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
+        return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     except ValueError:
         return {}
+
+
+def raise_on_stop_signals() -> dict:
+    """Between runs, every stop signal raises Interrupted, as Ctrl-C raises KeyboardInterrupt."""
+    return on_stop_signals(_raise_interrupted)
 
 
 def interrupted_exit(exc: KeyboardInterrupt) -> int:
@@ -280,10 +266,7 @@ class _StopFlag:
         self.signum = signum
 
     def install(self) -> None:
-        try:
-            self.previous = {sig: signal.signal(sig, self._note) for sig in STOP_SIGNALS}
-        except ValueError:  # not the main thread, which signals do not reach
-            self.previous = {}
+        self.previous = on_stop_signals(self._note)
 
     def uninstall(self) -> None:
         restore_handlers(self.previous)
@@ -339,27 +322,14 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_p
     command is stopped; the stop signals are only noted (ended.stop) until the caller has recorded the run.
     Any other failure of the harness stops the command and is raised.
     """
-    console = open(console_path, "w", encoding="utf-8")
-    progress = ProgressBar(label)
-    start = time.monotonic()
     # A stop signal only sets a flag, which _stream turns into Interrupted between two lines: raised wherever
     # the signal lands, it could leave the line queue's lock held (inside queue.get), and the harness would
     # then hang for good when it drains the queue. The flag is up before the trainer starts, so that a signal
     # landing just after Popen still stops it.
     ended = _Ended(status=None, returncode=None, wall_s=0.0, stop=_StopFlag())
     ended.stop.install()
-    # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the whole group.
-    # So from here on every way out of this function must stop the trainer, or it keeps running unseen.
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT if stdout_lines is None else subprocess.PIPE,
-                                text=True, errors="replace", bufsize=1, env=env, cwd=cwd, start_new_session=True)
-    except BaseException:
-        ended.stop.uninstall()
-        console.close()
-        progress.close()
-        raise
     lines: queue.Queue[str | None] = queue.Queue()
+    proc = None
 
     def copy(stream, keep: list[str] | None):
         for text in stream:
@@ -377,32 +347,31 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_p
             errors.join()
         lines.put(None)
 
-    reader = threading.Thread(target=pump, daemon=True)
     try:
-        reader.start()
-        ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id, echo=echo,
-                               stop=ended.stop)
-    except Interrupted:
-        ended.status = "interrupted"
-        _stop(proc)
+        with open(console_path, "w", encoding="utf-8") as console, contextlib.closing(ProgressBar(label)) as progress:
+            start = time.monotonic()
+            # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the
+            # whole group. So every way out of this function must stop the trainer, or it keeps running unseen.
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT if stdout_lines is None else subprocess.PIPE,
+                                    text=True, errors="replace", bufsize=1, env=env, cwd=cwd, start_new_session=True)
+            reader = threading.Thread(target=pump, daemon=True)
+            reader.start()
+            try:
+                ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id,
+                                       echo=echo, stop=ended.stop)
+            except Interrupted:
+                ended.status = "interrupted"
+                _stop(proc)
+            reader.join(timeout=STOP_GRACE_S)  # the rest of what the trainer printed before it went
+            while not lines.empty():
+                if (text := lines.get_nowait()) is not None:
+                    console.write(text)
     except BaseException:  # the harness itself failed (disk full, a bug): stop the trainer, then report it
         ended.stop.uninstall()
-        _stop(proc)
-        console.close()
-        progress.close()
+        if proc is not None and proc.returncode is None:  # not yet waited on: still running
+            _stop(proc)
         raise
-    try:
-        reader.join(timeout=STOP_GRACE_S)  # the rest of what the trainer printed before it went
-        while not lines.empty():
-            text = lines.get_nowait()
-            if text is not None:
-                console.write(text)
-    except BaseException:
-        ended.stop.uninstall()
-        raise
-    finally:
-        console.close()
-        progress.close()
     ended.returncode, ended.wall_s = proc.returncode, time.monotonic() - start
     return ended
 
@@ -699,10 +668,10 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def render_leaderboard(records_dir: Path) -> None:
-    from harness.leaderboard import default_out, render
+    from harness.leaderboard import render
 
     try:
-        out = render(records_dir, default_out(records_dir))
+        out = render(records_dir)  # leaderboard.md next to the records folder
     except (OSError, ValueError) as exc:  # the runs are already recorded: warn, don't lose the exit status
         print(f"warning: leaderboard not re-rendered: {exc}", file=sys.stderr)
         return
@@ -811,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="--cmd: the trainer's own log to record (default auto: one it names on stdout, else the "
                      "logs/*.txt it wrote that holds the step lines it printed; stdout: what it printed)")
     cmd.add_argument("--target", type=float, default=None,
-                     help="--cmd: target val loss (default: the track's, else 3.28)")
+                     help=f"--cmd: target val loss (default: the track's, else {DEFAULT_TARGET})")
     args = parser.parse_args(ours)
     if args.cmd is None:
         given = [opt for opt, changed in (("--cwd", args.cwd is not None), ("--seed-env", args.seed_env != SEED_ENV),
