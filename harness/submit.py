@@ -1,30 +1,12 @@
 """Submit a record: check a set of runs against the record rule from their own logs, then write its folder.
 
-    python -m harness.submit --name NAME --description TEXT [--records records] [--exclude RUN_ID --reason TEXT]... RUN_ID...
+    python -m harness.submit --name NAME --description TEXT [--records records]
+                             [--exclude RUN_ID --reason TEXT]... RUN_ID...
 
-Every figure is recomputed from each run's events.jsonl (found through its row in
-records/runs.jsonl), never taken from the runs log's summary. The rule (records/README.md):
-
-  1. at least 2 runs, distinct run ids and seeds; every run finished with status "ok" and ran its whole
-     schedule (a run stopped at the target, --stop_at_target, is optional stopping: refused). Runs read
-     from logs name no seed: they are told apart by their logs (two whose train.logs have the same
-     step lines are one run taken in twice, refused: harness.logs.log_identity); every run's train.log must agree with its events and, for a run
-     taken in from a log, start with its code (harness.verify.check_against_log); a log without its
-     source code is no record;
-  2. one track, one code hash (each snapshot's recomputed hash equals its CODE_HASH and the hash in
-     its events), one resolved config apart from the seed, one hardware, one target val loss (the
-     same as the track's current record's);
-  3. mean final val loss below the target: one-sided one-sample t-test, p < stats.ALPHA (0.01);
-  4. every run counts (MLPerf's rule against cherry-picking): a finished ("ok") run in the runs log of the same
-     track, code hash and config (apart from the seed) that the set leaves out is refused, named, unless it is
-     excluded with --exclude RUN_ID --reason TEXT (the reasons go into README.md and record.json);
-  5. faster than the track's current record: lower mean time, one-sided Welch test p < stats.ALPHA (the
-     first record on a track has nothing to beat). A run's time is its train time at its final
-     validation, whether or not that run ended below the target: the speedrun community's
-     convention, in which the loss rule over the set, not each run, certifies the target.
-
-On success it writes records/<YYYY-MM-DD>_<NAME>/ (the day the last run was made: record_date; code/, runs/<run_id>/{events.jsonl,train.log},
-statistics.md, README.md, record.json) through a temporary folder and a rename, then re-renders the
+The rule is records/README.md's ("The record rule"; a run's time as "How a run counts" says), checked by
+`check` and `check_every_run` from each run's own events.jsonl and train.log, found through its row in
+records/runs.jsonl, never from the runs log's summary. On success it writes records/<YYYY-MM-DD>_<NAME>/ (the
+day the last run was made: record_date) through a temporary folder and a rename, then re-renders the
 leaderboard. Otherwise it prints the failing condition in one line and exits 1.
 """
 from __future__ import annotations
@@ -53,7 +35,6 @@ from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.verify import check_against_log, render_statistics, statistics
 
 
-
 class Refused(Exception):
     """A submission that breaks the rule; the message is the one failing condition."""
 
@@ -66,11 +47,6 @@ def check_name(name: str, records_dir: Path) -> None:
                    if p.is_dir() and p.name.split("_", 1)[1] == name)
     if taken:
         raise Refused(f"record name {name!r} is taken by records/{taken[0]}; records are never overwritten")
-
-
-def excluded_lines(record: dict) -> list[str]:
-    """README lines naming each finished run of the same track, code and config left out, with its reason."""
-    return [f"- excluded: run {x['run_id']}: {x['reason']}" for x in record.get("excluded") or []]
 
 
 def render_readme(record: dict, overrides: list[str]) -> str:
@@ -97,7 +73,7 @@ def render_readme(record: dict, overrides: list[str]) -> str:
         else "- the first record on this track",
         f"- hardware: {record['hardware']}; versions: {versions}",
         f"- git commit: {record.get('git_commit')}; code hash: {record['code_hash']}",
-        *excluded_lines(record), "",
+        *(f"- excluded: run {x['run_id']}: {x['reason']}" for x in record.get("excluded") or []), "",
         "Reproduce (at that commit, on that hardware):", "", f"    {command}", "",
         f"Check: `python -m harness.verify records/{record['folder']}`; every number is in statistics.md.",
     ]
@@ -280,10 +256,6 @@ def build_record(name: str, description: str, rows: list[dict], logs: list[RunLo
     }
 
 
-def record_json(record: dict) -> str:
-    return json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n"
-
-
 def write_record(record: dict, logs: list[RunLog], overrides: list[str], records_dir: Path) -> Path:
     """Write the record folder through a hidden temporary folder and one rename.
 
@@ -303,7 +275,7 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
                     shutil.copy2(Path(log.source) / fname, dest / fname)
         (tmp / "statistics.md").write_text(render_statistics(record))
         (tmp / "README.md").write_text(render_readme(record, overrides))
-        (tmp / RECORD_FILE).write_text(record_json(record))
+        (tmp / RECORD_FILE).write_text(json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n")
         fsync_tree(tmp)
         os.rename(tmp, final)  # fails rather than replace an existing (non-empty) folder
     except BaseException:
