@@ -33,8 +33,7 @@ from harness import stats
 from harness.cli import run_cli
 from harness.logs import LogError, RunLog, embedded_code, load_run, parse_step_line, printed_tolerance, record_runs
 from harness.records import RECORD_FILE, RecordsError, os_error_line, read_record
-from harness.runlog import finite_or_none
-from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, read_regular
+from harness.runlog import EVENTS_FILE, TRAIN_LOG_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, embedded_code_hash, snapshot_hash
 from harness.stats import fmt
 
@@ -261,10 +260,9 @@ def verify(folder: str | Path) -> list[str]:
         recomputed = snapshot_hash(snapshot)
         hash_file = snapshot / HASH_FILE
         stated = read_regular(hash_file).decode(errors="replace").strip() if hash_file.exists() else None
-    except FileNotFoundError as exc:  # snapshot_hash's message names the folder
-        return problems + [f"{snapshot}: {exc}" if exc.filename is None else os_error_line(exc)]
-    except OSError as exc:
-        return problems + [os_error_line(exc)]
+    except OSError as exc:  # snapshot_hash's FileNotFoundError names no file: its message names the folder
+        return [f"{snapshot}: {exc}" if isinstance(exc, FileNotFoundError) and exc.filename is None
+                else os_error_line(exc)]
     if stated != recomputed:
         problems.append(f"{snapshot / HASH_FILE}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
     if record.get("code_hash") != recomputed:
@@ -283,11 +281,8 @@ def verify(folder: str | Path) -> list[str]:
             continue
         try:
             log = load_run(run_dir)
-        except LogError as exc:
-            problems.append(str(exc))
-            continue
-        except OSError as exc:
-            problems.append(os_error_line(exc))
+        except (LogError, OSError) as exc:
+            problems.append(os_error_line(exc) if isinstance(exc, OSError) else str(exc))
             continue
         if log.code_hash != recomputed:
             problems.append(f"{run_dir / 'events.jsonl'}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
