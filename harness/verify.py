@@ -5,10 +5,7 @@
   - the code hash recomputed from code/ equals code/CODE_HASH and record.json's code_hash;
   - every run's events.jsonl (runs/<run_id>/) names that code hash, and the runs in runs/ are the
     runs in record.json;
-  - every run's train.log agrees with its events.jsonl (check_against_log): for a run
-    taken in from a log, its sha256 is the one recorded and the source code at its top hashes to the
-    code hash (re-extracted from the log itself); for every run, each validation line (step, val_loss
-    to its printed digits, train_time to the ms) is its val event;
+  - every run's train.log agrees with its events.jsonl (check_against_log says in what);
   - the statistics recomputed from those logs (and the previous record's, for the speedup) equal
     record.json's, figure by figure (relative tolerance 1e-9: JSON keeps full precision), and
     statistics.md is exactly what record.json's figures render to (render_statistics).
