@@ -30,19 +30,17 @@ import datetime as dt
 import hashlib
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from harness.cli import finite_float, not_a_folder, run_cli
-from harness.files import clean_stale_temps, temp_path
+from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
                           parse_step_line, parse_text)
-from harness.records import (RECORDS_DIR, append_run, fsync_path, fsync_tree, load_records, name_problem,
-                             os_error_line, runs_lock)
+from harness.records import RECORDS_DIR, append_run, load_records, name_problem, os_error_line, runs_lock
 from harness.runlog import TRAIN_LOG_FILE, EventLog, read_regular
 from harness.runrow import RUNS_DIR, new_run_id, run_row
 from harness.tracks import track_target
@@ -338,17 +336,10 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
         target = ours.get("target_val_loss") if ours.get("target_val_loss") is not None else default_target(track)
     run_id = new_run_id(track, re.sub(r"[^A-Za-z0-9]+", "", path.stem)[:8] or "log")
     runs_dir.mkdir(parents=True, exist_ok=True)
-    final = runs_dir / run_id
-    tmp = temp_path(final)
-    source = str(path.resolve())
-    try:
+    final, source = runs_dir / run_id, str(path.resolve())
+    with atomic_folder(final) as tmp:  # write_run_files fsyncs what it writes
         write_run_files(tmp, parsed, track=track, target=target, seed=ours.get("seed"), status=parsed.log.status,
                         meta={"origin": ORIGIN, "source": source})
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_path(runs_dir)
     row = run_row(final, run_id=run_id, name=name, track=track, seed=ours.get("seed"), status=parsed.log.status,
                   nproc=parsed.facts.world_size, origin=ORIGIN, source=source, log_sha256=parsed.sha256)
     append_run(row, records_dir)

@@ -114,24 +114,6 @@ def os_error_line(exc: OSError) -> str:
     return " ".join(str(exc).split())
 
 
-def fsync_path(path: str | os.PathLike) -> None:
-    """Flush a file's data, or a folder's entries, to disk (a folder is opened read-only for this)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(folder: str | os.PathLike) -> None:
-    """fsync every file under `folder`, then each folder after the files it lists, `folder` last: before a
-    rename publishes it, so that a crash leaves no folder with empty files."""
-    for parent, _, files in os.walk(folder, topdown=False):
-        for fname in files:
-            fsync_path(Path(parent) / fname)
-        fsync_path(Path(parent))
-
-
 def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     return Path(records_dir) / RUNS_FILE
 

@@ -24,11 +24,11 @@ from typing import Sequence
 
 from harness import stats
 from harness.cli import not_a_folder, run_cli
-from harness.files import clean_stale_temps, temp_path
+from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
-                             fsync_path, fsync_tree, latest_rows, list_records, name_problem, os_error_line,
+                             latest_rows, list_records, name_problem, os_error_line,
                              row_run_dir, runs_lock)
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
@@ -257,15 +257,9 @@ def build_record(name: str, description: str, rows: list[dict], logs: list[RunLo
 
 
 def write_record(record: dict, logs: list[RunLog], overrides: list[str], records_dir: Path) -> Path:
-    """Write the record folder through a hidden temporary folder and one rename.
-
-    Every file and folder in it is fsynced before the rename, and records/ after it, so that a
-    crash leaves either no record folder or a whole one, never one with empty files.
-    """
-    final = records_dir / record["folder"]
+    """Write the record folder whole (harness.files.atomic_folder), every file in it fsynced before the rename."""
     clean_stale_temps(records_dir)  # what a killed submit left behind
-    tmp = temp_path(final)
-    try:
+    with atomic_folder(records_dir / record["folder"]) as tmp:
         shutil.copytree(Path(logs[0].source) / SNAPSHOT_DIR, tmp / SNAPSHOT_DIR)
         for log in logs:
             dest = tmp / "runs" / log.run_id
@@ -277,12 +271,7 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
         (tmp / "README.md").write_text(render_readme(record, overrides))
         (tmp / RECORD_FILE).write_text(json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n")
         fsync_tree(tmp)
-        os.rename(tmp, final)  # fails rather than replace an existing (non-empty) folder
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_path(records_dir)  # the rename itself
-    return final
+    return records_dir / record["folder"]
 
 
 def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str | os.PathLike = RECORDS_DIR,
