@@ -322,10 +322,9 @@ def _read_record(path: Path) -> tuple[dict | None, str | None]:
         return None, f"not valid JSON ({exc})"
     if key := nonfinite_key(record):  # Python reads NaN and Infinity; JSON has neither, and submit writes null
         return None, f"{key} is NaN or Infinity, not a JSON number"
-    record = _schema_2_names(record)
-    problem = record_problem(record)
-    if problem:
+    if problem := record_problem(record):
         return None, problem
+    record = _schema_2_names(record)
     record["folder"] = path.parent.name
     return record, None
 
