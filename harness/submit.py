@@ -191,30 +191,13 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
     return target, previous, previous_logs
 
 
-def left_out_runs(logs: list[RunLog], run_ids: Sequence[str], records_dir: Path) -> list[str]:
-    """The finished ("ok") runs of the runs log that share the set's track, code hash and config (apart from
-    CONFIG_KEYS_FREE) but are not in it. A run whose run directory cannot be read counts: its config is unknown.
-    A hidden run counts too (hiding a row is no way around this rule): it is excluded by --exclude, with a reason."""
-    first, given = logs[0], set(run_ids)
-    out = []
-    for row in latest_rows(records_dir, hidden=True):
-        if (row["run_id"] in given or row["status"] != "ok" or row["track"] != first.track
-                or row["code_hash"] != first.code_hash):
-            continue
-        try:
-            log = load_run(row_run_dir(row))
-        except (LogError, RecordsError, OSError):
-            out.append(row["run_id"])
-            continue
-        if not config_diff(first.config or {}, log.config or {}):
-            out.append(row["run_id"])
-    return out
-
-
 def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[str, str], records_dir: Path) -> None:
-    """Every finished run of the set's track, code and config is in the set or excluded with a reason. Raises
-    Refused naming the runs left out, or an exclusion that names no such run."""
-    known = {row["run_id"] for row in latest_rows(records_dir, hidden=True)}
+    """Every finished ("ok") run of the runs log that shares the set's track, code hash and config (apart from
+    CONFIG_KEYS_FREE) is in the set or excluded with a reason. A run whose run directory cannot be read counts: its
+    config is unknown. A hidden run counts too (hiding a row is no way around this rule). Raises Refused naming the
+    runs left out, or an exclusion that names no such run."""
+    rows = latest_rows(records_dir, hidden=True)
+    known = {row["run_id"] for row in rows}
     for run_id, reason in excluded.items():
         if run_id in run_ids:
             raise Refused(f"--exclude {run_id}: that run is in the set")
@@ -222,7 +205,17 @@ def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[s
             raise Refused(f"--exclude {run_id}: no run with that id in {records_dir / 'runs.jsonl'}")
         if not reason.strip():
             raise Refused(f"--exclude {run_id}: the reason is empty")
-    missing = [run_id for run_id in left_out_runs(logs, run_ids, records_dir) if run_id not in excluded]
+    first, missing = logs[0], []
+    for row in rows:
+        if (row["run_id"] in run_ids or row["run_id"] in excluded or row["status"] != "ok"
+                or row["track"] != first.track or row["code_hash"] != first.code_hash):
+            continue
+        try:
+            log = load_run(row_run_dir(row))
+        except (LogError, RecordsError, OSError):
+            log = None
+        if log is None or not config_diff(first.config or {}, log.config or {}):
+            missing.append(row["run_id"])
     if missing:
         raise Refused(f"every finished run counts: {', '.join(missing)} ran the same track, code and config but "
                       "{} left out; add {} to the set, or give --exclude RUN_ID --reason TEXT for each".format(
