@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -35,26 +34,14 @@ DATA_DIR = REPO_ROOT / "data"
 # Inspect
 
 
-@dataclass
-class ShardReport:
-    path: Path
-    tokens: int | None
-    documents: int | None
-    error: str | None
-
-    def line(self) -> str:
-        if self.error:
-            return f"INVALID  {self.error}"
-        return f"ok       {self.path}: {self.tokens:,} tokens, {self.documents:,} documents"
-
-
-def inspect_shard(path: str | os.PathLike) -> ShardReport:
+def inspect_shard(path: str | os.PathLike) -> tuple[bool, str]:
+    """(whether the shard is valid, the line `inspect` prints for it)."""
     try:
         tokens = read_shard(path)
         check_token_ids(path, tokens, GPT2_VOCAB_SIZE)
-        return ShardReport(Path(path), len(tokens), int(np.count_nonzero(tokens == BOS_ID)), None)
     except DataError as exc:
-        return ShardReport(Path(path), None, None, str(exc))
+        return False, f"INVALID  {exc}"
+    return True, f"ok       {Path(path)}: {len(tokens):,} tokens, {np.count_nonzero(tokens == BOS_ID):,} documents"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,9 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{len(paths)} FineWeb shards ready in {args.dir}")
         else:
             reports = [inspect_shard(f) for f in args.files]
-            for r in reports:
-                print(r.line())
-            return 1 if any(r.error for r in reports) else 0
+            for _, line in reports:
+                print(line)
+            return 0 if all(ok for ok, _ in reports) else 1
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

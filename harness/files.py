@@ -1,5 +1,5 @@
-"""Files written whole: a temporary name beside the target, then one rename; and the temporaries a killed
-writer leaves behind, cleaned by the next writer.
+"""Files and folders written whole: a temporary name beside the target, then one rename; and the temporaries a
+killed writer leaves behind, cleaned by the next writer.
 
 A temporary is named `.<target name>.tmp-<pid>-<8 hex>`: hidden (record and run listings skip dot
 names), and it says which process made it. A `.<name>.tmp-<pid>` folder (no hex part), as an
@@ -56,6 +56,40 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_file(path) as f:
         f.write(data)
     return Path(path)
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries, to disk (a folder is opened read-only for this)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file under `folder`, then each folder after the files it lists, `folder` last: before a
+    rename publishes it, so that a crash leaves no folder with empty files."""
+    for parent, _, files in os.walk(folder, topdown=False):
+        for fname in files:
+            fsync_path(Path(parent) / fname)
+        fsync_path(Path(parent))
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder name beside `path` for the caller to fill and fsync (fsync_tree); on a clean exit it is
+    renamed to `path` (which fails rather than replace a folder that is there and not empty) and the parent folder
+    is fsynced, so that `path` is whole or absent. On an error the temporary is removed."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_path(path.parent)
 
 
 def _running(pid: int) -> bool:

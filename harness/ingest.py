@@ -6,34 +6,21 @@
 A log is modded-nanogpt's (the script's own source, a line of 100 '=', the "Running Python / PyTorch
 / Triton" lines and the nvidia-smi table, another '=' line, then `step:N/M ...` lines) or our
 trainer's train.log; a folder stands for its *.txt and *.log files. Each log becomes runs/<run_id>/:
+train.log (the log, byte for byte), events.jsonl (harness/runlog.py's events, read from the log as its
+docstring says for a run taken in) and code/ (the source code the log starts with, as EMBEDDED_CODE:
+harness/snapshot.py). The folder is written under a temporary name and renamed into place, and only then
+does its row go to records/runs.jsonl. A log with no source code at its top goes in without code/ (code
+hash null), and harness.submit refuses it as a record.
 
-  train.log     the log, byte for byte
-  events.jsonl  harness/runlog.py's events, read from the log: config (track, target, planned steps,
-                seed: null, a text log names none), meta (the code hash; GPU model and count from the
-                nvidia-smi table, whose GPU rows are every GPU of the machine, the count the run's
-                processes on a full node; the versions from the log's own lines; origin "ingested", the
-                log's sha256 and the file it came from; started, the date and time of nvidia-smi's clock
-                line, which dates a record of these runs), a step or val event per step line, and the result:
-                status ok, or incomplete for a log cut off before its planned last step, or diverged
-                for one whose val loss is NaN
-  code/         the source code the log starts with, as code/embedded_code.txt, and its CODE_HASH: the
-                run's code hash is the hash of the code that produced it (harness/snapshot.py)
+A log of a run already in the runs log (the same step lines, harness.logs.log_identity) is reported, naming
+both files, and not added again; a file that is not a speedrun log (no validation line, or step lines with
+neither header: a console transcript, layout_problem) gets one line naming it and what it holds, and the
+others still go in. Each new run id is printed on stdout, one per line; everything else goes to stderr. Exit
+status: 1 if some input could not be taken in, else 0.
 
-The folder is written under a temporary name and renamed into place, and only then does its row go
-to records/runs.jsonl (the row also names the origin, the source file and the log's sha256). A log
-with no source code at its top goes in without code/ (code hash null, meta.embedded_code false), and
-harness.submit refuses it as a record. A log of a run already in the runs log (the same step lines,
-harness.logs.log_identity: a copy with another trailing newline is the same run) is reported, naming
-both files, and not added again; a file that is not a speedrun log (no validation line, or step lines with neither
-header: a console transcript, layout_problem) gets one line naming it and what it holds, and the others still go
-in. Each new run id is printed on stdout, one per line; everything else goes to stderr. Exit status:
-1 if some input could not be taken in, else 0.
-
-The target is --target, else the one a log of ours states, else the track's (harness/tracks.py),
-else the FineWeb speedrun's 3.28. harness.run --cmd records a foreign trainer's log through the same
-functions (parse_log_bytes, write_run_files), and harness.submit and harness.verify re-check every
-run's train.log against the rest of its directory (harness.verify.check_against_log): the code at its
-top against the code hash, each validation line against its val event.
+The target is --target, else the one a log of ours states, else the track's (harness/tracks.py), else the
+FineWeb speedrun's 3.28. harness.run --cmd records a foreign trainer's log through the same functions
+(parse_log_bytes, write_run_files).
 """
 from __future__ import annotations
 
@@ -43,19 +30,17 @@ import datetime as dt
 import hashlib
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from harness.cli import finite_float, not_a_folder, run_cli
-from harness.files import clean_stale_temps, temp_path
+from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
                           parse_step_line, parse_text)
-from harness.records import (RECORDS_DIR, append_run, fsync_path, fsync_tree, load_records, name_problem,
-                             os_error_line, runs_lock)
+from harness.records import RECORDS_DIR, append_run, load_records, name_problem, os_error_line, runs_lock
 from harness.runlog import TRAIN_LOG_FILE, EventLog, read_regular
 from harness.runrow import RUNS_DIR, new_run_id, run_row
 from harness.tracks import track_target
@@ -77,12 +62,6 @@ _OUR_DICT_LINES = ("config", "versions", "hardware", "git")  # train_gpt.py's "k
 
 class IngestError(ValueError):
     """An input that cannot be taken in; the message is one line naming it."""
-
-
-def check_name(kind: str, name: str) -> None:
-    """Raise IngestError where records.name_problem finds one."""
-    if problem := name_problem(kind, name):
-        raise IngestError(problem)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,19 +192,17 @@ def parse_log_bytes(data: bytes, source: str) -> Parsed:
 def result_fields(parsed: Parsed, status: str, target: float, stop_at_target: bool = False) -> dict:
     """The result event of a run read from its log (runlog.py's fields; tokens and MFU are not in a text log)."""
     log = parsed.log
+    fields = {"status": status, "reached_target": False, "target_val_loss": target, "stop_at_target": stop_at_target,
+              "time_to_target_ms": None, "steps": None, "tokens": None, "final_val_loss": None, "train_time_ms": None,
+              "peak_memory_mb": parsed.facts.peak_memory_mb, "tokens_per_s": None, "mfu": None,
+              "error": "the log has no validation line"}
     if log is None:
-        return {"status": status, "reached_target": False, "target_val_loss": target, "stop_at_target": stop_at_target,
-                "time_to_target_ms": None, "steps": None, "tokens": None, "final_val_loss": None, "train_time_ms": None,
-                "peak_memory_mb": parsed.facts.peak_memory_mb, "tokens_per_s": None, "mfu": None,
-                "error": "the log has no validation line"}
+        return fields
     ttt = log.time_to_target(target)
-    error = {"diverged": log.divergence,
-             "incomplete": f"the log ends at step {log.last_step} of {log.total_steps}"}.get(status)
-    return {"status": status, "reached_target": ttt is not None, "target_val_loss": target,
-            "stop_at_target": stop_at_target, "time_to_target_ms": ttt, "steps": log.last_step, "tokens": None,
-            "final_val_loss": log.final_val_loss, "train_time_ms": log.train_time_ms,
-            "peak_memory_mb": parsed.facts.peak_memory_mb, "tokens_per_s": log.tokens_per_s, "mfu": None,
-            "error": error}
+    return {**fields, "reached_target": ttt is not None, "time_to_target_ms": ttt, "steps": log.last_step,
+            "final_val_loss": log.final_val_loss, "train_time_ms": log.train_time_ms, "tokens_per_s": log.tokens_per_s,
+            "error": {"diverged": log.divergence,
+                      "incomplete": f"the log ends at step {log.last_step} of {log.total_steps}"}.get(status)}
 
 
 def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, seed: int | None, status: str,
@@ -359,17 +336,10 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
         target = ours.get("target_val_loss") if ours.get("target_val_loss") is not None else default_target(track)
     run_id = new_run_id(track, re.sub(r"[^A-Za-z0-9]+", "", path.stem)[:8] or "log")
     runs_dir.mkdir(parents=True, exist_ok=True)
-    final = runs_dir / run_id
-    tmp = temp_path(final)
-    source = str(path.resolve())
-    try:
+    final, source = runs_dir / run_id, str(path.resolve())
+    with atomic_folder(final) as tmp:  # write_run_files fsyncs what it writes
         write_run_files(tmp, parsed, track=track, target=target, seed=ours.get("seed"), status=parsed.log.status,
                         meta={"origin": ORIGIN, "source": source})
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_path(runs_dir)
     row = run_row(final, run_id=run_id, name=name, track=track, seed=ours.get("seed"), status=parsed.log.status,
                   nproc=parsed.facts.world_size, origin=ORIGIN, source=source, log_sha256=parsed.sha256)
     append_run(row, records_dir)
@@ -381,7 +351,8 @@ def ingest(inputs: Sequence[str | os.PathLike], *, track: str, name: str, target
            runs_dir: str | os.PathLike | None = None, records_dir: str | os.PathLike = RECORDS_DIR,
            ) -> tuple[list[dict], list[str]]:
     """Ingest every log of `inputs`: (the new rows, one line per input that could not be taken in)."""
-    check_name("track", track)
+    if problem := name_problem("track", track):
+        raise IngestError(problem)
     runs_dir = Path(runs_dir or RUNS_DIR).resolve()
     records_dir = Path(records_dir)
     files, problems = log_files(inputs)
@@ -416,16 +387,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run directories go (default runs/)")
     parser.add_argument("inputs", nargs="+", metavar="LOG_OR_DIR", help="log files, or folders of *.txt / *.log")
     args = parser.parse_args(argv)
-    for problem in (not_a_folder("--records", args.records), not_a_folder("--runs-dir", args.runs_dir)):
+    for problem in (not_a_folder("--records", args.records), not_a_folder("--runs-dir", args.runs_dir),
+                    name_problem("track", args.track), name_problem("--name", args.name)):
         if problem:
             parser.error(problem)
     try:
-        check_name("track", args.track)
-        check_name("--name", args.name)
         rows, problems = ingest(args.inputs, track=args.track, name=args.name, target=args.target,
                                 runs_dir=args.runs_dir, records_dir=args.records)
-    except IngestError as exc:
-        parser.error(str(exc))
     except OSError as exc:  # the runs dir or the runs log cannot be written; what went in is recorded
         print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1

@@ -10,13 +10,10 @@ step, for example
 Our trainer prints the same lines with `tokens_per_s:T mfu:P%` appended. A step line is a line that
 *starts* with `step:N/M`; `key:value` tokens after it are read where known and ignored otherwise,
 and every other line (the source code, which mentions "step:" inside f-strings, the versions, the
-GPU table) is skipped. The source code a log starts with (modded-nanogpt prints its own file, and
-its kernels file, before a line of 100 '='; older logs put such a line before the code too) is kept
-as `RunLog.code`, and its hash (harness/snapshot.py's embedded_code_hash) as `RunLog.code_hash`: two
-logs of the same code have the same hash. Validation lines (those with `val_loss:`) make the loss curve; the last one
-gives the final loss, its train time and step: a run's time is that train time (`RunLog.train_time_ms`),
-the speedrun community's convention; the first validation at or below a target
-(`RunLog.time_to_target`) is an extra figure, never the headline. A text log is "ok" when its last
+GPU table) is skipped. The source code a log starts with (embedded_code) is kept as `RunLog.code`,
+and its hash (harness/snapshot.py's embedded_code_hash) as `RunLog.code_hash`. Validation lines (those
+with `val_loss:`) make the loss curve; the last one gives the final loss and the run's time
+(`RunLog.train_time_ms`; records/README.md, "How a run counts"). A text log is "ok" when its last
 validation is at the planned step M, or when it has our trainer's closing `result: ...` line (a run
 made with --stop_at_target ends early and says so: `RunLog.stopped_early`); otherwise it was cut
 off: "incomplete".
@@ -394,13 +391,8 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         log.seed = log.config.get("seed")
         log.target = log.config.get("target_val_loss")
         log.stop_at_target = log.config.get("stop_at_target")
-    if meta:
-        log.code_hash = meta.get("code_hash")
-        log.world_size = meta.get("world_size")
-        log.hardware, log.versions, log.git = meta.get("hardware"), meta.get("versions"), meta.get("git")
-        log.origin, log.embedded_code, log.log_sha256 = meta.get("origin"), meta.get("embedded_code"), meta.get("log_sha256")
-        log.command = meta.get("command")
-        log.started = meta.get("started")
+    for key in META_EVENT_TYPES:  # each a RunLog field of the same name
+        setattr(log, key, (meta or {}).get(key))
     previous_val: dict | None = None
     for e in events:
         try:
@@ -450,8 +442,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         log.identity = hashlib.sha256(curve.encode()).hexdigest()
     if log.total_steps is None and result:
         log.total_steps = result.get("steps")
-    vocab = (log.config or {}).get("vocab_size")
-    log.vocab_size = vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None
+    log.vocab_size = (log.config or {}).get("vocab_size")  # an integer or None: CONFIG_TYPES checked it
     log.divergence = divergence(log.val_losses, log.train_losses, log.vocab_size, finished=log.status == "ok")
     if log.divergence and log.status in ("ok", "incomplete"):  # a result that says ok may hold a diverged curve
         log.status = "diverged"

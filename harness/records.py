@@ -1,26 +1,13 @@
-"""The records/ directory: the append-only runs log and the accepted record folders.
+"""The records/ directory (records/README.md): the append-only runs log and the accepted record folders.
 
-records/runs.jsonl   one JSON object per finished (or failed) run, "schema": 1, appended by
-                     harness.run and never rewritten. Appends are safe across processes: a
-                     filelock on runs.jsonl.lock, then the whole line in one os.write() on an
-                     O_APPEND descriptor, then fsync. A damaged line is reported by line number and
-                     skipped; it never hides the others.
+records/runs.jsonl   one JSON object per finished (or failed) run, "schema": 1, its fields ROW_TYPES. Appends
+                     are safe across processes: a filelock on runs.jsonl.lock, then the whole line in one
+                     os.write() on an O_APPEND descriptor, then fsync. A damaged line is reported by line
+                     number and skipped; it never hides the others.
 records/<date>_<name>/record.json
-                     one accepted record each, written by harness.submit (see records/README.md).
-                     read_record() checks it has every key (RECORD_KEYS) that submit, the leaderboard
-                     and verify read, so a damaged one is reported in one line, never a traceback.
-
-A row's fields (ROW_FIELDS): run_id, timestamp (UTC, run end), track, name, git_commit, git_dirty,
-code_hash, hardware (GPU model and count, or CPU model), torch/triton/cuda/python versions, seed,
-overrides (trainer --key=value list), time_to_target_ms (the first validation at or below the target,
-null if none: an extra figure), steps, tokens, final_val_loss, reached_target, status (ok | diverged |
-crashed | interrupted | timeout | incomplete), run_dir; and after them target_val_loss, train_time_ms
-(the run's time: train time at its final validation), returncode, script, nproc, wall_s, stop_at_target;
-and for a run taken in from elsewhere, origin ("ingested" by harness.ingest, "cmd" by harness.run
---cmd; absent for ours), source (the log file it was read from, or "stdout"), log_sha256 (of that
-log, as it was read) and seed_env (--cmd: the environment variable that carried
-the seed). "incomplete": a log that ends before its planned last step without a crash being seen
-(a log cut off, or a trainer that exited 0 early).
+                     one accepted record each, written by harness.submit. read_record() checks it has every
+                     key (RECORD_KEYS) that submit, the leaderboard and verify read, so a damaged one is
+                     reported in one line, never a traceback.
 
 A mistaken row is hidden, never edited: `python -m harness.records hide RUN_ID --reason TEXT` appends a
 tombstone line {"schema": 1, "hides": RUN_ID, "reason": TEXT, "timestamp": ...}. The readers leave a hidden
@@ -53,26 +40,25 @@ RECORD_SCHEMA = 3  # of a record.json; 2: each run timed at its final validation
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
-ROW_FIELDS = (
-    "run_id", "timestamp", "track", "name", "git_commit", "git_dirty", "code_hash", "hardware",
-    "torch", "triton", "cuda", "python", "seed", "overrides", "time_to_target_ms", "steps", "tokens",
-    "final_val_loss", "reached_target", "status", "run_dir",
-    "target_val_loss", "train_time_ms", "returncode", "script", "nproc", "wall_s", "stop_at_target",
-    "origin", "source", "log_sha256", "seed_env",
-)
-# The JSON type of each row field, as the readers (leaderboard, submit, compare) expect it. A field of
+# A row's fields, each with its JSON type as the readers (leaderboard, submit, compare) expect it. A field of
 # another type is reported ("<file>:<line>: <field> is ..."), and read as missing; the row stays.
+# train_time_ms is the run's time (records/README.md, "How a run counts"); time_to_target_ms the extra figure.
+# status: ok | diverged | crashed | interrupted | timeout | incomplete (a log that ends before its planned last
+# step without a crash being seen) | harness_error. origin: "ingested" (harness.ingest), "cmd" (harness.run
+# --cmd), absent for ours; source: the log file a foreign run was read from, or "stdout"; log_sha256: of that
+# log; seed_env: the variable that carried a --cmd run's seed.
 ROW_TYPES = {
-    "timestamp": "string|null", "track": "string|null", "name": "string|null", "git_commit": "string|null",
-    "git_dirty": "boolean|null", "code_hash": "string|null", "hardware": "string|null", "torch": "string|null",
-    "triton": "string|null", "cuda": "string|null", "python": "string|null", "seed": "integer|null",
-    "overrides": "array|null", "time_to_target_ms": "number|null", "steps": "integer|null", "tokens": "integer|null",
-    "final_val_loss": "number|null", "reached_target": "boolean|null", "status": "string|null",
-    "run_dir": "string|null", "target_val_loss": "number|null", "train_time_ms": "number|null",
-    "returncode": "integer|null", "script": "string|null", "nproc": "integer|null", "wall_s": "number|null",
-    "stop_at_target": "boolean|integer|null", "origin": "string|null", "source": "string|null", "log_sha256": "string|null",
-    "seed_env": "string|null",
+    "run_id": "string", "timestamp": "string|null", "track": "string|null", "name": "string|null",
+    "git_commit": "string|null", "git_dirty": "boolean|null", "code_hash": "string|null", "hardware": "string|null",
+    "torch": "string|null", "triton": "string|null", "cuda": "string|null", "python": "string|null",
+    "seed": "integer|null", "overrides": "array|null", "time_to_target_ms": "number|null", "steps": "integer|null",
+    "tokens": "integer|null", "final_val_loss": "number|null", "reached_target": "boolean|null",
+    "status": "string|null", "run_dir": "string|null", "target_val_loss": "number|null",
+    "train_time_ms": "number|null", "returncode": "integer|null", "script": "string|null", "nproc": "integer|null",
+    "wall_s": "number|null", "stop_at_target": "boolean|integer|null", "origin": "string|null",
+    "source": "string|null", "log_sha256": "string|null", "seed_env": "string|null",
 }
+ROW_FIELDS = tuple(ROW_TYPES)
 
 
 # What harness.submit, harness.leaderboard and harness.verify read from a record.json: each key
@@ -126,24 +112,6 @@ def os_error_line(exc: OSError) -> str:
     if exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
     return " ".join(str(exc).split())
-
-
-def fsync_path(path: str | os.PathLike) -> None:
-    """Flush a file's data, or a folder's entries, to disk (a folder is opened read-only for this)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_tree(folder: str | os.PathLike) -> None:
-    """fsync every file under `folder`, then each folder after the files it lists, `folder` last: before a
-    rename publishes it, so that a crash leaves no folder with empty files."""
-    for parent, _, files in os.walk(folder, topdown=False):
-        for fname in files:
-            fsync_path(Path(parent) / fname)
-        fsync_path(Path(parent))
 
 
 def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
@@ -254,8 +222,7 @@ def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_D
     where absent or not finite). Raises RecordsError naming the first run id that is not in the runs
     log, and the runs log's first problem, if any (the run may be on a damaged line).
     """
-    rows, problems = _read_rows(records_dir, hidden=True)
-    by_id = {row["run_id"]: row for row in rows}
+    by_id, problems = _last_rows(records_dir, hidden=True)
     found = []
     for run_id in run_ids:
         if run_id in by_id and (why := by_id[run_id].get("hidden")):
@@ -264,16 +231,20 @@ def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_D
         if run_id not in by_id:
             damaged = f" ({len(problems)} problems reading it; the first: {problems[0]})" if problems else ""
             raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}{damaged}")
-        found.append({**dict.fromkeys(ROW_FIELDS), **finite_or_none(by_id[run_id])})
+        found.append(by_id[run_id])
     return found
+
+
+def _last_rows(records_dir: str | os.PathLike, hidden: bool) -> tuple[dict[str, dict], list[str]]:
+    """{run id: its last row, with every ROW_FIELDS key (None where absent or not finite)}, and the problems."""
+    rows, problems = _read_rows(records_dir, hidden=hidden)
+    return {row["run_id"]: {**dict.fromkeys(ROW_FIELDS), **finite_or_none(row)} for row in rows}, problems
 
 
 def latest_rows(records_dir: str | os.PathLike = RECORDS_DIR, hidden: bool = False) -> list[dict]:
     """Every run of the runs log once (its last row), as find_runs gives it; the log's problems are skipped.
     hidden=True keeps the runs a tombstone hides (see _read_rows)."""
-    rows, _ = _read_rows(records_dir, hidden=hidden)
-    by_id = {row["run_id"]: row for row in rows}
-    return [{**dict.fromkeys(ROW_FIELDS), **finite_or_none(row)} for row in by_id.values()]
+    return list(_last_rows(records_dir, hidden)[0].values())
 
 
 def row_run_dir(row: dict) -> Path:
@@ -351,10 +322,9 @@ def _read_record(path: Path) -> tuple[dict | None, str | None]:
         return None, f"not valid JSON ({exc})"
     if key := nonfinite_key(record):  # Python reads NaN and Infinity; JSON has neither, and submit writes null
         return None, f"{key} is NaN or Infinity, not a JSON number"
-    record = _schema_2_names(record)
-    problem = record_problem(record)
-    if problem:
+    if problem := record_problem(record):
         return None, problem
+    record = _schema_2_names(record)
     record["folder"] = path.parent.name
     return record, None
 
@@ -424,11 +394,6 @@ def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_
                             records_dir)
 
 
-def hidden_runs(records_dir: str | os.PathLike = RECORDS_DIR) -> list[dict]:
-    """The hidden rows, in the runs log's order, each with its "hidden": {reason, timestamp, line}."""
-    return [r for r in _read_rows(records_dir, hidden=True)[0] if "hidden" in r]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.records",
                                      description="Hide a mistaken runs-log row (a tombstone is appended; no line "
@@ -448,14 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = hide_run(args.run_id, args.reason, args.records)
             print(f"hidden: {args.run_id} (a tombstone appended to {path})")
         else:
-            for row in hidden_runs(args.records):
-                h = row["hidden"]
-                print(f"{row['run_id']}  hidden {h['timestamp']} (line {h['line']}): {h['reason']}")
-    except RecordsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+            for row in _read_rows(args.records, hidden=True)[0]:  # in the runs log's order
+                if h := row.get("hidden"):
+                    print(f"{row['run_id']}  hidden {h['timestamp']} (line {h['line']}): {h['reason']}")
+    except (RecordsError, OSError) as exc:
+        print(f"error: {os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -229,10 +229,7 @@ def read_events(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
 
 
 def last_event(events: list[dict], kind: str) -> dict | None:
-    for event in reversed(events):
-        if event["event"] == kind:
-            return event
-    return None
+    return next((event for event in reversed(events) if event["event"] == kind), None)
 
 
 class RunWriter:

@@ -109,12 +109,16 @@ def embedded_code_hash(code: str) -> str:
     return hash_files({EMBEDDED_CODE: code.encode("utf-8")})
 
 
-def write_snapshot(dest_dir: str | os.PathLike, files: Mapping[str, bytes]) -> str:
-    """Write `files` into `dest_dir/code/` with their CODE_HASH; return the hash."""
+def write_snapshot(dest_dir: str | os.PathLike, files: Mapping[str | Path, bytes | Path]) -> str:
+    """Write `files` (relative path: its bytes, or the file to copy) into `dest_dir/code/` with their CODE_HASH;
+    return the hash."""
     dest = Path(dest_dir) / SNAPSHOT_DIR
     for rel, data in files.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dest / rel).write_bytes(data)
+        if isinstance(data, bytes):
+            (dest / rel).write_bytes(data)
+        else:
+            shutil.copy2(data, dest / rel)
     digest = snapshot_hash(dest)
     (dest / HASH_FILE).write_text(digest + "\n")
     return digest
@@ -124,10 +128,4 @@ def snapshot_code(dest_dir: str | os.PathLike, root: str | os.PathLike = REPO_RO
                   trainer: str | os.PathLike | None = None) -> str:
     """Copy the running trainer's code files (`code_files`) into `dest_dir/code/`, write its CODE_HASH, return
     the hash. `trainer` is the script that runs: a copy of train_gpt.py under another name is its own code."""
-    dest = Path(dest_dir) / SNAPSHOT_DIR
-    for rel, path in _code_paths(Path(root), trainer).items():
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dest / rel)
-    digest = snapshot_hash(dest)
-    (dest / HASH_FILE).write_text(digest + "\n")
-    return digest
+    return write_snapshot(dest_dir, _code_paths(Path(root), trainer))

@@ -1,23 +1,13 @@
 """The statistics of records and comparisons: thin wrappers on scipy.stats, one textbook method each.
 
-- describe:        n, mean, sample std (ddof=1), 95% t-interval for the mean.
-- p_mean_below:    one-sided one-sample t-test, H1: mean < target (modded-nanogpt's record rule on the loss).
-- loss_rule:       the loss rule's one summary: the losses described, that p, the verdict at ALPHA, the runs needed.
-- welch:           Welch's unequal-variance t-test (scipy.stats.ttest_ind(equal_var=False)).
-- mean_difference: new - baseline mean with the 95% Welch interval (scipy's confidence_interval).
-- speedup:         mean(baseline time) / mean(new time), the ratio every speedrun record prints, with
-                   Fieller's 95% interval for a ratio of two independent means (Fieller 1954; t on the
-                   Welch-Satterthwaite degrees of freedom of the ratio's variance), and the one-sided
-                   Welch p that the new times are lower.
-- olympic, median, score: a set's time under MLPerf's olympic rule (drop the fastest and the slowest run; a
-                   miss counts as the slowest, two fail; Tukey-McLaughlin interval of the trimmed mean) or as a
-                   median (order-statistic interval, scipy.stats.quantile_test); compare_scores: the test that
-                   fits each rule (Welch/Fieller, Yuen's trimmed t-test, Mann-Whitney U).
-- z_below, below_margin, pairwise_margin: the optimization track's steps rule (its z-test with a stated
-                   sigma, and its pairwise trade of loss against steps).
-- runs_needed_*:   the sample size a set needs for its test to succeed with 80% power at the effect
-                   observed (the textbook power of a t-test: the noncentral t distribution, as in
-                   statsmodels' TTestPower and TTestIndPower).
+- describe, p_mean_below, loss_rule: a set's final losses, and the record's loss rule on them (one-sided
+  one-sample t-test, H1: mean < target, p < ALPHA: modded-nanogpt's rule).
+- welch, mean_difference, speedup: times compared (Welch's t-test; the ratio of mean times every speedrun record
+  prints, with Fieller's 95% interval).
+- olympic, median, score, compare_scores: a set's time under MLPerf's olympic rule or as a median, and the test
+  that fits each scoring rule (Welch/Fieller, Yuen's trimmed t-test, Mann-Whitney U).
+- z_below, below_margin, pairwise_margin: the optimization track's steps rule.
+- runs_needed_*: the set size at which a test passes with 80% power at the effect observed (noncentral t).
 
 Every function takes plain sequences of floats and returns floats; NaN where the sample is too
 small for the figure (a std needs 2 values, a test 2 per group).
@@ -287,25 +277,11 @@ class Score:
     ci_high: float
     misses: int = 0
     fails: str | None = None  # why the set gets no score
+    var_w: float = math.nan  # olympic: the winsorized sample variance of the sorted times (Yuen's test reads it)
 
     def as_dict(self) -> dict:
         return {"rule": self.rule, "n": self.n, "used": self.used, "score": self.score,
                 "ci95": [self.ci_low, self.ci_high], "misses": self.misses, "fails": self.fails}
-
-
-def _olympic_order(times: Sequence[float], missed: Sequence[bool]) -> np.ndarray:
-    """The times sorted, a run that missed the target as +inf: MLPerf counts it as the slowest."""
-    x = _array(times)
-    x[np.asarray(list(missed), dtype=bool)] = np.inf
-    return np.sort(x)
-
-
-def _olympic_parts(x: np.ndarray) -> tuple[float, float, int]:
-    """(trimmed mean, winsorized sample variance, h) of sorted times with one run trimmed from each end."""
-    h = len(x) - 2
-    w = x.copy()
-    w[0], w[-1] = w[1], w[-2]
-    return float(x[1:-1].mean()), float(w.var(ddof=1)) if h >= 2 else math.nan, h
 
 
 def olympic(times: Sequence[float], missed: Sequence[bool] | None = None) -> Score:
@@ -318,13 +294,18 @@ def olympic(times: Sequence[float], missed: Sequence[bool] | None = None) -> Sco
         return Score("olympic", n, 0, math.nan, math.nan, math.nan, misses, f"{misses} runs missed the target (at most 1)")
     if n < 3:
         return Score("olympic", n, 0, math.nan, math.nan, math.nan, misses, f"{n} runs: olympic scoring needs 3")
-    tm, var_w, h = _olympic_parts(_olympic_order(times, missed))
+    x = _array(times)
+    x[np.asarray(missed, dtype=bool)] = np.inf  # a run that missed the target: MLPerf counts it as the slowest
+    x, h = np.sort(x), n - 2
+    w = x.copy()
+    w[0], w[-1] = w[1], w[-2]  # winsorized: each trimmed end replaced by its neighbour
+    tm, var_w = float(x[1:-1].mean()), float(w.var(ddof=1)) if h >= 2 else math.nan
     if h < 2 or not var_w > 0:
         low = high = tm if var_w == 0 else math.nan
     else:
         se = math.sqrt(var_w) * math.sqrt(n) / h
         low, high = (float(v) for v in stats.t.interval(CONFIDENCE, h - 1, loc=tm, scale=se))
-    return Score("olympic", n, h, tm, low, high, misses)
+    return Score("olympic", n, h, tm, low, high, misses, var_w=var_w)
 
 
 def median(times: Sequence[float]) -> Score:
@@ -338,11 +319,6 @@ def median(times: Sequence[float]) -> Score:
     return Score("median", len(x), len(x), m, float(ci.low), float(ci.high))
 
 
-def mean_score(times: Sequence[float]) -> Score:
-    s = describe(times)
-    return Score("mean", s.n, s.n, s.mean, s.ci_low, s.ci_high)
-
-
 def score(rule: str, times: Sequence[float], missed: Sequence[bool] | None = None) -> Score:
     """A set's time under `rule` (one of SCORINGS); `missed` marks runs whose final loss missed the target."""
     if rule == "olympic":
@@ -350,7 +326,8 @@ def score(rule: str, times: Sequence[float], missed: Sequence[bool] | None = Non
     if rule == "median":
         return median(times)
     if rule == "mean":
-        return mean_score(times)
+        s = describe(times)
+        return Score("mean", s.n, s.n, s.mean, s.ci_low, s.ci_high)
     raise ValueError(f"scoring {rule!r}: not one of {', '.join(SCORINGS)}")
 
 
@@ -382,12 +359,8 @@ def yuen(baseline: Sequence[float], new: Sequence[float], baseline_missed: Seque
     if a.fails or b.fails:
         return ScoreComparison(nan, nan, nan, nan, nan, nan, "Yuen")
     ratio, diff = a.score / b.score, b.score - a.score
-    parts = []
-    for times, missed in ((baseline, baseline_missed), (new, new_missed)):
-        missed = [False] * len(times) if missed is None else missed
-        _, var_w, h = _olympic_parts(_olympic_order(times, missed))
-        parts.append(((len(times) - 1) * var_w / (h * (h - 1)) if h >= 2 else nan, h))
-    (da, ha), (db, hb) = parts
+    (da, ha), (db, hb) = (((s.n - 1) * s.var_w / (s.used * (s.used - 1)) if s.used >= 2 else nan, s.used)
+                          for s in (a, b))
     total = da + db
     if not total > 0:
         return ScoreComparison(ratio, diff, nan, nan, nan, nan, "Yuen")
@@ -535,7 +508,7 @@ def times_report(baseline: Sequence[float], candidate: Sequence[float]) -> str:
         {"figure": "Welch p, candidate faster (one-sided)", "value": f"{sp.p_faster:.3g}"},
         {"figure": "Welch p, two-sided", "value": f"{welch(candidate, baseline):.3g}"},
         {"figure": f"runs needed per variant ({POWER:.0%} power, 95% CI excludes 1)",
-         "value": "—" if needed is None else f"{needed}"},
+         "value": fmt(needed, "d")},
     ])
 
 

@@ -1,30 +1,12 @@
 """Submit a record: check a set of runs against the record rule from their own logs, then write its folder.
 
-    python -m harness.submit --name NAME --description TEXT [--records records] [--exclude RUN_ID --reason TEXT]... RUN_ID...
+    python -m harness.submit --name NAME --description TEXT [--records records]
+                             [--exclude RUN_ID --reason TEXT]... RUN_ID...
 
-Every figure is recomputed from each run's events.jsonl (found through its row in
-records/runs.jsonl), never taken from the runs log's summary. The rule (records/README.md):
-
-  1. at least 2 runs, distinct run ids and seeds; every run finished with status "ok" and ran its whole
-     schedule (a run stopped at the target, --stop_at_target, is optional stopping: refused). Runs read
-     from logs name no seed: they are told apart by their logs (two whose train.logs have the same
-     step lines are one run taken in twice, refused: harness.logs.log_identity); every run's train.log must agree with its events and, for a run
-     taken in from a log, start with its code (harness.verify.check_against_log); a log without its
-     source code is no record;
-  2. one track, one code hash (each snapshot's recomputed hash equals its CODE_HASH and the hash in
-     its events), one resolved config apart from the seed, one hardware, one target val loss (the
-     same as the track's current record's);
-  3. mean final val loss below the target: one-sided one-sample t-test, p < stats.ALPHA (0.01);
-  4. every run counts (MLPerf's rule against cherry-picking): a finished ("ok") run in the runs log of the same
-     track, code hash and config (apart from the seed) that the set leaves out is refused, named, unless it is
-     excluded with --exclude RUN_ID --reason TEXT (the reasons go into README.md and record.json);
-  5. faster than the track's current record: lower mean time, one-sided Welch test p < stats.ALPHA (the
-     first record on a track has nothing to beat). A run's time is its train time at its final
-     validation, whether or not that run ended below the target: the speedrun community's
-     convention, in which the loss rule over the set, not each run, certifies the target.
-
-On success it writes records/<YYYY-MM-DD>_<NAME>/ (the day the last run was made: record_date; code/, runs/<run_id>/{events.jsonl,train.log},
-statistics.md, README.md, record.json) through a temporary folder and a rename, then re-renders the
+The rule is records/README.md's ("The record rule"; a run's time as "How a run counts" says), checked by
+`check` and `check_every_run` from each run's own events.jsonl and train.log, found through its row in
+records/runs.jsonl, never from the runs log's summary. On success it writes records/<YYYY-MM-DD>_<NAME>/ (the
+day the last run was made: record_date) through a temporary folder and a rename, then re-renders the
 leaderboard. Otherwise it prints the failing condition in one line and exits 1.
 """
 from __future__ import annotations
@@ -42,16 +24,15 @@ from typing import Sequence
 
 from harness import stats
 from harness.cli import not_a_folder, run_cli
-from harness.files import clean_stale_temps, temp_path
+from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
-                             fsync_path, fsync_tree, latest_rows, list_records, name_problem, os_error_line,
+                             latest_rows, list_records, name_problem, os_error_line,
                              row_run_dir, runs_lock)
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.verify import check_against_log, render_statistics, statistics
-
 
 
 class Refused(Exception):
@@ -66,11 +47,6 @@ def check_name(name: str, records_dir: Path) -> None:
                    if p.is_dir() and p.name.split("_", 1)[1] == name)
     if taken:
         raise Refused(f"record name {name!r} is taken by records/{taken[0]}; records are never overwritten")
-
-
-def excluded_lines(record: dict) -> list[str]:
-    """README lines naming each finished run of the same track, code and config left out, with its reason."""
-    return [f"- excluded: run {x['run_id']}: {x['reason']}" for x in record.get("excluded") or []]
 
 
 def render_readme(record: dict, overrides: list[str]) -> str:
@@ -97,7 +73,7 @@ def render_readme(record: dict, overrides: list[str]) -> str:
         else "- the first record on this track",
         f"- hardware: {record['hardware']}; versions: {versions}",
         f"- git commit: {record.get('git_commit')}; code hash: {record['code_hash']}",
-        *excluded_lines(record), "",
+        *(f"- excluded: run {x['run_id']}: {x['reason']}" for x in record.get("excluded") or []), "",
         "Reproduce (at that commit, on that hardware):", "", f"    {command}", "",
         f"Check: `python -m harness.verify records/{record['folder']}`; every number is in statistics.md.",
     ]
@@ -215,30 +191,13 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
     return target, previous, previous_logs
 
 
-def left_out_runs(logs: list[RunLog], run_ids: Sequence[str], records_dir: Path) -> list[str]:
-    """The finished ("ok") runs of the runs log that share the set's track, code hash and config (apart from
-    CONFIG_KEYS_FREE) but are not in it. A run whose run directory cannot be read counts: its config is unknown.
-    A hidden run counts too (hiding a row is no way around this rule): it is excluded by --exclude, with a reason."""
-    first, given = logs[0], set(run_ids)
-    out = []
-    for row in latest_rows(records_dir, hidden=True):
-        if (row["run_id"] in given or row["status"] != "ok" or row["track"] != first.track
-                or row["code_hash"] != first.code_hash):
-            continue
-        try:
-            log = load_run(row_run_dir(row))
-        except (LogError, RecordsError, OSError):
-            out.append(row["run_id"])
-            continue
-        if not config_diff(first.config or {}, log.config or {}):
-            out.append(row["run_id"])
-    return out
-
-
 def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[str, str], records_dir: Path) -> None:
-    """Every finished run of the set's track, code and config is in the set or excluded with a reason. Raises
-    Refused naming the runs left out, or an exclusion that names no such run."""
-    known = {row["run_id"] for row in latest_rows(records_dir, hidden=True)}
+    """Every finished ("ok") run of the runs log that shares the set's track, code hash and config (apart from
+    CONFIG_KEYS_FREE) is in the set or excluded with a reason. A run whose run directory cannot be read counts: its
+    config is unknown. A hidden run counts too (hiding a row is no way around this rule). Raises Refused naming the
+    runs left out, or an exclusion that names no such run."""
+    rows = latest_rows(records_dir, hidden=True)
+    known = {row["run_id"] for row in rows}
     for run_id, reason in excluded.items():
         if run_id in run_ids:
             raise Refused(f"--exclude {run_id}: that run is in the set")
@@ -246,7 +205,17 @@ def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[s
             raise Refused(f"--exclude {run_id}: no run with that id in {records_dir / 'runs.jsonl'}")
         if not reason.strip():
             raise Refused(f"--exclude {run_id}: the reason is empty")
-    missing = [run_id for run_id in left_out_runs(logs, run_ids, records_dir) if run_id not in excluded]
+    first, missing = logs[0], []
+    for row in rows:
+        if (row["run_id"] in run_ids or row["run_id"] in excluded or row["status"] != "ok"
+                or row["track"] != first.track or row["code_hash"] != first.code_hash):
+            continue
+        try:
+            log = load_run(row_run_dir(row))
+        except (LogError, RecordsError, OSError):
+            log = None
+        if log is None or not config_diff(first.config or {}, log.config or {}):
+            missing.append(row["run_id"])
     if missing:
         raise Refused(f"every finished run counts: {', '.join(missing)} ran the same track, code and config but "
                       "{} left out; add {} to the set, or give --exclude RUN_ID --reason TEXT for each".format(
@@ -280,20 +249,10 @@ def build_record(name: str, description: str, rows: list[dict], logs: list[RunLo
     }
 
 
-def record_json(record: dict) -> str:
-    return json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n"
-
-
 def write_record(record: dict, logs: list[RunLog], overrides: list[str], records_dir: Path) -> Path:
-    """Write the record folder through a hidden temporary folder and one rename.
-
-    Every file and folder in it is fsynced before the rename, and records/ after it, so that a
-    crash leaves either no record folder or a whole one, never one with empty files.
-    """
-    final = records_dir / record["folder"]
+    """Write the record folder whole (harness.files.atomic_folder), every file in it fsynced before the rename."""
     clean_stale_temps(records_dir)  # what a killed submit left behind
-    tmp = temp_path(final)
-    try:
+    with atomic_folder(records_dir / record["folder"]) as tmp:
         shutil.copytree(Path(logs[0].source) / SNAPSHOT_DIR, tmp / SNAPSHOT_DIR)
         for log in logs:
             dest = tmp / "runs" / log.run_id
@@ -303,14 +262,9 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
                     shutil.copy2(Path(log.source) / fname, dest / fname)
         (tmp / "statistics.md").write_text(render_statistics(record))
         (tmp / "README.md").write_text(render_readme(record, overrides))
-        (tmp / RECORD_FILE).write_text(record_json(record))
+        (tmp / RECORD_FILE).write_text(json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n")
         fsync_tree(tmp)
-        os.rename(tmp, final)  # fails rather than replace an existing (non-empty) folder
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_path(records_dir)  # the rename itself
-    return final
+    return records_dir / record["folder"]
 
 
 def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str | os.PathLike = RECORDS_DIR,

@@ -5,10 +5,7 @@
   - the code hash recomputed from code/ equals code/CODE_HASH and record.json's code_hash;
   - every run's events.jsonl (runs/<run_id>/) names that code hash, and the runs in runs/ are the
     runs in record.json;
-  - every run's train.log agrees with its events.jsonl (check_against_log): for a run
-    taken in from a log, its sha256 is the one recorded and the source code at its top hashes to the
-    code hash (re-extracted from the log itself); for every run, each validation line (step, val_loss
-    to its printed digits, train_time to the ms) is its val event;
+  - every run's train.log agrees with its events.jsonl (check_against_log says in what);
   - the statistics recomputed from those logs (and the previous record's, for the speedup) equal
     record.json's, figure by figure (relative tolerance 1e-9: JSON keeps full precision), and
     statistics.md is exactly what record.json's figures render to (render_statistics).
@@ -33,8 +30,7 @@ from harness import stats
 from harness.cli import run_cli
 from harness.logs import LogError, RunLog, embedded_code, load_run, parse_step_line, printed_tolerance, record_runs
 from harness.records import RECORD_FILE, RecordsError, os_error_line, read_record
-from harness.runlog import finite_or_none
-from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, read_regular
+from harness.runlog import EVENTS_FILE, TRAIN_LOG_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, embedded_code_hash, snapshot_hash
 from harness.stats import fmt
 
@@ -261,10 +257,9 @@ def verify(folder: str | Path) -> list[str]:
         recomputed = snapshot_hash(snapshot)
         hash_file = snapshot / HASH_FILE
         stated = read_regular(hash_file).decode(errors="replace").strip() if hash_file.exists() else None
-    except FileNotFoundError as exc:  # snapshot_hash's message names the folder
-        return problems + [f"{snapshot}: {exc}" if exc.filename is None else os_error_line(exc)]
-    except OSError as exc:
-        return problems + [os_error_line(exc)]
+    except OSError as exc:  # snapshot_hash's FileNotFoundError names no file: its message names the folder
+        return [f"{snapshot}: {exc}" if isinstance(exc, FileNotFoundError) and exc.filename is None
+                else os_error_line(exc)]
     if stated != recomputed:
         problems.append(f"{snapshot / HASH_FILE}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
     if record.get("code_hash") != recomputed:
@@ -283,11 +278,8 @@ def verify(folder: str | Path) -> list[str]:
             continue
         try:
             log = load_run(run_dir)
-        except LogError as exc:
-            problems.append(str(exc))
-            continue
-        except OSError as exc:
-            problems.append(os_error_line(exc))
+        except (LogError, OSError) as exc:
+            problems.append(os_error_line(exc) if isinstance(exc, OSError) else str(exc))
             continue
         if log.code_hash != recomputed:
             problems.append(f"{run_dir / 'events.jsonl'}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
