@@ -946,3 +946,26 @@ def test_a_compiled_training_step_never_waits_for_the_gpu(kernels):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert [fields["step"] for _, fields in losses.ready()] == [3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------- the README's recipe
+
+
+def test_the_readmes_recipe_table_is_the_fineweb_defaults():
+    """README.md's "The fineweb-124m recipe" table names the Config value of each record element; every value is
+    fineweb-124m's, and every field of the recipe (all but how and where a run runs) is in the table."""
+    from typing import get_type_hints
+
+    from harness.overrides import parse_value
+
+    section = (REPO / "README.md").read_text().split("## The fineweb-124m recipe\n")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0][2] == "Config" and all(len(row) == 4 for row in rows), rows[0]
+    listed = [re.findall(r"`(\w+)=([^`]*)`", row[2]) for row in rows[1:]]
+    assert all(listed), [row[0] for row, pairs in zip(rows[1:], listed) if not pairs]  # a value for every element
+    cfg, kinds = T.parse_config(["--track=fineweb-124m"]), get_type_hints(T.Config)
+    table = {name: parse_value(name, text, kinds[name]) for pairs in listed for name, text in pairs}
+    assert table == {name: getattr(cfg, name) for name in table}
+    run_fields = {"track", "seed", "kernels", "device", "compile", "run_dir", "train_files", "train_epochs",
+                  "val_files", "stop_at_target"}
+    assert set(kinds) - run_fields == set(table), set(kinds) - run_fields ^ set(table)
