@@ -375,7 +375,7 @@ class CausalSelfAttention(nn.Module):
         q, k = self.ops.rms_norm(q), self.ops.rms_norm(k)  # QK-norm (@Grad62304977; Dehghani et al. 2023)
         q, k = self.rotary(q).type_as(v), self.rotary(k).type_as(v)  # the attention op takes one dtype
         if ve is not None:  # value embeddings (@KoszarskyB, after the value residual of Zhou et al. 2024)
-            # the tables are fp32 and v is bf16 under autocast: cast, or v is promoted to fp32 and q, k, v differ
+            # fp32 tables (embed_bf16 off) and a bf16 v under autocast: cast, or v becomes fp32 and q, k, v differ
             v = self.value_lambdas[0] * v + self.value_lambdas[1] * ve.view_as(v).type_as(v)
         elif self.value_lambdas is not None:  # (@YouJiacheng)
             v = self.value_lambdas[0] * v

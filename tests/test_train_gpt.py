@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import train_gpt as T
-from kernels.attention import attention_ref
+from kernels.attention import attention_ref, dense_mask, sdpa_attention
 from kernels.newton_schulz import newton_schulz_ref
 from harness.runlog import read_events
 from harness.shards import BOS_ID, write_shard
@@ -318,6 +318,23 @@ def test_both_backends_apply_the_attention_scale(backend):
         got = ops.attention(q, k, v, mask, 0.4)
         torch.testing.assert_close(got, attention_ref(q, k, v, window_size=window, scale=0.4), rtol=1e-4, atol=1e-5)
         assert not torch.allclose(got, attention_ref(q, k, v, window_size=window), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flexattentions_long_and_short_masks_keep_their_own_windows():
+    """The CUDA torch path builds a FlexAttention block mask per window in one step; each keeps its window (a
+    mask's mask_mod reads buffers that a second mask of the same length must not overwrite). Run here by
+    FlexAttention's CPU reference against SDPA with the dense masks."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    starts = T.document_starts(torch.randint(0, 1000, (2, 256)))  # one document a row: every window shows
+    ops = T.make_ops("torch", torch.device("cuda"))
+    q, k, v = (torch.randn(2, 256, 2, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    flat = [x.reshape(1, 512, 2, 16).transpose(1, 2) for x in (q, k, v)]
+    for window, block_mask in zip([200, 60], ops.attention_mask(starts, [200, 60])):
+        got = flex_attention(*flat, block_mask=block_mask, scale=0.3).transpose(1, 2).reshape(2, 256, 2, 16)
+        want = sdpa_attention(q, k, v, dense_mask(starts, window), scale=0.3)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_the_fp8_head_trains_like_the_float_head():
