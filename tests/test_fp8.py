@@ -84,3 +84,23 @@ def test_the_op_traces_under_torch_compile():
     x, w, dy = _inputs(32, 64, 48, seed=9)
     y = torch.compile(lambda a, b: fp8_mm(a, b, **SCALES), backend="aot_eager", fullgraph=True)(x, w)
     assert torch.equal(y, fp8_mm(x, w, **SCALES))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs a CUDA GPU with FP8 (capability >= 8.9)")
+@pytest.mark.parametrize("M,K,N", [(48, 768, 1024), (1000, 768, 50304)])
+def test_the_op_on_the_gpu_equals_its_emulation_and_never_syncs(M, K, N):
+    """On FP8 tensor cores (fast accumulation forward): the emulation's values, and no host sync in the op's
+    forward or backward (CUDA's sync debug mode turns one into an error)."""
+    x, w, dy = (t.cuda() for t in _inputs(M, K, N, seed=3))
+    y_ref, dx_ref, dw_ref = (t.cuda() for t in _run(fp8_mm_ref, x.cpu(), w.cpu(), dy.cpu()))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y, dx, dw = _run(fp8_mm, x, w, dy)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert_close(y, y_ref, dtype=torch.bfloat16, name="y")
+    assert_close(dx, dx_ref, dtype=torch.bfloat16, name="dX")
+    assert_close(dw, dw_ref, dtype=torch.bfloat16, name="dW")  # fp32 out; the GPU sums in another order
