@@ -746,6 +746,16 @@ def test_compiled_triton_path_has_one_graph_for_every_window(shards, tmp_path):
     assert len(val_losses(tmp_path)) == 3
 
 
+def test_compiled_triton_path_with_the_records_elements_still_has_one_graph_each(shards, tmp_path):
+    """The same with a short-window layer (two masks a step: 16/16, 48/16, 64/32), the 0.12 scale, v scaled by
+    its λ and bf16 tables: still one train graph and one validation graph, both in the warm-up."""
+    run_script(COMPILED_RUN, tmp_path, *data_args(shards), "--kernels=triton", "--layer_attention=S",
+               "--attn_scale=0.12", "--v_lambda=true", "--embed_bf16=true")
+    graphs = json.loads((tmp_path / "graphs.json").read_text())
+    assert graphs == [["warm-up", 0], ["warm-up", 0]], graphs
+    assert len(val_losses(tmp_path)) == 3
+
+
 def test_compiled_flex_attention_validates_at_two_lengths(tmp_path):
     """FlexAttention (the CUDA torch path's attention) compiled at two lengths, forward only as in validation:
     one static graph per length. With automatic dynamic shapes the second length would be a symbolic
