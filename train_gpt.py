@@ -67,7 +67,7 @@ class Config:
     val_tokens: int = 10_485_760  # validate on exactly this many tokens (the speedrun's fixed 10M)
     val_every: int = 125  # validate every this many steps, and always at step 0 and at the step limit
     seq_len: int = 48 * 1024  # tokens per training sequence; documents are packed and masked apart
-    val_seq_len: int = 64 * 1024  # tokens per validation sequence
+    val_seq_len: int = 4 * 64 * 1024  # tokens per validation sequence
     batch_size: int = 1  # sequences per micro-step per process
     grad_accum: int = 0  # micro-steps per step; 0 -> 8 // world_size, so any 1/2/4/8 processes see the 8-GPU batch
     # schedule (laid out over num_steps) and target
@@ -84,6 +84,12 @@ class Config:
     value_embeds: int = 3  # value-embedding tables k: table j feeds layers j and L-k+j (0 turns them off)
     unet_skips: int = 6  # U-net skips: layer i's output joins before layer L-1-i, for i < unet_skips (<= L/2)
     logit_softcap: float = 15.0  # logits -> c * tanh(logits / c); 0 turns the cap off
+    attn_scale: float = 0.12  # softmax scale of q.k (@leloykun); 0: head_dim^-0.5
+    layer_attention: str = "LSSSLSS-SSSL"  # per layer: L long window, S short (half), - none; "": L in every layer
+    v_lambda: bool = True  # layers without a value embedding scale v by a learned scalar, init 0.5 (@YouJiacheng)
+    embed_bf16: bool = True  # embedding tables (and so their Adam state) stored in bf16
+    fp8_head: bool = True  # the head's matmuls in FP8 while training (kernels/fp8.py): CUDA capability >= 8.9
+    fp8_head_scales: str = "2,512,524288"  # the FP8 head's x, w and gradient scales (2, 2^9, 2^19)
     # optimizers
     muon_lr: float = 0.05  # Muon, for the hidden matrices
     muon_momentum: float = 0.95  # Nesterov momentum after the warm-up
@@ -94,21 +100,21 @@ class Config:
     adam_head_lr: float = 0.008  # Adam, output head
     adam_scalar_lr: float = 0.04  # Adam, residual/skip/value mixing scalars
     cooldown_frac: float = 0.4  # the last fraction of num_steps decays the learning rates linearly to 0.1x
-    # attention window schedule: grows linearly from window_min to window_max over num_steps
-    window_min: int = 128  # tokens a query sees at step 0 (itself included)
-    window_max: int = 1792  # ... at the step limit (modded-nanogpt: 128 -> 1792)
-    window_block: int = 128  # window sizes are multiples of this (FlexAttention's block size)
+    # attention windows: the long one grows linearly from window_min to window_max, rounded up to whole blocks
+    window_min: int = 0  # tokens a query sees at step 0 (itself included), before rounding up
+    window_max: int = 1728  # ... at the step limit (modded-nanogpt: ceil(1728 x / 128) blocks, 128 -> 1792 tokens)
+    window_block: int = 128  # window sizes are multiples of this (FlexAttention's block size), at least one
     warmup_steps: int = 10  # untimed steps on random tokens before the clock starts (state reset after)
 
 
 # Each numeric field's closed range (None: no bound); a float must also be finite.
 LIMITS: dict[str, tuple[float | None, float | None]] = {
     **dict.fromkeys(("train_epochs", "val_tokens", "val_every", "seq_len", "val_seq_len", "batch_size", "num_steps",
-                     "vocab_size", "num_layers", "model_dim", "num_heads", "mlp_ratio", "ns_steps", "window_min",
-                     "window_max", "window_block"), (1, None)),
+                     "vocab_size", "num_layers", "model_dim", "num_heads", "mlp_ratio", "ns_steps", "window_max",
+                     "window_block"), (1, None)),
     **dict.fromkeys(("seed", "grad_accum", "value_embeds", "unet_skips", "muon_momentum_warmup", "warmup_steps",
                      "target_val_loss", "logit_softcap", "muon_lr", "muon_weight_decay", "adam_embed_lr",
-                     "adam_head_lr", "adam_scalar_lr"), (0, None)),
+                     "adam_head_lr", "adam_scalar_lr", "window_min", "attn_scale"), (0, None)),
     "head_dim": (4, None), "muon_momentum": (0, 1), "cooldown_frac": (0, 1),
 }
 
@@ -132,6 +138,19 @@ def check_ranges(cfg: Config) -> None:
             raise ConfigError(f"--{name}={value}: must be " + (f">= {lo}" if hi is None else f"between {lo} and {hi}"))
 
 
+def list_field(cfg: Config, name: str, kind: type = int) -> list:
+    """A comma-separated field's values ("" is none); a ConfigError for an entry that is not a `kind`."""
+    try:
+        return [kind(item) for item in getattr(cfg, name).split(",") if item.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name}={getattr(cfg, name)}: expected comma-separated {kind.__name__}s") from None
+
+
+def layer_kinds(cfg: Config) -> str:
+    """layer_attention for each layer: L (long window), S (short window) or - (no attention)."""
+    return cfg.layer_attention or "L" * cfg.num_layers
+
+
 def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config:
     """Fill the automatic fields (grad_accum, compile, run_dir) and check what can be checked up front."""
     check_ranges(cfg)
@@ -141,7 +160,9 @@ def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config
     run_dir = cfg.run_dir or os.path.join("runs", f"{dt.datetime.now():%Y%m%d-%H%M%S}-{cfg.track}-s{cfg.seed}")
     cfg = dataclasses.replace(cfg, grad_accum=cfg.grad_accum or 8 // world_size, run_dir=run_dir,
                               compile=device.type == "cuda" if cfg.compile is None else cfg.compile)
-    L, flex = cfg.num_layers, device.type == "cuda" and cfg.kernels == "torch"
+    L, cuda, scales = cfg.num_layers, device.type == "cuda", list_field(cfg, "fp8_head_scales", float)
+    flex = cuda and cfg.kernels == "torch"
+    fp8 = cuda and torch.cuda.get_device_capability(device) >= (8, 9)  # FP8 tensor cores: Ada, Hopper and later
     checks = [
         (cfg.kernels in ("torch", "triton"), f"--kernels={cfg.kernels}: expected torch or triton"),
         (not os.path.exists(run_dir) or os.path.isdir(run_dir), f"--run_dir={run_dir}: exists and is not a folder"),
@@ -154,6 +175,13 @@ def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config
          f"{world_size * cfg.batch_size * cfg.val_seq_len}"),
         (not flex or cfg.batch_size * cfg.seq_len % 128 == cfg.batch_size * cfg.val_seq_len % 128 == 0,
          "FlexAttention (--kernels=torch on CUDA) needs batch_size x seq_len and x val_seq_len multiples of 128"),
+        (len(layer_kinds(cfg)) == L and set(layer_kinds(cfg)) <= set("LS-"),
+         f"--layer_attention={cfg.layer_attention}: expected L, S or - for each of the {L} layers"),
+        (len(scales) == 3 and all(0 < x < math.inf for x in scales),
+         f"--fp8_head_scales={cfg.fp8_head_scales}: expected three positive numbers (x, w, gradient)"),
+        (not cfg.fp8_head or fp8 and cfg.model_dim % 16 == cfg.vocab_size % 16 == 0, "--fp8_head=true needs a GPU "
+         f"with FP8 (CUDA capability >= 8.9; this run has {torch.cuda.get_device_name(device) if cuda else 'a CPU'}) "
+         "and model_dim, vocab_size multiples of 16: add --fp8_head=false"),
     ]
     for ok, message in checks:
         if not ok:
@@ -259,43 +287,47 @@ def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tenso
 
 # ----------------------------------------------------------------------------------------------
 # Model
-#
-# The ops a backend provides. The model and Muon call only these, so `--kernels` swaps them from
-# outside: "triton" is kernels/, "torch" is PyTorch's own attention (FlexAttention on CUDA, SDPA
-# with a dense mask on a CPU) and each kernel file's reference for the rest.
 
 
 @dataclass
 class Ops:
+    """The ops a backend provides. The model and Muon call only these, so `--kernels` swaps them from outside:
+    "triton" is kernels/, "torch" PyTorch's attention (FlexAttention on CUDA, SDPA with a dense mask on a CPU)
+    and each kernel file's reference for the rest."""
     rms_norm: Callable[[Tensor], Tensor]  # (..., D) -> (..., D), no learned weight
     add_rms_norm: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # x, r (..., D) -> x + r, rms_norm(x + r)
-    attention_mask: Callable[[Tensor, int], object]  # (document starts (B, T) bool, window) -> mask for `attention`
-    attention: Callable[[Tensor, Tensor, Tensor, object], Tensor]  # q, k, v (B, T, H, D), mask -> (B, T, H, D)
+    attention_mask: Callable[[Tensor, list[int]], list]  # (document starts (B, T) bool, windows) -> a mask per window
+    attention: Callable[..., Tensor]  # q, k, v (B, T, H, D), mask, softmax scale (None: D^-0.5) -> (B, T, H, D)
+    fp8_mm: Callable[..., Tensor]  # x (M, K), w (N, K), x_s, w_s, grad_s -> x w^T (M, N) bf16 through FP8
     newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
     sources: dict[str, str]  # op -> where it comes from, for the log
 
 
 def make_ops(kernels: str, device: torch.device) -> Ops:
-    """The backend's ops. kernels/ is imported here, not at the top: @triton.jit reads TRITON_INTERPRET when
-    a kernel file is imported, and main() sets it first for a CPU run. A kernel file that does not import
-    is an error, never a silent switch to other ops."""
+    """The backend's ops. kernels/ is imported here, not at the top: @triton.jit reads TRITON_INTERPRET when a kernel
+    file is imported, and main() sets it first for a CPU run. A kernel file that fails to import is an error."""
     if kernels == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError("--kernels=triton on a CPU needs TRITON_INTERPRET=1 set before kernels/ is imported")
     try:
-        from kernels import attention, newton_schulz, norm
+        from kernels import attention, fp8, newton_schulz, norm
     except ImportError as exc:
         raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
     if kernels == "triton":
+        def masks(starts, windows):  # the documents' bounds built once for every window
+            cu_seqlens, _, bounds = attention.packed_cu_seqlens(starts, windows[0])
+            return [(cu_seqlens, attention.window_tensor(w), bounds) for w in windows]
+
         sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
                        newton_schulz="kernels.newton_schulz.newton_schulz", add_rms_norm="kernels.norm.add_rms_norm")
-        return Ops(norm.rms_norm, norm.add_rms_norm, attention.packed_cu_seqlens, attention.packed_flash_attention,
-                   newton_schulz.newton_schulz, sources)
+        return Ops(norm.rms_norm, norm.add_rms_norm, masks, attention.packed_flash_attention,
+                   fp8.fp8_mm, newton_schulz.newton_schulz, dict(sources, fp8_mm="kernels.fp8.fp8_mm"))
     refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref",
-                add_rms_norm="kernels.norm.add_rms_norm_ref")
-    cuda = device.type == "cuda"  # FlexAttention there, SDPA with a dense mask on a CPU
-    mask, attend = (attention.FlexMasks(), attention.make_flex_attention()) if cuda else \
-        (attention.dense_mask, attention.sdpa_attention)
-    return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, mask, attend, newton_schulz.newton_schulz_ref,
+                add_rms_norm="kernels.norm.add_rms_norm_ref", fp8_mm="kernels.fp8.fp8_mm")
+    cuda, flex = device.type == "cuda", [attention.FlexMasks() for _ in range(2)]  # a mask's buffers per window
+    masks = (lambda starts, windows: [f(starts, w) for f, w in zip(flex, windows)]) if cuda else \
+        (lambda starts, windows: [attention.dense_mask(starts, w) for w in windows])  # FlexAttention or dense SDPA
+    attend = attention.make_flex_attention() if cuda else attention.sdpa_attention
+    return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, masks, attend, fp8.fp8_mm, newton_schulz.newton_schulz_ref,
                dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask", **refs))
 
 
@@ -332,8 +364,10 @@ class CausalSelfAttention(nn.Module):
         self.qkv_w = nn.Parameter(init_linear_(torch.empty(3, hdim, cfg.model_dim)))
         self.proj = nn.Linear(hdim, cfg.model_dim, bias=False)
         nn.init.zeros_(self.proj.weight)  # zero-init output projection (@Grad62304977)
-        # mix of v and the value embedding, only in layers that have one: every parameter must get a gradient
-        self.value_lambdas = nn.Parameter(torch.tensor([0.5, 0.5])) if value_embed else None
+        # v <- λ0 v + λ1 ve with a value embedding, else λ0 v (v_lambda) or v: every element gets a gradient
+        n = 2 if value_embed else int(cfg.v_lambda)
+        self.value_lambdas = nn.Parameter(torch.full((n,), 0.5)) if n else None
+        self.scale = cfg.attn_scale or None  # None: the op's D^-0.5
 
     def forward(self, x: Tensor, ve: Tensor | None, mask) -> Tensor:  # x (B, T, dim)
         B, T, _ = x.shape
@@ -341,9 +375,11 @@ class CausalSelfAttention(nn.Module):
         q, k = self.ops.rms_norm(q), self.ops.rms_norm(k)  # QK-norm (@Grad62304977; Dehghani et al. 2023)
         q, k = self.rotary(q).type_as(v), self.rotary(k).type_as(v)  # the attention op takes one dtype
         if ve is not None:  # value embeddings (@KoszarskyB, after the value residual of Zhou et al. 2024)
-            # the tables are fp32 and v is bf16 under autocast: cast, or v is promoted to fp32 and q, k, v differ
+            # fp32 tables (embed_bf16 off) and a bf16 v under autocast: cast, or v becomes fp32 and q, k, v differ
             v = self.value_lambdas[0] * v + self.value_lambdas[1] * ve.view_as(v).type_as(v)
-        y = self.ops.attention(q, k, v, mask)  # (B, T, H, D)
+        elif self.value_lambdas is not None:  # (@YouJiacheng)
+            v = self.value_lambdas[0] * v
+        y = self.ops.attention(q, k, v, mask, self.scale)  # (B, T, H, D)
         return self.proj(y.reshape(B, T, self.H * self.D))
 
 
@@ -360,15 +396,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: Config, ops: Ops, rotary: Rotary, value_embed: bool):
+    def __init__(self, cfg: Config, ops: Ops, rotary: Rotary, value_embed: bool, attention: bool):
         super().__init__()
         self.norm, self.add_norm = ops.rms_norm, ops.add_rms_norm
-        self.attn = CausalSelfAttention(cfg, ops, rotary, value_embed)
+        self.attn = CausalSelfAttention(cfg, ops, rotary, value_embed) if attention else None
         self.mlp = MLP(cfg)
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- a x + b x0, a residual to the embedding
 
     def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, mask) -> Tensor:
         x = self.lambdas[0] * x + self.lambdas[1] * x0
+        if self.attn is None:  # a block without attention (layer 7 in the record, @YouJiacheng)
+            return x + self.mlp(self.norm(x))
         x, h = self.add_norm(x, self.attn(self.norm(x), ve, mask))  # x + attention out and its norm: one pass
         return x + self.mlp(h)
 
@@ -376,48 +414,57 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, cfg: Config, ops: Ops):
         super().__init__()
-        L, k = cfg.num_layers, cfg.value_embeds
-        self.norm, self.softcap = ops.rms_norm, cfg.logit_softcap
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim)
-        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.model_dim) for _ in range(k))
+        L, k, kinds = cfg.num_layers, cfg.value_embeds, layer_kinds(cfg)
+        self.norm, self.softcap, self.fp8_mm = ops.rms_norm, cfg.logit_softcap, ops.fp8_mm
+        dtype = torch.bfloat16 if cfg.embed_bf16 else None  # the tables' dtype, and so their Adam state's
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype)
+        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype) for _ in range(k))
         # value-embedding table of each layer: 0..k-1 on the first k layers and again on the last k (@YouJiacheng)
         self.ve_table = [i if i < k else i - (L - k) if i >= L - k else None for i in range(L)]
         rotary = Rotary(cfg.head_dim, max(cfg.seq_len, cfg.val_seq_len))
-        self.blocks = nn.ModuleList(Block(cfg, ops, rotary, self.ve_table[i] is not None) for i in range(L))
+        self.blocks = nn.ModuleList(Block(cfg, ops, rotary, self.ve_table[i] is not None, kinds[i] != "-")
+                                    for i in range(L))
+        self.mask_of = [int(kind == "S") for kind in kinds]  # each layer's mask: 0 the long window's, 1 the short's
         self.skip_weights = nn.Parameter(torch.ones(cfg.unet_skips))  # U-net skips (@brendanh0gan)
         self.head = nn.Linear(cfg.model_dim, cfg.vocab_size, bias=False)  # untied from the embedding
         nn.init.zeros_(self.head.weight)  # (@Grad62304977)
+        # FP8 head (@YouJiacheng): x_s, w_s, grad_s; grad_s x grad_accum undoes the mean's 1 / grad_accum in dY
+        x_s, w_s, grad_s = list_field(cfg, "fp8_head_scales", float)
+        self.fp8_scales = (x_s, w_s, grad_s * max(cfg.grad_accum, 1)) if cfg.fp8_head else None
 
-    def forward(self, inputs: Tensor, targets: Tensor, mask) -> Tensor:
-        """inputs, targets: (B, T) token ids; mask: from ops.attention_mask. Returns the mean loss."""
+    def forward(self, inputs: Tensor, targets: Tensor, masks: list) -> Tensor:
+        """inputs, targets: (B, T) token ids; masks: ops.attention_mask's for `attention_windows`. The mean loss."""
         L, S = len(self.blocks), len(self.skip_weights)
         ve = [table(inputs) for table in self.value_embeds]  # k x (B, T, dim)
-        x, dev = self.embed(inputs), inputs.device.type  # (B, T, dim) fp32; the residual stream takes autocast's dtype
-        x = x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x  # (bf16 on CUDA, as the speedrun)
+        x, dev = self.embed(inputs), inputs.device.type  # (B, T, dim); the residual stream takes autocast's dtype
+        x = x.to(torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32)  # bf16 on CUDA
         x = x0 = self.norm(x)  # norm of the embedding (@Grad62304977)
         skips = []
         for i, block in enumerate(self.blocks):
             if i >= L - S:  # the second half takes the first half's outputs, innermost first
                 x = x + self.skip_weights[L - 1 - i] * skips.pop()
-            x = block(x, x0, None if self.ve_table[i] is None else ve[self.ve_table[i]], mask)
+            x = block(x, x0, None if self.ve_table[i] is None else ve[self.ve_table[i]], masks[self.mask_of[i]])
             if i < S:
                 skips.append(x)
-        logits = self.head(self.norm(x)).float()  # (B, T, V)
+        x = self.norm(x)
+        if self.fp8_scales and torch.is_grad_enabled():  # FP8 in training only, as the record: validation in bf16
+            logits = self.fp8_mm(x.flatten(0, 1), self.head.weight, *self.fp8_scales).view(*x.shape[:2], -1).float()
+        else:
+            logits = self.head(x).float()  # (B, T, V)
         if self.softcap:  # tanh soft-cap (Gemma 2; @Grad62304977), lowered from 30 to 15 by @KoszarskyB
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
 def flops_per_token(cfg: Config, window: int) -> float:
-    """Training FLOPs per token (forward + backward = 3 x forward), counting matmuls only.
-
-    6 x (matmul weights) per token, plus attention: 2 matmuls of 2 x hdim FLOPs per visible key, x 3,
-    with the visible keys of a causal window w over T tokens, ignoring documents: c - c^2 / (2T), c = min(w, T).
+    """Training FLOPs per token (forward + backward = 3 x forward), counting matmuls only (an FP8 head's too):
+    6 x (matmul weights) per token, plus, in each layer with attention, 2 matmuls of 2 x hdim FLOPs per visible
+    key, x 3, the visible keys of its causal window w over T tokens ignoring documents: c - c^2 / (2T), c = min(w, T).
     """
-    dim, hdim, L = cfg.model_dim, cfg.num_heads * cfg.head_dim, cfg.num_layers
-    weights = L * (4 * hdim * dim + 2 * cfg.mlp_ratio * dim * dim) + dim * cfg.vocab_size
-    c = min(window, cfg.seq_len)
-    return 6 * weights + 12 * L * hdim * (c - c * c / (2 * cfg.seq_len))
+    dim, hdim, T, windows = cfg.model_dim, cfg.num_heads * cfg.head_dim, cfg.seq_len, attention_windows(window, cfg)
+    layers = [windows[kind == "S"] for kind in layer_kinds(cfg) if kind != "-"]  # each attention layer's window
+    weights = len(layers) * 4 * hdim * dim + cfg.num_layers * 2 * cfg.mlp_ratio * dim * dim + dim * cfg.vocab_size
+    return 6 * weights + 12 * hdim * sum(min(w, T) - min(w, T) ** 2 / (2 * T) for w in layers)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -618,11 +665,17 @@ def muon_momentum(step: int, cfg: Config) -> float:
 
 
 def window_size(step: int, cfg: Config) -> int:
-    """Sliding-window size growing linearly from window_min to window_max, in multiples of window_block
-    (window warm-up by @fernbear.bsky.social, block-wise by @YouJiacheng)."""
-    x = min(step / cfg.num_steps, 1.0)
-    w = cfg.window_min + (cfg.window_max - cfg.window_min) * x
-    return min(cfg.window_max, math.ceil(w / cfg.window_block) * cfg.window_block)
+    """The long window: window_min -> window_max linearly, rounded up to whole window_blocks, at least one (the
+    record: ceil(1728 x / 128) blocks; window warm-up by @fernbear.bsky.social, block-wise by @YouJiacheng)."""
+    w = cfg.window_min + (cfg.window_max - cfg.window_min) * min(step, cfg.num_steps) / cfg.num_steps
+    return max(1, math.ceil(w / cfg.window_block)) * cfg.window_block
+
+
+def attention_windows(window: int, cfg: Config) -> list[int]:
+    """[long window], and the short one where layers use it: half the long one in whole blocks, at least one
+    (the record's long-short masks: @leloykun and @YouJiacheng, after Gemma 2)."""
+    short = max(1, window // cfg.window_block // 2) * cfg.window_block
+    return [window, short] if "S" in layer_kinds(cfg) else [window]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -636,7 +689,7 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
     for i, (inputs, targets) in enumerate(batches):
         optimizers.sync.last_micro_step = i == len(batches) - 1  # its hooks communicate on the last one only
         with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-            loss = model(inputs, targets, ops.attention_mask(document_starts(inputs), window))
+            loss = model(inputs, targets, ops.attention_mask(document_starts(inputs), attention_windows(window, cfg)))
         (loss / len(batches)).backward()
         total += loss.detach()
     optimizers.sync.finish()  # launches what the backward's hooks have not; waits for Adam's gradients
@@ -811,13 +864,13 @@ def make_evaluate(model, ops, cfg: Config, env: DistEnv, device: torch.device):
     @torch.no_grad()
     def evaluate(window: int, max_batches: int | None = None) -> float:
         """Mean loss over the first val_tokens validation tokens (or max_batches batches), averaged over the ranks."""
-        loader, batches = make_val_loader(cfg, env)
+        (loader, batches), windows = make_val_loader(cfg, env), attention_windows(window, cfg)
         batches = min(batches, max_batches or batches)
         total = torch.zeros((), device=device)
         for _ in range(batches):
             inputs, targets = to_device(loader.next_batch(), device)
             with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-                total += model(inputs, targets, ops.attention_mask(document_starts(inputs), window))
+                total += model(inputs, targets, ops.attention_mask(document_starts(inputs), windows))
         total /= batches
         if env.world_size > 1:
             dist.all_reduce(total, op=dist.ReduceOp.AVG)

@@ -50,7 +50,7 @@ from harness.hardware import peak_flops
 # every program it runs (2 layers of width 16, 64 tokens, 1 Newton-Schulz step)
 TINY_OVERRIDES = ("--num_layers=2", "--model_dim=16", "--num_heads=1", "--head_dim=16", "--value_embeds=1",
                   "--unet_skips=1", "--seq_len=64", "--window_min=16", "--window_max=32", "--window_block=16",
-                  "--ns_steps=1")
+                  "--ns_steps=1", "--layer_attention=LS", "--fp8_head=false")
 TINY_REFERENCE = dict(B=2, T=32, layers=1, dim=16, heads=1)
 
 

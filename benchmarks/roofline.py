@@ -18,7 +18,8 @@ mlp_ratio x d, V = vocab_size, L = layers):
   inside partial tiles counted as work; 2 x 2 x BM x BN x D FLOPs per forward tile, 4 and 3 matmuls per tile
   for the two-pass backward (dK/dV, then dQ), 5 for the one-pass one (dQ by fp32 atomics, its buffer
   zeroed, then read and cast: 10 bytes per element; the atomics' L2 traffic is not counted). The window
-  is averaged over the schedule (each step's window, `train_gpt.window_size`) and the documents are
+  is averaged over the schedule and the layers with attention (each step's long or short window,
+  `train_gpt.window_size` and `attention_windows`, per `layer_attention`) and the documents are
   geometric with mean `--doc-mean` tokens (1000: the document starts of bench_model's synthetic tokens;
   FineWeb's own mean is not measured here). HBM bytes: q, k, v, o (and dO, dq, dk, dv) once per kernel;
   the re-reads of K/V tiles across query blocks are assumed to hit L2. FlexAttention (--kernels=torch):
@@ -119,10 +120,21 @@ def track_config(track: str, **overrides):
 
 
 def schedule_windows(cfg) -> Counter:
-    """window -> number of the run's steps that train at it (train_gpt.window_size over steps 0..num_steps-1)."""
-    from train_gpt import window_size
+    """window -> number of (step, layer with attention) pairs of the run that train at it: each step's long or
+    short window (train_gpt.window_size, attention_windows) in each such layer, steps 0..num_steps-1."""
+    from train_gpt import attention_windows, layer_kinds, window_size
 
-    return Counter(window_size(step, cfg) for step in range(cfg.num_steps))
+    kinds = [kind for kind in layer_kinds(cfg) if kind != "-"]
+    return Counter(attention_windows(window_size(step, cfg), cfg)[kind == "S"]
+                   for step in range(cfg.num_steps) for kind in kinds)
+
+
+def attention_layers(cfg) -> tuple[int, int]:
+    """(layers with attention, those of them without a value embedding) of cfg's model."""
+    from train_gpt import layer_kinds
+
+    k, kinds = cfg.value_embeds, layer_kinds(cfg)
+    return sum(kind != "-" for kind in kinds), sum(kind != "-" for kind in kinds[k:len(kinds) - k])
 
 
 def document_starts(T: int, mean: float, seed: int = 0) -> torch.Tensor:
@@ -209,6 +221,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     fused_norm = kernels == "torch" or "fused_norm" in options
     fused_qk = kernels == "torch" or "fused_qk_rotary" in options
     ve_layers = 2 * cfg.value_embeds
+    A, plain_v = attention_layers(cfg)  # layers with attention (fineweb-124m: 11), those with v as it is
     skips = cfg.unet_skips
     items = []
 
@@ -223,20 +236,20 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
             items.append(Item(component, f"{name} x{count}", bytes=(1 + backward) * per_token_bytes * N * count,
                               kernels=(1 + (backward > 0)) * kernels * count))
 
-    matmul("qkv", d, 3 * a, L)
-    matmul("attention out", a, d, L)
+    matmul("qkv", d, 3 * a, A)
+    matmul("attention out", a, d, A)
     matmul("mlp fc", d, f, L)
     matmul("mlp proj", f, d, L)
     matmul("head", d, V, 1)
 
     tma = "_tma" if "tma" in options and kernels == "triton" else ""
-    items += attention_items(tiles, cfg.batch_size, cfg.seq_len, H, D, calls=L, rate_suffix=tma)
+    items += attention_items(tiles, cfg.batch_size, cfg.seq_len, H, D, calls=A, rate_suffix=tma)
     io = 2 * a  # bytes per token of one (T, H, D) bf16 tensor
     if kernels == "triton":
         items.append(Item("attention", f"document bounds (once per micro-step, {DOC_BOUNDS_KERNELS} kernels)",
                           bytes=4 * 10 * N, kernels=DOC_BOUNDS_KERNELS))
         if "no_v_copy" not in options:
-            elementwise("attention", "v copy (strided view made contiguous)", 2 * io, L - ve_layers, backward=0)
+            elementwise("attention", "v copy (strided view made contiguous)", 2 * io, plain_v, backward=0)
 
     # the residual stream around each block: the first add (mix x = l0 x + l1 x0, plus the skip in the second
     # half, plus the previous block's MLP output) and the second (x + attention output), each followed by a norm
@@ -262,6 +275,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
         elementwise("norm", "QK-norm op (q and k)", 2 * 2 * io, L, backward=1.5)
         elementwise("elementwise", "rotary (q and k)", 2 * 2 * io, L)
     elementwise("elementwise", "value-embedding gather + v mix", io + W * d + io, ve_layers)
+    elementwise("elementwise", "v scaled by its λ (v_lambda)", 2 * io, plain_v if cfg.v_lambda else 0)
     elementwise("elementwise", "ReLU^2", 2 * 2 * f, L)
 
     # loss: logits (N, V) bf16 from the head
@@ -291,7 +305,8 @@ def optimizer_items(cfg, options: set[str], gpus: int) -> list[Item]:
     L, d, H, D, V = cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.head_dim, cfg.vocab_size
     a, f = H * D, cfg.mlp_ratio * cfg.model_dim
     adam = (1 + cfg.value_embeds) * V * d + d * V  # embeddings and head (scalars: negligible)
-    groups = [(min(a, d), max(a, d), 4 * L), (min(d, f), max(d, f), 2 * L)]  # (m, k, matrices) per Muon shape group
+    A = attention_layers(cfg)[0]
+    groups = [(min(a, d), max(a, d), 4 * A), (min(d, f), max(d, f), 2 * L)]  # (m, k, matrices) per Muon shape group
     muon = sum(m * k * n for m, k, n in groups)
     shard = "sharded_adam" in options
     share_note = f", 1/{gpus} per rank" if shard else ""

@@ -7,10 +7,16 @@ from __future__ import annotations
 
 FINEWEB_TARGET = 3.28  # the NanoGPT speedrun's rule: val loss on the first 10,485,760 tokens of fineweb_val_000000.bin
 
+# The small tracks' model: attention with head_dim^-0.5 and one window in every layer, v as it is where there is no
+# value embedding, fp32 embedding tables, a bf16 (GPU) or fp32 (CPU) head: none of fineweb-124m's record elements
+# that Config's defaults turn on (README.md, "The fineweb-124m recipe").
+PLAIN_ATTENTION = dict(attn_scale=0.0, layer_attention="", v_lambda=False, embed_bf16=False, fp8_head=False)
+
 TRACKS: dict[str, dict] = {
     # 8xH100 (or fewer by accumulation) on FineWeb, the NanoGPT speedrun's rule: val loss 3.28 on the first
-    # 10,485,760 tokens of fineweb_val_000000.bin. Hyperparameters follow modded-nanogpt's January 2025 records
-    # (1770 steps of 8 x 48K tokens). GPU calibration pending: this kit has not been run on GPUs yet.
+    # 10,485,760 tokens of fineweb_val_000000.bin. Config's defaults: the recipe of modded-nanogpt's 1770-step
+    # records of early 2025 (2025-01-26_BatchSize, timed as 2025-02-01_RuleTweak; 8 x 48K tokens a step),
+    # element by element in README.md's "The fineweb-124m recipe". GPU calibration pending: no GPU runs yet.
     "fineweb-124m": dict(device="cuda", target_val_loss=FINEWEB_TARGET),
     # One GPU on the embedded Shakespeare corpus (2.67M train tokens). Uncalibrated: the target is a guess
     # from the cpu-tiny curves; adjust it after the first GPU runs.
@@ -19,7 +25,7 @@ TRACKS: dict[str, dict] = {
         val_files="data/shakespeare/shakespeare_val_000000.bin", val_tokens=262_144, val_every=50,
         seq_len=16 * 1024, val_seq_len=16 * 1024, batch_size=1, grad_accum=1, num_steps=1000,
         target_val_loss=4.8, num_layers=8, model_dim=512, num_heads=4, head_dim=128, value_embeds=2,
-        unet_skips=4, window_max=1024, warmup_steps=5,
+        unet_skips=4, window_max=1024, warmup_steps=5, **PLAIN_ATTENTION, window_min=128,
     ),
     # Two CPU cores, embedded corpus, torch kernels: calibrated on this kit's 2-core CPU machine so that a run
     # takes about two minutes of train time and 3 seeds end clearly below the target (5.514 ± 0.012, loss rule
@@ -32,7 +38,7 @@ TRACKS: dict[str, dict] = {
         seq_len=128, val_seq_len=128, batch_size=16, grad_accum=1, num_steps=100, target_val_loss=5.6,
         num_layers=4, model_dim=128, num_heads=4, head_dim=32, value_embeds=0, unet_skips=2, logit_softcap=0.0,
         adam_embed_lr=0.3, adam_head_lr=0.004, muon_lr=0.03, window_min=32, window_max=128, window_block=32,
-        warmup_steps=2,
+        warmup_steps=2, **PLAIN_ATTENTION,
     ),
 }
 

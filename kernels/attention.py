@@ -1009,12 +1009,13 @@ def packed_cu_seqlens(starts: torch.Tensor, window: int) -> tuple[torch.Tensor, 
     return cu_seqlens, window_tensor(window), doc_bounds(cu_seqlens, N)
 
 
-def packed_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask) -> torch.Tensor:
+def packed_flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask,
+                           scale: float | None = None) -> torch.Tensor:
     """`flash_attention` over q, k, v (B, T, H, D) packed into one row, documents kept apart by the
-    `packed_cu_seqlens` mask. Returns (B, T, H, D)."""
+    `packed_cu_seqlens` mask; softmax scale `scale` (None: D ** -0.5). Returns (B, T, H, D)."""
     (cu_seqlens, window, bounds), (B, T, H, D) = mask, q.shape
     y = flash_attention(*(x.reshape(1, B * T, H, D) for x in (q, k, v)), window_size=window, cu_seqlens=cu_seqlens,
-                        doc_bounds=bounds)
+                        doc_bounds=bounds, scale=scale)
     return y.reshape(B, T, H, D)
 
 
@@ -1027,9 +1028,12 @@ def dense_mask(starts: torch.Tensor, window: int) -> torch.Tensor:
     return (causal_window & (docs[:, :, None] == docs[:, None, :]))[:, None]
 
 
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PyTorch's scaled_dot_product_attention with a `dense_mask`: q, k, v (B, T, H, D) -> (B, T, H, D)."""
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                   scale: float | None = None) -> torch.Tensor:
+    """PyTorch's scaled_dot_product_attention with a `dense_mask` and softmax scale `scale` (None: D ** -0.5):
+    q, k, v (B, T, H, D) -> (B, T, H, D)."""
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                                       scale=scale)
     return y.transpose(1, 2)
 
 
@@ -1077,12 +1081,13 @@ class FlexMasks:
 
 def make_flex_attention():
     """FlexAttention over q, k, v (B, T, H, D) packed into one row for a `FlexMasks` block mask, compiled
-    with static shapes (FlexAttention is only fast compiled). Returns attention(q, k, v, block_mask)."""
+    with static shapes (FlexAttention is only fast compiled). Returns attention(q, k, v, block_mask, scale=None),
+    scale the softmax scale (None: D ** -0.5)."""
     compiled = torch.compile(flex_attention, dynamic=False)
 
-    def attention(q, k, v, block_mask):
+    def attention(q, k, v, block_mask, scale=None):
         B, T, H, D = q.shape
         q, k, v = (x.reshape(1, B * T, H, D).transpose(1, 2) for x in (q, k, v))
-        return compiled(q, k, v, block_mask=block_mask).transpose(1, 2).reshape(B, T, H, D)
+        return compiled(q, k, v, block_mask=block_mask, scale=scale).transpose(1, 2).reshape(B, T, H, D)
 
     return attention

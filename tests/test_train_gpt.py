@@ -6,8 +6,10 @@ OMP_NUM_THREADS=1, so parallel test workers do not fight over the cores.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -20,6 +22,7 @@ import pytest
 import torch
 
 import train_gpt as T
+from kernels.attention import attention_ref, dense_mask, sdpa_attention
 from kernels.newton_schulz import newton_schulz_ref
 from harness.runlog import read_events
 from harness.shards import BOS_ID, write_shard
@@ -121,14 +124,14 @@ def test_bad_overrides_are_refused(argv, message):
 
 def test_resolve_fills_automatic_fields_and_checks_the_world_size():
     cpu = torch.device("cpu")
-    cfg = T.resolve_config(T.parse_config([]), 2, cpu)
+    cfg = T.resolve_config(T.parse_config(["--fp8_head=false"]), 2, cpu)
     assert cfg.grad_accum == 4 and cfg.compile is False and cfg.run_dir.startswith("runs") and "fineweb-124m-s0" in cfg.run_dir
     with pytest.raises(T.ConfigError, match="world size 3 does not divide the 8-GPU batch of 8"):
-        T.resolve_config(T.parse_config([]), 3, cpu)
-    explicit = T.parse_config(["--grad_accum=1", "--val_tokens=3072", "--val_seq_len=1024"])
+        T.resolve_config(T.parse_config(["--fp8_head=false"]), 3, cpu)
+    explicit = T.parse_config(["--grad_accum=1", "--val_tokens=3072", "--val_seq_len=1024", "--fp8_head=false"])
     assert T.resolve_config(explicit, 3, cpu).grad_accum == 1  # set explicitly: any world size
     with pytest.raises(T.ConfigError, match="val_tokens"):
-        T.resolve_config(T.parse_config(["--val_tokens=1000"]), 1, cpu)
+        T.resolve_config(T.parse_config(["--val_tokens=1000", "--fp8_head=false"]), 1, cpu)
 
 
 def test_schedules():
@@ -138,6 +141,32 @@ def test_schedules():
     assert all(w % 128 == 0 for w in windows)
     assert T.lr_scale(0, cfg) == 1.0 and T.lr_scale(59, cfg) == 1.0 and T.lr_scale(100, cfg) == pytest.approx(0.1)
     assert T.muon_momentum(0, cfg) == pytest.approx(0.85) and T.muon_momentum(300, cfg) == pytest.approx(0.95)
+
+
+def test_the_window_schedule_is_the_records_and_the_small_tracks_keep_theirs():
+    """fineweb-124m: the 2025-01-26 record's long window, next_multiple_of_n(1728 step / 1770, n=128) tokens, and
+    its short one, half the blocks (floor, at least one). cpu-tiny and shakespeare-1gpu: the schedule they had,
+    window_min -> window_max linearly in whole blocks, one window for every layer."""
+    cfg = T.parse_config([])
+    for step in range(cfg.num_steps + 1):
+        record = next(x for x in range(128, int(1728 * step / 1770) + 1 + 128, 128) if x >= 1728 * step / 1770)
+        assert T.attention_windows(T.window_size(step, cfg), cfg) == [record, max(1, record // 128 // 2) * 128]
+    for track in ("cpu-tiny", "shakespeare-1gpu"):
+        cfg = T.parse_config([f"--track={track}"])
+        for step in range(cfg.num_steps + 1):
+            x = min(step / cfg.num_steps, 1.0)
+            old = min(cfg.window_max, math.ceil((cfg.window_min + (cfg.window_max - cfg.window_min) * x)
+                                                / cfg.window_block) * cfg.window_block)
+            assert T.attention_windows(T.window_size(step, cfg), cfg) == [old], (track, step)
+
+
+def test_flops_count_the_layers_with_attention_at_their_windows():
+    cfg = T.parse_config([])
+    dim, hdim, T_ = cfg.model_dim, cfg.num_heads * cfg.head_dim, cfg.seq_len
+    matmuls = 6 * (11 * 4 * hdim * dim + 12 * 8 * dim * dim + dim * cfg.vocab_size)
+    # at the 1792 window: layers 0, 4, 11 long (7 has no attention), the other 8 at 896; no document ends
+    visible = 3 * (1792 - 1792**2 / (2 * T_)) + 8 * (896 - 896**2 / (2 * T_))
+    assert T.flops_per_token(cfg, 1792) == pytest.approx(matmuls + 12 * hdim * visible, rel=1e-12)
 
 
 def test_importing_the_trainer_has_no_side_effects():
@@ -171,6 +200,14 @@ def test_every_numeric_field_has_a_range():
     ("--muon_lr=-0.1", "--muon_lr=-0.1: must be >= 0"),
     ("--ns_steps=0", "--ns_steps=0: must be >= 1"),
     ("--window_min=64", "window_min=64 > window_max=32"),
+    ("--attn_scale=-0.1", "--attn_scale=-0.1: must be >= 0"),
+    ("--layer_attention=LSS", "--layer_attention=LSS: expected L, S or - for each of the 4 layers"),
+    ("--layer_attention=LSSX", "--layer_attention=LSSX: expected L, S or - for each of the 4 layers"),
+    ("--fp8_head_scales=2,x,8", "--fp8_head_scales=2,x,8: expected comma-separated floats"),
+    ("--fp8_head_scales=2,512", "--fp8_head_scales=2,512: expected three positive numbers (x, w, gradient)"),
+    ("--fp8_head_scales=2,0,8", "--fp8_head_scales=2,0,8: expected three positive numbers (x, w, gradient)"),
+    ("--fp8_head=true", "--fp8_head=true needs a GPU with FP8 (CUDA capability >= 8.9; this run has a CPU) and "
+                        "model_dim, vocab_size multiples of 16: add --fp8_head=false"),
     ("--run_dir=README.md", "--run_dir=README.md: exists and is not a folder"),
     ("--num_stepz=3", "unknown option --num_stepz (did you mean --num_steps?)"),
 ])
@@ -207,6 +244,117 @@ def test_help_lists_every_field_with_its_type_default_and_comment(capsys):
         assert f"--{f.name}={f.default}  (" in out
 
 
+# ---------------------------------------------------------------------------------------------- the record's elements
+
+
+def _recording_ops(backend: str = "torch"):
+    """The backend's CPU ops, recording each attention call's (scale, mask window) and each FP8 head call."""
+    ops, calls, windows = T.make_ops(backend, torch.device("cpu")), [], {}
+    mask_fn, attention, fp8_mm = ops.attention_mask, ops.attention, ops.fp8_mm
+
+    def masks(starts, ws):
+        made = mask_fn(starts, ws)
+        windows.update({id(m): w for m, w in zip(made, ws)})
+        return made
+
+    def attend(q, k, v, mask, scale):
+        calls.append(("attention", scale, windows[id(mask)]))
+        return attention(q, k, v, mask, scale)
+
+    def head(*args):
+        calls.append(("fp8_mm", *args[2:]))
+        return fp8_mm(*args)
+
+    ops.attention_mask, ops.attention, ops.fp8_mm = masks, attend, head
+    return ops, calls
+
+
+def test_the_record_elements_shape_the_model():
+    """fineweb-124m's model at a small width on the CPU: no attention in layer 7, the long window in 0, 4 and 11
+    and half of it elsewhere, the scale 0.12, a v scalar in every attention layer, bf16 tables, and the FP8 head
+    in training (its gradient scale times the accumulation steps) but not in validation."""
+    cfg = T.parse_config(["--model_dim=64", "--num_heads=2", "--head_dim=32", "--seq_len=64", "--grad_accum=2"])
+    ops, calls = _recording_ops()
+    model, inputs = T.GPT(cfg, ops), _batch_with_documents(1, 64)
+    assert [block.attn is None for block in model.blocks] == [i == 7 for i in range(12)]
+    assert [tuple(b.attn.value_lambdas.tolist()) for b in model.blocks if b.attn] == \
+        [(0.5, 0.5)] * 3 + [(0.5,)] * 5 + [(0.5, 0.5)] * 3
+    assert {p.dtype for p in [*model.embed.parameters(), *model.value_embeds.parameters()]} == {torch.bfloat16}
+    masks = ops.attention_mask(T.document_starts(inputs), T.attention_windows(T.window_size(1770, cfg), cfg))
+    model(inputs, inputs, masks).backward()
+    long_short = [1792 if i in (0, 4, 11) else 896 for i in range(12) if i != 7]
+    assert calls == [("attention", 0.12, w) for w in long_short] + [("fp8_mm", 2.0, 512.0, 524288.0 * 2)]
+    assert all(p.grad is not None for p in model.parameters())
+    calls.clear()
+    with torch.no_grad():
+        model(inputs, inputs, masks)
+    assert [c[0] for c in calls] == ["attention"] * 11
+
+
+def test_the_record_model_trains_on_the_cpu():
+    """fineweb-124m's defaults at a small width through make_optimizers and train_step on the torch ops (the FP8
+    head on PyTorch's CPU _scaled_mm): finite losses, every parameter moves, the bf16 tables keep bf16 Adam state."""
+    cpu, env = torch.device("cpu"), T.DistEnv()
+    cfg = T.parse_config(["--model_dim=64", "--num_heads=2", "--head_dim=32", "--seq_len=128", "--grad_accum=2"])
+    ops = T.make_ops("torch", cpu)
+    model = T.GPT(cfg, ops)
+    optimizers, before = T.make_optimizers(model, cfg, ops, env), copy.deepcopy(model.state_dict())
+    for step in range(3):  # zero-initialised head and projections: a gradient reaches every parameter by step 3
+        batches = [(x, x.roll(-1, 1)) for x in (_batch_with_documents(1, 128, seed=2 * step + i) for i in range(2))]
+        assert torch.isfinite(T.train_step(model, ops, optimizers, batches, 256, step, cfg, env))
+    assert [n for n, p in model.named_parameters() if torch.equal(p, before[n])] == []
+    assert optimizers.adam.state[model.embed.weight]["exp_avg"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_both_backends_apply_the_attention_scale(backend):
+    """The scale reaches each backend's attention op: its output is the reference's at that scale, not D^-0.5's."""
+    ops = T.make_ops(backend, torch.device("cpu"))
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 40, 2, 16, generator=g) for _ in range(3))
+    starts = torch.zeros(2, 40, dtype=torch.bool)
+    starts[:, 0] = True
+    for window, mask in zip([32, 16], ops.attention_mask(starts, [32, 16])):
+        got = ops.attention(q, k, v, mask, 0.4)
+        torch.testing.assert_close(got, attention_ref(q, k, v, window_size=window, scale=0.4), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(got, attention_ref(q, k, v, window_size=window), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_flexattentions_long_and_short_masks_keep_their_own_windows():
+    """The CUDA torch path builds a FlexAttention block mask per window in one step; each keeps its window (a
+    mask's mask_mod reads buffers that a second mask of the same length must not overwrite). Run here by
+    FlexAttention's CPU reference against SDPA with the dense masks."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    starts = T.document_starts(torch.randint(0, 1000, (2, 256)))  # one document a row: every window shows
+    ops = T.make_ops("torch", torch.device("cuda"))
+    q, k, v = (torch.randn(2, 256, 2, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    flat = [x.reshape(1, 512, 2, 16).transpose(1, 2) for x in (q, k, v)]
+    for window, block_mask in zip([200, 60], ops.attention_mask(starts, [200, 60])):
+        got = flex_attention(*flat, block_mask=block_mask, scale=0.3).transpose(1, 2).reshape(2, 256, 2, 16)
+        want = sdpa_attention(q, k, v, dense_mask(starts, window), scale=0.3)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_the_fp8_head_trains_like_the_float_head():
+    """The head through kernels/fp8.py (which PyTorch's CPU build runs) gives the bf16 head's loss within FP8's
+    rounding, and a gradient for every parameter."""
+    cfg = T.parse_config(["--track=cpu-tiny", "--fp8_head=true", "--num_layers=2", "--unet_skips=1"])
+    inputs, losses = _batch_with_documents(2, 64), []
+    for fp8 in (False, True):
+        torch.manual_seed(0)
+        ops = T.make_ops("torch", torch.device("cpu"))
+        model = T.GPT(dataclasses.replace(cfg, fp8_head=fp8), ops)
+        torch.nn.init.normal_(model.head.weight, std=0.02)  # a zero head would make both losses log(V)
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = model(inputs, torch.roll(inputs, -1, 1), ops.attention_mask(T.document_starts(inputs), [32]))
+        loss.backward()
+        assert all(p.grad is not None for p in model.parameters())
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], abs=0.01) and losses[1] != losses[0]
+
+
 # ---------------------------------------------------------------------------------------------- attention masks
 
 
@@ -231,14 +379,14 @@ def test_attention_gets_one_dtype_under_bf16_autocast():
     ops = T.make_ops("torch", torch.device("cpu"))
     dtypes, sdpa = [], ops.attention
 
-    def attention(q, k, v, mask):
+    def attention(q, k, v, mask, scale):
         dtypes.append((q.dtype, k.dtype, v.dtype))
-        return sdpa(q, k, v, mask)
+        return sdpa(q, k, v, mask, scale)
 
     ops.attention = attention
     model, inputs = T.GPT(cfg, ops), _batch_with_documents(2, 64)
     with torch.autocast("cpu", torch.bfloat16):
-        model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), 32))
+        model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), [32]))
     assert dtypes == [(torch.bfloat16,) * 3] * 2
 
 
@@ -254,7 +402,7 @@ def test_the_residual_stream_is_in_autocasts_dtype_and_the_loss_in_fp32(autocast
     for block in model.blocks:
         block.register_forward_hook(lambda _, args, out: seen.append((args[0].dtype, args[1].dtype, out.dtype)))
     with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-        loss = model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), 32))
+        loss = model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), [32]))
     loss.backward()
     stream = torch.bfloat16 if autocast else torch.float32
     assert seen == [(stream,) * 3] * 4
@@ -276,7 +424,7 @@ def test_triton_ops_give_the_torch_ops_loss_and_gradients():
         model = T.GPT(cfg, ops)
         for p in model.parameters():  # zero-initialised projections and head would leave most gradients 0
             torch.nn.init.normal_(p, std=0.2)
-        loss = model(inputs, torch.roll(inputs, -1, 1), ops.attention_mask(T.document_starts(inputs), 24))
+        loss = model(inputs, torch.roll(inputs, -1, 1), ops.attention_mask(T.document_starts(inputs), [24]))
         loss.backward()
         results[backend] = loss.detach(), {n: p.grad for n, p in model.named_parameters()}
     (loss_ref, grads_ref), (loss, grads) = results["torch"], results["triton"]
@@ -308,7 +456,7 @@ def test_each_backend_names_the_ops_it_uses(backend, device, sources):
     ops = T.make_ops(backend, torch.device(device))  # imports the kernel files
     assert (ops.sources["attention"], ops.sources["rms_norm"], ops.sources["newton_schulz"]) == sources
     assert ops.sources["add_rms_norm"] == sources[1].replace("rms_norm", "add_rms_norm")
-    for op in ("rms_norm", "add_rms_norm", "newton_schulz"):
+    for op in ("rms_norm", "add_rms_norm", "newton_schulz", "fp8_mm"):
         module, name = ops.sources[op].rsplit(".", 1)
         assert getattr(ops, op) is getattr(sys.modules[module], name)
 
@@ -561,7 +709,7 @@ model = T.compile_model(T.GPT(cfg, ops))
 with torch.no_grad():  # FlexAttention has no backward on a CPU: forward only, as validation runs it
     for length in (256, 512, 256, 512):
         x = torch.randint(0, 512, (1, length))
-        model(x, x, ops.attention_mask(T.document_starts(x), 128))
+        model(x, x, ops.attention_mask(T.document_starts(x), [128]))
 json.dump(graphs, open({out!r} + "/graphs.json", "w"))
 """
 
@@ -593,6 +741,16 @@ def test_compiled_triton_path_has_one_graph_for_every_window(shards, tmp_path):
     graph and one validation graph, because the window reaches the op as a 0-d CPU tensor. A Python int
     would be baked into each graph: three of each (28 full-model compiles for fineweb-124m's warm-up)."""
     run_script(COMPILED_RUN, tmp_path, *data_args(shards), "--kernels=triton")
+    graphs = json.loads((tmp_path / "graphs.json").read_text())
+    assert graphs == [["warm-up", 0], ["warm-up", 0]], graphs
+    assert len(val_losses(tmp_path)) == 3
+
+
+def test_compiled_triton_path_with_the_records_elements_still_has_one_graph_each(shards, tmp_path):
+    """The same with a short-window layer (two masks a step: 16/16, 48/16, 64/32), the 0.12 scale, v scaled by
+    its λ and bf16 tables: still one train graph and one validation graph, both in the warm-up."""
+    run_script(COMPILED_RUN, tmp_path, *data_args(shards), "--kernels=triton", "--layer_attention=S",
+               "--attn_scale=0.12", "--v_lambda=true", "--embed_bf16=true")
     graphs = json.loads((tmp_path / "graphs.json").read_text())
     assert graphs == [["warm-up", 0], ["warm-up", 0]], graphs
     assert len(val_losses(tmp_path)) == 3
@@ -797,7 +955,7 @@ def test_a_compiled_training_step_never_waits_for_the_gpu(kernels):
     device = torch.device("cuda", 0)
     argv = ["--track=fineweb-124m", f"--kernels={kernels}", "--grad_accum=2", "--num_layers=2", "--model_dim=128",
             "--num_heads=2", "--head_dim=64", "--value_embeds=1", "--unet_skips=1", "--seq_len=1024",
-            "--window_min=128", "--window_max=256"]
+            "--window_min=128", "--window_max=256", "--layer_attention=S-"]
     cfg = T.resolve_config(T.parse_config(argv), 1, device)
     ops = T.make_ops(kernels, device)
     model = T.GPT(cfg, ops).to(device)
@@ -815,3 +973,26 @@ def test_a_compiled_training_step_never_waits_for_the_gpu(kernels):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert [fields["step"] for _, fields in losses.ready()] == [3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------- the README's recipe
+
+
+def test_the_readmes_recipe_table_is_the_fineweb_defaults():
+    """README.md's "The fineweb-124m recipe" table names the Config value of each record element; every value is
+    fineweb-124m's, and every field of the recipe (all but how and where a run runs) is in the table."""
+    from typing import get_type_hints
+
+    from harness.overrides import parse_value
+
+    section = (REPO / "README.md").read_text().split("## The fineweb-124m recipe\n")[1].split("\n## ")[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0][2] == "Config" and all(len(row) == 4 for row in rows), rows[0]
+    listed = [re.findall(r"`(\w+)=([^`]*)`", row[2]) for row in rows[1:]]
+    assert all(listed), [row[0] for row, pairs in zip(rows[1:], listed) if not pairs]  # a value for every element
+    cfg, kinds = T.parse_config(["--track=fineweb-124m"]), get_type_hints(T.Config)
+    table = {name: parse_value(name, text, kinds[name]) for pairs in listed for name, text in pairs}
+    assert table == {name: getattr(cfg, name) for name in table}
+    run_fields = {"track", "seed", "kernels", "device", "compile", "run_dir", "train_files", "train_epochs",
+                  "val_files", "stop_at_target"}
+    assert set(kinds) - run_fields == set(table), set(kinds) - run_fields ^ set(table)
