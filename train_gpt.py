@@ -31,7 +31,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -430,22 +430,22 @@ def as_wide(t: Tensor) -> Tensor:
     return t.mT if t.size(-2) > t.size(-1) else t
 
 
-class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024), for hidden weight matrices.
+def reduce_scatter(out: Tensor, inp: Tensor):  # the mean over the ranks, async (torch 2.13's name, else 2.11's)
+    op = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    return op(out, inp, op=dist.ReduceOp.AVG, async_op=True)
 
-    Per matrix: Nesterov momentum, then the update is orthogonalised by Newton-Schulz and scaled by
-    max(1, rows/cols)^0.5; optional decoupled weight decay. A parameter (..., M, K) is a stack of (M, K)
-    matrices, each taken wide (Newton-Schulz commutes with the transpose), so matrices group by shape
-    across parameters: fineweb-124m's 36 q/k/v and 12 attention outputs make one group of 48 (768, 768),
-    its 12 MLP fc (transposed) and 12 projections one of 24 (768, 3072): no zero padding on 8 ranks.
-    Distributed (modded-nanogpt's scheme): a group's gradients are stacked and reduce-scattered (mean),
-    each rank keeps momentum for its share only and orthogonalises it, the updates are all-gathered: no
-    rank repeats another's work, and no separate all-reduce. GradSync starts a group's reduce-scatter
-    from the backward; step() starts the others. Gradients go in fp32 (NCCL would sum bf16 in bf16,
-    rounding each partial sum to 8 bits on its way to the fp32 momentum: not worth half a collective);
-    updates in bf16 on CUDA, where Newton-Schulz iterates in bf16 (kernels/ and the reference), so the
-    cast is exact and halves the all-gather.
-    """
+
+def all_gather(out: Tensor, inp: Tensor):  # async; in place where inp is out's slice at this rank's offset
+    return (getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor)(out, inp, async_op=True)
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024) for hidden matrices: Nesterov momentum, then
+    the update orthogonalised by Newton-Schulz and scaled by max(1, rows/cols)^0.5; optional decoupled weight decay.
+    Matrices group by their wide shape (Newton-Schulz commutes with the transpose): fineweb-124m's 48 (768, 768) and
+    24 (768, 3072). Distributed as modded-nanogpt: a group's gradients are stacked and reduce-scattered (mean, fp32:
+    NCCL would sum bf16 in bf16), each rank keeps momentum for its share and orthogonalises it, and the updates are
+    all-gathered (bf16 on CUDA, where Newton-Schulz iterates in bf16: exact, half the bytes)."""
 
     def __init__(self, params, *, lr: float, momentum: float, weight_decay: float, ns_steps: int,
                  newton_schulz: Callable, world_size: int = 1):
@@ -455,31 +455,26 @@ class Muon(torch.optim.Optimizer):
         groups = [dict(params=[p for p in params if wide[p] == s]) for s in shapes]
         super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
         self.ns_steps, self.newton_schulz, self.world_size = ns_steps, newton_schulz, world_size
+        self.buckets = [g["params"] for g in self.param_groups]  # GradSync launches a group's reduce-scatter
         self.shares = {}  # group index -> (this rank's share of the mean gradients (share, m, k), its work or None)
 
     @torch.no_grad()
-    def reduce_scatter(self, i: int) -> None:
+    def launch(self, i: int) -> None:
         """Start averaging group i's gradients over the ranks; this rank's share arrives in self.shares[i]."""
         params, W = self.param_groups[i]["params"], self.world_size
         grads = [as_wide(p.grad) for p in params]  # (n_p, m, k) each
         n = sum(g.size(0) for g in grads)
         share = -(-n // W)  # matrices per rank
         grads = torch.cat(grads + [grads[0].new_zeros(share * W - n, *grads[0].shape[1:])])  # (share * W, m, k)
-        if W == 1:
-            self.shares[i] = grads, None
-            return
-        reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-        mine = grads.new_empty(share, *grads.shape[1:])
-        self.shares[i] = mine, reduce_scatter(mine, grads, op=dist.ReduceOp.AVG, async_op=True)
+        mine = grads if W == 1 else grads.new_empty(share, *grads.shape[1:])
+        self.shares[i] = mine, None if W == 1 else reduce_scatter(mine, grads)
 
     @torch.no_grad()
-    def step(self):
-        W = self.world_size
-        all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        for i in range(len(self.param_groups)):  # every reduce-scatter not yet started, before any wait
-            if i not in self.shares:
-                self.reduce_scatter(i)
-        gathers = []
+    def step(self, between: Callable = lambda: None):
+        """`between` (Adam's step) runs while the updates' all-gathers are in flight."""
+        W, gathers = self.world_size, []
+        for i in [i for i in range(len(self.param_groups)) if i not in self.shares]:  # those GradSync has not
+            self.launch(i)
         for i, group in enumerate(self.param_groups):
             mine, work = self.shares.pop(i)
             if work is not None:
@@ -490,12 +485,10 @@ class Muon(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(mine, 1 - group["momentum"])
             update = self.newton_schulz(mine.lerp_(buf, group["momentum"]), self.ns_steps)  # Nesterov
-            if W > 1:
-                update = update.to(torch.bfloat16) if update.is_cuda else update  # exact: see the docstring
-                full = update.new_empty(W * update.size(0), *update.shape[1:])
-                gathers.append((group, full, all_gather(full, update.contiguous(), async_op=True)))
-            else:
-                gathers.append((group, update, None))
+            update = update.to(torch.bfloat16) if update.is_cuda and W > 1 else update  # exact: see the docstring
+            full = update if W == 1 else update.new_empty(W * update.size(0), *update.shape[1:])
+            gathers.append((group, full, None if W == 1 else all_gather(full, update.contiguous())))
+        between()
         for group, full, work in gathers:
             if work is not None:
                 work.wait()
@@ -512,29 +505,99 @@ class Muon(torch.optim.Optimizer):
                     torch._foreach_add_(ps, us, alpha=-lr * max(1, ps[0].size(-2) / ps[0].size(-1)) ** 0.5)
 
 
-class GradSync:
-    """Gradient averaging launched from the backward, to overlap the rest of it (modded-nanogpt's gradient
-    hooks; DDP's buckets). On the last micro-step only (the others just accumulate: DDP's no_sync), each
-    parameter's post-accumulate-grad hook counts its bucket down, and a complete bucket is launched: a large
-    Adam gradient (embedding, head) all-reduced in place, the small ones (scalars) as one flat buffer, a Muon
-    shape group's reduce-scatter. Buckets launch in one fixed order (about the backward's), each after those
-    before it, so every rank issues the same collectives in the same order. finish() launches the rest (a
-    parameter the forward never reads has no gradient on any rank: skipped) and waits for Adam's; Muon.step
-    waits for Muon's. Under torch.compile the backward is one graph: its gradients all arrive at its end."""
+Slice = NamedTuple("Slice", [("stepped", Tensor), ("lo", int), ("hi", int), ("size", int), ("sharded", bool)])  # see ShardedAdam
 
-    def __init__(self, params: list[Tensor], adam_params: list[Tensor], muon: Muon | None, world_size: int,
-                 bucket_numel: int = 2**20):
-        adam_params = [p for p in adam_params if p.numel()]  # an empty tensor has nothing to average
-        small = [p for p in adam_params if p.numel() < bucket_numel]
-        buckets = [([p], self._all_reduce) for p in adam_params if p.numel() >= bucket_numel]
-        buckets += [(small, self._all_reduce)] if small else []
-        groups = enumerate(muon.param_groups if muon else [])
-        buckets += [(g["params"], lambda _, i=i: muon.reduce_scatter(i)) for i, g in groups]
+
+class ShardedAdam(torch.optim.Adam):
+    """torch.optim.Adam (fused; its update bit for bit), its state and step sharded over W ranks (ZeRO-1, as
+    modded-nanogpt's DistAdam). A sharded parameter's gradient is flattened, zero-padded to W s elements
+    (s = ceil(n / W)) and reduce-scattered (mean, fp32); rank r steps elements [lo, hi) = [r s, (r + 1) s) and
+    all-gathers them into every rank's parameter in its dtype, in place where W divides n. Slices, not whole
+    parameters round-robin: fineweb-124m's 5 tables of 38.6M would leave 3 of 8 ranks idle. The rest (the
+    scalars, a few hundred) are all-reduced as one flat buffer and stepped whole on every rank: sharding them
+    would cost collectives and save nothing measurable. The math is fp32: `stepped` is a view of an fp32
+    parameter's slice, else (bf16) an fp32 master copy of it, kept in the state dict."""
+
+    def __init__(self, groups: list[dict], *, sharded: list[Tensor], world_size: int = 1, rank: int = 0, **adam):
+        self.W, self.of = world_size, {}  # parameter -> its Slice
+        for p in (p for group in groups for p in group["params"]):
+            n, shard = p.numel(), world_size > 1 and any(p is q for q in sharded)
+            s, r = (-(-n // world_size), rank) if shard else (n, 0)
+            lo, hi = min(r * s, n), min(r * s + s, n)
+            self.of[p] = Slice(p.detach().view(-1)[lo:hi].float(), lo, hi, s, shard)
+        super().__init__([dict(g, params=[self.of[p].stepped for p in g["params"]]) for g in groups], **adam)
+        self.sharded = [p for p in self.of if self.of[p].sharded]
+        whole = [p for p in self.of if not self.of[p].sharded and p.numel()]
+        self.buckets = [[p] for p in self.sharded] + ([whole] if whole and world_size > 1 else [])  # GradSync's
+        self.masters = [x.stepped for p, x in self.of.items() if p.dtype != torch.float32]
+        self.pending, self.gathers = {}, []  # bucket -> (its fp32 mean, its work); the all-gathers in flight
+
+    @torch.no_grad()
+    def launch(self, i: int) -> None:
+        """Start averaging bucket i: one sharded parameter's reduce-scatter, or the others' flat all-reduce."""
+        grads = [p.grad.reshape(-1).float() for p in self.buckets[i] if p.grad is not None]  # none: p never read
+        if grads and i < len(self.sharded):
+            g, s = grads[0], self.of[self.buckets[i][0]].size  # (n,), padded to (W s,)
+            g = g if g.numel() == self.W * s else torch.cat([g, g.new_zeros(self.W * s - g.numel())])
+            self.pending[i] = (mean := g.new_empty(s)), reduce_scatter(mean, g)
+        elif grads:
+            self.pending[i] = (flat := torch.cat(grads)), dist.all_reduce(flat, op=dist.ReduceOp.AVG, async_op=True)
+
+    @torch.no_grad()
+    def step(self):
+        """Wait for the mean gradients, step this rank's slices, start their all-gathers (wait() completes them)."""
+        for i in [i for i in range(len(self.buckets)) if i not in self.pending]:  # those GradSync has not
+            self.launch(i)
+        grads = {p: None if p.grad is None else p.grad.reshape(-1).float() for p in self.of}  # W > 1: the means
+        for i, (mean, work) in self.pending.items():
+            work.wait()
+            sizes = {p: self.of[p].hi - self.of[p].lo for p in self.buckets[i] if p.grad is not None}
+            grads.update(zip(sizes, mean[: sum(sizes.values())].split(list(sizes.values()))))
+        for p, x in self.of.items():  # an empty slice is not stepped
+            x.stepped.grad = grads[p].view_as(x.stepped) if grads[p] is not None and grads[p].numel() else None
+        super().step()
+        for p, (stepped, lo, hi, s, sharded) in self.of.items():
+            flat, in_place = p.detach().view(-1), self.W * s == p.numel()
+            if p.dtype != torch.float32 and stepped.grad is not None:
+                flat[lo:hi].copy_(stepped)
+            if sharded and p.grad is not None:
+                mine = flat[lo:hi] if in_place else torch.cat([flat[lo:hi], flat.new_zeros(s - hi + lo)])
+                full = flat if in_place else flat.new_empty(self.W * s)
+                self.gathers.append((all_gather(full, mine), full, flat))
+            stepped.grad = None
+        self.pending = {}
+
+    def wait(self) -> None:
+        """Complete the all-gathers: every rank's parameters whole again."""
+        for work, full, flat in self.gathers:
+            work.wait()
+            if full is not flat:
+                flat.copy_(full[: flat.numel()])
+        self.gathers = []
+
+    def state_dict(self):  # the masters are state: the warm-up's restore puts them back
+        return {**super().state_dict(), "masters": self.masters}
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "masters"})
+        for master, saved in zip(self.masters, state_dict["masters"], strict=True):
+            master.copy_(saved)
+
+
+class GradSync:
+    """Gradient averaging launched from the backward (modded-nanogpt's gradient hooks; DDP's buckets): on the last
+    micro-step only (DDP's no_sync), each parameter's post-accumulate-grad hook counts its bucket down, and complete
+    buckets launch in one fixed order, each after those before it (every rank issues the same collectives in the
+    same order): Muon's groups, then Adam's, each in about the backward's order. Under torch.compile every hook
+    fires at the backward's end, so that is the order on the wire: Muon's reduce-scatters never wait behind Adam's
+    773 MB (fineweb-124m's embeddings and head), and Newton-Schulz runs while those are in flight."""
+
+    def __init__(self, params: list[Tensor], optimizers: list, world_size: int):
         index = {p: i for i, p in enumerate(params)}  # a bucket completes with its first parameter (~its last grad)
-        self.buckets = sorted(buckets, key=lambda b: -min(index[p] for p in b[0])) if world_size > 1 else []
+        self.buckets = [(ps, lambda opt=opt, i=i: opt.launch(i)) for opt in optimizers if world_size > 1
+                        for i, ps in sorted(enumerate(opt.buckets), key=lambda b: -min(index[p] for p in b[1]))]
         self.bucket_of = {p: b for b, (ps, _) in enumerate(self.buckets) for p in ps}
-        self.last_micro_step, self.works, self.flats = True, [], []
-        self.missing, self.launched = [len(ps) for ps, _ in self.buckets], 0
+        self.last_micro_step, self.launched, self.missing = True, 0, [len(ps) for ps, _ in self.buckets]
         for p in self.bucket_of:
             p.register_post_accumulate_grad_hook(self._hook)
 
@@ -546,38 +609,21 @@ class GradSync:
     def _launch(self, everything: bool = False) -> None:
         """The next buckets in order, while they are complete (or all of them)."""
         while self.launched < len(self.buckets) and (everything or self.missing[self.launched] == 0):
-            params, launch = self.buckets[self.launched]
             self.launched += 1
-            launch(params)
-
-    def _all_reduce(self, params: list[Tensor]) -> None:  # one gradient in place, several as one flat buffer
-        if grads := [p.grad for p in params if p.grad is not None]:
-            flat = grads[0] if len(grads) == 1 else torch.cat([g.flatten() for g in grads])
-            self.works.append(dist.all_reduce(flat, op=dist.ReduceOp.AVG, async_op=True))
-            self.flats += [(grads, flat)] if len(grads) > 1 else []
+            self.buckets[self.launched - 1][1]()
 
     def finish(self) -> None:
-        """Launch the buckets the hooks have not, wait for Adam's all-reduces, and reset for the next step."""
+        """Launch what the hooks have not (a parameter the forward never reads has no gradient: skipped); reset."""
         self._launch(everything=True)
-        for work in self.works:
-            work.wait()
-        for grads, flat in self.flats:
-            torch._foreach_copy_(grads, [t.view_as(g) for t, g in zip(flat.split([g.numel() for g in grads]), grads)])
-        self.works, self.flats, self.launched = [], [], 0
-        self.missing = [len(ps) for ps, _ in self.buckets]
+        self.launched, self.missing = 0, [len(ps) for ps, _ in self.buckets]
 
 
-@dataclass
-class Optimizers:
+class Optimizers(NamedTuple):
     """Adam and Muon, and the averaging of their gradients over the ranks."""
 
-    adam: torch.optim.Adam
+    adam: ShardedAdam
     muon: Muon
     sync: GradSync
-
-    @property
-    def both(self) -> tuple[torch.optim.Adam, Muon]:
-        return self.adam, self.muon
 
 
 def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv) -> Optimizers:
@@ -588,14 +634,14 @@ def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv) -> Optimize
     head = [model.head.weight]
     assert len(hidden) + len(embeds) + len(scalars) + len(head) == len(list(model.parameters()))
     # betas (0.8, 0.95) and the small eps (@YouJiacheng) as in modded-nanogpt
-    adam = torch.optim.Adam([dict(params=embeds, lr=cfg.adam_embed_lr), dict(params=head, lr=cfg.adam_head_lr),
-                             dict(params=scalars, lr=cfg.adam_scalar_lr)], betas=(0.8, 0.95), eps=1e-10, fused=True)
+    adam = ShardedAdam([dict(params=embeds, lr=cfg.adam_embed_lr), dict(params=head, lr=cfg.adam_head_lr),
+                        dict(params=scalars, lr=cfg.adam_scalar_lr)], sharded=[*embeds, *head],
+                       world_size=env.world_size, rank=env.rank, betas=(0.8, 0.95), eps=1e-10, fused=True)
     muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
                 ns_steps=cfg.ns_steps, newton_schulz=ops.newton_schulz, world_size=env.world_size)
     for group in (*adam.param_groups, *muon.param_groups):
         group["initial_lr"] = group["lr"]
-    sync = GradSync(list(model.parameters()), [*embeds, *head, *scalars], muon, env.world_size)
-    return Optimizers(adam, muon, sync)
+    return Optimizers(adam, muon, GradSync(list(model.parameters()), [muon, adam], env.world_size))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -639,18 +685,21 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
             loss = model(inputs, targets, ops.attention_mask(document_starts(inputs), window))
         (loss / len(batches)).backward()
         total += loss.detach()
-    optimizers.sync.finish()  # launches what the backward's hooks have not; waits for Adam's gradients
-    for opt in optimizers.both:
+    optimizers.sync.finish()  # launches what the backward's hooks have not
+    total /= len(batches)
+    loss_sync = dist.all_reduce(total, op=dist.ReduceOp.AVG, async_op=True) if env.world_size > 1 else None
+    for opt in (optimizers.adam, optimizers.muon):
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_scale(step, cfg)
     for group in optimizers.muon.param_groups:
         group["momentum"] = muon_momentum(step, cfg)
-    for opt in optimizers.both:
-        opt.step()
+    optimizers.muon.step(between=optimizers.adam.step)  # Muon's reduce-scatters went first: it starts first
     model.zero_grad(set_to_none=True)
-    total /= len(batches)
-    if env.world_size > 1:
-        dist.all_reduce(total, op=dist.ReduceOp.AVG)
+    if loss_sync:
+        loss_sync.wait()
+    # Adam's all-gathers complete before anything reads the parameters (the next forward, validation, the warm-up's
+    # restore); on CUDA a wait holds back only the compute stream's next kernels: the next batch's copy and mask
+    optimizers.adam.wait()
     return total
 
 
@@ -669,7 +718,8 @@ def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.dev
     When compiling: a training step at every window size of the schedule and a validation batch at the window
     of every validation (its own shape and no_grad: other graphs). No path compiles per window (the CPU tests
     count the graphs); visiting every window makes a guard only a GPU meets recompile here, untimed."""
-    initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(opt.state_dict()) for opt in optimizers.both]
+    opts = optimizers.adam, optimizers.muon
+    initial = copy.deepcopy(model.state_dict()), [copy.deepcopy(opt.state_dict()) for opt in opts]
     windows = sorted({window_size(s, cfg) for s in range(cfg.num_steps + 1)})
     steps = max(cfg.warmup_steps, len(windows)) if cfg.compile else cfg.warmup_steps
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -682,7 +732,7 @@ def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.dev
         for window in sorted({window_size(s, cfg) for s in val_steps}):
             evaluate(window, max_batches=1)
     model.load_state_dict(initial[0])
-    for opt, opt_state in zip(optimizers.both, initial[1]):
+    for opt, opt_state in zip(opts, initial[1]):
         opt.load_state_dict(opt_state)
 
 

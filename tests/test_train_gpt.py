@@ -379,7 +379,7 @@ SHAPES = [(16, 32)] * 5 + [(32, 16)] * 3 + [(3, 8, 16)]  # (32, 16) joins (16, 3
 
 def fill(template: str, tmp_path: Path) -> str:
     """A script template with the repository, the output folder and this module's constants filled in."""
-    return template.format(repo=str(REPO), out=str(tmp_path), micro=MICRO, shapes=SHAPES, grad_shapes=GRAD_SHAPES)
+    return template.format(repo=str(REPO), out=str(tmp_path), micro=MICRO, shapes=SHAPES)
 
 
 def run_two_processes(template: str, tmp_path: Path) -> None:
@@ -412,47 +412,134 @@ def test_distributed_muon_equals_single_process(tmp_path):
     assert calls == [8, 3] * 3
 
 
-DIST_GRADS = """
-import sys
+# ---------------------------------------------------------------------------------------------- Adam
+
+# (shape, dtype, sharded, read by the loss): awkward sizes for 2 ranks (21 and 45 elements padded to 22 and 46,
+# one element: rank 1's slice empty), sizes 2 divides (gathered in place), bf16 (fp32 masters), parameters the
+# forward never reads (no gradient on any rank), an empty one. The whole ones come first: their bucket is last.
+ADAM_PARAMS = [((3,), "float32", False, True), ((2,), "float32", False, False), ((0,), "float32", False, True),
+               ((4,), "bfloat16", False, True), ((5, 2), "float32", True, False), ((7, 3), "float32", True, True),
+               ((10, 4), "float32", True, True), ((1,), "float32", True, True), ((9, 5), "bfloat16", True, True),
+               ((6, 8), "bfloat16", True, True)]
+LRS = (0.1, 0.02)  # the first 5 parameters' group, the rest's
+
+
+def adam_params():
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(s).to(getattr(torch, d))) for s, d, _, _ in ADAM_PARAMS]
+
+
+def adam_grads(params, rank: int, step: int, micro: int) -> list:
+    """The gradient each micro-step of each rank gives each parameter read by the loss: of sum(p * r)."""
+    g = torch.Generator().manual_seed(1000 * step + 10 * rank + micro)
+    return [torch.randn(p.shape, generator=g).to(p.dtype) if read else None
+            for p, (_, _, _, read) in zip(params, ADAM_PARAMS)]
+
+
+def make_adam(params, world_size=1, rank=0):
+    groups = [dict(params=params[:5], lr=LRS[0]), dict(params=params[5:], lr=LRS[1])]
+    sharded = [p for p, (_, _, shard, _) in zip(params, ADAM_PARAMS) if shard]
+    return T.ShardedAdam(groups, sharded=sharded, world_size=world_size, rank=rank, betas=(0.8, 0.95), eps=1e-10,
+                         fused=True)
+
+
+DIST_ADAM = """
+import copy, sys
 sys.path.insert(0, {repo!r})
 import torch
 import torch.distributed as dist
-import train_gpt as T
+sys.path.insert(0, {repo!r} + "/tests")
+from test_train_gpt import T, adam_params, adam_grads, make_adam
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-params = [torch.nn.Parameter(torch.zeros(s)) for s in {grad_shapes}]
-sync = T.GradSync(params, params, None, world_size=2, bucket_numel=50)
-launched = []  # buckets launched by the end of each micro-step's backward
-for micro in range(2):  # two accumulated micro-steps: the hooks communicate on the second only
-    sync.last_micro_step = micro == 1
-    g = torch.Generator().manual_seed(10 * rank + micro)
-    sum((p * torch.randn(p.shape, generator=g)).sum() for i, p in enumerate(params) if i != 2).backward()
-    launched.append(sync.launched)
-sync.finish()
-torch.save(dict(grads=[p.grad for p in params], launched=launched), f"{out}/grads{{rank}}.pt")
+params = adam_params()
+adam = make_adam(params, 2, rank)
+sync = T.GradSync(params, [adam], world_size=2)
+launched, after, saved = [], [], None  # buckets launched by the end of each micro-step's backward
+
+def step(s):
+    for micro in range(2):  # two accumulated micro-steps: the hooks communicate on the second only
+        sync.last_micro_step = micro == 1
+        sum((p.float() * g.float()).sum() for p, g in zip(params, adam_grads(params, rank, s, micro))
+            if g is not None).backward()
+        launched.append(sync.launched)
+    sync.finish()
+    adam.step()
+    adam.wait()
+    for p in params:
+        p.grad = None
+
+for s in range(3):
+    step(s)
+    after.append([p.detach().clone() for p in params])
+    if s == 0:
+        saved = copy.deepcopy(adam.state_dict()), copy.deepcopy(after[0])
+states = [state["exp_avg"].numel() for state in adam.state.values()]
+adam.load_state_dict(saved[0])  # the warm-up's restore: the state of step 1, masters included
+with torch.no_grad():
+    for p, q in zip(params, saved[1]):
+        p.copy_(q)
+for s in (1, 2):
+    step(s)
+torch.save(dict(after=after, again=[p.detach() for p in params], launched=launched, states=sorted(states)),
+           f"{out}/adam{{rank}}.pt")
 dist.destroy_process_group()
 """
-GRAD_SHAPES = [(3,), (70, 20), (2,), (0,), (5, 4), (9,), (60, 30)]  # bucket_numel=50: two large, the rest one bucket
 
 
-def test_grad_sync_gives_every_rank_the_mean(tmp_path):
-    """Adam's gradients averaged from the backward's hooks: the large ones alone, the small ones in one bucket
-    (here never complete: params[2] is not read, so it has no gradient and the bucket goes in finish())."""
-    run_two_processes(DIST_GRADS, tmp_path)
-    local = [[torch.zeros(s) for s in GRAD_SHAPES] for _ in range(2)]
+def adam_reference(steps: int, ranks: int) -> list:
+    """torch.optim.Adam over fp32 copies of the parameters, given the mean of the ranks' accumulated gradients;
+    each parameter is its copy in its own dtype, after every step."""
+    params = adam_params()
+    masters = [torch.nn.Parameter(p.detach().float()) for p in params]
+    adam = torch.optim.Adam([dict(params=masters[:5], lr=LRS[0]), dict(params=masters[5:], lr=LRS[1])],
+                            betas=(0.8, 0.95), eps=1e-10, fused=True)
+    after = []
+    for step in range(steps):
+        for i, m in enumerate(masters):
+            per_rank = [adam_grads(params, r, step, 0)[i] for r in range(ranks)]
+            if per_rank[0] is not None:  # accumulated in the parameter's dtype, averaged in fp32
+                m.grad = sum((g + adam_grads(params, r, step, 1)[i]).float() for r, g in enumerate(per_rank)) / ranks
+        adam.step()
+        adam.zero_grad()
+        after.append([m.detach().to(p.dtype, copy=True) for m, p in zip(masters, params)])
+    return after
+
+
+def assert_same_params(got: list, want: list, where: str) -> None:
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == w.dtype, f"{where}, parameter {i}: {g.dtype}, expected {w.dtype}"
+        torch.testing.assert_close(g, w, rtol=0, atol=0, msg=lambda m: f"{where}, parameter {i} {ADAM_PARAMS[i]}: {m}")
+
+
+def test_sharded_adam_on_one_process_is_torch_adam():
+    """One process: no collective; fp32 parameters stepped in place, bf16 ones through fp32 masters, bit for bit
+    torch.optim.Adam's (the 'accumulated' gradient here is one micro-step's plus the next one's, as GradSync's)."""
+    params = adam_params()
+    adam = make_adam(params)
+    for step in range(3):
+        for p, g0, g1 in zip(params, adam_grads(params, 0, step, 0), adam_grads(params, 0, step, 1)):
+            p.grad = None if g0 is None else g0 + g1
+        adam.step()
+        assert_same_params([p.detach() for p in params], adam_reference(step + 1, 1)[step], f"step {step}")
+
+
+def test_sharded_adam_on_two_processes_is_torch_adam(tmp_path):
+    """Two gloo processes: every rank ends each step with torch.optim.Adam's parameters (on the mean gradient),
+    holds Adam's state for its slices only, and restores a state dict (masters included) to the same result."""
+    run_two_processes(DIST_ADAM, tmp_path)
+    want = adam_reference(3, 2)
     for rank in range(2):
-        for micro in range(2):
-            g = torch.Generator().manual_seed(10 * rank + micro)
-            for i, s in enumerate(GRAD_SHAPES):
-                if i != 2:
-                    local[rank][i] += torch.randn(s, generator=g)
-    for rank in range(2):
-        got = torch.load(tmp_path / f"grads{rank}.pt")
-        assert got["launched"] == [0, 2]  # nothing on the first micro-step; both large buckets in the backward
-        assert got["grads"][2] is None
-        for i in (0, 1, 3, 4, 5, 6):
-            torch.testing.assert_close(got["grads"][i], (local[0][i] + local[1][i]) / 2, atol=1e-6, rtol=0)
+        got = torch.load(tmp_path / f"adam{rank}.pt")
+        for step in range(3):
+            assert_same_params(got["after"][step], want[step], f"rank {rank}, step {step}")
+        assert_same_params(got["again"], want[2], f"rank {rank}, steps 2 and 3 again from step 1's state dict")
+        # the 5 read sharded parameters' launches in the backward; the unread sharded one and the whole bucket wait
+        assert got["launched"][:6] == [0, 5] * 3
+        # state: the whole ones (3 and 4 elements), the slices (21 -> 11 and 10, 40 -> 20, 1 -> 1 and 0, 45 -> 23
+        # and 22, 48 -> 24), a rank's empty slice never stepped
+        assert got["states"] == sorted([3, 4, 20, 24] + ([11, 1, 23] if rank == 0 else [10, 22]))
 
 
 DIST_OVERLAP = """
@@ -469,11 +556,11 @@ env, ops = T.DistEnv(rank, rank, 2), T.make_ops("torch", cpu)
 torch.manual_seed(0)
 model = T.GPT(cfg, ops)
 optimizers = T.make_optimizers(model, cfg, ops, env)
-events, where = [], [None]  # (step, where, collective) for every collective launched
+events, where = [], [None]  # (step, where, collective, its input's ndim) for every collective launched
 
 def recorded(name, collective):
     def launch(*args, **kwargs):
-        events.append((*where[0], name))
+        events.append((*where[0], name, args[-1].ndim))
         return collective(*args, **kwargs)
     return launch
 
@@ -503,18 +590,18 @@ dist.destroy_process_group()
 
 def test_gradient_communication_starts_inside_the_backward(tmp_path):
     """An eager training step of 2 micro-steps on 2 processes: no collective in the first micro-step's backward;
-    in the last one every gradient collective (Adam's all-reduces, Muon's reduce-scatters) is launched; after
-    it, only Muon's all-gathers and the loss's all-reduce."""
+    in the last one every gradient collective, Muon's reduce-scatters (of 3-d stacks) before Adam's (flat: the
+    embedding, the value embedding, the head, then the scalars' all-reduce); after it, the loss's all-reduce,
+    then Muon's all-gathers and Adam's."""
     run_two_processes(DIST_OVERLAP, tmp_path)
     for rank in range(2):
         events = json.loads((tmp_path / f"events{rank}.json").read_text())
         for step in range(2):
-            first, last, after = ([name for s, w, name in events if s == step and w == where]
+            first, last, after = ([(name, ndim) for s, w, name, ndim in events if s == step and w == where]
                                   for where in ("backward 0", "backward 1", 2))
             assert first == [], f"step {step}: communication in the first micro-step's backward: {first}"
-            assert last.count("all_reduce") >= 2 and last.count("reduce_scatter") >= 1, f"step {step}: {last}"
-            assert set(last) == {"all_reduce", "reduce_scatter"}, f"step {step}: {last}"
-            assert after == ["all_gather"] * last.count("reduce_scatter") + ["all_reduce"], f"step {step}: {after}"
+            assert last == [("reduce_scatter", 3)] * 2 + [("reduce_scatter", 1)] * 3 + [("all_reduce", 1)], last
+            assert after == [("all_reduce", 0)] + [("all_gather", 3)] * 2 + [("all_gather", 1)] * 3, after
 
 
 # ---------------------------------------------------------------------------------------------- compiling
