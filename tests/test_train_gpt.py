@@ -24,7 +24,8 @@ from kernels.newton_schulz import newton_schulz_ref
 from harness.runlog import read_events
 from harness.shards import BOS_ID, write_shard
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR
-from helpers import synthetic_tokens
+from helpers import run_two_processes, synthetic_tokens
+from optim import Muon
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO = [
@@ -316,16 +317,6 @@ def test_each_backend_names_the_ops_it_uses(backend, device, sources):
 # ---------------------------------------------------------------------------------------------- Muon
 
 
-def _muon(params, world_size=1, calls=None):
-    def newton_schulz(G, steps):
-        if calls is not None:
-            calls.append(G.size(0))
-        return newton_schulz_ref(G, steps)
-
-    return T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz,
-                  world_size=world_size)
-
-
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_the_torch_backend_uses_the_kernel_files_newton_schulz(device):
     """One Newton-Schulz reference, kernels/newton_schulz.py's, beside its kernel; Muon's update is its output."""
@@ -333,213 +324,14 @@ def test_the_torch_backend_uses_the_kernel_files_newton_schulz(device):
     assert ops.newton_schulz is newton_schulz_ref
     p = torch.nn.Parameter(torch.randn(2, 16, 24))
     before, p.grad = p.detach().clone(), torch.randn(2, 16, 24)
-    T.Muon([p], lr=0.1, momentum=0.9, weight_decay=0.0, ns_steps=3, newton_schulz=ops.newton_schulz).step()
+    Muon([p], lr=0.1, momentum=0.9, weight_decay=0.0, ns_steps=3, newton_schulz=ops.newton_schulz).step()
     nesterov = p.grad.clone().lerp_(torch.zeros_like(p.grad).lerp_(p.grad, 0.1), 0.9)
     torch.testing.assert_close(p.detach(), before - 0.1 * newton_schulz_ref(nesterov, 3), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(64, 32), (32, 96), (3, 24, 48)])
-def test_muon_update_is_orthogonal(shape):
-    p = torch.nn.Parameter(torch.randn(shape))
-    before = p.detach().clone()
-    p.grad = torch.randn(shape)
-    _muon([p]).step()
-    scale = max(1, shape[-2] / shape[-1]) ** 0.5
-    update = (before - p.detach()) / (0.1 * scale)
-    sv = torch.linalg.svdvals(update.reshape(-1, *shape[-2:]))
-    assert sv.min() > 0.5 and sv.max() < 1.5, f"singular values in [{sv.min():.3f}, {sv.max():.3f}]"
-
-
-DIST_MUON = """
-import sys, torch, torch.distributed as dist
-sys.path.insert(0, {repo!r})
-import train_gpt as T
-from kernels.newton_schulz import newton_schulz_ref
-dist.init_process_group("gloo")
-rank, world = dist.get_rank(), dist.get_world_size()
-torch.manual_seed(0)
-params = [torch.nn.Parameter(torch.randn(s)) for s in {shapes}]
-calls = []
-
-def newton_schulz(G, steps):
-    calls.append(G.size(0))
-    return newton_schulz_ref(G, steps)
-
-muon = T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz, world_size=world)
-for step in range(3):
-    g = torch.Generator().manual_seed(100 * step + rank)
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=g)
-    muon.step()
-torch.save(dict(params=[p.detach() for p in params], calls=calls), f"{out}/rank{{rank}}.pt")
-dist.destroy_process_group()
-"""
-SHAPES = [(16, 32)] * 5 + [(32, 16)] * 3 + [(3, 8, 16)]  # (32, 16) joins (16, 32), transposed
-
-
 def fill(template: str, tmp_path: Path) -> str:
-    """A script template with the repository, the output folder and this module's constants filled in."""
-    return template.format(repo=str(REPO), out=str(tmp_path), micro=MICRO, shapes=SHAPES)
-
-
-def run_two_processes(template: str, tmp_path: Path) -> None:
-    """Run a script (`fill`ed) as 2 gloo processes under torchrun; it must succeed."""
-    script = tmp_path / "two_processes.py"
-    script.write_text(fill(template, tmp_path))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def test_distributed_muon_equals_single_process(tmp_path):
-    run_two_processes(DIST_MUON, tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
-    calls = []
-    muon = _muon(params, calls=calls)
-    for step in range(3):
-        gens = [torch.Generator().manual_seed(100 * step + r) for r in range(2)]
-        for p in params:
-            p.grad = sum(torch.randn(p.shape, generator=g) for g in gens) / 2  # what the reduce-scatter averages
-        muon.step()
-    for r in range(2):
-        for got, want in zip(ranks[r]["params"], params):
-            torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
-    # each rank orthogonalised only its share: 8 (16, 32) matrices -> 4 per rank; the 3 stacked (8, 16) -> 2 (padded)
-    assert ranks[0]["calls"] == ranks[1]["calls"] == [4, 2] * 3
-    assert calls == [8, 3] * 3
-
-
-# ---------------------------------------------------------------------------------------------- Adam
-
-# (shape, dtype, sharded, read by the loss): awkward sizes for 2 ranks (21 and 45 elements padded to 22 and 46,
-# one element: rank 1's slice empty), sizes 2 divides (gathered in place), bf16 (fp32 masters), parameters the
-# forward never reads (no gradient on any rank), an empty one. The whole ones come first: their bucket is last.
-ADAM_PARAMS = [((3,), "float32", False, True), ((2,), "float32", False, False), ((0,), "float32", False, True),
-               ((4,), "bfloat16", False, True), ((5, 2), "float32", True, False), ((7, 3), "float32", True, True),
-               ((10, 4), "float32", True, True), ((1,), "float32", True, True), ((9, 5), "bfloat16", True, True),
-               ((6, 8), "bfloat16", True, True)]
-LRS = (0.1, 0.02)  # the first 5 parameters' group, the rest's
-
-
-def adam_params():
-    torch.manual_seed(0)
-    return [torch.nn.Parameter(torch.randn(s).to(getattr(torch, d))) for s, d, _, _ in ADAM_PARAMS]
-
-
-def adam_grads(params, rank: int, step: int, micro: int) -> list:
-    """The gradient each micro-step of each rank gives each parameter read by the loss: of sum(p * r)."""
-    g = torch.Generator().manual_seed(1000 * step + 10 * rank + micro)
-    return [torch.randn(p.shape, generator=g).to(p.dtype) if read else None
-            for p, (_, _, _, read) in zip(params, ADAM_PARAMS)]
-
-
-def make_adam(params, world_size=1, rank=0):
-    groups = [dict(params=params[:5], lr=LRS[0]), dict(params=params[5:], lr=LRS[1])]
-    sharded = [p for p, (_, _, shard, _) in zip(params, ADAM_PARAMS) if shard]
-    return T.ShardedAdam(groups, sharded=sharded, world_size=world_size, rank=rank, betas=(0.8, 0.95), eps=1e-10,
-                         fused=True)
-
-
-DIST_ADAM = """
-import copy, sys
-sys.path.insert(0, {repo!r})
-import torch
-import torch.distributed as dist
-sys.path.insert(0, {repo!r} + "/tests")
-from test_train_gpt import T, adam_params, adam_grads, make_adam
-
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-params = adam_params()
-adam = make_adam(params, 2, rank)
-sync = T.GradSync(params, [adam], world_size=2)
-launched, after, saved = [], [], None  # buckets launched by the end of each micro-step's backward
-
-def step(s):
-    for micro in range(2):  # two accumulated micro-steps: the hooks communicate on the second only
-        sync.last_micro_step = micro == 1
-        sum((p.float() * g.float()).sum() for p, g in zip(params, adam_grads(params, rank, s, micro))
-            if g is not None).backward()
-        launched.append(sync.launched)
-    sync.finish()
-    adam.step()
-    adam.wait()
-    for p in params:
-        p.grad = None
-
-for s in range(3):
-    step(s)
-    after.append([p.detach().clone() for p in params])
-    if s == 0:
-        saved = copy.deepcopy(adam.state_dict()), copy.deepcopy(after[0])
-states = [state["exp_avg"].numel() for state in adam.state.values()]
-adam.load_state_dict(saved[0])  # the warm-up's restore: the state of step 1, masters included
-with torch.no_grad():
-    for p, q in zip(params, saved[1]):
-        p.copy_(q)
-for s in (1, 2):
-    step(s)
-torch.save(dict(after=after, again=[p.detach() for p in params], launched=launched, states=sorted(states)),
-           f"{out}/adam{{rank}}.pt")
-dist.destroy_process_group()
-"""
-
-
-def adam_reference(steps: int, ranks: int) -> list:
-    """torch.optim.Adam over fp32 copies of the parameters, given the mean of the ranks' accumulated gradients;
-    each parameter is its copy in its own dtype, after every step."""
-    params = adam_params()
-    masters = [torch.nn.Parameter(p.detach().float()) for p in params]
-    adam = torch.optim.Adam([dict(params=masters[:5], lr=LRS[0]), dict(params=masters[5:], lr=LRS[1])],
-                            betas=(0.8, 0.95), eps=1e-10, fused=True)
-    after = []
-    for step in range(steps):
-        for i, m in enumerate(masters):
-            per_rank = [adam_grads(params, r, step, 0)[i] for r in range(ranks)]
-            if per_rank[0] is not None:  # accumulated in the parameter's dtype, averaged in fp32
-                m.grad = sum((g + adam_grads(params, r, step, 1)[i]).float() for r, g in enumerate(per_rank)) / ranks
-        adam.step()
-        adam.zero_grad()
-        after.append([m.detach().to(p.dtype, copy=True) for m, p in zip(masters, params)])
-    return after
-
-
-def assert_same_params(got: list, want: list, where: str) -> None:
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert g.dtype == w.dtype, f"{where}, parameter {i}: {g.dtype}, expected {w.dtype}"
-        torch.testing.assert_close(g, w, rtol=0, atol=0, msg=lambda m: f"{where}, parameter {i} {ADAM_PARAMS[i]}: {m}")
-
-
-def test_sharded_adam_on_one_process_is_torch_adam():
-    """One process: no collective; fp32 parameters stepped in place, bf16 ones through fp32 masters, bit for bit
-    torch.optim.Adam's (the 'accumulated' gradient here is one micro-step's plus the next one's, as GradSync's)."""
-    params = adam_params()
-    adam = make_adam(params)
-    for step in range(3):
-        for p, g0, g1 in zip(params, adam_grads(params, 0, step, 0), adam_grads(params, 0, step, 1)):
-            p.grad = None if g0 is None else g0 + g1
-        adam.step()
-        assert_same_params([p.detach() for p in params], adam_reference(step + 1, 1)[step], f"step {step}")
-
-
-def test_sharded_adam_on_two_processes_is_torch_adam(tmp_path):
-    """Two gloo processes: every rank ends each step with torch.optim.Adam's parameters (on the mean gradient),
-    holds Adam's state for its slices only, and restores a state dict (masters included) to the same result."""
-    run_two_processes(DIST_ADAM, tmp_path)
-    want = adam_reference(3, 2)
-    for rank in range(2):
-        got = torch.load(tmp_path / f"adam{rank}.pt")
-        for step in range(3):
-            assert_same_params(got["after"][step], want[step], f"rank {rank}, step {step}")
-        assert_same_params(got["again"], want[2], f"rank {rank}, steps 2 and 3 again from step 1's state dict")
-        # the 5 read sharded parameters' launches in the backward; the unread sharded one and the whole bucket wait
-        assert got["launched"][:6] == [0, 5] * 3
-        # state: the whole ones (3 and 4 elements), the slices (21 -> 11 and 10, 40 -> 20, 1 -> 1 and 0, 45 -> 23
-        # and 22, 48 -> 24), a rank's empty slice never stepped
-        assert got["states"] == sorted([3, 4, 20, 24] + ([11, 1, 23] if rank == 0 else [10, 22]))
+    """A script template with the repository, the output folder and MICRO filled in."""
+    return template.format(repo=str(REPO), out=str(tmp_path), micro=MICRO)
 
 
 DIST_OVERLAP = """
@@ -593,7 +385,7 @@ def test_gradient_communication_starts_inside_the_backward(tmp_path):
     in the last one every gradient collective, Muon's reduce-scatters (of 3-d stacks) before Adam's (flat: the
     embedding, the value embedding, the head, then the scalars' all-reduce); after it, the loss's all-reduce,
     then Muon's all-gathers and Adam's."""
-    run_two_processes(DIST_OVERLAP, tmp_path)
+    run_two_processes(fill(DIST_OVERLAP, tmp_path), tmp_path)
     for rank in range(2):
         events = json.loads((tmp_path / f"events{rank}.json").read_text())
         for step in range(2):
@@ -602,6 +394,51 @@ def test_gradient_communication_starts_inside_the_backward(tmp_path):
             assert first == [], f"step {step}: communication in the first micro-step's backward: {first}"
             assert last == [("reduce_scatter", 3)] * 2 + [("reduce_scatter", 1)] * 3 + [("all_reduce", 1)], last
             assert after == [("all_reduce", 0)] + [("all_gather", 3)] * 2 + [("all_gather", 1)] * 3, after
+
+
+DIST_WARM_UP = """
+import copy, json, sys
+sys.path.insert(0, {repo!r})
+import torch
+import torch.distributed as dist
+import train_gpt as T
+
+dist.init_process_group("gloo")
+rank, cpu = dist.get_rank(), torch.device("cpu")
+cfg = T.resolve_config(T.parse_config([*{micro}, "--grad_accum=2", "--warmup_steps=2"]), 2, cpu)
+env, ops = T.DistEnv(rank, rank, 2), T.make_ops("torch", cpu)
+
+def build():
+    torch.manual_seed(0)
+    model = T.GPT(cfg, ops)
+    return model, T.make_optimizers(model, cfg, ops, env)
+
+g = torch.Generator().manual_seed(rank)
+batches = [(t, t.roll(-1, 1)) for t in [torch.randint(0, 512, (cfg.batch_size, cfg.seq_len), generator=g)
+                                        for _ in range(cfg.grad_accum)]]
+model, optimizers = build()
+initial = copy.deepcopy(model.state_dict())
+T.warm_up(model, ops, optimizers, cfg, env, cpu, evaluate=None)
+restored = [torch.equal(v, initial[k]) for k, v in model.state_dict().items()]
+states = [len(optimizers.adam.state), len(optimizers.muon.state)]
+losses = [T.train_step(model, ops, optimizers, batches, 32, 0, cfg, env).item()]
+fresh, fresh_optimizers = build()
+losses.append(T.train_step(fresh, ops, fresh_optimizers, batches, 32, 0, cfg, env).item())
+same = [torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters())]
+json.dump(dict(restored=restored, states=states, losses=losses, same=same), open(f"{out}/warm{{rank}}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_the_warm_up_restores_the_sharded_state_on_two_processes(tmp_path):
+    """Two processes: after the warm-up's two training steps the parameters are the initial ones and Adam's and
+    Muon's sharded state is empty again, so the first step after it gives the bits a fresh model's first step
+    gives."""
+    run_two_processes(fill(DIST_WARM_UP, tmp_path), tmp_path)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"warm{rank}.json").read_text())
+        assert all(got["restored"]) and got["states"] == [0, 0], got
+        assert got["losses"][0] == got["losses"][1] and all(got["same"]), got
 
 
 # ---------------------------------------------------------------------------------------------- compiling
