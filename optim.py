@@ -149,7 +149,8 @@ class ShardedAdam(torch.optim.Adam):
         whole = [p for p in self.of if not self.of[p].sharded and p.numel()]
         self.buckets = [[p] for p in self.sharded] + ([whole] if whole and world_size > 1 else [])  # GradSync's
         self.masters = [x.stepped for p, x in self.of.items() if p.dtype != torch.float32]
-        self.pending, self.gathers = {}, []  # bucket -> (its fp32 mean, its work); the all-gathers in flight
+        # in flight: bucket -> (its fp32 mean, its work, its input); the all-gathers (work, output, parameter, input)
+        self.pending, self.gathers = {}, []
 
     @torch.no_grad()
     def launch(self, i: int) -> None:
@@ -159,10 +160,10 @@ class ShardedAdam(torch.optim.Adam):
             g, s = grads[0], self.of[self.buckets[i][0]].size  # (n,), padded to (W s,)
             g = g if g.numel() == self.W * s else torch.cat([g, g.new_zeros(self.W * s - g.numel())])
             mean = g.new_empty(s)
-            self.pending[i] = mean, reduce_scatter(mean, g)
+            self.pending[i] = mean, reduce_scatter(mean, g), g  # g kept until the wait: the collective reads it
         elif grads:
             flat = torch.cat(grads)
-            self.pending[i] = flat, dist.all_reduce(flat, op=dist.ReduceOp.AVG, async_op=True)
+            self.pending[i] = flat, dist.all_reduce(flat, op=dist.ReduceOp.AVG, async_op=True), flat
 
     @torch.no_grad()
     def step(self):
@@ -173,7 +174,7 @@ class ShardedAdam(torch.optim.Adam):
         # the fp32 gradient of what this rank steps, flat: on one process the parameter's own; on W, every one
         # that has a gradient is in a bucket, and its mean replaces it
         grads = {p: None if p.grad is None else p.grad.reshape(-1).float() for p in self.of}
-        for i, (mean, work) in self.pending.items():
+        for i, (mean, work, _) in self.pending.items():
             work.wait()
             sizes = {p: self.of[p].hi - self.of[p].lo for p in self.buckets[i] if p.grad is not None}
             grads.update(zip(sizes, mean[: sum(sizes.values())].split(list(sizes.values()))))
@@ -187,13 +188,13 @@ class ShardedAdam(torch.optim.Adam):
             if sharded and p.grad is not None:
                 mine = flat[lo:hi] if in_place else torch.cat([flat[lo:hi], flat.new_zeros(s - hi + lo)])
                 full = flat if in_place else flat.new_empty(self.W * s)
-                self.gathers.append((all_gather(full, mine), full, flat))
+                self.gathers.append((all_gather(full, mine), full, flat, mine))
             stepped.grad = None
         self.pending = {}
 
     def wait(self) -> None:
         """Complete the all-gathers: every rank's parameters whole again."""
-        for work, full, flat in self.gathers:
+        for work, full, flat, _ in self.gathers:
             work.wait()
             if full is not flat:
                 flat.copy_(full[: flat.numel()])
