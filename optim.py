@@ -171,15 +171,15 @@ class ShardedAdam(torch.optim.Adam):
         for i in range(len(self.buckets)):  # every collective not yet started, before any wait
             if i not in self.pending:
                 self.launch(i)
-        # the fp32 gradient of what this rank steps, flat: on one process the parameter's own; on W, every one
-        # that has a gradient is in a bucket, and its mean replaces it
-        grads = {p: None if p.grad is None else p.grad.reshape(-1).float() for p in self.of}
+        # the fp32 gradient of what this rank steps, flat: on one process the parameter's own; on W, its bucket's mean
+        grads = {p: p.grad.reshape(-1).float() for p in self.of if p.grad is not None} if self.W == 1 else {}
         for i, (mean, work, _) in self.pending.items():
             work.wait()
             sizes = {p: self.of[p].hi - self.of[p].lo for p in self.buckets[i] if p.grad is not None}
             grads.update(zip(sizes, mean[: sum(sizes.values())].split(list(sizes.values()))))
-        for p, x in self.of.items():  # an empty slice is not stepped
-            x.stepped.grad = grads[p].view_as(x.stepped) if grads[p] is not None and grads[p].numel() else None
+        for p, x in self.of.items():  # no gradient (an unread parameter) or an empty slice: not stepped
+            g = grads.get(p)
+            x.stepped.grad = g.view_as(x.stepped) if g is not None and g.numel() else None
         super().step()
         for p, (stepped, lo, hi, s, sharded) in self.of.items():
             flat, in_place = p.detach().view(-1), self.W * s == p.numel()
