@@ -132,8 +132,8 @@ class ShardedAdam(torch.optim.Adam):
     (s = ceil(n / W)) and reduce-scattered (mean, fp32); rank r steps elements [lo, hi) = [r s, (r + 1) s) and
     all-gathers them into every rank's parameter in its dtype, in place where W divides n. Slices, not whole
     parameters round-robin: fineweb-124m's 5 tables of 38.6M would leave 3 of 8 ranks idle. The rest (the
-    scalars, a few hundred) are all-reduced as one flat buffer and stepped whole on every rank: sharding them
-    would cost collectives and save nothing measurable. The math is fp32: `stepped` is a view of an fp32
+    scalars: fineweb-124m's 42 numbers in 19 tensors) are all-reduced as one flat buffer and stepped whole on every
+    rank: sharding them would cost collectives and save nothing measurable. The math is fp32: `stepped` is a view of an fp32
     parameter's slice, else (bf16) an fp32 master copy of it, kept in the state dict."""
 
     def __init__(self, groups: list[dict], *, sharded: list[Tensor], world_size: int = 1, rank: int = 0, **adam):
