@@ -44,6 +44,7 @@ from harness.runlog import RunWriter
 from harness.shards import BOS_ID, DataError, TokenLoader, resolve_files, validate_shards
 from harness.snapshot import snapshot_code
 from harness.tracks import FINEWEB_TARGET, TRACKS
+from optim import GradSync, Muon, ShardedAdam
 
 # ----------------------------------------------------------------------------------------------
 # Config
@@ -468,162 +469,19 @@ def flops_per_token(cfg: Config, window: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Optimizers
-
-
-def as_wide(t: Tensor) -> Tensor:
-    """(..., M, K) -> (n, min(M, K), max(M, K)): the stack of matrices, tall ones transposed (a view)."""
-    t = t.reshape(-1, *t.shape[-2:])
-    return t.mT if t.size(-2) > t.size(-1) else t
-
-
-class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024), for hidden weight matrices.
-
-    Per matrix: Nesterov momentum, then the update is orthogonalised by Newton-Schulz and scaled by
-    max(1, rows/cols)^0.5; optional decoupled weight decay. A parameter (..., M, K) is a stack of (M, K)
-    matrices, each taken wide (Newton-Schulz commutes with the transpose), so matrices group by shape
-    across parameters: fineweb-124m's 36 q/k/v and 12 attention outputs make one group of 48 (768, 768),
-    its 12 MLP fc (transposed) and 12 projections one of 24 (768, 3072): no zero padding on 8 ranks.
-    Distributed (modded-nanogpt's scheme): a group's gradients are stacked and reduce-scattered (mean),
-    each rank keeps momentum for its share only and orthogonalises it, the updates are all-gathered: no
-    rank repeats another's work, and no separate all-reduce. GradSync starts a group's reduce-scatter
-    from the backward; step() starts the others. Gradients go in fp32 (NCCL would sum bf16 in bf16,
-    rounding each partial sum to 8 bits on its way to the fp32 momentum: not worth half a collective);
-    updates in bf16 on CUDA, where Newton-Schulz iterates in bf16 (kernels/ and the reference), so the
-    cast is exact and halves the all-gather.
-    """
-
-    def __init__(self, params, *, lr: float, momentum: float, weight_decay: float, ns_steps: int,
-                 newton_schulz: Callable, world_size: int = 1):
-        params = list(params)
-        wide = {p: (min(p.shape[-2:]), max(p.shape[-2:])) for p in params}
-        shapes = list(dict.fromkeys(wide.values()))  # first-seen order: the same on every rank
-        groups = [dict(params=[p for p in params if wide[p] == s]) for s in shapes]
-        super().__init__(groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-        self.ns_steps, self.newton_schulz, self.world_size = ns_steps, newton_schulz, world_size
-        self.shares = {}  # group index -> (this rank's share of the mean gradients (share, m, k), its work or None)
-
-    @torch.no_grad()
-    def reduce_scatter(self, i: int) -> None:
-        """Start averaging group i's gradients over the ranks; this rank's share arrives in self.shares[i]."""
-        params, W = self.param_groups[i]["params"], self.world_size
-        grads = [as_wide(p.grad) for p in params]  # (n_p, m, k) each
-        n = sum(g.size(0) for g in grads)
-        share = -(-n // W)  # matrices per rank
-        grads = torch.cat(grads + [grads[0].new_zeros(share * W - n, *grads[0].shape[1:])])  # (share * W, m, k)
-        if W == 1:
-            self.shares[i] = grads, None
-            return
-        reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-        mine = grads.new_empty(share, *grads.shape[1:])
-        self.shares[i] = mine, reduce_scatter(mine, grads, op=dist.ReduceOp.AVG, async_op=True)
-
-    @torch.no_grad()
-    def step(self):
-        W = self.world_size
-        all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-        for i in range(len(self.param_groups)):  # every reduce-scatter not yet started, before any wait
-            if i not in self.shares:
-                self.reduce_scatter(i)
-        gathers = []
-        for i, group in enumerate(self.param_groups):
-            mine, work = self.shares.pop(i)
-            if work is not None:
-                work.wait()
-            state = self.state[group["params"][0]]  # the group's momentum: (share, m, k) for this rank's share only
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(mine)
-            buf = state["momentum_buffer"]
-            buf.lerp_(mine, 1 - group["momentum"])
-            update = self.newton_schulz(mine.lerp_(buf, group["momentum"]), self.ns_steps)  # Nesterov
-            if W > 1:
-                update = update.to(torch.bfloat16) if update.is_cuda else update  # exact: see the docstring
-                full = update.new_empty(W * update.size(0), *update.shape[1:])
-                gathers.append((group, full, all_gather(full, update.contiguous(), async_op=True)))
-            else:
-                gathers.append((group, update, None))
-        for group, full, work in gathers:
-            if work is not None:
-                work.wait()
-            params, lr = group["params"], group["lr"]
-            if group["weight_decay"]:
-                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-            n = [p.numel() // full[0].numel() for p in params]  # matrices per parameter
-            updates = full[: sum(n)].to(params[0].dtype).split(n)
-            for tall in (False, True):  # back to each parameter's orientation and shape, scaled by its rows/cols
-                pairs = [(p, (u.mT if tall else u).reshape(p.shape)) for p, u in zip(params, updates)
-                         if (p.size(-2) > p.size(-1)) == tall]
-                if pairs:
-                    ps, us = map(list, zip(*pairs))
-                    torch._foreach_add_(ps, us, alpha=-lr * max(1, ps[0].size(-2) / ps[0].size(-1)) ** 0.5)
-
-
-class GradSync:
-    """Gradient averaging launched from the backward, to overlap the rest of it (modded-nanogpt's gradient
-    hooks; DDP's buckets). On the last micro-step only (the others just accumulate: DDP's no_sync), each
-    parameter's post-accumulate-grad hook counts its bucket down, and a complete bucket is launched: a large
-    Adam gradient (embedding, head) all-reduced in place, the small ones (scalars) as one flat buffer, a Muon
-    shape group's reduce-scatter. Buckets launch in one fixed order (about the backward's), each after those
-    before it, so every rank issues the same collectives in the same order. finish() launches the rest (a
-    parameter the forward never reads has no gradient on any rank: skipped) and waits for Adam's; Muon.step
-    waits for Muon's. Under torch.compile the backward is one graph: its gradients all arrive at its end."""
-
-    def __init__(self, params: list[Tensor], adam_params: list[Tensor], muon: Muon | None, world_size: int,
-                 bucket_numel: int = 2**20):
-        adam_params = [p for p in adam_params if p.numel()]  # an empty tensor has nothing to average
-        small = [p for p in adam_params if p.numel() < bucket_numel]
-        buckets = [([p], self._all_reduce) for p in adam_params if p.numel() >= bucket_numel]
-        buckets += [(small, self._all_reduce)] if small else []
-        groups = enumerate(muon.param_groups if muon else [])
-        buckets += [(g["params"], lambda _, i=i: muon.reduce_scatter(i)) for i, g in groups]
-        index = {p: i for i, p in enumerate(params)}  # a bucket completes with its first parameter (~its last grad)
-        self.buckets = sorted(buckets, key=lambda b: -min(index[p] for p in b[0])) if world_size > 1 else []
-        self.bucket_of = {p: b for b, (ps, _) in enumerate(self.buckets) for p in ps}
-        self.last_micro_step, self.works, self.flats = True, [], []
-        self.missing, self.launched = [len(ps) for ps, _ in self.buckets], 0
-        for p in self.bucket_of:
-            p.register_post_accumulate_grad_hook(self._hook)
-
-    def _hook(self, p: Tensor) -> None:
-        if self.last_micro_step:
-            self.missing[self.bucket_of[p]] -= 1
-            self._launch()
-
-    def _launch(self, everything: bool = False) -> None:
-        """The next buckets in order, while they are complete (or all of them)."""
-        while self.launched < len(self.buckets) and (everything or self.missing[self.launched] == 0):
-            params, launch = self.buckets[self.launched]
-            self.launched += 1
-            launch(params)
-
-    def _all_reduce(self, params: list[Tensor]) -> None:  # one gradient in place, several as one flat buffer
-        if grads := [p.grad for p in params if p.grad is not None]:
-            flat = grads[0] if len(grads) == 1 else torch.cat([g.flatten() for g in grads])
-            self.works.append(dist.all_reduce(flat, op=dist.ReduceOp.AVG, async_op=True))
-            self.flats += [(grads, flat)] if len(grads) > 1 else []
-
-    def finish(self) -> None:
-        """Launch the buckets the hooks have not, wait for Adam's all-reduces, and reset for the next step."""
-        self._launch(everything=True)
-        for work in self.works:
-            work.wait()
-        for grads, flat in self.flats:
-            torch._foreach_copy_(grads, [t.view_as(g) for t, g in zip(flat.split([g.numel() for g in grads]), grads)])
-        self.works, self.flats, self.launched = [], [], 0
-        self.missing = [len(ps) for ps, _ in self.buckets]
+# Optimizers (optim.py: Muon, ShardedAdam and their gradients' averaging, GradSync)
 
 
 @dataclass
 class Optimizers:
     """Adam and Muon, and the averaging of their gradients over the ranks."""
 
-    adam: torch.optim.Adam
+    adam: ShardedAdam
     muon: Muon
     sync: GradSync
 
     @property
-    def both(self) -> tuple[torch.optim.Adam, Muon]:
+    def both(self) -> tuple[ShardedAdam, Muon]:
         return self.adam, self.muon
 
 
@@ -635,14 +493,14 @@ def make_optimizers(model: GPT, cfg: Config, ops: Ops, env: DistEnv) -> Optimize
     head = [model.head.weight]
     assert len(hidden) + len(embeds) + len(scalars) + len(head) == len(list(model.parameters()))
     # betas (0.8, 0.95) and the small eps (@YouJiacheng) as in modded-nanogpt
-    adam = torch.optim.Adam([dict(params=embeds, lr=cfg.adam_embed_lr), dict(params=head, lr=cfg.adam_head_lr),
-                             dict(params=scalars, lr=cfg.adam_scalar_lr)], betas=(0.8, 0.95), eps=1e-10, fused=True)
+    adam = ShardedAdam([dict(params=embeds, lr=cfg.adam_embed_lr), dict(params=head, lr=cfg.adam_head_lr),
+                        dict(params=scalars, lr=cfg.adam_scalar_lr)], sharded=[*embeds, *head],
+                       world_size=env.world_size, rank=env.rank, betas=(0.8, 0.95), eps=1e-10, fused=True)
     muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.muon_weight_decay,
                 ns_steps=cfg.ns_steps, newton_schulz=ops.newton_schulz, world_size=env.world_size)
     for group in (*adam.param_groups, *muon.param_groups):
         group["initial_lr"] = group["lr"]
-    sync = GradSync(list(model.parameters()), [*embeds, *head, *scalars], muon, env.world_size)
-    return Optimizers(adam, muon, sync)
+    return Optimizers(adam, muon, GradSync(list(model.parameters()), [muon, adam], env.world_size))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -692,18 +550,22 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
             loss = model(inputs, targets, ops.attention_mask(document_starts(inputs), attention_windows(window, cfg)))
         (loss / len(batches)).backward()
         total += loss.detach()
-    optimizers.sync.finish()  # launches what the backward's hooks have not; waits for Adam's gradients
+    optimizers.sync.finish()  # launches what the backward's hooks have not (optim.py: the order)
+    total /= len(batches)
+    loss_sync = dist.all_reduce(total, op=dist.ReduceOp.AVG, async_op=True) if env.world_size > 1 else None
     for opt in optimizers.both:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] * lr_scale(step, cfg)
     for group in optimizers.muon.param_groups:
         group["momentum"] = muon_momentum(step, cfg)
-    for opt in optimizers.both:
-        opt.step()
+    # Muon first (its reduce-scatters went first); Adam steps while Muon's updates are being all-gathered
+    optimizers.muon.step(between=optimizers.adam.step)
     model.zero_grad(set_to_none=True)
-    total /= len(batches)
-    if env.world_size > 1:
-        dist.all_reduce(total, op=dist.ReduceOp.AVG)
+    if loss_sync:
+        loss_sync.wait()
+    # Adam's all-gathers complete before anything reads the parameters (the next forward, validation, the warm-up's
+    # restore); on CUDA a wait holds back only the compute stream's next kernels: the next batch's copy and mask
+    optimizers.adam.wait()
     return total
 
 

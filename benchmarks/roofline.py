@@ -37,12 +37,14 @@ mlp_ratio x d, V = vocab_size, L = layers):
   the bf16 gradient written once backward (recomputed, not saved).
 - weights: autocast's fp32 -> bf16 cast of every matrix each micro-step and the cast of its gradient back,
   and gradient accumulation (grad += new, fp32) on all but the first micro-step of a step.
-- optimizer (per step): fused Adam 28 B per parameter (p, g, m, v read; p, m, v written); Muon's momentum on
-  this rank's share, 5 quintic Newton-Schulz steps of 4 m^2 k + 2 m^3 FLOPs per (m, k) matrix (m <= k) on
-  its share, the update applied to every matrix.
-- communication (per step, N > 1 GPUs): bytes x (N - 1) / N for a reduce-scatter or an all-gather, twice
-  that for an all-reduce, over the bus bandwidth. Today it is serial after the backward (under
-  torch.compile the gradient hooks fire at the backward's end).
+- optimizer (per step, optim.py): fused Adam 28 B per parameter (p, g, m, v read; p, m, v written) on 1/N of
+  the embeddings and head (its state and step sharded; the scalars are negligible); Muon's momentum on this
+  rank's share, 5 quintic Newton-Schulz steps of 4 m^2 k + 2 m^3 FLOPs per (m, k) matrix (m <= k) on its share,
+  the update applied to every matrix.
+- communication (per step, N > 1 GPUs): Muon's and Adam's gradients reduce-scattered in fp32, Muon's updates
+  all-gathered in bf16 and Adam's parameters in their dtype: bytes x (N - 1) / N each, over the bus bandwidth.
+  The optimizer step's time is a two-stream timeline (`OPTIMIZER_TIMELINE`: compute and NCCL, in the order the
+  trainer issues them); the communication its compute does not hide is reported as exposed.
 
 Options (`--assume`, comma-separated) model the changes issue 21 plans outside this module, so that their
 effect is estimated before they exist: see `OPTIONS`. The attention backward is the kernel file's default
@@ -76,8 +78,6 @@ OPTIONS = {
                   "and the residual",
     "fused_qk_rotary": "item 1: QK-norm and rotary in one kernel",
     "no_v_copy": "item 4: v passed to attention without a contiguous copy in the layers without value embeddings",
-    "sharded_adam": "item 5: Adam's gradients reduce-scattered, its state and step sharded, parameters all-gathered",
-    "overlap_comm": "item 5: communication overlapped with the optimizer's compute (exposed: what exceeds it)",
     "tma": "item 3: TMA loads and QK^T overlapped with the softmax in the attention kernels (the *_tma rates)",
 }
 # kernels.attention.doc_bounds, once per micro-step (the trainer's mask step): arange, searchsorted, sub, clamp,
@@ -301,17 +301,20 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
 
 
 def optimizer_items(cfg, options: set[str], gpus: int) -> list[Item]:
-    """The optimizer step and its communication, once per step, on one of `gpus` ranks."""
+    """The optimizer step and its communication, once per step, on one of `gpus` ranks (optim.py): Adam's state and
+    step sharded, 1/gpus of the embeddings and head on each rank; Muon's Newton-Schulz on 1/gpus of the matrices."""
     L, d, H, D, V = cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.head_dim, cfg.vocab_size
     a, f = H * D, cfg.mlp_ratio * cfg.model_dim
     adam = (1 + cfg.value_embeds) * V * d + d * V  # embeddings and head (scalars: negligible)
     A = attention_layers(cfg)[0]
     groups = [(min(a, d), max(a, d), 4 * A), (min(d, f), max(d, f), 2 * L)]  # (m, k, matrices) per Muon shape group
     muon = sum(m * k * n for m, k, n in groups)
-    shard = "sharded_adam" in options
-    share_note = f", 1/{gpus} per rank" if shard else ""
-    items = [Item("optimizer", f"Adam (fused), {adam / 1e6:.0f}M parameters{share_note}",
-                  bytes=28 * adam / (gpus if shard else 1), kernels=3, per_step=True)]
+    param_bytes = 2 if "bf16_weights" in options else 4
+    items = [Item("optimizer", f"Adam (fused) on 1/{gpus} of {adam / 1e6:.0f}M parameters", bytes=28 * adam / gpus,
+                  kernels=3, per_step=True)]
+    if param_bytes == 2:  # bf16 gradients cast to fp32 for Adam (the reduce-scatter's input); the masters cast back
+        items += [Item("optimizer", "Adam: bf16 gradients to fp32, fp32 masters to bf16",
+                       bytes=6 * adam + 6 * adam / gpus, kernels=2 * (1 + cfg.value_embeds) + 2, per_step=True)]
     ns_flops = sum(math.ceil(n / gpus) * 5 * (4 * m * m * k + 2 * m ** 3) for m, k, n in groups)
     ns_bytes = sum(math.ceil(n / gpus) * 5 * 2 * (3 * m * k + 3 * m * m) for m, k, n in groups)
     items += [
@@ -322,17 +325,47 @@ def optimizer_items(cfg, options: set[str], gpus: int) -> list[Item]:
         Item("optimizer", "Muon: updates applied (bf16 -> fp32, p += u)", bytes=18 * muon, kernels=4, per_step=True),
     ]
     if gpus > 1:
-        share = (gpus - 1) / gpus
-        param_bytes = 2 if "bf16_weights" in options else 4
-        adam_comm = (share * 4 * adam + share * param_bytes * adam) if shard else 2 * share * 4 * adam
+        share, tables = (gpus - 1) / gpus, 2 + cfg.value_embeds  # reduce-scatter / all-gather: bytes x (N - 1) / N
         items += [
-            Item("communication", "Adam: " + ("reduce-scatter fp32 + all-gather parameters" if shard
-                                              else "all-reduce fp32 gradients"),
-                 bytes=adam_comm, kernels=2, per_step=True, bandwidth="nccl_busbw"),
-            Item("communication", "Muon: reduce-scatter fp32 + all-gather bf16 updates", bytes=share * 6 * muon,
-                 kernels=2 * len(groups), per_step=True, bandwidth="nccl_busbw"),
+            Item("communication", "Muon: reduce-scatter fp32 gradients", bytes=share * 4 * muon, kernels=len(groups),
+                 per_step=True, bandwidth="nccl_busbw"),
+            Item("communication", "Adam: reduce-scatter fp32 gradients", bytes=share * 4 * adam, kernels=tables,
+                 per_step=True, bandwidth="nccl_busbw"),
+            Item("communication", "Muon: all-gather bf16 updates", bytes=share * 2 * muon, kernels=len(groups),
+                 per_step=True, bandwidth="nccl_busbw"),
+            Item("communication", f"Adam: all-gather parameters ({'bf16' if param_bytes == 2 else 'fp32'})",
+                 bytes=share * param_bytes * adam, kernels=tables, per_step=True, bandwidth="nccl_busbw"),
         ]
     return items
+
+
+# The optimizer step on the GPU's two streams, in the order optim.py issues it: (item name prefix, stream, the
+# item it waits for). Every gradient collective is queued at the backward's end (under torch.compile the hooks
+# all fire there), Muon's first; Muon waits for its reduce-scatters only, Adam steps between the launch of
+# Muon's all-gathers and their wait, and the step ends when Adam's all-gathers land (train_step waits for them).
+OPTIMIZER_TIMELINE = [
+    ("Muon: gradients stacked", "compute", None),
+    ("Muon: reduce-scatter", "nccl", "Muon: gradients stacked"),
+    ("Adam: reduce-scatter", "nccl", None),
+    ("Adam: bf16 gradients", "compute", None),
+    ("Muon: momentum", "compute", "Muon: reduce-scatter"),
+    ("Muon: Newton-Schulz", "compute", None),
+    ("Muon: all-gather", "nccl", "Muon: Newton-Schulz"),
+    ("Adam (fused)", "compute", "Adam: reduce-scatter"),
+    ("Adam: all-gather", "nccl", "Adam (fused)"),
+    ("Muon: updates applied", "compute", "Muon: all-gather"),
+]
+
+
+def optimizer_timeline(ms: dict[str, float]) -> float:
+    """The optimizer step's time from the backward's end: each OPTIMIZER_TIMELINE item (ms by name prefix; an item
+    absent takes 0) starts when its stream is free and the item it waits for has ended; the step ends with the
+    last. The NCCL stream runs its collectives one after another (one communicator, issue order)."""
+    free, ended = {"compute": 0.0, "nccl": 0.0}, {}
+    for prefix, stream, after in OPTIMIZER_TIMELINE:
+        start = max(free[stream], ended.get(after, 0.0))
+        ended[prefix] = free[stream] = start + sum(v for name, v in ms.items() if name.startswith(prefix))
+    return max(ended.values())
 
 
 # ---------------------------------------------------------------------------------------------- the estimate
@@ -389,14 +422,11 @@ def estimate(cfg, kernels: str = "triton", gpus: int = 8, options=(), backward: 
     table = pd.DataFrame(rows)
     micro = table[~table.per_step]
     opt = table[table.per_step & ~table.communication]
-    comm = table[table.communication]
 
     def totals(col):
-        m = micro[col].sum()
-        exposed = comm[col].sum()
-        if "overlap_comm" in options:
-            exposed = max(0.0, exposed - opt[col].sum())
-        return m, accum * m + opt[col].sum() + exposed, exposed
+        m, per_step = micro[col].sum(), table[table.per_step]
+        step = optimizer_timeline(dict(zip(per_step.name, per_step[col])))
+        return m, accum * m + step, step - opt[col].sum()  # exposed communication: what the compute does not hide
 
     central, slow, fast = totals("ms"), totals("ms_slow"), totals("ms_fast")
     return Estimate(cfg.track, kernels, gpus, tuple(sorted(options)), backward, table, (central[0], slow[0], fast[0]),

@@ -389,3 +389,41 @@ def unwritable_destinations(tmp_path):
         read_only.mkdir(mode=0o555)
         cases.append(("records-read-only", tmp_path / "runs", read_only))
     return cases
+
+
+def run_two_processes(script: str, folder: Path) -> None:
+    """Run a Python script's text as 2 gloo processes under torchrun (one thread each); it must succeed."""
+    path = folder / "two_processes.py"
+    path.write_text(script)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(path)]
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# Adam parameters for optim.ShardedAdam's tests, as (shape, dtype, sharded, read by the loss): sizes awkward for
+# 2 ranks (21 and 45 elements, padded to 22 and 46; 1 element, so rank 1's slice is empty), sizes 2 divides
+# (gathered in place), bf16 (stepped through fp32 masters), parameters the loss never reads (no gradient on any
+# rank), an empty one. The whole (unsharded) ones come first, so their bucket is the last to launch.
+ADAM_PARAMS = [((3,), "float32", False, True), ((2,), "float32", False, False), ((0,), "float32", False, True),
+               ((4,), "bfloat16", False, True), ((5, 2), "float32", True, False), ((7, 3), "float32", True, True),
+               ((10, 4), "float32", True, True), ((1,), "float32", True, True), ((9, 5), "bfloat16", True, True),
+               ((6, 8), "bfloat16", True, True)]
+
+
+def adam_params() -> list[torch.nn.Parameter]:
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(s).to(getattr(torch, d))) for s, d, _, _ in ADAM_PARAMS]
+
+
+def adam_groups(params: list) -> tuple[list[dict], list]:
+    """Two learning-rate groups (0.1 for the first five parameters, 0.02 for the rest), and the sharded ones."""
+    sharded = [p for p, (_, _, shard, _) in zip(params, ADAM_PARAMS) if shard]
+    return [dict(params=params[:5], lr=0.1), dict(params=params[5:], lr=0.02)], sharded
+
+
+def adam_grads(params: list, rank: int, step: int, micro: int) -> list:
+    """The gradient of one micro-step on one rank for each parameter the loss reads, in the parameter's dtype."""
+    g = torch.Generator().manual_seed(1000 * step + 10 * rank + micro)
+    return [torch.randn(p.shape, generator=g).to(p.dtype) if read else None
+            for p, (_, _, _, read) in zip(params, ADAM_PARAMS)]

@@ -9,7 +9,7 @@ from harness.snapshot import REPO_ROOT, code_files, code_hash, snapshot_code, sn
 
 def test_the_code_is_the_trainer_and_what_it_imports():
     files = {p.as_posix() for p in code_files()}
-    assert {"train_gpt.py", "kernels/attention.py", "kernels/newton_schulz.py", "kernels/norm.py",
+    assert {"train_gpt.py", "optim.py", "kernels/attention.py", "kernels/newton_schulz.py", "kernels/norm.py",
             "harness/shards.py", "harness/tracks.py", "harness/overrides.py", "harness/runlog.py"} <= files
     assert not files & {"harness/run.py", "harness/data.py", "harness/submit.py", "benchmarks/bench_model.py"}
 

@@ -27,7 +27,8 @@ from kernels.newton_schulz import newton_schulz_ref
 from harness.runlog import read_events
 from harness.shards import BOS_ID, write_shard
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR
-from helpers import synthetic_tokens
+from helpers import run_two_processes, synthetic_tokens
+from optim import Muon
 
 REPO = Path(__file__).resolve().parent.parent
 MICRO = [
@@ -464,16 +465,6 @@ def test_each_backend_names_the_ops_it_uses(backend, device, sources):
 # ---------------------------------------------------------------------------------------------- Muon
 
 
-def _muon(params, world_size=1, calls=None):
-    def newton_schulz(G, steps):
-        if calls is not None:
-            calls.append(G.size(0))
-        return newton_schulz_ref(G, steps)
-
-    return T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz,
-                  world_size=world_size)
-
-
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_the_torch_backend_uses_the_kernel_files_newton_schulz(device):
     """One Newton-Schulz reference, kernels/newton_schulz.py's, beside its kernel; Muon's update is its output."""
@@ -481,126 +472,14 @@ def test_the_torch_backend_uses_the_kernel_files_newton_schulz(device):
     assert ops.newton_schulz is newton_schulz_ref
     p = torch.nn.Parameter(torch.randn(2, 16, 24))
     before, p.grad = p.detach().clone(), torch.randn(2, 16, 24)
-    T.Muon([p], lr=0.1, momentum=0.9, weight_decay=0.0, ns_steps=3, newton_schulz=ops.newton_schulz).step()
+    Muon([p], lr=0.1, momentum=0.9, weight_decay=0.0, ns_steps=3, newton_schulz=ops.newton_schulz).step()
     nesterov = p.grad.clone().lerp_(torch.zeros_like(p.grad).lerp_(p.grad, 0.1), 0.9)
     torch.testing.assert_close(p.detach(), before - 0.1 * newton_schulz_ref(nesterov, 3), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(64, 32), (32, 96), (3, 24, 48)])
-def test_muon_update_is_orthogonal(shape):
-    p = torch.nn.Parameter(torch.randn(shape))
-    before = p.detach().clone()
-    p.grad = torch.randn(shape)
-    _muon([p]).step()
-    scale = max(1, shape[-2] / shape[-1]) ** 0.5
-    update = (before - p.detach()) / (0.1 * scale)
-    sv = torch.linalg.svdvals(update.reshape(-1, *shape[-2:]))
-    assert sv.min() > 0.5 and sv.max() < 1.5, f"singular values in [{sv.min():.3f}, {sv.max():.3f}]"
-
-
-DIST_MUON = """
-import sys, torch, torch.distributed as dist
-sys.path.insert(0, {repo!r})
-import train_gpt as T
-from kernels.newton_schulz import newton_schulz_ref
-dist.init_process_group("gloo")
-rank, world = dist.get_rank(), dist.get_world_size()
-torch.manual_seed(0)
-params = [torch.nn.Parameter(torch.randn(s)) for s in {shapes}]
-calls = []
-
-def newton_schulz(G, steps):
-    calls.append(G.size(0))
-    return newton_schulz_ref(G, steps)
-
-muon = T.Muon(params, lr=0.1, momentum=0.95, weight_decay=0.0, ns_steps=5, newton_schulz=newton_schulz, world_size=world)
-for step in range(3):
-    g = torch.Generator().manual_seed(100 * step + rank)
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=g)
-    muon.step()
-torch.save(dict(params=[p.detach() for p in params], calls=calls), f"{out}/rank{{rank}}.pt")
-dist.destroy_process_group()
-"""
-SHAPES = [(16, 32)] * 5 + [(32, 16)] * 3 + [(3, 8, 16)]  # (32, 16) joins (16, 32), transposed
-
-
 def fill(template: str, tmp_path: Path) -> str:
-    """A script template with the repository, the output folder and this module's constants filled in."""
-    return template.format(repo=str(REPO), out=str(tmp_path), micro=MICRO, shapes=SHAPES, grad_shapes=GRAD_SHAPES)
-
-
-def run_two_processes(template: str, tmp_path: Path) -> None:
-    """Run a script (`fill`ed) as 2 gloo processes under torchrun; it must succeed."""
-    script = tmp_path / "two_processes.py"
-    script.write_text(fill(template, tmp_path))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def test_distributed_muon_equals_single_process(tmp_path):
-    run_two_processes(DIST_MUON, tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s)) for s in SHAPES]
-    calls = []
-    muon = _muon(params, calls=calls)
-    for step in range(3):
-        gens = [torch.Generator().manual_seed(100 * step + r) for r in range(2)]
-        for p in params:
-            p.grad = sum(torch.randn(p.shape, generator=g) for g in gens) / 2  # what the reduce-scatter averages
-        muon.step()
-    for r in range(2):
-        for got, want in zip(ranks[r]["params"], params):
-            torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-5)
-    # each rank orthogonalised only its share: 8 (16, 32) matrices -> 4 per rank; the 3 stacked (8, 16) -> 2 (padded)
-    assert ranks[0]["calls"] == ranks[1]["calls"] == [4, 2] * 3
-    assert calls == [8, 3] * 3
-
-
-DIST_GRADS = """
-import sys
-sys.path.insert(0, {repo!r})
-import torch
-import torch.distributed as dist
-import train_gpt as T
-
-dist.init_process_group("gloo")
-rank = dist.get_rank()
-params = [torch.nn.Parameter(torch.zeros(s)) for s in {grad_shapes}]
-sync = T.GradSync(params, params, None, world_size=2, bucket_numel=50)
-launched = []  # buckets launched by the end of each micro-step's backward
-for micro in range(2):  # two accumulated micro-steps: the hooks communicate on the second only
-    sync.last_micro_step = micro == 1
-    g = torch.Generator().manual_seed(10 * rank + micro)
-    sum((p * torch.randn(p.shape, generator=g)).sum() for i, p in enumerate(params) if i != 2).backward()
-    launched.append(sync.launched)
-sync.finish()
-torch.save(dict(grads=[p.grad for p in params], launched=launched), f"{out}/grads{{rank}}.pt")
-dist.destroy_process_group()
-"""
-GRAD_SHAPES = [(3,), (70, 20), (2,), (0,), (5, 4), (9,), (60, 30)]  # bucket_numel=50: two large, the rest one bucket
-
-
-def test_grad_sync_gives_every_rank_the_mean(tmp_path):
-    """Adam's gradients averaged from the backward's hooks: the large ones alone, the small ones in one bucket
-    (here never complete: params[2] is not read, so it has no gradient and the bucket goes in finish())."""
-    run_two_processes(DIST_GRADS, tmp_path)
-    local = [[torch.zeros(s) for s in GRAD_SHAPES] for _ in range(2)]
-    for rank in range(2):
-        for micro in range(2):
-            g = torch.Generator().manual_seed(10 * rank + micro)
-            for i, s in enumerate(GRAD_SHAPES):
-                if i != 2:
-                    local[rank][i] += torch.randn(s, generator=g)
-    for rank in range(2):
-        got = torch.load(tmp_path / f"grads{rank}.pt")
-        assert got["launched"] == [0, 2]  # nothing on the first micro-step; both large buckets in the backward
-        assert got["grads"][2] is None
-        for i in (0, 1, 3, 4, 5, 6):
-            torch.testing.assert_close(got["grads"][i], (local[0][i] + local[1][i]) / 2, atol=1e-6, rtol=0)
+    """A script template with the repository, the output folder and MICRO filled in."""
+    return template.format(repo=str(REPO), out=str(tmp_path), micro=MICRO)
 
 
 DIST_OVERLAP = """
@@ -617,11 +496,11 @@ env, ops = T.DistEnv(rank, rank, 2), T.make_ops("torch", cpu)
 torch.manual_seed(0)
 model = T.GPT(cfg, ops)
 optimizers = T.make_optimizers(model, cfg, ops, env)
-events, where = [], [None]  # (step, where, collective) for every collective launched
+events, where = [], [None]  # (step, where, collective, its input's ndim) for every collective launched
 
 def recorded(name, collective):
     def launch(*args, **kwargs):
-        events.append((*where[0], name))
+        events.append((*where[0], name, args[-1].ndim))
         return collective(*args, **kwargs)
     return launch
 
@@ -651,18 +530,63 @@ dist.destroy_process_group()
 
 def test_gradient_communication_starts_inside_the_backward(tmp_path):
     """An eager training step of 2 micro-steps on 2 processes: no collective in the first micro-step's backward;
-    in the last one every gradient collective (Adam's all-reduces, Muon's reduce-scatters) is launched; after
-    it, only Muon's all-gathers and the loss's all-reduce."""
-    run_two_processes(DIST_OVERLAP, tmp_path)
+    in the last one every gradient collective, Muon's reduce-scatters (of 3-d stacks) before Adam's (flat: the
+    embedding, the value embedding, the head, then the scalars' all-reduce); after it, the loss's all-reduce,
+    then Muon's all-gathers and Adam's."""
+    run_two_processes(fill(DIST_OVERLAP, tmp_path), tmp_path)
     for rank in range(2):
         events = json.loads((tmp_path / f"events{rank}.json").read_text())
         for step in range(2):
-            first, last, after = ([name for s, w, name in events if s == step and w == where]
+            first, last, after = ([(name, ndim) for s, w, name, ndim in events if s == step and w == where]
                                   for where in ("backward 0", "backward 1", 2))
             assert first == [], f"step {step}: communication in the first micro-step's backward: {first}"
-            assert last.count("all_reduce") >= 2 and last.count("reduce_scatter") >= 1, f"step {step}: {last}"
-            assert set(last) == {"all_reduce", "reduce_scatter"}, f"step {step}: {last}"
-            assert after == ["all_gather"] * last.count("reduce_scatter") + ["all_reduce"], f"step {step}: {after}"
+            assert last == [("reduce_scatter", 3)] * 2 + [("reduce_scatter", 1)] * 3 + [("all_reduce", 1)], last
+            assert after == [("all_reduce", 0)] + [("all_gather", 3)] * 2 + [("all_gather", 1)] * 3, after
+
+
+DIST_WARM_UP = """
+import copy, json, sys
+sys.path.insert(0, {repo!r})
+import torch
+import torch.distributed as dist
+import train_gpt as T
+
+dist.init_process_group("gloo")
+rank, cpu = dist.get_rank(), torch.device("cpu")
+cfg = T.resolve_config(T.parse_config([*{micro}, "--grad_accum=2", "--warmup_steps=2"]), 2, cpu)
+env, ops = T.DistEnv(rank, rank, 2), T.make_ops("torch", cpu)
+
+def build():
+    torch.manual_seed(0)
+    model = T.GPT(cfg, ops)
+    return model, T.make_optimizers(model, cfg, ops, env)
+
+g = torch.Generator().manual_seed(rank)
+batches = [(t, t.roll(-1, 1)) for t in [torch.randint(0, 512, (cfg.batch_size, cfg.seq_len), generator=g)
+                                        for _ in range(cfg.grad_accum)]]
+model, optimizers = build()
+initial = copy.deepcopy(model.state_dict())
+T.warm_up(model, ops, optimizers, cfg, env, cpu, evaluate=None)
+restored = [torch.equal(v, initial[k]) for k, v in model.state_dict().items()]
+states = [len(optimizers.adam.state), len(optimizers.muon.state)]
+losses = [T.train_step(model, ops, optimizers, batches, 32, 0, cfg, env).item()]
+fresh, fresh_optimizers = build()
+losses.append(T.train_step(fresh, ops, fresh_optimizers, batches, 32, 0, cfg, env).item())
+same = [torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters())]
+json.dump(dict(restored=restored, states=states, losses=losses, same=same), open(f"{out}/warm{{rank}}.json", "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_the_warm_up_restores_the_sharded_state_on_two_processes(tmp_path):
+    """Two processes: after the warm-up's two training steps the parameters are the initial ones and Adam's and
+    Muon's sharded state is empty again, so the first step after it gives the bits a fresh model's first step
+    gives."""
+    run_two_processes(fill(DIST_WARM_UP, tmp_path), tmp_path)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"warm{rank}.json").read_text())
+        assert all(got["restored"]) and got["states"] == [0, 0], got
+        assert got["losses"][0] == got["losses"][1] and all(got["same"]), got
 
 
 # ---------------------------------------------------------------------------------------------- compiling
