@@ -46,8 +46,9 @@ class Muon(torch.optim.Optimizer):
     Per matrix: Nesterov momentum, then the update is orthogonalised by Newton-Schulz and scaled by
     max(1, rows/cols)^0.5; optional decoupled weight decay. A parameter (..., M, K) is a stack of (M, K)
     matrices, each taken wide (Newton-Schulz commutes with the transpose), so matrices group by shape
-    across parameters: fineweb-124m's 36 q/k/v and 12 attention outputs make one group of 48 (768, 768),
-    its 12 MLP fc (transposed) and 12 projections one of 24 (768, 3072): no zero padding on 8 ranks.
+    across parameters: fineweb-124m's 33 q/k/v and 11 attention outputs (layer 7 has no attention) make one
+    group of 44 (768, 768), padded with 4 zero matrices to 6 a rank on 8 ranks; its 12 MLP fc (transposed)
+    and 12 projections one of 24 (768, 3072), 3 a rank.
     Distributed (modded-nanogpt's scheme): a group's gradients are stacked and reduce-scattered (mean), each
     rank keeps momentum for its share only and orthogonalises it, the updates are all-gathered: no rank
     repeats another's work. Gradients go in fp32 (NCCL would sum bf16 in bf16, rounding each partial sum to

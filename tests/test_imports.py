@@ -14,6 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("kernels", "harness", "benchmarks")
 TRAINER = "train_gpt"
+TRAINERS = (TRAINER, "optim")  # the trainer is train_gpt.py and its optimizers, optim.py
 # The harness modules the trainer may import: each imports no harness module outside this set.
 LEAVES = {"harness.runlog", "harness.overrides", "harness.hardware", "harness.snapshot", "harness.tracks",
           "harness.shards", "harness.files"}
@@ -21,7 +22,7 @@ LEAVES = {"harness.runlog", "harness.overrides", "harness.hardware", "harness.sn
 
 def project_modules(root: Path) -> dict[str, Path]:
     """Dotted module name -> file, for the trainer and every module of the project's packages."""
-    modules = {TRAINER: root / f"{TRAINER}.py"} if (root / f"{TRAINER}.py").exists() else {}
+    modules = {name: root / f"{name}.py" for name in TRAINERS if (root / f"{name}.py").exists()}
     for package in PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
             parts = path.relative_to(root).with_suffix("").parts
@@ -66,13 +67,13 @@ def dependency_problems(root: Path) -> list[str]:
     for module, targets in sorted(graph.items()):
         for target in sorted(targets):
             top = target.split(".")[0]
-            if module.startswith("kernels") and top in ("harness", TRAINER, "benchmarks"):
+            if module.startswith("kernels") and top in ("harness", *TRAINERS, "benchmarks"):
                 problems.append(f"{module} imports {target}: kernels/ imports neither trainer nor harness")
-            if module.startswith("harness") and top == TRAINER:
+            if module.startswith("harness") and top in TRAINERS:
                 problems.append(f"{module} imports {target}: no harness module imports the trainer")
             if module.startswith("harness") and top == "benchmarks":
                 problems.append(f"{module} imports {target}: the harness does not depend on benchmarks")
-            if (module == TRAINER or module in LEAVES) and top == "harness" and target not in LEAVES | {"harness"}:
+            if (module in TRAINERS or module in LEAVES) and top == "harness" and target not in LEAVES | {"harness"}:
                 problems.append(f"{module} imports {target}: the trainer and the leaf harness modules import only "
                                 f"leaves ({', '.join(sorted(LEAVES))})")
     return problems
@@ -86,6 +87,7 @@ def test_the_graph_sees_the_trainers_imports():
     graph = import_graph(REPO)
     assert {"kernels.attention", "kernels.norm", "kernels.newton_schulz", "harness.tracks", "harness.runlog"} <= graph[TRAINER]
     assert "harness.records" in graph["harness.run"]
+    assert "optim" in graph[TRAINER]
 
 
 def _plant(root: Path, files: dict[str, str]) -> Path:
@@ -110,6 +112,12 @@ def _plant(root: Path, files: dict[str, str]) -> Path:
      "import only leaves"),
     ({"harness/__init__.py": "", "harness/run.py": "", "harness/runlog.py": "import harness.run\n"},
      "import only leaves"),
+    # optim.py is part of the trainer: the same rules hold for it
+    ({"harness/__init__.py": "", "harness/verify.py": "import optim\n", "optim.py": ""},
+     "no harness module imports the trainer"),
+    ({"harness/__init__.py": "", "harness/run.py": "", "optim.py": "from harness.run import x\n"},
+     "import only leaves"),
+    ({"optim.py": "import train_gpt\n", "train_gpt.py": "import optim\n"}, "import cycle"),
 ])
 def test_a_planted_cycle_or_back_edge_is_found(tmp_path, files, expected):
     problems = dependency_problems(_plant(tmp_path, files))
