@@ -88,7 +88,7 @@ class Config:
     attn_scale: float = 0.12  # softmax scale of q.k (@leloykun); 0: head_dim^-0.5
     layer_attention: str = "LSSSLSS-SSSL"  # per layer: L long window, S short (half), - none; "": L in every layer
     v_lambda: bool = True  # layers without a value embedding scale v by a learned scalar, init 0.5 (@YouJiacheng)
-    embed_bf16: bool = True  # embedding tables (and so their Adam state) stored in bf16
+    embed_bf16: bool = True  # embedding tables stored in bf16 (Adam steps them through fp32 masters)
     fp8_head: bool = True  # the head's matmuls in FP8 while training (kernels/fp8.py): CUDA capability >= 8.9
     fp8_head_scales: str = "2,512,524288"  # the FP8 head's x, w and gradient scales (2, 2^9, 2^19)
     # optimizers
@@ -417,7 +417,7 @@ class GPT(nn.Module):
         super().__init__()
         L, k, kinds = cfg.num_layers, cfg.value_embeds, layer_kinds(cfg)
         self.norm, self.softcap, self.fp8_mm = ops.rms_norm, cfg.logit_softcap, ops.fp8_mm
-        dtype = torch.bfloat16 if cfg.embed_bf16 else None  # the tables' dtype, and so their Adam state's
+        dtype = torch.bfloat16 if cfg.embed_bf16 else None  # the tables' dtype (Adam keeps fp32 masters of bf16 ones)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype)
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype) for _ in range(k))
         # value-embedding table of each layer: 0..k-1 on the first k layers and again on the last k (@YouJiacheng)

@@ -294,7 +294,8 @@ def test_the_record_elements_shape_the_model():
 
 def test_the_record_model_trains_on_the_cpu():
     """fineweb-124m's defaults at a small width through make_optimizers and train_step on the torch ops (the FP8
-    head on PyTorch's CPU _scaled_mm): finite losses, every parameter moves, the bf16 tables keep bf16 Adam state."""
+    head on PyTorch's CPU _scaled_mm): finite losses, every parameter moves, the bf16 tables are stepped through
+    fp32 masters."""
     cpu, env = torch.device("cpu"), T.DistEnv()
     cfg = T.parse_config(["--model_dim=64", "--num_heads=2", "--head_dim=32", "--seq_len=128", "--grad_accum=2"])
     ops = T.make_ops("torch", cpu)
@@ -304,7 +305,9 @@ def test_the_record_model_trains_on_the_cpu():
         batches = [(x, x.roll(-1, 1)) for x in (_batch_with_documents(1, 128, seed=2 * step + i) for i in range(2))]
         assert torch.isfinite(T.train_step(model, ops, optimizers, batches, 256, step, cfg, env))
     assert [n for n, p in model.named_parameters() if torch.equal(p, before[n])] == []
-    assert optimizers.adam.state[model.embed.weight]["exp_avg"].dtype == torch.bfloat16
+    master = optimizers.adam.of[model.embed.weight].stepped  # the bf16 table's fp32 master, and its fp32 state
+    assert model.embed.weight.dtype == torch.bfloat16 and master.dtype == torch.float32
+    assert optimizers.adam.state[master]["exp_avg"].dtype == torch.float32
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
