@@ -61,7 +61,8 @@ def test_a_step_line_giving_a_key_twice_is_refused_naming_the_line(tmp_path, lin
     events.write("val", step=10, val_loss=4.5, train_time_ms=100.0)
     events.close()
     (run / "train.log").write_text(text)
-    with pytest.raises(InvalidLog, match=f"^{re.escape(str(run / 'train.log'))}:3: {key} given twice: not a valid log$"):
+    where = re.escape(str(run / "train.log"))
+    with pytest.raises(InvalidLog, match=f"^{where}:3: {key} given twice: not a valid log$"):
         load_run(run)
 
 
