@@ -17,7 +17,6 @@ Each mismatch is one line: where (file, field), expected (recomputed) and found.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import sys
@@ -27,7 +26,7 @@ from typing import Sequence
 import pandas as pd
 
 from harness import stats
-from harness.cli import run_cli
+from harness.cli import doc_parser, run_cli
 from harness.logs import (InvalidLog, LogError, RunLog, embedded_code, load_run, printed_tolerance, record_runs,
                           step_lines)
 from harness.records import RECORD_FILE, RecordsError, os_error_line, read_record
@@ -326,7 +325,7 @@ def exclusions(folder: str | Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.verify", description=__doc__.split("\n\n")[0])
+    parser = doc_parser("verify", __doc__, with_rest=False)
     parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="record folders, records/<date>_<name>")
     args = parser.parse_args(argv)
     failed = 0
