@@ -88,8 +88,8 @@ class Parsed:
     text: str
     sha256: str
     code: str | None  # the source the log starts with (harness.logs.embedded_code), None if none
-    log: RunLog | None  # None: not a speedrun log (no validation line), or one with impossible values
-    error: str | None  # why a log with step lines is refused: impossible values (harness.logs.InvalidLog), the line named
+    log: RunLog | None  # None: not a speedrun log (no validation line), or one refused (error)
+    error: str | None  # why a log with step lines is refused (harness.logs.InvalidLog), the line named
     facts: Facts
     events: list[tuple[str, dict]]  # ("step" | "val", fields), in the log's order
 
@@ -169,8 +169,8 @@ def step_events(text: str) -> list[tuple[str, dict]]:
 
 
 def parse_log_bytes(data: bytes, source: str) -> Parsed:
-    """Read a log's bytes (undecodable bytes are replaced, as harness.logs does). Never raises: a text
-    with no validation line, or with impossible values, has log None and the reason in error."""
+    """Read a log's bytes (undecodable bytes are replaced, as harness.logs does). Never raises: a text with no
+    validation line, or with a malformed step line or impossible values, has log None and the reason in error."""
     text = data.decode("utf-8", errors="replace")
     code = embedded_code(text)
     log, error = None, None

@@ -35,6 +35,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from harness.runlog import (TRAIN_LOG_FILE, EVENTS_FILE, divergence, last_event, read_events, read_regular,
                             type_problem)
@@ -232,7 +233,7 @@ def parse_step_line(line: str) -> dict | None:
     return parsed[0] if parsed else None
 
 
-def step_lines(text: str, source: str):
+def step_lines(text: str, source: str) -> Iterator[tuple[int, dict, dict]]:
     """Each step line of a text, in order, as (line number, fields, printed): parse_step_line's fields and each
     field's number as printed (printed_tolerance reads its digits). Raises InvalidLog, one line naming source and
     line number, at a malformed step line."""
@@ -334,7 +335,7 @@ def impossible(fields: dict, previous: dict | None) -> str | None:
 
 def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line, or
-    if a step line holds impossible values (harness.logs.impossible; the message names the line)."""
+    if a step line is malformed (step_lines) or holds impossible values (impossible); the message names the line."""
     log = RunLog(source=source, name=name if name is not None else Path(source).stem)
     log.code = embedded_code(text)
     log.code_hash = embedded_code_hash(log.code) if log.code is not None else None

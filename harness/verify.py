@@ -153,6 +153,7 @@ def check_against_log(log: RunLog) -> list[str]:
     - Each validation line of train.log (step, val_loss to its printed digits, train_time to the
       millisecond) must equal the matching val event, and there must be as many of each. A run of ours
       whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
+      A malformed step line (harness.logs.step_lines) is the one problem named after the sha256 and code.
     """
     run_dir = Path(log.source)
     path, events_path = run_dir / TRAIN_LOG_FILE, run_dir / EVENTS_FILE
