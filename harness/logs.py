@@ -202,20 +202,14 @@ STEP_KEYS = {"val_loss": "val_loss", "train_time": "train_time_ms", "step_avg": 
 def _step_line(line: str) -> tuple[dict, dict] | None:
     """The parse of a step line: None if the line is not one; else (fields, printed), parse_step_line's fields and
     {field: its number as printed, without unit}. A key given twice (`step` included) makes the line malformed:
-    which value it means is unknowable, so neither is read, and fields["malformed"] says which key."""
+    which value it means is unknowable, so only its step and fields["malformed"], which key, are read."""
     m = _STEP_LINE.match(line)
     if not m:
         return None
     fields, printed, seen = {"step": int(m.group(1)), "total": int(m.group(2))}, {}, {"step"}
-    for token in line[m.end():].split():
-        key, sep, value = token.partition(":")
-        if not sep:
-            continue
+    for key, _, value in (token.partition(":") for token in line[m.end():].split() if token.find(":") > 0):
         if key in seen:
-            fields.pop(STEP_KEYS.get(key), None)
-            printed.pop(STEP_KEYS.get(key), None)
-            fields.setdefault("malformed", f"{key} given twice")
-            continue
+            return {"step": fields["step"], "total": fields["total"], "malformed": f"{key} given twice"}, {}
         seen.add(key)
         if key in STEP_KEYS and (v := _VALUE.match(value)):
             fields[STEP_KEYS[key]], printed[STEP_KEYS[key]] = float(v.group(1)), v.group(1)

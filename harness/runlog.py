@@ -131,20 +131,17 @@ def json_type_name(value) -> str:
 
 
 def type_problem(obj: dict, types: dict[str, str], where: str = "", *, absent_ok: bool = True) -> str | None:
-    """The first key of obj whose value is not of its JSON type in `types`, as '<where>.<key> is a string,
-    expected a number or null' (the key alone without `where`); None when all are.
-
-    A dotted key ('stats.previous.folder') names a value inside nested objects, listed after its parents: under
-    an object that is null or absent it is not checked. An absent key is fine; with absent_ok=False, only where
-    its types include 'absent', and otherwise it is '<key> missing'.
-    """
+    """The first key of obj whose value is not of its JSON type in `types`, as '<where>.<key> is a string, expected
+    a number or null' (the key alone without `where`), or None. A dotted key ('stats.previous.folder') names a value
+    in nested objects, listed after its parents, and is not checked under a null or absent one. An absent key is
+    fine; with absent_ok=False, only where its types include 'absent' ('<key> missing' otherwise)."""
     for key, allowed in types.items():
         holder, (*parents, leaf) = obj, key.split(".")
         for parent in parents:
             holder = holder.get(parent) if isinstance(holder, dict) else None
         name = f"{where}.{key}" if where else key
         if not isinstance(holder, dict):
-            continue
+            continue  # under a null or absent object
         if leaf not in holder:
             if not absent_ok and "absent" not in allowed.split("|"):
                 return f"{name} missing"
