@@ -1,4 +1,5 @@
-"""What every harness command line shares: its exit, whatever happens to its stdout; its argument types."""
+"""What every harness command line shares: its help, read from its module docstring; its exit, whatever happens
+to its stdout; its argument types."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,16 @@ import math
 import os
 import sys
 from typing import Callable
+
+
+def doc_parser(name: str, doc: str, *, with_rest: bool = True, **kwargs) -> argparse.ArgumentParser:
+    """The parser of `python -m harness.<name>`, its help read from the module docstring `doc`: the first
+    paragraph describes the command; with_rest, the paragraphs after it follow the options, laid out as written.
+    kwargs go to argparse.ArgumentParser (an epilog of its own where with_rest is False)."""
+    summary, _, rest = doc.partition("\n\n")
+    if with_rest:
+        kwargs.update(epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return argparse.ArgumentParser(prog=f"python -m harness.{name}", description=summary, **kwargs)
 
 
 def run_cli(main: Callable[[], int]) -> None:

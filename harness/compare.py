@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import finite_float, run_cli
+from harness.cli import doc_parser, finite_float, run_cli
 from harness import stats
 from harness.stats import fmt
 from harness.leaderboard import loss_axis, markdown_table, pyplot, save_png
@@ -679,9 +679,7 @@ def _collect(args, variants: list[Variant]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.compare", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = doc_parser("compare", __doc__)
     add_launch_arguments(parser)
     parser.set_defaults(track=None)  # run mode: cpu-tiny; logs mode: where set, the default target of logs that state none
     parser.add_argument("--baseline", type=parse_variant, default=None, metavar="NAME=SPEC",

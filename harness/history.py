@@ -29,7 +29,6 @@ reported or the output could not be written, else 0.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -42,6 +41,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from harness import stats
+from harness.cli import doc_parser
 from harness.leaderboard import TIME_NOTE, markdown_table, pyplot, save_png
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, code_differences, describe_difference, load_run
 from harness.records import os_error_line
@@ -334,9 +334,7 @@ def render_plot(rows: list[dict], path: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.history", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = doc_parser("history", __doc__)
     parser.add_argument("root", type=Path, metavar="ROOT", help="a modded-nanogpt checkout's records/ folder")
     parser.add_argument("--json", action="store_true", help="print every figure as JSON on stdout")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,

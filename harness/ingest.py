@@ -24,7 +24,6 @@ FineWeb speedrun's 3.28. harness.run --cmd records a foreign trainer's log throu
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import datetime as dt
 import hashlib
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import finite_float, not_a_folder, run_cli
+from harness.cli import doc_parser, finite_float, not_a_folder, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.hardware import peak_flops
 from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
@@ -89,8 +88,8 @@ class Parsed:
     text: str
     sha256: str
     code: str | None  # the source the log starts with (harness.logs.embedded_code), None if none
-    log: RunLog | None  # None: not a speedrun log (no validation line), or one with impossible values
-    error: str | None  # why a log with step lines is refused: impossible values (harness.logs.InvalidLog), the line named
+    log: RunLog | None  # None: not a speedrun log (no validation line), or one refused (error)
+    error: str | None  # why a log with step lines is refused (harness.logs.InvalidLog), the line named
     facts: Facts
     events: list[tuple[str, dict]]  # ("step" | "val", fields), in the log's order
 
@@ -170,8 +169,8 @@ def step_events(text: str) -> list[tuple[str, dict]]:
 
 
 def parse_log_bytes(data: bytes, source: str) -> Parsed:
-    """Read a log's bytes (undecodable bytes are replaced, as harness.logs does). Never raises: a text
-    with no validation line, or with impossible values, has log None and the reason in error."""
+    """Read a log's bytes (undecodable bytes are replaced, as harness.logs does). Never raises: a text with no
+    validation line, or with a malformed step line or impossible values, has log None and the reason in error."""
     text = data.decode("utf-8", errors="replace")
     code = embedded_code(text)
     log, error = None, None
@@ -376,9 +375,7 @@ def ingest(inputs: Sequence[str | os.PathLike], *, track: str, name: str, target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.ingest", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = doc_parser("ingest", __doc__)
     parser.add_argument("--track", required=True, help="the track the runs are recorded on, e.g. modded-nanogpt")
     parser.add_argument("--name", required=True, help="name stored with each run")
     parser.add_argument("--target", type=finite_float, default=None,

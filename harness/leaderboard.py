@@ -10,7 +10,6 @@ records give the same bytes, the PNG included (fixed style and dpi, no software 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from harness.cli import run_cli
+from harness.cli import doc_parser, run_cli
 from harness.files import atomic_file, clean_stale_temps, write_atomic
 from harness.logs import LogError, record_runs
 from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
@@ -292,7 +291,7 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.leaderboard", description=__doc__.split("\n\n")[0])
+    parser = doc_parser("leaderboard", __doc__, with_rest=False)
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")
     parser.add_argument("--out", type=Path, default=None,
                         help="page to write (default: leaderboard.md next to records/)")

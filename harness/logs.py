@@ -8,15 +8,15 @@ step, for example
     step:1390/1390 val_loss:3.2775 train_time:79532ms step_avg:57.22ms
 
 Our trainer prints the same lines with `tokens_per_s:T mfu:P%` appended. A step line is a line that
-*starts* with `step:N/M`; `key:value` tokens after it are read where known and ignored otherwise,
-and every other line (the source code, which mentions "step:" inside f-strings, the versions, the
-GPU table) is skipped. The source code a log starts with (embedded_code) is kept as `RunLog.code`,
-and its hash (harness/snapshot.py's embedded_code_hash) as `RunLog.code_hash`. Validation lines (those
-with `val_loss:`) make the loss curve; the last one gives the final loss and the run's time
-(`RunLog.train_time_ms`; records/README.md, "How a run counts"). A text log is "ok" when its last
-validation is at the planned step M, or when it has our trainer's closing `result: ...` line (a run
-made with --stop_at_target ends early and says so: `RunLog.stopped_early`); otherwise it was cut
-off: "incomplete".
+*starts* with `step:N/M`; `key:value` tokens after it are read where known and ignored otherwise (a line
+that gives a key twice is refused, naming the file and line), and every other line (the source code,
+which mentions "step:" inside f-strings, the versions, the GPU table) is skipped. The source code a log
+starts with (embedded_code) is kept as `RunLog.code`, and its hash (harness/snapshot.py's
+embedded_code_hash) as `RunLog.code_hash`. Validation lines (those with `val_loss:`) make the loss
+curve; the last one gives the final loss and the run's time (`RunLog.train_time_ms`; records/README.md,
+"How a run counts"). A text log is "ok" when its last validation is at the planned step M, or when it
+has our trainer's closing `result: ...` line (a run made with --stop_at_target ends early and says so:
+`RunLog.stopped_early`); otherwise it was cut off: "incomplete".
 
 A run directory written by train_gpt.py is read from its `events.jsonl` (harness/runlog.py), which
 holds the same curve at full precision plus what a text log lacks: track, seed, code hash, target,
@@ -35,6 +35,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from harness.runlog import (TRAIN_LOG_FILE, EVENTS_FILE, divergence, last_event, read_events, read_regular,
                             type_problem)
@@ -48,6 +49,7 @@ CODE_SEPARATOR = "=" * 100  # modded-nanogpt's print0("="*100) after the logged 
 # modded-nanogpt log starts with (GPT(vocab_size=50257, ...)).
 _VOCAB = re.compile(r"""\bvocab_size['"]?\s*(?::\s*int\s*)?[:=]\s*(\d+)""")
 _STEP_LINE = re.compile(r"^step:(\d+)/(\d+)(?=\s|$)")
+# A step line's value: '79532ms' -> 79532, '41.2%' -> 41.2, 'nan', 'inf'; anything else ('n/a') is not read.
 _VALUE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?inf)(ms|%)?$", re.IGNORECASE)
 
 
@@ -171,12 +173,6 @@ class RunLog:
 # Text logs
 
 
-def _number(text: str) -> float | None:
-    """'79532ms' -> 79532.0, '41.2%' -> 41.2, 'nan' -> nan, 'n/a' (or anything else) -> None."""
-    m = _VALUE.match(text)
-    return float(m.group(1)) if m else None
-
-
 CONFIG_KEYS_FREE = ("seed", "run_dir")  # config fields that may differ between runs of one set (a record, a variant)
 
 
@@ -198,25 +194,49 @@ def printed_tolerance(text: str) -> float:
     return math.inf if not isinstance(exponent, int) else float(Decimal("0.5").scaleb(exponent))
 
 
+# The keys a step line gives, as printed -> the field they fill; other keys are ignored.
+STEP_KEYS = {"val_loss": "val_loss", "train_time": "train_time_ms", "step_avg": "step_avg_ms",
+             "tokens_per_s": "tokens_per_s", "mfu": "mfu", "train_loss": "train_loss"}
+
+
+def _step_line(line: str) -> tuple[dict, dict] | None:
+    """The parse of a step line: None if the line is not one; else (fields, printed), parse_step_line's fields and
+    {field: its number as printed, without unit}. A key given twice (`step` included) makes the line malformed:
+    which value it means is unknowable, so only its step and fields["malformed"], which key, are read."""
+    m = _STEP_LINE.match(line)
+    if not m:
+        return None
+    fields, printed, seen = {"step": int(m.group(1)), "total": int(m.group(2))}, {}, {"step"}
+    for key, _, value in (token.partition(":") for token in line[m.end():].split() if token.find(":") > 0):
+        if key in seen:
+            return {"step": fields["step"], "total": fields["total"], "malformed": f"{key} given twice"}, {}
+        seen.add(key)
+        if key in STEP_KEYS and (v := _VALUE.match(value)):
+            fields[STEP_KEYS[key]], printed[STEP_KEYS[key]] = float(v.group(1)), v.group(1)
+    return fields, printed
+
+
 def parse_step_line(line: str) -> dict | None:
     """The fields of one step line, or None if the line is not one.
 
     Returns {"step": N, "total": M, and any of "val_loss", "train_time_ms", "step_avg_ms",
-    "tokens_per_s", "mfu", "train_loss"} for the tokens present with a readable value.
+    "tokens_per_s", "mfu", "train_loss"} for the tokens present with a readable value, and "malformed" (why)
+    for a line that gives a key twice (step_lines refuses it).
     """
-    m = _STEP_LINE.match(line)
-    if not m:
-        return None
-    fields = {"step": int(m.group(1)), "total": int(m.group(2))}
-    names = {"val_loss": "val_loss", "train_time": "train_time_ms", "step_avg": "step_avg_ms",
-             "tokens_per_s": "tokens_per_s", "mfu": "mfu", "train_loss": "train_loss"}
-    for token in line[m.end():].split():
-        key, sep, value = token.partition(":")
-        if sep and key in names:
-            number = _number(value)
-            if number is not None:
-                fields[names[key]] = number
-    return fields
+    parsed = _step_line(line)
+    return parsed[0] if parsed else None
+
+
+def step_lines(text: str, source: str) -> Iterator[tuple[int, dict, dict]]:
+    """Each step line of a text, in order, as (line number, fields, printed): parse_step_line's fields and each
+    field's number as printed (printed_tolerance reads its digits). Raises InvalidLog, one line naming source and
+    line number, at a malformed step line."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if (parsed := _step_line(line)) is None:
+            continue
+        if "malformed" in parsed[0]:
+            raise InvalidLog(f"{source}:{lineno}: {parsed[0]['malformed']}: not a valid log")
+        yield lineno, *parsed
 
 
 def embedded_code(text: str) -> str | None:
@@ -275,7 +295,7 @@ def log_identity(text: str) -> str | None:
     Two files with the same step lines are one run, whatever else differs (a trailing newline, CRLF
     line ends, an edited header): two real runs never print the same train times at every step.
     A run's events.jsonl and its train.log have the train.log's identity."""
-    lines = [" ".join(line.split()) for line in text.splitlines() if _STEP_LINE.match(line.strip())]
+    lines = [" ".join(line.split()) for line in text.splitlines() if parse_step_line(line) is not None]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest() if lines else None
 
 
@@ -309,21 +329,15 @@ def impossible(fields: dict, previous: dict | None) -> str | None:
 
 def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line, or
-    if a step line holds impossible values (harness.logs.impossible; the message names the line)."""
+    if a step line is malformed (step_lines) or holds impossible values (impossible); the message names the line."""
     log = RunLog(source=source, name=name if name is not None else Path(source).stem)
     log.code = embedded_code(text)
     log.code_hash = embedded_code_hash(log.code) if log.code is not None else None
     log.identity = log_identity(text)
-    finished = False  # our trainer's closing "result: ..." line (it may stop early, at the target)
     previous: dict | None = None
-    first_step_at = None  # where the step lines begin: the header before them states the vocabulary
-    for lineno, line in enumerate(text.splitlines(), 1):
-        finished = finished or line.startswith("result: ")
-        fields = parse_step_line(line)
-        if fields is None:
-            continue
-        if first_step_at is None:
-            first_step_at = text.find(line)
+    first_step_at = None  # the line the step lines begin at: the header before them states the vocabulary
+    for lineno, fields, _ in step_lines(text, source):
+        first_step_at = first_step_at or lineno
         problem = impossible(fields, previous)
         if problem:
             raise InvalidLog(f"{source}:{lineno}: {problem}: not a valid log")
@@ -342,9 +356,10 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     if not log.val_steps:
         raise LogError(f"{source}: no validation line "
                        "(a line starting 'step:N/M' with 'val_loss:X' and 'train_time:Tms')")
-    head = text[:first_step_at] if first_step_at is not None else text
+    head = "\n".join(text.splitlines()[:first_step_at - 1])
     log.vocab_size = int(m.group(1)) if (m := _VOCAB.search(head)) else None
-    finished = log.final_step == log.total_steps or finished
+    # at its planned last step, or our trainer's closing "result: ..." line (it may stop early, at the target)
+    finished = log.final_step == log.total_steps or any(line.startswith("result: ") for line in text.splitlines())
     log.divergence = divergence(log.val_losses, log.train_losses, log.vocab_size, finished=finished)
     if log.divergence:
         log.status = "diverged"
@@ -432,10 +447,8 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
             text = read_regular(console).decode("utf-8", errors="replace")
         except OSError as exc:
             raise LogError(f"{console}: cannot read ({exc.strerror or exc})") from None
-        for line in text.splitlines():
-            fields = parse_step_line(line)
-            if fields:
-                log.total_steps = fields["total"]
+        for _, fields, _ in step_lines(text, str(console)):
+            log.total_steps = fields["total"]
         log.identity = log_identity(text)
     if log.identity is None and log.val_steps:  # no train.log: the curve of its val events
         curve = "\n".join(f"{s} {v!r} {t!r}" for s, v, t in zip(log.val_steps, log.val_losses, log.val_times_ms))

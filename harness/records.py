@@ -189,9 +189,9 @@ def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[li
             elif row.get("schema") != SCHEMA:
                 problems.append(f"{path}:{lineno}: skipped line with schema {row.get('schema')!r} (expected {SCHEMA})")
             else:
-                while problem := type_problem(row, ROW_TYPES, "row"):
-                    key = problem.split(" ", 1)[0].removeprefix("row.")
-                    problems.append(f"{path}:{lineno}: {problem.removeprefix('row.')}; read as missing")
+                while problem := type_problem(row, ROW_TYPES):
+                    key = problem.split(" ", 1)[0]
+                    problems.append(f"{path}:{lineno}: {problem}; read as missing")
                     row[key] = None
                 row["line"] = lineno
                 rows.append(row)
@@ -266,18 +266,8 @@ def record_problem(record) -> str | None:
     if not isinstance(record, dict):
         return f"not a JSON object but {json_type_name(record)}"
     record = _schema_2_names(record)
-    for key, types in RECORD_KEYS.items():
-        holder = record
-        *parents, leaf = key.split(".")
-        for parent in parents:
-            holder = holder.get(parent) if holder is not None else None
-        if holder is None:
-            continue  # under a null (or absent) object: allowed where that object may be null
-        if leaf not in holder:
-            if "absent" not in types.split("|"):
-                return f"{key} missing"
-        elif not is_json_type(holder[leaf], types):
-            return f"{key} is {json_type_name(holder[leaf])}, expected {types.replace('|absent', '').replace('|', ' or ')}"
+    if problem := type_problem(record, RECORD_KEYS, absent_ok=False):
+        return problem
     if record["schema"] == 1:
         return (f"schema 1 (this harness reads schemas 2 and {RECORD_SCHEMA}: schema 1 timed a run at its first validation "
                 "at or below the target, not at its final one; submit its runs again)")

@@ -45,6 +45,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from harness.cli import doc_parser
 from harness.hardware import git_state
 from harness.ingest import default_target, parse_log_bytes, write_run_files
 from harness.logs import DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
@@ -763,8 +764,8 @@ def refuse(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ours, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m harness.run", description=__doc__.split("\n\n")[0],
-                                     epilog="Trainer overrides go after '--', e.g. -- --lr=0.01 (or -- --lr 0.01)")
+    parser = doc_parser("run", __doc__, with_rest=False,
+                        epilog="Trainer overrides go after '--', e.g. -- --lr=0.01 (or -- --lr 0.01)")
     add_launch_arguments(parser)
     parser.set_defaults(track=None, nproc=None)  # their defaults differ with --cmd
     parser.add_argument("--name", default=None, help="name stored with each run (default: the track)")

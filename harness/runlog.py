@@ -130,12 +130,24 @@ def json_type_name(value) -> str:
     return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
-def type_problem(obj: dict, types: dict[str, str], where: str) -> str | None:
-    """The first key of obj whose value is not of its JSON type in `types` (absent keys are fine), as
-    '<where>.<key> is a string, expected a number or null'; None when all are."""
+def type_problem(obj: dict, types: dict[str, str], where: str = "", *, absent_ok: bool = True) -> str | None:
+    """The first key of obj whose value is not of its JSON type in `types`, as '<where>.<key> is a string, expected
+    a number or null' (the key alone without `where`), or None. A dotted key ('stats.previous.folder') names a value
+    in nested objects, listed after its parents, and is not checked under a null or absent one. An absent key is
+    fine; with absent_ok=False, only where its types include 'absent' ('<key> missing' otherwise)."""
     for key, allowed in types.items():
-        if key in obj and not is_json_type(obj[key], allowed):
-            return f"{where}.{key} is {json_type_name(obj[key])}, expected {allowed.replace('|absent', '').replace('|', ' or ')}"
+        holder, (*parents, leaf) = obj, key.split(".")
+        for parent in parents:
+            holder = holder.get(parent) if isinstance(holder, dict) else None
+        name = f"{where}.{key}" if where else key
+        if not isinstance(holder, dict):
+            continue  # under a null or absent object
+        if leaf not in holder:
+            if not absent_ok and "absent" not in allowed.split("|"):
+                return f"{name} missing"
+        elif not is_json_type(holder[leaf], allowed):
+            expected = allowed.replace("|absent", "").replace("|", " or ")
+            return f"{name} is {json_type_name(holder[leaf])}, expected {expected}"
     return None
 
 

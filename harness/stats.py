@@ -21,7 +21,6 @@ statistics.md prints its lists.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import sys
@@ -32,7 +31,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from harness.cli import finite_float, run_cli
+from harness.cli import doc_parser, finite_float, run_cli
 
 CONFIDENCE = 0.95
 ALPHA = 0.01  # the record rule's significance, for the loss and for the time
@@ -513,9 +512,7 @@ def times_report(baseline: Sequence[float], candidate: Sequence[float]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.stats", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser = doc_parser("stats", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     loss = sub.add_parser("loss", help="the loss rule on final val losses (numbers, or stdin)")
     loss.add_argument("--target", type=finite_float, default=3.28, help="target val loss (default 3.28)")

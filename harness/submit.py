@@ -11,7 +11,6 @@ leaderboard. Otherwise it prints the failing condition in one line and exits 1.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import stats
-from harness.cli import not_a_folder, run_cli
+from harness.cli import doc_parser, not_a_folder, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
@@ -305,7 +304,7 @@ def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.submit", description=__doc__.split("\n\n")[0])
+    parser = doc_parser("submit", __doc__, with_rest=False)
     parser.add_argument("--name", required=True, help="record name (letters, digits, '.', '_', '-')")
     parser.add_argument("--description", required=True, help="one line: what changed")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")

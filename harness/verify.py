@@ -17,7 +17,6 @@ Each mismatch is one line: where (file, field), expected (recomputed) and found.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import sys
@@ -27,8 +26,9 @@ from typing import Sequence
 import pandas as pd
 
 from harness import stats
-from harness.cli import run_cli
-from harness.logs import LogError, RunLog, embedded_code, load_run, parse_step_line, printed_tolerance, record_runs
+from harness.cli import doc_parser, run_cli
+from harness.logs import (InvalidLog, LogError, RunLog, embedded_code, load_run, printed_tolerance, record_runs,
+                          step_lines)
 from harness.records import RECORD_FILE, RecordsError, os_error_line, read_record
 from harness.runlog import EVENTS_FILE, TRAIN_LOG_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, embedded_code_hash, snapshot_hash
@@ -144,15 +144,6 @@ def render_statistics(record: dict) -> str:
 # A run's train.log against the rest of its directory
 
 
-def _token(line: str, key: str) -> str | None:
-    """The raw text of `key:VALUE` in a step line, as printed."""
-    for token in line.split()[1:]:
-        k, sep, value = token.partition(":")
-        if sep and k == key:
-            return value
-    return None
-
-
 def check_against_log(log: RunLog) -> list[str]:
     """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field.
 
@@ -162,6 +153,7 @@ def check_against_log(log: RunLog) -> list[str]:
     - Each validation line of train.log (step, val_loss to its printed digits, train_time to the
       millisecond) must equal the matching val event, and there must be as many of each. A run of ours
       whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
+      A malformed step line (harness.logs.step_lines) is the one problem named after the sha256 and code.
     """
     run_dir = Path(log.source)
     path, events_path = run_dir / TRAIN_LOG_FILE, run_dir / EVENTS_FILE
@@ -182,18 +174,20 @@ def check_against_log(log: RunLog) -> list[str]:
         if found != log.code_hash:
             problems.append(f"{path}: embedded code: hashes to {found or 'nothing (no source code at its top)'}, "
                             f"expected the run's code hash {log.code_hash} ({events_path.name} meta.code_hash)")
-    lines = [(lineno, line) for lineno, line in enumerate(text.splitlines(), 1)
-             if (f := parse_step_line(line)) and "val_loss" in f and "train_time_ms" in f]
+    try:
+        lines = [(lineno, f, printed) for lineno, f, printed in step_lines(text, str(path))
+                 if "val_loss" in f and "train_time_ms" in f]
+    except InvalidLog as exc:
+        return problems + [str(exc)]
     if not lines and not foreign:
         return problems
     events = list(zip(log.val_steps, log.val_losses, log.val_times_ms))
     if len(lines) != len(events):
         problems.append(f"{path}: {len(lines)} validation lines, but {events_path} has {len(events)} val events")
-    for i, ((lineno, line), (step, loss, time_ms)) in enumerate(zip(lines, events)):
+    for i, ((lineno, fields, printed), (step, loss, time_ms)) in enumerate(zip(lines, events)):
         where, event = f"{path}:{lineno}", f"{events_path.name} val event {i + 1}"
-        printed_step = parse_step_line(line)["step"]
-        loss_text, time_text = _token(line, "val_loss"), _token(line, "train_time").removesuffix("ms")
-        printed_loss, printed_time = float(loss_text), float(time_text)
+        printed_step, printed_loss, printed_time = fields["step"], fields["val_loss"], fields["train_time_ms"]
+        loss_text, time_text = printed["val_loss"], printed["train_time_ms"]
         if printed_step != step:
             problems.append(f"{where}: step: the log says {printed_step}, {event} says {step}")
         same_loss = (math.isnan(printed_loss) and math.isnan(loss)) or \
@@ -332,7 +326,7 @@ def exclusions(folder: str | Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.verify", description=__doc__.split("\n\n")[0])
+    parser = doc_parser("verify", __doc__, with_rest=False)
     parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="record folders, records/<date>_<name>")
     args = parser.parse_args(argv)
     failed = 0

@@ -447,6 +447,19 @@ def test_impossible_values_are_refused_naming_the_line(where, tmp_path, capsys, 
     assert err.count("\n") == 1 and f"{path}:{lineno}: " in err and why in err
 
 
+def test_a_step_line_giving_a_key_twice_is_refused_naming_the_line(where, tmp_path, capsys):
+    text, lineno = _replace_token(modded_log(), "step:1250/", "val_loss", "3.3062 val_loss:3.3063")
+    path = write(tmp_path / "logs", "twice.txt", text)
+    why = f"{path}:{lineno}: val_loss given twice: not a valid log"
+    assert run_ingest(where, path) == 1
+    assert f"skipped: {why}" in capsys.readouterr().err
+    assert not (where["records"] / "runs.jsonl").exists() or rows(where) == []
+
+    from harness import compare
+    assert compare.main(["--logs", f"a={path}", "--no-plot"]) == 1
+    assert capsys.readouterr().err == f"error: --logs a: {why}\n"
+
+
 def exploded_log(vocab_line: str) -> str:
     """A run whose learning rate was 1e6: train loss 3.3e7, then stuck at exactly ln(50257), all finite."""
     uniform = f"{math.log(50257):.4f}"

@@ -1,5 +1,6 @@
 """harness.logs: the one parser, on logs written here (modded-nanogpt's layout: code first, then steps)."""
 import math
+import re
 
 import pytest
 
@@ -40,6 +41,29 @@ def test_our_format_extra_tokens(tmp_path):
                                   "step:1/2x val_loss:1", 'print(f"step:{step}/{n}")', "step:a/b val_loss:1"])
 def test_not_step_lines(line):
     assert parse_step_line(line) is None
+
+
+@pytest.mark.parametrize("line, key", [("step:10/10 val_loss:4.6 val_loss:4.5 train_time:100ms", "val_loss"),
+                                       ("step:10/10 val_loss:4.5 train_time:n/a train_time:100ms", "train_time"),
+                                       ("step:10/10 val_loss:4.5 train_time:100ms step:9/10", "step")])
+def test_a_step_line_giving_a_key_twice_is_refused_naming_the_line(tmp_path, line, key):
+    """Which of two values a line means is unknowable: the text log, and a run folder whose train.log holds the
+    line, are refused in one line naming file and line number."""
+    from harness.logs import InvalidLog
+    from harness.runlog import EventLog
+
+    assert parse_step_line(line)["malformed"] == f"{key} given twice"
+    text = "step:0/10 val_loss:10.9 train_time:0ms\nstep:5/10 train_time:50ms\n" + line + "\n"
+    with pytest.raises(InvalidLog, match=f"^x:3: {key} given twice: not a valid log$"):
+        parse_text(text, source="x")
+    run = tmp_path / "run"
+    events = EventLog(run)
+    events.write("val", step=10, val_loss=4.5, train_time_ms=100.0)
+    events.close()
+    (run / "train.log").write_text(text)
+    where = re.escape(str(run / "train.log"))
+    with pytest.raises(InvalidLog, match=f"^{where}:3: {key} given twice: not a valid log$"):
+        load_run(run)
 
 
 def test_cut_off_log_is_incomplete(tmp_path):

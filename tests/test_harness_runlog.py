@@ -1,9 +1,9 @@
-"""harness.runlog: the divergence policy."""
+"""harness.runlog: the divergence policy and the JSON type check."""
 import math
 
 import pytest
 
-from harness.runlog import DIVERGED_ABOVE, divergence
+from harness.runlog import DIVERGED_ABOVE, divergence, type_problem
 
 V = 50304
 UNIFORM = math.log(V)
@@ -33,3 +33,25 @@ def test_healthy_runs_and_unknown_vocab():
     # a 4-step smoke run of the real trainer: not yet off ln V, not collapsed onto it either
     assert divergence([10.8258, 10.8282, 10.8305], [10.83, 10.84], V) is None
     assert DIVERGED_ABOVE * UNIFORM == pytest.approx(21.65, abs=0.01)
+
+
+TYPES = {"n": "integer", "note": "string|absent", "prev": "object|null|absent", "prev.name": "string",
+         "prev.ci": "array|null"}
+
+
+@pytest.mark.parametrize("obj, absent_ok, problem", [
+    ({"n": 1, "prev": {"name": "a", "ci": None}}, False, None),
+    ({"n": 1, "prev": None}, False, None),  # under a null object nothing is checked
+    ({"n": 1}, False, None),  # nor under an absent one
+    ({"n": 1.5}, False, "n is a number, expected integer"),
+    ({"n": True}, False, "n is a boolean, expected integer"),  # a boolean is never an integer
+    ({"prev": {}}, False, "n missing"),
+    ({"prev": {}}, True, None),  # absent keys are fine by default
+    ({"n": 1, "note": None}, False, "note is null, expected string"),  # 'absent' is not in the message
+    ({"n": 1, "prev": {"ci": []}}, False, "prev.name missing"),
+    ({"n": 1, "prev": {"name": 2}}, True, "prev.name is an integer, expected string"),
+    ({"n": 1, "prev": "x"}, False, "prev is a string, expected object or null"),
+])
+def test_type_problem_walks_dotted_keys(obj, absent_ok, problem):
+    assert type_problem(obj, TYPES, absent_ok=absent_ok) == problem
+    assert type_problem(obj, TYPES, "row", absent_ok=absent_ok) == (problem and f"row.{problem}")

@@ -1,11 +1,13 @@
 """harness.verify on record folders written here: run ids that look like numbers, statistics.md edits."""
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from harness import submit, verify
+from harness.logs import InvalidLog, load_run
 from harness.records import append_run
 from helpers import modded_log, rows, run_ingest, write
 
@@ -109,3 +111,18 @@ def test_a_fifo_in_a_record_folder_is_named_not_waited_on(where, tmp_path, capsy
                           timeout=60)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"{folder / name}: " in proc.stdout and "not a regular file" in proc.stdout, proc.stdout
+
+
+def test_a_train_log_giving_a_key_twice_is_one_problem_naming_the_line(where, tmp_path):
+    """The run's events were read before its train.log gained the line; loaded again, the run is refused alike."""
+    assert run_ingest(where, write(tmp_path / "logs", "a.txt", modded_log())) == 0
+    run_dir = Path(rows(where)[0]["run_dir"])
+    log, train_log = load_run(run_dir), run_dir / "train.log"
+    lines = train_log.read_text().splitlines(keepends=True)
+    i = max(i for i, line in enumerate(lines) if line.startswith("step:") and " val_loss:" in line)
+    lines[i] = lines[i].replace(" val_loss:", " val_loss:9 val_loss:", 1)
+    train_log.write_text("".join(lines))
+    why = f"{train_log}:{i + 1}: val_loss given twice: not a valid log"
+    assert verify.check_against_log(log)[-1] == why
+    with pytest.raises(InvalidLog, match=f"^{re.escape(why)}$"):
+        load_run(run_dir)
