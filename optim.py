@@ -6,7 +6,8 @@ and the scalars. Communication per step, on W ranks (NCCL on GPUs, gloo in the C
   the updates all-gathered (bf16 on CUDA). fineweb-124m: 85M elements, 340 MB in, 170 MB out.
 - ShardedAdam: each embedding table's and the head's gradient reduce-scattered (mean, fp32) in W slices, each
   rank's slice stepped, the slices all-gathered into the parameters (fp32, or the parameter's dtype); the
-  scalars all-reduced as one flat buffer. fineweb-124m: 193M elements, 773 MB in, 773 MB out (fp32 tables).
+  scalars all-reduced as one flat buffer. fineweb-124m: 193M elements, 773 MB in (fp32), 464 MB out (its 4 bf16
+  tables and the fp32 head).
 - Order, the same on every rank: Muon's reduce-scatters, Adam's reduce-scatters and the scalars' all-reduce
   (GradSync, from the backward's hooks), then Muon's all-gathers (Muon.step, after Newton-Schulz), Adam's step
   (between Muon's all-gathers' launch and wait) and Adam's all-gathers, which the trainer waits for at the end
@@ -133,9 +134,9 @@ class ShardedAdam(torch.optim.Adam):
     (s = ceil(n / W)) and reduce-scattered (mean, fp32); rank r steps elements [lo, hi) = [r s, (r + 1) s) and
     all-gathers them into every rank's parameter in its dtype, in place where W divides n. Slices, not whole
     parameters round-robin: fineweb-124m's 5 tables of 38.6M would leave 3 of 8 ranks idle. The rest (the
-    scalars: fineweb-124m's 42 numbers in 19 tensors) are all-reduced as one flat buffer and stepped whole on every
-    rank: sharding them would cost collectives and save nothing measurable. The math is fp32: `stepped` is a view of an fp32
-    parameter's slice, else (bf16) an fp32 master copy of it, kept in the state dict."""
+    scalars: fineweb-124m's 47 numbers in 24 tensors) are all-reduced as one flat buffer and stepped whole on
+    every rank: sharding them would cost collectives and save nothing measurable. The math is fp32: `stepped`
+    is a view of an fp32 parameter's slice, else (bf16) an fp32 master copy of it, kept in the state dict."""
 
     def __init__(self, groups: list[dict], *, sharded: list[Tensor], world_size: int = 1, rank: int = 0, **adam):
         self.W, self.of = world_size, {}  # parameter -> its Slice

@@ -180,9 +180,10 @@ def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config
          f"--layer_attention={cfg.layer_attention}: expected L, S or - for each of the {L} layers"),
         (len(scales) == 3 and all(0 < x < math.inf for x in scales),
          f"--fp8_head_scales={cfg.fp8_head_scales}: expected three positive numbers (x, w, gradient)"),
-        (not cfg.fp8_head or fp8 and cfg.model_dim % 16 == cfg.vocab_size % 16 == 0, "--fp8_head=true needs a GPU "
-         f"with FP8 (CUDA capability >= 8.9; this run has {torch.cuda.get_device_name(device) if cuda else 'a CPU'}) "
-         "and model_dim, vocab_size multiples of 16: add --fp8_head=false"),
+        (not cfg.fp8_head or fp8 and cfg.model_dim % 16 == cfg.vocab_size % 16 == cfg.batch_size * cfg.seq_len % 16
+         == 0, "--fp8_head=true needs a GPU with FP8 (CUDA capability >= 8.9; this run has "
+         f"{torch.cuda.get_device_name(device) if cuda else 'a CPU'}) and model_dim, vocab_size, batch_size x seq_len "
+         "multiples of 16: add --fp8_head=false"),
     ]
     for ok, message in checks:
         if not ok:
@@ -561,7 +562,7 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
     # Muon first (its reduce-scatters went first); Adam steps while Muon's updates are being all-gathered
     optimizers.muon.step(between=optimizers.adam.step)
     model.zero_grad(set_to_none=True)
-    if loss_sync:
+    if loss_sync is not None:
         loss_sync.wait()
     # Adam's all-gathers complete before anything reads the parameters (the next forward, validation, the warm-up's
     # restore); on CUDA a wait holds back only the compute stream's next kernels: the next batch's copy and mask
@@ -759,7 +760,7 @@ def train(cfg: Config, env: DistEnv, device: torch.device, log: RunWriter, state
             dist.broadcast(p.detach(), 0)
     optimizers = make_optimizers(model, cfg, ops, env)
     log.line(f"model: {sum(p.numel() for p in model.parameters()):,} parameters, "
-             f"{flops_per_token(cfg, cfg.window_max) / 1e9:.3f} GFLOP/token at the full window")
+             f"{flops_per_token(cfg, window_size(cfg.num_steps, cfg)) / 1e9:.3f} GFLOP/token at the full window")
     if cfg.compile:
         model = compile_model(model)
     evaluate = make_evaluate(model, ops, cfg, env, device)

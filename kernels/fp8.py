@@ -21,8 +21,8 @@ mean divides dY by as much, so the casts see the values of the record's 8 GPUs o
 The forward uses `_scaled_mm`'s fast accumulation, the backward the exact one, as the record.
 
 `torch._scaled_mm` needs FP8 tensor cores on a GPU (CUDA capability >= 8.9: Ada, Hopper and later) and K, N
-multiples of 16; recent CPU builds of PyTorch run it too (the tests). `fp8_mm_ref` is the same math emulated
-in fp32 (the casts round-tripped through torch's float8 dtypes), for the tests.
+(on a GPU M too) multiples of 16; recent CPU builds of PyTorch run it too (the tests). `fp8_mm_ref` is the same
+math emulated in fp32 (the casts round-tripped through torch's float8 dtypes), for the tests.
 """
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def _fp8_mm_backward_op(g: Tensor, x8: Tensor, w8: Tensor, x_s: float, w_s: floa
 
 @_fp8_mm_backward_op.register_fake
 def _(g, x8, w8, x_s, w_s, grad_s):
-    return x8.new_empty(x8.shape, dtype=torch.bfloat16), w8.new_empty(w8.shape, dtype=torch.float32)
+    # dW comes out of _scaled_mm as (K, N) row-major, transposed: strides (1, N), which Inductor checks
+    return x8.new_empty(x8.shape, dtype=torch.bfloat16), w8.new_empty(w8.shape[::-1], dtype=torch.float32).t()
 
 
 def _setup_context(ctx, inputs, output):
@@ -88,8 +89,9 @@ _fp8_mm_op.register_autograd(_backward, setup_context=_setup_context)
 def check_inputs(x: Tensor, w: Tensor) -> None:
     if x.ndim != 2 or w.ndim != 2 or x.size(1) != w.size(1):
         raise ValueError(f"fp8_mm: expected x (M, K) and w (N, K), got {tuple(x.shape)} and {tuple(w.shape)}")
-    if x.size(1) % 16 or w.size(0) % 16:
-        raise ValueError(f"fp8_mm: K = {x.size(1)} and N = {w.size(0)} must be multiples of 16 (torch._scaled_mm)")
+    if x.size(1) % 16 or w.size(0) % 16 or x.is_cuda and x.size(0) % 16:  # CUDA's dW matmul takes X8^T (K, M)
+        raise ValueError(f"fp8_mm: K = {x.size(1)}, N = {w.size(0)} (and M = {x.size(0)} on a GPU) must be "
+                         "multiples of 16 (torch._scaled_mm)")
 
 
 def fp8_mm(x: Tensor, w: Tensor, x_s: float = 2.0, w_s: float = 2.0**9, grad_s: float = 2.0**19) -> Tensor:

@@ -80,10 +80,20 @@ def test_bad_shapes_are_one_line_errors(shape_x, shape_w, message):
         fp8_mm(torch.zeros(shape_x), torch.zeros(shape_w))
 
 
-def test_the_op_traces_under_torch_compile():
+def test_the_op_compiles_with_inductor_forward_and_backward():
+    """Inductor checks a custom op's outputs against its fake's sizes and strides (dW is a transposed view)."""
     x, w, dy = _inputs(32, 64, 48, seed=9)
-    y = torch.compile(lambda a, b: fp8_mm(a, b, **SCALES), backend="aot_eager", fullgraph=True)(x, w)
-    assert torch.equal(y, fp8_mm(x, w, **SCALES))
+    y, dx, dw = _run(torch.compile(fp8_mm, fullgraph=True), x, w, dy)
+    y_eager, dx_eager, dw_eager = _run(fp8_mm, x, w, dy)
+    assert torch.equal(y, y_eager) and torch.equal(dx, dx_eager) and torch.equal(dw, dw_eager)
+
+
+def test_the_ops_fakes_match_the_real_ops():
+    x, w, dy = _inputs(32, 64, 48, seed=10)
+    torch.library.opcheck(torch.ops.speedrun.fp8_mm, (x, w, 2.0, 512.0, 2.0**19), test_utils="test_faketensor")
+    x8, w8 = x.mul(2).to(torch.float8_e4m3fn), w.mul(512).to(torch.float8_e4m3fn)
+    torch.library.opcheck(torch.ops.speedrun.fp8_mm_backward, (dy, x8, w8, 2.0, 512.0, 2.0**19),
+                          test_utils="test_faketensor")
 
 
 @pytest.mark.gpu

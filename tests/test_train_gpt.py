@@ -208,7 +208,7 @@ def test_every_numeric_field_has_a_range():
     ("--fp8_head_scales=2,512", "--fp8_head_scales=2,512: expected three positive numbers (x, w, gradient)"),
     ("--fp8_head_scales=2,0,8", "--fp8_head_scales=2,0,8: expected three positive numbers (x, w, gradient)"),
     ("--fp8_head=true", "--fp8_head=true needs a GPU with FP8 (CUDA capability >= 8.9; this run has a CPU) and "
-                        "model_dim, vocab_size multiples of 16: add --fp8_head=false"),
+                        "model_dim, vocab_size, batch_size x seq_len multiples of 16: add --fp8_head=false"),
     ("--run_dir=README.md", "--run_dir=README.md: exists and is not a folder"),
     ("--num_stepz=3", "unknown option --num_stepz (did you mean --num_steps?)"),
 ])
