@@ -22,14 +22,14 @@ TRACKS: dict[str, dict] = {
         unet_skips=4, window_max=1024, warmup_steps=5,
     ),
     # Two CPU cores, embedded corpus, torch kernels, calibrated for val loss per second of train time on this
-    # kit's 2-core CPU machine (benchmarks/NOTES.md, "cpu-tiny calibration": val curves of seed 0 every 5
-    # steps; each knob's cost per step measured by alternating variants step by step in one process):
-    # - learning rates: the speedrun's (Muon 0.05, Adam 0.6 / 0.008); halved, 5.6 comes 15 steps later;
-    #   1.5x them is worse (5.87 vs 5.80 at step 45).
-    # - one value-embedding table: 0.996x the CPU time per step, 0.02-0.05 lower val loss from step 35 on.
+    # kit's 2-core CPU machine (benchmarks/NOTES.md, "cpu-tiny calibration": seed 0's val curve every 5 steps
+    # per candidate; each knob's cost per step from variants stepped in turn in one process):
+    # - learning rates: the speedrun's (Muon 0.05, Adam 0.6 / 0.008), below the halved ones' curve at every
+    #   step; 1.5x them is worse (5.87 vs 5.80 at step 45).
+    # - one value-embedding table: 0.996x the CPU time per step, lower val loss from step 25 on (0.047 at 80).
     # - soft-cap off: tanh over the 2K x 50304 logits makes a CPU step 1.8x dearer.
-    # - 80 steps (about 106 s of train time at 1.33 s/step): 5.6 between steps 65 and 70 instead of 80 and 85
-    #   for the old 100-step recipe (halved rates, no value embeddings); 70 steps end at 5.588, too close.
+    # - 80 steps, about 106 s of train time (estimated at 1.33 s/step): below 5.6 from step 70 (the old
+    #   100-step recipe: from 85); seeds 0-2 end at 5.476 +- 0.010, loss rule p = 0.001. 70 steps end at 5.588.
     "cpu-tiny": dict(
         device="cpu", kernels="torch", train_files="data/shakespeare/shakespeare_train_*.bin",
         val_files="data/shakespeare/shakespeare_val_000000.bin", val_tokens=32_768, val_every=20,
