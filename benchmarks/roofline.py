@@ -20,7 +20,8 @@ mlp_ratio x d, V = vocab_size, L = layers):
   zeroed, then read and cast: 10 bytes per element; the atomics' L2 traffic is not counted). The window
   is averaged over the schedule (each step's window, `train_gpt.window_size`) and the documents are
   geometric with mean `--doc-mean` tokens (1000: the document starts of bench_model's synthetic tokens;
-  FineWeb's own mean is not measured here). HBM bytes: q, k, v, o (and dO, dq, dk, dv) once per kernel;
+  FineWeb's own mean is not measured here). HBM bytes: q, k, v, o (and dO, dq, dk, dv) once per kernel, each
+  read where it lies (v a strided view of the packed qkv output: no copy);
   the re-reads of K/V tiles across query blocks are assumed to hit L2. FlexAttention (--kernels=torch):
   128 x 128 tiles, forward 2 and backward 7 matmuls per tile. The kernels' TMA loads (sm_90) change no
   rate here: the `attention_*_tma` rates, for TMA with the QK^T matmul overlapped with the softmax
@@ -74,7 +75,6 @@ OPTIONS = {
     "fused_norm": "item 1: residual add (+ mix) + RMSNorm in one kernel writing the bf16 normalised output "
                   "and the residual",
     "fused_qk_rotary": "item 1: QK-norm and rotary in one kernel",
-    "no_v_copy": "item 4: v passed to attention without a contiguous copy in the layers without value embeddings",
     "sharded_adam": "item 5: Adam's gradients reduce-scattered, its state and step sharded, parameters all-gathered",
     "overlap_comm": "item 5: communication overlapped with the optimizer's compute (exposed: what exceeds it)",
     "tma": "item 3: TMA loads and QK^T overlapped with the softmax in the attention kernels (the *_tma rates)",
@@ -235,8 +235,6 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     if kernels == "triton":
         items.append(Item("attention", f"document bounds (once per micro-step, {DOC_BOUNDS_KERNELS} kernels)",
                           bytes=4 * 10 * N, kernels=DOC_BOUNDS_KERNELS))
-        if "no_v_copy" not in options:
-            elementwise("attention", "v copy (strided view made contiguous)", 2 * io, L - ve_layers, backward=0)
 
     # the residual stream around each block: the first add (mix x = l0 x + l1 x0, plus the skip in the second
     # half, plus the previous block's MLP output) and the second (x + attention output), each followed by a norm
