@@ -269,6 +269,8 @@ def to_device(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tenso
 class Ops:
     rms_norm: Callable[[Tensor], Tensor]  # (..., D) -> (..., D), no learned weight
     add_rms_norm: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # x, r (..., D) -> x + r, rms_norm(x + r)
+    mix_rms_norm: Callable  # x, r or None, x0 (..., D), λ (2,) -> s = λ0 (x + r) + λ1 x0, rms_norm(s)
+    rms_norm_rotary: Callable  # x (B, T, H, D), cos, sin (>= T, D/2) -> rotary(rms_norm(x)): QK-norm + rotary
     attention_mask: Callable[[Tensor, int], object]  # (document starts (B, T) bool, window) -> mask for `attention`
     attention: Callable[[Tensor, Tensor, Tensor, object], Tensor]  # q, k, v (B, T, H, D), mask -> (B, T, H, D)
     newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
@@ -276,27 +278,27 @@ class Ops:
 
 
 def make_ops(kernels: str, device: torch.device) -> Ops:
-    """The backend's ops. kernels/ is imported here, not at the top: @triton.jit reads TRITON_INTERPRET when
-    a kernel file is imported, and main() sets it first for a CPU run. A kernel file that does not import
-    is an error, never a silent switch to other ops."""
+    """The backend's ops. kernels/ is imported here, not at the top: @triton.jit reads TRITON_INTERPRET at import,
+    and main() sets it first for a CPU run. A kernel file that does not import is an error, never a silent switch."""
     if kernels == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError("--kernels=triton on a CPU needs TRITON_INTERPRET=1 set before kernels/ is imported")
     try:
         from kernels import attention, newton_schulz, norm
     except ImportError as exc:
         raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
+    norms = ("rms_norm", "add_rms_norm", "mix_rms_norm", "rms_norm_rotary")  # kernels.norm's, each beside `<op>_ref`
     if kernels == "triton":
-        sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
-                       newton_schulz="kernels.newton_schulz.newton_schulz", add_rms_norm="kernels.norm.add_rms_norm")
-        return Ops(norm.rms_norm, norm.add_rms_norm, attention.packed_cu_seqlens, attention.packed_flash_attention,
-                   newton_schulz.newton_schulz, sources)
-    refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref",
-                add_rms_norm="kernels.norm.add_rms_norm_ref")
+        sources = dict(attention="kernels.attention.flash_attention", newton_schulz="kernels.newton_schulz.newton_schulz",
+                       **{op: f"kernels.norm.{op}" for op in norms})
+        return Ops(norm.rms_norm, norm.add_rms_norm, norm.mix_rms_norm, norm.rms_norm_rotary,
+                   attention.packed_cu_seqlens, attention.packed_flash_attention, newton_schulz.newton_schulz, sources)
     cuda = device.type == "cuda"  # FlexAttention there, SDPA with a dense mask on a CPU
     mask, attend = (attention.FlexMasks(), attention.make_flex_attention()) if cuda else \
         (attention.dense_mask, attention.sdpa_attention)
-    return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, mask, attend, newton_schulz.newton_schulz_ref,
-               dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask", **refs))
+    refs = dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask",
+                newton_schulz="kernels.newton_schulz.newton_schulz_ref", **{op: f"kernels.norm.{op}_ref" for op in norms})
+    return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, norm.mix_rms_norm_ref, norm.rms_norm_rotary_ref, mask,
+               attend, newton_schulz.newton_schulz_ref, refs)
 
 
 def init_linear_(weight: Tensor) -> Tensor:
@@ -306,8 +308,9 @@ def init_linear_(weight: Tensor) -> Tensor:
 
 
 class Rotary(nn.Module):
-    """Rotary position embeddings (Su et al. 2021), half-truncated with base 1024 (@YouJiacheng): head_dim/4
-    frequencies rotate half of the dims, the other half of the dims carry no position (frequency 0)."""
+    """The tables of rotary position embeddings (Su et al. 2021), half-truncated with base 1024 (@YouJiacheng):
+    head_dim/4 frequencies rotate half of the dims, the other half carry no position (frequency 0). The rotation
+    is `ops.rms_norm_rotary`'s (kernels.norm.rotary_ref)."""
 
     def __init__(self, head_dim: int, max_seq_len: int):
         super().__init__()
@@ -316,11 +319,6 @@ class Rotary(nn.Module):
         theta = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), freq)  # (T_max, D/2)
         self.register_buffer("cos", theta.cos(), persistent=False)
         self.register_buffer("sin", theta.sin(), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, H, D)
-        cos, sin = self.cos[None, : x.size(1), None, :], self.sin[None, : x.size(1), None, :]
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -338,8 +336,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, ve: Tensor | None, mask) -> Tensor:  # x (B, T, dim)
         B, T, _ = x.shape
         q, k, v = F.linear(x, self.qkv_w.flatten(0, 1)).view(B, T, 3 * self.H, self.D).chunk(3, dim=-2)
-        q, k = self.ops.rms_norm(q), self.ops.rms_norm(k)  # QK-norm (@Grad62304977; Dehghani et al. 2023)
-        q, k = self.rotary(q).type_as(v), self.rotary(k).type_as(v)  # the attention op takes one dtype
+        # QK-norm (@Grad62304977; Dehghani et al. 2023), then rotary, in one pass; the attention op takes one dtype
+        q, k = (self.ops.rms_norm_rotary(t, self.rotary.cos, self.rotary.sin).type_as(v) for t in (q, k))
         if ve is not None:  # value embeddings (@KoszarskyB, after the value residual of Zhou et al. 2024)
             # the tables are fp32 and v is bf16 under autocast: cast, or v is promoted to fp32 and q, k, v differ
             v = self.value_lambdas[0] * v + self.value_lambdas[1] * ve.view_as(v).type_as(v)
@@ -362,22 +360,21 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: Config, ops: Ops, rotary: Rotary, value_embed: bool):
         super().__init__()
-        self.norm, self.add_norm = ops.rms_norm, ops.add_rms_norm
-        self.attn = CausalSelfAttention(cfg, ops, rotary, value_embed)
-        self.mlp = MLP(cfg)
-        self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- a x + b x0, a residual to the embedding
+        self.mix_norm, self.add_norm = ops.mix_rms_norm, ops.add_rms_norm
+        self.attn, self.mlp = CausalSelfAttention(cfg, ops, rotary, value_embed), MLP(cfg)
+        self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- a (x + r) + b x0, a residual to the embedding
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, mask) -> Tensor:
-        x = self.lambdas[0] * x + self.lambdas[1] * x0
-        x, h = self.add_norm(x, self.attn(self.norm(x), ve, mask))  # x + attention out and its norm: one pass
-        return x + self.mlp(h)
+    def forward(self, x: Tensor, r: Tensor | None, x0: Tensor, ve: Tensor | None, mask) -> tuple[Tensor, Tensor]:
+        x, h = self.mix_norm(x, r, x0, self.lambdas)  # x <- a (x + r) + b x0 and its norm: one pass
+        x, h = self.add_norm(x, self.attn(h, ve, mask))  # x + attention out and its norm: one pass
+        return x, self.mlp(h)
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: Config, ops: Ops):
         super().__init__()
         L, k = cfg.num_layers, cfg.value_embeds
-        self.norm, self.softcap = ops.rms_norm, cfg.logit_softcap
+        self.norm, self.add_norm, self.softcap = ops.rms_norm, ops.add_rms_norm, cfg.logit_softcap
         self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.model_dim) for _ in range(k))
         # value-embedding table of each layer: 0..k-1 on the first k layers and again on the last k (@YouJiacheng)
@@ -395,14 +392,14 @@ class GPT(nn.Module):
         x, dev = self.embed(inputs), inputs.device.type  # (B, T, dim) fp32; the residual stream takes autocast's dtype
         x = x.to(torch.get_autocast_dtype(dev)) if torch.is_autocast_enabled(dev) else x  # (bf16 on CUDA, as the speedrun)
         x = x0 = self.norm(x)  # norm of the embedding (@Grad62304977)
-        skips = []
+        r, skips = None, []  # r: the last block's MLP output, added in the next norm's pass (a block's output: x + r)
         for i, block in enumerate(self.blocks):
             if i >= L - S:  # the second half takes the first half's outputs, innermost first
-                x = x + self.skip_weights[L - 1 - i] * skips.pop()
-            x = block(x, x0, None if self.ve_table[i] is None else ve[self.ve_table[i]], mask)
+                x, r = x + r + self.skip_weights[L - 1 - i] * torch.add(*skips.pop()), None
+            x, r = block(x, r, x0, None if self.ve_table[i] is None else ve[self.ve_table[i]], mask)
             if i < S:
-                skips.append(x)
-        logits = self.head(self.norm(x)).float()  # (B, T, V)
+                skips.append((x, r))
+        logits = self.head(self.add_norm(x, r)[1]).float()  # (B, T, V)
         if self.softcap:  # tanh soft-cap (Gemma 2; @Grad62304977), lowered from 30 to 15 by @KoszarskyB
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
