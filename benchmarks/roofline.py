@@ -31,8 +31,11 @@ mlp_ratio x d, V = vocab_size, L = layers):
   bytes (reads the upstream gradient and the saved inputs, writes the input gradients). Our norms are
   custom ops (opaque): each reads and writes the residual stream's dtype (bf16: the trainer casts the
   embedding rows to autocast's dtype, so no cast stands before a matmul); F.rms_norm (--kernels=torch) is
-  decomposed and fused into its neighbours. The embedding tables stay fp32 (4 B a gathered element). Each
-  block's residual add after attention is fused with the MLP's norm (`kernels.norm.add_rms_norm`).
+  decomposed and fused into its neighbours. The embedding tables stay fp32 (4 B a gathered element). Our
+  norm ops carry the adds and mixes around them, each counted by the tensors it reads and writes forward and
+  backward: a block's entry (previous MLP output added, λ-mix, RMSNorm: `kernels.norm.mix_rms_norm`), the
+  residual add after attention with the MLP's norm and the final add with the final norm (`add_rms_norm`),
+  QK-norm with rotary (`rms_norm_rotary`).
 - loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
   the bf16 gradient written once backward (recomputed, not saved).
 - weights: autocast's fp32 -> bf16 cast of every matrix each micro-step and the cast of its gradient back,
