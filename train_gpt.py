@@ -399,7 +399,7 @@ class GPT(nn.Module):
             x, r = block(x, r, x0, None if self.ve_table[i] is None else ve[self.ve_table[i]], mask)
             if i < S:
                 skips.append((x, r))
-        logits = self.head(self.add_norm(x, r)[1]).float()  # (B, T, V)
+        logits = self.head(self.add_norm(x, r)[1]).float()  # (B, T, V): the last add and the final norm, one pass
         if self.softcap:  # tanh soft-cap (Gemma 2; @Grad62304977), lowered from 30 to 15 by @KoszarskyB
             logits = self.softcap * torch.tanh(logits / self.softcap)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))

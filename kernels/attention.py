@@ -926,7 +926,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     """Causal attention, optionally windowed and document-masked.
 
     Args:
-        q, k, v: (B, T, H, D), bf16 or fp16 (fp32 for tests), D in {64, 128} (16 and 32 also work).
+        q, k, v: (B, T, H, D), bf16 or fp16 (fp32 for tests), D in {64, 128} (16 and 32 also work); each read
+            in place with its own strides where its head dim has unit stride (views of a packed qkv projection,
+            or a v view beside contiguous q and k), copied otherwise.
         window_size: query i sees keys i - window_size < j <= i (itself included); None: all
             earlier keys. Or `window_tensor(w)`, a 0-d CPU tensor: under torch.compile an int is
             baked into the graph (one graph per window size), a tensor is an input (one graph for all).
