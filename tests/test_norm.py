@@ -415,7 +415,7 @@ def test_zero_rows(device):
 
 
 @pytest.mark.parametrize("op", ["rms_norm", "rms_norm qkv view", "layer_norm", "add_rms_norm", "mix_rms_norm",
-                                "mix_rms_norm no residual"])
+                                "mix_rms_norm no residual", "rms_norm_rotary qkv view"])
 def test_custom_ops_pass_opcheck(op, device):
     # Schema, fake (meta) implementation, autograd registration and AOT dispatch, per torch.library; the
     # strided QKV view too (the fake must give the real op's contiguous output for it).
@@ -425,7 +425,8 @@ def test_custom_ops_pass_opcheck(op, device):
     lambdas = torch.tensor([0.9, 0.2], device=device, requires_grad=True)
     args = {"rms_norm": (x, w, 1e-6), "rms_norm qkv view": (q, None, 1e-6), "layer_norm": (x, w, b, 1e-5),
             "add_rms_norm": (x, r, w, 1e-6), "mix_rms_norm": (x, r, r * 0.5, lambdas, 1e-6),
-            "mix_rms_norm no residual": (x, None, r, lambdas, 1e-6)}[op]
+            "mix_rms_norm no residual": (x, None, r, lambdas, 1e-6),
+            "rms_norm_rotary qkv view": (q, *_rotary_tables(5, 24, device), 1e-6)}[op]
     torch.library.opcheck(getattr(torch.ops.speedrun, op.split()[0]).default, args)
 
 
@@ -434,6 +435,7 @@ def test_torch_compile_traces_forward_and_backward(device):
         x, h = mix_rms_norm(x, r, h0 := r * 0.5, w[:2])
         s, h = add_rms_norm(x, h + h0, w)
         q = rms_norm(h.view(2, 9, 3, 32))  # QK-norm shape (B, T, H, D)
+        q = q + rms_norm_rotary(h.view(2, 9, 3, 32), *_rotary_tables(9, 32, device))
         return layer_norm(q.view(2, 9, 96) + s, w, b)
 
     x, r, dy = (torch.randn(2, 9, 96, device=device) for _ in range(3))
