@@ -65,6 +65,11 @@ def test_micro_step_accounting_on_a_small_model():
     assert _item(items, "residual add (attention out) + RMSNorm (add_rms_norm)").bytes == 4 * 2 * 64 * 2 * N
     # the final one: its sum unused, so no gradient of it to read backward (4 in and out, 3 back)
     assert _item(items, "final residual add (MLP out) + RMSNorm").bytes == (4 + 3) * 2 * 64 * N
+    # QK-norm + rotary on q and k (128 B a token each): read and written once forward; dy and x read, dx written back
+    assert _item(items, "QK-norm + rotary").bytes == 2 * (2 + 3) * 128 * N
+    assert not [i for i in items if i.name.startswith(("rotary", "v copy"))]
+    # x0's gradient: the one block's dx0 read and the sum written (an estimate of Inductor's fusion of the adds)
+    assert _item(items, "x0's gradient summed").bytes == 2 * 2 * 64 * N
     assert _item(items, "soft-cap + cross-entropy").bytes == 3 * 2 * 128 * N  # bf16 logits: read; read + write
     # the bf16 residual stream: no activation cast before a matmul; the fp32 table's gathered rows (4 B each)
     # are written in bf16 (2 B), forward, and twice that backward
