@@ -286,17 +286,18 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
         from kernels import attention, newton_schulz, norm
     except ImportError as exc:
         raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
-    norms = ("rms_norm", "add_rms_norm", "mix_rms_norm", "rms_norm_rotary")  # kernels.norm's, each beside `<op>_ref`
+    fused = ("add_rms_norm", "mix_rms_norm", "rms_norm_rotary")  # kernels.norm's fused ops, each beside `<op>_ref`
     if kernels == "triton":
-        sources = dict(attention="kernels.attention.flash_attention", newton_schulz="kernels.newton_schulz.newton_schulz",
-                       **{op: f"kernels.norm.{op}" for op in norms})
+        sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
+                       newton_schulz="kernels.newton_schulz.newton_schulz", **{op: f"kernels.norm.{op}" for op in fused})
         return Ops(norm.rms_norm, norm.add_rms_norm, norm.mix_rms_norm, norm.rms_norm_rotary,
                    attention.packed_cu_seqlens, attention.packed_flash_attention, newton_schulz.newton_schulz, sources)
     cuda = device.type == "cuda"  # FlexAttention there, SDPA with a dense mask on a CPU
     mask, attend = (attention.FlexMasks(), attention.make_flex_attention()) if cuda else \
         (attention.dense_mask, attention.sdpa_attention)
     refs = dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask",
-                newton_schulz="kernels.newton_schulz.newton_schulz_ref", **{op: f"kernels.norm.{op}_ref" for op in norms})
+                rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref",
+                **{op: f"kernels.norm.{op}_ref" for op in fused})
     return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, norm.mix_rms_norm_ref, norm.rms_norm_rotary_ref, mask,
                attend, newton_schulz.newton_schulz_ref, refs)
 
