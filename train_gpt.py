@@ -298,6 +298,8 @@ class Ops:
     and each kernel file's reference for the rest."""
     rms_norm: Callable[[Tensor], Tensor]  # (..., D) -> (..., D), no learned weight
     add_rms_norm: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # x, r (..., D) -> x + r, rms_norm(x + r)
+    mix_rms_norm: Callable  # x, r or None, x0 (..., D), λ (2,) -> s = λ0 (x + r) + λ1 x0, rms_norm(s)
+    rms_norm_rotary: Callable  # x (B, T, H, D), cos, sin (>= T, D/2) -> rotary(rms_norm(x)): QK-norm + rotary
     attention_mask: Callable[[Tensor, list[int]], list]  # (document starts (B, T) bool, windows) -> a mask per window
     attention: Callable[..., Tensor]  # q, k, v (B, T, H, D), mask, softmax scale (None: D^-0.5) -> (B, T, H, D)
     fp8_mm: Callable[..., Tensor]  # x (M, K), w (N, K), x_s, w_s, grad_s -> x w^T (M, N) bf16 through FP8
@@ -314,23 +316,26 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
         from kernels import attention, fp8, newton_schulz, norm
     except ImportError as exc:
         raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
+    fused = ("add_rms_norm", "mix_rms_norm", "rms_norm_rotary")  # kernels.norm's fused ops, each beside `<op>_ref`
     if kernels == "triton":
         def masks(starts, windows):  # the documents' bounds built once for every window
             cu_seqlens, _, bounds = attention.packed_cu_seqlens(starts, windows[0])
             return [(cu_seqlens, attention.window_tensor(w), bounds) for w in windows]
 
         sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
-                       newton_schulz="kernels.newton_schulz.newton_schulz", add_rms_norm="kernels.norm.add_rms_norm")
-        return Ops(norm.rms_norm, norm.add_rms_norm, masks, attention.packed_flash_attention,
-                   fp8.fp8_mm, newton_schulz.newton_schulz, dict(sources, fp8_mm="kernels.fp8.fp8_mm"))
-    refs = dict(rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref",
-                add_rms_norm="kernels.norm.add_rms_norm_ref", fp8_mm="kernels.fp8.fp8_mm")
+                       newton_schulz="kernels.newton_schulz.newton_schulz",
+                       **{op: f"kernels.norm.{op}" for op in fused}, fp8_mm="kernels.fp8.fp8_mm")
+        return Ops(norm.rms_norm, norm.add_rms_norm, norm.mix_rms_norm, norm.rms_norm_rotary, masks,
+                   attention.packed_flash_attention, fp8.fp8_mm, newton_schulz.newton_schulz, sources)
     cuda, flex = device.type == "cuda", [attention.FlexMasks() for _ in range(2)]  # a mask's buffers per window
     masks = (lambda starts, windows: [f(starts, w) for f, w in zip(flex, windows)]) if cuda else \
         (lambda starts, windows: [attention.dense_mask(starts, w) for w in windows])  # FlexAttention or dense SDPA
     attend = attention.make_flex_attention() if cuda else attention.sdpa_attention
-    return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, masks, attend, fp8.fp8_mm, newton_schulz.newton_schulz_ref,
-               dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask", **refs))
+    refs = dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask",
+                rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref",
+                **{op: f"kernels.norm.{op}_ref" for op in fused}, fp8_mm="kernels.fp8.fp8_mm")
+    return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, norm.mix_rms_norm_ref, norm.rms_norm_rotary_ref, masks,
+               attend, fp8.fp8_mm, newton_schulz.newton_schulz_ref, refs)
 
 
 def init_linear_(weight: Tensor) -> Tensor:
@@ -340,8 +345,9 @@ def init_linear_(weight: Tensor) -> Tensor:
 
 
 class Rotary(nn.Module):
-    """Rotary position embeddings (Su et al. 2021), half-truncated with base 1024 (@YouJiacheng): head_dim/4
-    frequencies rotate half of the dims, the other half of the dims carry no position (frequency 0)."""
+    """The tables of rotary position embeddings (Su et al. 2021), half-truncated with base 1024 (@YouJiacheng):
+    head_dim/4 frequencies rotate half of the dims, the other half carry no position (frequency 0). The rotation
+    is `ops.rms_norm_rotary`'s (kernels.norm.rotary_ref)."""
 
     def __init__(self, head_dim: int, max_seq_len: int):
         super().__init__()
@@ -350,11 +356,6 @@ class Rotary(nn.Module):
         theta = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), freq)  # (T_max, D/2)
         self.register_buffer("cos", theta.cos(), persistent=False)
         self.register_buffer("sin", theta.sin(), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, H, D)
-        cos, sin = self.cos[None, : x.size(1), None, :], self.sin[None, : x.size(1), None, :]
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -374,8 +375,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, ve: Tensor | None, mask) -> Tensor:  # x (B, T, dim)
         B, T, _ = x.shape
         q, k, v = F.linear(x, self.qkv_w.flatten(0, 1)).view(B, T, 3 * self.H, self.D).chunk(3, dim=-2)
-        q, k = self.ops.rms_norm(q), self.ops.rms_norm(k)  # QK-norm (@Grad62304977; Dehghani et al. 2023)
-        q, k = self.rotary(q).type_as(v), self.rotary(k).type_as(v)  # the attention op takes one dtype
+        # QK-norm (@Grad62304977; Dehghani et al. 2023), then rotary, in one pass; the attention op takes one dtype
+        q, k = (self.ops.rms_norm_rotary(t, self.rotary.cos, self.rotary.sin).type_as(v) for t in (q, k))
         if ve is not None:  # value embeddings (@KoszarskyB, after the value residual of Zhou et al. 2024)
             # fp32 tables (embed_bf16 off) and a bf16 v under autocast: cast, or v becomes fp32 and q, k, v differ
             v = self.value_lambdas[0] * v + self.value_lambdas[1] * ve.view_as(v).type_as(v)
@@ -400,24 +401,24 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: Config, ops: Ops, rotary: Rotary, value_embed: bool, attention: bool):
         super().__init__()
-        self.norm, self.add_norm = ops.rms_norm, ops.add_rms_norm
+        self.mix_norm, self.add_norm = ops.mix_rms_norm, ops.add_rms_norm
         self.attn = CausalSelfAttention(cfg, ops, rotary, value_embed) if attention else None
         self.mlp = MLP(cfg)
-        self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- a x + b x0, a residual to the embedding
+        self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- a (x + r) + b x0, a residual to the embedding
 
-    def forward(self, x: Tensor, x0: Tensor, ve: Tensor | None, mask) -> Tensor:
-        x = self.lambdas[0] * x + self.lambdas[1] * x0
-        if self.attn is None:  # a block without attention (layer 7 in the record, @YouJiacheng)
-            return x + self.mlp(self.norm(x))
-        x, h = self.add_norm(x, self.attn(self.norm(x), ve, mask))  # x + attention out and its norm: one pass
-        return x + self.mlp(h)
+    def forward(self, x: Tensor, r: Tensor | None, x0: Tensor, ve: Tensor | None, mask) -> tuple[Tensor, Tensor]:
+        x, h = self.mix_norm(x, r, x0, self.lambdas)  # x <- a (x + r) + b x0 and its norm: one pass
+        if self.attn is not None:  # layer 7 of the record has none (@YouJiacheng)
+            x, h = self.add_norm(x, self.attn(h, ve, mask))  # x + attention out and its norm: one pass
+        return x, self.mlp(h)
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: Config, ops: Ops):
         super().__init__()
         L, k, kinds = cfg.num_layers, cfg.value_embeds, layer_kinds(cfg)
-        self.norm, self.softcap, self.fp8_mm = ops.rms_norm, cfg.logit_softcap, ops.fp8_mm
+        self.norm, self.add_norm, self.fp8_mm = ops.rms_norm, ops.add_rms_norm, ops.fp8_mm
+        self.softcap = cfg.logit_softcap
         dtype = torch.bfloat16 if cfg.embed_bf16 else None  # the tables' dtype (Adam keeps fp32 masters of bf16 ones)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype)
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype) for _ in range(k))
@@ -441,14 +442,14 @@ class GPT(nn.Module):
         x, dev = self.embed(inputs), inputs.device.type  # (B, T, dim); the residual stream takes autocast's dtype
         x = x.to(torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32)  # bf16 on CUDA
         x = x0 = self.norm(x)  # norm of the embedding (@Grad62304977)
-        skips = []
+        r, skips = None, []  # r: the last block's MLP output, added in the next norm's pass (a block's output: x + r)
         for i, block in enumerate(self.blocks):
             if i >= L - S:  # the second half takes the first half's outputs, innermost first
-                x = x + self.skip_weights[L - 1 - i] * skips.pop()
-            x = block(x, x0, None if self.ve_table[i] is None else ve[self.ve_table[i]], masks[self.mask_of[i]])
+                x, r = x + r + self.skip_weights[L - 1 - i] * torch.add(*skips.pop()), None
+            x, r = block(x, r, x0, None if self.ve_table[i] is None else ve[self.ve_table[i]], masks[self.mask_of[i]])
             if i < S:
-                skips.append(x)
-        x = self.norm(x)
+                skips.append((x, r))
+        x = self.add_norm(x, r)[1]  # the last add and the final norm, one pass
         if self.fp8_scales and torch.is_grad_enabled():  # FP8 in training only, as the record: validation in bf16
             logits = self.fp8_mm(x.flatten(0, 1), self.head.weight, *self.fp8_scales).view(*x.shape[:2], -1).float()
         else:

@@ -148,7 +148,8 @@ def newton_schulz_rows(dtype: str) -> list[dict]:
 
 
 def norm_rows(dtype: str, widths=(128, 768, 4096, 8192)) -> list[dict]:
-    """RMSNorm without weight (the trainer's) and LayerNorm with weight and bias, forward and backward."""
+    """RMSNorm without weight (the trainer's), LayerNorm with weight and bias, the trainer's fused mix + RMSNorm and
+    QK-norm + rotary, forward and backward."""
     rows = []
     for width in widths:
         block_m, block_n, num_warps = norm._tile_settings(width)
@@ -171,6 +172,25 @@ def norm_rows(dtype: str, widths=(128, 768, 4096, 8192)) -> list[dict]:
                                  # contiguous input launches with 1, specialised away: the lighter case)
                                  **compile_for_hopper(fn, types, constexprs, num_warps, 1,
                                                       not_divisible=("rows_per_program", "rows_inner"))))
+        # the trainer's block entry, mix_rms_norm, with the previous MLP output (its heavier case)
+        for kind, fn in [("fwd", norm._mix_rms_norm_fwd_kernel), ("bwd", norm._mix_rms_norm_bwd_kernel)]:
+            constexprs = {k: v for k, v in dict(HAS_RESIDUAL=True, HAS_DSUM=True, BLOCK_M=block_m,
+                                                BLOCK_N=block_n).items() if k in fn.arg_names}
+            types = _arg_types(fn, dtype, fp32=("lambdas_ptr", "rstd_ptr", "dlam_partial_ptr"), floats=("eps",))
+            rows.append(dict(kernel=f"norm mix_rms_norm {kind} N={width}", dtype=dtype,
+                             config=f"{block_m}x{block_n} w{num_warps}",
+                             **compile_for_hopper(fn, types, constexprs, num_warps, 1,
+                                                  not_divisible=("rows_per_program", "rows_inner"))))
+    # QK-norm + rotary at the head dims the trainer uses: rows of (B, T, H, D), the token of a row found with the
+    # runtime head count and T (6 heads: not divisible by 16)
+    for head_dim in (64, 128):
+        block_m, block_n, num_warps = norm._tile_settings(head_dim)
+        for kind, fn in [("fwd", norm._rms_norm_rotary_fwd_kernel), ("bwd", norm._rms_norm_rotary_bwd_kernel)]:
+            types = _arg_types(fn, dtype, fp32=("cos_ptr", "sin_ptr", "rstd_ptr"), floats=("eps",))
+            rows.append(dict(kernel=f"norm rms_norm_rotary {kind} D={head_dim}", dtype=dtype,
+                             config=f"{block_m}x{block_n // 2}x2 w{num_warps}",
+                             **compile_for_hopper(fn, types, dict(BLOCK_M=block_m, BLOCK_H=block_n // 2), num_warps, 1,
+                                                  not_divisible=("heads", "rows_inner"))))
     return rows
 
 

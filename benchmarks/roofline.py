@@ -21,7 +21,8 @@ mlp_ratio x d, V = vocab_size, L = layers):
   is averaged over the schedule and the layers with attention (each step's long or short window,
   `train_gpt.window_size` and `attention_windows`, per `layer_attention`) and the documents are
   geometric with mean `--doc-mean` tokens (1000: the document starts of bench_model's synthetic tokens;
-  FineWeb's own mean is not measured here). HBM bytes: q, k, v, o (and dO, dq, dk, dv) once per kernel;
+  FineWeb's own mean is not measured here). HBM bytes: q, k, v, o (and dO, dq, dk, dv) once per kernel, each
+  read where it lies (v a strided view of the packed qkv output: no copy);
   the re-reads of K/V tiles across query blocks are assumed to hit L2. FlexAttention (--kernels=torch):
   128 x 128 tiles, forward 2 and backward 7 matmuls per tile. The kernels' TMA loads (sm_90) change no
   rate here: the `attention_*_tma` rates, for TMA with the QK^T matmul overlapped with the softmax
@@ -31,8 +32,11 @@ mlp_ratio x d, V = vocab_size, L = layers):
   bytes (reads the upstream gradient and the saved inputs, writes the input gradients). Our norms are
   custom ops (opaque): each reads and writes the residual stream's dtype (bf16: the trainer casts the
   embedding rows to autocast's dtype, so no cast stands before a matmul); F.rms_norm (--kernels=torch) is
-  decomposed and fused into its neighbours. The embedding tables stay fp32 (4 B a gathered element). Each
-  block's residual add after attention is fused with the MLP's norm (`kernels.norm.add_rms_norm`).
+  decomposed and fused into its neighbours. The embedding tables stay fp32 (4 B a gathered element). Our
+  norm ops carry the adds and mixes around them, each counted by the tensors it reads and writes forward and
+  backward: a block's entry (previous MLP output added, λ-mix, RMSNorm: `kernels.norm.mix_rms_norm`), the
+  residual add after attention with the MLP's norm and the final add with the final norm (`add_rms_norm`),
+  QK-norm with rotary (`rms_norm_rotary`).
 - loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
   the bf16 gradient written once backward (recomputed, not saved).
 - weights: autocast's fp32 -> bf16 cast of every matrix each micro-step and the cast of its gradient back,
@@ -74,10 +78,6 @@ from kernels import attention
 OPTIONS = {
     "bf16_weights": "item 1: embedding tables and matrices stored in bf16 (no autocast casts of the weights, bf16 "
                     "gathers and parameter all-gather)",
-    "fused_norm": "item 1: residual add (+ mix) + RMSNorm in one kernel writing the bf16 normalised output "
-                  "and the residual",
-    "fused_qk_rotary": "item 1: QK-norm and rotary in one kernel",
-    "no_v_copy": "item 4: v passed to attention without a contiguous copy in the layers without value embeddings",
     "tma": "item 3: TMA loads and QK^T overlapped with the softmax in the attention kernels (the *_tma rates)",
 }
 # kernels.attention.doc_bounds, once per micro-step (the trainer's mask step): arange, searchsorted, sub, clamp,
@@ -218,8 +218,6 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     a, f = H * D, cfg.mlp_ratio * cfg.model_dim
     R = 2  # bytes per element of the residual stream: bf16 (autocast's dtype, train_gpt.GPT.forward)
     W = 2 if "bf16_weights" in options else 4  # bytes per element of the stored embedding tables
-    fused_norm = kernels == "torch" or "fused_norm" in options
-    fused_qk = kernels == "torch" or "fused_qk_rotary" in options
     ve_layers = 2 * cfg.value_embeds
     A, plain_v = attention_layers(cfg)  # layers with attention (fineweb-124m: 11), those with v as it is
     skips = cfg.unet_skips
@@ -248,32 +246,48 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     if kernels == "triton":
         items.append(Item("attention", f"document bounds (once per micro-step, {DOC_BOUNDS_KERNELS} kernels)",
                           bytes=4 * 10 * N, kernels=DOC_BOUNDS_KERNELS))
-        if "no_v_copy" not in options:
-            elementwise("attention", "v copy (strided view made contiguous)", 2 * io, plain_v, backward=0)
 
     # the residual stream around each block: the first add (mix x = l0 x + l1 x0, plus the skip in the second
     # half, plus the previous block's MLP output) and the second (x + attention output), each followed by a norm
     mix_in = 2 * R * d + 2 * d  # x, x0 and the previous block's bf16 output
     first_half_skip_store = R * d  # block i < unet_skips: its output is kept for the skip
-    if fused_norm:
+    if kernels == "torch":  # the references' adds, mixes and RMSNorms, fused by Inductor
         elementwise("norm", "residual add + mix + RMSNorm, fused (bf16 out)", mix_in + R * d + 2 * d, L)
-        elementwise("norm", "residual add + RMSNorm, fused (bf16 out)", (R + 2) * d + R * d + 2 * d, L)
+        elementwise("norm", "residual add + RMSNorm, fused (bf16 out)", (R + 2) * d + R * d + 2 * d, A)
         elementwise("norm", "final residual add + RMSNorm (bf16 out)", (R + 2) * d + 2 * d, 1)
         elementwise("embedding", "token embedding gather + RMSNorm", W * d + R * d, 1)
-    else:
-        elementwise("elementwise", "residual add + mix", mix_in + R * d, L)
-        # add_rms_norm (train_gpt.Block): x and the attention out in, the sum and its norm out; backward: the
-        # sum's and the norm's gradients and the sum in, one gradient out (x's and the attention out's)
-        elementwise("norm", "residual add (attention out) + RMSNorm op", (R + 2) * d + R * d + 2 * d, L, backward=1.0)
-        elementwise("elementwise", "final residual add (MLP out)", (R + 2) * d + R * d, 1)
-        elementwise("norm", "rms_norm op (opaque; out in the stream's dtype)", 2 * R * d, L + 2, backward=1.5)
+        elementwise("elementwise", "U-net skip outputs kept", first_half_skip_store + R * d, skips, backward=1.0)
+    else:  # our norm ops (train_gpt.Block and GPT.forward); per token: bytes forward, bytes backward
+        def fused(name, fwd, bwd, count):
+            if count:
+                items.append(Item("norm", f"{name} x{count}", bytes=(fwd + bwd) * N * count, kernels=2 * count))
+
+        # mix_rms_norm: x, the previous MLP output r, x0 in; s and its norm out. Backward: x, r, x0 (a and s
+        # recomputed), ds, dy in; dx (= dr) and dx0 out; the lambdas' gradients as per-program partial sums
+        with_r = L - 1 - skips  # not the first block (no r yet), nor where a skip joins (r added with it)
+        fused("residual add + mix + RMSNorm (mix_rms_norm)", (2 * R + 2) * d + (R + 2) * d, (2 * R + 2 + R + 2) * d
+              + 2 * R * d, with_r)
+        fused("mix + RMSNorm (mix_rms_norm, no residual)", 2 * R * d + (R + 2) * d, (2 * R + R + 2) * d + 2 * R * d,
+              L - with_r)
+        # add_rms_norm: x and the attention out in, the sum and its norm out; backward: the sum's and the norm's
+        # gradients and the sum in, one gradient out (x's and the attention out's)
+        fused("residual add (attention out) + RMSNorm (add_rms_norm)", (2 * R + 2) * d + 2 * d, (2 * R + 2) * d + R * d,
+              A)
+        fused("final residual add (MLP out) + RMSNorm (add_rms_norm, the sum unused)", (R + 2) * d + (R + 2) * d,
+              (R + 2) * d + R * d, 1)
+        fused("rms_norm op (the embedding's)", 2 * R * d, 3 * R * d, 1)
         elementwise("embedding", "token embedding gather, cast to the stream's dtype", W * d + R * d, 1)
-    elementwise("elementwise", "U-net skip outputs kept", first_half_skip_store + R * d, skips, backward=1.0)
-    if fused_qk:
-        elementwise("norm", "QK-norm + rotary, fused", 2 * 2 * io, L)
-    else:
-        elementwise("norm", "QK-norm op (q and k)", 2 * 2 * io, L, backward=1.5)
-        elementwise("elementwise", "rotary (q and k)", 2 * 2 * io, L)
+        # the blocks' dx0 summed by autograd: a chain of adds that Inductor inlines into one kernel (an estimate of
+        # its fusion): each layer's dx0 read once, the sum written once
+        items.append(Item("elementwise", f"x0's gradient summed over the {L} blocks", bytes=(L + 1) * R * d * N))
+        # the second half adds the skip with the last MLP output, x + r + w (xs + rs): 4 in, 1 out; backward: g, xs,
+        # rs in, w g (xs's and rs's gradient) out; the first half keeps (x, r) for it (no store)
+        elementwise("elementwise", "residual add + U-net skip (x + r + w (xs + rs))", 5 * R * d, skips, backward=0.8)
+    if kernels == "torch":  # F.rms_norm and the rotation, fused by Inductor
+        elementwise("norm", "QK-norm + rotary, fused", 2 * 2 * io, A)
+    else:  # kernels.norm.rms_norm_rotary on q, then on k: each read once and written once; backward: dy and x
+        # read, dx written
+        elementwise("norm", "QK-norm + rotary (rms_norm_rotary, q and k)", 2 * 2 * io, A, backward=1.5, kernels=2)
     elementwise("elementwise", "value-embedding gather + v mix", io + W * d + io, ve_layers)
     elementwise("elementwise", "v scaled by its λ (v_lambda)", 2 * io, plain_v if cfg.v_lambda else 0)
     elementwise("elementwise", "ReLU^2", 2 * 2 * f, L)
@@ -283,7 +297,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
                       bytes=3 * 2 * V * N, kernels=2))
 
     # weights: the matrices' autocast casts and the gradient accumulation over micro-steps
-    matrices = L * (3 * a * d + a * d + 2 * d * f) + d * V
+    matrices = A * (3 * a * d + a * d) + L * 2 * d * f + d * V
     embeddings = (1 + cfg.value_embeds) * V * d
     scalars = L * 2 + ve_layers * 2 + skips
     if W == 4:

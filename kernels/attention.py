@@ -256,21 +256,22 @@ def _store_ranges(ptr, lo, full_lo, full_hi, hi):
 
 
 @triton.jit
-def _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED: tl.constexpr):
+def _load_kv_block(k_base, v_base, offs_k, offs_d, k_stride_t, v_stride_t, T, MASKED: tl.constexpr):
     """The K and V tiles (BLOCK_N, D) of keys offs_k. Only partial (MASKED) blocks can run past T, so
     only they pay for bounds checks; keys past T read as 0 and the mask removes them."""
-    kv_offs = offs_k[:, None] * qkv_stride_t + offs_d[None, :]
+    k_offs = offs_k[:, None] * k_stride_t + offs_d[None, :]
+    v_offs = offs_k[:, None] * v_stride_t + offs_d[None, :]
     if MASKED:
-        k = tl.load(k_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)
-        v = tl.load(v_base + kv_offs, mask=offs_k[:, None] < T, other=0.0)
+        k = tl.load(k_base + k_offs, mask=offs_k[:, None] < T, other=0.0)
+        v = tl.load(v_base + v_offs, mask=offs_k[:, None] < T, other=0.0)
     else:
-        k = tl.load(k_base + kv_offs)
-        v = tl.load(v_base + kv_offs)
+        k = tl.load(k_base + k_offs)
+        v = tl.load(v_base + v_offs)
     return k, v
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t, offs_m,
+def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, k_stride_t, v_stride_t, offs_m,
                q_doc_start, T, window, qk_scale, start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr,
                HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
     """Online softmax over key blocks [start, end); MASKED applies the mask (partial blocks only). USE_TMA
@@ -284,7 +285,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_
             k = k_desc.load([desc_row + start_n, desc_col])  # (BLOCK_N, D)
             v = v_desc.load([desc_row + start_n, desc_col])
         else:
-            k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED)  # (BLOCK_N, D) each
+            k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, k_stride_t, v_stride_t, T, MASKED)  # (BLOCK_N, D)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if MASKED:
             allowed = _allowed(offs_m[:, None], offs_k[None, :], q_doc_start[:, None], T, window, HAS_DOCS)
@@ -302,13 +303,13 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_
 
 @triton.jit(do_not_specialize=["window"])
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
+    q_ptr, k_ptr, v_ptr,  # (B, T, H, D), each with its own strides (unit head-dim stride)
     q_desc, k_desc, v_desc,  # with USE_TMA: tensor descriptors of q, k, v as (B * T, H * D) rows; else unread
     o_ptr,  # (B, T, H, D) contiguous
     lse_ptr,  # (B, H, T) fp32, log2 units
     doc_start_ptr,  # (T,) int32: first token of each token's document (read only with HAS_DOCS)
     ranges_ptr,  # (cdiv(T, BLOCK_M), 4) int32: loop bounds, written only with STORE_RANGES
-    qkv_stride_b, qkv_stride_t, qkv_stride_h,
+    q_stride_b, q_stride_t, q_stride_h, k_stride_b, k_stride_t, k_stride_h, v_stride_b, v_stride_t, v_stride_h,
     o_stride_b, o_stride_t, o_stride_h,
     T, H, window, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
@@ -322,15 +323,14 @@ def _attn_fwd_kernel(
     q0 = pid_m * BLOCK_M
     offs_m = q0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    qkv_base = b.to(tl.int64) * qkv_stride_b + h * qkv_stride_h
     row_ok = offs_m < T
 
     desc_row, desc_col = b * T, h * HEAD_DIM  # this (b, h)'s origin in the descriptors' (B * T, H * D) view
     if USE_TMA:  # rows past T (not stored) read the next sequence's queries or zeros
         q = q_desc.load([desc_row + q0, desc_col])
     else:
-        q = tl.load(q_ptr + qkv_base + offs_m[:, None] * qkv_stride_t + offs_d[None, :], mask=row_ok[:, None],
-                    other=0.0)
+        q_base = b.to(tl.int64) * q_stride_b + h * q_stride_h
+        q = tl.load(q_ptr + q_base + offs_m[:, None] * q_stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     if HAS_DOCS:
         q_doc_start = tl.load(doc_start_ptr + offs_m, mask=row_ok, other=0)
     else:
@@ -344,16 +344,16 @@ def _attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    k_base = k_ptr + qkv_base
-    v_base = v_ptr + qkv_base
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t,
-                               offs_m, q_doc_start, T, window, qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM,
+    k_base = k_ptr + b.to(tl.int64) * k_stride_b + h * k_stride_h
+    v_base = v_ptr + b.to(tl.int64) * v_stride_b + h * v_stride_h
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, k_stride_t,
+                               v_stride_t, offs_m, q_doc_start, T, window, qk_scale, lo, full_lo, True, HAS_DOCS, HEAD_DIM,
                                BLOCK_N, DOT_PRECISION, USE_TMA)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t,
-                               offs_m, q_doc_start, T, window, qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, k_stride_t,
+                               v_stride_t, offs_m, q_doc_start, T, window, qk_scale, full_lo, full_hi, False, HAS_DOCS, HEAD_DIM,
                                BLOCK_N, DOT_PRECISION, USE_TMA)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, qkv_stride_t,
-                               offs_m, q_doc_start, T, window, qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM,
+    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, k_desc, v_desc, desc_row, desc_col, k_stride_t,
+                               v_stride_t, offs_m, q_doc_start, T, window, qk_scale, full_hi, hi, True, HAS_DOCS, HEAD_DIM,
                                BLOCK_N, DOT_PRECISION, USE_TMA)
 
     # Every real row sees its own diagonal, so l > 0; the guard only keeps padding rows finite.
@@ -389,7 +389,7 @@ def _attn_bwd_preprocess_kernel(
 
 @triton.jit
 def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row, desc_col,
-                doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale, start, end,
+                doc_start_ptr, q_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale, start, end,
                 MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                 DOT_PRECISION: tl.constexpr, DQ_ATOMIC: tl.constexpr, USE_TMA: tl.constexpr):
     """Accumulate dK, dV of one key block over query blocks [start, end); works on transposed tiles
@@ -400,7 +400,7 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_
     for start_m in range(start, end, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         offs_q = start_m + tl.arange(0, BLOCK_M)
-        q_offs = offs_q[:, None] * qkv_stride_t + offs_d[None, :]
+        q_offs = offs_q[:, None] * q_stride_t + offs_d[None, :]
         do_offs = offs_q[:, None] * o_stride_t + offs_d[None, :]
         if USE_TMA:  # rows past T read the next sequence's rows or zeros; the mask gives them P = 0
             q = q_desc.load([desc_row + start_m, desc_col])  # (BLOCK_M, D)
@@ -441,7 +441,7 @@ def _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_
 
 @triton.jit(do_not_specialize=["window"])
 def _attn_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
+    q_ptr, k_ptr, v_ptr,  # (B, T, H, D), each with its own strides (unit head-dim stride)
     do_ptr,  # (B, T, H, D) contiguous
     q_desc, k_desc, v_desc, do_desc,  # with USE_TMA: tensor descriptors of q, k, v, dO as (B * T, H * D) rows
     lse_ptr, delta_ptr,  # (B, H, T) fp32
@@ -449,7 +449,7 @@ def _attn_bwd_dkdv_kernel(
     dq_ptr,  # (B, T, H, D) fp32 contiguous, zeroed: dQ accumulated here (read only with DQ_ATOMIC)
     doc_start_ptr, doc_end_ptr,  # (T,) int32 (read only with HAS_DOCS)
     ranges_ptr,  # (cdiv(T, BLOCK_N), 4) int32: loop bounds, written only with STORE_RANGES
-    qkv_stride_b, qkv_stride_t, qkv_stride_h,
+    q_stride_b, q_stride_t, q_stride_h, k_stride_b, k_stride_t, k_stride_h, v_stride_b, v_stride_t, v_stride_h,
     o_stride_b, o_stride_t, o_stride_h,
     T, H, window, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
@@ -462,7 +462,6 @@ def _attn_bwd_dkdv_kernel(
     n0 = pid_n * BLOCK_N
     offs_k = n0 + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    qkv_base = b.to(tl.int64) * qkv_stride_b + h * qkv_stride_h
     o_base = b.to(tl.int64) * o_stride_b + h * o_stride_h
     key_ok = offs_k < T
 
@@ -471,9 +470,10 @@ def _attn_bwd_dkdv_kernel(
         k = k_desc.load([desc_row + n0, desc_col])  # (BLOCK_N, D)
         v = v_desc.load([desc_row + n0, desc_col])
     else:
-        kv_offs = qkv_base + offs_k[:, None] * qkv_stride_t + offs_d[None, :]
-        k = tl.load(k_ptr + kv_offs, mask=key_ok[:, None], other=0.0)  # (BLOCK_N, D)
-        v = tl.load(v_ptr + kv_offs, mask=key_ok[:, None], other=0.0)
+        k_offs = b.to(tl.int64) * k_stride_b + h * k_stride_h + offs_k[:, None] * k_stride_t + offs_d[None, :]
+        v_offs = b.to(tl.int64) * v_stride_b + h * v_stride_h + offs_k[:, None] * v_stride_t + offs_d[None, :]
+        k = tl.load(k_ptr + k_offs, mask=key_ok[:, None], other=0.0)  # (BLOCK_N, D)
+        v = tl.load(v_ptr + v_offs, mask=key_ok[:, None], other=0.0)
 
     lo, full_lo, full_hi, hi = _key_block_range(n0, T, window, doc_end_ptr, HAS_DOCS, BLOCK_M, BLOCK_N)
     if STORE_RANGES:
@@ -482,19 +482,19 @@ def _attn_bwd_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
-    q_base = q_ptr + qkv_base
+    q_base = q_ptr + b.to(tl.int64) * q_stride_b + h * q_stride_h
     do_base = do_ptr + o_base
     lse_base = lse_ptr + pid_bh.to(tl.int64) * T
     delta_base = delta_ptr + pid_bh.to(tl.int64) * T
     dq_base = dq_ptr + o_base
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row,
-                         desc_col, doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale, lo,
+                         desc_col, doc_start_ptr, q_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale, lo,
                          full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_M, DOT_PRECISION, DQ_ATOMIC, USE_TMA)
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row,
-                         desc_col, doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale,
+                         desc_col, doc_start_ptr, q_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale,
                          full_lo, full_hi, False, HAS_DOCS, HEAD_DIM, BLOCK_M, DOT_PRECISION, DQ_ATOMIC, USE_TMA)
     dk, dv = _dkdv_inner(dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, q_desc, do_desc, desc_row,
-                         desc_col, doc_start_ptr, qkv_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale,
+                         desc_col, doc_start_ptr, q_stride_t, o_stride_t, offs_k, T, window, scale, qk_scale,
                          full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_M, DOT_PRECISION, DQ_ATOMIC, USE_TMA)
 
     out_offs = o_base + offs_k[:, None] * o_stride_t + offs_d[None, :]
@@ -503,7 +503,7 @@ def _attn_bwd_dkdv_kernel(
 
 
 @triton.jit
-def _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
+def _dq_inner(dq, q, do, lse, delta, k_base, v_base, k_stride_t, v_stride_t, offs_m, q_doc_start, T, window, qk_scale,
               start, end, MASKED: tl.constexpr, HAS_DOCS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dQ of one query block over key blocks [start, end)."""
@@ -512,7 +512,7 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc
     for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         offs_k = start_n + offs_n
-        k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, qkv_stride_t, T, MASKED)  # (BLOCK_N, D) each
+        k, v = _load_kv_block(k_base, v_base, offs_k, offs_d, k_stride_t, v_stride_t, T, MASKED)  # (BLOCK_N, D)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.math.exp2(s - lse[:, None])
         if MASKED:
@@ -526,13 +526,13 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc
 
 @triton.jit(do_not_specialize=["window"])
 def _attn_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr,  # (B, T, H, D), one stride set for the three
+    q_ptr, k_ptr, v_ptr,  # (B, T, H, D), each with its own strides (unit head-dim stride)
     do_ptr,  # (B, T, H, D) contiguous
     lse_ptr, delta_ptr,  # (B, H, T) fp32
     dq_ptr,  # (B, T, H, D) contiguous
     doc_start_ptr,  # (T,) int32 (read only with HAS_DOCS)
     ranges_ptr,  # (cdiv(T, BLOCK_M), 4) int32: loop bounds, written only with STORE_RANGES
-    qkv_stride_b, qkv_stride_t, qkv_stride_h,
+    q_stride_b, q_stride_t, q_stride_h, k_stride_b, k_stride_t, k_stride_h, v_stride_b, v_stride_t, v_stride_h,
     o_stride_b, o_stride_t, o_stride_h,
     T, H, window, scale, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DOCS: tl.constexpr,
@@ -545,11 +545,11 @@ def _attn_bwd_dq_kernel(
     q0 = pid_m * BLOCK_M
     offs_m = q0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    qkv_base = b.to(tl.int64) * qkv_stride_b + h * qkv_stride_h
+    q_base = b.to(tl.int64) * q_stride_b + h * q_stride_h
     o_base = b.to(tl.int64) * o_stride_b + h * o_stride_h
     row_ok = offs_m < T
 
-    q = tl.load(q_ptr + qkv_base + offs_m[:, None] * qkv_stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    q = tl.load(q_ptr + q_base + offs_m[:, None] * q_stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     do = tl.load(do_ptr + o_base + offs_m[:, None] * o_stride_t + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     lse = tl.load(lse_ptr + pid_bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
     delta = tl.load(delta_ptr + pid_bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
@@ -564,13 +564,13 @@ def _attn_bwd_dq_kernel(
             _store_ranges(ranges_ptr + pid_m * 4, lo, full_lo, full_hi, hi)
 
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    k_base = k_ptr + qkv_base
-    v_base = v_ptr + qkv_base
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
+    k_base = k_ptr + b.to(tl.int64) * k_stride_b + h * k_stride_h
+    v_base = v_ptr + b.to(tl.int64) * v_stride_b + h * v_stride_h
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, k_stride_t, v_stride_t, offs_m, q_doc_start, T, window, qk_scale,
                    lo, full_lo, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, k_stride_t, v_stride_t, offs_m, q_doc_start, T, window, qk_scale,
                    full_lo, full_hi, False, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
-    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, qkv_stride_t, offs_m, q_doc_start, T, window, qk_scale,
+    dq = _dq_inner(dq, q, do, lse, delta, k_base, v_base, k_stride_t, v_stride_t, offs_m, q_doc_start, T, window, qk_scale,
                    full_hi, hi, True, HAS_DOCS, HEAD_DIM, BLOCK_N, DOT_PRECISION)
     tl.store(dq_ptr + o_base + offs_m[:, None] * o_stride_t + offs_d[None, :], (dq * scale).to(dq_ptr.dtype.element_ty),
              mask=row_ok[:, None])
@@ -647,12 +647,16 @@ def doc_bounds(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
     return torch.stack(_doc_bounds(cu_seqlens, T))
 
 
-def _qkv_strides(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """q, k, v with one shared stride set and a unit head-dim stride (views of one packed qkv tensor
-    qualify as they are); otherwise contiguous copies."""
-    if q.stride() == k.stride() == v.stride() and q.stride(-1) == 1:
-        return q, k, v
-    return q.contiguous(), k.contiguous(), v.contiguous()
+def _unit_head_dim(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each (B, T, H, D) tensor as it is where its head-dim stride is 1 (the kernels take any other strides per
+    tensor: views of one packed qkv tensor, or q and k normalised beside a strided v, pass without a copy);
+    a contiguous copy otherwise."""
+    return tuple(x if x.stride(-1) == 1 else x.contiguous() for x in tensors)
+
+
+def _bht_strides(*tensors: torch.Tensor) -> tuple[int, ...]:
+    """The (batch, token, head) strides of each (B, T, H, D) tensor, in the kernels' argument order."""
+    return tuple(st for x in tensors for st in x.stride()[:3])
 
 
 def use_tma(q: torch.Tensor) -> bool:
@@ -704,7 +708,7 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
         out (B, T, H, D) in q's dtype, lse (B, H, T) fp32 in log2 units.
     """
     B, T, H, D = q.shape
-    q, k, v = _qkv_strides(q, k, v)
+    q, k, v = _unit_head_dim(q, k, v)
     out = torch.empty((B, T, H, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     if cu_seqlens is not None and bounds is None:
@@ -716,8 +720,7 @@ def flash_attention_forward(q, k, v, cu_seqlens, window_size: int, scale: float,
     grid = (B * H, triton.cdiv(T, cfg.block_m))
     _attn_fwd_kernel[grid](
         q, k, v, *(descriptors or (q, k, v)), out, lse, doc_start, ranges if ranges is not None else lse,
-        q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=cu_seqlens is not None,
+        *_bht_strides(q, k, v, out), qk_scale=scale * LOG2E, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, HAS_DOCS=cu_seqlens is not None,
         STORE_RANGES=ranges is not None, USE_TMA=descriptors is not None, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
         **_launch_common(q, window_size),
@@ -747,7 +750,7 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
     if backward not in BACKWARDS:
         raise ValueError(f"flash_attention: backward {backward!r} not one of {', '.join(BACKWARDS)}")
     B, T, H, D = q.shape
-    q, k, v = _qkv_strides(q, k, v)
+    q, k, v = _unit_head_dim(q, k, v)
     do, out = do.contiguous(), out.contiguous()
     dk, dv = (torch.empty((B, T, H, D), device=q.device, dtype=q.dtype) for _ in range(2))
     atomic = backward == "atomic"
@@ -763,7 +766,7 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
     if has_docs and bounds is None:
         bounds = doc_bounds(cu_seqlens, T)
     doc_start, doc_end = (bounds[0], bounds[1]) if has_docs else (lse, lse)  # lse: unread placeholder
-    strides = (q.stride(0), q.stride(1), q.stride(2), do.stride(0), do.stride(1), do.stride(2))
+    strides = _bht_strides(q, k, v, do)  # dk, dv and the dQ buffer are contiguous: do's strides
 
     cfg = block_config("bwd" if atomic else "dkdv", D, q.device, q.dtype)
     use = use_tma(q) if tma is None else tma
@@ -923,7 +926,9 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     """Causal attention, optionally windowed and document-masked.
 
     Args:
-        q, k, v: (B, T, H, D), bf16 or fp16 (fp32 for tests), D in {64, 128} (16 and 32 also work).
+        q, k, v: (B, T, H, D), bf16 or fp16 (fp32 for tests), D in {64, 128} (16 and 32 also work); each read
+            in place with its own strides where its head dim has unit stride (views of a packed qkv projection,
+            or a v view beside contiguous q and k), copied otherwise.
         window_size: query i sees keys i - window_size < j <= i (itself included); None: all
             earlier keys. Or `window_tensor(w)`, a 0-d CPU tensor: under torch.compile an int is
             baked into the graph (one graph per window size), a tensor is an input (one graph for all).

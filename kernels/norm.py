@@ -35,6 +35,20 @@ fp32 registers and stores one partial row; dw = partials.sum(0). The result is d
 the sum and of the normed output; the norm is of the sum as rounded to x.dtype, as unfused code sees
 it) and folds the sum's gradient into dx in the backward.
 
+`mix_rms_norm(x, residual, x0, λ)` is the trainer's block entry: s = λ0·(x + residual) + λ1·x0, then its
+RMSNorm, one pass reading x, residual (optional) and x0 and writing s and the normed output. Its backward
+reads the three inputs again (a = x + residual and s recomputed bit for bit: nothing but rstd is saved
+besides the inputs) with ds and dy, and writes dx (= dresidual = λ0·g) and dx0 (= λ1·g), g = ds + the
+RMSNorm vjp of dy; dλ0 = Σ g·a and dλ1 = Σ g·x0 are reduced in the same pass, one fp32 partial pair per
+program (as the weight gradient), summed after: deterministic, no atomics.
+
+`rms_norm_rotary(x, cos, sin)` is QK-norm then rotary (`rotary_ref`, the half-truncated rotation of
+train_gpt's Rotary tables) per (token, head) row of (B, T, H, D): a program holds each row as its two
+halves (x1, x2), normalises, rounds to x.dtype (as `rms_norm` stores it) and writes (n1·cos + n2·sin,
+n2·cos − n1·sin). Backward: dn = the rotation's transpose of dy, then RMSNorm's vjp; x is re-read, nothing
+but rstd saved. Per call it moves 2·M·D·bytes forward and 3·M·D·bytes backward, where QK-norm followed by
+an Inductor rotary moved 4 and 5 (the normed tensor written, read back, and its gradient too).
+
 Inputs are read in place, never copied, whenever their last dim has unit stride and their leading dims
 form at most two groups that each nest into one stride: the kernels address row r of M = prod(shape[:-1])
 at (r // rows_inner)·stride_outer + (r % rows_inner)·stride_inner (`_row_layout`). That covers contiguous
@@ -95,6 +109,27 @@ def add_rms_norm_ref(x: Tensor, residual: Tensor, weight: Optional[Tensor] = Non
     s = x + residual
     return s, rms_norm_ref(s, weight, eps)
 
+
+def mix_rms_norm_ref(x: Tensor, residual: Optional[Tensor], x0: Tensor, lambdas: Tensor,
+                     eps: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """(s, rms_norm_ref(s, None, eps)) with s = λ0·(x + residual) + λ1·x0 (residual None: λ0·x + λ1·x0), each
+    step in x's dtype as eager PyTorch rounds it."""
+    a = x if residual is None else x + residual
+    s = lambdas[0] * a + lambdas[1] * x0
+    return s, rms_norm_ref(s, None, eps)
+
+
+def rotary_ref(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary position embedding of x (B, T, H, D) in fp32, result in x's dtype: the halves (x1, x2) of D rotate
+    by the angles of cos, sin (>= T, D / 2), row t for position t: (x1 cos + x2 sin, x2 cos − x1 sin)."""
+    cos, sin = cos[None, : x.size(1), None, :], sin[None, : x.size(1), None, :]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
+
+
+def rms_norm_rotary_ref(x: Tensor, cos: Tensor, sin: Tensor, eps: Optional[float] = None) -> Tensor:
+    """rotary_ref(rms_norm_ref(x, None, eps), cos, sin): QK-norm, then rotary."""
+    return rotary_ref(rms_norm_ref(x, None, eps), cos, sin)
 
 def layer_norm_ref(
     x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5
@@ -245,6 +280,168 @@ def _norm_bwd_kernel(
         tl.store(dw_partial_ptr + pid * N + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
     if HAS_BIAS:
         tl.store(db_partial_ptr + pid * N + cols, tl.sum(db_acc, axis=0), mask=col_mask)
+
+
+@triton.jit
+def _mixed_rows(x_ptr, x_stride_outer, x_stride_inner, res_ptr, res_stride_outer, res_stride_inner,
+                x0_ptr, x0_stride_outer, x0_stride_inner, rows, cols, mask, rows_inner, lam0, lam1,
+                HAS_RESIDUAL: tl.constexpr):
+    """(a, x0, s) of a tile in fp32: a = x + residual as the unfused add stores it (rounded to x's dtype), s =
+    λ0·a + λ1·x0 rounded to x's dtype as stored, so the forward and the backward see the same bits."""
+    x_rows = _row_offsets(rows, rows_inner, x_stride_outer, x_stride_inner)
+    x = tl.load(x_ptr + x_rows[:, None] + cols[None, :], mask=mask, other=0.0)
+    a = x.to(tl.float32)
+    if HAS_RESIDUAL:
+        res_rows = _row_offsets(rows, rows_inner, res_stride_outer, res_stride_inner)
+        r = tl.load(res_ptr + res_rows[:, None] + cols[None, :], mask=mask, other=0.0)
+        a = (a + r.to(tl.float32)).to(x.dtype).to(tl.float32)
+    x0_rows = _row_offsets(rows, rows_inner, x0_stride_outer, x0_stride_inner)
+    x0 = tl.load(x0_ptr + x0_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    s = (lam0 * a + lam1 * x0).to(x.dtype).to(tl.float32)
+    return a, x0, s
+
+
+@triton.jit
+def _mix_rms_norm_fwd_kernel(
+    x_ptr, x_stride_outer, x_stride_inner,  # (M, N) the residual stream, unit stride along N
+    res_ptr, res_stride_outer, res_stride_inner,  # (M, N) added to x first (the previous block's output), or None
+    x0_ptr, x0_stride_outer, x0_stride_inner,  # (M, N) the mix's second input (the normalised embedding)
+    lambdas_ptr,  # (2,) λ0, λ1
+    sum_ptr,  # (M, N) contiguous output s = λ0·(x + residual) + λ1·x0
+    y_ptr,  # (M, N) contiguous output rms_norm(s)
+    rstd_ptr,  # (M,) fp32 output
+    M, N, rows_inner, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    cols = tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    mask = row_mask[:, None] & (cols < N)[None, :]  # (BLOCK_M, BLOCK_N)
+    lam0 = tl.load(lambdas_ptr).to(tl.float32)
+    lam1 = tl.load(lambdas_ptr + 1).to(tl.float32)
+    _, _, s = _mixed_rows(x_ptr, x_stride_outer, x_stride_inner, res_ptr, res_stride_outer, res_stride_inner,
+                          x0_ptr, x0_stride_outer, x0_stride_inner, rows, cols, mask, rows_inner, lam0, lam1,
+                          HAS_RESIDUAL)
+    tl.store(sum_ptr + rows[:, None] * N + cols[None, :], s.to(sum_ptr.dtype.element_ty), mask=mask)
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=1) / N + eps)  # (BLOCK_M,); masked lanes are 0
+    tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+    tl.store(y_ptr + rows[:, None] * N + cols[None, :], (s * rstd[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _mix_rms_norm_bwd_kernel(
+    dy_ptr, dy_stride_outer, dy_stride_inner,  # (M, N) gradient of y
+    dsum_ptr, dsum_stride_outer, dsum_stride_inner,  # (M, N) gradient of s, or None
+    x_ptr, x_stride_outer, x_stride_inner,  # (M, N) the forward's inputs, read again to recompute a and s
+    res_ptr, res_stride_outer, res_stride_inner,  # or None
+    x0_ptr, x0_stride_outer, x0_stride_inner,
+    lambdas_ptr,  # (2,)
+    rstd_ptr,  # (M,) fp32
+    da_ptr,  # (M, N) contiguous output: the gradient of x and of the residual, λ0·ds
+    dx0_ptr,  # (M, N) contiguous output: λ1·ds
+    dlam_partial_ptr,  # (P, 2) fp32 output: row pid holds this program's Σ ds·a and Σ ds·x0
+    M, N, rows_inner, rows_per_program,
+    HAS_RESIDUAL: tl.constexpr, HAS_DSUM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Program pid owns rows [row_start, row_end) and walks them BLOCK_M at a time (as _norm_bwd_kernel).
+    pid = tl.program_id(0)
+    row_start = pid.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    cols = tl.arange(0, BLOCK_N)
+    lam0 = tl.load(lambdas_ptr).to(tl.float32)
+    lam1 = tl.load(lambdas_ptr + 1).to(tl.float32)
+    dlam0 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    dlam1 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for start in range(row_start, row_end, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        row_mask = rows < row_end
+        mask = row_mask[:, None] & (cols < N)[None, :]
+        a, x0, s = _mixed_rows(x_ptr, x_stride_outer, x_stride_inner, res_ptr, res_stride_outer, res_stride_inner,
+                               x0_ptr, x0_stride_outer, x0_stride_inner, rows, cols, mask, rows_inner, lam0, lam1,
+                               HAS_RESIDUAL)
+        dy_rows = _row_offsets(rows, rows_inner, dy_stride_outer, dy_stride_inner)
+        dy = tl.load(dy_ptr + dy_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+        shat = s * rstd[:, None]
+        ds = (dy - shat * (tl.sum(dy * shat, axis=1) / N)[:, None]) * rstd[:, None]  # RMSNorm's vjp
+        if HAS_DSUM:
+            dsum_rows = _row_offsets(rows, rows_inner, dsum_stride_outer, dsum_stride_inner)
+            ds += tl.load(dsum_ptr + dsum_rows[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(da_ptr + rows[:, None] * N + cols[None, :], (lam0 * ds).to(da_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx0_ptr + rows[:, None] * N + cols[None, :], (lam1 * ds).to(dx0_ptr.dtype.element_ty), mask=mask)
+        dlam0 += ds * a  # masked lanes: ds = 0
+        dlam1 += ds * x0
+    tl.store(dlam_partial_ptr + pid * 2, tl.sum(tl.sum(dlam0, axis=1), axis=0))
+    tl.store(dlam_partial_ptr + pid * 2 + 1, tl.sum(tl.sum(dlam1, axis=1), axis=0))
+
+
+
+@triton.jit
+def _rotary_rows(rows, T, heads, half, cos_ptr, sin_ptr, cols, mask):
+    """cos and sin (BLOCK_M, BLOCK_H) fp32 of each row's token: row r of (B, T, H, D) is token (r // H) % T."""
+    t = (rows // heads) % T
+    offs = t[:, None] * half + cols[None, :]
+    return tl.load(cos_ptr + offs, mask=mask, other=0.0), tl.load(sin_ptr + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _rms_norm_rotary_fwd_kernel(
+    x_ptr, x_stride_outer, x_stride_inner,  # (M, D) rows of (B, T, H, D), unit stride along D (_row_offsets)
+    cos_ptr, sin_ptr,  # (>= T, D / 2) fp32 contiguous: the rotary tables
+    y_ptr,  # (M, D) contiguous output
+    rstd_ptr,  # (M,) fp32 output
+    M, T, heads, half, rows_inner, eps,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    cols = tl.arange(0, BLOCK_H)  # (BLOCK_H,): the first half's columns; the second half's are cols + half
+    row_mask = rows < M
+    mask = row_mask[:, None] & (cols < half)[None, :]
+    x_rows = _row_offsets(rows, rows_inner, x_stride_outer, x_stride_inner)[:, None] + cols[None, :]
+    x1 = tl.load(x_ptr + x_rows, mask=mask, other=0.0)
+    x2 = tl.load(x_ptr + x_rows + half, mask=mask, other=0.0).to(tl.float32)
+    dtype = x1.dtype
+    x1 = x1.to(tl.float32)
+    rstd = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half) + eps)
+    tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+    n1 = (x1 * rstd[:, None]).to(dtype).to(tl.float32)  # the norm as rms_norm stores it, then rotated
+    n2 = (x2 * rstd[:, None]).to(dtype).to(tl.float32)
+    cos, sin = _rotary_rows(rows, T, heads, half, cos_ptr, sin_ptr, cols, mask)
+    y_rows = rows[:, None] * (2 * half) + cols[None, :]
+    tl.store(y_ptr + y_rows, (n1 * cos + n2 * sin).to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + y_rows + half, (n2 * cos - n1 * sin).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_rotary_bwd_kernel(
+    dy_ptr, dy_stride_outer, dy_stride_inner,  # (M, D) gradient of y
+    x_ptr, x_stride_outer, x_stride_inner,  # (M, D) the forward's input
+    cos_ptr, sin_ptr,  # (>= T, D / 2) fp32
+    rstd_ptr,  # (M,) fp32
+    dx_ptr,  # (M, D) contiguous output
+    M, T, heads, half, rows_inner,
+    BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_H)
+    row_mask = rows < M
+    mask = row_mask[:, None] & (cols < half)[None, :]
+    dy_rows = _row_offsets(rows, rows_inner, dy_stride_outer, dy_stride_inner)[:, None] + cols[None, :]
+    dy1 = tl.load(dy_ptr + dy_rows, mask=mask, other=0.0).to(tl.float32)
+    dy2 = tl.load(dy_ptr + dy_rows + half, mask=mask, other=0.0).to(tl.float32)
+    cos, sin = _rotary_rows(rows, T, heads, half, cos_ptr, sin_ptr, cols, mask)
+    dn1 = dy1 * cos - dy2 * sin  # the rotation's transpose
+    dn2 = dy1 * sin + dy2 * cos
+    x_rows = _row_offsets(rows, rows_inner, x_stride_outer, x_stride_inner)[:, None] + cols[None, :]
+    rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+    n1 = tl.load(x_ptr + x_rows, mask=mask, other=0.0).to(tl.float32) * rstd[:, None]
+    n2 = tl.load(x_ptr + x_rows + half, mask=mask, other=0.0).to(tl.float32) * rstd[:, None]
+    dot = (tl.sum(dn1 * n1, axis=1) + tl.sum(dn2 * n2, axis=1)) / (2 * half)  # mean(dn · n̂)
+    dx_rows = rows[:, None] * (2 * half) + cols[None, :]
+    tl.store(dx_ptr + dx_rows, ((dn1 - n1 * dot[:, None]) * rstd[:, None]).to(dx_ptr.dtype.element_ty), mask=mask)
+    tl.store(dx_ptr + dx_rows + half, ((dn2 - n2 * dot[:, None]) * rstd[:, None]).to(dx_ptr.dtype.element_ty),
+             mask=mask)
+
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -444,6 +641,108 @@ def norm_backward(
     return dx, dw, db
 
 
+def mix_norm_forward(x: Tensor, residual: Optional[Tensor], x0: Tensor, lambdas: Tensor,
+                     eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch the mixed-residual RMSNorm forward.
+
+    Args:
+        x, x0: (..., N), one dtype, any strides (read in place where `_row_layout` can).
+        residual: like x, or None (then s = λ0·x + λ1·x0).
+        lambdas: (2,) λ0, λ1, read on the device (no host sync).
+        eps: added to mean(s²).
+
+    Returns:
+        (s, y, rstd): s = λ0·(x + residual) + λ1·x0 and y = rms_norm(s), (..., N) contiguous in x.dtype;
+        rstd (...) float32.
+    """
+    n = x.shape[-1]
+    m = x.numel() // n
+    s, y = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(2))
+    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    if m == 0:
+        return s, y, rstd
+    rows_inner, (x_rows, res_rows, x0_rows) = _row_layout(x, residual, x0)
+    block_m, block_n, num_warps = _tile_settings(n)
+    _mix_rms_norm_fwd_kernel[(triton.cdiv(m, block_m),)](
+        *x_rows, *res_rows, *x0_rows, lambdas.contiguous(), s, y, rstd, m, n, rows_inner, eps,
+        HAS_RESIDUAL=residual is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+    )
+    return s, y, rstd
+
+
+def mix_norm_backward(dy: Tensor, dsum: Optional[Tensor], x: Tensor, residual: Optional[Tensor], x0: Tensor,
+                      lambdas: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch the mixed-residual RMSNorm backward (a and s recomputed from the inputs), then sum the λ partials.
+
+    With ds = dsum + rstd·(dy − ŝ·mean(dy·ŝ)), ŝ = s·rstd, a = x + residual:
+    dx = dresidual = λ0·ds, dx0 = λ1·ds, dλ0 = Σ ds·a, dλ1 = Σ ds·x0 (one fp32 partial pair per program,
+    summed here: deterministic, no atomics).
+
+    Returns:
+        (da, dx0, dlambdas): da (the gradient of x and of the residual) and dx0, (..., N) contiguous in x.dtype;
+        dlambdas (2,) float32.
+    """
+    n = x.shape[-1]
+    m = x.numel() // n
+    da, dx0 = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for _ in range(2))
+    if m == 0:
+        return da, dx0, x.new_zeros(2, dtype=torch.float32)
+    rows_inner, (x_rows, dy_rows, ds_rows, res_rows, x0_rows) = _row_layout(x, dy, dsum, residual, x0)
+    block_m, block_n, num_warps = _tile_settings(n)
+    tiles = triton.cdiv(m, block_m)
+    rows_per_program = triton.cdiv(tiles, min(_backward_programs(x.device), tiles)) * block_m
+    programs = triton.cdiv(m, rows_per_program)
+    dlam_partial = x.new_empty(programs, 2, dtype=torch.float32)
+    _mix_rms_norm_bwd_kernel[(programs,)](
+        *dy_rows, *ds_rows, *x_rows, *res_rows, *x0_rows, lambdas.contiguous(), rstd, da, dx0, dlam_partial,
+        m, n, rows_inner, rows_per_program,
+        HAS_RESIDUAL=residual is not None, HAS_DSUM=dsum is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        num_warps=num_warps,
+    )
+    return da, dx0, dlam_partial.sum(0)
+
+
+
+def _rotary_launch(x: Tensor) -> tuple[int, int, int, int, int]:
+    """(rows, half, BLOCK_M, BLOCK_H, num_warps) for (B, T, H, D) rows held as two halves of D / 2."""
+    half = x.shape[-1] // 2
+    block_m, block_n, num_warps = _tile_settings(2 * half)
+    return x.numel() // x.shape[-1], half, block_m, max(block_n // 2, 16), num_warps
+
+
+def rms_norm_rotary_forward(x: Tensor, cos: Tensor, sin: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Launch the QK-norm + rotary forward on x (B, T, H, D), any strides (read in place where `_row_layout` can);
+    cos, sin (>= T, D / 2) fp32. Returns y (B, T, H, D) contiguous in x.dtype and rstd (B, T, H) fp32."""
+    B, T, H, D = x.shape
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    m, half, block_m, block_h, num_warps = _rotary_launch(x)
+    if m == 0:
+        return y, rstd
+    rows_inner, [x_rows] = _row_layout(x)
+    _rms_norm_rotary_fwd_kernel[(triton.cdiv(m, block_m),)](
+        *x_rows, cos.contiguous(), sin.contiguous(), y, rstd, m, T, H, half, rows_inner, eps,
+        BLOCK_M=block_m, BLOCK_H=block_h, num_warps=num_warps,
+    )
+    return y, rstd
+
+
+def rms_norm_rotary_backward(dy: Tensor, x: Tensor, cos: Tensor, sin: Tensor, rstd: Tensor) -> Tensor:
+    """Launch the QK-norm + rotary backward: dx (B, T, H, D) contiguous in x.dtype (see `rms_norm_rotary`)."""
+    B, T, H, D = x.shape
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    m, half, block_m, block_h, num_warps = _rotary_launch(x)
+    if m == 0:
+        return dx
+    rows_inner, (x_rows, dy_rows) = _row_layout(x, dy)
+    _rms_norm_rotary_bwd_kernel[(triton.cdiv(m, block_m),)](
+        *dy_rows, *x_rows, cos.contiguous(), sin.contiguous(), rstd, dx, m, T, H, half, rows_inner,
+        BLOCK_M=block_m, BLOCK_H=block_h, num_warps=num_warps,
+    )
+    return dx
+
+
+
 # ---------------------------------------------------------------------------------------------------
 # Custom ops (what autograd and torch.compile see) and the public functions
 # ---------------------------------------------------------------------------------------------------
@@ -539,6 +838,76 @@ def _add_rms_norm_backward(ctx, dsum, dy, _drstd):
 
 
 _add_rms_norm_op.register_autograd(_add_rms_norm_backward, setup_context=_add_rms_norm_setup)
+
+
+@torch.library.custom_op("speedrun::mix_rms_norm", mutates_args=())
+def _mix_rms_norm_op(x: Tensor, residual: Optional[Tensor], x0: Tensor, lambdas: Tensor,
+                     eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    return mix_norm_forward(x, residual, x0, lambdas, eps)
+
+
+@_mix_rms_norm_op.register_fake
+def _(x, residual, x0, lambdas, eps):
+    return _empty_like_rows(x), _empty_like_rows(x), _empty_stats(x)
+
+
+@torch.library.custom_op("speedrun::mix_rms_norm_bwd", mutates_args=())
+def _mix_rms_norm_bwd_op(dy: Tensor, dsum: Optional[Tensor], x: Tensor, residual: Optional[Tensor], x0: Tensor,
+                         lambdas: Tensor, rstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return mix_norm_backward(dy, dsum, x, residual, x0, lambdas, rstd)
+
+
+@_mix_rms_norm_bwd_op.register_fake
+def _(dy, dsum, x, residual, x0, lambdas, rstd):
+    return _empty_like_rows(x), _empty_like_rows(x), x.new_empty(2, dtype=torch.float32)
+
+
+def _mix_rms_norm_setup(ctx, inputs, output):
+    x, residual, x0, lambdas, _ = inputs
+    ctx.save_for_backward(x, residual, x0, lambdas, output[2])  # s is recomputed: its inputs are saved anyway
+    ctx.has_residual = residual is not None
+
+
+def _mix_rms_norm_backward(ctx, dsum, dy, _drstd):
+    x, residual, x0, lambdas, rstd = ctx.saved_tensors
+    da, dx0, dlambdas = _mix_rms_norm_bwd_op(dy, dsum, x, residual, x0, lambdas, rstd)
+    return da, da if ctx.has_residual else None, dx0, dlambdas.to(lambdas.dtype), None
+
+
+_mix_rms_norm_op.register_autograd(_mix_rms_norm_backward, setup_context=_mix_rms_norm_setup)
+
+
+@torch.library.custom_op("speedrun::rms_norm_rotary", mutates_args=())
+def _rms_norm_rotary_op(x: Tensor, cos: Tensor, sin: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    return rms_norm_rotary_forward(x, cos, sin, eps)
+
+
+@_rms_norm_rotary_op.register_fake
+def _(x, cos, sin, eps):
+    return _empty_like_rows(x), _empty_stats(x)
+
+
+@torch.library.custom_op("speedrun::rms_norm_rotary_bwd", mutates_args=())
+def _rms_norm_rotary_bwd_op(dy: Tensor, x: Tensor, cos: Tensor, sin: Tensor, rstd: Tensor) -> Tensor:
+    return rms_norm_rotary_backward(dy, x, cos, sin, rstd)
+
+
+@_rms_norm_rotary_bwd_op.register_fake
+def _(dy, x, cos, sin, rstd):
+    return _empty_like_rows(x)
+
+
+def _rms_norm_rotary_setup(ctx, inputs, output):
+    x, cos, sin, _ = inputs
+    ctx.save_for_backward(x, cos, sin, output[1])
+
+
+def _rms_norm_rotary_backward(ctx, dy, _drstd):
+    x, cos, sin, rstd = ctx.saved_tensors
+    return _rms_norm_rotary_bwd_op(dy, x, cos, sin, rstd), None, None, None
+
+
+_rms_norm_rotary_op.register_autograd(_rms_norm_rotary_backward, setup_context=_rms_norm_rotary_setup)
 
 
 @torch.library.custom_op("speedrun::layer_norm", mutates_args=())
@@ -637,6 +1006,61 @@ def add_rms_norm(
     eps = torch.finfo(x.dtype).eps if eps is None else eps
     s, y, _ = _add_rms_norm_op(x, residual, weight, float(eps))
     return s, y
+
+
+def mix_rms_norm(x: Tensor, residual: Optional[Tensor], x0: Tensor, lambdas: Tensor,
+                 eps: Optional[float] = None) -> tuple[Tensor, Tensor]:
+    """The block's residual mix and its RMSNorm in one pass: s = λ0·(x + residual) + λ1·x0, (s, rms_norm(s)).
+
+    Args:
+        x: (..., N) float32, float16 or bfloat16: the residual stream.
+        residual: like x (the previous block's MLP output, added first), or None.
+        x0: like x: the second input of the mix (the normalised embedding).
+        lambdas: (2,) λ0, λ1 (the block's learned scalars, any float dtype; read on the device).
+        eps: None means torch.finfo(x.dtype).eps.
+
+    Returns:
+        (s, normed), both (..., N) contiguous in x.dtype; differentiable in x, residual, x0 and lambdas, traceable
+        by torch.compile. x + residual is rounded to x.dtype before the mix and s is normalised as rounded, as
+        `mix_rms_norm_ref` computes them; the mix itself is one fp32 expression (the reference rounds each product).
+    """
+    _check_inputs("mix_rms_norm", x)
+    for name, t in (("residual", residual), ("x0", x0)):
+        if t is not None and (t.shape != x.shape or t.dtype != x.dtype or t.device != x.device):
+            raise ValueError(f"mix_rms_norm: {name} is {tuple(t.shape)} {t.dtype} on {t.device}, "
+                             f"expected x's {tuple(x.shape)} {x.dtype} on {x.device}")
+    if lambdas.shape != (2,) or lambdas.device != x.device or not lambdas.is_floating_point():
+        raise ValueError(f"mix_rms_norm: lambdas must be (2,) floats on {x.device}, "
+                         f"got {tuple(lambdas.shape)} {lambdas.dtype} on {lambdas.device}")
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    s, y, _ = _mix_rms_norm_op(x, residual, x0, lambdas, float(eps))
+    return s, y
+
+
+def rms_norm_rotary(x: Tensor, cos: Tensor, sin: Tensor, eps: Optional[float] = None) -> Tensor:
+    """QK-norm and rotary in one pass: RMSNorm over each head, then the rotation of `rotary_ref`.
+
+    Args:
+        x: (B, T, H, D) float32, float16 or bfloat16, D even, any strides (the chunked q or k view of a packed
+            QKV projection is read in place).
+        cos, sin: (>= T, D / 2) float32, row t for position t (train_gpt.Rotary's tables).
+        eps: None means torch.finfo(x.dtype).eps.
+
+    Returns:
+        (B, T, H, D) contiguous in x.dtype; differentiable in x, traceable by torch.compile. The norm is rounded to
+        x.dtype before the rotation, as `rms_norm_rotary_ref` does.
+    """
+    _check_inputs("rms_norm_rotary", x)
+    if x.dim() != 4 or x.shape[-1] % 2:
+        raise ValueError(f"rms_norm_rotary: x must be (B, T, H, D) with D even, got shape {tuple(x.shape)}")
+    T, half = x.shape[1], x.shape[-1] // 2
+    for name, t in (("cos", cos), ("sin", sin)):
+        if t.dim() != 2 or t.shape[0] < T or t.shape[1] != half or t.dtype != torch.float32 or t.device != x.device:
+            raise ValueError(f"rms_norm_rotary: {name} must be (>= T = {T}, D / 2 = {half}) float32 on {x.device}, "
+                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+    eps = torch.finfo(x.dtype).eps if eps is None else eps
+    y, _ = _rms_norm_rotary_op(x, cos, sin, float(eps))
+    return y
 
 
 def layer_norm(

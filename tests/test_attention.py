@@ -154,7 +154,7 @@ def test_lse_and_custom_scale(device):
 
 
 def test_strided_inputs(device):
-    """Views of one packed qkv tensor go in as they are; mixed layouts are copied; both are right."""
+    """Views of one packed qkv tensor, and mixed layouts (a contiguous q beside strided k, v), are right."""
     B, T, H, D = 2, 33, 2, 16
     qkv = torch.randn(B, T, 3, H, D, device=device, requires_grad=True)
     do = torch.randn(B, T, H, D, device=device)
@@ -230,6 +230,50 @@ def test_tma_matches_the_pointer_path(B, T, H, D, window, lengths, device):
         for name, a, b, r in zip(("dq", "dk", "dv"), grads, pointer_grads, ref[1:]):
             assert torch.equal(a, b), f"{backward} {name}: TMA and pointer paths differ"
             assert_close(a, r, name=f"tma {backward} {name}")
+
+
+class _LaunchSpy:
+    """Stands in for a @triton.jit kernel: records the data pointers of its first three arguments (q, k, v) at
+    each launch, then launches the real kernel."""
+
+    def __init__(self, kernel):
+        self.kernel, self.pointers = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.pointers.append(tuple(a.data_ptr() for a in args[:3]))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.mark.parametrize("tma", [False, True])
+@pytest.mark.parametrize("backward", BACKWARDS)
+def test_v_view_of_packed_qkv_is_read_in_place(backward, tma, device, monkeypatch):
+    """The trainer's layers without value embeddings: q and k normalised (contiguous) beside v, a view of the packed
+    qkv output (token stride 3 H D). Every kernel reads each of q, k, v where it lies (no copy), through TMA
+    descriptors or pointers, and gives the reference's output and gradients."""
+    from kernels import attention
+
+    spies = {name: _LaunchSpy(getattr(attention, name))
+             for name in ("_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel")}
+    for name, spy in spies.items():
+        monkeypatch.setattr(attention, name, spy)
+    T, window, cu = _case("window_and_docs")
+    H, D = 2, 16
+    qkv = torch.randn(1, T, 3 * H, D, device=device, requires_grad=True)
+    q, k, v = qkv.chunk(3, dim=2)
+    q, k = q * 1.5, k - 0.25  # new contiguous tensors, as QK-norm and rotary give
+    do = torch.randn(1, T, H, D, device=device)
+    cu = cu.to(device)
+    assert attention._row_descriptors((q, 16), (k, 16), (v, 16)) is not None  # each has a row view: TMA is taken
+    out, lse = flash_attention_forward(q, k, v, cu, window, D**-0.5, tma=tma)
+    grads = flash_attention_backward(do, q, k, v, out, lse, cu, window, D**-0.5, backward=backward, tma=tma)
+    ref = _reference_fp32(q, k, v, do, window_size=window, cu_seqlens=cu)
+    for name, a, r in zip(("out", "dq", "dk", "dv"), (out, *grads), ref):
+        assert_close(a, r, name=f"{backward} tma={tma} {name}")
+    launches = [p for spy in spies.values() for p in spy.pointers]
+    assert len(launches) == 2 + (backward == "two_pass")
+    assert all(p == (q.data_ptr(), k.data_ptr(), v.data_ptr()) for p in launches), "a kernel read a copy"
 
 
 def test_tma_needs_a_row_view_and_falls_back_to_pointers(device):

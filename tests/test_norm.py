@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.norm import (MAX_ROW_BYTES, add_rms_norm, add_rms_norm_ref, layer_norm, layer_norm_ref, rms_norm,
-                          rms_norm_ref)
+from kernels.norm import (MAX_ROW_BYTES, add_rms_norm, add_rms_norm_ref, layer_norm, layer_norm_ref, mix_rms_norm,
+                          mix_rms_norm_ref, rms_norm, rms_norm_ref, rms_norm_rotary, rms_norm_rotary_ref)
 from helpers import assert_close, assert_error_within
 
 # 1 row; Liger's (1, 1, 1023); width 1; (3, 5, 7) leading dims; a QK-norm (B, T, H, D); a width that is
@@ -119,6 +119,72 @@ def test_add_rms_norm_without_weight_matches_its_reference(shape, dtype, device)
         assert a.dtype == dtype and a.shape == shape, f"{name}: {a.dtype} {tuple(a.shape)}"
         assert_close(a, e, name=name, dtype=dtype)
 
+
+@pytest.mark.parametrize("residual", [True, False], ids=["residual", "no_residual"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1023), (13, 1), (2, 9, 33), (3, 5, 7, 48), (37, 300)], ids=str)
+def test_mix_rms_norm_matches_its_reference(shape, dtype, residual, device):
+    """The trainer's block entry (`train_gpt.Block`): s = λ0·(x + r) + λ1·x0 carried on as the residual and its
+    norm fed to attention, so both outputs get a gradient. Against `mix_rms_norm_ref` in float64: s, the norm, and
+    the gradients of x, r, x0 and both λs (the λ gradients are the kernel's per-program partial sums, summed)."""
+    x, r, x0, ds, dy = (torch.randn(shape, device=device, dtype=dtype) for _ in range(5))
+    lambdas = torch.tensor([0.8, -0.35], device=device)  # fp32, as the trainer's parameters
+    eps = torch.finfo(dtype).eps
+
+    def run(fn, x, r, x0, lambdas, eps):
+        leaves = [_leaf(t) for t in (x, r, x0, lambdas)]
+        s, y = fn(leaves[0], leaves[1] if residual else None, leaves[2], leaves[3], eps)
+        ((y * dy.to(y.dtype)).sum() + (s * ds.to(s.dtype)).sum()).backward()
+        return [s.detach(), y.detach()] + [t.grad for t in leaves]
+
+    ours = run(mix_rms_norm, x, r, x0, lambdas, None)  # eps None: finfo(dtype).eps
+    ref = run(mix_rms_norm_ref, *(_double(t) for t in (x, r, x0, lambdas)), eps)
+    for name, a, e in zip(["sum", "y", "dx", "dresidual", "dx0", "dlambdas"], ours, ref):
+        if name == "dresidual" and not residual:
+            assert a is None
+            continue
+        assert a.shape == e.shape and a.dtype == (torch.float32 if name == "dlambdas" else dtype), name
+        # dλ sums a row's worth of products per element: relative to its size, as the table's rtol reads it
+        scale = 1.0 if name != "dlambdas" else float(x.numel()) ** 0.5
+        assert_close(a / scale, e / scale, name=name, dtype=dtype)
+
+def _rotary_tables(T: int, D: int, device):
+    """train_gpt.Rotary's tables: D / 4 frequencies of base 1024, then D / 4 zeros, (T, D / 2) fp32."""
+    freq = (1 / 1024) ** torch.linspace(0, 1, steps=D // 4)
+    freq = torch.cat([freq, freq.new_zeros(D // 2 - D // 4)])
+    theta = torch.outer(torch.arange(T, dtype=torch.float32), freq)
+    return theta.cos().to(device), theta.sin().to(device)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "qkv view"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("B, T, H, D", [(1, 1, 1, 64), (2, 9, 3, 64), (1, 37, 6, 128), (3, 5, 2, 48), (2, 7, 1, 6)],
+                         ids=str)
+def test_rms_norm_rotary_matches_its_reference(B, T, H, D, dtype, layout, device):
+    """QK-norm + rotary in one pass against `rms_norm_rotary_ref` (rms_norm_ref, then the rotation train_gpt's Rotary
+    applies) on fp32 copies of the inputs: the output and dx, tables longer than T (validation's), rows past
+    T's table rows unread; the trainer's q/k views of a packed qkv tensor read in place."""
+    if layout == "qkv view":
+        x = _qkv_views(torch.randn(B * T, 3 * H * D, device=device, dtype=dtype), B, T, H, D)[1]
+    else:
+        x = torch.randn(B, T, H, D, device=device, dtype=dtype)
+    cos, sin = _rotary_tables(T + 5, D, device)
+    dy = torch.randn(B, T, H, D, device=device, dtype=dtype)
+    y, (dx,) = _forward_backward(lambda x: rms_norm_rotary(x, cos, sin), [x], dy)
+    eps = torch.finfo(dtype).eps
+    y_ref, (dx_ref,) = _forward_backward(lambda x: rms_norm_rotary_ref(x, cos, sin, eps), [x.float()], dy.float())
+    assert y.dtype == dx.dtype == dtype and y.is_contiguous()
+    assert_close(y, y_ref, name="y", dtype=dtype)
+    assert_close(dx, dx_ref, name="dx", dtype=dtype)
+
+
+def test_rotary_tables_are_the_trainers(device):
+    """The tables these tests rotate with are train_gpt.Rotary's (the trainer passes its cos, sin)."""
+    import train_gpt
+
+    rotary = train_gpt.Rotary(48, 40)
+    cos, sin = _rotary_tables(40, 48, "cpu")
+    assert torch.equal(rotary.cos, cos) and torch.equal(rotary.sin, sin)
 
 @pytest.mark.parametrize("norm", ["rms", "layer"])
 def test_bf16_within_table(norm, device):
@@ -348,22 +414,28 @@ def test_zero_rows(device):
     assert torch.equal(dw, torch.zeros(16, device=device)) and torch.equal(db, torch.zeros(16, device=device))
 
 
-@pytest.mark.parametrize("op", ["rms_norm", "rms_norm qkv view", "layer_norm", "add_rms_norm"])
+@pytest.mark.parametrize("op", ["rms_norm", "rms_norm qkv view", "layer_norm", "add_rms_norm", "mix_rms_norm",
+                                "mix_rms_norm no residual", "rms_norm_rotary qkv view"])
 def test_custom_ops_pass_opcheck(op, device):
     # Schema, fake (meta) implementation, autograd registration and AOT dispatch, per torch.library; the
     # strided QKV view too (the fake must give the real op's contiguous output for it).
     x, r = torch.randn(3, 5, 24, device=device), torch.randn(3, 5, 24, device=device)
     q = _qkv_views(torch.randn(3 * 5, 3 * 2 * 24, device=device, requires_grad=True), 3, 5, 2, 24)[0]
     w, b = _params(24, torch.float32, device, True, True)
+    lambdas = torch.tensor([0.9, 0.2], device=device, requires_grad=True)
     args = {"rms_norm": (x, w, 1e-6), "rms_norm qkv view": (q, None, 1e-6), "layer_norm": (x, w, b, 1e-5),
-            "add_rms_norm": (x, r, w, 1e-6)}[op]
+            "add_rms_norm": (x, r, w, 1e-6), "mix_rms_norm": (x, r, r * 0.5, lambdas, 1e-6),
+            "mix_rms_norm no residual": (x, None, r, lambdas, 1e-6),
+            "rms_norm_rotary qkv view": (q, *_rotary_tables(5, 24, device), 1e-6)}[op]
     torch.library.opcheck(getattr(torch.ops.speedrun, op.split()[0]).default, args)
 
 
 def test_torch_compile_traces_forward_and_backward(device):
     def block(x, r, w, b):
-        s, h = add_rms_norm(x, r, w)
+        x, h = mix_rms_norm(x, r, h0 := r * 0.5, w[:2])
+        s, h = add_rms_norm(x, h + h0, w)
         q = rms_norm(h.view(2, 9, 3, 32))  # QK-norm shape (B, T, H, D)
+        q = q + rms_norm_rotary(h.view(2, 9, 3, 32), *_rotary_tables(9, 32, device))
         return layer_norm(q.view(2, 9, 96) + s, w, b)
 
     x, r, dy = (torch.randn(2, 9, 96, device=device) for _ in range(3))
@@ -383,6 +455,8 @@ def test_torch_compile_traces_forward_and_backward(device):
         ("too_wide", "wider than 32768"),
         ("scalar", "non-empty last dim"),
         ("residual_shape", "residual is"),
+        ("mix_x0_dtype", "mix_rms_norm: x0 is"),
+        ("mix_lambdas", r"mix_rms_norm: lambdas must be \(2,\) floats"),
     ],
 )
 def test_bad_inputs_raise_one_line_value_errors(case, match, device):
@@ -394,6 +468,8 @@ def test_bad_inputs_raise_one_line_value_errors(case, match, device):
         "too_wide": lambda: layer_norm(torch.ones(1, MAX_ROW_BYTES // 2 + 1, device=device).half()),
         "scalar": lambda: rms_norm(torch.tensor(1.0, device=device)),
         "residual_shape": lambda: add_rms_norm(x, torch.randn(4, 32, device=device)),
+        "mix_x0_dtype": lambda: mix_rms_norm(x, None, x.half(), torch.ones(2, device=device)),
+        "mix_lambdas": lambda: mix_rms_norm(x, x, x, torch.ones(3, device=device)),
     }[case]
     with pytest.raises(ValueError, match=match) as err:
         call()

@@ -25,8 +25,9 @@ def test_bf16_tile_tables_fit_an_h100_without_spilling(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = pd.read_csv(csv)
     # the four attention passes (fwd, dkdv, dq and the one-pass bwd) at both head dims, the Newton-Schulz kernels
-    # (syrk with and without C), RMSNorm and LayerNorm both ways at 4 widths
-    assert len(table) == 8 + 3 + 16 and set(table.dtype) == {"bf16"}
+    # (syrk with and without C), RMSNorm, LayerNorm and the mix + RMSNorm both ways at 4 widths, QK-norm + rotary
+    # both ways at head dims 64 and 128
+    assert len(table) == 8 + 3 + 16 + 8 + 4 and set(table.dtype) == {"bf16"}
     assert (table.registers > 0).all() and (table.registers <= 255).all()
     assert (table.spill_stores == 0).all() and table.fits.all()
     # every matmul kernel issues Hopper's warpgroup MMA; the element-wise norms have none

@@ -55,10 +55,21 @@ def test_micro_step_accounting_on_a_small_model():
     one_pass = roofline.micro_step_items(cfg, "triton", set(), {"fwd": tiles["fwd"], "bwd": (6, 64, 128, 5)}, gpus=1)
     assert _item(one_pass, "backward, one pass").flops == 6 * 5 * 2 * 64 * 128 * 64
     assert _item(one_pass, "dQ fp32 buffer").bytes == (4 + 4 + 2) * 64 * N  # zero, then read fp32 and write bf16
-    # the opaque norm: bf16 in and out (2 x 2 x 64 B a token) forward, 1.5x that backward, L + 2 = 3 calls
-    assert _item(items, "rms_norm op").bytes == 2 * 2 * 64 * 2.5 * N * 3
+    # the embedding's norm: bf16 in and out (2 x 2 x 64 B a token) forward, 1.5x that backward, one call
+    assert _item(items, "rms_norm op").bytes == 2 * 2 * 64 * 2.5 * N
+    # mix_rms_norm in the one block (no MLP output before it): x, x0 in, s and its norm out (4 x 2 x 64 B);
+    # backward x, x0, ds, dy in, dx, dx0 out (6 x 2 x 64 B)
+    assert _item(items, "mix + RMSNorm (mix_rms_norm, no residual)").bytes == (4 + 6) * 2 * 64 * N
+    assert not [i for i in items if i.name.startswith("residual add + mix")]
     # add_rms_norm: x, the attention out in, the sum and its norm out (4 x 2 x 64 B), backward as much, L calls
-    assert _item(items, "residual add (attention out) + RMSNorm op").bytes == 4 * 2 * 64 * 2 * N
+    assert _item(items, "residual add (attention out) + RMSNorm (add_rms_norm)").bytes == 4 * 2 * 64 * 2 * N
+    # the final one: its sum unused, so no gradient of it to read backward (4 in and out, 3 back)
+    assert _item(items, "final residual add (MLP out) + RMSNorm").bytes == (4 + 3) * 2 * 64 * N
+    # QK-norm + rotary on q and k (128 B a token each): read and written once forward; dy and x read, dx written back
+    assert _item(items, "QK-norm + rotary").bytes == 2 * (2 + 3) * 128 * N
+    assert not [i for i in items if i.name.startswith(("rotary", "v copy"))]
+    # x0's gradient: the one block's dx0 read and the sum written (an estimate of Inductor's fusion of the adds)
+    assert _item(items, "x0's gradient summed").bytes == 2 * 2 * 64 * N
     assert _item(items, "soft-cap + cross-entropy").bytes == 3 * 2 * 128 * N  # bf16 logits: read; read + write
     # the bf16 residual stream: no activation cast before a matmul; the fp32 table's gathered rows (4 B each)
     # are written in bf16 (2 B), forward, and twice that backward
