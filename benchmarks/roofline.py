@@ -360,8 +360,8 @@ def optimizer_items(cfg, options: set[str], gpus: int) -> list[Item]:
 OPTIMIZER_TIMELINE = [
     ("Muon: gradients stacked", "compute", None),
     ("Muon: reduce-scatter", "nccl", "Muon: gradients stacked"),
-    ("Adam: reduce-scatter", "nccl", None),
-    ("Adam: bf16 gradients", "compute", None),
+    ("Adam: bf16 gradients", "compute", None),  # the cast makes the reduce-scatter's fp32 input
+    ("Adam: reduce-scatter", "nccl", "Adam: bf16 gradients"),
     ("Muon: momentum", "compute", "Muon: reduce-scatter"),
     ("Muon: Newton-Schulz", "compute", None),
     ("Muon: all-gather", "nccl", "Muon: Newton-Schulz"),

@@ -145,6 +145,16 @@ def test_the_optimizer_timeline_follows_the_trainers_order():
     assert roofline.optimizer_timeline(compute) == 6  # one GPU: no collective, the compute back to back
 
 
+def test_adams_reduce_scatter_waits_for_its_fp32_input():
+    """bf16 tables: the cast to fp32 (compute 1-4) makes the reduce-scatter's input, so Adam's reduce-scatter runs
+    4-9, not 3-8; then momentum 4-5, Newton-Schulz 5-7, Muon's all-gather 9-10, Adam's step 9-10, its all-gather
+    10-15, Muon's apply 10-11: the step ends at 15."""
+    ms = {"Muon: gradients stacked": 1, "Muon: reduce-scatter fp32": 2, "Adam: reduce-scatter fp32": 5,
+          "Adam: bf16 gradients to fp32": 3, "Muon: momentum": 1, "Muon: Newton-Schulz": 2, "Muon: all-gather": 1,
+          "Adam (fused) on 1/8": 1, "Adam: all-gather": 5, "Muon: updates applied": 1}
+    assert roofline.optimizer_timeline(ms) == 15
+
+
 def test_cli_ends_with_the_estimate_line(capsys):
     assert roofline.main(["--track", "cpu-tiny", "--gpus", "1"]) == 0
     last = capsys.readouterr().out.rstrip().splitlines()[-1]
