@@ -152,6 +152,12 @@ def layer_kinds(cfg: Config) -> str:
     return cfg.layer_attention or "L" * cfg.num_layers
 
 
+def value_embed_tables(cfg: Config) -> list[int | None]:
+    """The value-embedding table of each layer: 0..k-1 on the first k layers and again on the last k (@YouJiacheng)."""
+    L, k = cfg.num_layers, cfg.value_embeds
+    return [i if i < k else i - (L - k) if i >= L - k else None for i in range(L)]
+
+
 def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config:
     """Fill the automatic fields (grad_accum, compile, run_dir) and check what can be checked up front."""
     check_ranges(cfg)
@@ -422,8 +428,7 @@ class GPT(nn.Module):
         dtype = torch.bfloat16 if cfg.embed_bf16 else None  # the tables' dtype (Adam keeps fp32 masters of bf16 ones)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype)
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype) for _ in range(k))
-        # value-embedding table of each layer: 0..k-1 on the first k layers and again on the last k (@YouJiacheng)
-        self.ve_table = [i if i < k else i - (L - k) if i >= L - k else None for i in range(L)]
+        self.ve_table = value_embed_tables(cfg)
         rotary = Rotary(cfg.head_dim, max(cfg.seq_len, cfg.val_seq_len))
         self.blocks = nn.ModuleList(Block(cfg, ops, rotary, self.ve_table[i] is not None, kinds[i] != "-")
                                     for i in range(L))

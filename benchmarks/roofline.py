@@ -131,10 +131,10 @@ def schedule_windows(cfg) -> Counter:
 
 def attention_layers(cfg) -> tuple[int, int]:
     """(layers with attention, those of them without a value embedding) of cfg's model."""
-    from train_gpt import layer_kinds
+    from train_gpt import layer_kinds, value_embed_tables
 
-    k, kinds = cfg.value_embeds, layer_kinds(cfg)
-    return sum(kind != "-" for kind in kinds), sum(kind != "-" for kind in kinds[k:len(kinds) - k])
+    layers = [(kind, table) for kind, table in zip(layer_kinds(cfg), value_embed_tables(cfg)) if kind != "-"]
+    return len(layers), sum(table is None for _, table in layers)
 
 
 def document_starts(T: int, mean: float, seed: int = 0) -> torch.Tensor:
