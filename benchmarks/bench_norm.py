@@ -3,9 +3,9 @@
 Run: `python -m benchmarks.bench_norm` (needs CUDA; without it, prints one line and exits 0).
 
 Like with like: every row has a `mode`. "eager": our op called directly vs F.rms_norm / F.layer_norm
-(the fused ops: their kernels/norm.py reference) eager; "compiled": the same two functions each under torch.compile (ours is a custom op, so the
-compiled graph calls the same Triton kernels; the graph around it is what changes). Each compiled
-function is compiled once per case and warmed up before timing.
+(the fused ops: their kernels/norm.py reference) eager; "compiled": the same two functions each under
+torch.compile (ours is a custom op, so the compiled graph calls the same Triton kernels; the graph around
+it is what changes). Each compiled function is compiled once per case and warmed up before timing.
 
 Accounting: bytes that must move, M rows of N elements of `bytes` each; weights, bias and the fp32
 per-row statistics are negligible next to them and not counted. Each row's `gb` column is that count.
@@ -22,7 +22,9 @@ The trainer's fused norms (train_gpt.Block's entry and CausalSelfAttention's QK-
                                forward+backward  + read x and dy, write dx                       5·M·N·bytes
 (the per-token bytes benchmarks/roofline.py counts for them). Their reference is kernels/norm.py's `*_ref`
 (what `--kernels=torch` runs), eager or compiled like F.rms_norm; the λ gradients' fp32 partial sums and
-the rotary tables are negligible. r is no leaf of the timed backward: its gradient is x's tensor, and a
+the rotary tables are negligible. Their "ours" rows carry `est_ms`, the roofline's estimate of the very
+call (`roofline.memory_call_ms`: those bytes at its copy rate, one kernel forward and one backward, as its
+norm items count them); the other rows have none. r is no leaf of the timed backward: its gradient is x's tensor, and a
 second leaf would add autograd's copy for it to both implementations (the trainer has no such copy).
 Our kernels move exactly that, strided inputs included: they read x in place (tests/test_norm.py checks
 the launch pointers). An implementation that copies a strided x first moves more than it is credited
@@ -154,11 +156,15 @@ def _rows(ops, case: str, x, r, w, b, modes) -> list[dict]:
                        case, (x, r), leaves, modes)
 
 
-def _timed_rows(moved: dict, implementations_of, case: str, inputs: tuple, leaves, modes) -> list[dict]:
+def _timed_rows(moved: dict, implementations_of, case: str, inputs: tuple, leaves, modes,
+                estimate: bool = False) -> list[dict]:
     """Rows of each op of `moved` (op -> multiples of one input's bytes moved forward, forward+backward) on
     `inputs`, the first of them the (M, N) unit: per op, direction and mode, ours, PyTorch's
     (implementations_of(op)[mode, impl], called on the inputs) and the copy ceiling, each with the bytes the
-    accounting counts (`gb`) and the effective GB/s."""
+    accounting counts (`gb`), the effective GB/s and, with `estimate`, ours with the roofline's estimate
+    (`est_ms`; None on the other rows)."""
+    from benchmarks.roofline import memory_call_ms
+
     x = inputs[0]
     device = x.device
     unit = x.numel() * x.element_size()  # bytes in one (M, N) tensor, gaps of a strided x not counted
@@ -167,15 +173,17 @@ def _timed_rows(moved: dict, implementations_of, case: str, inputs: tuple, leave
     rows = []
     for op, moves_of_op in moved.items():
         implementations = implementations_of(op)
-        for direction, moves in zip(("fwd", "fwd+bwd"), moves_of_op):
+        for kernels, (direction, moves) in enumerate(zip(("fwd", "fwd+bwd"), moves_of_op), start=1):
             bench, bytes_moved = f"{op} {direction}", moves * unit
+            est_ms = memory_call_ms(bytes_moved, kernels) if estimate else None
             for mode in modes:
                 for impl in ("ours", "torch"):
                     ms = _time_ms(implementations[mode, impl], direction, inputs, leaves)
                     rows.append(dict(bench=bench, case=case, mode=mode, impl=impl, ms=ms, gb=bytes_moved * 1e-9,
-                                     gbps=bytes_moved / ms * 1e-6))
+                                     gbps=bytes_moved / ms * 1e-6, est_ms=est_ms if impl == "ours" else None))
                 rows.append(dict(bench=bench, case=case, mode=mode, impl="copy ceiling",
-                                 ms=bytes_moved / copy_gbps * 1e-6, gb=bytes_moved * 1e-9, gbps=copy_gbps))
+                                 ms=bytes_moved / copy_gbps * 1e-6, gb=bytes_moved * 1e-9, gbps=copy_gbps,
+                                 est_ms=None))
     torch._dynamo.reset()  # the next case compiles afresh, for its static shapes
     return rows
 
@@ -220,10 +228,10 @@ def bench_mix_case(B: int, T: int, d: int, device: str = "cuda", *, dtype: torch
     case = f"({B}, {T}, {d}) {str(dtype).removeprefix('torch.')}"
     rows = _timed_rows({"mix_rms_norm": FUSED_BYTES_MOVED["mix_rms_norm"]},
                        lambda op: _fused_implementations(op, modes=modes), case, (x, r, x0, lambdas),
-                       [x, x0, lambdas], modes)
+                       [x, x0, lambdas], modes, estimate=True)
     return rows + _timed_rows({"mix_rms_norm_no_r": FUSED_BYTES_MOVED["mix_rms_norm_no_r"]},
                               lambda op: _fused_implementations(op, modes=modes), case, (x, x0, lambdas),
-                              [x, x0, lambdas], modes)
+                              [x, x0, lambdas], modes, estimate=True)
 
 
 def bench_rotary_case(B: int, T: int, H: int, D: int, device: str = "cuda", *, dtype: torch.dtype = DTYPE,
@@ -239,7 +247,8 @@ def bench_rotary_case(B: int, T: int, H: int, D: int, device: str = "cuda", *, d
     rotary = Rotary(D, T).to(device)
     case = f"qkv view ({B}, {T}, {H}, {D}) {str(dtype).removeprefix('torch.')}"
     return _timed_rows({"rms_norm_rotary": FUSED_BYTES_MOVED["rms_norm_rotary"]},
-                       lambda op: _fused_implementations(op, rotary.cos, rotary.sin, modes), case, (q,), [q], modes)
+                       lambda op: _fused_implementations(op, rotary.cos, rotary.sin, modes), case, (q,), [q], modes,
+                       estimate=True)
 
 
 def main() -> None:

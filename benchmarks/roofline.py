@@ -262,6 +262,12 @@ def fp8_head_items(N: int, d: int, V: int) -> list[Item]:
     ]
 
 
+def memory_call_ms(nbytes: float, kernels: int) -> float:
+    """The estimate (central rates) of one memory-bound call moving `nbytes` in `kernels` kernels, as the norm
+    items count it: what benchmarks/bench_norm times for the trainer's fused norms."""
+    return 1e3 * item_seconds(Item("norm", "call", bytes=nbytes, kernels=kernels))
+
+
 def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: int) -> list[Item]:
     """Every kernel group of one micro-step (forward and backward) of cfg's model; `tiles` from attention_tiles
     (averaged over windows: floats are fine)."""

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmarks.roofline import memory_call_ms
+
 from benchmarks.bench_norm import (BYTES_MOVED, CASES, FUSED_BYTES_MOVED, MIX_CASES, MODES, QKV_CASES, ROTARY_CASES,
                                    _fused_implementations, _implementations, bench_case, bench_mix_case,
                                    bench_qkv_case, bench_rotary_case)
@@ -18,7 +20,7 @@ MOVED = {**BYTES_MOVED, **FUSED_BYTES_MOVED}
 
 def _check_accounting(rows, unit):
     for row in rows:
-        assert set(row) == {"bench", "case", "mode", "impl", "ms", "gb", "gbps"}
+        assert set(row) == {"bench", "case", "mode", "impl", "ms", "gb", "gbps", "est_ms"}
         op, direction = row["bench"].split()
         moved = MOVED[op][direction == "fwd+bwd"] * unit
         assert math.isclose(row["gb"], moved * 1e-9)
@@ -33,6 +35,7 @@ def test_rows_of_every_op_direction_and_impl(device):
     assert [(r["bench"], r["mode"], r["impl"]) for r in rows] == [(b, "eager", i) for b in benches for i in IMPLS]
     assert {r["case"] for r in rows} == {"(8, 48) " + str(dtype).removeprefix("torch.")}
     _check_accounting(rows, m * n * dtype.itemsize)
+    assert all(r["est_ms"] is None for r in rows)  # the roofline estimates the trainer's fused norms only
     assert len({r["gbps"] for r in rows if r["impl"] == "copy ceiling"}) == 1  # one copy measurement
     # main's table: one row per bench, case and mode; ours and torch side by side
     table = pd.DataFrame(rows).pivot_table(index=["bench", "case", "mode"], columns="impl", values="gbps", sort=False)
@@ -70,6 +73,17 @@ def test_mix_rms_norm_rows_with_and_without_r(device):
     assert [r["gb"] for r in rows if r["impl"] == "ours"] == [m * B * T * d * dtype.itemsize * 1e-9
                                                                 for m in (5, 12, 4, 10)]
     _check_accounting(rows, B * T * d * dtype.itemsize)
+    _check_estimates(rows)
+
+
+def _check_estimates(rows):
+    # ours carry the roofline's estimate of the call: its bytes, one kernel forward and one backward
+    for row in rows:
+        if row["impl"] != "ours":
+            assert row["est_ms"] is None
+        else:
+            kernels = 1 if row["bench"].endswith(" fwd") else 2
+            assert row["est_ms"] == memory_call_ms(row["gb"] * 1e9, kernels) > 0
 
 
 def test_rms_norm_rotary_rows_count_the_view(device):
@@ -80,6 +94,7 @@ def test_rms_norm_rotary_rows_count_the_view(device):
                                                        for i in IMPLS]
     assert rows[0]["case"] == f"qkv view ({B}, {T}, {H}, {D}) " + str(dtype).removeprefix("torch.")
     _check_accounting(rows, B * T * H * D * dtype.itemsize)  # q's elements: a third of the projection's
+    _check_estimates(rows)
 
 
 def test_fused_rows_time_our_op_and_its_reference_on_the_same_inputs():

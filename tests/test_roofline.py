@@ -165,6 +165,13 @@ def test_one_attention_call():
     assert roofline.attention_call_ms(1, 4096, 1, 64, None, None, backward=True) > 2 * fwd
 
 
+def test_one_memory_bound_call():
+    # bench_norm's estimate of a fused norm: its bytes at the copy rate, or its kernels' least time
+    rates = {k: v[1] for k, v in H100_RATES.items()}
+    assert roofline.memory_call_ms(rates["copy"] * 1e-3, 2) == pytest.approx(1.0)
+    assert roofline.memory_call_ms(1.0, 3) == pytest.approx(1e3 * 3 * rates["kernel_s"])
+
+
 def test_an_item_takes_its_slowest_bound():
     rates = {k: v[1] for k, v in H100_RATES.items()}
     compute = roofline.Item("matmul", "x", flops=rates["matmul"] * 1e-3, bytes=rates["copy"] * 1e-4, rate="matmul")
