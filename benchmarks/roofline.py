@@ -398,9 +398,11 @@ def optimizer_items(cfg, gpus: int) -> list[Item]:
     items = [Item("optimizer", f"Adam (fused) on 1/{gpus} of {adam / 1e6:.0f}M parameters", bytes=28 * adam / gpus,
                   kernels=3, per_step=True)]
     if E == 2:  # ShardedAdam: the bf16 tables' gradients cast to fp32 (the reduce-scatter's input, or the step's on one
-        # GPU), whole; this rank's fp32 master slices cast back into the tables before the all-gather
-        items += [Item("optimizer", "Adam: bf16 gradients to fp32, fp32 masters to bf16 (the tables)",
-                       bytes=6 * tables + 6 * tables / gpus, kernels=2 * (1 + cfg.value_embeds), per_step=True)]
+        # GPU), whole; after the step, this rank's fp32 master slices cast back into the tables (the all-gather's input)
+        items += [Item("optimizer", "Adam: bf16 gradients to fp32 (the tables)", bytes=6 * tables,
+                       kernels=1 + cfg.value_embeds, per_step=True),
+                  Item("optimizer", f"Adam: fp32 masters to bf16 (1/{gpus} of the tables)", bytes=6 * tables / gpus,
+                       kernels=1 + cfg.value_embeds, per_step=True)]
     ns_flops = sum(math.ceil(n / gpus) * 5 * (4 * m * m * k + 2 * m ** 3) for m, k, n in groups)
     ns_bytes = sum(math.ceil(n / gpus) * 5 * 2 * (3 * m * k + 3 * m * m) for m, k, n in groups)
     items += [
@@ -439,7 +441,8 @@ OPTIMIZER_TIMELINE = [
     ("Muon: Newton-Schulz", "compute", None),
     ("Muon: all-gather", "nccl", "Muon: Newton-Schulz"),
     ("Adam (fused)", "compute", "Adam: reduce-scatter"),
-    ("Adam: all-gather", "nccl", "Adam (fused)"),
+    ("Adam: fp32 masters", "compute", None),  # bf16 tables: the step's masters cast back, the all-gather's input
+    ("Adam: all-gather", "nccl", "Adam: fp32 masters"),
     ("Muon: updates applied", "compute", "Muon: all-gather"),
 ]
 

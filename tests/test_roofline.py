@@ -116,7 +116,8 @@ def test_bf16_embedding_tables_on_a_small_model():
     # the optimizer on 2 GPUs: the two tables' bf16 gradients cast to fp32 whole, this rank's half of the masters
     # cast back; the all-gather moves the tables in bf16 and the head (fp32 whatever the tables) in fp32
     opt = roofline.optimizer_items(cfg, gpus=2)
-    assert _item(opt, "Adam: bf16 gradients").bytes == (2 + 4) * 2 * table + (4 + 2) * 2 * table / 2
+    assert _item(opt, "Adam: bf16 gradients").bytes == (2 + 4) * 2 * table
+    assert _item(opt, "Adam: fp32 masters").bytes == (4 + 2) * 2 * table / 2
     assert _item(opt, "Adam: all-gather").bytes == 0.5 * (2 * 2 * table + 4 * table)
     assert _item(opt, "Adam: reduce-scatter").bytes == 0.5 * 4 * 3 * table  # fp32 gradients, head included
     assert not [i for i in roofline.optimizer_items(roofline.track_config("cpu-tiny", **TINY), gpus=2)
@@ -233,6 +234,17 @@ def test_adams_reduce_scatter_waits_for_its_fp32_input():
           "Adam: bf16 gradients to fp32": 3, "Muon: momentum": 1, "Muon: Newton-Schulz": 2, "Muon: all-gather": 1,
           "Adam (fused) on 1/8": 1, "Adam: all-gather": 5, "Muon: updates applied": 1}
     assert roofline.optimizer_timeline(ms) == 15
+
+
+def test_adams_all_gather_waits_for_the_masters_cast_back():
+    """bf16 tables: the timeline of test_adams_reduce_scatter_waits_for_its_fp32_input with the masters' cast back:
+    Adam steps 9-10, casts its masters into the tables 10-12 (Muon's apply waits behind it, 12-13), all-gathers
+    them 12-17, not 10-15: the step ends at 17."""
+    ms = {"Muon: gradients stacked": 1, "Muon: reduce-scatter fp32": 2, "Adam: reduce-scatter fp32": 5,
+          "Adam: bf16 gradients to fp32": 3, "Muon: momentum": 1, "Muon: Newton-Schulz": 2, "Muon: all-gather": 1,
+          "Adam (fused) on 1/8": 1, "Adam: fp32 masters to bf16": 2, "Adam: all-gather": 5,
+          "Muon: updates applied": 1}
+    assert roofline.optimizer_timeline(ms) == 17
 
 
 def test_cli_ends_with_the_estimate_line(capsys):
