@@ -2,6 +2,10 @@
 
     python -m benchmarks.roofline [--track T] [--kernels triton|torch] [--gpus N] [--assume A,B,...]
                                   [--attention-backward atomic|two_pass] [--doc-mean 1000] [--window W]
+                                  [--<trainer field>=<value> ...]
+
+Any other `--key=value` is a train_gpt.py Config override on top of the track's preset (`--fp8_head=false`,
+`--embed_bf16=false`, `--num_layers=8`, ...), checked as the trainer checks it.
 
 Every component of the step is a list of kernels, each with its FLOPs and the bytes it moves to and from
 device memory; its time is the largest of FLOPs / the matmul or attention rate, bytes / the copy rate and
@@ -13,6 +17,12 @@ Accounting (per micro-step of N = batch_size x seq_len tokens; d = model_dim, a 
 mlp_ratio x d, V = vocab_size, L = layers):
 - matmuls: each linear (N, K) @ (K, M) is 2NKM FLOPs forward and 4NKM backward (dX and dW), bf16
   operands read once and the output written once.
+- the FP8 head (cfg.fp8_head, the fineweb-124m default: `kernels.fp8.fp8_mm`, `fp8_head_items`): its three
+  matmuls at the FP8 rate (`matmul_fp8`) with 1-byte operands, and every cast and copy its eager body makes,
+  each by its bytes: x and w scaled, then cast to e4m3, the logits' gradient scaled, then cast to e5m2 (two
+  kernels each), the backward's transposed copies of W8, X8 and G8, dX written in bf16, dW in fp32 with
+  transposed strides and copied into the weight's layout by AccumulateGrad. Without it (`--fp8_head=false`,
+  the small tracks) the head is a bf16 matmul and its weight an autocast cast.
 - attention: the (query block, key block) tiles each kernel visits at its own tile sizes
   (`kernels.attention.query_block_ranges` / `key_block_ranges`, the kernels' own loop bounds), masked pairs
   inside partial tiles counted as work; 2 x 2 x BM x BN x D FLOPs per forward tile, 4 and 3 matmuls per tile
@@ -32,17 +42,24 @@ mlp_ratio x d, V = vocab_size, L = layers):
   bytes (reads the upstream gradient and the saved inputs, writes the input gradients). Our norms are
   custom ops (opaque): each reads and writes the residual stream's dtype (bf16: the trainer casts the
   embedding rows to autocast's dtype, so no cast stands before a matmul); F.rms_norm (--kernels=torch) is
-  decomposed and fused into its neighbours. The embedding tables stay fp32 (4 B a gathered element). Our
+  decomposed and fused into its neighbours. Our
   norm ops carry the adds and mixes around them, each counted by the tensors it reads and writes forward and
   backward: a block's entry (previous MLP output added, λ-mix, RMSNorm: `kernels.norm.mix_rms_norm`), the
   residual add after attention with the MLP's norm and the final add with the final norm (`add_rms_norm`),
   QK-norm with rotary (`rms_norm_rotary`).
 - loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
   the bf16 gradient written once backward (recomputed, not saved).
-- weights: autocast's fp32 -> bf16 cast of every matrix each micro-step and the cast of its gradient back,
-  and gradient accumulation (grad += new, fp32) on all but the first micro-step of a step.
+- embedding tables (`table_bytes`): bf16 with cfg.embed_bf16 (the fineweb-124m default), else fp32. The token
+  gather reads a table row per token and writes it in the stream's dtype (an fp32 table's cast fused); each
+  layer with a value embedding gathers its table's rows inside the v mix. Backward, per table, Inductor's
+  embedding_dense_backward: an fp32 (V, d) buffer zeroed, the gradient rows scatter-added into it (8 B an
+  element: each fp32 row read and written, an upper bound where rows repeat), cast to bf16 for a bf16 table.
+- weights: autocast's fp32 -> bf16 cast of every matrix each micro-step and the cast of its gradient back (not
+  the FP8 head's weight: the op casts it itself), and gradient accumulation (grad += new, in the gradient's
+  dtype: the tables' bf16 or fp32, fp32 for the rest) on all but the first micro-step of a step.
 - optimizer (per step, optim.py): fused Adam 28 B per parameter (p, g, m, v read; p, m, v written) on 1/N of
-  the embeddings and head (its state and step sharded; the scalars are negligible); Muon's momentum on this
+  the embeddings and head (its state and step sharded; the scalars are negligible), and for bf16 tables the
+  cast of their gradients to fp32 (whole) and of this rank's fp32 master slices back to bf16; Muon's momentum on this
   rank's share, 5 quintic Newton-Schulz steps of 4 m^2 k + 2 m^3 FLOPs per (m, k) matrix (m <= k) on its share,
   the update applied to every matrix.
 - communication (per step, N > 1 GPUs): Muon's and Adam's gradients reduce-scattered in fp32, Muon's updates
@@ -76,8 +93,8 @@ from kernels import attention
 
 # The changes issue 21 plans in the trainer and the optimizer, as assumptions of the model.
 OPTIONS = {
-    "bf16_weights": "item 1: embedding tables and matrices stored in bf16 (no autocast casts of the weights, bf16 "
-                    "gathers and parameter all-gather)",
+    "bf16_weights": "item 1: the matrices (the blocks' and a bf16 head's) stored in bf16: no autocast casts of them "
+                    "(the rest of their traffic counted as for the fp32 matrices the code has)",
     "tma": "item 3: TMA loads and QK^T overlapped with the softmax in the attention kernels (the *_tma rates)",
 }
 # kernels.attention.doc_bounds, once per micro-step (the trainer's mask step): arange, searchsorted, sub, clamp,
@@ -110,13 +127,12 @@ def item_seconds(item: Item, scenario: int = 1) -> float:
 # ---------------------------------------------------------------------------------------------- the track
 
 
-def track_config(track: str, **overrides):
-    """The trainer's Config for a track (its preset, then `overrides`), as train_gpt.parse_config builds it."""
-    from train_gpt import Config
+def track_config(track: str, *argv: str, **overrides):
+    """The trainer's Config for a track (its preset, then the `--key=value` arguments `argv`, then `overrides`), as
+    train_gpt.parse_config builds it; a ValueError (one line) for an unknown track or a bad override."""
+    from train_gpt import parse_config  # its ConfigError is a ValueError
 
-    if track not in TRACKS:
-        raise ValueError(f"unknown track {track!r} (tracks: {', '.join(TRACKS)})")
-    return Config(track=track, **{**TRACKS[track], **overrides})
+    return dataclasses.replace(parse_config([f"--track={track}", *argv]), **overrides)
 
 
 def schedule_windows(cfg) -> Counter:
@@ -210,6 +226,48 @@ def attention_call_ms(B: int, T: int, H: int, D: int, window: int | None, cu_seq
     return 1e3 * sum(item_seconds(i) for i in (items if backward else items[:1]))
 
 
+def table_bytes(cfg) -> int:
+    """Bytes per element of the stored embedding tables: bf16 with cfg.embed_bf16 (train_gpt.GPT; Adam steps fp32
+    masters of them, optim.ShardedAdam), else fp32."""
+    return 2 if cfg.embed_bf16 else 4
+
+
+def fp8_head_items(N: int, d: int, V: int) -> list[Item]:
+    """The FP8 head (cfg.fp8_head: kernels.fp8.fp8_mm on x (N, d) bf16 and the fp32 weight w (V, d)), forward and
+    backward, as its body runs: a custom op, so Inductor calls it as it is and fuses nothing into it.
+    - three torch._scaled_mm at the FP8 rate, 2 N d V FLOPs each, operands 1 B an element: Y = X8 W8^T (bf16 out),
+      dX = G8 W8 (bf16 out), dW = X8^T G8 (fp32 out);
+    - each scale-and-cast is two eager kernels, the product in the input's dtype, then the cast: x (bf16, 2 + 2 then
+      2 + 1 B an element) and w (fp32, 4 + 4 then 4 + 1) to e4m3, dY (bf16) to e5m2;
+    - the backward's `.t().contiguous()` copies of W8, X8 and G8 (1 B read, 1 written);
+    - the six `_inverse` scales, one fill kernel each;
+    - dW comes out with transposed strides (1, V), so autograd's AccumulateGrad copies it into the weight's layout
+      (fp32, 4 B read, 4 written)."""
+    x, w, g = N * d, V * d, N * V  # elements of x, of w and of the logits' gradient
+    flops = 2 * N * d * V
+    return [
+        Item("matmul", "head, FP8: Y = X8 W8^T (e4m3 in, bf16 out, fast accumulation)", flops=flops,
+             bytes=x + w + 2 * g, rate="matmul_fp8"),
+        Item("matmul", "head, FP8: dX = G8 W8 (e5m2 x e4m3, bf16 out)", flops=flops, bytes=g + w + 2 * x,
+             rate="matmul_fp8"),
+        Item("matmul", "head, FP8: dW = X8^T G8 (e4m3 x e5m2, fp32 out)", flops=flops, bytes=x + g + 4 * w,
+             rate="matmul_fp8"),
+        Item("head", "FP8: x x_s (bf16), then cast to e4m3", bytes=(2 + 2 + 2 + 1) * x, kernels=2),
+        Item("head", "FP8: w w_s (fp32), then cast to e4m3", bytes=(4 + 4 + 4 + 1) * w, kernels=2),
+        Item("head", "FP8: dY grad_s (bf16), then cast to e5m2", bytes=(2 + 2 + 2 + 1) * g, kernels=2),
+        Item("head", "FP8: transposed copies of W8, X8 and G8 for the backward's matmuls", bytes=2 * (w + x + g),
+             kernels=3),
+        Item("head", "FP8: the matmuls' inverse scales (fp32 scalars, torch.full)", bytes=6 * 4, kernels=6),
+        Item("head", "FP8: dW copied into the weight's layout (AccumulateGrad)", bytes=(4 + 4) * w),
+    ]
+
+
+def memory_call_ms(nbytes: float, kernels: int) -> float:
+    """The estimate (central rates) of one memory-bound call moving `nbytes` in `kernels` kernels, as the norm
+    items count it: what benchmarks/bench_norm times for the trainer's fused norms."""
+    return 1e3 * item_seconds(Item("norm", "call", bytes=nbytes, kernels=kernels))
+
+
 def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: int) -> list[Item]:
     """Every kernel group of one micro-step (forward and backward) of cfg's model; `tiles` from attention_tiles
     (averaged over windows: floats are fine)."""
@@ -217,7 +275,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     L, d, H, D, V = cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.head_dim, cfg.vocab_size
     a, f = H * D, cfg.mlp_ratio * cfg.model_dim
     R = 2  # bytes per element of the residual stream: bf16 (autocast's dtype, train_gpt.GPT.forward)
-    W = 2 if "bf16_weights" in options else 4  # bytes per element of the stored embedding tables
+    E = table_bytes(cfg)  # bytes per element of the stored embedding tables
     ve_layers = 2 * cfg.value_embeds
     A, plain_v = attention_layers(cfg)  # layers with attention (fineweb-124m: 11), those with v as it is
     skips = cfg.unet_skips
@@ -238,7 +296,10 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     matmul("attention out", a, d, A)
     matmul("mlp fc", d, f, L)
     matmul("mlp proj", f, d, L)
-    matmul("head", d, V, 1)
+    if cfg.fp8_head:
+        items += fp8_head_items(N, d, V)
+    else:
+        matmul("head", d, V, 1)
 
     tma = "_tma" if "tma" in options and kernels == "triton" else ""
     items += attention_items(tiles, cfg.batch_size, cfg.seq_len, H, D, calls=A, rate_suffix=tma)
@@ -255,7 +316,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
         elementwise("norm", "residual add + mix + RMSNorm, fused (bf16 out)", mix_in + R * d + 2 * d, L)
         elementwise("norm", "residual add + RMSNorm, fused (bf16 out)", (R + 2) * d + R * d + 2 * d, A)
         elementwise("norm", "final residual add + RMSNorm (bf16 out)", (R + 2) * d + 2 * d, 1)
-        elementwise("embedding", "token embedding gather + RMSNorm", W * d + R * d, 1)
+        elementwise("embedding", "token embedding gather + RMSNorm", E * d + R * d, 1)
         elementwise("elementwise", "U-net skip outputs kept", first_half_skip_store + R * d, skips, backward=1.0)
     else:  # our norm ops (train_gpt.Block and GPT.forward); per token: bytes forward, bytes backward
         def fused(name, fwd, bwd, count):
@@ -276,7 +337,9 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
         fused("final residual add (MLP out) + RMSNorm (add_rms_norm, the sum unused)", (R + 2) * d + (R + 2) * d,
               (R + 2) * d + R * d, 1)
         fused("rms_norm op (the embedding's)", 2 * R * d, 3 * R * d, 1)
-        elementwise("embedding", "token embedding gather, cast to the stream's dtype", W * d + R * d, 1)
+        # the table's rows read, written in the stream's dtype (an fp32 table's cast fused); its backward is the
+        # embedding gradient's scatter-add, below
+        elementwise("embedding", "token embedding gather, in the stream's dtype", E * d + R * d, 1, backward=0)
         # the blocks' dx0 summed by autograd: a chain of adds that Inductor inlines into one kernel (an estimate of
         # its fusion): each layer's dx0 read once, the sum written once
         items.append(Item("elementwise", f"x0's gradient summed over the {L} blocks", bytes=(L + 1) * R * d * N))
@@ -288,7 +351,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     else:  # kernels.norm.rms_norm_rotary on q, then on k: each read once and written once; backward: dy and x
         # read, dx written
         elementwise("norm", "QK-norm + rotary (rms_norm_rotary, q and k)", 2 * 2 * io, A, backward=1.5, kernels=2)
-    elementwise("elementwise", "value-embedding gather + v mix", io + W * d + io, ve_layers)
+    elementwise("elementwise", "value-embedding gather + v mix", io + E * d + io, ve_layers)
     elementwise("elementwise", "v scaled by its λ (v_lambda)", 2 * io, plain_v if cfg.v_lambda else 0)
     elementwise("elementwise", "ReLU^2", 2 * 2 * f, L)
 
@@ -296,25 +359,33 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     items.append(Item("loss", "soft-cap + cross-entropy on bf16 logits (fwd read; bwd read + write)",
                       bytes=3 * 2 * V * N, kernels=2))
 
-    # weights: the matrices' autocast casts and the gradient accumulation over micro-steps
-    matrices = A * (3 * a * d + a * d) + L * 2 * d * f + d * V
-    embeddings = (1 + cfg.value_embeds) * V * d
+    # weights: the matrices' autocast casts and the gradient accumulation over micro-steps. The FP8 head's weight
+    # is no autocast cast: the op takes it in fp32 and scales and casts it itself (fp8_head_items)
+    blocks = A * (3 * a * d + a * d) + L * 2 * d * f
+    matrices = blocks + (0 if cfg.fp8_head else d * V)  # the matrices autocast casts
+    tables = 1 + cfg.value_embeds
+    embeddings = tables * V * d
     scalars = L * 2 + ve_layers * 2 + skips
-    if W == 4:
+    if "bf16_weights" not in options:
         items.append(Item("weights", "autocast casts: fp32 -> bf16 forward, gradients bf16 -> fp32",
-                          bytes=12 * matrices, kernels=2 * (4 * L + 1)))
-    items.append(Item("embedding", "embedding gradients: dense (V, d) fp32 zero + scatter-add per table",
-                      bytes=embeddings * (4 + 4) + (1 + cfg.value_embeds) * N * d * 8,
-                      kernels=2 * (1 + cfg.value_embeds)))
+                          bytes=12 * matrices, kernels=2 * (2 * A + 2 * L + (not cfg.fp8_head))))
+    # Inductor's embedding_dense_backward (torch/_decomp): an fp32 (V, d) buffer zeroed, the (N, d) gradient rows
+    # (the stream's dtype) scatter-added into it (each fp32 row read and written: 8 B an element, an upper bound:
+    # a repeated token's row hits L2), and a bf16 table's gradient cast from the buffer (4 B read, 2 B written)
+    cast = 6 * embeddings if E == 2 else 0
+    items.append(Item("embedding", f"embedding gradients: dense (V, d) fp32 zero + scatter-add"
+                                   f"{' + cast to bf16' if E == 2 else ''}, x{tables} tables",
+                      bytes=4 * embeddings + tables * N * d * (R + 8) + cast, kernels=(2 + (E == 2)) * tables))
     accumulate = (cfg.grad_accum - 1) / cfg.grad_accum
-    if accumulate:
+    if accumulate:  # grad += new in each gradient's dtype: the tables' E bytes, fp32 for the rest
         items.append(Item("weights", f"gradient accumulation (grad += new) on {cfg.grad_accum - 1} of "
-                                     f"{cfg.grad_accum} micro-steps", bytes=12 * (matrices + embeddings + scalars)
-                                                                      * accumulate, kernels=4 * L + 10))
+                                     f"{cfg.grad_accum} micro-steps",
+                          bytes=(12 * (blocks + d * V + scalars) + 3 * E * embeddings) * accumulate,
+                          kernels=4 * L + 10))
     return items
 
 
-def optimizer_items(cfg, options: set[str], gpus: int) -> list[Item]:
+def optimizer_items(cfg, gpus: int) -> list[Item]:
     """The optimizer step and its communication, once per step, on one of `gpus` ranks (optim.py): Adam's state and
     step sharded, 1/gpus of the embeddings and head on each rank; Muon's Newton-Schulz on 1/gpus of the matrices."""
     L, d, H, D, V = cfg.num_layers, cfg.model_dim, cfg.num_heads, cfg.head_dim, cfg.vocab_size
@@ -323,12 +394,15 @@ def optimizer_items(cfg, options: set[str], gpus: int) -> list[Item]:
     A = attention_layers(cfg)[0]
     groups = [(min(a, d), max(a, d), 4 * A), (min(d, f), max(d, f), 2 * L)]  # (m, k, matrices) per Muon shape group
     muon = sum(m * k * n for m, k, n in groups)
-    param_bytes = 2 if "bf16_weights" in options else 4
+    E, tables = table_bytes(cfg), (1 + cfg.value_embeds) * V * d  # the head is fp32 whatever the tables are
     items = [Item("optimizer", f"Adam (fused) on 1/{gpus} of {adam / 1e6:.0f}M parameters", bytes=28 * adam / gpus,
                   kernels=3, per_step=True)]
-    if param_bytes == 2:  # bf16 gradients cast to fp32 for Adam (the reduce-scatter's input); the masters cast back
-        items += [Item("optimizer", "Adam: bf16 gradients to fp32, fp32 masters to bf16",
-                       bytes=6 * adam + 6 * adam / gpus, kernels=2 * (1 + cfg.value_embeds) + 2, per_step=True)]
+    if E == 2:  # ShardedAdam: the bf16 tables' gradients cast to fp32 (the reduce-scatter's input, or the step's on one
+        # GPU), whole; after the step, this rank's fp32 master slices cast back into the tables (the all-gather's input)
+        items += [Item("optimizer", "Adam: bf16 gradients to fp32 (the tables)", bytes=6 * tables,
+                       kernels=1 + cfg.value_embeds, per_step=True),
+                  Item("optimizer", f"Adam: fp32 masters to bf16 (1/{gpus} of the tables)", bytes=6 * tables / gpus,
+                       kernels=1 + cfg.value_embeds, per_step=True)]
     ns_flops = sum(math.ceil(n / gpus) * 5 * (4 * m * m * k + 2 * m ** 3) for m, k, n in groups)
     ns_bytes = sum(math.ceil(n / gpus) * 5 * 2 * (3 * m * k + 3 * m * m) for m, k, n in groups)
     items += [
@@ -339,16 +413,17 @@ def optimizer_items(cfg, options: set[str], gpus: int) -> list[Item]:
         Item("optimizer", "Muon: updates applied (bf16 -> fp32, p += u)", bytes=18 * muon, kernels=4, per_step=True),
     ]
     if gpus > 1:
-        share, tables = (gpus - 1) / gpus, 2 + cfg.value_embeds  # reduce-scatter / all-gather: bytes x (N - 1) / N
+        share, buckets = (gpus - 1) / gpus, 2 + cfg.value_embeds  # reduce-scatter / all-gather: bytes x (N - 1) / N
         items += [
             Item("communication", "Muon: reduce-scatter fp32 gradients", bytes=share * 4 * muon, kernels=len(groups),
                  per_step=True, bandwidth="nccl_busbw"),
-            Item("communication", "Adam: reduce-scatter fp32 gradients", bytes=share * 4 * adam, kernels=tables,
+            Item("communication", "Adam: reduce-scatter fp32 gradients", bytes=share * 4 * adam, kernels=buckets,
                  per_step=True, bandwidth="nccl_busbw"),
             Item("communication", "Muon: all-gather bf16 updates", bytes=share * 2 * muon, kernels=len(groups),
                  per_step=True, bandwidth="nccl_busbw"),
-            Item("communication", f"Adam: all-gather parameters ({'bf16' if param_bytes == 2 else 'fp32'})",
-                 bytes=share * param_bytes * adam, kernels=tables, per_step=True, bandwidth="nccl_busbw"),
+            Item("communication", f"Adam: all-gather parameters ({'bf16' if E == 2 else 'fp32'} tables, fp32 head)",
+                 bytes=share * (E * tables + 4 * d * V), kernels=buckets, per_step=True,
+                 bandwidth="nccl_busbw"),
         ]
     return items
 
@@ -366,7 +441,8 @@ OPTIMIZER_TIMELINE = [
     ("Muon: Newton-Schulz", "compute", None),
     ("Muon: all-gather", "nccl", "Muon: Newton-Schulz"),
     ("Adam (fused)", "compute", "Adam: reduce-scatter"),
-    ("Adam: all-gather", "nccl", "Adam (fused)"),
+    ("Adam: fp32 masters", "compute", None),  # bf16 tables: the step's masters cast back, the all-gather's input
+    ("Adam: all-gather", "nccl", "Adam: fp32 masters"),
     ("Muon: updates applied", "compute", "Muon: all-gather"),
 ]
 
@@ -429,7 +505,7 @@ def estimate(cfg, kernels: str = "triton", gpus: int = 8, options=(), backward: 
     cfg = dataclasses.replace(cfg, grad_accum=accum)
     options = set(options)
     tiles = averaged_tiles(cfg, kernels, backward if kernels == "triton" else "two_pass", doc_mean, windows)
-    items = micro_step_items(cfg, kernels, options, tiles, gpus) + optimizer_items(cfg, options, gpus)
+    items = micro_step_items(cfg, kernels, options, tiles, gpus) + optimizer_items(cfg, gpus)
     rows = [dict(component=i.component, name=i.name, gflop=i.flops / 1e9, gb=i.bytes / 1e9,
                  ms=1e3 * item_seconds(i, 1), ms_slow=1e3 * item_seconds(i, 0), ms_fast=1e3 * item_seconds(i, 2),
                  per_step=i.per_step, communication=i.bandwidth == "nccl_busbw") for i in items]
@@ -469,7 +545,8 @@ def report(e: Estimate) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.roofline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.roofline", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     parser.add_argument("--track", default="fineweb-124m", help=f"one of {', '.join(TRACKS)}")
     parser.add_argument("--kernels", default="triton", choices=("triton", "torch"))
     parser.add_argument("--gpus", type=int, default=8,
@@ -480,14 +557,14 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"the attention backward (default: the kernel file's, {attention.DEFAULT_BACKWARD})")
     parser.add_argument("--doc-mean", type=float, default=1000.0, help="mean document length in tokens (geometric)")
     parser.add_argument("--window", type=int, help="one window for every step instead of the schedule")
-    args = parser.parse_args(argv)
+    args, config_argv = parser.parse_known_args(argv)
     if args.gpus < 1:
         parser.error(f"--gpus={args.gpus}: need at least 1")
     if args.doc_mean < 1:
         parser.error(f"--doc-mean={args.doc_mean}: need at least 1 token")
     options = [o for o in args.assume.split(",") if o]
     try:
-        e = estimate(track_config(args.track), args.kernels, args.gpus, options, args.attention_backward,
+        e = estimate(track_config(args.track, *config_argv), args.kernels, args.gpus, options, args.attention_backward,
                      args.doc_mean, Counter({args.window: 1}) if args.window else None)
     except ValueError as exc:
         parser.error(str(exc))

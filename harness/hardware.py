@@ -27,6 +27,11 @@ PEAK_BF16_FLOPS = {
 # What one H100 SXM is expected to sustain, as (low, central, high): estimates for benchmarks/roofline.py, not
 # measurements, until benchmarks/gpu_check.sh's env stage measures the matmul and copy ceilings on the card.
 #   matmul: dense bf16 GEMMs of the model's sizes through cuBLAS, ~65-80% of the 989 TFLOP/s peak.
+#   matmul_fp8: torch._scaled_mm (e4m3 / e5m2 operands, kernels/fp8.py) at the same fractions of the dense FP8
+#     peak, twice the bf16 one (H100 SXM datasheet: 1,979 TFLOP/s FP8 against 989 bf16, both without sparsity):
+#     650 / 989 = 0.657 -> 1,300, 700 / 989 = 0.708 -> 1,400, 780 / 989 = 0.789 -> 1,560. An estimate: no FP8
+#     matmul has run on our card; the backward's exact accumulation (use_fast_accum=False, periodic promotion
+#     to fp32) may run below the forward's fast one, which one rate does not tell apart.
 #   attention_fwd / _bwd: a FlashAttention-2-class kernel (Triton, pointer loads, no TMA or warp specialisation):
 #     the FA3 paper (Shah et al. 2024, fig. 5-6) gives FA2 on an H100 at ~300-370 TFLOP/s forward and ~250-330
 #     backward at head dim 128; counted over the tiles a kernel visits, masked pairs included.
@@ -37,6 +42,7 @@ PEAK_BF16_FLOPS = {
 #   kernel_s: the least time a kernel takes, launch and tail included.
 H100_RATES = {
     "matmul": (650e12, 700e12, 780e12),  # FLOP/s
+    "matmul_fp8": (1300e12, 1400e12, 1560e12),
     "attention_fwd": (300e12, 350e12, 400e12),
     "attention_bwd": (250e12, 290e12, 330e12),
     "attention_fwd_tma": (450e12, 520e12, 600e12),

@@ -1,6 +1,7 @@
 """benchmarks/roofline.py's accounting on a model small enough to count by hand: the tiles the attention kernels
 visit, the FLOPs and bytes of a matmul, of attention, of a norm and of the loss, the time rule, the CLI's last
 line and its one-line refusals."""
+import dataclasses
 import re
 from collections import Counter
 
@@ -72,14 +73,89 @@ def test_micro_step_accounting_on_a_small_model():
     assert _item(items, "x0's gradient summed").bytes == 2 * 2 * 64 * N
     assert _item(items, "soft-cap + cross-entropy").bytes == 3 * 2 * 128 * N  # bf16 logits: read; read + write
     # the bf16 residual stream: no activation cast before a matmul; the fp32 table's gathered rows (4 B each)
-    # are written in bf16 (2 B), forward, and twice that backward
+    # are written in bf16 (2 B), forward only: the backward is the embedding gradient's scatter-add
     assert not [i for i in items if i.name.startswith("cast to bf16")]
-    assert _item(items, "token embedding gather").bytes == (4 + 2) * 64 * 3 * N
+    assert _item(items, "token embedding gather").bytes == (4 + 2) * 64 * N
+    # the table's gradient: an fp32 (128, 64) buffer zeroed, the bf16 gradient rows (2 B) scatter-added into fp32
+    # rows (4 B read, 4 written), no cast (the table is fp32)
+    assert _item(items, "embedding gradients").bytes == 4 * 128 * 64 + (2 + 8) * 64 * N
     assert _item(items, "autocast casts").bytes == 12 * (64 * 192 + 64 * 64 + 2 * 64 * 256 + 64 * 128)
-    # bf16 weights: no autocast casts of the matrices, the gather reads 2 B an element
+    # bf16 weights: no autocast casts of the matrices; the tables are not theirs (cfg.embed_bf16 is)
     bf16 = roofline.micro_step_items(cfg, "triton", {"bf16_weights"}, tiles, gpus=1)
     assert not [i for i in bf16 if i.name.startswith("autocast casts")]
-    assert _item(bf16, "token embedding gather").bytes == (2 + 2) * 64 * 3 * N
+    assert _item(bf16, "token embedding gather").bytes == (4 + 2) * 64 * N
+
+
+def test_bf16_embedding_tables_on_a_small_model():
+    """cfg.embed_bf16 (fineweb-124m's default): the tables are stored in bf16, so the gathers read 2 B an element,
+    Inductor's embedding backward casts each table's fp32 gradient buffer to bf16, a gradient accumulates in bf16,
+    and ShardedAdam casts the tables' gradients to fp32 and its master slices back, and all-gathers them in bf16.
+    One token table and one value-embedding table (read by the one layer) of 128 x 64; 256 tokens."""
+    cfg = roofline.track_config("cpu-tiny", **{**TINY, "value_embeds": 1, "num_layers": 2}, embed_bf16=True)
+    tiles = {"fwd": (6, 128, 64, 2), "bwd": (6, 64, 128, 5)}
+    items = roofline.micro_step_items(cfg, "triton", set(), tiles, gpus=1)
+    N, table = 256, 128 * 64
+    assert _item(items, "token embedding gather").bytes == (2 + 2) * 64 * N  # bf16 row in, bf16 row out
+    # v (128 B a token) and the bf16 table row (2 x 64 B) in, v out; backward twice that; layers 0 and 1
+    assert _item(items, "value-embedding gather + v mix").bytes == 3 * (128 + 2 * 64 + 128) * N * 2
+    # per table: the fp32 buffer zeroed (4 B), the rows scatter-added (2 + 8 B a gradient element), the buffer
+    # cast to the bf16 gradient (4 B read, 2 written)
+    grads = _item(items, "embedding gradients")
+    assert grads.bytes == 2 * (4 * table + (2 + 8) * 64 * N + (4 + 2) * table) and grads.kernels == 2 * 3
+    fp32 = roofline.micro_step_items(roofline.track_config("cpu-tiny", **{**TINY, "value_embeds": 1, "num_layers": 2}),
+                                     "triton", set(), tiles, gpus=1)
+    assert _item(fp32, "token embedding gather").bytes == (4 + 2) * 64 * N
+    assert _item(fp32, "value-embedding gather + v mix").bytes == 3 * (128 + 4 * 64 + 128) * N * 2
+    assert _item(fp32, "embedding gradients").bytes == 2 * (4 * table + (2 + 8) * 64 * N)
+    # grad_accum 2: on one micro-step of two, grad += new in the gradient's dtype: the tables' bf16 (2 + 2 read,
+    # 2 written), fp32 for the matrices (the head included) and the 8 scalars (2 blocks' λ pairs, 2 layers' v λ pairs)
+    matrices = 2 * (64 * 192 + 64 * 64 + 2 * 64 * 256) + 64 * 128
+    accumulate = _item(roofline.micro_step_items(dataclasses.replace(cfg, grad_accum=2), "triton", set(), tiles,
+                                                 gpus=1), "gradient accumulation")
+    assert accumulate.bytes == (3 * 2 * 2 * table + 12 * (matrices + 2 * 2 + 2 * 2)) / 2
+    # the optimizer on 2 GPUs: the two tables' bf16 gradients cast to fp32 whole, this rank's half of the masters
+    # cast back; the all-gather moves the tables in bf16 and the head (fp32 whatever the tables) in fp32
+    opt = roofline.optimizer_items(cfg, gpus=2)
+    assert _item(opt, "Adam: bf16 gradients").bytes == (2 + 4) * 2 * table
+    assert _item(opt, "Adam: fp32 masters").bytes == (4 + 2) * 2 * table / 2
+    assert _item(opt, "Adam: all-gather").bytes == 0.5 * (2 * 2 * table + 4 * table)
+    assert _item(opt, "Adam: reduce-scatter").bytes == 0.5 * 4 * 3 * table  # fp32 gradients, head included
+    assert not [i for i in roofline.optimizer_items(roofline.track_config("cpu-tiny", **TINY), gpus=2)
+                if i.name.startswith("Adam: bf16 gradients")]
+
+
+def test_fp8_head_on_a_small_model():
+    """cfg.fp8_head (fineweb-124m's default): kernels.fp8.fp8_mm's three matmuls at the FP8 rate with 1-byte
+    operands, and each cast and copy its body makes: x (256 x 64, bf16) and w (128 x 64, fp32) scaled in their
+    dtype, then cast to e4m3; dY (256 x 128, bf16) scaled, then cast to e5m2; W8, X8 and G8 copied transposed;
+    six fp32 scalars; dW (fp32, transposed strides) copied into the weight's layout. No autocast cast of the
+    head's weight, no bf16 head matmul."""
+    cfg = roofline.track_config("cpu-tiny", **TINY, fp8_head=True)
+    tiles = {"fwd": (6, 128, 64, 2), "bwd": (6, 64, 128, 5)}
+    items = roofline.micro_step_items(cfg, "triton", set(), tiles, gpus=1)
+    N, d, V = 256, 64, 128
+    x, w, g = N * d, V * d, N * V
+    assert not [i for i in items if i.name.startswith("head (")]
+    fwd, dx, dw = (_item(items, f"head, FP8: {name}") for name in ("Y =", "dX =", "dW ="))
+    assert {i.rate for i in (fwd, dx, dw)} == {"matmul_fp8"} and fwd.flops == dx.flops == dw.flops == 2 * N * d * V
+    assert fwd.bytes == x + w + 2 * g  # X8, W8 in; bf16 logits out
+    assert dx.bytes == g + w + 2 * x  # G8, W8 in; bf16 dX out
+    assert dw.bytes == x + g + 4 * w  # X8^T, G8^T in; fp32 dW out
+    assert _item(items, "FP8: x x_s").bytes == (2 + 2 + 2 + 1) * x
+    assert _item(items, "FP8: w w_s").bytes == (4 + 4 + 4 + 1) * w
+    assert _item(items, "FP8: dY grad_s").bytes == (2 + 2 + 2 + 1) * g
+    assert _item(items, "FP8: transposed copies").bytes == 2 * (w + x + g)
+    scales = _item(items, "FP8: the matmuls' inverse scales")
+    assert scales.bytes == 6 * 4 and scales.kernels == 6
+    assert _item(items, "FP8: dW copied").bytes == 8 * w
+    # the autocast casts: the blocks' matrices only (qkv, out, fc, proj), 2 kernels each
+    casts = _item(items, "autocast casts")
+    assert casts.bytes == 12 * (64 * 192 + 64 * 64 + 2 * 64 * 256) and casts.kernels == 2 * 4
+    # the FP8 rate: twice the bf16 one (the H100's dense FP8 peak is twice its bf16 peak)
+    assert H100_RATES["matmul_fp8"] == tuple(2 * r for r in H100_RATES["matmul"])
+    # without it, the bf16 head and its weight's autocast cast
+    bf16 = roofline.micro_step_items(roofline.track_config("cpu-tiny", **TINY), "triton", set(), tiles, gpus=1)
+    assert _item(bf16, "head (").flops == 6 * N * d * V and not [i for i in bf16 if i.component == "head"]
 
 
 def test_one_attention_call():
@@ -88,6 +164,13 @@ def test_one_attention_call():
     fwd = roofline.attention_call_ms(1, 4096, 1, 64, None, None, backward=False)
     assert fwd == pytest.approx(1e3 * flops / H100_RATES["attention_fwd"][1])  # compute-bound, above 4 us
     assert roofline.attention_call_ms(1, 4096, 1, 64, None, None, backward=True) > 2 * fwd
+
+
+def test_one_memory_bound_call():
+    # bench_norm's estimate of a fused norm: its bytes at the copy rate, or its kernels' least time
+    rates = {k: v[1] for k, v in H100_RATES.items()}
+    assert roofline.memory_call_ms(rates["copy"] * 1e-3, 2) == pytest.approx(1.0)
+    assert roofline.memory_call_ms(1.0, 3) == pytest.approx(1e3 * 3 * rates["kernel_s"])
 
 
 def test_an_item_takes_its_slowest_bound():
@@ -115,20 +198,18 @@ def test_step_is_accumulated_micro_steps_plus_optimizer_and_communication():
 
 def test_optimizer_and_communication_accounting_on_a_small_model():
     """optim.py on 2 GPUs: Adam's state and step on half of the embedding and head (2 x 128 x 64 = 16,384
-    parameters), each gradient reduce-scattered in fp32, Adam's parameters all-gathered in fp32 (bf16 with
-    bf16_weights), Muon's updates in bf16; each collective moves bytes x (N - 1) / N."""
+    parameters), each gradient reduce-scattered in fp32, Adam's parameters all-gathered in fp32 (fp32 tables: the
+    bf16 ones are test_bf16_embedding_tables_on_a_small_model's), Muon's updates in bf16; each collective moves
+    bytes x (N - 1) / N."""
     cfg = roofline.track_config("cpu-tiny", **TINY)
-    items = roofline.optimizer_items(cfg, set(), gpus=2)
+    items = roofline.optimizer_items(cfg, gpus=2)
     adam, muon = 2 * 128 * 64, 64 * 192 + 64 * 64 + 2 * 64 * 256  # qkv + out (4 of 64 x 64), fc + proj
     assert _item(items, "Adam (fused) on 1/2").bytes == 28 * adam / 2
     assert _item(items, "Adam: reduce-scatter").bytes == 0.5 * 4 * adam
     assert _item(items, "Adam: all-gather").bytes == 0.5 * 4 * adam
     assert _item(items, "Muon: reduce-scatter").bytes == 0.5 * 4 * muon
     assert _item(items, "Muon: all-gather").bytes == 0.5 * 2 * muon
-    bf16 = roofline.optimizer_items(cfg, {"bf16_weights"}, gpus=2)
-    assert _item(bf16, "Adam: all-gather").bytes == 0.5 * 2 * adam
-    assert _item(bf16, "Adam: bf16 gradients").bytes == 6 * adam + 6 * adam / 2
-    one = roofline.optimizer_items(cfg, set(), gpus=1)  # one GPU: Adam over everything, no collective
+    one = roofline.optimizer_items(cfg, gpus=1)  # one GPU: Adam over everything, no collective
     assert _item(one, "Adam (fused) on 1/1").bytes == 28 * adam
     assert not [i for i in one if i.component == "communication"]
 
@@ -155,15 +236,38 @@ def test_adams_reduce_scatter_waits_for_its_fp32_input():
     assert roofline.optimizer_timeline(ms) == 15
 
 
+def test_adams_all_gather_waits_for_the_masters_cast_back():
+    """bf16 tables: the timeline of test_adams_reduce_scatter_waits_for_its_fp32_input with the masters' cast back:
+    Adam steps 9-10, casts its masters into the tables 10-12 (Muon's apply waits behind it, 12-13), all-gathers
+    them 12-17, not 10-15: the step ends at 17."""
+    ms = {"Muon: gradients stacked": 1, "Muon: reduce-scatter fp32": 2, "Adam: reduce-scatter fp32": 5,
+          "Adam: bf16 gradients to fp32": 3, "Muon: momentum": 1, "Muon: Newton-Schulz": 2, "Muon: all-gather": 1,
+          "Adam (fused) on 1/8": 1, "Adam: fp32 masters to bf16": 2, "Adam: all-gather": 5,
+          "Muon: updates applied": 1}
+    assert roofline.optimizer_timeline(ms) == 17
+
+
 def test_cli_ends_with_the_estimate_line(capsys):
     assert roofline.main(["--track", "cpu-tiny", "--gpus", "1"]) == 0
     last = capsys.readouterr().out.rstrip().splitlines()[-1]
     assert re.fullmatch(r"estimate: cpu-tiny micro-step \d+\.\d ms on H100 \(triton\)", last), last
 
 
+def test_cli_takes_the_trainers_overrides(capsys):
+    # the track's preset, then --key=value Config overrides: fineweb-124m's FP8 head and bf16 tables, or not
+    assert roofline.main(["--track", "cpu-tiny", "--gpus", "1", "--fp8_head=true", "--embed_bf16", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "head, FP8: Y = X8 W8^T" in out and "+ cast to bf16" in out
+    assert roofline.main(["--track", "cpu-tiny", "--gpus", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "head, FP8" not in out and "+ cast to bf16" not in out
+
+
 @pytest.mark.parametrize("argv, message", [(["--assume", "bf16_weights,warp_drive"], "unknown option(s) warp_drive"),
                                            (["--track", "nope"], "unknown track 'nope'"),
-                                           (["--gpus", "0"], "--gpus=0: need at least 1")])
+                                           (["--gpus", "0"], "--gpus=0: need at least 1"),
+                                           (["--fp8_head=maybe"], "--fp8_head=maybe: expected true/false"),
+                                           (["--fp8head=false"], "unknown option --fp8head")])
 def test_cli_refuses_bad_input_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         roofline.main(argv)
