@@ -56,10 +56,11 @@ def pyplot():
     return plt
 
 
-def save_png(fig, target) -> None:
-    """Write a figure as PNG to a path or file: fixed dpi and no software stamp, so the same figure gives the same
-    bytes."""
-    fig.savefig(target, format="png", dpi=DPI, metadata={"Software": None})
+def save_png(fig, path) -> None:
+    """Write a figure as PNG, whole or not at all (harness.files.atomic_file): fixed dpi and no software stamp, so
+    the same figure gives the same bytes."""
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
 
 
 def _mean_std(summary: dict, scale: float, spec: str) -> str:
@@ -234,8 +235,7 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
 def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) -> None:
     fig = draw(records_dir, by_track)
     try:
-        with atomic_file(path) as f:
-            save_png(fig, f)
+        save_png(fig, path)
     finally:
         pyplot().close(fig)
 
