@@ -227,6 +227,12 @@ def parse_step_line(line: str) -> dict | None:
     return parsed[0] if parsed else None
 
 
+def header_lines(text: str) -> list[str]:
+    """The lines before the first step line: a log's source code, versions, GPU table and config lines."""
+    lines = text.splitlines()
+    return lines[:next((i for i, line in enumerate(lines) if _STEP_LINE.match(line)), len(lines))]
+
+
 def step_lines(text: str, source: str) -> Iterator[tuple[int, dict, dict]]:
     """Each step line of a text, in order, as (line number, fields, printed): parse_step_line's fields and each
     field's number as printed (printed_tolerance reads its digits). Raises InvalidLog, one line naming source and
@@ -335,9 +341,7 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     log.code_hash = embedded_code_hash(log.code) if log.code is not None else None
     log.identity = log_identity(text)
     previous: dict | None = None
-    first_step_at = None  # the line the step lines begin at: the header before them states the vocabulary
     for lineno, fields, _ in step_lines(text, source):
-        first_step_at = first_step_at or lineno
         problem = impossible(fields, previous)
         if problem:
             raise InvalidLog(f"{source}:{lineno}: {problem}: not a valid log")
@@ -356,8 +360,7 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     if not log.val_steps:
         raise LogError(f"{source}: no validation line "
                        "(a line starting 'step:N/M' with 'val_loss:X' and 'train_time:Tms')")
-    head = "\n".join(text.splitlines()[:first_step_at - 1])
-    log.vocab_size = int(m.group(1)) if (m := _VOCAB.search(head)) else None
+    log.vocab_size = int(m.group(1)) if (m := _VOCAB.search("\n".join(header_lines(text)))) else None
     # at its planned last step, or our trainer's closing "result: ..." line (it may stop early, at the target)
     finished = log.final_step == log.total_steps or any(line.startswith("result: ") for line in text.splitlines())
     log.divergence = divergence(log.val_losses, log.train_losses, log.vocab_size, finished=finished)
