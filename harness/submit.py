@@ -24,6 +24,7 @@ from typing import Sequence
 from harness import stats
 from harness.cli import doc_parser, not_a_folder, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
+from harness.leaderboard import default_out, render
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
@@ -273,8 +274,22 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
     check_name(name, records_dir)  # a bad name is refused before anything is made; "taken" is checked again locked
     if not description.strip():
         raise Refused("the description is empty")
+    excluded = excluded or {}
     with runs_lock(records_dir):  # judged against the records as they are when it is written: one step
-        return _submit_locked(name, description, run_ids, records_dir, excluded or {})
+        check_name(name, records_dir)
+        try:
+            rows, logs = gather(run_ids, records_dir)
+            target, previous, previous_logs = check(list(run_ids), logs, records_dir)
+            check_every_run(logs, list(run_ids), excluded, records_dir)
+        except (RecordsError, LogError) as exc:
+            raise Refused(str(exc)) from None
+        except OSError as exc:  # a run's files that cannot be read
+            raise Refused(os_error_line(exc)) from None
+        folder = f"{record_date(rows, logs)}_{name}"
+        if (records_dir / folder).exists():
+            raise Refused(f"records/{folder} exists; records are never overwritten")
+        record = build_record(name, description, rows, logs, target, previous, previous_logs, folder, excluded)
+        return write_record(record, logs, list(rows[0].get("overrides") or []), records_dir)
 
 
 def record_date(rows: list[dict], logs: list[RunLog]) -> str:
@@ -283,24 +298,6 @@ def record_date(rows: list[dict], logs: list[RunLog]) -> str:
     days = [(log.started or row.get("timestamp") or "")[:10] for row, log in zip(rows, logs)]
     days = [d for d in days if re.fullmatch(r"\d{4}-\d\d-\d\d", d)]
     return max(days) if days else f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
-
-
-def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_dir: Path,
-                   excluded: dict[str, str]) -> Path:
-    check_name(name, records_dir)
-    try:
-        rows, logs = gather(run_ids, records_dir)
-        target, previous, previous_logs = check(list(run_ids), logs, records_dir)
-        check_every_run(logs, list(run_ids), excluded, records_dir)
-    except (RecordsError, LogError) as exc:
-        raise Refused(str(exc)) from None
-    except OSError as exc:  # a run's files that cannot be read
-        raise Refused(os_error_line(exc)) from None
-    folder = f"{record_date(rows, logs)}_{name}"
-    if (records_dir / folder).exists():
-        raise Refused(f"records/{folder} exists; records are never overwritten")
-    record = build_record(name, description, rows, logs, target, previous, previous_logs, folder, excluded)
-    return write_record(record, logs, list(rows[0].get("overrides") or []), records_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,8 +337,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  speedup over {s['previous']['name']}: {sp['ratio']:.4f}x "
               f"(95% CI {sp['ci95'][0]:.4f}..{sp['ci95'][1]:.4f})")
     if not args.no_leaderboard:
-        from harness.leaderboard import default_out, render
-
         try:
             print(f"leaderboard: {render(args.records, default_out(args.records))}")
         except OSError as exc:  # the record stands; the page can be re-rendered with harness.leaderboard
