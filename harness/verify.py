@@ -303,14 +303,13 @@ def verify(folder: str | Path) -> list[str]:
     compare_values(expected["runs"], record.get("runs"), f"{record_path}: runs", problems)
     compare_values(expected["stats"], stats_found, f"{record_path}: stats", problems)
     stats_md = folder / "statistics.md"
-    if not stats_md.exists():
+    rendered = render_statistics(record)  # record.json's figures, checked against the recomputed ones above
+    try:
+        compare_text(rendered, read_regular(stats_md).decode("utf-8"), str(stats_md), problems)
+    except FileNotFoundError:
         problems.append(f"{stats_md}: missing")
-    else:
-        rendered = render_statistics(record)  # record.json's figures, checked against the recomputed ones above
-        try:
-            compare_text(rendered, read_regular(stats_md).decode("utf-8"), str(stats_md), problems)
-        except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
-            problems.append(f"{stats_md}: cannot read ({exc.strerror if isinstance(exc, OSError) else exc})")
+    except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
+        problems.append(f"{stats_md}: cannot read ({exc.strerror if isinstance(exc, OSError) else exc})")
     return problems
 
 
