@@ -202,7 +202,7 @@ def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[s
         if run_id in run_ids:
             raise Refused(f"--exclude {run_id}: that run is in the set")
         if run_id not in known:
-            raise Refused(f"--exclude {run_id}: no run with that id in {records_dir / 'runs.jsonl'}")
+            raise Refused(f"--exclude {run_id}: no run with that id in {records_dir / RUNS_FILE}")
         if not reason.strip():
             raise Refused(f"--exclude {run_id}: the reason is empty")
     first, missing = logs[0], []

@@ -255,7 +255,7 @@ def verify(folder: str | Path) -> list[str]:
         return [f"{snapshot}: {exc}" if isinstance(exc, FileNotFoundError) and exc.filename is None
                 else os_error_line(exc)]
     if stated != recomputed:
-        problems.append(f"{snapshot / HASH_FILE}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
+        problems.append(f"{hash_file}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
     if record.get("code_hash") != recomputed:
         problems.append(f"{record_path}: code_hash: expected {recomputed}, found {record.get('code_hash')}")
 
@@ -276,7 +276,7 @@ def verify(folder: str | Path) -> list[str]:
             problems.append(os_error_line(exc) if isinstance(exc, OSError) else str(exc))
             continue
         if log.code_hash != recomputed:
-            problems.append(f"{run_dir / 'events.jsonl'}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
+            problems.append(f"{run_dir / EVENTS_FILE}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
         problems += check_against_log(log)
         logs.append(log)
     if not logs:
