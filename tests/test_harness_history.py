@@ -165,6 +165,8 @@ def test_a_write_cut_off_midway_leaves_the_old_file_whole(root, tmp_path, capsys
     import resource
     import signal
 
+    import matplotlib.font_manager  # noqa: F401  (a fresh machine writes its font cache here, before the limit)
+
     out = tmp_path / "out"
     out.mkdir()
     (out / "history.md").write_text("the old page\n")
