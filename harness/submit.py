@@ -97,8 +97,8 @@ def gather(run_ids: Sequence[str], records_dir: Path) -> tuple[list[dict], list[
     return rows, logs
 
 
-def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tuple[float, dict | None, list[RunLog]]:
-    """Apply the record rule; return (target, current record or None, its logs). Raises Refused."""
+def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tuple[list[dict], dict]:
+    """Apply the record rule; return the set's (per-run figures, statistics) (verify.statistics). Raises Refused."""
     if len(run_ids) < 2:
         raise Refused(f"a record needs at least 2 runs, got {len(run_ids)}")
     for i, run_id in enumerate(run_ids):
@@ -176,7 +176,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         except LogError as exc:
             raise Refused(f"the current {first.track} record's runs cannot be read ({exc}); "
                           "repair it before submitting") from None
-    _, s = statistics(logs, target, previous, previous_logs)
+    runs, s = statistics(logs, target, previous, previous_logs)
     losses = s["final_val_loss"]
     if not stats.loss_rule([log.final_val_loss for log in logs], target).passes:
         raise Refused(f"mean final val loss {losses['mean']:.4f} is not significantly below the target {target}: "
@@ -188,7 +188,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
             raise Refused(f"mean time {mean:.3f} s is not significantly faster than the current record "
                           f"records/{previous['folder']} ({prev_mean:.3f} s): one-sided Welch p = "
                           f"{prev['p_welch_faster']:.3g} (needs < {stats.ALPHA})")
-    return target, previous, previous_logs
+    return runs, s
 
 
 def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[str, str], records_dir: Path) -> None:
@@ -222,10 +222,8 @@ def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[s
                           "is" if len(missing) == 1 else "are", "it" if len(missing) == 1 else "them"))
 
 
-def build_record(name: str, description: str, rows: list[dict], logs: list[RunLog], target: float,
-                 previous: dict | None, previous_logs: list[RunLog], folder: str,
-                 excluded: dict[str, str] | None = None) -> dict:
-    runs, s = statistics(logs, target, previous, previous_logs)
+def build_record(name: str, description: str, rows: list[dict], logs: list[RunLog], runs: list[dict], s: dict,
+                 folder: str, excluded: dict[str, str] | None = None) -> dict:
     first = logs[0]
     return {
         "schema": RECORD_SCHEMA,
@@ -279,7 +277,7 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
         check_name(name, records_dir)
         try:
             rows, logs = gather(run_ids, records_dir)
-            target, previous, previous_logs = check(list(run_ids), logs, records_dir)
+            runs, s = check(list(run_ids), logs, records_dir)
             check_every_run(logs, list(run_ids), excluded, records_dir)
         except (RecordsError, LogError) as exc:
             raise Refused(str(exc)) from None
@@ -288,7 +286,7 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
         folder = f"{record_date(rows, logs)}_{name}"
         if (records_dir / folder).exists():
             raise Refused(f"records/{folder} exists; records are never overwritten")
-        record = build_record(name, description, rows, logs, target, previous, previous_logs, folder, excluded)
+        record = build_record(name, description, rows, logs, runs, s, folder, excluded)
         return write_record(record, logs, list(rows[0].get("overrides") or []), records_dir)
 
 
