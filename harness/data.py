@@ -286,12 +286,6 @@ def passages(text: str, min_chars: int = PASSAGE_CHARS) -> list[str]:
     return [passage for passage in out if passage.strip()]
 
 
-def encode_documents(enc, texts: Sequence[str]) -> np.ndarray:
-    """Each text as one document: <|endoftext|> then its tokens, concatenated."""
-    encoded = enc.encode_ordinary_batch(list(texts))
-    return np.concatenate([np.asarray([BOS_ID] + ids, dtype=np.uint16) for ids in encoded])
-
-
 def build_shakespeare(out_dir: str | os.PathLike = SHAKESPEARE_DIR, cache_dir: Path = CACHE_DIR) -> dict:
     """Build shakespeare_{train,val}_000000.bin in out_dir; a second call with nothing changed does no work."""
     out_dir = Path(out_dir)
@@ -320,7 +314,8 @@ def build_shakespeare(out_dir: str | os.PathLike = SHAKESPEARE_DIR, cache_dir: P
     shards, rng = {}, np.random.default_rng(CORPUS_SEED)
     for split, stems in (("train", train), ("val", val)):
         docs = [passage for stem in stems for passage in passages(texts[stem])]
-        tokens = encode_documents(enc, [docs[i] for i in rng.permutation(len(docs))])
+        encoded = enc.encode_ordinary_batch([docs[i] for i in rng.permutation(len(docs))])
+        tokens = np.concatenate([np.asarray([BOS_ID] + ids, dtype=np.uint16) for ids in encoded])  # <|endoftext|> first
         fname = f"shakespeare_{split}_000000.bin"
         write_shard(out_dir / fname, tokens)
         shards[split] = {"file": fname, "tokens": int(tokens.size), "documents": len(docs), "texts": stems}

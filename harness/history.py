@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from harness import stats
 from harness.cli import doc_parser
+from harness.files import write_atomic
 from harness.leaderboard import TIME_NOTE, markdown_table, pyplot, save_png
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, code_differences, describe_difference, load_run
 from harness.records import os_error_line
@@ -354,8 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plotted = render_plot(rows, args.out / PLOT_FILE)
         if not plotted:
             (args.out / PLOT_FILE).unlink(missing_ok=True)  # a plot of another tree's logs
-        page = args.out / PAGE_FILE
-        page.write_text(render_page(args.root, rows, problems, PLOT_FILE if plotted else None), encoding="utf-8")
+        text = render_page(args.root, rows, problems, PLOT_FILE if plotted else None)
+        page = write_atomic(args.out / PAGE_FILE, text.encode())
     except OSError as exc:
         print(f"error: history not written: {os_error_line(exc)}", file=sys.stderr)
         page, rc = None, 1

@@ -37,8 +37,8 @@ from typing import Sequence
 from harness.cli import doc_parser, finite_float, not_a_folder, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.hardware import peak_flops
-from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, log_identity,
-                          parse_step_line, parse_text)
+from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, header_lines,
+                          log_identity, parse_step_line, parse_text)
 from harness.records import RECORDS_DIR, append_run, load_records, name_problem, os_error_line, runs_lock
 from harness.runlog import TRAIN_LOG_FILE, EventLog, read_regular
 from harness.runrow import RUNS_DIR, new_run_id, run_row
@@ -96,13 +96,7 @@ class Parsed:
 
 def _header(text: str, code: str | None) -> list[str]:
     """The lines between the embedded code (if any) and the first step line."""
-    rest = text[text.find(code) + len(code):] if code is not None else text
-    lines = []
-    for line in rest.splitlines():
-        if parse_step_line(line) is not None:
-            break
-        lines.append(line.rstrip("\r"))
-    return lines
+    return header_lines(text[text.find(code) + len(code):] if code is not None else text)
 
 
 def read_facts(text: str, code: str | None) -> Facts:

@@ -56,10 +56,11 @@ def pyplot():
     return plt
 
 
-def save_png(fig, target) -> None:
-    """Write a figure as PNG to a path or file: fixed dpi and no software stamp, so the same figure gives the same
-    bytes."""
-    fig.savefig(target, format="png", dpi=DPI, metadata={"Software": None})
+def save_png(fig, path) -> None:
+    """Write a figure as PNG, whole or not at all (harness.files.atomic_file): fixed dpi and no software stamp, so
+    the same figure gives the same bytes."""
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
 
 
 def _mean_std(summary: dict, scale: float, spec: str) -> str:
@@ -153,14 +154,6 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
     return markdown_table(rows)
 
 
-def _curves(records_dir: Path, record: dict):
-    try:
-        return record_runs(records_dir / record["folder"])
-    except LogError as exc:
-        print(f"leaderboard: {exc}", file=sys.stderr)
-        return []
-
-
 LOG_SCALE_SPAN = 2.0  # a loss axis whose top is above this many times its bottom is drawn on a log scale
 
 
@@ -186,12 +179,6 @@ def loss_axis(ax, losses: list[float], target: float | None) -> None:
     ax.set_ylim(low - margin, high + margin)
 
 
-def time_points(records: list[dict]) -> list[stats.Summary]:
-    """Each record's run times (s) described: the mean with its 95% t-interval, from the record's runs."""
-    return [stats.describe([run["train_time_ms"] / 1000 for run in r["runs"] if run.get("train_time_ms") is not None])
-            for r in records]
-
-
 def draw(records_dir: Path, by_track: dict[str, list[dict]]):
     """The leaderboard's figure: per track, each record's mean time with its 95% interval in the order the records
     were set, and the val loss curves of the track's first and current records."""
@@ -200,7 +187,9 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
         fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)
         for (track, records), (ax_time, ax_loss) in zip(by_track.items(), axes):
             # Records in the order they were set, one tick each (several may share a date).
-            points = time_points(records)  # the mean of the runs' times is the record's mean time, as submit wrote it
+            # Each record's run times (s) described: their mean is the record's mean time, as submit wrote it.
+            points = [stats.describe([run["train_time_ms"] / 1000 for run in r["runs"]
+                                      if run.get("train_time_ms") is not None]) for r in records]
             times = [s.mean if s.n else r["stats"]["train_time_ms"]["mean"] / 1000 for r, s in zip(records, points)]
             lower = [t - s.ci_low if s.ci_low == s.ci_low else 0 for t, s in zip(times, points)]
             upper = [s.ci_high - t if s.ci_high == s.ci_high else 0 for t, s in zip(times, points)]
@@ -216,7 +205,12 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
             shown = [records[0]] if len(records) == 1 else [records[0], records[-1]]
             losses = []
             for record, color, label in zip(shown, ("tab:gray", "tab:red"), ("baseline", "current record")):
-                for i, log in enumerate(_curves(records_dir, record)):
+                try:
+                    logs = record_runs(records_dir / record["folder"])
+                except LogError as exc:
+                    print(f"leaderboard: {exc}", file=sys.stderr)
+                    logs = []
+                for i, log in enumerate(logs):
                     ax_loss.plot([t / 1000 for t in log.val_times_ms], log.val_losses, color=color, alpha=0.7, lw=1,
                                  label=f"{label}: {record['name']}" if i == 0 else None)
                     losses += log.val_losses
@@ -234,8 +228,7 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
 def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) -> None:
     fig = draw(records_dir, by_track)
     try:
-        with atomic_file(path) as f:
-            save_png(fig, f)
+        save_png(fig, path)
     finally:
         pyplot().close(fig)
 

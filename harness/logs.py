@@ -134,8 +134,7 @@ class RunLog:
 
     @property
     def stopped_early(self) -> bool:
-        """Whether the run ended before its planned step count without being cut off: stopped at the target
-        (--stop_at_target, or this kit's trainer before fixed-length runs became the default)."""
+        """Whether the run ended before its planned step count without being cut off: stopped at the target."""
         return (self.status == "ok" and self.total_steps is not None and self.final_step is not None
                 and self.final_step < self.total_steps)
 
@@ -225,6 +224,12 @@ def parse_step_line(line: str) -> dict | None:
     """
     parsed = _step_line(line)
     return parsed[0] if parsed else None
+
+
+def header_lines(text: str) -> list[str]:
+    """The lines before the first step line: a log's source code, versions, GPU table and config lines."""
+    lines = text.splitlines()
+    return lines[:next((i for i, line in enumerate(lines) if _STEP_LINE.match(line)), len(lines))]
 
 
 def step_lines(text: str, source: str) -> Iterator[tuple[int, dict, dict]]:
@@ -335,29 +340,25 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     log.code_hash = embedded_code_hash(log.code) if log.code is not None else None
     log.identity = log_identity(text)
     previous: dict | None = None
-    first_step_at = None  # the line the step lines begin at: the header before them states the vocabulary
     for lineno, fields, _ in step_lines(text, source):
-        first_step_at = first_step_at or lineno
         problem = impossible(fields, previous)
         if problem:
             raise InvalidLog(f"{source}:{lineno}: {problem}: not a valid log")
         previous = {**(previous or {}), **fields}
-        if "val_loss" in fields and "train_time_ms" in fields:
-            previous["val_time_ms"] = fields["train_time_ms"]
         log.last_step, log.total_steps = fields["step"], fields["total"]
         log.step_avg_ms = fields.get("step_avg_ms", log.step_avg_ms)
         log.tokens_per_s = fields.get("tokens_per_s", log.tokens_per_s)
         if "train_loss" in fields:
             log.train_losses.append(fields["train_loss"])
         if "val_loss" in fields and "train_time_ms" in fields:  # a torn last line may lack its time
+            previous["val_time_ms"] = fields["train_time_ms"]
             log.val_steps.append(fields["step"])
             log.val_losses.append(fields["val_loss"])
             log.val_times_ms.append(fields["train_time_ms"])
     if not log.val_steps:
         raise LogError(f"{source}: no validation line "
                        "(a line starting 'step:N/M' with 'val_loss:X' and 'train_time:Tms')")
-    head = "\n".join(text.splitlines()[:first_step_at - 1])
-    log.vocab_size = int(m.group(1)) if (m := _VOCAB.search(head)) else None
+    log.vocab_size = int(m.group(1)) if (m := _VOCAB.search("\n".join(header_lines(text)))) else None
     # at its planned last step, or our trainer's closing "result: ..." line (it may stop early, at the target)
     finished = log.final_step == log.total_steps or any(line.startswith("result: ") for line in text.splitlines())
     log.divergence = divergence(log.val_losses, log.train_losses, log.vocab_size, finished=finished)
@@ -368,15 +369,18 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     return log
 
 
-def parse_log_file(path: str | os.PathLike) -> RunLog:
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """A log file's text, undecodable bytes replaced. Raises LogError, one line naming the file."""
     try:
-        text = read_regular(path).decode("utf-8", errors="replace")
+        return read_regular(path).decode("utf-8", errors="replace")
     except FileNotFoundError:
         raise LogError(f"{path}: no such log file") from None
     except OSError as exc:
-        raise LogError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_text(text, source=str(path))
+        raise LogError(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def parse_log_file(path: str | os.PathLike) -> RunLog:
+    return parse_text(_read_text(Path(path)), source=str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -443,10 +447,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
             log.target = result["target_val_loss"]
     console = run_dir / TRAIN_LOG_FILE
     if console.exists():
-        try:
-            text = read_regular(console).decode("utf-8", errors="replace")
-        except OSError as exc:
-            raise LogError(f"{console}: cannot read ({exc.strerror or exc})") from None
+        text = _read_text(console)
         for _, fields, _ in step_lines(text, str(console)):
             log.total_steps = fields["total"]
         log.identity = log_identity(text)

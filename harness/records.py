@@ -164,10 +164,6 @@ def _append_line(obj: dict, records_dir: str | os.PathLike) -> Path:
     return path
 
 
-def _is_tombstone(row) -> bool:
-    return isinstance(row, dict) and isinstance(row.get("hides"), str) and "run_id" not in row
-
-
 def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[list[dict], list[str]]:
     """The rows of records/runs.jsonl, each a dict straight from its JSON line (plus "line"), and the problems.
 
@@ -181,7 +177,8 @@ def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[li
         return rows, problems
     try:
         for lineno, row in iter_json_lines(path, problems, limit=None):  # a runs log grows without bound
-            if _is_tombstone(row) and row.get("schema") == SCHEMA:
+            tombstone = isinstance(row, dict) and isinstance(row.get("hides"), str) and "run_id" not in row
+            if tombstone and row.get("schema") == SCHEMA:
                 tombstones[row["hides"]] = {"reason": row.get("reason"), "timestamp": row.get("timestamp"),
                                             "line": lineno}
             elif not isinstance(row, dict) or not isinstance(row.get("run_id"), str) or not row["run_id"]:

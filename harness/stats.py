@@ -32,6 +32,7 @@ import numpy as np
 from scipy import stats
 
 from harness.cli import doc_parser, finite_float, run_cli
+from harness.tracks import FINEWEB_TARGET
 
 CONFIDENCE = 0.95
 ALPHA = 0.01  # the record rule's significance, for the loss and for the time
@@ -112,8 +113,7 @@ class LossRule:
     runs_needed: int | None  # runs_needed_loss at this mean and std
 
     @property
-    def passes(self) -> bool | None:
-        """p < ALPHA; None when there is no test (fewer than 2 runs)."""
+    def passes(self) -> bool | None:  # None: no test
         return None if math.isnan(self.p) else bool(self.p < ALPHA)
 
     @property
@@ -515,7 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = doc_parser("stats", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     loss = sub.add_parser("loss", help="the loss rule on final val losses (numbers, or stdin)")
-    loss.add_argument("--target", type=finite_float, default=3.28, help="target val loss (default 3.28)")
+    loss.add_argument("--target", type=finite_float, default=FINEWEB_TARGET,
+                      help=f"target val loss (default {FINEWEB_TARGET})")
     loss.add_argument("values", nargs="*", metavar="LOSS")
     times = sub.add_parser("times", help="a candidate's times against a baseline's: speedup, difference, Welch")
     times.add_argument("--baseline", nargs="+", required=True, metavar="T")

@@ -24,6 +24,7 @@ from typing import Sequence
 from harness import stats
 from harness.cli import doc_parser, not_a_folder, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
+from harness.leaderboard import default_out, render
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
@@ -96,8 +97,8 @@ def gather(run_ids: Sequence[str], records_dir: Path) -> tuple[list[dict], list[
     return rows, logs
 
 
-def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tuple[float, dict | None, list[RunLog]]:
-    """Apply the record rule; return (target, current record or None, its logs). Raises Refused."""
+def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tuple[list[dict], dict]:
+    """Apply the record rule; return the set's (per-run figures, statistics) (verify.statistics). Raises Refused."""
     if len(run_ids) < 2:
         raise Refused(f"a record needs at least 2 runs, got {len(run_ids)}")
     for i, run_id in enumerate(run_ids):
@@ -175,7 +176,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         except LogError as exc:
             raise Refused(f"the current {first.track} record's runs cannot be read ({exc}); "
                           "repair it before submitting") from None
-    _, s = statistics(logs, target, previous, previous_logs)
+    runs, s = statistics(logs, target, previous, previous_logs)
     losses = s["final_val_loss"]
     if not stats.loss_rule([log.final_val_loss for log in logs], target).passes:
         raise Refused(f"mean final val loss {losses['mean']:.4f} is not significantly below the target {target}: "
@@ -187,7 +188,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
             raise Refused(f"mean time {mean:.3f} s is not significantly faster than the current record "
                           f"records/{previous['folder']} ({prev_mean:.3f} s): one-sided Welch p = "
                           f"{prev['p_welch_faster']:.3g} (needs < {stats.ALPHA})")
-    return target, previous, previous_logs
+    return runs, s
 
 
 def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[str, str], records_dir: Path) -> None:
@@ -201,7 +202,7 @@ def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[s
         if run_id in run_ids:
             raise Refused(f"--exclude {run_id}: that run is in the set")
         if run_id not in known:
-            raise Refused(f"--exclude {run_id}: no run with that id in {records_dir / 'runs.jsonl'}")
+            raise Refused(f"--exclude {run_id}: no run with that id in {records_dir / RUNS_FILE}")
         if not reason.strip():
             raise Refused(f"--exclude {run_id}: the reason is empty")
     first, missing = logs[0], []
@@ -221,10 +222,8 @@ def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[s
                           "is" if len(missing) == 1 else "are", "it" if len(missing) == 1 else "them"))
 
 
-def build_record(name: str, description: str, rows: list[dict], logs: list[RunLog], target: float,
-                 previous: dict | None, previous_logs: list[RunLog], folder: str,
-                 excluded: dict[str, str] | None = None) -> dict:
-    runs, s = statistics(logs, target, previous, previous_logs)
+def build_record(name: str, description: str, rows: list[dict], logs: list[RunLog], runs: list[dict], s: dict,
+                 folder: str, excluded: dict[str, str] | None = None) -> dict:
     first = logs[0]
     return {
         "schema": RECORD_SCHEMA,
@@ -273,8 +272,22 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
     check_name(name, records_dir)  # a bad name is refused before anything is made; "taken" is checked again locked
     if not description.strip():
         raise Refused("the description is empty")
+    excluded = excluded or {}
     with runs_lock(records_dir):  # judged against the records as they are when it is written: one step
-        return _submit_locked(name, description, run_ids, records_dir, excluded or {})
+        check_name(name, records_dir)
+        try:
+            rows, logs = gather(run_ids, records_dir)
+            runs, s = check(list(run_ids), logs, records_dir)
+            check_every_run(logs, list(run_ids), excluded, records_dir)
+        except (RecordsError, LogError) as exc:
+            raise Refused(str(exc)) from None
+        except OSError as exc:  # a run's files that cannot be read
+            raise Refused(os_error_line(exc)) from None
+        folder = f"{record_date(rows, logs)}_{name}"
+        if (records_dir / folder).exists():
+            raise Refused(f"records/{folder} exists; records are never overwritten")
+        record = build_record(name, description, rows, logs, runs, s, folder, excluded)
+        return write_record(record, logs, list(rows[0].get("overrides") or []), records_dir)
 
 
 def record_date(rows: list[dict], logs: list[RunLog]) -> str:
@@ -283,24 +296,6 @@ def record_date(rows: list[dict], logs: list[RunLog]) -> str:
     days = [(log.started or row.get("timestamp") or "")[:10] for row, log in zip(rows, logs)]
     days = [d for d in days if re.fullmatch(r"\d{4}-\d\d-\d\d", d)]
     return max(days) if days else f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
-
-
-def _submit_locked(name: str, description: str, run_ids: Sequence[str], records_dir: Path,
-                   excluded: dict[str, str]) -> Path:
-    check_name(name, records_dir)
-    try:
-        rows, logs = gather(run_ids, records_dir)
-        target, previous, previous_logs = check(list(run_ids), logs, records_dir)
-        check_every_run(logs, list(run_ids), excluded, records_dir)
-    except (RecordsError, LogError) as exc:
-        raise Refused(str(exc)) from None
-    except OSError as exc:  # a run's files that cannot be read
-        raise Refused(os_error_line(exc)) from None
-    folder = f"{record_date(rows, logs)}_{name}"
-    if (records_dir / folder).exists():
-        raise Refused(f"records/{folder} exists; records are never overwritten")
-    record = build_record(name, description, rows, logs, target, previous, previous_logs, folder, excluded)
-    return write_record(record, logs, list(rows[0].get("overrides") or []), records_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,8 +335,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  speedup over {s['previous']['name']}: {sp['ratio']:.4f}x "
               f"(95% CI {sp['ci95'][0]:.4f}..{sp['ci95'][1]:.4f})")
     if not args.no_leaderboard:
-        from harness.leaderboard import default_out, render
-
         try:
             print(f"leaderboard: {render(args.records, default_out(args.records))}")
         except OSError as exc:  # the record stands; the page can be re-rendered with harness.leaderboard

@@ -255,7 +255,7 @@ def verify(folder: str | Path) -> list[str]:
         return [f"{snapshot}: {exc}" if isinstance(exc, FileNotFoundError) and exc.filename is None
                 else os_error_line(exc)]
     if stated != recomputed:
-        problems.append(f"{snapshot / HASH_FILE}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
+        problems.append(f"{hash_file}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
     if record.get("code_hash") != recomputed:
         problems.append(f"{record_path}: code_hash: expected {recomputed}, found {record.get('code_hash')}")
 
@@ -276,7 +276,7 @@ def verify(folder: str | Path) -> list[str]:
             problems.append(os_error_line(exc) if isinstance(exc, OSError) else str(exc))
             continue
         if log.code_hash != recomputed:
-            problems.append(f"{run_dir / 'events.jsonl'}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
+            problems.append(f"{run_dir / EVENTS_FILE}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
         problems += check_against_log(log)
         logs.append(log)
     if not logs:
@@ -303,14 +303,13 @@ def verify(folder: str | Path) -> list[str]:
     compare_values(expected["runs"], record.get("runs"), f"{record_path}: runs", problems)
     compare_values(expected["stats"], stats_found, f"{record_path}: stats", problems)
     stats_md = folder / "statistics.md"
-    if not stats_md.exists():
+    rendered = render_statistics(record)  # record.json's figures, checked against the recomputed ones above
+    try:
+        compare_text(rendered, read_regular(stats_md).decode("utf-8"), str(stats_md), problems)
+    except FileNotFoundError:
         problems.append(f"{stats_md}: missing")
-    else:
-        rendered = render_statistics(record)  # record.json's figures, checked against the recomputed ones above
-        try:
-            compare_text(rendered, read_regular(stats_md).decode("utf-8"), str(stats_md), problems)
-        except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
-            problems.append(f"{stats_md}: cannot read ({exc.strerror if isinstance(exc, OSError) else exc})")
+    except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
+        problems.append(f"{stats_md}: cannot read ({exc.strerror if isinstance(exc, OSError) else exc})")
     return problems
 
 

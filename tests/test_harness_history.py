@@ -158,6 +158,35 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(root, tmp_path, cap
     assert len(json.loads(out)["variants"]) == 4  # the figures still reach stdout
 
 
+@pytest.mark.parametrize("limit", [1 << 16, 1 << 20], ids=["plot-cut", "page-cut"])
+def test_a_write_cut_off_midway_leaves_the_old_file_whole(root, tmp_path, capsys, monkeypatch, limit):
+    """A file-size limit stops a write midway: at 64 KiB the plot's (about 90 KB), at 1 MiB the 4 MiB page's.
+    The file cut off stays as it was, and no temporary is left."""
+    import resource
+    import signal
+
+    import matplotlib.font_manager  # noqa: F401  (a fresh machine writes its font cache here, before the limit)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "history.md").write_text("the old page\n")
+    (out / "history.png").write_bytes(b"the old plot")
+    monkeypatch.setattr(history, "render_page", lambda *a: "x" * (4 << 20))
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        rc = history.main([str(root), "--out", str(out)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert rc == 1 and capsys.readouterr().err.startswith("error: history not written: ")
+    assert (out / "history.md").read_text() == "the old page\n"
+    plot = (out / "history.png").read_bytes()
+    assert plot == b"the old plot" if limit == 1 << 16 else plot[:8] == b"\x89PNG\r\n\x1a\n" and len(plot) < limit
+    assert sorted(p.name for p in out.iterdir()) == ["history.md", "history.png"]
+
+
 def test_a_tree_without_logs_leaves_no_plot_of_another(root, tmp_path, capsys):
     out = tmp_path / "out"
     assert history.main([str(root), "--out", str(out)]) == 0 and (out / "history.png").exists()

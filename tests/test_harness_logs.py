@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from harness.logs import LogError, code_differences, load_run, load_runs, parse_step_line, parse_text
+from harness.logs import LogError, code_differences, header_lines, load_run, load_runs, parse_step_line, parse_text
 from helpers import LOG_HEAD as CODE, LOG_STEPS as STEPS
 
 def write(tmp_path, text, name="log.txt"):
@@ -25,6 +25,18 @@ def test_full_modded_nanogpt_log(tmp_path):
     assert log.time_to_target(3.28) == 79532  # the first validation at or below the target
     assert log.time_to_target(3.31) == 71533
     assert log.time_to_target(3.0) is None
+
+
+def test_header_lines_are_the_lines_before_the_first_step_line():
+    lines = header_lines((CODE + STEPS).replace("\n", "\r\n"))
+    assert lines == CODE.splitlines()  # the code's "step:" inside strings and comments is not a step line
+    assert header_lines("a\nb") == ["a", "b"] and header_lines("step:0/1 x\na") == [] and header_lines("") == []
+
+
+def test_the_vocabulary_is_read_from_the_header_only(tmp_path):
+    text = CODE + "model = GPT(vocab_size=50257)\n" + STEPS
+    assert parse_text(text, source="x").vocab_size == 50257
+    assert parse_text(CODE + STEPS + "model = GPT(vocab_size=50257)\n", source="x").vocab_size is None
 
 
 def test_our_format_extra_tokens(tmp_path):

@@ -53,6 +53,16 @@ def test_an_edited_statistics_md_is_named(where, tmp_path, capsys, old, new):
     assert f"{stats_md}:{lineno}: expected" in out and "1 mismatches" in out, out
 
 
+@pytest.mark.parametrize("damage, found", [(lambda p: p.unlink(), "missing"),
+                                           (lambda p: p.write_bytes(b"\xff\xfe"), "cannot read ('utf-8' codec")],
+                         ids=["missing", "not-utf8"])
+def test_a_statistics_md_missing_or_unreadable_is_one_line(where, tmp_path, capsys, damage, found):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    damage(folder / "statistics.md")
+    (problem,) = verify.verify(folder)
+    assert problem.startswith(f"{folder / 'statistics.md'}: {found}") and "\n" not in problem
+
+
 def test_record_json_figures_are_compared_as_numbers(where, tmp_path, capsys):
     folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
     record = json.loads((folder / "record.json").read_text())
