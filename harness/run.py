@@ -152,8 +152,7 @@ class ProgressBar:
             if echo and text.strip():
                 self.bar.write(text.rstrip("\n"), file=sys.stdout)
             return
-        if self.bar.total != fields["total"]:
-            self.bar.total = fields["total"]
+        self.bar.total = fields["total"]
         self.bar.update(max(0, fields["step"] - self.bar.n))
         if "train_time_ms" in fields:
             self.train_s = fields["train_time_ms"] / 1000
@@ -257,17 +256,14 @@ def interrupted_exit(exc: KeyboardInterrupt) -> int:
 
 class _StopFlag:
     """From a run's launch until its row is written, the stop signals only note which one came (see _launch):
-    none is lost, and none lands in the middle of writing the row."""
+    none is lost, and none lands in the middle of writing the row. Installed when made."""
 
     def __init__(self):
         self.signum: int | None = None
-        self.previous: dict = {}
+        self.previous = on_stop_signals(self._note)
 
     def _note(self, signum, frame):
         self.signum = signum
-
-    def install(self) -> None:
-        self.previous = on_stop_signals(self._note)
 
     def uninstall(self) -> None:
         restore_handlers(self.previous)
@@ -314,9 +310,8 @@ class _Ended:
     stop: _StopFlag  # still installed: the caller uninstalls it once the run is recorded
 
 
-def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_path: Path, timeout: float | None,
-            echo: bool, cwd: Path | None = None, stdout_lines: list[str] | None = None) -> _Ended:
-    """Run `cmd` in its own process group; copy its output to console_path and the progress bar until it ends.
+def _launch(launch: Launch, *, timeout: float | None, echo: bool, stdout_lines: list[str] | None) -> _Ended:
+    """Run launch.argv in its own process group; copy its output to console.log and the progress bar until it ends.
 
     With `stdout_lines`, the command's stdout is also kept there, apart from its stderr (both go to the
     console log and the bar); without, stderr is merged into stdout. On a stop signal (STOP_SIGNALS) the
@@ -328,7 +323,6 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_p
     # then hang for good when it drains the queue. The flag is up before the trainer starts, so that a signal
     # landing just after Popen still stops it.
     ended = _Ended(status=None, returncode=None, wall_s=0.0, stop=_StopFlag())
-    ended.stop.install()
     lines: queue.Queue[str | None] = queue.Queue()
     proc = None
 
@@ -349,18 +343,19 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_p
         lines.put(None)
 
     try:
-        with open(console_path, "w", encoding="utf-8") as console, contextlib.closing(ProgressBar(label)) as progress:
+        with open(launch.run_dir / "console.log", "w", encoding="utf-8") as console, \
+                contextlib.closing(ProgressBar(launch.label or launch.run_id)) as progress:
             start = time.monotonic()
             # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the
             # whole group. So every way out of this function must stop the trainer, or it keeps running unseen.
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT if stdout_lines is None else subprocess.PIPE,
-                                    text=True, errors="replace", bufsize=1, env=env, cwd=cwd, start_new_session=True)
+            proc = subprocess.Popen(launch.argv, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT if stdout_lines is None else subprocess.PIPE, text=True,
+                                    errors="replace", bufsize=1, env=launch.env, cwd=launch.cwd, start_new_session=True)
             reader = threading.Thread(target=pump, daemon=True)
             reader.start()
             try:
-                ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id,
-                                       echo=echo, stop=ended.stop)
+                ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start,
+                                       run_id=launch.run_id, echo=echo, stop=ended.stop)
             except Interrupted:
                 ended.status = "interrupted"
                 _stop(proc)
@@ -433,9 +428,7 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
     if launch.from_log is not None:
         stdout_lines = []
         launch.from_log.since, launch.from_log.before = time.time(), log_files_in(launch.from_log.cwd)
-    ended = _launch(launch.argv, env=launch.env, run_id=launch.run_id, label=launch.label or launch.run_id,
-                    console_path=launch.run_dir / "console.log", timeout=timeout, echo=echo, cwd=launch.cwd,
-                    stdout_lines=stdout_lines)
+    ended = _launch(launch, timeout=timeout, echo=echo, stdout_lines=stdout_lines)
     try:
         failure = None
         try:
@@ -635,10 +628,8 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Harness arguments before the first '--', trainer overrides after it."""
     argv = list(argv)
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
+    i = argv.index("--") if "--" in argv else len(argv)
+    return argv[:i], argv[i + 1:]
 
 
 def positive_int(text: str) -> int:
@@ -783,12 +774,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--target", type=float, default=None,
                      help=f"--cmd: target val loss (default: the track's, else {DEFAULT_TARGET})")
     args = parser.parse_args(ours)
-    if args.cmd is None:
-        given = [opt for opt, changed in (("--cwd", args.cwd is not None), ("--seed-env", args.seed_env != SEED_ENV),
-                                          ("--logfile", args.logfile != "auto"), ("--target", args.target is not None))
-                 if changed]
-        if given:
-            parser.error(f"{', '.join(given)}: only with --cmd")
+    given = [f"--{key.replace('_', '-')}" for key in ("cwd", "seed_env", "logfile", "target")
+             if getattr(args, key) != parser.get_default(key)]
+    if args.cmd is None and given:
+        parser.error(f"{', '.join(given)}: only with --cmd")
     track = args.track or (CMD_TRACK if args.cmd is not None else DEFAULT_TRACK)
     # the track and the name go into run ids, folders, the runs log and the leaderboard's tables
     for problem in (name_problem("track", track), args.name is not None and name_problem("--name", args.name)):
@@ -820,16 +809,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             return refuse(problem)
         for k, seed in enumerate(seeds, 1):
-            label = f"run {k}/{len(seeds)} (seed {seed})"
+            each = dict(track=track, seed=seed, name=args.name or track, timeout=args.timeout, runs_dir=args.runs_dir,
+                        records_dir=args.records, label=f"run {k}/{len(seeds)} (seed {seed})")
             if args.cmd is not None:
-                rows.append(run_cmd_one(args.cmd, track=track, seed=seed, name=args.name or track,
-                                        seed_env=args.seed_env, target=args.target, logfile=args.logfile,
-                                        cwd=args.cwd, timeout=args.timeout, runs_dir=args.runs_dir,
-                                        records_dir=args.records, label=label))
+                rows.append(run_cmd_one(args.cmd, seed_env=args.seed_env, target=args.target, logfile=args.logfile,
+                                        cwd=args.cwd, **each))
             else:
-                rows.append(run_one(track=track, seed=seed, name=args.name or track, script=script,
-                                    nproc=args.nproc or 1, overrides=overrides, timeout=args.timeout,
-                                    runs_dir=args.runs_dir, records_dir=args.records, label=label))
+                rows.append(run_one(script=script, nproc=args.nproc or 1, overrides=overrides, **each))
     except RecordsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
