@@ -156,15 +156,10 @@ def step_events(text: str) -> list[tuple[str, dict]]:
             continue
         if "val_loss" in fields:
             if "train_time_ms" in fields:
-                events.append(("val", {"step": fields["step"], "val_loss": fields["val_loss"],
-                                       "train_time_ms": fields["train_time_ms"]}))
+                events.append(("val", {key: fields[key] for key in ("step", "val_loss", "train_time_ms")}))
             continue
-        mfu = fields.get("mfu")
-        events.append(("step", {"step": fields["step"], "train_time_ms": fields.get("train_time_ms"),
-                                "step_avg_ms": fields.get("step_avg_ms"),
-                                "train_loss": fields.get("train_loss"),
-                                "tokens_per_s": fields.get("tokens_per_s"),
-                                "mfu": None if mfu is None else mfu / 100}))
+        step = {key: fields.get(key) for key in ("step", "train_time_ms", "step_avg_ms", "train_loss", "tokens_per_s")}
+        events.append(("step", {**step, "mfu": None if fields.get("mfu") is None else fields["mfu"] / 100}))
     return events
 
 

@@ -383,8 +383,8 @@ class FromLog:
     seed_env: str
     script: Path | None  # the script the command names (script_in_command)
     script_file: tuple[str, bytes] | None  # its name and bytes, read at launch: the code that runs
-    since: float = 0.0  # time.time() at launch
-    before: dict = field(default_factory=dict)  # log_files_in(cwd) at launch
+    since: float  # time.time() at launch
+    before: dict  # log_files_in(cwd) at launch
 
 
 @dataclass
@@ -424,10 +424,7 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
     comes as the run ends, or while it is recorded, is raised once its row is written.
     """
     print(launch.shown, flush=True)
-    stdout_lines: list[str] | None = None
-    if launch.from_log is not None:
-        stdout_lines = []
-        launch.from_log.since, launch.from_log.before = time.time(), log_files_in(launch.from_log.cwd)
+    stdout_lines = [] if launch.from_log is not None else None  # a --cmd run's stdout, kept apart from its stderr
     ended = _launch(launch, timeout=timeout, echo=echo, stdout_lines=stdout_lines)
     try:
         failure = None
@@ -613,7 +610,7 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
     run_id, run_dir = new_run_dir(runs_dir, track, seed)
     script = script_in_command(argv, cwd)
     from_log = FromLog(command, cwd, logfile, target, seed_env, script,
-                       (script.name, script.read_bytes()) if script else None)
+                       (script.name, script.read_bytes()) if script else None, time.time(), log_files_in(cwd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)}
     launch = Launch(argv, run_id, run_dir, track, seed, name, env=env,
                     shown=f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", label=label, cwd=cwd, script=command,
