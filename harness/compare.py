@@ -153,8 +153,8 @@ def code_difference(first: RunLog, log: RunLog) -> str | None:
 
 
 def _identity_problem(first: RunLog, log: RunLog, allow_code_diff: bool = False) -> str | None:
-    """Why two logs of one variant may not be pooled: another planned step count, target or code (code only
-    without allow_code_diff)."""
+    """Why two logs of one variant may not be pooled: another planned step count, target, code (unless
+    allow_code_diff), stop at the target or config."""
     if first.total_steps != log.total_steps:
         return f"planned steps {first.total_steps} vs {log.total_steps}"
     if first.target is not None and log.target is not None and first.target != log.target:
@@ -406,9 +406,8 @@ def steps_figures(variants: list[Variant], target: float, sigma: float, rate: fl
     first step whose validation is at or below the target; per variant its steps (the runs' final step), the
     one-sided z-test with the stated sigma that the mean final loss is below the target and the track's validity
     condition (target - mean) sqrt(n) >= stats.steps_margin(sigma), and the earliest common validation step that
-    meets it;
-    against the baseline the pairwise condition, the loss difference plus the steps saved at `rate` per 100 steps,
-    over sqrt(1/n1 + 1/n2), >= the same threshold."""
+    meets it; against the baseline the pairwise condition, the loss difference plus the steps saved at `rate` per
+    100 steps, over sqrt(1/n1 + 1/n2), >= the same threshold."""
     base, threshold = variants[0], stats.steps_margin(sigma)
     out = {"rule": "steps", "target": target, "sigma": sigma, "margin": threshold,
            "rate_per_100_steps": rate, "variants": []}

@@ -401,9 +401,7 @@ class Launch:
     shown: str  # the line that announces the run
     label: str | None = None  # the progress bar's, e.g. "lr 2/4" (variant lr, its run 2 of 4); None: the run id
     cwd: Path | None = None
-    overrides: list[str] = field(default_factory=list)  # our trainer's --key=value overrides
-    script: str | None = None  # our trainer's script, or the --cmd command line
-    nproc: int | None = None
+    fields: dict = field(default_factory=dict)  # our trainer's run: its row's overrides, script and nproc
     from_log: FromLog | None = None  # None: the trainer writes its run directory itself (events.jsonl, code/, ...)
 
 
@@ -432,7 +430,7 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
             if launch.from_log is not None:
                 status, fields = write_from_log(launch, list(stdout_lines), ended)
             else:
-                status, fields = ended.status, dict(overrides=launch.overrides, script=launch.script, nproc=launch.nproc)
+                status, fields = ended.status, launch.fields
             row = run_row(launch.run_dir, run_id=launch.run_id, name=launch.name, track=launch.track,
                           seed=launch.seed, status=status, returncode=ended.returncode, wall_s=ended.wall_s, **fields)
         except Exception as exc:  # the harness failed to read the finished run: record that much, never lose it
@@ -464,7 +462,7 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
     run_id, run_dir = new_run_dir(runs_dir, track, seed)
     argv = trainer_command(script, track, seed, run_dir, overrides, nproc)
     launch = Launch(argv, run_id, run_dir, track, seed, name, env=trainer_env(), shown=f"[{run_id}] {shlex.join(argv)}",
-                    label=label, overrides=list(overrides), script=str(script), nproc=nproc)
+                    label=label, fields=dict(overrides=list(overrides), script=str(script), nproc=nproc))
     return launch_and_record(launch, timeout=timeout, records_dir=records_dir, echo=echo)
 
 
@@ -612,9 +610,8 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
     from_log = FromLog(command, cwd, logfile, target, seed_env, script,
                        (script.name, script.read_bytes()) if script else None, time.time(), log_files_in(cwd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)}
-    launch = Launch(argv, run_id, run_dir, track, seed, name, env=env,
-                    shown=f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", label=label, cwd=cwd, script=command,
-                    from_log=from_log)
+    launch = Launch(argv, run_id, run_dir, track, seed, name, env=env, label=label, cwd=cwd, from_log=from_log,
+                    shown=f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})")
     return launch_and_record(launch, timeout=timeout, records_dir=records_dir, echo=echo)
 
 
