@@ -1,12 +1,7 @@
 """Launch the trainer for N seeds, show live progress, and append every run to the records log.
 
-    python -m harness.run [--track cpu-tiny] [--seeds N] [--seed-start S] [--nproc K] [--name NAME]
-                          [--script train_gpt.py] [--timeout SEC] [--runs-dir runs] [--records records]
-                          [--no-leaderboard] [-- --key=value ...]
-
-    python -m harness.run --cmd "torchrun --standalone --nproc_per_node=8 train_gpt.py" [--cwd DIR]
-                          [--track modded-nanogpt] [--seeds N] [--seed-env SEED] [--logfile auto|stdout|PATH]
-                          [--target X] [--timeout SEC] ...
+    python -m harness.run --track cpu-tiny --seeds 3 -- --muon_lr=0.04
+    python -m harness.run --cmd "torchrun --standalone --nproc_per_node=8 train_gpt.py" --cwd ../modded-nanogpt
 
 Each run gets runs/<run_id>/ (the trainer writes events.jsonl, train.log and code/ there; the harness
 adds console.log, everything the process printed) and, however it ends, one row in records/runs.jsonl.
