@@ -153,8 +153,8 @@ def code_difference(first: RunLog, log: RunLog) -> str | None:
 
 
 def _identity_problem(first: RunLog, log: RunLog, allow_code_diff: bool = False) -> str | None:
-    """Why two logs of one variant may not be pooled: another planned step count, target or code (code only
-    without allow_code_diff)."""
+    """Why two logs of one variant may not be pooled: another planned step count, target, code (unless
+    allow_code_diff), stop at the target or config."""
     if first.total_steps != log.total_steps:
         return f"planned steps {first.total_steps} vs {log.total_steps}"
     if first.target is not None and log.target is not None and first.target != log.target:
@@ -406,9 +406,8 @@ def steps_figures(variants: list[Variant], target: float, sigma: float, rate: fl
     first step whose validation is at or below the target; per variant its steps (the runs' final step), the
     one-sided z-test with the stated sigma that the mean final loss is below the target and the track's validity
     condition (target - mean) sqrt(n) >= stats.steps_margin(sigma), and the earliest common validation step that
-    meets it;
-    against the baseline the pairwise condition, the loss difference plus the steps saved at `rate` per 100 steps,
-    over sqrt(1/n1 + 1/n2), >= the same threshold."""
+    meets it; against the baseline the pairwise condition, the loss difference plus the steps saved at `rate` per
+    100 steps, over sqrt(1/n1 + 1/n2), >= the same threshold."""
     base, threshold = variants[0], stats.steps_margin(sigma)
     out = {"rule": "steps", "target": target, "sigma": sigma, "margin": threshold,
            "rate_per_100_steps": rate, "variants": []}
@@ -760,12 +759,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for v in variants:
-        for s in v.skipped:
-            print(f"{v.name}: left out {s}", file=sys.stderr)
-        for note in v.notes:
-            print(f"{v.name}: {note}", file=sys.stderr)
-        for diff in v.code_differences:
-            print(f"{v.name}: pooled (--allow-code-diff) {diff}", file=sys.stderr)
+        for line in ([f"left out {s}" for s in v.skipped] + v.notes
+                     + [f"pooled (--allow-code-diff) {diff}" for diff in v.code_differences]):
+            print(f"{v.name}: {line}", file=sys.stderr)
     fig["verdicts"] = verdicts(fig)
     if args.json:
         print(json.dumps(fig, indent=1))
@@ -798,12 +794,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: plots not written: {os_error_line(exc)}", file=sys.stderr)
             rc = 1
     if not args.logs and not args.no_leaderboard:
-        try:
-            with chatter:
-                render_leaderboard(args.records)
-        except OSError as exc:
-            print(f"error: leaderboard not written: {os_error_line(exc)}", file=sys.stderr)
-            rc = 1
+        with chatter:
+            render_leaderboard(args.records)  # warns, and keeps the exit status, where it cannot write
     return rc
 
 

@@ -25,6 +25,7 @@ FineWeb speedrun's 3.28. harness.run --cmd records a foreign trainer's log throu
 from __future__ import annotations
 
 import ast
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -150,15 +151,10 @@ def step_events(text: str) -> list[tuple[str, dict]]:
             continue
         if "val_loss" in fields:
             if "train_time_ms" in fields:
-                events.append(("val", {"step": fields["step"], "val_loss": fields["val_loss"],
-                                       "train_time_ms": fields["train_time_ms"]}))
+                events.append(("val", {key: fields[key] for key in ("step", "val_loss", "train_time_ms")}))
             continue
-        mfu = fields.get("mfu")
-        events.append(("step", {"step": fields["step"], "train_time_ms": fields.get("train_time_ms"),
-                                "step_avg_ms": fields.get("step_avg_ms"),
-                                "train_loss": fields.get("train_loss"),
-                                "tokens_per_s": fields.get("tokens_per_s"),
-                                "mfu": None if mfu is None else mfu / 100}))
+        step = {key: fields.get(key) for key in ("step", "train_time_ms", "step_avg_ms", "train_loss", "tokens_per_s")}
+        events.append(("step", {**step, "mfu": None if fields.get("mfu") is None else fields["mfu"] / 100}))
     return events
 
 
@@ -182,7 +178,7 @@ def parse_log_bytes(data: bytes, source: str) -> Parsed:
 # Writing a run directory
 
 
-def result_fields(parsed: Parsed, status: str, target: float, stop_at_target: bool = False) -> dict:
+def result_fields(parsed: Parsed, status: str, target: float, stop_at_target: bool) -> dict:
     """The result event of a run read from its log (runlog.py's fields; tokens and MFU are not in a text log)."""
     log = parsed.log
     fields = {"status": status, "reached_target": False, "target_val_loss": target, "stop_at_target": stop_at_target,
@@ -199,12 +195,12 @@ def result_fields(parsed: Parsed, status: str, target: float, stop_at_target: bo
 
 
 def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, seed: int | None, status: str,
-                    meta: dict, script: tuple[str, bytes] | None = None, git: dict | None = None) -> str | None:
+                    meta: dict, script: tuple[str, bytes] | None = None, git: dict | None = None) -> None:
     """Write train.log, events.jsonl and code/ for a run read from its log into the folder `dest`; fsync them.
 
     code/ holds the log's embedded source (EMBEDDED_CODE), else `script` (name, bytes) when given, else
-    nothing. Returns the code hash, None without code. `meta` adds to the meta event (origin and the like);
-    git (the command's working tree, for --cmd) replaces the log's own, if any.
+    nothing. `meta` adds to the meta event (origin and the like); git (the command's working tree, for --cmd)
+    replaces the log's own, if any.
     """
     dest.mkdir(parents=True, exist_ok=True)
     (dest / TRAIN_LOG_FILE).write_bytes(parsed.data)
@@ -221,8 +217,7 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
     config.setdefault("num_steps", log.total_steps if log else None)
     if log is not None and log.vocab_size is not None:
         config.setdefault("vocab_size", log.vocab_size)  # divergence's ln(vocab) rule, read again from the events
-    events = EventLog(dest)
-    try:
+    with contextlib.closing(EventLog(dest)) as events:
         events.write("config", track=track, config=config)
         events.write("meta", code_hash=digest, world_size=facts.world_size, hardware=facts.hardware,
                      versions=facts.versions, git=git or facts.git or {"commit": None, "dirty": None},
@@ -230,10 +225,7 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
         for kind, fields in parsed.events:
             events.write(kind, **fields)
         events.write("result", **result_fields(parsed, status, target, config["stop_at_target"]))
-    finally:
-        events.close()
     fsync_tree(dest)
-    return digest
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,12 +1,7 @@
 """Launch the trainer for N seeds, show live progress, and append every run to the records log.
 
-    python -m harness.run [--track cpu-tiny] [--seeds N] [--seed-start S] [--nproc K] [--name NAME]
-                          [--script train_gpt.py] [--timeout SEC] [--runs-dir runs] [--records records]
-                          [--no-leaderboard] [-- --key=value ...]
-
-    python -m harness.run --cmd "torchrun --standalone --nproc_per_node=8 train_gpt.py" [--cwd DIR]
-                          [--track modded-nanogpt] [--seeds N] [--seed-env SEED] [--logfile auto|stdout|PATH]
-                          [--target X] [--timeout SEC] ...
+    python -m harness.run --track cpu-tiny --seeds 3 -- --muon_lr=0.04
+    python -m harness.run --cmd "torchrun --standalone --nproc_per_node=8 train_gpt.py" --cwd ../modded-nanogpt
 
 Each run gets runs/<run_id>/ (the trainer writes events.jsonl, train.log and code/ there; the harness
 adds console.log, everything the process printed) and, however it ends, one row in records/runs.jsonl.
@@ -152,8 +147,7 @@ class ProgressBar:
             if echo and text.strip():
                 self.bar.write(text.rstrip("\n"), file=sys.stdout)
             return
-        if self.bar.total != fields["total"]:
-            self.bar.total = fields["total"]
+        self.bar.total = fields["total"]
         self.bar.update(max(0, fields["step"] - self.bar.n))
         if "train_time_ms" in fields:
             self.train_s = fields["train_time_ms"] / 1000
@@ -257,17 +251,14 @@ def interrupted_exit(exc: KeyboardInterrupt) -> int:
 
 class _StopFlag:
     """From a run's launch until its row is written, the stop signals only note which one came (see _launch):
-    none is lost, and none lands in the middle of writing the row."""
+    none is lost, and none lands in the middle of writing the row. Installed when made."""
 
     def __init__(self):
         self.signum: int | None = None
-        self.previous: dict = {}
+        self.previous = on_stop_signals(self._note)
 
     def _note(self, signum, frame):
         self.signum = signum
-
-    def install(self) -> None:
-        self.previous = on_stop_signals(self._note)
 
     def uninstall(self) -> None:
         restore_handlers(self.previous)
@@ -314,9 +305,8 @@ class _Ended:
     stop: _StopFlag  # still installed: the caller uninstalls it once the run is recorded
 
 
-def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_path: Path, timeout: float | None,
-            echo: bool, cwd: Path | None = None, stdout_lines: list[str] | None = None) -> _Ended:
-    """Run `cmd` in its own process group; copy its output to console_path and the progress bar until it ends.
+def _launch(launch: Launch, *, timeout: float | None, echo: bool, stdout_lines: list[str] | None) -> _Ended:
+    """Run launch.argv in its own process group; copy its output to console.log and the progress bar until it ends.
 
     With `stdout_lines`, the command's stdout is also kept there, apart from its stderr (both go to the
     console log and the bar); without, stderr is merged into stdout. On a stop signal (STOP_SIGNALS) the
@@ -328,7 +318,6 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_p
     # then hang for good when it drains the queue. The flag is up before the trainer starts, so that a signal
     # landing just after Popen still stops it.
     ended = _Ended(status=None, returncode=None, wall_s=0.0, stop=_StopFlag())
-    ended.stop.install()
     lines: queue.Queue[str | None] = queue.Queue()
     proc = None
 
@@ -349,18 +338,19 @@ def _launch(cmd: Sequence[str], *, env: dict, run_id: str, label: str, console_p
         lines.put(None)
 
     try:
-        with open(console_path, "w", encoding="utf-8") as console, contextlib.closing(ProgressBar(label)) as progress:
+        with open(launch.run_dir / "console.log", "w", encoding="utf-8") as console, \
+                contextlib.closing(ProgressBar(launch.label or launch.run_id)) as progress:
             start = time.monotonic()
             # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the
             # whole group. So every way out of this function must stop the trainer, or it keeps running unseen.
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT if stdout_lines is None else subprocess.PIPE,
-                                    text=True, errors="replace", bufsize=1, env=env, cwd=cwd, start_new_session=True)
+            proc = subprocess.Popen(launch.argv, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT if stdout_lines is None else subprocess.PIPE, text=True,
+                                    errors="replace", bufsize=1, env=launch.env, cwd=launch.cwd, start_new_session=True)
             reader = threading.Thread(target=pump, daemon=True)
             reader.start()
             try:
-                ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start, run_id=run_id,
-                                       echo=echo, stop=ended.stop)
+                ended.status = _stream(proc, lines, console, progress, timeout=timeout, start=start,
+                                       run_id=launch.run_id, echo=echo, stop=ended.stop)
             except Interrupted:
                 ended.status = "interrupted"
                 _stop(proc)
@@ -388,8 +378,8 @@ class FromLog:
     seed_env: str
     script: Path | None  # the script the command names (script_in_command)
     script_file: tuple[str, bytes] | None  # its name and bytes, read at launch: the code that runs
-    since: float = 0.0  # time.time() at launch
-    before: dict = field(default_factory=dict)  # log_files_in(cwd) at launch
+    since: float  # time.time() at launch
+    before: dict  # log_files_in(cwd) at launch
 
 
 @dataclass
@@ -406,9 +396,7 @@ class Launch:
     shown: str  # the line that announces the run
     label: str | None = None  # the progress bar's, e.g. "lr 2/4" (variant lr, its run 2 of 4); None: the run id
     cwd: Path | None = None
-    overrides: list[str] = field(default_factory=list)  # our trainer's --key=value overrides
-    script: str | None = None  # our trainer's script, or the --cmd command line
-    nproc: int | None = None
+    fields: dict = field(default_factory=dict)  # our trainer's run: its row's overrides, script and nproc
     from_log: FromLog | None = None  # None: the trainer writes its run directory itself (events.jsonl, code/, ...)
 
 
@@ -429,20 +417,15 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
     comes as the run ends, or while it is recorded, is raised once its row is written.
     """
     print(launch.shown, flush=True)
-    stdout_lines: list[str] | None = None
-    if launch.from_log is not None:
-        stdout_lines = []
-        launch.from_log.since, launch.from_log.before = time.time(), log_files_in(launch.from_log.cwd)
-    ended = _launch(launch.argv, env=launch.env, run_id=launch.run_id, label=launch.label or launch.run_id,
-                    console_path=launch.run_dir / "console.log", timeout=timeout, echo=echo, cwd=launch.cwd,
-                    stdout_lines=stdout_lines)
+    stdout_lines = [] if launch.from_log is not None else None  # a --cmd run's stdout, kept apart from its stderr
+    ended = _launch(launch, timeout=timeout, echo=echo, stdout_lines=stdout_lines)
     try:
         failure = None
         try:
             if launch.from_log is not None:
                 status, fields = write_from_log(launch, list(stdout_lines), ended)
             else:
-                status, fields = ended.status, dict(overrides=launch.overrides, script=launch.script, nproc=launch.nproc)
+                status, fields = ended.status, launch.fields
             row = run_row(launch.run_dir, run_id=launch.run_id, name=launch.name, track=launch.track,
                           seed=launch.seed, status=status, returncode=ended.returncode, wall_s=ended.wall_s, **fields)
         except Exception as exc:  # the harness failed to read the finished run: record that much, never lose it
@@ -474,7 +457,7 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
     run_id, run_dir = new_run_dir(runs_dir, track, seed)
     argv = trainer_command(script, track, seed, run_dir, overrides, nproc)
     launch = Launch(argv, run_id, run_dir, track, seed, name, env=trainer_env(), shown=f"[{run_id}] {shlex.join(argv)}",
-                    label=label, overrides=list(overrides), script=str(script), nproc=nproc)
+                    label=label, fields=dict(overrides=list(overrides), script=str(script), nproc=nproc))
     return launch_and_record(launch, timeout=timeout, records_dir=records_dir, echo=echo)
 
 
@@ -620,11 +603,10 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
     run_id, run_dir = new_run_dir(runs_dir, track, seed)
     script = script_in_command(argv, cwd)
     from_log = FromLog(command, cwd, logfile, target, seed_env, script,
-                       (script.name, script.read_bytes()) if script else None)
+                       (script.name, script.read_bytes()) if script else None, time.time(), log_files_in(cwd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)}
-    launch = Launch(argv, run_id, run_dir, track, seed, name, env=env,
-                    shown=f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})", label=label, cwd=cwd, script=command,
-                    from_log=from_log)
+    launch = Launch(argv, run_id, run_dir, track, seed, name, env=env, label=label, cwd=cwd, from_log=from_log,
+                    shown=f"[{run_id}] {seed_env}={seed} {command}  (in {cwd})")
     return launch_and_record(launch, timeout=timeout, records_dir=records_dir, echo=echo)
 
 
@@ -635,10 +617,8 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Harness arguments before the first '--', trainer overrides after it."""
     argv = list(argv)
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, []
+    i = argv.index("--") if "--" in argv else len(argv)
+    return argv[:i], argv[i + 1:]
 
 
 def positive_int(text: str) -> int:
@@ -783,12 +763,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--target", type=float, default=None,
                      help=f"--cmd: target val loss (default: the track's, else {DEFAULT_TARGET})")
     args = parser.parse_args(ours)
-    if args.cmd is None:
-        given = [opt for opt, changed in (("--cwd", args.cwd is not None), ("--seed-env", args.seed_env != SEED_ENV),
-                                          ("--logfile", args.logfile != "auto"), ("--target", args.target is not None))
-                 if changed]
-        if given:
-            parser.error(f"{', '.join(given)}: only with --cmd")
+    given = [f"--{key.replace('_', '-')}" for key in ("cwd", "seed_env", "logfile", "target")
+             if getattr(args, key) != parser.get_default(key)]
+    if args.cmd is None and given:
+        parser.error(f"{', '.join(given)}: only with --cmd")
     track = args.track or (CMD_TRACK if args.cmd is not None else DEFAULT_TRACK)
     # the track and the name go into run ids, folders, the runs log and the leaderboard's tables
     for problem in (name_problem("track", track), args.name is not None and name_problem("--name", args.name)):
@@ -820,16 +798,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             return refuse(problem)
         for k, seed in enumerate(seeds, 1):
-            label = f"run {k}/{len(seeds)} (seed {seed})"
+            each = dict(track=track, seed=seed, name=args.name or track, timeout=args.timeout, runs_dir=args.runs_dir,
+                        records_dir=args.records, label=f"run {k}/{len(seeds)} (seed {seed})")
             if args.cmd is not None:
-                rows.append(run_cmd_one(args.cmd, track=track, seed=seed, name=args.name or track,
-                                        seed_env=args.seed_env, target=args.target, logfile=args.logfile,
-                                        cwd=args.cwd, timeout=args.timeout, runs_dir=args.runs_dir,
-                                        records_dir=args.records, label=label))
+                rows.append(run_cmd_one(args.cmd, seed_env=args.seed_env, target=args.target, logfile=args.logfile,
+                                        cwd=args.cwd, **each))
             else:
-                rows.append(run_one(track=track, seed=seed, name=args.name or track, script=script,
-                                    nproc=args.nproc or 1, overrides=overrides, timeout=args.timeout,
-                                    runs_dir=args.runs_dir, records_dir=args.records, label=label))
+                rows.append(run_one(script=script, nproc=args.nproc or 1, overrides=overrides, **each))
     except RecordsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
