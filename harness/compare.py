@@ -56,15 +56,12 @@ from harness.stats import fmt
 from harness.leaderboard import loss_axis, markdown_table, pyplot, save_png
 from harness.logs import (DEFAULT_TARGET, LogError, RunLog, code_differences, config_diff, describe_difference, load_run,
                           load_runs)
-from harness.records import RecordsError, find_runs, os_error_line, row_run_dir
+from harness.records import RecordsError, find_runs, name_problem, os_error_line, row_run_dir
 from harness.runlog import finite_or_none
 from harness.tracks import track_target
 from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, destination_problem,
                          first_config_problem, interrupted_exit, raise_on_stop_signals, refuse, render_leaderboard,
                          restore_handlers, run_one)
-
-_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
 
 class CompareError(ValueError):
     """Bad compare input; one line naming the variant and the problem."""
@@ -84,10 +81,11 @@ class Variant:
 
 
 def _split_named(text: str, option: str) -> tuple[str, str]:
+    """NAME=REST, NAME a variant's name by the rule of every name in runs/ and records/ (records.name_problem)."""
     name, sep, rest = text.partition("=")
-    if not sep or not _VARIANT_NAME.match(name):
-        raise argparse.ArgumentTypeError(f"{option} {text!r}: expected NAME=..., "
-                                         "NAME of letters, digits, '.', '_', '-'")
+    problem = name_problem("NAME", name) if sep else "expected NAME=..."
+    if problem:
+        raise argparse.ArgumentTypeError(f"{option} {text!r}: {problem}")
     return name, rest
 
 

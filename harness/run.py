@@ -40,7 +40,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from harness.cli import doc_parser
+from harness.cli import doc_parser, finite_float
 from harness.hardware import git_state
 from harness.ingest import default_target, parse_log_bytes, write_run_files
 from harness.logs import DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
@@ -760,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--logfile", default="auto", metavar="PATH|auto|stdout",
                      help="--cmd: the trainer's own log to record (default auto: one it names on stdout, else the "
                      "logs/*.txt it wrote that holds the step lines it printed; stdout: what it printed)")
-    cmd.add_argument("--target", type=float, default=None,
+    cmd.add_argument("--target", type=finite_float, default=None,
                      help=f"--cmd: target val loss (default: the track's, else {DEFAULT_TARGET})")
     args = parser.parse_args(ours)
     given = [f"--{key.replace('_', '-')}" for key in ("cwd", "seed_env", "logfile", "target")
@@ -778,8 +778,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if args.cwd is not None and not args.cwd.is_dir():
         parser.error(f"--cwd {args.cwd}: no such directory")
-    if args.target is not None and not math.isfinite(args.target):
-        parser.error(f"--target {args.target}: expected a finite number")
     problem = _cmd_problem(args, overrides) if args.cmd is not None else check_overrides(overrides)
     if problem:
         parser.error(problem)

@@ -295,7 +295,7 @@ def test_cmd_log_that_is_not_provably_the_runs_own_is_not_taken(kit, capsys):
     (["--cmd", f"{sys.executable} x.py", "--seed-env", "MASTER_PORT"], "the launch sets MASTER_PORT"),
     (["--cmd", f"{sys.executable} x.py", "--cwd", "/no/such/dir"], "--cwd /no/such/dir: no such directory"),
     (["--cmd", f"{sys.executable} x.py", "--track", "a b"], "track 'a b': use 1-80 letters"),
-    (["--cmd", f"{sys.executable} x.py", "--target", "nan"], "--target nan: expected a finite number"),
+    (["--cmd", f"{sys.executable} x.py", "--target", "nan"], "argument --target: 'nan' is not a finite number"),
     (["--logfile", "x.txt"], "--logfile: only with --cmd"),
     (["--seed-env", "S", "--target", "3"], "--seed-env, --target: only with --cmd"),
     (["--", "--lr"], "--lr: expected a value"),

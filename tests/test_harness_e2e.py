@@ -149,7 +149,11 @@ def test_bad_compare_inputs(tmp_path, capsys):
     for argv, message in [(["--variant", "noequals"], "expected NAME=..."),
                           (["--variant", "a=", "--variant", "a=--lr=1"], "must be unique"),
                           (["--variant", "a=lr=1", "--variant", "b="], "is not of the form --key=value"),
-                          (["--variant", "a=", "--logs", "b=x"], "not both")]:
+                          (["--variant", "a=", "--logs", "b=x"], "not both"),
+                          # a variant's name obeys the rule of every name in runs/ and records/ (records.name_problem)
+                          (["--variant", "x" * 81 + "="], "use 1-80 letters"),
+                          (["--variant", "a..b=", "--variant", "c="], "could leave records/ or runs/"),
+                          (["--logs", "a..b=x", "--logs", "c=y"], "could leave records/ or runs/")]:
         with pytest.raises(SystemExit):
             compare.main(argv)
         assert message in capsys.readouterr().err
