@@ -87,9 +87,12 @@ def test_bad_shapes_are_one_line_errors(shape_x, shape_w, message):
 
 
 def test_the_op_compiles_with_inductor_forward_and_backward():
-    """Inductor checks a custom op's outputs against its fake's sizes and strides (dW is a transposed view)."""
+    """Inductor checks a custom op's outputs against its fake's sizes and strides (dW is a transposed view).
+    Without its FX graph cache: the cache keys the op by name, not by its fake, so a graph compiled against
+    another version of this op would replay that version's sizes and strides."""
     x, w, dy = _inputs(32, 64, 48, seed=9)
-    y, dx, dw = _run(torch.compile(fp8_mm, fullgraph=True), x, w, dy)
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        y, dx, dw = _run(torch.compile(fp8_mm, fullgraph=True), x, w, dy)
     y_eager, dx_eager, dw_eager = _run(fp8_mm, x, w, dy)
     assert torch.equal(y, y_eager) and torch.equal(dx, dx_eager) and torch.equal(dw, dw_eager)
 
