@@ -35,7 +35,7 @@ The casts (`cast_fp8`, on CUDA; `cast_fp8_ref` is the same in torch and what run
 kernel reads a (BLOCK_R, BLOCK_C) tile of t (bf16 or fp32) once, forms t * scale rounded to t's dtype (what
 `t.mul(scale)` stores), casts it and writes the fp8 bits row-major and, when asked, transposed. Bytes per
 element: 2 (bf16) or 4 (fp32) read, 1 written per layout; against 2 + 2 (the product) + 2 + 1 (the cast) and
-2 + 1 per transposed copy eagerly: dY's 9 B a logit become 4. Its values are torch's: round to nearest even
+1 + 1 per transposed copy eagerly: dY's 9 B a logit become 4. Its values are torch's: round to nearest even
 (the hardware's `cvt.rn`), e4m3fn's finite overflow and inf saturated at +-448 (PyTorch 2.13's c10 cast;
 clamped before the cast), e5m2's |y| >= 61440 to +-inf (the hardware cast saturates at 57344, so those bits
 are written explicitly), NaN as 0x7f with y's sign. 64 x 64 tiles (8 KiB of bf16 in, 2 x 4 KiB out, 4
