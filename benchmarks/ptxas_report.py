@@ -35,7 +35,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import attention, newton_schulz, norm  # noqa: E402
+from kernels import attention, fp8, newton_schulz, norm  # noqa: E402
 
 SM = 90  # H100 / H200
 H100_SHARED_BYTES = 227 * 1024  # opt-in shared memory per block on sm_90
@@ -206,6 +206,22 @@ BACKWARD_CANDIDATES = [("bwd", 128, attention.Blocks(m, n, num_warps=w, num_stag
                                            (64, 64, 8, 3), (64, 32, 4, 3)]]
 
 
+def fp8_rows() -> list[dict]:
+    """The FP8 head's casts (kernels.fp8.cast_fp8): x (bf16) and w (fp32) to e4m3 and dY (bf16) to e5m2, each with
+    its transpose, as the op launches them; and one without the transpose."""
+    block_r, block_c = fp8.CAST_BLOCK
+    rows = []
+    for element, e5m2, transpose in [("bf16", False, True), ("fp32", False, True), ("bf16", True, True),
+                                     ("bf16", True, False)]:
+        types = dict(_arg_types(fp8._cast_fp8_kernel, element, floats=("scale",)), q_ptr="*u8", qt_ptr="*u8")
+        constexprs = dict(E5M2=e5m2, TRANSPOSE=transpose, BLOCK_R=block_r, BLOCK_C=block_c)
+        rows.append(dict(kernel=f"fp8 cast to {'e5m2' if e5m2 else 'e4m3'}{' + transpose' if transpose else ''}",
+                         dtype=element, config=f"{block_r}x{block_c} w4",
+                         # R, C: the head's sizes (49152 tokens, 768, 50304) are multiples of 16
+                         **compile_for_hopper(fp8._cast_fp8_kernel, types, constexprs, 4, 1)))
+    return rows
+
+
 GROUPS = {
     "attention": lambda: attention_rows("bf16", attention._CUDA_BLOCKS),
     "newton_schulz": lambda: newton_schulz_rows("bf16"),
@@ -215,6 +231,7 @@ GROUPS = {
     + newton_schulz_rows("fp32"),
     "sweep": lambda: [dict(row, kernel=row["kernel"] + " (candidate)")
                       for kind, D, blocks in BACKWARD_CANDIDATES for row in attention_rows("bf16", {(kind, D): blocks})],
+    "fp8": lambda: fp8_rows(),
 }
 
 

@@ -18,9 +18,9 @@ mlp_ratio x d, V = vocab_size, L = layers):
 - matmuls: each linear (N, K) @ (K, M) is 2NKM FLOPs forward and 4NKM backward (dX and dW), bf16
   operands read once and the output written once.
 - the FP8 head (cfg.fp8_head, the fineweb-124m default: `kernels.fp8.fp8_mm`, `fp8_head_items`): its three
-  matmuls at the FP8 rate (`matmul_fp8`) with 1-byte operands, and every cast and copy its eager body makes,
-  each by its bytes: x and w scaled, then cast to e4m3, the logits' gradient scaled, then cast to e5m2 (two
-  kernels each), the backward's transposed copies of W8, X8 and G8, dX written in bf16, dW in fp32 with
+  matmuls at the FP8 rate (`matmul_fp8`) with 1-byte operands, and each cast its body makes on CUDA, by its
+  bytes: x and w to e4m3 and the logits' gradient to e5m2, each one kernel (`kernels.fp8.cast_fp8`) that reads
+  the tensor once and writes the fp8 copy and its transpose; dX written in bf16, dW in fp32 with
   transposed strides and copied into the weight's layout by AccumulateGrad. Without it (`--fp8_head=false`,
   the small tracks) the head is a bf16 matmul and its weight an autocast cast.
 - attention: the (query block, key block) tiles each kernel visits at its own tile sizes
@@ -237,9 +237,10 @@ def fp8_head_items(N: int, d: int, V: int) -> list[Item]:
     backward, as its body runs: a custom op, so Inductor calls it as it is and fuses nothing into it.
     - three torch._scaled_mm at the FP8 rate, 2 N d V FLOPs each, operands 1 B an element: Y = X8 W8^T (bf16 out),
       dX = G8 W8 (bf16 out), dW = X8^T G8 (fp32 out);
-    - each scale-and-cast is two eager kernels, the product in the input's dtype, then the cast: x (bf16, 2 + 2 then
-      2 + 1 B an element) and w (fp32, 4 + 4 then 4 + 1) to e4m3, dY (bf16) to e5m2;
-    - the backward's `.t().contiguous()` copies of W8, X8 and G8 (1 B read, 1 written);
+    - each cast is one kernel (kernels.fp8.cast_fp8) that reads its input once, scales and casts it, and writes
+      the fp8 copy in each layout a matmul takes (`_scaled_mm`: first operand row-major, second column-major):
+      x (bf16, 2 B read, X8 and X8^T 1 + 1 written) and w (fp32, 4 read, W8 and W8^T 1 + 1) to e4m3, dY (bf16,
+      2 read, G8 and G8^T 1 + 1) to e5m2: no separate scaled product, no transposed copies;
     - the six `_inverse` scales, one fill kernel each;
     - dW comes out with transposed strides (1, V), so autograd's AccumulateGrad copies it into the weight's layout
       (fp32, 4 B read, 4 written)."""
@@ -252,11 +253,9 @@ def fp8_head_items(N: int, d: int, V: int) -> list[Item]:
              rate="matmul_fp8"),
         Item("matmul", "head, FP8: dW = X8^T G8 (e4m3 x e5m2, fp32 out)", flops=flops, bytes=x + g + 4 * w,
              rate="matmul_fp8"),
-        Item("head", "FP8: x x_s (bf16), then cast to e4m3", bytes=(2 + 2 + 2 + 1) * x, kernels=2),
-        Item("head", "FP8: w w_s (fp32), then cast to e4m3", bytes=(4 + 4 + 4 + 1) * w, kernels=2),
-        Item("head", "FP8: dY grad_s (bf16), then cast to e5m2", bytes=(2 + 2 + 2 + 1) * g, kernels=2),
-        Item("head", "FP8: transposed copies of W8, X8 and G8 for the backward's matmuls", bytes=2 * (w + x + g),
-             kernels=3),
+        Item("head", "FP8: x (bf16) cast to e4m3, X8 and X8^T in one pass", bytes=(2 + 1 + 1) * x),
+        Item("head", "FP8: w (fp32) cast to e4m3, W8 and W8^T in one pass", bytes=(4 + 1 + 1) * w),
+        Item("head", "FP8: dY (bf16) cast to e5m2, G8 and G8^T in one pass", bytes=(2 + 1 + 1) * g),
         Item("head", "FP8: the matmuls' inverse scales (fp32 scalars, torch.full)", bytes=6 * 4, kernels=6),
         Item("head", "FP8: dW copied into the weight's layout (AccumulateGrad)", bytes=(4 + 4) * w),
     ]

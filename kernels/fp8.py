@@ -23,13 +23,103 @@ The forward uses `_scaled_mm`'s fast accumulation, the backward the exact one, a
 `torch._scaled_mm` needs FP8 tensor cores on a GPU (CUDA capability >= 8.9: Ada, Hopper and later) and K, N
 (on a GPU M too) multiples of 16; recent CPU builds of PyTorch run it too (the tests). `fp8_mm_ref` is the same
 math emulated in fp32 (the casts round-tripped through torch's float8 dtypes), for the tests.
+
+Layouts. `_scaled_mm` takes its first operand row-major and its second column-major, so the three matmuls
+read X8 (M, K) and W8 (N, K) row-major (the forward: X8 @ W8^T), W8^T (K, N) row-major (dX = G8 @ W8, W8 as
+the column-major view of W8^T), and X8^T (K, M) and G8 (M, N) and G8^T (N, M) row-major (dW^T = X8^T @ G8, G8
+as the column-major view of G8^T). Each tensor is cast once into every layout it is needed in: the forward
+writes X8 and X8^T from one read of x, W8 and W8^T from one read of w, and keeps X8^T and W8^T for the
+backward; the backward writes G8 and G8^T from one read of dY.
+
+The casts (`cast_fp8`, on CUDA; `cast_fp8_ref` is the same in torch and what runs elsewhere): one Triton
+kernel reads a (BLOCK_R, BLOCK_C) tile of t (bf16 or fp32) once, forms t * scale rounded to t's dtype (what
+`t.mul(scale)` stores), casts it and writes the fp8 bits row-major and, when asked, transposed. Bytes per
+element: 2 (bf16) or 4 (fp32) read, 1 written per layout; against 2 + 2 (the product) + 2 + 1 (the cast) and
+1 + 1 per transposed copy eagerly: dY's 9 B a logit become 4. Its values are torch's: round to nearest even
+(the hardware's `cvt.rn`), e4m3fn's finite overflow and inf saturated at +-448 (PyTorch 2.13's c10 cast;
+clamped before the cast), e5m2's |y| >= 61440 to +-inf (the hardware cast saturates at 57344, so those bits
+are written explicitly), NaN as 0x7f with y's sign. 64 x 64 tiles (8 KiB of bf16 in, 2 x 4 KiB out, 4
+warps; not tuned on a GPU). Offsets are int64: the logits' gradient has 49152 x 50304 = 2.5G elements.
+Triton's interpreter rounds fp8 casts its own way (not to nearest even, its overflow unsaturated), so on
+the CPU the kernel is checked on values an fp8 format holds exactly, overflow, inf and NaN (tests/test_fp8.py).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import triton
+import triton.language as tl
 from torch import Tensor
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+
+
+@triton.jit
+def _cast_fp8_kernel(
+    t_ptr,   # (R, C) bf16 or fp32, row-major
+    q_ptr,   # (R, C) uint8: the fp8 bits of q(scale t), row-major
+    qt_ptr,  # (C, R) uint8: the same bits transposed, row-major (written when TRANSPOSE)
+    R, C, scale,
+    E5M2: tl.constexpr, TRANSPOSE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (rows[:, None] < R) & (cols[None, :] < C)
+    t = tl.load(t_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0)
+    y = (t.to(tl.float32) * scale).to(t.dtype).to(tl.float32)  # t.mul(scale): the product rounded to t's dtype
+    a = tl.abs(y)
+    sign = tl.where(y.to(tl.int32, bitcast=True) < 0, 0x80, 0)
+    if E5M2:
+        bits = y.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.int32)
+        bits = tl.where(a >= 61440.0, sign | 0x7C, bits)  # rounds past 57344: inf, as torch's cast
+    else:
+        y = tl.where(a > 448.0, tl.where(sign != 0, -448.0, 448.0), y)  # e4m3fn has no inf: saturate, as torch
+        bits = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+    bits = tl.where(y != y, sign | 0x7F, bits).to(tl.uint8)  # NaN
+    tl.store(q_ptr + rows[:, None] * C + cols[None, :], bits, mask=mask)
+    if TRANSPOSE:
+        tl.store(qt_ptr + cols[:, None] * R + rows[None, :], tl.trans(bits), mask=tl.trans(mask))
+
+
+CAST_BLOCK = 64, 64  # (BLOCK_R, BLOCK_C)
+
+
+def cast_fp8(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """q(scale t) in one pass, as `cast_fp8_ref` (the module docstring's casts).
+
+    Args: t (R, C) bf16 or fp32, contiguous; scale a float; dtype E4M3 or E5M2; transpose: also write the
+    transpose.
+    Returns: (q (R, C) in dtype, q^T (C, R) in dtype, contiguous, or None without transpose).
+    """
+    if t.ndim != 2 or not t.is_contiguous() or t.dtype not in (torch.bfloat16, torch.float32) \
+            or dtype not in (E4M3, E5M2):
+        raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp32 tensor and E4M3/E5M2, got {tuple(t.shape)} "
+                         f"{t.dtype} (contiguous: {t.is_contiguous()}) to {dtype}")
+    R, C = t.shape
+    q = torch.empty(R, C, dtype=torch.uint8, device=t.device)
+    qt = torch.empty(C, R, dtype=torch.uint8, device=t.device) if transpose else q
+    block_r, block_c = CAST_BLOCK
+    grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+    _cast_fp8_kernel[grid](t, q, qt, R, C, scale, E5M2=dtype == E5M2, TRANSPOSE=transpose,
+                           BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
+    return q.view(dtype), qt.view(dtype) if transpose else None
+
+
+def cast_fp8_ref(t: Tensor, scale: float, dtype: torch.dtype,
+                 transpose: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """`cast_fp8` in torch: the product in t's dtype, then the cast (two kernels), then a transposed copy."""
+    q = t.mul(scale).to(dtype)
+    return q, q.t().contiguous() if transpose else None
+
+
+def _use_kernel(t: Tensor) -> bool:
+    """The casts run as the Triton kernel on CUDA; elsewhere (the CPU) as torch's casts."""
+    return t.is_cuda
+
+
+def _cast(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool) -> tuple[Tensor, Optional[Tensor]]:
+    return (cast_fp8 if _use_kernel(t) else cast_fp8_ref)(t, scale, dtype, transpose)
 
 
 def _inverse(scale: float, device: torch.device) -> Tensor:
@@ -40,35 +130,38 @@ def _inverse(scale: float, device: torch.device) -> Tensor:
 
 @torch.library.custom_op("speedrun::fp8_mm", mutates_args=())
 def _fp8_mm_op(x: Tensor, w: Tensor, x_s: float, w_s: float, grad_s: float) -> tuple[Tensor, Tensor, Tensor]:
-    """x (M, K), w (N, K) -> (x w^T (M, N) bf16, X8 (M, K), W8 (N, K)); the FP8 copies are kept for the backward."""
-    x8, w8 = x.mul(x_s).to(E4M3), w.mul(w_s).to(E4M3)
+    """x (M, K), w (N, K) -> (x w^T (M, N) bf16, X8^T (K, M), W8^T (K, N)); the transposed FP8 copies are the
+    backward's operands."""
+    x8, x8t = _cast(x, x_s, E4M3, transpose=True)
+    w8, w8t = _cast(w, w_s, E4M3, transpose=True)
     out = torch._scaled_mm(x8, w8.t(), out_dtype=torch.bfloat16, scale_a=_inverse(x_s, x.device),
                            scale_b=_inverse(w_s, x.device), use_fast_accum=True)
-    return out, x8, w8
+    return out, x8t, w8t
 
 
 @_fp8_mm_op.register_fake
 def _(x, w, x_s, w_s, grad_s):
-    return x.new_empty(x.size(0), w.size(0), dtype=torch.bfloat16), x.to(E4M3), w.to(E4M3)
+    return (x.new_empty(x.size(0), w.size(0), dtype=torch.bfloat16), x.new_empty(x.shape[::-1], dtype=E4M3),
+            w.new_empty(w.shape[::-1], dtype=E4M3))
 
 
 @torch.library.custom_op("speedrun::fp8_mm_backward", mutates_args=())
-def _fp8_mm_backward_op(g: Tensor, x8: Tensor, w8: Tensor, x_s: float, w_s: float,
+def _fp8_mm_backward_op(g: Tensor, x8t: Tensor, w8t: Tensor, x_s: float, w_s: float,
                         grad_s: float) -> tuple[Tensor, Tensor]:
-    """dY (M, N), X8 (M, K), W8 (N, K) -> (dX (M, K) bf16, dW (N, K) fp32)."""
-    g8 = g.mul(grad_s).to(E5M2)
-    # _scaled_mm takes its first operand row-major and its second column-major
-    dx = torch._scaled_mm(g8, w8.t().contiguous().t(), out_dtype=torch.bfloat16, scale_a=_inverse(grad_s, g.device),
+    """dY (M, N), X8^T (K, M), W8^T (K, N) -> (dX (M, K) bf16, dW (N, K) fp32)."""
+    g8, g8t = _cast(g, grad_s, E5M2, transpose=True)
+    # _scaled_mm takes its first operand row-major and its second column-major (the .t() views)
+    dx = torch._scaled_mm(g8, w8t.t(), out_dtype=torch.bfloat16, scale_a=_inverse(grad_s, g.device),
                           scale_b=_inverse(w_s, g.device), use_fast_accum=False)
-    dw = torch._scaled_mm(x8.t().contiguous(), g8.t().contiguous().t(), out_dtype=torch.float32,
-                          scale_a=_inverse(x_s, g.device), scale_b=_inverse(grad_s, g.device), use_fast_accum=False).t()
+    dw = torch._scaled_mm(x8t, g8t.t(), out_dtype=torch.float32, scale_a=_inverse(x_s, g.device),
+                          scale_b=_inverse(grad_s, g.device), use_fast_accum=False).t()
     return dx, dw
 
 
 @_fp8_mm_backward_op.register_fake
-def _(g, x8, w8, x_s, w_s, grad_s):
+def _(g, x8t, w8t, x_s, w_s, grad_s):
     # dW comes out of _scaled_mm as (K, N) row-major, transposed: strides (1, N), which Inductor checks
-    return x8.new_empty(x8.shape, dtype=torch.bfloat16), w8.new_empty(w8.shape[::-1], dtype=torch.float32).t()
+    return x8t.new_empty(x8t.shape[::-1], dtype=torch.bfloat16), w8t.new_empty(w8t.shape, dtype=torch.float32).t()
 
 
 def _setup_context(ctx, inputs, output):

@@ -5,11 +5,17 @@ record's scales: (1) `fp8_mm_ref`, the casts emulated through torch's float8 dty
 formats' rounding of the plain fp32 matmul and its gradients (e4m3: relative 2^-4 per operand, e5m2: 2^-3);
 (2) the op itself (`torch._scaled_mm`, which PyTorch's CPU build runs) equals that emulation: the same
 casts, so the only differences are the accumulation order and the bf16 rounding of y and dX.
+
+The casts' kernel (`cast_fp8`, the op's path on CUDA) against torch's casts bit for bit: under Triton's
+interpreter on values an fp8 format holds exactly (its own float conversion does not round to nearest even),
+overflow, inf and NaN, at awkward shapes; on a GPU on random values of every magnitude. The op's outputs
+equal the eager composition they replace (casts, transposed copies, `_scaled_mm`) with either cast path.
 """
 import pytest
 import torch
 
-from kernels.fp8 import E4M3, E5M2, fp8_mm, fp8_mm_ref, quantize
+import kernels.fp8
+from kernels.fp8 import E4M3, E5M2, cast_fp8, cast_fp8_ref, fp8_mm, fp8_mm_ref, quantize
 from helpers import assert_close
 
 SHAPES = [(1, 16, 16), (37, 64, 48), (130, 128, 272), (257, 96, 1024)]  # (M, K, N)
@@ -81,9 +87,12 @@ def test_bad_shapes_are_one_line_errors(shape_x, shape_w, message):
 
 
 def test_the_op_compiles_with_inductor_forward_and_backward():
-    """Inductor checks a custom op's outputs against its fake's sizes and strides (dW is a transposed view)."""
+    """Inductor checks a custom op's outputs against its fake's sizes and strides (dW is a transposed view).
+    Without its FX graph cache: the cache keys the op by name, not by its fake, so a graph compiled against
+    another version of this op would replay that version's sizes and strides."""
     x, w, dy = _inputs(32, 64, 48, seed=9)
-    y, dx, dw = _run(torch.compile(fp8_mm, fullgraph=True), x, w, dy)
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        y, dx, dw = _run(torch.compile(fp8_mm, fullgraph=True), x, w, dy)
     y_eager, dx_eager, dw_eager = _run(fp8_mm, x, w, dy)
     assert torch.equal(y, y_eager) and torch.equal(dx, dx_eager) and torch.equal(dw, dw_eager)
 
@@ -91,9 +100,94 @@ def test_the_op_compiles_with_inductor_forward_and_backward():
 def test_the_ops_fakes_match_the_real_ops():
     x, w, dy = _inputs(32, 64, 48, seed=10)
     torch.library.opcheck(torch.ops.speedrun.fp8_mm, (x, w, 2.0, 512.0, 2.0**19), test_utils="test_faketensor")
-    x8, w8 = x.mul(2).to(torch.float8_e4m3fn), w.mul(512).to(torch.float8_e4m3fn)
-    torch.library.opcheck(torch.ops.speedrun.fp8_mm_backward, (dy, x8, w8, 2.0, 512.0, 2.0**19),
+    x8t, w8t = x.mul(2).to(E4M3).t().contiguous(), w.mul(512).to(E4M3).t().contiguous()
+    torch.library.opcheck(torch.ops.speedrun.fp8_mm_backward, (dy, x8t, w8t, 2.0, 512.0, 2.0**19),
                           test_utils="test_faketensor")
+
+
+def _eager_composition(x, w, dy, x_s, w_s, grad_s):
+    """The op's math written out as torch ops: each cast as a product then a cast, each transposed operand a copy."""
+    inv = lambda s: torch.tensor(1 / s)  # noqa: E731
+    x8, w8, g8 = x.mul(x_s).to(E4M3), w.mul(w_s).to(E4M3), dy.mul(grad_s).to(E5M2)
+    y = torch._scaled_mm(x8, w8.t(), out_dtype=torch.bfloat16, scale_a=inv(x_s), scale_b=inv(w_s), use_fast_accum=True)
+    dx = torch._scaled_mm(g8, w8.t().contiguous().t(), out_dtype=torch.bfloat16, scale_a=inv(grad_s),
+                          scale_b=inv(w_s))
+    dw = torch._scaled_mm(x8.t().contiguous(), g8.t().contiguous().t(), out_dtype=torch.float32, scale_a=inv(x_s),
+                          scale_b=inv(grad_s)).t()
+    return y.float(), dx.float(), dw
+
+
+def _fp8_values(dtype, shape, scale, gen):
+    """Random values q / scale with q any finite value of `dtype` (subnormals and the largest included)."""
+    values = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(dtype).float()
+    values = values[values.isfinite()]
+    return values[torch.randint(len(values), shape, generator=gen)] / scale
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_the_op_equals_the_eager_composition_bit_for_bit(M, K, N):
+    x, w, dy = _inputs(M, K, N, seed=M + 2)
+    assert all(torch.equal(a, b) for a, b in zip(_run(fp8_mm, x, w, dy), _eager_composition(x, w, dy, **SCALES)))
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES[:3])
+def test_the_op_with_the_cast_kernel_equals_the_eager_composition(M, K, N, monkeypatch):
+    """The CUDA path's casts (the kernel, here under the interpreter) feed every matmul the operand in the layout
+    it needs: on inputs the casts hold exactly, the outputs are the eager composition's bits."""
+    gen = torch.Generator().manual_seed(M)
+    x = _fp8_values(E4M3, (M, K), SCALES["x_s"], gen).bfloat16()
+    w = _fp8_values(E4M3, (N, K), SCALES["w_s"], gen)
+    dy = _fp8_values(E5M2, (M, N), SCALES["grad_s"], gen).bfloat16()
+    calls = []
+    monkeypatch.setattr(kernels.fp8, "_use_kernel", lambda t: calls.append(t.shape) or True)
+    outputs = _run(fp8_mm, x, w, dy)
+    assert calls == [(M, K), (N, K), (M, N)]
+    assert all(torch.equal(a, b) for a, b in zip(outputs, _eager_composition(x, w, dy, **SCALES)))
+
+
+def _assert_same_bits(q, ref, where):
+    """The same bytes, NaN's sign aside: torch's t.mul(s) gives NaN a sign of its own (the CPU's bf16 rounding a
+    positive one, the GPU's multiply the canonical one), so NaN bytes (0x7f, 0xff) compare equal."""
+    canonical = lambda b: torch.where(b & 0x7F == 0x7F, 0x7F, b)  # noqa: E731
+    q, ref = canonical(q.view(torch.uint8)), canonical(ref.view(torch.uint8))
+    if not torch.equal(q, ref):
+        i = (q != ref).nonzero()[0].tolist()
+        raise AssertionError(f"{where}: {int((q != ref).sum())} of {q.numel()} bytes differ, first at {i}: "
+                             f"{q[tuple(i)].item():#04x} against torch's {ref[tuple(i)].item():#04x}")
+
+
+CAST_SHAPES = [(1, 1), (1, 100), (37, 53), (64, 64), (130, 67), (3, 257)]  # 64 x 64 tiles: partial in either dim
+SPECIAL = [0.0, -0.0, float("inf"), float("-inf"), float("nan")]
+
+
+@pytest.mark.parametrize("dtype,scale", [(E4M3, 2.0), (E4M3, 2.0**9), (E5M2, 2.0**19), (E5M2, 2.0**-3)])
+@pytest.mark.parametrize("t_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("R,C", CAST_SHAPES)
+def test_the_cast_kernel_writes_torchs_bits_and_their_transpose(R, C, t_dtype, dtype, scale):
+    """Values the format holds exactly (subnormals, the largest), overflow (e4m3: saturated at 448, e5m2: inf
+    from 61440 up), +-inf, NaN and signed zeros, scaled by the trainer's scales (and one below 1)."""
+    gen = torch.Generator().manual_seed(R * 1000 + C)
+    limit = 448.0 if dtype == E4M3 else 57344.0
+    extra = torch.tensor(SPECIAL + [limit * 1.07, -limit * 1.5, 61440.0, -65536.0, 1e30]) / scale
+    t = _fp8_values(dtype, (R, C), scale, gen)
+    pick = torch.rand(R, C, generator=gen) < 0.2
+    t = torch.where(pick, extra[torch.randint(len(extra), (R, C), generator=gen)], t).to(t_dtype)
+    q, qt = cast_fp8(t, scale, dtype, transpose=True)
+    ref, ref_t = cast_fp8_ref(t, scale, dtype, transpose=True)
+    assert (q.dtype, q.shape, qt.dtype, qt.shape) == (dtype, (R, C), dtype, (C, R)) and qt.is_contiguous()
+    _assert_same_bits(q, ref, "q")
+    _assert_same_bits(qt, ref_t, "q^T")
+    q_only, none = cast_fp8(t, scale, dtype)
+    assert none is None
+    _assert_same_bits(q_only, ref, "q without the transpose")
+
+
+@pytest.mark.parametrize("t,dtype,message", [
+    (torch.zeros(4, 4, dtype=torch.float16), E4M3, "bf16/fp32"), (torch.zeros(4, 4).t()[:, :2], E4M3, "contiguous"),
+    (torch.zeros(2, 2, 2), E5M2, "2-D"), (torch.zeros(4, 4), torch.bfloat16, "E4M3/E5M2")])
+def test_the_cast_kernel_refuses_bad_input_in_one_line(t, dtype, message):
+    with pytest.raises(ValueError, match=message):
+        cast_fp8(t, 2.0, dtype)
 
 
 @pytest.mark.gpu
@@ -114,3 +208,22 @@ def test_the_op_on_the_gpu_equals_its_emulation_and_never_syncs(M, K, N):
     assert_close(y, y_ref, dtype=torch.bfloat16, name="y")
     assert_close(dx, dx_ref, dtype=torch.bfloat16, name="dX")
     assert_close(dw, dw_ref, dtype=torch.bfloat16, name="dW")  # fp32 out; the GPU sums in another order
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("R,C,t_dtype,dtype,scale", [
+    (130, 67, torch.float32, E4M3, 2.0**9), (768, 50304, torch.float32, E4M3, 2.0**9),
+    (1000, 768, torch.bfloat16, E4M3, 2.0), (49152, 50304, torch.bfloat16, E5M2, 2.0**19)])
+def test_the_cast_kernel_on_the_gpu_writes_torchs_bits(R, C, t_dtype, dtype, scale):
+    """Random values over 60 binades (rounding to nearest even, subnormals, overflow) plus inf and NaN, on the
+    hardware's casts; the last shape is the logits' gradient: 2.5G elements, int64 offsets."""
+    gen = torch.Generator(device="cuda").manual_seed(R)
+    t = torch.randn(R, C, device="cuda", generator=gen) * torch.exp2(
+        torch.randint(-40, 20, (R, C), device="cuda", generator=gen).float()) / scale
+    t.view(-1)[:5] = torch.tensor(SPECIAL, device="cuda")
+    t = t.to(t_dtype)
+    q, qt = cast_fp8(t, scale, dtype, transpose=True)
+    ref, ref_t = cast_fp8_ref(t, scale, dtype, transpose=True)
+    _assert_same_bits(q, ref, "q")
+    _assert_same_bits(qt.t(), q, "q^T")

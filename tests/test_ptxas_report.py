@@ -58,3 +58,16 @@ def test_ptx_instruction_counts():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "{'wgmma': 2, 'tma': 1, 'cp_async': 2}"
+
+
+def test_fp8_cast_kernels_compile_for_an_h100_without_spilling(tmp_path):
+    """The FP8 head's casts (kernels.fp8.cast_fp8), as the op launches them: element-wise, no matmul."""
+    csv = tmp_path / "ptxas.csv"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ptxas_report", "fp8", "--strict", f"--csv={csv}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = pd.read_csv(csv)
+    assert len(table) == 4 and set(table.dtype) == {"bf16", "fp32"} and table.kernel.str.startswith("fp8 cast").all()
+    assert (table.registers > 0).all() and (table.spill_stores == 0).all() and table.fits.all()
+    assert (table.wgmma == 0).all()

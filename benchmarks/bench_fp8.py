@@ -1,0 +1,79 @@
+"""The FP8 head's casts: kernels/fp8.py's one-pass kernel against torch's casts, in effective GB/s.
+
+Run: `python -m benchmarks.bench_fp8` (needs CUDA; without it, prints one line and exits 0).
+
+Each case is a tensor the FP8 head casts, in the layouts `_scaled_mm` takes (kernels/fp8.py's docstring):
+the fp8 copy and its transpose. Implementations, all on the same input:
+- "ours": `cast_fp8(t, scale, dtype, transpose=True)`, one kernel;
+- "torch eager": `cast_fp8_ref`, the op's eager body: the product in t's dtype, the cast, a transposed copy;
+- "torch compiled": `cast_fp8_ref` under torch.compile (Inductor fuses the product into the cast; the
+  transposed copy is its own loop or fused, as Inductor decides);
+- "copy ceiling": t.clone(), whose GB/s bounds any memory-bound op; its ms is the time a copy at that rate
+  would take to move the case's bytes.
+
+Accounting: the bytes that must move, per element of t, its size read once and 1 + 1 written (the fp8 copy
+and its transpose): 4 B for bf16, 6 for fp32; every row's `gb` and effective GB/s use that count, so a slower
+implementation shows as a lower GB/s. The eager body moves more: 2 + 2 (the product) + 2 + 1 (the cast) + 1 + 1
+(the transposed copy) = 9 B for bf16, 15 for fp32. "ours" rows carry `est_ms`, the roofline's estimate of the
+call (`roofline.memory_call_ms`: the bytes at its copy rate, one kernel), as its FP8 head items count it.
+
+Cases (fineweb-124m, one 48K-token micro-step): the logits' gradient dY (49152, 50304) bf16 to e5m2 at
+grad_s = 2^19 (2.5G elements, 9.9 GB to move), x (49152, 768) bf16 and the head's weight w (50304, 768) fp32
+to e4m3 at 2 and 2^9.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from benchmarks.common import append_results, bench_ms, require_cuda
+from benchmarks.roofline import memory_call_ms
+from kernels.fp8 import E4M3, E5M2, cast_fp8, cast_fp8_ref
+
+# (name, (R, C), input dtype, fp8 dtype, scale)
+CASES = [("dY", (49152, 50304), torch.bfloat16, E5M2, 2.0**19), ("x", (49152, 768), torch.bfloat16, E4M3, 2.0),
+         ("w", (50304, 768), torch.float32, E4M3, 2.0**9)]
+
+
+def _implementations(compile: bool) -> dict:
+    impls = {"ours": cast_fp8, "torch eager": cast_fp8_ref}
+    if compile:
+        impls["torch compiled"] = torch.compile(cast_fp8_ref, dynamic=False)
+    return impls
+
+
+def bench_case(name: str, shape: tuple[int, int], t_dtype: torch.dtype, dtype: torch.dtype, scale: float,
+               device: str = "cuda", *, compile: bool = True) -> list[dict]:
+    """Rows of one cast, each implementation on the same input t: values of the size the trainer's are scaled to
+    (the module docstring of kernels/fp8.py). compile=False: no compiled row (the CPU test)."""
+    t = (torch.randn(shape, device=device) * 8 / scale).to(t_dtype)
+    moved = t.numel() * (t.element_size() + 2)
+    case = f"{name} {tuple(shape)} {str(t_dtype).removeprefix('torch.')} -> {str(dtype).removeprefix('torch.')}"
+    rows = []
+    for impl, fn in _implementations(compile).items():
+        fn(t, scale, dtype, True)  # compile warm-up, outside the timing
+        ms = bench_ms(lambda: fn(t, scale, dtype, True), device)
+        rows.append(dict(bench="fp8 cast + transpose", case=case, impl=impl, ms=ms, gb=moved * 1e-9,
+                         gbps=moved / ms * 1e-6, est_ms=memory_call_ms(moved, 1) if impl == "ours" else None))
+    copy_gbps = 2 * t.numel() * t.element_size() / bench_ms(lambda: t.clone(), device) * 1e-6
+    rows.append(dict(bench="fp8 cast + transpose", case=case, impl="copy ceiling", ms=moved / copy_gbps * 1e-6,
+                     gb=moved * 1e-9, gbps=copy_gbps, est_ms=None))
+    torch._dynamo.reset()  # the next case compiles afresh, for its static shapes
+    return rows
+
+
+def main() -> None:
+    if not require_cuda("bench_fp8"):
+        return
+    rows = [row for case in CASES for row in bench_case(*case)]
+    append_results(rows)
+    table = pd.DataFrame(rows).pivot_table(index=["case"], columns="impl", values=["ms", "gbps"], sort=False)
+    print(f"FP8 casts on {torch.cuda.get_device_name(0)}: ms and effective GB/s (the bytes that must move; "
+          "accounting in the docstring); ours' roofline estimate: "
+          + ", ".join(f"{r['case'].split()[0]} {r['est_ms']:.2f} ms" for r in rows if r["impl"] == "ours"))
+    with pd.option_context("display.width", 200):
+        print(table.round(2).to_string())
+
+
+if __name__ == "__main__":
+    main()
