@@ -36,7 +36,11 @@ mlp_ratio x d, V = vocab_size, L = layers):
   norm ops carry the adds and mixes around them, each counted by the tensors it reads and writes forward and
   backward: a block's entry (previous MLP output added, λ-mix, RMSNorm: `kernels.norm.mix_rms_norm`), the
   residual add after attention with the MLP's norm and the final add with the final norm (`add_rms_norm`),
-  QK-norm with rotary (`rms_norm_rotary`).
+  QK-norm with rotary (`rms_norm_rotary`). ReLU^2 (`kernels.mlp.relu2_mlp`) lives in the fc matmul's epilogues:
+  forward the post tile is written beside pre, backward pre is read where d_post = dY W_proj is accumulated and
+  d_pre written in its place, so only post's write and pre's read (2f B a token each) are counted beyond the
+  matmuls; our Triton matmul is assumed to run at the table's matmul rate (cuBLAS-class), an estimate that
+  `benchmarks/bench_mlp.py` measures. Inductor's ReLU^2 (--kernels=torch) is an element-wise kernel of its own.
 - loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
   the bf16 gradient written once backward (recomputed, not saved).
 - weights: autocast's fp32 -> bf16 cast of every matrix each micro-step and the cast of its gradient back,
@@ -290,7 +294,12 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
         elementwise("norm", "QK-norm + rotary (rms_norm_rotary, q and k)", 2 * 2 * io, A, backward=1.5, kernels=2)
     elementwise("elementwise", "value-embedding gather + v mix", io + W * d + io, ve_layers)
     elementwise("elementwise", "v scaled by its λ (v_lambda)", 2 * io, plain_v if cfg.v_lambda else 0)
-    elementwise("elementwise", "ReLU^2", 2 * 2 * f, L)
+    if kernels == "torch":  # Inductor's kernel between the matmuls: pre read, post written; backward d_post and pre
+        elementwise("elementwise", "ReLU^2", 2 * 2 * f, L)  # read, d_pre written
+    else:  # kernels.mlp.relu2_mlp: in the fc matmul's epilogues, only the bytes the matmul items do not count: post
+        # written beside pre (2f B a token) forward, pre read beside d_post's accumulator (2f B) backward
+        elementwise("elementwise", "ReLU^2 in the fc matmul's epilogues (post written, pre read back)", 2 * f, L,
+                    backward=1.0, kernels=0)
 
     # loss: logits (N, V) bf16 from the head
     items.append(Item("loss", "soft-cap + cross-entropy on bf16 logits (fwd read; bwd read + write)",

@@ -82,6 +82,24 @@ def test_micro_step_accounting_on_a_small_model():
     assert _item(bf16, "token embedding gather").bytes == (2 + 2) * 64 * 3 * N
 
 
+def test_relu2_in_the_matmul_epilogues_counts_only_post_written_and_pre_read_back():
+    """f = 4 x 64 = 256, N = 256 tokens, one layer. Our kernels (kernels.mlp): forward post written beside pre (2f B a
+    token), backward pre read beside the dY W_proj accumulator (2f B); no kernel of its own. PyTorch's: Inductor's
+    kernel reads pre and writes post (4f B), backward reads d_post and pre and writes d_pre (8f B)."""
+    cfg = roofline.track_config("cpu-tiny", **TINY)
+    tiles = {"fwd": (6, 128, 64, 2), "dkdv": (12, 32, 128, 4), "dq": (6, 128, 64, 3)}
+    N, f = 256, 256
+    ours = _item(roofline.micro_step_items(cfg, "triton", set(), tiles, gpus=1), "ReLU^2")
+    assert ours.bytes == (2 + 2) * f * N and ours.kernels == 0
+    assert roofline.item_seconds(ours) == pytest.approx(4 * f * N / H100_RATES["copy"][1])
+    torch_ = _item(roofline.micro_step_items(cfg, "torch", set(), tiles, gpus=1), "ReLU^2")
+    assert torch_.bytes == (4 + 8) * f * N and torch_.kernels == 2
+    # the matmuls are the same items on both backends: the fused epilogue adds bytes, not FLOPs
+    for name in ("mlp fc", "mlp proj"):
+        assert _item(roofline.micro_step_items(cfg, "triton", set(), tiles, gpus=1), name) == \
+            _item(roofline.micro_step_items(cfg, "torch", set(), tiles, gpus=1), name)
+
+
 def test_one_attention_call():
     # causal T = 4096, one head of 64: query block i (128 rows) visits 2 (i + 1) key tiles of 64, 1056 in all
     flops = 1056 * 2 * 2 * 128 * 64 * 64
