@@ -100,6 +100,19 @@ def test_relu2_in_the_matmul_epilogues_counts_only_post_written_and_pre_read_bac
             _item(roofline.micro_step_items(cfg, "torch", set(), tiles, gpus=1), name)
 
 
+def test_one_mlp_call_differs_between_backends_by_the_relu2_bytes_only():
+    # fineweb's shapes, 49152 tokens, d = 768, f = 3072: the ReLU^2 bytes are far above a kernel's least time, so
+    # Inductor's kernel costs 4f B a token forward (12f B with the backward) where the epilogues cost 2f (4f)
+    M, d, f, copy = 49152, 768, 3072, H100_RATES["copy"][1]
+    for backward, saved in [(False, 4 - 2), (True, 12 - 4)]:
+        torch_ms = roofline.mlp_call_ms(M, d, f, backward=backward, kernels="torch")
+        ours_ms = roofline.mlp_call_ms(M, d, f, backward=backward)
+        assert torch_ms - ours_ms == pytest.approx(1e3 * saved * f * M / copy)
+    # the forward's matmuls: 2 x 2 M d f FLOPs at the matmul rate (compute-bound at these shapes), post's 2f B
+    assert roofline.mlp_call_ms(M, d, f, backward=False) == pytest.approx(
+        1e3 * (4 * M * d * f / H100_RATES["matmul"][1] + 2 * f * M / copy))
+
+
 def test_one_attention_call():
     # causal T = 4096, one head of 64: query block i (128 rows) visits 2 (i + 1) key tiles of 64, 1056 in all
     flops = 1056 * 2 * 2 * 128 * 64 * 64
