@@ -25,8 +25,9 @@ reference (its fc input, the ReLU's input and the square's output).
 Bytes and FLOPs, per token, bf16 (2 B), f = 4d: the matmuls do 2·2·d·f FLOPs forward and 2·4·d·f backward as
 unfused. Unfused, Inductor's element-wise kernel reads pre and writes post forward (2·2f B), and backward reads
 d_post and pre and writes d_pre (3·2f B), beside the matmuls' own reads and writes: 10f B a token. Fused, the
-forward writes post in the epilogue beside pre (+2f B) and the backward reads pre in the epilogue (+2f B), and
-d_post's write and read vanish: 4f B a token, 12.3 KB at f = 3072 where unfused moves 30.7 KB.
+forward writes post in the epilogue beside pre (+2f B) and the backward reads pre in the epilogue (+2f B) and writes
+d_pre where the unfused matmul writes d_post (so d_post's read and the separate d_pre write go): 4f B a token,
+12.3 KB at f = 3072 where unfused moves 30.7 KB.
 `benchmarks/bench_mlp.py` measures both at the fineweb-124m shapes (49152 x 768 -> 3072).
 
 Program order (Triton's matmul tutorial): output tiles are taken GROUP_M tile-rows at a time, column by column
