@@ -18,9 +18,9 @@ carries the element-wise work in its epilogue, where the accumulator tile is sti
   rounding to the dtype gives what PyTorch's square gives).
 - backward (`EPILOGUE = "relu2_grad"`): the accumulator is d_post = dy W_proj; the epilogue reads the saved pre
   tile and writes d_pre = d_post · 2 relu(pre) in fp32, rounded once. d_post itself is never stored.
-The other three matmuls (y, dW_proj, dW_fc, dx) are torch matmuls (cuBLAS on a GPU). Saved for the backward:
-x, pre and post (and the weights, which are parameters): the same tensors autograd saves for the unfused
-reference (its fc input, the ReLU's input and the square's output).
+The other four matmuls (y, dW_proj, dW_fc, dx) are torch matmuls (cuBLAS on a GPU). Saved for the backward:
+x, pre and post (and the weights, which are parameters): as much memory as eager autograd keeps for the unfused
+reference (x, relu(pre), which the ReLU and the square both save, and post).
 
 Bytes and FLOPs, per token, bf16 (2 B), f = 4d: the matmuls do 2·2·d·f FLOPs forward and 2·4·d·f backward as
 unfused. Unfused, Inductor's element-wise kernel reads pre and writes post forward (2·2f B), and backward reads
