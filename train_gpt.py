@@ -309,7 +309,7 @@ class Ops:
     attention_mask: Callable[[Tensor, list[int]], list]  # (document starts (B, T) bool, windows) -> a mask per window
     attention: Callable[..., Tensor]  # q, k, v (B, T, H, D), mask, softmax scale (None: D^-0.5) -> (B, T, H, D)
     fp8_mm: Callable[..., Tensor]  # x (M, K), w (N, K), x_s, w_s, grad_s -> x w^T (M, N) bf16 through FP8
-    relu2_mlp: Callable[[Tensor, Tensor, Tensor], Tensor]  # x (..., d), W_fc (f, d), W_proj (d, f) -> proj(relu(fc x)^2)
+    relu2_mlp: Callable[[Tensor, Tensor, Tensor], Tensor]  # x (..., d), W_fc (f, d), W_proj (d, f) -> (..., d)
     newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
     sources: dict[str, str]  # op -> where it comes from, for the log
 

@@ -85,7 +85,8 @@ def main() -> int:
     table = append_results(rows)
     print(f"TFLOP/s on {torch.cuda.get_device_name(0)} (ours vs torch in the same mode; accounting in the docstring)")
     with pd.option_context("display.width", 200):
-        print(table[["bench", "case", "mode", "impl", "ms", "tflops", "est_ms", "max_err_vs_fp32"]].to_string(index=False))
+        columns = ["bench", "case", "mode", "impl", "ms", "tflops", "est_ms", "max_err_vs_fp32"]
+        print(table[columns].to_string(index=False))
     return 0
 
 

@@ -237,7 +237,8 @@ GROUPS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("groups", nargs="*", metavar="group", default=["attention", "newton_schulz", "norm", "mlp", "fp32"],
+    parser.add_argument("groups", nargs="*", metavar="group",
+                        default=["attention", "newton_schulz", "norm", "mlp", "fp32"],
                         help=f"what to compile, of {', '.join(GROUPS)} (default: all but sweep, the candidate "
                              "attention backward tiles)")
     parser.add_argument("--csv", help="also write the table to this CSV file")
