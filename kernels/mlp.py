@@ -39,7 +39,7 @@ choice sums the products in the same order and gives the same bits (the autotune
 run's numbers): 128x256 and 128x128 tiles, 8 warps, 3-4 stages, each spill-free on sm_90 under Triton 3.9
 (`python -m benchmarks.ptxas_report mlp`; the table is in benchmarks/NOTES.md). fp32 inputs take the
 exact fp32 product ("ieee") and half the BLOCK_K (CUDA_FP32_CONFIG). Under Triton's interpreter (CPU): one small
-fixed tile, INTERPRETER_BLOCKS, so test shapes span several tiles and groups.
+fixed tile and group, INTERPRETER_BLOCKS, so test shapes span several tiles and groups.
 
 Limits: x (..., d) and the weights of one dtype among float32, float16, bfloat16 (the trainer casts its fp32
 weights to the activations' dtype under autocast), on one device; anything else is a one-line ValueError.
@@ -54,12 +54,15 @@ import triton.language as tl
 from torch import Tensor
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-GROUP_M = 8  # tile-rows per program group (L2 reuse of B's tile-columns)
+GROUP_M = 8  # tile-rows per program group on CUDA (L2 reuse of B's tile-columns)
 # sm_90, 2-byte operands: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Shared memory per stage
 # (BM + BN)·BK·2 B: 48 KiB at 128x256x64 (3 stages, 144 KiB), 32 KiB at 128x128x64 (4 stages, 128 KiB).
 CUDA_CONFIGS = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4)]
 CUDA_FP32_CONFIG = (64, 64, 32, 4, 3)  # the tests' fp32 on a GPU: exact products, small tiles
-INTERPRETER_BLOCKS = (32, 32, 16)  # (BLOCK_M, BLOCK_N, BLOCK_K) under TRITON_INTERPRET=1
+# Under TRITON_INTERPRET=1: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M). The interpreter's time grows with the programs
+# (cpu-tiny's MLP, 2048 x 128 -> 512, forward + backward: 25 s at 32 x 32 x 16, 4.5 s at 64 x 64 x 32); groups of 2
+# tile-rows let the tests' shapes reach several groups and a partial last one.
+INTERPRETER_BLOCKS = (64, 64, 32, 2)
 
 
 def relu2_mlp_ref(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> Tensor:
@@ -151,9 +154,9 @@ def mlp_matmul(a: Tensor, b: Tensor, pre: Tensor, out: Tensor, epilogue: str) ->
     precision = "ieee" if a.dtype == torch.float32 else "tf32"
     args = (a, *a.stride(), b, *b.stride(), pre, *pre.stride(), out, M, N, K)
     if not a.is_cuda:
-        bm, bn, bk = INTERPRETER_BLOCKS
+        bm, bn, bk, group_m = INTERPRETER_BLOCKS
         grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-        _mlp_matmul_kernel[grid](*args, EPILOGUE=epilogue, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M,
+        _mlp_matmul_kernel[grid](*args, EPILOGUE=epilogue, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
                                  DOT_PRECISION=precision)
     elif a.dtype == torch.float32:  # exact fp32 products need small tiles (twice the bytes per element)
         bm, bn, bk, w, s = CUDA_FP32_CONFIG

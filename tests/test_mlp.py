@@ -12,9 +12,9 @@ import torch
 from helpers import assert_error_within
 from kernels.mlp import CUDA_CONFIGS, INTERPRETER_BLOCKS, _relu2_mlp_op, relu2_mlp, relu2_mlp_ref
 
-# (leading dims of x, d, f): one token; 37 and 130 tokens (a partial tile-row, several groups of tile-rows at the
-# interpreter's 32-row tiles); d = 40 and 48 (not multiples of the 16-wide K block, 40 not of 32 either); f = 4d
-# and odd f (a partial tile-column); leading batch dims (B, T).
+# (leading dims of x, d, f): one token; 37 and 130 tokens (a partial tile-row; 130 is 3 tile-rows of the
+# interpreter's 64, two groups of 2, the last one partial); d = 40 and 48 (not multiples of the 32-wide K block);
+# f = 4d and odd f (partial tile-columns); leading batch dims (B, T).
 SHAPES = [((1,), 40, 160), ((37,), 48, 97), ((130,), 40, 160), ((2, 9), 48, 192), ((3, 11), 40, 101)]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -90,8 +90,9 @@ def test_zero_tokens(device):
 def test_every_cuda_configuration_sums_k_in_the_same_blocks():
     # the autotuner's pick must not change the bits: one BLOCK_K across CUDA_CONFIGS
     assert len({bk for _, _, bk, _, _ in CUDA_CONFIGS}) == 1 and len(CUDA_CONFIGS) >= 2
-    bm, bn, bk = INTERPRETER_BLOCKS
-    assert 40 % bk and 97 % bn and 130 % bm  # SHAPES reach partial blocks under the interpreter
+    bm, bn, bk, group_m = INTERPRETER_BLOCKS
+    assert 40 % bk and 48 % bk and 97 % bn and 130 % bm  # SHAPES reach partial blocks under the interpreter...
+    assert -(-130 // bm) % group_m and -(-130 // bm) > group_m  # ...and a partial last group of tile-rows
 
 
 def test_custom_ops_pass_opcheck(device):
