@@ -309,6 +309,7 @@ class Ops:
     attention_mask: Callable[[Tensor, list[int]], list]  # (document starts (B, T) bool, windows) -> a mask per window
     attention: Callable[..., Tensor]  # q, k, v (B, T, H, D), mask, softmax scale (None: D^-0.5) -> (B, T, H, D)
     fp8_mm: Callable[..., Tensor]  # x (M, K), w (N, K), x_s, w_s, grad_s -> x w^T (M, N) bf16 through FP8
+    relu2_mlp: Callable[[Tensor, Tensor, Tensor], Tensor]  # x (..., d), W_fc (f, d), W_proj (d, f) -> (..., d)
     newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
     sources: dict[str, str]  # op -> where it comes from, for the log
 
@@ -319,7 +320,7 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
     if kernels == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError("--kernels=triton on a CPU needs TRITON_INTERPRET=1 set before kernels/ is imported")
     try:
-        from kernels import attention, fp8, newton_schulz, norm
+        from kernels import attention, fp8, mlp, newton_schulz, norm
     except ImportError as exc:
         raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
     fused = ("add_rms_norm", "mix_rms_norm", "rms_norm_rotary")  # kernels.norm's fused ops, each beside `<op>_ref`
@@ -330,18 +331,20 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
 
         sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
                        newton_schulz="kernels.newton_schulz.newton_schulz",
-                       **{op: f"kernels.norm.{op}" for op in fused}, fp8_mm="kernels.fp8.fp8_mm")
+                       **{op: f"kernels.norm.{op}" for op in fused}, fp8_mm="kernels.fp8.fp8_mm",
+                       relu2_mlp="kernels.mlp.relu2_mlp")
         return Ops(norm.rms_norm, norm.add_rms_norm, norm.mix_rms_norm, norm.rms_norm_rotary, masks,
-                   attention.packed_flash_attention, fp8.fp8_mm, newton_schulz.newton_schulz, sources)
+                   attention.packed_flash_attention, fp8.fp8_mm, mlp.relu2_mlp, newton_schulz.newton_schulz, sources)
     cuda, flex = device.type == "cuda", [attention.FlexMasks() for _ in range(2)]  # a mask's buffers per window
     masks = (lambda starts, windows: [f(starts, w) for f, w in zip(flex, windows)]) if cuda else \
         (lambda starts, windows: [attention.dense_mask(starts, w) for w in windows])  # FlexAttention or dense SDPA
     attend = attention.make_flex_attention() if cuda else attention.sdpa_attention
     refs = dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask",
                 rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref",
-                **{op: f"kernels.norm.{op}_ref" for op in fused}, fp8_mm="kernels.fp8.fp8_mm")
+                **{op: f"kernels.norm.{op}_ref" for op in fused}, fp8_mm="kernels.fp8.fp8_mm",
+                relu2_mlp="kernels.mlp.relu2_mlp_ref")
     return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, norm.mix_rms_norm_ref, norm.rms_norm_rotary_ref, masks,
-               attend, fp8.fp8_mm, newton_schulz.newton_schulz_ref, refs)
+               attend, fp8.fp8_mm, mlp.relu2_mlp_ref, newton_schulz.newton_schulz_ref, refs)
 
 
 def init_linear_(weight: Tensor) -> Tensor:
@@ -393,15 +396,18 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, ops: Ops):
         super().__init__()
+        self.relu2_mlp = ops.relu2_mlp  # proj(relu(fc(x))^2), ReLU^2 in the fc matmul's epilogues with kernels/
         self.fc = nn.Linear(cfg.model_dim, cfg.mlp_ratio * cfg.model_dim, bias=False)
         self.proj = nn.Linear(cfg.mlp_ratio * cfg.model_dim, cfg.model_dim, bias=False)
         init_linear_(self.fc.weight)
         nn.init.zeros_(self.proj.weight)  # zero-init output projection (@Grad62304977)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.relu(self.fc(x)).square())  # ReLU^2 (So et al. 2021, Primer; @SKYLINEZ007, @Grad62304977)
+    def forward(self, x: Tensor) -> Tensor:  # x (B, T, dim)
+        # ReLU^2 (So et al. 2021, Primer; @SKYLINEZ007, @Grad62304977). The op is not on autocast's lists: the fp32
+        # weights are cast to x's dtype here, as autocast casts them for F.linear (bf16 on CUDA; a no-op on a CPU)
+        return self.relu2_mlp(x, self.fc.weight.type_as(x), self.proj.weight.type_as(x))
 
 
 class Block(nn.Module):
@@ -409,7 +415,7 @@ class Block(nn.Module):
         super().__init__()
         self.mix_norm, self.add_norm = ops.mix_rms_norm, ops.add_rms_norm
         self.attn = CausalSelfAttention(cfg, ops, rotary, value_embed) if attention else None
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, ops)
         self.lambdas = nn.Parameter(torch.tensor([1.0, 0.0]))  # x <- a (x + r) + b x0, a residual to the embedding
 
     def forward(self, x: Tensor, r: Tensor | None, x0: Tensor, ve: Tensor | None, mask) -> tuple[Tensor, Tensor]:

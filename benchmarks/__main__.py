@@ -55,11 +55,25 @@ def _tiny_newton_schulz(bench):
     append_results(bench.bench_case("16x24", 0, 16, 24, bench.implementations(compile=False), "cpu", torch.float32))
 
 
+def _tiny_mlp(bench):
+    import torch
+
+    append_results(bench.bench_case(37, 40, 97, "cpu", dtype=torch.float32, compile=False))
+
+
+def _tiny_fp8(bench):
+    import torch
+
+    append_results(bench.bench_case("dY", (19, 37), torch.bfloat16, bench.E5M2, 2.0**19, "cpu", compile=False))
+
+
 # --tiny: benchmark name -> function of its module running the module's cases on tiny inputs on the CPU
 TINY = {
     "bench_attention": _tiny_attention,
     "bench_norm": _tiny_norm,
     "bench_newton_schulz": _tiny_newton_schulz,
+    "bench_mlp": _tiny_mlp,
+    "bench_fp8": _tiny_fp8,
     "bench_model": lambda bench: bench.main(["--tiny", "--windows", "first", "--no-reference", "--steps", "1",
                                              "--warmup", "0"]),
 }

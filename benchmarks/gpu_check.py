@@ -20,11 +20,15 @@ backend, Triton ~2-5 s per kernel configuration, inductor ~3-15 s per graph):
                          compiled (~12 compiles)                                           110    200
     bench_norm           --quick: (65536, 768) and the QK-norm view; ours vs F.rms_norm /
                          F.layer_norm, eager and compiled (8 compiles), copy ceiling        45    120
+    bench_mlp            (49152, 768 -> 3072): relu2_mlp vs the PyTorch MLP, eager and
+                         compiled, forward and forward+backward (autotuning 6 configs)      40    100
+    bench_fp8            the FP8 head's casts (dY 49152 x 50304, x, w): cast_fp8 vs eager
+                         and compiled torch casts, copy ceiling                             15     90
     bench_newton_schulz  3 stacks; ours vs eager vs compiled                                35     90
     model_torch          bench_model, fineweb-124m on synthetic tokens, --kernels=torch,
                          mid-schedule window, 3 warm-up + 30 timed compiled steps           75    180
     model_triton         the same on --kernels=triton                                       75    180
-    tile_sweep           benchmarks/tile_sweep.py: 33 candidate tiles at the main shapes    60    120
+    tile_sweep           benchmarks/tile_sweep.py: 33 candidate tiles at the main shapes     5    120
     total                                                                                  475    480
 
 The budget (480 s) is hard: a stage may run past its estimate only into time the later stages do not
@@ -176,13 +180,13 @@ STAGES = [
     Stage("env", ("benchmarks.gpu_check", "--env"), ("benchmarks.gpu_check", "--env"), 15, 60, _env_headline),
     Stage("gpu_tests", _pytest(workers=6), _pytest(workers=0), 60, 150, _pytest_headline),
     *[Stage(name, ("benchmarks", "--quick", name), ("benchmarks", "--tiny", name), est, limit, _speedup_headline)
-      for name, est, limit in [("bench_attention", 110, 200), ("bench_norm", 45, 120),
-                               ("bench_newton_schulz", 35, 90)]],
+      for name, est, limit in [("bench_attention", 110, 200), ("bench_norm", 45, 120), ("bench_mlp", 40, 100),
+                               ("bench_fp8", 15, 90), ("bench_newton_schulz", 35, 90)]],
     *[Stage(f"model_{kernels}", _model(kernels), (*_model(kernels), "--tiny", "--windows", "first", "--steps", "1",
                                                    "--warmup", "0"), 75, 180, _model_headline)
       for kernels in ("torch", "triton")],
     Stage("tile_sweep", ("benchmarks.tile_sweep", "--budget", "{budget}"),
-          ("benchmarks.tile_sweep", "--tiny", "--processes", "1", "--budget", "{budget}"), 60, 120, _sweep_headline),
+          ("benchmarks.tile_sweep", "--tiny", "--processes", "1", "--budget", "{budget}"), 5, 120, _sweep_headline),
 ]
 
 

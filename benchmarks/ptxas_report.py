@@ -35,7 +35,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import attention, fp8, newton_schulz, norm  # noqa: E402
+from kernels import attention, fp8, mlp, newton_schulz, norm  # noqa: E402
 
 SM = 90  # H100 / H200
 H100_SHARED_BYTES = 227 * 1024  # opt-in shared memory per block on sm_90
@@ -194,6 +194,22 @@ def norm_rows(dtype: str, widths=(128, 768, 4096, 8192)) -> list[dict]:
     return rows
 
 
+def mlp_rows(dtype: str) -> list[dict]:
+    """The MLP's fc matmul with ReLU^2 in its epilogue, forward ("relu2": x W_fc^T, B a transposed view with unit
+    stride along K) and backward ("relu2_grad": dY W_proj, B row-major), at each autotuned CUDA configuration."""
+    fn, rows = mlp._mlp_matmul_kernel, []
+    for bm, bn, bk, warps, stages in mlp.CUDA_CONFIGS:
+        # the launcher's unit strides are specialised at launch: A's along K, pre's along N, B's along K (forward:
+        # W_fc^T) or N (backward: W_proj)
+        for epilogue, b_unit in [("relu2", "b_stride_k"), ("relu2_grad", "b_stride_n")]:
+            constexprs = {"a_stride_k": 1, "pre_stride_n": 1, b_unit: 1, "EPILOGUE": epilogue, "BLOCK_M": bm,
+                          "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": mlp.GROUP_M, "DOT_PRECISION": "tf32"}
+            rows.append(dict(kernel=f"mlp {'fwd' if epilogue == 'relu2' else 'bwd'} {epilogue}", dtype=dtype,
+                             config=f"{bm}x{bn}x{bk} w{warps} s{stages}",
+                             **compile_for_hopper(fn, _arg_types(fn, dtype), constexprs, warps, stages)))
+    return rows
+
+
 # Candidate attention-backward tiles at D = 128 (the trainer's head dim), for the sweep group: smaller key blocks
 # or fewer stages lower the fp32 accumulators' register pressure. Which is fastest only a GPU can say.
 BACKWARD_CANDIDATES = [("bwd", 128, attention.Blocks(m, n, num_warps=w, num_stages=st))
@@ -226,6 +242,7 @@ GROUPS = {
     "attention": lambda: attention_rows("bf16", attention._CUDA_BLOCKS),
     "newton_schulz": lambda: newton_schulz_rows("bf16"),
     "norm": lambda: norm_rows("bf16"),
+    "mlp": lambda: mlp_rows("bf16"),
     # fp32 runs on CUDA only in the tests (small tiles, slow and allowed to spill)
     "fp32": lambda: attention_rows("fp32", {key: attention._CUDA_FP32_BLOCKS for key in attention._CUDA_BLOCKS})
     + newton_schulz_rows("fp32"),
@@ -237,7 +254,8 @@ GROUPS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("groups", nargs="*", metavar="group", default=["attention", "newton_schulz", "norm", "fp32"],
+    parser.add_argument("groups", nargs="*", metavar="group",
+                        default=["attention", "newton_schulz", "norm", "mlp", "fp32"],
                         help=f"what to compile, of {', '.join(GROUPS)} (default: all but sweep, the candidate "
                              "attention backward tiles)")
     parser.add_argument("--csv", help="also write the table to this CSV file")

@@ -46,7 +46,11 @@ mlp_ratio x d, V = vocab_size, L = layers):
   norm ops carry the adds and mixes around them, each counted by the tensors it reads and writes forward and
   backward: a block's entry (previous MLP output added, λ-mix, RMSNorm: `kernels.norm.mix_rms_norm`), the
   residual add after attention with the MLP's norm and the final add with the final norm (`add_rms_norm`),
-  QK-norm with rotary (`rms_norm_rotary`).
+  QK-norm with rotary (`rms_norm_rotary`). ReLU^2 (`kernels.mlp.relu2_mlp`) lives in the fc matmul's epilogues:
+  forward the post tile is written beside pre, backward pre is read where d_post = dY W_proj is accumulated and
+  d_pre written in its place, so only post's write and pre's read (2f B a token each) are counted beyond the
+  matmuls; our Triton matmul is assumed to run at the table's matmul rate (cuBLAS-class), an estimate that
+  `benchmarks/bench_mlp.py` measures. Inductor's ReLU^2 (--kernels=torch) is an element-wise kernel of its own.
 - loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
   the bf16 gradient written once backward (recomputed, not saved).
 - embedding tables (`table_bytes`): bf16 with cfg.embed_bf16 (the fineweb-124m default), else fp32. The token
@@ -216,6 +220,34 @@ def attention_items(tiles: dict, B: int, T: int, H: int, D: int, calls: int = 1,
     return items
 
 
+def matmul_item(name: str, N: int, K: int, M: int, count: int, backward: bool = True) -> Item:
+    """`count` bf16 matmuls (N, K) @ (K, M): 2NKM FLOPs forward and 4NKM backward (dX and dW), operands read once and
+    the output written once by each; forward only with backward=False."""
+    passes = 3 if backward else 1
+    return Item("matmul", f"{name} ({N}x{K} @ {K}x{M}) x{count}", flops=2 * passes * N * K * M * count,
+                bytes=passes * 2 * (N * K + K * M + N * M) * count, rate="matmul", kernels=passes * count)
+
+
+def relu2_item(N: int, f: int, count: int, kernels: str, backward: bool = True) -> Item:
+    """ReLU^2 between the MLP's matmuls, `count` layers of N tokens of width f, bf16, beyond the matmuls' own bytes.
+    torch: Inductor's kernel reads pre and writes post (4f B a token); backward it reads d_post and pre and writes
+    d_pre (8f B). triton (kernels.mlp.relu2_mlp, in the fc matmul's epilogues): post written beside pre (2f B)
+    forward, pre read beside the d_post accumulator (2f B) backward, d_pre written in d_post's place; no kernel."""
+    if kernels == "torch":
+        return Item("elementwise", f"ReLU^2 x{count}", bytes=(4 + 8 * backward) * f * N * count,
+                    kernels=(1 + backward) * count)
+    return Item("elementwise", f"ReLU^2 in the fc matmul's epilogues (post written, pre read back) x{count}",
+                bytes=(2 + 2 * backward) * f * N * count, kernels=0)
+
+
+def mlp_call_ms(M: int, d: int, f: int, *, backward: bool, kernels: str = "triton") -> float:
+    """The estimate (central rates) of one MLP call proj(relu(fc(x))^2) on M tokens, bf16: forward, or forward and
+    backward; what benchmarks/bench_mlp times. Our Triton fc matmul is assumed to run at the table's matmul rate."""
+    items = [matmul_item("mlp fc", M, d, f, 1, backward), matmul_item("mlp proj", M, f, d, 1, backward),
+             relu2_item(M, f, 1, kernels, backward)]
+    return 1e3 * sum(item_seconds(i) for i in items)
+
+
 def attention_call_ms(B: int, T: int, H: int, D: int, window: int | None, cu_seqlens: torch.Tensor | None, *,
                       backward: bool, kernels: str = "triton", attention_backward: str | None = None) -> float:
     """The estimate (central rates) of one call of our attention on (B, T, H, D) bf16 inputs: the forward, or the
@@ -281,9 +313,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     items = []
 
     def matmul(name, K, M, count):
-        fwd_bytes = 2 * (N * K + K * M + N * M)
-        items.append(Item("matmul", f"{name} ({N}x{K} @ {K}x{M}) x{count}", flops=6 * N * K * M * count,
-                          bytes=3 * fwd_bytes * count, rate="matmul", kernels=3 * count))
+        items.append(matmul_item(name, N, K, M, count))
 
     def elementwise(component, name, per_token_bytes, count=1, backward=2.0, kernels=1):
         """A fused group moving per_token_bytes per token forward, `backward` times that backward."""
@@ -352,7 +382,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
         elementwise("norm", "QK-norm + rotary (rms_norm_rotary, q and k)", 2 * 2 * io, A, backward=1.5, kernels=2)
     elementwise("elementwise", "value-embedding gather + v mix", io + E * d + io, ve_layers)
     elementwise("elementwise", "v scaled by its λ (v_lambda)", 2 * io, plain_v if cfg.v_lambda else 0)
-    elementwise("elementwise", "ReLU^2", 2 * 2 * f, L)
+    items.append(relu2_item(N, f, L, kernels))
 
     # loss: logits (N, V) bf16 from the head
     items.append(Item("loss", "soft-cap + cross-entropy on bf16 logits (fwd read; bwd read + write)",

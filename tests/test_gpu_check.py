@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_the_plan_fits_eight_minutes_and_every_stage_has_a_module():
     assert sum(s.est_s for s in gpu_check.STAGES) <= gpu_check.BUDGET_S == 480
-    assert [s.name for s in gpu_check.STAGES] == ["env", "gpu_tests", "bench_attention", "bench_norm",
-                                                  "bench_newton_schulz", "model_torch", "model_triton", "tile_sweep"]
+    assert [s.name for s in gpu_check.STAGES] == ["env", "gpu_tests", "bench_attention", "bench_norm", "bench_mlp",
+                                                  "bench_fp8", "bench_newton_schulz", "model_torch", "model_triton", "tile_sweep"]
     for stage in gpu_check.STAGES:
         assert stage.est_s <= stage.limit_s <= 600  # one device command runs 10 minutes at most
         for argv in (stage.argv, stage.tiny_argv):
@@ -165,7 +165,8 @@ def test_the_whole_check_rehearsed_on_the_cpu(tmp_path):
     rows = pd.read_csv(tmp_path / "results.csv")
     assert {"date", "git_sha", "gpu", "torch", "triton"} <= set(rows.columns) and set(rows.gpu) == {"cpu"}
     benches = set(rows.bench)
-    assert {"attention_fwd", "attention_fwd_bwd", "rms_norm fwd", "newton_schulz", "model", "tile_sweep"} <= benches
+    assert {"attention_fwd", "attention_fwd_bwd", "rms_norm fwd", "mlp_fwd", "mlp_fwd_bwd", "newton_schulz", "model",
+            "tile_sweep"} <= benches
     assert set(rows[rows.bench == "model"].impl) == {"torch", "triton"}
     sweep = rows[rows.bench == "tile_sweep"]
     assert sweep.ms.notna().all() and set(sweep.kernel.str.split().str[0]) == {"attention", "norm", "newton_schulz"}

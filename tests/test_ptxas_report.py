@@ -21,18 +21,18 @@ def test_bf16_tile_tables_fit_an_h100_without_spilling(tmp_path):
     csv = tmp_path / "ptxas.csv"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-m", "benchmarks.ptxas_report", "attention", "newton_schulz", "norm",
-                           "--strict", f"--csv={csv}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+                           "mlp", "--strict", f"--csv={csv}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     table = pd.read_csv(csv)
     # the four attention passes (fwd, dkdv, dq and the one-pass bwd) at both head dims, the Newton-Schulz kernels
     # (syrk with and without C), RMSNorm, LayerNorm and the mix + RMSNorm both ways at 4 widths, QK-norm + rotary
-    # both ways at head dims 64 and 128
-    assert len(table) == 8 + 3 + 16 + 8 + 4 and set(table.dtype) == {"bf16"}
+    # both ways at head dims 64 and 128, the MLP's fc matmul with each ReLU^2 epilogue at its 3 autotuned tiles
+    assert len(table) == 8 + 3 + 16 + 8 + 4 + 6 and set(table.dtype) == {"bf16"}
     assert (table.registers > 0).all() and (table.registers <= 255).all()
     assert (table.spill_stores == 0).all() and table.fits.all()
     # every matmul kernel issues Hopper's warpgroup MMA; the element-wise norms have none
-    matmuls = table[table.kernel.str.startswith(("attention", "newton_schulz"))]
-    assert len(matmuls) == 11 and (matmuls.wgmma > 0).all(), matmuls[["kernel", "wgmma"]]
+    matmuls = table[table.kernel.str.startswith(("attention", "newton_schulz", "mlp"))]
+    assert len(matmuls) == 17 and (matmuls.wgmma > 0).all(), matmuls[["kernel", "wgmma"]]
     assert (table[table.kernel.str.startswith("norm")].wgmma == 0).all()
     assert {"tma", "cp_async"} <= set(table.columns) and (table.tma >= 0).all()
 

@@ -158,6 +158,37 @@ def test_fp8_head_on_a_small_model():
     assert _item(bf16, "head (").flops == 6 * N * d * V and not [i for i in bf16 if i.component == "head"]
 
 
+def test_relu2_in_the_matmul_epilogues_counts_only_post_written_and_pre_read_back():
+    """f = 4 x 64 = 256, N = 256 tokens, one layer. Our kernels (kernels.mlp): forward post written beside pre (2f B a
+    token), backward pre read beside the dY W_proj accumulator (2f B); no kernel of its own. PyTorch's: Inductor's
+    kernel reads pre and writes post (4f B), backward reads d_post and pre and writes d_pre (8f B)."""
+    cfg = roofline.track_config("cpu-tiny", **TINY)
+    tiles = {"fwd": (6, 128, 64, 2), "dkdv": (12, 32, 128, 4), "dq": (6, 128, 64, 3)}
+    N, f = 256, 256
+    ours = _item(roofline.micro_step_items(cfg, "triton", set(), tiles, gpus=1), "ReLU^2")
+    assert ours.bytes == (2 + 2) * f * N and ours.kernels == 0
+    assert roofline.item_seconds(ours) == pytest.approx(4 * f * N / H100_RATES["copy"][1])
+    torch_ = _item(roofline.micro_step_items(cfg, "torch", set(), tiles, gpus=1), "ReLU^2")
+    assert torch_.bytes == (4 + 8) * f * N and torch_.kernels == 2
+    # the matmuls are the same items on both backends: the fused epilogue adds bytes, not FLOPs
+    for name in ("mlp fc", "mlp proj"):
+        assert _item(roofline.micro_step_items(cfg, "triton", set(), tiles, gpus=1), name) == \
+            _item(roofline.micro_step_items(cfg, "torch", set(), tiles, gpus=1), name)
+
+
+def test_one_mlp_call_differs_between_backends_by_the_relu2_bytes_only():
+    # fineweb's shapes, 49152 tokens, d = 768, f = 3072: the ReLU^2 bytes are far above a kernel's least time, so
+    # Inductor's kernel costs 4f B a token forward (12f B with the backward) where the epilogues cost 2f (4f)
+    M, d, f, copy = 49152, 768, 3072, H100_RATES["copy"][1]
+    for backward, saved in [(False, 4 - 2), (True, 12 - 4)]:
+        torch_ms = roofline.mlp_call_ms(M, d, f, backward=backward, kernels="torch")
+        ours_ms = roofline.mlp_call_ms(M, d, f, backward=backward)
+        assert torch_ms - ours_ms == pytest.approx(1e3 * saved * f * M / copy)
+    # the forward's matmuls: 2 x 2 M d f FLOPs at the matmul rate (compute-bound at these shapes), post's 2f B
+    assert roofline.mlp_call_ms(M, d, f, backward=False) == pytest.approx(
+        1e3 * (4 * M * d * f / H100_RATES["matmul"][1] + 2 * f * M / copy))
+
+
 def test_one_attention_call():
     # causal T = 4096, one head of 64: query block i (128 rows) visits 2 (i + 1) key tiles of 64, 1056 in all
     flops = 1056 * 2 * 2 * 128 * 64 * 64

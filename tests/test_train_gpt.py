@@ -418,7 +418,8 @@ def test_the_residual_stream_is_in_autocasts_dtype_and_the_loss_in_fp32(autocast
 
 def test_triton_ops_give_the_torch_ops_loss_and_gradients():
     """One tiny model, the same weights and batch, on each backend's ops (kernels/ under Triton's interpreter,
-    the fused residual add (+ mix) + RMSNorm and QK-norm + rotary included): the same loss and every parameter's gradient, in fp32."""
+    the fused residual add (+ mix) + RMSNorm, QK-norm + rotary and the MLP with ReLU^2 in its matmul epilogues
+    included): the same loss and every parameter's gradient, in fp32."""
     cfg = T.resolve_config(T.parse_config(["--track=cpu-tiny", "--num_layers=2", "--model_dim=32", "--num_heads=2",
                                            "--head_dim=16", "--mlp_ratio=2", "--value_embeds=1", "--unet_skips=1"]),
                            1, torch.device("cpu"))
@@ -427,6 +428,7 @@ def test_triton_ops_give_the_torch_ops_loss_and_gradients():
         torch.manual_seed(0)
         ops = T.make_ops(backend, torch.device("cpu"))
         model = T.GPT(cfg, ops)
+        assert all(block.mlp.relu2_mlp is ops.relu2_mlp for block in model.blocks)  # the MLPs run the backend's op
         for p in model.parameters():  # zero-initialised projections and head would leave most gradients 0
             torch.nn.init.normal_(p, std=0.2)
         loss = model(inputs, torch.roll(inputs, -1, 1), ops.attention_mask(T.document_starts(inputs), [24]))
@@ -462,7 +464,8 @@ def test_each_backend_names_the_ops_it_uses(backend, device, sources):
     assert (ops.sources["attention"], ops.sources["rms_norm"], ops.sources["newton_schulz"]) == sources
     for fused in ("add_rms_norm", "mix_rms_norm", "rms_norm_rotary"):
         assert ops.sources[fused] == sources[1].replace("rms_norm", fused)
-    for op in ("rms_norm", "add_rms_norm", "mix_rms_norm", "rms_norm_rotary", "newton_schulz", "fp8_mm"):
+    assert ops.sources["relu2_mlp"] == "kernels.mlp.relu2_mlp" + ("" if backend == "triton" else "_ref")
+    for op in ("rms_norm", "add_rms_norm", "mix_rms_norm", "rms_norm_rotary", "newton_schulz", "fp8_mm", "relu2_mlp"):
         module, name = ops.sources[op].rsplit(".", 1)
         assert getattr(ops, op) is getattr(sys.modules[module], name)
 
