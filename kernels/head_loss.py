@@ -60,7 +60,7 @@ from torch import Tensor
 from kernels import fp8
 from kernels.fp8 import E4M3, E5M2, fp8_bits
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(u) = exp2(u log2(e))
 
 
 @triton.jit
