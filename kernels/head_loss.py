@@ -34,7 +34,7 @@ Bytes, per logit (N V = 49152 x 50304 = 2.47G at fineweb-124m's micro-step), aga
 (Inductor's soft-cap + cross-entropy on bf16 logits, then kernels.fp8.cast_fp8 on the bf16 gradient):
     unfused   forward read 2; backward read 2 + bf16 dl written 2; the cast reads dl 2, writes G8, G8^T 1 + 1:  10 B
     fused     forward read 2; backward read 2, writes G8, G8^T 1 + 1:                                              6 B
-plus N x (8 + 8 + 4) B (targets, lse, the row loss) forward and N x (8 + 4) backward. The 4 B a logit saved are
+plus N x (8 + 4 + 4) B (targets, lse, the row loss) and N x 4 (their mean) forward, N x (8 + 4) backward. The 4 B a logit saved are
 9.9 GB, ~3.4 ms at 2.9 TB/s (an estimate, the roofline's copy rate; benchmarks/bench_fp8.py measures it).
 Arithmetic, per logit and pass: 2 exponentials and 1 division (the tanh, the softmax's exp) and ~12 other fp32
 operations; at the SFU's 16 operations a clock per SM (H100 SXM: 132 SMs x 1.755 GHz = 3.7 T/s, an estimate from
