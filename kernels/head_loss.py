@@ -60,15 +60,12 @@ from torch import Tensor
 from kernels import fp8
 from kernels.fp8 import E4M3, E5M2, fp8_bits
 
-LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(u) = exp2(u log2(e))
-
-
 @triton.jit
 def _softcap(l, inv_cap, cap, HAS_CAP: tl.constexpr):
     """(z, t): z = cap tanh(l / cap) and t = tanh(l / cap) in fp32; z = l and t = 0 without the cap."""
     if HAS_CAP:
         u = l * inv_cap
-        e = tl.exp2(-2.0 * LOG2E * tl.abs(u))  # in (0, 1]
+        e = tl.exp(-2.0 * tl.abs(u))  # in (0, 1]
         t = (1.0 - e) / (1.0 + e)
         t = tl.where(u < 0, -t, t)
         return cap * t, t
@@ -95,9 +92,9 @@ def _loss_forward_kernel(
         z, _ = _softcap(l, inv_cap, cap, HAS_CAP)
         z = tl.where(cols < V, z, -float("inf"))
         m_new = tl.maximum(m, tl.max(z, axis=0))
-        s = s * tl.exp2((m - m_new) * LOG2E) + tl.sum(tl.exp2((z - m_new) * LOG2E), axis=0)
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
-    lse = m + tl.log2(s) / LOG2E
+    lse = m + tl.log(s)
     target = tl.load(targets_ptr + row).to(tl.int64)
     l_t = tl.load(base + target, mask=(target >= 0) & (target < V), other=0.0).to(tl.float32)
     z_t, _ = _softcap(l_t, inv_cap, cap, HAS_CAP)
@@ -123,7 +120,7 @@ def _loss_backward_kernel(
     lse = tl.load(lse_ptr + rows, mask=rows < N, other=0.0)
     target = tl.load(targets_ptr + rows, mask=rows < N, other=-1).to(tl.int64)
     z, t = _softcap(l, inv_cap, cap, HAS_CAP)
-    p = tl.exp2((z - lse[:, None]) * LOG2E)  # softmax(z)
+    p = tl.exp(z - lse[:, None])  # softmax(z)
     dz = tl.where(cols[None, :] == target[:, None], p - 1.0, p)
     if HAS_CAP:
         dz = dz * (1.0 - t * t)
@@ -180,6 +177,16 @@ def loss_grad(logits: Tensor, lse: Tensor, targets: Tensor, dloss: Tensor, softc
     return (g.view(E5M2), gt.view(E5M2)) if write_fp8 else (g, None)
 
 
+def loss_grad_fp8(logits: Tensor, lse: Tensor, targets: Tensor, dloss: Tensor, softcap: float,
+                  grad_s: float) -> tuple[Tensor, Tensor]:
+    """(G8 (N, V), G8^T (V, N)) e5m2 = q5(grad_s dl): on CUDA written by the loss kernel; elsewhere torch's cast of
+    its fp32 output (the product by 1 is exact)."""
+    if fp8._use_kernel(logits):
+        return loss_grad(logits, lse, targets, dloss, softcap, grad_s, write_fp8=True)
+    return fp8.cast_fp8_ref(loss_grad(logits, lse, targets, dloss, softcap, grad_s, False)[0], 1.0, E5M2,
+                            transpose=True)
+
+
 @torch.library.custom_op("speedrun::fp8_head_loss", mutates_args=())
 def _fp8_head_loss_op(x: Tensor, w: Tensor, targets: Tensor, softcap: float, x_s: float, w_s: float,
                       grad_s: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -202,11 +209,7 @@ def _(x, w, targets, softcap, x_s, w_s, grad_s):
 def _fp8_head_loss_backward_op(dloss: Tensor, logits: Tensor, lse: Tensor, targets: Tensor, x8t: Tensor, w8t: Tensor,
                                softcap: float, x_s: float, w_s: float, grad_s: float) -> tuple[Tensor, Tensor]:
     """-> (dX (N, d) bf16, dW (V, d) fp32 with transposed strides), as kernels.fp8's backward."""
-    if fp8._use_kernel(logits):  # CUDA: the loss kernel writes G8 and G8^T
-        g8, g8t = loss_grad(logits, lse, targets, dloss, softcap, grad_s, write_fp8=True)
-    else:  # elsewhere torch's cast: the product by 1 is exact, so G8 = q5(grad_s dl)
-        g8, g8t = fp8.cast_fp8_ref(loss_grad(logits, lse, targets, dloss, softcap, grad_s, False)[0], 1.0, E5M2,
-                                   transpose=True)
+    g8, g8t = loss_grad_fp8(logits, lse, targets, dloss, softcap, grad_s)
     return fp8.backward(g8, g8t, x8t, w8t, x_s, w_s, grad_s)
 
 
