@@ -34,13 +34,13 @@ Bytes, per logit (N V = 49152 x 50304 = 2.47G at fineweb-124m's micro-step), aga
 (Inductor's soft-cap + cross-entropy on bf16 logits, then kernels.fp8.cast_fp8 on the bf16 gradient):
     unfused   forward read 2; backward read 2 + bf16 dl written 2; the cast reads dl 2, writes G8, G8^T 1 + 1:  10 B
     fused     forward read 2; backward read 2, writes G8, G8^T 1 + 1:                                              6 B
-plus N x (8 + 4 + 4) B (targets, lse, the row loss) and N x 4 (their mean) forward, N x (8 + 4) backward. The 4 B a logit saved are
-9.9 GB, ~3.4 ms at 2.9 TB/s (an estimate, the roofline's copy rate; benchmarks/bench_fp8.py measures it).
-Arithmetic, per logit and pass: 2 exponentials and 1 division (the tanh, the softmax's exp) and ~12 other fp32
-operations; at the SFU's 16 operations a clock per SM (H100 SXM: 132 SMs x 1.755 GHz = 3.7 T/s, an estimate from
-the published rate) the 3 special-function operations take ~2.0 ms a pass against the forward's 4.9 GB read in
-1.7 ms at 2.9 TB/s: the forward is as near the SFU's bound as the memory's, the backward (9.9 GB, 3.4 ms) is
-memory-bound.
+plus N x (8 + 4 + 4) B (targets, lse, the row loss) and N x 4 (their mean) forward, N x (8 + 4) backward. The 4 B
+a logit saved are 9.9 GB, ~3.4 ms at 2.9 TB/s (an estimate at the roofline's copy rate; benchmarks/bench_fp8.py
+measures it). Arithmetic, per logit and pass: 2 exponentials and 1 division (the tanh; the softmax's exponential)
+and ~12 other fp32 operations. At the SFU's 16 operations a clock per SM (132 SMs x ~1.8 GHz = ~3.8 T/s on an H100
+SXM, an estimate from the published count, not measured) the 3 special-function operations of the 2.47G logits
+take ~2.0 ms a pass, against the forward's 4.9 GB in 1.7 ms at 2.9 TB/s: the forward may be bound by the SFU
+rather than memory; the backward (9.9 GB, 3.4 ms) is memory-bound.
 
 Block sizes: on CUDA a forward chunk of 4096 logits (8 KiB of bf16, 8 warps) and 64 x 64 backward tiles (8 KiB in,
 2 x 4 KiB out, 4 warps, as kernels.fp8's CAST_BLOCK); under the interpreter chunks of 256 (so tests' V = 1000 takes
@@ -60,17 +60,19 @@ from torch import Tensor
 from kernels import fp8
 from kernels.fp8 import E4M3, E5M2, fp8_bits
 
+
 @triton.jit
-def _softcap(l, inv_cap, cap, HAS_CAP: tl.constexpr):
-    """(z, t): z = cap tanh(l / cap) and t = tanh(l / cap) in fp32; z = l and t = 0 without the cap."""
+def _softcap(logit, inv_cap, cap, HAS_CAP: tl.constexpr):
+    """(z, t): z = cap tanh(logit / cap), t = tanh(logit / cap) in fp32 (the division as a product by 1 / cap: one
+    rounding more than torch's division, within the tests' 1e-5); z = logit and t = 0 without the cap."""
     if HAS_CAP:
-        u = l * inv_cap
+        u = logit * inv_cap
         e = tl.exp(-2.0 * tl.abs(u))  # in (0, 1]
         t = (1.0 - e) / (1.0 + e)
         t = tl.where(u < 0, -t, t)
         return cap * t, t
     else:
-        return l, tl.zeros_like(l)
+        return logit, tl.zeros_like(logit)
 
 
 @triton.jit
@@ -88,8 +90,8 @@ def _loss_forward_kernel(
     s = 0.0
     for start in range(0, V, BLOCK_V):
         cols = start + tl.arange(0, BLOCK_V)
-        l = tl.load(base + cols, mask=cols < V, other=0.0).to(tl.float32)
-        z, _ = _softcap(l, inv_cap, cap, HAS_CAP)
+        logit = tl.load(base + cols, mask=cols < V, other=0.0).to(tl.float32)
+        z, _ = _softcap(logit, inv_cap, cap, HAS_CAP)
         z = tl.where(cols < V, z, -float("inf"))
         m_new = tl.maximum(m, tl.max(z, axis=0))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
@@ -116,10 +118,10 @@ def _loss_backward_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1).to(tl.int64) * BLOCK_V + tl.arange(0, BLOCK_V)
     mask = (rows[:, None] < N) & (cols[None, :] < V)
-    l = tl.load(logits_ptr + rows[:, None] * V + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    logit = tl.load(logits_ptr + rows[:, None] * V + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     lse = tl.load(lse_ptr + rows, mask=rows < N, other=0.0)
     target = tl.load(targets_ptr + rows, mask=rows < N, other=-1).to(tl.int64)
-    z, t = _softcap(l, inv_cap, cap, HAS_CAP)
+    z, t = _softcap(logit, inv_cap, cap, HAS_CAP)
     p = tl.exp(z - lse[:, None])  # softmax(z)
     dz = tl.where(cols[None, :] == target[:, None], p - 1.0, p)
     if HAS_CAP:
