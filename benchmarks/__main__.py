@@ -64,7 +64,8 @@ def _tiny_mlp(bench):
 def _tiny_fp8(bench):
     import torch
 
-    append_results(bench.bench_case("dY", (19, 37), torch.bfloat16, bench.E5M2, 2.0**19, "cpu", compile=False))
+    append_results(bench.bench_case("dY", (19, 37), torch.bfloat16, bench.E5M2, 2.0**19, "cpu", compile=False)
+                   + bench.bench_loss(19, 37, 15.0, 2.0**19, "cpu", compile=False))
 
 
 # --tiny: benchmark name -> function of its module running the module's cases on tiny inputs on the CPU

@@ -35,7 +35,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.backends.nvidia.compiler import get_ptxas  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels import attention, fp8, mlp, newton_schulz, norm  # noqa: E402
+from kernels import attention, fp8, head_loss, mlp, newton_schulz, norm  # noqa: E402
 
 SM = 90  # H100 / H200
 H100_SHARED_BYTES = 227 * 1024  # opt-in shared memory per block on sm_90
@@ -238,6 +238,26 @@ def fp8_rows() -> list[dict]:
     return rows
 
 
+def head_loss_rows() -> list[dict]:
+    """The FP8 head's loss kernels (kernels.head_loss), as the op launches them on CUDA: the forward (one row a
+    program, CUDA_FORWARD's chunk) and the backward writing G8 and G8^T (BACKWARD_TILE), with the cap and without."""
+    rows, (block_v, warps), (block_r, block_c) = [], head_loss.CUDA_FORWARD, head_loss.BACKWARD_TILE
+    scalars = dict(cap="fp32", inv_cap="fp32", coef="fp32", V="i32", N="i32")
+    for cap in (True, False):
+        fn = head_loss._loss_forward_kernel
+        types = dict(logits_ptr="*bf16", targets_ptr="*i64", lse_ptr="*fp32", loss_ptr="*fp32", **scalars)
+        rows.append(dict(kernel=f"head_loss fwd{'' if cap else ' (no cap)'}", dtype="bf16",
+                         config=f"{block_v} w{warps}", **compile_for_hopper(
+                             fn, types, dict(HAS_CAP=cap, BLOCK_V=block_v), warps, 3)))
+        fn = head_loss._loss_backward_kernel
+        types = dict(logits_ptr="*bf16", lse_ptr="*fp32", targets_ptr="*i64", dloss_ptr="*fp32", g_ptr="*u8",
+                     gt_ptr="*u8", **scalars)
+        rows.append(dict(kernel=f"head_loss bwd e5m2 + transpose{'' if cap else ' (no cap)'}", dtype="bf16",
+                         config=f"{block_r}x{block_c} w4", **compile_for_hopper(
+                             fn, types, dict(HAS_CAP=cap, WRITE_FP8=True, BLOCK_R=block_r, BLOCK_V=block_c), 4, 3)))
+    return rows
+
+
 GROUPS = {
     "attention": lambda: attention_rows("bf16", attention._CUDA_BLOCKS),
     "newton_schulz": lambda: newton_schulz_rows("bf16"),
@@ -249,15 +269,18 @@ GROUPS = {
     "sweep": lambda: [dict(row, kernel=row["kernel"] + " (candidate)")
                       for kind, D, blocks in BACKWARD_CANDIDATES for row in attention_rows("bf16", {(kind, D): blocks})],
     "fp8": lambda: fp8_rows(),
+    "head_loss": lambda: head_loss_rows(),
 }
+
+# all but sweep (the candidate attention backward tiles) and fp8 (tests/test_ptxas_report.py compiles it alone)
+DEFAULT_GROUPS = ["attention", "newton_schulz", "norm", "mlp", "head_loss", "fp32"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("groups", nargs="*", metavar="group",
-                        default=["attention", "newton_schulz", "norm", "mlp", "fp32"],
-                        help=f"what to compile, of {', '.join(GROUPS)} (default: all but sweep, the candidate "
-                             "attention backward tiles)")
+                        default=DEFAULT_GROUPS,
+                        help=f"what to compile, of {', '.join(GROUPS)} (default: {', '.join(DEFAULT_GROUPS)})")
     parser.add_argument("--csv", help="also write the table to this CSV file")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a configuration spills or overflows")
     args = parser.parse_args(argv)

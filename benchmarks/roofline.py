@@ -20,7 +20,8 @@ mlp_ratio x d, V = vocab_size, L = layers):
 - the FP8 head (cfg.fp8_head, the fineweb-124m default: `kernels.fp8.fp8_mm`, `fp8_head_items`): its three
   matmuls at the FP8 rate (`matmul_fp8`) with 1-byte operands, and each cast its body makes on CUDA, by its
   bytes: x and w to e4m3 and the logits' gradient to e5m2, each one kernel (`kernels.fp8.cast_fp8`) that reads
-  the tensor once and writes the fp8 copy and its transpose; dX written in bf16, dW in fp32 with
+  the tensor once and writes the fp8 copy and its transpose (the gradient's written by the loss's backward with
+  our kernels: `loss_items`); dX written in bf16, dW in fp32 with
   transposed strides and copied into the weight's layout by AccumulateGrad. Without it (`--fp8_head=false`,
   the small tracks) the head is a bf16 matmul and its weight an autocast cast.
 - attention: the (query block, key block) tiles each kernel visits at its own tile sizes
@@ -51,8 +52,9 @@ mlp_ratio x d, V = vocab_size, L = layers):
   d_pre written in its place, so only post's write and pre's read (2f B a token each) are counted beyond the
   matmuls; our Triton matmul is assumed to run at the table's matmul rate (cuBLAS-class), an estimate that
   `benchmarks/bench_mlp.py` measures. Inductor's ReLU^2 (--kernels=torch) is an element-wise kernel of its own.
-- loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
-  the bf16 gradient written once backward (recomputed, not saved).
+- loss (`loss_items`): the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused),
+  read and the bf16 gradient written once backward (recomputed, not saved); with the FP8 head and our kernels
+  (`kernels.head_loss`) the backward writes G8 and G8^T (e5m2) instead, and the head's dY cast is gone.
 - embedding tables (`table_bytes`): bf16 with cfg.embed_bf16 (the fineweb-124m default), else fp32. The token
   gather reads a table row per token and writes it in the stream's dtype (an fp32 table's cast fused); each
   layer with a value embedding gathers its table's rows inside the v mix. Backward, per table, Inductor's
@@ -264,7 +266,7 @@ def table_bytes(cfg) -> int:
     return 2 if cfg.embed_bf16 else 4
 
 
-def fp8_head_items(N: int, d: int, V: int) -> list[Item]:
+def fp8_head_items(N: int, d: int, V: int, fused_loss: bool) -> list[Item]:
     """The FP8 head (cfg.fp8_head: kernels.fp8.fp8_mm on x (N, d) bf16 and the fp32 weight w (V, d)), forward and
     backward, as its body runs: a custom op, so Inductor calls it as it is and fuses nothing into it.
     - three torch._scaled_mm at the FP8 rate, 2 N d V FLOPs each, operands 1 B an element: Y = X8 W8^T (bf16 out),
@@ -272,12 +274,15 @@ def fp8_head_items(N: int, d: int, V: int) -> list[Item]:
     - each cast is one kernel (kernels.fp8.cast_fp8) that reads its input once, scales and casts it, and writes
       the fp8 copy in each layout a matmul takes (`_scaled_mm`: first operand row-major, second column-major):
       x (bf16, 2 B read, X8 and X8^T 1 + 1 written) and w (fp32, 4 read, W8 and W8^T 1 + 1) to e4m3, dY (bf16,
-      2 read, G8 and G8^T 1 + 1) to e5m2: no separate scaled product, no transposed copies;
+      2 read, G8 and G8^T 1 + 1) to e5m2: no separate scaled product, no transposed copies. With `fused_loss`
+      (--kernels=triton: kernels.head_loss) the loss's backward writes G8 and G8^T itself (`loss_items`): no dY;
     - the six `_inverse` scales, one fill kernel each;
     - dW comes out with transposed strides (1, V), so autograd's AccumulateGrad copies it into the weight's layout
       (fp32, 4 B read, 4 written)."""
     x, w, g = N * d, V * d, N * V  # elements of x, of w and of the logits' gradient
     flops = 2 * N * d * V
+    dy_cast = [] if fused_loss else [
+        Item("head", "FP8: dY (bf16) cast to e5m2, G8 and G8^T in one pass", bytes=(2 + 1 + 1) * g)]
     return [
         Item("matmul", "head, FP8: Y = X8 W8^T (e4m3 in, bf16 out, fast accumulation)", flops=flops,
              bytes=x + w + 2 * g, rate="matmul_fp8"),
@@ -287,10 +292,27 @@ def fp8_head_items(N: int, d: int, V: int) -> list[Item]:
              rate="matmul_fp8"),
         Item("head", "FP8: x (bf16) cast to e4m3, X8 and X8^T in one pass", bytes=(2 + 1 + 1) * x),
         Item("head", "FP8: w (fp32) cast to e4m3, W8 and W8^T in one pass", bytes=(4 + 1 + 1) * w),
-        Item("head", "FP8: dY (bf16) cast to e5m2, G8 and G8^T in one pass", bytes=(2 + 1 + 1) * g),
+        *dy_cast,
         Item("head", "FP8: the matmuls' inverse scales (fp32 scalars, torch.full)", bytes=6 * 4, kernels=6),
         Item("head", "FP8: dW copied into the weight's layout (AccumulateGrad)", bytes=(4 + 4) * w),
     ]
+
+
+def loss_items(N: int, V: int, fused: bool) -> list[Item]:
+    """The soft-capped cross-entropy on the head's bf16 logits (N, V), forward and backward.
+    - fused (the FP8 head with --kernels=triton: kernels.head_loss.fp8_head_loss): forward, one kernel reads the
+      logits once (2 B each) and the targets (8 B a row) and writes each row's lse and loss (4 + 4 B), then their
+      mean (4 B a row read, one kernel); backward, one kernel reads the logits (2 B), the targets and lse (8 + 4 B
+      a row) and writes G8 and G8^T (e5m2, 1 + 1 B): the FP8 head's dY cast is this kernel's (fp8_head_items);
+    - else Inductor's: the logits read once forward (soft-cap, log-sum-exp and the target fused), read and the bf16
+      gradient written once backward (recomputed, not saved), 2 + 2 + 2 B a logit."""
+    if fused:
+        return [Item("loss", "FP8 head loss fwd: bf16 logits read, row lse + loss written, their mean (head_loss)",
+                     bytes=2 * N * V + N * (8 + 4 + 4) + 4 * N, kernels=2),
+                Item("loss", "FP8 head loss bwd: bf16 logits read, G8 and G8^T (e5m2) written (head_loss)",
+                     bytes=(2 + 1 + 1) * N * V + N * (8 + 4))]
+    return [Item("loss", "soft-cap + cross-entropy on bf16 logits (fwd read; bwd read + write)", bytes=3 * 2 * V * N,
+                 kernels=2)]
 
 
 def memory_call_ms(nbytes: float, kernels: int) -> float:
@@ -326,7 +348,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     matmul("mlp fc", d, f, L)
     matmul("mlp proj", f, d, L)
     if cfg.fp8_head:
-        items += fp8_head_items(N, d, V)
+        items += fp8_head_items(N, d, V, fused_loss=kernels == "triton")
     else:
         matmul("head", d, V, 1)
 
@@ -384,9 +406,7 @@ def micro_step_items(cfg, kernels: str, options: set[str], tiles: dict, gpus: in
     elementwise("elementwise", "v scaled by its λ (v_lambda)", 2 * io, plain_v if cfg.v_lambda else 0)
     items.append(relu2_item(N, f, L, kernels))
 
-    # loss: logits (N, V) bf16 from the head
-    items.append(Item("loss", "soft-cap + cross-entropy on bf16 logits (fwd read; bwd read + write)",
-                      bytes=3 * 2 * V * N, kernels=2))
+    items += loss_items(N, V, fused=cfg.fp8_head and kernels == "triton")
 
     # weights: the matrices' autocast casts and the gradient accumulation over micro-steps. The FP8 head's weight
     # is no autocast cast: the op takes it in fp32 and scales and casts it itself (fp8_head_items)

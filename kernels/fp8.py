@@ -56,6 +56,21 @@ E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
 
 @triton.jit
+def fp8_bits(y, E5M2: tl.constexpr):
+    """The fp8 bits (uint8) of fp32 y cast as torch casts (the module docstring's rules): e5m2 when E5M2, else
+    e4m3fn. Every kernel that writes fp8 casts through this one."""
+    a = tl.abs(y)
+    sign = tl.where(y.to(tl.int32, bitcast=True) < 0, 0x80, 0)
+    if E5M2:
+        bits = y.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.int32)
+        bits = tl.where(a >= 61440.0, sign | 0x7C, bits)  # rounds past 57344: inf, as torch's cast
+    else:
+        y = tl.where(a > 448.0, tl.where(sign != 0, -448.0, 448.0), y)  # e4m3fn has no inf: saturate, as torch
+        bits = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
+    return tl.where(y != y, sign | 0x7F, bits).to(tl.uint8)  # NaN
+
+
+@triton.jit
 def _cast_fp8_kernel(
     t_ptr,   # (R, C) bf16 or fp32, row-major
     q_ptr,   # (R, C) uint8: the fp8 bits of q(scale t), row-major
@@ -68,15 +83,7 @@ def _cast_fp8_kernel(
     mask = (rows[:, None] < R) & (cols[None, :] < C)
     t = tl.load(t_ptr + rows[:, None] * C + cols[None, :], mask=mask, other=0.0)
     y = (t.to(tl.float32) * scale).to(t.dtype).to(tl.float32)  # t.mul(scale): the product rounded to t's dtype
-    a = tl.abs(y)
-    sign = tl.where(y.to(tl.int32, bitcast=True) < 0, 0x80, 0)
-    if E5M2:
-        bits = y.to(tl.float8e5).to(tl.uint8, bitcast=True).to(tl.int32)
-        bits = tl.where(a >= 61440.0, sign | 0x7C, bits)  # rounds past 57344: inf, as torch's cast
-    else:
-        y = tl.where(a > 448.0, tl.where(sign != 0, -448.0, 448.0), y)  # e4m3fn has no inf: saturate, as torch
-        bits = y.to(tl.float8e4nv).to(tl.uint8, bitcast=True).to(tl.int32)
-    bits = tl.where(y != y, sign | 0x7F, bits).to(tl.uint8)  # NaN
+    bits = fp8_bits(y, E5M2)
     tl.store(q_ptr + rows[:, None] * C + cols[None, :], bits, mask=mask)
     if TRANSPOSE:
         tl.store(qt_ptr + cols[:, None] * R + rows[None, :], tl.trans(bits), mask=tl.trans(mask))
@@ -128,15 +135,33 @@ def _inverse(scale: float, device: torch.device) -> Tensor:
     return torch.full((), 1 / scale, dtype=torch.float32, device=device)
 
 
-@torch.library.custom_op("speedrun::fp8_mm", mutates_args=())
-def _fp8_mm_op(x: Tensor, w: Tensor, x_s: float, w_s: float, grad_s: float) -> tuple[Tensor, Tensor, Tensor]:
-    """x (M, K), w (N, K) -> (x w^T (M, N) bf16, X8^T (K, M), W8^T (K, N)); the transposed FP8 copies are the
-    backward's operands."""
+def forward(x: Tensor, w: Tensor, x_s: float, w_s: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward's body: x (M, K), w (N, K) contiguous -> (Y = x w^T (M, N) bf16, X8^T (K, M), W8^T (K, N)), the
+    transposed FP8 copies being the backward's operands. Shared by the ops that end in the head's matmul."""
     x8, x8t = _cast(x, x_s, E4M3, transpose=True)
     w8, w8t = _cast(w, w_s, E4M3, transpose=True)
     out = torch._scaled_mm(x8, w8.t(), out_dtype=torch.bfloat16, scale_a=_inverse(x_s, x.device),
                            scale_b=_inverse(w_s, x.device), use_fast_accum=True)
     return out, x8t, w8t
+
+
+def backward(g8: Tensor, g8t: Tensor, x8t: Tensor, w8t: Tensor, x_s: float, w_s: float,
+             grad_s: float) -> tuple[Tensor, Tensor]:
+    """The backward's matmuls: G8 (M, N), G8^T (N, M) e5m2, X8^T (K, M), W8^T (K, N) e4m3 -> (dX (M, K) bf16,
+    dW (N, K) fp32 with transposed strides (1, K))."""
+    # _scaled_mm takes its first operand row-major and its second column-major (the .t() views)
+    dx = torch._scaled_mm(g8, w8t.t(), out_dtype=torch.bfloat16, scale_a=_inverse(grad_s, g8.device),
+                          scale_b=_inverse(w_s, g8.device), use_fast_accum=False)
+    dw = torch._scaled_mm(x8t, g8t.t(), out_dtype=torch.float32, scale_a=_inverse(x_s, g8.device),
+                          scale_b=_inverse(grad_s, g8.device), use_fast_accum=False).t()
+    return dx, dw
+
+
+@torch.library.custom_op("speedrun::fp8_mm", mutates_args=())
+def _fp8_mm_op(x: Tensor, w: Tensor, x_s: float, w_s: float, grad_s: float) -> tuple[Tensor, Tensor, Tensor]:
+    """x (M, K), w (N, K) -> (x w^T (M, N) bf16, X8^T (K, M), W8^T (K, N)); the transposed FP8 copies are the
+    backward's operands."""
+    return forward(x, w, x_s, w_s)
 
 
 @_fp8_mm_op.register_fake
@@ -150,12 +175,7 @@ def _fp8_mm_backward_op(g: Tensor, x8t: Tensor, w8t: Tensor, x_s: float, w_s: fl
                         grad_s: float) -> tuple[Tensor, Tensor]:
     """dY (M, N), X8^T (K, M), W8^T (K, N) -> (dX (M, K) bf16, dW (N, K) fp32)."""
     g8, g8t = _cast(g, grad_s, E5M2, transpose=True)
-    # _scaled_mm takes its first operand row-major and its second column-major (the .t() views)
-    dx = torch._scaled_mm(g8, w8t.t(), out_dtype=torch.bfloat16, scale_a=_inverse(grad_s, g.device),
-                          scale_b=_inverse(w_s, g.device), use_fast_accum=False)
-    dw = torch._scaled_mm(x8t, g8t.t(), out_dtype=torch.float32, scale_a=_inverse(x_s, g.device),
-                          scale_b=_inverse(grad_s, g.device), use_fast_accum=False).t()
-    return dx, dw
+    return backward(g8, g8t, x8t, w8t, x_s, w_s, grad_s)
 
 
 @_fp8_mm_backward_op.register_fake

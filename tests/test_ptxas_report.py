@@ -71,3 +71,26 @@ def test_fp8_cast_kernels_compile_for_an_h100_without_spilling(tmp_path):
     assert len(table) == 4 and set(table.dtype) == {"bf16", "fp32"} and table.kernel.str.startswith("fp8 cast").all()
     assert (table.registers > 0).all() and (table.spill_stores == 0).all() and table.fits.all()
     assert (table.wgmma == 0).all()
+
+
+def test_head_loss_kernels_compile_for_an_h100_without_spilling(tmp_path):
+    """The FP8 head's loss kernels (kernels.head_loss), forward and the backward writing G8 and G8^T, with the cap
+    and without, as the op launches them on CUDA: element-wise and reductions, no matmul."""
+    csv = tmp_path / "ptxas.csv"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ptxas_report", "head_loss", "--strict", f"--csv={csv}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = pd.read_csv(csv)
+    assert list(table.kernel) == ["head_loss fwd", "head_loss bwd e5m2 + transpose", "head_loss fwd (no cap)",
+                                  "head_loss bwd e5m2 + transpose (no cap)"]
+    assert (table.registers > 0).all() and (table.spill_stores == 0).all() and table.fits.all()
+    assert (table.wgmma == 0).all()
+
+
+def test_the_default_groups_include_the_head_loss():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "from benchmarks.ptxas_report import DEFAULT_GROUPS, GROUPS; print(set(DEFAULT_GROUPS) <= set(GROUPS), " \
+        "'head_loss' in DEFAULT_GROUPS)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.stdout.split() == ["True", "True"], proc.stderr[-3000:]

@@ -128,8 +128,8 @@ def test_fp8_head_on_a_small_model():
     """cfg.fp8_head (fineweb-124m's default): kernels.fp8.fp8_mm's three matmuls at the FP8 rate with 1-byte
     operands, and each cast its body makes on CUDA, one kernel a tensor (kernels.fp8.cast_fp8: read once, the fp8
     copy and its transpose written): x (256 x 64, bf16) and w (128 x 64, fp32) to e4m3, dY (256 x 128, bf16) to
-    e5m2; six fp32 scalars; dW (fp32, transposed strides) copied into the weight's layout. No transposed copies,
-    no autocast cast of the head's weight, no bf16 head matmul."""
+    e5m2 (with --kernels=torch; with ours the loss writes G8); six fp32 scalars; dW (fp32, transposed strides) copied
+    into the weight's layout. No transposed copies, no autocast cast of the head's weight, no bf16 head matmul."""
     cfg = roofline.track_config("cpu-tiny", **TINY, fp8_head=True)
     tiles = {"fwd": (6, 128, 64, 2), "bwd": (6, 64, 128, 5)}
     items = roofline.micro_step_items(cfg, "triton", set(), tiles, gpus=1)
@@ -141,9 +141,14 @@ def test_fp8_head_on_a_small_model():
     assert fwd.bytes == x + w + 2 * g  # X8, W8 in; bf16 logits out
     assert dx.bytes == g + w + 2 * x  # G8, W8 in; bf16 dX out
     assert dw.bytes == x + g + 4 * w  # X8^T, G8^T in; fp32 dW out
-    casts = [_item(items, f"FP8: {name}") for name in ("x (bf16) cast", "w (fp32) cast", "dY (bf16) cast")]
-    assert [c.bytes for c in casts] == [(2 + 1 + 1) * x, (4 + 1 + 1) * w, (2 + 1 + 1) * g]
-    assert [c.kernels for c in casts] == [1, 1, 1]
+    casts = [_item(items, f"FP8: {name}") for name in ("x (bf16) cast", "w (fp32) cast")]
+    assert [c.bytes for c in casts] == [(2 + 1 + 1) * x, (4 + 1 + 1) * w]
+    assert [c.kernels for c in casts] == [1, 1]
+    # dY's cast: its own kernel with the torch backend; with ours the loss's backward writes G8 (test below)
+    assert not [i for i in items if "dY" in i.name]
+    torch_items = roofline.micro_step_items(cfg, "torch", set(), tiles, gpus=1)
+    dy = _item(torch_items, "FP8: dY (bf16) cast")
+    assert dy.bytes == (2 + 1 + 1) * g and dy.kernels == 1
     assert not [i for i in items if i.component == "head" and ("transposed" in i.name or "then cast" in i.name)]
     scales = _item(items, "FP8: the matmuls' inverse scales")
     assert scales.bytes == 6 * 4 and scales.kernels == 6
@@ -156,6 +161,28 @@ def test_fp8_head_on_a_small_model():
     # without it, the bf16 head and its weight's autocast cast
     bf16 = roofline.micro_step_items(roofline.track_config("cpu-tiny", **TINY), "triton", set(), tiles, gpus=1)
     assert _item(bf16, "head (").flops == 6 * N * d * V and not [i for i in bf16 if i.component == "head"]
+
+
+
+def test_the_fp8_heads_loss_writes_its_gradient_with_our_kernels():
+    """Hand-counted at N = 256 tokens, V = 128: with the FP8 head and --kernels=triton (kernels.head_loss) the
+    forward reads the bf16 logits once (2 B each; targets 8 B, lse and loss 4 + 4 B a row; their mean 4 B a row,
+    a second kernel) and the backward reads them again and writes G8 and G8^T (2 + 1 + 1 B; targets and lse 8 + 4
+    B a row): 6 B a logit where the torch backend moves 2 + 2 + 2 (the loss) + 2 + 1 + 1 (dY's cast) = 10."""
+    cfg = roofline.track_config("cpu-tiny", **TINY, fp8_head=True)
+    tiles = {"fwd": (6, 128, 64, 2), "bwd": (6, 64, 128, 5)}
+    N, V = 256, 128
+    ours = roofline.micro_step_items(cfg, "triton", set(), tiles, gpus=1)
+    loss = [i for i in ours if i.component == "loss"]
+    assert [(i.bytes, i.kernels) for i in loss] == [(2 * N * V + 16 * N + 4 * N, 2), (4 * N * V + 12 * N, 1)]
+    theirs = roofline.micro_step_items(cfg, "torch", set(), tiles, gpus=1)
+    assert [(i.bytes, i.kernels) for i in theirs if i.component == "loss"] == [(6 * N * V, 2)]
+    moved = {name: sum(i.bytes for i in items if i.component == "loss" or "dY" in i.name)
+             for name, items in (("ours", ours), ("torch", theirs))}
+    assert moved == {"ours": 6 * N * V + 32 * N, "torch": 10 * N * V}
+    # the bf16 head (no FP8): Inductor's loss with either backend
+    bf16 = roofline.micro_step_items(roofline.track_config("cpu-tiny", **TINY), "triton", set(), tiles, gpus=1)
+    assert [(i.bytes, i.kernels) for i in bf16 if i.component == "loss"] == [(6 * N * V, 2)]
 
 
 def test_relu2_in_the_matmul_epilogues_counts_only_post_written_and_pre_read_back():
