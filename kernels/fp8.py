@@ -95,13 +95,13 @@ CAST_BLOCK = 64, 64  # (BLOCK_R, BLOCK_C)
 def cast_fp8(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """q(scale t) in one pass, as `cast_fp8_ref` (the module docstring's casts).
 
-    Args: t (R, C) bf16 or fp32, contiguous; scale a float; dtype E4M3 or E5M2; transpose: also write the
+    Args: t (R, C) bf16, fp16 or fp32, contiguous; scale a float; dtype E4M3 or E5M2; transpose: also write the
     transpose.
     Returns: (q (R, C) in dtype, q^T (C, R) in dtype, contiguous, or None without transpose).
     """
-    if t.ndim != 2 or not t.is_contiguous() or t.dtype not in (torch.bfloat16, torch.float32) \
+    if t.ndim != 2 or not t.is_contiguous() or t.dtype not in (torch.bfloat16, torch.float16, torch.float32) \
             or dtype not in (E4M3, E5M2):
-        raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp32 tensor and E4M3/E5M2, got {tuple(t.shape)} "
+        raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp16/fp32 tensor and E4M3/E5M2, got {tuple(t.shape)} "
                          f"{t.dtype} (contiguous: {t.is_contiguous()}) to {dtype}")
     R, C = t.shape
     q = torch.empty(R, C, dtype=torch.uint8, device=t.device)

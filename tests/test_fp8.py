@@ -161,7 +161,7 @@ SPECIAL = [0.0, -0.0, float("inf"), float("-inf"), float("nan")]
 
 
 @pytest.mark.parametrize("dtype,scale", [(E4M3, 2.0), (E4M3, 2.0**9), (E5M2, 2.0**19), (E5M2, 2.0**-3)])
-@pytest.mark.parametrize("t_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("t_dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("R,C", CAST_SHAPES)
 def test_the_cast_kernel_writes_torchs_bits_and_their_transpose(R, C, t_dtype, dtype, scale):
     """Values the format holds exactly (subnormals, the largest), overflow (e4m3: saturated at 448, e5m2: inf
@@ -183,7 +183,7 @@ def test_the_cast_kernel_writes_torchs_bits_and_their_transpose(R, C, t_dtype, d
 
 
 @pytest.mark.parametrize("t,dtype,message", [
-    (torch.zeros(4, 4, dtype=torch.float16), E4M3, "bf16/fp32"), (torch.zeros(4, 4).t()[:, :2], E4M3, "contiguous"),
+    (torch.zeros(4, 4, dtype=torch.float64), E4M3, "bf16/fp16/fp32"), (torch.zeros(4, 4).t()[:, :2], E4M3, "contiguous"),
     (torch.zeros(2, 2, 2), E5M2, "2-D"), (torch.zeros(4, 4), torch.bfloat16, "E4M3/E5M2")])
 def test_the_cast_kernel_refuses_bad_input_in_one_line(t, dtype, message):
     with pytest.raises(ValueError, match=message):
