@@ -202,13 +202,15 @@ _fp8_mm_op.register_autograd(_backward, setup_context=_setup_context)
 def check_inputs(x: Tensor, w: Tensor) -> None:
     if x.ndim != 2 or w.ndim != 2 or x.size(1) != w.size(1):
         raise ValueError(f"fp8_mm: expected x (M, K) and w (N, K), got {tuple(x.shape)} and {tuple(w.shape)}")
+    if {x.dtype, w.dtype} - {torch.bfloat16, torch.float16, torch.float32}:  # what the casts take
+        raise ValueError(f"fp8_mm: expected bf16, fp16 or fp32 x and w, got {x.dtype} and {w.dtype}")
     if x.size(1) % 16 or w.size(0) % 16 or x.is_cuda and x.size(0) % 16:  # CUDA's dW matmul takes X8^T (K, M)
         raise ValueError(f"fp8_mm: K = {x.size(1)}, N = {w.size(0)} (and M = {x.size(0)} on a GPU) must be "
                          "multiples of 16 (torch._scaled_mm)")
 
 
 def fp8_mm(x: Tensor, w: Tensor, x_s: float = 2.0, w_s: float = 2.0**9, grad_s: float = 2.0**19) -> Tensor:
-    """x w^T through FP8 (the module docstring's math): x (M, K) any float dtype, w (N, K) -> (M, N) bf16.
+    """x w^T through FP8 (the module docstring's math): x (M, K) bf16, fp16 or fp32, w (N, K) -> (M, N) bf16.
     Differentiable in x (bf16 gradient) and w (fp32 gradient); traces under torch.compile."""
     check_inputs(x, w)
     return _fp8_mm_op(x.contiguous(), w.contiguous(), x_s, w_s, grad_s)[0]

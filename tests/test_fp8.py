@@ -86,6 +86,12 @@ def test_bad_shapes_are_one_line_errors(shape_x, shape_w, message):
         fp8_mm(torch.zeros(shape_x), torch.zeros(shape_w))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
+def test_a_dtype_the_casts_do_not_take_is_a_one_line_error_on_every_device(dtype):
+    with pytest.raises(ValueError, match="fp8_mm: expected bf16, fp16 or fp32"):
+        fp8_mm(torch.zeros(16, 32, dtype=dtype), torch.zeros(16, 32))
+
+
 def test_the_op_compiles_with_inductor_forward_and_backward():
     """Inductor checks a custom op's outputs against its fake's sizes and strides (dW is a transposed view).
     Without its FX graph cache: the cache keys the op by name, not by its fake, so a graph compiled against
