@@ -50,7 +50,8 @@ mlp_ratio x d, V = vocab_size, L = layers):
   forward the post tile is written beside pre, backward pre is read where d_post = dY W_proj is accumulated and
   d_pre written in its place, so only post's write and pre's read (2f B a token each) are counted beyond the
   matmuls; our Triton matmul is assumed to run at the table's matmul rate (cuBLAS-class), an estimate that
-  `benchmarks/bench_mlp.py` measures. Inductor's ReLU^2 (--kernels=torch) is an element-wise kernel of its own.
+  `benchmarks/bench_mlp.py` measures. Inductor's ReLU^2 (--kernels=torch) is an element-wise kernel of its own
+  each way, counted by its tensors (4f B forward, 6f backward: `relu2_item`), not by the rule above.
 - loss: the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused), read and
   the bf16 gradient written once backward (recomputed, not saved).
 - embedding tables (`table_bytes`): bf16 with cfg.embed_bf16 (the fineweb-124m default), else fp32. The token
@@ -230,11 +231,13 @@ def matmul_item(name: str, N: int, K: int, M: int, count: int, backward: bool = 
 
 def relu2_item(N: int, f: int, count: int, kernels: str, backward: bool = True) -> Item:
     """ReLU^2 between the MLP's matmuls, `count` layers of N tokens of width f, bf16, beyond the matmuls' own bytes.
-    torch: Inductor's kernel reads pre and writes post (4f B a token); backward it reads d_post and pre and writes
-    d_pre (8f B). triton (kernels.mlp.relu2_mlp, in the fc matmul's epilogues): post written beside pre (2f B)
-    forward, pre read beside the d_post accumulator (2f B) backward, d_pre written in d_post's place; no kernel."""
+    torch: Inductor saves pre and post; its forward kernel reads pre and writes post (4f B a token), its backward
+    kernel reads d_post and pre and writes d_pre (6f B): 10f B with the backward, not the generic element-wise
+    rule's 12f (backward = 2 x forward). triton (kernels.mlp.relu2_mlp, in the fc matmul's epilogues): post written
+    beside pre (2f B) forward, pre read beside the d_post accumulator (2f B) backward, d_pre written in d_post's
+    place; no kernel. kernels/mlp.py's docstring counts both per token."""
     if kernels == "torch":
-        return Item("elementwise", f"ReLU^2 x{count}", bytes=(4 + 8 * backward) * f * N * count,
+        return Item("elementwise", f"ReLU^2 x{count}", bytes=(4 + 6 * backward) * f * N * count,
                     kernels=(1 + backward) * count)
     return Item("elementwise", f"ReLU^2 in the fc matmul's epilogues (post written, pre read back) x{count}",
                 bytes=(2 + 2 * backward) * f * N * count, kernels=0)
