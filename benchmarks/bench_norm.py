@@ -53,6 +53,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import append_results, bench_ms, require_cuda
+from benchmarks.roofline import memory_call_ms
+from kernels import norm
+from train_gpt import Rotary
 
 CASES = [(65536, 768), (49152, 1024), (24576, 2048), (12288, 4096), (6144, 8192)]  # (M, N): M·N ≈ 50M
 QKV_CASES = [(48, 1024, 6, 128)]  # (B, T, H, D): q of the trainer's QKV projection, 48K tokens
@@ -68,12 +71,10 @@ ROTARY_CASES = [(1, 49152, 6, 128)]  # (B, T, H, D): its q (and k), views of the
 def _implementations(op: str, n: int, w, b, modes=MODES) -> dict:
     """(mode, impl) -> function of (x, residual) returning the op's output tensors, as a tuple. Mode
     "compiled" wraps PyTorch's in torch.compile(dynamic=False) (`_like_with_like`)."""
-    from kernels.norm import add_rms_norm, layer_norm, rms_norm
-
     if op == "rms_norm":
 
         def ours(x, r):
-            return (rms_norm(x, w),)
+            return (norm.rms_norm(x, w),)
 
         def torch_fn(x, r):
             return (F.rms_norm(x, (n,), w),)
@@ -81,7 +82,7 @@ def _implementations(op: str, n: int, w, b, modes=MODES) -> dict:
     elif op == "layer_norm":
 
         def ours(x, r):
-            return (layer_norm(x, w, b),)
+            return (norm.layer_norm(x, w, b),)
 
         def torch_fn(x, r):
             return (F.layer_norm(x, (n,), w, b),)
@@ -89,7 +90,7 @@ def _implementations(op: str, n: int, w, b, modes=MODES) -> dict:
     else:
 
         def ours(x, r):
-            return add_rms_norm(x, r, w)
+            return norm.add_rms_norm(x, r, w)
 
         def torch_fn(x, r):
             s = x + r
@@ -111,8 +112,6 @@ def _like_with_like(ours, torch_fn, modes) -> dict:
 def _fused_implementations(op: str, cos=None, sin=None, modes=MODES) -> dict:
     """(mode, impl) -> function of the op's inputs returning its outputs as a tuple: kernels/norm.py's fused op
     ("ours") and its reference `*_ref` ("torch"); rms_norm_rotary takes x, the tables are cos and sin."""
-    from kernels import norm
-
     if op == "rms_norm_rotary":
         def ours(x):
             return (norm.rms_norm_rotary(x, cos, sin),)
@@ -166,8 +165,6 @@ def _timed_rows(moved: dict, implementations_of, case: str, inputs: tuple, leave
     (implementations_of(op)[mode, impl], called on the inputs) and the copy ceiling, each with the bytes the
     accounting counts (`gb`), the effective GB/s and, with `estimate`, ours with the roofline's estimate
     (`est_ms`; None on the other rows)."""
-    from benchmarks.roofline import memory_call_ms
-
     x = inputs[0]
     device = x.device
     unit = x.numel() * x.element_size()  # bytes in one (M, N) tensor, gaps of a strided x not counted
@@ -242,8 +239,6 @@ def bench_rotary_case(B: int, T: int, H: int, D: int, device: str = "cuda", *, d
     """Rows of rms_norm_rotary on q as the trainer's attention gets it: a strided view of the QKV projection's
     (B·T, 3·H·D) output, the gradient's leaf; train_gpt.Rotary's tables for T positions. compile=False: mode
     "eager" only."""
-    from train_gpt import Rotary
-
     modes = MODES if compile else ("eager",)
     qkv = torch.randn(B * T, 3 * H * D, device=device, dtype=dtype)
     q = qkv.view(B, T, 3 * H, D).chunk(3, dim=-2)[0].requires_grad_()  # (B, T, H, D), strides (T·3HD, 3HD, D, 1)

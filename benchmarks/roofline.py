@@ -95,6 +95,7 @@ import torch
 from harness.hardware import H100_RATES
 from harness.tracks import TRACKS
 from kernels import attention
+from train_gpt import attention_windows, layer_kinds, parse_config, value_embed_tables, window_size
 
 # The changes issue 21 plans in the trainer and the optimizer, as assumptions of the model.
 OPTIONS = {
@@ -134,17 +135,14 @@ def item_seconds(item: Item, scenario: int = 1) -> float:
 
 def track_config(track: str, *argv: str, **overrides):
     """The trainer's Config for a track (its preset, then the `--key=value` arguments `argv`, then `overrides`), as
-    train_gpt.parse_config builds it; a ValueError (one line) for an unknown track or a bad override."""
-    from train_gpt import parse_config  # its ConfigError is a ValueError
-
+    train_gpt.parse_config builds it; a ValueError (one line: its ConfigError) for an unknown track or a bad
+    override."""
     return dataclasses.replace(parse_config([f"--track={track}", *argv]), **overrides)
 
 
 def schedule_windows(cfg) -> Counter:
     """window -> number of (step, layer with attention) pairs of the run that train at it: each step's long or
     short window (train_gpt.window_size, attention_windows) in each such layer, steps 0..num_steps-1."""
-    from train_gpt import attention_windows, layer_kinds, window_size
-
     kinds = [kind for kind in layer_kinds(cfg) if kind != "-"]
     return Counter(attention_windows(window_size(step, cfg), cfg)[kind == "S"]
                    for step in range(cfg.num_steps) for kind in kinds)
@@ -152,8 +150,6 @@ def schedule_windows(cfg) -> Counter:
 
 def attention_layers(cfg) -> tuple[int, int]:
     """(layers with attention, those of them without a value embedding) of cfg's model."""
-    from train_gpt import layer_kinds, value_embed_tables
-
     layers = [(kind, table) for kind, table in zip(layer_kinds(cfg), value_embed_tables(cfg)) if kind != "-"]
     return len(layers), sum(table is None for _, table in layers)
 
