@@ -6,8 +6,9 @@
 
 A task that draws a GPU gets 15 minutes of device time in all, the machine's start-up included (about 2),
 and draws one rarely, so one prepared command, rehearsed on the CPU, leaves nothing to chance but the GPU.
-Each stage below runs as a subprocess with a hard timeout, so a hang or a crash costs that stage alone: it
-is reported and the next one starts. Stages run in this order, and one never starts past the overall budget.
+Each stage runs as a subprocess with a hard timeout, so a hang or a crash costs that stage alone: it
+is reported and the next one starts. Stages run in the order `--plan` lists, and none starts past the overall
+budget.
 
 `--plan` prints the stages: what each runs, its estimate and hard timeout on one H100/H200 (seconds), and
 the total against the budget; `STAGES` below is the one place they are written. The estimates are guesses
