@@ -10,7 +10,7 @@ custom op, called as it is ("eager") and inside torch.compile ("compiled": the s
 them compiled), so each mode compares like with like.
 
 Accounting: forward 2 matmuls of 2·M·d·f FLOPs; forward + backward 3 x that (dX and dW of each); TFLOP/s on that
-count. Bytes (bf16): see kernels/mlp.py's docstring (ours moves 4f B a token for ReLU², Inductor's 12f).
+count. Bytes (bf16): kernels/mlp.py's docstring counts ReLU²'s per token, fused and unfused (roofline.relu2_item).
 Our rows carry `est_ms`, benchmarks/roofline.py's estimate of the same call on an H100 (`mlp_call_ms`: the
 matmuls at the table's matmul rate, an assumption for our Triton fc matmul that this benchmark checks), so a GPU
 run calibrates it. `max_err_vs_fp32` is max|y - y_fp32| of the forward against the reference run in fp32 on

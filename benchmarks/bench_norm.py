@@ -3,9 +3,11 @@
 Run: `python -m benchmarks.bench_norm` (needs CUDA; without it, prints one line and exits 0).
 
 Like with like: every row has a `mode`. "eager": our op called directly vs F.rms_norm / F.layer_norm
-(the fused ops: their kernels/norm.py reference) eager; "compiled": the same two functions each under
-torch.compile (ours is a custom op, so the compiled graph calls the same Triton kernels; the graph around
-it is what changes). Each compiled function is compiled once per case and warmed up before timing.
+(the fused ops: their kernels/norm.py reference) eager; "compiled": the reference under torch.compile, as
+`--kernels=torch` runs it inside the compiled model, against our op called as it is. Ours is a custom op:
+torch.compile around it alone compiles a graph of that one call, the same Triton kernels, so wrapping it
+buys no speed and costs an inductor compile per function (7 of the 14 that gpu_check's `--quick` stage
+would otherwise compile). Each compiled reference is compiled once per case and warmed up before timing.
 
 Accounting: bytes that must move, M rows of N elements of `bytes` each; weights, bias and the fp32
 per-row statistics are negligible next to them and not counted. Each row's `gb` column is that count.
@@ -51,6 +53,9 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import append_results, bench_ms, require_cuda
+from benchmarks.roofline import memory_call_ms
+from kernels import norm
+from train_gpt import Rotary
 
 CASES = [(65536, 768), (49152, 1024), (24576, 2048), (12288, 4096), (6144, 8192)]  # (M, N): M·N ≈ 50M
 QKV_CASES = [(48, 1024, 6, 128)]  # (B, T, H, D): q of the trainer's QKV projection, 48K tokens
@@ -65,13 +70,11 @@ ROTARY_CASES = [(1, 49152, 6, 128)]  # (B, T, H, D): its q (and k), views of the
 
 def _implementations(op: str, n: int, w, b, modes=MODES) -> dict:
     """(mode, impl) -> function of (x, residual) returning the op's output tensors, as a tuple. Mode
-    "compiled" wraps both ours and PyTorch's in torch.compile(dynamic=False)."""
-    from kernels.norm import add_rms_norm, layer_norm, rms_norm
-
+    "compiled" wraps PyTorch's in torch.compile(dynamic=False) (`_like_with_like`)."""
     if op == "rms_norm":
 
         def ours(x, r):
-            return (rms_norm(x, w),)
+            return (norm.rms_norm(x, w),)
 
         def torch_fn(x, r):
             return (F.rms_norm(x, (n,), w),)
@@ -79,7 +82,7 @@ def _implementations(op: str, n: int, w, b, modes=MODES) -> dict:
     elif op == "layer_norm":
 
         def ours(x, r):
-            return (layer_norm(x, w, b),)
+            return (norm.layer_norm(x, w, b),)
 
         def torch_fn(x, r):
             return (F.layer_norm(x, (n,), w, b),)
@@ -87,7 +90,7 @@ def _implementations(op: str, n: int, w, b, modes=MODES) -> dict:
     else:
 
         def ours(x, r):
-            return add_rms_norm(x, r, w)
+            return norm.add_rms_norm(x, r, w)
 
         def torch_fn(x, r):
             s = x + r
@@ -97,19 +100,18 @@ def _implementations(op: str, n: int, w, b, modes=MODES) -> dict:
 
 
 def _like_with_like(ours, torch_fn, modes) -> dict:
-    """(mode, impl) -> ours or torch_fn, each wrapped in torch.compile(dynamic=False) in mode "compiled"."""
+    """(mode, impl) -> ours or torch_fn; in mode "compiled" torch_fn wrapped in torch.compile(dynamic=False) and
+    ours as it is (the module docstring)."""
     impls = {}
     for mode in modes:
-        for impl, fn in (("ours", ours), ("torch", torch_fn)):
-            impls[mode, impl] = torch.compile(fn, dynamic=False) if mode == "compiled" else fn
+        impls[mode, "ours"] = ours
+        impls[mode, "torch"] = torch.compile(torch_fn, dynamic=False) if mode == "compiled" else torch_fn
     return impls
 
 
 def _fused_implementations(op: str, cos=None, sin=None, modes=MODES) -> dict:
     """(mode, impl) -> function of the op's inputs returning its outputs as a tuple: kernels/norm.py's fused op
     ("ours") and its reference `*_ref` ("torch"); rms_norm_rotary takes x, the tables are cos and sin."""
-    from kernels import norm
-
     if op == "rms_norm_rotary":
         def ours(x):
             return (norm.rms_norm_rotary(x, cos, sin),)
@@ -163,8 +165,6 @@ def _timed_rows(moved: dict, implementations_of, case: str, inputs: tuple, leave
     (implementations_of(op)[mode, impl], called on the inputs) and the copy ceiling, each with the bytes the
     accounting counts (`gb`), the effective GB/s and, with `estimate`, ours with the roofline's estimate
     (`est_ms`; None on the other rows)."""
-    from benchmarks.roofline import memory_call_ms
-
     x = inputs[0]
     device = x.device
     unit = x.numel() * x.element_size()  # bytes in one (M, N) tensor, gaps of a strided x not counted
@@ -239,8 +239,6 @@ def bench_rotary_case(B: int, T: int, H: int, D: int, device: str = "cuda", *, d
     """Rows of rms_norm_rotary on q as the trainer's attention gets it: a strided view of the QKV projection's
     (B·T, 3·H·D) output, the gradient's leaf; train_gpt.Rotary's tables for T positions. compile=False: mode
     "eager" only."""
-    from train_gpt import Rotary
-
     modes = MODES if compile else ("eager",)
     qkv = torch.randn(B * T, 3 * H * D, device=device, dtype=dtype)
     q = qkv.view(B, T, 3 * H, D).chunk(3, dim=-2)[0].requires_grad_()  # (B, T, H, D), strides (T·3HD, 3HD, D, 1)

@@ -6,30 +6,15 @@
 
 A task that draws a GPU gets 15 minutes of device time in all, the machine's start-up included (about 2),
 and draws one rarely, so one prepared command, rehearsed on the CPU, leaves nothing to chance but the GPU.
-Each stage below runs as a subprocess with a hard timeout, so a hang or a crash costs that stage alone: it
-is reported and the next one starts. Stages run in this order, and one never starts past the overall budget.
+Each stage runs as a subprocess with a hard timeout, so a hang or a crash costs that stage alone: it
+is reported and the next one starts. Stages run in the order `--plan` lists, and none starts past the overall
+budget.
 
-Plan on one H100/H200 (seconds; compiles dominate: torch.compile of the 124M model takes ~1-2 min per
-backend, Triton ~2-5 s per kernel configuration, inductor ~3-15 s per graph):
-
-    stage                what                                                           est.  limit
-    env                  device, driver, versions, clocks; bf16 matmul and copy ceilings   15     60
-    gpu_tests            pytest -m gpu (~40 bf16 tests, 6 workers: compiles in parallel)    60    150
-    bench_attention      --quick: windows 128 and 1792 of the 48K-token batch, dense causal
-                         D=128 and D=64; ours, SDPA flash, FlexAttention, eager and
-                         compiled (~12 compiles)                                           110    200
-    bench_norm           --quick: (65536, 768) and the QK-norm view; ours vs F.rms_norm /
-                         F.layer_norm, eager and compiled (8 compiles), copy ceiling        45    120
-    bench_mlp            (49152, 768 -> 3072): relu2_mlp vs the PyTorch MLP, eager and
-                         compiled, forward and forward+backward (autotuning 6 configs)      40    100
-    bench_fp8            the FP8 head's casts (dY 49152 x 50304, x, w): cast_fp8 vs eager
-                         and compiled torch casts, copy ceiling                             15     90
-    bench_newton_schulz  3 stacks; ours vs eager vs compiled                                35     90
-    model_torch          bench_model, fineweb-124m on synthetic tokens, --kernels=torch,
-                         mid-schedule window, 3 warm-up + 30 timed compiled steps           75    180
-    model_triton         the same on --kernels=triton                                       75    180
-    tile_sweep           benchmarks/tile_sweep.py: 33 candidate tiles at the main shapes     5    120
-    total                                                                                  475    480
+`--plan` prints the stages: what each runs, its estimate and hard timeout on one H100/H200 (seconds), and
+the total against the budget; `STAGES` below is the one place they are written. The estimates are guesses
+until a GPU run's gpu_check.json measures them; compiles dominate (torch.compile of the 124M model takes
+~1-2 min per backend; a Triton kernel configuration or an inductor graph, seconds each), so each stage's
+text counts its compiles.
 
 The budget (480 s) is hard: a stage may run past its estimate only into time the later stages do not
 need (its timeout is at most the budget left less the later stages' estimates, and at least its own
@@ -60,6 +45,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,9 +146,10 @@ class Stage:
     name: str
     argv: tuple[str, ...]  # run as `python -m ...` on the GPU; "{budget}" becomes the stage's timeout less 15 s
     tiny_argv: tuple[str, ...]  # the CPU rehearsal's
-    est_s: int  # planned seconds on one H100/H200 (the module docstring's table)
+    est_s: int  # planned seconds on one H100/H200: an estimate, its arithmetic in `what`
     limit_s: int  # hard timeout there
     headline: Callable[[pd.DataFrame, str], str]  # (this stage's rows of results.csv, its log) -> one line
+    what: str = ""  # what it runs and why it takes est_s, for --plan
 
 
 def _pytest(workers: int) -> tuple[str, ...]:
@@ -177,16 +164,34 @@ def _model(kernels: str) -> tuple[str, ...]:
 
 
 STAGES = [
-    Stage("env", ("benchmarks.gpu_check", "--env"), ("benchmarks.gpu_check", "--env"), 15, 60, _env_headline),
-    Stage("gpu_tests", _pytest(workers=6), _pytest(workers=0), 60, 150, _pytest_headline),
-    *[Stage(name, ("benchmarks", "--quick", name), ("benchmarks", "--tiny", name), est, limit, _speedup_headline)
-      for name, est, limit in [("bench_attention", 110, 200), ("bench_norm", 45, 120), ("bench_mlp", 40, 100),
-                               ("bench_fp8", 15, 90), ("bench_newton_schulz", 35, 90)]],
+    Stage("env", ("benchmarks.gpu_check", "--env"), ("benchmarks.gpu_check", "--env"), 15, 60, _env_headline,
+          "device, driver, versions, clocks, date, git SHA; bf16 matmul (8192^3) and copy (1 GiB) ceilings"),
+    Stage("gpu_tests", _pytest(workers=6), _pytest(workers=0), 60, 150, _pytest_headline,
+          "pytest -m gpu (~40 bf16 tests) on 6 xdist workers, compiling in parallel; 120 s a test, collection "
+          "errors not fatal"),
+    *[Stage(name, ("benchmarks", "--quick", name), ("benchmarks", "--tiny", name), est, limit, _speedup_headline, what)
+      for name, est, limit, what in [
+          ("bench_attention", 110, 200, "--quick: windows 128 and 1792 of the 48K-token batch with documents, dense "
+           "causal D=128 and D=64; ours, SDPA flash and FlexAttention, eager and compiled (~12 compiles)"),
+          ("bench_norm", 50, 120, "--quick: (65536, 768) and the QK-norm view, ours vs F.rms_norm / F.layer_norm; "
+           "the trainer's fused norms (mix_rms_norm with and without r, rms_norm_rotary) at fineweb-124m's shapes; "
+           "ours called as it is, the references eager and compiled, copy ceiling. 7 compiled references x 4 s "
+           "(forward and backward graphs) + 14 of our kernels' Triton compiles x 1 s + 56 timings x 0.15 s ~ 50 s"),
+          ("bench_mlp", 40, 100, "(49152, 768 -> 3072): relu2_mlp vs the PyTorch MLP, eager and compiled, forward "
+           "and forward+backward (autotuning 3 tiles per epilogue)"),
+          ("bench_fp8", 15, 90, "the FP8 head's casts (dY 49152 x 50304, x, w): cast_fp8 vs torch's casts eager "
+           "and compiled, copy ceiling"),
+          ("bench_newton_schulz", 35, 90, "its three stacks, ours vs the reference eager and compiled")]],
     *[Stage(f"model_{kernels}", _model(kernels), (*_model(kernels), "--tiny", "--windows", "first", "--steps", "1",
-                                                   "--warmup", "0"), 75, 180, _model_headline)
-      for kernels in ("torch", "triton")],
+                                                   "--warmup", "0"), 75, 180, _model_headline, what)
+      for kernels, what in [
+          ("torch", "bench_model --kernels torch: fineweb-124m (48K tokens a step, window 1024) on synthetic "
+           "tokens, compiled, 3 warm-up + 30 timed steps; tokens/s, MFU, peak memory, compile time"),
+          ("triton", "the same on our kernels")]],
     Stage("tile_sweep", ("benchmarks.tile_sweep", "--budget", "{budget}"),
-          ("benchmarks.tile_sweep", "--tiny", "--processes", "1", "--budget", "{budget}"), 5, 120, _sweep_headline),
+          ("benchmarks.tile_sweep", "--tiny", "--processes", "1", "--budget", "{budget}"), 5, 120, _sweep_headline,
+          "33 candidate tiles besides the launched ones at the trainer's shapes, checked, then timed; it takes what "
+          "is left of the budget and keeps what it timed"),
 ]
 
 
@@ -362,11 +367,16 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plan() -> str:
-    lines = [f"{'stage':20s} {'est':>4s} {'limit':>5s}  command (python -m ...)"]
-    lines += [f"{s.name:20s} {s.est_s:4d} {s.limit_s:5d}  {shlex.join(a.format(budget=s.limit_s - 15) for a in s.argv)}"
-              for s in STAGES]
-    lines.append(f"{'total':20s} {sum(s.est_s for s in STAGES):4d} {BUDGET_S:5d}  (budget)")
+def plan(width: int = 60) -> str:
+    """The stages as a table: name, what, estimate, limit; the total of the estimates against BUDGET_S last."""
+    lines = [f"{'stage':20s} {'what':{width}s} {'est.':>5s} {'limit':>5s}"]
+    for s in STAGES:
+        what = textwrap.wrap(s.what, width) or [""]
+        lines.append(f"{s.name:20s} {what[0]:{width}s} {s.est_s:5d} {s.limit_s:5d}")
+        lines += [f"{'':20s} {more}" for more in what[1:]]
+        lines.append(f"{'':20s} python -m {shlex.join(a.format(budget=s.limit_s - 15) for a in s.argv)}")
+    lines.append(f"{'total':20s} {'(budget ' + str(BUDGET_S) + ' s)':{width}s} {sum(s.est_s for s in STAGES):5d} "
+                 f"{BUDGET_S:5d}")
     return "\n".join(lines)
 
 

@@ -51,7 +51,8 @@ mlp_ratio x d, V = vocab_size, L = layers):
   forward the post tile is written beside pre, backward pre is read where d_post = dY W_proj is accumulated and
   d_pre written in its place, so only post's write and pre's read (2f B a token each) are counted beyond the
   matmuls; our Triton matmul is assumed to run at the table's matmul rate (cuBLAS-class), an estimate that
-  `benchmarks/bench_mlp.py` measures. Inductor's ReLU^2 (--kernels=torch) is an element-wise kernel of its own.
+  `benchmarks/bench_mlp.py` measures. Inductor's ReLU^2 (--kernels=torch) is an element-wise kernel of its own
+  each way, counted by its tensors (4f B forward, 6f backward: `relu2_item`), not by the rule above.
 - loss (`loss_items`): the head's bf16 logits read once forward (soft-cap, log-sum-exp and the target fused),
   read and the bf16 gradient written once backward (recomputed, not saved); with the FP8 head and our kernels
   (`kernels.head_loss`) the backward writes G8 and G8^T (e5m2) instead, and the head's dY cast is gone.
@@ -96,6 +97,7 @@ import torch
 from harness.hardware import H100_RATES
 from harness.tracks import TRACKS
 from kernels import attention
+from train_gpt import attention_windows, layer_kinds, parse_config, value_embed_tables, window_size
 
 # The changes issue 21 plans in the trainer and the optimizer, as assumptions of the model.
 OPTIONS = {
@@ -135,17 +137,14 @@ def item_seconds(item: Item, scenario: int = 1) -> float:
 
 def track_config(track: str, *argv: str, **overrides):
     """The trainer's Config for a track (its preset, then the `--key=value` arguments `argv`, then `overrides`), as
-    train_gpt.parse_config builds it; a ValueError (one line) for an unknown track or a bad override."""
-    from train_gpt import parse_config  # its ConfigError is a ValueError
-
+    train_gpt.parse_config builds it; a ValueError (one line: its ConfigError) for an unknown track or a bad
+    override."""
     return dataclasses.replace(parse_config([f"--track={track}", *argv]), **overrides)
 
 
 def schedule_windows(cfg) -> Counter:
     """window -> number of (step, layer with attention) pairs of the run that train at it: each step's long or
     short window (train_gpt.window_size, attention_windows) in each such layer, steps 0..num_steps-1."""
-    from train_gpt import attention_windows, layer_kinds, window_size
-
     kinds = [kind for kind in layer_kinds(cfg) if kind != "-"]
     return Counter(attention_windows(window_size(step, cfg), cfg)[kind == "S"]
                    for step in range(cfg.num_steps) for kind in kinds)
@@ -153,8 +152,6 @@ def schedule_windows(cfg) -> Counter:
 
 def attention_layers(cfg) -> tuple[int, int]:
     """(layers with attention, those of them without a value embedding) of cfg's model."""
-    from train_gpt import layer_kinds, value_embed_tables
-
     layers = [(kind, table) for kind, table in zip(layer_kinds(cfg), value_embed_tables(cfg)) if kind != "-"]
     return len(layers), sum(table is None for _, table in layers)
 
@@ -232,11 +229,13 @@ def matmul_item(name: str, N: int, K: int, M: int, count: int, backward: bool = 
 
 def relu2_item(N: int, f: int, count: int, kernels: str, backward: bool = True) -> Item:
     """ReLU^2 between the MLP's matmuls, `count` layers of N tokens of width f, bf16, beyond the matmuls' own bytes.
-    torch: Inductor's kernel reads pre and writes post (4f B a token); backward it reads d_post and pre and writes
-    d_pre (8f B). triton (kernels.mlp.relu2_mlp, in the fc matmul's epilogues): post written beside pre (2f B)
-    forward, pre read beside the d_post accumulator (2f B) backward, d_pre written in d_post's place; no kernel."""
+    torch: Inductor saves pre and post; its forward kernel reads pre and writes post (4f B a token), its backward
+    kernel reads d_post and pre and writes d_pre (6f B): 10f B with the backward, not the generic element-wise
+    rule's 12f (backward = 2 x forward). triton (kernels.mlp.relu2_mlp, in the fc matmul's epilogues): post written
+    beside pre (2f B) forward, pre read beside the d_post accumulator (2f B) backward, d_pre written in d_post's
+    place; no kernel. kernels/mlp.py's docstring counts both per token."""
     if kernels == "torch":
-        return Item("elementwise", f"ReLU^2 x{count}", bytes=(4 + 8 * backward) * f * N * count,
+        return Item("elementwise", f"ReLU^2 x{count}", bytes=(4 + 6 * backward) * f * N * count,
                     kernels=(1 + backward) * count)
     return Item("elementwise", f"ReLU^2 in the fc matmul's epilogues (post written, pre read back) x{count}",
                 bytes=(2 + 2 * backward) * f * N * count, kernels=0)

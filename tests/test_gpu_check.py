@@ -30,6 +30,24 @@ def test_the_plan_fits_eight_minutes_and_every_stage_has_a_module():
             assert importlib.util.find_spec(argv[0]) is not None, argv  # `python -m argv[0]` exists
 
 
+def test_the_plan_is_written_once_in_the_stages_and_printed_by_plan(capsys):
+    # each stage carries its text; --plan prints name, what, estimate and limit of each, then the total and budget
+    assert gpu_check.main(["--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["stage", "what", "est.", "limit"]
+    for stage in gpu_check.STAGES:
+        assert stage.what, stage.name
+        row = next(line for line in lines if line.startswith(stage.name + " "))
+        assert row.split()[-2:] == [str(stage.est_s), str(stage.limit_s)]
+        assert " ".join(stage.what.split()[:3]) in row
+    assert lines[-1].split()[-2:] == [str(sum(s.est_s for s in gpu_check.STAGES)), str(gpu_check.BUDGET_S)]
+    # the docstring and NOTES point to --plan instead of restating the table
+    notes = (REPO / "benchmarks" / "NOTES.md").read_text()
+    for text in (gpu_check.__doc__, notes):
+        assert "--plan" in text
+        assert not any(line.lstrip(" |").startswith(("bench_norm ", "model_torch ")) for line in text.splitlines())
+
+
 def test_quick_mode_replaces_tables_that_exist(capsys):
     # a renamed table would make --quick run every case and overrun the GPU budget: it must exist, same type
     for name, tables in QUICK_TABLES.items():

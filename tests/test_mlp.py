@@ -8,9 +8,11 @@ fp16; it has no bf16 arithmetic); bf16 is GPU-marked.
 """
 import pytest
 import torch
+import triton
 
 from helpers import assert_error_within
-from kernels.mlp import CUDA_CONFIGS, INTERPRETER_BLOCKS, _relu2_mlp_op, relu2_mlp, relu2_mlp_ref
+from kernels.mlp import (CUDA_CONFIGS, GROUP_M, INTERPRETER_BLOCKS, _mlp_matmul_kernel, _relu2_mlp_op, mlp_matmul,
+                         relu2_mlp, relu2_mlp_ref)
 
 # (leading dims of x, d, f): one token; 37 and 130 tokens (a partial tile-row; 130 is 3 tile-rows of the
 # interpreter's 64, two groups of 2, the last one partial); d = 40 and 48 (not multiples of the 32-wide K block);
@@ -142,3 +144,37 @@ def test_bad_inputs_raise_one_line_value_errors(case, match, device):
 def test_bf16_on_the_gpu_within_twice_pytorchs_error(lead, d, f):
     x, w_fc, w_proj = _inputs(lead, d, f, torch.bfloat16, "cuda")
     _check([x, w_fc, w_proj], torch.randn(*lead, d, device="cuda").to(torch.bfloat16))
+
+
+def _launch(a, b, pre, out, epilogue, config):
+    """kernels.mlp's matmul with one of CUDA_CONFIGS fixed, as the autotuner launches each candidate."""
+    bm, bn, bk, warps, stages = config
+    (M, K), N = a.shape, b.shape[1]
+    _mlp_matmul_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
+        a, *a.stride(), b, *b.stride(), pre, *pre.stride(), out, M, N, K, EPILOGUE=epilogue, BLOCK_M=bm,
+        BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M, DOT_PRECISION="tf32", num_warps=warps, num_stages=stages)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("M, d, f", [(130, 200, 97), (4096, 768, 3072)], ids=["130x200-97", "4096x768-3072"])
+def test_every_cuda_configuration_gives_the_same_bits_on_the_gpu(M, d, f, dtype):
+    # the autotuner's pick must not change a run's numbers: each of CUDA_CONFIGS launched on the same inputs writes
+    # the same pre and post forward and the same d_pre backward, and the autotuned launch writes them too
+    x, w_fc, w_proj = _inputs((M,), d, f, dtype, "cuda")
+    dy = torch.randn(M, d, device="cuda").to(dtype)
+
+    def outputs(launch):
+        pre, post, d_pre = (torch.empty(M, f, device="cuda", dtype=dtype) for _ in range(3))
+        launch(x, w_fc.t(), pre, post, "relu2")
+        launch(dy, w_proj, pre, d_pre, "relu2_grad")
+        return pre, post, d_pre
+
+    first = outputs(lambda *args: _launch(*args, CUDA_CONFIGS[0]))
+    assert (first[0] < 0).any() and (first[0] > 0).any() and (first[2] != 0).any()  # both sides of the ReLU
+    for config in CUDA_CONFIGS[1:]:
+        for name, got, want in zip(("pre", "post", "d_pre"), outputs(lambda *args: _launch(*args, config)), first):
+            assert torch.equal(got, want), f"{name}: {config} differs from {CUDA_CONFIGS[0]}"
+    for name, got, want in zip(("pre", "post", "d_pre"), outputs(mlp_matmul), first):
+        assert torch.equal(got, want), f"{name}: the autotuned launch differs from {CUDA_CONFIGS[0]}"

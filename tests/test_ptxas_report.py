@@ -5,6 +5,7 @@ matmul kernel uses wgmma (the report also counts TMA copies).
 benchmarks/ptxas_report.py does the compiling (Triton's own ptxas). It runs in a subprocess: this test
 session imported the kernels under TRITON_INTERPRET=1, and interpreted kernels cannot be compiled.
 """
+import json
 import os
 import subprocess
 import sys
@@ -88,9 +89,12 @@ def test_head_loss_kernels_compile_for_an_h100_without_spilling(tmp_path):
     assert (table.wgmma == 0).all()
 
 
-def test_the_default_groups_include_the_head_loss():
+def test_the_default_groups_are_all_but_the_sweep():
+    # what the help says: every group but sweep (the candidate tiles), fp8 among them
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = "from benchmarks.ptxas_report import DEFAULT_GROUPS, GROUPS; print(set(DEFAULT_GROUPS) <= set(GROUPS), " \
-        "'head_loss' in DEFAULT_GROUPS)"
+    code = ("import json; from benchmarks.ptxas_report import GROUPS, parse_args; "
+            "print(json.dumps([parse_args([]).groups, list(GROUPS)]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.stdout.split() == ["True", "True"], proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    default, groups = json.loads(proc.stdout)
+    assert default == [g for g in groups if g != "sweep"] and "fp8" in default
