@@ -177,10 +177,12 @@ STAGES = [
            "the trainer's fused norms (mix_rms_norm with and without r, rms_norm_rotary) at fineweb-124m's shapes; "
            "ours called as it is, the references eager and compiled, copy ceiling. 7 compiled references x 4 s "
            "(forward and backward graphs) + 14 of our kernels' Triton compiles x 1 s + 56 timings x 0.15 s ~ 50 s"),
-          ("bench_mlp", 40, 100, "(49152, 768 -> 3072): relu2_mlp vs the PyTorch MLP, eager and compiled, forward "
-           "and forward+backward (autotuning 3 tiles per epilogue)"),
-          ("bench_fp8", 15, 90, "the FP8 head's casts (dY 49152 x 50304, x, w): cast_fp8 vs torch's casts eager "
-           "and compiled, copy ceiling"),
+          ("bench_mlp", 35, 100, "(49152, 768 -> 3072): relu2_mlp vs the PyTorch MLP, eager and compiled, forward "
+           "and forward+backward. 6 autotuned tiles x 3 s + the reference's forward and backward graphs 10 s + "
+           "timings ~ 35 s"),
+          ("bench_fp8", 20, 90, "--quick: the FP8 head's loss on 49152 x 50304 logits, kernels.head_loss vs the "
+           "compiled soft-cap + cross-entropy + cast_fp8, forward and backward (the casts of dY, x and w in a full "
+           "run). One forward and backward compile 12 s + 2 Triton compiles 2 s + timings ~ 20 s"),
           ("bench_newton_schulz", 35, 90, "its three stacks, ours vs the reference eager and compiled")]],
     *[Stage(f"model_{kernels}", _model(kernels), (*_model(kernels), "--tiny", "--windows", "first", "--steps", "1",
                                                    "--warmup", "0"), 75, 180, _model_headline, what)
