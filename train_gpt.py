@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import hashlib
 import inspect
 import json
 import math
@@ -583,6 +584,18 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
     return total
 
 
+def inductor_cache_dir(kernels_dir: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")) -> str:
+    """Inductor's cache folder for this version of kernels/ (main sets it unless the environment does): its caches
+    know a custom op by its name, not by its fake, so a graph compiled against another version of an op would
+    replay that version's output sizes and strides."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    digest = hashlib.sha256()
+    for name in sorted(f for f in os.listdir(kernels_dir) if f.endswith(".py")):
+        with open(os.path.join(kernels_dir, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    return os.path.join(default_cache_dir(), f"kernels-{digest.hexdigest()[:12]}")
+
+
 def compile_model(model: nn.Module) -> nn.Module:
     """torch.compile with static shapes: one graph per shape (training, validation), both compiled by warm_up;
     the window is no part of a graph (a 0-d tensor for the kernel, a buffer in FlexAttention's mask). With
@@ -836,6 +849,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if device.type == "cpu":  # before anything imports the kernels (torch's deterministic mode and torch.compile
         os.environ["TRITON_INTERPRET"] = "1"  # do): @triton.jit reads it, and a CPU runs Triton only interpreted
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # asked before torch._inductor's import sets it to the default
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache_dir()
     init_distributed(env, device)
     log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
     try:
@@ -851,6 +866,7 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("versions", "hardware", "git"):
                 log.line(f"{key}: {meta[key]}", console=False)
             log.line(nvidia_smi() or "nvidia-smi: not available", console=False)
+            log.line(f"inductor cache: {os.environ['TORCHINDUCTOR_CACHE_DIR']}", console=False)
         train(cfg, env, device, log, state)
         write_result(log, cfg, state, device, "ok")
         return 0

@@ -59,8 +59,10 @@ def data_args(shards: Path) -> list[str]:
 def run_trainer(run_dir: Path, *args: str, nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd = [*(launcher if nproc > 1 else [sys.executable]), "train_gpt.py", f"--run_dir={run_dir}", *args]
-    # as from a user's shell: the test session's TRITON_INTERPRET=1 stays behind (the trainer sets it itself)
-    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "OMP_NUM_THREADS": "1"}
+    # as from a user's shell: the test session's TRITON_INTERPRET=1 and the Inductor cache folder its compiles set
+    # stay behind (the trainer sets both itself)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TORCHINDUCTOR_CACHE_DIR")},
+           "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -735,6 +737,21 @@ def micro_run(shards, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "micro"
     assert_ok(run_trainer(run_dir, *MICRO, *data_args(shards)))
     return run_dir
+
+
+def test_inductor_caches_one_folder_per_version_of_the_kernels(micro_run, tmp_path):
+    """A graph compiled against another version of a custom op would replay its output sizes and strides."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    assert f"inductor cache: {T.inductor_cache_dir()}\n" in (micro_run / "train.log").read_text()
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for folder, fake in (("a", "x.new_empty(4)"), ("b", "x.new_empty(4).t()")):
+        (tmp_path / folder / "op.py").write_text(f"def fake(x):\n    return {fake}\n")
+        (tmp_path / folder / "notes.txt").write_text(folder)  # not a kernel file
+    a, b = T.inductor_cache_dir(str(tmp_path / "a")), T.inductor_cache_dir(str(tmp_path / "b"))
+    assert a != b and os.path.dirname(a) == os.path.dirname(b) == default_cache_dir()
+    (tmp_path / "b" / "op.py").write_text((tmp_path / "a" / "op.py").read_text())
+    assert T.inductor_cache_dir(str(tmp_path / "b")) == a
 
 
 def test_a_few_steps_lower_the_loss(micro_run):
