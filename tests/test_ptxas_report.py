@@ -18,13 +18,19 @@ REPO = Path(__file__).resolve().parent.parent
 ptxas = pytest.importorskip("triton.backends.nvidia.compiler")
 
 
-def test_bf16_tile_tables_fit_an_h100_without_spilling(tmp_path):
+def _report(tmp_path, *groups: str, timeout: int = 300) -> pd.DataFrame:
+    """`python -m benchmarks.ptxas_report GROUPS --strict` (exit 0: nothing spills or overflows) and its table, in a
+    subprocess: importing benchmarks.ptxas_report turns this session's Triton interpreter off."""
     csv = tmp_path / "ptxas.csv"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.ptxas_report", "attention", "newton_schulz", "norm",
-                           "mlp", "--strict", f"--csv={csv}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.ptxas_report", *groups, "--strict", f"--csv={csv}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = pd.read_csv(csv)
+    return pd.read_csv(csv)
+
+
+def test_bf16_tile_tables_fit_an_h100_without_spilling(tmp_path):
+    table = _report(tmp_path, "attention", "newton_schulz", "norm", "mlp", timeout=900)
     # the four attention passes (fwd, dkdv, dq and the one-pass bwd) at both head dims, the Newton-Schulz kernels
     # (syrk with and without C), RMSNorm, LayerNorm and the mix + RMSNorm both ways at 4 widths, QK-norm + rotary
     # both ways at head dims 64 and 128, the MLP's fc matmul with each ReLU^2 epilogue at its 3 autotuned tiles
@@ -63,12 +69,7 @@ def test_ptx_instruction_counts():
 
 def test_fp8_cast_kernels_compile_for_an_h100_without_spilling(tmp_path):
     """The FP8 head's casts (kernels.fp8.cast_fp8), as the op launches them: element-wise, no matmul."""
-    csv = tmp_path / "ptxas.csv"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.ptxas_report", "fp8", "--strict", f"--csv={csv}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = pd.read_csv(csv)
+    table = _report(tmp_path, "fp8")
     assert len(table) == 4 and set(table.dtype) == {"bf16", "fp32"} and table.kernel.str.startswith("fp8 cast").all()
     assert (table.registers > 0).all() and (table.spill_stores == 0).all() and table.fits.all()
     assert (table.wgmma == 0).all()
@@ -77,12 +78,7 @@ def test_fp8_cast_kernels_compile_for_an_h100_without_spilling(tmp_path):
 def test_head_loss_kernels_compile_for_an_h100_without_spilling(tmp_path):
     """The FP8 head's loss kernels (kernels.head_loss), forward and the backward writing G8 and G8^T, with the cap
     and without, as the op launches them on CUDA: element-wise and reductions, no matmul."""
-    csv = tmp_path / "ptxas.csv"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.ptxas_report", "head_loss", "--strict", f"--csv={csv}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    table = pd.read_csv(csv)
+    table = _report(tmp_path, "head_loss")
     assert list(table.kernel) == ["head_loss fwd", "head_loss bwd e5m2 + transpose", "head_loss fwd (no cap)",
                                   "head_loss bwd e5m2 + transpose (no cap)"]
     assert (table.registers > 0).all() and (table.spill_stores == 0).all() and table.fits.all()
