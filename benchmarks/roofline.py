@@ -97,7 +97,8 @@ import torch
 from harness.hardware import H100_RATES
 from harness.tracks import TRACKS
 from kernels import attention
-from train_gpt import attention_windows, layer_kinds, parse_config, value_embed_tables, window_size
+from train_gpt import (attention_windows, layer_kinds, parse_config, resolve_config, value_embed_tables,
+                       window_size)
 
 # The changes issue 21 plans in the trainer and the optimizer, as assumptions of the model.
 OPTIONS = {
@@ -540,7 +541,10 @@ def averaged_tiles(cfg, kernels: str, backward: str, doc_mean: float, windows: C
 def estimate(cfg, kernels: str = "triton", gpus: int = 8, options=(), backward: str | None = None,
              doc_mean: float = 1000.0, windows: Counter | None = None) -> Estimate:
     """The roofline of the micro-step and step of a trainer Config `cfg` on `gpus` H100s. `windows` replaces the
-    schedule's (window -> weight); cfg.grad_accum 0 means 8 // gpus, as the trainer resolves it."""
+    schedule's (window -> weight); cfg.grad_accum 0 means 8 // gpus, as the trainer resolves it. A one-line
+    ValueError for what the trainer would refuse on `gpus` processes (its resolve_config: ranges, the world size,
+    the layer pattern; the GPU's FP8 check aside, the roofline being the H100's), a document length or a window
+    that is not a positive number."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} (options: {', '.join(OPTIONS)})")
@@ -549,6 +553,13 @@ def estimate(cfg, kernels: str = "triton", gpus: int = 8, options=(), backward: 
     backward = backward or attention.DEFAULT_BACKWARD
     if backward not in attention.BACKWARDS:
         raise ValueError(f"attention backward {backward!r}: expected one of {', '.join(attention.BACKWARDS)}")
+    if not (isinstance(gpus, int) and gpus >= 1):
+        raise ValueError(f"--gpus={gpus}: need at least 1")
+    if not 1 <= doc_mean < math.inf:
+        raise ValueError(f"--doc-mean={doc_mean}: need a finite number of tokens >= 1")
+    if windows and min(windows) < 1:
+        raise ValueError(f"--window={min(windows)}: need at least 1 token")
+    resolve_config(dataclasses.replace(cfg, fp8_head=False), gpus, torch.device("cpu"))  # the trainer's checks
     accum = cfg.grad_accum or max(8 // gpus, 1)
     cfg = dataclasses.replace(cfg, grad_accum=accum)
     options = set(options)
@@ -606,14 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc-mean", type=float, default=1000.0, help="mean document length in tokens (geometric)")
     parser.add_argument("--window", type=int, help="one window for every step instead of the schedule")
     args, config_argv = parser.parse_known_args(argv)
-    if args.gpus < 1:
-        parser.error(f"--gpus={args.gpus}: need at least 1")
-    if args.doc_mean < 1:
-        parser.error(f"--doc-mean={args.doc_mean}: need at least 1 token")
     options = [o for o in args.assume.split(",") if o]
     try:
         e = estimate(track_config(args.track, *config_argv), args.kernels, args.gpus, options, args.attention_backward,
-                     args.doc_mean, Counter({args.window: 1}) if args.window else None)
+                     args.doc_mean, None if args.window is None else Counter({args.window: 1}))
     except ValueError as exc:
         parser.error(str(exc))
     print(report(e))

@@ -117,7 +117,9 @@ def cast_fp8_ref(t: Tensor, scale: float, dtype: torch.dtype,
                  transpose: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """`cast_fp8` in torch: the product in t's dtype, then the cast (two kernels), then a transposed copy."""
     q = t.mul(scale).to(dtype)
-    return q, q.t().contiguous() if transpose else None
+    # contiguous_format, not .contiguous(): a transpose with a size-1 (or 0) dim counts as contiguous and would
+    # keep strides other than the fakes' (and the kernel's) row-major ones
+    return q, q.t().clone(memory_format=torch.contiguous_format) if transpose else None
 
 
 def _use_kernel(t: Tensor) -> bool:
@@ -199,11 +201,23 @@ def _backward(ctx, grad_out, *_):
 _fp8_mm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def check_scales(op: str, **scales: float) -> None:
+    """A one-line ValueError naming the first scale that is not a positive number whose inverse, like itself, is
+    a normal fp32 number: _scaled_mm takes 1 / scale as an fp32 tensor, the cast kernel the scale as an fp32."""
+    fp32 = torch.finfo(torch.float32)
+    for name, s in scales.items():
+        if not (isinstance(s, (int, float)) and fp32.tiny <= s <= fp32.max and fp32.tiny <= 1 / s <= fp32.max):
+            raise ValueError(f"{op}: {name} = {s}: expected a positive number between 2^-126 and 2^127 (its "
+                             "inverse in fp32 too)")
+
+
 def check_inputs(x: Tensor, w: Tensor) -> None:
     if x.ndim != 2 or w.ndim != 2 or x.size(1) != w.size(1):
         raise ValueError(f"fp8_mm: expected x (M, K) and w (N, K), got {tuple(x.shape)} and {tuple(w.shape)}")
     if {x.dtype, w.dtype} - {torch.bfloat16, torch.float16, torch.float32}:  # what the casts take
         raise ValueError(f"fp8_mm: expected bf16, fp16 or fp32 x and w, got {x.dtype} and {w.dtype}")
+    if x.device != w.device:
+        raise ValueError(f"fp8_mm: x and w must be on one device, got {x.device} and {w.device}")
     if x.size(1) % 16 or w.size(0) % 16 or x.is_cuda and x.size(0) % 16:  # CUDA's dW matmul takes X8^T (K, M)
         raise ValueError(f"fp8_mm: K = {x.size(1)}, N = {w.size(0)} (and M = {x.size(0)} on a GPU) must be "
                          "multiples of 16 (torch._scaled_mm)")
@@ -211,8 +225,10 @@ def check_inputs(x: Tensor, w: Tensor) -> None:
 
 def fp8_mm(x: Tensor, w: Tensor, x_s: float = 2.0, w_s: float = 2.0**9, grad_s: float = 2.0**19) -> Tensor:
     """x w^T through FP8 (the module docstring's math): x (M, K) bf16, fp16 or fp32, w (N, K) -> (M, N) bf16.
-    Differentiable in x (bf16 gradient) and w (fp32 gradient); traces under torch.compile."""
+    Differentiable in x (bf16 gradient) and w (fp32 gradient); traces under torch.compile. The scales are positive
+    (powers of two keep scaling exact), each and its inverse within fp32's normal range; else a ValueError."""
     check_inputs(x, w)
+    check_scales("fp8_mm", x_s=x_s, w_s=w_s, grad_s=grad_s)
     return _fp8_mm_op(x.contiguous(), w.contiguous(), x_s, w_s, grad_s)[0]
 
 

@@ -26,9 +26,12 @@ Two Triton kernels:
 tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) in (0, 1]: no overflow, |error| ~ 1e-7 absolute.
 
 Saved for the backward: the bf16 logits (what Inductor saves for the unfused loss), lse (N fp32) and kernels.fp8's
-X8^T and W8^T. Targets must lie in [0, V): checked on the CPU, eagerly. On CUDA a check would be a host sync and
-under torch.compile a data-dependent guard, so there an out-of-range target reads no memory (its gather is masked)
-and gives a meaningless loss.
+X8^T and W8^T. Targets must lie in [0, V): checked on the CPU, eagerly (a one-line ValueError). On CUDA a check would
+be a host sync and under torch.compile a data-dependent guard, so there an out-of-range target reads no memory (its
+gather is masked) and makes its row's loss and gradient NaN: the mean loss is NaN, which the trainer reports as a
+divergence. F.cross_entropy's ignore_index (-100) is not supported (the trainer never uses it): -100 is out of range
+like any negative target, refused on the CPU, NaN on CUDA, never silently dropped from the mean as the reference
+drops it.
 
 Bytes, per logit (N V = 49152 x 50304 = 2.47G at fineweb-124m's micro-step), against the unfused composition
 (Inductor's soft-cap + cross-entropy on bf16 logits, then kernels.fp8.cast_fp8 on the bf16 gradient):
@@ -98,10 +101,11 @@ def _loss_forward_kernel(
         m = m_new
     lse = m + tl.log(s)
     target = tl.load(targets_ptr + row).to(tl.int64)
-    l_t = tl.load(base + target, mask=(target >= 0) & (target < V), other=0.0).to(tl.float32)
+    valid = (target >= 0) & (target < V)  # else no read (no bounds check on CUDA) and a NaN loss
+    l_t = tl.load(base + target, mask=valid, other=0.0).to(tl.float32)
     z_t, _ = _softcap(l_t, inv_cap, cap, HAS_CAP)
     tl.store(lse_ptr + row, lse)
-    tl.store(loss_ptr + row, lse - z_t)
+    tl.store(loss_ptr + row, tl.where(valid, lse - z_t, float("nan")))
 
 
 @triton.jit
@@ -127,6 +131,7 @@ def _loss_backward_kernel(
     if HAS_CAP:
         dz = dz * (1.0 - t * t)
     d = dz * (tl.load(dloss_ptr).to(tl.float32) * coef)  # grad_s dl
+    d = tl.where(((target >= 0) & (target < V))[:, None], d, float("nan"))  # a target outside [0, V): NaN, as its loss
     if WRITE_FP8:
         bits = fp8_bits(d, True)
         tl.store(g_ptr + rows[:, None] * V + cols[None, :], bits, mask=mask)
@@ -173,6 +178,8 @@ def loss_grad(logits: Tensor, lse: Tensor, targets: Tensor, dloss: Tensor, softc
     block_r, block_v = BACKWARD_TILE
     cap, inv_cap = _caps(softcap)
     grid = (triton.cdiv(N, block_r), triton.cdiv(V, block_v))
+    if N == 0 or V == 0:  # nothing to write (and no 1 / N)
+        return (g.view(E5M2), gt.view(E5M2)) if write_fp8 else (g, None)
     _loss_backward_kernel[grid](logits, lse, targets, dloss.float().contiguous(), g, g if gt is None else gt, N, V,
                                 cap, inv_cap, grad_s / N, HAS_CAP=bool(softcap), WRITE_FP8=write_fp8,
                                 BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4)
@@ -235,29 +242,33 @@ def _backward(ctx, dloss, *_):
 _fp8_head_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def check_inputs(x: Tensor, w: Tensor, targets: Tensor, softcap: float) -> None:
+def check_inputs(x: Tensor, w: Tensor, targets: Tensor, softcap: float, **scales: float) -> None:
     fp8.check_inputs(x, w)
+    fp8.check_scales("fp8_head_loss", **scales)
+    if targets.device != x.device:
+        raise ValueError(f"fp8_head_loss: targets must be on x's device {x.device}, got {targets.device}")
     if targets.shape != x.shape[:1] or targets.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"fp8_head_loss: expected targets ({x.size(0)},) int32/int64 for x {tuple(x.shape)}, got "
                          f"{tuple(targets.shape)} {targets.dtype}")
-    if not softcap >= 0 or softcap == float("inf"):
-        raise ValueError(f"fp8_head_loss: softcap = {softcap}: expected a finite number >= 0 (0: no cap)")
-    if targets.is_cuda or torch.compiler.is_compiling():  # the range check reads the values: a host sync
-        return
+    if not 0 <= softcap <= torch.finfo(torch.float32).max:  # the kernels take it as an fp32
+        raise ValueError(f"fp8_head_loss: softcap = {softcap}: expected a number >= 0 finite in fp32 (0: no cap)")
+    if targets.device.type != "cpu" or torch.compiler.is_compiling():  # the range check reads the values: on a
+        return  # GPU a host sync; out-of-range targets give a NaN loss there (the module docstring)
     if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < w.size(0):
         raise ValueError(f"fp8_head_loss: targets must lie in [0, {w.size(0)}), got {int(targets.min())} .. "
-                         f"{int(targets.max())}")
+                         f"{int(targets.max())} (no ignore_index: every row counts)")
 
 
 def fp8_head_loss(x: Tensor, w: Tensor, targets: Tensor, softcap: float = 15.0, x_s: float = 2.0,
                   w_s: float = 2.0**9, grad_s: float = 2.0**19) -> Tensor:
     """The mean soft-capped cross-entropy of the logits x w^T through FP8 (the module docstring's math).
 
-    Args: x (N, d) bf16/fp32, w (V, d), targets (N,) in [0, V); d, V (and N on a GPU) multiples of 16; softcap
-    c >= 0 (0: no cap); the FP8 scales of kernels.fp8.
+    Args: x (N, d) bf16/fp32, w (V, d), targets (N,) int32/int64 in [0, V) on x's device (no ignore_index: a
+    target outside [0, V) is a ValueError on the CPU, a NaN loss on a GPU); d, V (and N on a GPU) multiples of 16;
+    softcap c >= 0 (0: no cap); the FP8 scales of kernels.fp8 (kernels.fp8.check_scales).
     Returns: the mean loss, an fp32 scalar, differentiable in x (bf16 gradient) and w (fp32); traces under
     torch.compile."""
-    check_inputs(x, w, targets, softcap)
+    check_inputs(x, w, targets, softcap, x_s=x_s, w_s=w_s, grad_s=grad_s)
     return _fp8_head_loss_op(x.contiguous(), w.contiguous(), targets.contiguous(), float(softcap), x_s, w_s,
                              grad_s)[0]
 

@@ -43,7 +43,8 @@ fixed tile and group, INTERPRETER_BLOCKS, so test shapes span several tiles and 
 
 Limits: x (..., d) and the weights of one dtype among float32, float16, bfloat16 (the trainer casts its fp32
 weights to the activations' dtype under autocast), on one device; anything else is a one-line ValueError.
-Interpreter: fp32 and fp16 (it has no bf16 arithmetic). GPU: not measured; `python -m benchmarks.bench_mlp`.
+Interpreter: fp32 and fp16 (it has no bf16 arithmetic: bf16 on the CPU is a ValueError). Any size, zero included.
+NaN and inf propagate as in the reference: relu keeps a NaN pre NaN; the backward passes exactly 0 where pre <= 0. GPU: not measured; `python -m benchmarks.bench_mlp`.
 """
 from __future__ import annotations
 
@@ -116,11 +117,15 @@ def _mlp_matmul_kernel(
     if EPILOGUE == "relu2":
         pre = acc.to(pre_ptr.dtype.element_ty)
         tl.store(pre_ptrs, pre, mask=mask)
-        r = tl.maximum(pre.to(tl.float32), 0.0)  # squared from pre as stored: see the module docstring
+        # squared from pre as stored (the module docstring); relu keeps a NaN pre NaN, as torch.relu
+        pre = pre.to(tl.float32)
+        r = tl.where(pre < 0.0, 0.0, pre)
         tl.store(out_ptrs, (r * r).to(out_ptr.dtype.element_ty), mask=mask)
     else:
+        # relu(p)² has derivative 2 relu(p), and exactly 0 where p <= 0 (torch's relu backward, a where on p <= 0,
+        # passes nothing there, not even an inf d_post); a NaN p gives NaN, as there
         pre = tl.load(pre_ptrs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out_ptrs, (acc * 2.0 * tl.maximum(pre, 0.0)).to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptrs, tl.where(pre <= 0.0, 0.0, acc * 2.0 * pre).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _cuda_configs() -> list:
@@ -238,6 +243,9 @@ def _check_inputs(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> None:
     if not w_fc.device == w_proj.device == x.device:
         raise ValueError(f"relu2_mlp: x, w_fc, w_proj must be on one device, got {x.device}, {w_fc.device}, "
                          f"{w_proj.device}")
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        raise ValueError("relu2_mlp: bfloat16 on the CPU: Triton's interpreter has no bf16 arithmetic (use float32 "
+                         "or float16 there)")
 
 
 def relu2_mlp(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> Tensor:
@@ -253,5 +261,5 @@ def relu2_mlp(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> Tensor:
         torch.compile. Saves x, pre and post (M x f each) for the backward.
     """
     _check_inputs(x, w_fc, w_proj)
-    y, _, _ = _relu2_mlp_op(x.reshape(-1, x.shape[-1]), w_fc, w_proj)
+    y, _, _ = _relu2_mlp_op(x.reshape(x.shape[:-1].numel(), x.shape[-1]), w_fc, w_proj)  # (M, d), d = 0 too
     return y.view(*x.shape[:-1], w_proj.shape[0])

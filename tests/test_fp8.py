@@ -13,6 +13,7 @@ equal the eager composition they replace (casts, transposed copies, `_scaled_mm`
 """
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import kernels.fp8
 from kernels.fp8 import E4M3, E5M2, cast_fp8, cast_fp8_ref, fp8_mm, fp8_mm_ref, quantize
@@ -92,6 +93,21 @@ def test_a_dtype_the_casts_do_not_take_is_a_one_line_error_on_every_device(dtype
         fp8_mm(torch.zeros(16, 32, dtype=dtype), torch.zeros(16, 32))
 
 
+@pytest.mark.parametrize("scales,name", [
+    ((0.0, 512.0, 2.0**19), "x_s = 0.0"), ((2.0, -512.0, 2.0**19), "w_s = -512.0"),
+    ((2.0, 512.0, float("nan")), "grad_s = nan"), ((2.0, float("inf"), 2.0**19), "w_s = inf"),
+    ((1e-300, 512.0, 2.0**19), "x_s = 1e-300"), ((2.0, 512.0, 2.0**200), "grad_s = 1.6")])
+def test_a_scale_that_is_not_a_positive_fp32_number_is_a_one_line_error(scales, name):
+    with pytest.raises(ValueError, match=f"fp8_mm: {name}") as info:
+        fp8_mm(torch.zeros(16, 32), torch.zeros(16, 32), *scales)
+    assert "\n" not in str(info.value)
+
+
+def test_operands_on_two_devices_are_a_one_line_error():
+    with pytest.raises(ValueError, match="fp8_mm: x and w must be on one device, got cpu and meta"):
+        fp8_mm(torch.zeros(16, 32), torch.zeros(16, 32, device="meta"))
+
+
 def test_the_op_compiles_with_inductor_forward_and_backward():
     """Inductor checks a custom op's outputs against its fake's sizes and strides (dW is a transposed view).
     Without its FX graph cache: the cache keys the op by name, not by its fake, so a graph compiled against
@@ -103,12 +119,18 @@ def test_the_op_compiles_with_inductor_forward_and_backward():
     assert torch.equal(y, y_eager) and torch.equal(dx, dx_eager) and torch.equal(dw, dw_eager)
 
 
-def test_the_ops_fakes_match_the_real_ops():
-    x, w, dy = _inputs(32, 64, 48, seed=10)
+@pytest.mark.parametrize("M", [32, 1, 0])  # M = 1 and 0: X8^T (K, M) whose transposed copy counts as contiguous
+def test_the_ops_fakes_match_the_real_ops(M):
+    x, w, dy = _inputs(M, 64, 48, seed=10)
     torch.library.opcheck(torch.ops.speedrun.fp8_mm, (x, w, 2.0, 512.0, 2.0**19), test_utils="test_faketensor")
     x8t, w8t = x.mul(2).to(E4M3).t().contiguous(), w.mul(512).to(E4M3).t().contiguous()
     torch.library.opcheck(torch.ops.speedrun.fp8_mm_backward, (dy, x8t, w8t, 2.0, 512.0, 2.0**19),
                           test_utils="test_faketensor")
+    # opcheck passes strides that differ on a size-1 dim; the saved X8^T's must equal the fake's all the same
+    real = torch.ops.speedrun.fp8_mm(x, w, 2.0, 512.0, 2.0**19)
+    with FakeTensorMode() as mode:
+        fake = torch.ops.speedrun.fp8_mm(mode.from_tensor(x), mode.from_tensor(w), 2.0, 512.0, 2.0**19)
+    assert [(t.shape, t.stride(), t.dtype) for t in real] == [(t.shape, t.stride(), t.dtype) for t in fake]
 
 
 def _eager_composition(x, w, dy, x_s, w_s, grad_s):

@@ -176,11 +176,54 @@ def test_the_op_compiles_with_inductor_forward_and_backward():
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), float("nan"), "softcap = nan"),
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), float("inf"), "softcap = inf"),
     (torch.zeros(8, 24), torch.zeros(32, 24), torch.zeros(8, dtype=torch.long), 15.0, "multiples of 16"),
+    # F.cross_entropy's ignore_index drops a -100 row from the mean; ours has no ignore_index and refuses it
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.tensor([-100] + [0] * 7), 15.0, r"-100 .. 0 \(no ignore_index"),
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), 1e39, "softcap = 1e"),
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long, device="meta"), 15.0,
+     "targets must be on x's device cpu, got meta"),
 ])
 def test_bad_input_is_a_one_line_error(x, w, targets, cap, message):
     with pytest.raises(ValueError, match=message) as info:
         fp8_head_loss(x, w, targets, cap)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("scale", ["x_s", "w_s", "grad_s"])
+@pytest.mark.parametrize("value", [0.0, -2.0, float("nan"), float("inf")])
+def test_a_bad_scale_is_a_one_line_error(scale, value):
+    with pytest.raises(ValueError, match=f"fp8_head_loss: {scale} = {value}") as info:
+        fp8_head_loss(torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long),
+                      **{**SCALES, scale: value})
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("cap", CAPS)
+def test_a_target_outside_the_vocabulary_makes_its_row_nan_and_reads_nothing(cap):
+    # what CUDA runs unchecked (the CPU's ValueError comes first in the public function): the row's loss and its
+    # gradient row are NaN, every other row as with a valid target; far-out targets read no memory (masked)
+    N, V = 37, 97
+    logits, targets = _logits(N, V, seed=30), _targets(N, V, seed=30)
+    bad = targets.clone()
+    rows = [2, 5, 11, 36]
+    bad[rows] = torch.tensor([-100, -1, V, 2**40])
+    lse, loss = loss_rows(logits, targets, cap)
+    lse_bad, loss_bad = loss_rows(logits, bad, cap)
+    keep = torch.ones(N, dtype=torch.bool)
+    keep[rows] = False
+    assert torch.equal(lse_bad, lse) and loss_bad[rows].isnan().all() and torch.equal(loss_bad[keep], loss[keep])
+    dloss = torch.tensor(1.0)
+    g = loss_grad(logits, lse, targets, dloss, cap, 2.0**19, write_fp8=False)[0]
+    g_bad = loss_grad(logits, lse, bad, dloss, cap, 2.0**19, write_fp8=False)[0]
+    assert g_bad[rows].isnan().all() and torch.equal(g_bad[keep], g[keep])
+
+
+def test_no_rows():
+    # N = 0: the reference's mean over no rows is NaN, and its gradients are empty (dX) and zero (dW)
+    x, w, targets = torch.zeros(0, 16, dtype=torch.bfloat16), 0.2 * torch.randn(112, 16), torch.zeros(0, dtype=torch.long)
+    got, want = _run(fp8_head_loss, x, w, targets, 15.0), _run(fp8_head_loss_ref, x, w, targets, 15.0)
+    assert got[0].isnan() and want[0].isnan()
+    for a, b in zip(got[1:], want[1:]):
+        assert a.shape == b.shape and torch.equal(a.float(), b.float())
 
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),

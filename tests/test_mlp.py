@@ -89,6 +89,33 @@ def test_zero_tokens(device):
     assert torch.equal(dw_fc, torch.zeros_like(dw_fc)) and torch.equal(dw_proj, torch.zeros_like(dw_proj))
 
 
+def test_zero_width_and_zero_hidden(device):
+    # d = 0 (x (M, 0)) and f = 0: the reference's empty matmuls give zeros, and so do ours
+    for d, f in ((0, 97), (40, 0)):
+        x, w_fc, w_proj = (torch.randn(*shape, device=device) for shape in ((2, 5, d), (f, d), (d, f)))
+        dy = torch.randn(2, 5, d, device=device)
+        ours, ref = _forward_backward(relu2_mlp, [x, w_fc, w_proj], dy), _forward_backward(relu2_mlp_ref,
+                                                                                         [x, w_fc, w_proj], dy)
+        for got, want in zip([ours[0], *ours[1]], [ref[0], *ref[1]]):
+            assert got.shape == want.shape and torch.equal(got, want)
+
+
+def test_nan_and_inf_reach_the_output_and_gradients_as_in_the_reference(device):
+    # relu(NaN) is NaN (a NaN pre must not vanish into a 0); the backward passes exactly 0 where pre <= 0, an inf
+    # d_post included, and NaN where pre is NaN, as torch's relu backward
+    x, w_fc, w_proj = _inputs((37,), 40, 97, torch.float32, device)
+    x[3, 7], x[11, 0], x[20, 5] = float("nan"), float("inf"), -float("inf")
+    dy = torch.randn(37, 40, device=device)
+    dy[30, 2] = float("inf")
+    ours, ref = _forward_backward(relu2_mlp, [x, w_fc, w_proj], dy), _forward_backward(relu2_mlp_ref,
+                                                                                     [x, w_fc, w_proj], dy)
+    for name, got, want in zip(("y", "dx", "dW_fc", "dW_proj"), [ours[0], *ours[1]], [ref[0], *ref[1]]):
+        assert torch.equal(got.isnan(), want.isnan()), f"{name}: NaN at {got.isnan().sum()} vs {want.isnan().sum()}"
+        assert torch.equal(got.isinf(), want.isinf()), f"{name}: inf at {got.isinf().sum()} vs {want.isinf().sum()}"
+        finite = want.isfinite()
+        torch.testing.assert_close(got[finite], want[finite], rtol=1e-4, atol=1e-4)
+
+
 def test_every_cuda_configuration_sums_k_in_the_same_blocks():
     # the autotuner's pick must not change the bits: one BLOCK_K across CUDA_CONFIGS
     assert len({bk for _, _, bk, _, _ in CUDA_CONFIGS}) == 1 and len(CUDA_CONFIGS) >= 2
@@ -126,12 +153,14 @@ def test_torch_compile_traces_forward_and_backward(device):
     ("proj_shape", r"and w_proj \(40, f\), got \(97, 40\) and \(40, 96\)"),
     ("scalar_x", r"expected x \(\.\.\., d\)"),
     ("weight_ndim", r"expected x \(\.\.\., d\), w_fc \(f, d\)"),
+    ("bf16_on_the_cpu", r"relu2_mlp: bfloat16 on the CPU"),
 ])
 def test_bad_inputs_raise_one_line_value_errors(case, match, device):
     x, w_fc, w_proj = _inputs((5,), 40, 97, torch.float32, device)
     args = {"int_dtype": (x.long(), w_fc, w_proj), "weight_dtype": (x, w_fc.half(), w_proj),
             "fc_shape": (x, w_fc[:, :39], w_proj), "proj_shape": (x, w_fc, w_proj[:, :96]),
-            "scalar_x": (x[0, 0], w_fc, w_proj), "weight_ndim": (x, w_fc[None], w_proj)}[case]
+            "scalar_x": (x[0, 0], w_fc, w_proj), "weight_ndim": (x, w_fc[None], w_proj),
+            "bf16_on_the_cpu": tuple(t.bfloat16().cpu() for t in (x, w_fc, w_proj))}[case]
     with pytest.raises(ValueError, match=match) as info:
         relu2_mlp(*args)
     assert "\n" not in str(info.value)

@@ -754,6 +754,22 @@ def test_inductor_caches_one_folder_per_version_of_the_kernels(micro_run, tmp_pa
     assert T.inductor_cache_dir(str(tmp_path / "b")) == a
 
 
+def test_the_inductor_cache_folder_of_a_missing_or_unreadable_kernels_folder(tmp_path):
+    # a missing folder or an unreadable kernel file names a folder (no traceback before the run's own checks),
+    # each its own, and not the readable version's
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / "op.py").write_text("x = 1\n")
+    readable = T.inductor_cache_dir(str(tmp_path / "k"))
+    missing = T.inductor_cache_dir(str(tmp_path / "missing"))
+    (tmp_path / "k" / "op.py").unlink()
+    (tmp_path / "k" / "op.py").mkdir()  # open() fails on it as on a file without read permission (root reads those)
+    unreadable = T.inductor_cache_dir(str(tmp_path / "k"))
+    assert len({readable, missing, unreadable}) == 3
+    assert {os.path.dirname(p) for p in (readable, missing, unreadable)} == {default_cache_dir()}
+
+
 def test_a_few_steps_lower_the_loss(micro_run):
     losses = val_losses(micro_run)
     assert len(losses) == 3 and losses[-1] < losses[0] - 1.0, losses
