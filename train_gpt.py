@@ -587,23 +587,16 @@ def train_step(model, ops: Ops, optimizers, batches, window: int, step: int, cfg
 def inductor_cache_dir(kernels_dir: str = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")) -> str:
     """Inductor's cache folder for this version of kernels/ (main sets it unless the environment does): its caches
     know a custom op by its name, not by its fake, so a graph compiled against another version of an op would
-    replay that version's output sizes and strides. A missing folder or a file that cannot be read is hashed as
-    its error (the run goes on: --kernels=torch needs no kernels/, and --kernels=triton reports the failed import
-    in one line); a file becoming readable again changes the folder."""
+    replay that version's output sizes and strides. Inductor's own folder where kernels/ cannot be read (no
+    traceback here: --kernels=torch needs no kernels/, and --kernels=triton reports the failed import in one line)."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     digest = hashlib.sha256()
     try:
-        names = sorted(f for f in os.listdir(kernels_dir) if f.endswith(".py"))
-    except OSError as exc:
-        names = []
-        digest.update(f"{type(exc).__name__}\0".encode())
-    for name in names:
-        try:
+        for name in sorted(f for f in os.listdir(kernels_dir) if f.endswith(".py")):
             with open(os.path.join(kernels_dir, name), "rb") as f:
-                content = f.read()
-        except OSError as exc:
-            content = f"unreadable: {type(exc).__name__}".encode()
-        digest.update(name.encode() + b"\0" + content + b"\0")
+                digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    except OSError:
+        return default_cache_dir()
     return os.path.join(default_cache_dir(), f"kernels-{digest.hexdigest()[:12]}")
 
 
@@ -860,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if device.type == "cpu":  # before anything imports the kernels (torch's deterministic mode and torch.compile
         os.environ["TRITON_INTERPRET"] = "1"  # do): @triton.jit reads it, and a CPU runs Triton only interpreted
-    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # asked before torch._inductor's import sets it to the default
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # asked before torch._inductor's import sets it to the default
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache_dir()
     init_distributed(env, device)
     log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
