@@ -159,8 +159,9 @@ def value_embed_tables(cfg: Config) -> list[int | None]:
     return [i if i < k else i - (L - k) if i >= L - k else None for i in range(L)]
 
 
-def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config:
-    """Fill the automatic fields (grad_accum, compile, run_dir) and check what can be checked up front."""
+def resolve_config(cfg: Config, world_size: int, device: torch.device, fp8_gpu: bool | None = None) -> Config:
+    """Fill the automatic fields (grad_accum, compile, run_dir) and check what can be checked up front. fp8_gpu:
+    whether the GPU has FP8 tensor cores (None: ask the device; the roofline, an H100's, says True)."""
     check_ranges(cfg)
     if cfg.grad_accum == 0 and 8 % world_size:
         raise ConfigError(f"world size {world_size} does not divide the 8-GPU batch of 8 micro-batches "
@@ -170,7 +171,7 @@ def resolve_config(cfg: Config, world_size: int, device: torch.device) -> Config
                               compile=device.type == "cuda" if cfg.compile is None else cfg.compile)
     L, cuda, scales = cfg.num_layers, device.type == "cuda", list_field(cfg, "fp8_head_scales", float)
     flex = cuda and cfg.kernels == "torch"
-    fp8 = cuda and torch.cuda.get_device_capability(device) >= (8, 9)  # FP8 tensor cores: Ada, Hopper and later
+    fp8 = fp8_gpu if fp8_gpu is not None else cuda and torch.cuda.get_device_capability(device) >= (8, 9)  # Ada+
     checks = [
         (cfg.kernels in ("torch", "triton"), f"--kernels={cfg.kernels}: expected torch or triton"),
         (not os.path.exists(run_dir) or os.path.isdir(run_dir), f"--run_dir={run_dir}: exists and is not a folder"),

@@ -543,7 +543,7 @@ def estimate(cfg, kernels: str = "triton", gpus: int = 8, options=(), backward: 
     """The roofline of the micro-step and step of a trainer Config `cfg` on `gpus` H100s. `windows` replaces the
     schedule's (window -> weight); cfg.grad_accum 0 means 8 // gpus, as the trainer resolves it. A one-line
     ValueError for what the trainer would refuse on `gpus` processes (its resolve_config: ranges, the world size,
-    the layer pattern; the GPU's FP8 check aside, the roofline being the H100's), a document length or a window
+    the layer pattern, the FP8 head's shapes; the GPU being an H100, which has FP8), a document length or a window
     that is not a positive number."""
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -559,9 +559,7 @@ def estimate(cfg, kernels: str = "triton", gpus: int = 8, options=(), backward: 
         raise ValueError(f"--doc-mean={doc_mean}: need a finite number of tokens >= 1")
     if windows and min(windows) < 1:
         raise ValueError(f"--window={min(windows)}: need at least 1 token")
-    resolve_config(dataclasses.replace(cfg, fp8_head=False), gpus, torch.device("cpu"))  # the trainer's checks
-    accum = cfg.grad_accum or max(8 // gpus, 1)
-    cfg = dataclasses.replace(cfg, grad_accum=accum)
+    cfg = resolve_config(cfg, gpus, torch.device("cpu"), fp8_gpu=True)  # the trainer's checks and grad_accum
     options = set(options)
     tiles = averaged_tiles(cfg, kernels, backward if kernels == "triton" else "two_pass", doc_mean, windows)
     items = micro_step_items(cfg, kernels, options, tiles, gpus) + optimizer_items(cfg, gpus)
@@ -575,11 +573,11 @@ def estimate(cfg, kernels: str = "triton", gpus: int = 8, options=(), backward: 
     def totals(col):
         m, per_step = micro[col].sum(), table[table.per_step]
         step = optimizer_timeline(dict(zip(per_step.name, per_step[col])))
-        return m, accum * m + step, step - opt[col].sum()  # exposed communication: what the compute does not hide
+        return m, cfg.grad_accum * m + step, step - opt[col].sum()  # exposed communication: what the compute does not hide
 
     central, slow, fast = totals("ms"), totals("ms_slow"), totals("ms_fast")
     return Estimate(cfg.track, kernels, gpus, tuple(sorted(options)), backward, table, (central[0], slow[0], fast[0]),
-                    (central[1], slow[1], fast[1]), accum, central[2])
+                    (central[1], slow[1], fast[1]), cfg.grad_accum, central[2])
 
 
 def report(e: Estimate) -> str:

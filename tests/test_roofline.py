@@ -329,12 +329,13 @@ def test_cli_takes_the_trainers_overrides(capsys):
                                            (["--gpus", "0"], "--gpus=0: need at least 1"),
                                            (["--fp8_head=maybe"], "--fp8_head=maybe: expected true/false"),
                                            (["--fp8head=false"], "unknown option --fp8head"),
-                                           # what the trainer refuses, the roofline refuses (was a traceback or
-                                           # an estimate of a run that cannot exist)
+                                           # what the trainer refuses, the roofline refuses: no estimate of a run
+                                           # that cannot exist
                                            (["--num_steps=0"], "--num_steps=0: must be >= 1"),
                                            (["--model_dim=0"], "--model_dim=0: must be >= 1"),
                                            (["--gpus", "3"], "world size 3 does not divide the 8-GPU batch"),
                                            (["--num_layers=4"], "value_embeds=3: between 0 and num_layers/2"),
+                                           (["--vocab_size=50257"], "vocab_size, batch_size x seq_len multiples of 16"),
                                            (["--gpus", "-3"], "--gpus=-3: need at least 1"),
                                            (["--doc-mean", "0"], "--doc-mean=0.0: need a finite number"),
                                            (["--doc-mean", "nan"], "--doc-mean=nan: need a finite number"),
