@@ -150,7 +150,7 @@ def forward(x: Tensor, w: Tensor, x_s: float, w_s: float) -> tuple[Tensor, Tenso
 def backward(g8: Tensor, g8t: Tensor, x8t: Tensor, w8t: Tensor, x_s: float, w_s: float,
              grad_s: float) -> tuple[Tensor, Tensor]:
     """The backward's matmuls: G8 (M, N), G8^T (N, M) e5m2, X8^T (K, M), W8^T (K, N) e4m3 -> (dX (M, K) bf16,
-    dW (N, K) fp32 with transposed strides (1, K))."""
+    dW (N, K) fp32 with transposed strides (1, N))."""
     # _scaled_mm takes its first operand row-major and its second column-major (the .t() views)
     dx = torch._scaled_mm(g8, w8t.t(), out_dtype=torch.bfloat16, scale_a=_inverse(grad_s, g8.device),
                           scale_b=_inverse(w_s, g8.device), use_fast_accum=False)

@@ -86,6 +86,24 @@ def test_the_backward_kernel_is_autograds_gradient_scaled(N, V, cap):
     assert ((g.double() - want).abs() <= 1e-5 * want.abs() + 1e-6 * want.abs().max()).all()
 
 
+@pytest.mark.parametrize("N,V", KERNEL_SHAPES)
+def test_the_fp8_path_writes_every_element_and_its_transpose(N, V):
+    """WRITE_FP8 under the interpreter, whose fp8 cast is its own (it rounds and clamps exponents its way: the GPU
+    test pins the bits), so what is checked here is the layout and the masks: G8^T is G8 transposed on partial
+    tiles too, and every element is written (where the fp32 path's value is a normal e5m2 number: its sign, and a
+    magnitude that is not zero)."""
+    logits, targets, dloss = _logits(N, V, seed=N + 7), _targets(N, V, seed=N + 7), torch.tensor(1.0)
+    lse, _ = loss_rows(logits, targets, 15.0)
+    g8, g8t = loss_grad(logits, lse, targets, dloss, 15.0, SCALES["grad_s"], write_fp8=True)
+    g, _ = loss_grad(logits, lse, targets, dloss, 15.0, SCALES["grad_s"], write_fp8=False)
+    assert (g8.shape, g8t.shape, g8.dtype, g8t.dtype) == ((N, V), (V, N), E5M2, E5M2) and g8t.is_contiguous()
+    assert torch.equal(g8t.view(torch.uint8), g8.view(torch.uint8).t())
+    normal = (g.abs() >= 2.0**-14) & (g.abs() <= 57344.0)
+    assert normal.sum() >= N * V // 10, "too few values in e5m2's normal range to check"
+    bits = g8.view(torch.uint8)[normal]
+    assert torch.equal(bits >= 0x80, (g < 0)[normal]) and (bits & 0x7F != 0).all()  # the sign, a nonzero magnitude
+
+
 def _run(fn, x, w, targets, cap):
     x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
     loss = fn(x, w, targets, cap, **SCALES)
