@@ -268,8 +268,8 @@ GROUPS = {
     + newton_schulz_rows("fp32"),
     "sweep": lambda: [dict(row, kernel=row["kernel"] + " (candidate)")
                       for kind, D, blocks in BACKWARD_CANDIDATES for row in attention_rows("bf16", {(kind, D): blocks})],
-    "fp8": lambda: fp8_rows(),
-    "head_loss": lambda: head_loss_rows(),
+    "fp8": fp8_rows,
+    "head_loss": head_loss_rows,
 }
 
 

@@ -44,7 +44,8 @@ fixed tile and group, INTERPRETER_BLOCKS, so test shapes span several tiles and 
 Limits: x (..., d) and the weights of one dtype among float32, float16, bfloat16 (the trainer casts its fp32
 weights to the activations' dtype under autocast), on one device; anything else is a one-line ValueError.
 Interpreter: fp32 and fp16 (it has no bf16 arithmetic: bf16 on the CPU is a ValueError). Any size, zero included.
-NaN and inf propagate as in the reference: relu keeps a NaN pre NaN; the backward passes exactly 0 where pre <= 0. GPU: not measured; `python -m benchmarks.bench_mlp`.
+NaN and inf propagate as in the reference: relu keeps a NaN pre NaN; the backward passes exactly 0 where
+pre <= 0. GPU: not measured; `python -m benchmarks.bench_mlp`.
 """
 from __future__ import annotations
 
