@@ -58,6 +58,19 @@ def _implementations(compile: bool) -> dict:
     return impls
 
 
+def _timed_rows(bench: str, case: str, implementations: dict, args: tuple, moved: float, est_ms: float,
+                device: str) -> list[dict]:
+    """A row per implementation called on the same args: warmed up (its compile, outside the timing), then timed;
+    `moved` the bytes that must move, `est_ms` the roofline's estimate, on ours' row."""
+    rows = []
+    for impl, fn in implementations.items():
+        fn(*args)
+        ms = bench_ms(lambda: fn(*args), device)
+        rows.append(dict(bench=bench, case=case, impl=impl, ms=ms, gb=moved * 1e-9, gbps=moved / ms * 1e-6,
+                         est_ms=est_ms if impl == "ours" else None))
+    return rows
+
+
 def bench_case(name: str, shape: tuple[int, int], t_dtype: torch.dtype, dtype: torch.dtype, scale: float,
                device: str = "cuda", *, compile: bool = True) -> list[dict]:
     """Rows of one cast, each implementation on the same input t: values of the size the trainer's are scaled to
@@ -65,12 +78,8 @@ def bench_case(name: str, shape: tuple[int, int], t_dtype: torch.dtype, dtype: t
     t = (torch.randn(shape, device=device) * 8 / scale).to(t_dtype)
     moved = t.numel() * (t.element_size() + 2)
     case = f"{name} {tuple(shape)} {str(t_dtype).removeprefix('torch.')} -> {str(dtype).removeprefix('torch.')}"
-    rows = []
-    for impl, fn in _implementations(compile).items():
-        fn(t, scale, dtype, True)  # compile warm-up, outside the timing
-        ms = bench_ms(lambda: fn(t, scale, dtype, True), device)
-        rows.append(dict(bench="fp8 cast + transpose", case=case, impl=impl, ms=ms, gb=moved * 1e-9,
-                         gbps=moved / ms * 1e-6, est_ms=memory_call_ms(moved, 1) if impl == "ours" else None))
+    rows = _timed_rows("fp8 cast + transpose", case, _implementations(compile), (t, scale, dtype, True), moved,
+                       memory_call_ms(moved, 1), device)
     copy_gbps = 2 * t.numel() * t.element_size() / bench_ms(lambda: t.clone(), device) * 1e-6
     rows.append(dict(bench="fp8 cast + transpose", case=case, impl="copy ceiling", ms=moved / copy_gbps * 1e-6,
                      gb=moved * 1e-9, gbps=copy_gbps, est_ms=None))
@@ -104,12 +113,8 @@ def bench_loss(N: int, V: int, softcap: float, grad_s: float, device: str = "cud
     items = loss_items(N, V, fused=True)  # the bytes that must move: the roofline's count of the fused loss
     moved, estimate = sum(i.bytes for i in items), sum(memory_call_ms(i.bytes, i.kernels) for i in items)
     case = f"logits ({N}, {V}) bf16, cap {softcap:g} -> loss, G8, G8^T e5m2"
-    rows = []
-    for impl, fn in _loss_implementations(compile).items():
-        fn(logits, targets, softcap, grad_s)  # compile warm-up, outside the timing
-        ms = bench_ms(lambda: fn(logits, targets, softcap, grad_s), device)
-        rows.append(dict(bench="fp8 head loss + gradient cast", case=case, impl=impl, ms=ms, gb=moved * 1e-9,
-                         gbps=moved / ms * 1e-6, est_ms=estimate if impl == "ours" else None))
+    rows = _timed_rows("fp8 head loss + gradient cast", case, _loss_implementations(compile),
+                       (logits, targets, softcap, grad_s), moved, estimate, device)
     torch._dynamo.reset()
     return rows
 
