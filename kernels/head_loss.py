@@ -177,12 +177,11 @@ def loss_grad(logits: Tensor, lse: Tensor, targets: Tensor, dloss: Tensor, softc
         g, gt = torch.empty(N, V, dtype=torch.float32, device=logits.device), None
     block_r, block_v = BACKWARD_TILE
     cap, inv_cap = _caps(softcap)
-    grid = (triton.cdiv(N, block_r), triton.cdiv(V, block_v))
-    if N == 0 or V == 0:  # nothing to write (and no 1 / N)
-        return (g.view(E5M2), gt.view(E5M2)) if write_fp8 else (g, None)
-    _loss_backward_kernel[grid](logits, lse, targets, dloss.float().contiguous(), g, g if gt is None else gt, N, V,
-                                cap, inv_cap, grad_s / N, HAS_CAP=bool(softcap), WRITE_FP8=write_fp8,
-                                BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4)
+    if N and V:  # else nothing to write (and no 1 / N)
+        grid = (triton.cdiv(N, block_r), triton.cdiv(V, block_v))
+        _loss_backward_kernel[grid](logits, lse, targets, dloss.float().contiguous(), g, g if gt is None else gt, N,
+                                    V, cap, inv_cap, grad_s / N, HAS_CAP=bool(softcap), WRITE_FP8=write_fp8,
+                                    BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4)
     return (g.view(E5M2), gt.view(E5M2)) if write_fp8 else (g, None)
 
 
