@@ -1,6 +1,7 @@
 """Hardware and software facts for logs and records, and the one table of peak FLOP/s used for MFU."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -69,8 +70,6 @@ def hardware_info() -> dict:
 
 
 def software_versions() -> dict:
-    import importlib.metadata
-
     import numpy
     import torch
 

@@ -55,12 +55,10 @@ def _imported_files(path: Path, root: Path) -> list[Path]:
 def _code_paths(root: Path, trainer: str | os.PathLike | None) -> dict[Path, Path]:
     """{path in the snapshot: file} for the trainer and every file under root it imports, transitively. The
     trainer is the script that runs (root/TRAINER by default); one outside root goes in under its file name."""
-    if trainer is None and not (root / TRAINER).is_file():
-        raise FileNotFoundError(f"no {TRAINER} under {root}")
-    trainer = Path(trainer).resolve() if trainer is not None else root / TRAINER
-    if not trainer.is_file():
-        raise FileNotFoundError(f"no trainer {trainer}")
-    found, todo = set(), [trainer]
+    script = root / TRAINER if trainer is None else Path(trainer).resolve()
+    if not script.is_file():
+        raise FileNotFoundError(f"no {TRAINER} under {root}" if trainer is None else f"no trainer {script}")
+    found, todo = set(), [script]
     while todo:
         path = todo.pop()
         if path not in found:
