@@ -18,6 +18,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -106,8 +107,6 @@ def download_fineweb(train_shards: int, out_dir: str | os.PathLike = FINEWEB_DIR
 def hub_problem() -> str | None:
     """Why the Hugging Face hub cannot be reached now, one line, or None: offline mode (HF_HUB_OFFLINE), or a
     connection to its endpoint that fails within HUB_CONNECT_TIMEOUT_S."""
-    from urllib.parse import urlsplit
-
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
