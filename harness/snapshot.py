@@ -1,17 +1,10 @@
 """Which files make a run's code, their hash, and the snapshot copied into every run directory.
 
-The code hash identifies "the same code" for record submissions: every run of a record must share
-it, and `harness.verify` recomputes it from the snapshot. For our trainer it covers `train_gpt.py` and
-every module of the repository it imports, directly or through another (`code_files`: an ast walk of
-the import statements, those inside functions included, with the packages they run): the kernels, the
-data loader, the track presets, and the leaf harness modules the trainer uses. Whatever can change
-what is trained is in it. A run from another trainer (harness.ingest, harness.run --cmd) has as its
-snapshot the source code its log starts with (modded-nanogpt prints its own source first), kept as one
-file, EMBEDDED_CODE; or, where the log holds none, the script its command ran.
-
-The hash is sha256 over (relative path, content) of every file of the snapshot, in sorted order, so
-`snapshot_hash(run_dir/code)` equals the `code_hash` of the tree it was copied from, and
-`embedded_code_hash(text)` equals the `snapshot_hash` of a snapshot holding that text.
+The code hash is what "the same code" means for a record (records/README.md): sha256 over (relative path,
+content) of every snapshot file, in sorted order, so a snapshot hashes as the tree it was copied from. Our
+trainer's code is `train_gpt.py` and every repository module it imports, transitively (`code_files`: an ast
+walk of its import statements, those inside functions included). A foreign trainer's code is the source its
+log starts with, kept as one file, EMBEDDED_CODE; or, where the log holds none, the script its command ran.
 """
 from __future__ import annotations
 
@@ -33,20 +26,13 @@ def hash_files(files: Mapping[str, bytes]) -> str:
     """sha256 over (relative POSIX path, content) of each file, in sorted path order."""
     digest = hashlib.sha256()
     for rel in sorted(files):
-        digest.update(rel.encode() + b"\0")
-        digest.update(files[rel])
-        digest.update(b"\0")
+        digest.update(rel.encode() + b"\0" + files[rel] + b"\0")
     return digest.hexdigest()
 
 
-def _module_file(root: Path, module: str) -> Path | None:
-    """The file under root that `import module` runs (module.py or module/__init__.py), None if not there."""
-    base = root.joinpath(*module.split("."))
-    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
-
-
-def _imported_modules(path: Path, root: Path) -> set[str]:
-    """Every module name the file's import statements (anywhere in it) may load, with their parent packages."""
+def _imported_files(path: Path, root: Path) -> list[Path]:
+    """The files under root that the file's import statements (anywhere in it) may run, parent packages included
+    (module.py, else module/__init__.py; a name imported from a package may be a submodule)."""
     try:  # the package a relative import starts from; a script outside root is in none
         package = path.relative_to(root).with_suffix("").parts[:-1]
     except ValueError:
@@ -58,37 +44,37 @@ def _imported_modules(path: Path, root: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             start = package[: len(package) - node.level + 1] if node.level else ()
             base = ".".join([*start, *([node.module] if node.module else [])])
-            names.update([base, *(f"{base}.{alias.name}" for alias in node.names)])  # a name may be a submodule
+            names.update([base, *(f"{base}.{alias.name}" for alias in node.names)])
     parts = [name.split(".") for name in names if name]
-    return {".".join(p[:i]) for p in parts for i in range(1, len(p) + 1)}
+    files = []
+    for base in {root.joinpath(*p[:i]) for p in parts for i in range(1, len(p) + 1)}:
+        files += [f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()][:1]
+    return files
 
 
 def _code_paths(root: Path, trainer: str | os.PathLike | None) -> dict[Path, Path]:
     """{path in the snapshot: file} for the trainer and every file under root it imports, transitively. The
     trainer is the script that runs (root/TRAINER by default); one outside root goes in under its file name."""
-    if trainer is None and not (root / TRAINER).is_file():
-        raise FileNotFoundError(f"no {TRAINER} under {root}")
-    trainer = Path(trainer).resolve() if trainer is not None else root / TRAINER
-    if not trainer.is_file():
-        raise FileNotFoundError(f"no trainer {trainer}")
-    found, todo = set(), [trainer]
+    script = root / TRAINER if trainer is None else Path(trainer).resolve()
+    if not script.is_file():
+        raise FileNotFoundError(f"no {TRAINER} under {root}" if trainer is None else f"no trainer {script}")
+    found, todo = set(), [script]
     while todo:
         path = todo.pop()
         if path not in found:
             found.add(path)
-            todo += [f for m in _imported_modules(path, root) if (f := _module_file(root, m)) is not None]
+            todo += _imported_files(path, root)
     root = root.resolve()
     return {(p.relative_to(root) if p.is_relative_to(root) else Path(p.name)): p for p in found}
 
 
 def code_files(root: str | os.PathLike = REPO_ROOT, trainer: str | os.PathLike | None = None) -> list[Path]:
-    """The trainer (root/TRAINER unless given) and every file under `root` it imports, transitively, as their
-    paths in a snapshot (relative to root), sorted."""
+    """The trainer's code files (`_code_paths`) as their sorted paths in a snapshot."""
     return sorted(_code_paths(Path(root), trainer))
 
 
 def code_hash(root: str | os.PathLike = REPO_ROOT, trainer: str | os.PathLike | None = None) -> str:
-    """The hash of a trainer's code files (`code_files`) under `root`."""
+    """The hash of the trainer's code files."""
     return hash_files({rel.as_posix(): path.read_bytes() for rel, path in _code_paths(Path(root), trainer).items()})
 
 
@@ -105,12 +91,12 @@ def snapshot_hash(snapshot: str | os.PathLike) -> str:
 
 
 def embedded_code_hash(code: str) -> str:
-    """The hash of a snapshot holding only `code` as EMBEDDED_CODE (a foreign log's printed source)."""
+    """The hash of a snapshot holding only `code` as EMBEDDED_CODE."""
     return hash_files({EMBEDDED_CODE: code.encode("utf-8")})
 
 
 def write_snapshot(dest_dir: str | os.PathLike, files: Mapping[str | Path, bytes | Path]) -> str:
-    """Write `files` (relative path: its bytes, or the file to copy) into `dest_dir/code/` with their CODE_HASH;
+    """Write `files` (relative path: its bytes, or the file to copy) and their CODE_HASH into dest_dir/code/;
     return the hash."""
     dest = Path(dest_dir) / SNAPSHOT_DIR
     for rel, data in files.items():
@@ -126,6 +112,6 @@ def write_snapshot(dest_dir: str | os.PathLike, files: Mapping[str | Path, bytes
 
 def snapshot_code(dest_dir: str | os.PathLike, root: str | os.PathLike = REPO_ROOT,
                   trainer: str | os.PathLike | None = None) -> str:
-    """Copy the running trainer's code files (`code_files`) into `dest_dir/code/`, write its CODE_HASH, return
-    the hash. `trainer` is the script that runs: a copy of train_gpt.py under another name is its own code."""
+    """write_snapshot of the running trainer's code files: `trainer` is the script that runs, so a copy of
+    train_gpt.py under another name is its own code."""
     return write_snapshot(dest_dir, _code_paths(Path(root), trainer))

@@ -59,6 +59,8 @@ def test_imports_are_followed_transitively_relative_and_inside_functions(tmp_pat
 def test_no_trainer_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no train_gpt.py under"):
         code_files(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"no trainer {tmp_path / 'other.py'}$"):
+        code_files(tmp_path, trainer=tmp_path / "other.py")
 
 
 def test_the_running_script_is_the_code_not_train_gpt(tree, tmp_path, tmp_path_factory):
