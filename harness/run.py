@@ -3,18 +3,12 @@
     python -m harness.run --track cpu-tiny --seeds 3 -- --muon_lr=0.04
     python -m harness.run --cmd "torchrun --standalone --nproc_per_node=8 train_gpt.py" --cwd ../modded-nanogpt
 
-Each run gets runs/<run_id>/ (the trainer writes events.jsonl, train.log and code/ there; the harness
-adds console.log, everything the process printed) and, however it ends, one row in records/runs.jsonl.
-records/README.md states its statuses, what a stop signal does (the trainer runs in its own process group,
-which the harness stops) and what is refused before the first run starts ("What the harness guarantees").
-The trainer runs under `torchrun --standalone --nproc_per_node=K` when K > 1 or CUDA is available, plain
-`python` otherwise. Exit status: 0 when every run is ok, 2 for a refusal (nothing launched), 128 + its
-number on a stop signal (130, 143, 129), else 1.
-
---cmd runs any other trainer's command as given (in --cwd), once per seed, with the seed in the environment
-variable --seed-env, its stdout driving the same progress bar; the run is recorded as harness.ingest records
-a log, from the trainer's own log where it is provably this run's (trainer_log), else from its stdout, and
-its status is cmd_status's.
+Each run gets runs/<run_id>/ (the trainer's events.jsonl, train.log and code/, and console.log: everything
+the process printed) and, however it ends, one row in records/runs.jsonl. records/README.md states the
+statuses, what a stop signal does and what is refused before the first run ("What the harness guarantees").
+Exit status: 0 when every run is ok, 2 for a refusal (nothing launched), 128 + its number on a stop signal,
+else 1. --cmd runs any other trainer's command, the seed in the environment variable --seed-env, and records
+it as harness.ingest records a log (write_from_log).
 """
 from __future__ import annotations
 
@@ -78,9 +72,8 @@ def trainer_env() -> dict:
 
 def config_problem(script, track: str, seed: int, overrides: Sequence[str], nproc: int,
                    full_schedule: bool = False) -> str | None:
-    """The trainer's one error line about a run's config, or None: `script --print_config` resolves the config
-    without training (with WORLD_SIZE = nproc), printing it as one JSON line, or one error line and exit 2.
-    With full_schedule (a comparison's runs), a config that stops at the target is a problem too."""
+    """The trainer's one error line about a run's config, or None, from `script --print_config` (one JSON line,
+    or one error line and exit 2). With full_schedule (a comparison's runs), stopping at the target is one too."""
     cmd = [sys.executable, str(script), "--print_config", f"--track={track}", f"--seed={seed}", *overrides]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=CONFIG_CHECK_S,
@@ -105,8 +98,8 @@ def config_problem(script, track: str, seed: int, overrides: Sequence[str], npro
 
 
 def first_config_problem(checks: Sequence[tuple[str, dict]]) -> str | None:
-    """The first (in order) of `checks`' config problems as "LABEL: problem", or None: each check is
-    (label, config_problem's arguments). They run a few at a time; none starts after a problem is found."""
+    """The first of `checks` (label, config_problem's kwargs) with a problem as "LABEL: problem", or None; they run
+    a few at a time, and none starts after a problem is found."""
     with ThreadPoolExecutor(max_workers=min(4, len(checks) or 1)) as pool:
         futures = [pool.submit(config_problem, **kwargs) for _, kwargs in checks]
         try:
@@ -221,10 +214,6 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.recorded = int(signum), recorded
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
 def on_stop_signals(handler) -> dict:
     """Install `handler` for every stop signal; return the previous handlers, for restore_handlers ({} off the
     main thread, which signals do not reach)."""
@@ -236,7 +225,10 @@ def on_stop_signals(handler) -> dict:
 
 def raise_on_stop_signals() -> dict:
     """Between runs, every stop signal raises Interrupted, as Ctrl-C raises KeyboardInterrupt."""
-    return on_stop_signals(_raise_interrupted)
+    def raise_interrupted(signum, frame):
+        raise Interrupted(signum)
+
+    return on_stop_signals(raise_interrupted)
 
 
 def interrupted_exit(exc: KeyboardInterrupt) -> int:
@@ -255,10 +247,7 @@ class _StopFlag:
 
     def __init__(self):
         self.signum: int | None = None
-        self.previous = on_stop_signals(self._note)
-
-    def _note(self, signum, frame):
-        self.signum = signum
+        self.previous = on_stop_signals(lambda signum, frame: setattr(self, "signum", signum))
 
     def uninstall(self) -> None:
         restore_handlers(self.previous)
@@ -308,15 +297,12 @@ class _Ended:
 def _launch(launch: Launch, *, timeout: float | None, echo: bool, stdout_lines: list[str] | None) -> _Ended:
     """Run launch.argv in its own process group; copy its output to console.log and the progress bar until it ends.
 
-    With `stdout_lines`, the command's stdout is also kept there, apart from its stderr (both go to the
-    console log and the bar); without, stderr is merged into stdout. On a stop signal (STOP_SIGNALS) the
-    command is stopped; the stop signals are only noted (ended.stop) until the caller has recorded the run.
-    Any other failure of the harness stops the command and is raised.
+    With `stdout_lines`, its stdout is also kept there, apart from its stderr. A stop signal stops the command
+    and is noted (ended.stop) until the caller has recorded the run; any other failure stops it and is raised.
     """
-    # A stop signal only sets a flag, which _stream turns into Interrupted between two lines: raised wherever
-    # the signal lands, it could leave the line queue's lock held (inside queue.get), and the harness would
-    # then hang for good when it drains the queue. The flag is up before the trainer starts, so that a signal
-    # landing just after Popen still stops it.
+    # A stop signal only sets a flag, which _stream turns into Interrupted between two lines: raised where it
+    # lands, it could leave the line queue's lock held, and draining the queue would hang. The flag is up
+    # before Popen, so that a signal landing just after it still stops the trainer.
     ended = _Ended(status=None, returncode=None, wall_s=0.0, stop=_StopFlag())
     lines: queue.Queue[str | None] = queue.Queue()
     proc = None
@@ -409,13 +395,9 @@ def new_run_dir(runs_dir, track: str, seed: int) -> tuple[str, Path]:
 
 
 def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, echo: bool = True) -> dict:
-    """Run one launch to its end, append its row to records_dir/runs.jsonl, print its summary, return the row.
-
-    The row is built from the run directory's events.jsonl (run_row): the trainer's own, or for a --cmd
-    run the one written from its log (write_from_log). On a stop signal the trainer is stopped and the
-    run recorded as "interrupted" before Interrupted (a KeyboardInterrupt) is raised; a stop signal that
-    comes as the run ends, or while it is recorded, is raised once its row is written.
-    """
+    """Run one launch to its end, append its row (run_row) to records_dir/runs.jsonl, print its summary, return
+    the row. A stop signal, also one that comes as the run ends or is recorded, raises Interrupted once the
+    row is written ("interrupted" where it stopped the trainer)."""
     print(launch.shown, flush=True)
     stdout_lines = [] if launch.from_log is not None else None  # a --cmd run's stdout, kept apart from its stderr
     ended = _launch(launch, timeout=timeout, echo=echo, stdout_lines=stdout_lines)
@@ -453,7 +435,7 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
 def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: int = 1,
             overrides: Sequence[str] = (), timeout: float | None = None, runs_dir=RUNS_DIR,
             records_dir=RECORDS_DIR, echo: bool = True, label: str | None = None) -> dict:
-    """Run our trainer once (it writes runs/<run_id>/ itself), record it, return the row (launch_and_record)."""
+    """Run our trainer once (it writes runs/<run_id>/ itself), record it, return the row."""
     run_id, run_dir = new_run_dir(runs_dir, track, seed)
     argv = trainer_command(script, track, seed, run_dir, overrides, nproc)
     launch = Launch(argv, run_id, run_dir, track, seed, name, env=trainer_env(), shown=f"[{run_id}] {shlex.join(argv)}",
@@ -490,22 +472,14 @@ def _step_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if parse_step_line(line) is not None]
 
 
-def _contains_in_order(lines: Sequence[str], wanted: Sequence[str]) -> bool:
-    it = iter(lines)
-    return all(any(line == w for line in it) for w in wanted)
-
-
 def trainer_log(spec: str, cwd: Path, stdout_lines: Sequence[str], since: float,
                 before: dict[Path, tuple[int, int]]) -> tuple[Path | None, str | None]:
-    """The trainer's own log file, recorded instead of its stdout where it has more (modded-nanogpt writes
-    its source code only to its log file), and why there is none where there is none.
+    """The trainer's own log file (modded-nanogpt writes its source code only there), or None and why.
 
-    A log is attributed to a run only where it is provably that run's, since runs may share a working
-    directory: spec "stdout": none; a path (relative to cwd): that file, if the run wrote it; "auto": the last
-    line of stdout naming a *.txt or *.log file written since `since` (modded-nanogpt prints
-    `logs/<run id>.txt`), else the one logs/*.txt or logs/*.log file written during the run (not as it was
-    in `before`, taken at launch) whose step lines include every step line the run printed, in order, a
-    validation among them. Two such files (runs printing the same lines) are no proof: none.
+    Only a log provably the run's counts, since runs may share a cwd: spec "stdout": none; a path (relative to
+    cwd): that file, if the run wrote it; "auto": the last stdout line naming a log written since `since`,
+    else the one logs/ file written during the run (changed from `before`) whose step lines include every
+    step line the run printed, in order, a validation among them (two such files are no proof: none).
     """
     def fresh(path: Path) -> bool:
         try:
@@ -538,7 +512,8 @@ def trainer_log(spec: str, cwd: Path, stdout_lines: Sequence[str], since: float,
             text = path.read_bytes().decode("utf-8", errors="replace")
         except OSError:
             continue
-        if _contains_in_order(_step_lines(text), printed):
+        lines = iter(_step_lines(text))
+        if all(any(line == w for line in lines) for w in printed):  # each printed line, in order
             matching.append(path)
     if len(matching) == 1:
         return matching[0], None
@@ -559,9 +534,9 @@ def cmd_status(log: RunLog | None, harness_status: str | None, returncode: int |
 
 
 def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tuple[str, dict]:
-    """Write a finished --cmd run's directory as harness.ingest writes one (harness/ingest.py), from the
-    trainer's log (trainer_log) or else its stdout: train.log, events.jsonl, code/ (the source the log starts
-    with, else the script the command names, read at launch). Returns its status and its row's fields."""
+    """Write a finished --cmd run's directory as harness.ingest writes one, from the trainer's log (trainer_log)
+    or else its stdout; code/ is the source the log starts with, else the script read at launch. Returns its
+    status and its row's fields."""
     how = launch.from_log
     printed = parse_log_bytes("".join(stdout_lines).encode("utf-8"), "stdout")
     path, why_none = trainer_log(how.logfile, how.cwd, stdout_lines, how.since, how.before)
@@ -596,7 +571,7 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
                 target: float | None = None, logfile: str = "auto", cwd=None, timeout: float | None = None,
                 runs_dir=RUNS_DIR, records_dir=RECORDS_DIR, echo: bool = True, label: str | None = None) -> dict:
     """Run any trainer's command once (the seed in the environment variable `seed_env`), record it from its
-    log (write_from_log), return the row (launch_and_record); console.log holds everything it printed."""
+    log (write_from_log), return the row."""
     cwd = Path(cwd or os.getcwd()).resolve()
     argv = shlex.split(command)
     target = default_target(track) if target is None else target
