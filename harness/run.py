@@ -357,8 +357,7 @@ def _launch(launch: Launch, *, timeout: float | None, echo: bool, stdout_lines: 
 class FromLog:
     """How a --cmd run is recorded: from the trainer's own log, as harness.ingest records a log."""
 
-    command: str  # as given
-    cwd: Path
+    command: str  # as given, run in Launch.cwd
     logfile: str  # "auto", "stdout" or a path (trainer_log)
     target: float
     seed_env: str
@@ -449,10 +448,7 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
 
 def script_in_command(argv: Sequence[str], cwd: Path) -> Path | None:
     """The Python script a command runs: its first argument ending in .py that is a file (relative to cwd)."""
-    for arg in argv:
-        if arg.endswith(".py") and (cwd / arg).is_file():
-            return (cwd / arg).resolve()
-    return None
+    return next(((cwd / arg).resolve() for arg in argv if arg.endswith(".py") and (cwd / arg).is_file()), None)
 
 
 def log_files_in(cwd: Path) -> dict[Path, tuple[int, int]]:
@@ -539,7 +535,7 @@ def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tu
     status and its row's fields."""
     how = launch.from_log
     printed = parse_log_bytes("".join(stdout_lines).encode("utf-8"), "stdout")
-    path, why_none = trainer_log(how.logfile, how.cwd, stdout_lines, how.since, how.before)
+    path, why_none = trainer_log(how.logfile, launch.cwd, stdout_lines, how.since, how.before)
     parsed = printed
     if path is not None:
         try:
@@ -554,7 +550,7 @@ def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tu
     pending = launch.run_dir / f".pending-{os.getpid()}"
     try:
         write_run_files(pending, parsed, track=launch.track, target=how.target, seed=launch.seed, status=status,
-                        git=git_state(how.cwd), script=how.script_file,
+                        git=git_state(launch.cwd), script=how.script_file,
                         meta={"origin": "cmd", "source": source, "command": how.command, "seed_env": how.seed_env,
                               "script": str(how.script) if how.script else None})
         for entry in pending.iterdir():
@@ -577,7 +573,7 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
     target = default_target(track) if target is None else target
     run_id, run_dir = new_run_dir(runs_dir, track, seed)
     script = script_in_command(argv, cwd)
-    from_log = FromLog(command, cwd, logfile, target, seed_env, script,
+    from_log = FromLog(command, logfile, target, seed_env, script,
                        (script.name, script.read_bytes()) if script else None, time.time(), log_files_in(cwd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)}
     launch = Launch(argv, run_id, run_dir, track, seed, name, env=env, label=label, cwd=cwd, from_log=from_log,
