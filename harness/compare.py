@@ -310,11 +310,8 @@ def table(fig: dict) -> str:
 def comparison_table(fig: dict) -> str | None:
     """One row per variant against the baseline; None when there is only one variant."""
     rows = []
-    for v in fig["variants"]:
-        vs = v["vs_baseline"]
-        if vs is None:
-            continue
-        why = _not_a_result(fig, v)
+    for v in fig["variants"][1:]:  # the baseline's vs_baseline is None
+        vs, why = v["vs_baseline"], _not_a_result(fig, v)
         rows.append({
             "variant": v["name"],
             "speedup (ratio of mean times) [95% CI]": _ci(vs["speedup"], vs["speedup_ci95"], ".4f")
@@ -629,9 +626,8 @@ def _collect(args, variants: list[Variant]) -> None:
         seen: dict[str, str] = {}
         for v in variants:  # a log in two variants makes them look alike: say so
             for log in v.logs:
-                if log.identity in seen and seen[log.identity] != v.name:
-                    v.notes.append(f"{log.source} is also in variant {seen[log.identity]}")
-                seen.setdefault(log.identity, v.name)
+                if (first := seen.setdefault(log.identity, v.name)) != v.name:
+                    v.notes.append(f"{log.source} is also in variant {first}")
         return
     for k, seed in enumerate(range(args.seed_start, args.seed_start + args.seeds), 1):
         for v in variants:
