@@ -13,7 +13,6 @@ it as harness.ingest records a log (write_from_log).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import math
@@ -126,34 +125,31 @@ def check_overrides(overrides: Sequence[str]) -> str | None:
 # One run
 
 
-class ProgressBar:
-    """The live progress of one run: a tqdm bar driven by the trainer's step lines (step/total, train time, last
-    val loss, ETA), which echoes the validation lines (and, with echo, every other line it prints)."""
+class ProgressBar(tqdm):
+    """The live progress of one run, driven by the trainer's step lines (step/total, train time, last val loss,
+    ETA); with echo, it prints every line the trainer prints but the step lines without a validation."""
 
     def __init__(self, desc: str):
-        self.bar = tqdm(desc=desc, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr)
+        super().__init__(desc=desc, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr)
         self.train_s, self.val = None, None
 
     def line(self, text: str, echo: bool) -> None:
         fields = parse_step_line(text)
         if fields is None:
             if echo and text.strip():
-                self.bar.write(text.rstrip("\n"), file=sys.stdout)
+                self.write(text.rstrip("\n"), file=sys.stdout)
             return
-        self.bar.total = fields["total"]
-        self.bar.update(max(0, fields["step"] - self.bar.n))
+        self.total = fields["total"]
+        self.update(max(0, fields["step"] - self.n))
         if "train_time_ms" in fields:
             self.train_s = fields["train_time_ms"] / 1000
         if "val_loss" in fields:
             self.val = fields["val_loss"]
             if echo:
-                self.bar.write(text.rstrip("\n"), file=sys.stdout)
+                self.write(text.rstrip("\n"), file=sys.stdout)
         parts = [f"train {self.train_s:.1f}s" if self.train_s is not None else None,
                  f"val {self.val:.4f}" if self.val is not None else None]
-        self.bar.set_postfix_str(", ".join(p for p in parts if p), refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
+        self.set_postfix_str(", ".join(p for p in parts if p), refresh=False)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -272,7 +268,7 @@ def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: Progr
             text = lines.get(timeout=wait)
         except queue.Empty:
             if deadline is not None and time.monotonic() >= deadline:
-                progress.bar.write(f"[{run_id}] timeout after {timeout:g} s: stopping the trainer", file=sys.stdout)
+                progress.write(f"[{run_id}] timeout after {timeout:g} s: stopping the trainer", file=sys.stdout)
                 _stop(proc)
                 return "timeout"
             continue
@@ -325,7 +321,7 @@ def _launch(launch: Launch, *, timeout: float | None, echo: bool, stdout_lines: 
 
     try:
         with open(launch.run_dir / "console.log", "w", encoding="utf-8") as console, \
-                contextlib.closing(ProgressBar(launch.label or launch.run_id)) as progress:
+                ProgressBar(launch.label or launch.run_id) as progress:
             start = time.monotonic()
             # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the
             # whole group. So every way out of this function must stop the trainer, or it keeps running unseen.
