@@ -692,10 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {} if args.logs else raise_on_stop_signals()
     try:
         if not args.logs:  # before the first run: a typo in any variant must not waste the others' runs
-            track = args.track or DEFAULT_TRACK
             problem = first_config_problem(
-                [(f"--variant {v.name}, seed {seed}", dict(script=v.script or args.script, track=track, seed=seed,
-                                                           overrides=v.overrides, nproc=args.nproc,
+                [(f"--variant {v.name}, seed {seed}", dict(script=v.script or args.script, track=args.track or DEFAULT_TRACK,
+                                                           seed=seed, overrides=v.overrides, nproc=args.nproc,
                                                            full_schedule=True))
                  for seed in range(args.seed_start, args.seed_start + args.seeds) for v in variants])
             if problem := problem or destination_problem(args.runs_dir, args.records):
@@ -734,17 +733,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"target val loss {target} ({target_source}); a run's time is its train time at its final validation, "
               "every finished run counts" + (f"; baseline {variants[0].name}" if len(variants) > 1 else ""))
         print(table(fig))
-        vs = comparison_table(fig)
-        if vs:
+        if vs := comparison_table(fig):
             print(f"\nagainst the baseline, {variants[0].name}:\n{vs}")
         if "scoring" in fig:
             print(f"\ntime scored {args.scoring} (harness.stats.score):\n{score_table(fig['scoring'])}")
         if "steps_rule" in fig:
             print(f"\nthe steps rule of modded-nanogpt's optimization track (target {target}; "
                   f"{args.steps_rate} loss per 100 steps):\n{steps_table(fig['steps_rule'])}")
-        print()
-        for line in fig["verdicts"]:
-            print(line["line"])
+        print("\n" + "\n".join(line["line"] for line in fig["verdicts"]))
     rc = 0
     if not args.no_plot:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
