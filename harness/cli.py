@@ -1,5 +1,4 @@
-"""What every harness command line shares: its help, read from its module docstring; its exit, whatever happens
-to its stdout; its argument types."""
+"""What every harness command line shares: its help (its module docstring), its exit, its argument types."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +9,8 @@ from typing import Callable
 
 
 def doc_parser(name: str, doc: str, *, with_rest: bool = True, **kwargs) -> argparse.ArgumentParser:
-    """The parser of `python -m harness.<name>`, its help read from the module docstring `doc`: the first
-    paragraph describes the command; with_rest, the paragraphs after it follow the options, laid out as written.
-    kwargs go to argparse.ArgumentParser (an epilog of its own where with_rest is False)."""
+    """The parser of `python -m harness.<name>`: `doc`'s first paragraph describes the command; with_rest, the
+    paragraphs after it follow the options, laid out as written (else kwargs may give an epilog)."""
     summary, _, rest = doc.partition("\n\n")
     if with_rest:
         kwargs.update(epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -20,9 +18,8 @@ def doc_parser(name: str, doc: str, *, with_rest: bool = True, **kwargs) -> argp
 
 
 def run_cli(main: Callable[[], int]) -> None:
-    """sys.exit(main()); a reader that stops reading (`python -m harness.stats ... | head -1`) ends the command
-    quietly, exit status 1, instead of with a BrokenPipeError traceback. stdout then points at /dev/null, so
-    that the interpreter's last flush at exit does not fail again (the recipe of Python's signal docs)."""
+    """sys.exit(main()); a reader that stops reading (`... | head -1`) ends the command quietly, exit status 1.
+    stdout then points at /dev/null, so that the last flush at exit does not fail again (Python's signal docs)."""
     try:
         code = main()
         sys.stdout.flush()
@@ -45,7 +42,6 @@ def finite_float(text: str) -> float:
 
 
 def not_a_folder(option: str, path) -> str | None:
-    """'<option> <path>: not a folder' for a path that exists and is not one (where a folder would be made or
-    read), else None."""
+    """'<option> <path>: not a folder' for a path that exists and is not one, else None."""
     return f"{option} {path}: not a folder" if path is not None and os.path.exists(path) and not os.path.isdir(path) \
         else None

@@ -1,13 +1,13 @@
 """Ablations: run variants interleaved, or compare finished runs, with the speedrun community's statistics.
 
-Runs count as records/README.md ("How a run counts") states: the speedrun community's convention, with
-the loss rule (harness.stats.loss_rule) certifying the target over a set.
+Runs count as records/README.md states ("How a run counts"); the loss rule (harness.stats.loss_rule)
+certifies the target over a set.
 
-Run mode: each variant is NAME=SPEC, SPEC being trainer overrides and optionally script=PATH; the
-first variant (or --baseline) is the baseline. Before the first run, the trainer resolves the config
-of every variant and seed (`--print_config`) and the first it refuses stops everything, one line
-naming the variant (as harness.run refuses a config). Seeds run interleaved (A0 B0 A1 B1 ...) so drift
-in the machine hits every variant alike; each run is recorded in records/runs.jsonl under its name.
+Run mode: each variant is NAME=SPEC, SPEC being trainer overrides and optionally script=PATH; the first
+variant (or --baseline) is the baseline. Every variant's and seed's config is resolved (`--print_config`)
+before the first run, and the first the trainer refuses stops everything. Seeds run interleaved
+(A0 B0 A1 B1 ...) so drift in the machine hits every variant alike; each run is recorded in
+records/runs.jsonl under its variant's name.
 
     python -m harness.compare --track cpu-tiny --seeds 4 --variant base= --variant lr="--muon_lr=0.04"
     python -m harness.compare --baseline base= --variant fused="script=other_train.py --muon_lr=0.04"
@@ -18,23 +18,11 @@ ids from the records log; the first is the baseline. One variant alone prints th
     python -m harness.compare --logs base=records/2025-01-01_a/runs new=run_id1,run_id2
     python -m harness.compare --logs pr=logs/this_pr/
 
-Per variant: n, time and final val loss (mean ± sample std, 95% t-interval), the loss rule's p and
-verdict, the runs the loss rule needs at 80% power, steps, and the first crossing. Against the
-baseline: the speedup (ratio of mean times, 95% Fieller interval), the difference of mean times
-(95% Welch interval), Welch p for time (one-sided: the variant is faster; and two-sided) and for
-loss (two-sided), and the runs per variant for the speedup's interval to exclude 1. Within a
-variant, logs of different planned step counts, targets or code (the source a log starts with, or
-a run's code hash and config) are refused, naming the two files, and so are two logs of one run
-(the same step lines, harness.logs.log_identity).
-With --allow-code-diff, runs of different code are pooled and each difference (the first differing lines) is
-printed, marked in the table and listed in the JSON. --scoring olympic|median adds a set's time under MLPerf's
-olympic rule or as a median, with the interval and test that fit it (harness.stats.score, compare_scores);
---rule steps adds modded-nanogpt's optimization-track judgement on steps (steps_figures).
-The tables end in one line per variant, `verdict:`, `inconclusive:` or `not comparable:` (compare.verdicts): a
-speedup whose 95% interval excludes 1, only where the variant and the baseline pass the loss rule; a time
-spread above NOISY_SPREAD of the mean is named as noise. One variant alone is judged on the loss rule.
---json prints every figure (times in seconds), each run's, and the verdicts. Plots (val loss against time and
-step; each run's final time and loss) go to --plot-dir (default runs/compare-<UTC time>/).
+Within a variant, runs of different planned steps, target, code or config are refused, naming the two
+files, and so are two logs of one run (harness.logs.log_identity). The tables end in one line per variant,
+`verdict:`, `inconclusive:` or `not comparable:`: a speedup whose 95% interval excludes 1, only where the
+variant and the baseline pass the loss rule; a time spread above NOISY_SPREAD of the mean is named as
+noise. One variant alone is judged on the loss rule.
 """
 from __future__ import annotations
 
@@ -127,7 +115,7 @@ def load_variant_logs(variant: Variant, records_dir: Path) -> list[RunLog]:
     try:
         if is_path:
             return load_runs(path)
-        if "/" in variant.source or variant.source.endswith(tuple(".txt .log .jsonl".split())):
+        if "/" in variant.source or variant.source.endswith((".txt", ".log", ".jsonl")):
             raise CompareError(f"--logs {variant.name}={variant.source}: no such file or folder")
         ids = [i for i in variant.source.split(",") if i]
         if not ids:
@@ -151,8 +139,7 @@ def code_difference(first: RunLog, log: RunLog) -> str | None:
 
 
 def _identity_problem(first: RunLog, log: RunLog, allow_code_diff: bool = False) -> str | None:
-    """Why two logs of one variant may not be pooled: another planned step count, target, code (unless
-    allow_code_diff), stop at the target or config."""
+    """Why two logs of one variant may not be pooled (code only without allow_code_diff), or None."""
     if first.total_steps != log.total_steps:
         return f"planned steps {first.total_steps} vs {log.total_steps}"
     if first.target is not None and log.target is not None and first.target != log.target:
@@ -168,10 +155,8 @@ def _identity_problem(first: RunLog, log: RunLog, allow_code_diff: bool = False)
 
 
 def admit(variant: Variant, logs: list[RunLog], allow_code_diff: bool = False) -> None:
-    """Add the finished runs of one variant: a run that did not finish ok is left out (noted); two logs of one
-    run (harness.logs.log_identity) and runs that differ in planned steps, target or code are refused, naming
-    the first differing lines of code. With allow_code_diff, runs of different code are pooled and each
-    difference is kept in variant.code_differences."""
+    """Add one variant's runs: one that did not finish ok is left out (noted); two logs of one run and runs
+    that differ (_identity_problem) are refused; with allow_code_diff, each code difference is kept."""
     seen = {i: log.source for log in variant.logs for i in log.identities}
     for log in logs:
         if same := next((seen[i] for i in log.identities if i in seen), None):
@@ -325,11 +310,8 @@ def table(fig: dict) -> str:
 def comparison_table(fig: dict) -> str | None:
     """One row per variant against the baseline; None when there is only one variant."""
     rows = []
-    for v in fig["variants"]:
-        vs = v["vs_baseline"]
-        if vs is None:
-            continue
-        why = _not_a_result(fig, v)
+    for v in fig["variants"][1:]:  # the baseline's vs_baseline is None
+        vs, why = v["vs_baseline"], _not_a_result(fig, v)
         rows.append({
             "variant": v["name"],
             "speedup (ratio of mean times) [95% CI]": _ci(vs["speedup"], vs["speedup_ci95"], ".4f")
@@ -354,8 +336,7 @@ def _scored(v: Variant, target: float, scoring: str) -> tuple[list[float], list[
 
 
 def score_figures(variants: list[Variant], target: float, scoring: str) -> dict:
-    """Each variant's time under a scoring rule (harness.stats.score) and, against the baseline, the test that fits
-    it (harness.stats.compare_scores): {"scoring": rule, "variants": [{"name", "score", "vs_baseline"}]}."""
+    """Each variant's time under a scoring rule (stats.score) and, against the baseline, stats.compare_scores."""
     base = variants[0]
     out = {"scoring": scoring, "variants": []}
     for v in variants:
@@ -400,12 +381,8 @@ def earliest_passing_step(v: Variant, target: float, sigma: float = stats.STEPS_
 
 
 def steps_figures(variants: list[Variant], target: float, sigma: float, rate: float) -> dict:
-    """The steps rule of modded-nanogpt's optimization track (records/track_3_optimization/README.md): per run the
-    first step whose validation is at or below the target; per variant its steps (the runs' final step), the
-    one-sided z-test with the stated sigma that the mean final loss is below the target and the track's validity
-    condition (target - mean) sqrt(n) >= stats.steps_margin(sigma), and the earliest common validation step that
-    meets it; against the baseline the pairwise condition, the loss difference plus the steps saved at `rate` per
-    100 steps, over sqrt(1/n1 + 1/n2), >= the same threshold."""
+    """The steps rule of modded-nanogpt's optimization track (its records/track_3_optimization/README.md), per
+    variant and against the baseline: the conditions steps_table's headings write out, with `sigma` and `rate`."""
     base, threshold = variants[0], stats.steps_margin(sigma)
     out = {"rule": "steps", "target": target, "sigma": sigma, "margin": threshold,
            "rate_per_100_steps": rate, "variants": []}
@@ -536,10 +513,8 @@ def _noise(fig: dict, v: dict) -> str:
 
 
 def verdicts(fig: dict) -> list[dict]:
-    """One line per variant that ends a comparison, {"variant", "kind", "line"}, kind 'verdict',
-    'inconclusive' or 'not comparable'. Alone, a variant is judged on the loss rule; against the baseline,
-    on the speedup's 95% interval, and only where both pass the loss rule (a speedup at a worse loss is not a
-    result). A time spread above NOISY_SPREAD of the mean is named as noise."""
+    """One {"variant", "kind", "line"} per variant, as the module docstring states (a speedup at a worse loss is
+    not a result)."""
     variants = fig["variants"]
     out = []
 
@@ -568,7 +543,7 @@ def verdicts(fig: dict) -> list[dict]:
             add(v, "verdict", f"{v['name']} is faster than {base['name']} by {_pct(vs['speedup'] - 1)} "
                 f"(95% CI {_pct(low - 1)} to {_pct(high - 1)}, p = {_p(vs['p_time_faster'])}) and {loss}")
         elif high is not None and high < 1:  # slower: the new run takes 1/ratio of the baseline's time
-            p_slower = stats.welch(_run_times(base), _run_times(v), alternative="less")
+            p_slower = stats.welch(*([r["time_s"] for r in e["runs"]] for e in (base, v)), alternative="less")
             add(v, "verdict", f"{v['name']} is slower than {base['name']} by {_pct(1 / vs['speedup'] - 1)} "
                 f"(95% CI {_pct(1 / high - 1)} to {_pct(1 / low - 1)}, p = {_p(p_slower)}) and {loss}")
         else:
@@ -581,10 +556,6 @@ def verdicts(fig: dict) -> list[dict]:
             add(v, "inconclusive", f"{v['name']} vs {base['name']}: speedup {_pct(vs['speedup'] - 1, '+.2f')} "
                 f"({interval}, p = {_p(vs['p_time_faster'])}); {resolve}")
     return out + _steps_verdicts(fig)
-
-
-def _run_times(entry: dict) -> list[float]:
-    return [r["time_s"] for r in entry["runs"]]
 
 
 def curves_figure(variants: list[Variant], target: float, xlabel: str):
@@ -634,16 +605,13 @@ def runs_figure(variants: list[Variant], target: float):
 def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
     """loss_vs_time.png, loss_vs_step.png (curves_figure) and runs.png (runs_figure) in plot_dir."""
     plot_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, draw in (("loss_vs_time.png", lambda: curves_figure(variants, target, "train time (s)")),
-                       ("loss_vs_step.png", lambda: curves_figure(variants, target, "step")),
-                       ("runs.png", lambda: runs_figure(variants, target))):
-        fig = draw()
+    drawn = {"loss_vs_time.png": curves_figure(variants, target, "train time (s)"),
+             "loss_vs_step.png": curves_figure(variants, target, "step"), "runs.png": runs_figure(variants, target)}
+    for name, fig in drawn.items():
         fig.tight_layout()
         save_png(fig, plot_dir / name)
         pyplot().close(fig)
-        paths.append(plot_dir / name)
-    return paths
+    return [plot_dir / name for name in drawn]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -658,9 +626,8 @@ def _collect(args, variants: list[Variant]) -> None:
         seen: dict[str, str] = {}
         for v in variants:  # a log in two variants makes them look alike: say so
             for log in v.logs:
-                if log.identity in seen and seen[log.identity] != v.name:
-                    v.notes.append(f"{log.source} is also in variant {seen[log.identity]}")
-                seen.setdefault(log.identity, v.name)
+                if (first := seen.setdefault(log.identity, v.name)) != v.name:
+                    v.notes.append(f"{log.source} is also in variant {first}")
         return
     for k, seed in enumerate(range(args.seed_start, args.seed_start + args.seeds), 1):
         for v in variants:
@@ -725,10 +692,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {} if args.logs else raise_on_stop_signals()
     try:
         if not args.logs:  # before the first run: a typo in any variant must not waste the others' runs
-            track = args.track or DEFAULT_TRACK
             problem = first_config_problem(
-                [(f"--variant {v.name}, seed {seed}", dict(script=v.script or args.script, track=track, seed=seed,
-                                                           overrides=v.overrides, nproc=args.nproc,
+                [(f"--variant {v.name}, seed {seed}", dict(script=v.script or args.script, track=args.track or DEFAULT_TRACK,
+                                                           seed=seed, overrides=v.overrides, nproc=args.nproc,
                                                            full_schedule=True))
                  for seed in range(args.seed_start, args.seed_start + args.seeds) for v in variants])
             if problem := problem or destination_problem(args.runs_dir, args.records):
@@ -767,20 +733,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"target val loss {target} ({target_source}); a run's time is its train time at its final validation, "
               "every finished run counts" + (f"; baseline {variants[0].name}" if len(variants) > 1 else ""))
         print(table(fig))
-        vs = comparison_table(fig)
-        if vs:
-            print(f"\nagainst the baseline, {variants[0].name}:")
-            print(vs)
+        if vs := comparison_table(fig):
+            print(f"\nagainst the baseline, {variants[0].name}:\n{vs}")
         if "scoring" in fig:
-            print(f"\ntime scored {args.scoring} (harness.stats.score):")
-            print(score_table(fig["scoring"]))
+            print(f"\ntime scored {args.scoring} (harness.stats.score):\n{score_table(fig['scoring'])}")
         if "steps_rule" in fig:
             print(f"\nthe steps rule of modded-nanogpt's optimization track (target {target}; "
-                  f"{args.steps_rate} loss per 100 steps):")
-            print(steps_table(fig["steps_rule"]))
-        print()
-        for line in fig["verdicts"]:
-            print(line["line"])
+                  f"{args.steps_rate} loss per 100 steps):\n{steps_table(fig['steps_rule'])}")
+        print("\n" + "\n".join(line["line"] for line in fig["verdicts"]))
     rc = 0
     if not args.no_plot:
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")

@@ -2,10 +2,9 @@
 
     parse_overrides(["--seed=3", "--compile", "auto"], Config)  ->  {"seed": 3, "compile": None}
 
-Both spellings mean the same (`normalize_argv` turns the second into the first); a key always takes a
-value, so a bare `--key` is refused rather than guessed. bool fields take true/false/1/0/yes/no;
-optional fields (`int | None`) also take none/auto; an unknown key is refused with the closest field's
-name. Errors are one-line ConfigErrors.
+A key always takes a value (a bare `--key` is refused, not guessed); bool fields take true/false/1/0/yes/no,
+optional fields (`int | None`) also none/auto; an unknown key is refused with the closest field's name.
+Errors are one-line ConfigErrors.
 """
 from __future__ import annotations
 
@@ -13,17 +12,16 @@ import difflib
 import typing
 from typing import Sequence
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
 
 class ConfigError(ValueError):
     """A bad command line or an impossible configuration; the message is one line."""
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
-    """Each `--key value` pair as `--key=value`; `--key=value` arguments as they are.
-
-    Raises ConfigError for an argument that is not an option (`lr=0.1`, `3` on its own) and for a
-    `--key` with no value after it (the end of the line, or another `--option`).
-    """
+    """Each `--key value` pair as `--key=value`; refuses (ConfigError) an argument that is not an option
+    (`lr=0.1`, `3`) and a `--key` with no value after it (the end of the line, or another `--option`)."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -48,10 +46,8 @@ def parse_value(key: str, text: str, kind) -> object:
             return None
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
     if kind is bool:
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
+        if text.lower() in _BOOLS:
+            return _BOOLS[text.lower()]
         raise ConfigError(f"--{key}={text}: expected true/false/1/0")
     try:
         return kind(text)
@@ -60,8 +56,7 @@ def parse_value(key: str, text: str, kind) -> object:
 
 
 def parse_overrides(argv: Sequence[str], fields_of: type) -> dict:
-    """{field: value} from `--key=value` / `--key value` arguments, in order (a later one wins), for
-    dataclass `fields_of`."""
+    """{field: value} of dataclass `fields_of` from `--key=value` / `--key value` arguments (a later one wins)."""
     kinds = typing.get_type_hints(fields_of)
     overrides = {}
     for arg in normalize_argv(argv):

@@ -3,23 +3,16 @@
     python -m harness.run --track cpu-tiny --seeds 3 -- --muon_lr=0.04
     python -m harness.run --cmd "torchrun --standalone --nproc_per_node=8 train_gpt.py" --cwd ../modded-nanogpt
 
-Each run gets runs/<run_id>/ (the trainer writes events.jsonl, train.log and code/ there; the harness
-adds console.log, everything the process printed) and, however it ends, one row in records/runs.jsonl.
-records/README.md states its statuses, what a stop signal does (the trainer runs in its own process group,
-which the harness stops) and what is refused before the first run starts ("What the harness guarantees").
-The trainer runs under `torchrun --standalone --nproc_per_node=K` when K > 1 or CUDA is available, plain
-`python` otherwise. Exit status: 0 when every run is ok, 2 for a refusal (nothing launched), 128 + its
-number on a stop signal (130, 143, 129), else 1.
-
---cmd runs any other trainer's command as given (in --cwd), once per seed, with the seed in the environment
-variable --seed-env, its stdout driving the same progress bar; the run is recorded as harness.ingest records
-a log, from the trainer's own log where it is provably this run's (trainer_log), else from its stdout, and
-its status is cmd_status's.
+Each run gets runs/<run_id>/ (the trainer's events.jsonl, train.log and code/, and console.log: everything
+the process printed) and, however it ends, one row in records/runs.jsonl. records/README.md states the
+statuses, what a stop signal does and what is refused before the first run ("What the harness guarantees").
+Exit status: 0 when every run is ok, 2 for a refusal (nothing launched), 128 + its number on a stop signal,
+else 1. --cmd runs any other trainer's command, the seed in the environment variable --seed-env, and records
+it as harness.ingest records a log (write_from_log).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import math
@@ -78,9 +71,8 @@ def trainer_env() -> dict:
 
 def config_problem(script, track: str, seed: int, overrides: Sequence[str], nproc: int,
                    full_schedule: bool = False) -> str | None:
-    """The trainer's one error line about a run's config, or None: `script --print_config` resolves the config
-    without training (with WORLD_SIZE = nproc), printing it as one JSON line, or one error line and exit 2.
-    With full_schedule (a comparison's runs), a config that stops at the target is a problem too."""
+    """The trainer's one error line about a run's config, or None, from `script --print_config` (one JSON line,
+    or one error line and exit 2). With full_schedule (a comparison's runs), stopping at the target is one too."""
     cmd = [sys.executable, str(script), "--print_config", f"--track={track}", f"--seed={seed}", *overrides]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=CONFIG_CHECK_S,
@@ -105,8 +97,8 @@ def config_problem(script, track: str, seed: int, overrides: Sequence[str], npro
 
 
 def first_config_problem(checks: Sequence[tuple[str, dict]]) -> str | None:
-    """The first (in order) of `checks`' config problems as "LABEL: problem", or None: each check is
-    (label, config_problem's arguments). They run a few at a time; none starts after a problem is found."""
+    """The first of `checks` (label, config_problem's kwargs) with a problem as "LABEL: problem", or None; they run
+    a few at a time, and none starts after a problem is found."""
     with ThreadPoolExecutor(max_workers=min(4, len(checks) or 1)) as pool:
         futures = [pool.submit(config_problem, **kwargs) for _, kwargs in checks]
         try:
@@ -133,34 +125,31 @@ def check_overrides(overrides: Sequence[str]) -> str | None:
 # One run
 
 
-class ProgressBar:
-    """The live progress of one run: a tqdm bar driven by the trainer's step lines (step/total, train time, last
-    val loss, ETA), which echoes the validation lines (and, with echo, every other line it prints)."""
+class ProgressBar(tqdm):
+    """The live progress of one run, driven by the trainer's step lines (step/total, train time, last val loss,
+    ETA); with echo, it prints every line the trainer prints but the step lines without a validation."""
 
     def __init__(self, desc: str):
-        self.bar = tqdm(desc=desc, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr)
+        super().__init__(desc=desc, unit="step", dynamic_ncols=True, disable=None, file=sys.stderr)
         self.train_s, self.val = None, None
 
     def line(self, text: str, echo: bool) -> None:
         fields = parse_step_line(text)
         if fields is None:
             if echo and text.strip():
-                self.bar.write(text.rstrip("\n"), file=sys.stdout)
+                self.write(text.rstrip("\n"), file=sys.stdout)
             return
-        self.bar.total = fields["total"]
-        self.bar.update(max(0, fields["step"] - self.bar.n))
+        self.total = fields["total"]
+        self.update(max(0, fields["step"] - self.n))
         if "train_time_ms" in fields:
             self.train_s = fields["train_time_ms"] / 1000
         if "val_loss" in fields:
             self.val = fields["val_loss"]
             if echo:
-                self.bar.write(text.rstrip("\n"), file=sys.stdout)
+                self.write(text.rstrip("\n"), file=sys.stdout)
         parts = [f"train {self.train_s:.1f}s" if self.train_s is not None else None,
                  f"val {self.val:.4f}" if self.val is not None else None]
-        self.bar.set_postfix_str(", ".join(p for p in parts if p), refresh=False)
-
-    def close(self) -> None:
-        self.bar.close()
+        self.set_postfix_str(", ".join(p for p in parts if p), refresh=False)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -221,10 +210,6 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.recorded = int(signum), recorded
 
 
-def _raise_interrupted(signum, frame):
-    raise Interrupted(signum)
-
-
 def on_stop_signals(handler) -> dict:
     """Install `handler` for every stop signal; return the previous handlers, for restore_handlers ({} off the
     main thread, which signals do not reach)."""
@@ -236,7 +221,10 @@ def on_stop_signals(handler) -> dict:
 
 def raise_on_stop_signals() -> dict:
     """Between runs, every stop signal raises Interrupted, as Ctrl-C raises KeyboardInterrupt."""
-    return on_stop_signals(_raise_interrupted)
+    def raise_interrupted(signum, frame):
+        raise Interrupted(signum)
+
+    return on_stop_signals(raise_interrupted)
 
 
 def interrupted_exit(exc: KeyboardInterrupt) -> int:
@@ -255,10 +243,7 @@ class _StopFlag:
 
     def __init__(self):
         self.signum: int | None = None
-        self.previous = on_stop_signals(self._note)
-
-    def _note(self, signum, frame):
-        self.signum = signum
+        self.previous = on_stop_signals(lambda signum, frame: setattr(self, "signum", signum))
 
     def uninstall(self) -> None:
         restore_handlers(self.previous)
@@ -283,7 +268,7 @@ def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: Progr
             text = lines.get(timeout=wait)
         except queue.Empty:
             if deadline is not None and time.monotonic() >= deadline:
-                progress.bar.write(f"[{run_id}] timeout after {timeout:g} s: stopping the trainer", file=sys.stdout)
+                progress.write(f"[{run_id}] timeout after {timeout:g} s: stopping the trainer", file=sys.stdout)
                 _stop(proc)
                 return "timeout"
             continue
@@ -308,15 +293,12 @@ class _Ended:
 def _launch(launch: Launch, *, timeout: float | None, echo: bool, stdout_lines: list[str] | None) -> _Ended:
     """Run launch.argv in its own process group; copy its output to console.log and the progress bar until it ends.
 
-    With `stdout_lines`, the command's stdout is also kept there, apart from its stderr (both go to the
-    console log and the bar); without, stderr is merged into stdout. On a stop signal (STOP_SIGNALS) the
-    command is stopped; the stop signals are only noted (ended.stop) until the caller has recorded the run.
-    Any other failure of the harness stops the command and is raised.
+    With `stdout_lines`, its stdout is also kept there, apart from its stderr. A stop signal stops the command
+    and is noted (ended.stop) until the caller has recorded the run; any other failure stops it and is raised.
     """
-    # A stop signal only sets a flag, which _stream turns into Interrupted between two lines: raised wherever
-    # the signal lands, it could leave the line queue's lock held (inside queue.get), and the harness would
-    # then hang for good when it drains the queue. The flag is up before the trainer starts, so that a signal
-    # landing just after Popen still stops it.
+    # A stop signal only sets a flag, which _stream turns into Interrupted between two lines: raised where it
+    # lands, it could leave the line queue's lock held, and draining the queue would hang. The flag is up
+    # before Popen, so that a signal landing just after it still stops the trainer.
     ended = _Ended(status=None, returncode=None, wall_s=0.0, stop=_StopFlag())
     lines: queue.Queue[str | None] = queue.Queue()
     proc = None
@@ -339,7 +321,7 @@ def _launch(launch: Launch, *, timeout: float | None, echo: bool, stdout_lines: 
 
     try:
         with open(launch.run_dir / "console.log", "w", encoding="utf-8") as console, \
-                contextlib.closing(ProgressBar(launch.label or launch.run_id)) as progress:
+                ProgressBar(launch.label or launch.run_id) as progress:
             start = time.monotonic()
             # Own process group: the terminal's Ctrl-C or hangup reaches the harness only, which then stops the
             # whole group. So every way out of this function must stop the trainer, or it keeps running unseen.
@@ -371,8 +353,7 @@ def _launch(launch: Launch, *, timeout: float | None, echo: bool, stdout_lines: 
 class FromLog:
     """How a --cmd run is recorded: from the trainer's own log, as harness.ingest records a log."""
 
-    command: str  # as given
-    cwd: Path
+    command: str  # as given, run in Launch.cwd
     logfile: str  # "auto", "stdout" or a path (trainer_log)
     target: float
     seed_env: str
@@ -409,13 +390,9 @@ def new_run_dir(runs_dir, track: str, seed: int) -> tuple[str, Path]:
 
 
 def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, echo: bool = True) -> dict:
-    """Run one launch to its end, append its row to records_dir/runs.jsonl, print its summary, return the row.
-
-    The row is built from the run directory's events.jsonl (run_row): the trainer's own, or for a --cmd
-    run the one written from its log (write_from_log). On a stop signal the trainer is stopped and the
-    run recorded as "interrupted" before Interrupted (a KeyboardInterrupt) is raised; a stop signal that
-    comes as the run ends, or while it is recorded, is raised once its row is written.
-    """
+    """Run one launch to its end, append its row (run_row) to records_dir/runs.jsonl, print its summary, return
+    the row. A stop signal, also one that comes as the run ends or is recorded, raises Interrupted once the
+    row is written ("interrupted" where it stopped the trainer)."""
     print(launch.shown, flush=True)
     stdout_lines = [] if launch.from_log is not None else None  # a --cmd run's stdout, kept apart from its stderr
     ended = _launch(launch, timeout=timeout, echo=echo, stdout_lines=stdout_lines)
@@ -453,7 +430,7 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
 def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: int = 1,
             overrides: Sequence[str] = (), timeout: float | None = None, runs_dir=RUNS_DIR,
             records_dir=RECORDS_DIR, echo: bool = True, label: str | None = None) -> dict:
-    """Run our trainer once (it writes runs/<run_id>/ itself), record it, return the row (launch_and_record)."""
+    """Run our trainer once (it writes runs/<run_id>/ itself), record it, return the row."""
     run_id, run_dir = new_run_dir(runs_dir, track, seed)
     argv = trainer_command(script, track, seed, run_dir, overrides, nproc)
     launch = Launch(argv, run_id, run_dir, track, seed, name, env=trainer_env(), shown=f"[{run_id}] {shlex.join(argv)}",
@@ -467,10 +444,7 @@ def run_one(*, track: str, seed: int, name: str, script=DEFAULT_SCRIPT, nproc: i
 
 def script_in_command(argv: Sequence[str], cwd: Path) -> Path | None:
     """The Python script a command runs: its first argument ending in .py that is a file (relative to cwd)."""
-    for arg in argv:
-        if arg.endswith(".py") and (cwd / arg).is_file():
-            return (cwd / arg).resolve()
-    return None
+    return next(((cwd / arg).resolve() for arg in argv if arg.endswith(".py") and (cwd / arg).is_file()), None)
 
 
 def log_files_in(cwd: Path) -> dict[Path, tuple[int, int]]:
@@ -490,22 +464,14 @@ def _step_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if parse_step_line(line) is not None]
 
 
-def _contains_in_order(lines: Sequence[str], wanted: Sequence[str]) -> bool:
-    it = iter(lines)
-    return all(any(line == w for line in it) for w in wanted)
-
-
 def trainer_log(spec: str, cwd: Path, stdout_lines: Sequence[str], since: float,
                 before: dict[Path, tuple[int, int]]) -> tuple[Path | None, str | None]:
-    """The trainer's own log file, recorded instead of its stdout where it has more (modded-nanogpt writes
-    its source code only to its log file), and why there is none where there is none.
+    """The trainer's own log file (modded-nanogpt writes its source code only there), or None and why.
 
-    A log is attributed to a run only where it is provably that run's, since runs may share a working
-    directory: spec "stdout": none; a path (relative to cwd): that file, if the run wrote it; "auto": the last
-    line of stdout naming a *.txt or *.log file written since `since` (modded-nanogpt prints
-    `logs/<run id>.txt`), else the one logs/*.txt or logs/*.log file written during the run (not as it was
-    in `before`, taken at launch) whose step lines include every step line the run printed, in order, a
-    validation among them. Two such files (runs printing the same lines) are no proof: none.
+    Only a log provably the run's counts, since runs may share a cwd: spec "stdout": none; a path (relative to
+    cwd): that file, if the run wrote it; "auto": the last stdout line naming a log written since `since`,
+    else the one logs/ file written during the run (changed from `before`) whose step lines include every
+    step line the run printed, in order, a validation among them (two such files are no proof: none).
     """
     def fresh(path: Path) -> bool:
         try:
@@ -538,7 +504,8 @@ def trainer_log(spec: str, cwd: Path, stdout_lines: Sequence[str], since: float,
             text = path.read_bytes().decode("utf-8", errors="replace")
         except OSError:
             continue
-        if _contains_in_order(_step_lines(text), printed):
+        lines = iter(_step_lines(text))
+        if all(any(line == w for line in lines) for w in printed):  # each printed line, in order
             matching.append(path)
     if len(matching) == 1:
         return matching[0], None
@@ -559,12 +526,12 @@ def cmd_status(log: RunLog | None, harness_status: str | None, returncode: int |
 
 
 def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tuple[str, dict]:
-    """Write a finished --cmd run's directory as harness.ingest writes one (harness/ingest.py), from the
-    trainer's log (trainer_log) or else its stdout: train.log, events.jsonl, code/ (the source the log starts
-    with, else the script the command names, read at launch). Returns its status and its row's fields."""
+    """Write a finished --cmd run's directory as harness.ingest writes one, from the trainer's log (trainer_log)
+    or else its stdout; code/ is the source the log starts with, else the script read at launch. Returns its
+    status and its row's fields."""
     how = launch.from_log
     printed = parse_log_bytes("".join(stdout_lines).encode("utf-8"), "stdout")
-    path, why_none = trainer_log(how.logfile, how.cwd, stdout_lines, how.since, how.before)
+    path, why_none = trainer_log(how.logfile, launch.cwd, stdout_lines, how.since, how.before)
     parsed = printed
     if path is not None:
         try:
@@ -579,7 +546,7 @@ def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tu
     pending = launch.run_dir / f".pending-{os.getpid()}"
     try:
         write_run_files(pending, parsed, track=launch.track, target=how.target, seed=launch.seed, status=status,
-                        git=git_state(how.cwd), script=how.script_file,
+                        git=git_state(launch.cwd), script=how.script_file,
                         meta={"origin": "cmd", "source": source, "command": how.command, "seed_env": how.seed_env,
                               "script": str(how.script) if how.script else None})
         for entry in pending.iterdir():
@@ -596,13 +563,13 @@ def run_cmd_one(command: str, *, track: str, seed: int, name: str, seed_env: str
                 target: float | None = None, logfile: str = "auto", cwd=None, timeout: float | None = None,
                 runs_dir=RUNS_DIR, records_dir=RECORDS_DIR, echo: bool = True, label: str | None = None) -> dict:
     """Run any trainer's command once (the seed in the environment variable `seed_env`), record it from its
-    log (write_from_log), return the row (launch_and_record); console.log holds everything it printed."""
+    log (write_from_log), return the row."""
     cwd = Path(cwd or os.getcwd()).resolve()
     argv = shlex.split(command)
     target = default_target(track) if target is None else target
     run_id, run_dir = new_run_dir(runs_dir, track, seed)
     script = script_in_command(argv, cwd)
-    from_log = FromLog(command, cwd, logfile, target, seed_env, script,
+    from_log = FromLog(command, logfile, target, seed_env, script,
                        (script.name, script.read_bytes()) if script else None, time.time(), log_files_in(cwd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", seed_env: str(seed)}
     launch = Launch(argv, run_id, run_dir, track, seed, name, env=env, label=label, cwd=cwd, from_log=from_log,

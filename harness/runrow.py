@@ -1,8 +1,7 @@
-"""The row a run becomes in records/runs.jsonl, and the id it is known by.
+"""The row a run becomes in records/runs.jsonl (its fields: harness/records.py), and the id it is known by.
 
-Every way a run enters the records (harness.run for our trainer and for any other through --cmd,
-harness.ingest for a log made elsewhere) names it with new_run_id and records it with run_row, built
-from the events.jsonl in its run directory. The row's fields are listed in harness/records.py.
+Every way a run enters the records (harness.run, with or without --cmd, and harness.ingest) names it with
+new_run_id and records it with run_row, built from the events.jsonl in its run directory.
 """
 from __future__ import annotations
 
@@ -32,9 +31,9 @@ def run_row(run_dir: Path, *, run_id: str, name: str, track: str, seed: int | No
             source: str | None = None, log_sha256: str | None = None, seed_env: str | None = None) -> dict:
     """The runs.jsonl row of a finished run, from its events.jsonl (whatever of it was written).
 
-    `status` is the one its launcher or reader saw (timeout, interrupted; a --cmd run's or a log's own);
-    None takes it from the events: ok or diverged (the result's, or harness.runlog.divergence's verdict on
-    the losses), else crashed (also for an ok result with a non-zero exit). origin, source, log_sha256 and seed_env go in only for a run read from a log.
+    `status` is the one its launcher or reader saw (timeout, interrupted; a --cmd run's or a log's own); None
+    takes the events' ok or diverged, else crashed (also for ok with a non-zero exit). origin, source,
+    log_sha256 and seed_env go in only for a run read from a log.
     """
     try:
         log: RunLog | None = load_run(run_dir, require_val=False)
@@ -59,10 +58,7 @@ def run_row(run_dir: Path, *, run_id: str, name: str, track: str, seed: int | No
         "git_dirty": git.get("dirty"),
         "code_hash": log.code_hash if log else None,
         "hardware": log.hardware_label if log else None,
-        "torch": versions.get("torch"),
-        "triton": versions.get("triton"),
-        "cuda": versions.get("cuda"),
-        "python": versions.get("python"),
+        **{key: versions.get(key) for key in ("torch", "triton", "cuda", "python")},
         "seed": seed,
         "overrides": list(overrides),
         "time_to_target_ms": ttt,
