@@ -145,10 +145,7 @@ class RunLog:
         target = self.target if target is None else target
         if target is None:
             raise LogError(f"{self.source}: no target val loss known for this log; give one")
-        for loss, time_ms in zip(self.val_losses, self.val_times_ms):
-            if loss <= target:
-                return time_ms
-        return None
+        return next((time_ms for loss, time_ms in zip(self.val_losses, self.val_times_ms) if loss <= target), None)
 
     def effective_target(self, default: float = DEFAULT_TARGET) -> float:
         return self.target if self.target is not None else default
@@ -163,10 +160,8 @@ CONFIG_KEYS_FREE = ("seed", "run_dir")  # config fields that may differ between 
 
 def config_diff(a: dict, b: dict) -> str | None:
     """The first config field, apart from CONFIG_KEYS_FREE, in which two runs differ ('key A vs B'), or None."""
-    for key in sorted(set(a) | set(b)):
-        if key not in CONFIG_KEYS_FREE and a.get(key) != b.get(key):
-            return f"{key} {a.get(key)!r} vs {b.get(key)!r}"
-    return None
+    return next((f"{key} {a.get(key)!r} vs {b.get(key)!r}" for key in sorted(set(a) | set(b))
+                 if key not in CONFIG_KEYS_FREE and a.get(key) != b.get(key)), None)
 
 
 def printed_tolerance(text: str) -> float:
