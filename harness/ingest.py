@@ -37,9 +37,10 @@ from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
 ORIGIN = "ingested"
-_RUNNING_PYTHON = re.compile(r"^Running Python (\S+)")
-_RUNNING_TORCH = re.compile(r"^Running PyTorch (\S+) compiled for CUDA (\S+)", re.IGNORECASE)  # "pytorch" in 2024
-_RUNNING_TRITON = re.compile(r"^Running Triton version (\S+)")
+# The "Running ..." lines, each group a version ("pytorch" in 2024 logs)
+_RUNNING = re.compile(r"^(?:Running Python (?P<python>\S+)"
+                      r"|(?i:Running PyTorch (?P<torch>\S+) compiled for CUDA (?P<cuda>\S+))"
+                      r"|Running Triton version (?P<triton>\S+))")
 # An nvidia-smi GPU row: "|   0  NVIDIA H100 80GB HBM3          On  |   00000000:8D:00.0 Off |  ..."
 _GPU_ROW = re.compile(r"^\|\s+(\d+)\s+(\S.*?)\s+(?:On|Off)\s+\|")
 # nvidia-smi's clock line, the run's start on its machine's clock: "Sat Aug 23 13:44:03 2025"
@@ -47,7 +48,7 @@ _SMI_CLOCK = re.compile(r"^((?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|M
                         r"\d\d:\d\d:\d\d \d{4})\s*$")
 _PEAK_MEMORY = re.compile(r"^peak memory allocated: (\d+) MiB")
 _OUR_PROCESSES = re.compile(r"^track \S+, (\d+) process\(es\) on ")
-_OUR_DICT_LINES = ("config", "versions", "hardware", "git")  # train_gpt.py's "key: {...}" lines in train.log
+_OUR_DICT_LINE = re.compile(r"^(config|versions|hardware|git): (\{.*)")  # train_gpt.py's "key: {...}" lines
 
 
 class IngestError(ValueError):
@@ -91,29 +92,23 @@ def read_facts(text: str, code: str | None) -> Facts:
     facts = Facts()
     gpus: dict[int, str] = {}
     for line in header_lines(text[text.find(code) + len(code):] if code is not None else text):
-        if m := _RUNNING_PYTHON.match(line):
-            facts.versions["python"] = m.group(1)
-        elif m := _RUNNING_TORCH.match(line):
-            facts.versions["torch"], facts.versions["cuda"] = m.group(1), m.group(2)
-        elif m := _RUNNING_TRITON.match(line):
-            facts.versions["triton"] = m.group(1)
+        if m := _RUNNING.match(line):
+            facts.versions.update({key: version for key, version in m.groupdict().items() if version is not None})
         elif m := _GPU_ROW.match(line):
             gpus.setdefault(int(m.group(1)), m.group(2))
         elif (m := _SMI_CLOCK.match(line)) and facts.started is None:
             facts.started = dt.datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y").isoformat()
         elif m := _OUR_PROCESSES.match(line):
             facts.world_size = int(m.group(1))
-        else:
-            key, sep, value = line.partition(": ")
-            if sep and key in _OUR_DICT_LINES and value.startswith("{"):
-                try:
-                    parsed = ast.literal_eval(value)
-                except (ValueError, SyntaxError):
-                    continue  # a line that only looks like ours: the run's facts are then unknown, not wrong
-                if isinstance(parsed, dict) and key == "versions":
-                    facts.versions.update(parsed)
-                elif isinstance(parsed, dict):
-                    setattr(facts, key, parsed)
+        elif m := _OUR_DICT_LINE.match(line):
+            try:
+                parsed = ast.literal_eval(m.group(2))
+            except (ValueError, SyntaxError):
+                continue  # a line that only looks like ours: the run's facts are then unknown, not wrong
+            if isinstance(parsed, dict) and m.group(1) == "versions":
+                facts.versions.update(parsed)
+            elif isinstance(parsed, dict):
+                setattr(facts, m.group(1), parsed)
     if gpus and (facts.hardware or {}).get("kind") != "cuda":
         names = sorted(set(gpus.values()))
         facts.hardware = {"kind": "cuda", "gpu": " + ".join(names), "gpu_count": len(gpus),
@@ -127,10 +122,7 @@ def read_facts(text: str, code: str | None) -> Facts:
 def step_events(text: str) -> list[tuple[str, dict]]:
     """A val event per validation line (a torn one, without its train time, skipped), a step event per other."""
     events = []
-    for line in text.splitlines():
-        fields = parse_step_line(line)
-        if fields is None:
-            continue
+    for fields in filter(None, map(parse_step_line, text.splitlines())):
         if "val_loss" in fields:
             if "train_time_ms" in fields:
                 events.append(("val", {key: fields[key] for key in ("step", "val_loss", "train_time_ms")}))
