@@ -325,18 +325,19 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     return log
 
 
-def _read_text(path: Path) -> str:
-    """A log file's text, undecodable bytes replaced. Raises LogError, one line naming the file."""
+def _read(path: Path, what: str = "log file", read=read_regular):
+    """read(path), an OSError raised as a LogError, one line naming the file."""
     try:
-        return read_regular(path).decode("utf-8", errors="replace")
+        return read(path)
     except FileNotFoundError:
-        raise LogError(f"{path}: no such log file") from None
+        raise LogError(f"{path}: no such {what}") from None
     except OSError as exc:
         raise LogError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def parse_log_file(path: str | os.PathLike) -> RunLog:
-    return parse_text(_read_text(Path(path)), source=str(path))
+    text = _read(Path(path)).decode("utf-8", errors="replace")
+    return parse_text(text, source=str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,12 +348,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
     """Read a run directory's events.jsonl (and its train.log for the planned step count)."""
     events_path = Path(events_path)
     run_dir = events_path.parent
-    try:
-        events, problems = read_events(events_path)
-    except FileNotFoundError:
-        raise LogError(f"{events_path}: no such events file") from None
-    except OSError as exc:
-        raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
+    events, problems = _read(events_path, "events file", read_events)
     log = RunLog(source=str(run_dir), name=run_dir.name, run_id=run_dir.name, problems=problems)
     config, meta, result = last_event(events, "config"), last_event(events, "meta"), last_event(events, "result")
     for event, types in ((config, CONFIG_EVENT_TYPES), (meta, META_EVENT_TYPES), (result, RESULT_EVENT_TYPES)):
@@ -400,7 +396,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
             log.target = result["target_val_loss"]
     console = run_dir / TRAIN_LOG_FILE
     if console.exists():
-        text = _read_text(console)
+        text = _read(console).decode("utf-8", errors="replace")
         for _, fields, _ in step_lines(text, str(console)):
             log.total_steps = fields["total"]
         log.identity = log_identity(text)
