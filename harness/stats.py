@@ -458,22 +458,22 @@ def fmt(value, spec: str = "", missing: str = "—", scale: float = 1) -> str:
     return format(value if isinstance(value, str) or scale == 1 else value / scale, spec)
 
 
-def _table(rows: list[dict]) -> str:
+def _table(rows: list[tuple[str, str]]) -> str:
     import pandas as pd
 
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return pd.DataFrame(rows, columns=["figure", "value"]).to_markdown(index=False, disable_numparse=True)
 
 
 def loss_report(losses: Sequence[float], target: float) -> str:
     rule = loss_rule(losses, target)
     s = rule.losses
     return _table([
-        {"figure": "n", "value": f"{s.n}"},
-        {"figure": "mean ± std (sample)", "value": f"{s.mean:.10f} ± {s.std:.10f}"},
-        {"figure": "95% CI of the mean", "value": f"[{s.ci_low:.10f}, {s.ci_high:.10f}]"},
-        {"figure": f"one-sided t-test p (mean < {target})", "value": f"{rule.p:.10f}"},
-        {"figure": f"loss rule (p < {ALPHA})", "value": rule.verdict},
-        {"figure": f"runs needed ({POWER:.0%} power)", "value": fmt(rule.runs_needed, "d")},
+        ("n", f"{s.n}"),
+        ("mean ± std (sample)", f"{s.mean:.10f} ± {s.std:.10f}"),
+        ("95% CI of the mean", f"[{s.ci_low:.10f}, {s.ci_high:.10f}]"),
+        (f"one-sided t-test p (mean < {target})", f"{rule.p:.10f}"),
+        (f"loss rule (p < {ALPHA})", rule.verdict),
+        (f"runs needed ({POWER:.0%} power)", fmt(rule.runs_needed, "d")),
     ])
 
 
@@ -482,17 +482,14 @@ def times_report(baseline: Sequence[float], candidate: Sequence[float]) -> str:
     sp, diff = speedup(baseline, candidate), mean_difference(baseline, candidate)
     needed = runs_needed_difference(a.mean, a.std, b.mean, b.std)
     return _table([
-        {"figure": "n (baseline, candidate)", "value": f"{a.n}, {b.n}"},
-        {"figure": "baseline mean ± std", "value": f"{a.mean:.6f} ± {a.std:.6f}"},
-        {"figure": "candidate mean ± std", "value": f"{b.mean:.6f} ± {b.std:.6f}"},
-        {"figure": "difference (candidate - baseline) [95% CI]",
-         "value": f"{diff.diff:+.6f} [{diff.ci_low:+.6f}, {diff.ci_high:+.6f}]"},
-        {"figure": "speedup, ratio of means [95% Fieller CI]",
-         "value": f"{sp.ratio:.8f} [{sp.ci_low:.6f}, {sp.ci_high:.6f}]"},
-        {"figure": "Welch p, candidate faster (one-sided)", "value": f"{sp.p_faster:.3g}"},
-        {"figure": "Welch p, two-sided", "value": f"{welch(candidate, baseline):.3g}"},
-        {"figure": f"runs needed per variant ({POWER:.0%} power, 95% CI excludes 1)",
-         "value": fmt(needed, "d")},
+        ("n (baseline, candidate)", f"{a.n}, {b.n}"),
+        ("baseline mean ± std", f"{a.mean:.6f} ± {a.std:.6f}"),
+        ("candidate mean ± std", f"{b.mean:.6f} ± {b.std:.6f}"),
+        ("difference (candidate - baseline) [95% CI]", f"{diff.diff:+.6f} [{diff.ci_low:+.6f}, {diff.ci_high:+.6f}]"),
+        ("speedup, ratio of means [95% Fieller CI]", f"{sp.ratio:.8f} [{sp.ci_low:.6f}, {sp.ci_high:.6f}]"),
+        ("Welch p, candidate faster (one-sided)", f"{sp.p_faster:.3g}"),
+        ("Welch p, two-sided", f"{welch(candidate, baseline):.3g}"),
+        (f"runs needed per variant ({POWER:.0%} power, 95% CI excludes 1)", fmt(needed, "d")),
     ])
 
 
