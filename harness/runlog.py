@@ -201,11 +201,8 @@ def iter_json_lines(path: str | os.PathLike, problems: list[str],
 
 
 def read_events(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
-    """Read an events file (or the run directory holding one).
-
-    Returns (events, problems): the events that parsed, and one message per line that did not,
-    naming the file and line number. A damaged line never stops the rest from loading.
-    """
+    """(events, problems) of an events file (or the run directory holding one): the events that parsed, and one
+    message per line that did not, naming the file and line; a damaged line never stops the rest from loading."""
     path = Path(path)
     if path.is_dir():
         path = path / EVENTS_FILE
