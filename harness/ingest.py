@@ -3,24 +3,14 @@
     python -m harness.ingest --track TRACK --name NAME [--target X] [--records records] [--runs-dir runs]
                              LOG_OR_DIR...
 
-A log is modded-nanogpt's (the script's own source, a line of 100 '=', the "Running Python / PyTorch
-/ Triton" lines and the nvidia-smi table, another '=' line, then `step:N/M ...` lines) or our
-trainer's train.log; a folder stands for its *.txt and *.log files. Each log becomes runs/<run_id>/:
-train.log (the log, byte for byte), events.jsonl (harness/runlog.py's events, read from the log as its
-docstring says for a run taken in) and code/ (the source code the log starts with, as EMBEDDED_CODE:
-harness/snapshot.py). The folder is written under a temporary name and renamed into place, and only then
-does its row go to records/runs.jsonl. A log with no source code at its top goes in without code/ (code
-hash null), and harness.submit refuses it as a record.
+A log is modded-nanogpt's (its source code, the "Running ..." lines and nvidia-smi table, then `step:N/M`
+lines) or our trainer's train.log; a folder stands for its *.txt and *.log files. Each log becomes
+runs/<run_id>/ (train.log byte for byte, events.jsonl, and code/: the source the log starts with, if any;
+harness.submit refuses a run without it), written whole before its row goes to records/runs.jsonl.
 
-A log of a run already in the runs log (the same step lines, harness.logs.log_identity) is reported, naming
-both files, and not added again; a file that is not a speedrun log (no validation line, or step lines with
-neither header: a console transcript, layout_problem) gets one line naming it and what it holds, and the
-others still go in. Each new run id is printed on stdout, one per line; everything else goes to stderr. Exit
-status: 1 if some input could not be taken in, else 0.
-
-The target is --target, else the one a log of ours states, else the track's (harness/tracks.py), else the
-FineWeb speedrun's 3.28. harness.run --cmd records a foreign trainer's log through the same functions
-(parse_log_bytes, write_run_files).
+A log of a run already in the runs log (the same step lines) is reported and not added again; a file that
+is not a speedrun log gets one line naming it, and the others still go in. Each new run id is printed on
+stdout; everything else goes to stderr. Exit status: 1 if some input could not be taken in, else 0.
 """
 from __future__ import annotations
 
@@ -47,9 +37,10 @@ from harness.tracks import track_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
 ORIGIN = "ingested"
-_RUNNING_PYTHON = re.compile(r"^Running Python (\S+)")
-_RUNNING_TORCH = re.compile(r"^Running PyTorch (\S+) compiled for CUDA (\S+)", re.IGNORECASE)  # "pytorch" in 2024
-_RUNNING_TRITON = re.compile(r"^Running Triton version (\S+)")
+# The "Running ..." lines, each group a version ("pytorch" in 2024 logs)
+_RUNNING = re.compile(r"^(?:Running Python (?P<python>\S+)"
+                      r"|(?i:Running PyTorch (?P<torch>\S+) compiled for CUDA (?P<cuda>\S+))"
+                      r"|Running Triton version (?P<triton>\S+))")
 # An nvidia-smi GPU row: "|   0  NVIDIA H100 80GB HBM3          On  |   00000000:8D:00.0 Off |  ..."
 _GPU_ROW = re.compile(r"^\|\s+(\d+)\s+(\S.*?)\s+(?:On|Off)\s+\|")
 # nvidia-smi's clock line, the run's start on its machine's clock: "Sat Aug 23 13:44:03 2025"
@@ -57,7 +48,7 @@ _SMI_CLOCK = re.compile(r"^((?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) (?:Jan|Feb|Mar|Apr|M
                         r"\d\d:\d\d:\d\d \d{4})\s*$")
 _PEAK_MEMORY = re.compile(r"^peak memory allocated: (\d+) MiB")
 _OUR_PROCESSES = re.compile(r"^track \S+, (\d+) process\(es\) on ")
-_OUR_DICT_LINES = ("config", "versions", "hardware", "git")  # train_gpt.py's "key: {...}" lines in train.log
+_OUR_DICT_LINE = re.compile(r"^(config|versions|hardware|git): (\{.*)")  # train_gpt.py's "key: {...}" lines
 
 
 class IngestError(ValueError):
@@ -95,60 +86,43 @@ class Parsed:
     events: list[tuple[str, dict]]  # ("step" | "val", fields), in the log's order
 
 
-def _header(text: str, code: str | None) -> list[str]:
-    """The lines between the embedded code (if any) and the first step line."""
-    return header_lines(text[text.find(code) + len(code):] if code is not None else text)
-
-
 def read_facts(text: str, code: str | None) -> Facts:
     """Versions from the "Running ..." lines, GPUs from the nvidia-smi table, and, in our train.log, the
     config/versions/hardware/git lines; the peak memory from modded-nanogpt's closing line."""
     facts = Facts()
     gpus: dict[int, str] = {}
-    for line in _header(text, code):
-        if m := _RUNNING_PYTHON.match(line):
-            facts.versions["python"] = m.group(1)
-        elif m := _RUNNING_TORCH.match(line):
-            facts.versions["torch"], facts.versions["cuda"] = m.group(1), m.group(2)
-        elif m := _RUNNING_TRITON.match(line):
-            facts.versions["triton"] = m.group(1)
+    for line in header_lines(text[text.find(code) + len(code):] if code is not None else text):
+        if m := _RUNNING.match(line):
+            facts.versions.update({key: version for key, version in m.groupdict().items() if version is not None})
         elif m := _GPU_ROW.match(line):
             gpus.setdefault(int(m.group(1)), m.group(2))
         elif (m := _SMI_CLOCK.match(line)) and facts.started is None:
             facts.started = dt.datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y").isoformat()
         elif m := _OUR_PROCESSES.match(line):
             facts.world_size = int(m.group(1))
-        else:
-            key, sep, value = line.partition(": ")
-            if sep and key in _OUR_DICT_LINES and value.startswith("{"):
-                try:
-                    parsed = ast.literal_eval(value)
-                except (ValueError, SyntaxError):
-                    continue  # a line that only looks like ours: the run's facts are then unknown, not wrong
-                if isinstance(parsed, dict) and key == "versions":
-                    facts.versions.update(parsed)
-                elif isinstance(parsed, dict):
-                    setattr(facts, key, parsed)
+        elif m := _OUR_DICT_LINE.match(line):
+            try:
+                parsed = ast.literal_eval(m.group(2))
+            except (ValueError, SyntaxError):
+                continue  # a line that only looks like ours: the run's facts are then unknown, not wrong
+            if isinstance(parsed, dict) and m.group(1) == "versions":
+                facts.versions.update(parsed)
+            elif isinstance(parsed, dict):
+                setattr(facts, m.group(1), parsed)
     if gpus and (facts.hardware or {}).get("kind") != "cuda":
         names = sorted(set(gpus.values()))
         facts.hardware = {"kind": "cuda", "gpu": " + ".join(names), "gpu_count": len(gpus),
                           "peak_flops": peak_flops(names[0]) if len(names) == 1 else None}
         facts.world_size = facts.world_size or len(gpus)
-    for line in reversed(text.splitlines()[-50:]):
-        if m := _PEAK_MEMORY.match(line):
-            facts.peak_memory_mb = float(m.group(1))
-            break
+    facts.peak_memory_mb = next((float(m.group(1)) for line in reversed(text.splitlines()[-50:])
+                                 if (m := _PEAK_MEMORY.match(line))), None)
     return facts
 
 
 def step_events(text: str) -> list[tuple[str, dict]]:
-    """A val event per validation line (step, val_loss, train_time_ms), a step event per other step line.
-    A validation line without its train time (torn) is skipped, as harness.logs skips it."""
+    """A val event per validation line (a torn one, without its train time, skipped), a step event per other."""
     events = []
-    for line in text.splitlines():
-        fields = parse_step_line(line)
-        if fields is None:
-            continue
+    for fields in filter(None, map(parse_step_line, text.splitlines())):
         if "val_loss" in fields:
             if "train_time_ms" in fields:
                 events.append(("val", {key: fields[key] for key in ("step", "val_loss", "train_time_ms")}))
@@ -159,8 +133,8 @@ def step_events(text: str) -> list[tuple[str, dict]]:
 
 
 def parse_log_bytes(data: bytes, source: str) -> Parsed:
-    """Read a log's bytes (undecodable bytes are replaced, as harness.logs does). Never raises: a text with no
-    validation line, or with a malformed step line or impossible values, has log None and the reason in error."""
+    """Read a log's bytes. Never raises: a text with no validation line, or with a malformed step line or
+    impossible values, has log None and the reason in error."""
     text = data.decode("utf-8", errors="replace")
     code = embedded_code(text)
     log, error = None, None
@@ -196,21 +170,15 @@ def result_fields(parsed: Parsed, status: str, target: float, stop_at_target: bo
 
 def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, seed: int | None, status: str,
                     meta: dict, script: tuple[str, bytes] | None = None, git: dict | None = None) -> None:
-    """Write train.log, events.jsonl and code/ for a run read from its log into the folder `dest`; fsync them.
-
-    code/ holds the log's embedded source (EMBEDDED_CODE), else `script` (name, bytes) when given, else
-    nothing. `meta` adds to the meta event (origin and the like); git (the command's working tree, for --cmd)
-    replaces the log's own, if any.
-    """
+    """Write train.log, events.jsonl and code/ (the log's embedded source, else `script` (name, bytes), else
+    nothing) for a run read from its log into `dest`, fsynced. `meta` adds to the meta event; `git` replaces
+    the log's own."""
     dest.mkdir(parents=True, exist_ok=True)
     (dest / TRAIN_LOG_FILE).write_bytes(parsed.data)
-    if parsed.code is not None:
-        digest = write_snapshot(dest, {EMBEDDED_CODE: parsed.code.encode("utf-8")})
-        assert digest == embedded_code_hash(parsed.code)
-    elif script is not None:
-        digest = write_snapshot(dest, {script[0]: script[1]})
-    else:
-        digest = None
+    code = ({EMBEDDED_CODE: parsed.code.encode("utf-8")} if parsed.code is not None
+            else dict([script]) if script else None)
+    digest = write_snapshot(dest, code) if code else None
+    assert parsed.code is None or digest == embedded_code_hash(parsed.code)
     facts, log = parsed.facts, parsed.log
     config = dict(facts.config or {})
     config.update(target_val_loss=target, seed=seed, stop_at_target=bool(config.get("stop_at_target", False)))
@@ -274,11 +242,8 @@ def known_logs(records_dir: Path) -> tuple[dict[str, tuple[str, str]], list[str]
 
 
 def layout_problem(parsed: Parsed, path: Path) -> str | None:
-    """Why a text with step lines is not a speedrun log, one line naming what it holds instead, or None.
-
-    A speedrun log has a header before its step lines: modded-nanogpt's (its source code, the "Running
-    Python / PyTorch" lines, the nvidia-smi table) or our train.log's (config, versions, hardware lines). A
-    console transcript (of `make`, of harness.run) echoes the validation lines without one."""
+    """Why a text with step lines is not a speedrun log (no header of either kind before them: a console
+    transcript echoes the validation lines without one), one line naming what it holds instead, or None."""
     facts = parsed.facts
     if parsed.code is not None or facts.versions or facts.hardware or facts.config:
         return None

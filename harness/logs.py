@@ -1,26 +1,12 @@
 """One parser for training logs: modded-nanogpt's text logs, our train.log, and our run directories.
 
-A modded-nanogpt log is the run's own source code, then versions and `nvidia-smi`, then one line per
-step, for example
-
-    step:0/1390 val_loss:10.8258 train_time:0ms step_avg:0.03ms
-    step:1/1390 train_time:28ms step_avg:28.45ms
-    step:1390/1390 val_loss:3.2775 train_time:79532ms step_avg:57.22ms
-
-Our trainer prints the same lines with `tokens_per_s:T mfu:P%` appended. A step line is a line that
-*starts* with `step:N/M`; `key:value` tokens after it are read where known and ignored otherwise (a line
-that gives a key twice is refused, naming the file and line), and every other line (the source code,
-which mentions "step:" inside f-strings, the versions, the GPU table) is skipped. The source code a log
-starts with (embedded_code) is kept as `RunLog.code`, and its hash (harness/snapshot.py's
-embedded_code_hash) as `RunLog.code_hash`. Validation lines (those with `val_loss:`) make the loss
-curve; the last one gives the final loss and the run's time (`RunLog.train_time_ms`; records/README.md,
-"How a run counts"). A text log is "ok" when its last validation is at the planned step M, or when it
-has our trainer's closing `result: ...` line (a run made with --stop_at_target ends early and says so:
-`RunLog.stopped_early`); otherwise it was cut off: "incomplete".
-
-A run directory written by train_gpt.py is read from its `events.jsonl` (harness/runlog.py), which
-holds the same curve at full precision plus what a text log lacks: track, seed, code hash, target,
-status. Its train.log supplies the planned step count.
+A step line is a line that *starts* with `step:N/M` (`step:1390/1390 val_loss:3.2775 train_time:79532ms
+step_avg:57.22ms`; our trainer appends `tokens_per_s:T mfu:P%`); its known `key:value` tokens are read,
+and every other line (the source code a modded-nanogpt log starts with, versions, the GPU table) is
+skipped. Validation lines make the loss curve; the last one gives the final loss and the run's time
+(records/README.md, "How a run counts"). A text log is "ok" when its last validation is at the planned
+step M or it has our trainer's closing `result: ...` line, else "incomplete". A run directory is read
+from its `events.jsonl` (harness/runlog.py); its train.log supplies the planned step count.
 
     load_run(path)    a log file, an events.jsonl, or a run directory -> RunLog
     load_runs(path)   the above, or a folder of log files and run directories -> [RunLog]
@@ -29,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import math
 import os
 import re
@@ -40,8 +27,9 @@ from typing import Iterator
 from harness.runlog import (TRAIN_LOG_FILE, EVENTS_FILE, divergence, last_event, read_events, read_regular,
                             type_problem)
 from harness.snapshot import embedded_code_hash
-from harness.tracks import FINEWEB_TARGET as DEFAULT_TARGET  # the loss a run must reach, for logs that state none
+from harness.tracks import FINEWEB_TARGET
 
+DEFAULT_TARGET = FINEWEB_TARGET  # the loss a run must reach, for logs that state none
 LOG_SUFFIXES = (".txt", ".log")
 CODE_SEPARATOR = "=" * 100  # modded-nanogpt's print0("="*100) after the logged source
 
@@ -55,9 +43,9 @@ _VALUE = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?nan|[-+]?
 
 # The JSON types of the events' fields that a RunLog reads (runlog.py lists the events); a field of
 # another type makes the run unreadable, in one line naming the file and the field.
-CONFIG_EVENT_TYPES = {"track": "string|null", "config": "object|null"}
-CONFIG_TYPES = {"seed": "integer|null", "target_val_loss": "number|null", "stop_at_target": "boolean|integer|null",
-                "num_steps": "integer|null", "vocab_size": "integer|null"}
+CONFIG_EVENT_TYPES = {"track": "string|null", "config": "object|null", "config.seed": "integer|null",
+                      "config.target_val_loss": "number|null", "config.stop_at_target": "boolean|integer|null",
+                      "config.num_steps": "integer|null", "config.vocab_size": "integer|null"}
 META_EVENT_TYPES = {"code_hash": "string|null", "world_size": "integer|null", "hardware": "object|null",
                     "versions": "object|null", "git": "object|null", "origin": "string|null",
                     "embedded_code": "boolean|null", "log_sha256": "string|null", "command": "string|null",
@@ -125,9 +113,8 @@ class RunLog:
 
     @property
     def identities(self) -> set[str]:
-        """What makes this log one run, in both forms a copy of it may carry: its step lines (`identity`) and its
-        validations at the precision a log prints them (step, val loss to 4 decimals, train time to the ms),
-        which a run folder's events keep even where its train.log is gone. Two logs sharing one are one run."""
+        """Its step lines' `identity` and its validations at a log's printed precision (kept by a run folder's
+        events even where its train.log is gone): two logs sharing one are one run."""
         points = "\n".join(f"{s} {v:.4f} {t:.0f}" for s, v, t in zip(self.val_steps, self.val_losses, self.val_times_ms))
         curve = "validations\n" + points if points else None
         return {i for i in (self.identity, curve and hashlib.sha256(curve.encode()).hexdigest()) if i}
@@ -140,7 +127,6 @@ class RunLog:
 
     @property
     def final_step(self) -> int | None:
-        """Step of the last validation."""
         return self.val_steps[-1] if self.val_steps else None
 
     @property
@@ -154,15 +140,12 @@ class RunLog:
         return f"CPU {h.get('cpu')}" + (f" ({h['cpu_count']} cores)" if h.get("cpu_count") else "")
 
     def time_to_target(self, target: float | None = None) -> float | None:
-        """Train time (ms) of the first validation with loss <= target; None if never reached. An extra figure:
-        a run's time is its final train time (train_time_ms)."""
+        """Train time (ms) of the first validation with loss <= target (an extra figure, not the run's time);
+        None if never reached."""
         target = self.target if target is None else target
         if target is None:
             raise LogError(f"{self.source}: no target val loss known for this log; give one")
-        for loss, time_ms in zip(self.val_losses, self.val_times_ms):
-            if loss <= target:
-                return time_ms
-        return None
+        return next((time_ms for loss, time_ms in zip(self.val_losses, self.val_times_ms) if loss <= target), None)
 
     def effective_target(self, default: float = DEFAULT_TARGET) -> float:
         return self.target if self.target is not None else default
@@ -177,10 +160,8 @@ CONFIG_KEYS_FREE = ("seed", "run_dir")  # config fields that may differ between 
 
 def config_diff(a: dict, b: dict) -> str | None:
     """The first config field, apart from CONFIG_KEYS_FREE, in which two runs differ ('key A vs B'), or None."""
-    for key in sorted(set(a) | set(b)):
-        if key not in CONFIG_KEYS_FREE and a.get(key) != b.get(key):
-            return f"{key} {a.get(key)!r} vs {b.get(key)!r}"
-    return None
+    return next((f"{key} {a.get(key)!r} vs {b.get(key)!r}" for key in sorted(set(a) | set(b))
+                 if key not in CONFIG_KEYS_FREE and a.get(key) != b.get(key)), None)
 
 
 def printed_tolerance(text: str) -> float:
@@ -199,9 +180,8 @@ STEP_KEYS = {"val_loss": "val_loss", "train_time": "train_time_ms", "step_avg": 
 
 
 def _step_line(line: str) -> tuple[dict, dict] | None:
-    """The parse of a step line: None if the line is not one; else (fields, printed), parse_step_line's fields and
-    {field: its number as printed, without unit}. A key given twice (`step` included) makes the line malformed:
-    which value it means is unknowable, so only its step and fields["malformed"], which key, are read."""
+    """(parse_step_line's fields, {field: its number as printed}), None for a line that is not a step line. A key
+    given twice (`step` included) makes the line malformed: only its step and total, and "malformed", are read."""
     m = _STEP_LINE.match(line)
     if not m:
         return None
@@ -216,12 +196,8 @@ def _step_line(line: str) -> tuple[dict, dict] | None:
 
 
 def parse_step_line(line: str) -> dict | None:
-    """The fields of one step line, or None if the line is not one.
-
-    Returns {"step": N, "total": M, and any of "val_loss", "train_time_ms", "step_avg_ms",
-    "tokens_per_s", "mfu", "train_loss"} for the tokens present with a readable value, and "malformed" (why)
-    for a line that gives a key twice (step_lines refuses it).
-    """
+    """{"step": N, "total": M, and the STEP_KEYS fields given with a readable value}, or "malformed" (why) for a
+    line that gives a key twice; None if the line is not a step line."""
     parsed = _step_line(line)
     return parsed[0] if parsed else None
 
@@ -233,9 +209,8 @@ def header_lines(text: str) -> list[str]:
 
 
 def step_lines(text: str, source: str) -> Iterator[tuple[int, dict, dict]]:
-    """Each step line of a text, in order, as (line number, fields, printed): parse_step_line's fields and each
-    field's number as printed (printed_tolerance reads its digits). Raises InvalidLog, one line naming source and
-    line number, at a malformed step line."""
+    """(line number, fields, printed) of each step line (_step_line). Raises InvalidLog, naming source and line
+    number, at a malformed step line."""
     for lineno, line in enumerate(text.splitlines(), 1):
         if (parsed := _step_line(line)) is None:
             continue
@@ -245,12 +220,9 @@ def step_lines(text: str, source: str) -> Iterator[tuple[int, dict, dict]]:
 
 
 def embedded_code(text: str) -> str | None:
-    """The source code a modded-nanogpt log starts with, exactly as printed, or None if it has none.
-
-    The code is everything before the first line of 100 '=' (after it, when the log opens with one,
-    as 2024 logs do), without the newline that ends its last line. A log whose first step line comes
-    before any such line, or whose block holds no Python (`import` or `def` at a line start), has none.
-    """
+    """The source code a modded-nanogpt log starts with, exactly as printed: everything before the first line of
+    100 '=' (after it, where the log opens with one, as 2024 logs do). None where a step line comes first or the
+    block holds no Python (`import` or `def` at a line start)."""
     lines = text.split("\n")
     start = 1 if lines and lines[0].rstrip("\r") == CODE_SEPARATOR else 0
     for i in range(start, len(lines)):
@@ -259,9 +231,7 @@ def embedded_code(text: str) -> str | None:
             return None
         if line == CODE_SEPARATOR:
             code = "\n".join(lines[start:i])
-            if re.search(r"^(import |from \S+ import |def )", code, re.MULTILINE):
-                return code
-            return None
+            return code if re.search(r"^(import |from \S+ import |def )", code, re.MULTILINE) else None
     return None
 
 
@@ -272,47 +242,34 @@ def code_differences(a: str, b: str, limit: int = DIFF_LINES) -> list[dict]:
     """The first `limit` lines in which code b differs from code a: {"line_a", "a", "line_b", "b"}, 1-based line
     numbers, None (and no text) on the side that has no such line (an insertion or a deletion)."""
     lines_a, lines_b = a.split("\n"), b.split("\n")
-    out = []
-    matcher = difflib.SequenceMatcher(None, lines_a, lines_b, autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag == "equal":
-            continue
-        for k in range(max(i2 - i1, j2 - j1)):
-            ia, ib = i1 + k, j1 + k
-            out.append({"line_a": ia + 1 if ia < i2 else None, "a": lines_a[ia] if ia < i2 else None,
-                        "line_b": ib + 1 if ib < j2 else None, "b": lines_b[ib] if ib < j2 else None})
-            if len(out) == limit:
-                return out
-    return out
+    opcodes = difflib.SequenceMatcher(None, lines_a, lines_b, autojunk=False).get_opcodes()
+    pairs = (pair for tag, i1, i2, j1, j2 in opcodes if tag != "equal"
+             for pair in itertools.zip_longest(range(i1, i2), range(j1, j2)))
+    return [{"line_a": None if ia is None else ia + 1, "a": None if ia is None else lines_a[ia],
+             "line_b": None if ib is None else ib + 1, "b": None if ib is None else lines_b[ib]}
+            for ia, ib in itertools.islice(pairs, limit)]
 
 
 def describe_difference(d: dict) -> str:
     """'line 12 'x = 1' vs line 12 'x = 2'', one differing line, either side possibly absent."""
-    side_a = f"line {d['line_a']} {d['a'].strip()!r}" if d["line_a"] is not None else "(no line)"
-    side_b = f"line {d['line_b']} {d['b'].strip()!r}" if d["line_b"] is not None else "(no line)"
-    return f"{side_a} vs {side_b}"
+    return " vs ".join(f"line {d['line_' + s]} {d[s].strip()!r}" if d["line_" + s] is not None else "(no line)"
+                       for s in "ab")
 
 
 def log_identity(text: str) -> str | None:
-    """What makes a log one run: the sha256 of its step lines, in order, each with its whitespace
-    collapsed; None for a text without step lines.
-
-    Two files with the same step lines are one run, whatever else differs (a trailing newline, CRLF
-    line ends, an edited header): two real runs never print the same train times at every step.
-    A run's events.jsonl and its train.log have the train.log's identity."""
+    """What makes a log one run: the sha256 of its step lines, whitespace collapsed (None without any). Two files
+    with the same step lines are one run whatever else differs (line ends, an edited header): two real runs never
+    print the same train times at every step."""
     lines = [" ".join(line.split()) for line in text.splitlines() if parse_step_line(line) is not None]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest() if lines else None
 
 
 def impossible(fields: dict, previous: dict | None) -> str | None:
-    """What makes a step line's (or a val event's) values impossible, or None: a negative loss (a
-    cross-entropy is at least 0; -inf included), a train time that is negative or not a number, a
-    step past its planned total, a step or planned total below the line before's, or a validation's
-    train time below the validation before's.
-    A loss of NaN or +inf is possible: the run diverged. Time is compared between validations only (a
-    validation's time is exact): 2024 modded-nanogpt logs restart their clock at step 10, after warm-up,
-    so the step lines between may go back once. `previous` holds the last line's fields and, as
-    "val_time_ms", the last validation's time."""
+    """What makes a step line's (or a val event's) values impossible, or None: a negative loss, a train time
+    negative or not finite, a step past its planned total, a step or total that changes or goes back, a
+    validation's time below the one before's. A NaN or +inf loss is possible (divergence). Time is compared
+    between validations only: 2024 logs restart their clock after warm-up. `previous`: the last line's fields
+    and, as "val_time_ms", the last validation's time."""
     for key in ("val_loss", "train_loss"):
         if key in fields and fields[key] < 0:
             return f"{key} {fields[key]} is negative (a cross-entropy loss is at least 0)"
@@ -333,16 +290,15 @@ def impossible(fields: dict, previous: dict | None) -> str | None:
 
 
 def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
-    """Parse a modded-nanogpt-style log (or our train.log). Raises LogError if it has no validation line, or
-    if a step line is malformed (step_lines) or holds impossible values (impossible); the message names the line."""
+    """A text log -> RunLog. Raises LogError without a validation line, InvalidLog (naming the line) at a
+    malformed or impossible one."""
     log = RunLog(source=source, name=name if name is not None else Path(source).stem)
     log.code = embedded_code(text)
     log.code_hash = embedded_code_hash(log.code) if log.code is not None else None
     log.identity = log_identity(text)
     previous: dict | None = None
     for lineno, fields, _ in step_lines(text, source):
-        problem = impossible(fields, previous)
-        if problem:
+        if problem := impossible(fields, previous):
             raise InvalidLog(f"{source}:{lineno}: {problem}: not a valid log")
         previous = {**(previous or {}), **fields}
         log.last_step, log.total_steps = fields["step"], fields["total"]
@@ -369,18 +325,19 @@ def parse_text(text: str, *, source: str, name: str | None = None) -> RunLog:
     return log
 
 
-def _read_text(path: Path) -> str:
-    """A log file's text, undecodable bytes replaced. Raises LogError, one line naming the file."""
+def _read(path: Path, what: str = "log file", read=read_regular):
+    """read(path), an OSError raised as a LogError, one line naming the file."""
     try:
-        return read_regular(path).decode("utf-8", errors="replace")
+        return read(path)
     except FileNotFoundError:
-        raise LogError(f"{path}: no such log file") from None
+        raise LogError(f"{path}: no such {what}") from None
     except OSError as exc:
         raise LogError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def parse_log_file(path: str | os.PathLike) -> RunLog:
-    return parse_text(_read_text(Path(path)), source=str(path))
+    text = _read(Path(path)).decode("utf-8", errors="replace")
+    return parse_text(text, source=str(path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,18 +348,11 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
     """Read a run directory's events.jsonl (and its train.log for the planned step count)."""
     events_path = Path(events_path)
     run_dir = events_path.parent
-    try:
-        events, problems = read_events(events_path)
-    except FileNotFoundError:
-        raise LogError(f"{events_path}: no such events file") from None
-    except OSError as exc:
-        raise LogError(f"{events_path}: cannot read ({exc.strerror or exc})") from None
+    events, problems = _read(events_path, "events file", read_events)
     log = RunLog(source=str(run_dir), name=run_dir.name, run_id=run_dir.name, problems=problems)
     config, meta, result = last_event(events, "config"), last_event(events, "meta"), last_event(events, "result")
-    for event, types in ((config, CONFIG_EVENT_TYPES), ((config or {}).get("config"), CONFIG_TYPES),
-                         (meta, META_EVENT_TYPES), (result, RESULT_EVENT_TYPES)):
-        where = "config.config" if types is CONFIG_TYPES else (event or {}).get("event")
-        if isinstance(event, dict) and (problem := type_problem(event, types, where)):
+    for event, types in ((config, CONFIG_EVENT_TYPES), (meta, META_EVENT_TYPES), (result, RESULT_EVENT_TYPES)):
+        if event is not None and (problem := type_problem(event, types, event["event"])):
             raise LogError(f"{events_path}: {problem}")
     if config:
         log.track = config.get("track")
@@ -419,8 +369,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
                 loss = e["val_loss"]
                 fields = {"step": int(e["step"]), "val_loss": math.nan if loss is None else float(loss),  # null: non-finite
                           "train_time_ms": float(e["train_time_ms"])}
-                problem = impossible(fields, previous_val)
-                if problem:
+                if problem := impossible(fields, previous_val):
                     raise InvalidLog(f"{events_path}: val event at step {fields['step']}: {problem}: not a valid log")
                 previous_val = {**fields, "val_time_ms": fields["train_time_ms"]}
                 log.val_steps.append(fields["step"])
@@ -447,7 +396,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
             log.target = result["target_val_loss"]
     console = run_dir / TRAIN_LOG_FILE
     if console.exists():
-        text = _read_text(console)
+        text = _read(console).decode("utf-8", errors="replace")
         for _, fields, _ in step_lines(text, str(console)):
             log.total_steps = fields["total"]
         log.identity = log_identity(text)
@@ -456,7 +405,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         log.identity = hashlib.sha256(curve.encode()).hexdigest()
     if log.total_steps is None and result:
         log.total_steps = result.get("steps")
-    log.vocab_size = (log.config or {}).get("vocab_size")  # an integer or None: CONFIG_TYPES checked it
+    log.vocab_size = (log.config or {}).get("vocab_size")  # an integer or None: CONFIG_EVENT_TYPES checked it
     log.divergence = divergence(log.val_losses, log.train_losses, log.vocab_size, finished=log.status == "ok")
     if log.divergence and log.status in ("ok", "incomplete"):  # a result that says ok may hold a diverged curve
         log.status = "diverged"
@@ -466,10 +415,8 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
 
 
 def load_run(path: str | os.PathLike, *, require_val: bool = True) -> RunLog:
-    """A text log file, an events.jsonl, or a run directory (events.jsonl, else train.log) -> RunLog.
-
-    Raises LogError (one line, naming the file) for a missing path or a log without validation.
-    """
+    """A text log file, an events.jsonl, or a run directory (events.jsonl, else train.log) -> RunLog. Raises
+    LogError, naming the file, for a missing path or a log without validation."""
     path = Path(path)
     if path.is_dir():
         if (path / EVENTS_FILE).exists():

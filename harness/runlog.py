@@ -13,27 +13,18 @@ train_gpt.py writes `events.jsonl` in its run directory; the harness reads it ba
            "train_time_ms": float (the run's time: at its final validation), "peak_memory_mb": float|None, "tokens_per_s": float, "mfu": float|None,
            "error": str|None}
 
-A step event is written when its loss reaches the host, one step late (the trainer never waits for the
-GPU between validations), so a run stopped by a signal or a crash may lack its last step event. Its
-train_time_ms is host time when the step was queued, so on a GPU it can run ahead of the device by a
-step; val and result times are exact (the clock stops after a device synchronize).
+A step event is written when its loss reaches the host, one step late, so a run stopped by a signal or a
+crash may lack its last step event; its train_time_ms is host time when the step was queued. Val and result
+times are exact (the clock stops after a device synchronize).
 
-A run taken in from another trainer's text log (harness.ingest; harness.run --cmd) has the same
-events, read from that log (harness/ingest.py), which is its train.log: config holds the target,
-num_steps (the M of step:N/M), seed (null for a log, the seed passed for --cmd) and stop_at_target
-false; meta adds "origin" ("ingested" | "cmd"), "embedded_code" (bool: code/ is the source the log
-starts with; false: code/ is the script the command ran, or there is no code/ and code_hash is null),
-"log_sha256" (of train.log), "source" (the file it was read from, or "stdout"), "started" (nvidia-smi's
-clock line at the run's start, ISO 8601 in the machine's local time; null without one) and, for --cmd,
-"command", "seed_env" and "script"; its hardware is {"kind": "cuda", "gpu", "gpu_count",
-"peak_flops"} from the log's nvidia-smi table (world_size = gpu_count), versions those of its
-"Running ..." lines, git {"commit": null, "dirty": null} for a log (the command's working tree for
---cmd). Step events carry what the line printed (train_loss, tokens_per_s and mfu mostly null); the
-result's status is "ok", "diverged", "incomplete" (the log ends before its planned last step), or for
---cmd also "crashed", "timeout" or "interrupted"; its tokens and mfu are null.
+A run taken in from another trainer's text log (harness.ingest; harness.run --cmd) has the same events,
+read from that log (harness/ingest.py: write_run_files): config holds the target, num_steps, seed and
+stop_at_target false; meta adds "origin" ("ingested" | "cmd"), "embedded_code", "log_sha256", "source",
+"started" and, for --cmd, "command", "seed_env" and "script"; the result's status may also be
+"incomplete" (the log ends before its planned last step), or for --cmd "crashed" or "timeout".
 
-Only rank 0 writes. Each line is written with one write() call and flushed, so a crash leaves every
-finished line readable; a reader skips (and reports) a torn last line instead of failing.
+Only rank 0 writes, each line in one flushed write() call: a crash leaves every finished line readable,
+and a reader skips (and reports) a torn last line.
 """
 from __future__ import annotations
 
@@ -48,10 +39,6 @@ from typing import Iterator
 
 EVENTS_FILE = "events.jsonl"
 TRAIN_LOG_FILE = "train.log"  # the trainer's own log lines (harness.run keeps all it printed in console.log)
-
-
-def _utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 def finite_or_none(value):
@@ -72,34 +59,29 @@ UNIFORM_EXACT = 1e-3  # val loss: this close to ln(vocab) is uniform logits (a c
 
 
 def divergence(val_losses, train_losses, vocab_size: int | None, finished: bool = True) -> str | None:
-    """Why a run's losses say it diverged (one line), or None. The one divergence policy: the trainer, ingest
-    and harness.logs call it.
+    """Why a run's losses say it diverged (one line), or None: the one divergence policy.
 
     - A loss (train or val) that is not finite.
-    - A loss above DIVERGED_ABOVE x ln(vocab_size). An untrained model's logits are near zero, so its loss
-      is that of guessing uniformly, ln(vocab_size) (10.83 for GPT-2's 50257 tokens: modded-nanogpt's step
-      0 prints 10.8258); training lowers it, and a healthy run's early spikes stay near it. Twice that
-      loss gives the right token a probability of 1/vocab^2 on average: a confidently wrong model, which
-      only an unstable optimization makes (a learning rate of 1e6 gives train losses of 3e7).
-    - For a run that finished its schedule (`finished`), a final val loss no better than guessing uniformly
-      in one of three ways: more than UNIFORM_MARGIN above ln(vocab_size); at or above it after an earlier
-      validation more than UNIFORM_MARGIN below it (it learned, then lost it); or within UNIFORM_EXACT of it
-      (a collapsed model's uniform logits sit exactly there). A short smoke run that has not yet moved off
-      ln(vocab_size) by more than rounding is not judged diverged: the loss rule fails it.
-    The last two need vocab_size; without it (a log that does not state it) only the first applies.
+    - A loss above DIVERGED_ABOVE x ln(vocab_size), the loss of guessing uniformly (an untrained model's,
+      10.83 for GPT-2's vocabulary): twice it is a confidently wrong model, which only an unstable
+      optimization makes.
+    - For a run that finished its schedule, a final val loss no better than guessing uniformly: more than
+      UNIFORM_MARGIN above ln(vocab_size); at or above it after a validation more than UNIFORM_MARGIN
+      below it (learned, then lost); or within UNIFORM_EXACT of it (a collapsed model's uniform logits).
+    A smoke run that has not yet moved off ln(vocab_size) by more than rounding is not judged diverged: the loss
+    rule fails it. The last two need vocab_size; without it only the first applies.
     """
-    for kind, losses in (("val", val_losses), ("train", train_losses)):
-        for loss in losses:
-            if loss is None or not math.isfinite(loss):
-                return f"{kind} loss {loss} is not finite"
+    losses = [(kind, loss) for kind, values in (("val", val_losses), ("train", train_losses)) for loss in values]
+    for kind, loss in losses:
+        if loss is None or not math.isfinite(loss):
+            return f"{kind} loss {loss} is not finite"
     if not vocab_size or vocab_size < 2:
         return None
     uniform = math.log(vocab_size)
-    for kind, losses in (("val", val_losses), ("train", train_losses)):
-        for loss in losses:
-            if loss > DIVERGED_ABOVE * uniform:
-                return (f"{kind} loss {loss:.4g} is above {DIVERGED_ABOVE:g} x ln(vocab {vocab_size}) = "
-                        f"{DIVERGED_ABOVE * uniform:.2f}")
+    for kind, loss in losses:
+        if loss > DIVERGED_ABOVE * uniform:
+            return (f"{kind} loss {loss:.4g} is above {DIVERGED_ABOVE:g} x ln(vocab {vocab_size}) = "
+                    f"{DIVERGED_ABOVE * uniform:.2f}")
     final, earlier = (val_losses[-1], val_losses[:-1]) if val_losses else (None, [])
     if finished and final is not None and (
             final > uniform + UNIFORM_MARGIN or abs(final - uniform) < UNIFORM_EXACT
@@ -109,8 +91,8 @@ def divergence(val_losses, train_losses, vocab_size: int | None, finished: bool 
     return None
 
 
-_JSON_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "boolean": bool,
-               "null": type(None)}
+_JSON_TYPES = {"boolean": bool, "object": dict, "array": list, "string": str, "integer": int, "number": (int, float),
+               "null": type(None)}  # boolean first: a bool is also an int
 
 
 def is_json_type(value, types: str) -> bool:
@@ -124,8 +106,6 @@ def json_type_name(value) -> str:
     """'a string', 'an object', 'null', ...: what a JSON value is, for a message."""
     if value is None:
         return "null"
-    if isinstance(value, bool):
-        return "a boolean"
     name = next((t for t, cls in _JSON_TYPES.items() if isinstance(value, cls)), type(value).__name__)
     return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
@@ -156,11 +136,8 @@ def nonfinite_key(value, where: str = "") -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return where or "the value"
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = nonfinite_key(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."))
-        if found:
-            return found
-    return None
+    keys = ((f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."), item) for key, item in items)
+    return next((found for key, item in keys if (found := nonfinite_key(item, key))), None)
 
 
 class EventLog:
@@ -172,7 +149,8 @@ class EventLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, event: str, **fields) -> None:
-        line = json.dumps({"event": event, "time": _utc_now(), **finite_or_none(fields)}, allow_nan=False)
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+        line = json.dumps({"event": event, "time": now, **finite_or_none(fields)}, allow_nan=False)
         self._file.write(line + "\n")
         self._file.flush()
 
@@ -223,11 +201,8 @@ def iter_json_lines(path: str | os.PathLike, problems: list[str],
 
 
 def read_events(path: str | os.PathLike) -> tuple[list[dict], list[str]]:
-    """Read an events file (or the run directory holding one).
-
-    Returns (events, problems): the events that parsed, and one message per line that did not,
-    naming the file and line number. A damaged line never stops the rest from loading.
-    """
+    """(events, problems) of an events file (or the run directory holding one): the events that parsed, and one
+    message per line that did not, naming the file and line; a damaged line never stops the rest from loading."""
     path = Path(path)
     if path.is_dir():
         path = path / EVENTS_FILE

@@ -1,16 +1,9 @@
 """The statistics of records and comparisons: thin wrappers on scipy.stats, one textbook method each.
 
-- describe, p_mean_below, loss_rule: a set's final losses, and the record's loss rule on them (one-sided
-  one-sample t-test, H1: mean < target, p < ALPHA: modded-nanogpt's rule).
-- welch, mean_difference, speedup: times compared (Welch's t-test; the ratio of mean times every speedrun record
-  prints, with Fieller's 95% interval).
-- olympic, median, score, compare_scores: a set's time under MLPerf's olympic rule or as a median, and the test
-  that fits each scoring rule (Welch/Fieller, Yuen's trimmed t-test, Mann-Whitney U).
-- z_below, below_margin, pairwise_margin: the optimization track's steps rule.
-- runs_needed_*: the set size at which a test passes with 80% power at the effect observed (noncentral t).
-
-Every function takes plain sequences of floats and returns floats; NaN where the sample is too
-small for the figure (a std needs 2 values, a test 2 per group).
+Every function takes plain sequences of floats and returns floats; NaN where the sample is too small for
+the figure (a std needs 2 values, a test 2 per group). `loss` prints the record's loss rule on final val
+losses (one-sided one-sample t-test, H1: mean < target, p < ALPHA: modded-nanogpt's rule); `times` a
+candidate's times against a baseline's (the ratio of means with Fieller's 95% interval, Welch's t-test):
 
     python -m harness.stats loss --target 3.28 3.2817 3.2796 3.2778 ...       # the record's loss rule
     python -m harness.stats times --baseline 80.61 80.71 ... --candidate 79.54 79.74 ...
@@ -57,8 +50,7 @@ def _array(values: Sequence[float]) -> np.ndarray:
 
 
 def _quiet(test, *args, **kwargs):
-    """A scipy test without its RuntimeWarnings (near-identical samples: "catastrophic cancellation"); the
-    figures it returns (NaN for a zero spread) say the same, where the user reads them."""
+    """A scipy test without its RuntimeWarnings (near-identical samples); the NaN it returns says the same."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return test(*args, **kwargs)
@@ -181,9 +173,6 @@ class Difference:
     ci_low: float  # 95% Welch interval
     ci_high: float
 
-    def as_dict(self) -> dict:
-        return {"diff": self.diff, "ci95": [self.ci_low, self.ci_high]}
-
 
 def mean_difference(baseline: Sequence[float], new: Sequence[float]) -> Difference:
     """mean(new) - mean(baseline) with the 95% Welch t-interval."""
@@ -200,10 +189,8 @@ def mean_difference(baseline: Sequence[float], new: Sequence[float]) -> Differen
 
 
 def _smallest_n(power_at, start: int = 2) -> int | None:
-    """The smallest n >= start with power_at(n) >= POWER (power grows with n), None past MAX_RUNS.
-
-    Doubling, then bisection: scipy's noncentral t returns NaN far out in its tail (a huge
-    noncentrality), so n is never probed much beyond where the power first reaches POWER."""
+    """The smallest n >= start with power_at(n) >= POWER (power grows with n), None past MAX_RUNS: doubling, then
+    bisection, so n is never probed far beyond where the power first reaches POWER (scipy's NaN tail)."""
     high = start
     while not power_at(high) >= POWER:
         if high >= MAX_RUNS:
@@ -241,8 +228,7 @@ def runs_needed_difference(mean_a: float, std_a: float, mean_b: float, std_b: fl
     """Runs per variant for a two-sided t-test of the means at `alpha` to succeed with POWER (so that a
     95% interval of the difference, or of the speedup, excludes no-change), at the difference observed
     and the two stds' root mean square (Cohen's d for equal group sizes)."""
-    values = (mean_a, std_a, mean_b, std_b)
-    if not all(math.isfinite(x) for x in values) or mean_a == mean_b:
+    if not all(math.isfinite(x) for x in (mean_a, std_a, mean_b, std_b)) or mean_a == mean_b:
         return None
     spread = math.sqrt((std_a**2 + std_b**2) / 2)
     if _no_spread(spread, max(abs(mean_a), abs(mean_b))):
@@ -371,9 +357,8 @@ def yuen(baseline: Sequence[float], new: Sequence[float], baseline_missed: Seque
 
 
 def mann_whitney(baseline: Sequence[float], new: Sequence[float]) -> ScoreComparison:
-    """Medians compared: the ratio and difference of medians, and the Mann-Whitney U test's p-values
-    (scipy.stats.mannwhitneyu; its exact distribution where no two times tie, else the normal approximation);
-    no interval for the difference."""
+    """The ratio and difference of medians (no interval), and the Mann-Whitney U test's p-values (exact where no
+    two times tie, else the normal approximation)."""
     a, b = _array(baseline), _array(new)
     nan = math.nan
     if len(a) == 0 or len(b) == 0:
@@ -473,22 +458,22 @@ def fmt(value, spec: str = "", missing: str = "—", scale: float = 1) -> str:
     return format(value if isinstance(value, str) or scale == 1 else value / scale, spec)
 
 
-def _table(rows: list[dict]) -> str:
+def _table(rows: list[tuple[str, str]]) -> str:
     import pandas as pd
 
-    return pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return pd.DataFrame(rows, columns=["figure", "value"]).to_markdown(index=False, disable_numparse=True)
 
 
 def loss_report(losses: Sequence[float], target: float) -> str:
     rule = loss_rule(losses, target)
     s = rule.losses
     return _table([
-        {"figure": "n", "value": f"{s.n}"},
-        {"figure": "mean ± std (sample)", "value": f"{s.mean:.10f} ± {s.std:.10f}"},
-        {"figure": "95% CI of the mean", "value": f"[{s.ci_low:.10f}, {s.ci_high:.10f}]"},
-        {"figure": f"one-sided t-test p (mean < {target})", "value": f"{rule.p:.10f}"},
-        {"figure": f"loss rule (p < {ALPHA})", "value": rule.verdict},
-        {"figure": f"runs needed ({POWER:.0%} power)", "value": fmt(rule.runs_needed, "d")},
+        ("n", f"{s.n}"),
+        ("mean ± std (sample)", f"{s.mean:.10f} ± {s.std:.10f}"),
+        ("95% CI of the mean", f"[{s.ci_low:.10f}, {s.ci_high:.10f}]"),
+        (f"one-sided t-test p (mean < {target})", f"{rule.p:.10f}"),
+        (f"loss rule (p < {ALPHA})", rule.verdict),
+        (f"runs needed ({POWER:.0%} power)", fmt(rule.runs_needed, "d")),
     ])
 
 
@@ -497,17 +482,14 @@ def times_report(baseline: Sequence[float], candidate: Sequence[float]) -> str:
     sp, diff = speedup(baseline, candidate), mean_difference(baseline, candidate)
     needed = runs_needed_difference(a.mean, a.std, b.mean, b.std)
     return _table([
-        {"figure": "n (baseline, candidate)", "value": f"{a.n}, {b.n}"},
-        {"figure": "baseline mean ± std", "value": f"{a.mean:.6f} ± {a.std:.6f}"},
-        {"figure": "candidate mean ± std", "value": f"{b.mean:.6f} ± {b.std:.6f}"},
-        {"figure": "difference (candidate - baseline) [95% CI]",
-         "value": f"{diff.diff:+.6f} [{diff.ci_low:+.6f}, {diff.ci_high:+.6f}]"},
-        {"figure": "speedup, ratio of means [95% Fieller CI]",
-         "value": f"{sp.ratio:.8f} [{sp.ci_low:.6f}, {sp.ci_high:.6f}]"},
-        {"figure": "Welch p, candidate faster (one-sided)", "value": f"{sp.p_faster:.3g}"},
-        {"figure": "Welch p, two-sided", "value": f"{welch(candidate, baseline):.3g}"},
-        {"figure": f"runs needed per variant ({POWER:.0%} power, 95% CI excludes 1)",
-         "value": fmt(needed, "d")},
+        ("n (baseline, candidate)", f"{a.n}, {b.n}"),
+        ("baseline mean ± std", f"{a.mean:.6f} ± {a.std:.6f}"),
+        ("candidate mean ± std", f"{b.mean:.6f} ± {b.std:.6f}"),
+        ("difference (candidate - baseline) [95% CI]", f"{diff.diff:+.6f} [{diff.ci_low:+.6f}, {diff.ci_high:+.6f}]"),
+        ("speedup, ratio of means [95% Fieller CI]", f"{sp.ratio:.8f} [{sp.ci_low:.6f}, {sp.ci_high:.6f}]"),
+        ("Welch p, candidate faster (one-sided)", f"{sp.p_faster:.3g}"),
+        ("Welch p, two-sided", f"{welch(candidate, baseline):.3g}"),
+        (f"runs needed per variant ({POWER:.0%} power, 95% CI excludes 1)", fmt(needed, "d")),
     ])
 
 

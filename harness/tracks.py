@@ -13,10 +13,9 @@ FINEWEB_TARGET = 3.28  # the NanoGPT speedrun's rule: val loss on the first 10,4
 PLAIN_ATTENTION = dict(attn_scale=0.0, layer_attention="", v_lambda=False, embed_bf16=False, fp8_head=False)
 
 TRACKS: dict[str, dict] = {
-    # 8xH100 (or fewer by accumulation) on FineWeb, the NanoGPT speedrun's rule: val loss 3.28 on the first
-    # 10,485,760 tokens of fineweb_val_000000.bin. Config's defaults: the recipe of modded-nanogpt's 1770-step
-    # records of early 2025 (2025-01-26_BatchSize, timed as 2025-02-01_RuleTweak; 8 x 48K tokens a step),
-    # element by element in README.md's "The fineweb-124m recipe". GPU calibration pending: no GPU runs yet.
+    # 8xH100 (or fewer by accumulation) on FineWeb, the speedrun's rule (FINEWEB_TARGET); uncalibrated: no GPU runs
+    # yet. Config's defaults: modded-nanogpt's 1770-step records of early 2025 (2025-01-26_BatchSize, timed as
+    # 2025-02-01_RuleTweak; 8 x 48K tokens a step), in README.md's "The fineweb-124m recipe".
     "fineweb-124m": dict(device="cuda", target_val_loss=FINEWEB_TARGET),
     # One GPU on the embedded Shakespeare corpus (2.67M train tokens). Uncalibrated: the target is a guess
     # from the cpu-tiny curves; adjust it after the first GPU runs.
