@@ -42,11 +42,10 @@ from harness.cli import doc_parser, finite_float, run_cli
 from harness import stats
 from harness.stats import fmt
 from harness.leaderboard import loss_axis, markdown_table, pyplot, save_png
-from harness.logs import (DEFAULT_TARGET, LogError, RunLog, code_differences, config_diff, describe_difference, load_run,
-                          load_runs)
+from harness.logs import LogError, RunLog, code_differences, config_diff, describe_difference, load_run, load_runs
 from harness.records import RecordsError, find_runs, name_problem, os_error_line, row_run_dir
 from harness.runlog import finite_or_none
-from harness.tracks import track_target
+from harness.tracks import FINEWEB_TARGET, default_target, track_target
 from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, destination_problem,
                          first_config_problem, interrupted_exit, raise_on_stop_signals, refuse, render_leaderboard,
                          restore_handlers, run_one)
@@ -185,12 +184,10 @@ def resolve_target(variants: list[Variant], given: float | None, track: str | No
         return given, "--target"
     stated = sorted({log.target for v in variants for log in v.logs if log.target is not None})
     silent = [log for v in variants for log in v.logs if log.target is None]
-    default = track_target(track) if track else None
-    if track and default is None:
+    if track and track_target(track) is None:
         raise CompareError(f"--track {track}: not one of the tracks in harness/tracks.py, so it has no default target; "
                            "give --target")
-    default_source = f"track {track}'s default" if default is not None else "the FineWeb speedrun's"
-    default = DEFAULT_TARGET if default is None else default
+    default, default_source = default_target(track), f"track {track}'s default" if track else "the FineWeb speedrun's"
     candidates = sorted(set(stated) | ({default} if silent else set()))
     if len(candidates) > 1:
         why = f"the runs state targets {stated}" + (f" and {len(silent)} state none (default {default})" if silent else "")
@@ -656,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "the first is the baseline")
     parser.add_argument("--target", type=finite_float, default=None,
                         help="target val loss (default: the one the runs state; for logs that state none, "
-                        f"--track's, else the FineWeb speedrun's {DEFAULT_TARGET})")
+                        f"--track's, else the FineWeb speedrun's {FINEWEB_TARGET})")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
     parser.add_argument("--plot-dir", type=Path, default=None, help="where the plots go (default runs/compare-<time>/)")
     parser.add_argument("--no-plot", action="store_true")

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from harness.cli import doc_parser, not_a_folder
+from harness.cli import doc_parser, not_a_folder, run_cli
 from harness.files import atomic_file, write_atomic
 from harness.shards import (BOS_ID, GPT2_VOCAB_SIZE, DataError, check_token_ids, read_shard, shard_token_count,
                             write_shard)
@@ -336,4 +336,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -28,12 +28,12 @@ from typing import Sequence
 from harness.cli import doc_parser, finite_float, not_a_folder, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.hardware import peak_flops
-from harness.logs import (DEFAULT_TARGET, LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, header_lines,
-                          log_identity, parse_step_line, parse_text)
+from harness.logs import (LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, header_lines, log_identity,
+                          parse_step_line, parse_text)
 from harness.records import RECORDS_DIR, append_run, load_records, name_problem, os_error_line, runs_lock
 from harness.runlog import TRAIN_LOG_FILE, EventLog, read_regular
 from harness.runrow import RUNS_DIR, new_run_id, run_row
-from harness.tracks import track_target
+from harness.tracks import default_target
 from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, write_snapshot
 
 ORIGIN = "ingested"
@@ -198,12 +198,6 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
 
 # ----------------------------------------------------------------------------------------------
 # Ingesting
-
-
-def default_target(track: str) -> float:
-    """The track's target val loss (harness/tracks.py), else the FineWeb speedrun's."""
-    target = track_target(track)
-    return DEFAULT_TARGET if target is None else target
 
 
 def log_files(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:

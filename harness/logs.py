@@ -27,9 +27,7 @@ from typing import Iterator
 from harness.runlog import (TRAIN_LOG_FILE, EVENTS_FILE, divergence, last_event, read_events, read_regular,
                             type_problem)
 from harness.snapshot import embedded_code_hash
-from harness.tracks import FINEWEB_TARGET
 
-DEFAULT_TARGET = FINEWEB_TARGET  # the loss a run must reach, for logs that state none
 LOG_SUFFIXES = (".txt", ".log")
 CODE_SEPARATOR = "=" * 100  # modded-nanogpt's print0("="*100) after the logged source
 
@@ -146,9 +144,6 @@ class RunLog:
         if target is None:
             raise LogError(f"{self.source}: no target val loss known for this log; give one")
         return next((time_ms for loss, time_ms in zip(self.val_losses, self.val_times_ms) if loss <= target), None)
-
-    def effective_target(self, default: float = DEFAULT_TARGET) -> float:
-        return self.target if self.target is not None else default
 
 
 # ----------------------------------------------------------------------------------------------

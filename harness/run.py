@@ -13,7 +13,6 @@ it as harness.ingest records a log (write_from_log).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
@@ -35,17 +34,17 @@ from tqdm import tqdm
 
 from harness.cli import doc_parser, finite_float
 from harness.hardware import git_state
-from harness.ingest import default_target, parse_log_bytes, write_run_files
-from harness.logs import DEFAULT_TARGET, LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
+from harness.ingest import parse_log_bytes, write_run_files
+from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
 from harness.overrides import ConfigError, normalize_argv
 from harness.records import RECORDS_DIR, RecordsError, append_run, check_appendable, name_problem, os_error_line
-from harness.runrow import RUNS_DIR, new_run_id, run_row
+from harness.runrow import HARNESS_ERROR, RUNS_DIR, harness_error_row, new_run_id, run_row
 from harness.snapshot import REPO_ROOT
+from harness.tracks import FINEWEB_TARGET, default_target
 
 DEFAULT_TRACK = "cpu-tiny"
 DEFAULT_SCRIPT = REPO_ROOT / "train_gpt.py"
 HARNESS_OWNED = ("--track", "--seed", "--run_dir")  # set per run by the harness, not by overrides
-HARNESS_ERROR = "harness_error"  # a run's status when the harness failed to read the run it launched
 STOP_GRACE_S = 5.0  # between SIGINT, SIGTERM and SIGKILL when stopping a trainer
 CMD_TRACK = "modded-nanogpt"  # --cmd's track when none is given
 SEED_ENV = "SEED"  # --cmd: the environment variable that carries the seed to the trainer
@@ -407,10 +406,8 @@ def launch_and_record(launch: Launch, *, timeout: float | None, records_dir, ech
                           seed=launch.seed, status=status, returncode=ended.returncode, wall_s=ended.wall_s, **fields)
         except Exception as exc:  # the harness failed to read the finished run: record that much, never lose it
             failure = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            row = {"run_id": launch.run_id, "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   "track": launch.track, "name": launch.name, "seed": launch.seed, "status": HARNESS_ERROR,
-                   "run_dir": str(Path(launch.run_dir).resolve()), "returncode": ended.returncode,
-                   "wall_s": round(ended.wall_s, 3), "error": failure}
+            row = harness_error_row(launch.run_dir, run_id=launch.run_id, name=launch.name, track=launch.track,
+                                    seed=launch.seed, returncode=ended.returncode, wall_s=ended.wall_s, error=failure)
         try:
             append_run(row, records_dir)
         except OSError as exc:  # the runs log went away since the check before launch (disk full, say)
@@ -728,7 +725,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="--cmd: the trainer's own log to record (default auto: one it names on stdout, else the "
                      "logs/*.txt it wrote that holds the step lines it printed; stdout: what it printed)")
     cmd.add_argument("--target", type=finite_float, default=None,
-                     help=f"--cmd: target val loss (default: the track's, else {DEFAULT_TARGET})")
+                     help=f"--cmd: target val loss (default: the track's, else {FINEWEB_TARGET})")
     args = parser.parse_args(ours)
     given = [f"--{key.replace('_', '-')}" for key in ("cwd", "seed_env", "logfile", "target")
              if getattr(args, key) != parser.get_default(key)]

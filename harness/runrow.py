@@ -16,6 +16,7 @@ from harness.logs import LogError, RunLog, load_run
 from harness.snapshot import REPO_ROOT
 
 RUNS_DIR = REPO_ROOT / "runs"  # where run directories go unless --runs-dir says otherwise
+HARNESS_ERROR = "harness_error"  # a run's status when the harness failed to read the run it launched
 
 
 def new_run_id(track: str, label: str) -> str:
@@ -79,3 +80,11 @@ def run_row(run_dir: Path, *, run_id: str, name: str, track: str, seed: int | No
     read_from_log = {"origin": origin, "source": source, "log_sha256": log_sha256, "seed_env": seed_env}
     row.update({k: v for k, v in read_from_log.items() if v is not None})
     return row
+
+
+def harness_error_row(run_dir: Path, *, run_id: str, name: str, track: str, seed: int | None,
+                      returncode: int | None, wall_s: float, error: str) -> dict:
+    """The row of a run the harness launched but could not read (`error`, one line), from what it knows itself."""
+    return {"run_id": run_id, "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "track": track, "name": name, "seed": seed, "status": HARNESS_ERROR, "run_dir": str(Path(run_dir).resolve()),
+            "returncode": returncode, "wall_s": round(wall_s, 3), "error": error}

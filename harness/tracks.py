@@ -50,3 +50,9 @@ TRACKS: dict[str, dict] = {
 def track_target(track: str) -> float | None:
     """The target val loss of a track, None for a track this kit does not define."""
     return TRACKS[track]["target_val_loss"] if track in TRACKS else None
+
+
+def default_target(track: str | None) -> float:
+    """The target of a run that states none: its track's, else the FineWeb speedrun's."""
+    target = track_target(track) if track else None
+    return FINEWEB_TARGET if target is None else target
