@@ -2,18 +2,11 @@
 
     python -m harness.verify records/<date>_<name> [...]
 
-  - the code hash recomputed from code/ equals code/CODE_HASH and record.json's code_hash;
-  - every run's events.jsonl (runs/<run_id>/) names that code hash, and the runs in runs/ are the
-    runs in record.json;
-  - every run's train.log agrees with its events.jsonl (check_against_log says in what);
-  - the statistics recomputed from those logs (and the previous record's, for the speedup) equal
-    record.json's, figure by figure (relative tolerance 1e-9: JSON keeps full precision), and
-    statistics.md is exactly what record.json's figures render to (render_statistics).
-
-The figures of a record (statistics, render_statistics) and the check of a run's train.log against
-its events (check_against_log) live here; harness.submit computes and checks a record with them.
-
-Each mismatch is one line: where (file, field), expected (recomputed) and found. Exit 1 on any.
+Checks the code hash (code/, CODE_HASH, record.json), that runs/ holds record.json's runs and each names that
+hash, each run's train.log against its events.jsonl (check_against_log), the statistics recomputed from the
+logs (relative tolerance JSON_RTOL) and statistics.md as record.json's figures render it. Each mismatch is one
+line: where (file, field), expected (recomputed) and found. Exit 1 on any. harness.submit computes and checks
+a record with this module's statistics, render_statistics and check_against_log.
 """
 from __future__ import annotations
 
@@ -49,7 +42,7 @@ def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
         "run_id": log.run_id or log.name,
         "seed": log.seed,
         "final_val_loss": log.final_val_loss,
-        "train_time_ms": log.train_time_ms,  # the run's time: at its final validation (every speedrun record's)
+        "train_time_ms": log.train_time_ms,
         "time_to_target_ms": log.time_to_target(target),
         "steps": log.final_step,
         "tokens": log.tokens,
@@ -87,12 +80,8 @@ def _summary(summary: dict, spec: str, unit: str = "", scale: float = 1) -> str:
 
 
 def render_statistics(record: dict) -> str:
-    """statistics.md: every number of the record and the raw lists. harness.verify re-renders and compares it.
-
-    Its text is part of RECORD_SCHEMA: a change here makes verify expect the new text from old
-    records, so bump the schema and render an older record as its schema did (schema 2 named the
-    times' raw list time_ms).
-    """
+    """statistics.md: every number of the record and the raw lists. Its text is part of RECORD_SCHEMA (verify
+    compares it): a change bumps the schema, and an older record renders as its schema did."""
     s, runs, target = record["stats"], record["runs"], record["stats"]["target_val_loss"]
     times_label = "time_ms" if record["schema"] == 2 else "train_time_ms"
     table = pd.DataFrame([{
@@ -145,16 +134,9 @@ def render_statistics(record: dict) -> str:
 
 
 def check_against_log(log: RunLog) -> list[str]:
-    """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field.
-
-    - For a run read from a log (meta.log_sha256): train.log's sha256 must be the one recorded.
-    - For a run whose code is its log's embedded source (meta.embedded_code): the code at the top of
-      train.log, re-extracted and hashed, must equal the run's code hash.
-    - Each validation line of train.log (step, val_loss to its printed digits, train_time to the
-      millisecond) must equal the matching val event, and there must be as many of each. A run of ours
-      whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
-      A malformed step line (harness.logs.step_lines) is the one problem named after the sha256 and code.
-    """
+    """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field:
+    its sha256 (meta.log_sha256), its embedded code's hash (meta.embedded_code), and each validation line against
+    its val event (to the printed digits). A run of ours without train.log or validation lines is not checked."""
     run_dir = Path(log.source)
     path, events_path = run_dir / TRAIN_LOG_FILE, run_dir / EVENTS_FILE
     foreign = log.origin is not None
@@ -225,8 +207,7 @@ def compare_values(expected, found, where: str, out: list[str]) -> None:
 
 
 def compare_text(expected: str, found: str, where: str, out: list[str]) -> None:
-    """Line by line, exactly: a file rendered from figures must be that rendering (its numbers are
-    checked as numbers in record.json, never read back from the text)."""
+    """Line by line, exactly (the numbers are checked in record.json, never read back from the text)."""
     exp_lines, found_lines = expected.splitlines(), found.splitlines()
     if len(exp_lines) != len(found_lines):
         out.append(f"{where}: expected {len(exp_lines)} lines, found {len(found_lines)}")
@@ -288,9 +269,8 @@ def verify(folder: str | Path) -> list[str]:
     # Statistics.
     stats_found = record["stats"]
     target = stats_found["target_val_loss"]
-    previous, previous_logs = None, None
-    if stats_found.get("previous"):
-        previous = stats_found["previous"]
+    previous, previous_logs = stats_found.get("previous") or None, None
+    if previous:
         try:
             previous_logs = record_runs(folder.parent / previous["folder"])
         except LogError as exc:
@@ -314,8 +294,7 @@ def verify(folder: str | Path) -> list[str]:
 
 
 def exclusions(folder: str | Path) -> list[str]:
-    """'excluded run ID: REASON' for each finished run of the record's track, code and config it leaves out
-    (harness.submit's every-run rule); empty where none is, or where record.json cannot be read (verify says why)."""
+    """'excluded run ID: REASON' for each run the record leaves out (empty where record.json cannot be read)."""
     try:
         record = read_record(Path(folder) / RECORD_FILE)
     except RecordsError:
