@@ -3,11 +3,9 @@
     python -m harness.submit --name NAME --description TEXT [--records records]
                              [--exclude RUN_ID --reason TEXT]... RUN_ID...
 
-The rule is records/README.md's ("The record rule"; a run's time as "How a run counts" says), checked by
-`check` and `check_every_run` from each run's own events.jsonl and train.log, found through its row in
-records/runs.jsonl, never from the runs log's summary. On success it writes records/<YYYY-MM-DD>_<NAME>/ (the
-day the last run was made: record_date) through a temporary folder and a rename, then re-renders the
-leaderboard. Otherwise it prints the failing condition in one line and exits 1.
+The rule is records/README.md's ("The record rule", "How a run counts"), checked from each run's own events.jsonl
+and train.log. On success it writes records/<YYYY-MM-DD>_<NAME>/ whole and re-renders the leaderboard;
+otherwise it prints the failing condition in one line and exits 1.
 """
 from __future__ import annotations
 
@@ -28,8 +26,7 @@ from harness.leaderboard import default_out, render
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
-                             latest_rows, list_records, name_problem, os_error_line,
-                             row_run_dir, runs_lock)
+                             latest_rows, list_records, name_problem, os_error_line, row_run_dir, runs_lock)
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.verify import check_against_log, render_statistics, statistics
@@ -49,7 +46,7 @@ def check_name(name: str, records_dir: Path) -> None:
         raise Refused(f"record name {name!r} is taken by records/{taken[0]}; records are never overwritten")
 
 
-def render_readme(record: dict, overrides: list[str]) -> str:
+def render_readme(record: dict) -> str:
     s = record["stats"]
     prev = s.get("previous")
     origin = record.get("origin")
@@ -59,8 +56,8 @@ def render_readme(record: dict, overrides: list[str]) -> str:
         command = f"the trainer in code/ (the source its logs printed), {s['n']} runs, then python -m harness.ingest"
     else:
         command = f"python -m harness.run --track {record['track']} --seeds {s['n']}"
-        if overrides:
-            command += " -- " + shlex.join(overrides)
+        if record["overrides"]:
+            command += " -- " + shlex.join(record["overrides"])
     versions = ", ".join(f"{k} {v}" for k, v in sorted((record.get("versions") or {}).items()) if v)
     lines = [
         f"# {record['name']}", "", record["description"], "",
@@ -120,8 +117,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         if log.origin is not None and log.code_hash is None:
             raise Refused(f"run {log.run_id}: no source code: its log ({Path(log.source) / TRAIN_LOG_FILE}) does not "
                           "start with the code that produced it, and no script was kept; a record needs its code")
-        against_log = check_against_log(log)
-        if against_log:
+        if against_log := check_against_log(log):
             raise Refused(f"run {log.run_id}: {against_log[0]}")
         if other := next((seen[i] for i in log.identities if i in seen), None):
             raise Refused(f"runs {other.run_id} and {log.run_id} are one run: {Path(other.source) / TRAIN_LOG_FILE} and "
@@ -145,8 +141,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         if log.hardware_label != first.hardware_label:
             raise Refused(f"runs {first.run_id} and {log.run_id} ran on different hardware: "
                           f"{first.hardware_label} vs {log.hardware_label}")
-        diff = config_diff(first.config or {}, log.config or {})
-        if diff:
+        if diff := config_diff(first.config or {}, log.config or {}):
             raise Refused(f"runs {first.run_id} and {log.run_id} differ in config: {diff}")
     seeds = {}
     for log in logs:  # a log names no seed (None): such runs are told apart by their logs (above)
@@ -192,10 +187,9 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
 
 
 def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[str, str], records_dir: Path) -> None:
-    """Every finished ("ok") run of the runs log that shares the set's track, code hash and config (apart from
-    CONFIG_KEYS_FREE) is in the set or excluded with a reason. A run whose run directory cannot be read counts: its
-    config is unknown. A hidden run counts too (hiding a row is no way around this rule). Raises Refused naming the
-    runs left out, or an exclusion that names no such run."""
+    """Refuse unless every "ok" run of the runs log with the set's track, code hash and config (apart from
+    CONFIG_KEYS_FREE) is in the set or excluded with a reason; a run whose config cannot be read counts, and so
+    does a hidden one (hiding a row is no way around this rule)."""
     rows = latest_rows(records_dir, hidden=True)
     known = {row["run_id"] for row in rows}
     for run_id, reason in excluded.items():
@@ -247,8 +241,8 @@ def build_record(name: str, description: str, rows: list[dict], logs: list[RunLo
     }
 
 
-def write_record(record: dict, logs: list[RunLog], overrides: list[str], records_dir: Path) -> Path:
-    """Write the record folder whole (harness.files.atomic_folder), every file in it fsynced before the rename."""
+def write_record(record: dict, logs: list[RunLog], records_dir: Path) -> Path:
+    """Write the record folder whole (harness.files.atomic_folder)."""
     clean_stale_temps(records_dir)  # what a killed submit left behind
     with atomic_folder(records_dir / record["folder"]) as tmp:
         shutil.copytree(Path(logs[0].source) / SNAPSHOT_DIR, tmp / SNAPSHOT_DIR)
@@ -259,7 +253,7 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
                 if (Path(log.source) / fname).exists():
                     shutil.copy2(Path(log.source) / fname, dest / fname)
         (tmp / "statistics.md").write_text(render_statistics(record))
-        (tmp / "README.md").write_text(render_readme(record, overrides))
+        (tmp / "README.md").write_text(render_readme(record))
         (tmp / RECORD_FILE).write_text(json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n")
         fsync_tree(tmp)
     return records_dir / record["folder"]
@@ -287,12 +281,12 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
         if (records_dir / folder).exists():
             raise Refused(f"records/{folder} exists; records are never overwritten")
         record = build_record(name, description, rows, logs, runs, s, folder, excluded)
-        return write_record(record, logs, list(rows[0].get("overrides") or []), records_dir)
+        return write_record(record, logs, records_dir)
 
 
 def record_date(rows: list[dict], logs: list[RunLog]) -> str:
-    """A record's date, YYYY-MM-DD: the day its last run was made, from the start an ingested log states
-    (nvidia-smi's clock) or else the run's runs-log timestamp; today for runs that state neither."""
+    """The day (YYYY-MM-DD) the last run was made: an ingested log's stated start, else its runs-log timestamp;
+    today where neither is."""
     days = [(log.started or row.get("timestamp") or "")[:10] for row, log in zip(rows, logs)]
     days = [d for d in days if re.fullmatch(r"\d{4}-\d\d-\d\d", d)]
     return max(days) if days else f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
