@@ -7,25 +7,15 @@ ROOT is a records/ folder in either layout modded-nanogpt has used:
     ROOT/<MMDDYY>_<Name>/[<variant>/]*.txt                         (2024 to mid-2025; no track folder)
     ROOT/track_<n>_<name>/<YYYY-MM-DD>_<Name>/[<variant>/]*.txt    (since)
 
-Every folder of logs in a record folder is a variant (the record folder's own logs, and each sub-folder's:
-baseline, this_pr, ...). Per variant: track, date, n, mean and sample std of time, mean and std of the final
-val loss, the loss rule's p (harness.stats.loss_rule), planned steps and the code hashes of the source each
-log starts with. Runs count as records/README.md ("How a run counts") states; a log cut
-off before its planned last step, or diverged, is left out and flagged. Logs are read by harness/logs.py,
-the one parser; a log found twice in one variant (the same step lines, harness.logs.log_identity) counts once.
+Each folder of logs in a record folder is a variant (baseline, this_pr, ...). Per variant: n, mean and std of the
+time and of the final val loss, the loss rule's p, planned steps and code hashes. Runs count as records/README.md
+states ("How a run counts"); a log found twice counts once. Flagged: code that differs (its first differing
+lines), planned steps that differ, logs cut off or diverged (left out). A problem (an unreadable folder or log,
+a folder not named like a record) is one line on stderr; the rest still renders.
 
-Targets: the track's, as modded-nanogpt's README states them (TRACK_TARGETS); the short track's 3.28 for
-the layout without track folders; --target overrides all.
-
-Flags, per variant: logs that carry different code (the first few differing lines, with line numbers, of
-each other code against the first log's), different planned step counts, logs cut off or diverged, logs
-counted once. Problems (a folder that cannot be read, a file that is not a speedrun log, a record folder
-without logs, a folder not named like a record) are one line each on stderr; the rest still renders.
-
-Writes DIR/history.md (one table per track, then the flags and problems) and DIR/history.png (each
-variant's mean time against its record's date, per track; DIR defaults to runs/history). --json prints
-every figure, and each run's, on stdout. Exit status: 2 if ROOT is not a folder, 1 if a problem was
-reported or the output could not be written, else 0.
+Writes DIR/history.md (a table per track, the flags, the problems) and DIR/history.png (each variant's mean
+time against its date); --json prints every figure, and each run's, on stdout. Exit status: 2 if ROOT is not a
+folder, 1 if a problem was reported or the output could not be written, else 0.
 """
 from __future__ import annotations
 
@@ -190,10 +180,7 @@ def read_variant(record: RecordFolder, variant: str, files: list[Path], problems
 
 def variant_figures(v: VariantHistory, target: float) -> dict:
     """Every figure of one variant (times in seconds), its flags, and each run's."""
-    times = [log.train_time_ms / 1000 for log in v.logs]
-    losses = [log.final_val_loss for log in v.logs]
-    rule = stats.loss_rule(losses, target)
-    time_s, loss, p = stats.describe(times), rule.losses, rule.p
+    rule = stats.loss_rule([log.final_val_loss for log in v.logs], target)
     hashes = list(v.code_files)
     first = hashes[0] if hashes else None
     code_diffs = [{"hash": h, "files": v.code_files[h], "vs_hash": first, "vs_file": v.code_files[first][0],
@@ -220,9 +207,9 @@ def variant_figures(v: VariantHistory, target: float) -> dict:
         "variant": v.variant,
         "target": target,
         "n": len(v.logs),
-        "time_s": time_s.as_dict(),
-        "final_val_loss": loss.as_dict(),
-        "p_loss_below_target": p,
+        "time_s": stats.describe([log.train_time_ms / 1000 for log in v.logs]).as_dict(),
+        "final_val_loss": rule.losses.as_dict(),
+        "p_loss_below_target": rule.p,
         "passes_loss_rule": rule.passes,  # None: n < 2, no test
         "planned_steps": planned,
         "final_steps": sorted({log.final_step for log in v.logs}),
