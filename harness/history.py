@@ -317,7 +317,6 @@ def render_plot(rows: list[dict], path: Path) -> bool:
             ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
         save_png(fig, path)
-        plt.close(fig)
     return True
 
 

@@ -2,14 +2,13 @@
 
     python -m harness.leaderboard [--records records] [--out leaderboard.md]
 
-Per track: the accepted records fastest first, the history of records (when each was set and its
-speedup over the one before), and the last 10 runs from records/runs.jsonl. The plot shows, per
-track, each record's mean time with its 95% interval in the order the records were set, and val loss against train time for the current record
-and the track's first record (its baseline). Nothing here depends on when it is rendered: the same
-records give the same bytes, the PNG included (fixed style and dpi, no software stamp).
+Per track: the records fastest first, their history (each one's speedup over the one before), the last 10 runs,
+and a plot of the records' times and of the first and current records' loss curves. The same records give the
+same bytes, the PNG included.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from harness.tracks import TRACKS
 PLOT_FILE = "leaderboard.png"
 RECENT_RUNS = 10
 DPI = 100
-# What a record's time is: harness.submit's rule (records/README.md, rule 4). Stated once per page.
+# What a record's time is (records/README.md, "How a run counts"), stated once per page.
 TIME_NOTE = ("A run's time is its train time at its final validation, whether or not that run ended below the "
              "target; every run of a record counts, and runs go their full schedule (the speedrun community's "
              "convention). The target is certified over the set: p is the one-sided t-test that the mean final "
@@ -57,10 +56,13 @@ def pyplot():
 
 
 def save_png(fig, path) -> None:
-    """Write a figure as PNG, whole or not at all (harness.files.atomic_file): fixed dpi and no software stamp, so
-    the same figure gives the same bytes."""
-    with atomic_file(path) as f:
-        fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
+    """Write a figure as PNG, whole or not at all (harness.files.atomic_file), and close it. Fixed dpi and no
+    software stamp: the same figure gives the same bytes."""
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
+    finally:
+        pyplot().close(fig)
 
 
 def _mean_std(summary: dict, scale: float, spec: str) -> str:
@@ -72,8 +74,7 @@ def _mean_std(summary: dict, scale: float, spec: str) -> str:
 
 
 def runs_cell(record: dict) -> str:
-    """A record's run count, with the runs that ended above the target and the runs excluded (harness.submit's
-    every-run rule), each with its reason."""
+    """A record's run count, with the runs that ended above the target and the runs excluded, with the reason."""
     s = record["stats"]
     below = s.get("final_at_or_below_target")
     notes = [] if below in (None, s["n"]) else [f"{below} ended at or below the target"]
@@ -117,9 +118,7 @@ def history_table(records: list[dict]) -> str:
 
 def _below(row: dict) -> str:
     loss, target = row.get("final_val_loss"), row.get("target_val_loss")
-    if loss is None or target is None or loss != loss or target != target:
-        return "—"
-    return "yes" if loss <= target else "no"
+    return "—" if pd.isna(loss) or pd.isna(target) else "yes" if loss <= target else "no"
 
 
 def _overrides(row: dict) -> str:
@@ -158,10 +157,9 @@ LOG_SCALE_SPAN = 2.0  # a loss axis whose top is above this many times its botto
 
 
 def loss_axis(ax, losses: list[float], target: float | None) -> None:
-    """The val-loss axis: it covers every finite loss and the target (the line stays in view), with a 2% margin;
-    on a log scale where the losses span more than LOG_SCALE_SPAN x (a first step's ~11 against a target of
-    3.28), so the approach to the target keeps its room."""
-    finite = [x for x in losses if x == x and abs(x) != float("inf")]
+    """The val-loss axis over every finite loss and the target, with a 2% margin; on a log scale where they span
+    more than LOG_SCALE_SPAN x (a first step's ~11 against 3.28), so the approach to the target keeps its room."""
+    finite = [x for x in losses if math.isfinite(x)]
     shown = finite + ([target] if target is not None else [])
     if not shown:
         return
@@ -186,8 +184,7 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
     with plt.style.context("default"):
         fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)
         for (track, records), (ax_time, ax_loss) in zip(by_track.items(), axes):
-            # Records in the order they were set, one tick each (several may share a date).
-            # Each record's run times (s) described: their mean is the record's mean time, as submit wrote it.
+            # One tick per record in the order they were set (several may share a date), its runs' times described.
             points = [stats.describe([run["train_time_ms"] / 1000 for run in r["runs"]
                                       if run.get("train_time_ms") is not None]) for r in records]
             times = [s.mean if s.n else r["stats"]["train_time_ms"]["mean"] / 1000 for r, s in zip(records, points)]
@@ -225,14 +222,6 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
     return fig
 
 
-def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) -> None:
-    fig = draw(records_dir, by_track)
-    try:
-        save_png(fig, path)
-    finally:
-        pyplot().close(fig)
-
-
 # ----------------------------------------------------------------------------------------------
 # Page
 
@@ -262,7 +251,7 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
                   "`python -m harness.submit --name NAME --description TEXT RUN_ID...`.", ""]
     plot_path = records_dir / PLOT_FILE
     if by_track:
-        render_plot(records_dir, by_track, plot_path)
+        save_png(draw(records_dir, by_track), plot_path)
         lines += [f"![record times and loss curves]({link_base}/{PLOT_FILE})", "", TIME_NOTE, ""]
     elif plot_path.exists():
         plot_path.unlink()  # a plot of records that are gone
