@@ -33,7 +33,7 @@ from tqdm import tqdm
 from harness import stats
 from harness.cli import doc_parser
 from harness.files import write_atomic
-from harness.leaderboard import TIME_NOTE, markdown_table, pyplot, save_png
+from harness.leaderboard import TIME_NOTE, markdown_table, mean_std, pyplot, save_png
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, code_differences, describe_difference, load_run
 from harness.records import os_error_line
 from harness.runlog import finite_or_none
@@ -239,28 +239,20 @@ def history(root: str | os.PathLike, target: float | None = None) -> tuple[list[
     return variants, problems
 
 
-# ----------------------------------------------------------------------------------------------
-# Page and plot
-
-
 def table(rows: list[dict]) -> str:
-    cells = []
-    for r in rows:
-        t, loss = r["time_s"], r["final_val_loss"]
-        cells.append({
-            "date": r["date"],
-            "record": r["record"] or r["folder"],
-            "variant": r["variant"],
-            "n": f"{r['n']}" + (f" (+{len(r['left_out'])} left out)" if r["left_out"] else ""),
-            "time (s), mean ± std": f"{fmt(t['mean'], '.4f')} ± {fmt(t['std'], '.4f')}",
-            "final val loss, mean ± std": f"{fmt(loss['mean'], '.5f')} ± {fmt(loss['std'], '.5f')}",
-            "p(loss < target)": fmt(r["p_loss_below_target"], ".4g"),
-            f"loss rule (p < {stats.ALPHA})": stats.loss_rule_verdict(r["passes_loss_rule"]),
-            "steps": ", ".join(map(str, r["planned_steps"])) or "—",
-            "code": ", ".join(h[:12] for h in r["code_hashes"]) or "—",
-            "flags": f"{len(r['flags'])}" if r["flags"] else "",
-        })
-    return markdown_table(cells)
+    return markdown_table([{
+        "date": r["date"],
+        "record": r["record"] or r["folder"],
+        "variant": r["variant"],
+        "n": f"{r['n']}" + (f" (+{len(r['left_out'])} left out)" if r["left_out"] else ""),
+        "time (s), mean ± std": mean_std(r["time_s"], ".4f"),
+        "final val loss, mean ± std": mean_std(r["final_val_loss"], ".5f"),
+        "p(loss < target)": fmt(r["p_loss_below_target"], ".4g"),
+        f"loss rule (p < {stats.ALPHA})": stats.loss_rule_verdict(r["passes_loss_rule"]),
+        "steps": ", ".join(map(str, r["planned_steps"])) or "—",
+        "code": ", ".join(h[:12] for h in r["code_hashes"]) or "—",
+        "flags": f"{len(r['flags'])}" if r["flags"] else "",
+    } for r in rows])
 
 
 def render_page(root: Path, rows: list[dict], problems: list[str], plot_name: str | None) -> str:

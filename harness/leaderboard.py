@@ -65,12 +65,9 @@ def save_png(fig, path) -> None:
         pyplot().close(fig)
 
 
-def _mean_std(summary: dict, scale: float, spec: str) -> str:
-    return f"{fmt(summary.get('mean'), spec, scale=scale)} ± {fmt(summary.get('std'), spec, scale=scale)}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Sections
+def mean_std(summary: dict, spec: str, scale: float = 1, missing: str = "—") -> str:
+    """'mean ± std' of a stats.describe dict."""
+    return f"{fmt(summary.get('mean'), spec, missing, scale)} ± {fmt(summary.get('std'), spec, missing, scale)}"
 
 
 def runs_cell(record: dict) -> str:
@@ -83,21 +80,18 @@ def runs_cell(record: dict) -> str:
 
 
 def records_table(records: list[dict], link_base: str) -> str:
-    rows = []
-    for rank, r in enumerate(sorted(records, key=lambda r: (r["stats"]["train_time_ms"]["mean"], r["folder"])), 1):
-        s = r["stats"]
-        rows.append({
-            "#": rank,
-            "time (s)": _mean_std(s["train_time_ms"], 1000, ".2f"),
-            "val loss": _mean_std(s["final_val_loss"], 1, ".4f"),
-            "runs": runs_cell(r),
-            "p (loss < target)": fmt(s.get("p_loss_below_target"), ".2g"),
-            "date": r["date"],
-            "name": r["name"],
-            "description": r.get("description", ""),
-            "folder": f"[{r['folder']}]({link_base}/{r['folder']}/)",
-        })
-    return markdown_table(rows)
+    ranked = sorted(records, key=lambda r: (r["stats"]["train_time_ms"]["mean"], r["folder"]))
+    return markdown_table([{
+        "#": rank,
+        "time (s)": mean_std(r["stats"]["train_time_ms"], ".2f", 1000),
+        "val loss": mean_std(r["stats"]["final_val_loss"], ".4f"),
+        "runs": runs_cell(r),
+        "p (loss < target)": fmt(r["stats"].get("p_loss_below_target"), ".2g"),
+        "date": r["date"],
+        "name": r["name"],
+        "description": r.get("description", ""),
+        "folder": f"[{r['folder']}]({link_base}/{r['folder']}/)",
+    } for rank, r in enumerate(ranked, 1)])
 
 
 def history_table(records: list[dict]) -> str:
@@ -136,21 +130,18 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
     """The last RECENT_RUNS rows, newest first. (`x in (True,)`: a flag read through pandas may be NaN for rows
     that lack it, and NaN is truthy.)"""
     runs = runs.sort_values(["timestamp", "run_id"]).tail(RECENT_RUNS).iloc[::-1]
-    rows = []
-    for r in runs.to_dict("records"):
-        rows.append({
-            "finished (UTC)": r.get("timestamp"),
-            "run id": r["run_id"],
-            "name": fmt(r.get("name")),
-            "status": fmt(r.get("status")),
-            "final val loss": fmt(r.get("final_val_loss"), ".4f"),
-            "time (s)": fmt(r.get("train_time_ms"), ".2f", scale=1000),
-            "final ≤ target": _below(r),
-            "steps": fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
-            "hardware": fmt(r.get("hardware")),
-            "overrides": _overrides(r),
-        })
-    return markdown_table(rows)
+    return markdown_table([{
+        "finished (UTC)": r.get("timestamp"),
+        "run id": r["run_id"],
+        "name": fmt(r.get("name")),
+        "status": fmt(r.get("status")),
+        "final val loss": fmt(r.get("final_val_loss"), ".4f"),
+        "time (s)": fmt(r.get("train_time_ms"), ".2f", scale=1000),
+        "final ≤ target": _below(r),
+        "steps": fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
+        "hardware": fmt(r.get("hardware")),
+        "overrides": _overrides(r),
+    } for r in runs.to_dict("records")])
 
 
 LOG_SCALE_SPAN = 2.0  # a loss axis whose top is above this many times its bottom is drawn on a log scale
@@ -220,10 +211,6 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
             ax_loss.legend(fontsize=8)
         fig.tight_layout()
     return fig
-
-
-# ----------------------------------------------------------------------------------------------
-# Page
 
 
 def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike | None = None) -> Path:

@@ -22,7 +22,7 @@ from typing import Sequence
 from harness import stats
 from harness.cli import doc_parser, not_a_folder, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
-from harness.leaderboard import default_out, render
+from harness.leaderboard import default_out, mean_std, render
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
@@ -62,9 +62,8 @@ def render_readme(record: dict) -> str:
     lines = [
         f"# {record['name']}", "", record["description"], "",
         f"- track: {record['track']}, target val loss {s['target_val_loss']}",
-        f"- time: {fmt(s['train_time_ms']['mean'], '.2f', 'nan', 1000)} ± {fmt(s['train_time_ms']['std'], '.2f', 'nan', 1000)} s "
-        f"over {s['n']} runs",
-        f"- final val loss: {fmt(s['final_val_loss']['mean'], '.4f', 'nan')} ± {fmt(s['final_val_loss']['std'], '.4f', 'nan')} "
+        f"- time: {mean_std(s['train_time_ms'], '.2f', 1000, 'nan')} s over {s['n']} runs",
+        f"- final val loss: {mean_std(s['final_val_loss'], '.4f', missing='nan')} "
         f"(one-sided t-test that it is below the target: p = {fmt(s['p_loss_below_target'], '.2e', 'nan')})",
         f"- speedup over {prev['name']}: {fmt(prev['speedup']['ratio'], '.3f', 'nan')}x" if prev
         else "- the first record on this track",
