@@ -52,21 +52,18 @@ ROW_FIELDS = tuple(ROW_TYPES)
 # JSON types. The keys under a null object are not checked (a track's first record has "previous": null).
 RECORD_KEYS = {
     "schema": "integer", "name": "string", "track": "string", "date": "string", "code_hash": "string",
-    "description": "string|absent", "submitted": "string|absent", "hardware": "string|null|absent",
-    "runs": "array", "stats": "object",
-    "stats.n": "integer", "stats.target_val_loss": "number", "stats.final_at_or_below_target": "integer",
-    "stats.train_time_ms": "object", "stats.train_time_ms.mean": "number", "stats.train_time_ms.std": "number|null",
-    "stats.final_val_loss": "object", "stats.final_val_loss.mean": "number|null",
-    "stats.final_val_loss.std": "number|null", "stats.p_loss_below_target": "number|null",
-    "stats.previous": "object|null|absent",
-    "excluded": "array|absent",
+    "description": "string|absent", "submitted": "string|absent", "hardware": "string|null|absent", "runs": "array",
+    "stats": "object", "stats.n": "integer", "stats.target_val_loss": "number",
+    "stats.final_at_or_below_target": "integer", "stats.train_time_ms": "object", "stats.train_time_ms.mean": "number",
+    "stats.train_time_ms.std": "number|null", "stats.final_val_loss": "object",
+    "stats.final_val_loss.mean": "number|null", "stats.final_val_loss.std": "number|null",
+    "stats.p_loss_below_target": "number|null", "stats.previous": "object|null|absent", "excluded": "array|absent",
     "stats.previous.folder": "string", "stats.previous.name": "string", "stats.previous.train_time_ms": "object",
     "stats.previous.speedup": "object", "stats.previous.speedup.ratio": "number|null",
     "stats.previous.speedup.ci95": "array", "stats.previous.p_welch_faster": "number|null",
 }
-RECORD_RUN_TYPES = {"seed": "integer|null", "final_val_loss": "number|null",
-                    "time_to_target_ms": "number|null", "train_time_ms": "number|null", "steps": "integer|null",
-                    "tokens": "integer|null"}
+RECORD_RUN_TYPES = {"seed": "integer|null", "final_val_loss": "number|null", "time_to_target_ms": "number|null",
+                    "train_time_ms": "number|null", "steps": "integer|null", "tokens": "integer|null"}
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -219,10 +216,6 @@ def row_run_dir(row: dict) -> Path:
     return Path(run_dir)
 
 
-# ----------------------------------------------------------------------------------------------
-# Record folders
-
-
 def record_problem(record) -> str | None:
     """What makes a parsed record.json unusable (one line), or None."""
     if not isinstance(record, dict):
@@ -319,18 +312,13 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
         raise RecordsError(f"runs log {path} cannot be appended to: {os_error_line(exc)}") from None
 
 
-# ----------------------------------------------------------------------------------------------
-# Hiding a mistaken row: a tombstone appended, no line rewritten
-
-
 def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     """Append the tombstone that hides run_id. Raises RecordsError for an empty reason, an unknown run id, or
     one hidden already."""
     if not reason.strip():
         raise RecordsError("--reason: say why the run is hidden")
     with runs_lock(records_dir):
-        rows, _ = _read_rows(records_dir, hidden=True)
-        row = next((r for r in reversed(rows) if r["run_id"] == run_id), None)
+        row = _last_rows(records_dir, hidden=True)[0].get(run_id)
         if row is None:
             raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}")
         if row.get("hidden"):
