@@ -30,10 +30,6 @@ from harness.stats import fmt
 JSON_RTOL = 1e-9
 
 
-# ----------------------------------------------------------------------------------------------
-# A record's figures, from its runs' logs (harness.submit writes them, verify recomputes them)
-
-
 def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
                previous_logs: list[RunLog] | None = None) -> tuple[list[dict], dict]:
     """(per-run figures, statistics) of a record, from its runs' logs, and the previous record's logs."""
@@ -48,8 +44,7 @@ def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
         "tokens": log.tokens,
     } for log in logs]
     times = [r["train_time_ms"] for r in runs]
-    losses = [r["final_val_loss"] for r in runs]
-    rule = stats.loss_rule(losses, target)
+    rule = stats.loss_rule([r["final_val_loss"] for r in runs], target)
     result = {
         "n": len(runs),
         "target_val_loss": target,
@@ -129,10 +124,6 @@ def render_statistics(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------
-# A run's train.log against the rest of its directory
-
-
 def check_against_log(log: RunLog) -> list[str]:
     """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field:
     its sha256 (meta.log_sha256), its embedded code's hash (meta.embedded_code), and each validation line against
@@ -168,21 +159,16 @@ def check_against_log(log: RunLog) -> list[str]:
         problems.append(f"{path}: {len(lines)} validation lines, but {events_path} has {len(events)} val events")
     for i, ((lineno, fields, printed), (step, loss, time_ms)) in enumerate(zip(lines, events)):
         where, event = f"{path}:{lineno}", f"{events_path.name} val event {i + 1}"
-        printed_step, printed_loss, printed_time = fields["step"], fields["val_loss"], fields["train_time_ms"]
-        loss_text, time_text = printed["val_loss"], printed["train_time_ms"]
-        if printed_step != step:
-            problems.append(f"{where}: step: the log says {printed_step}, {event} says {step}")
+        printed_loss, loss_text, time_text = fields["val_loss"], printed["val_loss"], printed["train_time_ms"]
+        if fields["step"] != step:
+            problems.append(f"{where}: step: the log says {fields['step']}, {event} says {step}")
         same_loss = (math.isnan(printed_loss) and math.isnan(loss)) or \
             abs(printed_loss - loss) <= printed_tolerance(loss_text) + 1e-9 * abs(loss)
         if not same_loss:
             problems.append(f"{where}: val_loss: the log says {loss_text}, {event} (step {step}) says {loss!r}")
-        if not abs(printed_time - time_ms) <= printed_tolerance(time_text) + 1e-6:
+        if not abs(fields["train_time_ms"] - time_ms) <= printed_tolerance(time_text) + 1e-6:
             problems.append(f"{where}: train_time: the log says {time_text}ms, {event} (step {step}) says {time_ms!r}")
     return problems
-
-
-# ----------------------------------------------------------------------------------------------
-# A record folder
 
 
 def compare_values(expected, found, where: str, out: list[str]) -> None:
@@ -198,8 +184,7 @@ def compare_values(expected, found, where: str, out: list[str]) -> None:
     elif isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
         for i, (e, f) in enumerate(zip(expected, found)):
             compare_values(e, f, f"{where}[{i}]", out)
-    elif (isinstance(expected, (int, float)) and isinstance(found, (int, float))
-          and not isinstance(expected, bool) and not isinstance(found, bool)):
+    elif all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (expected, found)):
         if not math.isclose(expected, found, rel_tol=JSON_RTOL, abs_tol=1e-12):
             out.append(f"{where}: expected {expected!r}, found {found!r}")
     elif expected != found:
