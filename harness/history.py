@@ -24,7 +24,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -34,7 +34,7 @@ from harness import stats
 from harness.cli import doc_parser
 from harness.files import write_atomic
 from harness.leaderboard import TIME_NOTE, markdown_table, mean_std, pyplot, save_png
-from harness.logs import LOG_SUFFIXES, LogError, RunLog, code_differences, describe_difference, load_run
+from harness.logs import LOG_SUFFIXES, LogError, code_differences, describe_difference, load_run
 from harness.records import os_error_line
 from harness.runlog import finite_or_none
 from harness.runrow import RUNS_DIR
@@ -63,36 +63,18 @@ class RecordFolder:
     target: float
 
 
-@dataclass
-class VariantHistory:
-    """One folder of logs: its finished runs and what was found wrong with the others."""
-
-    record: RecordFolder
-    variant: str  # the folder's path below the record folder, "." for the record folder's own logs
-    logs: list[RunLog] = field(default_factory=list)  # finished runs, each log once
-    left_out: list[dict] = field(default_factory=list)  # {"file", "status", "final_step", "planned_steps"}
-    duplicates: list[str] = field(default_factory=list)
-    codes: dict[str, str] = field(default_factory=dict)  # code hash -> the code, first seen, of every log read
-    code_files: dict[str, list[str]] = field(default_factory=dict)  # code hash -> the files carrying it
-    no_code: list[str] = field(default_factory=list)  # logs that start with no source code
-
-
 def parse_record_folder(path: Path, track: str | None) -> RecordFolder | None:
     """The record a folder is, from its name: '<YYYY-MM-DD>_<Name>' in a track folder, '<MMDDYY>_<Name>'
     at ROOT; None for a name of neither form."""
-    if track is not None:
-        m = _DATED.match(path.name)
-        if not m:
-            return None
-        year, month, day, name = m.groups()
-        short = _TRACK_DIR.match(track).group(2)
-        target = TRACK_TARGETS.get(short, FINEWEB_TARGET)
-    else:
-        m = _MMDDYY.match(path.name)
-        if not m:
-            return None
+    m = (_MMDDYY if track is None else _DATED).match(path.name)
+    if not m:
+        return None
+    if track is None:
         month, day, yy, name = m.groups()
         year, target = f"20{yy}", FINEWEB_TARGET
+    else:
+        year, month, day, name = m.groups()
+        target = TRACK_TARGETS.get(_TRACK_DIR.match(track).group(2), FINEWEB_TARGET)
     try:
         date = dt.date(int(year), int(month), int(day)).isoformat()
     except ValueError:
@@ -145,10 +127,13 @@ def log_folders(record: RecordFolder, problems: list[str]) -> dict[str, list[Pat
     return found
 
 
-def read_variant(record: RecordFolder, variant: str, files: list[Path], problems: list[str],
-                 progress: tqdm) -> VariantHistory:
-    """Read one folder's logs: finished runs counted, the others left out with why, code kept per hash."""
-    v = VariantHistory(record, variant)
+def variant_figures(record: RecordFolder, variant: str, files: list[Path], target: float, problems: list[str],
+                    progress: tqdm) -> dict | None:
+    """Every figure of one folder of logs (times in seconds), its flags, and each run's; None where it holds no
+    speedrun log. Finished runs count, each log once; the others are left out with why."""
+    logs, left_out, duplicates, no_code = [], [], [], []
+    codes: dict[str, str] = {}  # code hash -> the code, first seen
+    code_files: dict[str, list[str]] = {}  # code hash -> the files carrying it
     seen: dict[str, str] = {}
     for path in files:
         progress.update()
@@ -161,65 +146,62 @@ def read_variant(record: RecordFolder, variant: str, files: list[Path], problems
             problems.append(f"{path}: cannot read ({os_error_line(exc)})")
             continue
         if log.identity in seen:
-            v.duplicates.append(f"{path.name} is the same log as {seen[log.identity]}: counted once")
+            duplicates.append(f"{path.name} is the same log as {seen[log.identity]}: counted once")
             continue
         seen[log.identity] = path.name
         if log.code_hash is None:
-            v.no_code.append(path.name)
+            no_code.append(path.name)
         else:
-            v.codes.setdefault(log.code_hash, log.code)
-            v.code_files.setdefault(log.code_hash, []).append(path.name)
+            codes.setdefault(log.code_hash, log.code)
+            code_files.setdefault(log.code_hash, []).append(path.name)
         log.code = None  # the text is kept once per hash, above
         if log.status == "ok":
-            v.logs.append(log)
+            logs.append(log)
         else:
-            v.left_out.append({"file": path.name, "status": log.status, "final_step": log.final_step,
-                               "planned_steps": log.total_steps})
-    return v
-
-
-def variant_figures(v: VariantHistory, target: float) -> dict:
-    """Every figure of one variant (times in seconds), its flags, and each run's."""
-    rule = stats.loss_rule([log.final_val_loss for log in v.logs], target)
-    hashes = list(v.code_files)
+            left_out.append({"file": path.name, "status": log.status, "final_step": log.final_step,
+                             "planned_steps": log.total_steps})
+    if not (logs or left_out or duplicates):
+        return None
+    rule = stats.loss_rule([log.final_val_loss for log in logs], target)
+    hashes = list(code_files)
     first = hashes[0] if hashes else None
-    code_diffs = [{"hash": h, "files": v.code_files[h], "vs_hash": first, "vs_file": v.code_files[first][0],
-                   "lines": code_differences(v.codes[first], v.codes[h])} for h in hashes[1:]]
-    planned = sorted({log.total_steps for log in v.logs if log.total_steps is not None})
+    code_diffs = [{"hash": h, "files": code_files[h], "vs_hash": first, "vs_file": code_files[first][0],
+                   "lines": code_differences(codes[first], codes[h])} for h in hashes[1:]]
+    planned = sorted({log.total_steps for log in logs if log.total_steps is not None})
     flags = []
     for d in code_diffs:
-        files = ", ".join(d["files"][:3]) + (f" and {len(d['files']) - 3} more" if len(d["files"]) > 3 else "")
+        names = ", ".join(d["files"][:3]) + (f" and {len(d['files']) - 3} more" if len(d["files"]) > 3 else "")
         shown = "; ".join(describe_difference(x) for x in d["lines"])
-        flags.append(f"code differs: {d['vs_file']} ({first[:12]}) vs {files} ({d['hash'][:12]}): {shown}")
+        flags.append(f"code differs: {d['vs_file']} ({first[:12]}) vs {names} ({d['hash'][:12]}): {shown}")
     if len(planned) > 1:
         flags.append(f"planned steps differ: {', '.join(map(str, planned))}")
-    for out in v.left_out:
+    for out in left_out:
         what = "cut off" if out["status"] == "incomplete" else out["status"]
         flags.append(f"{out['file']}: {what} at step {out['final_step']} of {out['planned_steps']}, left out")
-    flags += v.duplicates
-    if v.no_code and hashes:
-        flags.append(f"no code at the top of {', '.join(v.no_code)}")
+    flags += duplicates
+    if no_code and hashes:
+        flags.append(f"no code at the top of {', '.join(no_code)}")
     return finite_or_none({
-        "track": v.record.track,
-        "date": v.record.date,
-        "record": v.record.name,
-        "folder": v.record.path.name,
-        "variant": v.variant,
+        "track": record.track,
+        "date": record.date,
+        "record": record.name,
+        "folder": record.path.name,
+        "variant": variant,
         "target": target,
-        "n": len(v.logs),
-        "time_s": stats.describe([log.train_time_ms / 1000 for log in v.logs]).as_dict(),
+        "n": len(logs),
+        "time_s": stats.describe([log.train_time_ms / 1000 for log in logs]).as_dict(),
         "final_val_loss": rule.losses.as_dict(),
         "p_loss_below_target": rule.p,
         "passes_loss_rule": rule.passes,  # None: n < 2, no test
         "planned_steps": planned,
-        "final_steps": sorted({log.final_step for log in v.logs}),
+        "final_steps": sorted({log.final_step for log in logs}),
         "code_hashes": hashes,
         "code_differences": code_diffs,
-        "left_out": v.left_out,
+        "left_out": left_out,
         "flags": flags,
         "runs": [{"file": Path(log.source).name, "time_s": log.train_time_ms / 1000, "final_val_loss": log.final_val_loss,
                   "final_step": log.final_step, "planned_steps": log.total_steps, "code_hash": log.code_hash}
-                 for log in v.logs],
+                 for log in logs],
     })
 
 
@@ -233,9 +215,10 @@ def history(root: str | os.PathLike, target: float | None = None) -> tuple[list[
     with tqdm(total=total, unit="log", desc="history", disable=None, file=sys.stderr) as progress:
         for record, found in folders:
             for variant, files in found.items():
-                v = read_variant(record, variant, files, problems, progress)
-                if v.logs or v.left_out or v.duplicates:
-                    variants.append(variant_figures(v, record.target if target is None else target))
+                figures = variant_figures(record, variant, files, record.target if target is None else target,
+                                          problems, progress)
+                if figures is not None:
+                    variants.append(figures)
     return variants, problems
 
 
