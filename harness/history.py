@@ -286,9 +286,8 @@ def render_plot(rows: list[dict], path: Path) -> bool:
                                 yerr=[r["time_s"]["std"] or 0.0 for r in shown], fmt="o", ms=4, capsize=2, alpha=0.8,
                                 label=label, **style)
             ax.legend(fontsize=8)
-            ax.set_yscale("log")
+            ax.set(yscale="log", title=f"{track}: each variant's mean time (± std)", ylabel="time (s)")
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
-            ax.set(title=f"{track}: each variant's mean time (± std)", ylabel="time (s)")
             ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
         save_png(fig, path)

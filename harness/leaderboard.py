@@ -150,16 +150,14 @@ LOG_SCALE_SPAN = 2.0  # a loss axis whose top is above this many times its botto
 def loss_axis(ax, losses: list[float], target: float | None) -> None:
     """The val-loss axis over every finite loss and the target, with a 2% margin; on a log scale where they span
     more than LOG_SCALE_SPAN x (a first step's ~11 against 3.28), so the approach to the target keeps its room."""
-    finite = [x for x in losses if math.isfinite(x)]
-    shown = finite + ([target] if target is not None else [])
+    shown = [x for x in losses if math.isfinite(x)] + ([target] if target is not None else [])
     if not shown:
         return
     low, high = min(shown), max(shown)
     if low > 0 and high > LOG_SCALE_SPAN * low:
         from matplotlib.ticker import FuncFormatter
 
-        ax.set_yscale("log")
-        ax.set_ylim(low / 1.02, high * 1.02)
+        ax.set(yscale="log", ylim=(low / 1.02, high * 1.02))
         plain = FuncFormatter(lambda y, _: f"{y:g}")  # 3, 4, 5 ... 10 rather than 4 x 10^0
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
@@ -185,9 +183,8 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
             ax_time.errorbar(range(len(records)), times, yerr=[lower, upper], fmt="o", color="tab:blue", capsize=4,
                              label="mean, 95% CI")
             ax_time.set_xticks(range(len(records)), [f"{r['date']}\n{r['name']}" for r in records], fontsize=8)
-            ax_time.set_xlim(-0.5, len(records) - 0.5)
-            ax_time.set_ylim(0, 1.1 * max(t + u for t, u in zip(times, upper)))
-            ax_time.set(title=f"{track}: record time", ylabel="mean run time (s)")
+            ax_time.set(xlim=(-0.5, len(records) - 0.5), ylim=(0, 1.1 * max(t + u for t, u in zip(times, upper))),
+                        title=f"{track}: record time", ylabel="mean run time (s)")
             ax_time.grid(alpha=0.3)
             ax_time.legend(fontsize=8)
             shown = [records[0]] if len(records) == 1 else [records[0], records[-1]]
@@ -262,8 +259,7 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = doc_parser("leaderboard", __doc__, with_rest=False)
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="page to write (default: leaderboard.md next to records/)")
+    parser.add_argument("--out", type=Path, default=None, help="page to write (default: leaderboard.md next to records/)")
     args = parser.parse_args(argv)
     if not args.records.is_dir():
         parser.error(f"--records {args.records}: no such directory")
