@@ -7,11 +7,9 @@ ROOT is a records/ folder in either layout modded-nanogpt has used:
     ROOT/<MMDDYY>_<Name>/[<variant>/]*.txt                         (2024 to mid-2025; no track folder)
     ROOT/track_<n>_<name>/<YYYY-MM-DD>_<Name>/[<variant>/]*.txt    (since)
 
-Each folder of logs in a record folder is a variant (baseline, this_pr, ...). Per variant: n, mean and std of the
-time and of the final val loss, the loss rule's p, planned steps and code hashes. Runs count as records/README.md
-states ("How a run counts"); a log found twice counts once. Flagged: code that differs (its first differing
-lines), planned steps that differ, logs cut off or diverged (left out). A problem (an unreadable folder or log,
-a folder not named like a record) is one line on stderr; the rest still renders.
+Each folder of logs in a record folder is a variant (baseline, this_pr, ...), its runs counted as records/README.md
+says ("How a run counts"), a log found twice once. Flagged: code or planned steps that differ, logs cut off or
+diverged (left out). A problem (an unreadable folder or log, a misnamed folder) is one line on stderr.
 
 Writes DIR/history.md (a table per track, the flags, the problems) and DIR/history.png (each variant's mean
 time against its date); --json prints every figure, and each run's, on stdout. Exit status: 2 if ROOT is not a

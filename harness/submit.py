@@ -155,8 +155,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
     records, damaged = list_records(records_dir)
     if damaged:  # the current record might be the damaged one: comparing against an older one would be wrong
         raise Refused(f"{damaged[0]}; repair it before submitting")
-    on_track = [r for r in records if r["track"] == first.track]
-    previous = on_track[-1] if on_track else None  # each record beat the one before: the latest is the fastest
+    previous = next((r for r in reversed(records) if r["track"] == first.track), None)  # the latest is the fastest
     previous_logs: list[RunLog] = []
     if previous is not None:
         if previous["stats"]["target_val_loss"] != target:

@@ -2,11 +2,9 @@
 
     python -m harness.verify records/<date>_<name> [...]
 
-Checks the code hash (code/, CODE_HASH, record.json), that runs/ holds record.json's runs and each names that
-hash, each run's train.log against its events.jsonl (check_against_log), the statistics recomputed from the
-logs (relative tolerance JSON_RTOL) and statistics.md as record.json's figures render it. Each mismatch is one
-line: where (file, field), expected (recomputed) and found. Exit 1 on any. harness.submit computes and checks
-a record with this module's statistics, render_statistics and check_against_log.
+Checks the code hash, the runs, each train.log against its events.jsonl, every statistic recomputed from the
+logs, and statistics.md; each mismatch is one line (where, expected, found), exit 1 on any. submit computes and
+checks a record with this module's statistics, render_statistics and check_against_log.
 """
 from __future__ import annotations
 
