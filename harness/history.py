@@ -62,8 +62,7 @@ class RecordFolder:
 
 
 def parse_record_folder(path: Path, track: str | None) -> RecordFolder | None:
-    """The record a folder is, from its name: '<YYYY-MM-DD>_<Name>' in a track folder, '<MMDDYY>_<Name>'
-    at ROOT; None for a name of neither form."""
+    """The record a folder's name says ('<YYYY-MM-DD>_<Name>' in a track folder, else '<MMDDYY>_<Name>'), or None."""
     m = (_MMDDYY if track is None else _DATED).match(path.name)
     if not m:
         return None

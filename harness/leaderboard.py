@@ -116,8 +116,7 @@ def _below(row: dict) -> str:
 
 
 def _overrides(row: dict) -> str:
-    """The trainer overrides a run was made with, all of them, and a flag on a CPU run listed under a GPU track
-    (its figures are not the track's)."""
+    """Every override a run was made with, and a flag on a CPU run under a GPU track (its figures are not the track's)."""
     overrides = row.get("overrides") if isinstance(row.get("overrides"), list) else []
     text = " ".join(map(str, overrides)) or "none"
     on_cpu = str(row.get("hardware") or "").startswith("CPU ")  # harness.logs.RunLog.hardware_label's CPU form
@@ -167,8 +166,7 @@ def loss_axis(ax, losses: list[float], target: float | None) -> None:
 
 
 def draw(records_dir: Path, by_track: dict[str, list[dict]]):
-    """The leaderboard's figure: per track, each record's mean time with its 95% interval in the order the records
-    were set, and the val loss curves of the track's first and current records."""
+    """The leaderboard's figure: per track, the records' times and the first and current records' loss curves."""
     plt = pyplot()
     with plt.style.context("default"):
         fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)

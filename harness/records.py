@@ -139,9 +139,8 @@ def _append_line(obj: dict, records_dir: str | os.PathLike) -> Path:
 
 
 def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[list[dict], list[str]]:
-    """The rows of records/runs.jsonl as written (plus "line"), and the problems: a line that is not a JSON
-    object with a run_id and schema 1 is reported and skipped. A hidden row is left out, or with hidden=True kept
-    with "hidden": {reason, timestamp, line}."""
+    """The rows of records/runs.jsonl as written (plus "line"), and the problems (a line that is no schema-1 row
+    is reported and skipped). A hidden row is left out, or with hidden=True kept with "hidden": {reason, ...}."""
     path = runs_path(records_dir)
     rows, problems, tombstones = [], [], {}
     if not path.exists():
@@ -241,8 +240,7 @@ def record_problem(record) -> str | None:
 
 
 def _schema_2_names(record):
-    """A schema-2 record.json with stats' time_ms named train_time_ms; runs[i].time_ms (a copy of
-    runs[i].train_time_ms there) goes."""
+    """A schema-2 record.json with its times under schema 3's name, train_time_ms."""
     if not isinstance(record, dict) or record.get("schema") != 2 or not isinstance(record.get("stats"), dict):
         return record
     record = copy.deepcopy(record)
@@ -313,8 +311,7 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
 
 
 def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
-    """Append the tombstone that hides run_id. Raises RecordsError for an empty reason, an unknown run id, or
-    one hidden already."""
+    """Append the tombstone that hides run_id; RecordsError for an empty reason, an unknown run, or a hidden one."""
     if not reason.strip():
         raise RecordsError("--reason: say why the run is hidden")
     with runs_lock(records_dir):
@@ -330,9 +327,8 @@ def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.records",
-                                     description="Hide a mistaken runs-log row (a tombstone is appended; no line "
-                                     "is rewritten), or list the hidden runs.")
+    parser = argparse.ArgumentParser(prog="python -m harness.records", description="Hide a mistaken runs-log row (a "
+                                     "tombstone is appended; no line is rewritten), or list the hidden runs.")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")
     # --records is also taken after the command (`hide RUN_ID --records DIR`), as every other harness command takes it.
     after = argparse.ArgumentParser(add_help=False)

@@ -317,8 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # writing the record folder failed; nothing of it was left behind
         print(f"error: the record was not written: {os_error_line(exc)}", file=sys.stderr)
         return 1
-    record = json.loads((folder / RECORD_FILE).read_text())
-    s = record["stats"]
+    s = json.loads((folder / RECORD_FILE).read_text())["stats"]
     print(f"accepted: {folder}")
     print(f"  time {s['train_time_ms']['mean'] / 1000:.3f} ± {(s['train_time_ms']['std'] or 0) / 1000:.3f} s, final val loss "
           f"{s['final_val_loss']['mean']:.4f}, p = {s['p_loss_below_target']:.3g}")
