@@ -34,11 +34,6 @@ TIME_NOTE = ("A run's time is its train time at its final validation, whether or
              f"val loss is below the target, and a record needs p < {ALPHA}.")
 
 
-def default_out(records_dir: str | os.PathLike) -> Path:
-    """leaderboard.md sits next to the records directory (the repository root for the default)."""
-    return Path(records_dir).resolve().parent / "leaderboard.md"
-
-
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a Markdown table, each cell's text on one line with its '|' escaped."""
     cells = [{k: " ".join(str(v).split()).replace("|", "\\|") for k, v in row.items()} for row in rows]
@@ -211,7 +206,7 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
 def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike | None = None) -> Path:
     """Write the leaderboard page (and its plot when there are records); return the page's path."""
     records_dir = Path(records_dir).resolve()
-    out = Path(out) if out is not None else default_out(records_dir)
+    out = Path(out) if out is not None else records_dir.parent / "leaderboard.md"  # the repository root's, by default
     for folder in {records_dir, out.resolve().parent}:  # what a killed render left behind
         clean_stale_temps(folder)
     records, problems = list_records(records_dir)

@@ -26,8 +26,7 @@ from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_
 from harness.snapshot import REPO_ROOT
 
 SCHEMA = 1  # of a runs.jsonl row
-RECORD_SCHEMA = 3  # of a record.json; 2: each run timed at its final validation, the speedup a ratio of means;
-# 3: a run's time is named train_time_ms everywhere (schema 2 said time_ms in runs[] and stats, read as such)
+RECORD_SCHEMA = 3  # of a record.json; schema 2 is read too (its times named time_ms: _schema_2_names)
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
@@ -282,11 +281,8 @@ def read_record(path: str | os.PathLike) -> dict:
 
 def list_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[list[dict], list[str]]:
     """Every accepted record's record.json (with "folder" added), oldest first, and the problems."""
-    records_dir = Path(records_dir)
     records, problems = [], []
-    if not records_dir.is_dir():
-        return records, problems
-    for path in sorted(records_dir.glob(f"*/{RECORD_FILE}")):
+    for path in sorted(Path(records_dir).glob(f"*/{RECORD_FILE}")):  # none where records_dir is no folder
         if path.parent.name.startswith("."):
             continue  # a submission still being written
         record, why = _read_record(path)

@@ -22,7 +22,7 @@ from typing import Sequence
 from harness import stats
 from harness.cli import doc_parser, not_a_folder, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
-from harness.leaderboard import default_out, mean_std, render
+from harness.leaderboard import mean_std, render
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(95% CI {sp['ci95'][0]:.4f}..{sp['ci95'][1]:.4f})")
     if not args.no_leaderboard:
         try:
-            print(f"leaderboard: {render(args.records, default_out(args.records))}")
+            print(f"leaderboard: {render(args.records)}")
         except OSError as exc:  # the record stands; the page can be re-rendered with harness.leaderboard
             print(f"leaderboard: not written: {os_error_line(exc)}", file=sys.stderr)
     return 0
