@@ -181,7 +181,7 @@ def load_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[pd.DataF
 def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_DIR) -> list[dict]:
     """The last row of each run id, in the order given, as written, with every ROW_FIELDS key (None where absent
     or not finite). Raises RecordsError for a hidden run or one not in the runs log (with its first problem)."""
-    by_id, problems = _last_rows(records_dir, hidden=True)
+    by_id, problems = last_rows(records_dir, hidden=True)
     found = []
     for run_id in run_ids:
         if run_id in by_id and (why := by_id[run_id].get("hidden")):
@@ -194,15 +194,10 @@ def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_D
     return found
 
 
-def _last_rows(records_dir: str | os.PathLike, hidden: bool) -> tuple[dict[str, dict], list[str]]:
-    """{run id: its last row, with every ROW_FIELDS key (None where absent or not finite)}, and the problems."""
+def last_rows(records_dir: str | os.PathLike = RECORDS_DIR, hidden: bool = False) -> tuple[dict[str, dict], list[str]]:
+    """{run id: its last row, as find_runs gives it}, and the problems; hidden=True keeps the hidden runs."""
     rows, problems = _read_rows(records_dir, hidden=hidden)
     return {row["run_id"]: {**dict.fromkeys(ROW_FIELDS), **finite_or_none(row)} for row in rows}, problems
-
-
-def latest_rows(records_dir: str | os.PathLike = RECORDS_DIR, hidden: bool = False) -> list[dict]:
-    """Every run's last row, as find_runs gives it; hidden=True keeps the hidden runs."""
-    return list(_last_rows(records_dir, hidden)[0].values())
 
 
 def row_run_dir(row: dict) -> Path:
@@ -311,7 +306,7 @@ def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_
     if not reason.strip():
         raise RecordsError("--reason: say why the run is hidden")
     with runs_lock(records_dir):
-        row = _last_rows(records_dir, hidden=True)[0].get(run_id)
+        row = last_rows(records_dir, hidden=True)[0].get(run_id)
         if row is None:
             raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}")
         if row.get("hidden"):

@@ -26,7 +26,7 @@ from harness.leaderboard import mean_std, render
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
-                             latest_rows, list_records, name_problem, os_error_line, row_run_dir, runs_lock)
+                             last_rows, list_records, name_problem, os_error_line, row_run_dir, runs_lock)
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.verify import check_against_log, render_statistics, statistics
@@ -188,17 +188,16 @@ def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[s
     """Refuse unless every "ok" run of the runs log with the set's track, code hash and config (apart from
     CONFIG_KEYS_FREE) is in the set or excluded with a reason; a run whose config cannot be read counts, and so
     does a hidden one (hiding a row is no way around this rule)."""
-    rows = latest_rows(records_dir, hidden=True)
-    known = {row["run_id"] for row in rows}
+    rows = last_rows(records_dir, hidden=True)[0]  # run id -> its last row
     for run_id, reason in excluded.items():
         if run_id in run_ids:
             raise Refused(f"--exclude {run_id}: that run is in the set")
-        if run_id not in known:
+        if run_id not in rows:
             raise Refused(f"--exclude {run_id}: no run with that id in {records_dir / RUNS_FILE}")
         if not reason.strip():
             raise Refused(f"--exclude {run_id}: the reason is empty")
     first, missing = logs[0], []
-    for row in rows:
+    for row in rows.values():
         if (row["run_id"] in run_ids or row["run_id"] in excluded or row["status"] != "ok"
                 or row["track"] != first.track or row["code_hash"] != first.code_hash):
             continue
