@@ -43,8 +43,7 @@ PAGE_FILE = "history.md"
 PLOT_FILE = "history.png"
 DEFAULT_OUT = RUNS_DIR / "history"
 NO_TRACK = "(no track folder)"
-# modded-nanogpt's README: track 1 (GPT-2 small) and track 3 (optimization, fewest steps) target 3.28,
-# track 2 (GPT-2 medium) 2.92. Keyed by the <name> of a track_<n>_<name> folder.
+# modded-nanogpt's README's targets, keyed by the <name> of a track_<n>_<name> folder.
 TRACK_TARGETS = {"short": FINEWEB_TARGET, "medium": 2.92, "optimization": FINEWEB_TARGET}
 
 _TRACK_DIR = re.compile(r"^track_(\d+)_(.+)$")

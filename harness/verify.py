@@ -251,7 +251,6 @@ def verify(folder: str | Path) -> list[str]:
 
     # Statistics.
     stats_found = record["stats"]
-    target = stats_found["target_val_loss"]
     previous, previous_logs = stats_found.get("previous") or None, None
     if previous:
         try:
@@ -259,7 +258,7 @@ def verify(folder: str | Path) -> list[str]:
         except LogError as exc:
             problems.append(f"{folder.parent / previous['folder']}: the previous record's runs cannot be read ({exc})")
             previous = None
-    runs, recomputed_stats = statistics(logs, target, previous, previous_logs)
+    runs, recomputed_stats = statistics(logs, stats_found["target_val_loss"], previous, previous_logs)
     expected = finite_or_none({"runs": runs, "stats": recomputed_stats})
     if previous is None and stats_found.get("previous"):
         expected["stats"]["previous"] = stats_found["previous"]  # reported above; do not report twice
