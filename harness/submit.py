@@ -170,10 +170,9 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
             raise Refused(f"the current {first.track} record's runs cannot be read ({exc}); "
                           "repair it before submitting") from None
     runs, s = statistics(logs, target, previous, previous_logs)
-    losses = s["final_val_loss"]
     if not stats.loss_rule([log.final_val_loss for log in logs], target).passes:
-        raise Refused(f"mean final val loss {losses['mean']:.4f} is not significantly below the target {target}: "
-                      f"one-sided t-test p = {s['p_loss_below_target']:.3g} (needs < {stats.ALPHA}, {s['n']} runs)")
+        raise Refused(f"mean final val loss {s['final_val_loss']['mean']:.4f} is not significantly below the target "
+                      f"{target}: one-sided t-test p = {s['p_loss_below_target']:.3g} (needs < {stats.ALPHA}, {s['n']} runs)")
     if previous is not None:
         prev = s["previous"]
         mean, prev_mean = s["train_time_ms"]["mean"] / 1000, prev["train_time_ms"]["mean"] / 1000
