@@ -204,8 +204,7 @@ def variant_figures(record: RecordFolder, variant: str, files: list[Path], targe
 def history(root: str | os.PathLike, target: float | None = None) -> tuple[list[dict], list[str]]:
     """(every variant's figures, problems) for a records/ folder; --target's value overrides each track's."""
     problems: list[str] = []
-    root = Path(root)
-    folders = [(record, log_folders(record, problems)) for record in find_records(root, problems)]
+    folders = [(record, log_folders(record, problems)) for record in find_records(Path(root), problems)]
     total = sum(len(files) for _, found in folders for files in found.values())
     variants = []
     with tqdm(total=total, unit="log", desc="history", disable=None, file=sys.stderr) as progress:
