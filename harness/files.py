@@ -1,11 +1,8 @@
-"""Files and folders written whole: a temporary name beside the target, then one rename; and the temporaries a
-killed writer leaves behind, cleaned by the next writer.
+"""Files and folders written whole (a temporary beside the target, then one rename), and the temporaries a killed
+writer leaves behind, cleaned by the next writer.
 
-A temporary is named `.<target name>.tmp-<pid>-<8 hex>`: hidden (record and run listings skip dot
-names), and it says which process made it. A `.<name>.tmp-<pid>` folder (no hex part), as an
-existing records/ or runs/ may hold from a killed writer, is cleaned the same way. A file gets the mode open() would give it, 0666 less the
-umask, not mkstemp's 0600: leaderboard.md, its plot, record files and data manifests are meant to
-be read by whoever reads the repository.
+A temporary is `.<target name>.tmp-<pid>[-<8 hex>]`: hidden from record and run listings, and naming its writer. A
+file gets open()'s mode (0666 less the umask), not mkstemp's 0600: pages, plots and records are for every reader.
 """
 from __future__ import annotations
 
@@ -28,16 +25,10 @@ def temp_path(path: str | os.PathLike) -> Path:
     return path.parent / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it; put it back at once
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary beside `path` for writing; on a clean exit, fsync it, give it 0666 less the umask,
-    and rename it over `path`. On an error the temporary is removed and `path` is untouched."""
+    """A temporary beside `path`, open for writing; on a clean exit fsynced, given its mode and renamed over
+    `path`. On an error it is removed and `path` is untouched."""
     path = Path(path)
     tmp = temp_path(path)
     try:
@@ -45,7 +36,9 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        umask = os.umask(0o022)  # the only way to read it is to set it; put it back at once
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -68,8 +61,8 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 
 def fsync_tree(folder: str | os.PathLike) -> None:
-    """fsync every file under `folder`, then each folder after the files it lists, `folder` last: before a
-    rename publishes it, so that a crash leaves no folder with empty files."""
+    """fsync every file under `folder`, then each folder after its files, `folder` last: a crash after the rename
+    that publishes it leaves no empty files."""
     for parent, _, files in os.walk(folder, topdown=False):
         for fname in files:
             fsync_path(Path(parent) / fname)
@@ -78,9 +71,8 @@ def fsync_tree(folder: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary folder name beside `path` for the caller to fill and fsync (fsync_tree); on a clean exit it is
-    renamed to `path` (which fails rather than replace a folder that is there and not empty) and the parent folder
-    is fsynced, so that `path` is whole or absent. On an error the temporary is removed."""
+    """A temporary folder beside `path` for the caller to fill and fsync_tree; on a clean exit renamed to `path`
+    (failing rather than replace a non-empty folder) and the parent fsynced. On an error it is removed."""
     path = Path(path)
     tmp = temp_path(path)
     try:
@@ -98,14 +90,13 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
+        pass
     return True
 
 
 def clean_stale_temps(folder: str | os.PathLike, max_age_s: float = STALE_AFTER_S) -> list[Path]:
-    """Remove the temporaries (files or folders) in `folder` that this module's naming marks as ours and
-    whose writer is gone: its pid no longer runs, or the temporary is older than max_age_s. Nothing else
-    is touched. Returns what was removed."""
+    """Remove and return the temporaries in `folder` named as ours whose writer is gone: its pid no longer runs,
+    or the temporary is older than max_age_s."""
     removed = []
     try:
         entries = list(Path(folder).iterdir())

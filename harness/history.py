@@ -7,25 +7,13 @@ ROOT is a records/ folder in either layout modded-nanogpt has used:
     ROOT/<MMDDYY>_<Name>/[<variant>/]*.txt                         (2024 to mid-2025; no track folder)
     ROOT/track_<n>_<name>/<YYYY-MM-DD>_<Name>/[<variant>/]*.txt    (since)
 
-Every folder of logs in a record folder is a variant (the record folder's own logs, and each sub-folder's:
-baseline, this_pr, ...). Per variant: track, date, n, mean and sample std of time, mean and std of the final
-val loss, the loss rule's p (harness.stats.loss_rule), planned steps and the code hashes of the source each
-log starts with. Runs count as records/README.md ("How a run counts") states; a log cut
-off before its planned last step, or diverged, is left out and flagged. Logs are read by harness/logs.py,
-the one parser; a log found twice in one variant (the same step lines, harness.logs.log_identity) counts once.
+Each folder of logs in a record folder is a variant (baseline, this_pr, ...), its runs counted as records/README.md
+says ("How a run counts"), a log found twice once. Flagged: code or planned steps that differ, logs cut off or
+diverged (left out). A problem (an unreadable folder or log, a misnamed folder) is one line on stderr.
 
-Targets: the track's, as modded-nanogpt's README states them (TRACK_TARGETS); the short track's 3.28 for
-the layout without track folders; --target overrides all.
-
-Flags, per variant: logs that carry different code (the first few differing lines, with line numbers, of
-each other code against the first log's), different planned step counts, logs cut off or diverged, logs
-counted once. Problems (a folder that cannot be read, a file that is not a speedrun log, a record folder
-without logs, a folder not named like a record) are one line each on stderr; the rest still renders.
-
-Writes DIR/history.md (one table per track, then the flags and problems) and DIR/history.png (each
-variant's mean time against its record's date, per track; DIR defaults to runs/history). --json prints
-every figure, and each run's, on stdout. Exit status: 2 if ROOT is not a folder, 1 if a problem was
-reported or the output could not be written, else 0.
+Writes DIR/history.md (a table per track, the flags, the problems) and DIR/history.png (each variant's mean
+time against its date); --json prints every figure, and each run's, on stdout. Exit status: 2 if ROOT is not a
+folder, 1 if a problem was reported or the output could not be written, else 0.
 """
 from __future__ import annotations
 
@@ -34,7 +22,7 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -43,8 +31,8 @@ from tqdm import tqdm
 from harness import stats
 from harness.cli import doc_parser
 from harness.files import write_atomic
-from harness.leaderboard import TIME_NOTE, markdown_table, pyplot, save_png
-from harness.logs import LOG_SUFFIXES, LogError, RunLog, code_differences, describe_difference, load_run
+from harness.leaderboard import TIME_NOTE, markdown_table, mean_std, pyplot, save_png
+from harness.logs import LOG_SUFFIXES, LogError, code_differences, describe_difference, load_run
 from harness.records import os_error_line
 from harness.runlog import finite_or_none
 from harness.runrow import RUNS_DIR
@@ -55,8 +43,7 @@ PAGE_FILE = "history.md"
 PLOT_FILE = "history.png"
 DEFAULT_OUT = RUNS_DIR / "history"
 NO_TRACK = "(no track folder)"
-# modded-nanogpt's README: track 1 (GPT-2 small) and track 3 (optimization, fewest steps) target 3.28,
-# track 2 (GPT-2 medium) 2.92. Keyed by the <name> of a track_<n>_<name> folder.
+# modded-nanogpt's README's targets, keyed by the <name> of a track_<n>_<name> folder.
 TRACK_TARGETS = {"short": FINEWEB_TARGET, "medium": 2.92, "optimization": FINEWEB_TARGET}
 
 _TRACK_DIR = re.compile(r"^track_(\d+)_(.+)$")
@@ -73,36 +60,17 @@ class RecordFolder:
     target: float
 
 
-@dataclass
-class VariantHistory:
-    """One folder of logs: its finished runs and what was found wrong with the others."""
-
-    record: RecordFolder
-    variant: str  # the folder's path below the record folder, "." for the record folder's own logs
-    logs: list[RunLog] = field(default_factory=list)  # finished runs, each log once
-    left_out: list[dict] = field(default_factory=list)  # {"file", "status", "final_step", "planned_steps"}
-    duplicates: list[str] = field(default_factory=list)
-    codes: dict[str, str] = field(default_factory=dict)  # code hash -> the code, first seen, of every log read
-    code_files: dict[str, list[str]] = field(default_factory=dict)  # code hash -> the files carrying it
-    no_code: list[str] = field(default_factory=list)  # logs that start with no source code
-
-
 def parse_record_folder(path: Path, track: str | None) -> RecordFolder | None:
-    """The record a folder is, from its name: '<YYYY-MM-DD>_<Name>' in a track folder, '<MMDDYY>_<Name>'
-    at ROOT; None for a name of neither form."""
-    if track is not None:
-        m = _DATED.match(path.name)
-        if not m:
-            return None
-        year, month, day, name = m.groups()
-        short = _TRACK_DIR.match(track).group(2)
-        target = TRACK_TARGETS.get(short, FINEWEB_TARGET)
-    else:
-        m = _MMDDYY.match(path.name)
-        if not m:
-            return None
+    """The record a folder's name says ('<YYYY-MM-DD>_<Name>' in a track folder, else '<MMDDYY>_<Name>'), or None."""
+    m = (_MMDDYY if track is None else _DATED).match(path.name)
+    if not m:
+        return None
+    if track is None:
         month, day, yy, name = m.groups()
         year, target = f"20{yy}", FINEWEB_TARGET
+    else:
+        year, month, day, name = m.groups()
+        target = TRACK_TARGETS.get(_TRACK_DIR.match(track).group(2), FINEWEB_TARGET)
     try:
         date = dt.date(int(year), int(month), int(day)).isoformat()
     except ValueError:
@@ -155,10 +123,13 @@ def log_folders(record: RecordFolder, problems: list[str]) -> dict[str, list[Pat
     return found
 
 
-def read_variant(record: RecordFolder, variant: str, files: list[Path], problems: list[str],
-                 progress: tqdm) -> VariantHistory:
-    """Read one folder's logs: finished runs counted, the others left out with why, code kept per hash."""
-    v = VariantHistory(record, variant)
+def variant_figures(record: RecordFolder, variant: str, files: list[Path], target: float, problems: list[str],
+                    progress: tqdm) -> dict | None:
+    """Every figure of one folder of logs (times in seconds), its flags, and each run's; None where it holds no
+    speedrun log. Finished runs count, each log once; the others are left out with why."""
+    logs, left_out, duplicates, no_code = [], [], [], []
+    codes: dict[str, str] = {}  # code hash -> the code, first seen
+    code_files: dict[str, list[str]] = {}  # code hash -> the files carrying it
     seen: dict[str, str] = {}
     for path in files:
         progress.update()
@@ -171,109 +142,95 @@ def read_variant(record: RecordFolder, variant: str, files: list[Path], problems
             problems.append(f"{path}: cannot read ({os_error_line(exc)})")
             continue
         if log.identity in seen:
-            v.duplicates.append(f"{path.name} is the same log as {seen[log.identity]}: counted once")
+            duplicates.append(f"{path.name} is the same log as {seen[log.identity]}: counted once")
             continue
         seen[log.identity] = path.name
         if log.code_hash is None:
-            v.no_code.append(path.name)
+            no_code.append(path.name)
         else:
-            v.codes.setdefault(log.code_hash, log.code)
-            v.code_files.setdefault(log.code_hash, []).append(path.name)
+            codes.setdefault(log.code_hash, log.code)
+            code_files.setdefault(log.code_hash, []).append(path.name)
         log.code = None  # the text is kept once per hash, above
         if log.status == "ok":
-            v.logs.append(log)
+            logs.append(log)
         else:
-            v.left_out.append({"file": path.name, "status": log.status, "final_step": log.final_step,
-                               "planned_steps": log.total_steps})
-    return v
-
-
-def variant_figures(v: VariantHistory, target: float) -> dict:
-    """Every figure of one variant (times in seconds), its flags, and each run's."""
-    times = [log.train_time_ms / 1000 for log in v.logs]
-    losses = [log.final_val_loss for log in v.logs]
-    rule = stats.loss_rule(losses, target)
-    time_s, loss, p = stats.describe(times), rule.losses, rule.p
-    hashes = list(v.code_files)
+            left_out.append({"file": path.name, "status": log.status, "final_step": log.final_step,
+                             "planned_steps": log.total_steps})
+    if not (logs or left_out or duplicates):
+        return None
+    rule = stats.loss_rule([log.final_val_loss for log in logs], target)
+    hashes = list(code_files)
     first = hashes[0] if hashes else None
-    code_diffs = [{"hash": h, "files": v.code_files[h], "vs_hash": first, "vs_file": v.code_files[first][0],
-                   "lines": code_differences(v.codes[first], v.codes[h])} for h in hashes[1:]]
-    planned = sorted({log.total_steps for log in v.logs if log.total_steps is not None})
+    code_diffs = [{"hash": h, "files": code_files[h], "vs_hash": first, "vs_file": code_files[first][0],
+                   "lines": code_differences(codes[first], codes[h])} for h in hashes[1:]]
+    planned = sorted({log.total_steps for log in logs if log.total_steps is not None})
     flags = []
     for d in code_diffs:
-        files = ", ".join(d["files"][:3]) + (f" and {len(d['files']) - 3} more" if len(d["files"]) > 3 else "")
+        names = ", ".join(d["files"][:3]) + (f" and {len(d['files']) - 3} more" if len(d["files"]) > 3 else "")
         shown = "; ".join(describe_difference(x) for x in d["lines"])
-        flags.append(f"code differs: {d['vs_file']} ({first[:12]}) vs {files} ({d['hash'][:12]}): {shown}")
+        flags.append(f"code differs: {d['vs_file']} ({first[:12]}) vs {names} ({d['hash'][:12]}): {shown}")
     if len(planned) > 1:
         flags.append(f"planned steps differ: {', '.join(map(str, planned))}")
-    for out in v.left_out:
+    for out in left_out:
         what = "cut off" if out["status"] == "incomplete" else out["status"]
         flags.append(f"{out['file']}: {what} at step {out['final_step']} of {out['planned_steps']}, left out")
-    flags += v.duplicates
-    if v.no_code and hashes:
-        flags.append(f"no code at the top of {', '.join(v.no_code)}")
+    flags += duplicates
+    if no_code and hashes:
+        flags.append(f"no code at the top of {', '.join(no_code)}")
     return finite_or_none({
-        "track": v.record.track,
-        "date": v.record.date,
-        "record": v.record.name,
-        "folder": v.record.path.name,
-        "variant": v.variant,
+        "track": record.track,
+        "date": record.date,
+        "record": record.name,
+        "folder": record.path.name,
+        "variant": variant,
         "target": target,
-        "n": len(v.logs),
-        "time_s": time_s.as_dict(),
-        "final_val_loss": loss.as_dict(),
-        "p_loss_below_target": p,
+        "n": len(logs),
+        "time_s": stats.describe([log.train_time_ms / 1000 for log in logs]).as_dict(),
+        "final_val_loss": rule.losses.as_dict(),
+        "p_loss_below_target": rule.p,
         "passes_loss_rule": rule.passes,  # None: n < 2, no test
         "planned_steps": planned,
-        "final_steps": sorted({log.final_step for log in v.logs}),
+        "final_steps": sorted({log.final_step for log in logs}),
         "code_hashes": hashes,
         "code_differences": code_diffs,
-        "left_out": v.left_out,
+        "left_out": left_out,
         "flags": flags,
         "runs": [{"file": Path(log.source).name, "time_s": log.train_time_ms / 1000, "final_val_loss": log.final_val_loss,
                   "final_step": log.final_step, "planned_steps": log.total_steps, "code_hash": log.code_hash}
-                 for log in v.logs],
+                 for log in logs],
     })
 
 
 def history(root: str | os.PathLike, target: float | None = None) -> tuple[list[dict], list[str]]:
     """(every variant's figures, problems) for a records/ folder; --target's value overrides each track's."""
     problems: list[str] = []
-    root = Path(root)
-    folders = [(record, log_folders(record, problems)) for record in find_records(root, problems)]
+    folders = [(record, log_folders(record, problems)) for record in find_records(Path(root), problems)]
     total = sum(len(files) for _, found in folders for files in found.values())
     variants = []
     with tqdm(total=total, unit="log", desc="history", disable=None, file=sys.stderr) as progress:
         for record, found in folders:
             for variant, files in found.items():
-                v = read_variant(record, variant, files, problems, progress)
-                if v.logs or v.left_out or v.duplicates:
-                    variants.append(variant_figures(v, record.target if target is None else target))
+                figures = variant_figures(record, variant, files, record.target if target is None else target,
+                                          problems, progress)
+                if figures is not None:
+                    variants.append(figures)
     return variants, problems
 
 
-# ----------------------------------------------------------------------------------------------
-# Page and plot
-
-
 def table(rows: list[dict]) -> str:
-    cells = []
-    for r in rows:
-        t, loss = r["time_s"], r["final_val_loss"]
-        cells.append({
-            "date": r["date"],
-            "record": r["record"] or r["folder"],
-            "variant": r["variant"],
-            "n": f"{r['n']}" + (f" (+{len(r['left_out'])} left out)" if r["left_out"] else ""),
-            "time (s), mean ± std": f"{fmt(t['mean'], '.4f')} ± {fmt(t['std'], '.4f')}",
-            "final val loss, mean ± std": f"{fmt(loss['mean'], '.5f')} ± {fmt(loss['std'], '.5f')}",
-            "p(loss < target)": fmt(r["p_loss_below_target"], ".4g"),
-            f"loss rule (p < {stats.ALPHA})": stats.loss_rule_verdict(r["passes_loss_rule"]),
-            "steps": ", ".join(map(str, r["planned_steps"])) or "—",
-            "code": ", ".join(h[:12] for h in r["code_hashes"]) or "—",
-            "flags": f"{len(r['flags'])}" if r["flags"] else "",
-        })
-    return markdown_table(cells)
+    return markdown_table([{
+        "date": r["date"],
+        "record": r["record"] or r["folder"],
+        "variant": r["variant"],
+        "n": f"{r['n']}" + (f" (+{len(r['left_out'])} left out)" if r["left_out"] else ""),
+        "time (s), mean ± std": mean_std(r["time_s"], ".4f"),
+        "final val loss, mean ± std": mean_std(r["final_val_loss"], ".5f"),
+        "p(loss < target)": fmt(r["p_loss_below_target"], ".4g"),
+        f"loss rule (p < {stats.ALPHA})": stats.loss_rule_verdict(r["passes_loss_rule"]),
+        "steps": ", ".join(map(str, r["planned_steps"])) or "—",
+        "code": ", ".join(h[:12] for h in r["code_hashes"]) or "—",
+        "flags": f"{len(r['flags'])}" if r["flags"] else "",
+    } for r in rows])
 
 
 def render_page(root: Path, rows: list[dict], problems: list[str], plot_name: str | None) -> str:
@@ -324,13 +281,11 @@ def render_plot(rows: list[dict], path: Path) -> bool:
                                 yerr=[r["time_s"]["std"] or 0.0 for r in shown], fmt="o", ms=4, capsize=2, alpha=0.8,
                                 label=label, **style)
             ax.legend(fontsize=8)
-            ax.set_yscale("log")
+            ax.set(yscale="log", title=f"{track}: each variant's mean time (± std)", ylabel="time (s)")
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m"))
-            ax.set(title=f"{track}: each variant's mean time (± std)", ylabel="time (s)")
             ax.grid(alpha=0.3, which="both")
         fig.tight_layout()
         save_png(fig, path)
-        plt.close(fig)
     return True
 
 

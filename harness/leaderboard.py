@@ -2,14 +2,13 @@
 
     python -m harness.leaderboard [--records records] [--out leaderboard.md]
 
-Per track: the accepted records fastest first, the history of records (when each was set and its
-speedup over the one before), and the last 10 runs from records/runs.jsonl. The plot shows, per
-track, each record's mean time with its 95% interval in the order the records were set, and val loss against train time for the current record
-and the track's first record (its baseline). Nothing here depends on when it is rendered: the same
-records give the same bytes, the PNG included (fixed style and dpi, no software stamp).
+Per track: the records fastest first, their history (each one's speedup over the one before), the last 10 runs,
+and a plot of the records' times and of the first and current records' loss curves. The same records give the
+same bytes, the PNG included.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
@@ -28,16 +27,11 @@ from harness.tracks import TRACKS
 PLOT_FILE = "leaderboard.png"
 RECENT_RUNS = 10
 DPI = 100
-# What a record's time is: harness.submit's rule (records/README.md, rule 4). Stated once per page.
+# What a record's time is (records/README.md, "How a run counts"), stated once per page.
 TIME_NOTE = ("A run's time is its train time at its final validation, whether or not that run ended below the "
              "target; every run of a record counts, and runs go their full schedule (the speedrun community's "
              "convention). The target is certified over the set: p is the one-sided t-test that the mean final "
              f"val loss is below the target, and a record needs p < {ALPHA}.")
-
-
-def default_out(records_dir: str | os.PathLike) -> Path:
-    """leaderboard.md sits next to the records directory (the repository root for the default)."""
-    return Path(records_dir).resolve().parent / "leaderboard.md"
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -57,23 +51,22 @@ def pyplot():
 
 
 def save_png(fig, path) -> None:
-    """Write a figure as PNG, whole or not at all (harness.files.atomic_file): fixed dpi and no software stamp, so
-    the same figure gives the same bytes."""
-    with atomic_file(path) as f:
-        fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
+    """Write a figure as PNG, whole or not at all (harness.files.atomic_file), and close it. Fixed dpi and no
+    software stamp: the same figure gives the same bytes."""
+    try:
+        with atomic_file(path) as f:
+            fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
+    finally:
+        pyplot().close(fig)
 
 
-def _mean_std(summary: dict, scale: float, spec: str) -> str:
-    return f"{fmt(summary.get('mean'), spec, scale=scale)} ± {fmt(summary.get('std'), spec, scale=scale)}"
-
-
-# ----------------------------------------------------------------------------------------------
-# Sections
+def mean_std(summary: dict, spec: str, scale: float = 1, missing: str = "—") -> str:
+    """'mean ± std' of a stats.describe dict."""
+    return f"{fmt(summary.get('mean'), spec, missing, scale)} ± {fmt(summary.get('std'), spec, missing, scale)}"
 
 
 def runs_cell(record: dict) -> str:
-    """A record's run count, with the runs that ended above the target and the runs excluded (harness.submit's
-    every-run rule), each with its reason."""
+    """A record's run count, with the runs that ended above the target and the runs excluded, with the reason."""
     s = record["stats"]
     below = s.get("final_at_or_below_target")
     notes = [] if below in (None, s["n"]) else [f"{below} ended at or below the target"]
@@ -82,21 +75,18 @@ def runs_cell(record: dict) -> str:
 
 
 def records_table(records: list[dict], link_base: str) -> str:
-    rows = []
-    for rank, r in enumerate(sorted(records, key=lambda r: (r["stats"]["train_time_ms"]["mean"], r["folder"])), 1):
-        s = r["stats"]
-        rows.append({
-            "#": rank,
-            "time (s)": _mean_std(s["train_time_ms"], 1000, ".2f"),
-            "val loss": _mean_std(s["final_val_loss"], 1, ".4f"),
-            "runs": runs_cell(r),
-            "p (loss < target)": fmt(s.get("p_loss_below_target"), ".2g"),
-            "date": r["date"],
-            "name": r["name"],
-            "description": r.get("description", ""),
-            "folder": f"[{r['folder']}]({link_base}/{r['folder']}/)",
-        })
-    return markdown_table(rows)
+    ranked = sorted(records, key=lambda r: (r["stats"]["train_time_ms"]["mean"], r["folder"]))
+    return markdown_table([{
+        "#": rank,
+        "time (s)": mean_std(r["stats"]["train_time_ms"], ".2f", 1000),
+        "val loss": mean_std(r["stats"]["final_val_loss"], ".4f"),
+        "runs": runs_cell(r),
+        "p (loss < target)": fmt(r["stats"].get("p_loss_below_target"), ".2g"),
+        "date": r["date"],
+        "name": r["name"],
+        "description": r.get("description", ""),
+        "folder": f"[{r['folder']}]({link_base}/{r['folder']}/)",
+    } for rank, r in enumerate(ranked, 1)])
 
 
 def history_table(records: list[dict]) -> str:
@@ -117,14 +107,11 @@ def history_table(records: list[dict]) -> str:
 
 def _below(row: dict) -> str:
     loss, target = row.get("final_val_loss"), row.get("target_val_loss")
-    if loss is None or target is None or loss != loss or target != target:
-        return "—"
-    return "yes" if loss <= target else "no"
+    return "—" if pd.isna(loss) or pd.isna(target) else "yes" if loss <= target else "no"
 
 
 def _overrides(row: dict) -> str:
-    """The trainer overrides a run was made with, all of them, and a flag on a CPU run listed under a GPU track
-    (its figures are not the track's)."""
+    """Every override a run was made with, and a flag on a CPU run under a GPU track (its figures are not the track's)."""
     overrides = row.get("overrides") if isinstance(row.get("overrides"), list) else []
     text = " ".join(map(str, overrides)) or "none"
     on_cpu = str(row.get("hardware") or "").startswith("CPU ")  # harness.logs.RunLog.hardware_label's CPU form
@@ -137,40 +124,34 @@ def recent_runs_table(runs: pd.DataFrame) -> str:
     """The last RECENT_RUNS rows, newest first. (`x in (True,)`: a flag read through pandas may be NaN for rows
     that lack it, and NaN is truthy.)"""
     runs = runs.sort_values(["timestamp", "run_id"]).tail(RECENT_RUNS).iloc[::-1]
-    rows = []
-    for r in runs.to_dict("records"):
-        rows.append({
-            "finished (UTC)": r.get("timestamp"),
-            "run id": r["run_id"],
-            "name": fmt(r.get("name")),
-            "status": fmt(r.get("status")),
-            "final val loss": fmt(r.get("final_val_loss"), ".4f"),
-            "time (s)": fmt(r.get("train_time_ms"), ".2f", scale=1000),
-            "final ≤ target": _below(r),
-            "steps": fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
-            "hardware": fmt(r.get("hardware")),
-            "overrides": _overrides(r),
-        })
-    return markdown_table(rows)
+    return markdown_table([{
+        "finished (UTC)": r.get("timestamp"),
+        "run id": r["run_id"],
+        "name": fmt(r.get("name")),
+        "status": fmt(r.get("status")),
+        "final val loss": fmt(r.get("final_val_loss"), ".4f"),
+        "time (s)": fmt(r.get("train_time_ms"), ".2f", scale=1000),
+        "final ≤ target": _below(r),
+        "steps": fmt(r.get("steps"), ".0f") + (" (stopped at the target)" if r.get("stop_at_target") in (True,) else ""),
+        "hardware": fmt(r.get("hardware")),
+        "overrides": _overrides(r),
+    } for r in runs.to_dict("records")])
 
 
 LOG_SCALE_SPAN = 2.0  # a loss axis whose top is above this many times its bottom is drawn on a log scale
 
 
 def loss_axis(ax, losses: list[float], target: float | None) -> None:
-    """The val-loss axis: it covers every finite loss and the target (the line stays in view), with a 2% margin;
-    on a log scale where the losses span more than LOG_SCALE_SPAN x (a first step's ~11 against a target of
-    3.28), so the approach to the target keeps its room."""
-    finite = [x for x in losses if x == x and abs(x) != float("inf")]
-    shown = finite + ([target] if target is not None else [])
+    """The val-loss axis over every finite loss and the target, with a 2% margin; on a log scale where they span
+    more than LOG_SCALE_SPAN x (a first step's ~11 against 3.28), so the approach to the target keeps its room."""
+    shown = [x for x in losses if math.isfinite(x)] + ([target] if target is not None else [])
     if not shown:
         return
     low, high = min(shown), max(shown)
     if low > 0 and high > LOG_SCALE_SPAN * low:
         from matplotlib.ticker import FuncFormatter
 
-        ax.set_yscale("log")
-        ax.set_ylim(low / 1.02, high * 1.02)
+        ax.set(yscale="log", ylim=(low / 1.02, high * 1.02))
         plain = FuncFormatter(lambda y, _: f"{y:g}")  # 3, 4, 5 ... 10 rather than 4 x 10^0
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
@@ -180,14 +161,12 @@ def loss_axis(ax, losses: list[float], target: float | None) -> None:
 
 
 def draw(records_dir: Path, by_track: dict[str, list[dict]]):
-    """The leaderboard's figure: per track, each record's mean time with its 95% interval in the order the records
-    were set, and the val loss curves of the track's first and current records."""
+    """The leaderboard's figure: per track, the records' times and the first and current records' loss curves."""
     plt = pyplot()
     with plt.style.context("default"):
         fig, axes = plt.subplots(len(by_track), 2, figsize=(11, 3.8 * len(by_track)), squeeze=False)
         for (track, records), (ax_time, ax_loss) in zip(by_track.items(), axes):
-            # Records in the order they were set, one tick each (several may share a date).
-            # Each record's run times (s) described: their mean is the record's mean time, as submit wrote it.
+            # One tick per record in the order they were set (several may share a date), its runs' times described.
             points = [stats.describe([run["train_time_ms"] / 1000 for run in r["runs"]
                                       if run.get("train_time_ms") is not None]) for r in records]
             times = [s.mean if s.n else r["stats"]["train_time_ms"]["mean"] / 1000 for r, s in zip(records, points)]
@@ -197,9 +176,8 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
             ax_time.errorbar(range(len(records)), times, yerr=[lower, upper], fmt="o", color="tab:blue", capsize=4,
                              label="mean, 95% CI")
             ax_time.set_xticks(range(len(records)), [f"{r['date']}\n{r['name']}" for r in records], fontsize=8)
-            ax_time.set_xlim(-0.5, len(records) - 0.5)
-            ax_time.set_ylim(0, 1.1 * max(t + u for t, u in zip(times, upper)))
-            ax_time.set(title=f"{track}: record time", ylabel="mean run time (s)")
+            ax_time.set(xlim=(-0.5, len(records) - 0.5), ylim=(0, 1.1 * max(t + u for t, u in zip(times, upper))),
+                        title=f"{track}: record time", ylabel="mean run time (s)")
             ax_time.grid(alpha=0.3)
             ax_time.legend(fontsize=8)
             shown = [records[0]] if len(records) == 1 else [records[0], records[-1]]
@@ -225,22 +203,10 @@ def draw(records_dir: Path, by_track: dict[str, list[dict]]):
     return fig
 
 
-def render_plot(records_dir: Path, by_track: dict[str, list[dict]], path: Path) -> None:
-    fig = draw(records_dir, by_track)
-    try:
-        save_png(fig, path)
-    finally:
-        pyplot().close(fig)
-
-
-# ----------------------------------------------------------------------------------------------
-# Page
-
-
 def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike | None = None) -> Path:
     """Write the leaderboard page (and its plot when there are records); return the page's path."""
     records_dir = Path(records_dir).resolve()
-    out = Path(out) if out is not None else default_out(records_dir)
+    out = Path(out) if out is not None else records_dir.parent / "leaderboard.md"  # the repository root's, by default
     for folder in {records_dir, out.resolve().parent}:  # what a killed render left behind
         clean_stale_temps(folder)
     records, problems = list_records(records_dir)
@@ -262,7 +228,7 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
                   "`python -m harness.submit --name NAME --description TEXT RUN_ID...`.", ""]
     plot_path = records_dir / PLOT_FILE
     if by_track:
-        render_plot(records_dir, by_track, plot_path)
+        save_png(draw(records_dir, by_track), plot_path)
         lines += [f"![record times and loss curves]({link_base}/{PLOT_FILE})", "", TIME_NOTE, ""]
     elif plot_path.exists():
         plot_path.unlink()  # a plot of records that are gone
@@ -286,8 +252,7 @@ def render(records_dir: str | os.PathLike = RECORDS_DIR, out: str | os.PathLike 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = doc_parser("leaderboard", __doc__, with_rest=False)
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="page to write (default: leaderboard.md next to records/)")
+    parser.add_argument("--out", type=Path, default=None, help="page to write (default: leaderboard.md next to records/)")
     args = parser.parse_args(argv)
     if not args.records.is_dir():
         parser.error(f"--records {args.records}: no such directory")

@@ -1,18 +1,9 @@
-"""The records/ directory (records/README.md): the append-only runs log and the accepted record folders.
+"""The records/ directory (records/README.md): the append-only runs log, records/runs.jsonl (rows ROW_TYPES,
+appended whole under a filelock), and the accepted records' folders, records/<date>_<name>/record.json
+(RECORD_KEYS). A damaged line or record is reported in one line and skipped; it never hides the others.
 
-records/runs.jsonl   one JSON object per finished (or failed) run, "schema": 1, its fields ROW_TYPES. Appends
-                     are safe across processes: a filelock on runs.jsonl.lock, then the whole line in one
-                     os.write() on an O_APPEND descriptor, then fsync. A damaged line is reported by line
-                     number and skipped; it never hides the others.
-records/<date>_<name>/record.json
-                     one accepted record each, written by harness.submit. read_record() checks it has every
-                     key (RECORD_KEYS) that submit, the leaderboard and verify read, so a damaged one is
-                     reported in one line, never a traceback.
-
-A mistaken row is hidden, never edited: `python -m harness.records hide RUN_ID --reason TEXT` appends a
-tombstone line {"schema": 1, "hides": RUN_ID, "reason": TEXT, "timestamp": ...}. The readers leave a hidden
-run out (the leaderboard, ingest's known logs) or refuse it by name (compare, submit: find_runs);
-`python -m harness.records hidden` lists the hidden runs with their reasons.
+A mistaken row is hidden, never edited: `python -m harness.records hide RUN_ID --reason TEXT` appends a tombstone
+{"schema": 1, "hides": RUN_ID, "reason": TEXT, "timestamp": ...}; `python -m harness.records hidden` lists them.
 """
 from __future__ import annotations
 
@@ -35,18 +26,13 @@ from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_
 from harness.snapshot import REPO_ROOT
 
 SCHEMA = 1  # of a runs.jsonl row
-RECORD_SCHEMA = 3  # of a record.json; 2: each run timed at its final validation, the speedup a ratio of means;
-# 3: a run's time is named train_time_ms everywhere (schema 2 said time_ms in runs[] and stats, read as such)
+RECORD_SCHEMA = 3  # of a record.json; schema 2 is read too (its times named time_ms: _schema_2_names)
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
-# A row's fields, each with its JSON type as the readers (leaderboard, submit, compare) expect it. A field of
-# another type is reported ("<file>:<line>: <field> is ..."), and read as missing; the row stays.
-# train_time_ms is the run's time (records/README.md, "How a run counts"); time_to_target_ms the extra figure.
-# status: ok | diverged | crashed | interrupted | timeout | incomplete (a log that ends before its planned last
-# step without a crash being seen) | harness_error. origin: "ingested" (harness.ingest), "cmd" (harness.run
-# --cmd), absent for ours; source: the log file a foreign run was read from, or "stdout"; log_sha256: of that
-# log; seed_env: the variable that carried a --cmd run's seed.
+# A row's fields and their JSON types (records/README.md says what they mean); a field of another type is
+# reported and read as missing. origin: "ingested" or "cmd", absent for our trainer's runs; source: the log a
+# foreign run was read from, or "stdout"; seed_env: the variable that carried a --cmd run's seed.
 ROW_TYPES = {
     "run_id": "string", "timestamp": "string|null", "track": "string|null", "name": "string|null",
     "git_commit": "string|null", "git_dirty": "boolean|null", "code_hash": "string|null", "hardware": "string|null",
@@ -61,37 +47,29 @@ ROW_TYPES = {
 ROW_FIELDS = tuple(ROW_TYPES)
 
 
-# What harness.submit, harness.leaderboard and harness.verify read from a record.json: each key
-# (dotted for nested objects, in parent-before-child order) and the JSON types it may have. The keys
-# under an object that is null are not checked (the first record on a track has "previous": null).
+# What submit, the leaderboard and verify read from a record.json: each key (dotted, parents first) and its
+# JSON types. The keys under a null object are not checked (a track's first record has "previous": null).
 RECORD_KEYS = {
     "schema": "integer", "name": "string", "track": "string", "date": "string", "code_hash": "string",
-    "description": "string|absent", "submitted": "string|absent", "hardware": "string|null|absent",
-    "runs": "array", "stats": "object",
-    "stats.n": "integer", "stats.target_val_loss": "number", "stats.final_at_or_below_target": "integer",
-    "stats.train_time_ms": "object", "stats.train_time_ms.mean": "number", "stats.train_time_ms.std": "number|null",
-    "stats.final_val_loss": "object", "stats.final_val_loss.mean": "number|null",
-    "stats.final_val_loss.std": "number|null", "stats.p_loss_below_target": "number|null",
-    "stats.previous": "object|null|absent",
-    "excluded": "array|absent",  # finished runs of the set's track, code and config left out, each with its reason
+    "description": "string|absent", "submitted": "string|absent", "hardware": "string|null|absent", "runs": "array",
+    "stats": "object", "stats.n": "integer", "stats.target_val_loss": "number",
+    "stats.final_at_or_below_target": "integer", "stats.train_time_ms": "object", "stats.train_time_ms.mean": "number",
+    "stats.train_time_ms.std": "number|null", "stats.final_val_loss": "object",
+    "stats.final_val_loss.mean": "number|null", "stats.final_val_loss.std": "number|null",
+    "stats.p_loss_below_target": "number|null", "stats.previous": "object|null|absent", "excluded": "array|absent",
     "stats.previous.folder": "string", "stats.previous.name": "string", "stats.previous.train_time_ms": "object",
     "stats.previous.speedup": "object", "stats.previous.speedup.ratio": "number|null",
     "stats.previous.speedup.ci95": "array", "stats.previous.p_welch_faster": "number|null",
 }
-
-
-# Each run's figures in a record.json (runs[i]), as statistics.md renders them.
-RECORD_RUN_TYPES = {"seed": "integer|null", "final_val_loss": "number|null",
-                    "time_to_target_ms": "number|null", "train_time_ms": "number|null", "steps": "integer|null",
-                    "tokens": "integer|null"}
+RECORD_RUN_TYPES = {"seed": "integer|null", "final_val_loss": "number|null", "time_to_target_ms": "number|null",
+                    "train_time_ms": "number|null", "steps": "integer|null", "tokens": "integer|null"}
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
 def name_problem(kind: str, name: str) -> str | None:
-    """Why `name` cannot name a track or a record (it goes into run ids and folder names), one line, or None:
-    1-80 letters, digits, '.', '_' or '-', starting with a letter or digit."""
+    """Why `name` cannot name a track or a record (it goes into run ids and folder names), or None."""
     if not name:
         return f"{kind} is empty"
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
@@ -119,9 +97,8 @@ def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
 
 
 def runs_lock(records_dir: str | os.PathLike = RECORDS_DIR) -> FileLock:
-    """The lock on records/runs.jsonl: held for each append, and by a writer whose check (is this run, this
-    log, this record already there?) and write must be one step. One object per path in a process, so that
-    a holder may append (filelock counts re-entries of the same object)."""
+    """The lock on records/runs.jsonl, held for each append and by a writer whose check and write are one step.
+    One object per path, so that a holder may append (filelock counts re-entries of one object)."""
     path = str(Path(records_dir).resolve() / RUNS_FILE) + ".lock"
     if path not in _LOCKS:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -133,19 +110,15 @@ _LOCKS: dict[str, FileLock] = {}
 
 
 def append_run(row: dict, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
-    """Append one row (with "schema": 1) to records/runs.jsonl, atomically with respect to other writers.
-
-    The row always starts a line of its own: after a last line without its newline (a writer killed
-    mid-line, a hand edit) a newline goes first, so that torn line stays one damaged line, reported
-    when the log is read, and the new row is whole.
-    """
+    """Append one row (with "schema": 1) to records/runs.jsonl, whole, under the lock."""
     if not row.get("run_id"):
         raise RecordsError("a runs.jsonl row needs a run_id")
     return _append_line({"schema": SCHEMA, **finite_or_none(row)}, records_dir)
 
 
 def _append_line(obj: dict, records_dir: str | os.PathLike) -> Path:
-    """append_run's write of one JSON line: under the lock, after a newline where the last line has none."""
+    """One JSON line, starting a line of its own: after a torn last line (a killed writer, a hand edit) a newline
+    goes first, so that line stays one damaged line and the new one is whole."""
     path = runs_path(records_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(obj, allow_nan=False, sort_keys=False) + "\n").encode()
@@ -165,12 +138,8 @@ def _append_line(obj: dict, records_dir: str | os.PathLike) -> Path:
 
 
 def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[list[dict], list[str]]:
-    """The rows of records/runs.jsonl, each a dict straight from its JSON line (plus "line"), and the problems.
-
-    A line that is not JSON, not an object, has no run_id, or another schema is reported as
-    "<file>:<line>: ..." and skipped; so is a runs log that cannot be read. A missing file has no rows.
-    A row a tombstone hides is left out; with hidden=True it stays, with "hidden": {reason, timestamp, line}.
-    """
+    """The rows of records/runs.jsonl as written (plus "line"), and the problems (a line that is no schema-1 row
+    is reported and skipped). A hidden row is left out, or with hidden=True kept with "hidden": {reason, ...}."""
     path = runs_path(records_dir)
     rows, problems, tombstones = [], [], {}
     if not path.exists():
@@ -201,11 +170,8 @@ def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[li
 
 
 def load_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[pd.DataFrame, list[str]]:
-    """All rows of records/runs.jsonl as a DataFrame (columns ROW_FIELDS first), and the problems.
-
-    For tables: pandas makes a number column with gaps float (seed 3 reads 3.0). For a row's values
-    as written, use find_runs.
-    """
+    """All rows of records/runs.jsonl as a DataFrame (ROW_FIELDS first), and the problems. For tables: a number
+    column with gaps is float (seed 3 reads 3.0); find_runs gives the values as written."""
     rows, problems = _read_rows(records_dir)
     frame = pd.DataFrame(rows)
     columns = list(ROW_FIELDS) + [c for c in frame.columns if c not in ROW_FIELDS]
@@ -213,13 +179,9 @@ def load_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[pd.DataF
 
 
 def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_DIR) -> list[dict]:
-    """The rows for these run ids (the last row where one appears twice), in the order given.
-
-    Each row is its JSON line as written (integers stay integers), with every ROW_FIELDS key (None
-    where absent or not finite). Raises RecordsError naming the first run id that is not in the runs
-    log, and the runs log's first problem, if any (the run may be on a damaged line).
-    """
-    by_id, problems = _last_rows(records_dir, hidden=True)
+    """The last row of each run id, in the order given, as written, with every ROW_FIELDS key (None where absent
+    or not finite). Raises RecordsError for a hidden run or one not in the runs log (with its first problem)."""
+    by_id, problems = last_rows(records_dir, hidden=True)
     found = []
     for run_id in run_ids:
         if run_id in by_id and (why := by_id[run_id].get("hidden")):
@@ -232,20 +194,14 @@ def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_D
     return found
 
 
-def _last_rows(records_dir: str | os.PathLike, hidden: bool) -> tuple[dict[str, dict], list[str]]:
-    """{run id: its last row, with every ROW_FIELDS key (None where absent or not finite)}, and the problems."""
+def last_rows(records_dir: str | os.PathLike = RECORDS_DIR, hidden: bool = False) -> tuple[dict[str, dict], list[str]]:
+    """{run id: its last row, as find_runs gives it}, and the problems; hidden=True keeps the hidden runs."""
     rows, problems = _read_rows(records_dir, hidden=hidden)
     return {row["run_id"]: {**dict.fromkeys(ROW_FIELDS), **finite_or_none(row)} for row in rows}, problems
 
 
-def latest_rows(records_dir: str | os.PathLike = RECORDS_DIR, hidden: bool = False) -> list[dict]:
-    """Every run of the runs log once (its last row), as find_runs gives it; the log's problems are skipped.
-    hidden=True keeps the runs a tombstone hides (see _read_rows)."""
-    return list(_last_rows(records_dir, hidden)[0].values())
-
-
 def row_run_dir(row: dict) -> Path:
-    """The run directory a runs.jsonl row names. Raises RecordsError naming the run when it names none."""
+    """The run directory a runs.jsonl row names. Raises RecordsError where it names none."""
     run_dir = row.get("run_dir")
     if not isinstance(run_dir, str) or not run_dir:
         raise RecordsError(f"run {row.get('run_id')}: its {RUNS_FILE} row (line {row.get('line')}) "
@@ -253,13 +209,8 @@ def row_run_dir(row: dict) -> Path:
     return Path(run_dir)
 
 
-# ----------------------------------------------------------------------------------------------
-# Record folders
-
-
 def record_problem(record) -> str | None:
-    """What makes a parsed record.json unusable (one line), or None: a key of RECORD_KEYS missing or
-    of the wrong type, another schema, a run without a run_id, a speedup interval that is not a pair."""
+    """What makes a parsed record.json unusable (one line), or None."""
     if not isinstance(record, dict):
         return f"not a JSON object but {json_type_name(record)}"
     record = _schema_2_names(record)
@@ -283,8 +234,7 @@ def record_problem(record) -> str | None:
 
 
 def _schema_2_names(record):
-    """A schema-2 record.json with its times under their one name: stats.time_ms (and the previous record's)
-    becomes train_time_ms; runs[i].time_ms, the same figure as runs[i].train_time_ms there, goes."""
+    """A schema-2 record.json with its times under schema 3's name, train_time_ms."""
     if not isinstance(record, dict) or record.get("schema") != 2 or not isinstance(record.get("stats"), dict):
         return record
     record = copy.deepcopy(record)
@@ -317,11 +267,7 @@ def _read_record(path: Path) -> tuple[dict | None, str | None]:
 
 
 def read_record(path: str | os.PathLike) -> dict:
-    """One record.json, checked by record_problem, with "folder" set to its folder's name.
-
-    Raises RecordsError, one line naming the file and why: missing, unreadable, not JSON, or a key
-    missing or of the wrong type.
-    """
+    """One record.json, checked by record_problem, with "folder" set. Raises RecordsError naming the file and why."""
     record, why = _read_record(Path(path))
     if why:
         raise RecordsError(f"{path}: {why}")
@@ -330,11 +276,8 @@ def read_record(path: str | os.PathLike) -> dict:
 
 def list_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[list[dict], list[str]]:
     """Every accepted record's record.json (with "folder" added), oldest first, and the problems."""
-    records_dir = Path(records_dir)
     records, problems = [], []
-    if not records_dir.is_dir():
-        return records, problems
-    for path in sorted(records_dir.glob(f"*/{RECORD_FILE}")):
+    for path in sorted(Path(records_dir).glob(f"*/{RECORD_FILE}")):  # none where records_dir is no folder
         if path.parent.name.startswith("."):
             continue  # a submission still being written
         record, why = _read_record(path)
@@ -347,9 +290,8 @@ def list_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[list[dic
 
 
 def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
-    """Raise RecordsError (one line) unless append_run can write to records_dir/runs.jsonl: its folder, its
-    lock and the file itself (made empty where missing). Launchers call it before a run starts, so that no
-    run trains only to find its row has nowhere to go."""
+    """Raise RecordsError unless append_run can write the runs log (made empty where missing): launchers call it
+    before a run, so that no run trains only to find its row has nowhere to go."""
     path = runs_path(records_dir)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -359,18 +301,12 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
         raise RecordsError(f"runs log {path} cannot be appended to: {os_error_line(exc)}") from None
 
 
-# ----------------------------------------------------------------------------------------------
-# Hiding a mistaken row: a tombstone appended, no line rewritten
-
-
 def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
-    """Append the tombstone that hides run_id. Raises RecordsError for an empty reason, a run id not in the
-    runs log, or one hidden already (the check and the append hold the runs log's lock together)."""
+    """Append the tombstone that hides run_id; RecordsError for an empty reason, an unknown run, or a hidden one."""
     if not reason.strip():
         raise RecordsError("--reason: say why the run is hidden")
     with runs_lock(records_dir):
-        rows, _ = _read_rows(records_dir, hidden=True)
-        row = next((r for r in reversed(rows) if r["run_id"] == run_id), None)
+        row = last_rows(records_dir, hidden=True)[0].get(run_id)
         if row is None:
             raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}")
         if row.get("hidden"):
@@ -382,9 +318,8 @@ def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.records",
-                                     description="Hide a mistaken runs-log row (a tombstone is appended; no line "
-                                     "is rewritten), or list the hidden runs.")
+    parser = argparse.ArgumentParser(prog="python -m harness.records", description="Hide a mistaken runs-log row (a "
+                                     "tombstone is appended; no line is rewritten), or list the hidden runs.")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (default records/)")
     # --records is also taken after the command (`hide RUN_ID --records DIR`), as every other harness command takes it.
     after = argparse.ArgumentParser(add_help=False)

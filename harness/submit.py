@@ -3,11 +3,9 @@
     python -m harness.submit --name NAME --description TEXT [--records records]
                              [--exclude RUN_ID --reason TEXT]... RUN_ID...
 
-The rule is records/README.md's ("The record rule"; a run's time as "How a run counts" says), checked by
-`check` and `check_every_run` from each run's own events.jsonl and train.log, found through its row in
-records/runs.jsonl, never from the runs log's summary. On success it writes records/<YYYY-MM-DD>_<NAME>/ (the
-day the last run was made: record_date) through a temporary folder and a rename, then re-renders the
-leaderboard. Otherwise it prints the failing condition in one line and exits 1.
+The rule is records/README.md's ("The record rule", "How a run counts"), checked from each run's own events.jsonl
+and train.log. On success it writes records/<YYYY-MM-DD>_<NAME>/ whole and re-renders the leaderboard;
+otherwise it prints the failing condition in one line and exits 1.
 """
 from __future__ import annotations
 
@@ -24,12 +22,11 @@ from typing import Sequence
 from harness import stats
 from harness.cli import doc_parser, not_a_folder, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
-from harness.leaderboard import default_out, render
+from harness.leaderboard import mean_std, render
 from harness.stats import fmt
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
-                             latest_rows, list_records, name_problem, os_error_line,
-                             row_run_dir, runs_lock)
+                             last_rows, list_records, name_problem, os_error_line, row_run_dir, runs_lock)
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.verify import check_against_log, render_statistics, statistics
@@ -49,7 +46,7 @@ def check_name(name: str, records_dir: Path) -> None:
         raise Refused(f"record name {name!r} is taken by records/{taken[0]}; records are never overwritten")
 
 
-def render_readme(record: dict, overrides: list[str]) -> str:
+def render_readme(record: dict) -> str:
     s = record["stats"]
     prev = s.get("previous")
     origin = record.get("origin")
@@ -59,15 +56,14 @@ def render_readme(record: dict, overrides: list[str]) -> str:
         command = f"the trainer in code/ (the source its logs printed), {s['n']} runs, then python -m harness.ingest"
     else:
         command = f"python -m harness.run --track {record['track']} --seeds {s['n']}"
-        if overrides:
-            command += " -- " + shlex.join(overrides)
+        if record["overrides"]:
+            command += " -- " + shlex.join(record["overrides"])
     versions = ", ".join(f"{k} {v}" for k, v in sorted((record.get("versions") or {}).items()) if v)
     lines = [
         f"# {record['name']}", "", record["description"], "",
         f"- track: {record['track']}, target val loss {s['target_val_loss']}",
-        f"- time: {fmt(s['train_time_ms']['mean'], '.2f', 'nan', 1000)} ± {fmt(s['train_time_ms']['std'], '.2f', 'nan', 1000)} s "
-        f"over {s['n']} runs",
-        f"- final val loss: {fmt(s['final_val_loss']['mean'], '.4f', 'nan')} ± {fmt(s['final_val_loss']['std'], '.4f', 'nan')} "
+        f"- time: {mean_std(s['train_time_ms'], '.2f', 1000, 'nan')} s over {s['n']} runs",
+        f"- final val loss: {mean_std(s['final_val_loss'], '.4f', missing='nan')} "
         f"(one-sided t-test that it is below the target: p = {fmt(s['p_loss_below_target'], '.2e', 'nan')})",
         f"- speedup over {prev['name']}: {fmt(prev['speedup']['ratio'], '.3f', 'nan')}x" if prev
         else "- the first record on this track",
@@ -120,8 +116,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         if log.origin is not None and log.code_hash is None:
             raise Refused(f"run {log.run_id}: no source code: its log ({Path(log.source) / TRAIN_LOG_FILE}) does not "
                           "start with the code that produced it, and no script was kept; a record needs its code")
-        against_log = check_against_log(log)
-        if against_log:
+        if against_log := check_against_log(log):
             raise Refused(f"run {log.run_id}: {against_log[0]}")
         if other := next((seen[i] for i in log.identities if i in seen), None):
             raise Refused(f"runs {other.run_id} and {log.run_id} are one run: {Path(other.source) / TRAIN_LOG_FILE} and "
@@ -145,8 +140,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
         if log.hardware_label != first.hardware_label:
             raise Refused(f"runs {first.run_id} and {log.run_id} ran on different hardware: "
                           f"{first.hardware_label} vs {log.hardware_label}")
-        diff = config_diff(first.config or {}, log.config or {})
-        if diff:
+        if diff := config_diff(first.config or {}, log.config or {}):
             raise Refused(f"runs {first.run_id} and {log.run_id} differ in config: {diff}")
     seeds = {}
     for log in logs:  # a log names no seed (None): such runs are told apart by their logs (above)
@@ -161,8 +155,7 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
     records, damaged = list_records(records_dir)
     if damaged:  # the current record might be the damaged one: comparing against an older one would be wrong
         raise Refused(f"{damaged[0]}; repair it before submitting")
-    on_track = [r for r in records if r["track"] == first.track]
-    previous = on_track[-1] if on_track else None  # each record beat the one before: the latest is the fastest
+    previous = next((r for r in reversed(records) if r["track"] == first.track), None)  # the latest is the fastest
     previous_logs: list[RunLog] = []
     if previous is not None:
         if previous["stats"]["target_val_loss"] != target:
@@ -177,10 +170,9 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
             raise Refused(f"the current {first.track} record's runs cannot be read ({exc}); "
                           "repair it before submitting") from None
     runs, s = statistics(logs, target, previous, previous_logs)
-    losses = s["final_val_loss"]
     if not stats.loss_rule([log.final_val_loss for log in logs], target).passes:
-        raise Refused(f"mean final val loss {losses['mean']:.4f} is not significantly below the target {target}: "
-                      f"one-sided t-test p = {s['p_loss_below_target']:.3g} (needs < {stats.ALPHA}, {s['n']} runs)")
+        raise Refused(f"mean final val loss {s['final_val_loss']['mean']:.4f} is not significantly below the target "
+                      f"{target}: one-sided t-test p = {s['p_loss_below_target']:.3g} (needs < {stats.ALPHA}, {s['n']} runs)")
     if previous is not None:
         prev = s["previous"]
         mean, prev_mean = s["train_time_ms"]["mean"] / 1000, prev["train_time_ms"]["mean"] / 1000
@@ -192,21 +184,19 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
 
 
 def check_every_run(logs: list[RunLog], run_ids: Sequence[str], excluded: dict[str, str], records_dir: Path) -> None:
-    """Every finished ("ok") run of the runs log that shares the set's track, code hash and config (apart from
-    CONFIG_KEYS_FREE) is in the set or excluded with a reason. A run whose run directory cannot be read counts: its
-    config is unknown. A hidden run counts too (hiding a row is no way around this rule). Raises Refused naming the
-    runs left out, or an exclusion that names no such run."""
-    rows = latest_rows(records_dir, hidden=True)
-    known = {row["run_id"] for row in rows}
+    """Refuse unless every "ok" run of the runs log with the set's track, code hash and config (apart from
+    CONFIG_KEYS_FREE) is in the set or excluded with a reason; a run whose config cannot be read counts, and so
+    does a hidden one (hiding a row is no way around this rule)."""
+    rows = last_rows(records_dir, hidden=True)[0]  # run id -> its last row
     for run_id, reason in excluded.items():
         if run_id in run_ids:
             raise Refused(f"--exclude {run_id}: that run is in the set")
-        if run_id not in known:
+        if run_id not in rows:
             raise Refused(f"--exclude {run_id}: no run with that id in {records_dir / RUNS_FILE}")
         if not reason.strip():
             raise Refused(f"--exclude {run_id}: the reason is empty")
     first, missing = logs[0], []
-    for row in rows:
+    for row in rows.values():
         if (row["run_id"] in run_ids or row["run_id"] in excluded or row["status"] != "ok"
                 or row["track"] != first.track or row["code_hash"] != first.code_hash):
             continue
@@ -247,8 +237,8 @@ def build_record(name: str, description: str, rows: list[dict], logs: list[RunLo
     }
 
 
-def write_record(record: dict, logs: list[RunLog], overrides: list[str], records_dir: Path) -> Path:
-    """Write the record folder whole (harness.files.atomic_folder), every file in it fsynced before the rename."""
+def write_record(record: dict, logs: list[RunLog], records_dir: Path) -> Path:
+    """Write the record folder whole (harness.files.atomic_folder)."""
     clean_stale_temps(records_dir)  # what a killed submit left behind
     with atomic_folder(records_dir / record["folder"]) as tmp:
         shutil.copytree(Path(logs[0].source) / SNAPSHOT_DIR, tmp / SNAPSHOT_DIR)
@@ -259,7 +249,7 @@ def write_record(record: dict, logs: list[RunLog], overrides: list[str], records
                 if (Path(log.source) / fname).exists():
                     shutil.copy2(Path(log.source) / fname, dest / fname)
         (tmp / "statistics.md").write_text(render_statistics(record))
-        (tmp / "README.md").write_text(render_readme(record, overrides))
+        (tmp / "README.md").write_text(render_readme(record))
         (tmp / RECORD_FILE).write_text(json.dumps(finite_or_none(record), indent=1, allow_nan=False) + "\n")
         fsync_tree(tmp)
     return records_dir / record["folder"]
@@ -287,12 +277,12 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
         if (records_dir / folder).exists():
             raise Refused(f"records/{folder} exists; records are never overwritten")
         record = build_record(name, description, rows, logs, runs, s, folder, excluded)
-        return write_record(record, logs, list(rows[0].get("overrides") or []), records_dir)
+        return write_record(record, logs, records_dir)
 
 
 def record_date(rows: list[dict], logs: list[RunLog]) -> str:
-    """A record's date, YYYY-MM-DD: the day its last run was made, from the start an ingested log states
-    (nvidia-smi's clock) or else the run's runs-log timestamp; today for runs that state neither."""
+    """The day (YYYY-MM-DD) the last run was made: an ingested log's stated start, else its runs-log timestamp;
+    today where neither is."""
     days = [(log.started or row.get("timestamp") or "")[:10] for row, log in zip(rows, logs)]
     days = [d for d in days if re.fullmatch(r"\d{4}-\d\d-\d\d", d)]
     return max(days) if days else f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}"
@@ -325,8 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # writing the record folder failed; nothing of it was left behind
         print(f"error: the record was not written: {os_error_line(exc)}", file=sys.stderr)
         return 1
-    record = json.loads((folder / RECORD_FILE).read_text())
-    s = record["stats"]
+    s = json.loads((folder / RECORD_FILE).read_text())["stats"]
     print(f"accepted: {folder}")
     print(f"  time {s['train_time_ms']['mean'] / 1000:.3f} ± {(s['train_time_ms']['std'] or 0) / 1000:.3f} s, final val loss "
           f"{s['final_val_loss']['mean']:.4f}, p = {s['p_loss_below_target']:.3g}")
@@ -336,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(95% CI {sp['ci95'][0]:.4f}..{sp['ci95'][1]:.4f})")
     if not args.no_leaderboard:
         try:
-            print(f"leaderboard: {render(args.records, default_out(args.records))}")
+            print(f"leaderboard: {render(args.records)}")
         except OSError as exc:  # the record stands; the page can be re-rendered with harness.leaderboard
             print(f"leaderboard: not written: {os_error_line(exc)}", file=sys.stderr)
     return 0

@@ -2,18 +2,9 @@
 
     python -m harness.verify records/<date>_<name> [...]
 
-  - the code hash recomputed from code/ equals code/CODE_HASH and record.json's code_hash;
-  - every run's events.jsonl (runs/<run_id>/) names that code hash, and the runs in runs/ are the
-    runs in record.json;
-  - every run's train.log agrees with its events.jsonl (check_against_log says in what);
-  - the statistics recomputed from those logs (and the previous record's, for the speedup) equal
-    record.json's, figure by figure (relative tolerance 1e-9: JSON keeps full precision), and
-    statistics.md is exactly what record.json's figures render to (render_statistics).
-
-The figures of a record (statistics, render_statistics) and the check of a run's train.log against
-its events (check_against_log) live here; harness.submit computes and checks a record with them.
-
-Each mismatch is one line: where (file, field), expected (recomputed) and found. Exit 1 on any.
+Checks the code hash, the runs, each train.log against its events.jsonl, every statistic recomputed from the
+logs, and statistics.md; each mismatch is one line (where, expected, found), exit 1 on any. submit computes and
+checks a record with this module's statistics, render_statistics and check_against_log.
 """
 from __future__ import annotations
 
@@ -37,10 +28,6 @@ from harness.stats import fmt
 JSON_RTOL = 1e-9
 
 
-# ----------------------------------------------------------------------------------------------
-# A record's figures, from its runs' logs (harness.submit writes them, verify recomputes them)
-
-
 def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
                previous_logs: list[RunLog] | None = None) -> tuple[list[dict], dict]:
     """(per-run figures, statistics) of a record, from its runs' logs, and the previous record's logs."""
@@ -49,14 +36,13 @@ def statistics(logs: list[RunLog], target: float, previous: dict | None = None,
         "run_id": log.run_id or log.name,
         "seed": log.seed,
         "final_val_loss": log.final_val_loss,
-        "train_time_ms": log.train_time_ms,  # the run's time: at its final validation (every speedrun record's)
+        "train_time_ms": log.train_time_ms,
         "time_to_target_ms": log.time_to_target(target),
         "steps": log.final_step,
         "tokens": log.tokens,
     } for log in logs]
     times = [r["train_time_ms"] for r in runs]
-    losses = [r["final_val_loss"] for r in runs]
-    rule = stats.loss_rule(losses, target)
+    rule = stats.loss_rule([r["final_val_loss"] for r in runs], target)
     result = {
         "n": len(runs),
         "target_val_loss": target,
@@ -87,12 +73,8 @@ def _summary(summary: dict, spec: str, unit: str = "", scale: float = 1) -> str:
 
 
 def render_statistics(record: dict) -> str:
-    """statistics.md: every number of the record and the raw lists. harness.verify re-renders and compares it.
-
-    Its text is part of RECORD_SCHEMA: a change here makes verify expect the new text from old
-    records, so bump the schema and render an older record as its schema did (schema 2 named the
-    times' raw list time_ms).
-    """
+    """statistics.md: every number of the record and the raw lists. Its text is part of RECORD_SCHEMA (verify
+    compares it): a change bumps the schema, and an older record renders as its schema did."""
     s, runs, target = record["stats"], record["runs"], record["stats"]["target_val_loss"]
     times_label = "time_ms" if record["schema"] == 2 else "train_time_ms"
     table = pd.DataFrame([{
@@ -140,21 +122,10 @@ def render_statistics(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------
-# A run's train.log against the rest of its directory
-
-
 def check_against_log(log: RunLog) -> list[str]:
-    """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field.
-
-    - For a run read from a log (meta.log_sha256): train.log's sha256 must be the one recorded.
-    - For a run whose code is its log's embedded source (meta.embedded_code): the code at the top of
-      train.log, re-extracted and hashed, must equal the run's code hash.
-    - Each validation line of train.log (step, val_loss to its printed digits, train_time to the
-      millisecond) must equal the matching val event, and there must be as many of each. A run of ours
-      whose train.log has no validation line (or no train.log) is not checked; an ingested one must have both.
-      A malformed step line (harness.logs.step_lines) is the one problem named after the sha256 and code.
-    """
+    """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field:
+    its sha256 (meta.log_sha256), its embedded code's hash (meta.embedded_code), and each validation line against
+    its val event (to the printed digits). A run of ours without train.log or validation lines is not checked."""
     run_dir = Path(log.source)
     path, events_path = run_dir / TRAIN_LOG_FILE, run_dir / EVENTS_FILE
     foreign = log.origin is not None
@@ -186,21 +157,16 @@ def check_against_log(log: RunLog) -> list[str]:
         problems.append(f"{path}: {len(lines)} validation lines, but {events_path} has {len(events)} val events")
     for i, ((lineno, fields, printed), (step, loss, time_ms)) in enumerate(zip(lines, events)):
         where, event = f"{path}:{lineno}", f"{events_path.name} val event {i + 1}"
-        printed_step, printed_loss, printed_time = fields["step"], fields["val_loss"], fields["train_time_ms"]
-        loss_text, time_text = printed["val_loss"], printed["train_time_ms"]
-        if printed_step != step:
-            problems.append(f"{where}: step: the log says {printed_step}, {event} says {step}")
+        printed_loss, loss_text, time_text = fields["val_loss"], printed["val_loss"], printed["train_time_ms"]
+        if fields["step"] != step:
+            problems.append(f"{where}: step: the log says {fields['step']}, {event} says {step}")
         same_loss = (math.isnan(printed_loss) and math.isnan(loss)) or \
             abs(printed_loss - loss) <= printed_tolerance(loss_text) + 1e-9 * abs(loss)
         if not same_loss:
             problems.append(f"{where}: val_loss: the log says {loss_text}, {event} (step {step}) says {loss!r}")
-        if not abs(printed_time - time_ms) <= printed_tolerance(time_text) + 1e-6:
+        if not abs(fields["train_time_ms"] - time_ms) <= printed_tolerance(time_text) + 1e-6:
             problems.append(f"{where}: train_time: the log says {time_text}ms, {event} (step {step}) says {time_ms!r}")
     return problems
-
-
-# ----------------------------------------------------------------------------------------------
-# A record folder
 
 
 def compare_values(expected, found, where: str, out: list[str]) -> None:
@@ -216,8 +182,7 @@ def compare_values(expected, found, where: str, out: list[str]) -> None:
     elif isinstance(expected, list) and isinstance(found, list) and len(expected) == len(found):
         for i, (e, f) in enumerate(zip(expected, found)):
             compare_values(e, f, f"{where}[{i}]", out)
-    elif (isinstance(expected, (int, float)) and isinstance(found, (int, float))
-          and not isinstance(expected, bool) and not isinstance(found, bool)):
+    elif all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (expected, found)):
         if not math.isclose(expected, found, rel_tol=JSON_RTOL, abs_tol=1e-12):
             out.append(f"{where}: expected {expected!r}, found {found!r}")
     elif expected != found:
@@ -225,8 +190,7 @@ def compare_values(expected, found, where: str, out: list[str]) -> None:
 
 
 def compare_text(expected: str, found: str, where: str, out: list[str]) -> None:
-    """Line by line, exactly: a file rendered from figures must be that rendering (its numbers are
-    checked as numbers in record.json, never read back from the text)."""
+    """Line by line, exactly (the numbers are checked in record.json, never read back from the text)."""
     exp_lines, found_lines = expected.splitlines(), found.splitlines()
     if len(exp_lines) != len(found_lines):
         out.append(f"{where}: expected {len(exp_lines)} lines, found {len(found_lines)}")
@@ -287,16 +251,14 @@ def verify(folder: str | Path) -> list[str]:
 
     # Statistics.
     stats_found = record["stats"]
-    target = stats_found["target_val_loss"]
-    previous, previous_logs = None, None
-    if stats_found.get("previous"):
-        previous = stats_found["previous"]
+    previous, previous_logs = stats_found.get("previous") or None, None
+    if previous:
         try:
             previous_logs = record_runs(folder.parent / previous["folder"])
         except LogError as exc:
             problems.append(f"{folder.parent / previous['folder']}: the previous record's runs cannot be read ({exc})")
             previous = None
-    runs, recomputed_stats = statistics(logs, target, previous, previous_logs)
+    runs, recomputed_stats = statistics(logs, stats_found["target_val_loss"], previous, previous_logs)
     expected = finite_or_none({"runs": runs, "stats": recomputed_stats})
     if previous is None and stats_found.get("previous"):
         expected["stats"]["previous"] = stats_found["previous"]  # reported above; do not report twice
@@ -314,8 +276,7 @@ def verify(folder: str | Path) -> list[str]:
 
 
 def exclusions(folder: str | Path) -> list[str]:
-    """'excluded run ID: REASON' for each finished run of the record's track, code and config it leaves out
-    (harness.submit's every-run rule); empty where none is, or where record.json cannot be read (verify says why)."""
+    """'excluded run ID: REASON' for each run the record leaves out (empty where record.json cannot be read)."""
     try:
         record = read_record(Path(folder) / RECORD_FILE)
     except RecordsError:
