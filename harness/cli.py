@@ -30,6 +30,14 @@ def run_cli(main: Callable[[], int]) -> None:
     sys.exit(code)
 
 
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table (pandas), each cell's text on one line with its '|' escaped."""
+    import pandas as pd  # only where a table is printed: importing pandas takes a second
+
+    cells = [{k: " ".join(str(v).split()).replace("|", "\\|") for k, v in row.items()} for row in rows]
+    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)
+
+
 def finite_float(text: str) -> float:
     """argparse type of a target val loss and the like: a finite number (nan and inf are no target)."""
     try:

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import doc_parser, finite_float, run_cli
+from harness.cli import doc_parser, finite_float, markdown_table, run_cli
 from harness import stats
 from harness.stats import fmt
-from harness.leaderboard import loss_axis, markdown_table, pyplot, save_png
+from harness.leaderboard import loss_axis, pyplot, save_png
 from harness.logs import LogError, RunLog, code_differences, config_diff, describe_difference, load_run, load_runs
 from harness.records import RecordsError, find_runs, name_problem, os_error_line, row_run_dir
 from harness.runlog import finite_or_none
@@ -607,7 +607,6 @@ def plot(variants: list[Variant], target: float, plot_dir: Path) -> list[Path]:
     for name, fig in drawn.items():
         fig.tight_layout()
         save_png(fig, plot_dir / name)
-        pyplot().close(fig)
     return [plot_dir / name for name in drawn]
 
 

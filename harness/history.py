@@ -29,14 +29,14 @@ from typing import Sequence
 from tqdm import tqdm
 
 from harness import stats
-from harness.cli import doc_parser
+from harness.cli import doc_parser, markdown_table, run_cli
 from harness.files import write_atomic
-from harness.leaderboard import TIME_NOTE, markdown_table, mean_std, pyplot, save_png
+from harness.leaderboard import TIME_NOTE, pyplot, save_png
 from harness.logs import LOG_SUFFIXES, LogError, code_differences, describe_difference, load_run
 from harness.records import os_error_line
 from harness.runlog import finite_or_none
 from harness.runrow import RUNS_DIR
-from harness.stats import fmt
+from harness.stats import fmt, mean_std
 from harness.tracks import FINEWEB_TARGET
 
 PAGE_FILE = "history.md"
@@ -323,4 +323,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

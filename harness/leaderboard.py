@@ -16,12 +16,12 @@ from typing import Sequence
 
 import pandas as pd
 
-from harness.cli import doc_parser, run_cli
+from harness.cli import doc_parser, markdown_table, run_cli
 from harness.files import atomic_file, clean_stale_temps, write_atomic
 from harness.logs import LogError, record_runs
 from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
 from harness import stats
-from harness.stats import ALPHA, fmt
+from harness.stats import ALPHA, fmt, mean_std
 from harness.tracks import TRACKS
 
 PLOT_FILE = "leaderboard.png"
@@ -32,12 +32,6 @@ TIME_NOTE = ("A run's time is its train time at its final validation, whether or
              "target; every run of a record counts, and runs go their full schedule (the speedrun community's "
              "convention). The target is certified over the set: p is the one-sided t-test that the mean final "
              f"val loss is below the target, and a record needs p < {ALPHA}.")
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """The rows as a Markdown table, each cell's text on one line with its '|' escaped."""
-    cells = [{k: " ".join(str(v).split()).replace("|", "\\|") for k, v in row.items()} for row in rows]
-    return pd.DataFrame(cells).to_markdown(index=False, disable_numparse=True)
 
 
 def pyplot():
@@ -58,11 +52,6 @@ def save_png(fig, path) -> None:
             fig.savefig(f, format="png", dpi=DPI, metadata={"Software": None})
     finally:
         pyplot().close(fig)
-
-
-def mean_std(summary: dict, spec: str, scale: float = 1, missing: str = "—") -> str:
-    """'mean ± std' of a stats.describe dict."""
-    return f"{fmt(summary.get('mean'), spec, missing, scale)} ± {fmt(summary.get('std'), spec, missing, scale)}"
 
 
 def runs_cell(record: dict) -> str:

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from harness.cli import doc_parser, finite_float, run_cli
+from harness.cli import doc_parser, finite_float, markdown_table, run_cli
 from harness.tracks import FINEWEB_TARGET
 
 CONFIDENCE = 0.95
@@ -458,10 +458,13 @@ def fmt(value, spec: str = "", missing: str = "—", scale: float = 1) -> str:
     return format(value if isinstance(value, str) or scale == 1 else value / scale, spec)
 
 
-def _table(rows: list[tuple[str, str]]) -> str:
-    import pandas as pd
+def mean_std(summary: dict, spec: str, scale: float = 1, missing: str = "—") -> str:
+    """'mean ± std' of a describe dict (Summary.as_dict), each formatted by fmt."""
+    return f"{fmt(summary.get('mean'), spec, missing, scale)} ± {fmt(summary.get('std'), spec, missing, scale)}"
 
-    return pd.DataFrame(rows, columns=["figure", "value"]).to_markdown(index=False, disable_numparse=True)
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    return markdown_table([{"figure": figure, "value": value} for figure, value in rows])
 
 
 def loss_report(losses: Sequence[float], target: float) -> str:

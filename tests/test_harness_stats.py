@@ -167,11 +167,16 @@ def test_a_reader_that_stops_reading_gets_no_traceback(tmp_path):
 
     (tmp_path / "a.txt").write_text("step:0/2 val_loss:10.8 train_time:0ms\nstep:2/2 val_loss:3.2 train_time:10ms\n")
     (tmp_path / "b.txt").write_text("step:0/2 val_loss:10.8 train_time:0ms\nstep:2/2 val_loss:3.3 train_time:12ms\n")
+    history = tmp_path / "records"  # modded-nanogpt's records/ with one record folder
+    (history / "010125_Record").mkdir(parents=True)
+    for log in ("a.txt", "b.txt"):
+        (history / "010125_Record" / log).write_bytes((tmp_path / log).read_bytes())
     commands = [["harness.stats", "loss", "3.27", "3.26", "3.25"],
                 ["harness.compare", "--logs", f"a={tmp_path}", "--no-plot"],
                 ["harness.leaderboard", "--records", str(tmp_path), "--out", str(tmp_path / "lb.md")],
                 ["harness.verify", str(tmp_path)],
-                ["harness.data", "inspect", str(write_shard(tmp_path / "s.bin", [50256, 1, 2]))]]
+                ["harness.data", "inspect", str(write_shard(tmp_path / "s.bin", [50256, 1, 2]))],
+                ["harness.history", str(history), "--json", "--out", str(tmp_path / "history")]]
     for argv in commands:
         read, write = os.pipe()
         os.close(read)  # the reader is gone before the first line: every write fails with EPIPE
