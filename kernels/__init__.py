@@ -7,5 +7,24 @@
 - `kernels.fp8`: the FP8 matmul of the output head (`torch._scaled_mm`, no Triton), beside its fp32 emulation.
 
 Every op is registered with `torch.library.custom_op` so that autograd and `torch.compile` see it.
-Without a GPU the kernels run under Triton's interpreter (set TRITON_INTERPRET=1 before importing).
+Without a GPU the kernels run under Triton's interpreter (set TRITON_INTERPRET=1 before importing): @triton.jit
+reads it when it decorates a kernel, at its file's import. Each file's input check calls `check_launchable`.
 """
+from __future__ import annotations
+
+import torch
+from triton.runtime.interpreter import InterpretedFunction
+
+
+def interpreted(kernel) -> bool:
+    """Whether `kernel` (a @triton.jit function) runs under Triton's interpreter: @triton.jit makes an
+    InterpretedFunction where TRITON_INTERPRET was set when it decorated the kernel (Triton 3.6 and 3.9)."""
+    return isinstance(kernel, InterpretedFunction)
+
+
+def check_launchable(op: str, interpreting: bool, *tensors: torch.Tensor) -> None:
+    """A one-line ValueError where `op` would launch a compiled kernel (`interpreting` False: its file was imported
+    without TRITON_INTERPRET=1) on CPU tensors: Triton has no CPU driver, and its own error names no op."""
+    if not interpreting and any(t.device.type == "cpu" for t in tensors):
+        raise ValueError(f"{op}: CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing "
+                         "kernels/")

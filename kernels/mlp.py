@@ -55,6 +55,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels import check_launchable, interpreted
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GROUP_M = 8  # tile-rows per program group on CUDA (L2 reuse of B's tile-columns)
 # sm_90, 2-byte operands: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Shared memory per stage
@@ -127,6 +129,9 @@ def _mlp_matmul_kernel(
         # passes nothing there, not even an inf d_post); a NaN p gives NaN, as there
         pre = tl.load(pre_ptrs, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptrs, tl.where(pre <= 0.0, 0.0, acc * 2.0 * pre).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_INTERPRETED = interpreted(_mlp_matmul_kernel)  # made for Triton's interpreter (TRITON_INTERPRET=1 at import)
 
 
 def _cuda_configs() -> list:
@@ -244,6 +249,7 @@ def _check_inputs(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> None:
     if not w_fc.device == w_proj.device == x.device:
         raise ValueError(f"relu2_mlp: x, w_fc, w_proj must be on one device, got {x.device}, {w_fc.device}, "
                          f"{w_proj.device}")
+    check_launchable("relu2_mlp", _INTERPRETED, x)
     if x.dtype == torch.bfloat16 and x.device.type == "cpu":
         raise ValueError("relu2_mlp: bfloat16 on the CPU: Triton's interpreter has no bf16 arithmetic (use float32 "
                          "or float16 there)")
