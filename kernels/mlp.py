@@ -100,19 +100,22 @@ def _mlp_matmul_kernel(
     tile_m = first_m + (pid % (GROUP_M * tiles_n)) % rows_in_group
     tile_n = (pid % (GROUP_M * tiles_n)) // rows_in_group
 
+    # int64 offsets: in int32, a column times B's column stride overflows for a weight over 2^31 elements, and
+    # k times A's k stride (the advance by BLOCK_K too) for a transposed x over 2^25 rows
     offs_m = tile_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-    offs_k = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    offs_n = tile_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)  # (BLOCK_K,)
     a_ptrs = a_ptr + offs_m[:, None] * a_stride_m + offs_k[None, :] * a_stride_k  # (BLOCK_M, BLOCK_K)
     b_ptrs = b_ptr + offs_k[:, None] * b_stride_k + offs_n[None, :] * b_stride_n  # (BLOCK_K, BLOCK_N)
+    a_step, b_step = tl.cast(a_stride_k, tl.int64) * BLOCK_K, tl.cast(b_stride_k, tl.int64) * BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         k_left = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0.0)
         b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-        a_ptrs += BLOCK_K * a_stride_k
-        b_ptrs += BLOCK_K * b_stride_k
+        a_ptrs += a_step
+        b_ptrs += b_step
 
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     pre_ptrs = pre_ptr + offs_m[:, None] * pre_stride_m + offs_n[None, :] * pre_stride_n
