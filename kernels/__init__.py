@@ -4,7 +4,10 @@
 - `kernels.norm`: fused RMSNorm / LayerNorm.
 - `kernels.newton_schulz`: Muon's Newton-Schulz orthogonalisation.
 - `kernels.mlp`: the MLP proj(relu(fc(x))²) with ReLU² in the fc matmul's epilogues.
-- `kernels.fp8`: the FP8 matmul of the output head (`torch._scaled_mm`, no Triton), beside its fp32 emulation.
+- `kernels.fp8`: the FP8 matmul of the output head (`torch._scaled_mm`) and its casts in one Triton pass
+  (`cast_fp8`; torch's casts on a CPU), beside its fp32 emulation.
+- `kernels.head_loss`: the FP8 head's soft-capped cross-entropy, whose backward writes the FP8 gradient
+  (`fp8_head_loss`), beside the torch composition (`softcap_cross_entropy`, also the trainer's bf16 loss).
 
 Every op is registered with `torch.library.custom_op` so that autograd and `torch.compile` see it.
 Without a GPU the kernels run under Triton's interpreter (set TRITON_INTERPRET=1 before importing): @triton.jit

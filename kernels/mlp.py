@@ -62,11 +62,12 @@ GROUP_M = 8  # tile-rows per program group on CUDA (L2 reuse of B's tile-columns
 # sm_90, 2-byte operands: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Shared memory per stage
 # (BM + BN)·BK·2 B: 48 KiB at 128x256x64 (3 stages, 144 KiB), 32 KiB at 128x128x64 (4 stages, 128 KiB).
 CUDA_CONFIGS = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4)]
-CUDA_FP32_CONFIG = (64, 64, 32, 4, 3)  # the tests' fp32 on a GPU: exact products, small tiles
-# Under TRITON_INTERPRET=1: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M). The interpreter's time grows with the programs
-# (cpu-tiny's MLP, 2048 x 128 -> 512, forward + backward: 25 s at 32 x 32 x 16, 4.5 s at 64 x 64 x 32); groups of 2
-# tile-rows let the tests' shapes reach several groups and a partial last one.
-INTERPRETER_BLOCKS = (64, 64, 32, 2)
+# The fixed tiles, (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). fp32 on a GPU (the tests'): exact
+# products, small tiles. Under TRITON_INTERPRET=1 the interpreter's time grows with the programs (cpu-tiny's MLP,
+# 2048 x 128 -> 512, forward + backward: 25 s at 32 x 32 x 16, 4.5 s at 64 x 64 x 32); groups of 2 tile-rows let
+# the tests' shapes reach several groups and a partial last one (it ignores warps and stages).
+CUDA_FP32_CONFIG = (64, 64, 32, GROUP_M, 4, 3)
+INTERPRETER_BLOCKS = (64, 64, 32, 2, 1, 1)
 
 
 def relu2_mlp_ref(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> Tensor:
@@ -167,16 +168,11 @@ def mlp_matmul(a: Tensor, b: Tensor, pre: Tensor, out: Tensor, epilogue: str) ->
         return
     precision = "ieee" if a.dtype == torch.float32 else "tf32"
     args = (a, *a.stride(), b, *b.stride(), pre, *pre.stride(), out, M, N, K)
-    if not a.is_cuda:
-        bm, bn, bk, group_m = INTERPRETER_BLOCKS
+    if not a.is_cuda or a.dtype == torch.float32:  # a fixed tile: the interpreter's, or exact fp32 products' on CUDA
+        bm, bn, bk, group_m, warps, stages = CUDA_FP32_CONFIG if a.is_cuda else INTERPRETER_BLOCKS
         grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
         _mlp_matmul_kernel[grid](*args, EPILOGUE=epilogue, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
-                                 DOT_PRECISION=precision)
-    elif a.dtype == torch.float32:  # exact fp32 products need small tiles (twice the bytes per element)
-        bm, bn, bk, w, s = CUDA_FP32_CONFIG
-        grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-        _mlp_matmul_kernel[grid](*args, EPILOGUE=epilogue, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M,
-                                 DOT_PRECISION=precision, num_warps=w, num_stages=s)
+                                 DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
     else:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
         _mlp_matmul_autotuned[grid](*args, EPILOGUE=epilogue, GROUP_M=GROUP_M, DOT_PRECISION=precision)
