@@ -311,6 +311,7 @@ class Ops:
     attention_mask: Callable[[Tensor, list[int]], list]  # (document starts (B, T) bool, windows) -> a mask per window
     attention: Callable[..., Tensor]  # q, k, v (B, T, H, D), mask, softmax scale (None: D^-0.5) -> (B, T, H, D)
     fp8_head_loss: Callable[..., Tensor]  # x (N, d), w (V, d), targets (N,), softcap, x_s, w_s, grad_s -> mean loss
+    head_loss: Callable[[Tensor, Tensor, float], Tensor]  # logits (N, V), targets (N,), softcap -> mean loss in fp32
     relu2_mlp: Callable[[Tensor, Tensor, Tensor], Tensor]  # x (..., d), W_fc (f, d), W_proj (d, f) -> (..., d)
     newton_schulz: Callable[[Tensor, int], Tensor]  # (G (N, M, K), steps) -> ~orthogonalised G, same shape
     sources: dict[str, str]  # op -> where it comes from, for the log
@@ -326,6 +327,7 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
     except ImportError as exc:
         raise ConfigError(f"--kernels={kernels}: kernels/ does not import ({type(exc).__name__}: {exc})") from None
     fused = ("add_rms_norm", "mix_rms_norm", "rms_norm_rotary")  # kernels.norm's fused ops, each beside `<op>_ref`
+    loss_source = "kernels.head_loss.softcap_cross_entropy"  # the bf16 head's loss, one for both backends
     if kernels == "triton":
         def masks(starts, windows):  # the documents' bounds built once for every window
             cu_seqlens, _, bounds = attention.packed_cu_seqlens(starts, windows[0])
@@ -334,10 +336,10 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
         sources = dict(attention="kernels.attention.flash_attention", rms_norm="kernels.norm.rms_norm",
                        newton_schulz="kernels.newton_schulz.newton_schulz",
                        **{op: f"kernels.norm.{op}" for op in fused}, relu2_mlp="kernels.mlp.relu2_mlp",
-                       fp8_head_loss="kernels.head_loss.fp8_head_loss")
+                       fp8_head_loss="kernels.head_loss.fp8_head_loss", head_loss=loss_source)
         return Ops(norm.rms_norm, norm.add_rms_norm, norm.mix_rms_norm, norm.rms_norm_rotary, masks,
-                   attention.packed_flash_attention, head_loss.fp8_head_loss, mlp.relu2_mlp,
-                   newton_schulz.newton_schulz, sources)
+                   attention.packed_flash_attention, head_loss.fp8_head_loss, head_loss.softcap_cross_entropy,
+                   mlp.relu2_mlp, newton_schulz.newton_schulz, sources)
     cuda, flex = device.type == "cuda", [attention.FlexMasks() for _ in range(2)]  # a mask's buffers per window
     masks = (lambda starts, windows: [f(starts, w) for f, w in zip(flex, windows)]) if cuda else \
         (lambda starts, windows: [attention.dense_mask(starts, w) for w in windows])  # FlexAttention or dense SDPA
@@ -345,9 +347,10 @@ def make_ops(kernels: str, device: torch.device) -> Ops:
     refs = dict(attention="torch FlexAttention" if cuda else "torch SDPA with a dense mask",
                 rms_norm="kernels.norm.rms_norm_ref", newton_schulz="kernels.newton_schulz.newton_schulz_ref",
                 **{op: f"kernels.norm.{op}_ref" for op in fused}, fp8_head_loss="kernels.head_loss.fp8_head_loss_ref",
-                relu2_mlp="kernels.mlp.relu2_mlp_ref")
+                relu2_mlp="kernels.mlp.relu2_mlp_ref", head_loss=loss_source)
     return Ops(norm.rms_norm_ref, norm.add_rms_norm_ref, norm.mix_rms_norm_ref, norm.rms_norm_rotary_ref, masks,
-               attend, head_loss.fp8_head_loss_ref, mlp.relu2_mlp_ref, newton_schulz.newton_schulz_ref, refs)
+               attend, head_loss.fp8_head_loss_ref, head_loss.softcap_cross_entropy, mlp.relu2_mlp_ref,
+               newton_schulz.newton_schulz_ref, refs)
 
 
 def init_linear_(weight: Tensor) -> Tensor:
@@ -432,7 +435,8 @@ class GPT(nn.Module):
     def __init__(self, cfg: Config, ops: Ops):
         super().__init__()
         L, k, kinds = cfg.num_layers, cfg.value_embeds, layer_kinds(cfg)
-        self.norm, self.add_norm, self.fp8_head_loss = ops.rms_norm, ops.add_rms_norm, ops.fp8_head_loss
+        self.norm, self.add_norm = ops.rms_norm, ops.add_rms_norm
+        self.head_loss, self.fp8_head_loss = ops.head_loss, ops.fp8_head_loss
         self.softcap = cfg.logit_softcap
         dtype = torch.bfloat16 if cfg.embed_bf16 else None  # the tables' dtype (Adam keeps fp32 masters of bf16 ones)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype)
@@ -467,10 +471,8 @@ class GPT(nn.Module):
         if self.fp8_scales and torch.is_grad_enabled():  # FP8 in training only, as the record: validation in bf16
             return self.fp8_head_loss(x.flatten(0, 1), self.head.weight, targets.view(-1), self.softcap,
                                       *self.fp8_scales)  # logits, soft-cap and loss (kernels/head_loss.py)
-        logits = self.head(x).float()  # (B, T, V)
-        if self.softcap:  # tanh soft-cap (Gemma 2; @Grad62304977), lowered from 30 to 15 by @KoszarskyB
-            logits = self.softcap * torch.tanh(logits / self.softcap)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        # tanh soft-cap (Gemma 2; @Grad62304977), lowered from 30 to 15 by @KoszarskyB, and the loss, in fp32
+        return self.head_loss(self.head(x).flatten(0, 1), targets.view(-1), self.softcap)  # logits (B T, V)
 
 
 def flops_per_token(cfg: Config, window: int) -> float:

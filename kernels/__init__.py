@@ -4,8 +4,30 @@
 - `kernels.norm`: fused RMSNorm / LayerNorm.
 - `kernels.newton_schulz`: Muon's Newton-Schulz orthogonalisation.
 - `kernels.mlp`: the MLP proj(relu(fc(x))²) with ReLU² in the fc matmul's epilogues.
-- `kernels.fp8`: the FP8 matmul of the output head (`torch._scaled_mm`, no Triton), beside its fp32 emulation.
+- `kernels.fp8`: the FP8 matmul of the output head (`torch._scaled_mm`) and its casts in one Triton pass
+  (`cast_fp8`; torch's casts on a CPU), beside its fp32 emulation.
+- `kernels.head_loss`: the FP8 head's soft-capped cross-entropy, whose backward writes the FP8 gradient
+  (`fp8_head_loss`), beside the torch composition (`softcap_cross_entropy`, also the trainer's bf16 loss).
 
 Every op is registered with `torch.library.custom_op` so that autograd and `torch.compile` see it.
-Without a GPU the kernels run under Triton's interpreter (set TRITON_INTERPRET=1 before importing).
+Without a GPU the kernels run under Triton's interpreter (set TRITON_INTERPRET=1 before importing): @triton.jit
+reads it when it decorates a kernel, at its file's import. Each file's input check calls `check_launchable`.
 """
+from __future__ import annotations
+
+import torch
+from triton.runtime.interpreter import InterpretedFunction
+
+
+def interpreted(kernel) -> bool:
+    """Whether `kernel` (a @triton.jit function) runs under Triton's interpreter: @triton.jit makes an
+    InterpretedFunction where TRITON_INTERPRET was set when it decorated the kernel (Triton 3.6 and 3.9)."""
+    return isinstance(kernel, InterpretedFunction)
+
+
+def check_launchable(op: str, interpreting: bool, *tensors: torch.Tensor) -> None:
+    """A one-line ValueError where `op` would launch a compiled kernel (`interpreting` False: its file was imported
+    without TRITON_INTERPRET=1) on CPU tensors: Triton has no CPU driver, and its own error names no op."""
+    if not interpreting and any(t.device.type == "cpu" for t in tensors):
+        raise ValueError(f"{op}: CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing "
+                         "kernels/")

@@ -122,7 +122,6 @@ Limits
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +130,8 @@ import triton
 import triton.language as tl
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from triton.tools.tensor_descriptor import TensorDescriptor
+
+from kernels import check_launchable, interpreted
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -184,7 +185,7 @@ _INTERPRETER_BLOCKS = {
 
 def block_config(kind: str, head_dim: int, device: torch.device | str, dtype: torch.dtype) -> Blocks:
     """Tiles for pass `kind` ("fwd", "dkdv" or "dq") at this head dim and input dtype on this device."""
-    if torch.device(device).type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if torch.device(device).type != "cuda" or _INTERPRETED:
         return _INTERPRETER_BLOCKS[kind]
     return cuda_block_config(kind, head_dim, dtype)
 
@@ -662,7 +663,7 @@ def _bht_strides(*tensors: torch.Tensor) -> tuple[int, ...]:
 def use_tma(q: torch.Tensor) -> bool:
     """Whether the forward loads through TMA tensor descriptors by default: on CUDA GPUs of compute capability 9.0
     and newer (Hopper's bulk tensor copies); the pointer path elsewhere (Triton's interpreter, older GPUs)."""
-    return (q.device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1"
+    return (q.device.type == "cuda" and not _INTERPRETED
             and torch.cuda.get_device_capability(q.device)[0] >= 9)
 
 
@@ -850,6 +851,9 @@ def _backward(ctx, dout, dlse):
 _flash_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+_INTERPRETED = interpreted(_attn_fwd_kernel)  # made for Triton's interpreter (TRITON_INTERPRET=1 at import)
+
+
 def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
     """One-line ValueErrors for inputs the kernels do not handle. Reads shapes, strides, dtypes and devices,
     and the values of cu_seqlens only where they are on the CPU (no host sync on a GPU)."""
@@ -863,6 +867,7 @@ def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
         raise ValueError(f"flash_attention: dtype {q.dtype} not supported (bf16, fp16, fp32)")
     if not (q.device == k.device == v.device):
         raise ValueError(f"flash_attention: q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    check_launchable("flash_attention", _INTERPRETED, q)
     B, T, H, D = q.shape
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"flash_attention: head dim {D} not supported (one of {SUPPORTED_HEAD_DIMS})")

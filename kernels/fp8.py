@@ -52,6 +52,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels import check_launchable, interpreted
+
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
 
@@ -90,6 +92,7 @@ def _cast_fp8_kernel(
 
 
 CAST_BLOCK = 64, 64  # (BLOCK_R, BLOCK_C)
+_INTERPRETED = interpreted(_cast_fp8_kernel)  # made for Triton's interpreter (TRITON_INTERPRET=1 at import)
 
 
 def cast_fp8(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool = False) -> tuple[Tensor, Optional[Tensor]]:
@@ -103,6 +106,7 @@ def cast_fp8(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool = Fals
             or dtype not in (E4M3, E5M2):
         raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp16/fp32 tensor and E4M3/E5M2, got {tuple(t.shape)} "
                          f"{t.dtype} (contiguous: {t.is_contiguous()}) to {dtype}")
+    check_launchable("cast_fp8", _INTERPRETED, t)
     R, C = t.shape
     q = torch.empty(R, C, dtype=torch.uint8, device=t.device)
     qt = torch.empty(C, R, dtype=torch.uint8, device=t.device) if transpose else q

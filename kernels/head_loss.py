@@ -52,15 +52,13 @@ head_loss`); not measured on a GPU. Offsets are int64 (N V > 2^31).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import fp8
+from kernels import check_launchable, fp8, interpreted
 from kernels.fp8 import E4M3, E5M2, fp8_bits
 
 
@@ -145,8 +143,7 @@ INTERPRETER_FORWARD = 256, 4
 BACKWARD_TILE = 64, 64  # (BLOCK_R, BLOCK_V), 4 warps
 
 
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRETED = interpreted(_loss_forward_kernel)  # made for Triton's interpreter (TRITON_INTERPRET=1 at import)
 
 
 def _caps(softcap: float) -> tuple[float, float]:
@@ -157,7 +154,7 @@ def loss_rows(logits: Tensor, targets: Tensor, softcap: float) -> tuple[Tensor, 
     """logits (N, V) bf16 contiguous, targets (N,) -> (lse (N,), per-row loss (N,)), fp32, in one read of the logits."""
     N, V = logits.shape
     lse, loss = (torch.empty(N, dtype=torch.float32, device=logits.device) for _ in range(2))
-    block_v, warps = INTERPRETER_FORWARD if _interpreted() or not logits.is_cuda else CUDA_FORWARD
+    block_v, warps = INTERPRETER_FORWARD if _INTERPRETED or not logits.is_cuda else CUDA_FORWARD
     cap, inv_cap = _caps(softcap)
     _loss_forward_kernel[(N,)](logits, targets, lse, loss, V, cap, inv_cap, HAS_CAP=bool(softcap), BLOCK_V=block_v,
                                num_warps=warps)
@@ -246,6 +243,7 @@ def check_inputs(x: Tensor, w: Tensor, targets: Tensor, softcap: float, **scales
     fp8.check_scales("fp8_head_loss", **scales)
     if targets.device != x.device:
         raise ValueError(f"fp8_head_loss: targets must be on x's device {x.device}, got {targets.device}")
+    check_launchable("fp8_head_loss", _INTERPRETED, x)
     if targets.shape != x.shape[:1] or targets.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"fp8_head_loss: expected targets ({x.size(0)},) int32/int64 for x {tuple(x.shape)}, got "
                          f"{tuple(targets.shape)} {targets.dtype}")

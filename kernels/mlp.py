@@ -55,16 +55,19 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels import check_launchable, interpreted
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GROUP_M = 8  # tile-rows per program group on CUDA (L2 reuse of B's tile-columns)
 # sm_90, 2-byte operands: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Shared memory per stage
 # (BM + BN)·BK·2 B: 48 KiB at 128x256x64 (3 stages, 144 KiB), 32 KiB at 128x128x64 (4 stages, 128 KiB).
 CUDA_CONFIGS = [(128, 256, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4)]
-CUDA_FP32_CONFIG = (64, 64, 32, 4, 3)  # the tests' fp32 on a GPU: exact products, small tiles
-# Under TRITON_INTERPRET=1: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M). The interpreter's time grows with the programs
-# (cpu-tiny's MLP, 2048 x 128 -> 512, forward + backward: 25 s at 32 x 32 x 16, 4.5 s at 64 x 64 x 32); groups of 2
-# tile-rows let the tests' shapes reach several groups and a partial last one.
-INTERPRETER_BLOCKS = (64, 64, 32, 2)
+# The fixed tiles, (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages). fp32 on a GPU (the tests'): exact
+# products, small tiles. Under TRITON_INTERPRET=1 the interpreter's time grows with the programs (cpu-tiny's MLP,
+# 2048 x 128 -> 512, forward + backward: 25 s at 32 x 32 x 16, 4.5 s at 64 x 64 x 32); groups of 2 tile-rows let
+# the tests' shapes reach several groups and a partial last one (it ignores warps and stages).
+CUDA_FP32_CONFIG = (64, 64, 32, GROUP_M, 4, 3)
+INTERPRETER_BLOCKS = (64, 64, 32, 2, 1, 1)
 
 
 def relu2_mlp_ref(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> Tensor:
@@ -98,19 +101,22 @@ def _mlp_matmul_kernel(
     tile_m = first_m + (pid % (GROUP_M * tiles_n)) % rows_in_group
     tile_n = (pid % (GROUP_M * tiles_n)) // rows_in_group
 
+    # int64 offsets: in int32, a column times B's column stride overflows for a weight over 2^31 elements, and
+    # k times A's k stride (the advance by BLOCK_K too) for a transposed x over 2^25 rows
     offs_m = tile_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-    offs_k = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    offs_n = tile_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
+    offs_k = tl.arange(0, BLOCK_K).to(tl.int64)  # (BLOCK_K,)
     a_ptrs = a_ptr + offs_m[:, None] * a_stride_m + offs_k[None, :] * a_stride_k  # (BLOCK_M, BLOCK_K)
     b_ptrs = b_ptr + offs_k[:, None] * b_stride_k + offs_n[None, :] * b_stride_n  # (BLOCK_K, BLOCK_N)
+    a_step, b_step = tl.cast(a_stride_k, tl.int64) * BLOCK_K, tl.cast(b_stride_k, tl.int64) * BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k in range(0, tl.cdiv(K, BLOCK_K)):
         k_left = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=(offs_m[:, None] < M) & (offs_k[None, :] < k_left), other=0.0)
         b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & (offs_n[None, :] < N), other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-        a_ptrs += BLOCK_K * a_stride_k
-        b_ptrs += BLOCK_K * b_stride_k
+        a_ptrs += a_step
+        b_ptrs += b_step
 
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     pre_ptrs = pre_ptr + offs_m[:, None] * pre_stride_m + offs_n[None, :] * pre_stride_n
@@ -127,6 +133,9 @@ def _mlp_matmul_kernel(
         # passes nothing there, not even an inf d_post); a NaN p gives NaN, as there
         pre = tl.load(pre_ptrs, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptrs, tl.where(pre <= 0.0, 0.0, acc * 2.0 * pre).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+_INTERPRETED = interpreted(_mlp_matmul_kernel)  # made for Triton's interpreter (TRITON_INTERPRET=1 at import)
 
 
 def _cuda_configs() -> list:
@@ -159,16 +168,11 @@ def mlp_matmul(a: Tensor, b: Tensor, pre: Tensor, out: Tensor, epilogue: str) ->
         return
     precision = "ieee" if a.dtype == torch.float32 else "tf32"
     args = (a, *a.stride(), b, *b.stride(), pre, *pre.stride(), out, M, N, K)
-    if not a.is_cuda:
-        bm, bn, bk, group_m = INTERPRETER_BLOCKS
+    if not a.is_cuda or a.dtype == torch.float32:  # a fixed tile: the interpreter's, or exact fp32 products' on CUDA
+        bm, bn, bk, group_m, warps, stages = CUDA_FP32_CONFIG if a.is_cuda else INTERPRETER_BLOCKS
         grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
         _mlp_matmul_kernel[grid](*args, EPILOGUE=epilogue, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=group_m,
-                                 DOT_PRECISION=precision)
-    elif a.dtype == torch.float32:  # exact fp32 products need small tiles (twice the bytes per element)
-        bm, bn, bk, w, s = CUDA_FP32_CONFIG
-        grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
-        _mlp_matmul_kernel[grid](*args, EPILOGUE=epilogue, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=GROUP_M,
-                                 DOT_PRECISION=precision, num_warps=w, num_stages=s)
+                                 DOT_PRECISION=precision, num_warps=warps, num_stages=stages)
     else:
         grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
         _mlp_matmul_autotuned[grid](*args, EPILOGUE=epilogue, GROUP_M=GROUP_M, DOT_PRECISION=precision)
@@ -244,6 +248,7 @@ def _check_inputs(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> None:
     if not w_fc.device == w_proj.device == x.device:
         raise ValueError(f"relu2_mlp: x, w_fc, w_proj must be on one device, got {x.device}, {w_fc.device}, "
                          f"{w_proj.device}")
+    check_launchable("relu2_mlp", _INTERPRETED, x)
     if x.dtype == torch.bfloat16 and x.device.type == "cpu":
         raise ValueError("relu2_mlp: bfloat16 on the CPU: Triton's interpreter has no bf16 arithmetic (use float32 "
                          "or float16 there)")

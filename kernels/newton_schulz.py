@@ -72,6 +72,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import check_launchable, interpreted
+
 # Keller Jordan's Muon quintic, (a, b, c) for σ ← aσ + bσ³ + cσ⁵, used every step.
 QUINTIC = (3.4445, -4.7750, 2.0315)
 
@@ -222,6 +224,9 @@ def _bx_plus_ax_kernel(
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+_INTERPRETED = interpreted(_syrk_kernel)  # made for Triton's interpreter (TRITON_INTERPRET=1 at import)
+
+
 # ------------------------------------------------------------------------------------------------ launchers
 
 
@@ -255,6 +260,7 @@ def _check_inputs(op: str, *tensors: torch.Tensor, any_float: bool = False) -> N
             raise ValueError(f"{op}: expected a real floating-point tensor, got {t.dtype}")
         if not any_float and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"{op}: expected float32, float16 or bfloat16, got {t.dtype}")
+    check_launchable(op, _INTERPRETED, *tensors)
 
 
 def _syrk(A: torch.Tensor, C: torch.Tensor | None, alpha: float, beta: float, out: torch.Tensor | None):

@@ -79,6 +79,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels import check_launchable, interpreted
+
 # Widest row a program holds in registers, in bytes (Triton's 05-layer-norm tutorial uses the same).
 MAX_ROW_BYTES = 65536
 # Elements one program moves per tile: narrow rows are stacked until a tile holds about this many.
@@ -442,6 +444,9 @@ def _rms_norm_rotary_bwd_kernel(
     tl.store(dx_ptr + dx_rows + half, ((dn2 - n2 * dot[:, None]) * rstd[:, None]).to(dx_ptr.dtype.element_ty),
              mask=mask)
 
+
+
+_INTERPRETED = interpreted(_norm_fwd_kernel)  # made for Triton's interpreter (TRITON_INTERPRET=1 at import)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -952,6 +957,7 @@ def _check_inputs(op: str, x: Tensor, **vectors: Optional[Tensor]) -> None:
             f"{op}: last dim {n} is wider than {limit}, the widest {x.dtype} row one program holds "
             f"({MAX_ROW_BYTES} bytes)"
         )
+    check_launchable(op, _INTERPRETED, x)
     for name, v in vectors.items():
         if v is None:
             continue

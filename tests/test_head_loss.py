@@ -153,8 +153,9 @@ def test_the_op_is_the_fp32_emulation_within_fp8s_rounding(N, d, V, cap):
     _within(dw, want_dw, 0.1, "dW")
 
 
-def test_the_torch_composition_is_the_trainers_loss():
-    """fp8_head_loss_ref with kernels.fp8.fp8_mm: the head's logits in fp32, soft-capped, F.cross_entropy's mean."""
+def test_the_torch_composition_is_the_fp8_matmul_then_the_soft_capped_loss():
+    """fp8_head_loss_ref with kernels.fp8.fp8_mm: the head's logits in fp32, soft-capped, F.cross_entropy's mean
+    (`softcap_cross_entropy`, which is also the trainer's bf16 loss: tests/test_train_gpt.py checks it calls it)."""
     x, w, targets = _op_inputs(37, 48, 1008, seed=5)
     logits = fp8.fp8_mm(x, w, **SCALES).float()
     want = torch.nn.functional.cross_entropy(15.0 * torch.tanh(logits / 15.0), targets)

@@ -6,6 +6,12 @@ flash-attention's rule (tests/helpers.py `assert_error_within`): its error is at
 reference run in the same dtype on the same inputs. On a CPU the kernel runs under Triton's interpreter (fp32 and
 fp16; it has no bf16 arithmetic); bf16 is GPU-marked.
 """
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import triton
@@ -121,9 +127,43 @@ def test_nan_and_inf_reach_the_output_and_gradients_as_in_the_reference(device):
 def test_every_cuda_configuration_sums_k_in_the_same_blocks():
     # the autotuner's pick must not change the bits: one BLOCK_K across CUDA_CONFIGS
     assert len({bk for _, _, bk, _, _ in CUDA_CONFIGS}) == 1 and len(CUDA_CONFIGS) >= 2
-    bm, bn, bk, group_m = INTERPRETER_BLOCKS
+    bm, bn, bk, group_m, _, _ = INTERPRETER_BLOCKS
     assert 40 % bk and 48 % bk and 97 % bn and 130 % bm  # SHAPES reach partial blocks under the interpreter...
     assert -(-130 // bm) % group_m and -(-130 // bm) > group_m  # ...and a partial last group of tile-rows
+
+
+# kernels/mlp.py's matmul compiled for sm_90 (no GPU needed) with every stride a runtime int32, as a launch passes
+# any stride other than 1; prints Triton's IR pointer updates, each naming its offset's type
+ADDPTR_SCRIPT = """
+import re, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from kernels import mlp
+fn = mlp._mlp_matmul_kernel
+for epilogue in ("relu2", "relu2_grad"):
+    constexprs = dict(EPILOGUE=epilogue, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, DOT_PRECISION="tf32")
+    signature = {n: "constexpr" if n in constexprs else "*bf16" if n.endswith("_ptr") else "i32" for n in fn.arg_names}
+    kernel = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                            target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=3))
+    print("\\n".join(re.findall(r"tt\\.addptr .*", kernel.asm["ttir"])))
+"""
+
+
+def test_every_pointer_offset_is_int64():
+    """No offset wraps at 2^31: a column times W_fc's row stride (a weight over 2^31 elements) and k times a
+    transposed x's column stride (over 2^25 rows) are the cases no test here can allocate, so the compiled IR is
+    read instead: every `tt.addptr` adds an i64 offset. In a subprocess: this session's kernels are interpreted."""
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", ADDPTR_SCRIPT], cwd=repo, env={**env, "PYTHONPATH": str(repo)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    updates = proc.stdout.splitlines()
+    offsets = [re.search(r", (tensor<[0-9x]+x(\w+)>|(\w+))\s+loc", line) for line in updates]
+    assert len(updates) >= 20 and all(m for m in offsets), updates
+    narrow = [line for line, m in zip(updates, offsets) if (m.group(2) or m.group(3)) != "i64"]
+    assert not narrow, narrow
 
 
 def test_custom_ops_pass_opcheck(device):

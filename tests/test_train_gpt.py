@@ -252,10 +252,10 @@ def test_help_lists_every_field_with_its_type_default_and_comment(capsys):
 
 
 def _recording_ops(backend: str = "torch"):
-    """The backend's CPU ops, recording each attention call's (scale, mask window) and each FP8 head loss call's
-    (softcap, scales)."""
+    """The backend's CPU ops, recording each attention call's (scale, mask window), each FP8 head loss call's
+    (softcap, scales) and each bf16 head loss call's (softcap, the loss it returned)."""
     ops, calls, windows = T.make_ops(backend, torch.device("cpu")), [], {}
-    mask_fn, attention, head_loss = ops.attention_mask, ops.attention, ops.fp8_head_loss
+    mask_fn, attention, head_loss, bf16_loss = ops.attention_mask, ops.attention, ops.fp8_head_loss, ops.head_loss
 
     def masks(starts, ws):
         made = mask_fn(starts, ws)
@@ -270,14 +270,20 @@ def _recording_ops(backend: str = "torch"):
         calls.append(("fp8_head_loss", *args[3:]))
         return head_loss(*args)
 
-    ops.attention_mask, ops.attention, ops.fp8_head_loss = masks, attend, head
+    def bf16_head(logits, targets, softcap):
+        loss = bf16_loss(logits, targets, softcap)
+        calls.append(("head_loss", softcap, loss))
+        return loss
+
+    ops.attention_mask, ops.attention, ops.fp8_head_loss, ops.head_loss = masks, attend, head, bf16_head
     return ops, calls
 
 
 def test_the_record_elements_shape_the_model():
     """fineweb-124m's model at a small width on the CPU: no attention in layer 7, the long window in 0, 4 and 11
     and half of it elsewhere, the scale 0.12, a v scalar in every attention layer, bf16 tables, and the FP8 head
-    in training (its gradient scale times the accumulation steps) but not in validation."""
+    in training (its gradient scale times the accumulation steps) but not in validation, whose loss is the one
+    `ops.head_loss` returns (the model does not restate it)."""
     cfg = T.parse_config(["--model_dim=64", "--num_heads=2", "--head_dim=32", "--seq_len=64", "--grad_accum=2"])
     ops, calls = _recording_ops()
     model, inputs = T.GPT(cfg, ops), _batch_with_documents(1, 64)
@@ -292,8 +298,9 @@ def test_the_record_elements_shape_the_model():
     assert all(p.grad is not None for p in model.parameters())
     calls.clear()
     with torch.no_grad():
-        model(inputs, inputs, masks)
-    assert [c[0] for c in calls] == ["attention"] * 11
+        loss = model(inputs, inputs, masks)
+    assert [c[0] for c in calls] == ["attention"] * 11 + ["head_loss"]
+    assert calls[-1][1] == 15.0 and calls[-1][2] is loss
 
 
 def test_the_record_model_trains_on_the_cpu():
@@ -498,8 +505,9 @@ def test_each_backend_names_the_ops_it_uses(backend, device, sources):
         assert ops.sources[fused] == sources[1].replace("rms_norm", fused)
     assert ops.sources["relu2_mlp"] == "kernels.mlp.relu2_mlp" + ("" if backend == "triton" else "_ref")
     assert ops.sources["fp8_head_loss"] == "kernels.head_loss.fp8_head_loss" + ("" if backend == "triton" else "_ref")
+    assert ops.sources["head_loss"] == "kernels.head_loss.softcap_cross_entropy"  # both backends' bf16 head loss
     for op in ("rms_norm", "add_rms_norm", "mix_rms_norm", "rms_norm_rotary", "newton_schulz", "fp8_head_loss",
-               "relu2_mlp"):
+               "relu2_mlp", "head_loss"):
         module, name = ops.sources[op].rsplit(".", 1)
         assert getattr(ops, op) is getattr(sys.modules[module], name)
 

@@ -1,0 +1,75 @@
+"""kernels/__init__.py: the shared check every kernel file's input check calls (`check_launchable`).
+
+Without TRITON_INTERPRET=1 when kernels/ is imported, @triton.jit makes kernels for a GPU, and a CPU tensor given to
+a public op is a one-line ValueError naming the op and the fix, not Triton's "0 active drivers" from inside the
+launch. Ops whose CPU path is torch's (kernels.fp8's matmul and its casts there) keep working. One subprocess for
+every op: this test session imported the kernels under the interpreter.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import kernels
+
+REPO = Path(__file__).resolve().parent.parent
+FIX = "CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing kernels/"
+
+SCRIPT = """
+import json
+import torch
+from kernels import attention, fp8, head_loss, mlp, newton_schulz, norm
+
+x, q = torch.randn(16, 32), torch.randn(1, 8, 2, 16)
+cos, sin = torch.randn(8, 8), torch.randn(8, 8)
+calls = {
+    "flash_attention": lambda: attention.flash_attention(q, q, q),
+    "rms_norm": lambda: norm.rms_norm(x),
+    "add_rms_norm": lambda: norm.add_rms_norm(x, x),
+    "mix_rms_norm": lambda: norm.mix_rms_norm(x, None, x, torch.ones(2)),
+    "rms_norm_rotary": lambda: norm.rms_norm_rotary(q, cos, sin),
+    "layer_norm": lambda: norm.layer_norm(x),
+    "newton_schulz": lambda: newton_schulz.newton_schulz(x),
+    "xxt": lambda: newton_schulz.xxt(x),
+    "xxt_plus": lambda: newton_schulz.xxt_plus(x[:, :16], 1.0, 1.0),
+    "bx_plus_ax": lambda: newton_schulz.bx_plus_ax(x[:, :16], x, 1.0),
+    "relu2_mlp": lambda: mlp.relu2_mlp(x, torch.randn(8, 32), torch.randn(32, 8)),
+    "cast_fp8": lambda: fp8.cast_fp8(x, 1.0, fp8.E4M3),
+    "fp8_head_loss": lambda: head_loss.fp8_head_loss(x, x, torch.zeros(16, dtype=torch.long)),
+    "fp8_mm": lambda: fp8.fp8_mm(x, x),  # torch's casts and _scaled_mm on the CPU: no Triton
+}
+results = {}
+for op, call in calls.items():
+    try:
+        call()
+        results[op] = "ok"
+    except Exception as exc:
+        results[op] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(results))
+"""
+
+
+def test_cpu_tensors_without_the_interpreter_are_one_line_per_op():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    assert results.pop("fp8_mm") == "ok"
+    assert results == {op: f"ValueError: {op}: {FIX}" for op in results}
+
+
+def test_the_check_passes_interpreted_kernels_and_gpu_tensors():
+    kernels.check_launchable("op", True, torch.zeros(1))
+    kernels.check_launchable("op", False, torch.zeros(1, device="meta"))
+    with pytest.raises(ValueError, match=f"^op: {FIX}$"):
+        kernels.check_launchable("op", False, torch.zeros(1, device="meta"), torch.zeros(1))
+
+
+def test_this_sessions_kernels_are_interpreted():
+    from kernels import mlp  # imported under tests/conftest.py's TRITON_INTERPRET=1 (no GPU here)
+    assert kernels.interpreted(mlp._mlp_matmul_kernel) == (os.environ.get("TRITON_INTERPRET") == "1")
