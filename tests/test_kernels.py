@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
 
 import kernels
 
@@ -50,16 +51,19 @@ for op, call in calls.items():
         results[op] = "ok"
     except Exception as exc:
         results[op] = f"{type(exc).__name__}: {exc}"
-print(json.dumps(results))
+import triton
+print(json.dumps({**results, "triton": triton.__version__}))
 """
 
 
 def test_cpu_tensors_without_the_interpreter_are_one_line_per_op():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+    path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # this session's Triton, if put first
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env={**env, "PYTHONPATH": path},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.splitlines()[-1])
+    assert results.pop("triton") == triton.__version__  # the subprocess ran this session's Triton
     assert results.pop("fp8_mm") == "ok" and results.pop("newton_schulz_ref") == "ok"
     assert results == {op: f"ValueError: {op}: {FIX}" for op in results}
 
