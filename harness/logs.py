@@ -2,9 +2,9 @@
 
 A step line is a line that *starts* with `step:N/M` (`step:1390/1390 val_loss:3.2775 train_time:79532ms
 step_avg:57.22ms`; our trainer appends `tokens_per_s:T mfu:P%`); its known `key:value` tokens are read,
-and every other line (the source code a modded-nanogpt log starts with, versions, the GPU table) is
-skipped. Validation lines make the loss curve; the last one gives the final loss and the run's time
-(records/README.md, "How a run counts"). A text log is "ok" when its last validation is at the planned
+and every other line (the source code a modded-nanogpt log starts with, whose f-strings hold "step:", versions,
+the GPU table) is skipped. Validation lines make the loss curve; the last one gives the final loss and the
+run's time (records/README.md, "How a run counts"). A text log is "ok" when its last validation is at the planned
 step M or it has our trainer's closing `result: ...` line, else "incomplete". A run directory is read
 from its `events.jsonl` (harness/runlog.py); its train.log supplies the planned step count.
 

@@ -13,9 +13,10 @@ train_gpt.py writes `events.jsonl` in its run directory; the harness reads it ba
            "train_time_ms": float (the run's time: at its final validation), "peak_memory_mb": float|None, "tokens_per_s": float, "mfu": float|None,
            "error": str|None}
 
-A step event is written when its loss reaches the host, one step late, so a run stopped by a signal or a
-crash may lack its last step event; its train_time_ms is host time when the step was queued. Val and result
-times are exact (the clock stops after a device synchronize).
+A step event is written when its loss reaches the host, one step late (the trainer never waits for the GPU
+between validations), so a run stopped by a signal or a crash may lack its last step event; its train_time_ms
+is host time when the step was queued. Val and result times are exact (the clock stops after a device
+synchronize).
 
 A run taken in from another trainer's text log (harness.ingest; harness.run --cmd) has the same events,
 read from that log (harness/ingest.py: write_run_files): config holds the target, num_steps, seed and

@@ -152,7 +152,8 @@ class TokenLoader:
         """Every global sequence, as (shard tokens, start), a shard read when its first sequence is."""
         for path in (path for _ in range(self.epochs) for path in self.files):
             tokens = read_shard(path)
-            yield from ((tokens, start) for start in range(0, len(tokens) - self.seq_len, self.seq_len))
+            end = len(tokens) - self.seq_len  # starts below it: a sequence needs seq_len + 1 tokens
+            yield from ((tokens, start) for start in range(0, end, self.seq_len))
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets): int64 CPU tensors of shape (batch_size, seq_len) for this rank."""

@@ -25,7 +25,7 @@ from harness.runlog import EVENTS_FILE, TRAIN_LOG_FILE, finite_or_none, read_reg
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, embedded_code_hash, snapshot_hash
 from harness.stats import fmt
 
-JSON_RTOL = 1e-9
+JSON_RTOL = 1e-9  # a recomputed figure against record.json's: JSON keeps full precision, only rounding differs
 
 
 def statistics(logs: list[RunLog], target: float, previous: dict | None = None,

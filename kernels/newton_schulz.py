@@ -249,9 +249,10 @@ def _as_stack(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(0) if t.ndim == 2 else t
 
 
-def _check_inputs(op: str, *tensors: torch.Tensor, any_float: bool = False) -> None:
+def _check_inputs(op: str, *tensors: torch.Tensor, any_float: bool = False, launches: bool = True) -> None:
     """One-line ValueErrors unless each tensor is a (M, N) matrix or a (B, M, N) stack of a dtype the kernels
-    take (float32, float16, bfloat16), or of any real float dtype where the op casts first (any_float)."""
+    take (float32, float16, bfloat16), or of any real float dtype where the op casts first (any_float), and, where
+    the op launches Triton kernels (`launches`; not the PyTorch reference), on a device they can run on."""
     for t in tensors:
         if not isinstance(t, torch.Tensor) or t.ndim not in (2, 3):
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -260,7 +261,8 @@ def _check_inputs(op: str, *tensors: torch.Tensor, any_float: bool = False) -> N
             raise ValueError(f"{op}: expected a real floating-point tensor, got {t.dtype}")
         if not any_float and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"{op}: expected float32, float16 or bfloat16, got {t.dtype}")
-    check_launchable(op, _INTERPRETED, *tensors)
+    if launches:
+        check_launchable(op, _INTERPRETED, *tensors)
 
 
 def _syrk(A: torch.Tensor, C: torch.Tensor | None, alpha: float, beta: float, out: torch.Tensor | None):
@@ -479,7 +481,7 @@ def newton_schulz_ref(
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """`newton_schulz` in plain PyTorch matmuls: same arguments, same math, same result up to rounding."""
-    _check_inputs("newton_schulz_ref", G, any_float=True)
+    _check_inputs("newton_schulz_ref", G, any_float=True, launches=False)
     schedule, safety = _resolve_schedule(coefficients, steps)
     X, tall = _normalised_wide(G, safety, _working_dtype(G, dtype))
     for a, b, c in schedule:

@@ -2,8 +2,8 @@
 
 Without TRITON_INTERPRET=1 when kernels/ is imported, @triton.jit makes kernels for a GPU, and a CPU tensor given to
 a public op is a one-line ValueError naming the op and the fix, not Triton's "0 active drivers" from inside the
-launch. Ops whose CPU path is torch's (kernels.fp8's matmul and its casts there) keep working. One subprocess for
-every op: this test session imported the kernels under the interpreter.
+launch. Ops whose CPU path is torch's (kernels.fp8's matmul and its casts there, the PyTorch references) keep
+working. One subprocess for every op: this test session imported the kernels under the interpreter.
 """
 import json
 import os
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
 
 import kernels
 
@@ -41,6 +42,7 @@ calls = {
     "cast_fp8": lambda: fp8.cast_fp8(x, 1.0, fp8.E4M3),
     "fp8_head_loss": lambda: head_loss.fp8_head_loss(x, x, torch.zeros(16, dtype=torch.long)),
     "fp8_mm": lambda: fp8.fp8_mm(x, x),  # torch's casts and _scaled_mm on the CPU: no Triton
+    "newton_schulz_ref": lambda: newton_schulz.newton_schulz_ref(x),  # plain torch: no Triton
 }
 results = {}
 for op, call in calls.items():
@@ -49,17 +51,20 @@ for op, call in calls.items():
         results[op] = "ok"
     except Exception as exc:
         results[op] = f"{type(exc).__name__}: {exc}"
-print(json.dumps(results))
+import triton
+print(json.dumps({**results, "triton": triton.__version__}))
 """
 
 
 def test_cpu_tensors_without_the_interpreter_are_one_line_per_op():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env={**env, "PYTHONPATH": str(REPO)},
+    path = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))  # this session's Triton, if put first
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env={**env, "PYTHONPATH": path},
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.splitlines()[-1])
-    assert results.pop("fp8_mm") == "ok"
+    assert results.pop("triton") == triton.__version__  # the subprocess ran this session's Triton
+    assert results.pop("fp8_mm") == "ok" and results.pop("newton_schulz_ref") == "ok"
     assert results == {op: f"ValueError: {op}: {FIX}" for op in results}
 
 

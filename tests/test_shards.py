@@ -165,6 +165,25 @@ def test_epochs_repeat_the_data(shards):
     assert not torch.equal(first[0][0], first[1][0])
 
 
+def test_the_global_sequence_order_crosses_shards_drops_their_tails_and_repeats_per_epoch(tmp_path):
+    """Sequence k of a shard is its tokens [kT, (k+1)T + 1); shards in order, then again for each epoch; call c of
+    rank r takes global sequences [c W B + r B, c W B + (r + 1) B); then one line saying how many tokens were served."""
+    sizes, T, B, W = (23, 9, 20), 4, 2, 2  # 20: a start at 16 would need a 21st token
+    files = [write_shard(tmp_path / f"s{i}.bin", 1000 * i + np.arange(n)) for i, n in enumerate(sizes)]
+    starts = [(i, s) for i, n in enumerate(sizes) for s in range(0, n - T, T)]  # 5 + 2 + 4: each shard's tail dropped
+    order = [1000 * i + np.arange(s, s + T + 1) for i, s in starts * 2]  # 2 epochs: 22 sequences, 5 calls' worth
+    loaders = [TokenLoader(files, seq_len=T, batch_size=B, rank=r, world_size=W, epochs=2) for r in range(W)]
+    for c in range(len(order) // (W * B)):
+        for r, loader in enumerate(loaders):
+            x, y = loader.next_batch()
+            want = torch.from_numpy(np.stack(order[c * W * B + r * B : c * W * B + (r + 1) * B]))
+            assert torch.equal(x, want[:, :-1]) and torch.equal(y, want[:, 1:]), (c, r)
+    for loader in loaders:
+        with pytest.raises(DataError, match=r"ran out after 80 tokens \(2 epoch\(s\) over 3 shard\(s\)\)") as exc_info:
+            loader.next_batch()
+        one_line(exc_info)
+
+
 def test_bad_loader_arguments(shards):
     with pytest.raises(ValueError, match="rank 2 is outside world size 2"):
         TokenLoader(shards, seq_len=8, batch_size=1, rank=2, world_size=2)
