@@ -9,7 +9,7 @@ import pytest
 from harness import submit, verify
 from harness.logs import InvalidLog, load_run
 from harness.records import append_run
-from helpers import modded_log, rows, run_ingest, write
+from helpers import CODE, modded_log, rows, run_ingest, write
 
 RUNS = [(80694, 3.2775), (80720, 3.2768), (80659, 3.2772), (80818, 3.2779)]
 NUMBER_LIKE_IDS = ["1e5", "4518e917", "0x1f", "20250823-4518e917-1e5"]
@@ -136,3 +136,88 @@ def test_a_train_log_giving_a_key_twice_is_one_problem_naming_the_line(where, tm
     assert verify.check_against_log(log)[-1] == why
     with pytest.raises(InvalidLog, match=f"^{re.escape(why)}$"):
         load_run(run_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Refusals of a record whose files disagree: each one line naming the file, expected and found
+
+def test_a_runs_folder_unlike_record_json_is_named(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    runs_dir, listed = folder / "runs", sorted(NUMBER_LIKE_IDS)
+    shutil.rmtree(runs_dir / "0x1f")
+    left = [i for i in listed if i != "0x1f"]
+    assert verify.verify(folder)[0] == f"{runs_dir}: expected the runs of record.json {listed}, found {left}"
+    shutil.copytree(runs_dir / "1e5", runs_dir / "0x1f")
+    shutil.copytree(runs_dir / "1e5", runs_dir / "extra")
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{runs_dir}: expected the runs of record.json {listed}, found {listed + ['extra']}"
+
+
+def _rewrite_events(events: Path, change) -> None:
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    change(lines)
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+
+def test_a_code_hash_mismatch_is_named_where_it_is(where, tmp_path, capsys):
+    """record.json's code_hash, the snapshot's CODE_HASH file and each run's meta.code_hash must be the hash the
+    snapshot's files recompute to; each one that is not is named."""
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    record_path, snapshot = folder / "record.json", folder / "code"
+    code_hash = json.loads(record_path.read_text())["code_hash"]
+    assert verify.verify(folder) == []
+
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "code_hash": "a" * 64}, indent=1) + "\n")
+    problems = verify.verify(folder)
+    assert problems[0] == f"{record_path}: code_hash: expected {code_hash}, found {'a' * 64}"
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+
+    (snapshot / "CODE_HASH").write_text("b" * 64 + "\n")
+    assert verify.verify(folder) == [f"{snapshot / 'CODE_HASH'}: expected {code_hash} (recomputed from {snapshot}), "
+                                     f"found {'b' * 64}"]
+    (snapshot / "CODE_HASH").write_text(code_hash + "\n")
+
+    events = folder / "runs" / "0x1f" / "events.jsonl"
+    _rewrite_events(events, lambda lines: next(e for e in lines if e["event"] == "meta").update(code_hash="c" * 64))
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    assert f"{events}: meta.code_hash: expected {code_hash}, found {'c' * 64}" in capsys.readouterr().out.splitlines()
+
+
+def test_a_record_without_readable_runs_says_so(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    runs_dir = folder / "runs"
+    for run_id in NUMBER_LIKE_IDS:
+        (runs_dir / run_id / "events.jsonl").unlink()
+    problems = verify.verify(folder)
+    assert problems == [f"{runs_dir / i / 'events.jsonl'}: missing" for i in sorted(NUMBER_LIKE_IDS)] + [
+        f"{runs_dir}: no readable runs"]
+    shutil.rmtree(runs_dir)
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{runs_dir}: expected the runs of record.json {sorted(NUMBER_LIKE_IDS)}, found []",
+        f"{runs_dir}: no readable runs", f"{folder}: FAILED, 2 mismatches"]
+
+
+def test_an_unreadable_previous_record_is_one_line(where, tmp_path, capsys):
+    """A record beating a previous one recomputes the speedup from that record's runs; where they cannot be read,
+    that is one line naming the previous record, and the rest is still checked."""
+    for i, (ms, loss) in enumerate(RUNS):
+        write(tmp_path / "base", f"{i}.txt", modded_log(ms, loss))
+        write(tmp_path / "fast", f"{i}.txt", modded_log(ms - 1000, loss, code=CODE + "# faster\n"))
+    sub = ["--records", str(where["records"]), "--no-leaderboard", "--description", "d"]
+    for name in ("base", "fast"):
+        before = {row["run_id"] for row in rows(where)} if (where["records"] / "runs.jsonl").exists() else set()
+        assert run_ingest(where, tmp_path / name, name=name) == 0
+        run_ids = [row["run_id"] for row in rows(where) if row["run_id"] not in before]
+        assert submit.main([*sub, "--name", name, *run_ids]) == 0, capsys.readouterr().err
+    base, fast = (next(where["records"].glob(f"*_{name}")) for name in ("base", "fast"))
+    assert json.loads((fast / "record.json").read_text())["stats"]["previous"]["folder"] == base.name
+    assert verify.verify(fast) == []
+    shutil.rmtree(base / "runs")
+    assert verify.verify(fast) == [f"{base}: the previous record's runs cannot be read "
+                                   f"({base / 'runs'}: cannot read (No such file or directory))"]
