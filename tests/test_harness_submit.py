@@ -346,9 +346,9 @@ def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
 
 
-def copy_run(world, records: Path, run_id: str, new_id: str, change=None) -> Path:
-    """A copy of a world run's directory as run new_id (its row appended to records' runs log), its events
-    changed in place by change(events) (a list of event dicts)."""
+def copy_run(world, records: Path, run_id: str, new_id: str, change=None, **row_fields) -> Path:
+    """A copy of a world run's directory as run new_id (its row, updated with row_fields, appended to records' runs
+    log), its events changed in place by change(events) (a list of event dicts)."""
     (row,) = [r for r in map(json.loads, (records / "runs.jsonl").read_text().splitlines()) if r.get("run_id") == run_id]
     run_dir = records.parent / "copies" / new_id
     shutil.copytree(row["run_dir"], run_dir)
@@ -356,7 +356,7 @@ def copy_run(world, records: Path, run_id: str, new_id: str, change=None) -> Pat
         events = _events(run_dir)
         change(events)
         (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    append_run({**row, "run_id": new_id, "run_dir": str(run_dir)}, records)
+    append_run({**row, "run_id": new_id, "run_dir": str(run_dir), **row_fields}, records)
     return run_dir
 
 
@@ -507,3 +507,30 @@ def test_exclude_naming_a_run_twice_is_a_usage_error(world, records, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.splitlines()[-1] == "python -m harness.submit: error: --exclude: a run is named twice", err
     assert "Traceback" not in err and written(records) == before
+
+
+def test_a_run_not_finished_ok_is_refused_by_its_row_or_its_events(world, records, capsys):
+    a = world["fast"][0]
+    copy_run(world, records, world["fast"][1], "b2", status="timeout")
+    assert refused_line(records, capsys, a, "b2") == (
+        f"run b2: status 'timeout' in {records.resolve() / 'runs.jsonl'}; every run must finish 'ok'")
+    copy_run(world, records, world["fast"][1], "c2", lambda events: _event(events, "result").update(status="error"))
+    assert refused_line(records, capsys, a, "c2") == "run c2: status 'error' in its events.jsonl; every run must finish 'ok'"
+
+
+def test_a_run_made_to_stop_at_the_target_is_refused_though_it_ran_its_schedule(world, records, capsys):
+    copy_run(world, records, world["fast"][1], "b2",
+             lambda events: _event(events, "config")["config"].update(stop_at_target=True))
+    assert refused_line(records, capsys, world["fast"][0], "b2") == (
+        "run b2 was made with --stop_at_target=true: optional stopping biases time and loss; a record's runs go "
+        "their full schedule")
+
+
+def test_a_run_directory_without_events_is_refused_with_the_ingest_hint(world, records, capsys):
+    run_dir = copy_run(world, records, world["fast"][1], "b2")
+    (run_dir / "events.jsonl").unlink()
+    assert refused_line(records, capsys, world["fast"][0], "b2") == (
+        f"run b2: no events.jsonl in its run directory {run_dir} (a log put there by hand: take it in with "
+        f"`python -m harness.ingest --track TRACK --name NAME {run_dir / 'train.log'}`)")
+    (run_dir / "train.log").unlink()
+    assert refused_line(records, capsys, world["fast"][0], "b2") == f"run b2: no events.jsonl in its run directory {run_dir}"

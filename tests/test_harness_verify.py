@@ -221,3 +221,11 @@ def test_an_unreadable_previous_record_is_one_line(where, tmp_path, capsys):
     shutil.rmtree(base / "runs")
     assert verify.verify(fast) == [f"{base}: the previous record's runs cannot be read "
                                    f"({base / 'runs'}: cannot read (No such file or directory))"]
+
+
+def test_a_folder_that_is_not_there_is_one_line_and_the_rest_are_checked(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    capsys.readouterr()
+    assert verify.main([str(tmp_path / "nothing"), str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"{tmp_path / 'nothing'}: no such record folder\n" and captured.out == f"{folder}: ok\n"
