@@ -203,9 +203,8 @@ def test_a_record_without_readable_runs_says_so(where, tmp_path, capsys):
         f"{runs_dir}: no readable runs", f"{folder}: FAILED, 2 mismatches"]
 
 
-def test_an_unreadable_previous_record_is_one_line(where, tmp_path, capsys):
-    """A record beating a previous one recomputes the speedup from that record's runs; where they cannot be read,
-    that is one line naming the previous record, and the rest is still checked."""
+def base_and_faster_record(where, tmp_path, capsys) -> tuple[Path, Path]:
+    """Two records of ingested logs: "base", and "fast" (other code, each run 1 s faster) with base as its previous."""
     for i, (ms, loss) in enumerate(RUNS):
         write(tmp_path / "base", f"{i}.txt", modded_log(ms, loss))
         write(tmp_path / "fast", f"{i}.txt", modded_log(ms - 1000, loss, code=CODE + "# faster\n"))
@@ -216,6 +215,13 @@ def test_an_unreadable_previous_record_is_one_line(where, tmp_path, capsys):
         run_ids = [row["run_id"] for row in rows(where) if row["run_id"] not in before]
         assert submit.main([*sub, "--name", name, *run_ids]) == 0, capsys.readouterr().err
     base, fast = (next(where["records"].glob(f"*_{name}")) for name in ("base", "fast"))
+    return base, fast
+
+
+def test_an_unreadable_previous_record_is_one_line(where, tmp_path, capsys):
+    """A record beating a previous one recomputes the speedup from that record's runs; where they cannot be read,
+    that is one line naming the previous record, and the rest is still checked."""
+    base, fast = base_and_faster_record(where, tmp_path, capsys)
     assert json.loads((fast / "record.json").read_text())["stats"]["previous"]["folder"] == base.name
     assert verify.verify(fast) == []
     shutil.rmtree(base / "runs")
@@ -229,3 +235,41 @@ def test_a_folder_that_is_not_there_is_one_line_and_the_rest_are_checked(where, 
     assert verify.main([str(tmp_path / "nothing"), str(folder)]) == 1
     captured = capsys.readouterr()
     assert captured.err == f"{tmp_path / 'nothing'}: no such record folder\n" and captured.out == f"{folder}: ok\n"
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda r: r["runs"][0].pop("steps"), "runs[0].steps: expected 1390, found nothing"),
+    (lambda r: r["runs"][0].pop("time_to_target_ms"), "runs[0].time_to_target_ms: expected 80694.0, found nothing"),
+    (lambda r: r["stats"].pop("reached_target"), "stats.reached_target: expected 4, found nothing"),
+    (lambda r: r["stats"]["train_time_ms"].pop("ci95"), "stats.train_time_ms.ci95: expected ["),
+], ids=["run-steps", "run-time-to-target", "reached-target", "time-ci95"])
+def test_a_figure_record_json_lacks_is_one_line_and_statistics_md_still_checked(where, tmp_path, capsys, damage,
+                                                                                  problem):
+    """statistics.md is compared with the recomputed figures' rendering: a figure record.json lacks is one line,
+    never a traceback, and statistics.md is still checked."""
+    folder = record_with_run_ids(where, tmp_path, capsys, ["a", "b", "c", "d"])
+    record_path = folder / "record.json"
+    record = json.loads(record_path.read_text())
+    damage(record)
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    (line,) = verify.verify(folder)
+    assert line.startswith(f"{record_path}: {problem}")
+    stats_md = folder / "statistics.md"
+    stats_md.write_text(stats_md.read_text().replace("- runs: 4 (", "- runs: 5 ("))
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == line and out[1].startswith(f"{stats_md}:") and out[2] == f"{folder}: FAILED, 2 mismatches"
+
+
+def test_a_previous_record_s_figures_that_cannot_be_rendered_are_one_line(where, tmp_path, capsys):
+    """Where the previous record's runs cannot be read, record.json's figures for it are rendered as they stand;
+    where they lack one, statistics.md is not compared, in one line saying why."""
+    base, fast = base_and_faster_record(where, tmp_path, capsys)
+    shutil.rmtree(base / "runs")
+    record = json.loads((fast / "record.json").read_text())
+    record["stats"]["previous"]["train_time_ms"].pop("mean")
+    (fast / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    assert verify.verify(fast) == [
+        f"{base}: the previous record's runs cannot be read ({base / 'runs'}: cannot read (No such file or directory))",
+        f"{fast / 'statistics.md'}: not compared: record.json's figures cannot be rendered ('mean' missing)"]
