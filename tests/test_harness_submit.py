@@ -534,3 +534,24 @@ def test_a_run_directory_without_events_is_refused_with_the_ingest_hint(world, r
         f"`python -m harness.ingest --track TRACK --name NAME {run_dir / 'train.log'}`)")
     (run_dir / "train.log").unlink()
     assert refused_line(records, capsys, world["fast"][0], "b2") == f"run b2: no events.jsonl in its run directory {run_dir}"
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("", "record name is empty"),
+    ("a\tb", "record name 'a\\tb' contains control characters"),
+    ("../up", "record name '../up' could leave records/ or runs/ ('/', '\\', '..' or a leading '.')"),
+    (".hidden", "record name '.hidden' could leave records/ or runs/ ('/', '\\', '..' or a leading '.')"),
+    ("a b", "record name 'a b': use 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+], ids=["empty", "control", "dotdot", "leading-dot", "space"])
+def test_a_bad_record_name_is_refused_before_anything_is_made(world, records, capsys, name, problem):
+    assert refused_line(records, capsys, *world["fast"], name=name) == problem
+
+
+def test_records_that_is_not_a_folder_is_a_usage_error(world, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    with pytest.raises(SystemExit) as exc:
+        submit.main(["--records", str(a_file), "--no-leaderboard", "--description", "d", "--name", "x", *world["fast"]])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.splitlines()[-1] == f"python -m harness.submit: error: --records {a_file}: not a folder"
+    assert a_file.read_text() == "not a folder\n"
