@@ -426,6 +426,16 @@ def test_a_run_without_its_code_snapshot_is_refused(world, records, capsys):
         f"run b2: no code snapshot ({run_dir / 'code' / 'CODE_HASH'} missing)")
 
 
+@pytest.mark.parametrize("make, why", [(Path.mkdir, "Is a directory"), (os.mkfifo, "not a regular file (a FIFO")],
+                         ids=["a-folder", "a-fifo"])
+def test_a_code_hash_that_is_no_file_is_named_as_such(world, records, capsys, make, why):
+    run_dir = copy_run(world, records, world["fast"][1], "b2")
+    hash_file = run_dir / "code" / "CODE_HASH"
+    hash_file.unlink()
+    make(hash_file)
+    assert refused_line(records, capsys, world["fast"][0], "b2").startswith(f"run b2: {hash_file}: {why}")
+
+
 def _code_hash(run_dir: Path) -> str:
     return (run_dir / "code" / "CODE_HASH").read_text().strip()
 
