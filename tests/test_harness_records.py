@@ -192,7 +192,7 @@ def test_check_appendable_refuses_in_one_line_naming_the_runs_log(tmp_path):
     a_file.write_text("not a folder\n")
     with pytest.raises(RecordsError) as exc:
         check_appendable(a_file)
-    assert str(exc.value) == f"runs log {a_file / 'runs.jsonl'} cannot be appended to: {a_file}: File exists"
+    assert str(exc.value) == f"runs log {a_file / 'runs.jsonl'} cannot be appended to: {a_file}: not a folder"
     assert a_file.read_text() == "not a folder\n"
 
     records = tmp_path / "records"
