@@ -266,7 +266,7 @@ def verify(folder: str | Path) -> list[str]:
     compare_values(expected["stats"], stats_found, f"{record_path}: stats", problems)
     stats_md = folder / "statistics.md"
     try:
-        rendered = rendered_statistics(record, {**record, **expected})
+        rendered = _rendered_statistics(record, {**record, **expected})
     except (LookupError, TypeError, ValueError) as exc:
         why = f"{exc.args[0]!r} missing" if isinstance(exc, KeyError) else str(exc)
         return problems + [f"{stats_md}: not compared: record.json's figures cannot be rendered ({why})"]
@@ -279,7 +279,7 @@ def verify(folder: str | Path) -> list[str]:
     return problems
 
 
-def rendered_statistics(record: dict, recomputed: dict) -> str:
+def _rendered_statistics(record: dict, recomputed: dict) -> str:
     """statistics.md as record.json's figures render it: they are checked against the recomputed ones, so a
     difference is reported once. Where a figure record.json lacks or holds as another type (reported too) keeps
     it from rendering, as the recomputed record renders it; where neither renders, the first one's error."""
