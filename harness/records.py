@@ -297,6 +297,8 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with runs_lock(records_dir).acquire(timeout=60):
             os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+    except FileExistsError as exc:  # mkdir's: something other than a folder is where the records folder goes
+        raise RecordsError(f"runs log {path} cannot be appended to: {exc.filename}: not a folder") from None
     except OSError as exc:
         raise RecordsError(f"runs log {path} cannot be appended to: {os_error_line(exc)}") from None
 

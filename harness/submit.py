@@ -123,9 +123,12 @@ def check(run_ids: Sequence[str], logs: list[RunLog], records_dir: Path) -> tupl
                           f"{Path(log.source) / TRAIN_LOG_FILE} have the same step lines or validations")
         seen.update(dict.fromkeys(log.identities, log))
         snapshot = Path(log.source) / SNAPSHOT_DIR
-        if not (snapshot / HASH_FILE).is_file():
-            raise Refused(f"run {log.run_id}: no code snapshot ({snapshot / HASH_FILE} missing)")
-        stated = read_regular(snapshot / HASH_FILE).decode(errors="replace").strip()
+        try:
+            stated = read_regular(snapshot / HASH_FILE).decode(errors="replace").strip()
+        except FileNotFoundError:
+            raise Refused(f"run {log.run_id}: no code snapshot ({snapshot / HASH_FILE} missing)") from None
+        except OSError as exc:  # there, but no file to read: a folder, a FIFO
+            raise Refused(f"run {log.run_id}: {os_error_line(exc)}") from None
         recomputed = snapshot_hash(snapshot)
         if recomputed != stated or log.code_hash != stated:
             raise Refused(f"run {log.run_id}: code hash mismatch: snapshot recomputes {recomputed[:12]}, "

@@ -265,7 +265,11 @@ def verify(folder: str | Path) -> list[str]:
     compare_values(expected["runs"], record.get("runs"), f"{record_path}: runs", problems)
     compare_values(expected["stats"], stats_found, f"{record_path}: stats", problems)
     stats_md = folder / "statistics.md"
-    rendered = render_statistics(record)  # record.json's figures, checked against the recomputed ones above
+    try:
+        rendered = _rendered_statistics(record, {**record, **expected})
+    except (LookupError, TypeError, ValueError) as exc:
+        why = f"{exc.args[0]!r} missing" if isinstance(exc, KeyError) else str(exc)
+        return problems + [f"{stats_md}: not compared: record.json's figures cannot be rendered ({why})"]
     try:
         compare_text(rendered, read_regular(stats_md).decode("utf-8"), str(stats_md), problems)
     except FileNotFoundError:
@@ -273,6 +277,20 @@ def verify(folder: str | Path) -> list[str]:
     except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
         problems.append(f"{stats_md}: cannot read ({exc.strerror if isinstance(exc, OSError) else exc})")
     return problems
+
+
+def _rendered_statistics(record: dict, recomputed: dict) -> str:
+    """statistics.md as record.json's figures render it: they are checked against the recomputed ones, so a
+    difference is reported once. Where a figure record.json lacks or holds as another type (reported too) keeps
+    it from rendering, as the recomputed record renders it; where neither renders, the first one's error."""
+    try:
+        return render_statistics(record)
+    except (LookupError, TypeError, ValueError):
+        try:
+            return render_statistics(recomputed)
+        except (LookupError, TypeError, ValueError):
+            pass
+        raise
 
 
 def exclusions(folder: str | Path) -> list[str]:

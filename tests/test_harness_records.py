@@ -4,7 +4,7 @@ import multiprocessing
 
 import pytest
 
-from harness.records import RecordsError, append_run, find_runs, load_records
+from harness.records import RecordsError, append_run, check_appendable, find_runs, load_records
 
 PROCS, ROWS_EACH = 4, 50
 
@@ -175,3 +175,30 @@ def test_records_takes_records_after_the_command_too(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"{run_id}  hidden 20")
     assert records.main(["--records", str(tmp_path), "hidden"]) == 0
     assert capsys.readouterr().out.startswith(f"{run_id}  hidden 20")
+
+
+def test_check_appendable_makes_a_missing_runs_log_empty(tmp_path):
+    check_appendable(tmp_path / "records")
+    assert (tmp_path / "records" / "runs.jsonl").read_bytes() == b""
+    append_run({"run_id": "a"}, tmp_path / "records")
+    check_appendable(tmp_path / "records")  # an existing log is left as it is
+    assert [json.loads(line)["run_id"] for line in (tmp_path / "records" / "runs.jsonl").read_text().splitlines()] == ["a"]
+
+
+def test_check_appendable_refuses_in_one_line_naming_the_runs_log(tmp_path):
+    """Launchers call it before a run (harness.run, compare): a records path that is a file, or a runs log that is a
+    folder, is one line naming the runs log and why, and neither is changed."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    with pytest.raises(RecordsError) as exc:
+        check_appendable(a_file)
+    assert str(exc.value) == f"runs log {a_file / 'runs.jsonl'} cannot be appended to: {a_file}: not a folder"
+    assert a_file.read_text() == "not a folder\n"
+
+    records = tmp_path / "records"
+    (records / "runs.jsonl").mkdir(parents=True)
+    with pytest.raises(RecordsError) as exc:
+        check_appendable(records)
+    runs_log = records / "runs.jsonl"
+    assert str(exc.value) == f"runs log {runs_log} cannot be appended to: {runs_log}: Is a directory"
+    assert runs_log.is_dir() and not any(runs_log.iterdir())

@@ -1,9 +1,10 @@
-"""harness.runlog: the divergence policy and the JSON type check."""
+"""harness.runlog: the divergence policy, the JSON type check and the size cap on a log read whole."""
+import errno
 import math
 
 import pytest
 
-from harness.runlog import DIVERGED_ABOVE, divergence, type_problem
+from harness.runlog import DIVERGED_ABOVE, MAX_LOG_BYTES, divergence, read_regular, type_problem
 
 V = 50304
 UNIFORM = math.log(V)
@@ -55,3 +56,38 @@ TYPES = {"n": "integer", "note": "string|absent", "prev": "object|null|absent", 
 def test_type_problem_walks_dotted_keys(obj, absent_ok, problem):
     assert type_problem(obj, TYPES, absent_ok=absent_ok) == problem
     assert type_problem(obj, TYPES, "row", absent_ok=absent_ok) == (problem and f"row.{problem}")
+
+
+def test_read_regular_refuses_a_file_over_its_limit(tmp_path):
+    path = tmp_path / "log"
+    path.write_bytes(b"x" * 10)
+    assert read_regular(path, limit=10) == b"x" * 10
+    path.write_bytes(b"x" * 11)
+    with pytest.raises(OSError) as exc:
+        read_regular(path, limit=10)
+    assert (exc.value.errno, exc.value.filename) == (errno.EFBIG, str(path))
+    assert exc.value.strerror == "larger than 10 bytes, more than any training log"
+    assert read_regular(path, limit=None) == b"x" * 11
+
+
+@pytest.mark.parametrize("name", ["run/events.jsonl", "big.txt"], ids=["events", "text-log"])
+def test_a_log_over_64_mib_is_one_line_naming_it(tmp_path, name):
+    """The default cap is MAX_LOG_BYTES (64 MiB), far above any real log; a larger events.jsonl or text log (sparse
+    here: it takes no disk) is refused in one line naming it, without reading past the cap."""
+    from harness.logs import LogError, load_run
+
+    assert MAX_LOG_BYTES == 64 * 2**20
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "wb") as f:
+        f.truncate(MAX_LOG_BYTES)
+    assert len(read_regular(path)) == MAX_LOG_BYTES
+    with open(path, "r+b") as f:
+        f.truncate(MAX_LOG_BYTES + 1)
+    why = f"larger than {MAX_LOG_BYTES} bytes, more than any training log"
+    with pytest.raises(OSError) as exc:
+        read_regular(path)
+    assert exc.value.strerror == why
+    with pytest.raises(LogError) as exc:
+        load_run(path.parent if path.name == "events.jsonl" else path)
+    assert str(exc.value) == f"{path}: cannot read ({why})"

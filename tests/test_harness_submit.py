@@ -337,3 +337,231 @@ def test_an_interrupted_run_is_refused_under_its_own_status(world, records, tmp_
                       world["fast"][0], stopped])
     err = one_line(capsys.readouterr().err)
     assert rc == 1 and f"run {stopped}: status 'interrupted' in {records / 'runs.jsonl'}" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# The record rule's refusals, each one line naming the runs and the condition, with nothing written
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+def copy_run(world, records: Path, run_id: str, new_id: str, change=None, **row_fields) -> Path:
+    """A copy of a world run's directory as run new_id (its row, updated with row_fields, appended to records' runs
+    log), its events changed in place by change(events) (a list of event dicts)."""
+    (row,) = [r for r in map(json.loads, (records / "runs.jsonl").read_text().splitlines()) if r.get("run_id") == run_id]
+    run_dir = records.parent / "copies" / new_id
+    shutil.copytree(row["run_dir"], run_dir)
+    if change is not None:
+        events = _events(run_dir)
+        change(events)
+        (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    append_run({**row, "run_id": new_id, "run_dir": str(run_dir), **row_fields}, records)
+    return run_dir
+
+
+def _event(events: list[dict], kind: str) -> dict:
+    return next(e for e in events if e["event"] == kind)
+
+
+def _set_target(target):
+    def change(events):
+        _event(events, "config")["config"]["target_val_loss"] = target
+        _event(events, "result")["target_val_loss"] = target
+    return change
+
+
+def _set_cpu(events):
+    _event(events, "meta")["hardware"]["cpu"] = "Other CPU"
+
+
+def _set_track(track):
+    return lambda events: _event(events, "config").update(track=track)
+
+
+def written(records: Path) -> tuple[list[str], bytes]:
+    """What a refused submit must leave as it was: records/'s entries and the runs log's bytes."""
+    return sorted(p.name for p in records.iterdir()), (records / "runs.jsonl").read_bytes()
+
+
+def refused_line(records: Path, capsys, *run_ids: str, name: str = "x", description: str = "d") -> str:
+    """harness.submit's refusal of the set: its one stderr line (exit 1), after checking nothing was written."""
+    before = written(records)
+    rc = submit.main(["--records", str(records), "--no-leaderboard", "--description", description, "--name", name,
+                      *run_ids])
+    err = capsys.readouterr().err
+    assert rc == 1 and one_line(err).startswith("refused: "), err
+    assert written(records) == before, "a refused submission wrote something"
+    return err[len("refused: "):-1]
+
+
+@pytest.mark.parametrize("change, field, values", [
+    (_set_track("gpu-small"), "track", "'cpu-tiny' vs 'gpu-small'"),
+    (_set_target(3.29), "target", "3.28 vs 3.29"),
+], ids=["track", "target"])
+def test_runs_differing_in_track_or_target_are_refused(world, records, capsys, change, field, values):
+    a = world["fast"][0]
+    copy_run(world, records, world["fast"][1], "b2", change)
+    assert refused_line(records, capsys, a, "b2") == f"runs {a} and b2 differ in {field}: {values}"
+
+
+def test_runs_on_different_hardware_are_refused(world, records, capsys):
+    a = world["fast"][0]
+    copy_run(world, records, world["fast"][1], "b2", _set_cpu)
+    assert refused_line(records, capsys, a, "b2") == (
+        f"runs {a} and b2 ran on different hardware: CPU Fake CPU (2 cores) vs CPU Other CPU (2 cores)")
+
+
+def test_runs_sharing_a_seed_are_refused(world, records, capsys):
+    a = world["fast"][0]
+    seed = _event(_events(copy_run(world, records, a, "a2")), "config")["config"]["seed"]
+    copy_run(world, records, world["fast"][1], "b2", lambda events: _event(events, "config")["config"].update(seed=seed))
+    assert refused_line(records, capsys, a, "b2") == f"runs {a} and b2 share seed {seed}"
+
+
+def test_a_run_without_its_code_snapshot_is_refused(world, records, capsys):
+    run_dir = copy_run(world, records, world["fast"][1], "b2")
+    (run_dir / "code" / "CODE_HASH").unlink()
+    assert refused_line(records, capsys, world["fast"][0], "b2") == (
+        f"run b2: no code snapshot ({run_dir / 'code' / 'CODE_HASH'} missing)")
+
+
+@pytest.mark.parametrize("make, why", [(Path.mkdir, "Is a directory"), (os.mkfifo, "not a regular file (a FIFO")],
+                         ids=["a-folder", "a-fifo"])
+def test_a_code_hash_that_is_no_file_is_named_as_such(world, records, capsys, make, why):
+    run_dir = copy_run(world, records, world["fast"][1], "b2")
+    hash_file = run_dir / "code" / "CODE_HASH"
+    hash_file.unlink()
+    make(hash_file)
+    assert refused_line(records, capsys, world["fast"][0], "b2").startswith(f"run b2: {hash_file}: {why}")
+
+
+def _code_hash(run_dir: Path) -> str:
+    return (run_dir / "code" / "CODE_HASH").read_text().strip()
+
+
+def test_a_code_hash_mismatch_is_refused_naming_all_three(world, records, capsys):
+    """The snapshot's files, its CODE_HASH file and the events' meta.code_hash must agree."""
+    from harness.snapshot import snapshot_hash
+
+    a = world["fast"][0]
+    run_dir = copy_run(world, records, world["fast"][1], "b2")
+    h = _code_hash(run_dir)
+    (run_dir / "code" / "CODE_HASH").write_text("f" * 64 + "\n")  # the file says another hash
+    assert refused_line(records, capsys, a, "b2") == (
+        f"run b2: code hash mismatch: snapshot recomputes {h[:12]}, CODE_HASH says {'f' * 12}, events say {h[:12]}")
+
+    run_dir = copy_run(world, records, world["fast"][1], "c2")
+    (run_dir / "code" / "train_gpt.py").write_text("# edited after the run\n")  # the files hash to another
+    edited = snapshot_hash(run_dir / "code")
+    assert edited != h
+    assert refused_line(records, capsys, a, "c2") == (
+        f"run c2: code hash mismatch: snapshot recomputes {edited[:12]}, CODE_HASH says {h[:12]}, events say {h[:12]}")
+
+    copy_run(world, records, world["fast"][1], "d2", lambda events: _event(events, "meta").update(code_hash="e" * 64))
+    assert refused_line(records, capsys, a, "d2") == (
+        f"run d2: code hash mismatch: snapshot recomputes {h[:12]}, CODE_HASH says {h[:12]}, events say {'e' * 12}")
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set_track(None), "run a2: its events.jsonl names no track"),
+    (_set_target(None), "run a2: its events.jsonl states no target val loss"),
+], ids=["no-track", "no-target"])
+def test_events_naming_no_track_or_no_target_are_refused(world, records, capsys, change, message):
+    copy_run(world, records, world["fast"][0], "a2", change)
+    copy_run(world, records, world["fast"][1], "b2", change)
+    assert refused_line(records, capsys, "a2", "b2") == message
+
+
+@pytest.mark.parametrize("change, message", [
+    (_set_target(3.29), "target val loss 3.29 differs from the current cpu-tiny record's (3.28, records/{folder})"),
+    (_set_cpu, "hardware CPU Other CPU (2 cores) differs from the current cpu-tiny record's "
+               "(CPU Fake CPU (2 cores), records/{folder}): times are not comparable"),
+], ids=["target", "hardware"])
+def test_a_set_unlike_the_current_record_is_refused(world, records, capsys, change, message):
+    copy_run(world, records, world["fast"][0], "a2", change)
+    copy_run(world, records, world["fast"][1], "b2", change)
+    assert refused_line(records, capsys, "a2", "b2") == message.format(folder=baseline(records).name)
+
+
+def test_an_empty_description_is_refused(world, records, capsys):
+    assert refused_line(records, capsys, *world["fast"], description=" \t ") == "the description is empty"
+    with pytest.raises(submit.Refused, match="^the description is empty$"):
+        submit.submit("x", " \t ", world["fast"], records)  # the check is submit's, not only its command line's
+    assert not list(records.glob("*_x"))
+
+
+def test_a_taken_name_or_an_existing_record_folder_is_refused(world, records, capsys):
+    """A name taken by a record folder of any date is refused first; a file where the folder would go, too."""
+    from harness.logs import load_run
+    from harness.records import find_runs, row_run_dir
+
+    taken = records / "2020-01-01_fast"
+    taken.mkdir()
+    assert refused_line(records, capsys, *world["fast"], name="fast") == (
+        "record name 'fast' is taken by records/2020-01-01_fast; records are never overwritten")
+    taken.rmdir()
+    rows = find_runs(world["fast"], records)
+    folder = f"{submit.record_date(rows, [load_run(row_run_dir(r)) for r in rows])}_fast"
+    (records / folder).write_text("not a record\n")
+    assert refused_line(records, capsys, *world["fast"], name="fast") == f"records/{folder} exists; records are never overwritten"
+    assert (records / folder).read_text() == "not a record\n"
+
+
+def test_exclude_naming_a_run_twice_is_a_usage_error(world, records, capsys):
+    before = written(records)
+    with pytest.raises(SystemExit) as exc:
+        submit.main(["--records", str(records), "--no-leaderboard", "--description", "d", "--name", "x",
+                     "--exclude", world["base"][0], "--reason", "r", "--exclude", world["base"][0], "--reason", "s",
+                     *world["fast"]])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.splitlines()[-1] == "python -m harness.submit: error: --exclude: a run is named twice", err
+    assert "Traceback" not in err and written(records) == before
+
+
+def test_a_run_not_finished_ok_is_refused_by_its_row_or_its_events(world, records, capsys):
+    a = world["fast"][0]
+    copy_run(world, records, world["fast"][1], "b2", status="timeout")
+    assert refused_line(records, capsys, a, "b2") == (
+        f"run b2: status 'timeout' in {records.resolve() / 'runs.jsonl'}; every run must finish 'ok'")
+    copy_run(world, records, world["fast"][1], "c2", lambda events: _event(events, "result").update(status="error"))
+    assert refused_line(records, capsys, a, "c2") == "run c2: status 'error' in its events.jsonl; every run must finish 'ok'"
+
+
+def test_a_run_made_to_stop_at_the_target_is_refused_though_it_ran_its_schedule(world, records, capsys):
+    copy_run(world, records, world["fast"][1], "b2",
+             lambda events: _event(events, "config")["config"].update(stop_at_target=True))
+    assert refused_line(records, capsys, world["fast"][0], "b2") == (
+        "run b2 was made with --stop_at_target=true: optional stopping biases time and loss; a record's runs go "
+        "their full schedule")
+
+
+def test_a_run_directory_without_events_is_refused_with_the_ingest_hint(world, records, capsys):
+    run_dir = copy_run(world, records, world["fast"][1], "b2")
+    (run_dir / "events.jsonl").unlink()
+    assert refused_line(records, capsys, world["fast"][0], "b2") == (
+        f"run b2: no events.jsonl in its run directory {run_dir} (a log put there by hand: take it in with "
+        f"`python -m harness.ingest --track TRACK --name NAME {run_dir / 'train.log'}`)")
+    (run_dir / "train.log").unlink()
+    assert refused_line(records, capsys, world["fast"][0], "b2") == f"run b2: no events.jsonl in its run directory {run_dir}"
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("", "record name is empty"),
+    ("a\tb", "record name 'a\\tb' contains control characters"),
+    ("../up", "record name '../up' could leave records/ or runs/ ('/', '\\', '..' or a leading '.')"),
+    (".hidden", "record name '.hidden' could leave records/ or runs/ ('/', '\\', '..' or a leading '.')"),
+    ("a b", "record name 'a b': use 1-80 letters, digits, '.', '_' or '-', starting with a letter or digit"),
+], ids=["empty", "control", "dotdot", "leading-dot", "space"])
+def test_a_bad_record_name_is_refused_before_anything_is_made(world, records, capsys, name, problem):
+    assert refused_line(records, capsys, *world["fast"], name=name) == problem
+
+
+def test_records_that_is_not_a_folder_is_a_usage_error(world, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder\n")
+    with pytest.raises(SystemExit) as exc:
+        submit.main(["--records", str(a_file), "--no-leaderboard", "--description", "d", "--name", "x", *world["fast"]])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.splitlines()[-1] == f"python -m harness.submit: error: --records {a_file}: not a folder"
+    assert a_file.read_text() == "not a folder\n"

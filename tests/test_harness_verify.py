@@ -9,7 +9,7 @@ import pytest
 from harness import submit, verify
 from harness.logs import InvalidLog, load_run
 from harness.records import append_run
-from helpers import modded_log, rows, run_ingest, write
+from helpers import CODE, modded_log, rows, run_ingest, write
 
 RUNS = [(80694, 3.2775), (80720, 3.2768), (80659, 3.2772), (80818, 3.2779)]
 NUMBER_LIKE_IDS = ["1e5", "4518e917", "0x1f", "20250823-4518e917-1e5"]
@@ -136,3 +136,140 @@ def test_a_train_log_giving_a_key_twice_is_one_problem_naming_the_line(where, tm
     assert verify.check_against_log(log)[-1] == why
     with pytest.raises(InvalidLog, match=f"^{re.escape(why)}$"):
         load_run(run_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Refusals of a record whose files disagree: each one line naming the file, expected and found
+
+def test_a_runs_folder_unlike_record_json_is_named(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    runs_dir, listed = folder / "runs", sorted(NUMBER_LIKE_IDS)
+    shutil.rmtree(runs_dir / "0x1f")
+    left = [i for i in listed if i != "0x1f"]
+    assert verify.verify(folder)[0] == f"{runs_dir}: expected the runs of record.json {listed}, found {left}"
+    shutil.copytree(runs_dir / "1e5", runs_dir / "0x1f")
+    shutil.copytree(runs_dir / "1e5", runs_dir / "extra")
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"{runs_dir}: expected the runs of record.json {listed}, found {listed + ['extra']}"
+
+
+def _rewrite_events(events: Path, change) -> None:
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    change(lines)
+    events.write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+
+def test_a_code_hash_mismatch_is_named_where_it_is(where, tmp_path, capsys):
+    """record.json's code_hash, the snapshot's CODE_HASH file and each run's meta.code_hash must be the hash the
+    snapshot's files recompute to; each one that is not is named."""
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    record_path, snapshot = folder / "record.json", folder / "code"
+    code_hash = json.loads(record_path.read_text())["code_hash"]
+    assert verify.verify(folder) == []
+
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "code_hash": "a" * 64}, indent=1) + "\n")
+    problems = verify.verify(folder)
+    assert problems[0] == f"{record_path}: code_hash: expected {code_hash}, found {'a' * 64}"
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+
+    (snapshot / "CODE_HASH").write_text("b" * 64 + "\n")
+    assert verify.verify(folder) == [f"{snapshot / 'CODE_HASH'}: expected {code_hash} (recomputed from {snapshot}), "
+                                     f"found {'b' * 64}"]
+    (snapshot / "CODE_HASH").write_text(code_hash + "\n")
+
+    events = folder / "runs" / "0x1f" / "events.jsonl"
+    _rewrite_events(events, lambda lines: next(e for e in lines if e["event"] == "meta").update(code_hash="c" * 64))
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    assert f"{events}: meta.code_hash: expected {code_hash}, found {'c' * 64}" in capsys.readouterr().out.splitlines()
+
+
+def test_a_record_without_readable_runs_says_so(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    runs_dir = folder / "runs"
+    for run_id in NUMBER_LIKE_IDS:
+        (runs_dir / run_id / "events.jsonl").unlink()
+    problems = verify.verify(folder)
+    assert problems == [f"{runs_dir / i / 'events.jsonl'}: missing" for i in sorted(NUMBER_LIKE_IDS)] + [
+        f"{runs_dir}: no readable runs"]
+    shutil.rmtree(runs_dir)
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"{runs_dir}: expected the runs of record.json {sorted(NUMBER_LIKE_IDS)}, found []",
+        f"{runs_dir}: no readable runs", f"{folder}: FAILED, 2 mismatches"]
+
+
+def base_and_faster_record(where, tmp_path, capsys) -> tuple[Path, Path]:
+    """Two records of ingested logs: "base", and "fast" (other code, each run 1 s faster) with base as its previous."""
+    for i, (ms, loss) in enumerate(RUNS):
+        write(tmp_path / "base", f"{i}.txt", modded_log(ms, loss))
+        write(tmp_path / "fast", f"{i}.txt", modded_log(ms - 1000, loss, code=CODE + "# faster\n"))
+    sub = ["--records", str(where["records"]), "--no-leaderboard", "--description", "d"]
+    for name in ("base", "fast"):
+        before = {row["run_id"] for row in rows(where)} if (where["records"] / "runs.jsonl").exists() else set()
+        assert run_ingest(where, tmp_path / name, name=name) == 0
+        run_ids = [row["run_id"] for row in rows(where) if row["run_id"] not in before]
+        assert submit.main([*sub, "--name", name, *run_ids]) == 0, capsys.readouterr().err
+    base, fast = (next(where["records"].glob(f"*_{name}")) for name in ("base", "fast"))
+    return base, fast
+
+
+def test_an_unreadable_previous_record_is_one_line(where, tmp_path, capsys):
+    """A record beating a previous one recomputes the speedup from that record's runs; where they cannot be read,
+    that is one line naming the previous record, and the rest is still checked."""
+    base, fast = base_and_faster_record(where, tmp_path, capsys)
+    assert json.loads((fast / "record.json").read_text())["stats"]["previous"]["folder"] == base.name
+    assert verify.verify(fast) == []
+    shutil.rmtree(base / "runs")
+    assert verify.verify(fast) == [f"{base}: the previous record's runs cannot be read "
+                                   f"({base / 'runs'}: cannot read (No such file or directory))"]
+
+
+def test_a_folder_that_is_not_there_is_one_line_and_the_rest_are_checked(where, tmp_path, capsys):
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    capsys.readouterr()
+    assert verify.main([str(tmp_path / "nothing"), str(folder)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"{tmp_path / 'nothing'}: no such record folder\n" and captured.out == f"{folder}: ok\n"
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda r: r["runs"][0].pop("steps"), "runs[0].steps: expected 1390, found nothing"),
+    (lambda r: r["runs"][0].pop("time_to_target_ms"), "runs[0].time_to_target_ms: expected 80694.0, found nothing"),
+    (lambda r: r["stats"].pop("reached_target"), "stats.reached_target: expected 4, found nothing"),
+    (lambda r: r["stats"]["train_time_ms"].pop("ci95"), "stats.train_time_ms.ci95: expected ["),
+], ids=["run-steps", "run-time-to-target", "reached-target", "time-ci95"])
+def test_a_figure_record_json_lacks_is_one_line_and_statistics_md_still_checked(where, tmp_path, capsys, damage,
+                                                                                  problem):
+    """statistics.md is compared with the recomputed figures' rendering: a figure record.json lacks is one line,
+    never a traceback, and statistics.md is still checked."""
+    folder = record_with_run_ids(where, tmp_path, capsys, ["a", "b", "c", "d"])
+    record_path = folder / "record.json"
+    record = json.loads(record_path.read_text())
+    damage(record)
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    (line,) = verify.verify(folder)
+    assert line.startswith(f"{record_path}: {problem}")
+    stats_md = folder / "statistics.md"
+    stats_md.write_text(stats_md.read_text().replace("- runs: 4 (", "- runs: 5 ("))
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == line and out[1].startswith(f"{stats_md}:") and out[2] == f"{folder}: FAILED, 2 mismatches"
+
+
+def test_a_previous_record_s_figures_that_cannot_be_rendered_are_one_line(where, tmp_path, capsys):
+    """Where the previous record's runs cannot be read, record.json's figures for it are rendered as they stand;
+    where they lack one, statistics.md is not compared, in one line saying why."""
+    base, fast = base_and_faster_record(where, tmp_path, capsys)
+    shutil.rmtree(base / "runs")
+    record = json.loads((fast / "record.json").read_text())
+    record["stats"]["previous"]["train_time_ms"].pop("mean")
+    (fast / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    assert verify.verify(fast) == [
+        f"{base}: the previous record's runs cannot be read ({base / 'runs'}: cannot read (No such file or directory))",
+        f"{fast / 'statistics.md'}: not compared: record.json's figures cannot be rendered ('mean' missing)"]
