@@ -199,6 +199,23 @@ def compare_text(expected: str, found: str, where: str, out: list[str]) -> None:
             out.append(f"{where}:{lineno}: expected {e.strip()!r}, found {f.strip()!r}")
 
 
+def record_fields_problems(record: dict, folder_name: str, record_path: Path) -> list[str]:
+    """What submit writes that no recomputation checks: the date its folder is named by, and each excluded run as
+    {run_id, reason}, a run that is not among the record's own."""
+    out = []
+    if not folder_name.startswith(f"{record['date']}_"):
+        day = folder_name.split("_", 1)[0]
+        out.append(f"{record_path}: date: expected the folder's {day!r}, found {record['date']!r}")
+    ids = {r["run_id"] for r in record["runs"]}
+    for i, x in enumerate(record.get("excluded") or []):
+        if not (isinstance(x, dict) and isinstance(x.get("run_id"), str) and isinstance(x.get("reason"), str)
+                and x["reason"].strip()):
+            out.append(f"{record_path}: excluded[{i}]: expected {{\"run_id\": ..., \"reason\": ...}}, found {x!r}")
+        elif x["run_id"] in ids:
+            out.append(f"{record_path}: excluded[{i}]: run {x['run_id']} is also one of the record's runs")
+    return out
+
+
 def verify(folder: str | Path) -> list[str]:
     """All mismatches in a record folder (empty when it checks out)."""
     folder = Path(folder)
@@ -208,6 +225,7 @@ def verify(folder: str | Path) -> list[str]:
         record = read_record(record_path)
     except RecordsError as exc:  # missing, unreadable, not JSON, or a key missing: nothing to check against
         return [str(exc)]
+    problems += record_fields_problems(record, folder.name, record_path)
 
     # Code.
     snapshot = folder / SNAPSHOT_DIR

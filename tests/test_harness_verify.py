@@ -273,3 +273,21 @@ def test_a_previous_record_s_figures_that_cannot_be_rendered_are_one_line(where,
     assert verify.verify(fast) == [
         f"{base}: the previous record's runs cannot be read ({base / 'runs'}: cannot read (No such file or directory))",
         f"{fast / 'statistics.md'}: not compared: record.json's figures cannot be rendered ('mean' missing)"]
+
+
+@pytest.mark.parametrize("change, line", [
+    (dict(date="2001-01-01"), "date: expected the folder's {day!r}, found '2001-01-01'"),
+    (dict(excluded=[1]), "excluded[0]: expected {{\"run_id\": ..., \"reason\": ...}}, found 1"),
+    (dict(excluded=[{"run_id": "x", "reason": " "}]),
+     "excluded[0]: expected {{\"run_id\": ..., \"reason\": ...}}, found {{'run_id': 'x', 'reason': ' '}}"),
+    (dict(excluded=[{"run_id": "0x1f", "reason": "slow"}]), "excluded[0]: run 0x1f is also one of the record's runs"),
+])
+def test_record_json_s_date_and_exclusions_are_checked(where, tmp_path, capsys, change, line):
+    """What submit writes and nothing recomputes: the date the folder is named by, each excluded run as a run id
+    with a reason, never one of the record's own runs."""
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    record_path = folder / "record.json"
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, **change}, indent=1) + "\n")
+    day = folder.name.split("_", 1)[0]
+    assert f"{record_path}: {line.format(day=day)}" in verify.verify(folder)
