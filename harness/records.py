@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 from filelock import FileLock
 
-from harness.cli import run_cli
+from harness.cli import not_a_folder, run_cli
 from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, read_regular,
                             type_problem)
 from harness.snapshot import REPO_ROOT
@@ -142,7 +142,7 @@ def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[li
     is reported and skipped). A hidden row is left out, or with hidden=True kept with "hidden": {reason, ...}."""
     path = runs_path(records_dir)
     rows, problems, tombstones = [], [], {}
-    if not path.exists():
+    if not os.path.lexists(path):  # a dangling link or a link loop is there, and is reported as unreadable
         return rows, problems
     try:
         for lineno, row in iter_json_lines(path, problems, limit=None):  # a runs log grows without bound
@@ -166,6 +166,9 @@ def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[li
     for row in rows:
         if row["run_id"] in tombstones:
             row["hidden"] = tombstones[row["run_id"]]
+    known = {row["run_id"] for row in rows}
+    problems += [f"{path}:{t['line']}: a tombstone hides {run_id!r}, which no row has"
+                 for run_id, t in tombstones.items() if run_id not in known]
     return (rows if hidden else [r for r in rows if "hidden" not in r]), problems
 
 
@@ -188,10 +191,16 @@ def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_D
             raise RecordsError(f"run {run_id} is hidden ({runs_path(records_dir)} line {why['line']}: "
                                f"{why['reason']})")
         if run_id not in by_id:
-            damaged = f" ({len(problems)} problems reading it; the first: {problems[0]})" if problems else ""
-            raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}{damaged}")
+            raise _no_run(run_id, problems, records_dir)
         found.append(by_id[run_id])
     return found
+
+
+def _no_run(run_id: str, problems: list[str], records_dir: str | os.PathLike) -> RecordsError:
+    """The error for a run id the runs log has no row of, naming the first problem reading it (a damaged line,
+    an unreadable log) where there is one: the row may be there."""
+    damaged = f" ({len(problems)} problems reading it; the first: {problems[0]})" if problems else ""
+    return RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}{damaged}")
 
 
 def last_rows(records_dir: str | os.PathLike = RECORDS_DIR, hidden: bool = False) -> tuple[dict[str, dict], list[str]]:
@@ -255,7 +264,7 @@ def _read_record(path: Path) -> tuple[dict | None, str | None]:
         return None, "missing"
     except OSError as exc:
         return None, f"cannot read ({exc.strerror or exc})"
-    except ValueError as exc:  # not JSON, or not UTF-8
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested deeper than the parser goes
         return None, f"not valid JSON ({exc})"
     if key := nonfinite_key(record):  # Python reads NaN and Infinity; JSON has neither, and submit writes null
         return None, f"{key} is NaN or Infinity, not a JSON number"
@@ -305,16 +314,18 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
 
 def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     """Append the tombstone that hides run_id; RecordsError for an empty reason, an unknown run, or a hidden one."""
-    if not reason.strip():
+    reason = " ".join(reason.split())  # one line, as `hidden` lists it
+    if not reason:
         raise RecordsError("--reason: say why the run is hidden")
     with runs_lock(records_dir):
-        row = last_rows(records_dir, hidden=True)[0].get(run_id)
+        by_id, problems = last_rows(records_dir, hidden=True)
+        row = by_id.get(run_id)
         if row is None:
-            raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}")
+            raise _no_run(run_id, problems, records_dir)
         if row.get("hidden"):
             raise RecordsError(f"run {run_id} is hidden already (line {row['hidden']['line']}: "
                                f"{row['hidden']['reason']})")
-        return _append_line({"schema": SCHEMA, "hides": run_id, "reason": reason.strip(),
+        return _append_line({"schema": SCHEMA, "hides": run_id, "reason": reason,
                              "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
                             records_dir)
 
@@ -332,14 +343,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     hide.add_argument("--reason", required=True, help="why: kept in the tombstone and shown by `hidden`")
     sub.add_parser("hidden", parents=[after], help="list the hidden runs and why")
     args = parser.parse_args(argv)
+    if problem := not_a_folder("--records", args.records):
+        parser.error(problem)
     try:
         if args.command == "hide":
             path = hide_run(args.run_id, args.reason, args.records)
             print(f"hidden: {args.run_id} (a tombstone appended to {path})")
         else:
-            for row in _read_rows(args.records, hidden=True)[0]:  # in the runs log's order
+            rows, problems = _read_rows(args.records, hidden=True)
+            for problem in problems:  # a damaged line may be a tombstone or a hidden row
+                print(f"records: {problem}", file=sys.stderr)
+            for row in rows:  # in the runs log's order
                 if h := row.get("hidden"):
                     print(f"{row['run_id']}  hidden {h['timestamp']} (line {h['line']}): {h['reason']}")
+            if any(p.startswith(f"{runs_path(args.records)}: cannot read") for p in problems):
+                return 1
     except (RecordsError, OSError) as exc:
         print(f"error: {os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
         return 1

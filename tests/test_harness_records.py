@@ -202,3 +202,68 @@ def test_check_appendable_refuses_in_one_line_naming_the_runs_log(tmp_path):
     runs_log = records / "runs.jsonl"
     assert str(exc.value) == f"runs log {runs_log} cannot be appended to: {runs_log}: Is a directory"
     assert runs_log.is_dir() and not any(runs_log.iterdir())
+
+
+def test_a_record_json_nested_deeper_than_the_parser_goes_is_one_line(tmp_path):
+    from harness.records import read_record
+
+    path = tmp_path / "2026-12-01_x" / "record.json"
+    path.parent.mkdir()
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(RecordsError, match=r"record.json: not valid JSON \(maximum recursion depth"):
+        read_record(path)
+
+
+def _one_run_and_its_log(tmp_path) -> tuple[str, bytes]:
+    run_id = "20261201-000000-cpu-tiny-s0-aaaa"
+    append_run({"run_id": run_id, "track": "cpu-tiny", "status": "ok", "run_dir": str(tmp_path / run_id)}, tmp_path)
+    return run_id, (tmp_path / "runs.jsonl").read_bytes()
+
+
+def test_hidden_reports_what_it_cannot_read_and_a_tombstone_of_no_row(tmp_path, capsys):
+    """`records hidden` names each damaged line and a tombstone hiding a run no row has (exit 0: the rest is
+    listed), and a runs log it cannot read at all (a folder, a link loop) in one line with exit 1."""
+    from harness import records
+
+    run_id, _ = _one_run_and_its_log(tmp_path)
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write('{"schema": 1, "hides": "ghost", "reason": "r"}\n{"schema": 1, "run_id": "torn')
+    assert records.main(["--records", str(tmp_path), "hidden"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"records: {tmp_path / 'runs.jsonl'}:3: skipped damaged line (Unterminated string starting at: line 1 column 25 (char 24))"
+    assert err[1] == f"records: {tmp_path / 'runs.jsonl'}:2: a tombstone hides 'ghost', which no row has"
+    for make, why in ((lambda p: p.mkdir(), "Is a directory"), (lambda p: p.symlink_to(p.name), "Too many levels of symbolic links")):
+        runs = tmp_path / "runs.jsonl"
+        runs.rmdir() if runs.is_dir() and not runs.is_symlink() else runs.unlink()
+        make(runs)
+        assert records.main(["--records", str(tmp_path), "hidden"]) == 1
+        assert capsys.readouterr().err == f"records: {tmp_path / 'runs.jsonl'}: cannot read ({why})\n"
+        assert records.main(["--records", str(tmp_path), "hide", run_id, "--reason", "r"]) == 1
+        assert capsys.readouterr().err == (f"error: {tmp_path / 'runs.jsonl'}: no run with id {run_id!r} (1 problems "
+                                           f"reading it; the first: {tmp_path / 'runs.jsonl'}: cannot read ({why}))\n")
+
+
+def test_records_given_a_file_is_a_usage_error_naming_it(tmp_path, capsys):
+    from harness import records
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x\n")
+    for argv in (["hidden"], ["hide", "a", "--reason", "r"]):
+        with pytest.raises(SystemExit) as exc:
+            records.main(["--records", str(a_file), *argv])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"python -m harness.records: error: --records {a_file}: not a folder"
+    assert a_file.read_text() == "x\n"
+
+
+def test_a_reason_is_kept_on_one_line(tmp_path, capsys):
+    """`hidden` lists a run per line: a reason's newlines and runs of spaces are one space each, as submit keeps
+    an exclusion's reason."""
+    from harness import records
+
+    run_id, _ = _one_run_and_its_log(tmp_path)
+    assert records.main(["--records", str(tmp_path), "hide", run_id, "--reason", " wrong\ndata \t here "]) == 0
+    assert json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])["reason"] == "wrong data here"
+    capsys.readouterr()
+    assert records.main(["--records", str(tmp_path), "hidden"]) == 0
+    assert capsys.readouterr().out.endswith("(line 2): wrong data here\n")
