@@ -201,15 +201,16 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
 
 
 def log_files(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """(files to read, problems): a folder gives its *.txt and *.log files, sorted; a file is taken as it is."""
+    """(files to read, problems): a folder gives its *.txt and *.log entries other than folders, sorted (one the
+    reader cannot take, a FIFO or a link loop, is named by it); a file is taken as it is."""
     files, problems = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix in LOG_SUFFIXES)
+            found = sorted(p for p in item.iterdir() if p.suffix in LOG_SUFFIXES and not p.is_dir())
             if not found:
                 problems.append(f"{item}: no logs (*.txt, *.log) in this folder")
             files += found
-        elif item.exists():
+        elif os.path.lexists(item):  # a dangling link or a link loop is there: its reader says why it cannot read it
             files.append(item)
         else:
             problems.append(f"{item}: no such log file or folder")
