@@ -235,11 +235,24 @@ def record_problem(record) -> str | None:
             return f"runs[{i}] has no run_id"
         if problem := type_problem(run, RECORD_RUN_TYPES, f"runs[{i}]"):
             return problem
+    if key := negative_key(record):
+        return key
     previous = record["stats"].get("previous")
     if previous and (len(previous["speedup"]["ci95"]) != 2
                      or not all(is_json_type(x, "number|null") for x in previous["speedup"]["ci95"])):
         return "stats.previous.speedup.ci95 is not a pair of numbers"
     return None
+
+
+def negative_key(record: dict) -> str | None:
+    """'<key> is <value>, a negative count or time' for the first such figure of a typed record.json (the
+    leaderboard ranks by its mean time; a negative one would lead it), or None."""
+    figures = [("stats.n", record["stats"]["n"]), ("stats.train_time_ms.mean", record["stats"]["train_time_ms"]["mean"]),
+               ("stats.train_time_ms.std", record["stats"]["train_time_ms"]["std"])]
+    figures += [(f"runs[{i}].{key}", run.get(key)) for i, run in enumerate(record["runs"])
+                for key in ("train_time_ms", "time_to_target_ms", "steps", "tokens")]
+    return next((f"{key} is {value}, a negative count or time" for key, value in figures
+                 if value is not None and value < 0), None)
 
 
 def _schema_2_names(record):
@@ -286,9 +299,10 @@ def read_record(path: str | os.PathLike) -> dict:
 def list_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[list[dict], list[str]]:
     """Every accepted record's record.json (with "folder" added), oldest first, and the problems."""
     records, problems = [], []
-    for path in sorted(Path(records_dir).glob(f"*/{RECORD_FILE}")):  # none where records_dir is no folder
-        if path.parent.name.startswith("."):
-            continue  # a submission still being written
+    folders = sorted(p for p in Path(records_dir).iterdir() if p.is_dir()) if Path(records_dir).is_dir() else []
+    for path in (folder / RECORD_FILE for folder in folders):
+        if path.parent.name.startswith(".") or not os.path.lexists(path):
+            continue  # a submission still being written, or a folder of no record; a link loop is reported
         record, why = _read_record(path)
         if why:
             problems.append(f"{path}: skipped damaged record ({why})")

@@ -267,3 +267,45 @@ def test_a_reason_is_kept_on_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert records.main(["--records", str(tmp_path), "hidden"]) == 0
     assert capsys.readouterr().out.endswith("(line 2): wrong data here\n")
+
+
+def _a_record(**stats) -> dict:
+    return {"schema": 3, "name": "x", "track": "cpu-tiny", "date": "2026-12-01", "code_hash": "0" * 64,
+            "runs": [{"run_id": "r0", "train_time_ms": 100.0, "steps": 20}, {"run_id": "r1", "train_time_ms": 110.0}],
+            "stats": {"n": 2, "target_val_loss": 3.28, "final_at_or_below_target": 2,
+                      "train_time_ms": {"mean": 105.0, "std": 7.0}, "final_val_loss": {"mean": 3.2, "std": 0.01},
+                      "p_loss_below_target": 0.004, "previous": None, **stats}}
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda r: r["stats"]["train_time_ms"].update(mean=-105.0), "stats.train_time_ms.mean is -105.0, a negative count or time"),
+    (lambda r: r["stats"].update(n=-2), "stats.n is -2, a negative count or time"),
+    (lambda r: r["runs"][0].update(steps=-20), "runs[0].steps is -20, a negative count or time"),
+    (lambda r: r["runs"][1].update(time_to_target_ms=-1), "runs[1].time_to_target_ms is -1, a negative count or time"),
+])
+def test_a_record_with_a_negative_time_or_count_is_damaged(tmp_path, change, why):
+    """A negative mean time would lead the leaderboard: such a record.json is reported and skipped."""
+    from harness.records import list_records, record_problem
+
+    record = _a_record()
+    assert record_problem(record) is None
+    change(record)
+    assert record_problem(record) == why
+    (tmp_path / "2026-12-01_x").mkdir()
+    (tmp_path / "2026-12-01_x" / "record.json").write_text(json.dumps(record))
+    assert list_records(tmp_path) == ([], [f"{tmp_path / '2026-12-01_x' / 'record.json'}: skipped damaged record ({why})"])
+
+
+def test_a_record_json_that_is_a_link_loop_is_reported_not_dropped(tmp_path):
+    """glob's '*/record.json' passes over a link loop (exists() is False): the record would vanish unreported."""
+    from harness.records import list_records
+
+    for name in ("2026-12-01_good", "2026-12-02_loop"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "2026-12-01_good" / "record.json").write_text(json.dumps(_a_record()))
+    (tmp_path / "2026-12-02_loop" / "record.json").symlink_to("record.json")
+    (tmp_path / "2026-12-03_no_record").mkdir()  # a folder without a record.json is not a record
+    records, problems = list_records(tmp_path)
+    assert [r["folder"] for r in records] == ["2026-12-01_good"]
+    assert problems == [f"{tmp_path / '2026-12-02_loop' / 'record.json'}: skipped damaged record "
+                        "(cannot read (Too many levels of symbolic links))"]
