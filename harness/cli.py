@@ -49,6 +49,14 @@ def finite_float(text: str) -> float:
     return value
 
 
+def positive_finite_float(text: str) -> float:
+    """argparse type of a scale (a loss std, a loss per 100 steps): a finite number above 0."""
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+    return value
+
+
 def not_a_folder(option: str, path) -> str | None:
     """'<option> <path>: not a folder' for a path that exists and is not one, else None."""
     return f"{option} {path}: not a folder" if path is not None and os.path.exists(path) and not os.path.isdir(path) \

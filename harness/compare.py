@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import doc_parser, finite_float, markdown_table, run_cli
+from harness.cli import doc_parser, finite_float, markdown_table, positive_finite_float, run_cli
 from harness import stats
 from harness.stats import fmt
 from harness.leaderboard import loss_axis, pyplot, save_png
@@ -663,10 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "fastest and the slowest run), median")
     parser.add_argument("--rule", choices=("time", "steps"), default="time",
                         help="steps: the optimization track's rule, steps to the target and its verdicts")
-    parser.add_argument("--loss-sigma", type=finite_float, default=stats.STEPS_SIGMA,
+    parser.add_argument("--loss-sigma", type=positive_finite_float, default=stats.STEPS_SIGMA,
                         help=f"--rule steps: the stated per-run std of the final loss for the z-test (default "
                         f"{stats.STEPS_SIGMA}, the optimization track's)")
-    parser.add_argument("--steps-rate", type=finite_float, default=stats.STEPS_RATE,
+    parser.add_argument("--steps-rate", type=positive_finite_float, default=stats.STEPS_RATE,
                         help=f"--rule steps: loss per 100 steps the pairwise rule trades (default {stats.STEPS_RATE})")
     args = parser.parse_args(argv)
 
