@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import shlex
 import sys
@@ -107,10 +108,7 @@ def parse_logs_arg(text: str) -> Variant:
 def load_variant_logs(variant: Variant, records_dir: Path) -> list[RunLog]:
     """A log file, a folder of logs or run directories, or comma-separated run ids -> logs."""
     path = Path(variant.source)
-    try:
-        is_path = path.exists()
-    except OSError:  # a long list of run ids is too long a file name
-        is_path = False
+    is_path = os.path.lexists(path)  # a link loop is a path; a long list of run ids (too long a name) is not
     try:
         if is_path:
             return load_runs(path)
