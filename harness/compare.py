@@ -175,6 +175,14 @@ def admit(variant: Variant, logs: list[RunLog], allow_code_diff: bool = False) -
         variant.logs.append(log)
 
 
+def unknown_track_problem(track: str | None, given: float | None) -> str | None:
+    """Why --track gives no target where --target is not given (a track harness/tracks.py does not know), or None."""
+    if given is None and track and track_target(track) is None:
+        return (f"--track {track}: not one of the tracks in harness/tracks.py, so it has no default target; "
+                "give --target")
+    return None
+
+
 def resolve_target(variants: list[Variant], given: float | None, track: str | None) -> tuple[float, str]:
     """(target, where it came from): --target; else the one the logs state, logs that state none taking the
     track's default (--track), or the FineWeb speedrun's 3.28."""
@@ -182,9 +190,8 @@ def resolve_target(variants: list[Variant], given: float | None, track: str | No
         return given, "--target"
     stated = sorted({log.target for v in variants for log in v.logs if log.target is not None})
     silent = [log for v in variants for log in v.logs if log.target is None]
-    if track and track_target(track) is None:
-        raise CompareError(f"--track {track}: not one of the tracks in harness/tracks.py, so it has no default target; "
-                           "give --target")
+    if problem := unknown_track_problem(track, given):
+        raise CompareError(problem)
     default, default_source = default_target(track), f"track {track}'s default" if track else "the FineWeb speedrun's"
     candidates = sorted(set(stated) | ({default} if silent else set()))
     if len(candidates) > 1:
@@ -691,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                            seed=seed, overrides=v.overrides, nproc=args.nproc,
                                                            full_schedule=True))
                  for seed in range(args.seed_start, args.seed_start + args.seeds) for v in variants])
+            problem = problem or unknown_track_problem(args.track, args.target)  # else found after every run
             if problem := problem or destination_problem(args.runs_dir, args.records):
                 return refuse(problem)
         with chatter:
