@@ -45,6 +45,7 @@ ROW_TYPES = {
     "source": "string|null", "log_sha256": "string|null", "seed_env": "string|null",
 }
 ROW_FIELDS = tuple(ROW_TYPES)
+ROW_COUNTS_AND_TIMES = ("time_to_target_ms", "steps", "tokens", "train_time_ms", "wall_s", "nproc")  # never negative
 
 
 # What submit, the leaderboard and verify read from a record.json: each key (dotted, parents first) and its
@@ -159,6 +160,10 @@ def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[li
                     key = problem.split(" ", 1)[0]
                     problems.append(f"{path}:{lineno}: {problem}; read as missing")
                     row[key] = None
+                for key in ROW_COUNTS_AND_TIMES:
+                    if row.get(key) is not None and row[key] < 0:
+                        problems.append(f"{path}:{lineno}: {negative(key, row[key])}; read as missing")
+                        row[key] = None
                 row["line"] = lineno
                 rows.append(row)
     except OSError as exc:
@@ -251,8 +256,11 @@ def negative_key(record: dict) -> str | None:
                ("stats.train_time_ms.std", record["stats"]["train_time_ms"]["std"])]
     figures += [(f"runs[{i}].{key}", run.get(key)) for i, run in enumerate(record["runs"])
                 for key in ("train_time_ms", "time_to_target_ms", "steps", "tokens")]
-    return next((f"{key} is {value}, a negative count or time" for key, value in figures
-                 if value is not None and value < 0), None)
+    return next((negative(key, value) for key, value in figures if value is not None and value < 0), None)
+
+
+def negative(key: str, value) -> str:
+    return f"{key} is {value}, a negative count or time"
 
 
 def _schema_2_names(record):

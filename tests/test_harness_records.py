@@ -309,3 +309,15 @@ def test_a_record_json_that_is_a_link_loop_is_reported_not_dropped(tmp_path):
     assert [r["folder"] for r in records] == ["2026-12-01_good"]
     assert problems == [f"{tmp_path / '2026-12-02_loop' / 'record.json'}: skipped damaged record "
                         "(cannot read (Too many levels of symbolic links))"]
+
+
+def test_a_row_with_a_negative_time_or_count_reads_it_as_missing(tmp_path):
+    """A runs-log row's negative time, steps or tokens is named and read as missing, as a wrongly typed one is."""
+    append_run({"run_id": "a", "track": "cpu-tiny", "time_to_target_ms": -5.0, "steps": -20, "tokens": 100,
+                "train_time_ms": 0.0}, tmp_path)
+    (row,) = find_runs(["a"], tmp_path)
+    assert (row["time_to_target_ms"], row["steps"], row["tokens"], row["train_time_ms"]) == (None, None, 100, 0.0)
+    path = tmp_path / "runs.jsonl"
+    assert load_records(tmp_path)[1] == [f"{path}:1: time_to_target_ms is -5.0, a negative count or time; read as missing",
+                                         f"{path}:1: steps is -20, a negative count or time; read as missing"]
+    assert json.loads(path.read_text())["steps"] == -20  # the line itself is kept as written
