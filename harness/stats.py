@@ -509,7 +509,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "loss":
-            print(loss_report(_numbers(args.values, "losses"), args.target))
+            losses = _numbers(args.values, "losses")
+            if negative := [x for x in losses if x < 0]:  # a cross-entropy is never below 0
+                raise ValueError(f"losses: a val loss is never negative, got {negative[0]:g}")
+            print(loss_report(losses, args.target))
         else:
             print(times_report(_numbers(args.baseline, "--baseline"), _numbers(args.candidate, "--candidate")))
     except ValueError as exc:

@@ -133,6 +133,13 @@ def test_cli_bad_numbers_are_one_line(capsys):
     assert capsys.readouterr().err == "error: not a finite number: 'nan'\n"
 
 
+def test_cli_a_negative_loss_is_one_line(capsys):
+    """A val loss (a cross-entropy) is never below 0: a negative one is a typo, not a loss the rule judges."""
+    assert stats.main(["loss", "3.28", "-3.27", "3.26"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: losses: a val loss is never negative, got -3.27\n" and captured.out == ""
+
+
 def test_small_samples_give_nan_not_errors():
     assert math.isnan(stats.describe([3.0]).std) and stats.describe([3.0]).mean == 3.0
     assert stats.describe([]).n == 0
