@@ -39,7 +39,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def finite_float(text: str) -> float:
-    """argparse type of a target val loss and the like: a finite number (nan and inf are no target)."""
+    """A finite number (nan and inf are no target val loss), for positive_finite_float."""
     try:
         value = float(text)
     except ValueError:
@@ -50,7 +50,8 @@ def finite_float(text: str) -> float:
 
 
 def positive_finite_float(text: str) -> float:
-    """argparse type of a scale (a loss std, a loss per 100 steps): a finite number above 0."""
+    """argparse type of a target val loss (a cross-entropy: never below 0) and of a scale (a loss std, a loss per
+    100 steps): a finite number above 0."""
     value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not above 0")

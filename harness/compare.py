@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import doc_parser, finite_float, markdown_table, positive_finite_float, run_cli
+from harness.cli import doc_parser, markdown_table, positive_finite_float, run_cli
 from harness import stats
 from harness.stats import fmt
 from harness.leaderboard import loss_axis, pyplot, save_png
@@ -655,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--logs", type=parse_logs_arg, nargs="+", action="extend", default=[], metavar="NAME=PATH",
                         help="logs mode: a log, a folder of logs or run dirs, or run ids a,b,c; "
                         "the first is the baseline")
-    parser.add_argument("--target", type=finite_float, default=None,
+    parser.add_argument("--target", type=positive_finite_float, default=None,
                         help="target val loss (default: the one the runs state; for logs that state none, "
                         f"--track's, else the FineWeb speedrun's {FINEWEB_TARGET})")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")

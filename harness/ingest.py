@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import doc_parser, finite_float, not_a_folder, run_cli
+from harness.cli import doc_parser, not_a_folder, positive_finite_float, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.hardware import peak_flops
 from harness.logs import (LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, header_lines, log_identity,
@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = doc_parser("ingest", __doc__)
     parser.add_argument("--track", required=True, help="the track the runs are recorded on, e.g. modded-nanogpt")
     parser.add_argument("--name", required=True, help="name stored with each run")
-    parser.add_argument("--target", type=finite_float, default=None,
+    parser.add_argument("--target", type=positive_finite_float, default=None,
                         help="target val loss (default: the log's own, else the track's, else 3.28)")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (runs.jsonl inside)")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run directories go (default runs/)")

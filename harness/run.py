@@ -32,7 +32,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from harness.cli import doc_parser, finite_float
+from harness.cli import doc_parser, positive_finite_float
 from harness.hardware import git_state
 from harness.ingest import parse_log_bytes, write_run_files
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
@@ -724,7 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--logfile", default="auto", metavar="PATH|auto|stdout",
                      help="--cmd: the trainer's own log to record (default auto: one it names on stdout, else the "
                      "logs/*.txt it wrote that holds the step lines it printed; stdout: what it printed)")
-    cmd.add_argument("--target", type=finite_float, default=None,
+    cmd.add_argument("--target", type=positive_finite_float, default=None,
                      help=f"--cmd: target val loss (default: the track's, else {FINEWEB_TARGET})")
     args = parser.parse_args(ours)
     given = [f"--{key.replace('_', '-')}" for key in ("cwd", "seed_env", "logfile", "target")

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from harness.cli import doc_parser, finite_float, markdown_table, run_cli
+from harness.cli import doc_parser, markdown_table, positive_finite_float, run_cli
 from harness.tracks import FINEWEB_TARGET
 
 CONFIDENCE = 0.95
@@ -500,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = doc_parser("stats", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     loss = sub.add_parser("loss", help="the loss rule on final val losses (numbers, or stdin)")
-    loss.add_argument("--target", type=finite_float, default=FINEWEB_TARGET,
+    loss.add_argument("--target", type=positive_finite_float, default=FINEWEB_TARGET,
                       help=f"target val loss (default {FINEWEB_TARGET})")
     loss.add_argument("values", nargs="*", metavar="LOSS")
     times = sub.add_parser("times", help="a candidate's times against a baseline's: speedup, difference, Welch")
