@@ -662,6 +662,8 @@ def _cmd_problem(args, overrides: Sequence[str]) -> str | None:
     program = argv[0]
     if not ((cwd / program).is_file() if os.sep in program else shutil.which(program)):
         return f"--cmd: {program}: no such program" + (f" in {cwd}" if os.sep in program else " on PATH")
+    if args.logfile not in ("auto", "stdout") and (cwd / args.logfile).is_dir():  # the trainer cannot write it
+        return f"--logfile {args.logfile}: a folder in {cwd}, not a log file"
     return seed_env_problem(args.seed_env)
 
 
