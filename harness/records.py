@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import errno
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -100,7 +102,10 @@ def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
 def runs_lock(records_dir: str | os.PathLike = RECORDS_DIR) -> FileLock:
     """The lock on records/runs.jsonl, held for each append and by a writer whose check and write are one step.
     One object per path, so that a holder may append (filelock counts re-entries of one object)."""
-    path = str(Path(records_dir).resolve() / RUNS_FILE) + ".lock"
+    try:
+        path = str(Path(records_dir).resolve() / RUNS_FILE) + ".lock"
+    except RuntimeError:  # a link loop: Python before 3.13 raises RuntimeError where 3.13 raises OSError
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(records_dir)) from None
     if path not in _LOCKS:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         _LOCKS[path] = FileLock(path)
@@ -121,10 +126,11 @@ def _append_line(obj: dict, records_dir: str | os.PathLike) -> Path:
     """One JSON line, starting a line of its own: after a torn last line (a killed writer, a hand edit) a newline
     goes first, so that line stays one damaged line and the new one is whole."""
     path = runs_path(records_dir)
+    lock = runs_lock(records_dir)  # first: it names a records folder that is a link loop
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(obj, allow_nan=False, sort_keys=False) + "\n").encode()
-    with runs_lock(records_dir):
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    with lock:
+        fd = _open_runs_log(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -136,6 +142,16 @@ def _append_line(obj: dict, records_dir: str | os.PathLike) -> Path:
         finally:
             os.close(fd)
     return path
+
+
+def _open_runs_log(path: Path, flags: int) -> int:
+    """os.open(path) for appending, refused with an OSError naming it where it is no regular file (a FIFO: its
+    open would wait for a reader, its pread fails with a bare EINVAL)."""
+    fd = os.open(path, flags | os.O_NONBLOCK, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", str(path))
+    return fd
 
 
 def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[list[dict], list[str]]:
@@ -325,9 +341,10 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
     before a run, so that no run trains only to find its row has nowhere to go."""
     path = runs_path(records_dir)
     try:
+        lock = runs_lock(records_dir)  # first: it names a records folder that is a link loop
         path.parent.mkdir(parents=True, exist_ok=True)
-        with runs_lock(records_dir).acquire(timeout=60):
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        with lock.acquire(timeout=60):
+            os.close(_open_runs_log(path, os.O_RDWR | os.O_APPEND | os.O_CREAT))  # O_RDWR: a FIFO opens at once
     except FileExistsError as exc:  # mkdir's: something other than a folder is where the records folder goes
         raise RecordsError(f"runs log {path} cannot be appended to: {exc.filename}: not a folder") from None
     except OSError as exc:

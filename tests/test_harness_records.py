@@ -321,3 +321,31 @@ def test_a_row_with_a_negative_time_or_count_reads_it_as_missing(tmp_path):
     assert load_records(tmp_path)[1] == [f"{path}:1: time_to_target_ms is -5.0, a negative count or time; read as missing",
                                          f"{path}:1: steps is -20, a negative count or time; read as missing"]
     assert json.loads(path.read_text())["steps"] == -20  # the line itself is kept as written
+
+
+def test_a_runs_log_that_is_a_fifo_is_refused_in_one_line_naming_it(tmp_path):
+    """check_appendable opened a FIFO write-only and waited for a reader; append_run's pread failed with a bare
+    '[Errno 22] Invalid argument'. Both name the runs log now, and nothing is written into the FIFO."""
+    import os
+
+    os.mkfifo(tmp_path / "runs.jsonl")
+    with pytest.raises(RecordsError) as exc:
+        check_appendable(tmp_path)
+    assert str(exc.value) == (f"runs log {tmp_path / 'runs.jsonl'} cannot be appended to: {tmp_path / 'runs.jsonl'}: "
+                              "not a regular file (a FIFO, device or socket)")
+    with pytest.raises(OSError) as exc:
+        append_run({"run_id": "a"}, tmp_path)
+    assert str(exc.value) == f"[Errno 22] not a regular file (a FIFO, device or socket): '{tmp_path / 'runs.jsonl'}'"
+
+
+def test_a_records_folder_that_is_a_link_loop_is_an_os_error_naming_it(tmp_path):
+    """Path.resolve raises RuntimeError on a link loop before Python 3.13: an OSError (ELOOP) naming the folder, which
+    every command reports in one line, not a traceback."""
+    from harness.records import os_error_line
+
+    (tmp_path / "records").symlink_to("records")
+    for call in (lambda: append_run({"run_id": "a"}, tmp_path / "records"), lambda: check_appendable(tmp_path / "records")):
+        with pytest.raises((OSError, RecordsError)) as exc:
+            call()
+        line = os_error_line(exc.value) if isinstance(exc.value, OSError) else str(exc.value)
+        assert line.endswith(f"{tmp_path / 'records'}: Too many levels of symbolic links")
