@@ -447,6 +447,8 @@ def _numbers(given: list[str], what: str) -> list[float]:
     values = parse_numbers(" ".join(given) if given else sys.stdin.read())
     if len(values) < 2:
         raise ValueError(f"{what}: need at least 2 numbers, got {len(values)}")
+    if not math.isfinite(sum(abs(x) for x in values)):  # every mean, std and test would be NaN
+        raise ValueError(f"{what}: numbers too large to add up (their sum overflows a float)")
     return values
 
 

@@ -219,3 +219,11 @@ def test_runs_with_no_spread_are_tested_not_called_too_few():
     assert (at.p, at.passes, at.verdict) == (1.0, False, "fails")
     assert (below.p, below.passes) == (0.0, True) and (above.p, above.passes) == (1.0, False)
     assert math.isnan(stats.loss_rule([3.27], 3.28).p) and stats.loss_rule([3.27], 3.28).passes is None
+
+
+def test_cli_numbers_whose_sum_overflows_are_one_line(capsys):
+    """1e308 twice overflows the mean: numpy's RuntimeWarnings (file paths and source lines) and a table of NaN."""
+    assert stats.main(["times", "--baseline", "1e308", "1e308", "--candidate", "1", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: --baseline: numbers too large to add up (their sum overflows a float)\n"
+    assert captured.out == ""
