@@ -59,6 +59,12 @@ def positive_finite_float(text: str) -> float:
 
 
 def not_a_folder(option: str, path) -> str | None:
-    """'<option> <path>: not a folder' for a path that exists and is not one, else None."""
-    return f"{option} {path}: not a folder" if path is not None and os.path.exists(path) and not os.path.isdir(path) \
-        else None
+    """'<option> <path>: not a folder' for a path that exists and is not one, '<option> <path>: <why>' for a link
+    that cannot be followed (a loop, a missing target: nothing can be made there), else None."""
+    if path is None or not os.path.lexists(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return f"{option} {path}: {exc.strerror or exc}"
+    return None if os.path.isdir(path) else f"{option} {path}: not a folder"

@@ -44,3 +44,20 @@ def test_a_target_val_loss_is_a_finite_number_above_0(name, value, why, tmp_path
     assert exc.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: argument --target: {why}")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("submit", lambda loop: ["--records", loop, "--no-leaderboard", "--description", "d", "--name", "a", "r0", "r1"]),
+    ("ingest", lambda loop: ["--track", "t", "--name", "n", "--records", loop, "x.txt"]),
+    ("data", lambda loop: ["shakespeare", "--dir", loop]),
+])
+def test_a_folder_option_that_is_a_link_loop_is_a_usage_error_naming_it(name, argv, tmp_path, capsys):
+    """not_a_folder passed a link loop (exists() is False): Path.resolve or mkdir then ended in a traceback."""
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    option = {"submit": "--records", "ingest": "--records", "data": "--dir"}[name]
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(f"harness.{name}").main(argv(str(loop)))
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {option} {loop}: Too many levels of symbolic links")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop"]
