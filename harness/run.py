@@ -32,7 +32,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from harness.cli import doc_parser, positive_finite_float
+from harness.cli import doc_parser, not_a_folder, positive_finite_float
 from harness.hardware import git_state
 from harness.ingest import parse_log_bytes, write_run_files
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
@@ -689,6 +689,8 @@ def seed_env_problem(name: str) -> str | None:
 def destination_problem(runs_dir: Path, records_dir: Path) -> str | None:
     """What keeps a run's folder or its row from being written (one line), or None: checked before the first
     run starts. Makes the runs folder, and the runs log where missing."""
+    if problem := not_a_folder("--runs-dir", runs_dir):  # mkdir would say 'File exists'
+        return problem
     try:
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -145,3 +145,14 @@ def test_a_track_with_no_target_is_refused_before_the_first_run(kit, capsys):
     assert not kit["runs"].exists() and not kit["records"].exists()
     assert compare.main([*argv, "--target", "3.28"]) == 0
     assert load_records(kit["records"])[0]["track"].tolist() == ["nope"]
+
+
+def test_a_runs_dir_that_is_a_file_is_named_not_a_folder(kit, tmp_path, capsys):
+    """mkdir's 'PATH: File exists' said nothing of what is wrong with --runs-dir."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x\n")
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(a_file), "--records", str(kit["records"]),
+            "--variant", "a=", "--no-plot", "--no-leaderboard"]
+    assert compare.main(argv) == 2
+    assert capsys.readouterr().err == f"error: --runs-dir {a_file}: not a folder\n"
+    assert a_file.read_text() == "x\n" and not kit["records"].exists()
