@@ -39,7 +39,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def finite_float(text: str) -> float:
-    """argparse type of a target val loss and the like: a finite number (nan and inf are no target)."""
+    """A finite number (nan and inf are no target val loss), for positive_finite_float."""
     try:
         value = float(text)
     except ValueError:
@@ -49,7 +49,22 @@ def finite_float(text: str) -> float:
     return value
 
 
+def positive_finite_float(text: str) -> float:
+    """argparse type of a target val loss (a cross-entropy: never below 0) and of a scale (a loss std, a loss per
+    100 steps): a finite number above 0."""
+    value = finite_float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+    return value
+
+
 def not_a_folder(option: str, path) -> str | None:
-    """'<option> <path>: not a folder' for a path that exists and is not one, else None."""
-    return f"{option} {path}: not a folder" if path is not None and os.path.exists(path) and not os.path.isdir(path) \
-        else None
+    """'<option> <path>: not a folder' for a path that exists and is not one, '<option> <path>: <why>' for a link
+    that cannot be followed (a loop, a missing target: nothing can be made there), else None."""
+    if path is None or not os.path.lexists(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return f"{option} {path}: {exc.strerror or exc}"
+    return None if os.path.isdir(path) else f"{option} {path}: not a folder"

@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import shlex
 import sys
@@ -38,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import doc_parser, finite_float, markdown_table, run_cli
+from harness.cli import doc_parser, markdown_table, positive_finite_float, run_cli
 from harness import stats
 from harness.stats import fmt
 from harness.leaderboard import loss_axis, pyplot, save_png
@@ -107,10 +108,7 @@ def parse_logs_arg(text: str) -> Variant:
 def load_variant_logs(variant: Variant, records_dir: Path) -> list[RunLog]:
     """A log file, a folder of logs or run directories, or comma-separated run ids -> logs."""
     path = Path(variant.source)
-    try:
-        is_path = path.exists()
-    except OSError:  # a long list of run ids is too long a file name
-        is_path = False
+    is_path = os.path.lexists(path)  # a link loop is a path; a long list of run ids (too long a name) is not
     try:
         if is_path:
             return load_runs(path)
@@ -177,6 +175,14 @@ def admit(variant: Variant, logs: list[RunLog], allow_code_diff: bool = False) -
         variant.logs.append(log)
 
 
+def unknown_track_problem(track: str | None, given: float | None) -> str | None:
+    """Why --track gives no target where --target is not given (a track harness/tracks.py does not know), or None."""
+    if given is None and track and track_target(track) is None:
+        return (f"--track {track}: not one of the tracks in harness/tracks.py, so it has no default target; "
+                "give --target")
+    return None
+
+
 def resolve_target(variants: list[Variant], given: float | None, track: str | None) -> tuple[float, str]:
     """(target, where it came from): --target; else the one the logs state, logs that state none taking the
     track's default (--track), or the FineWeb speedrun's 3.28."""
@@ -184,9 +190,8 @@ def resolve_target(variants: list[Variant], given: float | None, track: str | No
         return given, "--target"
     stated = sorted({log.target for v in variants for log in v.logs if log.target is not None})
     silent = [log for v in variants for log in v.logs if log.target is None]
-    if track and track_target(track) is None:
-        raise CompareError(f"--track {track}: not one of the tracks in harness/tracks.py, so it has no default target; "
-                           "give --target")
+    if problem := unknown_track_problem(track, given):
+        raise CompareError(problem)
     default, default_source = default_target(track), f"track {track}'s default" if track else "the FineWeb speedrun's"
     candidates = sorted(set(stated) | ({default} if silent else set()))
     if len(candidates) > 1:
@@ -650,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--logs", type=parse_logs_arg, nargs="+", action="extend", default=[], metavar="NAME=PATH",
                         help="logs mode: a log, a folder of logs or run dirs, or run ids a,b,c; "
                         "the first is the baseline")
-    parser.add_argument("--target", type=finite_float, default=None,
+    parser.add_argument("--target", type=positive_finite_float, default=None,
                         help="target val loss (default: the one the runs state; for logs that state none, "
                         f"--track's, else the FineWeb speedrun's {FINEWEB_TARGET})")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of the table")
@@ -663,10 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "fastest and the slowest run), median")
     parser.add_argument("--rule", choices=("time", "steps"), default="time",
                         help="steps: the optimization track's rule, steps to the target and its verdicts")
-    parser.add_argument("--loss-sigma", type=finite_float, default=stats.STEPS_SIGMA,
+    parser.add_argument("--loss-sigma", type=positive_finite_float, default=stats.STEPS_SIGMA,
                         help=f"--rule steps: the stated per-run std of the final loss for the z-test (default "
                         f"{stats.STEPS_SIGMA}, the optimization track's)")
-    parser.add_argument("--steps-rate", type=finite_float, default=stats.STEPS_RATE,
+    parser.add_argument("--steps-rate", type=positive_finite_float, default=stats.STEPS_RATE,
                         help=f"--rule steps: loss per 100 steps the pairwise rule trades (default {stats.STEPS_RATE})")
     args = parser.parse_args(argv)
 
@@ -693,6 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                            seed=seed, overrides=v.overrides, nproc=args.nproc,
                                                            full_schedule=True))
                  for seed in range(args.seed_start, args.seed_start + args.seeds) for v in variants])
+            problem = problem or unknown_track_problem(args.track, args.target)  # else found after every run
             if problem := problem or destination_problem(args.runs_dir, args.records):
                 return refuse(problem)
         with chatter:

@@ -29,7 +29,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from harness import stats
-from harness.cli import doc_parser, markdown_table, run_cli
+from harness.cli import doc_parser, markdown_table, positive_finite_float, run_cli
 from harness.files import write_atomic
 from harness.leaderboard import TIME_NOTE, pyplot, save_png
 from harness.logs import LOG_SUFFIXES, LogError, code_differences, describe_difference, load_run
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print every figure as JSON on stdout")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"where history.md and history.png go (default {DEFAULT_OUT})")
-    parser.add_argument("--target", type=float, default=None, help="target val loss for every track "
+    parser.add_argument("--target", type=positive_finite_float, default=None, help="target val loss for every track "
                         f"(default: each track's, {TRACK_TARGETS}; {FINEWEB_TARGET} without track folders)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():

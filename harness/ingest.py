@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import doc_parser, finite_float, not_a_folder, run_cli
+from harness.cli import doc_parser, not_a_folder, positive_finite_float, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.hardware import peak_flops
 from harness.logs import (LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, header_lines, log_identity,
@@ -201,15 +201,16 @@ def write_run_files(dest: Path, parsed: Parsed, *, track: str, target: float, se
 
 
 def log_files(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[str]]:
-    """(files to read, problems): a folder gives its *.txt and *.log files, sorted; a file is taken as it is."""
+    """(files to read, problems): a folder gives its *.txt and *.log entries other than folders, sorted (one the
+    reader cannot take, a FIFO or a link loop, is named by it); a file is taken as it is."""
     files, problems = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix in LOG_SUFFIXES)
+            found = sorted(p for p in item.iterdir() if p.suffix in LOG_SUFFIXES and not p.is_dir())
             if not found:
                 problems.append(f"{item}: no logs (*.txt, *.log) in this folder")
             files += found
-        elif item.exists():
+        elif os.path.lexists(item):  # a dangling link or a link loop is there: its reader says why it cannot read it
             files.append(item)
         else:
             problems.append(f"{item}: no such log file or folder")
@@ -323,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = doc_parser("ingest", __doc__)
     parser.add_argument("--track", required=True, help="the track the runs are recorded on, e.g. modded-nanogpt")
     parser.add_argument("--name", required=True, help="name stored with each run")
-    parser.add_argument("--target", type=finite_float, default=None,
+    parser.add_argument("--target", type=positive_finite_float, default=None,
                         help="target val loss (default: the log's own, else the track's, else 3.28)")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR, help="records directory (runs.jsonl inside)")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where run directories go (default runs/)")

@@ -8,6 +8,7 @@ same bytes, the PNG included.
 """
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -245,6 +246,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.records.is_dir():
         parser.error(f"--records {args.records}: no such directory")
+    if args.out is not None and os.path.islink(args.out) and not os.path.exists(args.out):
+        try:
+            os.stat(args.out)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a dangling link is replaced by the page, as a missing page is made
+                parser.error(f"--out {args.out}: {exc.strerror}")
     try:
         print(render(args.records, args.out))
     except OSError as exc:

@@ -414,14 +414,14 @@ def load_run(path: str | os.PathLike, *, require_val: bool = True) -> RunLog:
     LogError, naming the file, for a missing path or a log without validation."""
     path = Path(path)
     if path.is_dir():
-        if (path / EVENTS_FILE).exists():
+        if os.path.lexists(path / EVENTS_FILE):  # lexists: a link loop is named as unreadable, not passed over
             return parse_events(path / EVENTS_FILE, require_val=require_val)
-        if (path / TRAIN_LOG_FILE).exists():
+        if os.path.lexists(path / TRAIN_LOG_FILE):
             log = parse_log_file(path / TRAIN_LOG_FILE)
             log.name = log.run_id = path.name
             return log
         raise LogError(f"{path}: not a run directory (no {EVENTS_FILE} or {TRAIN_LOG_FILE})")
-    if not path.exists():
+    if not os.path.lexists(path):
         raise LogError(f"{path}: no such log file or run directory")
     if path.name == EVENTS_FILE:
         return parse_events(path, require_val=require_val)
@@ -435,11 +435,12 @@ def is_run_dir(path: Path) -> bool:
 def load_runs(path: str | os.PathLike) -> list[RunLog]:
     """A log, a run directory, or a folder of logs (*.txt, *.log) and run directories -> [RunLog], sorted by name."""
     path = Path(path)
-    if not path.exists():
+    if not os.path.lexists(path):  # a dangling link or a link loop is there: load_run says why it cannot be read
         raise LogError(f"{path}: no such log file or folder")
     if not path.is_dir() or is_run_dir(path):
         return [load_run(path)]
-    members = sorted(p for p in path.iterdir() if is_run_dir(p) or (p.is_file() and p.suffix in LOG_SUFFIXES))
+    # a *.txt that is no regular file (a FIFO, a link loop) is a member, named by load_run, not passed over
+    members = sorted(p for p in path.iterdir() if is_run_dir(p) or (p.suffix in LOG_SUFFIXES and not p.is_dir()))
     if not members:
         raise LogError(f"{path}: no logs (*.txt, *.log) or run directories in this folder")
     return [load_run(p) for p in members]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import errno
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -20,7 +22,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 from filelock import FileLock
 
-from harness.cli import run_cli
+from harness.cli import not_a_folder, run_cli
 from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, read_regular,
                             type_problem)
 from harness.snapshot import REPO_ROOT
@@ -45,6 +47,7 @@ ROW_TYPES = {
     "source": "string|null", "log_sha256": "string|null", "seed_env": "string|null",
 }
 ROW_FIELDS = tuple(ROW_TYPES)
+ROW_COUNTS_AND_TIMES = ("time_to_target_ms", "steps", "tokens", "train_time_ms", "wall_s", "nproc")  # never negative
 
 
 # What submit, the leaderboard and verify read from a record.json: each key (dotted, parents first) and its
@@ -99,7 +102,10 @@ def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
 def runs_lock(records_dir: str | os.PathLike = RECORDS_DIR) -> FileLock:
     """The lock on records/runs.jsonl, held for each append and by a writer whose check and write are one step.
     One object per path, so that a holder may append (filelock counts re-entries of one object)."""
-    path = str(Path(records_dir).resolve() / RUNS_FILE) + ".lock"
+    try:
+        path = str(Path(records_dir).resolve() / RUNS_FILE) + ".lock"
+    except RuntimeError:  # a link loop: Python before 3.13 raises RuntimeError where 3.13 raises OSError
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(records_dir)) from None
     if path not in _LOCKS:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         _LOCKS[path] = FileLock(path)
@@ -120,10 +126,11 @@ def _append_line(obj: dict, records_dir: str | os.PathLike) -> Path:
     """One JSON line, starting a line of its own: after a torn last line (a killed writer, a hand edit) a newline
     goes first, so that line stays one damaged line and the new one is whole."""
     path = runs_path(records_dir)
+    lock = runs_lock(records_dir)  # first: it names a records folder that is a link loop
     path.parent.mkdir(parents=True, exist_ok=True)
     line = (json.dumps(obj, allow_nan=False, sort_keys=False) + "\n").encode()
-    with runs_lock(records_dir):
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    with lock:
+        fd = _open_runs_log(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
         try:
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -137,12 +144,22 @@ def _append_line(obj: dict, records_dir: str | os.PathLike) -> Path:
     return path
 
 
+def _open_runs_log(path: Path, flags: int) -> int:
+    """os.open(path) for appending, refused with an OSError naming it where it is no regular file (a FIFO: its
+    open would wait for a reader, its pread fails with a bare EINVAL)."""
+    fd = os.open(path, flags | os.O_NONBLOCK, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or socket)", str(path))
+    return fd
+
+
 def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[list[dict], list[str]]:
     """The rows of records/runs.jsonl as written (plus "line"), and the problems (a line that is no schema-1 row
     is reported and skipped). A hidden row is left out, or with hidden=True kept with "hidden": {reason, ...}."""
     path = runs_path(records_dir)
     rows, problems, tombstones = [], [], {}
-    if not path.exists():
+    if not os.path.lexists(path):  # a dangling link or a link loop is there, and is reported as unreadable
         return rows, problems
     try:
         for lineno, row in iter_json_lines(path, problems, limit=None):  # a runs log grows without bound
@@ -159,6 +176,10 @@ def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[li
                     key = problem.split(" ", 1)[0]
                     problems.append(f"{path}:{lineno}: {problem}; read as missing")
                     row[key] = None
+                for key in ROW_COUNTS_AND_TIMES:
+                    if row.get(key) is not None and row[key] < 0:
+                        problems.append(f"{path}:{lineno}: {negative(key, row[key])}; read as missing")
+                        row[key] = None
                 row["line"] = lineno
                 rows.append(row)
     except OSError as exc:
@@ -166,6 +187,9 @@ def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[li
     for row in rows:
         if row["run_id"] in tombstones:
             row["hidden"] = tombstones[row["run_id"]]
+    known = {row["run_id"] for row in rows}
+    problems += [f"{path}:{t['line']}: a tombstone hides {run_id!r}, which no row has"
+                 for run_id, t in tombstones.items() if run_id not in known]
     return (rows if hidden else [r for r in rows if "hidden" not in r]), problems
 
 
@@ -188,10 +212,16 @@ def find_runs(run_ids: Iterable[str], records_dir: str | os.PathLike = RECORDS_D
             raise RecordsError(f"run {run_id} is hidden ({runs_path(records_dir)} line {why['line']}: "
                                f"{why['reason']})")
         if run_id not in by_id:
-            damaged = f" ({len(problems)} problems reading it; the first: {problems[0]})" if problems else ""
-            raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}{damaged}")
+            raise _no_run(run_id, problems, records_dir)
         found.append(by_id[run_id])
     return found
+
+
+def _no_run(run_id: str, problems: list[str], records_dir: str | os.PathLike) -> RecordsError:
+    """The error for a run id the runs log has no row of, naming the first problem reading it (a damaged line,
+    an unreadable log) where there is one: the row may be there."""
+    damaged = f" ({len(problems)} problems reading it; the first: {problems[0]})" if problems else ""
+    return RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}{damaged}")
 
 
 def last_rows(records_dir: str | os.PathLike = RECORDS_DIR, hidden: bool = False) -> tuple[dict[str, dict], list[str]]:
@@ -226,11 +256,27 @@ def record_problem(record) -> str | None:
             return f"runs[{i}] has no run_id"
         if problem := type_problem(run, RECORD_RUN_TYPES, f"runs[{i}]"):
             return problem
+    if key := negative_key(record):
+        return key
     previous = record["stats"].get("previous")
     if previous and (len(previous["speedup"]["ci95"]) != 2
                      or not all(is_json_type(x, "number|null") for x in previous["speedup"]["ci95"])):
         return "stats.previous.speedup.ci95 is not a pair of numbers"
     return None
+
+
+def negative_key(record: dict) -> str | None:
+    """'<key> is <value>, a negative count or time' for the first such figure of a typed record.json (the
+    leaderboard ranks by its mean time; a negative one would lead it), or None."""
+    figures = [("stats.n", record["stats"]["n"]), ("stats.train_time_ms.mean", record["stats"]["train_time_ms"]["mean"]),
+               ("stats.train_time_ms.std", record["stats"]["train_time_ms"]["std"])]
+    figures += [(f"runs[{i}].{key}", run.get(key)) for i, run in enumerate(record["runs"])
+                for key in ("train_time_ms", "time_to_target_ms", "steps", "tokens")]
+    return next((negative(key, value) for key, value in figures if value is not None and value < 0), None)
+
+
+def negative(key: str, value) -> str:
+    return f"{key} is {value}, a negative count or time"
 
 
 def _schema_2_names(record):
@@ -255,7 +301,7 @@ def _read_record(path: Path) -> tuple[dict | None, str | None]:
         return None, "missing"
     except OSError as exc:
         return None, f"cannot read ({exc.strerror or exc})"
-    except ValueError as exc:  # not JSON, or not UTF-8
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested deeper than the parser goes
         return None, f"not valid JSON ({exc})"
     if key := nonfinite_key(record):  # Python reads NaN and Infinity; JSON has neither, and submit writes null
         return None, f"{key} is NaN or Infinity, not a JSON number"
@@ -277,9 +323,10 @@ def read_record(path: str | os.PathLike) -> dict:
 def list_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[list[dict], list[str]]:
     """Every accepted record's record.json (with "folder" added), oldest first, and the problems."""
     records, problems = [], []
-    for path in sorted(Path(records_dir).glob(f"*/{RECORD_FILE}")):  # none where records_dir is no folder
-        if path.parent.name.startswith("."):
-            continue  # a submission still being written
+    folders = sorted(p for p in Path(records_dir).iterdir() if p.is_dir()) if Path(records_dir).is_dir() else []
+    for path in (folder / RECORD_FILE for folder in folders):
+        if path.parent.name.startswith(".") or not os.path.lexists(path):
+            continue  # a submission still being written, or a folder of no record; a link loop is reported
         record, why = _read_record(path)
         if why:
             problems.append(f"{path}: skipped damaged record ({why})")
@@ -294,9 +341,10 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
     before a run, so that no run trains only to find its row has nowhere to go."""
     path = runs_path(records_dir)
     try:
+        lock = runs_lock(records_dir)  # first: it names a records folder that is a link loop
         path.parent.mkdir(parents=True, exist_ok=True)
-        with runs_lock(records_dir).acquire(timeout=60):
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        with lock.acquire(timeout=60):
+            os.close(_open_runs_log(path, os.O_RDWR | os.O_APPEND | os.O_CREAT))  # O_RDWR: a FIFO opens at once
     except FileExistsError as exc:  # mkdir's: something other than a folder is where the records folder goes
         raise RecordsError(f"runs log {path} cannot be appended to: {exc.filename}: not a folder") from None
     except OSError as exc:
@@ -305,16 +353,18 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
 
 def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
     """Append the tombstone that hides run_id; RecordsError for an empty reason, an unknown run, or a hidden one."""
-    if not reason.strip():
+    reason = " ".join(reason.split())  # one line, as `hidden` lists it
+    if not reason:
         raise RecordsError("--reason: say why the run is hidden")
     with runs_lock(records_dir):
-        row = last_rows(records_dir, hidden=True)[0].get(run_id)
+        by_id, problems = last_rows(records_dir, hidden=True)
+        row = by_id.get(run_id)
         if row is None:
-            raise RecordsError(f"{runs_path(records_dir)}: no run with id {run_id!r}")
+            raise _no_run(run_id, problems, records_dir)
         if row.get("hidden"):
             raise RecordsError(f"run {run_id} is hidden already (line {row['hidden']['line']}: "
                                f"{row['hidden']['reason']})")
-        return _append_line({"schema": SCHEMA, "hides": run_id, "reason": reason.strip(),
+        return _append_line({"schema": SCHEMA, "hides": run_id, "reason": reason,
                              "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
                             records_dir)
 
@@ -332,14 +382,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     hide.add_argument("--reason", required=True, help="why: kept in the tombstone and shown by `hidden`")
     sub.add_parser("hidden", parents=[after], help="list the hidden runs and why")
     args = parser.parse_args(argv)
+    if problem := not_a_folder("--records", args.records):
+        parser.error(problem)
     try:
         if args.command == "hide":
             path = hide_run(args.run_id, args.reason, args.records)
             print(f"hidden: {args.run_id} (a tombstone appended to {path})")
         else:
-            for row in _read_rows(args.records, hidden=True)[0]:  # in the runs log's order
+            rows, problems = _read_rows(args.records, hidden=True)
+            for problem in problems:  # a damaged line may be a tombstone or a hidden row
+                print(f"records: {problem}", file=sys.stderr)
+            for row in rows:  # in the runs log's order
                 if h := row.get("hidden"):
                     print(f"{row['run_id']}  hidden {h['timestamp']} (line {h['line']}): {h['reason']}")
+            if any(p.startswith(f"{runs_path(args.records)}: cannot read") for p in problems):
+                return 1
     except (RecordsError, OSError) as exc:
         print(f"error: {os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from harness.cli import doc_parser, finite_float
+from harness.cli import doc_parser, not_a_folder, positive_finite_float
 from harness.hardware import git_state
 from harness.ingest import parse_log_bytes, write_run_files
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
@@ -662,6 +662,8 @@ def _cmd_problem(args, overrides: Sequence[str]) -> str | None:
     program = argv[0]
     if not ((cwd / program).is_file() if os.sep in program else shutil.which(program)):
         return f"--cmd: {program}: no such program" + (f" in {cwd}" if os.sep in program else " on PATH")
+    if args.logfile not in ("auto", "stdout") and (cwd / args.logfile).is_dir():  # the trainer cannot write it
+        return f"--logfile {args.logfile}: a folder in {cwd}, not a log file"
     return seed_env_problem(args.seed_env)
 
 
@@ -687,6 +689,8 @@ def seed_env_problem(name: str) -> str | None:
 def destination_problem(runs_dir: Path, records_dir: Path) -> str | None:
     """What keeps a run's folder or its row from being written (one line), or None: checked before the first
     run starts. Makes the runs folder, and the runs log where missing."""
+    if problem := not_a_folder("--runs-dir", runs_dir):  # mkdir would say 'File exists'
+        return problem
     try:
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -724,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd.add_argument("--logfile", default="auto", metavar="PATH|auto|stdout",
                      help="--cmd: the trainer's own log to record (default auto: one it names on stdout, else the "
                      "logs/*.txt it wrote that holds the step lines it printed; stdout: what it printed)")
-    cmd.add_argument("--target", type=finite_float, default=None,
+    cmd.add_argument("--target", type=positive_finite_float, default=None,
                      help=f"--cmd: target val loss (default: the track's, else {FINEWEB_TARGET})")
     args = parser.parse_args(ours)
     given = [f"--{key.replace('_', '-')}" for key in ("cwd", "seed_env", "logfile", "target")

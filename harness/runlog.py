@@ -195,7 +195,7 @@ def iter_json_lines(path: str | os.PathLike, problems: list[str],
             continue
         try:
             value = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
             problems.append(f"{path}:{lineno}: skipped damaged line ({exc})")
             continue
         yield lineno, value

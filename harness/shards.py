@@ -54,6 +54,8 @@ def shard_token_count(path: str | os.PathLike) -> int:
         size = path.stat().st_size
     except FileNotFoundError:
         raise DataError(f"{path}: no such shard") from None
+    except OSError as exc:  # a link loop, a name too long
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if not path.is_file():
         raise DataError(f"{path}: not a regular file, not a shard")
     if size == 0:

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from harness.cli import doc_parser, finite_float, markdown_table, run_cli
+from harness.cli import doc_parser, markdown_table, positive_finite_float, run_cli
 from harness.tracks import FINEWEB_TARGET
 
 CONFIDENCE = 0.95
@@ -447,6 +447,8 @@ def _numbers(given: list[str], what: str) -> list[float]:
     values = parse_numbers(" ".join(given) if given else sys.stdin.read())
     if len(values) < 2:
         raise ValueError(f"{what}: need at least 2 numbers, got {len(values)}")
+    if not math.isfinite(sum(abs(x) for x in values)):  # every mean, std and test would be NaN
+        raise ValueError(f"{what}: numbers too large to add up (their sum overflows a float)")
     return values
 
 
@@ -500,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = doc_parser("stats", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     loss = sub.add_parser("loss", help="the loss rule on final val losses (numbers, or stdin)")
-    loss.add_argument("--target", type=finite_float, default=FINEWEB_TARGET,
+    loss.add_argument("--target", type=positive_finite_float, default=FINEWEB_TARGET,
                       help=f"target val loss (default {FINEWEB_TARGET})")
     loss.add_argument("values", nargs="*", metavar="LOSS")
     times = sub.add_parser("times", help="a candidate's times against a baseline's: speedup, difference, Welch")
@@ -509,7 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "loss":
-            print(loss_report(_numbers(args.values, "losses"), args.target))
+            losses = _numbers(args.values, "losses")
+            if negative := [x for x in losses if x < 0]:  # a cross-entropy is never below 0
+                raise ValueError(f"losses: a val loss is never negative, got {negative[0]:g}")
+            print(loss_report(losses, args.target))
         else:
             print(times_report(_numbers(args.baseline, "--baseline"), _numbers(args.candidate, "--candidate")))
     except ValueError as exc:

@@ -321,14 +321,26 @@ def exclusions(folder: str | Path) -> list[str]:
             if isinstance(x, dict)]
 
 
+def _not_a_record_folder(folder: Path) -> str | None:
+    """Why a FOLDER argument cannot be verified (missing, a file, a link loop), in one line, or None."""
+    try:
+        if folder.stat() and folder.is_dir():
+            return None
+    except FileNotFoundError:
+        return f"{folder}: no such record folder"
+    except OSError as exc:
+        return f"{folder}: cannot read ({exc.strerror or exc})"
+    return f"{folder}: not a folder (a record is a folder, records/<date>_<name>)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = doc_parser("verify", __doc__, with_rest=False)
     parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER", help="record folders, records/<date>_<name>")
     args = parser.parse_args(argv)
     failed = 0
     for folder in args.folders:
-        if not folder.is_dir():
-            print(f"{folder}: no such record folder", file=sys.stderr)
+        if problem := _not_a_record_folder(folder):
+            print(problem, file=sys.stderr)
             failed += 1
             continue
         try:

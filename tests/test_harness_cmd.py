@@ -328,3 +328,16 @@ def test_cmd_log_that_cannot_be_read_still_records_the_run(kit, monkeypatch, cap
     row = run_cmd(kit)
     assert row["status"] == "ok" and row["source"] == "stdout" and rows(kit)[0]["run_id"] == row["run_id"]
     assert "gone.txt: No such file or directory; recording its stdout" in capsys.readouterr().err
+
+
+def test_a_logfile_that_is_a_folder_is_refused_before_launch(kit, tmp_path, capsys):
+    """--logfile naming a folder in --cwd: no trainer can write that log, so nothing is launched (the run was made,
+    then recorded from its stdout as 'incomplete', 'no such file after the run')."""
+    (tmp_path / "logs").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        run.main(["--cmd", f"{sys.executable} x.py", "--cwd", str(tmp_path), "--logfile", "logs",
+                  "--runs-dir", str(kit["runs"]), "--records", str(kit["records"])])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"python -m harness.run: error: --logfile logs: a folder in {tmp_path}, not a log file"
+    assert not kit["records"].exists() and not kit["runs"].exists()

@@ -245,3 +245,16 @@ def test_the_pairwise_rule_trades_loss_against_steps(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "the steps rule of modded-nanogpt's optimization track" in out
     assert "0.00150: not shown better" in out and "not valid" in out  # 3.281 is above the target
+
+
+@pytest.mark.parametrize("option", ["--loss-sigma", "--steps-rate"])
+@pytest.mark.parametrize("value, why", [("-1", "'-1' is not above 0"), ("0", "'0' is not above 0"),
+                                        ("nan", "'nan' is not a finite number")])
+def test_a_steps_rule_scale_that_is_not_above_0_is_a_usage_error(tmp_path, capsys, option, value, why):
+    """A negative --loss-sigma made the steps rule's margin negative, so a run short of the target read 'valid'."""
+    log = tmp_path / "a.txt"
+    log.write_text(short_log(1000, 3.279))
+    with pytest.raises(SystemExit) as exc:
+        compare.main(["--logs", f"a={log}", "--rule", "steps", option, value, "--no-plot"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m harness.compare: error: argument {option}: {why}"

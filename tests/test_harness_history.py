@@ -258,3 +258,13 @@ def test_runs_as_a_module(root, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads(proc.stdout)["variants"]) == 4
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_target_that_is_not_a_finite_number_is_a_usage_error(root, value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        history.main([str(root), "--target", value, "--out", str(root / "out")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"python -m harness.history: error: argument --target: '{value}' is not a finite number"
+    assert not (root / "out").exists()

@@ -571,3 +571,25 @@ def test_a_console_transcript_of_make_is_not_a_speedrun_log(where, tmp_path, cap
     assert not (where["records"] / "runs.jsonl").exists()
     # the same step lines under modded-nanogpt's header are a run
     assert run_ingest(where, write(tmp_path, "log.txt", HEADER + transcript.split("warm-up (untimed)\n")[1])) == 0
+
+
+def test_a_log_in_a_folder_that_cannot_be_read_is_named_not_skipped_silently(where, tmp_path, capsys):
+    """A folder's *.txt that is a FIFO, a link loop or a dangling link is named with why it cannot be read (a FIFO
+    is not opened), as it is when given by itself; the folder's good log still goes in."""
+    import os
+
+    logs = tmp_path / "logs"
+    write(logs, "good.txt", modded_log())
+    os.mkfifo(logs / "fifo.txt")
+    (logs / "loop.txt").symlink_to("loop.txt")
+    (logs / "gone.log").symlink_to("nowhere.log")
+    (logs / "sub.txt").mkdir()  # a folder named like a log is no log
+    assert run_ingest(where, logs) == 1
+    err = capsys.readouterr().err
+    assert f"skipped: {logs / 'fifo.txt'}: cannot read (not a regular file (a FIFO, device or socket)" in err
+    assert f"skipped: {logs / 'loop.txt'}: cannot read (Too many levels of symbolic links)\n" in err
+    assert f"skipped: {logs / 'gone.log'}: cannot read (No such file or directory)\n" in err
+    assert "sub.txt" not in err and err.endswith("1 run(s) ingested, 3 input(s) skipped\n")
+    assert run_ingest(where, logs / "loop.txt") == 1
+    assert f"skipped: {logs / 'loop.txt'}: cannot read (Too many levels of symbolic links)\n" in capsys.readouterr().err
+    assert len(rows(where)) == 1

@@ -131,3 +131,28 @@ def test_a_run_folder_copied_without_its_train_log_is_the_same_run(kit, tmp_path
     assert compare.main(["--logs", f"a={kit['runs']}", "--no-plot"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "are the same run" in err and copy.name in err and other["run_id"] not in err
+
+
+def test_a_track_with_no_target_is_refused_before_the_first_run(kit, capsys):
+    """--track unknown to harness/tracks.py without --target has no target to judge the runs by: refused before
+    launch (it was found after every run had trained); with --target the track is taken."""
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--track", "nope", "--variant", "a=", "--no-plot", "--no-leaderboard"]
+    assert compare.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ("error: --track nope: not one of the tracks in harness/tracks.py, "
+                                                   "so it has no default target; give --target\n")
+    assert not kit["runs"].exists() and not kit["records"].exists()
+    assert compare.main([*argv, "--target", "3.28"]) == 0
+    assert load_records(kit["records"])[0]["track"].tolist() == ["nope"]
+
+
+def test_a_runs_dir_that_is_a_file_is_named_not_a_folder(kit, tmp_path, capsys):
+    """mkdir's 'PATH: File exists' said nothing of what is wrong with --runs-dir."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x\n")
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(a_file), "--records", str(kit["records"]),
+            "--variant", "a=", "--no-plot", "--no-leaderboard"]
+    assert compare.main(argv) == 2
+    assert capsys.readouterr().err == f"error: --runs-dir {a_file}: not a folder\n"
+    assert a_file.read_text() == "x\n" and not kit["records"].exists()

@@ -63,3 +63,17 @@ def test_recent_runs_show_their_overrides_and_flag_a_cpu_run_on_a_gpu_track(tmp_
     assert cpu_line.rstrip(" |").endswith("**CPU run on a GPU track** (--device=cpu --num_layers=2 --model_dim=64 "
                                           "--num_steps=10)")
     assert gpu_line.rstrip(" |").endswith("| none")
+
+
+def test_an_out_that_is_a_link_loop_is_a_usage_error_naming_it(tmp_path, capsys):
+    """Path.resolve raised RuntimeError (Python < 3.13) on it: a traceback."""
+    from harness import leaderboard
+
+    (tmp_path / "records").mkdir()
+    loop = tmp_path / "page.md"
+    loop.symlink_to("page.md")
+    with pytest.raises(SystemExit) as exc:
+        leaderboard.main(["--records", str(tmp_path / "records"), "--out", str(loop)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"python -m harness.leaderboard: error: --out {loop}: Too many levels of symbolic links"

@@ -211,3 +211,27 @@ def test_code_differences_number_the_lines_of_each_side():
         {"line_a": 4, "a": "z = 3", "line_b": None, "b": None},
     ]
     assert len(code_differences(a, b, limit=1)) == 1 and code_differences(a, a) == []
+
+
+def test_a_log_that_cannot_be_read_is_named_with_why_not_passed_over(tmp_path):
+    """A link loop given as a log or found in a folder, a FIFO in a folder, and a run directory's events.jsonl that
+    is a link loop: each is 'cannot read (why)', not 'no such log file' nor 'no logs in this folder' (a FIFO is not
+    opened)."""
+    import os
+
+    (tmp_path / "loop.txt").symlink_to("loop.txt")
+    loop = "cannot read (Too many levels of symbolic links)"
+    with pytest.raises(LogError, match=re.escape(f"{tmp_path / 'loop.txt'}: {loop}")):
+        load_run(tmp_path / "loop.txt")
+    with pytest.raises(LogError, match=re.escape(f"{tmp_path / 'loop.txt'}: {loop}")):
+        load_runs(tmp_path)
+    (tmp_path / "loop.txt").unlink()
+    os.mkfifo(tmp_path / "fifo.log")
+    with pytest.raises(LogError, match=re.escape(f"{tmp_path / 'fifo.log'}: cannot read (not a regular file")):
+        load_runs(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").symlink_to("events.jsonl")
+    write(run_dir, CODE + STEPS, name="train.log")
+    with pytest.raises(LogError, match=re.escape(f"{run_dir / 'events.jsonl'}: {loop}")):
+        load_run(run_dir)

@@ -202,3 +202,150 @@ def test_check_appendable_refuses_in_one_line_naming_the_runs_log(tmp_path):
     runs_log = records / "runs.jsonl"
     assert str(exc.value) == f"runs log {runs_log} cannot be appended to: {runs_log}: Is a directory"
     assert runs_log.is_dir() and not any(runs_log.iterdir())
+
+
+def test_a_record_json_nested_deeper_than_the_parser_goes_is_one_line(tmp_path):
+    from harness.records import read_record
+
+    path = tmp_path / "2026-12-01_x" / "record.json"
+    path.parent.mkdir()
+    path.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(RecordsError, match=r"record.json: not valid JSON \(maximum recursion depth"):
+        read_record(path)
+
+
+def _one_run_and_its_log(tmp_path) -> tuple[str, bytes]:
+    run_id = "20261201-000000-cpu-tiny-s0-aaaa"
+    append_run({"run_id": run_id, "track": "cpu-tiny", "status": "ok", "run_dir": str(tmp_path / run_id)}, tmp_path)
+    return run_id, (tmp_path / "runs.jsonl").read_bytes()
+
+
+def test_hidden_reports_what_it_cannot_read_and_a_tombstone_of_no_row(tmp_path, capsys):
+    """`records hidden` names each damaged line and a tombstone hiding a run no row has (exit 0: the rest is
+    listed), and a runs log it cannot read at all (a folder, a link loop) in one line with exit 1."""
+    from harness import records
+
+    run_id, _ = _one_run_and_its_log(tmp_path)
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write('{"schema": 1, "hides": "ghost", "reason": "r"}\n{"schema": 1, "run_id": "torn')
+    assert records.main(["--records", str(tmp_path), "hidden"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"records: {tmp_path / 'runs.jsonl'}:3: skipped damaged line (Unterminated string starting at: line 1 column 25 (char 24))"
+    assert err[1] == f"records: {tmp_path / 'runs.jsonl'}:2: a tombstone hides 'ghost', which no row has"
+    for make, why in ((lambda p: p.mkdir(), "Is a directory"), (lambda p: p.symlink_to(p.name), "Too many levels of symbolic links")):
+        runs = tmp_path / "runs.jsonl"
+        runs.rmdir() if runs.is_dir() and not runs.is_symlink() else runs.unlink()
+        make(runs)
+        assert records.main(["--records", str(tmp_path), "hidden"]) == 1
+        assert capsys.readouterr().err == f"records: {tmp_path / 'runs.jsonl'}: cannot read ({why})\n"
+        assert records.main(["--records", str(tmp_path), "hide", run_id, "--reason", "r"]) == 1
+        assert capsys.readouterr().err == (f"error: {tmp_path / 'runs.jsonl'}: no run with id {run_id!r} (1 problems "
+                                           f"reading it; the first: {tmp_path / 'runs.jsonl'}: cannot read ({why}))\n")
+
+
+def test_records_given_a_file_is_a_usage_error_naming_it(tmp_path, capsys):
+    from harness import records
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x\n")
+    for argv in (["hidden"], ["hide", "a", "--reason", "r"]):
+        with pytest.raises(SystemExit) as exc:
+            records.main(["--records", str(a_file), *argv])
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"python -m harness.records: error: --records {a_file}: not a folder"
+    assert a_file.read_text() == "x\n"
+
+
+def test_a_reason_is_kept_on_one_line(tmp_path, capsys):
+    """`hidden` lists a run per line: a reason's newlines and runs of spaces are one space each, as submit keeps
+    an exclusion's reason."""
+    from harness import records
+
+    run_id, _ = _one_run_and_its_log(tmp_path)
+    assert records.main(["--records", str(tmp_path), "hide", run_id, "--reason", " wrong\ndata \t here "]) == 0
+    assert json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])["reason"] == "wrong data here"
+    capsys.readouterr()
+    assert records.main(["--records", str(tmp_path), "hidden"]) == 0
+    assert capsys.readouterr().out.endswith("(line 2): wrong data here\n")
+
+
+def _a_record(**stats) -> dict:
+    return {"schema": 3, "name": "x", "track": "cpu-tiny", "date": "2026-12-01", "code_hash": "0" * 64,
+            "runs": [{"run_id": "r0", "train_time_ms": 100.0, "steps": 20}, {"run_id": "r1", "train_time_ms": 110.0}],
+            "stats": {"n": 2, "target_val_loss": 3.28, "final_at_or_below_target": 2,
+                      "train_time_ms": {"mean": 105.0, "std": 7.0}, "final_val_loss": {"mean": 3.2, "std": 0.01},
+                      "p_loss_below_target": 0.004, "previous": None, **stats}}
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda r: r["stats"]["train_time_ms"].update(mean=-105.0), "stats.train_time_ms.mean is -105.0, a negative count or time"),
+    (lambda r: r["stats"].update(n=-2), "stats.n is -2, a negative count or time"),
+    (lambda r: r["runs"][0].update(steps=-20), "runs[0].steps is -20, a negative count or time"),
+    (lambda r: r["runs"][1].update(time_to_target_ms=-1), "runs[1].time_to_target_ms is -1, a negative count or time"),
+])
+def test_a_record_with_a_negative_time_or_count_is_damaged(tmp_path, change, why):
+    """A negative mean time would lead the leaderboard: such a record.json is reported and skipped."""
+    from harness.records import list_records, record_problem
+
+    record = _a_record()
+    assert record_problem(record) is None
+    change(record)
+    assert record_problem(record) == why
+    (tmp_path / "2026-12-01_x").mkdir()
+    (tmp_path / "2026-12-01_x" / "record.json").write_text(json.dumps(record))
+    assert list_records(tmp_path) == ([], [f"{tmp_path / '2026-12-01_x' / 'record.json'}: skipped damaged record ({why})"])
+
+
+def test_a_record_json_that_is_a_link_loop_is_reported_not_dropped(tmp_path):
+    """glob's '*/record.json' passes over a link loop (exists() is False): the record would vanish unreported."""
+    from harness.records import list_records
+
+    for name in ("2026-12-01_good", "2026-12-02_loop"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "2026-12-01_good" / "record.json").write_text(json.dumps(_a_record()))
+    (tmp_path / "2026-12-02_loop" / "record.json").symlink_to("record.json")
+    (tmp_path / "2026-12-03_no_record").mkdir()  # a folder without a record.json is not a record
+    records, problems = list_records(tmp_path)
+    assert [r["folder"] for r in records] == ["2026-12-01_good"]
+    assert problems == [f"{tmp_path / '2026-12-02_loop' / 'record.json'}: skipped damaged record "
+                        "(cannot read (Too many levels of symbolic links))"]
+
+
+def test_a_row_with_a_negative_time_or_count_reads_it_as_missing(tmp_path):
+    """A runs-log row's negative time, steps or tokens is named and read as missing, as a wrongly typed one is."""
+    append_run({"run_id": "a", "track": "cpu-tiny", "time_to_target_ms": -5.0, "steps": -20, "tokens": 100,
+                "train_time_ms": 0.0}, tmp_path)
+    (row,) = find_runs(["a"], tmp_path)
+    assert (row["time_to_target_ms"], row["steps"], row["tokens"], row["train_time_ms"]) == (None, None, 100, 0.0)
+    path = tmp_path / "runs.jsonl"
+    assert load_records(tmp_path)[1] == [f"{path}:1: time_to_target_ms is -5.0, a negative count or time; read as missing",
+                                         f"{path}:1: steps is -20, a negative count or time; read as missing"]
+    assert json.loads(path.read_text())["steps"] == -20  # the line itself is kept as written
+
+
+def test_a_runs_log_that_is_a_fifo_is_refused_in_one_line_naming_it(tmp_path):
+    """check_appendable opened a FIFO write-only and waited for a reader; append_run's pread failed with a bare
+    '[Errno 22] Invalid argument'. Both name the runs log now, and nothing is written into the FIFO."""
+    import os
+
+    os.mkfifo(tmp_path / "runs.jsonl")
+    with pytest.raises(RecordsError) as exc:
+        check_appendable(tmp_path)
+    assert str(exc.value) == (f"runs log {tmp_path / 'runs.jsonl'} cannot be appended to: {tmp_path / 'runs.jsonl'}: "
+                              "not a regular file (a FIFO, device or socket)")
+    with pytest.raises(OSError) as exc:
+        append_run({"run_id": "a"}, tmp_path)
+    assert str(exc.value) == f"[Errno 22] not a regular file (a FIFO, device or socket): '{tmp_path / 'runs.jsonl'}'"
+
+
+def test_a_records_folder_that_is_a_link_loop_is_an_os_error_naming_it(tmp_path):
+    """Path.resolve raises RuntimeError on a link loop before Python 3.13: an OSError (ELOOP) naming the folder, which
+    every command reports in one line, not a traceback."""
+    from harness.records import os_error_line
+
+    (tmp_path / "records").symlink_to("records")
+    for call in (lambda: append_run({"run_id": "a"}, tmp_path / "records"), lambda: check_appendable(tmp_path / "records")):
+        with pytest.raises((OSError, RecordsError)) as exc:
+            call()
+        line = os_error_line(exc.value) if isinstance(exc.value, OSError) else str(exc.value)
+        assert line.endswith(f"{tmp_path / 'records'}: Too many levels of symbolic links")

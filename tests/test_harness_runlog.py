@@ -91,3 +91,15 @@ def test_a_log_over_64_mib_is_one_line_naming_it(tmp_path, name):
     with pytest.raises(LogError) as exc:
         load_run(path.parent if path.name == "events.jsonl" else path)
     assert str(exc.value) == f"{path}: cannot read ({why})"
+
+
+def test_a_line_nested_deeper_than_the_parser_goes_is_a_damaged_line(tmp_path):
+    """json.loads raises RecursionError, not ValueError, on an array nested 100000 deep: the line is reported and
+    skipped like any damaged line, and the lines around it still load."""
+    from harness.runlog import iter_json_lines
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": 1}\n' + "[" * 100000 + "]" * 100000 + '\n{"b": 2}\n')
+    problems = []
+    assert list(iter_json_lines(path, problems)) == [(1, {"a": 1}), (3, {"b": 2})]
+    assert len(problems) == 1 and problems[0].startswith(f"{path}:2: skipped damaged line (maximum recursion depth")

@@ -133,6 +133,13 @@ def test_cli_bad_numbers_are_one_line(capsys):
     assert capsys.readouterr().err == "error: not a finite number: 'nan'\n"
 
 
+def test_cli_a_negative_loss_is_one_line(capsys):
+    """A val loss (a cross-entropy) is never below 0: a negative one is a typo, not a loss the rule judges."""
+    assert stats.main(["loss", "3.28", "-3.27", "3.26"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: losses: a val loss is never negative, got -3.27\n" and captured.out == ""
+
+
 def test_small_samples_give_nan_not_errors():
     assert math.isnan(stats.describe([3.0]).std) and stats.describe([3.0]).mean == 3.0
     assert stats.describe([]).n == 0
@@ -212,3 +219,11 @@ def test_runs_with_no_spread_are_tested_not_called_too_few():
     assert (at.p, at.passes, at.verdict) == (1.0, False, "fails")
     assert (below.p, below.passes) == (0.0, True) and (above.p, above.passes) == (1.0, False)
     assert math.isnan(stats.loss_rule([3.27], 3.28).p) and stats.loss_rule([3.27], 3.28).passes is None
+
+
+def test_cli_numbers_whose_sum_overflows_are_one_line(capsys):
+    """1e308 twice overflows the mean: numpy's RuntimeWarnings (file paths and source lines) and a table of NaN."""
+    assert stats.main(["times", "--baseline", "1e308", "1e308", "--candidate", "1", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: --baseline: numbers too large to add up (their sum overflows a float)\n"
+    assert captured.out == ""

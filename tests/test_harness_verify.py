@@ -291,3 +291,15 @@ def test_record_json_s_date_and_exclusions_are_checked(where, tmp_path, capsys, 
     record_path.write_text(json.dumps({**record, **change}, indent=1) + "\n")
     day = folder.name.split("_", 1)[0]
     assert f"{record_path}: {line.format(day=day)}" in verify.verify(folder)
+
+
+def test_a_folder_argument_that_is_a_file_or_a_link_loop_is_named_as_such(tmp_path, capsys):
+    """Not 'no such record folder' for a path that is there: a file is 'not a folder', a link loop 'cannot read'."""
+    a_file, loop = tmp_path / "record.json", tmp_path / "loop"
+    a_file.write_text("{}")
+    loop.symlink_to("loop")
+    assert verify.main([str(a_file), str(loop), str(tmp_path / "nothing")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{a_file}: not a folder (a record is a folder, records/<date>_<name>)",
+        f"{loop}: cannot read (Too many levels of symbolic links)",
+        f"{tmp_path / 'nothing'}: no such record folder"]

@@ -85,6 +85,19 @@ def test_missing_shard_and_pattern(tmp_path):
         validate_shards(str(tmp_path / "*.bin"), vocab_size=10)
 
 
+def test_a_shard_that_is_a_link_loop_is_one_line(tmp_path, capsys):
+    """stat raises ELOOP, not FileNotFoundError: a DataError naming the shard, and `data inspect` says INVALID."""
+    from harness import data
+
+    loop = tmp_path / "loop.bin"
+    loop.symlink_to("loop.bin")
+    with pytest.raises(DataError) as exc:
+        read_shard(loop)
+    assert str(exc.value) == f"{loop}: cannot read (Too many levels of symbolic links)"
+    assert data.main(["inspect", str(loop)]) == 1
+    assert capsys.readouterr().out == f"INVALID  {loop}: cannot read (Too many levels of symbolic links)\n"
+
+
 # ---------------------------------------------------------------------------------------------- loader
 
 
