@@ -324,13 +324,12 @@ def exclusions(folder: str | Path) -> list[str]:
 def _not_a_record_folder(folder: Path) -> str | None:
     """Why a FOLDER argument cannot be verified (missing, a file, a link loop), in one line, or None."""
     try:
-        if folder.stat() and folder.is_dir():
-            return None
+        folder.stat()
     except FileNotFoundError:
         return f"{folder}: no such record folder"
     except OSError as exc:
         return f"{folder}: cannot read ({exc.strerror or exc})"
-    return f"{folder}: not a folder (a record is a folder, records/<date>_<name>)"
+    return None if folder.is_dir() else f"{folder}: not a folder (a record is a folder, records/<date>_<name>)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
