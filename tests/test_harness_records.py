@@ -243,6 +243,23 @@ def test_hidden_reports_what_it_cannot_read_and_a_tombstone_of_no_row(tmp_path, 
                                            f"reading it; the first: {tmp_path / 'runs.jsonl'}: cannot read ({why}))\n")
 
 
+def test_read_rows_says_whether_the_runs_log_could_be_read(tmp_path):
+    """`records hidden` exits 1 on this fact, never on a problem line's wording: a damaged line is read (False), a
+    runs log that is a folder is not (True), a missing one is (no rows)."""
+    from harness.records import _read_rows
+
+    _one_run_and_its_log(tmp_path)
+    runs = tmp_path / "runs.jsonl"
+    with open(runs, "a") as f:
+        f.write("{torn")
+    rows, problems, unreadable = _read_rows(tmp_path)
+    assert (len(rows), len(problems), unreadable) == (1, 1, False)
+    runs.unlink()
+    assert _read_rows(tmp_path) == ([], [], False)
+    runs.mkdir()
+    assert _read_rows(tmp_path) == ([], [f"{runs}: cannot read (Is a directory)"], True)
+
+
 def test_records_given_a_file_is_a_usage_error_naming_it(tmp_path, capsys):
     from harness import records
 
