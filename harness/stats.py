@@ -430,7 +430,15 @@ def pairwise_margin(baseline_losses: Sequence[float], baseline_steps: float, new
 
 
 def parse_numbers(text: str) -> list[float]:
-    """'[3.28, 3.27]', '3.28 3.27', one per line: -> floats. Raises ValueError naming a bad token."""
+    """'[3.28, 3.27]', '3.28 3.27', one per line: -> floats. Raises ValueError naming a bad token, or the text
+    where its brackets do not pair ('[3.28, 3.27' is a list cut off)."""
+    depth = 0
+    for c in text:
+        depth += {"[": 1, "]": -1}.get(c, 0)
+        if depth < 0:
+            break
+    if depth:
+        raise ValueError(f"unbalanced brackets: {text.strip()!r}")
     values = []
     for token in re.split(r"[\s,\[\]]+", text.strip()):
         if token:

@@ -131,6 +131,13 @@ def test_cli_bad_numbers_are_one_line(capsys):
     assert "need at least 2 numbers" in capsys.readouterr().err
     assert stats.main(["loss", "nan", "3.2", "3.1"]) == 2
     assert capsys.readouterr().err == "error: not a finite number: 'nan'\n"
+    for argv, text in ((["loss", "[3.28,", "3.27,", "3.26"], "[3.28, 3.27, 3.26"), (["loss", "3.28,", "3.27]"], "3.28, 3.27]"),
+                       (["loss", "]3.28,", "3.27["], "]3.28, 3.27["),
+                       (["times", "--baseline", "[1,", "2", "--candidate", "1", "2"], "[1, 2")):
+        assert stats.main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"error: unbalanced brackets: {text!r}\n" and captured.out == ""
+    assert stats.main(["loss", "[[3.28,", "3.27],", "[3.26]]"]) == 0  # pairs nest
 
 
 def test_cli_a_negative_loss_is_one_line(capsys):
