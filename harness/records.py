@@ -32,6 +32,7 @@ RECORD_SCHEMA = 3  # of a record.json; schema 2 is read too (its times named tim
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
+LOCK_TIMEOUT_S = 60  # check_appendable's wait for the runs log's lock: longer is another writer stuck, not busy
 # A row's fields and their JSON types (records/README.md says what they mean); a field of another type is
 # reported and read as missing. origin: "ingested" or "cmd", absent for our trainer's runs; source: the log a
 # foreign run was read from, or "stdout"; seed_env: the variable that carried a --cmd run's seed.
@@ -345,7 +346,7 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
     try:
         lock = runs_lock(records_dir)  # first: it names a records folder that is a link loop
         path.parent.mkdir(parents=True, exist_ok=True)
-        with lock.acquire(timeout=60):
+        with lock.acquire(timeout=LOCK_TIMEOUT_S):
             os.close(_open_runs_log(path, os.O_RDWR | os.O_APPEND | os.O_CREAT))  # O_RDWR: a FIFO opens at once
     except FileExistsError as exc:  # mkdir's: something other than a folder is where the records folder goes
         raise RecordsError(f"runs log {path} cannot be appended to: {exc.filename}: not a folder") from None

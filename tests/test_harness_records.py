@@ -204,6 +204,23 @@ def test_check_appendable_refuses_in_one_line_naming_the_runs_log(tmp_path):
     assert runs_log.is_dir() and not any(runs_log.iterdir())
 
 
+def test_check_appendable_refuses_a_lock_held_past_its_timeout_in_one_line(tmp_path, monkeypatch):
+    """A runs log whose lock another writer holds past LOCK_TIMEOUT_S is refused in one line naming the lock, and
+    the missing runs log is not made."""
+    from filelock import FileLock
+
+    from harness import records
+
+    monkeypatch.setattr(records, "LOCK_TIMEOUT_S", 0.1)
+    lock = f"{tmp_path.resolve() / 'runs.jsonl'}.lock"
+    with FileLock(lock):  # another object on the same file: as another writer's, it excludes this one
+        with pytest.raises(RecordsError) as exc:
+            check_appendable(tmp_path)
+    assert str(exc.value) == (f"runs log {tmp_path / 'runs.jsonl'} cannot be appended to: "
+                              f"The file lock '{lock}' could not be acquired.")
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
 def test_a_record_json_nested_deeper_than_the_parser_goes_is_one_line(tmp_path):
     from harness.records import read_record
 
