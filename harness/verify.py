@@ -3,7 +3,8 @@
     python -m harness.verify records/<date>_<name> [...]
 
 Checks the code hash, the runs, each train.log against its events.jsonl, every statistic recomputed from the
-logs, and statistics.md; each mismatch is one line (where, expected, found), exit 1 on any. submit computes and
+logs, and statistics.md; each mismatch is one line (where, expected, found), exit 1 on any; an events line it
+reads past is a warning on stderr. submit computes and
 checks a record with this module's statistics, render_statistics and check_against_log.
 """
 from __future__ import annotations
@@ -169,6 +170,14 @@ def check_against_log(log: RunLog) -> list[str]:
     return problems
 
 
+def warn_damaged_lines(log: RunLog) -> None:
+    """Name on stderr each line of a record's run's events.jsonl that was skipped (a line torn or garbled after
+    its result, say): the run stands on its other events (records/README.md), but not silently. A lost validation
+    is a mismatch of check_against_log, which holds each one against train.log."""
+    for problem in log.problems:
+        print(f"warning: run {log.run_id}: {problem}", file=sys.stderr)
+
+
 def compare_values(expected, found, where: str, out: list[str]) -> None:
     """Recursively compare JSON-like values; append 'where: expected X, found Y' for each difference."""
     if isinstance(expected, dict) and isinstance(found, dict):
@@ -260,6 +269,7 @@ def verify(folder: str | Path) -> list[str]:
         if log.code_hash != recomputed:
             problems.append(f"{run_dir / EVENTS_FILE}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
         problems += check_against_log(log)
+        warn_damaged_lines(log)
         logs.append(log)
     if not logs:
         return problems + [f"{runs_dir}: no readable runs"]

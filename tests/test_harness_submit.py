@@ -565,3 +565,30 @@ def test_records_that_is_not_a_folder_is_a_usage_error(world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.splitlines()[-1] == f"python -m harness.submit: error: --records {a_file}: not a folder"
     assert a_file.read_text() == "not a folder\n"
+
+
+def test_a_damaged_events_line_after_the_last_event_is_a_warning_in_submit_and_verify(world, records, capsys):
+    """A run whose events.jsonl has a torn line after its result is still a run (records/README.md): submit accepts
+    it and verify passes it, each naming the line in a warning, never silently."""
+    run_dir = copy_run(world, records, world["fast"][0], "torn")
+    with open(run_dir / "events.jsonl", "a") as f:
+        f.write('{"event": "step", "st')
+    lineno = len((run_dir / "events.jsonl").read_text().splitlines())
+    why = "skipped damaged line (Unterminated string starting at: line 1 column 19 (char 18))"
+    assert submit.main(["--records", str(records), "--no-leaderboard", "--description", "d", "--name", "torn",
+                        "--exclude", world["fast"][0], "--reason", "copied as torn", "torn", world["fast"][1]]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"warning: run torn: {run_dir / 'events.jsonl'}:{lineno}: {why}\n"
+    (folder,) = records.glob("*_torn")
+    assert verify.main([str(folder)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == f"{folder}: ok"
+    assert captured.err == f"warning: run torn: {folder / 'runs' / 'torn' / 'events.jsonl'}:{lineno}: {why}\n"
+    events = folder / "runs" / "torn" / "events.jsonl"
+    lines = events.read_text().splitlines(keepends=True)
+    val = next(i for i, line in enumerate(lines) if '"event": "val"' in line)
+    lines[val] = lines[val][:20] + "\n"  # a validation lost before the result: the figures would change
+    events.write_text("".join(lines))
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"{folder / 'runs' / 'torn' / 'train.log'}: 5 validation lines, but {events} has 4 val events\n" in out
