@@ -4,8 +4,8 @@
 
 Checks the code hash, the runs, each train.log against its events.jsonl, every statistic recomputed from the
 logs, and statistics.md; each mismatch is one line (where, expected, found), exit 1 on any; an events line it
-reads past is a warning on stderr. submit computes and
-checks a record with this module's statistics, render_statistics and check_against_log.
+reads past is a warning on stderr. submit computes and checks a record with this module's statistics,
+render_statistics, check_against_log and warn_damaged_lines.
 """
 from __future__ import annotations
 
