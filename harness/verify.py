@@ -134,8 +134,6 @@ def check_against_log(log: RunLog) -> list[str]:
         data = read_regular(path)
     except FileNotFoundError:
         return [f"{path}: missing (the log this run was read from)"] if foreign else []
-    except OSError as exc:
-        return [os_error_line(exc)]
     text, problems = data.decode("utf-8", errors="replace"), []
     if log.log_sha256 is not None and hashlib.sha256(data).hexdigest() != log.log_sha256:
         problems.append(f"{path}: sha256: expected {log.log_sha256} ({events_path.name} meta.log_sha256), found "
@@ -242,9 +240,8 @@ def verify(folder: str | Path) -> list[str]:
         recomputed = snapshot_hash(snapshot)
         hash_file = snapshot / HASH_FILE
         stated = read_regular(hash_file).decode(errors="replace").strip() if hash_file.exists() else None
-    except OSError as exc:  # snapshot_hash's FileNotFoundError names no file: its message names the folder
-        return [f"{snapshot}: {exc}" if isinstance(exc, FileNotFoundError) and exc.filename is None
-                else os_error_line(exc)]
+    except OSError as exc:
+        return [os_error_line(exc)]
     if stated != recomputed:
         problems.append(f"{hash_file}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
     if record.get("code_hash") != recomputed:
