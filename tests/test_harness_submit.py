@@ -592,3 +592,37 @@ def test_a_damaged_events_line_after_the_last_event_is_a_warning_in_submit_and_v
     assert verify.main([str(folder)]) == 1
     out = capsys.readouterr().out
     assert f"{folder / 'runs' / 'torn' / 'train.log'}: 5 validation lines, but {events} has 4 val events\n" in out
+
+
+def test_a_run_given_twice_is_refused(world, records, capsys):
+    a = world["fast"][0]
+    assert refused_line(records, capsys, a, world["fast"][1], a) == f"run {a} is given twice"
+
+
+def test_a_code_snapshot_of_no_files_is_refused_naming_it(world, records, capsys):
+    run_dir = copy_run(world, records, world["fast"][1], "b2")
+    for path in (run_dir / "code").rglob("*"):
+        if path.is_file() and path.name != "CODE_HASH":
+            path.unlink()
+    assert refused_line(records, capsys, world["fast"][0], "b2") == f"{run_dir / 'code'}: the code snapshot holds no files"
+
+
+def test_a_record_that_cannot_be_written_is_one_line_and_leaves_nothing(world, records, capsys, monkeypatch):
+    """A disk that fills while the record folder is written: one line, exit 1, no folder and no temporary left."""
+    def full(path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(submit, "fsync_tree", full)
+    before = written(records)
+    rc, err = submit_fast(world, records, capsys)
+    assert rc == 1 and one_line(err).startswith("error: the record was not written: ")
+    assert err.endswith(": No space left on device\n") and written(records) == before
+
+
+def test_a_same_config_run_whose_folder_is_gone_still_counts(world, records, capsys):
+    """The every-run rule: a finished run of the set's track and code whose run folder cannot be read is left out
+    only with --exclude, as one whose config matches (its config is unknown, not another)."""
+    run_dir = copy_run(world, records, world["fast"][1], "gone")
+    shutil.rmtree(run_dir)
+    assert refused_line(records, capsys, *world["fast"], name="x").startswith(
+        "every finished run counts: gone ran the same track, code and config but is left out")
