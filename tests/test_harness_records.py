@@ -221,6 +221,24 @@ def test_check_appendable_refuses_a_lock_held_past_its_timeout_in_one_line(tmp_p
     assert not (tmp_path / "runs.jsonl").exists()
 
 
+def test_a_short_write_is_an_error_and_the_next_row_starts_a_line_of_its_own(tmp_path, monkeypatch):
+    """A write the disk takes only part of (it fills): an OSError naming the runs log, one torn line, and the next
+    append whole on a line of its own."""
+    import os
+
+    append_run({"run_id": "a"}, tmp_path)
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))
+    with pytest.raises(OSError) as exc:
+        append_run({"run_id": "b"}, tmp_path)
+    monkeypatch.undo()
+    path = tmp_path / "runs.jsonl"
+    assert str(exc.value) == f"{path}: short write (10 of 29 bytes); the last line is torn"
+    append_run({"run_id": "c"}, tmp_path)
+    frame, problems = load_records(tmp_path)
+    assert list(frame["run_id"]) == ["a", "c"] and len(problems) == 1 and problems[0].startswith(f"{path}:2: skipped")
+
+
 def test_a_record_json_nested_deeper_than_the_parser_goes_is_one_line(tmp_path):
     from harness.records import read_record
 

@@ -92,8 +92,13 @@ def _as_directory(path: Path):
     (_edit(lambda r: r["stats"]["final_val_loss"].update(mean=float("inf"))), "stats.final_val_loss.mean is NaN or"),
     (_edit(lambda r: r["runs"][1].update(train_time_ms="80.1")), "runs[1].train_time_ms is a string, expected number or null"),
     (_edit(lambda r: r["runs"][0].update(seed=[1])), "runs[0].seed is an array, expected integer or null"),
+    (_edit(lambda r: r["runs"][1].pop("run_id")), "runs[1] has no run_id"),
+    (_edit(lambda r: r["stats"].update(previous={"folder": "f", "name": "n", "train_time_ms": {}, "p_welch_faster": None,
+                                                 "speedup": {"ratio": 1.0, "ci95": [1.0]}})),
+     "stats.previous.speedup.ci95 is not a pair of numbers"),
 ], ids=["not-json", "a-folder", "not-an-object", "no-target", "mean-not-a-number", "previous-without-folder",
-        "other-schema", "first-crossing-schema", "no-name", "nan", "infinity", "run-time-a-string", "seed-a-list"])
+        "other-schema", "first-crossing-schema", "no-name", "nan", "infinity", "run-time-a-string", "seed-a-list",
+        "run-without-id", "ci95-not-a-pair"])
 def test_damaged_record_json_is_one_line_everywhere(world, records, tmp_path, capsys, damage, why):
     folder = baseline(records)
     damage(folder / RECORD_FILE)
