@@ -234,3 +234,15 @@ def test_cli_numbers_whose_sum_overflows_are_one_line(capsys):
     captured = capsys.readouterr()
     assert captured.err == "error: --baseline: numbers too large to add up (their sum overflows a float)\n"
     assert captured.out == ""
+
+
+def test_figures_without_spread_or_without_a_bounded_interval():
+    """Fieller's interval is unbounded (NaN ends) where the new mean is not clearly above 0; identical runs need
+    the fewest runs; Yuen's test has no interval and no p where both winsorized sets have no spread."""
+    sp = stats.speedup([10.0, 10.1], [0.1, 20.0])
+    assert sp.ratio == pytest.approx(10.05 / 10.05) and math.isnan(sp.ci_low) and math.isnan(sp.ci_high)
+    same_a, same_b = stats.describe([80.0] * 3), stats.describe([79.0] * 3)
+    assert stats.runs_needed_difference(same_a.mean, same_a.std, same_b.mean, same_b.std) == 2
+    y = stats.yuen([1.0, 2.0, 2.0, 2.0, 3.0], [1.0, 1.5, 1.5, 1.5, 2.0])
+    assert (y.ratio, y.diff, y.test) == (2.0 / 1.5, -0.5, "Yuen")
+    assert all(math.isnan(v) for v in (y.ci_low, y.ci_high, y.p_faster, y.p_two_sided))
