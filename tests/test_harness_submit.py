@@ -631,3 +631,27 @@ def test_a_same_config_run_whose_folder_is_gone_still_counts(world, records, cap
     shutil.rmtree(run_dir)
     assert refused_line(records, capsys, *world["fast"], name="x").startswith(
         "every finished run counts: gone ran the same track, code and config but is left out")
+
+
+def test_a_leaderboard_that_cannot_be_written_leaves_the_record_standing(world, records, capsys, monkeypatch):
+    def full(records_dir):
+        raise OSError(28, "No space left on device", str(records_dir / "leaderboard.md"))
+
+    monkeypatch.setattr(submit, "render", full)
+    assert submit.main(["--records", str(records), "--description", "d", "--name", "fast", *world["fast"]]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"leaderboard: not written: {records / 'leaderboard.md'}: No space left on device\n"
+    (folder,) = records.glob("*_fast")
+    assert f"accepted: {folder}" in captured.out and verify.main([str(folder)]) == 0
+
+
+def test_a_run_of_ours_without_its_train_log_makes_a_record_without_one(world, records, capsys):
+    """Our trainer's events.jsonl holds every figure; train.log is checked against it where it is there."""
+    run_dir = copy_run(world, records, world["fast"][1], "no-log")
+    (run_dir / "train.log").unlink()
+    assert submit.main(["--records", str(records), "--no-leaderboard", "--description", "d", "--name", "nolog",
+                        "--exclude", world["fast"][1], "--reason", "copied as no-log", world["fast"][0], "no-log"]) == 0
+    (folder,) = records.glob("*_nolog")
+    assert sorted(p.name for p in (folder / "runs" / "no-log").iterdir()) == ["events.jsonl"]
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 0 and capsys.readouterr().out.endswith(f"{folder}: ok\n")

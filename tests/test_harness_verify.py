@@ -331,3 +331,16 @@ def test_a_damaged_record_part_is_one_line_naming_it(where, tmp_path, capsys, da
     assert verify.main([str(folder)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert out[0] == problem.format(f=folder) and out[-1] == f"{folder}: FAILED, {len(out) - 1} mismatches", out
+
+
+def test_a_folder_inside_a_record_that_cannot_be_listed_is_one_line(where, tmp_path, capsys, monkeypatch):
+    """A runs/ folder another user's permissions keep closed (root reads any, so the error is made here)."""
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+
+    def closed(folder):
+        raise PermissionError(13, "Permission denied", str(folder / "runs"))
+
+    monkeypatch.setattr(verify, "verify", closed)
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    assert capsys.readouterr().out == f"{folder / 'runs'}: Permission denied\n{folder}: FAILED, 1 mismatches\n"
