@@ -242,6 +242,7 @@ def test_figures_without_spread_or_without_a_bounded_interval():
     sp = stats.speedup([10.0, 10.1], [0.1, 20.0])
     assert sp.ratio == pytest.approx(10.05 / 10.05) and math.isnan(sp.ci_low) and math.isnan(sp.ci_high)
     same_a, same_b = stats.describe([80.0] * 3), stats.describe([79.0] * 3)
+    assert stats.mean_difference([80.0] * 3, [79.0] * 3) == stats.Difference(-1.0, -1.0, -1.0)  # exact, as the ratio
     assert stats.runs_needed_difference(same_a.mean, same_a.std, same_b.mean, same_b.std) == 2
     y = stats.yuen([1.0, 2.0, 2.0, 2.0, 3.0], [1.0, 1.5, 1.5, 1.5, 2.0])
     assert (y.ratio, y.diff, y.test) == (2.0 / 1.5, -0.5, "Yuen")
