@@ -126,14 +126,13 @@ def render_statistics(record: dict) -> str:
 def check_against_log(log: RunLog) -> list[str]:
     """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field:
     its sha256 (meta.log_sha256), its embedded code's hash (meta.embedded_code), and each validation line against
-    its val event (to the printed digits). A run of ours without train.log or validation lines is not checked."""
+    its val event (to the printed digits). A run of ours without train.log is not checked."""
     run_dir = Path(log.source)
     path, events_path = run_dir / TRAIN_LOG_FILE, run_dir / EVENTS_FILE
-    foreign = log.origin is not None
     try:
         data = read_regular(path)
     except FileNotFoundError:
-        return [f"{path}: missing (the log this run was read from)"] if foreign else []
+        return [f"{path}: missing (the log this run was read from)"] if log.origin is not None else []
     text, problems = data.decode("utf-8", errors="replace"), []
     if log.log_sha256 is not None and hashlib.sha256(data).hexdigest() != log.log_sha256:
         problems.append(f"{path}: sha256: expected {log.log_sha256} ({events_path.name} meta.log_sha256), found "
@@ -149,8 +148,6 @@ def check_against_log(log: RunLog) -> list[str]:
                  if "val_loss" in f and "train_time_ms" in f]
     except InvalidLog as exc:
         return problems + [str(exc)]
-    if not lines and not foreign:
-        return problems
     events = list(zip(log.val_steps, log.val_losses, log.val_times_ms))
     if len(lines) != len(events):
         problems.append(f"{path}: {len(lines)} validation lines, but {events_path} has {len(events)} val events")

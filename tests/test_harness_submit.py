@@ -655,3 +655,14 @@ def test_a_run_of_ours_without_its_train_log_makes_a_record_without_one(world, r
     assert sorted(p.name for p in (folder / "runs" / "no-log").iterdir()) == ["events.jsonl"]
     capsys.readouterr()
     assert verify.main([str(folder)]) == 0 and capsys.readouterr().out.endswith(f"{folder}: ok\n")
+
+
+def test_a_train_log_of_ours_that_lost_its_validation_lines_is_a_mismatch(world, records, capsys):
+    """train.log is the cross-check of events.jsonl: one that is there but holds none of the run's validation lines
+    (emptied, truncated after its header) disagrees with it, for our runs as for ingested ones."""
+    run_dir = copy_run(world, records, world["fast"][1], "emptied")
+    train_log = run_dir / "train.log"
+    train_log.write_text("".join(line for line in train_log.read_text().splitlines(keepends=True)
+                                 if "val_loss:" not in line))
+    assert refused_line(records, capsys, world["fast"][0], "emptied") == (
+        f"run emptied: {train_log}: 0 validation lines, but {run_dir / 'events.jsonl'} has 5 val events")
