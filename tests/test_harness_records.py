@@ -1,6 +1,8 @@
 """harness.records: concurrent appends lose nothing, damaged lines are reported and skipped."""
 import json
 import multiprocessing
+import subprocess
+import sys
 
 import pytest
 
@@ -293,6 +295,9 @@ def test_read_rows_says_whether_the_runs_log_could_be_read(tmp_path):
     assert _read_rows(tmp_path) == ([], [], False)
     runs.mkdir()
     assert _read_rows(tmp_path) == ([], [f"{runs}: cannot read (Is a directory)"], True)
+    out = subprocess.run([sys.executable, "-m", "harness.records", "--records", str(tmp_path), "hidden"],
+                         capture_output=True, text=True)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", f"records: {runs}: cannot read (Is a directory)\n")
 
 
 def test_records_given_a_file_is_a_usage_error_naming_it(tmp_path, capsys):
