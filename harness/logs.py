@@ -385,7 +385,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         if result.get("target_val_loss") is not None:
             log.target = result["target_val_loss"]
     console = run_dir / TRAIN_LOG_FILE
-    if console.exists():
+    if os.path.lexists(console):  # lexists: a link loop or a dangling link is named as unreadable, not passed over
         text = _read(console).decode("utf-8", errors="replace")
         for _, fields, _ in step_lines(text, str(console)):
             log.total_steps = fields["total"]

@@ -344,3 +344,14 @@ def test_a_folder_inside_a_record_that_cannot_be_listed_is_one_line(where, tmp_p
     capsys.readouterr()
     assert verify.main([str(folder)]) == 1
     assert capsys.readouterr().out == f"{folder / 'runs'}: Permission denied\n{folder}: FAILED, 1 mismatches\n"
+
+
+def test_a_train_log_that_is_a_link_loop_makes_its_run_unreadable(where, tmp_path, capsys):
+    """A run folder's train.log that is a link loop is named, as any log that cannot be read: never passed over."""
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    train_log = folder / "runs" / "0x1f" / "train.log"
+    train_log.unlink()
+    train_log.symlink_to("train.log")
+    assert verify.verify(folder) == [f"{train_log}: cannot read (Too many levels of symbolic links)",
+                                     f"{folder / 'record.json'}: statistics not recomputed: 1 of 4 runs cannot be read "
+                                     "(above)"]
