@@ -167,8 +167,8 @@ def check_against_log(log: RunLog) -> list[str]:
 
 def warn_damaged_lines(log: RunLog) -> None:
     """Name on stderr each line of a record's run's events.jsonl that was skipped (a line torn or garbled after
-    its result, say): the run stands on its other events (records/README.md), but not silently. A lost validation
-    is a mismatch of check_against_log, which holds each one against train.log."""
+    its result, say): the run stands on its other events (records/README.md), but not silently. A validation
+    lost so is a mismatch of check_against_log, which holds each val event against train.log's lines."""
     for problem in log.problems:
         print(f"warning: run {log.run_id}: {problem}", file=sys.stderr)
 
