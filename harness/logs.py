@@ -19,7 +19,7 @@ import itertools
 import math
 import os
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -138,11 +138,9 @@ class RunLog:
         return f"CPU {h.get('cpu')}" + (f" ({h['cpu_count']} cores)" if h.get("cpu_count") else "")
 
     def time_to_target(self, target: float | None = None) -> float | None:
-        """Train time (ms) of the first validation with loss <= target (an extra figure, not the run's time);
-        None if never reached."""
+        """Train time (ms) of the first validation with loss <= target (the log's own target where none is given;
+        an extra figure, not the run's time); None if never reached."""
         target = self.target if target is None else target
-        if target is None:
-            raise LogError(f"{self.source}: no target val loss known for this log; give one")
         return next((time_ms for loss, time_ms in zip(self.val_losses, self.val_times_ms) if loss <= target), None)
 
 
@@ -160,12 +158,9 @@ def config_diff(a: dict, b: dict) -> str | None:
 
 
 def printed_tolerance(text: str) -> float:
-    """Half a unit of the last printed digit: '3.2775' -> 5e-5, '1.23e-04' -> 5e-7, '42' -> 0.5; inf for
-    a printed value whose last digit is beyond a float ('1e999') or that is not a decimal number."""
-    try:
-        exponent = Decimal(text).as_tuple().exponent
-    except InvalidOperation:
-        return math.inf
+    """Half a unit of the last printed digit of a step line's value (_VALUE): '3.2775' -> 5e-5, '1.23e-04' -> 5e-7,
+    '42' -> 0.5; inf for 'nan' or 'inf', and for a last digit beyond a float ('1e999')."""
+    exponent = Decimal(text).as_tuple().exponent
     return math.inf if not isinstance(exponent, int) else float(Decimal("0.5").scaleb(exponent))
 
 
@@ -390,7 +385,7 @@ def parse_events(events_path: str | os.PathLike, *, require_val: bool = True) ->
         if result.get("target_val_loss") is not None:
             log.target = result["target_val_loss"]
     console = run_dir / TRAIN_LOG_FILE
-    if console.exists():
+    if os.path.lexists(console):  # lexists: a link loop or a dangling link is named as unreadable, not passed over
         text = _read(console).decode("utf-8", errors="replace")
         for _, fields, _ in step_lines(text, str(console)):
             log.total_steps = fields["total"]

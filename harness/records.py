@@ -32,6 +32,7 @@ RECORD_SCHEMA = 3  # of a record.json; schema 2 is read too (its times named tim
 RECORDS_DIR = REPO_ROOT / "records"
 RUNS_FILE = "runs.jsonl"
 RECORD_FILE = "record.json"
+LOCK_TIMEOUT_S = 60  # check_appendable's wait for the runs log's lock: longer is another writer stuck, not busy
 # A row's fields and their JSON types (records/README.md says what they mean); a field of another type is
 # reported and read as missing. origin: "ingested" or "cmd", absent for our trainer's runs; source: the log a
 # foreign run was read from, or "stdout"; seed_env: the variable that carried a --cmd run's seed.
@@ -154,13 +155,14 @@ def _open_runs_log(path: Path, flags: int) -> int:
     return fd
 
 
-def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[list[dict], list[str]]:
-    """The rows of records/runs.jsonl as written (plus "line"), and the problems (a line that is no schema-1 row
-    is reported and skipped). A hidden row is left out, or with hidden=True kept with "hidden": {reason, ...}."""
+def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[list[dict], list[str], bool]:
+    """The rows of records/runs.jsonl as written (plus "line"), the problems (a line that is no schema-1 row is
+    reported and skipped), and whether the runs log could not be read at all (a missing one is read: no rows).
+    A hidden row is left out, or with hidden=True kept with "hidden": {reason, ...}."""
     path = runs_path(records_dir)
-    rows, problems, tombstones = [], [], {}
+    rows, problems, tombstones, unreadable = [], [], {}, False
     if not os.path.lexists(path):  # a dangling link or a link loop is there, and is reported as unreadable
-        return rows, problems
+        return rows, problems, unreadable
     try:
         for lineno, row in iter_json_lines(path, problems, limit=None):  # a runs log grows without bound
             tombstone = isinstance(row, dict) and isinstance(row.get("hides"), str) and "run_id" not in row
@@ -184,19 +186,20 @@ def _read_rows(records_dir: str | os.PathLike, hidden: bool = False) -> tuple[li
                 rows.append(row)
     except OSError as exc:
         problems.append(f"{path}: cannot read ({exc.strerror or exc})")
+        unreadable = True
     for row in rows:
         if row["run_id"] in tombstones:
             row["hidden"] = tombstones[row["run_id"]]
     known = {row["run_id"] for row in rows}
     problems += [f"{path}:{t['line']}: a tombstone hides {run_id!r}, which no row has"
                  for run_id, t in tombstones.items() if run_id not in known]
-    return (rows if hidden else [r for r in rows if "hidden" not in r]), problems
+    return (rows if hidden else [r for r in rows if "hidden" not in r]), problems, unreadable
 
 
 def load_records(records_dir: str | os.PathLike = RECORDS_DIR) -> tuple[pd.DataFrame, list[str]]:
     """All rows of records/runs.jsonl as a DataFrame (ROW_FIELDS first), and the problems. For tables: a number
     column with gaps is float (seed 3 reads 3.0); find_runs gives the values as written."""
-    rows, problems = _read_rows(records_dir)
+    rows, problems, _ = _read_rows(records_dir)
     frame = pd.DataFrame(rows)
     columns = list(ROW_FIELDS) + [c for c in frame.columns if c not in ROW_FIELDS]
     return frame.reindex(columns=columns), problems
@@ -226,7 +229,7 @@ def _no_run(run_id: str, problems: list[str], records_dir: str | os.PathLike) ->
 
 def last_rows(records_dir: str | os.PathLike = RECORDS_DIR, hidden: bool = False) -> tuple[dict[str, dict], list[str]]:
     """{run id: its last row, as find_runs gives it}, and the problems; hidden=True keeps the hidden runs."""
-    rows, problems = _read_rows(records_dir, hidden=hidden)
+    rows, problems, _ = _read_rows(records_dir, hidden=hidden)
     return {row["run_id"]: {**dict.fromkeys(ROW_FIELDS), **finite_or_none(row)} for row in rows}, problems
 
 
@@ -343,7 +346,7 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
     try:
         lock = runs_lock(records_dir)  # first: it names a records folder that is a link loop
         path.parent.mkdir(parents=True, exist_ok=True)
-        with lock.acquire(timeout=60):
+        with lock.acquire(timeout=LOCK_TIMEOUT_S):
             os.close(_open_runs_log(path, os.O_RDWR | os.O_APPEND | os.O_CREAT))  # O_RDWR: a FIFO opens at once
     except FileExistsError as exc:  # mkdir's: something other than a folder is where the records folder goes
         raise RecordsError(f"runs log {path} cannot be appended to: {exc.filename}: not a folder") from None
@@ -389,13 +392,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = hide_run(args.run_id, args.reason, args.records)
             print(f"hidden: {args.run_id} (a tombstone appended to {path})")
         else:
-            rows, problems = _read_rows(args.records, hidden=True)
+            rows, problems, unreadable = _read_rows(args.records, hidden=True)
             for problem in problems:  # a damaged line may be a tombstone or a hidden row
                 print(f"records: {problem}", file=sys.stderr)
             for row in rows:  # in the runs log's order
                 if h := row.get("hidden"):
                     print(f"{row['run_id']}  hidden {h['timestamp']} (line {h['line']}): {h['reason']}")
-            if any(p.startswith(f"{runs_path(args.records)}: cannot read") for p in problems):
+            if unreadable:
                 return 1
     except (RecordsError, OSError) as exc:
         print(f"error: {os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)

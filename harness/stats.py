@@ -144,8 +144,6 @@ def speedup(baseline_times: Sequence[float], new_times: Sequence[float]) -> Spee
     Welch-Satterthwaite degrees of freedom of v_b + R^2 v_n at the estimate.
     """
     a, b = _array(baseline_times), _array(new_times)
-    if len(a) == 0 or len(b) == 0:
-        return Speedup(math.nan, math.nan, math.nan, math.nan)
     if (a <= 0).any() or (b <= 0).any():
         bad = sorted(float(t) for t in np.concatenate([a, b]) if t <= 0)
         raise ValueError(f"speedup needs positive times, got {bad[:3]}")
@@ -177,8 +175,6 @@ class Difference:
 def mean_difference(baseline: Sequence[float], new: Sequence[float]) -> Difference:
     """mean(new) - mean(baseline) with the 95% Welch t-interval."""
     a, b = _array(baseline), _array(new)
-    if len(a) == 0 or len(b) == 0:
-        return Difference(math.nan, math.nan, math.nan)
     diff = float(b.mean() - a.mean())
     if len(a) < 2 or len(b) < 2:
         return Difference(diff, math.nan, math.nan)
@@ -297,8 +293,6 @@ def median(times: Sequence[float]) -> Score:
     """The median time with the order-statistic (binomial) 95% interval of scipy.stats.quantile_test; NaN ends
     where the sample is too small for one (fewer than 6 runs)."""
     x = _array(times)
-    if len(x) == 0:
-        return Score("median", 0, 0, math.nan, math.nan, math.nan)
     m = float(np.median(x))
     ci = stats.quantile_test(x, q=m, p=0.5).confidence_interval(CONFIDENCE)
     return Score("median", len(x), len(x), m, float(ci.low), float(ci.high))
@@ -360,14 +354,11 @@ def mann_whitney(baseline: Sequence[float], new: Sequence[float]) -> ScoreCompar
     """The ratio and difference of medians (no interval), and the Mann-Whitney U test's p-values (exact where no
     two times tie, else the normal approximation)."""
     a, b = _array(baseline), _array(new)
-    nan = math.nan
-    if len(a) == 0 or len(b) == 0:
-        return ScoreComparison(nan, nan, nan, nan, nan, nan, "Mann-Whitney")
     ma, mb = float(np.median(a)), float(np.median(b))
     method = "exact" if len(np.unique(np.concatenate([a, b]))) == len(a) + len(b) else "asymptotic"  # exact: no ties
     p_faster = float(stats.mannwhitneyu(b, a, alternative="less", method=method).pvalue)
     p_two = float(stats.mannwhitneyu(b, a, alternative="two-sided", method=method).pvalue)
-    return ScoreComparison(ma / mb, mb - ma, nan, nan, p_faster, p_two, "Mann-Whitney")
+    return ScoreComparison(ma / mb, mb - ma, math.nan, math.nan, p_faster, p_two, "Mann-Whitney")
 
 
 def compare_scores(rule: str, baseline: Sequence[float], new: Sequence[float],
@@ -403,8 +394,6 @@ def z_below(losses: Sequence[float], target: float, sigma: float = STEPS_SIGMA) 
     """p of the one-sided z-test that the mean loss is below the target, with a stated (not estimated) sigma
     per run: Phi((mean - target) / (sigma / sqrt(n)))."""
     x = _array(losses)
-    if len(x) == 0 or not sigma > 0:
-        return math.nan
     return float(stats.norm.cdf((x.mean() - target) / (sigma / math.sqrt(len(x)))))
 
 
@@ -420,8 +409,6 @@ def pairwise_margin(baseline_losses: Sequence[float], baseline_steps: float, new
     difference baseline - new plus the steps the new result saves charged at `rate` per 100 steps; the new result
     is better when it is >= STEPS_MARGIN."""
     a, b = _array(baseline_losses), _array(new_losses)
-    if len(a) == 0 or len(b) == 0:
-        return math.nan
     return float(((a.mean() - b.mean()) + rate * (baseline_steps - new_steps) / 100) / math.sqrt(1 / len(a) + 1 / len(b)))
 
 
@@ -430,7 +417,15 @@ def pairwise_margin(baseline_losses: Sequence[float], baseline_steps: float, new
 
 
 def parse_numbers(text: str) -> list[float]:
-    """'[3.28, 3.27]', '3.28 3.27', one per line: -> floats. Raises ValueError naming a bad token."""
+    """'[3.28, 3.27]', '3.28 3.27', one per line: -> floats. Raises ValueError naming a bad token, or the text
+    where its brackets do not pair ('[3.28, 3.27' is a list cut off)."""
+    depth = 0
+    for c in text:
+        depth += {"[": 1, "]": -1}.get(c, 0)
+        if depth < 0:
+            break
+    if depth:
+        raise ValueError(f"unbalanced brackets: {text.strip()!r}")
     values = []
     for token in re.split(r"[\s,\[\]]+", text.strip()):
         if token:

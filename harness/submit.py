@@ -29,7 +29,7 @@ from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE,
                              last_rows, list_records, name_problem, os_error_line, row_run_dir, runs_lock)
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
-from harness.verify import check_against_log, render_statistics, statistics
+from harness.verify import check_against_log, render_statistics, statistics, warn_damaged_lines
 
 
 class Refused(Exception):
@@ -280,7 +280,10 @@ def submit(name: str, description: str, run_ids: Sequence[str], records_dir: str
         if (records_dir / folder).exists():
             raise Refused(f"records/{folder} exists; records are never overwritten")
         record = build_record(name, description, rows, logs, runs, s, folder, excluded)
-        return write_record(record, logs, records_dir)
+        written = write_record(record, logs, records_dir)
+    for log in logs:
+        warn_damaged_lines(log)
+    return written
 
 
 def record_date(rows: list[dict], logs: list[RunLog]) -> str:

@@ -3,8 +3,9 @@
     python -m harness.verify records/<date>_<name> [...]
 
 Checks the code hash, the runs, each train.log against its events.jsonl, every statistic recomputed from the
-logs, and statistics.md; each mismatch is one line (where, expected, found), exit 1 on any. submit computes and
-checks a record with this module's statistics, render_statistics and check_against_log.
+logs, and statistics.md; each mismatch is one line (where, expected, found), exit 1 on any; an events line it
+reads past is a warning on stderr. submit computes and checks a record with this module's statistics,
+render_statistics, check_against_log and warn_damaged_lines.
 """
 from __future__ import annotations
 
@@ -125,16 +126,13 @@ def render_statistics(record: dict) -> str:
 def check_against_log(log: RunLog) -> list[str]:
     """Where a run directory's train.log disagrees with its events.jsonl, one line each naming file and field:
     its sha256 (meta.log_sha256), its embedded code's hash (meta.embedded_code), and each validation line against
-    its val event (to the printed digits). A run of ours without train.log or validation lines is not checked."""
+    its val event (to the printed digits). A run of ours without train.log is not checked."""
     run_dir = Path(log.source)
     path, events_path = run_dir / TRAIN_LOG_FILE, run_dir / EVENTS_FILE
-    foreign = log.origin is not None
     try:
         data = read_regular(path)
     except FileNotFoundError:
-        return [f"{path}: missing (the log this run was read from)"] if foreign else []
-    except OSError as exc:
-        return [os_error_line(exc)]
+        return [f"{path}: missing (the log this run was read from)"] if log.origin is not None else []
     text, problems = data.decode("utf-8", errors="replace"), []
     if log.log_sha256 is not None and hashlib.sha256(data).hexdigest() != log.log_sha256:
         problems.append(f"{path}: sha256: expected {log.log_sha256} ({events_path.name} meta.log_sha256), found "
@@ -150,8 +148,6 @@ def check_against_log(log: RunLog) -> list[str]:
                  if "val_loss" in f and "train_time_ms" in f]
     except InvalidLog as exc:
         return problems + [str(exc)]
-    if not lines and not foreign:
-        return problems
     events = list(zip(log.val_steps, log.val_losses, log.val_times_ms))
     if len(lines) != len(events):
         problems.append(f"{path}: {len(lines)} validation lines, but {events_path} has {len(events)} val events")
@@ -167,6 +163,14 @@ def check_against_log(log: RunLog) -> list[str]:
         if not abs(fields["train_time_ms"] - time_ms) <= printed_tolerance(time_text) + 1e-6:
             problems.append(f"{where}: train_time: the log says {time_text}ms, {event} (step {step}) says {time_ms!r}")
     return problems
+
+
+def warn_damaged_lines(log: RunLog) -> None:
+    """Name on stderr each line of a record's run's events.jsonl that was skipped (a line torn or garbled after
+    its result, say): the run stands on its other events (records/README.md), but not silently. A validation
+    lost so is a mismatch of check_against_log, which holds each val event against train.log's lines."""
+    for problem in log.problems:
+        print(f"warning: run {log.run_id}: {problem}", file=sys.stderr)
 
 
 def compare_values(expected, found, where: str, out: list[str]) -> None:
@@ -233,9 +237,8 @@ def verify(folder: str | Path) -> list[str]:
         recomputed = snapshot_hash(snapshot)
         hash_file = snapshot / HASH_FILE
         stated = read_regular(hash_file).decode(errors="replace").strip() if hash_file.exists() else None
-    except OSError as exc:  # snapshot_hash's FileNotFoundError names no file: its message names the folder
-        return [f"{snapshot}: {exc}" if isinstance(exc, FileNotFoundError) and exc.filename is None
-                else os_error_line(exc)]
+    except OSError as exc:
+        return [os_error_line(exc)]
     if stated != recomputed:
         problems.append(f"{hash_file}: expected {recomputed} (recomputed from {snapshot}), found {stated}")
     if record.get("code_hash") != recomputed:
@@ -260,6 +263,7 @@ def verify(folder: str | Path) -> list[str]:
         if log.code_hash != recomputed:
             problems.append(f"{run_dir / EVENTS_FILE}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
         problems += check_against_log(log)
+        warn_damaged_lines(log)
         logs.append(log)
     if not logs:
         return problems + [f"{runs_dir}: no readable runs"]

@@ -235,3 +235,47 @@ def test_a_log_that_cannot_be_read_is_named_with_why_not_passed_over(tmp_path):
     write(run_dir, CODE + STEPS, name="train.log")
     with pytest.raises(LogError, match=re.escape(f"{run_dir / 'events.jsonl'}: {loop}")):
         load_run(run_dir)
+
+
+def test_a_step_past_its_planned_total_is_refused_naming_the_line():
+    from harness.logs import InvalidLog
+
+    with pytest.raises(InvalidLog) as exc:
+        parse_text("step:20/20 val_loss:3.2 train_time:10ms\nstep:21/20 val_loss:3.1 train_time:11ms\n", source="x")
+    assert str(exc.value) == "x:2: step 21 is past the planned 20: not a valid log"
+
+
+def _events_run(tmp_path, *vals):
+    from harness.runlog import EventLog
+
+    run = tmp_path / "run"
+    events = EventLog(run)
+    events.write("config", track="cpu-tiny", config={"seed": 7, "target_val_loss": 4.0})
+    for val in vals:
+        events.write("val", **val)
+    events.close()
+    return run
+
+
+def test_a_run_directory_s_events_without_validation_or_with_a_malformed_one(tmp_path):
+    """No val event: one line naming the events file. A val event lacking a field: skipped and reported (verify and
+    submit print it), the rest read. The events file itself names the same run as its directory."""
+    run = _events_run(tmp_path)
+    with pytest.raises(LogError) as exc:
+        load_run(run)
+    assert str(exc.value) == f"{run / 'events.jsonl'}: no validation line (no 'val' event)"
+    run = _events_run(tmp_path / "b", dict(step=1, val_loss=4.5, train_time_ms=1.0), dict(step=2, val_loss=3.9))
+    log = load_run(run)
+    assert log.val_steps == [1] and log.problems == [
+        f"{run / 'events.jsonl'}: skipped malformed val event (KeyError('train_time_ms'))"]
+    assert load_run(run / "events.jsonl") == log
+
+
+def test_a_log_path_that_leads_nowhere_is_one_line(tmp_path):
+    (tmp_path / "dangling.txt").symlink_to(tmp_path / "gone.txt")
+    with pytest.raises(LogError) as exc:
+        load_run(tmp_path / "dangling.txt")
+    assert str(exc.value) == f"{tmp_path / 'dangling.txt'}: no such log file"
+    with pytest.raises(LogError) as exc:
+        load_runs(tmp_path / "nothing")
+    assert str(exc.value) == f"{tmp_path / 'nothing'}: no such log file or folder"

@@ -1,6 +1,8 @@
 """harness.records: concurrent appends lose nothing, damaged lines are reported and skipped."""
 import json
 import multiprocessing
+import subprocess
+import sys
 
 import pytest
 
@@ -204,6 +206,41 @@ def test_check_appendable_refuses_in_one_line_naming_the_runs_log(tmp_path):
     assert runs_log.is_dir() and not any(runs_log.iterdir())
 
 
+def test_check_appendable_refuses_a_lock_held_past_its_timeout_in_one_line(tmp_path, monkeypatch):
+    """A runs log whose lock another writer holds past LOCK_TIMEOUT_S is refused in one line naming the lock, and
+    the missing runs log is not made."""
+    from filelock import FileLock
+
+    from harness import records
+
+    monkeypatch.setattr(records, "LOCK_TIMEOUT_S", 0.1)
+    lock = f"{tmp_path.resolve() / 'runs.jsonl'}.lock"
+    with FileLock(lock):  # another object on the same file: as another writer's, it excludes this one
+        with pytest.raises(RecordsError) as exc:
+            check_appendable(tmp_path)
+    assert str(exc.value) == (f"runs log {tmp_path / 'runs.jsonl'} cannot be appended to: "
+                              f"The file lock '{lock}' could not be acquired.")
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_a_short_write_is_an_error_and_the_next_row_starts_a_line_of_its_own(tmp_path, monkeypatch):
+    """A write the disk takes only part of (it fills): an OSError naming the runs log, one torn line, and the next
+    append whole on a line of its own."""
+    import os
+
+    append_run({"run_id": "a"}, tmp_path)
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, data[:10]))
+    with pytest.raises(OSError) as exc:
+        append_run({"run_id": "b"}, tmp_path)
+    monkeypatch.undo()
+    path = tmp_path / "runs.jsonl"
+    assert str(exc.value) == f"{path}: short write (10 of 29 bytes); the last line is torn"
+    append_run({"run_id": "c"}, tmp_path)
+    frame, problems = load_records(tmp_path)
+    assert list(frame["run_id"]) == ["a", "c"] and len(problems) == 1 and problems[0].startswith(f"{path}:2: skipped")
+
+
 def test_a_record_json_nested_deeper_than_the_parser_goes_is_one_line(tmp_path):
     from harness.records import read_record
 
@@ -241,6 +278,26 @@ def test_hidden_reports_what_it_cannot_read_and_a_tombstone_of_no_row(tmp_path, 
         assert records.main(["--records", str(tmp_path), "hide", run_id, "--reason", "r"]) == 1
         assert capsys.readouterr().err == (f"error: {tmp_path / 'runs.jsonl'}: no run with id {run_id!r} (1 problems "
                                            f"reading it; the first: {tmp_path / 'runs.jsonl'}: cannot read ({why}))\n")
+
+
+def test_read_rows_says_whether_the_runs_log_could_be_read(tmp_path):
+    """`records hidden` exits 1 on this fact, never on a problem line's wording: a damaged line is read (False), a
+    runs log that is a folder is not (True), a missing one is (no rows)."""
+    from harness.records import _read_rows
+
+    _one_run_and_its_log(tmp_path)
+    runs = tmp_path / "runs.jsonl"
+    with open(runs, "a") as f:
+        f.write("{torn")
+    rows, problems, unreadable = _read_rows(tmp_path)
+    assert (len(rows), len(problems), unreadable) == (1, 1, False)
+    runs.unlink()
+    assert _read_rows(tmp_path) == ([], [], False)
+    runs.mkdir()
+    assert _read_rows(tmp_path) == ([], [f"{runs}: cannot read (Is a directory)"], True)
+    out = subprocess.run([sys.executable, "-m", "harness.records", "--records", str(tmp_path), "hidden"],
+                         capture_output=True, text=True)
+    assert (out.returncode, out.stdout, out.stderr) == (1, "", f"records: {runs}: cannot read (Is a directory)\n")
 
 
 def test_records_given_a_file_is_a_usage_error_naming_it(tmp_path, capsys):

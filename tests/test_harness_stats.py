@@ -131,6 +131,13 @@ def test_cli_bad_numbers_are_one_line(capsys):
     assert "need at least 2 numbers" in capsys.readouterr().err
     assert stats.main(["loss", "nan", "3.2", "3.1"]) == 2
     assert capsys.readouterr().err == "error: not a finite number: 'nan'\n"
+    for argv, text in ((["loss", "[3.28,", "3.27,", "3.26"], "[3.28, 3.27, 3.26"), (["loss", "3.28,", "3.27]"], "3.28, 3.27]"),
+                       (["loss", "]3.28,", "3.27["], "]3.28, 3.27["),
+                       (["times", "--baseline", "[1,", "2", "--candidate", "1", "2"], "[1, 2")):
+        assert stats.main(argv) == 2
+        captured = capsys.readouterr()
+        assert captured.err == f"error: unbalanced brackets: {text!r}\n" and captured.out == ""
+    assert stats.main(["loss", "[[3.28,", "3.27],", "[3.26]]"]) == 0  # pairs nest
 
 
 def test_cli_a_negative_loss_is_one_line(capsys):
@@ -227,3 +234,16 @@ def test_cli_numbers_whose_sum_overflows_are_one_line(capsys):
     captured = capsys.readouterr()
     assert captured.err == "error: --baseline: numbers too large to add up (their sum overflows a float)\n"
     assert captured.out == ""
+
+
+def test_figures_without_spread_or_without_a_bounded_interval():
+    """Fieller's interval is unbounded (NaN ends) where the new mean is not clearly above 0; identical runs need
+    the fewest runs; Yuen's test has no interval and no p where both winsorized sets have no spread."""
+    sp = stats.speedup([10.0, 10.1], [0.1, 20.0])
+    assert sp.ratio == pytest.approx(10.05 / 10.05) and math.isnan(sp.ci_low) and math.isnan(sp.ci_high)
+    same_a, same_b = stats.describe([80.0] * 3), stats.describe([79.0] * 3)
+    assert stats.mean_difference([80.0] * 3, [79.0] * 3) == stats.Difference(-1.0, -1.0, -1.0)  # exact, as the ratio
+    assert stats.runs_needed_difference(same_a.mean, same_a.std, same_b.mean, same_b.std) == 2
+    y = stats.yuen([1.0, 2.0, 2.0, 2.0, 3.0], [1.0, 1.5, 1.5, 1.5, 2.0])
+    assert (y.ratio, y.diff, y.test) == (2.0 / 1.5, -0.5, "Yuen")
+    assert all(math.isnan(v) for v in (y.ci_low, y.ci_high, y.p_faster, y.p_two_sided))

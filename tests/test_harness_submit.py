@@ -92,8 +92,13 @@ def _as_directory(path: Path):
     (_edit(lambda r: r["stats"]["final_val_loss"].update(mean=float("inf"))), "stats.final_val_loss.mean is NaN or"),
     (_edit(lambda r: r["runs"][1].update(train_time_ms="80.1")), "runs[1].train_time_ms is a string, expected number or null"),
     (_edit(lambda r: r["runs"][0].update(seed=[1])), "runs[0].seed is an array, expected integer or null"),
+    (_edit(lambda r: r["runs"][1].pop("run_id")), "runs[1] has no run_id"),
+    (_edit(lambda r: r["stats"].update(previous={"folder": "f", "name": "n", "train_time_ms": {}, "p_welch_faster": None,
+                                                 "speedup": {"ratio": 1.0, "ci95": [1.0]}})),
+     "stats.previous.speedup.ci95 is not a pair of numbers"),
 ], ids=["not-json", "a-folder", "not-an-object", "no-target", "mean-not-a-number", "previous-without-folder",
-        "other-schema", "first-crossing-schema", "no-name", "nan", "infinity", "run-time-a-string", "seed-a-list"])
+        "other-schema", "first-crossing-schema", "no-name", "nan", "infinity", "run-time-a-string", "seed-a-list",
+        "run-without-id", "ci95-not-a-pair"])
 def test_damaged_record_json_is_one_line_everywhere(world, records, tmp_path, capsys, damage, why):
     folder = baseline(records)
     damage(folder / RECORD_FILE)
@@ -565,3 +570,99 @@ def test_records_that_is_not_a_folder_is_a_usage_error(world, tmp_path, capsys):
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.splitlines()[-1] == f"python -m harness.submit: error: --records {a_file}: not a folder"
     assert a_file.read_text() == "not a folder\n"
+
+
+def test_a_damaged_events_line_after_the_last_event_is_a_warning_in_submit_and_verify(world, records, capsys):
+    """A run whose events.jsonl has a torn line after its result is still a run (records/README.md): submit accepts
+    it and verify passes it, each naming the line in a warning, never silently."""
+    run_dir = copy_run(world, records, world["fast"][0], "torn")
+    with open(run_dir / "events.jsonl", "a") as f:
+        f.write('{"event": "step", "st')
+    lineno = len((run_dir / "events.jsonl").read_text().splitlines())
+    why = "skipped damaged line (Unterminated string starting at: line 1 column 19 (char 18))"
+    assert submit.main(["--records", str(records), "--no-leaderboard", "--description", "d", "--name", "torn",
+                        "--exclude", world["fast"][0], "--reason", "copied as torn", "torn", world["fast"][1]]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"warning: run torn: {run_dir / 'events.jsonl'}:{lineno}: {why}\n"
+    (folder,) = records.glob("*_torn")
+    assert verify.main([str(folder)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == f"{folder}: ok"
+    assert captured.err == f"warning: run torn: {folder / 'runs' / 'torn' / 'events.jsonl'}:{lineno}: {why}\n"
+    events = folder / "runs" / "torn" / "events.jsonl"
+    lines = events.read_text().splitlines(keepends=True)
+    val = next(i for i, line in enumerate(lines) if '"event": "val"' in line)
+    lines[val] = lines[val][:20] + "\n"  # a validation lost before the result: the figures would change
+    events.write_text("".join(lines))
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert f"{folder / 'runs' / 'torn' / 'train.log'}: 5 validation lines, but {events} has 4 val events\n" in out
+
+
+def test_a_run_given_twice_is_refused(world, records, capsys):
+    a = world["fast"][0]
+    assert refused_line(records, capsys, a, world["fast"][1], a) == f"run {a} is given twice"
+
+
+def test_a_code_snapshot_of_no_files_is_refused_naming_it(world, records, capsys):
+    run_dir = copy_run(world, records, world["fast"][1], "b2")
+    for path in (run_dir / "code").rglob("*"):
+        if path.is_file() and path.name != "CODE_HASH":
+            path.unlink()
+    assert refused_line(records, capsys, world["fast"][0], "b2") == f"{run_dir / 'code'}: the code snapshot holds no files"
+
+
+def test_a_record_that_cannot_be_written_is_one_line_and_leaves_nothing(world, records, capsys, monkeypatch):
+    """A disk that fills while the record folder is written: one line, exit 1, no folder and no temporary left."""
+    def full(path):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(submit, "fsync_tree", full)
+    before = written(records)
+    rc, err = submit_fast(world, records, capsys)
+    assert rc == 1 and one_line(err).startswith("error: the record was not written: ")
+    assert err.endswith(": No space left on device\n") and written(records) == before
+
+
+def test_a_same_config_run_whose_folder_is_gone_still_counts(world, records, capsys):
+    """The every-run rule: a finished run of the set's track and code whose run folder cannot be read is left out
+    only with --exclude, as one whose config matches (its config is unknown, not another)."""
+    run_dir = copy_run(world, records, world["fast"][1], "gone")
+    shutil.rmtree(run_dir)
+    assert refused_line(records, capsys, *world["fast"], name="x").startswith(
+        "every finished run counts: gone ran the same track, code and config but is left out")
+
+
+def test_a_leaderboard_that_cannot_be_written_leaves_the_record_standing(world, records, capsys, monkeypatch):
+    def full(records_dir):
+        raise OSError(28, "No space left on device", str(records_dir / "leaderboard.md"))
+
+    monkeypatch.setattr(submit, "render", full)
+    assert submit.main(["--records", str(records), "--description", "d", "--name", "fast", *world["fast"]]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == f"leaderboard: not written: {records / 'leaderboard.md'}: No space left on device\n"
+    (folder,) = records.glob("*_fast")
+    assert f"accepted: {folder}" in captured.out and verify.main([str(folder)]) == 0
+
+
+def test_a_run_of_ours_without_its_train_log_makes_a_record_without_one(world, records, capsys):
+    """Our trainer's events.jsonl holds every figure; train.log is checked against it where it is there."""
+    run_dir = copy_run(world, records, world["fast"][1], "no-log")
+    (run_dir / "train.log").unlink()
+    assert submit.main(["--records", str(records), "--no-leaderboard", "--description", "d", "--name", "nolog",
+                        "--exclude", world["fast"][1], "--reason", "copied as no-log", world["fast"][0], "no-log"]) == 0
+    (folder,) = records.glob("*_nolog")
+    assert sorted(p.name for p in (folder / "runs" / "no-log").iterdir()) == ["events.jsonl"]
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 0 and capsys.readouterr().out.endswith(f"{folder}: ok\n")
+
+
+def test_a_train_log_of_ours_that_lost_its_validation_lines_is_a_mismatch(world, records, capsys):
+    """train.log is the cross-check of events.jsonl: one that is there but holds none of the run's validation lines
+    (emptied, truncated after its header) disagrees with it, for our runs as for ingested ones."""
+    run_dir = copy_run(world, records, world["fast"][1], "emptied")
+    train_log = run_dir / "train.log"
+    train_log.write_text("".join(line for line in train_log.read_text().splitlines(keepends=True)
+                                 if "val_loss:" not in line))
+    assert refused_line(records, capsys, world["fast"][0], "emptied") == (
+        f"run emptied: {train_log}: 0 validation lines, but {run_dir / 'events.jsonl'} has 5 val events")

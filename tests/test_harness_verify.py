@@ -303,3 +303,55 @@ def test_a_folder_argument_that_is_a_file_or_a_link_loop_is_named_as_such(tmp_pa
         f"{a_file}: not a folder (a record is a folder, records/<date>_<name>)",
         f"{loop}: cannot read (Too many levels of symbolic links)",
         f"{tmp_path / 'nothing'}: no such record folder"]
+
+
+def _extra_stats_key(folder: Path) -> None:
+    record = json.loads((folder / "record.json").read_text())
+    record["stats"]["extra"] = 1
+    (folder / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda f: shutil.rmtree(f / "code"), "{f}/code: no code snapshot folder"),
+    (lambda f: [p.unlink() for p in (f / "code").rglob("*") if p.name != "CODE_HASH"],
+     "{f}/code: the code snapshot holds no files"),
+    (lambda f: (f / "runs" / "0x1f" / "train.log").unlink(),
+     "{f}/runs/0x1f/train.log: missing (the log this run was read from)"),
+    (lambda f: [(f / "runs" / "0x1f" / "train.log").unlink(), (f / "runs" / "0x1f" / "train.log").mkdir()],
+     "{f}/runs/0x1f/train.log: cannot read (Is a directory)"),
+    (_extra_stats_key, "{f}/record.json: stats.extra: not expected, found 1"),
+    (lambda f: open(f / "statistics.md", "a").write("one more line\n"), "{f}/statistics.md: expected 34 lines, found 35"),
+], ids=["no-code", "empty-code", "no-train-log", "train-log-a-folder", "extra-key", "extra-line"])
+def test_a_damaged_record_part_is_one_line_naming_it(where, tmp_path, capsys, damage, problem):
+    """What verify checks that a record can lose or gain: its code, an ingested run's train.log (the log it was read
+    from), a figure record.json holds beyond the recomputed ones, a line statistics.md has beyond its rendering."""
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    damage(folder)
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == problem.format(f=folder) and out[-1] == f"{folder}: FAILED, {len(out) - 1} mismatches", out
+
+
+def test_a_folder_inside_a_record_that_cannot_be_listed_is_one_line(where, tmp_path, capsys, monkeypatch):
+    """A runs/ folder another user's permissions keep closed (root reads any, so the error is made here)."""
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+
+    def closed(folder):
+        raise PermissionError(13, "Permission denied", str(folder / "runs"))
+
+    monkeypatch.setattr(verify, "verify", closed)
+    capsys.readouterr()
+    assert verify.main([str(folder)]) == 1
+    assert capsys.readouterr().out == f"{folder / 'runs'}: Permission denied\n{folder}: FAILED, 1 mismatches\n"
+
+
+def test_a_train_log_that_is_a_link_loop_makes_its_run_unreadable(where, tmp_path, capsys):
+    """A run folder's train.log that is a link loop is named, as any log that cannot be read: never passed over."""
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    train_log = folder / "runs" / "0x1f" / "train.log"
+    train_log.unlink()
+    train_log.symlink_to("train.log")
+    assert verify.verify(folder) == [f"{train_log}: cannot read (Too many levels of symbolic links)",
+                                     f"{folder / 'record.json'}: statistics not recomputed: 1 of 4 runs cannot be read "
+                                     "(above)"]
