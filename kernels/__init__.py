@@ -11,7 +11,9 @@
 
 Every op is registered with `torch.library.custom_op` so that autograd and `torch.compile` see it.
 Without a GPU the kernels run under Triton's interpreter (set TRITON_INTERPRET=1 before importing): @triton.jit
-reads it when it decorates a kernel, at its file's import. Each file's input check calls `check_launchable`.
+reads it when it decorates a kernel, at its file's import. Each file's input check calls `check_launchable`, and
+those whose kernels compute in their inputs' dtype (tl.dot of bf16 tiles: attention, mlp, newton_schulz) call
+`check_interpretable` too.
 """
 from __future__ import annotations
 
@@ -31,3 +33,11 @@ def check_launchable(op: str, interpreting: bool, *tensors: torch.Tensor) -> Non
     if not interpreting and any(t.device.type == "cpu" for t in tensors):
         raise ValueError(f"{op}: CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing "
                          "kernels/")
+
+
+def check_interpretable(op: str, interpreting: bool, dtype: torch.dtype) -> None:
+    """A one-line ValueError where `op`'s kernels would compute in bf16 under Triton's interpreter (`interpreting`):
+    it holds bf16 as raw uint16 bits and converts them only in casts, so bf16 dots and sums give garbage, not an error."""
+    if interpreting and dtype == torch.bfloat16:
+        raise ValueError(f"{op}: bfloat16 under Triton's interpreter, which has no bf16 arithmetic (use float32 or "
+                         "float16 there)")

@@ -100,7 +100,8 @@ sizes.
 
 Limits
 ------
-- dtypes: bf16 and fp16 (fp32 accepted for testing; its dots run in IEEE fp32, not tf32).
+- dtypes: bf16 and fp16 (fp32 accepted for testing; its dots run in IEEE fp32, not tf32); under Triton's
+  interpreter fp16 and fp32 (it has no bf16 arithmetic).
 - head dim: 64 and 128 are the tuned ones; 16 and 32 are accepted (small tests).
 - q, k, v share one shape (no GQA), one dtype and one device; window_size >= 1; cu_seqlens int32,
   non-decreasing from 0 to T, with B == 1. Empty documents (repeated entries) are allowed, so a
@@ -131,7 +132,7 @@ import triton.language as tl
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels import check_launchable, interpreted
+from kernels import check_interpretable, check_launchable, interpreted
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -868,6 +869,7 @@ def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
     if not (q.device == k.device == v.device):
         raise ValueError(f"flash_attention: q, k, v devices differ: {q.device}, {k.device}, {v.device}")
     check_launchable("flash_attention", _INTERPRETED, q)
+    check_interpretable("flash_attention", _INTERPRETED, q.dtype)
     B, T, H, D = q.shape
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"flash_attention: head dim {D} not supported (one of {SUPPORTED_HEAD_DIMS})")

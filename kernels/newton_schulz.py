@@ -57,8 +57,8 @@ interpreter (CPU) tiles are 16x16 (BLOCK_K 32) so small test matrices still span
 
 Limits: 2-D (M, N) or 3-D (B, M, N) real float inputs (anything else: a one-line ValueError); the norm is
 taken in fp32, the iteration runs in bf16 on CUDA (fp32 accumulation), and on CPU in fp16 for fp16 input,
-fp32 otherwise (Triton's interpreter cannot do bf16 arithmetic); `dtype=` overrides. A zero matrix gives
-zeros. Each step allocates nothing (A, B and a ping-pong X are allocated once per call). No autograd: Muon
+fp32 otherwise (Triton's interpreter cannot do bf16 arithmetic: bf16 there is a ValueError); `dtype=`
+overrides. A zero matrix gives zeros. Each step allocates nothing (A, B and a ping-pong X are allocated once per call). No autograd: Muon
 calls it under no_grad. Compiled for sm_90 without a GPU (`python -m benchmarks.ptxas_report`; Triton 3.9,
 ptxas 13.4): 4-stage pipelines in 128 KiB of shared memory in bf16, 119 (syrk), 219 (syrk with C) and
 126 (bx_plus_ax) registers, no spills. GPU: not measured; `python -m benchmarks.bench_newton_schulz`
@@ -72,7 +72,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import check_launchable, interpreted
+from kernels import check_interpretable, check_launchable, interpreted
 
 # Keller Jordan's Muon quintic, (a, b, c) for σ ← aσ + bσ³ + cσ⁵, used every step.
 QUINTIC = (3.4445, -4.7750, 2.0315)
@@ -263,6 +263,8 @@ def _check_inputs(op: str, *tensors: torch.Tensor, any_float: bool = False, laun
             raise ValueError(f"{op}: expected float32, float16 or bfloat16, got {t.dtype}")
     if launches:
         check_launchable(op, _INTERPRETED, *tensors)
+        if not any_float:  # any_float: the op casts first; `newton_schulz` checks its working dtype
+            check_interpretable(op, _INTERPRETED, tensors[0].dtype)
 
 
 def _syrk(A: torch.Tensor, C: torch.Tensor | None, alpha: float, beta: float, out: torch.Tensor | None):
@@ -463,7 +465,9 @@ def newton_schulz(
     _check_inputs("newton_schulz", G, any_float=True)
     schedule, safety = _resolve_schedule(coefficients, steps)
     flat = [v for triple in schedule for v in triple]
-    return _newton_schulz_op(G, flat, safety, _working_dtype(G, dtype))
+    dtype = _working_dtype(G, dtype)
+    check_interpretable("newton_schulz", _INTERPRETED, dtype)
+    return _newton_schulz_op(G, flat, safety, dtype)
 
 
 # ------------------------------------------------------------------------------------------------ references

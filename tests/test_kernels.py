@@ -78,3 +78,19 @@ def test_the_check_passes_interpreted_kernels_and_gpu_tensors():
 def test_this_sessions_kernels_are_interpreted():
     from kernels import mlp  # imported under tests/conftest.py's TRITON_INTERPRET=1 (no GPU here)
     assert kernels.interpreted(mlp._mlp_matmul_kernel) == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="bf16 is refused under the interpreter only")
+@pytest.mark.parametrize("op", ["flash_attention", "relu2_mlp", "xxt", "xxt_plus", "bx_plus_ax", "newton_schulz"])
+def test_bf16_math_under_the_interpreter_is_one_line(op):
+    # the interpreter holds bf16 as raw bits: these ops' bf16 dots gave numbers off by 1e8 to 1e12, not an error
+    from kernels import attention, mlp, newton_schulz
+
+    q, x, a = torch.randn(1, 8, 2, 16).bfloat16(), torch.randn(16, 32).bfloat16(), torch.randn(16, 16).bfloat16()
+    calls = {"flash_attention": lambda: attention.flash_attention(q, q, q),
+             "relu2_mlp": lambda: mlp.relu2_mlp(x, x, x.t()),
+             "xxt": lambda: newton_schulz.xxt(x), "xxt_plus": lambda: newton_schulz.xxt_plus(a, 1.0, 1.0),
+             "bx_plus_ax": lambda: newton_schulz.bx_plus_ax(a, x, 1.0),
+             "newton_schulz": lambda: newton_schulz.newton_schulz(x.float(), dtype=torch.bfloat16)}
+    with pytest.raises(ValueError, match=f"^{op}: bfloat16 under Triton's interpreter, which has no bf16 arithmetic"):
+        calls[op]()
