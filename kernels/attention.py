@@ -875,12 +875,15 @@ def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
         raise ValueError(f"flash_attention: head dim {D} not supported (one of {SUPPORTED_HEAD_DIMS})")
     if T < 1 or B < 1 or H < 1:
         raise ValueError(f"flash_attention: empty input of shape {tuple(q.shape)}")
+    window = window_size
     if isinstance(window_size, torch.Tensor):
         if window_size.device.type != "cpu" or window_size.dim() != 0 or window_size.dtype != torch.int64:
             raise ValueError(f"flash_attention: a tensor window_size must be a 0-d int64 CPU tensor "
                              f"(window_tensor(w)), got {window_size.dim()}-d {window_size.dtype} on {window_size.device}")
-    elif window_size is not None and window_size < 1:
-        raise ValueError(f"flash_attention: window_size must be >= 1 or None, got {window_size}")
+        # a CPU value: read without a device sync; traced, a fake without a value
+        window = None if torch.compiler.is_compiling() or int(window_size) == -1 else int(window_size)
+    if window is not None and (not isinstance(window, int) or window < 1):
+        raise ValueError(f"flash_attention: window_size must be an int >= 1 or None (window_tensor: -1), got {window!r}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))  # elements from first to last
         if span >= 2**31:
@@ -889,9 +892,11 @@ def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
         if bounds is not None:
             raise ValueError("flash_attention: doc_bounds given without cu_seqlens")
         return
-    if bounds is not None and (bounds.shape != (2, T) or bounds.dtype != torch.int32 or bounds.device != q.device):
-        raise ValueError(f"flash_attention: doc_bounds must be (2, T = {T}) int32 on {q.device} (doc_bounds(cu_seqlens, T)), "
-                         f"got {tuple(bounds.shape)} {bounds.dtype} on {bounds.device}")
+    if bounds is not None and (bounds.shape != (2, T) or bounds.dtype != torch.int32 or bounds.device != q.device
+                               or not bounds.is_contiguous()):  # the kernels index each row as contiguous
+        raise ValueError(f"flash_attention: doc_bounds must be (2, T = {T}) contiguous int32 on {q.device} "
+                         f"(doc_bounds(cu_seqlens, T)), got {tuple(bounds.shape)} {bounds.dtype} on {bounds.device} "
+                         f"(contiguous: {bounds.is_contiguous()})")
     if cu_seqlens.dtype != torch.int32:
         raise ValueError(f"flash_attention: cu_seqlens must be int32, got {cu_seqlens.dtype}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
@@ -936,7 +941,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
         q, k, v: (B, T, H, D), bf16 or fp16 (fp32 for tests), D in {64, 128} (16 and 32 also work); each read
             in place with its own strides where its head dim has unit stride (views of a packed qkv projection,
             or a v view beside contiguous q and k), copied otherwise.
-        window_size: query i sees keys i - window_size < j <= i (itself included); None: all
+        window_size: an int >= 1: query i sees keys i - window_size < j <= i (itself included); None: all
             earlier keys. Or `window_tensor(w)`, a 0-d CPU tensor: under torch.compile an int is
             baked into the graph (one graph per window size), a tensor is an input (one graph for all).
         cu_seqlens: (n_docs + 1,) int32 cumulative document starts of a packed batch, from 0 to T,

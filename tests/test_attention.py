@@ -33,6 +33,7 @@ from kernels.attention import (
     packed_flash_attention,
     query_block_ranges,
     sdpa_attention,
+    window_tensor,
 )
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -380,20 +381,28 @@ def _bad(name):
         "dtype": ((q.double(), q.double(), q.double()), {}, "not supported"),
         "devices": ((q, q, q.to("meta")), {}, "devices differ"),
         "head_dim": ((q[..., :12],) * 3, {}, "head dim 12 not supported"),
-        "window0": ((q, q, q), {"window_size": 0}, "window_size must be >= 1"),
+        "window0": ((q, q, q), {"window_size": 0}, "window_size must be an int >= 1 or None .*, got 0$"),
+        "window_float": ((q, q, q), {"window_size": 2.5}, "window_size must be an int >= 1 .*, got 2.5$"),
+        "window_nan": ((q, q, q), {"window_size": float("nan")}, "window_size must be an int >= 1 .*, got nan$"),
+        "window_tensor0": ((q, q, q), {"window_size": window_tensor(0)}, "window_size must be an int >= 1 .*, got 0$"),
+        "window_tensor_neg": ((q, q, q), {"window_size": window_tensor(-5)}, "window_size must be an int >= 1 .*, got -5$"),
         "cu_dtype": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8])}, "must be int32"),
         "cu_shape": ((q, q, q), {"cu_seqlens": torch.tensor([8], dtype=torch.int32)}, "1-D with >= 2"),
         "cu_batch": ((q.expand(2, -1, -1, -1),) * 3, {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32)}, "B == 1"),
         "bounds_no_cu": ((q, q, q), {"doc_bounds": torch.zeros(2, 8, dtype=torch.int32)}, "without cu_seqlens"),
         "bounds_shape": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32),
                                      "doc_bounds": torch.zeros(2, 7, dtype=torch.int32)}, "doc_bounds must be \\(2, T = 8\\)"),
+        "bounds_strided": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32),
+                                       "doc_bounds": doc_bounds(torch.tensor([0, 8], dtype=torch.int32), 8).t().contiguous().t()},
+                           "contiguous: False"),
     }
     return cases[name]
 
 
 @pytest.mark.parametrize(
-    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "window0", "cu_dtype", "cu_shape", "cu_batch",
-             "bounds_no_cu", "bounds_shape"],
+    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "window0", "window_float", "window_nan",
+             "window_tensor0", "window_tensor_neg", "cu_dtype", "cu_shape", "cu_batch", "bounds_no_cu", "bounds_shape",
+             "bounds_strided"],
 )
 def test_bad_inputs_raise(name):
     args, kwargs, match = _bad(name)
