@@ -198,6 +198,10 @@ def test_the_op_compiles_with_inductor_forward_and_backward():
     # F.cross_entropy's ignore_index drops a -100 row from the mean; ours has no ignore_index and refuses it
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.tensor([-100] + [0] * 7), 15.0, r"-100 .. 0 \(no ignore_index"),
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), 1e39, "softcap = 1e"),
+    # the kernels' tanh lost the logits under a cap of 1e9 (every z 0: loss log V) and 1 / 1e-39 overflowed (a NaN)
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), 1e9, r"softcap = 1000000000.0: expected 0 "
+     r"\(no cap\) or a number in \[2\^-126, 4096\]$"),
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), 1e-39, "softcap = 1e-39: expected"),
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long, device="meta"), 15.0,
      "targets must be on x's device cpu, got meta"),
 ])
