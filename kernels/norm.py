@@ -1049,7 +1049,8 @@ def rms_norm_rotary(x: Tensor, cos: Tensor, sin: Tensor, eps: Optional[float] = 
     Args:
         x: (B, T, H, D) float32, float16 or bfloat16, D even, any strides (the chunked q or k view of a packed
             QKV projection is read in place).
-        cos, sin: (>= T, D / 2) float32, row t for position t (train_gpt.Rotary's tables).
+        cos, sin: (>= T, D / 2) float32, row t for position t (train_gpt.Rotary's tables); constants (not
+            requiring grad: the op has no gradient for them).
         eps: None means torch.finfo(x.dtype).eps.
 
     Returns:
@@ -1060,10 +1061,12 @@ def rms_norm_rotary(x: Tensor, cos: Tensor, sin: Tensor, eps: Optional[float] = 
     if x.dim() != 4 or x.shape[-1] % 2:
         raise ValueError(f"rms_norm_rotary: x must be (B, T, H, D) with D even, got shape {tuple(x.shape)}")
     T, half = x.shape[1], x.shape[-1] // 2
-    for name, t in (("cos", cos), ("sin", sin)):
-        if t.dim() != 2 or t.shape[0] < T or t.shape[1] != half or t.dtype != torch.float32 or t.device != x.device:
+    for name, t in (("cos", cos), ("sin", sin)):  # constants: the op's gradient is x's only
+        if (t.dim() != 2 or t.shape[0] < T or t.shape[1] != half or t.dtype != torch.float32 or t.device != x.device
+                or t.requires_grad):
             raise ValueError(f"rms_norm_rotary: {name} must be (>= T = {T}, D / 2 = {half}) float32 on {x.device}, "
-                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+                             f"not requiring grad, got {tuple(t.shape)} {t.dtype} on {t.device}"
+                             f"{' requiring grad' if t.requires_grad else ''}")
     eps = torch.finfo(x.dtype).eps if eps is None else eps
     y, _ = _rms_norm_rotary_op(x, cos, sin, float(eps))
     return y
