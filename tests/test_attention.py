@@ -381,6 +381,10 @@ def _bad(name):
         "dtype": ((q.double(), q.double(), q.double()), {}, "not supported"),
         "devices": ((q, q, q.to("meta")), {}, "devices differ"),
         "head_dim": ((q[..., :12],) * 3, {}, "head dim 12 not supported"),
+        # a tensor scale passed as a float: one requiring grad got none; a string was a multi-line schema error
+        "scale_tensor": ((q, q, q), {"scale": torch.tensor(0.25, requires_grad=True)}, "scale must be a number or "
+                         "None, got Tensor$"),
+        "scale_str": ((q, q, q), {"scale": "0.25"}, "scale must be a number or None, got str$"),
         "window0": ((q, q, q), {"window_size": 0}, "window_size must be an int >= 1 or None .*, got 0$"),
         "window_float": ((q, q, q), {"window_size": 2.5}, "window_size must be an int >= 1 .*, got 2.5$"),
         "window_nan": ((q, q, q), {"window_size": float("nan")}, "window_size must be an int >= 1 .*, got nan$"),
@@ -400,7 +404,7 @@ def _bad(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "window0", "window_float", "window_nan",
+    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "scale_tensor", "scale_str", "window0", "window_float", "window_nan",
              "window_tensor0", "window_tensor_neg", "cu_dtype", "cu_shape", "cu_batch", "bounds_no_cu", "bounds_shape",
              "bounds_strided"],
 )
