@@ -37,7 +37,7 @@ def check_launchable(op: str, interpreting: bool, *tensors: torch.Tensor) -> Non
 
 def check_interpretable(op: str, interpreting: bool, dtype: torch.dtype) -> None:
     """A one-line ValueError where `op`'s kernels would compute in bf16 under Triton's interpreter (`interpreting`):
-    it holds bf16 as raw uint16 bits and converts them only in casts, so bf16 dots and sums give garbage, not an error."""
+    it holds bf16 as raw uint16 bits and converts them only in casts, so bf16 dots give garbage, not an error."""
     if interpreting and dtype == torch.bfloat16:
         raise ValueError(f"{op}: bfloat16 under Triton's interpreter, which has no bf16 arithmetic (use float32 or "
                          "float16 there)")

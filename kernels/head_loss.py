@@ -251,8 +251,9 @@ def check_inputs(x: Tensor, w: Tensor, targets: Tensor, softcap: float, **scales
     if targets.shape != x.shape[:1] or targets.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"fp8_head_loss: expected targets ({x.size(0)},) int32/int64 for x {tuple(x.shape)}, got "
                          f"{tuple(targets.shape)} {targets.dtype}")
-    if not (softcap == 0 or torch.finfo(torch.float32).tiny <= softcap <= MAX_SOFTCAP):  # module docstring
-        raise ValueError(f"fp8_head_loss: softcap = {softcap}: expected 0 (no cap) or a number in [2^-126, "
+    number = isinstance(softcap, (int, float))  # the op takes a float: a tensor would get no gradient
+    if not (number and (softcap == 0 or torch.finfo(torch.float32).tiny <= softcap <= MAX_SOFTCAP)):  # docstring
+        raise ValueError(f"fp8_head_loss: softcap = {softcap!r}: expected 0 (no cap) or a number in [2^-126, "
                          f"{MAX_SOFTCAP:g}]")
     if targets.device.type != "cpu" or torch.compiler.is_compiling():  # the range check reads the values: on a
         return  # GPU a host sync; out-of-range targets give a NaN loss there (the module docstring)

@@ -202,6 +202,11 @@ def test_the_op_compiles_with_inductor_forward_and_backward():
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), 1e9, r"softcap = 1000000000.0: expected 0 "
      r"\(no cap\) or a number in \[2\^-126, 4096\]$"),
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), 1e-39, "softcap = 1e-39: expected"),
+    # the op takes a float: a tensor cap requiring grad got none (softcap_cross_entropy gives one); a string was
+    # a TypeError naming no argument
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), torch.tensor(15.0, requires_grad=True),
+     r"softcap = tensor\(15\., requires_grad=True\): expected 0"),
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), "15", "softcap = '15': expected 0"),
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long, device="meta"), 15.0,
      "targets must be on x's device cpu, got meta"),
 ])
