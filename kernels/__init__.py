@@ -11,7 +11,8 @@
 
 Every op is registered with `torch.library.custom_op` so that autograd and `torch.compile` see it.
 Without a GPU the kernels run under Triton's interpreter (set TRITON_INTERPRET=1 before importing): @triton.jit
-reads it when it decorates a kernel, at its file's import. Each file's input check calls `check_launchable`, and
+reads it when it decorates a kernel, at its file's import. Each file's input check calls `check_tensors` and
+`check_launchable`, and
 those whose kernels compute in their inputs' dtype (tl.dot of bf16 tiles: attention, mlp, newton_schulz) call
 `check_interpretable` too.
 """
@@ -25,6 +26,14 @@ def interpreted(kernel) -> bool:
     """Whether `kernel` (a @triton.jit function) runs under Triton's interpreter: @triton.jit makes an
     InterpretedFunction where TRITON_INTERPRET was set when it decorated the kernel (Triton 3.6 and 3.9)."""
     return isinstance(kernel, InterpretedFunction)
+
+
+def check_tensors(op: str, **tensors) -> None:
+    """A one-line TypeError naming the first of `op`'s arguments `tensors` (by name) that is neither a tensor nor None:
+    a numpy array or a list otherwise fails on a missing attribute, or passes a dtype check by its dtype's name."""
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
 
 
 def check_launchable(op: str, interpreting: bool, *tensors: torch.Tensor) -> None:

@@ -132,7 +132,7 @@ import triton.language as tl
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels import check_interpretable, check_launchable, interpreted
+from kernels import check_interpretable, check_launchable, check_tensors, interpreted
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -858,6 +858,7 @@ _INTERPRETED = interpreted(_attn_fwd_kernel)  # made for Triton's interpreter (T
 def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
     """One-line ValueErrors for inputs the kernels do not handle. Reads shapes, strides, dtypes and devices,
     and the values of cu_seqlens only where they are on the CPU (no host sync on a GPU)."""
+    check_tensors("flash_attention", q=q, k=k, v=v, cu_seqlens=cu_seqlens, doc_bounds=bounds)
     if q.dim() != 4:
         raise ValueError(f"flash_attention: q must be (B, T, H, D), got shape {tuple(q.shape)}")
     if not (q.shape == k.shape == v.shape):

@@ -52,7 +52,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import check_launchable, interpreted
+from kernels import check_launchable, check_tensors, interpreted
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
@@ -102,6 +102,7 @@ def cast_fp8(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool = Fals
     transpose.
     Returns: (q (R, C) in dtype, q^T (C, R) in dtype, contiguous, or None without transpose).
     """
+    check_tensors("cast_fp8", t=t)
     if t.ndim != 2 or not t.is_contiguous() or t.dtype not in (torch.bfloat16, torch.float16, torch.float32) \
             or dtype not in (E4M3, E5M2) or not isinstance(scale, (int, float)):  # a kernel argument: no tensor
         raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp16/fp32 tensor, a number scale and E4M3/E5M2, got "
@@ -217,6 +218,7 @@ def check_scales(op: str, **scales: float) -> None:
 
 
 def check_inputs(x: Tensor, w: Tensor) -> None:
+    check_tensors("fp8_mm", x=x, w=w)
     if x.ndim != 2 or w.ndim != 2 or x.size(1) != w.size(1):
         raise ValueError(f"fp8_mm: expected x (M, K) and w (N, K), got {tuple(x.shape)} and {tuple(w.shape)}")
     if {x.dtype, w.dtype} - {torch.bfloat16, torch.float16, torch.float32}:  # what the casts take

@@ -61,7 +61,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import check_launchable, fp8, interpreted
+from kernels import check_launchable, check_tensors, fp8, interpreted
 from kernels.fp8 import E4M3, E5M2, fp8_bits
 
 
@@ -243,6 +243,7 @@ _fp8_head_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def check_inputs(x: Tensor, w: Tensor, targets: Tensor, softcap: float, **scales: float) -> None:
+    check_tensors("fp8_head_loss", x=x, w=w, targets=targets)
     fp8.check_inputs(x, w)
     fp8.check_scales("fp8_head_loss", **scales)
     if targets.device != x.device:

@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import check_interpretable, check_launchable, interpreted
+from kernels import check_interpretable, check_launchable, check_tensors, interpreted
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GROUP_M = 8  # tile-rows per program group on CUDA (L2 reuse of B's tile-columns)
@@ -232,6 +232,7 @@ _relu2_mlp_op.register_autograd(_relu2_mlp_backward, setup_context=_relu2_mlp_se
 
 def _check_inputs(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> None:
     """One-line ValueErrors for inputs the kernel does not take."""
+    check_tensors("relu2_mlp", x=x, w_fc=w_fc, w_proj=w_proj)
     for name, t in (("x", x), ("w_fc", w_fc), ("w_proj", w_proj)):
         if t.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"relu2_mlp: {name} has dtype {t.dtype}; supported: float32, float16, bfloat16")

@@ -94,3 +94,28 @@ def test_bf16_math_under_the_interpreter_is_one_line(op):
              "newton_schulz": lambda: newton_schulz.newton_schulz(x.float(), dtype=torch.bfloat16)}
     with pytest.raises(ValueError, match=f"^{op}: bfloat16 under Triton's interpreter, which has no bf16 arithmetic"):
         calls[op]()
+
+
+@pytest.mark.parametrize("op, name", [
+    ("flash_attention", "k"), ("flash_attention", "cu_seqlens"), ("rms_norm", "x"), ("rms_norm", "weight"),
+    ("add_rms_norm", "residual"), ("mix_rms_norm", "lambdas"), ("rms_norm_rotary", "cos"), ("layer_norm", "bias"),
+    ("relu2_mlp", "x"), ("fp8_mm", "w"), ("fp8_head_loss", "targets"), ("cast_fp8", "t")])
+def test_an_argument_that_is_not_a_tensor_is_a_one_line_type_error(op, name):
+    # a numpy array passed the dtype checks by its dtype's name ('x has dtype float32; supported: float32, ...') and a
+    # list failed on a missing attribute ("'list' object has no attribute 'dtype'"), naming no argument
+    from kernels import attention, fp8, head_loss, mlp, norm
+
+    x, q = torch.randn(16, 32), torch.randn(1, 8, 2, 16)
+    cos, bad = torch.randn(8, 8), [1.0] * 32
+    calls = {("flash_attention", "k"): lambda: attention.flash_attention(q, q.numpy(), q),
+             ("flash_attention", "cu_seqlens"): lambda: attention.flash_attention(q, q, q, cu_seqlens=[0, 8]),
+             ("rms_norm", "x"): lambda: norm.rms_norm(x.numpy()), ("rms_norm", "weight"): lambda: norm.rms_norm(x, bad),
+             ("add_rms_norm", "residual"): lambda: norm.add_rms_norm(x, x.numpy()),
+             ("mix_rms_norm", "lambdas"): lambda: norm.mix_rms_norm(x, None, x, [1.0, 1.0]),
+             ("rms_norm_rotary", "cos"): lambda: norm.rms_norm_rotary(q, cos.numpy(), cos),
+             ("layer_norm", "bias"): lambda: norm.layer_norm(x, None, bad),
+             ("relu2_mlp", "x"): lambda: mlp.relu2_mlp(x.numpy(), x, x.t()), ("fp8_mm", "w"): lambda: fp8.fp8_mm(x, bad),
+             ("fp8_head_loss", "targets"): lambda: head_loss.fp8_head_loss(x, x, list(range(16))),
+             ("cast_fp8", "t"): lambda: fp8.cast_fp8(x.numpy(), 1.0, fp8.E4M3)}
+    with pytest.raises(TypeError, match=f"^{op}: {name} must be a torch.Tensor, got (ndarray|list)$"):
+        calls[(op, name)]()
