@@ -114,7 +114,8 @@ def test_an_argument_that_is_not_a_tensor_is_a_one_line_type_error(op, name):
              ("mix_rms_norm", "lambdas"): lambda: norm.mix_rms_norm(x, None, x, [1.0, 1.0]),
              ("rms_norm_rotary", "cos"): lambda: norm.rms_norm_rotary(q, cos.numpy(), cos),
              ("layer_norm", "bias"): lambda: norm.layer_norm(x, None, bad),
-             ("relu2_mlp", "x"): lambda: mlp.relu2_mlp(x.numpy(), x, x.t()), ("fp8_mm", "w"): lambda: fp8.fp8_mm(x, bad),
+             ("relu2_mlp", "x"): lambda: mlp.relu2_mlp(x.numpy(), x, x.t()),
+             ("fp8_mm", "w"): lambda: fp8.fp8_mm(x, bad),
              ("fp8_head_loss", "targets"): lambda: head_loss.fp8_head_loss(x, x, list(range(16))),
              ("cast_fp8", "t"): lambda: fp8.cast_fp8(x.numpy(), 1.0, fp8.E4M3)}
     with pytest.raises(TypeError, match=f"^{op}: {name} must be a torch.Tensor, got (ndarray|list)$"):
