@@ -802,6 +802,13 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
 # given (dynamic=False), so an int window would compile one graph per window size of the schedule (14 train
 # and 14 validation graphs for fineweb-124m). A CPU tensor's value is read on the host (no device sync) when
 # the kernel launches, and the fake implementations never read it.
+def _check_window(window_size: int | None) -> None:
+    """A one-line ValueError unless the window is None (a window_tensor's -1) or an int >= 1."""
+    if window_size is not None and (not isinstance(window_size, int) or window_size < 1):
+        raise ValueError(f"flash_attention: window_size must be an int >= 1 or None (window_tensor: -1), got "
+                         f"{window_size!r}")
+
+
 def window_tensor(window_size: int | None) -> torch.Tensor:
     """The window as the ops take it: a 0-d int64 CPU tensor, -1 for none."""
     return torch.tensor(-1 if window_size is None else window_size, dtype=torch.int64)
@@ -812,7 +819,9 @@ def _flash_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
                             bounds: torch.Tensor | None, window: torch.Tensor, scale: float,
                             backward: str) -> tuple[torch.Tensor, torch.Tensor]:
     # `backward`: for the backward only
-    return flash_attention_forward(q, k, v, cu_seqlens, int(window), scale, bounds=bounds)
+    window_size = int(window)  # a CPU tensor: no device sync
+    _check_window(None if window_size == -1 else window_size)
+    return flash_attention_forward(q, k, v, cu_seqlens, window_size, scale, bounds=bounds)
 
 
 @_flash_attention_fwd_op.register_fake
@@ -876,15 +885,12 @@ def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
         raise ValueError(f"flash_attention: head dim {D} not supported (one of {SUPPORTED_HEAD_DIMS})")
     if T < 1 or B < 1 or H < 1:
         raise ValueError(f"flash_attention: empty input of shape {tuple(q.shape)}")
-    window = window_size
-    if isinstance(window_size, torch.Tensor):
+    if isinstance(window_size, torch.Tensor):  # its value is checked by the op, which reads it (compiled too)
         if window_size.device.type != "cpu" or window_size.dim() != 0 or window_size.dtype != torch.int64:
             raise ValueError(f"flash_attention: a tensor window_size must be a 0-d int64 CPU tensor "
                              f"(window_tensor(w)), got {window_size.dim()}-d {window_size.dtype} on {window_size.device}")
-        # a CPU value: read without a device sync; traced, a fake without a value
-        window = None if torch.compiler.is_compiling() or int(window_size) == -1 else int(window_size)
-    if window is not None and (not isinstance(window, int) or window < 1):
-        raise ValueError(f"flash_attention: window_size must be an int >= 1 or None (window_tensor: -1), got {window!r}")
+    else:
+        _check_window(window_size)
     for name, t in (("q", q), ("k", k), ("v", v)):
         span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))  # elements from first to last
         if span >= 2**31:

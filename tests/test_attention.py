@@ -415,6 +415,17 @@ def test_bad_inputs_raise(name):
     assert "\n" not in str(err.value)
 
 
+def test_a_window_tensor_below_one_is_refused_under_torch_compile():
+    # the traced call cannot read the tensor's value: the op does, when it runs; a window of 0 or -5 gave finite
+    # outputs (the reference allows no key: NaN) and -5 meant no window
+    q = torch.randn(1, 8, 1, 16)
+    attend = torch.compile(lambda q, w: flash_attention(q, q, q, window_size=w), backend="aot_eager", fullgraph=True)
+    assert torch.allclose(attend(q, window_tensor(3)), attention_ref(q, q, q, window_size=3), atol=1e-5)
+    for w in (0, -5):
+        with pytest.raises(ValueError, match=f"^flash_attention: window_size must be an int >= 1 .*, got {w}$"):
+            attend(q, window_tensor(w))
+
+
 @pytest.mark.parametrize("cu, match", [
     ([1, 8], "start at 0, starts at 1"),
     ([0, 7], "end at T = 8, ends at 7"),
