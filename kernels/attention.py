@@ -821,6 +821,8 @@ def _flash_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     # `backward`: for the backward only
     window_size = int(window)  # a CPU tensor: no device sync
     _check_window(None if window_size == -1 else window_size)
+    if cu_seqlens is not None and cu_seqlens.device.type == "cpu":  # free on the host (the op's, compiled too)
+        check_cu_seqlens(cu_seqlens, q.shape[1])
     return flash_attention_forward(q, k, v, cu_seqlens, window_size, scale, bounds=bounds)
 
 
@@ -865,8 +867,8 @@ _INTERPRETED = interpreted(_attn_fwd_kernel)  # made for Triton's interpreter (T
 
 
 def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
-    """One-line ValueErrors for inputs the kernels do not handle. Reads shapes, strides, dtypes and devices,
-    and the values of cu_seqlens only where they are on the CPU (no host sync on a GPU)."""
+    """One-line ValueErrors for inputs the kernels do not handle. Reads shapes, strides, dtypes and devices; the op
+    reads the values it can without a host sync (the window tensor's, CPU cu_seqlens'), compiled too."""
     check_tensors("flash_attention", q=q, k=k, v=v, cu_seqlens=cu_seqlens, doc_bounds=bounds)
     if q.dim() != 4:
         raise ValueError(f"flash_attention: q must be (B, T, H, D), got shape {tuple(q.shape)}")
@@ -912,8 +914,6 @@ def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
         raise ValueError(f"flash_attention: cu_seqlens on {cu_seqlens.device}, q on {q.device}")
     if B != 1:
         raise ValueError(f"flash_attention: cu_seqlens needs a packed batch with B == 1, got B = {B}")
-    if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():  # free on the host; traced: no values
-        check_cu_seqlens(cu_seqlens, T)
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> None:

@@ -447,6 +447,16 @@ def test_flash_attention_refuses_bad_cpu_cu_seqlens(cu, match):
     assert "\n" not in str(err.value)
 
 
+def test_bad_cpu_cu_seqlens_are_refused_under_torch_compile():
+    # a traced call cannot read them: the op does, when it runs (it gave a wrong mask for a decreasing cu_seqlens)
+    q = torch.randn(1, 8, 1, 16)
+    attend = torch.compile(lambda q, cu: flash_attention(q, q, q, cu_seqlens=cu), backend="aot_eager", fullgraph=True)
+    good = torch.tensor([0, 5, 8], dtype=torch.int32)
+    assert torch.allclose(attend(q, good), attention_ref(q, q, q, cu_seqlens=good), atol=1e-5)
+    with pytest.raises(ValueError, match="^flash_attention: cu_seqlens must be non-decreasing"):
+        attend(q, torch.tensor([0, 5, 3, 8], dtype=torch.int32))
+
+
 def test_check_cu_seqlens_accepts_padded_documents():
     for lengths in ([8], [1, 1, 6], [3, 0, 5, 0, 0]):  # trailing T's: the trainer's fixed-length padding
         check_cu_seqlens(_cu(lengths), 8)
