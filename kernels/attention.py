@@ -811,6 +811,7 @@ def _check_window(window_size: int | None) -> None:
 
 def window_tensor(window_size: int | None) -> torch.Tensor:
     """The window as the ops take it: a 0-d int64 CPU tensor, -1 for none."""
+    _check_window(window_size)
     return torch.tensor(-1 if window_size is None else window_size, dtype=torch.int64)
 
 

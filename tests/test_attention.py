@@ -388,8 +388,8 @@ def _bad(name):
         "window0": ((q, q, q), {"window_size": 0}, "window_size must be an int >= 1 or None .*, got 0$"),
         "window_float": ((q, q, q), {"window_size": 2.5}, "window_size must be an int >= 1 .*, got 2.5$"),
         "window_nan": ((q, q, q), {"window_size": float("nan")}, "window_size must be an int >= 1 .*, got nan$"),
-        "window_tensor0": ((q, q, q), {"window_size": window_tensor(0)}, "window_size must be an int >= 1 .*, got 0$"),
-        "window_tensor_neg": ((q, q, q), {"window_size": window_tensor(-5)}, "window_size must be an int >= 1 .*, got -5$"),
+        "window_tensor0": ((q, q, q), {"window_size": torch.tensor(0)}, "window_size must be an int >= 1 .*, got 0$"),
+        "window_tensor_neg": ((q, q, q), {"window_size": torch.tensor(-5)}, "window_size must be an int >= 1 .*, got -5$"),
         "cu_dtype": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8])}, "must be int32"),
         "cu_shape": ((q, q, q), {"cu_seqlens": torch.tensor([8], dtype=torch.int32)}, "1-D with >= 2"),
         "cu_batch": ((q.expand(2, -1, -1, -1),) * 3, {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32)}, "B == 1"),
@@ -415,15 +415,22 @@ def test_bad_inputs_raise(name):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("window", [2.5, 0, -1])
+def test_window_tensor_refuses_a_window_that_is_not_an_int_above_zero(window):
+    # window_tensor(2.5) was a window of 2 (the reference keeps 3 keys), window_tensor(-1) no window
+    with pytest.raises(ValueError, match=f"^flash_attention: window_size must be an int >= 1 .*, got {window}$"):
+        window_tensor(window)
+
+
 def test_a_window_tensor_below_one_is_refused_under_torch_compile():
-    # the traced call cannot read the tensor's value: the op does, when it runs; a window of 0 or -5 gave finite
+    # the traced call cannot read a window tensor's value: the op does, when it runs; a window of 0 or -5 gave finite
     # outputs (the reference allows no key: NaN) and -5 meant no window
     q = torch.randn(1, 8, 1, 16)
     attend = torch.compile(lambda q, w: flash_attention(q, q, q, window_size=w), backend="aot_eager", fullgraph=True)
     assert torch.allclose(attend(q, window_tensor(3)), attention_ref(q, q, q, window_size=3), atol=1e-5)
     for w in (0, -5):
         with pytest.raises(ValueError, match=f"^flash_attention: window_size must be an int >= 1 .*, got {w}$"):
-            attend(q, window_tensor(w))
+            attend(q, torch.tensor(w))
 
 
 @pytest.mark.parametrize("cu, match", [
