@@ -12,9 +12,8 @@
 Every op is registered with `torch.library.custom_op` so that autograd and `torch.compile` see it.
 Without a GPU the kernels run under Triton's interpreter (set TRITON_INTERPRET=1 before importing): @triton.jit
 reads it when it decorates a kernel, at its file's import. Each file's input check calls `check_tensors` and
-`check_launchable`, and
-those whose kernels compute in their inputs' dtype (tl.dot of bf16 tiles: attention, mlp, newton_schulz) call
-`check_interpretable` too.
+`check_launchable`, and those whose kernels compute in their inputs' dtype (tl.dot of bf16 tiles: attention, mlp,
+newton_schulz) call `check_interpretable` too.
 """
 from __future__ import annotations
 

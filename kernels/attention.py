@@ -798,10 +798,6 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
 # --------------------------------------------------------------------------------------------------
 
 
-# The window is a 0-d int64 CPU tensor, not an int: torch.compile specialises a graph on every int it is
-# given (dynamic=False), so an int window would compile one graph per window size of the schedule (14 train
-# and 14 validation graphs for fineweb-124m). A CPU tensor's value is read on the host (no device sync) when
-# the kernel launches, and the fake implementations never read it.
 def _check_window(window_size: int | None) -> None:
     """A one-line ValueError unless the window is None (a window_tensor's -1) or an int >= 1."""
     if window_size is not None and (not isinstance(window_size, int) or window_size < 1):
@@ -809,6 +805,10 @@ def _check_window(window_size: int | None) -> None:
                          f"{window_size!r}")
 
 
+# The window is a 0-d int64 CPU tensor, not an int: torch.compile specialises a graph on every int it is
+# given (dynamic=False), so an int window would compile one graph per window size of the schedule (14 train
+# and 14 validation graphs for fineweb-124m). A CPU tensor's value is read on the host (no device sync) when
+# the kernel launches, and the fake implementations never read it.
 def window_tensor(window_size: int | None) -> torch.Tensor:
     """The window as the ops take it: a 0-d int64 CPU tensor, -1 for none."""
     _check_window(window_size)

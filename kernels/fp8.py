@@ -105,9 +105,9 @@ def cast_fp8(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool = Fals
     check_tensors("cast_fp8", t=t)
     if t.ndim != 2 or not t.is_contiguous() or t.dtype not in (torch.bfloat16, torch.float16, torch.float32) \
             or dtype not in (E4M3, E5M2) or not isinstance(scale, (int, float)):  # a kernel argument: no tensor
-        raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp16/fp32 tensor, a number scale and E4M3/E5M2, got "
-                         f"{tuple(t.shape)} {t.dtype} (contiguous: {t.is_contiguous()}) by {type(scale).__name__} to "
-                         f"{dtype}")
+        raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp16/fp32 tensor, a number scale and E4M3/E5M2, "
+                         f"got {tuple(t.shape)} {t.dtype} (contiguous: {t.is_contiguous()}) by {type(scale).__name__} "
+                         f"to {dtype}")
     check_launchable("cast_fp8", _INTERPRETED, t)
     R, C = t.shape
     q = torch.empty(R, C, dtype=torch.uint8, device=t.device)

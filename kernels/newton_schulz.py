@@ -58,11 +58,11 @@ interpreter (CPU) tiles are 16x16 (BLOCK_K 32) so small test matrices still span
 Limits: 2-D (M, N) or 3-D (B, M, N) real float inputs (anything else: a one-line ValueError); the norm is
 taken in fp32, the iteration runs in bf16 on CUDA (fp32 accumulation), and on CPU in fp16 for fp16 input,
 fp32 otherwise (Triton's interpreter cannot do bf16 arithmetic: bf16 there is a ValueError); `dtype=`
-overrides. A zero matrix gives zeros. Each step allocates nothing (A, B and a ping-pong X are allocated once per call). No autograd: Muon
-calls it under no_grad. Compiled for sm_90 without a GPU (`python -m benchmarks.ptxas_report`; Triton 3.9,
-ptxas 13.4): 4-stage pipelines in 128 KiB of shared memory in bf16, 119 (syrk), 219 (syrk with C) and
-126 (bx_plus_ax) registers, no spills. GPU: not measured; `python -m benchmarks.bench_newton_schulz`
-measures it.
+overrides. A zero matrix gives zeros. Each step allocates nothing (A, B and a ping-pong X are allocated once
+per call). No autograd: Muon calls it under no_grad. Compiled for sm_90 without a GPU (`python -m
+benchmarks.ptxas_report`; Triton 3.9, ptxas 13.4): 4-stage pipelines in 128 KiB of shared memory in bf16,
+119 (syrk), 219 (syrk with C) and 126 (bx_plus_ax) registers, no spills. GPU: not measured; `python -m
+benchmarks.bench_newton_schulz` measures it.
 """
 from __future__ import annotations
 
