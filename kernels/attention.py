@@ -123,6 +123,7 @@ Limits
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -800,7 +801,7 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
 
 def _check_window(window_size: int | None) -> None:
     """A one-line ValueError unless the window is None (a window_tensor's -1) or an int >= 1."""
-    if window_size is not None and (not isinstance(window_size, int) or window_size < 1):
+    if window_size is not None and (not isinstance(window_size, numbers.Integral) or window_size < 1):  # numpy's too
         raise ValueError(f"flash_attention: window_size must be an int >= 1 or None (window_tensor: -1), got "
                          f"{window_size!r}")
 

@@ -10,6 +10,7 @@ on meta tensors (no data to read) must run through, and on a GPU under torch.cud
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import triton
@@ -420,6 +421,12 @@ def test_window_tensor_refuses_a_window_that_is_not_an_int_above_zero(window):
     # window_tensor(2.5) was a window of 2 (the reference keeps 3 keys), window_tensor(-1) no window
     with pytest.raises(ValueError, match=f"^flash_attention: window_size must be an int >= 1 .*, got {window}$"):
         window_tensor(window)
+
+
+def test_a_numpy_int_window_is_an_int():
+    q = torch.randn(1, 9, 1, 16)
+    assert torch.allclose(flash_attention(q, q, q, window_size=np.int64(3)), attention_ref(q, q, q, window_size=3),
+                          atol=1e-5)
 
 
 def test_a_window_tensor_below_one_is_refused_under_torch_compile():
