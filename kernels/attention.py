@@ -969,7 +969,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     Queries and keys share positions (self-attention over one T), so the causal diagonal is i == j.
     """
     _check_inputs(q, k, v, window_size, cu_seqlens, doc_bounds)
-    if not (scale is None or isinstance(scale, (int, float))):  # the op takes a float: a tensor gets no gradient
+    if not (scale is None or isinstance(scale, numbers.Real)):  # the op takes a float: a tensor gets no gradient
         raise ValueError(f"flash_attention: scale must be a number or None, got {type(scale).__name__}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     window = window_size if isinstance(window_size, torch.Tensor) else window_tensor(window_size)

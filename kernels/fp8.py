@@ -45,6 +45,7 @@ the CPU the kernel is checked on values an fp8 format holds exactly, overflow, i
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -104,7 +105,7 @@ def cast_fp8(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool = Fals
     """
     check_tensors("cast_fp8", t=t)
     if t.ndim != 2 or not t.is_contiguous() or t.dtype not in (torch.bfloat16, torch.float16, torch.float32) \
-            or dtype not in (E4M3, E5M2) or not isinstance(scale, (int, float)):  # a kernel argument: no tensor
+            or dtype not in (E4M3, E5M2) or not isinstance(scale, numbers.Real):  # a kernel argument: no tensor
         raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp16/fp32 tensor, a number scale and E4M3/E5M2, "
                          f"got {tuple(t.shape)} {t.dtype} (contiguous: {t.is_contiguous()}) by {type(scale).__name__} "
                          f"to {dtype}")
@@ -114,7 +115,7 @@ def cast_fp8(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool = Fals
     qt = torch.empty(C, R, dtype=torch.uint8, device=t.device) if transpose else q
     block_r, block_c = CAST_BLOCK
     grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
-    _cast_fp8_kernel[grid](t, q, qt, R, C, scale, E5M2=dtype == E5M2, TRANSPOSE=transpose,
+    _cast_fp8_kernel[grid](t, q, qt, R, C, float(scale), E5M2=dtype == E5M2, TRANSPOSE=transpose,
                            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
     return q.view(dtype), qt.view(dtype) if transpose else None
 

@@ -55,6 +55,8 @@ head_loss`); not measured on a GPU. Offsets are int64 (N V > 2^31).
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -252,7 +254,7 @@ def check_inputs(x: Tensor, w: Tensor, targets: Tensor, softcap: float, **scales
     if targets.shape != x.shape[:1] or targets.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"fp8_head_loss: expected targets ({x.size(0)},) int32/int64 for x {tuple(x.shape)}, got "
                          f"{tuple(targets.shape)} {targets.dtype}")
-    number = isinstance(softcap, (int, float))  # the op takes a float: a tensor would get no gradient
+    number = isinstance(softcap, numbers.Real)  # the op takes a float: a tensor would get no gradient
     if not (number and (softcap == 0 or torch.finfo(torch.float32).tiny <= softcap <= MAX_SOFTCAP)):  # docstring
         raise ValueError(f"fp8_head_loss: softcap = {softcap!r}: expected 0 (no cap) or a number in [2^-126, "
                          f"{MAX_SOFTCAP:g}]")

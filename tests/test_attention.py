@@ -423,10 +423,10 @@ def test_window_tensor_refuses_a_window_that_is_not_an_int_above_zero(window):
         window_tensor(window)
 
 
-def test_a_numpy_int_window_is_an_int():
+def test_numpy_numbers_are_numbers():
     q = torch.randn(1, 9, 1, 16)
-    assert torch.allclose(flash_attention(q, q, q, window_size=np.int64(3)), attention_ref(q, q, q, window_size=3),
-                          atol=1e-5)
+    assert torch.allclose(flash_attention(q, q, q, window_size=np.int64(3), scale=np.float32(0.5)),
+                          attention_ref(q, q, q, window_size=3, scale=0.5), atol=1e-5)
 
 
 def test_a_window_tensor_below_one_is_refused_under_torch_compile():

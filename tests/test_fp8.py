@@ -11,6 +11,7 @@ interpreter on values an fp8 format holds exactly (its own float conversion does
 overflow, inf and NaN, at awkward shapes; on a GPU on random values of every magnitude. The op's outputs
 equal the eager composition they replace (casts, transposed copies, `_scaled_mm`) with either cast path.
 """
+import numpy as np
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -210,6 +211,12 @@ def test_the_cast_kernel_writes_torchs_bits_and_their_transpose(R, C, t_dtype, d
     q_only, none = cast_fp8(t, scale, dtype)
     assert none is None
     _assert_same_bits(q_only, ref, "q without the transpose")
+
+
+def test_the_cast_kernel_takes_a_numpy_scale():
+    # a numpy float reached the kernel as is: Triton's 'cannot convert 2.0 of type numpy.float32 to tensor'
+    t = torch.tensor([[1.0, -0.5, 448.0, 3.0]])
+    _assert_same_bits(cast_fp8(t, np.float32(2.0), E4M3)[0], cast_fp8_ref(t, 2.0, E4M3)[0], "q")
 
 
 @pytest.mark.parametrize("t,scale,dtype,message", [

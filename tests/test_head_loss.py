@@ -11,6 +11,7 @@ chunk of 256 or the backward's 64-wide tile), with the record's cap (15) and wit
 - opcheck, torch.compile forward and backward, one-line errors for bad input.
 On a GPU: the kernel's G8 and G8^T bits equal torch's cast of its own fp32 output, and the op the composition.
 """
+import numpy as np
 import pytest
 import torch
 
@@ -214,6 +215,11 @@ def test_bad_input_is_a_one_line_error(x, w, targets, cap, message):
     with pytest.raises(ValueError, match=message) as info:
         fp8_head_loss(x, w, targets, cap)
     assert "\n" not in str(info.value)
+
+
+def test_a_numpy_softcap_is_a_number():
+    x, w, targets = torch.randn(8, 16), torch.randn(32, 16) * 0.1, torch.arange(8)
+    assert torch.equal(fp8_head_loss(x, w, targets, np.float32(15.0)), fp8_head_loss(x, w, targets, 15.0))
 
 
 @pytest.mark.parametrize("scale", ["x_s", "w_s", "grad_s"])
