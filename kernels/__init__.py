@@ -11,7 +11,9 @@
 
 Every op is registered with `torch.library.custom_op` so that autograd and `torch.compile` see it.
 Without a GPU the kernels run under Triton's interpreter (set TRITON_INTERPRET=1 before importing): @triton.jit
-reads it when it decorates a kernel, at its file's import. Each file's input check calls `check_launchable`.
+reads it when it decorates a kernel, at its file's import. Each file's input check calls `check_tensors` and
+`check_launchable`, and those whose kernels compute in their inputs' dtype (tl.dot of bf16 tiles: attention, mlp,
+newton_schulz) call `check_interpretable` too.
 """
 from __future__ import annotations
 
@@ -25,9 +27,25 @@ def interpreted(kernel) -> bool:
     return isinstance(kernel, InterpretedFunction)
 
 
+def check_tensors(op: str, **tensors) -> None:
+    """A one-line TypeError naming the first of `op`'s arguments `tensors` (by name) that is neither a tensor nor None:
+    a numpy array or a list otherwise fails on a missing attribute, or passes a dtype check by its dtype's name."""
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
 def check_launchable(op: str, interpreting: bool, *tensors: torch.Tensor) -> None:
     """A one-line ValueError where `op` would launch a compiled kernel (`interpreting` False: its file was imported
     without TRITON_INTERPRET=1) on CPU tensors: Triton has no CPU driver, and its own error names no op."""
     if not interpreting and any(t.device.type == "cpu" for t in tensors):
         raise ValueError(f"{op}: CPU tensors need Triton's interpreter: set TRITON_INTERPRET=1 before importing "
                          "kernels/")
+
+
+def check_interpretable(op: str, interpreting: bool, dtype: torch.dtype) -> None:
+    """A one-line ValueError where `op`'s kernels would compute in bf16 under Triton's interpreter (`interpreting`):
+    it holds bf16 as raw uint16 bits and converts them only in casts, so bf16 dots give garbage, not an error."""
+    if interpreting and dtype == torch.bfloat16:
+        raise ValueError(f"{op}: bfloat16 under Triton's interpreter, which has no bf16 arithmetic (use float32 or "
+                         "float16 there)")

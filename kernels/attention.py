@@ -100,7 +100,8 @@ sizes.
 
 Limits
 ------
-- dtypes: bf16 and fp16 (fp32 accepted for testing; its dots run in IEEE fp32, not tf32).
+- dtypes: bf16 and fp16 (fp32 accepted for testing; its dots run in IEEE fp32, not tf32); under Triton's
+  interpreter fp16 and fp32 (it has no bf16 arithmetic).
 - head dim: 64 and 128 are the tuned ones; 16 and 32 are accepted (small tests).
 - q, k, v share one shape (no GQA), one dtype and one device; window_size >= 1; cu_seqlens int32,
   non-decreasing from 0 to T, with B == 1. Empty documents (repeated entries) are allowed, so a
@@ -122,6 +123,7 @@ Limits
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -131,7 +133,7 @@ import triton.language as tl
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from kernels import check_launchable, interpreted
+from kernels import check_interpretable, check_launchable, check_tensors, interpreted
 
 LOG2E = 1.4426950408889634
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -797,12 +799,20 @@ def flash_attention_backward(do, q, k, v, out, lse, cu_seqlens, window_size: int
 # --------------------------------------------------------------------------------------------------
 
 
+def _check_window(window_size: int | None) -> None:
+    """A one-line ValueError unless the window is None (a window_tensor's -1) or an int >= 1."""
+    if window_size is not None and (not isinstance(window_size, numbers.Integral) or window_size < 1):  # numpy's too
+        raise ValueError(f"flash_attention: window_size must be an int >= 1 or None (window_tensor: -1), got "
+                         f"{window_size!r}")
+
+
 # The window is a 0-d int64 CPU tensor, not an int: torch.compile specialises a graph on every int it is
 # given (dynamic=False), so an int window would compile one graph per window size of the schedule (14 train
 # and 14 validation graphs for fineweb-124m). A CPU tensor's value is read on the host (no device sync) when
 # the kernel launches, and the fake implementations never read it.
 def window_tensor(window_size: int | None) -> torch.Tensor:
     """The window as the ops take it: a 0-d int64 CPU tensor, -1 for none."""
+    _check_window(window_size)
     return torch.tensor(-1 if window_size is None else window_size, dtype=torch.int64)
 
 
@@ -811,7 +821,11 @@ def _flash_attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
                             bounds: torch.Tensor | None, window: torch.Tensor, scale: float,
                             backward: str) -> tuple[torch.Tensor, torch.Tensor]:
     # `backward`: for the backward only
-    return flash_attention_forward(q, k, v, cu_seqlens, int(window), scale, bounds=bounds)
+    window_size = int(window)  # a CPU tensor: no device sync
+    _check_window(None if window_size == -1 else window_size)
+    if cu_seqlens is not None and cu_seqlens.device.type == "cpu":  # free on the host (the op's, compiled too)
+        check_cu_seqlens(cu_seqlens, q.shape[1])
+    return flash_attention_forward(q, k, v, cu_seqlens, window_size, scale, bounds=bounds)
 
 
 @_flash_attention_fwd_op.register_fake
@@ -855,8 +869,9 @@ _INTERPRETED = interpreted(_attn_fwd_kernel)  # made for Triton's interpreter (T
 
 
 def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
-    """One-line ValueErrors for inputs the kernels do not handle. Reads shapes, strides, dtypes and devices,
-    and the values of cu_seqlens only where they are on the CPU (no host sync on a GPU)."""
+    """One-line ValueErrors for inputs the kernels do not handle. Reads shapes, strides, dtypes and devices; the op
+    reads the values it can without a host sync (the window tensor's, CPU cu_seqlens'), compiled too."""
+    check_tensors("flash_attention", q=q, k=k, v=v, cu_seqlens=cu_seqlens, doc_bounds=bounds)
     if q.dim() != 4:
         raise ValueError(f"flash_attention: q must be (B, T, H, D), got shape {tuple(q.shape)}")
     if not (q.shape == k.shape == v.shape):
@@ -868,17 +883,18 @@ def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
     if not (q.device == k.device == v.device):
         raise ValueError(f"flash_attention: q, k, v devices differ: {q.device}, {k.device}, {v.device}")
     check_launchable("flash_attention", _INTERPRETED, q)
+    check_interpretable("flash_attention", _INTERPRETED, q.dtype)
     B, T, H, D = q.shape
     if D not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"flash_attention: head dim {D} not supported (one of {SUPPORTED_HEAD_DIMS})")
     if T < 1 or B < 1 or H < 1:
         raise ValueError(f"flash_attention: empty input of shape {tuple(q.shape)}")
-    if isinstance(window_size, torch.Tensor):
+    if isinstance(window_size, torch.Tensor):  # its value is checked by the op, which reads it (compiled too)
         if window_size.device.type != "cpu" or window_size.dim() != 0 or window_size.dtype != torch.int64:
             raise ValueError(f"flash_attention: a tensor window_size must be a 0-d int64 CPU tensor "
                              f"(window_tensor(w)), got {window_size.dim()}-d {window_size.dtype} on {window_size.device}")
-    elif window_size is not None and window_size < 1:
-        raise ValueError(f"flash_attention: window_size must be >= 1 or None, got {window_size}")
+    else:
+        _check_window(window_size)
     for name, t in (("q", q), ("k", k), ("v", v)):
         span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))  # elements from first to last
         if span >= 2**31:
@@ -887,9 +903,11 @@ def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
         if bounds is not None:
             raise ValueError("flash_attention: doc_bounds given without cu_seqlens")
         return
-    if bounds is not None and (bounds.shape != (2, T) or bounds.dtype != torch.int32 or bounds.device != q.device):
-        raise ValueError(f"flash_attention: doc_bounds must be (2, T = {T}) int32 on {q.device} (doc_bounds(cu_seqlens, T)), "
-                         f"got {tuple(bounds.shape)} {bounds.dtype} on {bounds.device}")
+    if bounds is not None and (bounds.shape != (2, T) or bounds.dtype != torch.int32 or bounds.device != q.device
+                               or not bounds.is_contiguous()):  # the kernels index each row as contiguous
+        raise ValueError(f"flash_attention: doc_bounds must be (2, T = {T}) contiguous int32 on {q.device} "
+                         f"(doc_bounds(cu_seqlens, T)), got {tuple(bounds.shape)} {bounds.dtype} on {bounds.device} "
+                         f"(contiguous: {bounds.is_contiguous()})")
     if cu_seqlens.dtype != torch.int32:
         raise ValueError(f"flash_attention: cu_seqlens must be int32, got {cu_seqlens.dtype}")
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
@@ -898,8 +916,6 @@ def _check_inputs(q, k, v, window_size, cu_seqlens, bounds=None) -> None:
         raise ValueError(f"flash_attention: cu_seqlens on {cu_seqlens.device}, q on {q.device}")
     if B != 1:
         raise ValueError(f"flash_attention: cu_seqlens needs a packed batch with B == 1, got B = {B}")
-    if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():  # free on the host; traced: no values
-        check_cu_seqlens(cu_seqlens, T)
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> None:
@@ -934,7 +950,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
         q, k, v: (B, T, H, D), bf16 or fp16 (fp32 for tests), D in {64, 128} (16 and 32 also work); each read
             in place with its own strides where its head dim has unit stride (views of a packed qkv projection,
             or a v view beside contiguous q and k), copied otherwise.
-        window_size: query i sees keys i - window_size < j <= i (itself included); None: all
+        window_size: an int >= 1: query i sees keys i - window_size < j <= i (itself included); None: all
             earlier keys. Or `window_tensor(w)`, a 0-d CPU tensor: under torch.compile an int is
             baked into the graph (one graph per window size), a tensor is an input (one graph for all).
         cu_seqlens: (n_docs + 1,) int32 cumulative document starts of a packed batch, from 0 to T,
@@ -953,6 +969,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window
     Queries and keys share positions (self-attention over one T), so the causal diagonal is i == j.
     """
     _check_inputs(q, k, v, window_size, cu_seqlens, doc_bounds)
+    if not (scale is None or isinstance(scale, numbers.Real)):  # the op takes a float: a tensor gets no gradient
+        raise ValueError(f"flash_attention: scale must be a number or None, got {type(scale).__name__}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     window = window_size if isinstance(window_size, torch.Tensor) else window_tensor(window_size)
     backward = DEFAULT_BACKWARD if backward is None else backward

@@ -45,6 +45,7 @@ the CPU the kernel is checked on values an fp8 format holds exactly, overflow, i
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
@@ -52,7 +53,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import check_launchable, interpreted
+from kernels import check_launchable, check_tensors, interpreted
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
@@ -102,17 +103,19 @@ def cast_fp8(t: Tensor, scale: float, dtype: torch.dtype, transpose: bool = Fals
     transpose.
     Returns: (q (R, C) in dtype, q^T (C, R) in dtype, contiguous, or None without transpose).
     """
+    check_tensors("cast_fp8", t=t)
     if t.ndim != 2 or not t.is_contiguous() or t.dtype not in (torch.bfloat16, torch.float16, torch.float32) \
-            or dtype not in (E4M3, E5M2):
-        raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp16/fp32 tensor and E4M3/E5M2, got {tuple(t.shape)} "
-                         f"{t.dtype} (contiguous: {t.is_contiguous()}) to {dtype}")
+            or dtype not in (E4M3, E5M2) or not isinstance(scale, numbers.Real):  # a kernel argument: no tensor
+        raise ValueError(f"cast_fp8: expected a contiguous 2-D bf16/fp16/fp32 tensor, a number scale and E4M3/E5M2, "
+                         f"got {tuple(t.shape)} {t.dtype} (contiguous: {t.is_contiguous()}) by {type(scale).__name__} "
+                         f"to {dtype}")
     check_launchable("cast_fp8", _INTERPRETED, t)
     R, C = t.shape
     q = torch.empty(R, C, dtype=torch.uint8, device=t.device)
     qt = torch.empty(C, R, dtype=torch.uint8, device=t.device) if transpose else q
     block_r, block_c = CAST_BLOCK
     grid = (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
-    _cast_fp8_kernel[grid](t, q, qt, R, C, scale, E5M2=dtype == E5M2, TRANSPOSE=transpose,
+    _cast_fp8_kernel[grid](t, q, qt, R, C, float(scale), E5M2=dtype == E5M2, TRANSPOSE=transpose,
                            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4)
     return q.view(dtype), qt.view(dtype) if transpose else None
 
@@ -216,6 +219,7 @@ def check_scales(op: str, **scales: float) -> None:
 
 
 def check_inputs(x: Tensor, w: Tensor) -> None:
+    check_tensors("fp8_mm", x=x, w=w)
     if x.ndim != 2 or w.ndim != 2 or x.size(1) != w.size(1):
         raise ValueError(f"fp8_mm: expected x (M, K) and w (N, K), got {tuple(x.shape)} and {tuple(w.shape)}")
     if {x.dtype, w.dtype} - {torch.bfloat16, torch.float16, torch.float32}:  # what the casts take

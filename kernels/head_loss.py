@@ -23,7 +23,10 @@ Two Triton kernels:
   torch's cast makes G8 and G8^T: the math is the same kernel's, only the cast differs. The cast here rounds
   the fp32 product once; the unfused path rounds dl to bf16 first, then grad_s dl to e5m2 (the two differ
   only where the bf16 rounding moves a value across an e5m2 rounding boundary).
-tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) in (0, 1]: no overflow, |error| ~ 1e-7 absolute.
+tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) in (0, 1]: no overflow, |error| ~ 1e-7 absolute, so
+z = c t is off by up to ~c 2^-24: the caps taken are 2^-126 <= c <= MAX_SOFTCAP = 2^12 (an error below 2^-12, under
+the bf16 logits' own rounding). Larger caps cap no logit a model reaches and lose the small ones (c = 1e9 makes
+every z 0); below 2^-126, 1 / c overflows fp32.
 
 Saved for the backward: the bf16 logits (what Inductor saves for the unfused loss), lse (N fp32) and kernels.fp8's
 X8^T and W8^T. Targets must lie in [0, V): checked on the CPU, eagerly (a one-line ValueError). On CUDA a check would
@@ -52,13 +55,15 @@ head_loss`); not measured on a GPU. Offsets are int64 (N V > 2^31).
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import check_launchable, fp8, interpreted
+from kernels import check_launchable, check_tensors, fp8, interpreted
 from kernels.fp8 import E4M3, E5M2, fp8_bits
 
 
@@ -140,6 +145,7 @@ def _loss_backward_kernel(
 
 CUDA_FORWARD = 4096, 8  # (BLOCK_V, warps)
 INTERPRETER_FORWARD = 256, 4
+MAX_SOFTCAP = 2.0**12  # the largest cap whose z = c tanh(l / c) the kernels keep within 2^-12 (module docstring)
 BACKWARD_TILE = 64, 64  # (BLOCK_R, BLOCK_V), 4 warps
 
 
@@ -239,6 +245,7 @@ _fp8_head_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def check_inputs(x: Tensor, w: Tensor, targets: Tensor, softcap: float, **scales: float) -> None:
+    check_tensors("fp8_head_loss", x=x, w=w, targets=targets)
     fp8.check_inputs(x, w)
     fp8.check_scales("fp8_head_loss", **scales)
     if targets.device != x.device:
@@ -247,8 +254,10 @@ def check_inputs(x: Tensor, w: Tensor, targets: Tensor, softcap: float, **scales
     if targets.shape != x.shape[:1] or targets.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"fp8_head_loss: expected targets ({x.size(0)},) int32/int64 for x {tuple(x.shape)}, got "
                          f"{tuple(targets.shape)} {targets.dtype}")
-    if not 0 <= softcap <= torch.finfo(torch.float32).max:  # the kernels take it as an fp32
-        raise ValueError(f"fp8_head_loss: softcap = {softcap}: expected a number >= 0 finite in fp32 (0: no cap)")
+    number = isinstance(softcap, numbers.Real)  # the op takes a float: a tensor would get no gradient
+    if not (number and (softcap == 0 or torch.finfo(torch.float32).tiny <= softcap <= MAX_SOFTCAP)):  # docstring
+        raise ValueError(f"fp8_head_loss: softcap = {softcap!r}: expected 0 (no cap) or a number in [2^-126, "
+                         f"{MAX_SOFTCAP:g}]")
     if targets.device.type != "cpu" or torch.compiler.is_compiling():  # the range check reads the values: on a
         return  # GPU a host sync; out-of-range targets give a NaN loss there (the module docstring)
     if targets.numel() and not 0 <= int(targets.min()) <= int(targets.max()) < w.size(0):
@@ -262,7 +271,7 @@ def fp8_head_loss(x: Tensor, w: Tensor, targets: Tensor, softcap: float = 15.0, 
 
     Args: x (N, d) bf16/fp32, w (V, d), targets (N,) int32/int64 in [0, V) on x's device (no ignore_index: a
     target outside [0, V) is a ValueError on the CPU, a NaN loss on a GPU); d, V (and N on a GPU) multiples of 16;
-    softcap c >= 0 (0: no cap); the FP8 scales of kernels.fp8 (kernels.fp8.check_scales).
+    softcap c = 0 (no cap) or in [2^-126, MAX_SOFTCAP]; the FP8 scales of kernels.fp8 (kernels.fp8.check_scales).
     Returns: the mean loss, an fp32 scalar, differentiable in x (bf16 gradient) and w (fp32); traces under
     torch.compile."""
     check_inputs(x, w, targets, softcap, x_s=x_s, w_s=w_s, grad_s=grad_s)

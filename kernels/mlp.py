@@ -43,7 +43,7 @@ fixed tile and group, INTERPRETER_BLOCKS, so test shapes span several tiles and 
 
 Limits: x (..., d) and the weights of one dtype among float32, float16, bfloat16 (the trainer casts its fp32
 weights to the activations' dtype under autocast), on one device; anything else is a one-line ValueError.
-Interpreter: fp32 and fp16 (it has no bf16 arithmetic: bf16 on the CPU is a ValueError). Any size, zero included.
+Interpreter: fp32 and fp16 (it has no bf16 arithmetic: bf16 there is a ValueError). Any size, zero included.
 NaN and inf propagate as in the reference: relu keeps a NaN pre NaN; the backward passes exactly 0 where
 pre <= 0. GPU: not measured; `python -m benchmarks.bench_mlp`.
 """
@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import check_launchable, interpreted
+from kernels import check_interpretable, check_launchable, check_tensors, interpreted
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 GROUP_M = 8  # tile-rows per program group on CUDA (L2 reuse of B's tile-columns)
@@ -232,6 +232,7 @@ _relu2_mlp_op.register_autograd(_relu2_mlp_backward, setup_context=_relu2_mlp_se
 
 def _check_inputs(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> None:
     """One-line ValueErrors for inputs the kernel does not take."""
+    check_tensors("relu2_mlp", x=x, w_fc=w_fc, w_proj=w_proj)
     for name, t in (("x", x), ("w_fc", w_fc), ("w_proj", w_proj)):
         if t.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"relu2_mlp: {name} has dtype {t.dtype}; supported: float32, float16, bfloat16")
@@ -249,9 +250,7 @@ def _check_inputs(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> None:
         raise ValueError(f"relu2_mlp: x, w_fc, w_proj must be on one device, got {x.device}, {w_fc.device}, "
                          f"{w_proj.device}")
     check_launchable("relu2_mlp", _INTERPRETED, x)
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
-        raise ValueError("relu2_mlp: bfloat16 on the CPU: Triton's interpreter has no bf16 arithmetic (use float32 "
-                         "or float16 there)")
+    check_interpretable("relu2_mlp", _INTERPRETED, x.dtype)
 
 
 def relu2_mlp(x: Tensor, w_fc: Tensor, w_proj: Tensor) -> Tensor:

@@ -57,12 +57,12 @@ interpreter (CPU) tiles are 16x16 (BLOCK_K 32) so small test matrices still span
 
 Limits: 2-D (M, N) or 3-D (B, M, N) real float inputs (anything else: a one-line ValueError); the norm is
 taken in fp32, the iteration runs in bf16 on CUDA (fp32 accumulation), and on CPU in fp16 for fp16 input,
-fp32 otherwise (Triton's interpreter cannot do bf16 arithmetic); `dtype=` overrides. A zero matrix gives
-zeros. Each step allocates nothing (A, B and a ping-pong X are allocated once per call). No autograd: Muon
-calls it under no_grad. Compiled for sm_90 without a GPU (`python -m benchmarks.ptxas_report`; Triton 3.9,
-ptxas 13.4): 4-stage pipelines in 128 KiB of shared memory in bf16, 119 (syrk), 219 (syrk with C) and
-126 (bx_plus_ax) registers, no spills. GPU: not measured; `python -m benchmarks.bench_newton_schulz`
-measures it.
+fp32 otherwise (Triton's interpreter cannot do bf16 arithmetic: bf16 there is a ValueError); `dtype=`
+overrides. A zero matrix gives zeros. Each step allocates nothing (A, B and a ping-pong X are allocated once
+per call). No autograd: Muon calls it under no_grad. Compiled for sm_90 without a GPU (`python -m
+benchmarks.ptxas_report`; Triton 3.9, ptxas 13.4): 4-stage pipelines in 128 KiB of shared memory in bf16,
+119 (syrk), 219 (syrk with C) and 126 (bx_plus_ax) registers, no spills. GPU: not measured; `python -m
+benchmarks.bench_newton_schulz` measures it.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import check_launchable, interpreted
+from kernels import check_interpretable, check_launchable, interpreted
 
 # Keller Jordan's Muon quintic, (a, b, c) for σ ← aσ + bσ³ + cσ⁵, used every step.
 QUINTIC = (3.4445, -4.7750, 2.0315)
@@ -263,6 +263,18 @@ def _check_inputs(op: str, *tensors: torch.Tensor, any_float: bool = False, laun
             raise ValueError(f"{op}: expected float32, float16 or bfloat16, got {t.dtype}")
     if launches:
         check_launchable(op, _INTERPRETED, *tensors)
+        if not any_float:  # any_float: the op casts first; `newton_schulz` checks its working dtype
+            check_interpretable(op, _INTERPRETED, tensors[0].dtype)
+
+
+def _check_out(op: str, out: torch.Tensor | None, shape: tuple[int, ...], *inputs: torch.Tensor) -> None:
+    """A one-line ValueError unless `out` is None or a `shape` buffer of the inputs' dtype and device that is none of
+    them: the kernels write `shape` through out's strides (past the end of a smaller one) while reading the inputs."""
+    x = inputs[0]
+    alias = out is not None and out.numel() > 0 and any(out.data_ptr() == t.data_ptr() for t in inputs)
+    if out is not None and (tuple(out.shape) != shape or out.dtype != x.dtype or out.device != x.device or alias):
+        raise ValueError(f"{op}: out must be {shape} {x.dtype} on {x.device}, not an input, got {tuple(out.shape)} "
+                         f"{out.dtype} on {out.device}{' (an input)' if alias else ''}")
 
 
 def _syrk(A: torch.Tensor, C: torch.Tensor | None, alpha: float, beta: float, out: torch.Tensor | None):
@@ -296,6 +308,7 @@ def xxt(X: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         (…, M, M) in X's dtype (fp32 accumulation), exactly symmetric.
     """
     _check_inputs("xxt", X)
+    _check_out("xxt", out, (*X.shape[:-1], X.shape[-2]), X)
     return _syrk(X, None, 1.0, 0.0, out)
 
 
@@ -312,6 +325,7 @@ def xxt_plus(A: torch.Tensor, alpha: float, beta: float, out: torch.Tensor | Non
     _check_inputs("xxt_plus", A)
     if A.shape[-1] != A.shape[-2]:
         raise ValueError(f"xxt_plus: A must be square (symmetric), got shape {tuple(A.shape)}")
+    _check_out("xxt_plus", out, tuple(A.shape), A)
     return _syrk(A, A, alpha, beta, out)
 
 
@@ -327,9 +341,10 @@ def bx_plus_ax(B: torch.Tensor, X: torch.Tensor, a: float, out: torch.Tensor | N
         Shaped like X, in X's dtype (fp32 accumulation).
     """
     _check_inputs("bx_plus_ax", B, X)
-    if B.shape[:-1] != X.shape[:-1] or B.shape[-1] != B.shape[-2] or B.dtype != X.dtype:
-        got = f"{tuple(B.shape)} {B.dtype} and {tuple(X.shape)} {X.dtype}"
-        raise ValueError(f"bx_plus_ax: need B (…, M, M) and X (…, M, N) of one dtype, got {got}")
+    if B.shape[:-1] != X.shape[:-1] or B.shape[-1] != B.shape[-2] or B.dtype != X.dtype or B.device != X.device:
+        got = f"{tuple(B.shape)} {B.dtype} on {B.device} and {tuple(X.shape)} {X.dtype} on {X.device}"
+        raise ValueError(f"bx_plus_ax: need B (…, M, M) and X (…, M, N) of one dtype and device, got {got}")
+    _check_out("bx_plus_ax", out, tuple(X.shape), X, B)
     out = torch.empty_like(X, memory_format=torch.contiguous_format) if out is None else out
     b3, x3, o3 = _as_stack(B), _as_stack(X), _as_stack(out)
     if o3.numel() == 0:
@@ -463,7 +478,9 @@ def newton_schulz(
     _check_inputs("newton_schulz", G, any_float=True)
     schedule, safety = _resolve_schedule(coefficients, steps)
     flat = [v for triple in schedule for v in triple]
-    return _newton_schulz_op(G, flat, safety, _working_dtype(G, dtype))
+    dtype = _working_dtype(G, dtype)
+    check_interpretable("newton_schulz", _INTERPRETED, dtype)
+    return _newton_schulz_op(G, flat, safety, dtype)
 
 
 # ------------------------------------------------------------------------------------------------ references

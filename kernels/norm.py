@@ -79,7 +79,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels import check_launchable, interpreted
+from kernels import check_launchable, check_tensors, interpreted
 
 # Widest row a program holds in registers, in bytes (Triton's 05-layer-norm tutorial uses the same).
 MAX_ROW_BYTES = 65536
@@ -946,6 +946,7 @@ _layer_norm_op.register_autograd(_layer_norm_backward, setup_context=_layer_norm
 
 def _check_inputs(op: str, x: Tensor, **vectors: Optional[Tensor]) -> None:
     """One-line ValueErrors for inputs the kernels do not handle; `vectors` (weight, bias) must be (N,)."""
+    check_tensors(op, x=x, **vectors)
     if x.dtype not in SUPPORTED_DTYPES:
         raise ValueError(f"{op}: x has dtype {x.dtype}; supported: float32, float16, bfloat16")
     if x.dim() == 0 or x.shape[-1] == 0:
@@ -1003,6 +1004,7 @@ def add_rms_norm(
         (sum, normed), both (..., N) contiguous in x.dtype. The norm is taken of the sum as rounded to
         x.dtype, as `s = x + residual; rms_norm(s)` would.
     """
+    check_tensors("add_rms_norm", residual=residual)
     _check_inputs("add_rms_norm", x, weight=weight)
     if residual.shape != x.shape or residual.dtype != x.dtype or residual.device != x.device:
         raise ValueError(
@@ -1030,6 +1032,7 @@ def mix_rms_norm(x: Tensor, residual: Optional[Tensor], x0: Tensor, lambdas: Ten
         by torch.compile. x + residual is rounded to x.dtype before the mix and s is normalised as rounded, as
         `mix_rms_norm_ref` computes them; the mix itself is one fp32 expression (the reference rounds each product).
     """
+    check_tensors("mix_rms_norm", residual=residual, x0=x0, lambdas=lambdas)
     _check_inputs("mix_rms_norm", x)
     for name, t in (("residual", residual), ("x0", x0)):
         if t is not None and (t.shape != x.shape or t.dtype != x.dtype or t.device != x.device):
@@ -1049,21 +1052,25 @@ def rms_norm_rotary(x: Tensor, cos: Tensor, sin: Tensor, eps: Optional[float] = 
     Args:
         x: (B, T, H, D) float32, float16 or bfloat16, D even, any strides (the chunked q or k view of a packed
             QKV projection is read in place).
-        cos, sin: (>= T, D / 2) float32, row t for position t (train_gpt.Rotary's tables).
+        cos, sin: (>= T, D / 2) float32, row t for position t (train_gpt.Rotary's tables); constants (not
+            requiring grad: the op has no gradient for them).
         eps: None means torch.finfo(x.dtype).eps.
 
     Returns:
         (B, T, H, D) contiguous in x.dtype; differentiable in x, traceable by torch.compile. The norm is rounded to
         x.dtype before the rotation, as `rms_norm_rotary_ref` does.
     """
+    check_tensors("rms_norm_rotary", cos=cos, sin=sin)
     _check_inputs("rms_norm_rotary", x)
     if x.dim() != 4 or x.shape[-1] % 2:
         raise ValueError(f"rms_norm_rotary: x must be (B, T, H, D) with D even, got shape {tuple(x.shape)}")
     T, half = x.shape[1], x.shape[-1] // 2
-    for name, t in (("cos", cos), ("sin", sin)):
-        if t.dim() != 2 or t.shape[0] < T or t.shape[1] != half or t.dtype != torch.float32 or t.device != x.device:
+    for name, t in (("cos", cos), ("sin", sin)):  # constants: the op's gradient is x's only
+        if (t.dim() != 2 or t.shape[0] < T or t.shape[1] != half or t.dtype != torch.float32 or t.device != x.device
+                or t.requires_grad):
             raise ValueError(f"rms_norm_rotary: {name} must be (>= T = {T}, D / 2 = {half}) float32 on {x.device}, "
-                             f"got {tuple(t.shape)} {t.dtype} on {t.device}")
+                             f"not requiring grad, got {tuple(t.shape)} {t.dtype} on {t.device}"
+                             f"{' requiring grad' if t.requires_grad else ''}")
     eps = torch.finfo(x.dtype).eps if eps is None else eps
     y, _ = _rms_norm_rotary_op(x, cos, sin, float(eps))
     return y

@@ -10,6 +10,7 @@ on meta tensors (no data to read) must run through, and on a GPU under torch.cud
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import triton
@@ -33,6 +34,7 @@ from kernels.attention import (
     packed_flash_attention,
     query_block_ranges,
     sdpa_attention,
+    window_tensor,
 )
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -380,26 +382,62 @@ def _bad(name):
         "dtype": ((q.double(), q.double(), q.double()), {}, "not supported"),
         "devices": ((q, q, q.to("meta")), {}, "devices differ"),
         "head_dim": ((q[..., :12],) * 3, {}, "head dim 12 not supported"),
-        "window0": ((q, q, q), {"window_size": 0}, "window_size must be >= 1"),
+        # a tensor scale passed as a float: one requiring grad got none; a string was a multi-line schema error
+        "scale_tensor": ((q, q, q), {"scale": torch.tensor(0.25, requires_grad=True)}, "scale must be a number or "
+                         "None, got Tensor$"),
+        "scale_str": ((q, q, q), {"scale": "0.25"}, "scale must be a number or None, got str$"),
+        "window0": ((q, q, q), {"window_size": 0}, "window_size must be an int >= 1 or None .*, got 0$"),
+        "window_float": ((q, q, q), {"window_size": 2.5}, "window_size must be an int >= 1 .*, got 2.5$"),
+        "window_nan": ((q, q, q), {"window_size": float("nan")}, "window_size must be an int >= 1 .*, got nan$"),
+        "window_tensor0": ((q, q, q), {"window_size": torch.tensor(0)}, "window_size must be an int >= 1 .*, got 0$"),
+        "window_tensor_neg": ((q, q, q), {"window_size": torch.tensor(-5)}, "window_size must be .*, got -5$"),
         "cu_dtype": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8])}, "must be int32"),
         "cu_shape": ((q, q, q), {"cu_seqlens": torch.tensor([8], dtype=torch.int32)}, "1-D with >= 2"),
         "cu_batch": ((q.expand(2, -1, -1, -1),) * 3, {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32)}, "B == 1"),
         "bounds_no_cu": ((q, q, q), {"doc_bounds": torch.zeros(2, 8, dtype=torch.int32)}, "without cu_seqlens"),
         "bounds_shape": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32),
                                      "doc_bounds": torch.zeros(2, 7, dtype=torch.int32)}, "doc_bounds must be \\(2, T = 8\\)"),
+        "bounds_strided": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32),
+                                       "doc_bounds": torch.zeros(8, 2, dtype=torch.int32).t()},
+                           "contiguous: False"),
     }
     return cases[name]
 
 
 @pytest.mark.parametrize(
-    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "window0", "cu_dtype", "cu_shape", "cu_batch",
-             "bounds_no_cu", "bounds_shape"],
+    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "scale_tensor", "scale_str", "window0",
+             "window_float", "window_nan", "window_tensor0", "window_tensor_neg", "cu_dtype", "cu_shape", "cu_batch",
+             "bounds_no_cu", "bounds_shape", "bounds_strided"],
 )
 def test_bad_inputs_raise(name):
     args, kwargs, match = _bad(name)
     with pytest.raises(ValueError, match=match) as err:
         flash_attention(*args, **kwargs)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("window", [2.5, 0, -1])
+def test_window_tensor_refuses_a_window_that_is_not_an_int_above_zero(window):
+    # window_tensor(2.5) was a window of 2 (the reference keeps 3 keys), window_tensor(-1) no window
+    with pytest.raises(ValueError, match=f"^flash_attention: window_size must be an int >= 1 .*, got {window}$"):
+        window_tensor(window)
+
+
+def test_numpy_numbers_are_numbers():
+    q = torch.randn(1, 9, 1, 16)
+    assert torch.allclose(flash_attention(q, q, q, window_size=np.int64(3), scale=np.float32(0.5)),
+                          attention_ref(q, q, q, window_size=3, scale=0.5), atol=1e-5)
+
+
+def test_a_window_tensor_below_one_is_refused_under_torch_compile():
+    # the traced call cannot read a window tensor's value: the op does, when it runs; a window of 0 or -5 gave finite
+    # outputs (the reference allows no key: NaN) and -5 meant no window
+    q = torch.randn(1, 8, 1, 16)
+    attend = torch.compile(lambda q, w: flash_attention(q, q, q, window_size=w), backend="aot_eager", fullgraph=True)
+    assert torch.allclose(attend(q, window_tensor(3)), attention_ref(q, q, q, window_size=3), atol=1e-5)
+    for w in (0, -5):
+        with pytest.raises(ValueError, match=f"^flash_attention: window_size must be an int >= 1 .*, got {w}$"):
+            attend(q, torch.tensor(w))
 
 
 @pytest.mark.parametrize("cu, match", [
@@ -421,6 +459,16 @@ def test_flash_attention_refuses_bad_cpu_cu_seqlens(cu, match):
     with pytest.raises(ValueError, match=match) as err:
         flash_attention(q, q, q, cu_seqlens=torch.tensor(cu, dtype=torch.int32))
     assert "\n" not in str(err.value)
+
+
+def test_bad_cpu_cu_seqlens_are_refused_under_torch_compile():
+    # a traced call cannot read them: the op does, when it runs (it gave a wrong mask for a decreasing cu_seqlens)
+    q = torch.randn(1, 8, 1, 16)
+    attend = torch.compile(lambda q, cu: flash_attention(q, q, q, cu_seqlens=cu), backend="aot_eager", fullgraph=True)
+    good = torch.tensor([0, 5, 8], dtype=torch.int32)
+    assert torch.allclose(attend(q, good), attention_ref(q, q, q, cu_seqlens=good), atol=1e-5)
+    with pytest.raises(ValueError, match="^flash_attention: cu_seqlens must be non-decreasing"):
+        attend(q, torch.tensor([0, 5, 3, 8], dtype=torch.int32))
 
 
 def test_check_cu_seqlens_accepts_padded_documents():

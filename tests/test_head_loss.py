@@ -11,6 +11,7 @@ chunk of 256 or the backward's 64-wide tile), with the record's cap (15) and wit
 - opcheck, torch.compile forward and backward, one-line errors for bad input.
 On a GPU: the kernel's G8 and G8^T bits equal torch's cast of its own fp32 output, and the op the composition.
 """
+import numpy as np
 import pytest
 import torch
 
@@ -198,6 +199,15 @@ def test_the_op_compiles_with_inductor_forward_and_backward():
     # F.cross_entropy's ignore_index drops a -100 row from the mean; ours has no ignore_index and refuses it
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.tensor([-100] + [0] * 7), 15.0, r"-100 .. 0 \(no ignore_index"),
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), 1e39, "softcap = 1e"),
+    # the kernels' tanh lost the logits under a cap of 1e9 (every z 0: loss log V) and 1 / 1e-39 overflowed (a NaN)
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), 1e9, r"softcap = 1000000000.0: expected 0 "
+     r"\(no cap\) or a number in \[2\^-126, 4096\]$"),
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), 1e-39, "softcap = 1e-39: expected"),
+    # the op takes a float: a tensor cap requiring grad got none (softcap_cross_entropy gives one); a string was
+    # a TypeError naming no argument
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), torch.tensor(15.0, requires_grad=True),
+     r"softcap = tensor\(15\., requires_grad=True\): expected 0"),
+    (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long), "15", "softcap = '15': expected 0"),
     (torch.zeros(8, 16), torch.zeros(32, 16), torch.zeros(8, dtype=torch.long, device="meta"), 15.0,
      "targets must be on x's device cpu, got meta"),
 ])
@@ -205,6 +215,11 @@ def test_bad_input_is_a_one_line_error(x, w, targets, cap, message):
     with pytest.raises(ValueError, match=message) as info:
         fp8_head_loss(x, w, targets, cap)
     assert "\n" not in str(info.value)
+
+
+def test_a_numpy_softcap_is_a_number():
+    x, w, targets = torch.randn(8, 16), torch.randn(32, 16) * 0.1, torch.arange(8)
+    assert torch.equal(fp8_head_loss(x, w, targets, np.float32(15.0)), fp8_head_loss(x, w, targets, 15.0))
 
 
 @pytest.mark.parametrize("scale", ["x_s", "w_s", "grad_s"])

@@ -78,3 +78,45 @@ def test_the_check_passes_interpreted_kernels_and_gpu_tensors():
 def test_this_sessions_kernels_are_interpreted():
     from kernels import mlp  # imported under tests/conftest.py's TRITON_INTERPRET=1 (no GPU here)
     assert kernels.interpreted(mlp._mlp_matmul_kernel) == (os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="bf16 is refused under the interpreter only")
+@pytest.mark.parametrize("op", ["flash_attention", "relu2_mlp", "xxt", "xxt_plus", "bx_plus_ax", "newton_schulz"])
+def test_bf16_math_under_the_interpreter_is_one_line(op):
+    # the interpreter holds bf16 as raw bits: these ops' bf16 dots gave numbers off by 1e8 to 1e12, not an error
+    from kernels import attention, mlp, newton_schulz
+
+    q, x, a = torch.randn(1, 8, 2, 16).bfloat16(), torch.randn(16, 32).bfloat16(), torch.randn(16, 16).bfloat16()
+    calls = {"flash_attention": lambda: attention.flash_attention(q, q, q),
+             "relu2_mlp": lambda: mlp.relu2_mlp(x, x, x.t()),
+             "xxt": lambda: newton_schulz.xxt(x), "xxt_plus": lambda: newton_schulz.xxt_plus(a, 1.0, 1.0),
+             "bx_plus_ax": lambda: newton_schulz.bx_plus_ax(a, x, 1.0),
+             "newton_schulz": lambda: newton_schulz.newton_schulz(x.float(), dtype=torch.bfloat16)}
+    with pytest.raises(ValueError, match=f"^{op}: bfloat16 under Triton's interpreter, which has no bf16 arithmetic"):
+        calls[op]()
+
+
+@pytest.mark.parametrize("op, name", [
+    ("flash_attention", "k"), ("flash_attention", "cu_seqlens"), ("rms_norm", "x"), ("rms_norm", "weight"),
+    ("add_rms_norm", "residual"), ("mix_rms_norm", "lambdas"), ("rms_norm_rotary", "cos"), ("layer_norm", "bias"),
+    ("relu2_mlp", "x"), ("fp8_mm", "w"), ("fp8_head_loss", "targets"), ("cast_fp8", "t")])
+def test_an_argument_that_is_not_a_tensor_is_a_one_line_type_error(op, name):
+    # a numpy array passed the dtype checks by its dtype's name ('x has dtype float32; supported: float32, ...') and a
+    # list failed on a missing attribute ("'list' object has no attribute 'dtype'"), naming no argument
+    from kernels import attention, fp8, head_loss, mlp, norm
+
+    x, q = torch.randn(16, 32), torch.randn(1, 8, 2, 16)
+    cos, bad = torch.randn(8, 8), [1.0] * 32
+    calls = {("flash_attention", "k"): lambda: attention.flash_attention(q, q.numpy(), q),
+             ("flash_attention", "cu_seqlens"): lambda: attention.flash_attention(q, q, q, cu_seqlens=[0, 8]),
+             ("rms_norm", "x"): lambda: norm.rms_norm(x.numpy()), ("rms_norm", "weight"): lambda: norm.rms_norm(x, bad),
+             ("add_rms_norm", "residual"): lambda: norm.add_rms_norm(x, x.numpy()),
+             ("mix_rms_norm", "lambdas"): lambda: norm.mix_rms_norm(x, None, x, [1.0, 1.0]),
+             ("rms_norm_rotary", "cos"): lambda: norm.rms_norm_rotary(q, cos.numpy(), cos),
+             ("layer_norm", "bias"): lambda: norm.layer_norm(x, None, bad),
+             ("relu2_mlp", "x"): lambda: mlp.relu2_mlp(x.numpy(), x, x.t()),
+             ("fp8_mm", "w"): lambda: fp8.fp8_mm(x, bad),
+             ("fp8_head_loss", "targets"): lambda: head_loss.fp8_head_loss(x, x, list(range(16))),
+             ("cast_fp8", "t"): lambda: fp8.cast_fp8(x.numpy(), 1.0, fp8.E4M3)}
+    with pytest.raises(TypeError, match=f"^{op}: {name} must be a torch.Tensor, got (ndarray|list)$"):
+        calls[(op, name)]()

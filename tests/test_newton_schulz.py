@@ -288,6 +288,28 @@ def test_kernel_launchers_reject_bad_shapes():
         bx_plus_ax(torch.randn(4, 4), torch.randn(5, 6), 1.0)
 
 
+@pytest.mark.parametrize("case, match", [
+    ("xxt_small", r"^xxt: out must be \(6, 6\) torch.float32 on cpu, not an input, got \(3, 3\) torch.float32 on cpu$"),
+    ("xxt_dtype", r"^xxt: out must be .*, got \(6, 6\) torch.float16 on cpu$"),
+    ("xxt_plus_alias", r"^xxt_plus: out must be .*, not an input, got \(6, 6\) torch.float32 on cpu \(an input\)$"),
+    ("bx_alias", r"^bx_plus_ax: out must be \(6, 10\) .* \(an input\)$"),
+    ("bx_shape", r"^bx_plus_ax: out must be \(6, 10\) .*, got \(6, 9\) "),
+    ("bx_device", r"^bx_plus_ax: need B .* of one dtype and device, got \(6, 6\) torch.float32 on meta and "),
+])
+def test_kernel_launchers_reject_bad_out_buffers(case, match):
+    # the kernels wrote a smaller out past its end (a corrupted heap), and an aliased one while reading it (wrong
+    # numbers); a B on another device reached the launch
+    X = torch.randn(6, 10)
+    A = X @ X.T
+    calls = {"xxt_small": lambda: xxt(X, out=torch.empty(3, 3)), "xxt_dtype": lambda: xxt(X, out=A.half()),
+             "xxt_plus_alias": lambda: xxt_plus(A, 1.0, 1.0, out=A), "bx_alias": lambda: bx_plus_ax(A, X, 1.0, out=X),
+             "bx_shape": lambda: bx_plus_ax(A, X, 1.0, out=torch.empty(6, 9)),
+             "bx_device": lambda: bx_plus_ax(A.to("meta"), X, 1.0)}
+    with pytest.raises(ValueError, match=match) as exc_info:
+        calls[case]()
+    one_line(exc_info)
+
+
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 def test_torch_compile_traces_the_op(device, backend):
     torch._dynamo.reset()

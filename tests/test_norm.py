@@ -457,6 +457,9 @@ def test_torch_compile_traces_forward_and_backward(device):
         ("residual_shape", "residual is"),
         ("mix_x0_dtype", "mix_rms_norm: x0 is"),
         ("mix_lambdas", r"mix_rms_norm: lambdas must be \(2,\) floats"),
+        # the op has no gradient for the rotary tables: one that required one got None, silently
+        ("rotary_table_grad", r"rms_norm_rotary: sin must be .*, not requiring grad, got \(5, 8\) torch.float32 on "
+                              r"\S+ requiring grad$"),
     ],
 )
 def test_bad_inputs_raise_one_line_value_errors(case, match, device):
@@ -470,6 +473,8 @@ def test_bad_inputs_raise_one_line_value_errors(case, match, device):
         "residual_shape": lambda: add_rms_norm(x, torch.randn(4, 32, device=device)),
         "mix_x0_dtype": lambda: mix_rms_norm(x, None, x.half(), torch.ones(2, device=device)),
         "mix_lambdas": lambda: mix_rms_norm(x, x, x, torch.ones(3, device=device)),
+        "rotary_table_grad": lambda: rms_norm_rotary(x.view(1, 4, 4, 16), torch.ones(5, 8, device=device),
+                                                     torch.ones(5, 8, device=device, requires_grad=True)),
     }[case]
     with pytest.raises(ValueError, match=match) as err:
         call()
