@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from harness.hardware import git_state, hardware_info, nvidia_smi, peak_flops, software_versions
 from harness.overrides import ConfigError, parse_overrides
-from harness.runlog import RunWriter
+from harness.runlog import EVENTS_FILE, RunWriter
 from harness.shards import BOS_ID, DataError, TokenLoader, resolve_files, validate_shards
 from harness.snapshot import snapshot_code
 from harness.tracks import FINEWEB_TARGET, TRACKS
@@ -174,7 +174,7 @@ def resolve_config(cfg: Config, world_size: int, device: torch.device, fp8_gpu: 
     fp8 = fp8_gpu if fp8_gpu is not None else cuda and torch.cuda.get_device_capability(device) >= (8, 9)  # Ada+
     checks = [
         (cfg.kernels in ("torch", "triton"), f"--kernels={cfg.kernels}: expected torch or triton"),
-        (not os.path.exists(run_dir) or os.path.isdir(run_dir), f"--run_dir={run_dir}: exists and is not a folder"),
+        (not (problem := run_dir_problem(run_dir)), f"--run_dir={run_dir}: {problem}"),
         (2 * cfg.value_embeds <= L, f"value_embeds={cfg.value_embeds}: between 0 and num_layers/2 = {L // 2}"),
         (cfg.unet_skips <= L // 2, f"unet_skips={cfg.unet_skips}: between 0 and num_layers/2 = {L // 2}"),
         (cfg.head_dim % 4 == 0, f"head_dim={cfg.head_dim}: must be a multiple of 4 (rotary)"),
@@ -197,6 +197,22 @@ def resolve_config(cfg: Config, world_size: int, device: torch.device, fp8_gpu: 
         if not ok:
             raise ConfigError(message)
     return cfg
+
+
+def run_dir_problem(run_dir: str) -> str | None:
+    """Why run_dir cannot take a run's logs, or None: it is no folder (a file, a link that cannot be followed, a
+    file on its path), or it holds a run's events.jsonl already (two runs' events in one file read as one run)."""
+    try:
+        if not os.path.isdir(run_dir):
+            os.stat(run_dir)
+            return "exists and is not a folder"
+    except FileNotFoundError:
+        return "a link to nothing" if os.path.lexists(run_dir) else None
+    except OSError as exc:  # a link loop, a file where a folder of the path should be
+        return exc.strerror or str(exc)
+    if os.path.lexists(os.path.join(run_dir, EVENTS_FILE)):
+        return f"holds another run's {EVENTS_FILE}: give each run a folder of its own"
+    return None
 
 
 def config_help() -> str:
@@ -224,8 +240,16 @@ class DistEnv:
 
     @classmethod
     def from_environ(cls) -> DistEnv:
-        env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
+        """torchrun's variables; a ConfigError where they are not integers or not a rank of the world."""
+        names = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+        try:
+            env = cls(*(int(os.environ.get(name, int(name == "WORLD_SIZE"))) for name in names))
+        except ValueError:
+            raise ConfigError(f"{', '.join(f'{n}={os.environ[n]}' for n in names if n in os.environ)}: expected integers "
+                              "(launch with torchrun)") from None
+        if not 0 <= env.local_rank <= env.rank < env.world_size:
+            raise ConfigError(f"RANK={env.rank}, LOCAL_RANK={env.local_rank}, WORLD_SIZE={env.world_size}: expected 0 <= LOCAL_RANK <= RANK < WORLD_SIZE (launch with torchrun)")
+        return env
 
     @property
     def master(self) -> bool:
@@ -243,10 +267,13 @@ def pick_device(cfg: Config, env: DistEnv) -> torch.device:
 
 
 def init_distributed(env: DistEnv, device: torch.device) -> None:
-    """NCCL between GPUs, gloo between CPU processes; multi-node is torchrun's business (--nnodes/--rdzv)."""
+    """NCCL between GPUs, gloo between CPU processes; multi-node is torchrun's business (--nnodes/--rdzv). A
+    ConfigError for several processes without the rendezvous address torchrun sets (MASTER_ADDR, MASTER_PORT)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
+    if env.world_size > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise ConfigError(f"WORLD_SIZE={env.world_size} without MASTER_ADDR and MASTER_PORT: launch with torchrun")
     if env.world_size > 1:
         dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
 
@@ -836,12 +863,13 @@ def write_result(log: RunWriter, cfg: Config, state: RunState, device: torch.dev
 
 def main(argv: list[str] | None = None) -> int:
     """`--help` prints the fields; `--print_config` prints the resolved config as one JSON line and trains nothing."""
-    env, argv = DistEnv.from_environ(), sys.argv[1:] if argv is None else argv
+    env, argv = DistEnv(), sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(config_help())
         return 0
     print_only = "--print_config" in argv
     try:
+        env = DistEnv.from_environ()
         cfg = parse_config([arg for arg in argv if arg != "--print_config"])
         device = pick_device(cfg, env)
         cfg = resolve_config(cfg, env.world_size, device)
@@ -858,8 +886,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # do): @triton.jit reads it, and a CPU runs Triton only interpreted
     if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # asked before torch._inductor's import sets it to the default
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache_dir()
-    init_distributed(env, device)
-    log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
+    try:
+        init_distributed(env, device)
+        log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
+    except (ConfigError, OSError) as exc:  # no rendezvous address; a run folder it may not write in
+        where = f"--run_dir={cfg.run_dir}: cannot write there ({exc.strerror or exc})" if isinstance(exc, OSError) else exc
+        print(f"error: {where}", file=sys.stderr)
+        return 1
     try:
         if env.master:
             log.event("config", track=cfg.track, config=dataclasses.asdict(cfg))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -220,6 +221,55 @@ def test_nonsense_is_one_line_exit_2(override, message, capsys, monkeypatch):
     assert T.main(["--print_config", "--track=cpu-tiny", "--window_max=32", override]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("variables, message", [
+    (dict(RANK="abc"), "RANK=abc: expected integers (launch with torchrun)"),
+    (dict(WORLD_SIZE="2.0"), "WORLD_SIZE=2.0: expected integers (launch with torchrun)"),
+    (dict(WORLD_SIZE="0"), "RANK=0, LOCAL_RANK=0, WORLD_SIZE=0: expected 0 <= LOCAL_RANK <= RANK < WORLD_SIZE"),
+    (dict(RANK="2", WORLD_SIZE="2"), "RANK=2, LOCAL_RANK=0, WORLD_SIZE=2: expected 0 <= LOCAL_RANK <= RANK"),
+    (dict(RANK="-1", WORLD_SIZE="2"), "RANK=-1, LOCAL_RANK=0, WORLD_SIZE=2: expected 0 <= LOCAL_RANK <= RANK"),
+])
+def test_torchrun_variables_that_name_no_rank_of_a_world_are_one_line_exit_2(variables, message, capsys, monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert T.main(["--print_config", "--track=cpu-tiny"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_a_run_dir_that_cannot_take_the_runs_logs_is_one_line_exit_2(tmp_path, capsys):
+    """A link loop, a file on the path, a link to nothing (mkdir's tracebacks), and a folder holding a run's
+    events already (two runs' events in one file would read as one run)."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    (tmp_path / "file").write_text("")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "events.jsonl").write_text("")
+    for run_dir, problem in [("loop", "Too many levels of symbolic links"), ("file/run", "Not a directory"),
+                             ("dangling", "a link to nothing"),
+                             ("used", "holds another run's events.jsonl: give each run a folder of its own")]:
+        assert T.main(["--print_config", "--track=cpu-tiny", f"--run_dir={tmp_path / run_dir}"]) == 2
+        assert capsys.readouterr().err == f"error: --run_dir={tmp_path / run_dir}: {problem}\n"
+
+
+def test_several_processes_without_torchruns_rendezvous_are_one_line_exit_1(shards, tmp_path, capsys, monkeypatch):
+    for name, value in dict(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", MASTER_ADDR="", MASTER_PORT="").items():
+        monkeypatch.setenv(name, value)
+    assert T.main([*MICRO, *data_args(shards), f"--run_dir={tmp_path / 'r'}"]) == 1
+    assert capsys.readouterr().err == "error: WORLD_SIZE=2 without MASTER_ADDR and MASTER_PORT: launch with torchrun\n"
+
+
+def test_a_run_dir_it_cannot_write_in_is_one_line_exit_1(shards, tmp_path, capsys, monkeypatch):
+    def refuse(run_dir):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(run_dir))
+
+    monkeypatch.setattr(T, "RunWriter", refuse)
+    monkeypatch.setattr(T, "train", lambda *args: pytest.fail("trained without a run folder"))
+    assert T.main([*MICRO, *data_args(shards), f"--run_dir={tmp_path / 'r'}"]) == 1
+    assert capsys.readouterr().err == f"error: --run_dir={tmp_path / 'r'}: cannot write there (Permission denied)\n"
 
 
 def test_print_config_prints_one_json_line_and_creates_nothing(shards, tmp_path):
