@@ -114,7 +114,8 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     **dict.fromkeys(("train_epochs", "val_tokens", "val_every", "seq_len", "val_seq_len", "batch_size", "num_steps",
                      "vocab_size", "num_layers", "model_dim", "num_heads", "mlp_ratio", "ns_steps", "window_max",
                      "window_block"), (1, None)),
-    **dict.fromkeys(("seed", "grad_accum", "value_embeds", "unet_skips", "muon_momentum_warmup", "warmup_steps",
+    "seed": (0, 2**64 - 1),  # torch.manual_seed's range
+    **dict.fromkeys(("grad_accum", "value_embeds", "unet_skips", "muon_momentum_warmup", "warmup_steps",
                      "target_val_loss", "logit_softcap", "muon_lr", "muon_weight_decay", "adam_embed_lr",
                      "adam_head_lr", "adam_scalar_lr", "window_min", "attn_scale"), (0, None)),
     "head_dim": (4, None), "muon_momentum": (0, 1), "cooldown_frac": (0, 1),

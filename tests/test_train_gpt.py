@@ -214,6 +214,7 @@ def test_every_numeric_field_has_a_range():
     ("--fp8_head=true", "--fp8_head=true needs a GPU with FP8 (CUDA capability >= 8.9; this run has a CPU) and "
                         "model_dim, vocab_size, batch_size x seq_len multiples of 16: add --fp8_head=false"),
     ("--run_dir=README.md", "--run_dir=README.md: exists and is not a folder"),
+    ("--seed=18446744073709551616", "--seed=18446744073709551616: must be between 0 and 18446744073709551615"),
     ("--num_stepz=3", "unknown option --num_stepz (did you mean --num_steps?)"),
 ])
 def test_nonsense_is_one_line_exit_2(override, message, capsys, monkeypatch):
