@@ -468,7 +468,8 @@ class GPT(nn.Module):
         self.softcap = cfg.logit_softcap
         dtype = torch.bfloat16 if cfg.embed_bf16 else None  # the tables' dtype (Adam keeps fp32 masters of bf16 ones)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype)
-        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype) for _ in range(k))
+        hdim = cfg.num_heads * cfg.head_dim  # a value embedding is added to v: (B, T, H, D)
+        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, hdim, dtype=dtype) for _ in range(k))
         self.ve_table = value_embed_tables(cfg)
         rotary = Rotary(cfg.head_dim, max(cfg.seq_len, cfg.val_seq_len))
         self.blocks = nn.ModuleList(Block(cfg, ops, rotary, self.ve_table[i] is not None, kinds[i] != "-")
@@ -484,7 +485,7 @@ class GPT(nn.Module):
     def forward(self, inputs: Tensor, targets: Tensor, masks: list) -> Tensor:
         """inputs, targets: (B, T) token ids; masks: ops.attention_mask's for `attention_windows`. The mean loss."""
         L, S = len(self.blocks), len(self.skip_weights)
-        ve = [table(inputs) for table in self.value_embeds]  # k x (B, T, dim)
+        ve = [table(inputs) for table in self.value_embeds]  # k x (B, T, hdim)
         x, dev = self.embed(inputs), inputs.device.type  # (B, T, dim); the residual stream takes autocast's dtype
         x = x.to(torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32)  # bf16 on CUDA
         x = x0 = self.norm(x)  # norm of the embedding (@Grad62304977)

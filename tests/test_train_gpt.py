@@ -372,6 +372,17 @@ def test_the_record_model_trains_on_the_cpu():
     assert optimizers.adam.state[master]["exp_avg"].dtype == torch.float32
 
 
+def test_value_embeddings_are_as_wide_as_v_where_the_heads_do_not_span_the_model():
+    """num_heads x head_dim need not equal model_dim: a value embedding is added to v, so it is hdim wide."""
+    cfg = T.parse_config(["--track=cpu-tiny", "--num_layers=2", "--unet_skips=1", "--value_embeds=1",
+                          "--model_dim=48", "--num_heads=2", "--head_dim=32"])
+    ops = T.make_ops("torch", torch.device("cpu"))
+    model, inputs = T.GPT(cfg, ops), _batch_with_documents(2, 32)
+    model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), T.attention_windows(64, cfg))).backward()
+    assert model.value_embeds[0].weight.shape == (cfg.vocab_size, 64)
+    assert all(p.grad is not None for p in model.parameters())
+
+
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_both_backends_apply_the_attention_scale(backend):
     """The scale reaches each backend's attention op: its output is the reference's at that scale, not D^-0.5's."""
