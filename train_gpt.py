@@ -651,8 +651,9 @@ def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.dev
     windows = sorted({window_size(s, cfg) for s in range(cfg.num_steps + 1)})
     steps = max(cfg.warmup_steps, len(windows)) if cfg.compile else cfg.warmup_steps
     gen = torch.Generator().manual_seed(cfg.seed)
+    top = min(BOS_ID + 1, cfg.vocab_size)  # random ids, BOS among them where the vocabulary holds it
     for i in range(steps):
-        batches = [to_device((torch.randint(0, BOS_ID + 1, (cfg.batch_size, cfg.seq_len), generator=gen),) * 2, device)
+        batches = [to_device((torch.randint(0, top, (cfg.batch_size, cfg.seq_len), generator=gen),) * 2, device)
                    for _ in range(cfg.grad_accum)]
         train_step(model, ops, optimizers, batches, windows[i % len(windows)], 0, cfg, env)
     if cfg.compile:

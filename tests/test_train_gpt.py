@@ -997,6 +997,18 @@ def test_vocab_smaller_than_the_data_is_refused_before_the_clock(shards, tmp_pat
     assert "warm-up" not in proc.stdout and result_of(tmp_path / "r")["status"] == "error"
 
 
+def test_a_vocabulary_without_bos_trains_on_shards_of_its_ids(tmp_path):
+    """A vocabulary too small to hold <|endoftext|> (each row is then one document) over shards of its ids: the
+    warm-up's random tokens stay inside it too."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        write_shard(tmp_path / f"{split}.bin", rng.integers(0, 128, 2000))
+    proc = run_trainer(tmp_path / "r", *MICRO, f"--train_files={tmp_path}/train.bin", f"--val_files={tmp_path}/val.bin",
+                       "--vocab_size=128", "--num_steps=2", "--val_every=2")
+    assert_ok(proc)
+    assert result_of(tmp_path / "r")["status"] == "ok"
+
+
 def test_nan_loss_stops_at_once_as_diverged(shards, tmp_path):
     proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--num_steps=20", "--val_every=20",
                        "--muon_lr=1e30", "--adam_embed_lr=1e30", "--adam_head_lr=1e30", "--logit_softcap=0")
