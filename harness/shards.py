@@ -145,7 +145,8 @@ class TokenLoader:
         self.source = str(files) if isinstance(files, (str, os.PathLike)) else f"{len(self.files)} shards"
         self.seq_len, self.batch_size, self.epochs = seq_len, batch_size, epochs
         self.rank, self.world_size = rank, world_size
-        self.header_tokens = sum(shard_token_count(p) for p in self.files)  # validates every header up front
+        # sequences in one pass, from the headers (validated here, up front): a shard of n tokens holds (n - 1) // T
+        self.sequences = sum(max(0, shard_token_count(p) - 1) // seq_len for p in self.files)
         self.tokens_per_call = world_size * batch_size * seq_len
         self._sequences = self._stream()
         self.tokens_served = 0  # global (all ranks) input tokens handed out so far
@@ -171,10 +172,10 @@ class TokenLoader:
         return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
     def check_available(self, num_calls: int) -> None:
-        """DataError, before the run, where the shards' headers cannot cover num_calls micro-batches (an upper
-        bound: shard tails use a little less, and running out later still raises from next_batch)."""
-        needed, available = num_calls * self.tokens_per_call, self.header_tokens * self.epochs
+        """DataError, before the run, where the shards cannot serve num_calls micro-batches: exactly the calls
+        next_batch would answer, each shard's tail that is no whole sequence left out."""
+        needed, available = num_calls * self.tokens_per_call, self.sequences * self.epochs * self.seq_len
         if needed > available:
-            raise DataError(f"{self.source}: too little data: {available:,} tokens in {len(self.files)} shard(s) x "
-                            f"{self.epochs} epoch(s), the run needs {needed:,} ({num_calls} micro-batches of "
-                            f"{self.tokens_per_call:,} tokens)")
+            raise DataError(f"{self.source}: too little data: {available:,} tokens in whole sequences of "
+                            f"{self.seq_len} (+1) in {len(self.files)} shard(s) x {self.epochs} epoch(s), the run "
+                            f"needs {needed:,} ({num_calls} micro-batches of {self.tokens_per_call:,} tokens)")

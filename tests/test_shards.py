@@ -169,6 +169,23 @@ def test_running_out_of_data_is_a_clear_error(shards):
     TokenLoader(shards, seq_len=32, batch_size=4).check_available(1)
 
 
+@pytest.mark.parametrize("sizes, T, B, W, epochs", [((8,) * 10, 8, 1, 1, 1), ((23, 9, 20), 4, 2, 2, 2),
+                                                         ((100, 0, 15), 7, 3, 1, 3)])
+def test_the_up_front_check_accepts_exactly_the_calls_the_loader_answers(tmp_path, sizes, T, B, W, epochs):
+    """Shards of T tokens hold no sequence of T + 1: counting their header tokens, ten of them pass a check for one
+    call, and the run stops at its first batch (after the warm-up). The check counts whole sequences."""
+    files = [write_shard(tmp_path / f"s{i}.bin", np.arange(n)) for i, n in enumerate(sizes)]
+    loader, calls = TokenLoader(files, seq_len=T, batch_size=B, world_size=W, epochs=epochs), 0
+    with pytest.raises(DataError, match="ran out after"):
+        while True:
+            loader.next_batch()
+            calls += 1
+    loader.check_available(calls)
+    with pytest.raises(DataError, match="too little data") as exc_info:
+        loader.check_available(calls + 1)
+    one_line(exc_info)
+
+
 def test_epochs_repeat_the_data(shards):
     loader = TokenLoader(shards[:1], seq_len=8, batch_size=1, epochs=2)
     n = (shard_token_count(shards[0]) - 1) // 8  # sequences of 8 + 1 tokens, starting every 8
