@@ -16,7 +16,8 @@ the clock stops (after a device synchronize) around every validation; the run go
 is the train time of its final validation (the loss rule over a set of runs, not each run, certifies the target).
 `--stop_at_target=true` stops at the first validation at or below the target instead: for exploring only, since
 optional stopping biases both the time and the loss (harness.submit refuses such runs).
-Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged, 130 interrupted (Ctrl-C).
+Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged, 128 + the signal's number
+interrupted: 130 by Ctrl-C, 143 by SIGTERM (`kill`, `timeout`, torchrun stopping the other workers), 129 by SIGHUP.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -919,12 +921,14 @@ def main(argv: list[str] | None = None) -> int:
         if env.master:
             print(f"error: {'diverged: ' if status == 'diverged' else ''}{exc}", file=sys.stderr)
         return 3 if status == "diverged" else 1
-    except KeyboardInterrupt:
-        write_result(log, cfg, state, device, "interrupted", f"interrupted (Ctrl-C) after {state.steps} steps")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or stop_signal's SIGTERM or SIGHUP
+        signum = exc.args[0] if exc.args else signal.SIGINT
+        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        write_result(log, cfg, state, device, "interrupted", f"interrupted ({how}) after {state.steps} steps")
         if env.master:
-            print(f"error: interrupted (Ctrl-C) after {state.steps} of {cfg.num_steps} steps; "
+            print(f"error: interrupted ({how}) after {state.steps} of {cfg.num_steps} steps; "
                   f"the run's events are in {cfg.run_dir}", file=sys.stderr)
-        return 130
+        return 128 + signum
     except BaseException as exc:
         write_result(log, cfg, state, device, "error", f"{type(exc).__name__}: {exc}")
         raise
@@ -934,5 +938,12 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+def stop_signal(signum: int, frame) -> None:
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does: its result is written, status interrupted."""
+    raise KeyboardInterrupt(signum)
+
+
 if __name__ == "__main__":
+    for stop in (signal.SIGTERM, signal.SIGHUP):  # here, not in main(): importing and calling main() install nothing
+        signal.signal(stop, stop_signal)
     sys.exit(main())

@@ -969,7 +969,9 @@ def test_too_little_data_fails_before_training(shards, tmp_path):
     assert result_of(tmp_path / "r")["status"] == "error"
 
 
-def test_ctrl_c_is_one_line_and_recorded_as_interrupted(shards, tmp_path):
+@pytest.mark.parametrize("signum, how", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"),
+                                         (signal.SIGHUP, "SIGHUP")])
+def test_a_stop_signal_is_one_line_and_recorded_as_interrupted(shards, tmp_path, signum, how):
     cmd = [sys.executable, "train_gpt.py", f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards),
            "--num_steps=10000", "--val_every=10000", "--train_epochs=1000"]
     # SIGINT at its default in the child: a shell's background job ignores it, and Python then would too
@@ -980,14 +982,15 @@ def test_ctrl_c_is_one_line_and_recorded_as_interrupted(shards, tmp_path):
         for line in proc.stdout:  # SIGINT once the timed loop runs
             if line.startswith("step:2/"):
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and len(err.splitlines()) == 1, err
-    assert re.fullmatch(r"error: interrupted \(Ctrl-C\) after \d+ of 10000 steps; the run's events are in \S+\n", err)
+    assert proc.returncode == 128 + signum and len(err.splitlines()) == 1, err
+    assert re.fullmatch(rf"error: interrupted \({how}\) after \d+ of 10000 steps; the run's events are in \S+\n", err)
     result = result_of(tmp_path / "r")
-    assert result["status"] == "interrupted" and result["steps"] >= 2
+    assert result["status"] == "interrupted" and result["steps"] >= 2 and result["error"].startswith(f"interrupted ({how})")
+    assert read_events(tmp_path / "r")[1] == [] and (tmp_path / "r" / "train.log").read_text().endswith("\n")
 
 
 def test_vocab_smaller_than_the_data_is_refused_before_the_clock(shards, tmp_path):
