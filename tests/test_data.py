@@ -208,3 +208,12 @@ def test_dir_that_is_a_file_is_one_line(tmp_path, capsys):
         data.main(["shakespeare", "--dir", str(tmp_path / "file")])
     assert exc.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"--dir {tmp_path / 'file'}: not a folder")
+
+
+def test_a_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    """--dir under a link to nothing: mkdir's FileExistsError was a traceback once the corpus was built."""
+    from harness import data
+
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing")
+    assert data.main(["shakespeare", "--dir", str(tmp_path / "gone" / "shakespeare")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'gone'}: File exists\n"
