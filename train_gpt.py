@@ -248,10 +248,11 @@ class DistEnv:
         try:
             env = cls(*(int(os.environ.get(name, int(name == "WORLD_SIZE"))) for name in names))
         except ValueError:
-            raise ConfigError(f"{', '.join(f'{n}={os.environ[n]}' for n in names if n in os.environ)}: expected integers "
-                              "(launch with torchrun)") from None
+            given = ", ".join(f"{name}={os.environ[name]}" for name in names if name in os.environ)
+            raise ConfigError(f"{given}: expected integers (launch with torchrun)") from None
         if not 0 <= env.local_rank <= env.rank < env.world_size:
-            raise ConfigError(f"RANK={env.rank}, LOCAL_RANK={env.local_rank}, WORLD_SIZE={env.world_size}: expected 0 <= LOCAL_RANK <= RANK < WORLD_SIZE (launch with torchrun)")
+            raise ConfigError(f"RANK={env.rank}, LOCAL_RANK={env.local_rank}, WORLD_SIZE={env.world_size}: "
+                              "expected 0 <= LOCAL_RANK <= RANK < WORLD_SIZE (launch with torchrun)")
         return env
 
     @property
@@ -895,8 +896,8 @@ def main(argv: list[str] | None = None) -> int:
         init_distributed(env, device)
         log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
     except (ConfigError, OSError) as exc:  # no rendezvous address; a run folder it may not write in
-        where = f"--run_dir={cfg.run_dir}: cannot write there ({exc.strerror or exc})" if isinstance(exc, OSError) else exc
-        print(f"error: {where}", file=sys.stderr)
+        why = exc if isinstance(exc, ConfigError) else f"--run_dir={cfg.run_dir}: cannot write there ({exc.strerror})"
+        print(f"error: {why}", file=sys.stderr)
         return 1
     try:
         if env.master:
@@ -938,8 +939,7 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
-def stop_signal(signum: int, frame) -> None:
-    """SIGTERM and SIGHUP stop a run as Ctrl-C does: its result is written, status interrupted."""
+def stop_signal(signum: int, frame) -> None:  # SIGTERM and SIGHUP stop a run as Ctrl-C does: status interrupted
     raise KeyboardInterrupt(signum)
 
 
