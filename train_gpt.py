@@ -213,9 +213,8 @@ def run_dir_problem(run_dir: str) -> str | None:
         return "a link to nothing" if os.path.lexists(run_dir) else None
     except OSError as exc:  # a link loop, a file where a folder of the path should be
         return exc.strerror or str(exc)
-    if os.path.lexists(os.path.join(run_dir, EVENTS_FILE)):
-        return f"holds another run's {EVENTS_FILE}: give each run a folder of its own"
-    return None
+    used = os.path.lexists(os.path.join(run_dir, EVENTS_FILE))
+    return f"holds another run's {EVENTS_FILE}: give each run a folder of its own" if used else None
 
 
 def config_help() -> str:
@@ -287,10 +286,12 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
 
 
 def check_data(cfg: Config, env: DistEnv) -> None:
-    """DataError unless every shard is valid with ids below vocab_size (read once, here, before the clock) and
-    the shards hold enough tokens for num_steps and val_tokens."""
-    validate_shards(cfg.train_files, cfg.vocab_size)
-    validate_shards(cfg.val_files, cfg.vocab_size)
+    """DataError unless every shard is valid with ids below vocab_size (read once, here, before the clock), none
+    both a training and a validation shard (a glob like fineweb_*.bin), and they hold enough for the run."""
+    train, val = validate_shards(cfg.train_files, cfg.vocab_size), validate_shards(cfg.val_files, cfg.vocab_size)
+    if both := sorted({os.path.realpath(p) for p in train} & {os.path.realpath(p) for p in val}):
+        raise DataError(f"{both[0]}: both a training and a validation shard (--train_files={cfg.train_files} "
+                        f"matches a --val_files={cfg.val_files} shard): the val loss would be of trained tokens")
     make_train_loader(cfg, env).check_available(cfg.num_steps * cfg.grad_accum)
     make_val_loader(cfg, env)
 

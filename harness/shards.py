@@ -118,11 +118,13 @@ def resolve_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     return paths
 
 
-def validate_shards(files: str | os.PathLike | Iterable[str | os.PathLike], vocab_size: int) -> None:
+def validate_shards(files: str | os.PathLike | Iterable[str | os.PathLike], vocab_size: int) -> list[Path]:
     """Check every shard once, before training: its header and size, and that its ids are below vocab_size
-    (an embedding lookup would fail on one that is not). The loader then reads only headers."""
-    for path in resolve_files(files):
+    (an embedding lookup would fail on one that is not). Returns their paths."""
+    paths = resolve_files(files)
+    for path in paths:
         check_token_ids(path, read_shard(path), vocab_size)
+    return paths
 
 
 class TokenLoader:

@@ -993,6 +993,16 @@ def test_a_stop_signal_is_one_line_and_recorded_as_interrupted(shards, tmp_path,
     assert read_events(tmp_path / "r")[1] == [] and (tmp_path / "r" / "train.log").read_text().endswith("\n")
 
 
+def test_a_shard_both_trained_and_validated_on_is_refused_before_the_clock(shards):
+    """A train glob that also matches the val shard (fineweb_*.bin) would measure the val loss on trained tokens."""
+    cfg = T.parse_config([*MICRO, f"--train_files={shards}/micro_*.bin", f"--val_files={shards}/micro_val_000000.bin"])
+    with pytest.raises(T.DataError) as info:
+        T.check_data(cfg, T.DistEnv())
+    assert str(info.value) == (f"{os.path.realpath(shards)}/micro_val_000000.bin: both a training and a validation "
+                               f"shard (--train_files={shards}/micro_*.bin matches a --val_files={shards}/"
+                               "micro_val_000000.bin shard): the val loss would be of trained tokens")
+
+
 def test_vocab_smaller_than_the_data_is_refused_before_the_clock(shards, tmp_path):
     proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--vocab_size=512")
     line = one_error_line(proc, 1)
