@@ -36,6 +36,10 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray | Sequence[int]) -> 
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise DataError(f"{path}: tokens must be 1-D, got shape {tokens.shape}")
+    if tokens.size and tokens.dtype.kind not in "iu":  # a float would be truncated to an id, a NaN to garbage
+        raise DataError(f"{path}: token ids must be integers, got {tokens.dtype}")
+    if tokens.size >= 2**31:
+        raise DataError(f"{path}: {tokens.size:,} tokens, more than a shard's int32 count holds: split them")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise DataError(f"{path}: token ids must fit in uint16, got range [{tokens.min()}, {tokens.max()}]")
     header = np.zeros(HEADER_INTS, dtype=np.int32)

@@ -33,6 +33,20 @@ def test_empty_token_list_round_trips(tmp_path):
     assert len(read_shard(path)) == 0
 
 
+@pytest.mark.parametrize("tokens, problem", [
+    (np.zeros((2, 3), dtype=np.uint16), "tokens must be 1-D, got shape (2, 3)"),
+    (np.array([1, 70000]), "token ids must fit in uint16, got range [1, 70000]"),
+    (np.array([0.5, 3.9]), "token ids must be integers, got float64"),
+    (np.array([1.0, np.nan]), "token ids must be integers, got float64"),
+    (np.broadcast_to(np.uint16(7), (2**31,)), "2,147,483,648 tokens, more than a shard's int32 count holds: split them"),
+])
+def test_tokens_no_shard_can_hold_are_refused_and_nothing_is_written(tmp_path, tokens, problem):
+    with pytest.raises(DataError) as exc_info:
+        write_shard(tmp_path / "s.bin", tokens)
+    assert one_line(exc_info) == f"{tmp_path / 's.bin'}: {problem}"
+    assert list(tmp_path.iterdir()) == []
+
+
 def _corrupt(tmp_path, how):
     path = write_shard(tmp_path / "s.bin", np.arange(100, dtype=np.uint16))
     raw = bytearray(path.read_bytes())
