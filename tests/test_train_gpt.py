@@ -256,8 +256,14 @@ def test_a_run_dir_that_cannot_take_the_runs_logs_is_one_line_exit_2(tmp_path, c
         assert capsys.readouterr().err == f"error: --run_dir={tmp_path / run_dir}: {problem}\n"
 
 
+def main_sets(tmp_path: Path) -> dict[str, str]:
+    """The variables main() sets before a run, set here first so that the test restores them."""
+    return dict(TRITON_INTERPRET="1", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+
+
 def test_several_processes_without_torchruns_rendezvous_are_one_line_exit_1(shards, tmp_path, capsys, monkeypatch):
-    for name, value in dict(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", MASTER_ADDR="", MASTER_PORT="").items():
+    for name, value in dict(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", MASTER_ADDR="", MASTER_PORT="",
+                            **main_sets(tmp_path)).items():
         monkeypatch.setenv(name, value)
     assert T.main([*MICRO, *data_args(shards), f"--run_dir={tmp_path / 'r'}"]) == 1
     assert capsys.readouterr().err == "error: WORLD_SIZE=2 without MASTER_ADDR and MASTER_PORT: launch with torchrun\n"
@@ -267,6 +273,8 @@ def test_a_run_dir_it_cannot_write_in_is_one_line_exit_1(shards, tmp_path, capsy
     def refuse(run_dir):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(run_dir))
 
+    for name, value in main_sets(tmp_path).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setattr(T, "RunWriter", refuse)
     monkeypatch.setattr(T, "train", lambda *args: pytest.fail("trained without a run folder"))
     assert T.main([*MICRO, *data_args(shards), f"--run_dir={tmp_path / 'r'}"]) == 1
