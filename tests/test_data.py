@@ -111,6 +111,14 @@ def test_shakespeare_build_is_cached_and_sized(tmp_path):
     assert again["up_to_date"] and train.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.parametrize("manifest", ["[]", '"x"', "3"])
+def test_a_manifest_of_another_shape_is_rebuilt(tmp_path, manifest):
+    """A manifest that is JSON but not the object a build writes is damaged, like one that is not JSON."""
+    (tmp_path / "manifest.json").write_text(manifest)
+    assert not data.build_shakespeare(tmp_path)["up_to_date"]
+    assert data.build_shakespeare(tmp_path)["up_to_date"]
+
+
 # ---------------------------------------------------------------------------------------------- FineWeb
 
 
