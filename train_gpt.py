@@ -16,7 +16,8 @@ the clock stops (after a device synchronize) around every validation; the run go
 is the train time of its final validation (the loss rule over a set of runs, not each run, certifies the target).
 `--stop_at_target=true` stops at the first validation at or below the target instead: for exploring only, since
 optional stopping biases both the time and the loss (harness.submit refuses such runs).
-Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged, 130 interrupted (Ctrl-C).
+Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged, 128 + the signal's number
+interrupted: 130 by Ctrl-C, 143 by SIGTERM (`kill`, `timeout`, torchrun stopping the other workers), 129 by SIGHUP.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from torch import Tensor, nn
 
 from harness.hardware import git_state, hardware_info, nvidia_smi, peak_flops, software_versions
 from harness.overrides import ConfigError, parse_overrides
-from harness.runlog import RunWriter
+from harness.runlog import EVENTS_FILE, RunWriter
 from harness.shards import BOS_ID, DataError, TokenLoader, resolve_files, validate_shards
 from harness.snapshot import snapshot_code
 from harness.tracks import FINEWEB_TARGET, TRACKS
@@ -114,7 +116,8 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     **dict.fromkeys(("train_epochs", "val_tokens", "val_every", "seq_len", "val_seq_len", "batch_size", "num_steps",
                      "vocab_size", "num_layers", "model_dim", "num_heads", "mlp_ratio", "ns_steps", "window_max",
                      "window_block"), (1, None)),
-    **dict.fromkeys(("seed", "grad_accum", "value_embeds", "unet_skips", "muon_momentum_warmup", "warmup_steps",
+    "seed": (0, 2**64 - 1),  # torch.manual_seed's range
+    **dict.fromkeys(("grad_accum", "value_embeds", "unet_skips", "muon_momentum_warmup", "warmup_steps",
                      "target_val_loss", "logit_softcap", "muon_lr", "muon_weight_decay", "adam_embed_lr",
                      "adam_head_lr", "adam_scalar_lr", "window_min", "attn_scale"), (0, None)),
     "head_dim": (4, None), "muon_momentum": (0, 1), "cooldown_frac": (0, 1),
@@ -174,7 +177,7 @@ def resolve_config(cfg: Config, world_size: int, device: torch.device, fp8_gpu: 
     fp8 = fp8_gpu if fp8_gpu is not None else cuda and torch.cuda.get_device_capability(device) >= (8, 9)  # Ada+
     checks = [
         (cfg.kernels in ("torch", "triton"), f"--kernels={cfg.kernels}: expected torch or triton"),
-        (not os.path.exists(run_dir) or os.path.isdir(run_dir), f"--run_dir={run_dir}: exists and is not a folder"),
+        (not (problem := run_dir_problem(run_dir)), f"--run_dir={run_dir}: {problem}"),
         (2 * cfg.value_embeds <= L, f"value_embeds={cfg.value_embeds}: between 0 and num_layers/2 = {L // 2}"),
         (cfg.unet_skips <= L // 2, f"unet_skips={cfg.unet_skips}: between 0 and num_layers/2 = {L // 2}"),
         (cfg.head_dim % 4 == 0, f"head_dim={cfg.head_dim}: must be a multiple of 4 (rotary)"),
@@ -197,6 +200,21 @@ def resolve_config(cfg: Config, world_size: int, device: torch.device, fp8_gpu: 
         if not ok:
             raise ConfigError(message)
     return cfg
+
+
+def run_dir_problem(run_dir: str) -> str | None:
+    """Why run_dir cannot take a run's logs, or None: it is no folder (a file, a link that cannot be followed, a
+    file on its path), or it holds a run's events.jsonl already (two runs' events in one file read as one run)."""
+    try:
+        if not os.path.isdir(run_dir):
+            os.stat(run_dir)
+            return "exists and is not a folder"
+    except FileNotFoundError:
+        return "a link to nothing" if os.path.lexists(run_dir) else None
+    except OSError as exc:  # a link loop, a file where a folder of the path should be
+        return exc.strerror or str(exc)
+    used = os.path.lexists(os.path.join(run_dir, EVENTS_FILE))
+    return f"holds another run's {EVENTS_FILE}: give each run a folder of its own" if used else None
 
 
 def config_help() -> str:
@@ -224,8 +242,17 @@ class DistEnv:
 
     @classmethod
     def from_environ(cls) -> DistEnv:
-        env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)))
+        """torchrun's variables; a ConfigError where they are not integers or not a rank of the world."""
+        names = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+        try:
+            env = cls(*(int(os.environ.get(name, int(name == "WORLD_SIZE"))) for name in names))
+        except ValueError:
+            given = ", ".join(f"{name}={os.environ[name]}" for name in names if name in os.environ)
+            raise ConfigError(f"{given}: expected integers (launch with torchrun)") from None
+        if not 0 <= env.local_rank <= env.rank < env.world_size:
+            raise ConfigError(f"RANK={env.rank}, LOCAL_RANK={env.local_rank}, WORLD_SIZE={env.world_size}: "
+                              "expected 0 <= LOCAL_RANK <= RANK < WORLD_SIZE (launch with torchrun)")
+        return env
 
     @property
     def master(self) -> bool:
@@ -243,10 +270,13 @@ def pick_device(cfg: Config, env: DistEnv) -> torch.device:
 
 
 def init_distributed(env: DistEnv, device: torch.device) -> None:
-    """NCCL between GPUs, gloo between CPU processes; multi-node is torchrun's business (--nnodes/--rdzv)."""
+    """NCCL between GPUs, gloo between CPU processes; multi-node is torchrun's business (--nnodes/--rdzv). A
+    ConfigError for several processes without the rendezvous address torchrun sets (MASTER_ADDR, MASTER_PORT)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.set_device(device)
+    if env.world_size > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise ConfigError(f"WORLD_SIZE={env.world_size} without MASTER_ADDR and MASTER_PORT: launch with torchrun")
     if env.world_size > 1:
         dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
 
@@ -256,10 +286,12 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
 
 
 def check_data(cfg: Config, env: DistEnv) -> None:
-    """DataError unless every shard is valid with ids below vocab_size (read once, here, before the clock) and
-    the shards hold enough tokens for num_steps and val_tokens."""
-    validate_shards(cfg.train_files, cfg.vocab_size)
-    validate_shards(cfg.val_files, cfg.vocab_size)
+    """DataError unless every shard is valid with ids below vocab_size (read once, here, before the clock), none
+    both a training and a validation shard (a glob like fineweb_*.bin), and they hold enough for the run."""
+    train, val = validate_shards(cfg.train_files, cfg.vocab_size), validate_shards(cfg.val_files, cfg.vocab_size)
+    if both := sorted({os.path.realpath(p) for p in train} & {os.path.realpath(p) for p in val}):
+        raise DataError(f"{both[0]}: both a training and a validation shard (--train_files={cfg.train_files} "
+                        f"matches a --val_files={cfg.val_files} shard): the val loss would be of trained tokens")
     make_train_loader(cfg, env).check_available(cfg.num_steps * cfg.grad_accum)
     make_val_loader(cfg, env)
 
@@ -267,13 +299,13 @@ def check_data(cfg: Config, env: DistEnv) -> None:
 def make_train_loader(cfg: Config, env: DistEnv) -> TokenLoader:
     """This rank's slice of the global stream of training sequences."""
     return TokenLoader(cfg.train_files, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rank=env.rank,
-                       world_size=env.world_size, epochs=cfg.train_epochs)
+                       world_size=env.world_size, epochs=cfg.train_epochs, vocab_size=cfg.vocab_size)
 
 
 def make_val_loader(cfg: Config, env: DistEnv) -> tuple[TokenLoader, int]:
     """A fresh loader over the first val_tokens validation tokens, and the number of batches this rank reads."""
     loader = TokenLoader(cfg.val_files, seq_len=cfg.val_seq_len, batch_size=cfg.batch_size, rank=env.rank,
-                         world_size=env.world_size)
+                         world_size=env.world_size, vocab_size=cfg.vocab_size)
     batches = cfg.val_tokens // (env.world_size * cfg.batch_size * cfg.val_seq_len)
     loader.check_available(batches)
     return loader, batches
@@ -440,7 +472,8 @@ class GPT(nn.Module):
         self.softcap = cfg.logit_softcap
         dtype = torch.bfloat16 if cfg.embed_bf16 else None  # the tables' dtype (Adam keeps fp32 masters of bf16 ones)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype)
-        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.model_dim, dtype=dtype) for _ in range(k))
+        hdim = cfg.num_heads * cfg.head_dim  # a value embedding is added to v: (B, T, H, D)
+        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, hdim, dtype=dtype) for _ in range(k))
         self.ve_table = value_embed_tables(cfg)
         rotary = Rotary(cfg.head_dim, max(cfg.seq_len, cfg.val_seq_len))
         self.blocks = nn.ModuleList(Block(cfg, ops, rotary, self.ve_table[i] is not None, kinds[i] != "-")
@@ -456,7 +489,7 @@ class GPT(nn.Module):
     def forward(self, inputs: Tensor, targets: Tensor, masks: list) -> Tensor:
         """inputs, targets: (B, T) token ids; masks: ops.attention_mask's for `attention_windows`. The mean loss."""
         L, S = len(self.blocks), len(self.skip_weights)
-        ve = [table(inputs) for table in self.value_embeds]  # k x (B, T, dim)
+        ve = [table(inputs) for table in self.value_embeds]  # k x (B, T, hdim)
         x, dev = self.embed(inputs), inputs.device.type  # (B, T, dim); the residual stream takes autocast's dtype
         x = x.to(torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else torch.float32)  # bf16 on CUDA
         x = x0 = self.norm(x)  # norm of the embedding (@Grad62304977)
@@ -622,8 +655,9 @@ def warm_up(model, ops, optimizers, cfg: Config, env: DistEnv, device: torch.dev
     windows = sorted({window_size(s, cfg) for s in range(cfg.num_steps + 1)})
     steps = max(cfg.warmup_steps, len(windows)) if cfg.compile else cfg.warmup_steps
     gen = torch.Generator().manual_seed(cfg.seed)
+    top = min(BOS_ID + 1, cfg.vocab_size)  # random ids, BOS among them where the vocabulary holds it
     for i in range(steps):
-        batches = [to_device((torch.randint(0, BOS_ID + 1, (cfg.batch_size, cfg.seq_len), generator=gen),) * 2, device)
+        batches = [to_device((torch.randint(0, top, (cfg.batch_size, cfg.seq_len), generator=gen),) * 2, device)
                    for _ in range(cfg.grad_accum)]
         train_step(model, ops, optimizers, batches, windows[i % len(windows)], 0, cfg, env)
     if cfg.compile:
@@ -836,12 +870,13 @@ def write_result(log: RunWriter, cfg: Config, state: RunState, device: torch.dev
 
 def main(argv: list[str] | None = None) -> int:
     """`--help` prints the fields; `--print_config` prints the resolved config as one JSON line and trains nothing."""
-    env, argv = DistEnv.from_environ(), sys.argv[1:] if argv is None else argv
+    env, argv = DistEnv(), sys.argv[1:] if argv is None else argv
     if "--help" in argv or "-h" in argv:
         print(config_help())
         return 0
     print_only = "--print_config" in argv
     try:
+        env = DistEnv.from_environ()
         cfg = parse_config([arg for arg in argv if arg != "--print_config"])
         device = pick_device(cfg, env)
         cfg = resolve_config(cfg, env.world_size, device)
@@ -858,8 +893,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_INTERPRET"] = "1"  # do): @triton.jit reads it, and a CPU runs Triton only interpreted
     if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # asked before torch._inductor's import sets it to the default
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_cache_dir()
-    init_distributed(env, device)
-    log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
+    try:
+        init_distributed(env, device)
+        log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
+    except (ConfigError, OSError) as exc:  # no rendezvous address; a run folder it may not write in
+        why = exc if isinstance(exc, ConfigError) else f"--run_dir={cfg.run_dir}: cannot write there ({exc.strerror})"
+        print(f"error: {why}", file=sys.stderr)
+        return 1
     try:
         if env.master:
             log.event("config", track=cfg.track, config=dataclasses.asdict(cfg))
@@ -883,12 +923,14 @@ def main(argv: list[str] | None = None) -> int:
         if env.master:
             print(f"error: {'diverged: ' if status == 'diverged' else ''}{exc}", file=sys.stderr)
         return 3 if status == "diverged" else 1
-    except KeyboardInterrupt:
-        write_result(log, cfg, state, device, "interrupted", f"interrupted (Ctrl-C) after {state.steps} steps")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or stop_signal's SIGTERM or SIGHUP
+        signum = exc.args[0] if exc.args else signal.SIGINT
+        how = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        write_result(log, cfg, state, device, "interrupted", f"interrupted ({how}) after {state.steps} steps")
         if env.master:
-            print(f"error: interrupted (Ctrl-C) after {state.steps} of {cfg.num_steps} steps; "
+            print(f"error: interrupted ({how}) after {state.steps} of {cfg.num_steps} steps; "
                   f"the run's events are in {cfg.run_dir}", file=sys.stderr)
-        return 130
+        return 128 + signum
     except BaseException as exc:
         write_result(log, cfg, state, device, "error", f"{type(exc).__name__}: {exc}")
         raise
@@ -898,5 +940,11 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
+def stop_signal(signum: int, frame) -> None:  # SIGTERM and SIGHUP stop a run as Ctrl-C does: status interrupted
+    raise KeyboardInterrupt(signum)
+
+
 if __name__ == "__main__":
+    for stop in (signal.SIGTERM, signal.SIGHUP):  # here, not in main(): importing and calling main() install nothing
+        signal.signal(stop, stop_signal)
     sys.exit(main())

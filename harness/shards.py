@@ -36,6 +36,10 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray | Sequence[int]) -> 
     tokens = np.asarray(tokens)
     if tokens.ndim != 1:
         raise DataError(f"{path}: tokens must be 1-D, got shape {tokens.shape}")
+    if tokens.size and tokens.dtype.kind not in "iu":  # a float would be truncated to an id, a NaN to garbage
+        raise DataError(f"{path}: token ids must be integers, got {tokens.dtype}")
+    if tokens.size >= 2**31:
+        raise DataError(f"{path}: {tokens.size:,} tokens, more than a shard's int32 count holds: split them")
     if tokens.size and (tokens.min() < 0 or tokens.max() >= 2**16):
         raise DataError(f"{path}: token ids must fit in uint16, got range [{tokens.min()}, {tokens.max()}]")
     header = np.zeros(HEADER_INTS, dtype=np.int32)
@@ -118,11 +122,13 @@ def resolve_files(files: str | os.PathLike | Iterable[str | os.PathLike]) -> lis
     return paths
 
 
-def validate_shards(files: str | os.PathLike | Iterable[str | os.PathLike], vocab_size: int) -> None:
+def validate_shards(files: str | os.PathLike | Iterable[str | os.PathLike], vocab_size: int) -> list[Path]:
     """Check every shard once, before training: its header and size, and that its ids are below vocab_size
-    (an embedding lookup would fail on one that is not). The loader then reads only headers."""
-    for path in resolve_files(files):
+    (an embedding lookup would fail on one that is not). Returns their paths."""
+    paths = resolve_files(files)
+    for path in paths:
         check_token_ids(path, read_shard(path), vocab_size)
+    return paths
 
 
 class TokenLoader:
@@ -132,20 +138,23 @@ class TokenLoader:
     ranks see disjoint slices, and one process doing 8 accumulation micro-steps sees the tokens 8 processes
     doing one each see (the speedrun's 1-GPU equivalence). Sequence k of a shard is its tokens
     [k*seq_len, (k+1)*seq_len + 1) (inputs [:-1], targets [1:]). After `epochs` passes over the shards
-    next_batch raises DataError. Token ids are not checked here: `validate_shards` does that, before the clock.
+    next_batch raises DataError. `validate_shards` checks the shards' ids, once, before the clock; with vocab_size
+    each call's largest id is checked too (a max over W x B x T ids, no pass over a shard), since a shard
+    rewritten since then would fail inside the embedding (an IndexError; a device-side assert on a GPU).
     """
 
     def __init__(self, files: str | os.PathLike | Iterable[str | os.PathLike], *, seq_len: int, batch_size: int,
-                 rank: int = 0, world_size: int = 1, epochs: int = 1):
+                 rank: int = 0, world_size: int = 1, epochs: int = 1, vocab_size: int | None = None):
         if seq_len < 1 or batch_size < 1 or epochs < 1:
             raise ValueError(f"seq_len, batch_size and epochs must be >= 1, got {seq_len}, {batch_size}, {epochs}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.files = resolve_files(files)
         self.source = str(files) if isinstance(files, (str, os.PathLike)) else f"{len(self.files)} shards"
-        self.seq_len, self.batch_size, self.epochs = seq_len, batch_size, epochs
+        self.seq_len, self.batch_size, self.epochs, self.vocab_size = seq_len, batch_size, epochs, vocab_size
         self.rank, self.world_size = rank, world_size
-        self.header_tokens = sum(shard_token_count(p) for p in self.files)  # validates every header up front
+        # sequences in one pass, from the headers (validated here, up front): a shard of n tokens holds (n - 1) // T
+        self.sequences = sum(max(0, shard_token_count(p) - 1) // seq_len for p in self.files)
         self.tokens_per_call = world_size * batch_size * seq_len
         self._sequences = self._stream()
         self.tokens_served = 0  # global (all ranks) input tokens handed out so far
@@ -165,16 +174,20 @@ class TokenLoader:
             raise DataError(f"{self.source}: training data ran out after {self.tokens_served:,} tokens "
                             f"({self.epochs} epoch(s) over {len(self.files)} shard(s)); add shards, raise "
                             "epochs or lower the number of steps")
+        # every rank checks every rank's sequences, so that all of them stop at the same call
+        if self.vocab_size and (top := max(int(t[s : s + T + 1].max()) for t, s in taken)) >= self.vocab_size:
+            raise DataError(f"{self.source}: token id {top} >= vocab size {self.vocab_size} after "
+                            f"{self.tokens_served:,} tokens: a shard changed after it was validated")
         mine = taken[self.rank * B : (self.rank + 1) * B]
         batch = torch.from_numpy(np.stack([np.asarray(tokens[s : s + T + 1], dtype=np.int64) for tokens, s in mine]))
         self.tokens_served += self.world_size * B * T
         return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 
     def check_available(self, num_calls: int) -> None:
-        """DataError, before the run, where the shards' headers cannot cover num_calls micro-batches (an upper
-        bound: shard tails use a little less, and running out later still raises from next_batch)."""
-        needed, available = num_calls * self.tokens_per_call, self.header_tokens * self.epochs
+        """DataError, before the run, where the shards cannot serve num_calls micro-batches: exactly the calls
+        next_batch would answer, each shard's tail that is no whole sequence left out."""
+        needed, available = num_calls * self.tokens_per_call, self.sequences * self.epochs * self.seq_len
         if needed > available:
-            raise DataError(f"{self.source}: too little data: {available:,} tokens in {len(self.files)} shard(s) x "
-                            f"{self.epochs} epoch(s), the run needs {needed:,} ({num_calls} micro-batches of "
-                            f"{self.tokens_per_call:,} tokens)")
+            raise DataError(f"{self.source}: too little data: {available:,} tokens in whole sequences of "
+                            f"{self.seq_len} (+1) in {len(self.files)} shard(s) x {self.epochs} epoch(s), the run "
+                            f"needs {needed:,} ({num_calls} micro-batches of {self.tokens_per_call:,} tokens)")

@@ -111,6 +111,14 @@ def test_shakespeare_build_is_cached_and_sized(tmp_path):
     assert again["up_to_date"] and train.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.parametrize("manifest", ["[]", '"x"', "3"])
+def test_a_manifest_of_another_shape_is_rebuilt(tmp_path, manifest):
+    """A manifest that is JSON but not the object a build writes is damaged, like one that is not JSON."""
+    (tmp_path / "manifest.json").write_text(manifest)
+    assert not data.build_shakespeare(tmp_path)["up_to_date"]
+    assert data.build_shakespeare(tmp_path)["up_to_date"]
+
+
 # ---------------------------------------------------------------------------------------------- FineWeb
 
 
@@ -208,3 +216,12 @@ def test_dir_that_is_a_file_is_one_line(tmp_path, capsys):
         data.main(["shakespeare", "--dir", str(tmp_path / "file")])
     assert exc.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"--dir {tmp_path / 'file'}: not a folder")
+
+
+def test_a_dir_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    """--dir under a link to nothing: mkdir's FileExistsError was a traceback once the corpus was built."""
+    from harness import data
+
+    (tmp_path / "gone").symlink_to(tmp_path / "nothing")
+    assert data.main(["shakespeare", "--dir", str(tmp_path / "gone" / "shakespeare")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'gone'}: File exists\n"

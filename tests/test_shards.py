@@ -33,6 +33,20 @@ def test_empty_token_list_round_trips(tmp_path):
     assert len(read_shard(path)) == 0
 
 
+@pytest.mark.parametrize("tokens, problem", [
+    (np.zeros((2, 3), dtype=np.uint16), "tokens must be 1-D, got shape (2, 3)"),
+    (np.array([1, 70000]), "token ids must fit in uint16, got range [1, 70000]"),
+    (np.array([0.5, 3.9]), "token ids must be integers, got float64"),
+    (np.array([1.0, np.nan]), "token ids must be integers, got float64"),
+    (np.broadcast_to(np.uint16(7), (2**31,)), "2,147,483,648 tokens, more than a shard's int32 count holds: split them"),
+])
+def test_tokens_no_shard_can_hold_are_refused_and_nothing_is_written(tmp_path, tokens, problem):
+    with pytest.raises(DataError) as exc_info:
+        write_shard(tmp_path / "s.bin", tokens)
+    assert one_line(exc_info) == f"{tmp_path / 's.bin'}: {problem}"
+    assert list(tmp_path.iterdir()) == []
+
+
 def _corrupt(tmp_path, how):
     path = write_shard(tmp_path / "s.bin", np.arange(100, dtype=np.uint16))
     raw = bytearray(path.read_bytes())
@@ -156,6 +170,23 @@ def test_loader_streams_one_shard_at_a_time_and_never_scans_its_tokens(shards, m
     assert [path for path, _, _ in scanned] == shards
 
 
+def test_a_shard_rewritten_after_its_validation_is_a_data_error_on_every_rank_at_once(tmp_path):
+    """validate_shards passes both shards; the second is then rewritten (as a download in progress would) with ids
+    above the vocabulary: the call that reaches it is one line (not an index error inside the embedding) on both
+    ranks, also on rank 0, whose own sequence of that call is still the first shard's (a rank stopping alone would
+    leave the other waiting in a collective)."""
+    files = [write_shard(tmp_path / f"s{i}.bin", np.arange(100)) for i in range(2)]
+    validate_shards(files, vocab_size=200)
+    loaders = [TokenLoader(files, seq_len=9, batch_size=1, rank=r, world_size=2, vocab_size=200) for r in range(2)]
+    write_shard(files[1], np.arange(100) + 195)
+    for loader in loaders:
+        drain(loader, 5)  # 10 of the first shard's (100 - 1) // 9 = 11 sequences; the next call takes the 11th
+        with pytest.raises(DataError, match=r"token id 204 >= vocab size 200 after 90 tokens: a shard changed "
+                                            r"after it was validated") as exc_info:
+            loader.next_batch()
+        one_line(exc_info)
+
+
 def test_running_out_of_data_is_a_clear_error(shards):
     loader = TokenLoader(shards, seq_len=32, batch_size=4)
     with pytest.raises(DataError, match="ran out after") as exc_info:
@@ -167,6 +198,23 @@ def test_running_out_of_data_is_a_clear_error(shards):
         TokenLoader(shards, seq_len=32, batch_size=4).check_available(total)
     one_line(exc_info)
     TokenLoader(shards, seq_len=32, batch_size=4).check_available(1)
+
+
+@pytest.mark.parametrize("sizes, T, B, W, epochs", [((8,) * 10, 8, 1, 1, 1), ((23, 9, 20), 4, 2, 2, 2),
+                                                         ((100, 0, 15), 7, 3, 1, 3)])
+def test_the_up_front_check_accepts_exactly_the_calls_the_loader_answers(tmp_path, sizes, T, B, W, epochs):
+    """Shards of T tokens hold no sequence of T + 1: counting their header tokens, ten of them pass a check for one
+    call, and the run stops at its first batch (after the warm-up). The check counts whole sequences."""
+    files = [write_shard(tmp_path / f"s{i}.bin", np.arange(n)) for i, n in enumerate(sizes)]
+    loader, calls = TokenLoader(files, seq_len=T, batch_size=B, world_size=W, epochs=epochs), 0
+    with pytest.raises(DataError, match="ran out after"):
+        while True:
+            loader.next_batch()
+            calls += 1
+    loader.check_available(calls)
+    with pytest.raises(DataError, match="too little data") as exc_info:
+        loader.check_available(calls + 1)
+    one_line(exc_info)
 
 
 def test_epochs_repeat_the_data(shards):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -213,6 +214,7 @@ def test_every_numeric_field_has_a_range():
     ("--fp8_head=true", "--fp8_head=true needs a GPU with FP8 (CUDA capability >= 8.9; this run has a CPU) and "
                         "model_dim, vocab_size, batch_size x seq_len multiples of 16: add --fp8_head=false"),
     ("--run_dir=README.md", "--run_dir=README.md: exists and is not a folder"),
+    ("--seed=18446744073709551616", "--seed=18446744073709551616: must be between 0 and 18446744073709551615"),
     ("--num_stepz=3", "unknown option --num_stepz (did you mean --num_steps?)"),
 ])
 def test_nonsense_is_one_line_exit_2(override, message, capsys, monkeypatch):
@@ -220,6 +222,63 @@ def test_nonsense_is_one_line_exit_2(override, message, capsys, monkeypatch):
     assert T.main(["--print_config", "--track=cpu-tiny", "--window_max=32", override]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("variables, message", [
+    (dict(RANK="abc"), "RANK=abc: expected integers (launch with torchrun)"),
+    (dict(WORLD_SIZE="2.0"), "WORLD_SIZE=2.0: expected integers (launch with torchrun)"),
+    (dict(WORLD_SIZE="0"), "RANK=0, LOCAL_RANK=0, WORLD_SIZE=0: expected 0 <= LOCAL_RANK <= RANK < WORLD_SIZE"),
+    (dict(RANK="2", WORLD_SIZE="2"), "RANK=2, LOCAL_RANK=0, WORLD_SIZE=2: expected 0 <= LOCAL_RANK <= RANK"),
+    (dict(RANK="-1", WORLD_SIZE="2"), "RANK=-1, LOCAL_RANK=0, WORLD_SIZE=2: expected 0 <= LOCAL_RANK <= RANK"),
+])
+def test_torchrun_variables_that_name_no_rank_of_a_world_are_one_line_exit_2(variables, message, capsys, monkeypatch):
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert T.main(["--print_config", "--track=cpu-tiny"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_a_run_dir_that_cannot_take_the_runs_logs_is_one_line_exit_2(tmp_path, capsys):
+    """A link loop, a file on the path, a link to nothing (mkdir's tracebacks), and a folder holding a run's
+    events already (two runs' events in one file would read as one run)."""
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    (tmp_path / "file").write_text("")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "events.jsonl").write_text("")
+    for run_dir, problem in [("loop", "Too many levels of symbolic links"), ("file/run", "Not a directory"),
+                             ("dangling", "a link to nothing"),
+                             ("used", "holds another run's events.jsonl: give each run a folder of its own")]:
+        assert T.main(["--print_config", "--track=cpu-tiny", f"--run_dir={tmp_path / run_dir}"]) == 2
+        assert capsys.readouterr().err == f"error: --run_dir={tmp_path / run_dir}: {problem}\n"
+
+
+def main_sets(tmp_path: Path) -> dict[str, str]:
+    """The variables main() sets before a run, set here first so that the test restores them."""
+    return dict(TRITON_INTERPRET="1", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+
+
+def test_several_processes_without_torchruns_rendezvous_are_one_line_exit_1(shards, tmp_path, capsys, monkeypatch):
+    for name, value in dict(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", MASTER_ADDR="", MASTER_PORT="",
+                            **main_sets(tmp_path)).items():
+        monkeypatch.setenv(name, value)
+    assert T.main([*MICRO, *data_args(shards), f"--run_dir={tmp_path / 'r'}"]) == 1
+    assert capsys.readouterr().err == "error: WORLD_SIZE=2 without MASTER_ADDR and MASTER_PORT: launch with torchrun\n"
+
+
+def test_a_run_dir_it_cannot_write_in_is_one_line_exit_1(shards, tmp_path, capsys, monkeypatch):
+    def refuse(run_dir):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(run_dir))
+
+    for name, value in main_sets(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(T, "RunWriter", refuse)
+    monkeypatch.setattr(T, "train", lambda *args: pytest.fail("trained without a run folder"))
+    assert T.main([*MICRO, *data_args(shards), f"--run_dir={tmp_path / 'r'}"]) == 1
+    assert capsys.readouterr().err == f"error: --run_dir={tmp_path / 'r'}: cannot write there (Permission denied)\n"
 
 
 def test_print_config_prints_one_json_line_and_creates_nothing(shards, tmp_path):
@@ -319,6 +378,17 @@ def test_the_record_model_trains_on_the_cpu():
     master = optimizers.adam.of[model.embed.weight].stepped  # the bf16 table's fp32 master, and its fp32 state
     assert model.embed.weight.dtype == torch.bfloat16 and master.dtype == torch.float32
     assert optimizers.adam.state[master]["exp_avg"].dtype == torch.float32
+
+
+def test_value_embeddings_are_as_wide_as_v_where_the_heads_do_not_span_the_model():
+    """num_heads x head_dim need not equal model_dim: a value embedding is added to v, so it is hdim wide."""
+    cfg = T.parse_config(["--track=cpu-tiny", "--num_layers=2", "--unet_skips=1", "--value_embeds=1",
+                          "--model_dim=48", "--num_heads=2", "--head_dim=32"])
+    ops = T.make_ops("torch", torch.device("cpu"))
+    model, inputs = T.GPT(cfg, ops), _batch_with_documents(2, 32)
+    model(inputs, inputs, ops.attention_mask(T.document_starts(inputs), T.attention_windows(64, cfg))).backward()
+    assert model.value_embeds[0].weight.shape == (cfg.vocab_size, 64)
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -907,7 +977,9 @@ def test_too_little_data_fails_before_training(shards, tmp_path):
     assert result_of(tmp_path / "r")["status"] == "error"
 
 
-def test_ctrl_c_is_one_line_and_recorded_as_interrupted(shards, tmp_path):
+@pytest.mark.parametrize("signum, how", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"),
+                                         (signal.SIGHUP, "SIGHUP")])
+def test_a_stop_signal_is_one_line_and_recorded_as_interrupted(shards, tmp_path, signum, how):
     cmd = [sys.executable, "train_gpt.py", f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards),
            "--num_steps=10000", "--val_every=10000", "--train_epochs=1000"]
     # SIGINT at its default in the child: a shell's background job ignores it, and Python then would too
@@ -918,14 +990,25 @@ def test_ctrl_c_is_one_line_and_recorded_as_interrupted(shards, tmp_path):
         for line in proc.stdout:  # SIGINT once the timed loop runs
             if line.startswith("step:2/"):
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and len(err.splitlines()) == 1, err
-    assert re.fullmatch(r"error: interrupted \(Ctrl-C\) after \d+ of 10000 steps; the run's events are in \S+\n", err)
+    assert proc.returncode == 128 + signum and len(err.splitlines()) == 1, err
+    assert re.fullmatch(rf"error: interrupted \({how}\) after \d+ of 10000 steps; the run's events are in \S+\n", err)
     result = result_of(tmp_path / "r")
-    assert result["status"] == "interrupted" and result["steps"] >= 2
+    assert result["status"] == "interrupted" and result["steps"] >= 2 and result["error"].startswith(f"interrupted ({how})")
+    assert read_events(tmp_path / "r")[1] == [] and (tmp_path / "r" / "train.log").read_text().endswith("\n")
+
+
+def test_a_shard_both_trained_and_validated_on_is_refused_before_the_clock(shards):
+    """A train glob that also matches the val shard (fineweb_*.bin) would measure the val loss on trained tokens."""
+    cfg = T.parse_config([*MICRO, f"--train_files={shards}/micro_*.bin", f"--val_files={shards}/micro_val_000000.bin"])
+    with pytest.raises(T.DataError) as info:
+        T.check_data(cfg, T.DistEnv())
+    assert str(info.value) == (f"{os.path.realpath(shards)}/micro_val_000000.bin: both a training and a validation "
+                               f"shard (--train_files={shards}/micro_*.bin matches a --val_files={shards}/"
+                               "micro_val_000000.bin shard): the val loss would be of trained tokens")
 
 
 def test_vocab_smaller_than_the_data_is_refused_before_the_clock(shards, tmp_path):
@@ -933,6 +1016,18 @@ def test_vocab_smaller_than_the_data_is_refused_before_the_clock(shards, tmp_pat
     line = one_error_line(proc, 1)
     assert re.fullmatch(rf"error: {shards}/micro_\w+_000000.bin: token id 50256 >= vocab size 512 \(first at position \d+\)", line), line
     assert "warm-up" not in proc.stdout and result_of(tmp_path / "r")["status"] == "error"
+
+
+def test_a_vocabulary_without_bos_trains_on_shards_of_its_ids(tmp_path):
+    """A vocabulary too small to hold <|endoftext|> (each row is then one document) over shards of its ids: the
+    warm-up's random tokens stay inside it too."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        write_shard(tmp_path / f"{split}.bin", rng.integers(0, 128, 2000))
+    proc = run_trainer(tmp_path / "r", *MICRO, f"--train_files={tmp_path}/train.bin", f"--val_files={tmp_path}/val.bin",
+                       "--vocab_size=128", "--num_steps=2", "--val_every=2")
+    assert_ok(proc)
+    assert result_of(tmp_path / "r")["status"] == "ok"
 
 
 def test_nan_loss_stops_at_once_as_diverged(shards, tmp_path):
