@@ -139,8 +139,8 @@ class TokenLoader:
     doing one each see (the speedrun's 1-GPU equivalence). Sequence k of a shard is its tokens
     [k*seq_len, (k+1)*seq_len + 1) (inputs [:-1], targets [1:]). After `epochs` passes over the shards
     next_batch raises DataError. `validate_shards` checks the shards' ids, once, before the clock; with vocab_size
-    each call's largest id is checked too (a max over W x B x T ids, no pass over a shard), since a shard
-    rewritten since then would fail inside the embedding (an IndexError; a device-side assert on a GPU).
+    each batch's largest id is checked too (a max over B x T ids, no pass over a shard), since a shard rewritten
+    since then would fail inside the embedding (an IndexError; a device-side assert on a GPU).
     """
 
     def __init__(self, files: str | os.PathLike | Iterable[str | os.PathLike], *, seq_len: int, batch_size: int,
@@ -174,12 +174,11 @@ class TokenLoader:
             raise DataError(f"{self.source}: training data ran out after {self.tokens_served:,} tokens "
                             f"({self.epochs} epoch(s) over {len(self.files)} shard(s)); add shards, raise "
                             "epochs or lower the number of steps")
-        # every rank checks every rank's sequences, so that all of them stop at the same call
-        if self.vocab_size and (top := max(int(t[s : s + T + 1].max()) for t, s in taken)) >= self.vocab_size:
-            raise DataError(f"{self.source}: token id {top} >= vocab size {self.vocab_size} after "
-                            f"{self.tokens_served:,} tokens: a shard changed after it was validated")
         mine = taken[self.rank * B : (self.rank + 1) * B]
         batch = torch.from_numpy(np.stack([np.asarray(tokens[s : s + T + 1], dtype=np.int64) for tokens, s in mine]))
+        if self.vocab_size is not None and (top := int(batch.max())) >= self.vocab_size:
+            raise DataError(f"{self.source}: token id {top} >= vocab size {self.vocab_size} after "
+                            f"{self.tokens_served:,} tokens: a shard changed after it was validated")
         self.tokens_served += self.world_size * B * T
         return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
 

@@ -170,21 +170,18 @@ def test_loader_streams_one_shard_at_a_time_and_never_scans_its_tokens(shards, m
     assert [path for path, _, _ in scanned] == shards
 
 
-def test_a_shard_rewritten_after_its_validation_is_a_data_error_on_every_rank_at_once(tmp_path):
-    """validate_shards passes both shards; the second is then rewritten (as a download in progress would) with ids
-    above the vocabulary: the call that reaches it is one line (not an index error inside the embedding) on both
-    ranks, also on rank 0, whose own sequence of that call is still the first shard's (a rank stopping alone would
-    leave the other waiting in a collective)."""
+def test_a_shard_rewritten_after_its_validation_is_a_data_error_at_its_batch(tmp_path):
+    """validate_shards passes both shards; the second is then rewritten (as a download in progress would) with an
+    id above the vocabulary: the batch that holds it is one line, not an index error inside the embedding."""
     files = [write_shard(tmp_path / f"s{i}.bin", np.arange(100)) for i in range(2)]
     validate_shards(files, vocab_size=200)
-    loaders = [TokenLoader(files, seq_len=9, batch_size=1, rank=r, world_size=2, vocab_size=200) for r in range(2)]
+    loader = TokenLoader(files, seq_len=9, batch_size=1, vocab_size=200)
     write_shard(files[1], np.arange(100) + 195)
-    for loader in loaders:
-        drain(loader, 5)  # 10 of the first shard's (100 - 1) // 9 = 11 sequences; the next call takes the 11th
-        with pytest.raises(DataError, match=r"token id 204 >= vocab size 200 after 90 tokens: a shard changed "
-                                            r"after it was validated") as exc_info:
-            loader.next_batch()
-        one_line(exc_info)
+    drain(loader, 11)  # the first shard's (100 - 1) // 9 sequences
+    with pytest.raises(DataError, match=r"token id 204 >= vocab size 200 after 99 tokens: a shard changed after it "
+                                        r"was validated") as exc_info:
+        loader.next_batch()
+    one_line(exc_info)
 
 
 def test_running_out_of_data_is_a_clear_error(shards):
