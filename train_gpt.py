@@ -299,13 +299,13 @@ def check_data(cfg: Config, env: DistEnv) -> None:
 def make_train_loader(cfg: Config, env: DistEnv) -> TokenLoader:
     """This rank's slice of the global stream of training sequences."""
     return TokenLoader(cfg.train_files, seq_len=cfg.seq_len, batch_size=cfg.batch_size, rank=env.rank,
-                       world_size=env.world_size, epochs=cfg.train_epochs, vocab_size=cfg.vocab_size)
+                       world_size=env.world_size, epochs=cfg.train_epochs)
 
 
 def make_val_loader(cfg: Config, env: DistEnv) -> tuple[TokenLoader, int]:
     """A fresh loader over the first val_tokens validation tokens, and the number of batches this rank reads."""
     loader = TokenLoader(cfg.val_files, seq_len=cfg.val_seq_len, batch_size=cfg.batch_size, rank=env.rank,
-                         world_size=env.world_size, vocab_size=cfg.vocab_size)
+                         world_size=env.world_size)
     batches = cfg.val_tokens // (env.world_size * cfg.batch_size * cfg.val_seq_len)
     loader.check_available(batches)
     return loader, batches
