@@ -32,7 +32,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from harness.cli import doc_parser, not_a_folder, positive_finite_float
+from harness.cli import doc_parser, not_a_folder, positive_finite_float, run_cli, stdout_to_devnull
 from harness.hardware import git_state
 from harness.ingest import parse_log_bytes, write_run_files
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
@@ -136,7 +136,7 @@ class ProgressBar(tqdm):
         fields = parse_step_line(text)
         if fields is None:
             if echo and text.strip():
-                self.write(text.rstrip("\n"), file=sys.stdout)
+                self.say(text.rstrip("\n"))
             return
         self.total = fields["total"]
         self.update(max(0, fields["step"] - self.n))
@@ -145,10 +145,18 @@ class ProgressBar(tqdm):
         if "val_loss" in fields:
             self.val = fields["val_loss"]
             if echo:
-                self.write(text.rstrip("\n"), file=sys.stdout)
+                self.say(text.rstrip("\n"))
         parts = [f"train {self.train_s:.1f}s" if self.train_s is not None else None,
                  f"val {self.val:.4f}" if self.val is not None else None]
         self.set_postfix_str(", ".join(p for p in parts if p), refresh=False)
+
+    def say(self, text: str) -> None:
+        """Print a line on stdout above the bar. Once stdout's reader stops reading (`harness.run | head`), the rest
+        goes to /dev/null: the run goes on and is recorded."""
+        try:
+            self.write(text, file=sys.stdout)
+        except BrokenPipeError:
+            stdout_to_devnull()
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -267,7 +275,7 @@ def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: Progr
             text = lines.get(timeout=wait)
         except queue.Empty:
             if deadline is not None and time.monotonic() >= deadline:
-                progress.write(f"[{run_id}] timeout after {timeout:g} s: stopping the trainer", file=sys.stdout)
+                progress.say(f"[{run_id}] timeout after {timeout:g} s: stopping the trainer")
                 _stop(proc)
                 return "timeout"
             continue
@@ -789,4 +797,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -213,3 +214,18 @@ def test_runs_log_failing_after_the_run_is_one_line_naming_the_run_folder(kit, m
     (run_dir,) = kit["runs"].iterdir()
     assert line.startswith(f"error: run {run_dir.name} not recorded in the runs log (") and "No space left" in line
     assert line.endswith(f"its folder {run_dir} holds what it wrote") and (run_dir / "events.jsonl").is_file()
+
+
+def test_a_reader_that_stops_reading_loses_no_run(kit):
+    """`harness.run | head -1`: the runs go on and are recorded, without a traceback."""
+    from harness.snapshot import REPO_ROOT
+
+    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+           "--records", str(kit["records"]), "--no-leaderboard", "--seeds", "2", "--", "--steps=300", "--val_every=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    frame, problems = load_records(kit["records"])
+    assert problems == [] and frame["status"].tolist() == ["ok", "ok"]
