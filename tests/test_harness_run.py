@@ -229,3 +229,19 @@ def test_a_reader_that_stops_reading_loses_no_run(kit):
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr
     frame, problems = load_records(kit["records"])
     assert problems == [] and frame["status"].tolist() == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("import no_such_module\n", "--print_config failed (exit status 1): ModuleNotFoundError: No module named "
+                                "'no_such_module'"),
+    ("print('ready')\n", "--print_config printed no config (one JSON line expected)"),
+    ("print('[1, 2]')\n", "--print_config printed no config (one JSON line expected)"),
+], ids=["crashes", "prints-text", "prints-a-list"])
+def test_a_trainer_whose_config_cannot_be_read_is_refused_before_launch(kit, capsys, body, message):
+    kit["script"].write_text(body)
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--no-leaderboard"]
+    assert run.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: seed 0: {kit['script']} {message}\n"
+    assert not kit["runs"].exists() and not kit["records"].exists()
