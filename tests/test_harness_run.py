@@ -245,3 +245,16 @@ def test_a_trainer_whose_config_cannot_be_read_is_refused_before_launch(kit, cap
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err == f"error: seed 0: {kit['script']} {message}\n"
     assert not kit["runs"].exists() and not kit["records"].exists()
+
+
+@pytest.mark.parametrize("old, new, validated", [
+    ("    run_dir.mkdir(parents=True, exist_ok=True)\n", "    raise MemoryError('fake out of memory')\n", False),
+    ("error=None)\n    return 0\n", "error=None)\n    return 3\n", True),  # its result says ok
+], ids=["before-its-events", "at-exit-after-an-ok-result"])
+def test_a_trainer_that_crashes_before_its_events_or_at_exit_is_recorded_crashed(kit, old, new, validated):
+    text = kit["script"].read_text()
+    assert text.count(old) == 1
+    kit["script"].write_text(text.replace(old, new))
+    row = run_fake(kit, "--steps=10")
+    assert row["status"] == "crashed" and row["returncode"] != 0 and only_row(kit)["status"] == "crashed"
+    assert (row["final_val_loss"] is not None) == validated
