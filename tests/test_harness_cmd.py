@@ -282,6 +282,22 @@ def test_cmd_log_that_is_not_provably_the_runs_own_is_not_taken(kit, capsys):
     assert "1 log file(s) written in" in err and "none provably its own" in err and "recording its stdout" in err
 
 
+def test_logfile_stdout_records_what_the_run_printed(kit, capsys):
+    row = run_cmd(kit, "--logfile=1", "--steps=10", logfile="stdout")  # it prints its log's path: not taken
+    assert row["source"] == "stdout" and row["status"] == "ok" and "warning" not in capsys.readouterr().err
+
+
+def test_two_logs_holding_the_run_s_step_lines_are_no_proof(kit, capsys):
+    """A run that leaves two logs/ files, each with every step line it printed: neither is provably its own."""
+    command = f"sh -c '{sys.executable} train_gpt.py --logfile=2 --steps=10 && cp logs/*.txt logs/copy.txt'"
+    row = run.run_cmd_one(command, track="fake-modded", seed=0, name="t", cwd=kit["cwd"], runs_dir=kit["runs"],
+                          records_dir=kit["records"])
+    assert row["source"] == "stdout" and row["status"] == "ok"
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert line == (f"warning: [{row['run_id']}] 2 log file(s) written in {kit['cwd'] / 'logs'} during the run, 2 with "
+                    "the step lines it printed; recording its stdout")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--cmd", f"{sys.executable} x.py", "--", "--lr=1"], "the trainer's arguments go in the command"),
     (["--cmd", f"{sys.executable} x.py", "--script", "train_gpt.py"], "leave out --script and --nproc"),

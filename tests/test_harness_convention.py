@@ -155,8 +155,10 @@ def test_submit_and_compare_agree_with_runs_above_the_target(tmp_path, capsys):
 def test_runs_stopped_at_the_target_are_shown_and_refused(tmp_path, capsys):
     script = write_fake_trainer(tmp_path / "code")
     runs, records = tmp_path / "runs", tmp_path / "records"
-    ids = [run_one(track="cpu-tiny", seed=seed, name="stop", script=script, runs_dir=runs, records_dir=records,
-                   overrides=["--stop_at_target=1"])["run_id"] for seed in (0, 1)]
+    rows = [run_one(track="cpu-tiny", seed=seed, name="stop", script=script, runs_dir=runs, records_dir=records,
+                    overrides=["--stop_at_target=1"]) for seed in (0, 1)]
+    ids = [row["run_id"] for row in rows]
+    assert group_summary(rows).endswith("; some runs stopped at the target (--stop_at_target): exploratory, not a record")
     capsys.readouterr()
     log = load_run(runs / ids[0])
     assert log.stopped_early and log.final_step < log.total_steps

@@ -65,6 +65,19 @@ def test_timeout(kit):
     assert only_row(kit)["status"] == "timeout"
 
 
+@pytest.mark.timeout(60, method="thread")  # a harness that only asks would wait for the trainer forever
+def test_a_trainer_that_ignores_sigint_and_sigterm_is_killed_and_its_run_recorded(kit, monkeypatch):
+    text = kit["script"].read_text()
+    kit["script"].write_text(text.replace("        if step == cfg[\"hang_at\"]:\n", "        if step == cfg[\"hang_at\"]:\n"
+                                          "            import signal\n"
+                                          "            signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                          "            signal.signal(signal.SIGTERM, signal.SIG_IGN)\n", 1))
+    monkeypatch.setattr(run, "STOP_GRACE_S", 0.5)
+    row = run_fake(kit, "--hang_at=3", timeout=1.0)
+    assert row["status"] == "timeout" and row["returncode"] == -signal.SIGKILL and only_row(kit)["status"] == "timeout"
+    assert not processes_running(kit["script"]), "the trainer was left running"
+
+
 def test_ctrl_c_records_interrupted(kit):
     cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
            "--records", str(kit["records"]), "--no-leaderboard", "--", "--hang_at=7"]
@@ -102,6 +115,7 @@ def test_bad_cli_arguments(kit, capsys):
         (["--script", str(kit["script"]), "--", "--seed=3"], "set by the harness"),
         (["--script", str(kit["script"].parent / "nope.py")], "no such file"),
         (["--seeds", "0"], "must be >= 1"),
+        (["--script", str(kit["script"]), "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
         (["--script", str(kit["script"]), "--name", "a|b"], "--name 'a|b': use 1-80 letters"),  # a table's cell
         (["--script", str(kit["script"]), "--name", "a\nb"], "--name 'a\\nb' contains control characters"),
     ]:
@@ -140,6 +154,14 @@ def test_harness_failure_stops_the_trainer(kit, monkeypatch):
     assert procs and procs[0].poll() is not None, "the trainer was left running"
 
 
+def test_runs_are_recorded_and_the_status_kept_where_the_leaderboard_cannot_be_written(kit, capsys):
+    (kit["records"].parent / "leaderboard.md").mkdir(parents=True)  # no page can replace a folder
+    assert run.main(["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+                     "--", "--steps=10"]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: leaderboard not re-rendered: ") and only_row(kit)["status"] == "ok"
+
+
 def test_unwritable_destination_is_refused_before_launch(kit, tmp_path, capsys):
     for case, runs_dir, records in unwritable_destinations(tmp_path):
         argv = ["--script", str(kit["script"]), "--runs-dir", str(runs_dir), "--records", str(records),
@@ -148,7 +170,7 @@ def test_unwritable_destination_is_refused_before_launch(kit, tmp_path, capsys):
         captured = capsys.readouterr()
         assert captured.out == "", case  # nothing launched: no run line, no summary
         (line,) = captured.err.splitlines()
-        assert line.startswith("error: --runs-dir" if case == "runs-dir-is-a-file" else "error: --records"), line
+        assert line.startswith("error: --runs-dir" if case.startswith("runs-dir") else "error: --records"), line
         assert not runs_dir.is_dir() or not any(runs_dir.iterdir()), f"{case}: an orphan run folder"
         assert not (records / "runs.jsonl").is_file() or not (records / "runs.jsonl").read_text()
 
