@@ -280,3 +280,13 @@ def test_a_trainer_that_crashes_before_its_events_or_at_exit_is_recorded_crashed
     row = run_fake(kit, "--steps=10")
     assert row["status"] == "crashed" and row["returncode"] != 0 and only_row(kit)["status"] == "crashed"
     assert (row["final_val_loss"] is not None) == validated
+
+
+def test_a_trainer_whose_config_takes_too_long_is_refused_before_launch(kit, capsys, monkeypatch):
+    kit["script"].write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(run, "CONFIG_CHECK_S", 2)
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--no-leaderboard"]
+    assert run.main(argv) == 2
+    assert capsys.readouterr().err == f"error: seed 0: {kit['script']} --print_config: no answer within 2 s\n"
+    assert not kit["runs"].exists() and not kit["records"].exists()
