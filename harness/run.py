@@ -600,20 +600,13 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared with harness.compare's run mode."""
     parser.add_argument("--track", default=DEFAULT_TRACK, help=f"trainer track (default {DEFAULT_TRACK})")
     parser.add_argument("--seeds", type=positive_int, default=1, help="runs, one per seed (default 1)")
     parser.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--nproc", type=positive_int, default=1, help="processes (GPUs) per run (default 1)")
-    parser.add_argument("--timeout", type=positive_float, default=None, help="stop a run after SEC seconds")
+    parser.add_argument("--timeout", type=positive_finite_float, default=None, help="stop a run after SEC seconds")
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where run directories go")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR,
                         help="records directory (runs.jsonl inside; leaderboard.md goes next to it)")

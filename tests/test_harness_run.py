@@ -115,7 +115,8 @@ def test_bad_cli_arguments(kit, capsys):
         (["--script", str(kit["script"]), "--", "--seed=3"], "set by the harness"),
         (["--script", str(kit["script"].parent / "nope.py")], "no such file"),
         (["--seeds", "0"], "must be >= 1"),
-        (["--script", str(kit["script"]), "--timeout", "0"], "argument --timeout: must be > 0, got 0"),
+        (["--script", str(kit["script"]), "--timeout", "0"], "argument --timeout: '0' is not above 0"),
+        (["--script", str(kit["script"]), "--timeout", "1h"], "argument --timeout: '1h' is not a number"),
         (["--script", str(kit["script"]), "--name", "a|b"], "--name 'a|b': use 1-80 letters"),  # a table's cell
         (["--script", str(kit["script"]), "--name", "a\nb"], "--name 'a\\nb' contains control characters"),
     ]:
