@@ -291,3 +291,22 @@ def test_a_trainer_whose_config_takes_too_long_is_refused_before_launch(kit, cap
     assert run.main(argv) == 2
     assert capsys.readouterr().err == f"error: seed 0: {kit['script']} --print_config: no answer within 2 s\n"
     assert not kit["runs"].exists() and not kit["records"].exists()
+
+
+def test_a_stop_signal_before_the_first_run_launches_nothing_and_exits_128_plus_it(kit):
+    from harness.snapshot import REPO_ROOT
+
+    started = kit["script"].with_name("started")  # the --print_config, still resolving when SIGTERM comes
+    kit["script"].write_text(f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(5)\n")
+    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+           "--records", str(kit["records"]), "--no-leaderboard"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the config check never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and out == ""
+    assert err == "interrupted (SIGTERM): no run was in flight\n"
+    assert not kit["runs"].exists() and not kit["records"].exists()
