@@ -199,7 +199,7 @@ def resolve_target(variants: list[Variant], given: float | None, track: str | No
         return stated[0], "stated by the runs"
     if stated:
         n_stated = sum(len(v.logs) for v in variants) - len(silent)
-        return default, f"stated by {n_stated} runs; {default_source} for the {len(silent)} that state none"
+        return default, f"stated by {n_stated} run(s); {default_source} for the {len(silent)} that state none"
     return default, f"{default_source}: the logs state none"
 
 

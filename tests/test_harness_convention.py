@@ -224,7 +224,7 @@ def test_variants_that_state_different_targets_need_one_given(tmp_path, publishe
     assert capsys.readouterr().err == "error: the runs state targets [3.28, 3.3]; choose one with --target\n"
     # the published logs state none: the default, 3.28, agrees with a's and not with b's
     assert compare.main(["--logs", f"pub={published_set}", f"a={a}", *where]) == 0
-    assert "target val loss 3.28 (stated by 1 runs; the FineWeb speedrun's for the 13 that state none)" \
+    assert "target val loss 3.28 (stated by 1 run(s); the FineWeb speedrun's for the 13 that state none)" \
         in capsys.readouterr().out
     assert compare.main(["--logs", f"pub={published_set}", f"b={b}", *where]) == 1
     assert capsys.readouterr().err == ("error: the runs state targets [3.3] and 13 state none (default 3.28); "
