@@ -13,6 +13,7 @@ it as harness.ingest records a log (write_from_log).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -545,7 +546,8 @@ def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tu
         except OSError as exc:  # gone or unreadable since: the run is still recorded, from its stdout
             path, why_none = None, f"its log {os_error_line(exc)}"
     if why_none:
-        print(f"warning: [{launch.run_id}] {why_none}; recording its stdout", file=sys.stderr)
+        with contextlib.suppress(BrokenPipeError):  # `2>&1 | head`: the reader is gone, the run is still recorded
+            print(f"warning: [{launch.run_id}] {why_none}; recording its stdout", file=sys.stderr)
     status = cmd_status(parsed.log, ended.status, ended.returncode)
     source = str(path) if path is not None else "stdout"
     pending = launch.run_dir / f".pending-{os.getpid()}"
