@@ -18,16 +18,20 @@ def doc_parser(name: str, doc: str, *, with_rest: bool = True, **kwargs) -> argp
 
 
 def run_cli(main: Callable[[], int]) -> None:
-    """sys.exit(main()); a reader that stops reading (`... | head -1`) ends the command quietly, exit status 1.
-    stdout then points at /dev/null, so that the last flush at exit does not fail again (Python's signal docs)."""
+    """sys.exit(main()); a reader that stops reading (`... | head -1`) ends the command quietly, exit status 1."""
     try:
         code = main()
         sys.stdout.flush()
     except BrokenPipeError:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        stdout_to_devnull()
         code = 1
     sys.exit(code)
+
+
+def stdout_to_devnull() -> None:
+    """Point stdout at /dev/null once its reader has stopped reading, so that later writes and the last flush at
+    exit do not fail again (Python's signal docs)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def markdown_table(rows: list[dict]) -> str:

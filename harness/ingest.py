@@ -295,9 +295,8 @@ def ingest_one(path: Path, *, track: str, name: str, target: float | None, runs_
 def ingest(inputs: Sequence[str | os.PathLike], *, track: str, name: str, target: float | None = None,
            runs_dir: str | os.PathLike | None = None, records_dir: str | os.PathLike = RECORDS_DIR,
            ) -> tuple[list[dict], list[str]]:
-    """Ingest every log of `inputs`: (the new rows, one line per input that could not be taken in)."""
-    if problem := name_problem("track", track):
-        raise IngestError(problem)
+    """Ingest every log of `inputs`: (the new rows, one line per input that could not be taken in). `track` is a
+    name main has checked (records.name_problem)."""
     runs_dir = Path(runs_dir or RUNS_DIR).resolve()
     records_dir = Path(records_dir)
     files, problems = log_files(inputs)

@@ -13,6 +13,7 @@ it as harness.ingest records a log (write_from_log).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from harness.cli import doc_parser, not_a_folder, positive_finite_float
+from harness.cli import doc_parser, not_a_folder, positive_finite_float, run_cli, stdout_to_devnull
 from harness.hardware import git_state
 from harness.ingest import parse_log_bytes, write_run_files
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
@@ -136,7 +137,7 @@ class ProgressBar(tqdm):
         fields = parse_step_line(text)
         if fields is None:
             if echo and text.strip():
-                self.write(text.rstrip("\n"), file=sys.stdout)
+                self.say(text.rstrip("\n"))
             return
         self.total = fields["total"]
         self.update(max(0, fields["step"] - self.n))
@@ -145,10 +146,18 @@ class ProgressBar(tqdm):
         if "val_loss" in fields:
             self.val = fields["val_loss"]
             if echo:
-                self.write(text.rstrip("\n"), file=sys.stdout)
+                self.say(text.rstrip("\n"))
         parts = [f"train {self.train_s:.1f}s" if self.train_s is not None else None,
                  f"val {self.val:.4f}" if self.val is not None else None]
         self.set_postfix_str(", ".join(p for p in parts if p), refresh=False)
+
+    def say(self, text: str) -> None:
+        """Print a line on stdout above the bar. Once stdout's reader stops reading (`harness.run | head`), the rest
+        goes to /dev/null: the run goes on and is recorded."""
+        try:
+            self.write(text, file=sys.stdout)
+        except BrokenPipeError:
+            stdout_to_devnull()
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -267,7 +276,7 @@ def _stream(proc: subprocess.Popen, lines: queue.Queue, console, progress: Progr
             text = lines.get(timeout=wait)
         except queue.Empty:
             if deadline is not None and time.monotonic() >= deadline:
-                progress.write(f"[{run_id}] timeout after {timeout:g} s: stopping the trainer", file=sys.stdout)
+                progress.say(f"[{run_id}] timeout after {timeout:g} s: stopping the trainer")
                 _stop(proc)
                 return "timeout"
             continue
@@ -537,7 +546,8 @@ def write_from_log(launch: Launch, stdout_lines: list[str], ended: _Ended) -> tu
         except OSError as exc:  # gone or unreadable since: the run is still recorded, from its stdout
             path, why_none = None, f"its log {os_error_line(exc)}"
     if why_none:
-        print(f"warning: [{launch.run_id}] {why_none}; recording its stdout", file=sys.stderr)
+        with contextlib.suppress(BrokenPipeError):  # `2>&1 | head`: the reader is gone, the run is still recorded
+            print(f"warning: [{launch.run_id}] {why_none}; recording its stdout", file=sys.stderr)
     status = cmd_status(parsed.log, ended.status, ended.returncode)
     source = str(path) if path is not None else "stdout"
     pending = launch.run_dir / f".pending-{os.getpid()}"
@@ -592,20 +602,13 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared with harness.compare's run mode."""
     parser.add_argument("--track", default=DEFAULT_TRACK, help=f"trainer track (default {DEFAULT_TRACK})")
     parser.add_argument("--seeds", type=positive_int, default=1, help="runs, one per seed (default 1)")
     parser.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--nproc", type=positive_int, default=1, help="processes (GPUs) per run (default 1)")
-    parser.add_argument("--timeout", type=positive_float, default=None, help="stop a run after SEC seconds")
+    parser.add_argument("--timeout", type=positive_finite_float, default=None, help="stop a run after SEC seconds")
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where run directories go")
     parser.add_argument("--records", type=Path, default=RECORDS_DIR,
                         help="records directory (runs.jsonl inside; leaderboard.md goes next to it)")
@@ -789,4 +792,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -9,6 +9,7 @@ log starts with, kept as one file, EMBEDDED_CODE; or, where the log holds none, 
 from __future__ import annotations
 
 import ast
+import errno
 import hashlib
 import os
 import shutil
@@ -82,11 +83,11 @@ def snapshot_hash(snapshot: str | os.PathLike) -> str:
     """The hash of every file in a snapshot folder (run_dir/code), its CODE_HASH aside."""
     snapshot = Path(snapshot)
     if not snapshot.is_dir():
-        raise FileNotFoundError(f"{snapshot}: no code snapshot folder")
+        raise FileNotFoundError(errno.ENOENT, "no code snapshot folder", str(snapshot))
     files = {p.relative_to(snapshot).as_posix(): p.read_bytes() for p in snapshot.rglob("*")
              if p.is_file() and p.relative_to(snapshot).as_posix() != HASH_FILE}
     if not files:
-        raise FileNotFoundError(f"{snapshot}: the code snapshot holds no files")
+        raise FileNotFoundError(errno.ENOENT, "the code snapshot holds no files", str(snapshot))
     return hash_files(files)
 
 

@@ -383,7 +383,8 @@ def unwritable_destinations(tmp_path):
     (runs_log_is_a_folder / "runs.jsonl").mkdir(parents=True)
     cases = [("records-is-a-file", tmp_path / "runs", a_file),
              ("runs-log-is-a-folder", tmp_path / "runs", runs_log_is_a_folder),
-             ("runs-dir-is-a-file", a_file, tmp_path / "records")]
+             ("runs-dir-is-a-file", a_file, tmp_path / "records"),
+             ("runs-dir-under-a-file", a_file / "runs", tmp_path / "records")]
     if os.geteuid() != 0:  # root writes into a read-only folder anyway
         read_only = tmp_path / "read_only"
         read_only.mkdir(mode=0o555)

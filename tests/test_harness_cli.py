@@ -35,7 +35,7 @@ TARGET_ARGV = {
 
 @pytest.mark.parametrize("name", sorted(TARGET_ARGV))
 @pytest.mark.parametrize("value, why", [("-1", "'-1' is not above 0"), ("0", "'0' is not above 0"),
-                                        ("nan", "'nan' is not a finite number")])
+                                        ("nan", "'nan' is not a finite number"), ("3,28", "'3,28' is not a number")])
 def test_a_target_val_loss_is_a_finite_number_above_0(name, value, why, tmp_path, capsys):
     """A val loss is a cross-entropy, never below 0: --target 0 or -1 was taken, and every run judged against it."""
     module = importlib.import_module(f"harness.{name}")

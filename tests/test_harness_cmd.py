@@ -19,7 +19,7 @@ import pytest
 from harness import run, submit, verify
 from harness.logs import load_run
 from harness.records import load_records
-from harness.snapshot import EMBEDDED_CODE, embedded_code_hash, hash_files, snapshot_hash
+from harness.snapshot import EMBEDDED_CODE, REPO_ROOT, embedded_code_hash, hash_files, snapshot_hash
 from helpers import ctrl_c_at_step_5, processes_running, signal_at_step_5
 
 FAKE_MODDED = '''\
@@ -280,6 +280,35 @@ def test_cmd_log_that_is_not_provably_the_runs_own_is_not_taken(kit, capsys):
     assert row["source"] == "stdout" and row["status"] == "incomplete"
     err = capsys.readouterr().err
     assert "1 log file(s) written in" in err and "none provably its own" in err and "recording its stdout" in err
+
+
+def test_a_warning_to_a_reader_that_stopped_reading_still_records_the_run_s_own_status(kit):
+    """`harness.run --cmd ... 2>&1 | head -1`: the warning that the run's log is not provably its own meets a closed
+    pipe; the run is recorded with its status, not as the harness's error."""
+    cmd = [sys.executable, "-m", "harness.run", "--cmd", f"{sys.executable} train_gpt.py --logfile=2 --console=0",
+           "--cwd", str(kit["cwd"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]), "--no-leaderboard"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT)
+    proc.stdout.readline()
+    proc.stdout.close()
+    proc.wait(timeout=60)
+    (row,) = rows(kit)
+    assert row["status"] == "incomplete" and row["source"] == "stdout"
+
+
+def test_logfile_stdout_records_what_the_run_printed(kit, capsys):
+    row = run_cmd(kit, "--logfile=1", "--steps=10", logfile="stdout")  # it prints its log's path: not taken
+    assert row["source"] == "stdout" and row["status"] == "ok" and "warning" not in capsys.readouterr().err
+
+
+def test_two_logs_holding_the_run_s_step_lines_are_no_proof(kit, capsys):
+    """A run that leaves two logs/ files, each with every step line it printed: neither is provably its own."""
+    command = f"sh -c '{sys.executable} train_gpt.py --logfile=2 --steps=10 && cp logs/*.txt logs/copy.txt'"
+    row = run.run_cmd_one(command, track="fake-modded", seed=0, name="t", cwd=kit["cwd"], runs_dir=kit["runs"],
+                          records_dir=kit["records"])
+    assert row["source"] == "stdout" and row["status"] == "ok"
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert line == (f"warning: [{row['run_id']}] 2 log file(s) written in {kit['cwd'] / 'logs'} during the run, 2 with "
+                    "the step lines it printed; recording its stdout")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -155,8 +155,10 @@ def test_submit_and_compare_agree_with_runs_above_the_target(tmp_path, capsys):
 def test_runs_stopped_at_the_target_are_shown_and_refused(tmp_path, capsys):
     script = write_fake_trainer(tmp_path / "code")
     runs, records = tmp_path / "runs", tmp_path / "records"
-    ids = [run_one(track="cpu-tiny", seed=seed, name="stop", script=script, runs_dir=runs, records_dir=records,
-                   overrides=["--stop_at_target=1"])["run_id"] for seed in (0, 1)]
+    rows = [run_one(track="cpu-tiny", seed=seed, name="stop", script=script, runs_dir=runs, records_dir=records,
+                    overrides=["--stop_at_target=1"]) for seed in (0, 1)]
+    ids = [row["run_id"] for row in rows]
+    assert group_summary(rows).endswith("; some runs stopped at the target (--stop_at_target): exploratory, not a record")
     capsys.readouterr()
     log = load_run(runs / ids[0])
     assert log.stopped_early and log.final_step < log.total_steps
@@ -196,14 +198,39 @@ def test_a_stopped_and_a_full_run_are_not_pooled(tmp_path, capsys):
     assert err.count("\n") == 1 and "a_full.txt and" in err and "b_stopped.txt differ" in err and "stopped at the target" in err
 
 
-def test_runs_that_state_different_targets_are_not_pooled(tmp_path, capsys):
+def fake_run_ids(tmp_path, *overrides: str) -> list[str]:
+    """The run ids of fake-trainer runs, one per override, seeds 0, 1, ..., recorded in tmp_path/records."""
     script = write_fake_trainer(tmp_path / "code")
-    ids = [run_one(track="cpu-tiny", seed=seed, name="t", script=script, runs_dir=tmp_path / "runs",
-                   records_dir=tmp_path / "records", overrides=[f"--target_val_loss={target}"])["run_id"]
-           for seed, target in ((0, 3.28), (1, 3.3))]
+    return [run_one(track="cpu-tiny", seed=seed, name="t", script=script, runs_dir=tmp_path / "runs",
+                    records_dir=tmp_path / "records", overrides=[o])["run_id"] for seed, o in enumerate(overrides)]
+
+
+@pytest.mark.parametrize("overrides, why", [
+    (("--target_val_loss=3.28", "--target_val_loss=3.3"), "(target val loss 3.28 vs 3.3)"),
+    (("--loss_noise=0.001", "--loss_noise=0.002"), "(config loss_noise 0.001 vs 0.002)")], ids=["target", "config"])
+def test_runs_that_state_different_targets_or_configs_are_not_pooled(tmp_path, capsys, overrides, why):
+    ids = fake_run_ids(tmp_path, *overrides)
     capsys.readouterr()
     assert compare.main(["--logs", "t=" + ",".join(ids), "--records", str(tmp_path / "records"), "--no-plot"]) == 1
-    assert "target val loss 3.28 vs 3.3" in capsys.readouterr().err
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: variant t: ") and why in line
+
+
+def test_variants_that_state_different_targets_need_one_given(tmp_path, published_set, capsys):
+    a, b = fake_run_ids(tmp_path, "--target_val_loss=3.28", "--target_val_loss=3.3")
+    capsys.readouterr()
+    where = ["--records", str(tmp_path / "records"), "--no-plot"]
+    assert compare.main(["--logs", f"a={a}", f"b={b}", *where]) == 1
+    assert capsys.readouterr().err == "error: the runs state targets [3.28, 3.3]; choose one with --target\n"
+    # the published logs state none: the default, 3.28, agrees with a's and not with b's
+    assert compare.main(["--logs", f"pub={published_set}", f"a={a}", *where]) == 0
+    assert "target val loss 3.28 (stated by 1 run(s); the FineWeb speedrun's for the 13 that state none)" \
+        in capsys.readouterr().out
+    assert compare.main(["--logs", f"pub={published_set}", f"b={b}", *where]) == 1
+    assert capsys.readouterr().err == ("error: the runs state targets [3.3] and 13 state none (default 3.28); "
+                                       "choose one with --target\n")
+    assert compare.main(["--logs", f"pub={published_set}", f"b={b}", *where, "--target", "3.3"]) == 0
+    assert "target val loss 3.3 (--target)" in capsys.readouterr().out
 
 
 def test_a_diverged_log_is_named_and_one_run_is_untested(published_set, tmp_path, capsys):

@@ -153,10 +153,16 @@ def test_bad_compare_inputs(tmp_path, capsys):
                           # a variant's name obeys the rule of every name in runs/ and records/ (records.name_problem)
                           (["--variant", "x" * 81 + "="], "use 1-80 letters"),
                           (["--variant", "a..b=", "--variant", "c="], "could leave records/ or runs/"),
-                          (["--logs", "a..b=x", "--logs", "c=y"], "could leave records/ or runs/")]:
-        with pytest.raises(SystemExit):
+                          (["--logs", "a..b=x", "--logs", "c=y"], "could leave records/ or runs/"),
+                          (["--variant", "a=--note='unclosed"], "--variant a: No closing quotation"),
+                          (["--variant", f"a=script={tmp_path / 'nope.py'}"], f"--variant a: script {tmp_path / 'nope.py'}: no such file"),
+                          (["--script", str(tmp_path / "nope.py"), "--variant", "a="], f"script {tmp_path / 'nope.py'}: no such file"),
+                          (["--logs", "a="], "--logs 'a=': expected NAME=PATH"),
+                          ([], "nothing to compare: give --variant NAME=SPEC (run mode) or --logs NAME=PATH (logs mode)")]:
+        with pytest.raises(SystemExit) as exc:
             compare.main(argv)
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err.splitlines()[-1], (argv, err)
 
 
 def test_empty_leaderboard_is_a_valid_page(tmp_path):

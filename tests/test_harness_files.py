@@ -60,3 +60,14 @@ def test_only_our_stale_temporaries_are_cleaned(tmp_path):
     assert sorted(clean_stale_temps(tmp_path)) == sorted([stale_file, stale_dir, old_live])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in [live, *theirs])
     assert temp_path(tmp_path / "a.md").name.startswith(f".a.md.tmp-{os.getpid()}-")
+
+
+def test_a_temporary_of_another_user_s_live_writer_is_kept(tmp_path, monkeypatch):
+    """kill(pid, 0) on another user's process raises PermissionError: it runs, so its temporary stays."""
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    theirs = tmp_path / f".leaderboard.md.tmp-{os.getpid() + 1}-0123abcd"
+    theirs.write_text("x")
+    monkeypatch.setattr(os, "kill", kill)
+    assert clean_stale_temps(tmp_path) == [] and theirs.exists()

@@ -150,6 +150,12 @@ def test_a_diverged_log_is_flagged_and_left_out(root, capsys):
     assert v["n"] == 3 and v["flags"] == ["zz_nan.txt: diverged at step 1395 of 1395, left out"]
 
 
+def test_a_log_without_its_code_among_logs_with_code_is_flagged(root, capsys):
+    write(root / "011625_Sub3Min" / "zz_bare.txt", log_of(99_000, 3.27, steps=1395, code=""))
+    v = by_variant(run_json(capsys, root))[("011625_Sub3Min", ".")]
+    assert v["n"] == 4 and v["flags"] == ["no code at the top of zz_bare.txt"]
+
+
 def test_an_output_folder_that_cannot_be_written_is_one_line(root, tmp_path, capsys):
     blocked = write(tmp_path / "blocked", "a file where the folder would go")
     assert history.main([str(root), "--json", "--out", str(blocked / "out")]) == 1
@@ -216,6 +222,7 @@ def test_bad_input_is_one_line_each_and_the_rest_renders(root, tmp_path, capsys,
     (root / "track_1_short" / "2026-07-21_Empty").mkdir()
     (root / "track_1_short" / "scratch").mkdir()
     (root / "misc").mkdir()
+    write(root / "track_1_short" / "2026-02-30_NoSuchDay" / "r.txt", log_of(80000, 3.27))
     locked = write(root / "track_1_short" / "2026-07-22_Locked" / "x" / "r.txt", log_of(80000, 3.27)).parent
     real_scandir = os.scandir
 
@@ -229,15 +236,17 @@ def test_bad_input_is_one_line_each_and_the_rest_renders(root, tmp_path, capsys,
     assert history.main([str(root), "--json", "--out", str(out)]) == 1
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
-    assert len(lines) == 6, captured.err
+    assert len(lines) == 7, captured.err
     assert any(f"{root}/misc: not a record folder" in line for line in lines)
+    assert f"history: {root}/track_1_short/2026-02-30_NoSuchDay: not a record folder (expected <YYYY-MM-DD>_<Name>); skipped" \
+        in lines
     assert any(f"{root}/track_1_short/scratch: not a record folder" in line for line in lines)
     assert any("2026-07-20_NotALog/notes.txt: no validation line" in line for line in lines)
     assert any("2026-07-21_Empty: no logs" in line for line in lines)
     assert any(f"{locked}: cannot read (Permission denied)" in line for line in lines)
     assert any("2026-07-22_Locked: no logs" in line for line in lines)
     fig = json.loads(captured.out)
-    assert len(fig["variants"]) == 4 and len(fig["problems"]) == 6
+    assert len(fig["variants"]) == 4 and len(fig["problems"]) == 7
     assert "## Problems (left out)" in (out / "history.md").read_text()
 
 

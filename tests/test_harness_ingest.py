@@ -92,6 +92,21 @@ def test_the_same_log_goes_in_once(where, tmp_path, capsys):
     assert len(list(where["runs"].iterdir())) == 1
 
 
+def test_a_damaged_runs_log_is_named_kept_and_its_runs_still_count(where, tmp_path, capsys):
+    path = write(tmp_path / "logs", "a.txt", modded_log())
+    assert run_ingest(where, path) == 0
+    runs_log = where["records"] / "runs.jsonl"
+    with open(runs_log, "a") as f:
+        f.write('{"run_id": "torn", "sta')  # a writer killed mid-line
+    capsys.readouterr()
+    other = write(tmp_path / "logs", "b.txt", modded_log(final_ms=80800, final_loss=3.2771))
+    assert run_ingest(where, path, other) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"warning: {runs_log}:2: skipped damaged line") and "already ingested" in err[1]
+    lines = runs_log.read_text().splitlines()
+    assert len(lines) == 3 and lines[1] == '{"run_id": "torn", "sta' and '"source": "' + str(other) in lines[2]
+
+
 def test_a_2024_log_and_one_of_ours(where, tmp_path):
     # 2024: a '=' line before the code too, "pytorch", no Python or Triton line, a train_loss on step lines
     old_steps = steps(462573, 3.2790).replace("step:1389/1390 train_time", "step:1389/1390 train_loss:3.2243 train_time")

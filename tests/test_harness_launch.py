@@ -156,3 +156,13 @@ def test_a_runs_dir_that_is_a_file_is_named_not_a_folder(kit, tmp_path, capsys):
     assert compare.main(argv) == 2
     assert capsys.readouterr().err == f"error: --runs-dir {a_file}: not a folder\n"
     assert a_file.read_text() == "x\n" and not kit["records"].exists()
+
+
+def test_a_variant_whose_runs_all_crash_is_one_line_and_its_runs_are_recorded(kit, capsys):
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--variant", "a=--steps=10", "--variant", "b=--steps=10 --crash_at=0", "--no-plot", "--no-leaderboard"]
+    assert compare.main(argv) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    frame, problems = load_records(kit["records"])
+    assert problems == [] and frame["status"].tolist() == ["ok", "crashed"]
+    assert line.startswith(f"error: variant b: no finished runs to compare (left out: {frame['run_id'][1]} (crashed: ")

@@ -77,3 +77,14 @@ def test_an_out_that_is_a_link_loop_is_a_usage_error_naming_it(tmp_path, capsys)
     assert exc.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == \
         f"python -m harness.leaderboard: error: --out {loop}: Too many levels of symbolic links"
+
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_text("x\n")], ids=["missing", "a-file"])
+def test_records_that_are_no_folder_are_a_usage_error_and_nothing_is_written(tmp_path, capsys, make):
+    make(tmp_path / "records")
+    with pytest.raises(SystemExit) as exc:
+        leaderboard.main(["--records", str(tmp_path / "records")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == \
+        f"python -m harness.leaderboard: error: --records {tmp_path / 'records'}: no such directory"
+    assert not (tmp_path / "leaderboard.md").exists()

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -64,6 +65,19 @@ def test_timeout(kit):
     assert only_row(kit)["status"] == "timeout"
 
 
+@pytest.mark.timeout(60, method="thread")  # a harness that only asks would wait for the trainer forever
+def test_a_trainer_that_ignores_sigint_and_sigterm_is_killed_and_its_run_recorded(kit, monkeypatch):
+    text = kit["script"].read_text()
+    kit["script"].write_text(text.replace("        if step == cfg[\"hang_at\"]:\n", "        if step == cfg[\"hang_at\"]:\n"
+                                          "            import signal\n"
+                                          "            signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                          "            signal.signal(signal.SIGTERM, signal.SIG_IGN)\n", 1))
+    monkeypatch.setattr(run, "STOP_GRACE_S", 0.5)
+    row = run_fake(kit, "--hang_at=3", timeout=1.0)
+    assert row["status"] == "timeout" and row["returncode"] == -signal.SIGKILL and only_row(kit)["status"] == "timeout"
+    assert not processes_running(kit["script"]), "the trainer was left running"
+
+
 def test_ctrl_c_records_interrupted(kit):
     cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
            "--records", str(kit["records"]), "--no-leaderboard", "--", "--hang_at=7"]
@@ -101,6 +115,8 @@ def test_bad_cli_arguments(kit, capsys):
         (["--script", str(kit["script"]), "--", "--seed=3"], "set by the harness"),
         (["--script", str(kit["script"].parent / "nope.py")], "no such file"),
         (["--seeds", "0"], "must be >= 1"),
+        (["--script", str(kit["script"]), "--timeout", "0"], "argument --timeout: '0' is not above 0"),
+        (["--script", str(kit["script"]), "--timeout", "1h"], "argument --timeout: '1h' is not a number"),
         (["--script", str(kit["script"]), "--name", "a|b"], "--name 'a|b': use 1-80 letters"),  # a table's cell
         (["--script", str(kit["script"]), "--name", "a\nb"], "--name 'a\\nb' contains control characters"),
     ]:
@@ -139,6 +155,14 @@ def test_harness_failure_stops_the_trainer(kit, monkeypatch):
     assert procs and procs[0].poll() is not None, "the trainer was left running"
 
 
+def test_runs_are_recorded_and_the_status_kept_where_the_leaderboard_cannot_be_written(kit, capsys):
+    (kit["records"].parent / "leaderboard.md").mkdir(parents=True)  # no page can replace a folder
+    assert run.main(["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+                     "--", "--steps=10"]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: leaderboard not re-rendered: ") and only_row(kit)["status"] == "ok"
+
+
 def test_unwritable_destination_is_refused_before_launch(kit, tmp_path, capsys):
     for case, runs_dir, records in unwritable_destinations(tmp_path):
         argv = ["--script", str(kit["script"]), "--runs-dir", str(runs_dir), "--records", str(records),
@@ -147,7 +171,7 @@ def test_unwritable_destination_is_refused_before_launch(kit, tmp_path, capsys):
         captured = capsys.readouterr()
         assert captured.out == "", case  # nothing launched: no run line, no summary
         (line,) = captured.err.splitlines()
-        assert line.startswith("error: --runs-dir" if case == "runs-dir-is-a-file" else "error: --records"), line
+        assert line.startswith("error: --runs-dir" if case.startswith("runs-dir") else "error: --records"), line
         assert not runs_dir.is_dir() or not any(runs_dir.iterdir()), f"{case}: an orphan run folder"
         assert not (records / "runs.jsonl").is_file() or not (records / "runs.jsonl").read_text()
 
@@ -213,3 +237,76 @@ def test_runs_log_failing_after_the_run_is_one_line_naming_the_run_folder(kit, m
     (run_dir,) = kit["runs"].iterdir()
     assert line.startswith(f"error: run {run_dir.name} not recorded in the runs log (") and "No space left" in line
     assert line.endswith(f"its folder {run_dir} holds what it wrote") and (run_dir / "events.jsonl").is_file()
+
+
+def test_a_reader_that_stops_reading_loses_no_run(kit):
+    """`harness.run | head -1`: the runs go on and are recorded, without a traceback."""
+    from harness.snapshot import REPO_ROOT
+
+    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+           "--records", str(kit["records"]), "--no-leaderboard", "--seeds", "2", "--", "--steps=300", "--val_every=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    frame, problems = load_records(kit["records"])
+    assert problems == [] and frame["status"].tolist() == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("import no_such_module\n", "--print_config failed (exit status 1): ModuleNotFoundError: No module named "
+                                "'no_such_module'"),
+    ("print('ready')\n", "--print_config printed no config (one JSON line expected)"),
+    ("print('[1, 2]')\n", "--print_config printed no config (one JSON line expected)"),
+], ids=["crashes", "prints-text", "prints-a-list"])
+def test_a_trainer_whose_config_cannot_be_read_is_refused_before_launch(kit, capsys, body, message):
+    kit["script"].write_text(body)
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--no-leaderboard"]
+    assert run.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == f"error: seed 0: {kit['script']} {message}\n"
+    assert not kit["runs"].exists() and not kit["records"].exists()
+
+
+@pytest.mark.parametrize("old, new, validated", [
+    ("    run_dir.mkdir(parents=True, exist_ok=True)\n", "    raise MemoryError('fake out of memory')\n", False),
+    ("error=None)\n    return 0\n", "error=None)\n    return 3\n", True),  # its result says ok
+], ids=["before-its-events", "at-exit-after-an-ok-result"])
+def test_a_trainer_that_crashes_before_its_events_or_at_exit_is_recorded_crashed(kit, old, new, validated):
+    text = kit["script"].read_text()
+    assert text.count(old) == 1
+    kit["script"].write_text(text.replace(old, new))
+    row = run_fake(kit, "--steps=10")
+    assert row["status"] == "crashed" and row["returncode"] != 0 and only_row(kit)["status"] == "crashed"
+    assert (row["final_val_loss"] is not None) == validated
+
+
+def test_a_trainer_whose_config_takes_too_long_is_refused_before_launch(kit, capsys, monkeypatch):
+    kit["script"].write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(run, "CONFIG_CHECK_S", 2)
+    argv = ["--script", str(kit["script"]), "--runs-dir", str(kit["runs"]), "--records", str(kit["records"]),
+            "--no-leaderboard"]
+    assert run.main(argv) == 2
+    assert capsys.readouterr().err == f"error: seed 0: {kit['script']} --print_config: no answer within 2 s\n"
+    assert not kit["runs"].exists() and not kit["records"].exists()
+
+
+def test_a_stop_signal_before_the_first_run_launches_nothing_and_exits_128_plus_it(kit):
+    from harness.snapshot import REPO_ROOT
+
+    started = kit["script"].with_name("started")  # the --print_config, still resolving when SIGTERM comes
+    kit["script"].write_text(f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(5)\n")
+    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+           "--records", str(kit["records"]), "--no-leaderboard"]
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not started.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the config check never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and out == ""
+    assert err == "interrupted (SIGTERM): no run was in flight\n"
+    assert not kit["runs"].exists() and not kit["records"].exists()

@@ -103,3 +103,12 @@ def test_a_line_nested_deeper_than_the_parser_goes_is_a_damaged_line(tmp_path):
     problems = []
     assert list(iter_json_lines(path, problems)) == [(1, {"a": 1}), (3, {"b": 2})]
     assert len(problems) == 1 and problems[0].startswith(f"{path}:2: skipped damaged line (maximum recursion depth")
+
+
+def test_an_events_line_that_is_json_but_no_event_is_a_damaged_line(tmp_path):
+    from harness.runlog import read_events
+
+    (tmp_path / "events.jsonl").write_text('{"event": "config"}\n[1, 2]\n{"step": 3}\n{"event": "val"}\n')
+    events, problems = read_events(tmp_path)
+    assert events == [{"event": "config"}, {"event": "val"}]
+    assert problems == [f"{tmp_path / 'events.jsonl'}:{n}: skipped damaged line (not an event object)" for n in (2, 3)]

@@ -78,3 +78,15 @@ def test_the_trainer_snapshots_the_file_it_runs_from():
     # train_gpt.py's main hands its own path to snapshot_code, so a copy under another name is its own code
     source = (REPO_ROOT / "train_gpt.py").read_text()
     assert "snapshot_code(cfg.run_dir, trainer=__file__)" in source
+
+
+@pytest.mark.parametrize("make, why", [(lambda p: shutil.rmtree(p), "no code snapshot folder"),
+                                       (lambda p: [f.unlink() for f in p.rglob("*") if f.is_file()],
+                                        "the code snapshot holds no files")], ids=["missing", "empty"])
+def test_a_record_s_snapshot_that_is_missing_or_empty_is_named_once(where, tmp_path, capsys, make, why):
+    from harness import verify
+    from test_harness_verify import NUMBER_LIKE_IDS, record_with_run_ids
+
+    folder = record_with_run_ids(where, tmp_path, capsys, NUMBER_LIKE_IDS)
+    make(folder / "code")
+    assert verify.verify(folder) == [f"{folder / 'code'}: {why}"]
