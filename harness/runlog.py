@@ -8,7 +8,7 @@ train_gpt.py writes `events.jsonl` in its run directory; the harness reads it ba
   step    {"step": int, "train_time_ms": float, "step_avg_ms": float, "train_loss": float|None,
            "tokens_per_s": float, "mfu": float|None}
   val     {"step": int, "val_loss": float, "train_time_ms": float}
-  result  {"status": "ok"|"diverged"|"error"|"interrupted" (Ctrl-C), "reached_target": bool, "target_val_loss": float,
+  result  {"status": "ok"|"diverged"|"error"|"interrupted" (SIGINT, SIGTERM, SIGHUP), "reached_target": bool, "target_val_loss": float,
            "stop_at_target": bool, "time_to_target_ms": float|None (first val <= target), "steps": int, "tokens": int, "final_val_loss": float|None,
            "train_time_ms": float (the run's time: at its final validation), "peak_memory_mb": float|None, "tokens_per_s": float, "mfu": float|None,
            "error": str|None}
