@@ -159,9 +159,10 @@ def config_diff(a: dict, b: dict) -> str | None:
 
 def printed_tolerance(text: str) -> float:
     """Half a unit of the last printed digit of a step line's value (_VALUE): '3.2775' -> 5e-5, '1.23e-04' -> 5e-7,
-    '42' -> 0.5; inf for 'nan' or 'inf', and for a last digit beyond a float ('1e999')."""
+    '42' -> 0.5; inf for 'nan' or 'inf', and for a last digit beyond a float ('1e999'); 0 below one ('1e-999').
+    The exponent is clamped to a float's range first: scaleb refuses exponents beyond Decimal's own."""
     exponent = Decimal(text).as_tuple().exponent
-    return math.inf if not isinstance(exponent, int) else float(Decimal("0.5").scaleb(exponent))
+    return math.inf if not isinstance(exponent, int) else float(Decimal("0.5").scaleb(max(-400, min(400, exponent))))
 
 
 # The keys a step line gives, as printed -> the field they fill; other keys are ignored.

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from harness.logs import LogError, code_differences, header_lines, load_run, load_runs, parse_step_line, parse_text
+from harness.logs import (LogError, code_differences, header_lines, load_run, load_runs, parse_step_line, parse_text,
+                          printed_tolerance)
 from helpers import LOG_HEAD as CODE, LOG_STEPS as STEPS
 
 def write(tmp_path, text, name="log.txt"):
@@ -279,3 +280,11 @@ def test_a_log_path_that_leads_nowhere_is_one_line(tmp_path):
     with pytest.raises(LogError) as exc:
         load_runs(tmp_path / "nothing")
     assert str(exc.value) == f"{tmp_path / 'nothing'}: no such log file or folder"
+
+
+@pytest.mark.parametrize("text, expected", [("3.2775", 5e-5), ("1.23e-04", 5e-7), ("42", 0.5), ("nan", math.inf),
+                                            ("1e999", math.inf), ("1E+999999999999999999", math.inf),
+                                            ("1E-999999999999999999", 0.0)])
+def test_printed_tolerance_is_half_the_last_printed_digit_for_any_exponent(text, expected):
+    """verify holds each logged number to its printed digits; an exponent beyond Decimal's range is no traceback."""
+    assert printed_tolerance(text) == pytest.approx(expected)
