@@ -69,23 +69,31 @@ def trainer_env() -> dict:
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
 
 
-def config_problem(script, track: str, seed: int, overrides: Sequence[str], nproc: int,
+def config_problem(script, track: str, seed: int, overrides: Sequence[str], nproc: int, stop: threading.Event,
                    full_schedule: bool = False) -> str | None:
     """The trainer's one error line about a run's config, or None, from `script --print_config` (one JSON line,
-    or one error line and exit 2). With full_schedule (a comparison's runs), stopping at the target is one too."""
+    or one error line and exit 2). With full_schedule (a comparison's runs), stopping at the target is one too.
+    Once `stop` is set, it launches nothing, and stops (_stop) the check it runs within half a second."""
+    if stop.is_set():
+        return None
     cmd = [sys.executable, str(script), "--print_config", f"--track={track}", f"--seed={seed}", *overrides]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=CONFIG_CHECK_S,
-                             env={**trainer_env(), "WORLD_SIZE": str(nproc)})
-    except subprocess.TimeoutExpired:
-        return f"{script} --print_config: no answer within {CONFIG_CHECK_S} s"
-    lines = [line.strip() for line in out.stderr.splitlines() if line.strip()]
-    if out.returncode == 2 and lines:  # the trainer's config error
+    deadline = time.monotonic() + CONFIG_CHECK_S
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                          env={**trainer_env(), "WORLD_SIZE": str(nproc)}, start_new_session=True) as proc:
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # communicate again loses no output
+                stdout, stderr = proc.communicate(timeout=0.5)
+                break
+        else:
+            _stop(proc)
+            return None if stop.is_set() else f"{script} --print_config: no answer within {CONFIG_CHECK_S} s"
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if proc.returncode == 2 and lines:  # the trainer's config error
         return lines[-1].removeprefix("error: ")
-    if out.returncode != 0:
-        return f"{script} --print_config failed (exit status {out.returncode})" + (f": {lines[-1]}" if lines else "")
+    if proc.returncode != 0:
+        return f"{script} --print_config failed (exit status {proc.returncode})" + (f": {lines[-1]}" if lines else "")
     try:
-        config = json.loads(out.stdout.strip().splitlines()[-1])
+        config = json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         config = None
     if not isinstance(config, dict):
@@ -98,16 +106,16 @@ def config_problem(script, track: str, seed: int, overrides: Sequence[str], npro
 
 def first_config_problem(checks: Sequence[tuple[str, dict]]) -> str | None:
     """The first of `checks` (label, config_problem's kwargs) with a problem as "LABEL: problem", or None; they run
-    a few at a time, and none starts after a problem is found."""
+    a few at a time. Once a problem is found or a stop signal comes, none starts and those running are stopped."""
+    stop = threading.Event()
     with ThreadPoolExecutor(max_workers=min(4, len(checks) or 1)) as pool:
-        futures = [pool.submit(config_problem, **kwargs) for _, kwargs in checks]
         try:
+            futures = [pool.submit(config_problem, **kwargs, stop=stop) for _, kwargs in checks]
             for (label, _), future in zip(checks, futures):
                 if problem := future.result():
                     return f"{label}: {problem}"
         finally:
-            for future in futures:
-                future.cancel()
+            stop.set()
     return None
 
 

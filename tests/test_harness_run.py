@@ -293,20 +293,32 @@ def test_a_trainer_whose_config_takes_too_long_is_refused_before_launch(kit, cap
     assert not kit["runs"].exists() and not kit["records"].exists()
 
 
-def test_a_stop_signal_before_the_first_run_launches_nothing_and_exits_128_plus_it(kit):
+@pytest.mark.parametrize("command, signum", [
+    (["harness.run"], signal.SIGTERM), (["harness.run"], signal.SIGINT),
+    (["harness.compare", "--variant", "a=", "--no-plot"], signal.SIGHUP),
+], ids=["run-SIGTERM", "run-SIGINT", "compare-SIGHUP"])
+def test_a_stop_signal_during_the_config_checks_stops_them_launches_nothing_and_exits_128_plus_it(kit, command, signum):
+    """A signal to the harness alone while a hung --print_config check runs: the check is stopped at once."""
     from harness.snapshot import REPO_ROOT
 
-    started = kit["script"].with_name("started")  # the --print_config, still resolving when SIGTERM comes
-    kit["script"].write_text(f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(5)\n")
-    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+    started = kit["script"].with_name("started")  # the --print_config's pid, written as it starts to hang
+    kit["script"].write_text(f"import os, pathlib, time\npathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+                             "time.sleep(300)\n")
+    cmd = [sys.executable, "-m", *command, "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
            "--records", str(kit["records"]), "--no-leaderboard"]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while not started.exists():
+    while not (started.exists() and started.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None, "the config check never started"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and out == ""
-    assert err == "interrupted (SIGTERM): no run was in flight\n"
+    check = int(started.read_text())
+    proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=30)  # the hung check is stopped within STOP_GRACE_S, not waited for
+    finally:
+        proc.kill()  # nothing, once it has exited
+    assert proc.returncode == 128 + signum and out == ""
+    assert err == f"interrupted ({signal.Signals(signum).name}): no run was in flight\n"
+    with pytest.raises(ProcessLookupError):
+        os.kill(check, 0)  # the check is gone, not left behind
     assert not kit["runs"].exists() and not kit["records"].exists()
