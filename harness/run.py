@@ -705,7 +705,7 @@ def destination_problem(runs_dir: Path, records_dir: Path) -> str | None:
     try:
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return f"--runs-dir {runs_dir}: {os_error_line(exc)}"
+        return f"--runs-dir {runs_dir}: {os_error_line(exc, runs_dir)}"
     if not os.access(runs_dir, os.W_OK | os.X_OK):
         return f"--runs-dir {runs_dir}: not writable"
     try:

@@ -172,6 +172,7 @@ def test_unwritable_destination_is_refused_before_launch(kit, tmp_path, capsys):
         assert captured.out == "", case  # nothing launched: no run line, no summary
         (line,) = captured.err.splitlines()
         assert line.startswith("error: --runs-dir" if case.startswith("runs-dir") else "error: --records"), line
+        assert not case.startswith("runs-dir") or line.count(str(runs_dir)) == 1, line  # named once
         assert not runs_dir.is_dir() or not any(runs_dir.iterdir()), f"{case}: an orphan run folder"
         assert not (records / "runs.jsonl").is_file() or not (records / "runs.jsonl").read_text()
 
