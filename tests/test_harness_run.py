@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -323,3 +324,33 @@ def test_a_stop_signal_during_the_config_checks_stops_them_launches_nothing_and_
     with pytest.raises(ProcessLookupError):
         os.kill(check, 0)  # the check is gone, not left behind
     assert not kit["runs"].exists() and not kit["records"].exists()
+
+
+def test_a_second_stop_signal_while_the_config_checks_stop_waits_for_them(kit, monkeypatch):
+    """Two SIGTERMs, the second while a check that ignores SIGINT is being stopped: Interrupted comes only once the
+    check is gone (a join that a signal interrupts would let its thread, and the check, outlive the harness)."""
+    started = kit["script"].with_name("started")
+    kit["script"].write_text(f"import os, pathlib, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                             f"pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\ntime.sleep(300)\n")
+    monkeypatch.setattr(run, "STOP_GRACE_S", 2)  # SIGINT, then SIGTERM 2 s later
+
+    def send_two_sigterms():
+        deadline = time.monotonic() + 30
+        while not (started.exists() and started.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+
+    sender = threading.Thread(target=send_two_sigterms)
+    previous = run.raise_on_stop_signals()
+    try:
+        sender.start()
+        with pytest.raises(run.Interrupted):
+            run.first_config_problem([("seed 0", dict(script=kit["script"], track="cpu-tiny", seed=0, overrides=[],
+                                                      nproc=1))])
+    finally:
+        sender.join()  # no SIGTERM reaches pytest's own handler
+        run.restore_handlers(previous)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(started.read_text()), 0)
