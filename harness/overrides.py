@@ -3,7 +3,8 @@
     parse_overrides(["--seed=3", "--compile", "auto"], Config)  ->  {"seed": 3, "compile": None}
 
 A key always takes a value (a bare `--key` is refused, not guessed); bool fields take true/false/1/0/yes/no,
-optional fields (`int | None`) also none/auto; an unknown key is refused with the closest field's name.
+optional fields (`int | None`) also none/auto; an unknown key is refused with the closest field's name. The
+trainer's own flags (FLAGS) take none: its main reads them bare, and one with a value is refused.
 Errors are one-line ConfigErrors.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import typing
 from typing import Sequence
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+FLAGS = ("help", "print_config")  # train_gpt.py's options that are not Config fields and take no value
 
 
 class ConfigError(ValueError):
@@ -61,6 +63,8 @@ def parse_overrides(argv: Sequence[str], fields_of: type) -> dict:
     overrides = {}
     for arg in normalize_argv(argv):
         key, _, text = arg[2:].partition("=")
+        if key in FLAGS:
+            raise ConfigError(f"{arg}: --{key} takes no value")
         if key not in kinds:
             close = difflib.get_close_matches(key, kinds, n=1)
             raise ConfigError(f"unknown option --{key}" + (f" (did you mean --{close[0]}?)" if close else ""))

@@ -89,10 +89,12 @@ class RecordsError(ValueError):
     """A bad or missing entry in records/. The message is one line naming the file and the entry."""
 
 
-def os_error_line(exc: OSError) -> str:
-    """'<file>: <reason>' for an OSError, on one line."""
+def os_error_line(exc: OSError, named=None) -> str:
+    """'<file>: <reason>' for an OSError, on one line; '<reason>' alone where <file> is `named`, the path the line
+    it goes into already names."""
     if exc.filename is not None and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
+        named_here = named is not None and str(exc.filename) == str(named)
+        return exc.strerror if named_here else f"{exc.filename}: {exc.strerror}"
     return " ".join(str(exc).split())
 
 

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from tqdm import tqdm
 
@@ -70,22 +70,30 @@ def trainer_env() -> dict:
 
 
 def config_problem(script, track: str, seed: int, overrides: Sequence[str], nproc: int,
-                   full_schedule: bool = False) -> str | None:
+                   stopped: Callable[[], bool], full_schedule: bool = False) -> str | None:
     """The trainer's one error line about a run's config, or None, from `script --print_config` (one JSON line,
-    or one error line and exit 2). With full_schedule (a comparison's runs), stopping at the target is one too."""
+    or one error line and exit 2). With full_schedule (a comparison's runs), stopping at the target is one too.
+    Once stopped() is true, it launches nothing, and stops (_stop) the check it runs within half a second."""
+    if stopped():
+        return None
     cmd = [sys.executable, str(script), "--print_config", f"--track={track}", f"--seed={seed}", *overrides]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=CONFIG_CHECK_S,
-                             env={**trainer_env(), "WORLD_SIZE": str(nproc)})
-    except subprocess.TimeoutExpired:
-        return f"{script} --print_config: no answer within {CONFIG_CHECK_S} s"
-    lines = [line.strip() for line in out.stderr.splitlines() if line.strip()]
-    if out.returncode == 2 and lines:  # the trainer's config error
+    deadline = time.monotonic() + CONFIG_CHECK_S
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                          env={**trainer_env(), "WORLD_SIZE": str(nproc)}, start_new_session=True) as proc:
+        while not stopped() and time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # communicate again loses no output
+                stdout, stderr = proc.communicate(timeout=0.5)
+                break
+        else:
+            _stop(proc)
+            return None if stopped() else f"{script} --print_config: no answer within {CONFIG_CHECK_S} s"
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    if proc.returncode == 2 and lines:  # the trainer's config error
         return lines[-1].removeprefix("error: ")
-    if out.returncode != 0:
-        return f"{script} --print_config failed (exit status {out.returncode})" + (f": {lines[-1]}" if lines else "")
+    if proc.returncode != 0:
+        return f"{script} --print_config failed (exit status {proc.returncode})" + (f": {lines[-1]}" if lines else "")
     try:
-        config = json.loads(out.stdout.strip().splitlines()[-1])
+        config = json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         config = None
     if not isinstance(config, dict):
@@ -98,17 +106,22 @@ def config_problem(script, track: str, seed: int, overrides: Sequence[str], npro
 
 def first_config_problem(checks: Sequence[tuple[str, dict]]) -> str | None:
     """The first of `checks` (label, config_problem's kwargs) with a problem as "LABEL: problem", or None; they run
-    a few at a time, and none starts after a problem is found."""
-    with ThreadPoolExecutor(max_workers=min(4, len(checks) or 1)) as pool:
-        futures = [pool.submit(config_problem, **kwargs) for _, kwargs in checks]
-        try:
-            for (label, _), future in zip(checks, futures):
-                if problem := future.result():
-                    return f"{label}: {problem}"
-        finally:
-            for future in futures:
-                future.cancel()
-    return None
+    a few at a time. Once a problem is found, none starts and those running are stopped; a stop signal does the same,
+    and then raises Interrupted. Till then it is only noted: raised while the main thread joins a check's thread, it
+    would mark that thread ended (Python 3.11), and the check would outlive the harness."""
+    done, signals = threading.Event(), _StopFlag()
+    pool = ThreadPoolExecutor(max_workers=min(4, len(checks) or 1))
+    try:
+        futures = [pool.submit(config_problem, **kwargs, stopped=lambda: done.is_set() or signals.signum is not None)
+                   for _, kwargs in checks]
+        problem = next((f"{label}: {p}" for (label, _), f in zip(checks, futures) if (p := f.result())), None)
+    finally:
+        done.set()
+        pool.shutdown()
+        signals.uninstall()
+    if signals.signum is not None:
+        raise Interrupted(signals.signum)
+    return problem
 
 
 def check_overrides(overrides: Sequence[str]) -> str | None:
@@ -246,8 +259,9 @@ def interrupted_exit(exc: KeyboardInterrupt) -> int:
 
 
 class _StopFlag:
-    """From a run's launch until its row is written, the stop signals only note which one came (see _launch):
-    none is lost, and none lands in the middle of writing the row. Installed when made."""
+    """From a run's launch until its row is written, and while the config checks run, the stop signals only note
+    which one came (see _launch, first_config_problem): none is lost, and none lands in the middle of writing the
+    row or of joining a thread. Installed when made."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -697,7 +711,7 @@ def destination_problem(runs_dir: Path, records_dir: Path) -> str | None:
     try:
         Path(runs_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return f"--runs-dir {runs_dir}: {os_error_line(exc)}"
+        return f"--runs-dir {runs_dir}: {os_error_line(exc, runs_dir)}"
     if not os.access(runs_dir, os.W_OK | os.X_OK):
         return f"--runs-dir {runs_dir}: not writable"
     try:

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -172,6 +173,7 @@ def test_unwritable_destination_is_refused_before_launch(kit, tmp_path, capsys):
         assert captured.out == "", case  # nothing launched: no run line, no summary
         (line,) = captured.err.splitlines()
         assert line.startswith("error: --runs-dir" if case.startswith("runs-dir") else "error: --records"), line
+        assert not case.startswith("runs-dir") or line.count(str(runs_dir)) == 1, line  # named once
         assert not runs_dir.is_dir() or not any(runs_dir.iterdir()), f"{case}: an orphan run folder"
         assert not (records / "runs.jsonl").is_file() or not (records / "runs.jsonl").read_text()
 
@@ -293,20 +295,62 @@ def test_a_trainer_whose_config_takes_too_long_is_refused_before_launch(kit, cap
     assert not kit["runs"].exists() and not kit["records"].exists()
 
 
-def test_a_stop_signal_before_the_first_run_launches_nothing_and_exits_128_plus_it(kit):
+@pytest.mark.parametrize("command, signum", [
+    (["harness.run"], signal.SIGTERM), (["harness.run"], signal.SIGINT),
+    (["harness.compare", "--variant", "a=", "--no-plot"], signal.SIGHUP),
+], ids=["run-SIGTERM", "run-SIGINT", "compare-SIGHUP"])
+def test_a_stop_signal_during_the_config_checks_stops_them_launches_nothing_and_exits_128_plus_it(kit, command, signum):
+    """A signal to the harness alone while a hung --print_config check runs: the check is stopped at once."""
     from harness.snapshot import REPO_ROOT
 
-    started = kit["script"].with_name("started")  # the --print_config, still resolving when SIGTERM comes
-    kit["script"].write_text(f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(5)\n")
-    cmd = [sys.executable, "-m", "harness.run", "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
+    started = kit["script"].with_name("started")  # the --print_config's pid, written as it starts to hang
+    kit["script"].write_text(f"import os, pathlib, time\npathlib.Path({str(started)!r}).write_text(str(os.getpid()))\n"
+                             "time.sleep(300)\n")
+    cmd = [sys.executable, "-m", *command, "--script", str(kit["script"]), "--runs-dir", str(kit["runs"]),
            "--records", str(kit["records"]), "--no-leaderboard"]
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while not started.exists():
+    while not (started.exists() and started.read_text()):
         assert time.monotonic() < deadline and proc.poll() is None, "the config check never started"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and out == ""
-    assert err == "interrupted (SIGTERM): no run was in flight\n"
+    check = int(started.read_text())
+    proc.send_signal(signum)
+    try:
+        out, err = proc.communicate(timeout=30)  # the hung check is stopped within STOP_GRACE_S, not waited for
+    finally:
+        proc.kill()  # nothing, once it has exited
+    assert proc.returncode == 128 + signum and out == ""
+    assert err == f"interrupted ({signal.Signals(signum).name}): no run was in flight\n"
+    with pytest.raises(ProcessLookupError):
+        os.kill(check, 0)  # the check is gone, not left behind
     assert not kit["runs"].exists() and not kit["records"].exists()
+
+
+def test_a_second_stop_signal_while_the_config_checks_stop_waits_for_them(kit, monkeypatch):
+    """Two SIGTERMs, the second while a check that ignores SIGINT is being stopped: Interrupted comes only once the
+    check is gone (a join that a signal interrupts would let its thread, and the check, outlive the harness)."""
+    started = kit["script"].with_name("started")
+    kit["script"].write_text(f"import os, pathlib, signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                             f"pathlib.Path({str(started)!r}).write_text(str(os.getpid()))\ntime.sleep(300)\n")
+    monkeypatch.setattr(run, "STOP_GRACE_S", 2)  # SIGINT, then SIGTERM 2 s later
+
+    def send_two_sigterms():
+        deadline = time.monotonic() + 30
+        while not (started.exists() and started.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
+
+    sender = threading.Thread(target=send_two_sigterms)
+    previous = run.raise_on_stop_signals()
+    try:
+        sender.start()
+        with pytest.raises(run.Interrupted):
+            run.first_config_problem([("seed 0", dict(script=kit["script"], track="cpu-tiny", seed=0, overrides=[],
+                                                      nproc=1))])
+    finally:
+        sender.join()  # no SIGTERM reaches pytest's own handler
+        run.restore_handlers(previous)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(started.read_text()), 0)

@@ -216,6 +216,8 @@ def test_every_numeric_field_has_a_range():
     ("--run_dir=README.md", "--run_dir=README.md: exists and is not a folder"),
     ("--seed=18446744073709551616", "--seed=18446744073709551616: must be between 0 and 18446744073709551615"),
     ("--num_stepz=3", "unknown option --num_stepz (did you mean --num_steps?)"),
+    ("--print_config=1", "--print_config=1: --print_config takes no value"),
+    ("--help=true", "--help=true: --help takes no value"),
 ])
 def test_nonsense_is_one_line_exit_2(override, message, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
