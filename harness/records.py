@@ -353,7 +353,7 @@ def check_appendable(records_dir: str | os.PathLike = RECORDS_DIR) -> None:
     except FileExistsError as exc:  # mkdir's: something other than a folder is where the records folder goes
         raise RecordsError(f"runs log {path} cannot be appended to: {exc.filename}: not a folder") from None
     except OSError as exc:
-        raise RecordsError(f"runs log {path} cannot be appended to: {os_error_line(exc)}") from None
+        raise RecordsError(f"runs log {path} cannot be appended to: {os_error_line(exc, path)}") from None
 
 
 def hide_run(run_id: str, reason: str, records_dir: str | os.PathLike = RECORDS_DIR) -> Path:
