@@ -17,7 +17,7 @@ is the train time of its final validation (the loss rule over a set of runs, not
 `--stop_at_target=true` stops at the first validation at or below the target instead: for exploring only, since
 optional stopping biases both the time and the loss (harness.submit refuses such runs).
 Exit status: 0 ok (target reached or not), 1 error, 2 bad command line, 3 diverged, 128 + the signal's number
-interrupted: 130 by Ctrl-C, 143 by SIGTERM (`kill`, `timeout`, torchrun stopping the other workers), 129 by SIGHUP.
+interrupted: 130 by Ctrl-C, 143 by SIGTERM (`kill`, `timeout`), 129 by SIGHUP (neither under torchrun).
 """
 from __future__ import annotations
 
@@ -897,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         init_distributed(env, device)
         log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
     except (ConfigError, OSError) as exc:  # no rendezvous address; a run folder it may not write in
-        why = exc if isinstance(exc, ConfigError) else f"--run_dir={cfg.run_dir}: cannot write there ({exc.strerror})"
+        why = exc if isinstance(exc, ConfigError) else f"--run_dir={cfg.run_dir}: cannot write there ({exc.strerror or exc})"
         print(f"error: {why}", file=sys.stderr)
         return 1
     try:
@@ -940,11 +940,10 @@ def main(argv: list[str] | None = None) -> int:
             dist.destroy_process_group()
 
 
-def stop_signal(signum: int, frame) -> None:  # SIGTERM and SIGHUP stop a run as Ctrl-C does: status interrupted
-    raise KeyboardInterrupt(signum)
-
-
-if __name__ == "__main__":
-    for stop in (signal.SIGTERM, signal.SIGHUP):  # here, not in main(): importing and calling main() install nothing
-        signal.signal(stop, stop_signal)
+if __name__ == "__main__":  # here, not in main(): importing and calling main() install nothing
+    def stop_signal(signum: int, frame) -> None:  # SIGTERM and SIGHUP stop a run as Ctrl-C does: status interrupted
+        raise KeyboardInterrupt(signum)
+    for stop in (signal.SIGTERM, signal.SIGHUP):  # not where nohup ignores one, nor under torchrun (it stops workers)
+        if signal.getsignal(stop) == signal.SIG_DFL and "TORCHELASTIC_RUN_ID" not in os.environ:
+            signal.signal(stop, stop_signal)
     sys.exit(main())

@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -979,28 +980,52 @@ def test_too_little_data_fails_before_training(shards, tmp_path):
     assert result_of(tmp_path / "r")["status"] == "error"
 
 
+def stopped_run(shards, tmp_path, *signums, ignored=(), env=()) -> tuple[subprocess.Popen, str]:
+    """A long run sent `signums` once its timed loop runs, with the signals `ignored` ignored as it starts (nohup
+    ignores SIGHUP); the process ended and its stderr."""
+    cmd = [sys.executable, "train_gpt.py", f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards),
+           "--num_steps=10000", "--val_every=10000", "--train_epochs=1000"]
+
+    def dispositions():  # SIGINT at its default: a shell's background job ignores it, and Python then would too
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for signum in ignored:
+            signal.signal(signum, signal.SIG_IGN)
+
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", **dict(env)}, preexec_fn=dispositions)
+    try:
+        for line in proc.stdout:
+            if line.startswith("step:2/"):
+                break
+        for signum in signums:
+            proc.send_signal(signum)
+            time.sleep(1)
+        return proc, proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+
+
 @pytest.mark.parametrize("signum, how", [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM"),
                                          (signal.SIGHUP, "SIGHUP")])
 def test_a_stop_signal_is_one_line_and_recorded_as_interrupted(shards, tmp_path, signum, how):
-    cmd = [sys.executable, "train_gpt.py", f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards),
-           "--num_steps=10000", "--val_every=10000", "--train_epochs=1000"]
-    # SIGINT at its default in the child: a shell's background job ignores it, and Python then would too
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        for line in proc.stdout:  # SIGINT once the timed loop runs
-            if line.startswith("step:2/"):
-                break
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    proc, err = stopped_run(shards, tmp_path, signum)
     assert proc.returncode == 128 + signum and len(err.splitlines()) == 1, err
     assert re.fullmatch(rf"error: interrupted \({how}\) after \d+ of 10000 steps; the run's events are in \S+\n", err)
     result = result_of(tmp_path / "r")
     assert result["status"] == "interrupted" and result["steps"] >= 2 and result["error"].startswith(f"interrupted ({how})")
     assert read_events(tmp_path / "r")[1] == [] and (tmp_path / "r" / "train.log").read_text().endswith("\n")
+
+
+def test_a_sighup_nohup_ignores_stays_ignored(shards, tmp_path):
+    """Under nohup a closed terminal's SIGHUP does not stop the run; Ctrl-C still does."""
+    proc, err = stopped_run(shards, tmp_path, signal.SIGHUP, signal.SIGINT, ignored=[signal.SIGHUP])
+    assert proc.returncode == 130 and result_of(tmp_path / "r")["error"].startswith("interrupted (Ctrl-C)"), err
+
+
+def test_under_torchrun_sigterm_keeps_its_default(shards, tmp_path):
+    """torchrun stops every worker with SIGTERM when one fails: a worker ends at once, and records no interrupt."""
+    proc, err = stopped_run(shards, tmp_path, signal.SIGTERM, env={"TORCHELASTIC_RUN_ID": "test"})
+    assert proc.returncode == -signal.SIGTERM and "result" not in [e["event"] for e in read_events(tmp_path / "r")[0]]
 
 
 def test_a_shard_both_trained_and_validated_on_is_refused_before_the_clock(shards):
