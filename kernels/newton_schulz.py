@@ -345,7 +345,11 @@ def bx_plus_ax(B: torch.Tensor, X: torch.Tensor, a: float, out: torch.Tensor | N
         got = f"{tuple(B.shape)} {B.dtype} on {B.device} and {tuple(X.shape)} {X.dtype} on {X.device}"
         raise ValueError(f"bx_plus_ax: need B (…, M, M) and X (…, M, N) of one dtype and device, got {got}")
     _check_out("bx_plus_ax", out, tuple(X.shape), X, B)
-    out = torch.empty_like(X, memory_format=torch.contiguous_format) if out is None else out
+    return _bx_plus_ax(B, X, a, torch.empty_like(X, memory_format=torch.contiguous_format) if out is None else out)
+
+
+def _bx_plus_ax(B: torch.Tensor, X: torch.Tensor, a: float, out: torch.Tensor) -> torch.Tensor:
+    """Launch `_bx_plus_ax_kernel`: out = B X + a·X."""
     b3, x3, o3 = _as_stack(B), _as_stack(X), _as_stack(out)
     if o3.numel() == 0:
         return out
@@ -363,10 +367,11 @@ def bx_plus_ax(B: torch.Tensor, X: torch.Tensor, a: float, out: torch.Tensor | N
 
 
 def _ns_step_into(X, a, b, c, A, B, out):
-    """One step into preallocated buffers: A, B (…, M, M) scratch, `out` shaped like X (not X itself)."""
-    xxt(X, out=A)  # A = X Xᵀ
-    xxt_plus(A, alpha=c, beta=b, out=B)  # B = c·A² + b·A
-    return bx_plus_ax(B, X, a, out=out)  # X_new = B X + a·X
+    """One step into preallocated buffers: A, B (…, M, M) scratch, `out` shaped like X (not X itself). The
+    launchers, unchecked: the op checks its input once, not at each of its steps' three launches."""
+    _syrk(X, None, 1.0, 0.0, A)  # A = X Xᵀ
+    _syrk(A, A, c, b, B)  # B = c·A² + b·A
+    return _bx_plus_ax(B, X, a, out)  # X_new = B X + a·X
 
 
 def ns_step(X: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
@@ -377,6 +382,7 @@ def ns_step(X: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
     Returns:
         The new X, same shape and dtype.
     """
+    _check_inputs("ns_step", X)
     M = X.shape[-2]
     A = torch.empty(*X.shape[:-1], M, device=X.device, dtype=X.dtype)
     return _ns_step_into(X, a, b, c, A, torch.empty_like(A), torch.empty_like(X))

@@ -310,6 +310,23 @@ def test_kernel_launchers_reject_bad_out_buffers(case, match):
     one_line(exc_info)
 
 
+def test_the_op_checks_its_input_once_not_at_each_step(monkeypatch):
+    """Muon calls the op every optimizer step: its input checks run once per call, not three per iteration."""
+    from kernels import newton_schulz as ns
+
+    calls = []
+    for name in ("_check_inputs", "_check_out"):
+        check = getattr(ns, name)
+        monkeypatch.setattr(ns, name, lambda *a, check=check, **k: calls.append(a[0]) or check(*a, **k))
+    G = torch.randn(24, 40)
+    counts = []
+    for steps in (1, 5):
+        calls.clear()
+        newton_schulz(G, steps=steps, dtype=torch.float32)
+        counts.append(len(calls))
+    assert counts[0] == counts[1] and calls == ["newton_schulz"], calls
+
+
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 def test_torch_compile_traces_the_op(device, backend):
     torch._dynamo.reset()
