@@ -213,7 +213,7 @@ def check_scales(op: str, **scales: float) -> None:
     a normal fp32 number: _scaled_mm takes 1 / scale as an fp32 tensor, the cast kernel the scale as an fp32."""
     fp32 = torch.finfo(torch.float32)
     for name, s in scales.items():
-        if not (isinstance(s, (int, float)) and fp32.tiny <= s <= fp32.max and fp32.tiny <= 1 / s <= fp32.max):
+        if not (isinstance(s, numbers.Real) and fp32.tiny <= s <= fp32.max and fp32.tiny <= 1 / s <= fp32.max):
             raise ValueError(f"{op}: {name} = {s}: expected a positive number between 2^-126 and 2^127 (its "
                              "inverse in fp32 too)")
 
@@ -237,7 +237,7 @@ def fp8_mm(x: Tensor, w: Tensor, x_s: float = 2.0, w_s: float = 2.0**9, grad_s: 
     (powers of two keep scaling exact), each and its inverse within fp32's normal range; else a ValueError."""
     check_inputs(x, w)
     check_scales("fp8_mm", x_s=x_s, w_s=w_s, grad_s=grad_s)
-    return _fp8_mm_op(x.contiguous(), w.contiguous(), x_s, w_s, grad_s)[0]
+    return _fp8_mm_op(x.contiguous(), w.contiguous(), float(x_s), float(w_s), float(grad_s))[0]  # numpy too
 
 
 def quantize(t: Tensor, scale: float, dtype: torch.dtype) -> Tensor:

@@ -275,8 +275,8 @@ def fp8_head_loss(x: Tensor, w: Tensor, targets: Tensor, softcap: float = 15.0, 
     Returns: the mean loss, an fp32 scalar, differentiable in x (bf16 gradient) and w (fp32); traces under
     torch.compile."""
     check_inputs(x, w, targets, softcap, x_s=x_s, w_s=w_s, grad_s=grad_s)
-    return _fp8_head_loss_op(x.contiguous(), w.contiguous(), targets.contiguous(), float(softcap), x_s, w_s,
-                             grad_s)[0]
+    return _fp8_head_loss_op(x.contiguous(), w.contiguous(), targets.contiguous(), float(softcap), float(x_s),
+                             float(w_s), float(grad_s))[0]
 
 
 def softcap_cross_entropy(logits: Tensor, targets: Tensor, softcap: float) -> Tensor:

@@ -219,6 +219,13 @@ def test_the_cast_kernel_takes_a_numpy_scale():
     _assert_same_bits(cast_fp8(t, np.float32(2.0), E4M3)[0], cast_fp8_ref(t, 2.0, E4M3)[0], "q")
 
 
+def test_fp8_mm_takes_numpy_scales():
+    """Scales are numbers by one rule in every FP8 op (numbers.Real): numpy's give Python's result."""
+    x, w = torch.randn(16, 32), torch.randn(48, 32)
+    scales = (np.float32(2.0), np.float64(2.0**9), np.float32(2.0**19))
+    assert torch.equal(fp8_mm(x, w, *scales), fp8_mm(x, w, *(float(s) for s in scales)))
+
+
 @pytest.mark.parametrize("t,scale,dtype,message", [
     (torch.zeros(4, 4, dtype=torch.float64), 2.0, E4M3, "bf16/fp16/fp32"),
     (torch.zeros(4, 4).t()[:, :2], 2.0, E4M3, "contiguous"), (torch.zeros(2, 2, 2), 2.0, E5M2, "2-D"),

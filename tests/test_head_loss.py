@@ -217,9 +217,11 @@ def test_bad_input_is_a_one_line_error(x, w, targets, cap, message):
     assert "\n" not in str(info.value)
 
 
-def test_a_numpy_softcap_is_a_number():
+def test_a_numpy_softcap_or_scale_is_a_number():
     x, w, targets = torch.randn(8, 16), torch.randn(32, 16) * 0.1, torch.arange(8)
     assert torch.equal(fp8_head_loss(x, w, targets, np.float32(15.0)), fp8_head_loss(x, w, targets, 15.0))
+    numpy_scales = dict(x_s=np.float32(2.0), w_s=np.float64(2.0**9), grad_s=np.float32(2.0**19))  # as Python's
+    assert torch.equal(fp8_head_loss(x, w, targets, 15.0, **numpy_scales), fp8_head_loss(x, w, targets, 15.0))
 
 
 @pytest.mark.parametrize("scale", ["x_s", "w_s", "grad_s"])
