@@ -382,7 +382,7 @@ def _bad(name):
         "dtype": ((q.double(), q.double(), q.double()), {}, "not supported"),
         "devices": ((q, q, q.to("meta")), {}, "devices differ"),
         "head_dim": ((q[..., :12],) * 3, {}, "head dim 12 not supported"),
-        # a tensor scale passed as a float: one requiring grad got none; a string was a multi-line schema error
+        # the op takes the scale as a float: a tensor requiring grad would get none, a string a multi-line schema error
         "scale_tensor": ((q, q, q), {"scale": torch.tensor(0.25, requires_grad=True)}, "scale must be a number or "
                          "None, got Tensor$"),
         "scale_str": ((q, q, q), {"scale": "0.25"}, "scale must be a number or None, got str$"),
@@ -418,7 +418,7 @@ def test_bad_inputs_raise(name):
 
 @pytest.mark.parametrize("window", [2.5, 0, -1])
 def test_window_tensor_refuses_a_window_that_is_not_an_int_above_zero(window):
-    # window_tensor(2.5) was a window of 2 (the reference keeps 3 keys), window_tensor(-1) no window
+    # the kernels would read window_tensor(2.5) as a window of 2 (the reference keeps 3 keys), -1 as no window
     with pytest.raises(ValueError, match=f"^flash_attention: window_size must be an int >= 1 .*, got {window}$"):
         window_tensor(window)
 
@@ -430,8 +430,8 @@ def test_numpy_numbers_are_numbers():
 
 
 def test_a_window_tensor_below_one_is_refused_under_torch_compile():
-    # the traced call cannot read a window tensor's value: the op does, when it runs; a window of 0 or -5 gave finite
-    # outputs (the reference allows no key: NaN) and -5 meant no window
+    # the traced call cannot read a window tensor's value: the op does, when it runs; the kernels would give finite
+    # outputs for a window of 0 (the reference allows no key: NaN) and read -5 as no window
     q = torch.randn(1, 8, 1, 16)
     attend = torch.compile(lambda q, w: flash_attention(q, q, q, window_size=w), backend="aot_eager", fullgraph=True)
     assert torch.allclose(attend(q, window_tensor(3)), attention_ref(q, q, q, window_size=3), atol=1e-5)
@@ -462,7 +462,7 @@ def test_flash_attention_refuses_bad_cpu_cu_seqlens(cu, match):
 
 
 def test_bad_cpu_cu_seqlens_are_refused_under_torch_compile():
-    # a traced call cannot read them: the op does, when it runs (it gave a wrong mask for a decreasing cu_seqlens)
+    # a traced call cannot read them: the op does, when it runs (a decreasing cu_seqlens is a wrong mask)
     q = torch.randn(1, 8, 1, 16)
     attend = torch.compile(lambda q, cu: flash_attention(q, q, q, cu_seqlens=cu), backend="aot_eager", fullgraph=True)
     good = torch.tensor([0, 5, 8], dtype=torch.int32)

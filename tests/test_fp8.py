@@ -214,7 +214,7 @@ def test_the_cast_kernel_writes_torchs_bits_and_their_transpose(R, C, t_dtype, d
 
 
 def test_the_cast_kernel_takes_a_numpy_scale():
-    # a numpy float reached the kernel as is: Triton's 'cannot convert 2.0 of type numpy.float32 to tensor'
+    # the kernel takes a Python float: Triton refuses a numpy one ('cannot convert 2.0 of type numpy.float32')
     t = torch.tensor([[1.0, -0.5, 448.0, 3.0]])
     _assert_same_bits(cast_fp8(t, np.float32(2.0), E4M3)[0], cast_fp8_ref(t, 2.0, E4M3)[0], "q")
 
@@ -230,7 +230,7 @@ def test_fp8_mm_takes_numpy_scales():
     (torch.zeros(4, 4, dtype=torch.float64), 2.0, E4M3, "bf16/fp16/fp32"),
     (torch.zeros(4, 4).t()[:, :2], 2.0, E4M3, "contiguous"), (torch.zeros(2, 2, 2), 2.0, E5M2, "2-D"),
     (torch.zeros(4, 4), 2.0, torch.bfloat16, "E4M3/E5M2"),
-    # a tensor scale reached the kernel as a pointer (a Triton type error from inside the launch)
+    # a tensor scale would reach the kernel as a pointer (a Triton type error from inside the launch)
     (torch.zeros(4, 4), torch.tensor(2.0), E4M3, r"a number scale .* by Tensor to ")])
 def test_the_cast_kernel_refuses_bad_input_in_one_line(t, scale, dtype, message):
     with pytest.raises(ValueError, match=message) as info:

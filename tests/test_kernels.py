@@ -83,7 +83,7 @@ def test_this_sessions_kernels_are_interpreted():
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="bf16 is refused under the interpreter only")
 @pytest.mark.parametrize("op", ["flash_attention", "relu2_mlp", "xxt", "xxt_plus", "bx_plus_ax", "newton_schulz"])
 def test_bf16_math_under_the_interpreter_is_one_line(op):
-    # the interpreter holds bf16 as raw bits: these ops' bf16 dots gave numbers off by 1e8 to 1e12, not an error
+    # the interpreter holds bf16 as raw bits: these ops' bf16 dots would be off by 1e8 to 1e12, with no error
     from kernels import attention, mlp, newton_schulz
 
     q, x, a = torch.randn(1, 8, 2, 16).bfloat16(), torch.randn(16, 32).bfloat16(), torch.randn(16, 16).bfloat16()

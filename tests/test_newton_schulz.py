@@ -297,8 +297,8 @@ def test_kernel_launchers_reject_bad_shapes():
     ("bx_device", r"^bx_plus_ax: need B .* of one dtype and device, got \(6, 6\) torch.float32 on meta and "),
 ])
 def test_kernel_launchers_reject_bad_out_buffers(case, match):
-    # the kernels wrote a smaller out past its end (a corrupted heap), and an aliased one while reading it (wrong
-    # numbers); a B on another device reached the launch
+    # the kernels write out's whole shape through its strides (past the end of a smaller one: a corrupted heap)
+    # while reading the inputs (an aliased out: wrong numbers); a B on another device must not reach the launch
     X = torch.randn(6, 10)
     A = X @ X.T
     calls = {"xxt_small": lambda: xxt(X, out=torch.empty(3, 3)), "xxt_dtype": lambda: xxt(X, out=A.half()),

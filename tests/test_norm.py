@@ -457,7 +457,7 @@ def test_torch_compile_traces_forward_and_backward(device):
         ("residual_shape", "residual is"),
         ("mix_x0_dtype", "mix_rms_norm: x0 is"),
         ("mix_lambdas", r"mix_rms_norm: lambdas must be \(2,\) floats"),
-        # the op has no gradient for the rotary tables: one that required one got None, silently
+        # the op has no gradient for the rotary tables: one that requires one would get None, silently
         ("rotary_table_grad", r"rms_norm_rotary: sin must be .*, not requiring grad, got \(5, 8\) torch.float32 on "
                               r"\S+ requiring grad$"),
     ],
