@@ -54,8 +54,8 @@ def finite_float(text: str) -> float:
 
 
 def positive_finite_float(text: str) -> float:
-    """argparse type of a target val loss (a cross-entropy: never below 0) and of a scale (a loss std, a loss per
-    100 steps): a finite number above 0."""
+    """argparse type of a target val loss (a cross-entropy: never below 0), a scale (a loss std, a loss per 100
+    steps) and a timeout in seconds: a finite number above 0."""
     value = finite_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
