@@ -72,3 +72,12 @@ def not_a_folder(option: str, path) -> str | None:
     except OSError as exc:
         return f"{option} {path}: {exc.strerror or exc}"
     return None if os.path.isdir(path) else f"{option} {path}: not a folder"
+
+
+def os_error_line(exc: OSError, named=None) -> str:
+    """'<file>: <reason>' for an OSError, on one line; '<reason>' alone where <file> is `named`, the path the line
+    it goes into already names."""
+    if exc.filename is not None and exc.strerror:
+        named_here = named is not None and str(exc.filename) == str(named)
+        return exc.strerror if named_here else f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split())

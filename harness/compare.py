@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import doc_parser, markdown_table, positive_finite_float, run_cli
+from harness.cli import doc_parser, markdown_table, os_error_line, positive_finite_float, run_cli
 from harness import stats
 from harness.stats import fmt
 from harness.leaderboard import loss_axis, pyplot, save_png
 from harness.logs import LogError, RunLog, code_differences, config_diff, describe_difference, load_run, load_runs
-from harness.records import RecordsError, find_runs, name_problem, os_error_line, row_run_dir
+from harness.records import RecordsError, find_runs, name_problem, row_run_dir
 from harness.runlog import finite_or_none
 from harness.tracks import FINEWEB_TARGET, default_target, track_target
 from harness.run import (DEFAULT_SCRIPT, DEFAULT_TRACK, add_launch_arguments, check_overrides, destination_problem,

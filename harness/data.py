@@ -22,9 +22,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from harness.cli import doc_parser, not_a_folder, run_cli
+from harness.cli import doc_parser, not_a_folder, os_error_line, run_cli
 from harness.files import atomic_file, write_atomic
-from harness.records import os_error_line
 from harness.shards import (BOS_ID, GPT2_VOCAB_SIZE, DataError, check_token_ids, read_shard, shard_token_count,
                             write_shard)
 from harness.snapshot import REPO_ROOT

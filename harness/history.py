@@ -29,11 +29,10 @@ from typing import Sequence
 from tqdm import tqdm
 
 from harness import stats
-from harness.cli import doc_parser, markdown_table, positive_finite_float, run_cli
+from harness.cli import doc_parser, markdown_table, os_error_line, positive_finite_float, run_cli
 from harness.files import write_atomic
 from harness.leaderboard import TIME_NOTE, pyplot, save_png
 from harness.logs import LOG_SUFFIXES, LogError, code_differences, describe_difference, load_run
-from harness.records import os_error_line
 from harness.runlog import finite_or_none
 from harness.runrow import RUNS_DIR
 from harness.stats import fmt, mean_std

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import doc_parser, not_a_folder, positive_finite_float, run_cli
+from harness.cli import doc_parser, not_a_folder, os_error_line, positive_finite_float, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.hardware import peak_flops
 from harness.logs import (LOG_SUFFIXES, InvalidLog, LogError, RunLog, embedded_code, header_lines, log_identity,
                           parse_step_line, parse_text)
-from harness.records import RECORDS_DIR, append_run, load_records, name_problem, os_error_line, runs_lock
+from harness.records import RECORDS_DIR, append_run, load_records, name_problem, runs_lock
 from harness.runlog import TRAIN_LOG_FILE, EventLog, read_regular
 from harness.runrow import RUNS_DIR, new_run_id, run_row
 from harness.tracks import default_target

@@ -17,10 +17,10 @@ from typing import Sequence
 
 import pandas as pd
 
-from harness.cli import doc_parser, markdown_table, run_cli
+from harness.cli import doc_parser, markdown_table, os_error_line, run_cli
 from harness.files import atomic_file, clean_stale_temps, write_atomic
 from harness.logs import LogError, record_runs
-from harness.records import RECORDS_DIR, list_records, load_records, os_error_line
+from harness.records import RECORDS_DIR, list_records, load_records
 from harness import stats
 from harness.stats import ALPHA, fmt, mean_std
 from harness.tracks import TRACKS

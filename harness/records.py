@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 from filelock import FileLock
 
-from harness.cli import not_a_folder, run_cli
+from harness.cli import not_a_folder, os_error_line, run_cli
 from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, read_regular,
                             type_problem)
 from harness.snapshot import REPO_ROOT
@@ -87,15 +87,6 @@ def name_problem(kind: str, name: str) -> str | None:
 
 class RecordsError(ValueError):
     """A bad or missing entry in records/. The message is one line naming the file and the entry."""
-
-
-def os_error_line(exc: OSError, named=None) -> str:
-    """'<file>: <reason>' for an OSError, on one line; '<reason>' alone where <file> is `named`, the path the line
-    it goes into already names."""
-    if exc.filename is not None and exc.strerror:
-        named_here = named is not None and str(exc.filename) == str(named)
-        return exc.strerror if named_here else f"{exc.filename}: {exc.strerror}"
-    return " ".join(str(exc).split())
 
 
 def runs_path(records_dir: str | os.PathLike = RECORDS_DIR) -> Path:

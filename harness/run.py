@@ -33,12 +33,12 @@ from typing import Callable, Sequence
 
 from tqdm import tqdm
 
-from harness.cli import doc_parser, not_a_folder, positive_finite_float, run_cli, stdout_to_devnull
+from harness.cli import doc_parser, not_a_folder, os_error_line, positive_finite_float, run_cli, stdout_to_devnull
 from harness.hardware import git_state
 from harness.ingest import parse_log_bytes, write_run_files
 from harness.logs import LOG_SUFFIXES, LogError, RunLog, load_run, parse_step_line
 from harness.overrides import ConfigError, normalize_argv
-from harness.records import RECORDS_DIR, RecordsError, append_run, check_appendable, name_problem, os_error_line
+from harness.records import RECORDS_DIR, RecordsError, append_run, check_appendable, name_problem
 from harness.runrow import HARNESS_ERROR, RUNS_DIR, harness_error_row, new_run_id, run_row
 from harness.snapshot import REPO_ROOT
 from harness.tracks import FINEWEB_TARGET, default_target

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import stats
-from harness.cli import doc_parser, not_a_folder, run_cli
+from harness.cli import doc_parser, not_a_folder, os_error_line, run_cli
 from harness.files import atomic_folder, clean_stale_temps, fsync_tree
 from harness.leaderboard import render
 from harness.stats import fmt, mean_std
 from harness.logs import CONFIG_KEYS_FREE, LogError, RunLog, config_diff, load_run, record_runs
 from harness.records import (RECORD_FILE, RECORD_SCHEMA, RECORDS_DIR, RUNS_FILE, RecordsError, find_runs,
-                             last_rows, list_records, name_problem, os_error_line, row_run_dir, runs_lock)
+                             last_rows, list_records, name_problem, row_run_dir, runs_lock)
 from harness.runlog import TRAIN_LOG_FILE, EVENTS_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, snapshot_hash
 from harness.verify import check_against_log, render_statistics, statistics, warn_damaged_lines

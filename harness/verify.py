@@ -18,10 +18,10 @@ from typing import Sequence
 import pandas as pd
 
 from harness import stats
-from harness.cli import doc_parser, run_cli
+from harness.cli import doc_parser, os_error_line, run_cli
 from harness.logs import (InvalidLog, LogError, RunLog, embedded_code, load_run, printed_tolerance, record_runs,
                           step_lines)
-from harness.records import RECORD_FILE, RecordsError, os_error_line, read_record
+from harness.records import RECORD_FILE, RecordsError, read_record
 from harness.runlog import EVENTS_FILE, TRAIN_LOG_FILE, finite_or_none, read_regular
 from harness.snapshot import HASH_FILE, SNAPSHOT_DIR, embedded_code_hash, snapshot_hash
 from harness.stats import fmt

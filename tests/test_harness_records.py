@@ -398,7 +398,7 @@ def test_a_runs_log_that_is_a_fifo_is_refused_in_one_line_naming_it(tmp_path):
 def test_a_records_folder_that_is_a_link_loop_is_an_os_error_naming_it(tmp_path):
     """Path.resolve raises RuntimeError on a link loop before Python 3.13: an OSError (ELOOP) naming the folder, which
     every command reports in one line, not a traceback."""
-    from harness.records import os_error_line
+    from harness.cli import os_error_line
 
     (tmp_path / "records").symlink_to("records")
     for call in (lambda: append_run({"run_id": "a"}, tmp_path / "records"), lambda: check_appendable(tmp_path / "records")):
