@@ -1044,6 +1044,16 @@ def test_nan_loss_stops_at_once_as_diverged(shards, tmp_path):
     assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, bad_step))
 
 
+def test_a_nan_validation_loss_after_finite_train_losses_is_diverged(shards, tmp_path):
+    """The last step's update overflows the head (fp32 weights near 1e38): every train loss is finite, the
+    validation after it is not."""
+    proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--num_steps=1", "--val_every=1",
+                       "--adam_head_lr=1e38", "--logit_softcap=0")
+    assert one_error_line(proc, 3) == "error: diverged: validation loss nan at step 1"
+    assert all(math.isfinite(loss) for loss in train_losses(tmp_path / "r"))
+    assert result_of(tmp_path / "r")["status"] == "diverged"
+
+
 # ---------------------------------------------------------------------------------------------- GPU only
 
 
