@@ -281,6 +281,21 @@ def test_a_run_dir_it_cannot_write_in_is_one_line_exit_1(shards, tmp_path, capsy
     assert capsys.readouterr().err == f"error: --run_dir={tmp_path / 'r'}: cannot write there (Permission denied)\n"
 
 
+def test_a_crash_is_recorded_as_an_error_result_and_raised(shards, tmp_path, monkeypatch):
+    """An exception the trainer does not expect (a bug, an out-of-memory) keeps its traceback and still ends the
+    run's events with a result."""
+    def crash(*args):
+        raise RuntimeError("boom")
+
+    for name, value in main_sets(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(T, "train", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        T.main([*MICRO, *data_args(shards), f"--run_dir={tmp_path / 'r'}"])
+    result = result_of(tmp_path / "r")
+    assert (result["status"], result["error"], result["steps"]) == ("error", "RuntimeError: boom", 0)
+
+
 def test_print_config_prints_one_json_line_and_creates_nothing(shards, tmp_path):
     run_dir = tmp_path / "never"
     cmd = [sys.executable, "train_gpt.py", "--print_config", "--track=cpu-tiny", "--grad_accum=0", "--seed=3",
