@@ -216,6 +216,7 @@ def test_every_numeric_field_has_a_range():
     ("--run_dir=README.md", "--run_dir=README.md: exists and is not a folder"),
     ("--seed=18446744073709551616", "--seed=18446744073709551616: must be between 0 and 18446744073709551615"),
     ("--num_stepz=3", "unknown option --num_stepz (did you mean --num_steps?)"),
+    ("--device=gpu", "--device=gpu: expected auto, cuda or cpu"),
 ])
 def test_nonsense_is_one_line_exit_2(override, message, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -239,6 +240,14 @@ def test_torchrun_variables_that_name_no_rank_of_a_world_are_one_line_exit_2(var
     assert T.main(["--print_config", "--track=cpu-tiny"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_a_bad_command_line_is_reported_by_rank_0_only(capsys, monkeypatch):
+    """Every rank gets the same command line: one error line under torchrun, not one per process."""
+    for name, value in dict(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2").items():
+        monkeypatch.setenv(name, value)
+    assert T.main(["--print_config", "--track=cpu-tiny", "--num_stepz=3"]) == 2
+    assert capsys.readouterr() == ("", "")
 
 
 def test_a_run_dir_that_cannot_take_the_runs_logs_is_one_line_exit_2(tmp_path, capsys):
