@@ -538,6 +538,11 @@ def test_flex_block_mask_matches_the_dense_mask(window):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_flex_block_masks_refuse_a_batch_of_partial_blocks():
+    with pytest.raises(ValueError, match=r"^FlexAttention needs batch_size x seq_len \(200\) to be a multiple of 128$"):
+        FlexMasks(block=128)(_starts(2, 100), 64)
+
+
 @pytest.mark.parametrize("window", [1, 37, 200])
 def test_packed_cu_seqlens_match_the_dense_mask(window):
     """The kernel path packs the batch into one row with cu_seqlens; the same pairs must be visible, and
