@@ -215,6 +215,7 @@ def test_references_match_torch(device):
     assert_close(rms_norm_ref(x, w), F.rms_norm(x, (33,), w), name="rms_norm_ref")
     assert_close(rms_norm_ref(x, w, eps=1e-3), F.rms_norm(x, (33,), w, 1e-3), name="rms_norm_ref eps")
     assert_close(layer_norm_ref(x, w, b), F.layer_norm(x, (33,), w, b), name="layer_norm_ref")
+    assert_close(layer_norm_ref(x), F.layer_norm(x, (33,)), name="layer_norm_ref without weight and bias")
 
 
 @pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
