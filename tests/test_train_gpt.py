@@ -995,6 +995,13 @@ def test_missing_data_is_one_line_exit_1_with_an_error_result(tmp_path):
     assert result["status"] == "error" and "no shards match" in result["error"] and result["steps"] == 0
 
 
+def test_an_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
+    """Every rank fails on the same missing data; rank 0 alone says so (torchrun adds its own report after)."""
+    proc = run_trainer(tmp_path / "r", *MICRO, f"--train_files={tmp_path}/nothing_*.bin", nproc=2)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 1 and len(errors) == 1 and "no shards match" in errors[0], proc.stderr[-2000:]
+
+
 def test_too_little_data_fails_before_training(shards, tmp_path):
     proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--num_steps=100000")
     assert "too little data" in one_error_line(proc, 1)
