@@ -1032,6 +1032,25 @@ def test_a_stop_signal_is_one_line_and_recorded_as_interrupted(shards, tmp_path,
     assert read_events(tmp_path / "r")[1] == [] and (tmp_path / "r" / "train.log").read_text().endswith("\n")
 
 
+def test_torchrun_stopped_by_sigterm_is_one_line_from_rank_0(shards, tmp_path):
+    """torchrun passes SIGTERM to every rank; each records the run as interrupted, rank 0 alone says so."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_gpt.py",
+           f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards), "--num_steps=10000", "--val_every=10000",
+           "--train_epochs=1000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("step:2/"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert len([line for line in err.splitlines() if line.startswith("error: interrupted (SIGTERM)")]) == 1, err
+    assert result_of(tmp_path / "r")["status"] == "interrupted"
+
+
 def test_a_shard_both_trained_and_validated_on_is_refused_before_the_clock(shards):
     """A train glob that also matches the val shard (fineweb_*.bin) would measure the val loss on trained tokens."""
     cfg = T.parse_config([*MICRO, f"--train_files={shards}/micro_*.bin", f"--val_files={shards}/micro_val_000000.bin"])
