@@ -351,9 +351,8 @@ class Ops:
 
 def make_ops(kernels: str, device: torch.device) -> Ops:
     """The backend's ops. kernels/ is imported here, not at the top: @triton.jit reads TRITON_INTERPRET when a kernel
-    file is imported, and main() sets it first for a CPU run. A kernel file that fails to import is an error."""
-    if kernels == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ConfigError("--kernels=triton on a CPU needs TRITON_INTERPRET=1 set before kernels/ is imported")
+    file is imported, and main() sets it first for a CPU run (imported without it, each op refuses CPU tensors in one
+    line: kernels.check_launchable). A kernel file that fails to import is an error."""
     try:
         from kernels import attention, head_loss, mlp, newton_schulz, norm
     except ImportError as exc:

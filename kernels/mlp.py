@@ -222,8 +222,6 @@ def _relu2_mlp_setup(ctx, inputs, output):
 
 def _relu2_mlp_backward(ctx, dy, _dpre, _dpost):
     x, w_fc, w_proj, pre, post = ctx.saved_tensors
-    if dy is None:  # only pre or post was used: they are internal, the public function never returns them
-        return None, None, None
     return _relu2_mlp_bwd_op(dy, x, w_fc, w_proj, pre, post)
 
 

@@ -382,6 +382,9 @@ def _bad(name):
         "dtype": ((q.double(), q.double(), q.double()), {}, "not supported"),
         "devices": ((q, q, q.to("meta")), {}, "devices differ"),
         "head_dim": ((q[..., :12],) * 3, {}, "head dim 12 not supported"),
+        "empty": ((q[:, :0],) * 3, {}, "empty input of shape \\(1, 0, 2, 16\\)"),
+        "window_tensor_dtype": ((q, q, q), {"window_size": torch.tensor(3.0)}, "a tensor window_size must be a 0-d "
+                                "int64 CPU tensor \\(window_tensor\\(w\\)\\), got 0-d torch.float32 on cpu$"),
         # the op takes the scale as a float: a tensor requiring grad would get none, a string a multi-line schema error
         "scale_tensor": ((q, q, q), {"scale": torch.tensor(0.25, requires_grad=True)}, "scale must be a number or "
                          "None, got Tensor$"),
@@ -393,6 +396,8 @@ def _bad(name):
         "window_tensor_neg": ((q, q, q), {"window_size": torch.tensor(-5)}, "window_size must be .*, got -5$"),
         "cu_dtype": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8])}, "must be int32"),
         "cu_shape": ((q, q, q), {"cu_seqlens": torch.tensor([8], dtype=torch.int32)}, "1-D with >= 2"),
+        "cu_device": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32, device="meta")},
+                      "cu_seqlens on meta, q on cpu$"),
         "cu_batch": ((q.expand(2, -1, -1, -1),) * 3, {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32)}, "B == 1"),
         "bounds_no_cu": ((q, q, q), {"doc_bounds": torch.zeros(2, 8, dtype=torch.int32)}, "without cu_seqlens"),
         "bounds_shape": ((q, q, q), {"cu_seqlens": torch.tensor([0, 8], dtype=torch.int32),
@@ -405,7 +410,8 @@ def _bad(name):
 
 
 @pytest.mark.parametrize(
-    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "scale_tensor", "scale_str", "window0",
+    "name", ["ndim", "shapes", "dtypes", "dtype", "devices", "head_dim", "empty", "window_tensor_dtype", "cu_device",
+             "scale_tensor", "scale_str", "window0",
              "window_float", "window_nan", "window_tensor0", "window_tensor_neg", "cu_dtype", "cu_shape", "cu_batch",
              "bounds_no_cu", "bounds_shape", "bounds_strided"],
 )
@@ -414,6 +420,12 @@ def test_bad_inputs_raise(name):
     with pytest.raises(ValueError, match=match) as err:
         flash_attention(*args, **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_the_backward_launcher_refuses_an_unknown_backward():
+    q = torch.randn(1, 8, 2, 16)
+    with pytest.raises(ValueError, match="^flash_attention: backward 'bogus' not one of atomic, two_pass$"):
+        flash_attention_backward(q, q, q, q, q, q, None, -1, 0.25, backward="bogus")
 
 
 @pytest.mark.parametrize("window", [2.5, 0, -1])
@@ -524,6 +536,11 @@ def test_flex_block_mask_matches_the_dense_mask(window):
     got = flex_attention(*flat, block_mask=block_mask).transpose(1, 2).reshape(2, 256, 2, 16)
     want = sdpa_attention(q, k, v, dense_mask(starts, window))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_flex_block_masks_refuse_a_batch_of_partial_blocks():
+    with pytest.raises(ValueError, match=r"^FlexAttention needs batch_size x seq_len \(200\) to be a multiple of 128$"):
+        FlexMasks(block=128)(_starts(2, 100), 64)
 
 
 @pytest.mark.parametrize("window", [1, 37, 200])

@@ -195,12 +195,14 @@ def test_torch_compile_traces_forward_and_backward(device):
     ("proj_shape", r"and w_proj \(40, f\), got \(97, 40\) and \(40, 96\)"),
     ("scalar_x", r"expected x \(\.\.\., d\)"),
     ("weight_ndim", r"expected x \(\.\.\., d\), w_fc \(f, d\)"),
+    ("weight_device", r"must be on one device, got \S+, \S+, meta$"),
 ])
 def test_bad_inputs_raise_one_line_value_errors(case, match, device):
     x, w_fc, w_proj = _inputs((5,), 40, 97, torch.float32, device)
     args = {"int_dtype": (x.long(), w_fc, w_proj), "weight_dtype": (x, w_fc.half(), w_proj),
             "fc_shape": (x, w_fc[:, :39], w_proj), "proj_shape": (x, w_fc, w_proj[:, :96]),
-            "scalar_x": (x[0, 0], w_fc, w_proj), "weight_ndim": (x, w_fc[None], w_proj)}[case]
+            "scalar_x": (x[0, 0], w_fc, w_proj), "weight_ndim": (x, w_fc[None], w_proj),
+            "weight_device": (x, w_fc, w_proj.to("meta"))}[case]
     with pytest.raises(ValueError, match=match) as info:
         relu2_mlp(*args)
     assert "\n" not in str(info.value)

@@ -286,6 +286,8 @@ def test_kernel_launchers_reject_bad_shapes():
         xxt_plus(torch.randn(4, 6), 1.0, 1.0)
     with pytest.raises(ValueError, match="one dtype"):
         bx_plus_ax(torch.randn(4, 4), torch.randn(5, 6), 1.0)
+    with pytest.raises(ValueError, match="^xxt: expected float32, float16 or bfloat16, got torch.int64$"):
+        xxt(torch.ones(4, 6, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("case, match", [

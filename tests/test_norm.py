@@ -215,6 +215,7 @@ def test_references_match_torch(device):
     assert_close(rms_norm_ref(x, w), F.rms_norm(x, (33,), w), name="rms_norm_ref")
     assert_close(rms_norm_ref(x, w, eps=1e-3), F.rms_norm(x, (33,), w, 1e-3), name="rms_norm_ref eps")
     assert_close(layer_norm_ref(x, w, b), F.layer_norm(x, (33,), w, b), name="layer_norm_ref")
+    assert_close(layer_norm_ref(x), F.layer_norm(x, (33,)), name="layer_norm_ref without weight and bias")
 
 
 @pytest.mark.parametrize("dtype", [*DTYPES, torch.bfloat16], ids=str)
@@ -414,6 +415,18 @@ def test_zero_rows(device):
     assert torch.equal(dw, torch.zeros(16, device=device)) and torch.equal(db, torch.zeros(16, device=device))
 
 
+def test_zero_rows_of_the_fused_norms(device):
+    x, x0 = (torch.randn(0, 3, 16, device=device) for _ in range(2))
+    lambdas = torch.tensor([1.0, 0.5], device=device)
+    y, (dx, _, dx0, dlambdas) = _forward_backward(lambda *a: mix_rms_norm(*a)[1], [x, x, x0, lambdas],
+                                                  torch.ones_like(x))
+    assert y.shape == dx.shape == dx0.shape == (0, 3, 16) and torch.equal(dlambdas, torch.zeros(2, device=device))
+    table = torch.ones(3, 8, device=device)
+    y, (dq,) = _forward_backward(lambda q: rms_norm_rotary(q, table, table), [torch.randn(0, 3, 2, 16, device=device)],
+                                 torch.ones(0, 3, 2, 16, device=device))
+    assert y.shape == dq.shape == (0, 3, 2, 16)
+
+
 @pytest.mark.parametrize("op", ["rms_norm", "rms_norm qkv view", "layer_norm", "add_rms_norm", "mix_rms_norm",
                                 "mix_rms_norm no residual", "rms_norm_rotary qkv view"])
 def test_custom_ops_pass_opcheck(op, device):
@@ -452,6 +465,9 @@ def test_torch_compile_traces_forward_and_backward(device):
         ("int_dtype", "dtype torch.int64"),
         ("weight_shape", r"weight has shape \(63,\), expected \(64,\)"),
         ("bias_shape", r"bias has shape \(2, 64\)"),
+        ("weight_dtype", "rms_norm: weight has dtype torch.int64; supported: float32, float16, bfloat16$"),
+        ("weight_device", r"rms_norm: weight is on meta but x is on \S+$"),
+        ("rotary_odd", r"rms_norm_rotary: x must be \(B, T, H, D\) with D even, got shape \(1, 4, 4, 15\)$"),
         ("too_wide", "wider than 32768"),
         ("scalar", "non-empty last dim"),
         ("residual_shape", "residual is"),
@@ -468,6 +484,10 @@ def test_bad_inputs_raise_one_line_value_errors(case, match, device):
         "int_dtype": lambda: rms_norm(torch.ones(4, 64, dtype=torch.int64, device=device)),
         "weight_shape": lambda: rms_norm(x, torch.ones(63, device=device)),
         "bias_shape": lambda: layer_norm(x, None, torch.ones(2, 64, device=device)),
+        "weight_dtype": lambda: rms_norm(x, torch.ones(64, dtype=torch.int64, device=device)),
+        "weight_device": lambda: rms_norm(x, torch.ones(64, device="meta")),
+        "rotary_odd": lambda: rms_norm_rotary(torch.randn(1, 4, 4, 15, device=device), torch.ones(5, 7, device=device),
+                                              torch.ones(5, 7, device=device)),
         "too_wide": lambda: layer_norm(torch.ones(1, MAX_ROW_BYTES // 2 + 1, device=device).half()),
         "scalar": lambda: rms_norm(torch.tensor(1.0, device=device)),
         "residual_shape": lambda: add_rms_norm(x, torch.randn(4, 32, device=device)),

@@ -46,6 +46,22 @@ def test_muon_update_is_orthogonal(shape):
     assert sv.min() > 0.5 and sv.max() < 1.5, f"singular values in [{sv.min():.3f}, {sv.max():.3f}]"
 
 
+def test_muon_weight_decay_is_decoupled_and_before_the_update():
+    """p <- p (1 - lr wd) - lr update: one step with decay and one without, from the same parameters and
+    gradients, differ by lr wd p."""
+    start = [torch.randn(16, 32), torch.randn(3, 8, 16)]
+    grads = [torch.randn(p.shape) for p in start]
+    after = {}
+    for wd in (0.0, 0.5):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        Muon(params, lr=0.1, momentum=0.95, weight_decay=wd, ns_steps=5, newton_schulz=newton_schulz_ref).step()
+        after[wd] = [p.detach() for p in params]
+    for i, (p0, p1) in enumerate(zip(after[0.0], after[0.5])):
+        torch.testing.assert_close(p1, p0 - 0.1 * 0.5 * start[i], msg=lambda m: f"parameter {i}: {m}")
+
+
 DIST_MUON = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {repo!r})

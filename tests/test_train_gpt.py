@@ -219,6 +219,7 @@ def test_every_numeric_field_has_a_range():
     ("--num_stepz=3", "unknown option --num_stepz (did you mean --num_steps?)"),
     ("--print_config=1", "--print_config=1: --print_config takes no value"),
     ("--help=true", "--help=true: --help takes no value"),
+    ("--device=gpu", "--device=gpu: expected auto, cuda or cpu"),
 ])
 def test_nonsense_is_one_line_exit_2(override, message, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
@@ -242,6 +243,14 @@ def test_torchrun_variables_that_name_no_rank_of_a_world_are_one_line_exit_2(var
     assert T.main(["--print_config", "--track=cpu-tiny"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_a_bad_command_line_is_reported_by_rank_0_only(capsys, monkeypatch):
+    """Every rank gets the same command line: one error line under torchrun, not one per process."""
+    for name, value in dict(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2").items():
+        monkeypatch.setenv(name, value)
+    assert T.main(["--print_config", "--track=cpu-tiny", "--num_stepz=3"]) == 2
+    assert capsys.readouterr() == ("", "")
 
 
 def test_a_run_dir_that_cannot_take_the_runs_logs_is_one_line_exit_2(tmp_path, capsys):
@@ -282,6 +291,21 @@ def test_a_run_dir_it_cannot_write_in_is_one_line_exit_1(shards, tmp_path, capsy
     monkeypatch.setattr(T, "train", lambda *args: pytest.fail("trained without a run folder"))
     assert T.main([*MICRO, *data_args(shards), f"--run_dir={tmp_path / 'r'}"]) == 1
     assert capsys.readouterr().err == f"error: --run_dir={tmp_path / 'r'}: cannot write there (Permission denied)\n"
+
+
+def test_a_crash_is_recorded_as_an_error_result_and_raised(shards, tmp_path, monkeypatch):
+    """An exception the trainer does not expect (a bug, an out-of-memory) keeps its traceback and still ends the
+    run's events with a result."""
+    def crash(*args):
+        raise RuntimeError("boom")
+
+    for name, value in main_sets(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(T, "train", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        T.main([*MICRO, *data_args(shards), f"--run_dir={tmp_path / 'r'}"])
+    result = result_of(tmp_path / "r")
+    assert (result["status"], result["error"], result["steps"]) == ("error", "RuntimeError: boom", 0)
 
 
 def test_print_config_prints_one_json_line_and_creates_nothing(shards, tmp_path):
@@ -974,16 +998,23 @@ def test_missing_data_is_one_line_exit_1_with_an_error_result(tmp_path):
     assert result["status"] == "error" and "no shards match" in result["error"] and result["steps"] == 0
 
 
+def test_an_error_under_torchrun_is_one_line_from_rank_0(tmp_path):
+    """Every rank fails on the same missing data; rank 0 alone says so (torchrun adds its own report after)."""
+    proc = run_trainer(tmp_path / "r", *MICRO, f"--train_files={tmp_path}/nothing_*.bin", nproc=2)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 1 and len(errors) == 1 and "no shards match" in errors[0], proc.stderr[-2000:]
+
+
 def test_too_little_data_fails_before_training(shards, tmp_path):
     proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--num_steps=100000")
     assert "too little data" in one_error_line(proc, 1)
     assert result_of(tmp_path / "r")["status"] == "error"
 
 
-def stopped_run(shards, tmp_path, *signums, ignored=(), env=()) -> tuple[subprocess.Popen, str]:
-    """A long run sent `signums` once its timed loop runs, with the signals `ignored` ignored as it starts (nohup
-    ignores SIGHUP); the process ended and its stderr."""
-    cmd = [sys.executable, "train_gpt.py", f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards),
+def stopped_run(shards, tmp_path, *signums, ignored=(), env=(), launcher=()) -> tuple[subprocess.Popen, str]:
+    """A long run (under `launcher`, e.g. torchrun's module) sent `signums` once its timed loop runs, with the
+    signals `ignored` ignored as it starts (nohup ignores SIGHUP); the process ended and its stderr."""
+    cmd = [sys.executable, *launcher, "train_gpt.py", f"--run_dir={tmp_path / 'r'}", *MICRO, *data_args(shards),
            "--num_steps=10000", "--val_every=10000", "--train_epochs=1000"]
 
     def dispositions():  # SIGINT at its default: a shell's background job ignores it, and Python then would too
@@ -1028,6 +1059,14 @@ def test_under_torchrun_sigterm_keeps_its_default(shards, tmp_path):
     assert proc.returncode == -signal.SIGTERM and "result" not in [e["event"] for e in read_events(tmp_path / "r")[0]]
 
 
+def test_torchrun_stopped_by_ctrl_c_is_one_line_from_rank_0(shards, tmp_path):
+    """torchrun passes Ctrl-C's SIGINT to every rank; each records the run as interrupted, rank 0 alone says so."""
+    proc, err = stopped_run(shards, tmp_path, signal.SIGINT,
+                            launcher=["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])
+    assert len([line for line in err.splitlines() if line.startswith("error: interrupted (Ctrl-C)")]) == 1, err
+    assert result_of(tmp_path / "r")["status"] == "interrupted"
+
+
 def test_a_shard_both_trained_and_validated_on_is_refused_before_the_clock(shards):
     """A train glob that also matches the val shard (fineweb_*.bin) would measure the val loss on trained tokens."""
     cfg = T.parse_config([*MICRO, f"--train_files={shards}/micro_*.bin", f"--val_files={shards}/micro_val_000000.bin"])
@@ -1069,6 +1108,16 @@ def test_nan_loss_stops_at_once_as_diverged(shards, tmp_path):
     assert result["steps"] in (bad_step, bad_step + 1)
     events, _ = read_events(tmp_path / "r")
     assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, bad_step))
+
+
+def test_a_nan_validation_loss_after_finite_train_losses_is_diverged(shards, tmp_path):
+    """The last step's update overflows the head (fp32 weights near 1e38): every train loss is finite, the
+    validation after it is not."""
+    proc = run_trainer(tmp_path / "r", *MICRO, *data_args(shards), "--num_steps=1", "--val_every=1",
+                       "--adam_head_lr=1e38", "--logit_softcap=0")
+    assert one_error_line(proc, 3) == "error: diverged: validation loss nan at step 1"
+    assert all(math.isfinite(loss) for loss in train_losses(tmp_path / "r"))
+    assert result_of(tmp_path / "r")["status"] == "diverged"
 
 
 # ---------------------------------------------------------------------------------------------- GPU only
