@@ -84,6 +84,7 @@ for step in range(3):
         p.grad = torch.randn(p.shape, generator=g)
     muon.step()
 torch.save(dict(params=[p.detach() for p in params], calls=calls), f"{out}/rank{{rank}}.pt")
+dist.barrier()  # both ranks finish before either tears gloo down: one alone can abort (SIGABRT) under load
 dist.destroy_process_group()
 """
 

@@ -721,6 +721,7 @@ fresh, fresh_optimizers = build()
 losses.append(T.train_step(fresh, ops, fresh_optimizers, batches, 32, 0, cfg, env).item())
 same = [torch.equal(a, b) for a, b in zip(model.parameters(), fresh.parameters())]
 json.dump(dict(restored=restored, states=states, losses=losses, same=same), open(f"{out}/warm{{rank}}.json", "w"))
+dist.barrier()  # both ranks finish before either tears gloo down: one alone can abort (SIGABRT) under load
 dist.destroy_process_group()
 """
 
