@@ -81,3 +81,8 @@ def os_error_line(exc: OSError, named=None) -> str:
         named_here = named is not None and str(exc.filename) == str(named)
         return exc.strerror if named_here else f"{exc.filename}: {exc.strerror}"
     return " ".join(str(exc).split())
+
+
+def error_line(exc: Exception) -> str:
+    """An error's one line: os_error_line's for an OSError, else its message (harness errors are one line)."""
+    return os_error_line(exc) if isinstance(exc, OSError) else str(exc)

@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from harness.cli import doc_parser, markdown_table, os_error_line, positive_finite_float, run_cli
+from harness.cli import (doc_parser, error_line, markdown_table, os_error_line, positive_finite_float,
+                         run_cli)
 from harness import stats
 from harness.stats import fmt
 from harness.leaderboard import loss_axis, pyplot, save_png
@@ -636,8 +637,7 @@ def _collect(args, variants: list[Variant]) -> None:
             try:
                 admit(v, [load_run(row["run_dir"])], args.allow_code_diff)
             except (LogError, OSError) as exc:
-                v.skipped.append(f"{row['run_id']} ({row['status']}: "
-                                 f"{os_error_line(exc) if isinstance(exc, OSError) else exc})")
+                v.skipped.append(f"{row['run_id']} ({row['status']}: {error_line(exc)})")
                 v.skipped_status.append(row["status"])
 
 

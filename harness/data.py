@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from harness.cli import doc_parser, not_a_folder, os_error_line, run_cli
+from harness.cli import doc_parser, error_line, not_a_folder, run_cli
 from harness.files import atomic_file, write_atomic
 from harness.shards import (BOS_ID, GPT2_VOCAB_SIZE, DataError, check_token_ids, read_shard, shard_token_count,
                             write_shard)
@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("\n".join(line for _, line in reports))
             return 0 if all(ok for ok, _ in reports) else 1
     except (DataError, OSError) as exc:  # OSError: a folder that cannot be made or written in
-        print(f"error: {os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

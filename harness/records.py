@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 from filelock import FileLock
 
-from harness.cli import not_a_folder, os_error_line, run_cli
+from harness.cli import error_line, not_a_folder, os_error_line, run_cli
 from harness.runlog import (finite_or_none, is_json_type, iter_json_lines, json_type_name, nonfinite_key, read_regular,
                             type_problem)
 from harness.snapshot import REPO_ROOT
@@ -394,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if unreadable:
                 return 1
     except (RecordsError, OSError) as exc:
-        print(f"error: {os_error_line(exc) if isinstance(exc, OSError) else exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

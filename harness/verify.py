@@ -18,7 +18,7 @@ from typing import Sequence
 import pandas as pd
 
 from harness import stats
-from harness.cli import doc_parser, os_error_line, run_cli
+from harness.cli import doc_parser, error_line, os_error_line, run_cli
 from harness.logs import (InvalidLog, LogError, RunLog, embedded_code, load_run, printed_tolerance, record_runs,
                           step_lines)
 from harness.records import RECORD_FILE, RecordsError, read_record
@@ -258,7 +258,7 @@ def verify(folder: str | Path) -> list[str]:
         try:
             log = load_run(run_dir)
         except (LogError, OSError) as exc:
-            problems.append(os_error_line(exc) if isinstance(exc, OSError) else str(exc))
+            problems.append(error_line(exc))
             continue
         if log.code_hash != recomputed:
             problems.append(f"{run_dir / EVENTS_FILE}: meta.code_hash: expected {recomputed}, found {log.code_hash}")
