@@ -896,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
         init_distributed(env, device)
         log, state = RunWriter(cfg.run_dir if env.master else None), RunState()
     except (ConfigError, OSError) as exc:  # no rendezvous address; a run folder it may not write in
-        why = exc if isinstance(exc, ConfigError) else f"--run_dir={cfg.run_dir}: cannot write there ({exc.strerror or exc})"
+        why = exc if isinstance(exc, ConfigError) else (f"--run_dir={cfg.run_dir}: cannot write there "
+                                                        f"({exc.strerror or exc})")
         print(f"error: {why}", file=sys.stderr)
         return 1
     try:
